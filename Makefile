@@ -1,0 +1,54 @@
+# GeoEdge developer entry points. Two commands matter: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the test suite drives as real clients / peers.
+APT_TEST_PACKAGES := bind9-dnsutils curl
+
+.PHONY: run run-edge test lint typecheck unit integration apt-test clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-test: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/.installed $@
+
+run: $(BIN)/.installed
+	$(BIN)/gslb serve --example
+
+run-edge: $(BIN)/.installed
+	$(BIN)/edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000
+
+apt-test:
+	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check gslb edge geo tests bench
+	$(BIN)/ruff format --check gslb edge geo tests bench
+
+typecheck: $(BIN)/.installed-test
+	$(BIN)/mypy --strict gslb geo
+
+test: $(BIN)/.installed-test apt-test lint typecheck
+	$(BIN)/pytest -q
+
+unit: $(BIN)/.installed-test
+	$(BIN)/pytest -q tests/unit
+
+integration: $(BIN)/.installed-test apt-test
+	$(BIN)/pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""The value a GeoIP lookup produces, and the interface every locator implements."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where an address is, and the network the answer holds for.
+
+    `network` is the database (or override) network that matched; the DNS side uses its prefix
+    length as the ECS scope and as part of the response-cache key.
+    """
+
+    latitude: float
+    longitude: float
+    country: str | None
+    continent: str | None
+    network: IPNetwork
+
+
+class Locator(Protocol):
+    """Maps an address to a Location, or None when nothing is known about it."""
+
+    def locate(self, address: IPAddress) -> Location | None: ...

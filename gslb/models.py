@@ -1,0 +1,76 @@
+"""Values shared across the GSLB server: edges, pools, live edge state and selections.
+
+Everything here is frozen; config.py builds these once at load, selection.py and answer.py
+only read them.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Clock = Callable[[], float]
+
+
+class Policy(enum.StrEnum):
+    NEAREST = "nearest"
+    WEIGHTED = "weighted"
+    FAILOVER = "failover"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    name: str
+    latitude: float
+    longitude: float
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    weight: float = 1.0
+    capacity: float = 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    name: str  # absolute, lower-case owner name, e.g. "www.example.test."
+    edges: tuple[Edge, ...]
+    policy: Policy = Policy.NEAREST
+    answers: int = 1
+    ttl: int = 30
+    load_threshold: float = 0.8
+    hysteresis: float = 0.1
+    fallback: tuple[Edge, ...] | None = None  # None: all members
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeState:
+    """Live state of one edge as the selection sees it."""
+
+    up: bool = True
+    drained: bool = False
+    load: float = 0.0  # 0..1 against the edge's capacity
+    overloaded: bool = False  # load crossed load_threshold and has not yet fallen below it - hysteresis
+
+    @property
+    def serving(self) -> bool:
+        return self.up and not self.drained
+
+
+class HealthView(Protocol):
+    """Read side of the health-and-load state. `version` changes on every update."""
+
+    @property
+    def version(self) -> int: ...
+
+    def state(self, edge: str) -> EdgeState: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The edges one answer names; `tailored` is False when the client's location did not matter."""
+
+    edges: tuple[Edge, ...]
+    tailored: bool = field(default=True)
