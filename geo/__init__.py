@@ -5,7 +5,18 @@ database plus CIDR overrides, reloaded on file change) and `distance_km`.
 """
 
 from geo.distance import distance_km
-from geo.errors import GeoError
-from geo.location import Location, Locator
+from geo.errors import DatabaseError, GeoError
+from geo.location import IPAddress, IPNetwork, Location, Locator
+from geo.locator import GeoIPLocator, default_database_path
 
-__all__ = ["GeoError", "Location", "Locator", "distance_km"]
+__all__ = [
+    "DatabaseError",
+    "GeoError",
+    "GeoIPLocator",
+    "IPAddress",
+    "IPNetwork",
+    "Location",
+    "Locator",
+    "default_database_path",
+    "distance_km",
+]

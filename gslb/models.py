@@ -52,7 +52,9 @@ class EdgeState:
     up: bool = True
     drained: bool = False
     load: float = 0.0  # 0..1 against the edge's capacity
-    overloaded: bool = False  # load crossed load_threshold and has not yet fallen below it - hysteresis
+    # Load reached the pool's load_threshold and has not yet fallen below threshold - hysteresis.
+    # Thresholds are per pool, so the store keeps this per (pool, edge); see HealthView.state.
+    overloaded: bool = False
 
     @property
     def serving(self) -> bool:
@@ -65,7 +67,11 @@ class HealthView(Protocol):
     @property
     def version(self) -> int: ...
 
-    def state(self, edge: str) -> EdgeState: ...
+    def state(self, edge: str, pool: str | None = None) -> EdgeState:
+        """The state of `edge`; with `pool`, `overloaded` uses that pool's threshold and
+        hysteresis, without it `overloaded` is True when the edge is overloaded in any pool.
+        Unknown edges are reported up, not drained, with no load."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

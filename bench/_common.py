@@ -1,0 +1,214 @@
+"""Shared plumbing of the benchmark harnesses: processes pinned with taskset, free loopback
+ports, bounded waits, medians and plain-text tables.
+
+Every process a harness starts runs in its own session, so cleanup can stop the whole group
+it spawned (a server and its workers) by id and nothing else. Cleanup runs on normal exit,
+on an exception and on SIGINT/SIGTERM/SIGHUP.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench" / ".work"
+PYTHON = REPO / ".venv" / "bin" / "python"
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(Exception):
+    """A benchmark could not be set up or its output could not be read."""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Proc:
+    """A process (and everything it forks) started in its own session, output to a log file."""
+
+    _live: list[Proc] = []
+
+    def __init__(self, name: str, argv: Sequence[str], cpus: str | None, logfile: Path) -> None:
+        self.name = name
+        self.logfile = logfile
+        cmd = [*(["taskset", "-c", cpus] if cpus is not None else []), *argv]
+        self.cmd = cmd
+        self._log = open(logfile, "wb")  # closed in stop()
+        self.popen = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+        )
+        Proc._live.append(self)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def group_size(self) -> int:
+        """How many live processes are in the group we started (a server and its workers)."""
+        pgid, count = self.popen.pid, 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                count += 1
+        return count
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the process group we started, SIGKILL it if it is still there after timeout."""
+        if self in Proc._live:
+            Proc._live.remove(self)
+        pgid = self.popen.pid  # start_new_session: the group id is the child's pid
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        # Whatever the leader left behind (workers, or the leader itself on a timeout).
+        _signal_group(pgid, signal.SIGKILL)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} (pid {pgid}) did not exit after SIGKILL")
+        self._log.close()
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for proc in list(cls._live):
+            proc.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_cleanup() -> None:
+    atexit.register(Proc.stop_all)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+def free_port(udp_too: bool = False) -> int:
+    """A port that is free on 127.0.0.1 for TCP (and UDP when asked), found by binding port 0."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((LOOPBACK, 0))
+            port = int(tcp.getsockname()[1])
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
+    raise BenchError("no free port on 127.0.0.1 after 50 tries")
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, proc: Proc | None) -> None:
+    """Poll check() every 0.1 s until it is true; fail after timeout or when proc exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive:
+            raise BenchError(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    tail = f"\n{proc.tail()}" if proc is not None else ""
+    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+def run_tool(argv: Sequence[str], cpus: str | None, timeout: float) -> str:
+    """Run a load generator to completion (pinned when cpus is given); return its stdout."""
+    cmd = [*(["taskset", "-c", cpus] if cpus is not None else []), *argv]
+    try:
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{argv[0]} did not finish within {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}{done.stdout}")
+    return done.stdout
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def ratio(ours: float | None, theirs: float | None) -> str:
+    if not ours or not theirs:
+        return "n/a"
+    return f"{ours / theirs:.2f}x"
+
+
+def verdict(ours: float | None, theirs: float | None, goal: float) -> str:
+    if not ours or not theirs:
+        return "n/a"
+    return "ok" if ours / theirs >= goal else "BELOW GOAL"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def machine_summary() -> str:
+    cpu = "unknown CPU"
+    try:
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.startswith("model name"):
+                cpu = row.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    py = sys.version.split()[0]
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {os.uname().release}, Python {py}"
+
+
+def require_two_cpus() -> None:
+    if (os.cpu_count() or 1) < 2:
+        raise BenchError("the harness pins server and load generator to cores 0 and 1: need 2 CPUs")

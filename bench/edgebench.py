@@ -1,0 +1,444 @@
+"""Edge benchmark: our caching proxy against nginx proxy_cache in front of the same origin,
+driven by wrk, cache hits only.
+
+Both proxies run on core 0 with wrk on core 1 (the origin, bench/origin.py, shares core 1 with
+wrk: it only serves the warm-up misses), they take turns within one run, and each is warmed
+and checked before it is measured: the second request for an object must be a cache hit by the
+proxy's own account (our `Cache-Status: GeoEdge; hit`, nginx's $upstream_cache_status in an
+added `X-Cache-Status` header) with the full body, and the origin's request counter must not
+move during a measured run. Scenarios:
+
+  1k        1 KiB object, ours vs nginx                         goal >= 0.4x nginx
+  100k      100 KiB object, ours vs nginx                       goal >= 0.35x nginx
+  workers   1 KiB, our edge with 2 workers vs 1, unpinned       goal >= 1.25x
+
+Run through bench/edge.sh (installs nginx and wrk) or `make bench-edge`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import (
+    LOOPBACK,
+    PYTHON,
+    REPO,
+    WORK,
+    BenchError,
+    Proc,
+    free_port,
+    install_cleanup,
+    log,
+    machine_summary,
+    median,
+    ratio,
+    require_two_cpus,
+    run_tool,
+    table,
+    verdict,
+)
+
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+OBJECTS = {"1k": 1024, "100k": 100 * 1024}
+GOALS = {"1k": 0.4, "100k": 0.35}
+WORKERS_GOAL = 1.25
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # non-2xx/3xx responses plus socket errors
+
+
+# --- HTTP checks ---------------------------------------------------------------------------
+
+
+def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def is_hit(label: str, headers: dict[str, str]) -> bool:
+    if label == "nginx":
+        return headers.get("x-cache-status", "").upper() == "HIT"
+    # RFC 9211: the last member is the cache nearest the client, i.e. us.
+    members = [m for m in headers.get("cache-status", "").split(",") if m.strip()]
+    return bool(members) and "hit" in (p.strip().lower() for p in members[-1].split(";")[1:])
+
+
+def origin_count(port: int) -> int:
+    status, _, body = get(port, "/__origin/stats")
+    if status != 200:
+        raise BenchError(f"origin stats answered {status}")
+    return int(json.loads(body)["requests"])
+
+
+class Proxy:
+    def __init__(self, label: str, argv: list[str], port: int, cpus: str | None, logdir: Path):
+        self.label = label
+        self.argv = argv
+        self.port = port
+        self.cpus = cpus
+        self.logdir = logdir
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        self.proc = Proc(self.label, self.argv, self.cpus, self.logdir / f"{self.label}.log")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not self.proc.alive:
+                raise BenchError(f"{self.label} exited at start:\n{self.proc.tail()}")
+            try:
+                if get(self.port, "/1k", timeout=2.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise BenchError(f"{self.label} did not answer on {LOOPBACK}:{self.port} in 60s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def check_hits(self) -> str:
+        """Every object comes back complete and, by the second request at most, as a hit."""
+        notes = []
+        for name, size in OBJECTS.items():
+            path = f"/{name}"
+            for attempt in range(5):
+                status, headers, body = get(self.port, path)
+                if status != 200 or len(body) != size:
+                    raise BenchError(f"{self.label} GET {path}: {status}, {len(body)} bytes")
+                if is_hit(self.label, headers):
+                    break
+                time.sleep(0.2 * attempt)  # a store may land just after the first response
+            else:
+                shown = {k: v for k, v in headers.items() if "cache" in k or k == "age"}
+                raise BenchError(f"{self.label} GET {path} is not a cache hit: {shown}")
+            tag = headers.get("x-cache-status") or headers.get("cache-status")
+            notes.append(f"{path} {size} B [{tag}]")
+        procs = self.proc.group_size() if self.proc else 0
+        plural = "es" if procs != 1 else ""
+        return f"{self.label} ({procs} process{plural}): " + ", ".join(notes)
+
+
+def nginx_proxy(workdir: Path, port: int, origin_port: int, logdir: Path) -> Proxy:
+    d = workdir / "nginx"
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "tmp").mkdir(parents=True)
+    conf = f"""# Generated by bench/edgebench.py: one worker, disk cache, keep-alive to the origin.
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    # tcp_nopush stays off (nginx's default): with it on, this VM's kernel stalled each 100 KiB
+    # response ~40 ms (1.5k req/s instead of 22k), which would flatter us unfairly.
+    tcp_nopush off;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;  # wrk keeps its connections; do not make nginx reconnect
+    default_type application/octet-stream;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=1h
+                     use_temp_path=off;
+    upstream origin {{
+        server {LOOPBACK}:{origin_port};
+        keepalive 32;
+    }}
+    server {{
+        listen {LOOPBACK}:{port};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_cache bench;
+            proxy_cache_lock on;  # collapse concurrent misses, as our edge does
+            # No proxy_cache_valid: freshness comes from the origin's Cache-Control.
+            add_header X-Cache-Status $upstream_cache_status always;
+        }}
+    }}
+}}
+"""
+    (d / "nginx.conf").write_text(conf)
+    argv = ["nginx", "-p", f"{d}/", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
+    run_tool([*argv, "-t", "-q"], None, timeout=30)
+    return Proxy("nginx", argv, port, SERVER_CPU, logdir)
+
+
+def our_proxy(
+    label: str,
+    workdir: Path,
+    port: int,
+    origin_port: int,
+    workers: int,
+    cpus: str | None,
+    logdir: Path,
+) -> Proxy:
+    """Our edge with the quick-start defaults, except that like nginx here it keeps no access
+    log and logs only warnings (a config file, since the quick-start flags cannot say that)."""
+    cache = workdir / f"cache-{label}"
+    shutil.rmtree(cache, ignore_errors=True)
+    conf = workdir / f"{label}.toml"
+    conf.write_text(
+        f"""# Generated by bench/edgebench.py
+[server]
+listen = ["{LOOPBACK}:{port}"]
+workers = {workers}
+
+[pool]
+origins = [{{ url = "http://{LOOPBACK}:{origin_port}" }}]
+
+[cache]
+dir = {json.dumps(str(cache))}
+
+[admin]
+listen = "{LOOPBACK}:{free_port()}"
+
+[log]
+level = "warning"
+access_log = ""
+"""
+    )
+    edge = [str(PYTHON), "-m", "edge"]
+    run_tool([*edge, "check-config", str(conf)], None, timeout=60)
+    return Proxy(
+        label, [*edge, "serve", "-c", str(conf), "--workers", str(workers)], port, cpus, logdir
+    )
+
+
+# --- wrk -----------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNITS_MS[unit]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"^\s+50%\s+([0-9.]+)(us|ms|s|m)\s*$", out, re.M)
+    p99 = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s|m)\s*$", out, re.M)
+    if not (rps and total and p50 and p99):
+        raise BenchError(f"unexpected wrk output:\n{out}")
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50_ms=_ms(*p50.groups()),
+        p99_ms=_ms(*p99.groups()),
+        requests=int(total.group(1)),
+        errors=errors,
+    )
+
+
+def wrk(
+    args: argparse.Namespace, port: int, path: str, seconds: float, cpus: str | None
+) -> WrkResult:
+    secs = max(1, round(seconds))  # wrk takes whole seconds
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{secs}s", "--latency"]
+    argv += [f"http://{LOOPBACK}:{port}{path}"]
+    return parse_wrk(run_tool(argv, cpus, timeout=seconds + 60))
+
+
+def measure(
+    args: argparse.Namespace, proxy: Proxy, path: str, origin_port: int, cpus: str | None
+) -> WrkResult:
+    before = origin_count(origin_port)
+    res = wrk(args, proxy.port, path, args.duration, cpus)
+    misses = origin_count(origin_port) - before
+    log(
+        f"  {proxy.label:<6} {path:<6} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:.2f} ms  "
+        f"p99 {res.p99_ms:.2f} ms  errors {res.errors}  origin requests {misses}"
+    )
+    if res.errors:
+        log(f"  warning: {proxy.label}: {res.errors} errors or non-2xx responses during the run")
+    if misses:
+        log(f"  warning: {proxy.label}: {misses} requests reached the origin: not all hits")
+    return res
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def pick(args: argparse.Namespace, runs: list[WrkResult]) -> WrkResult | None:
+    if not runs:
+        return None
+    if args.pick == "best":
+        return max(runs, key=lambda r: r.rps)
+    mid = median([r.rps for r in runs])
+    return min(runs, key=lambda r: abs(r.rps - mid))
+
+
+def result_row(title: str, a: WrkResult | None, b: WrkResult | None, goal: float) -> list[str]:
+    def cells(r: WrkResult | None) -> tuple[str, str]:
+        return ("n/a", "n/a") if r is None else (f"{r.rps:,.0f}", f"{r.p99_ms:.2f}")
+
+    (ar, ap), (br, bp) = cells(a), cells(b)
+    a_rps, b_rps = (a.rps if a else None), (b.rps if b else None)
+    return [title, ar, br, ratio(a_rps, b_rps), f">= {goal}x", verdict(a_rps, b_rps, goal), ap, bp]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    p.add_argument("--rounds", type=int, default=2, help="measured runs per proxy and scenario")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured wrk seconds per proxy")
+    p.add_argument("--scenarios", default="1k,100k,workers", help="subset of 1k,100k,workers")
+    p.add_argument("--servers", default="ours,nginx", help="ours,nginx or one of them")
+    p.add_argument("--pick", choices=("best", "median"), default="best", help="of the rounds")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t")
+    args = p.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(args.scenarios) - {*OBJECTS, "workers"} or set(args.servers) - {"ours", "nginx"}
+    if unknown:
+        p.error(f"unknown: {', '.join(sorted(unknown))}")
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds must be >= 1 and --duration > 0")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    install_cleanup()
+    require_two_cpus()
+    for tool in ("wrk", "taskset", *(["nginx"] if "nginx" in args.servers else [])):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} not found: run bench/edge.sh, which installs it")
+    workdir = WORK / "edge"
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    origin_port = free_port()
+    origin = Proc(
+        "origin",
+        [str(PYTHON), str(REPO / "bench" / "origin.py"), str(origin_port)],
+        LOADGEN_CPU,
+        logdir / "origin.log",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            origin_count(origin_port)
+            break
+        except OSError:
+            if not origin.alive or time.monotonic() > deadline:
+                raise BenchError(f"origin did not start:\n{origin.tail()}") from None
+            time.sleep(0.1)
+
+    print(f"# GeoEdge edge benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# machine: {machine_summary()}")
+    print(
+        f"# proxies on core {SERVER_CPU}, wrk (-t{args.threads} -c{args.connections} --latency) "
+        f"and the origin on core {LOADGEN_CPU}; {args.duration:g}s x {args.rounds} rounds per "
+        f"proxy, {args.pick} of the rounds; cache hits only"
+    )
+
+    proxies: dict[str, Proxy] = {}
+    if "ours" in args.servers and any(s in OBJECTS for s in args.scenarios):
+        proxies["ours"] = our_proxy(
+            "ours", workdir, free_port(), origin_port, 1, SERVER_CPU, logdir
+        )
+    if "nginx" in args.servers and any(s in OBJECTS for s in args.scenarios):
+        proxies["nginx"] = nginx_proxy(workdir, free_port(), origin_port, logdir)
+    for proxy in proxies.values():
+        proxy.start()
+        log(proxy.check_hits())
+
+    rows: list[list[str]] = []
+    for key in (s for s in args.scenarios if s in OBJECTS):
+        path = f"/{key}"
+        log(f"scenario {key}: cache hits of a {OBJECTS[key]} B object")
+        for proxy in proxies.values():
+            if args.warmup > 0:
+                wrk(args, proxy.port, path, args.warmup, LOADGEN_CPU)
+        runs: dict[str, list[WrkResult]] = {k: [] for k in proxies}
+        for rnd in range(args.rounds):
+            order = list(proxies) if rnd % 2 == 0 else list(reversed(proxies))
+            for label in order:
+                runs[label].append(measure(args, proxies[label], path, origin_port, LOADGEN_CPU))
+        ours, nginx = pick(args, runs.get("ours", [])), pick(args, runs.get("nginx", []))
+        rows.append(result_row(f"{OBJECTS[key] // 1024} KiB hit", ours, nginx, GOALS[key]))
+    for proxy in proxies.values():
+        proxy.stop()
+
+    worker_rows: list[list[str]] = []
+    if "workers" in args.scenarios and "ours" in args.servers:
+        log("scenario workers: our edge with 2 workers vs 1, 1 KiB hits, edge and wrk unpinned")
+        pair = {
+            n: our_proxy(f"ours-w{n}", workdir, free_port(), origin_port, n, None, logdir)
+            for n in (1, 2)
+        }
+        for proxy in pair.values():
+            proxy.start()
+            log(proxy.check_hits())
+            if args.warmup > 0:
+                wrk(args, proxy.port, "/1k", args.warmup, None)
+        wruns: dict[int, list[WrkResult]] = {1: [], 2: []}
+        for rnd in range(args.rounds):
+            for n in (1, 2) if rnd % 2 == 0 else (2, 1):
+                wruns[n].append(measure(args, pair[n], "/1k", origin_port, None))
+        for proxy in pair.values():
+            proxy.stop()
+        two, one = pick(args, wruns[2]), pick(args, wruns[1])
+        worker_rows.append(result_row("1 KiB hit", two, one, WORKERS_GOAL))
+    origin.stop()
+
+    print()
+    tail = ["goal", "verdict"]
+    if rows:
+        heads = ["object", "ours req/s", "nginx req/s", "ours/nginx", *tail]
+        print(table([*heads, "ours p99 ms", "nginx p99 ms"], rows))
+        print()
+    if worker_rows:
+        print("our edge, 2 workers vs 1 (edge and wrk unpinned):")
+        heads = ["object", "2 workers req/s", "1 worker req/s", "2/1", *tail]
+        print(table([*heads, "2w p99 ms", "1w p99 ms"], worker_rows))
+        print()
+    print(f"logs: {logdir.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as exc:
+        print(f"bench/edgebench.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)

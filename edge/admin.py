@@ -1,0 +1,168 @@
+"""Admin port: /__edge/status (JSON for the DNS tier), /metrics (Prometheus) and purge.
+
+`Metrics` is the edge's counter set; the proxy updates it on every response. Each edge has
+its own prometheus CollectorRegistry so several edges can live in one test process.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from edge.proxy import Proxy
+
+_WINDOW = 10  # seconds of history for requests per second
+
+
+class Metrics:
+    def __init__(self, capacity_rps: float = 1000.0, clock: Callable[[], float] = time.monotonic):
+        self.capacity_rps = capacity_rps
+        self._clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "edge_requests",
+            "Responses sent to clients by status code and cache status",
+            ["status", "cache"],
+            registry=self.registry,
+        )
+        self.origin_latency = Histogram(
+            "edge_origin_latency_seconds",
+            "Time from sending a request to an origin to its response headers",
+            ["origin"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.origin_errors = Counter(
+            "edge_origin_errors",
+            "Failed origin requests (connect, timeout, broken response)",
+            ["origin", "kind"],
+            registry=self.registry,
+        )
+        self.probes = Counter(
+            "edge_probes", "Health probe results", ["origin", "result"], registry=self.registry
+        )
+        self.origin_up = Gauge(
+            "edge_origin_up", "1 when the origin is in rotation", ["origin"], registry=self.registry
+        )
+        self.active_gauge = Gauge(
+            "edge_active_requests", "Requests in flight", registry=self.registry
+        )
+        self.cache_bytes = Gauge(
+            "edge_cache_bytes", "Bytes held by the disk cache", registry=self.registry
+        )
+        self.cache_entries = Gauge(
+            "edge_cache_entries", "Objects in the disk cache", registry=self.registry
+        )
+        self.cache_degraded = Gauge(
+            "edge_cache_degraded",
+            "1 while the cache is not storing (e.g. disk full)",
+            registry=self.registry,
+        )
+        self.purges = Counter(
+            "edge_purges", "Purge requests by kind", ["kind"], registry=self.registry
+        )
+        self._children: dict[tuple[int, str], Any] = {}
+        self.active = 0
+        self.hits = 0
+        self.lookups = 0
+        self._buckets: collections.deque[list[int]] = collections.deque(maxlen=_WINDOW + 1)
+
+    def response(self, status: int, cache: str) -> None:
+        """Count one response; `cache` is hit, stale, revalidated, miss, bypass or error."""
+        child = self._children.get((status, cache))
+        if child is None:
+            child = self.requests.labels(str(status), cache)
+            self._children[(status, cache)] = child
+        child.inc()
+        if cache in ("hit", "stale", "revalidated"):
+            self.hits += 1
+            self.lookups += 1
+        elif cache == "miss":
+            self.lookups += 1
+        second = int(self._clock())
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([second, 1])
+
+    def observe_probe(self, origin: str, ok: bool, status: int | None, elapsed: float) -> None:
+        self.probes.labels(origin, "ok" if ok else "fail").inc()
+
+    def requests_per_second(self) -> float:
+        now = int(self._clock())
+        total = sum(n for sec, n in self._buckets if now - _WINDOW <= sec < now)
+        return total / _WINDOW
+
+    def hit_ratio(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    def load_factor(self) -> float:
+        if self.capacity_rps <= 0:
+            return 1.0
+        return max(0.0, min(1.0, self.requests_per_second() / self.capacity_rps))
+
+
+def status_document(proxy: Proxy) -> dict[str, Any]:
+    metrics = proxy.metrics
+    origins = proxy.pool.status()
+    up = [o.url for o in origins if o.up]
+    down = [o.url for o in origins if not o.up]
+    doc: dict[str, Any] = {
+        "healthy": bool(up),
+        "origins": {
+            "up": up,
+            "down": down,
+            "detail": [
+                {"url": o.url, "up": o.up, "active": o.active, "weight": o.weight}
+                for o in origins
+            ],
+        },
+        "active_requests": metrics.active,
+        "requests_per_second": round(metrics.requests_per_second(), 3),
+        "capacity_rps": metrics.capacity_rps,
+        "load_factor": round(metrics.load_factor(), 4),
+        "hit_ratio": round(metrics.hit_ratio(), 4),
+        "cache": proxy.cache_status(),
+    }
+    return doc
+
+
+def add_routes(app: web.Application, get_proxy: Callable[[], Proxy]) -> None:
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(status_document(get_proxy()))
+
+    async def metrics(request: web.Request) -> web.Response:
+        proxy = get_proxy()
+        proxy.refresh_gauges()
+        body = generate_latest(proxy.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def purge(request: web.Request) -> web.Response:
+        try:
+            doc = json.loads(await request.read() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        kinds = [k for k in ("url", "prefix", "surrogate_key") if isinstance(doc, dict) and k in doc]
+        if len(kinds) != 1 or not isinstance(doc[kinds[0]], str) or not doc[kinds[0]]:
+            return web.json_response(
+                {"error": 'expected exactly one of {"url"|"prefix"|"surrogate_key": "..."}'},
+                status=400,
+            )
+        kind = kinds[0]
+        proxy = get_proxy()
+        removed = await proxy.purge(kind, doc[kind])
+        proxy.metrics.purges.labels(kind).inc()
+        return web.json_response({"purged": removed, kind: doc[kind]})
+
+    app.router.add_get("/__edge/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/__edge/purge", purge)

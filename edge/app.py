@@ -1,0 +1,335 @@
+"""Wiring: the control application (AppKeys + cleanup_ctx) and the edge listeners.
+
+The control app is a regular aiohttp Application: its cleanup_ctx opens and closes the
+origin ClientSession, the cache store, the probe scheduler and the access log, and it serves
+the admin routes when an admin address is configured. The client-facing listeners use the
+low-level aiohttp server (no router, no middlewares) so the cache-hit path stays lean, with
+a protocol subclass that adds a deadline for reading request headers and maps parser limit
+errors to 414 / 431.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from edge import admin, tls
+from edge.accesslog import AccessLog
+from edge.config import Address, EdgeConfig
+from edge.origins import OriginPool
+from edge.probes import Prober
+from edge.proxy import CacheLayer, Proxy, open_cache
+
+log = logging.getLogger("edge")
+
+CONFIG = web.AppKey("edge_config", EdgeConfig)
+POOL = web.AppKey("edge_pool", OriginPool)
+SESSION = web.AppKey("edge_session", aiohttp.ClientSession)
+CACHE = web.AppKey("edge_cache", CacheLayer)
+PROBER = web.AppKey("edge_prober", Prober)
+METRICS = web.AppKey("edge_metrics", admin.Metrics)
+PROXY = web.AppKey("edge_proxy", Proxy)
+ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
+
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+class EdgeRequestHandler(RequestHandler):
+    """aiohttp's connection protocol plus a request-header deadline and limit statuses."""
+
+    def __init__(
+        self, manager: EdgeServer, *, header_timeout: float, url_limit: int, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)  # type: ignore[arg-type]
+        self._header_timeout = header_timeout
+        self._url_limit = url_limit
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._disarm_header_timer()
+        elif self._header_timer is None and data and self._waiter is not None:
+            # First bytes of a further request on a kept-alive connection: the deadline for
+            # its headers starts now (the idle time before is the keep-alive timeout's job).
+            self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
+        transport.write(_TIMEOUT_RESPONSE)  # type: ignore[attr-defined]
+        self.force_close()
+        transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            status = 414 if limit == self._url_limit else 431
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+            status = 431
+        if status in (414, 431) or isinstance(exc, BadHttpMessage):
+            log.debug("bad request from %s: %s", request.remote, exc)
+            resp = web.Response(status=status, text=f"{status} {web.Response(status=status).reason}\n")
+            resp.force_close()
+            return resp
+        return super().handle_error(request, status, exc, message)
+
+
+class EdgeServer(web.Server):
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        header_timeout: float,
+        url_limit: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self._header_timeout = header_timeout
+        self._url_limit = url_limit
+
+    def __call__(self) -> RequestHandler:
+        return EdgeRequestHandler(
+            self,
+            loop=self._loop,
+            header_timeout=self._header_timeout,
+            url_limit=self._url_limit,
+            **self._kwargs,
+        )
+
+
+def server_kwargs(config: EdgeConfig) -> dict[str, Any]:
+    limits = config.limits
+    # aiohttp's parser refuses lines above these limits; they must differ so handle_error
+    # can tell a long request line (414) from a long header field (431).
+    field_limit = limits.max_header_bytes
+    url_limit = limits.max_url_length + 16  # "GET " ... " HTTP/1.1" are not counted by the parser
+    if url_limit == field_limit:
+        field_limit += 1
+    return {
+        "header_timeout": limits.header_timeout,
+        "url_limit": url_limit,
+        "keepalive_timeout": limits.keepalive_timeout,
+        "max_line_size": url_limit,
+        "max_field_size": field_limit,
+        "max_headers": limits.max_headers,
+        "access_log": None,
+    }
+
+
+def build_app(config: EdgeConfig) -> web.Application:
+    """The control app: lifecycle of shared resources plus the admin routes."""
+    app = web.Application(handler_args={"access_log": None})
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_resources)
+    admin.add_routes(app, lambda: app[PROXY])
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    pool_cfg = config.pool
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=pool_cfg.connections_per_origin,
+        ssl=tls.origin_context(pool_cfg.ca_bundle),
+        keepalive_timeout=30.0,
+        enable_cleanup_closed=False,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    cache_dir = config.cache.dir
+    if config.cache.enabled and not cache_dir:
+        tmp = tempfile.TemporaryDirectory(prefix="geoedge-cache-")
+        cache_dir = tmp.name
+    cache = await open_cache(config, cache_dir) if config.cache.enabled else None
+    metrics = admin.Metrics(capacity_rps=config.admin.capacity_rps)
+    access_log = AccessLog(config.log.access_log)
+    pool = OriginPool(pool_cfg)
+    proxy = Proxy(config, pool, session, cache, metrics, access_log)
+    prober = Prober(pool, session, metrics.observe_probe)
+    app[SESSION] = session
+    app[POOL] = pool
+    app[METRICS] = metrics
+    app[ACCESS_LOG] = access_log
+    app[PROXY] = proxy
+    app[PROBER] = prober
+    if cache is not None:
+        app[CACHE] = cache
+    prober.start()
+    flusher = asyncio.create_task(_flush_periodically(access_log))
+    try:
+        yield
+    finally:
+        prober.shutdown()
+        flusher.cancel()
+        await proxy.close()
+        await session.close()
+        if cache is not None:
+            await cache.close()
+        access_log.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+async def _flush_periodically(access_log: AccessLog) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        access_log.flush()
+
+
+def _redirect_handler(config: EdgeConfig) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+    https_port = config.tls.listen[0].port
+
+    async def redirect(request: web.BaseRequest) -> web.Response:
+        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+        authority = host if https_port == 443 else f"{host}:{https_port}"
+        return web.Response(
+            status=308, headers={"Location": f"https://{authority}{request.raw_path}"}
+        )
+
+    return redirect
+
+
+def _bind_reuse(addr: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((addr.host, addr.port))
+    return sock
+
+
+class EdgeRuntime:
+    """A running edge: control app (+ admin site) and the client-facing listeners."""
+
+    def __init__(self, config: EdgeConfig, *, reuse_port: bool = False) -> None:
+        self.config = config
+        self.app = build_app(config)
+        self.reuse_port = reuse_port
+        self._app_runner: web.AppRunner | None = None
+        self._edge_runners: list[web.ServerRunner] = []
+        self.addresses: dict[str, list[Address]] = {"http": [], "https": [], "admin": []}
+
+    @property
+    def proxy(self) -> Proxy:
+        return self.app[PROXY]
+
+    async def start(self) -> None:
+        config = self.config
+        self._app_runner = web.AppRunner(self.app, access_log=None)
+        await self._app_runner.setup()
+        if config.admin.listen is not None:
+            site = web.TCPSite(
+                self._app_runner,
+                config.admin.listen.host,
+                config.admin.listen.port,
+                reuse_port=self.reuse_port or None,
+            )
+            await site.start()
+            self.addresses["admin"] = _site_addresses(site)
+        kwargs = server_kwargs(config)
+        proxy_server = EdgeServer(self.proxy.handle, **kwargs)
+        proxy_runner = web.ServerRunner(proxy_server, handle_signals=False)
+        await proxy_runner.setup()
+        self._edge_runners.append(proxy_runner)
+        plain_runner = proxy_runner
+        if config.tls.redirect_http:
+            redirect_server = EdgeServer(_redirect_handler(config), **kwargs)
+            plain_runner = web.ServerRunner(redirect_server, handle_signals=False)
+            await plain_runner.setup()
+            self._edge_runners.append(plain_runner)
+        for addr in config.server.listen:
+            site = await self._site(plain_runner, addr, None)
+            self.addresses["http"].extend(_site_addresses(site))
+        if config.tls.listen:
+            ssl_ctx = tls.server_context(config.tls)
+            for addr in config.tls.listen:
+                site = await self._site(proxy_runner, addr, ssl_ctx)
+                self.addresses["https"].extend(_site_addresses(site))
+
+    async def _site(self, runner: web.BaseRunner, addr: Address, ssl_ctx: Any) -> web.BaseSite:
+        site: web.BaseSite
+        if self.reuse_port:
+            site = web.SockSite(runner, _bind_reuse(addr), ssl_context=ssl_ctx)
+        else:
+            site = web.TCPSite(runner, addr.host, addr.port, ssl_context=ssl_ctx)
+        await site.start()
+        return site
+
+    def reload(self, config: EdgeConfig) -> None:
+        """Apply a new config atomically; listener, TLS and cache changes need a restart."""
+        old = self.config
+        for part in ("server.listen", "tls", "cache", "admin.listen"):
+            section, _, key = part.partition(".")
+            a, b = getattr(old, section), getattr(config, section)
+            if (getattr(a, key) if key else a) != (getattr(b, key) if key else b):
+                log.warning("reload: %s changed; it takes effect after a restart", part)
+        self.config = config
+        self.app[CONFIG] = config
+        self.app[POOL].update(config.pool)
+        self.app[PROBER].reschedule()
+        self.app[METRICS].capacity_rps = config.admin.capacity_rps
+        self.proxy.reconfigure(config)
+        log.info("configuration reloaded from %s", config.source)
+
+    async def stop(self) -> None:
+        for runner in reversed(self._edge_runners):
+            await runner.cleanup()
+        self._edge_runners.clear()
+        if self._app_runner is not None:
+            await self._app_runner.cleanup()
+            self._app_runner = None
+
+
+def _site_addresses(site: web.BaseSite) -> list[Address]:
+    server = getattr(site, "_server", None)
+    out = []
+    for sock in getattr(server, "sockets", None) or []:
+        name = sock.getsockname()
+        out.append(Address(name[0], name[1]))
+    return out

@@ -1,0 +1,242 @@
+"""HTTP field access and Cache-Control directive parsing (RFC 9111 §5.2, RFC 9213).
+
+Pure code. Headers arrive either as a sequence of (name, value) pairs or as any object with
+an ``items()`` yielding such pairs (aiohttp's CIMultiDict qualifies); names compare
+case-insensitively and repeated field lines are kept in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
+DELTA_SECONDS_MAX = 2147483648
+
+
+class HeaderItems(Protocol):
+    """Anything with multidict-style ``items()``: CIMultiDict, CIMultiDictProxy, ..."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+Headers = Sequence[tuple[str, str]] | HeaderItems
+HeaderTuple = tuple[tuple[str, str], ...]
+
+
+def header_pairs(headers: Headers) -> HeaderTuple:
+    """The fields as a tuple of (name, value) pairs, names as received."""
+    if isinstance(headers, tuple):
+        return headers
+    if isinstance(headers, Sequence):
+        return tuple((str(k), str(v)) for k, v in headers)
+    return tuple((str(k), str(v)) for k, v in headers.items())
+
+
+def field_values(headers: Headers, name: str) -> list[str]:
+    """Every field line value of ``name`` (case-insensitive), in order."""
+    lname = name.lower()
+    items: Iterable[tuple[str, str]] = headers if isinstance(headers, Sequence) else headers.items()
+    return [v for k, v in items if k.lower() == lname]
+
+
+def field_value(headers: Headers, name: str) -> str | None:
+    """The combined value of ``name`` (lines joined by ", "), or None if absent."""
+    values = field_values(headers, name)
+    if not values:
+        return None
+    return ", ".join(values)
+
+
+def has_field(headers: Headers, name: str) -> bool:
+    return bool(field_values(headers, name))
+
+
+def split_list(value: str) -> Iterator[str]:
+    """Split a comma-separated list field (RFC 9110 §5.6.1), honouring quoted strings.
+
+    Empty elements are dropped; each element is stripped of surrounding whitespace.
+    """
+    start = 0
+    in_quote = False
+    escaped = False
+    for i, ch in enumerate(value):
+        if escaped:
+            escaped = False
+        elif in_quote:
+            if ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif ch == ",":
+            element = value[start:i].strip(" \t")
+            if element:
+                yield element
+            start = i + 1
+    element = value[start:].strip(" \t")
+    if element:
+        yield element
+
+
+def list_elements(headers: Headers, name: str) -> list[str]:
+    """All list elements of every line of a list-based field."""
+    out: list[str] = []
+    for value in field_values(headers, name):
+        out.extend(split_list(value))
+    return out
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def is_token(s: str) -> bool:
+    return bool(s) and all(c in _TCHAR for c in s)
+
+
+def unquote(value: str) -> str | None:
+    """The content of a quoted-string, or None if ``value`` is not one."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return None
+    out: list[str] = []
+    i = 1
+    end = len(value) - 1
+    while i < end:
+        ch = value[i]
+        if ch == "\\":
+            if i + 1 >= end:
+                return None
+            out.append(value[i + 1])
+            i += 2
+            continue
+        if ch == '"':
+            return None
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def parse_delta_seconds(value: str | None) -> int | None:
+    """delta-seconds (RFC 9111 §1.2.2): 1*DIGIT; None when invalid. Huge values clamp."""
+    if value is None or not value or not value.isascii() or not value.isdigit():
+        return None
+    n = int(value)
+    return min(n, DELTA_SECONDS_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Parsed cache directives in order; names lower-cased, values unquoted (None if bare).
+
+    ``malformed`` lists names whose element could not be parsed as ``token [= value]``.
+    """
+
+    items: tuple[tuple[str, str | None], ...] = ()
+    malformed: tuple[str, ...] = ()
+
+    def __contains__(self, name: object) -> bool:
+        return any(n == name for n, _ in self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def values(self, name: str) -> list[str | None]:
+        return [v for n, v in self.items if n == name]
+
+    def get(self, name: str) -> str | None:
+        """Value of the first occurrence (None when absent or bare)."""
+        for n, v in self.items:
+            if n == name:
+                return v
+        return None
+
+    def delta(self, name: str) -> int | None:
+        """The first occurrence's delta-seconds; None if absent. -1 if present but invalid.
+
+        RFC 9111 §4.2.1 lets a cache use the first of duplicated directives; an invalid
+        value (e.g. ``max-age=abc`` or bare ``max-age``) is reported as -1 so freshness code
+        can treat the response as stale.
+        """
+        for n, v in self.items:
+            if n == name:
+                parsed = parse_delta_seconds(v)
+                return -1 if parsed is None else parsed
+        return None
+
+    def field_names(self, name: str) -> tuple[str, ...] | None:
+        """For qualified ``no-cache="a, b"`` / ``private="x"``: the lower-cased field names.
+
+        None when the directive is absent; () when it is present without a list.
+        """
+        if name not in self:
+            return None
+        names: list[str] = []
+        for v in self.values(name):
+            if v is None:
+                return ()
+            names.extend(e.strip().lower() for e in v.split(",") if e.strip())
+        return tuple(names)
+
+
+def parse_directives(values: Iterable[str]) -> Directives:
+    """Parse Cache-Control style field values (several lines allowed) into Directives.
+
+    Grammar: ``#( token [ "=" ( token / quoted-string ) ] )``. Whitespace around "=" is not
+    allowed by the grammar; such elements are kept under their (stripped) name as malformed,
+    so ``max-age =3600`` does not give a lifetime. Quoted values are unquoted: commas inside
+    quotes never start a new directive.
+    """
+    items: list[tuple[str, str | None]] = []
+    malformed: list[str] = []
+    for value in values:
+        for element in split_list(value):
+            name, eq, raw = element.partition("=")
+            if not eq:
+                lname = name.strip().lower()
+                if is_token(lname):
+                    items.append((lname, None))
+                else:
+                    malformed.append(lname)
+                continue
+            if name != name.rstrip() or raw != raw.lstrip():
+                malformed.append(name.strip().lower())
+                continue
+            lname = name.lower()
+            if not is_token(lname):
+                malformed.append(lname)
+                continue
+            if raw.startswith('"'):
+                unq = unquote(raw)
+                if unq is None:
+                    malformed.append(lname)
+                    continue
+                items.append((lname, unq))
+            elif is_token(raw):
+                items.append((lname, raw))
+            else:
+                malformed.append(lname)
+    return Directives(tuple(items), tuple(malformed))
+
+
+def cache_control(headers: Headers) -> Directives:
+    """The parsed Cache-Control field of a request or response."""
+    return parse_directives(field_values(headers, "cache-control"))
+
+
+def cdn_cache_control(
+    headers: Headers, names: Sequence[str] = ("cdn-cache-control",)
+) -> Directives | None:
+    """RFC 9213 targeted field: the first of ``names`` present, parsed; None if none is.
+
+    A targeted field that is present but unparseable is ignored (RFC 9213 §2.1), as if
+    absent, so the cache falls back to Cache-Control.
+    """
+    for name in names:
+        values = field_values(headers, name)
+        if values:
+            parsed = parse_directives(values)
+            if parsed.items:
+                return parsed
+    return None

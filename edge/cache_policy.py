@@ -1,0 +1,635 @@
+"""The shared-cache policy of the edge (RFC 9111, RFC 5861, RFC 9213, RFC 9211), sans-IO.
+
+Nothing here touches a socket, a disk or a clock: callers pass the request, the stored
+entries and ``now``, and get a decision back.
+
+- ``CacheRequest`` / ``CacheEntry``: what a request and a stored response look like.
+- ``storability`` / ``make_entry``: may this response be stored, and the entry to store.
+- ``lookup``: Fresh (serve), Stale (forward, maybe serving stale meanwhile) or Miss.
+- ``stale_on_error_ok``: may a stale entry answer when the origin failed.
+- ``freshen``: fold a 304 (or a HEAD response) into a stored entry.
+- ``hit_headers``: stored fields plus a correct Age for a response served from the cache.
+- ``invalidation_keys``: what an unsafe request invalidates (RFC 9111 §4.4).
+- ``cache_status``: the Cache-Status field value (RFC 9211).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from http import HTTPStatus
+from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
+
+from edge import freshness as fr
+from edge import vary as vy
+from edge.cache_control import (
+    DELTA_SECONDS_MAX,
+    Headers,
+    HeaderTuple,
+    cache_control,
+    field_values,
+    header_pairs,
+    list_elements,
+    parse_delta_seconds,
+)
+from edge.conditional import merge_headers, strip_hop_by_hop
+from edge.errors import CacheMetadataError
+
+_KNOWN_STATUSES = frozenset(int(s) for s in HTTPStatus)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Knobs of the cache policy; one per configured route is fine.
+
+    ``default_ttl``: freshness for responses with neither explicit nor heuristic freshness
+    (None: such responses are not stored). ``store_set_cookie``: store responses carrying
+    Set-Cookie, with the Set-Cookie fields removed from the stored copy (False: do not
+    store them). ``targeted_fields``: RFC 9213 targeted cache-control fields in
+    precedence order; () ignores CDN-Cache-Control. ``stale_when_disconnected``: how stale
+    an entry may be served when the origin cannot be reached at all (RFC 9111 §4.2.4),
+    without a stale-if-error from the origin; 0 disables.
+    """
+
+    name: str = "GeoEdge"
+    shared: bool = True
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86400.0
+    default_ttl: float | None = None
+    store_set_cookie: bool = False
+    targeted_fields: tuple[str, ...] = ("cdn-cache-control",)
+    stale_when_disconnected: float = 0.0
+
+
+def cache_key(scheme: str, authority: str, target: str) -> str:
+    """Primary cache key: ``scheme://host[:port]/path?query``, normalised.
+
+    Scheme and host are lower-cased, a default port is dropped, the fragment is removed
+    and an empty path becomes ``/``. The method is not part of it: only GET responses are
+    stored and HEAD is answered from them.
+    """
+    scheme = scheme.lower()
+    host = authority.strip().lower()
+    if host.endswith(f":{_DEFAULT_PORTS.get(scheme, '')}") and not host.endswith("]"):
+        host = host.rsplit(":", 1)[0]
+    target = target.split("#", 1)[0] or "/"
+    if not target.startswith("/") and target != "*":
+        target = "/" + target
+    return f"{scheme}://{host}{target}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRequest:
+    method: str
+    scheme: str
+    authority: str
+    target: str  # path and query as received
+    headers: HeaderTuple = ()
+
+    @property
+    def key(self) -> str:
+        return cache_key(self.scheme, self.authority, self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """Metadata of one stored response (one Vary variant of one primary key).
+
+    ``vary`` is the normalised Vary list; ``selecting`` the normalised request fields it
+    names (edge.vary). ``freshness`` is derived from ``headers`` and the times and is
+    recomputed whenever headers change (freshen).
+    """
+
+    key: str
+    variant: str
+    status: int
+    reason: str
+    headers: HeaderTuple
+    vary: tuple[str, ...]
+    selecting: HeaderTuple
+    request_time: float
+    response_time: float
+    body_length: int
+    sha256: str
+    surrogate_keys: tuple[str, ...]
+    stored_at: float
+    freshness: fr.Freshness = field(default_factory=lambda: fr.Freshness(0.0, 0.0))
+
+    def age(self, now: float) -> float:
+        return fr.current_age(self.freshness.initial_age, self.response_time, now)
+
+    def ttl(self, now: float) -> float:
+        return self.freshness.lifetime - self.age(now)
+
+    def to_json(self) -> bytes:
+        return json.dumps(entry_to_dict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CacheEntry:
+        try:
+            return entry_from_dict(json.loads(data))
+        except (ValueError, TypeError, KeyError) as e:
+            raise CacheMetadataError(f"bad cache entry metadata: {e}") from e
+
+
+def entry_to_dict(e: CacheEntry) -> dict[str, Any]:
+    d = asdict(e)
+    d["headers"] = [list(p) for p in e.headers]
+    d["selecting"] = [list(p) for p in e.selecting]
+    d["vary"] = list(e.vary)
+    d["surrogate_keys"] = list(e.surrogate_keys)
+    return d
+
+
+def _pairs(v: Any) -> HeaderTuple:
+    if not isinstance(v, list):
+        raise TypeError("header list expected")
+    out = []
+    for p in v:
+        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)):
+            raise TypeError("header pair expected")
+        out.append((p[0], p[1]))
+    return tuple(out)
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError("string list expected")
+    return tuple(v)
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise TypeError("number expected")
+    return float(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError("integer expected")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError("string expected")
+    return v
+
+
+def entry_from_dict(d: Any) -> CacheEntry:
+    """Validate and build an entry from decoded JSON (raises TypeError/KeyError)."""
+    if not isinstance(d, dict):
+        raise TypeError("object expected")
+    f = d["freshness"]
+    if not isinstance(f, dict):
+        raise TypeError("freshness object expected")
+    freshness = fr.Freshness(
+        lifetime=_num(f["lifetime"]),
+        initial_age=_num(f["initial_age"]),
+        explicit=bool(f["explicit"]),
+        heuristic=bool(f["heuristic"]),
+        no_cache=bool(f["no_cache"]),
+        must_revalidate=bool(f["must_revalidate"]),
+        stale_while_revalidate=_num(f["stale_while_revalidate"]),
+        stale_if_error=_num(f["stale_if_error"]),
+        targeted=bool(f["targeted"]),
+    )
+    sha = _str(d["sha256"])
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise TypeError("sha256 must be 64 lower-case hex digits")
+    length = _int(d["body_length"])
+    if length < 0:
+        raise TypeError("negative body length")
+    return CacheEntry(
+        key=_str(d["key"]),
+        variant=_str(d["variant"]),
+        status=_int(d["status"]),
+        reason=_str(d["reason"]),
+        headers=_pairs(d["headers"]),
+        vary=_strs(d["vary"]),
+        selecting=_pairs(d["selecting"]),
+        request_time=_num(d["request_time"]),
+        response_time=_num(d["response_time"]),
+        body_length=length,
+        sha256=sha,
+        surrogate_keys=_strs(d["surrogate_keys"]),
+        stored_at=_num(d["stored_at"]),
+        freshness=freshness,
+    )
+
+
+# --- storability -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Storability:
+    storable: bool
+    reason: str  # "ok" or why not, usable as a Cache-Status detail
+
+
+def storability(
+    request: CacheRequest,
+    status: int,
+    headers: Headers,
+    config: PolicyConfig = PolicyConfig(),
+    *,
+    request_time: float = 0.0,
+    response_time: float = 0.0,
+) -> Storability:
+    """May this response to ``request`` be stored (RFC 9111 §3)?"""
+    if request.method.upper() != "GET":
+        return Storability(False, "method")
+    if "no-store" in cache_control(request.headers):
+        return Storability(False, "request-no-store")
+    if status < 200 or status in (206, 304) or status not in _KNOWN_STATUSES:
+        return Storability(False, "status")
+    cc, _targeted = fr.response_directives(headers, config.targeted_fields)
+    if "no-store" in cc:
+        return Storability(False, "no-store")
+    if config.shared and cc.field_names("private") == ():
+        return Storability(False, "private")
+    if config.shared and field_values(request.headers, "authorization"):
+        if not ("public" in cc or "s-maxage" in cc or "must-revalidate" in cc):
+            return Storability(False, "authorization")
+    if field_values(headers, "set-cookie") and not config.store_set_cookie:
+        return Storability(False, "set-cookie")
+    if vy.vary_fields(headers) is None:
+        return Storability(False, "vary-star")
+    if field_values(headers, "content-range"):
+        return Storability(False, "partial")
+    f = _compute_freshness(status, headers, request_time, response_time, config)
+    has_validator = bool(field_values(headers, "etag") or field_values(headers, "last-modified"))
+    if f.lifetime > 0:
+        return Storability(True, "ok")
+    if (f.explicit or f.no_cache) and has_validator:
+        return Storability(True, "ok")
+    return Storability(False, "no-freshness")
+
+
+def _compute_freshness(
+    status: int, headers: Headers, request_time: float, response_time: float, config: PolicyConfig
+) -> fr.Freshness:
+    return fr.compute(
+        status,
+        headers,
+        request_time,
+        response_time,
+        shared=config.shared,
+        heuristic_fraction=config.heuristic_fraction,
+        heuristic_max=config.heuristic_max,
+        default_ttl=config.default_ttl,
+        targeted_names=config.targeted_fields,
+    )
+
+
+def _stored_headers(headers: Headers, response_time: float, config: PolicyConfig) -> HeaderTuple:
+    pairs = strip_hop_by_hop(headers)
+    drop: set[str] = {"set-cookie", "set-cookie2"} if config.store_set_cookie else set()
+    cc = cache_control(pairs)
+    for directive in ("private", "no-cache"):
+        names = cc.field_names(directive)
+        if names:
+            drop.update(names)
+    if drop:
+        pairs = tuple((k, v) for k, v in pairs if k.lower() not in drop)
+    if not field_values(pairs, "date"):
+        # RFC 9110 §6.6.1: a recipient caching a response without Date adds one.
+        pairs = (*pairs, ("Date", fr.format_http_date(response_time)))
+    return pairs
+
+
+def surrogate_keys(headers: Headers) -> tuple[str, ...]:
+    """Tags from ``Surrogate-Key`` (space-separated, several lines allowed)."""
+    keys: list[str] = []
+    for v in field_values(headers, "surrogate-key"):
+        for k in v.split():
+            if k not in keys:
+                keys.append(k)
+    return tuple(keys)
+
+
+def make_entry(
+    request: CacheRequest,
+    status: int,
+    reason: str,
+    headers: Headers,
+    *,
+    request_time: float,
+    response_time: float,
+    body_length: int,
+    sha256: str,
+    now: float,
+    config: PolicyConfig = PolicyConfig(),
+) -> CacheEntry:
+    """The entry to store for a response that ``storability`` accepted.
+
+    Hop-by-hop fields, Set-Cookie (when stored by configuration) and fields named by
+    qualified private/no-cache are dropped; a Date is added if missing.
+    """
+    stored = _stored_headers(headers, response_time, config)
+    fields = vy.vary_fields(stored) or ()
+    selecting = vy.selecting_headers(fields, request.headers)
+    return CacheEntry(
+        key=request.key,
+        variant=vy.variant_key(selecting),
+        status=status,
+        reason=reason,
+        headers=stored,
+        vary=fields,
+        selecting=selecting,
+        request_time=request_time,
+        response_time=response_time,
+        body_length=body_length,
+        sha256=sha256,
+        surrogate_keys=surrogate_keys(stored),
+        stored_at=now,
+        freshness=_compute_freshness(status, stored, request_time, response_time, config),
+    )
+
+
+def freshen(
+    entry: CacheEntry,
+    new_headers: Headers,
+    *,
+    request_time: float,
+    response_time: float,
+    config: PolicyConfig = PolicyConfig(),
+) -> CacheEntry:
+    """The entry updated from a 304 (RFC 9111 §4.3.4) or a HEAD response (§4.3.5).
+
+    The stored fields are replaced by those in ``new_headers`` (Content-Length excepted),
+    the response times become those of the validation exchange, and freshness is
+    recomputed. A 304 without Date gets one for ``response_time``.
+    """
+    new = strip_hop_by_hop(new_headers)
+    if not field_values(new, "date"):
+        new = (*new, ("Date", fr.format_http_date(response_time)))
+    if not field_values(new, "age"):
+        # An Age from the original response no longer applies to this exchange.
+        base = tuple((k, v) for k, v in entry.headers if k.lower() != "age")
+    else:
+        base = entry.headers
+    merged = merge_headers(base, new, keep_set_cookie=False)
+    return replace(
+        entry,
+        headers=merged,
+        request_time=request_time,
+        response_time=response_time,
+        surrogate_keys=surrogate_keys(merged),
+        freshness=_compute_freshness(entry.status, merged, request_time, response_time, config),
+    )
+
+
+# --- lookup ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """Serve ``entry`` from the cache. ``ttl`` < 0 when the client allowed staleness."""
+
+    entry: CacheEntry
+    age: float
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """A stored response matched but cannot be served as is: revalidate it.
+
+    ``fwd`` is "stale" (it is stale, or marked no-cache) or "request" (the request's
+    directives refused it). ``background``: stale-while-revalidate allows serving
+    ``entry`` now and revalidating in the background.
+    """
+
+    entry: CacheEntry
+    age: float
+    ttl: float
+    fwd: Literal["stale", "request"]
+    background: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Nothing usable. ``only_if_cached``: answer 504 instead of going to the origin."""
+
+    fwd: Literal["uri-miss", "vary-miss", "request"]
+    only_if_cached: bool = False
+
+
+Decision = Fresh | Stale | Miss
+
+
+def _request_delta(cc_value: int | None) -> int | None:
+    # An invalid request delta is taken as 0: the conservative reading.
+    if cc_value is None:
+        return None
+    return max(cc_value, 0)
+
+
+def select(entries: Sequence[CacheEntry], request_headers: Headers) -> list[CacheEntry]:
+    """The stored variants matching the request's selecting fields, newest first."""
+    matching = [e for e in entries if vy.matches(e.vary, e.selecting, request_headers)]
+    matching.sort(key=lambda e: e.response_time, reverse=True)
+    return matching
+
+
+def lookup(
+    request: CacheRequest,
+    entries: Sequence[CacheEntry],
+    now: float,
+    config: PolicyConfig = PolicyConfig(),
+) -> Decision:
+    """Decide how to answer ``request`` given the stored variants of its key."""
+    req_cc = cache_control(request.headers)
+    oic = "only-if-cached" in req_cc
+    if request.method.upper() not in ("GET", "HEAD"):
+        return Miss("request")
+    if not entries:
+        return Miss("uri-miss", oic)
+    matching = select(entries, request.headers)
+    if not matching:
+        return Miss("vary-miss", oic)
+    entry = matching[0]
+    f = entry.freshness
+    age = entry.age(now)
+    ttl = f.lifetime - age
+
+    no_cache = "no-cache" in req_cc or (
+        not req_cc and "no-cache" in list_elements(request.headers, "pragma")
+    )
+    refused = no_cache
+    max_age = _request_delta(req_cc.delta("max-age"))
+    if max_age is not None and age > max_age:
+        refused = True
+    min_fresh = _request_delta(req_cc.delta("min-fresh"))
+    if min_fresh is not None and ttl < min_fresh:
+        refused = True
+
+    def forward(fwd: Literal["stale", "request"], background: bool = False) -> Decision:
+        if oic:
+            return Miss("request" if fwd == "request" else "uri-miss", True)
+        return Stale(entry, age, ttl, fwd, background)
+
+    if refused:
+        return forward("request")
+    if f.no_cache:
+        return forward("stale")
+    if ttl > 0:
+        return Fresh(entry, age, ttl)
+    if not f.must_revalidate:
+        if "max-stale" in req_cc:
+            # Bare max-stale: any staleness; an invalid value allows none.
+            raw = req_cc.get("max-stale")
+            allowed = parse_delta_seconds(raw) if raw is not None else DELTA_SECONDS_MAX
+            if allowed is not None and -ttl <= allowed:
+                return Fresh(entry, age, ttl)
+        if f.stale_while_revalidate > 0 and -ttl <= f.stale_while_revalidate:
+            return forward("stale", background=True)
+    return forward("stale")
+
+
+def stale_on_error_ok(
+    entry: CacheEntry,
+    request_headers: Headers,
+    now: float,
+    *,
+    disconnected: bool,
+    config: PolicyConfig = PolicyConfig(),
+) -> bool:
+    """May a stale ``entry`` answer because the origin failed (RFC 5861 §4, RFC 9111 §4.2.4)?
+
+    ``disconnected``: the origin could not be reached (connect error, timeout, no healthy
+    origin) rather than answering 5xx. Never under must-revalidate / proxy-revalidate /
+    s-maxage or no-cache.
+    """
+    f = entry.freshness
+    if f.must_revalidate or f.no_cache:
+        return False
+    staleness = -(f.lifetime - entry.age(now))
+    if staleness <= 0:
+        return True
+    window = f.stale_if_error
+    req = cache_control(request_headers).delta("stale-if-error")
+    if req is not None and req > 0:
+        window = max(window, float(req))
+    if disconnected:
+        window = max(window, config.stale_when_disconnected)
+    return staleness <= window
+
+
+def hit_headers(entry: CacheEntry, age: float) -> HeaderTuple:
+    """Stored fields with ``Age`` set for a response served from the cache."""
+    kept = tuple((k, v) for k, v in entry.headers if k.lower() != "age")
+    return (*kept, ("Age", str(min(int(age), DELTA_SECONDS_MAX))))
+
+
+# --- invalidation ------------------------------------------------------------------------
+
+
+def invalidation_keys(
+    request: CacheRequest, status: int, response_headers: Headers
+) -> tuple[str, ...]:
+    """Keys an unsafe request invalidates once its response is non-error (RFC 9111 §4.4).
+
+    The request URI, and Location / Content-Location when they have the same origin.
+    """
+    if request.method.upper() in _SAFE_METHODS or not (200 <= status < 400):
+        return ()
+    base = request.key
+    origin = urlsplit(base)
+    keys = [base]
+    for name in ("location", "content-location"):
+        for value in field_values(response_headers, name)[:1]:
+            target = urlsplit(urljoin(base, value.strip()))
+            if (target.scheme, target.netloc.lower()) != (origin.scheme, origin.netloc):
+                continue
+            path = target.path or "/"
+            if target.query:
+                path += "?" + target.query
+            k = cache_key(target.scheme, target.netloc, path)
+            if k not in keys:
+                keys.append(k)
+    return tuple(keys)
+
+
+# --- Cache-Status ------------------------------------------------------------------------
+
+
+def _sf_string(s: str) -> str:
+    clean = "".join(c for c in s if 0x20 <= ord(c) < 0x7F)
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cache_status(
+    name: str = "GeoEdge",
+    *,
+    hit: bool = False,
+    fwd: str | None = None,
+    fwd_status: int | None = None,
+    ttl: float | None = None,
+    stored: bool = False,
+    collapsed: bool = False,
+    key: str | None = None,
+    detail: str | None = None,
+) -> str:
+    """A Cache-Status member (RFC 9211), e.g. ``GeoEdge; hit; ttl=12`` or
+    ``GeoEdge; fwd=uri-miss; fwd-status=200; stored``."""
+    parts = [name]
+    if hit:
+        parts.append("hit")
+    if fwd is not None:
+        parts.append(f"fwd={fwd}")
+    if fwd_status is not None:
+        parts.append(f"fwd-status={int(fwd_status)}")
+    if ttl is not None:
+        parts.append(f"ttl={math.floor(ttl)}")
+    if stored:
+        parts.append("stored")
+    if collapsed:
+        parts.append("collapsed")
+    if key is not None:
+        parts.append(f"key={_sf_string(key)}")
+    if detail is not None:
+        parts.append(f"detail={_sf_string(detail)}")
+    return "; ".join(parts)
+
+
+def decision_status(decision: Decision, name: str = "GeoEdge") -> str:
+    """Cache-Status for a decision answered without (or before) talking to the origin."""
+    if isinstance(decision, Fresh):
+        return cache_status(name, hit=True, ttl=decision.ttl)
+    if isinstance(decision, Stale):
+        if decision.background:
+            return cache_status(name, hit=True, ttl=decision.ttl, detail="stale-while-revalidate")
+        return cache_status(name, fwd=decision.fwd, ttl=decision.ttl)
+    return cache_status(name, fwd=decision.fwd)
+
+
+__all__ = [
+    "CacheEntry",
+    "CacheRequest",
+    "Decision",
+    "Fresh",
+    "Miss",
+    "PolicyConfig",
+    "Stale",
+    "Storability",
+    "cache_key",
+    "cache_status",
+    "decision_status",
+    "freshen",
+    "header_pairs",
+    "hit_headers",
+    "invalidation_keys",
+    "lookup",
+    "make_entry",
+    "select",
+    "stale_on_error_ok",
+    "storability",
+    "surrogate_keys",
+]

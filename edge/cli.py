@@ -1,0 +1,199 @@
+"""`edge` command line: serve (config file or quick start), check-config.
+
+    edge serve -c edge.toml
+    edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000 [--origin URL ...]
+               [--cache-dir DIR] [--admin 127.0.0.1:9090] [--workers N]
+    edge check-config edge.toml
+
+On start, one line per bound address is printed to stdout (`edge: listening http
+127.0.0.1:8080`), so tests and scripts can use port 0. SIGHUP reloads the config file
+atomically (a bad file is logged and the running config kept); SIGTERM/SIGINT stop.
+With --workers N > 1 the parent forks N workers that each bind the same ports with
+SO_REUSEPORT (port 0 is resolved first by the parent, so all workers share it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import replace
+
+from edge.config import Address, ConfigError, EdgeConfig, load, quick_start
+
+log = logging.getLogger("edge")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge", description="GeoEdge caching reverse proxy")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the edge proxy")
+    serve.add_argument("-c", "--config", help="TOML configuration file")
+    serve.add_argument("--listen", help="quick start: HOST:PORT to serve on")
+    serve.add_argument("--origin", action="append", default=[], help="quick start: origin URL")
+    serve.add_argument("--cache-dir", help="quick start: persistent cache directory")
+    serve.add_argument("--admin", help="quick start: HOST:PORT of the admin port")
+    serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    return p
+
+
+def _config_from_args(args: argparse.Namespace) -> EdgeConfig:
+    if args.config:
+        if args.origin or args.listen:
+            raise ConfigError("<command line>", "--config", "use either -c or --listen/--origin")
+        config = load(args.config)
+    else:
+        if not args.origin:
+            raise ConfigError("<command line>", "--origin", "at least one origin is required")
+        config = quick_start(args.listen or "127.0.0.1:8080", args.origin, args.cache_dir, args.admin)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("<command line>", "--workers", "must be at least 1")
+        config = replace(config, server=replace(config.server, workers=args.workers))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        try:
+            config = load(args.file)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.file}: ok ({len(config.pool.origins)} origins)")
+        return 0
+    try:
+        config = _config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    if config.server.workers > 1:
+        return _run_workers(config, args.config)
+    return _run(config, args.config, reuse_port=False)
+
+
+def _run(config: EdgeConfig, path: str | None, *, reuse_port: bool, worker: int = 0) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    try:
+        asyncio.run(_serve(config, path, reuse_port=reuse_port, announce=worker == 0))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(config: EdgeConfig, path: str | None, *, reuse_port: bool, announce: bool) -> None:
+    from edge.app import EdgeRuntime
+
+    runtime = EdgeRuntime(config, reuse_port=reuse_port)
+    await runtime.start()
+    if announce:
+        for kind in ("http", "https", "admin"):
+            for addr in runtime.addresses[kind]:
+                print(f"edge: listening {kind} {addr}", flush=True)
+        print("edge: ready", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        if path is None:
+            log.warning("SIGHUP: no config file to reload (quick start)")
+            return
+        try:
+            new = load(path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        runtime.reload(new)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
+
+
+def _resolve_ports(config: EdgeConfig) -> tuple[EdgeConfig, list[socket.socket]]:
+    """Give port-0 listeners a concrete port shared by all workers (bound, never listening)."""
+    holders: list[socket.socket] = []
+
+    def fix(addr: Address) -> Address:
+        if addr.port != 0:
+            return addr
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((addr.host, 0))
+        holders.append(sock)
+        return Address(addr.host, sock.getsockname()[1])
+
+    server = replace(config.server, listen=tuple(fix(a) for a in config.server.listen))
+    tls_cfg = replace(config.tls, listen=tuple(fix(a) for a in config.tls.listen))
+    admin_cfg = config.admin
+    if admin_cfg.listen is not None:
+        admin_cfg = replace(admin_cfg, listen=fix(admin_cfg.listen))
+    return replace(config, server=server, tls=tls_cfg, admin=admin_cfg), holders
+
+
+def _run_workers(config: EdgeConfig, path: str | None) -> int:
+    config, holders = _resolve_ports(config)
+    children: list[int] = []
+    for n in range(config.server.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            for s in holders:
+                s.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = _run(config, path, reuse_port=True, worker=n)
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        if pid in remaining:
+            remaining.discard(pid)
+            if code:
+                status = 1
+                forward(signal.SIGTERM, None)
+    for s in holders:
+        s.close()
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Conditional requests around the cache (RFC 9110 §13, RFC 9111 §3.2, §4.3).
+
+Three jobs, all pure: build the validators for revalidating a stored response with the
+origin; fold a 304 from the origin into the stored header set; and answer a client's own
+conditional request (If-None-Match / If-Modified-Since, plus If-Match /
+If-Unmodified-Since) from a stored response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from edge.cache_control import (
+    Headers,
+    HeaderTuple,
+    field_values,
+    header_pairs,
+    list_elements,
+)
+from edge.freshness import parse_http_date
+
+# RFC 9110 §7.6.1 plus the classic ones: never stored, never merged.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authentication-info",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Never taken from a 304 into the stored response (RFC 9111 §3.2): the stored body is the
+# one described by these.
+NOT_UPDATED_FROM_304 = frozenset({"content-length"})
+
+# Fields a cache-generated 304 leaves out: they describe the body it does not send.
+_NOT_IN_304 = frozenset(
+    {
+        "content-length",
+        "content-range",
+        "content-type",
+        "content-encoding",
+        "content-language",
+        "content-md5",
+        "content-disposition",
+    }
+)
+
+
+def strip_hop_by_hop(headers: Headers) -> HeaderTuple:
+    """The fields without hop-by-hop ones, including every name listed in Connection."""
+    pairs = header_pairs(headers)
+    drop = set(HOP_BY_HOP)
+    drop.update(e.lower() for e in list_elements(pairs, "connection"))
+    return tuple((k, v) for k, v in pairs if k.lower() not in drop)
+
+
+def parse_etags(value: str) -> list[str] | None:
+    """Entity-tags of an If-None-Match / If-Match value; None means ``*``."""
+    tags: list[str] = []
+    rest = value.strip()
+    while rest:
+        if rest.startswith(","):
+            rest = rest[1:].lstrip()
+            continue
+        if rest.startswith("*"):
+            return None
+        weak = rest.startswith("W/")
+        body = rest[2:] if weak else rest
+        if not body.startswith('"'):
+            # Be lenient with unquoted tags: take up to the next comma.
+            tag, _, rest = rest.partition(",")
+            tags.append(tag.strip())
+            rest = rest.lstrip()
+            continue
+        end = body.find('"', 1)
+        if end < 0:
+            tags.append(rest)
+            break
+        tags.append(("W/" if weak else "") + body[: end + 1])
+        rest = body[end + 1 :].lstrip()
+    return tags
+
+
+def opaque(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def weak_match(a: str, b: str) -> bool:
+    """Weak comparison (RFC 9110 §8.8.3.2): opaque tags equal, weakness ignored."""
+    return opaque(a.strip()) == opaque(b.strip())
+
+
+def strong_match(a: str, b: str) -> bool:
+    a, b = a.strip(), b.strip()
+    return not a.startswith("W/") and not b.startswith("W/") and a == b
+
+
+def validators(entries_headers: Iterable[Headers]) -> HeaderTuple:
+    """Request fields to revalidate stored responses with the origin (RFC 9111 §4.3.1).
+
+    All stored ETags go into one If-None-Match (so the origin can pick any variant); a
+    Last-Modified (from the first entry that has one) gives If-Modified-Since when no ETag
+    is known.
+    """
+    etags: list[str] = []
+    last_modified: str | None = None
+    for headers in entries_headers:
+        for v in field_values(headers, "etag")[:1]:
+            tag = v.strip()
+            if tag and tag not in etags:
+                etags.append(tag)
+        if last_modified is None:
+            lm = field_values(headers, "last-modified")
+            if lm and parse_http_date(lm[0]) is not None:
+                last_modified = lm[0].strip()
+    out: list[tuple[str, str]] = []
+    if etags:
+        out.append(("If-None-Match", ", ".join(etags)))
+    if last_modified is not None:
+        out.append(("If-Modified-Since", last_modified))
+    return tuple(out)
+
+
+def select_for_update(candidates: Sequence[tuple[int, Headers]], headers_304: Headers) -> list[int]:
+    """Which stored responses (given as (index, headers)) a 304 freshens (RFC 9111 §4.3.4).
+
+    A strong ETag in the 304 selects the stored responses with that strong ETag; else a
+    Last-Modified selects those with the same Last-Modified; else, if there is exactly one
+    candidate and neither side has validators, that one; otherwise none.
+    """
+    etag = next(iter(field_values(headers_304, "etag")), None)
+    if etag is not None and not etag.strip().startswith("W/"):
+        return [
+            i for i, h in candidates if any(strong_match(etag, e) for e in field_values(h, "etag"))
+        ]
+    if etag is not None:
+        return [
+            i for i, h in candidates if any(weak_match(etag, e) for e in field_values(h, "etag"))
+        ]
+    lm = next(iter(field_values(headers_304, "last-modified")), None)
+    if lm is not None:
+        lm = lm.strip()
+        return [
+            i for i, h in candidates if lm in (x.strip() for x in field_values(h, "last-modified"))
+        ]
+    if len(candidates) == 1:
+        return [candidates[0][0]]
+    return []
+
+
+def merge_headers(stored: Headers, new: Headers, *, keep_set_cookie: bool = False) -> HeaderTuple:
+    """Stored fields updated from a 304 or HEAD response (RFC 9111 §3.2).
+
+    Every field in ``new`` replaces all lines of the same name in ``stored``, except
+    hop-by-hop fields, Content-Length, and Set-Cookie (unless ``keep_set_cookie``); fields
+    only in ``stored`` stay.
+    """
+    new_pairs = strip_hop_by_hop(new)
+    skip = set(NOT_UPDATED_FROM_304)
+    if not keep_set_cookie:
+        skip.update(("set-cookie", "set-cookie2"))
+    updates = [(k, v) for k, v in new_pairs if k.lower() not in skip]
+    # A variant the edge compressed carries the weak form of the origin's ETag; a 304
+    # naming the strong form must not make the compressed bytes look byte-identical.
+    stored_tags = field_values(stored, "etag")
+    if stored_tags and stored_tags[0].strip().startswith("W/"):
+        weak = stored_tags[0].strip()
+        updates = [
+            (k, weak if k.lower() == "etag" and "W/" + v.strip() == weak else v)
+            for k, v in updates
+        ]
+    replaced = {k.lower() for k, _ in updates}
+    kept = [(k, v) for k, v in header_pairs(stored) if k.lower() not in replaced]
+    return tuple(kept + updates)
+
+
+def evaluate(
+    method: str,
+    request_headers: Headers,
+    stored_headers: Headers,
+    stored_time: float,
+) -> int | None:
+    """Evaluate a client's preconditions against a stored response (RFC 9110 §13.2.2).
+
+    Returns 304 (Not Modified), 412 (Precondition Failed) or None (send the stored
+    response). ``stored_time`` is when the response was received, used as the
+    modification date of a response without Last-Modified or Date (RFC 9111 §4.3.2).
+    """
+    safe = method.upper() in ("GET", "HEAD")
+    etags = [e.strip() for e in field_values(stored_headers, "etag")[:1]]
+    lm_raw = field_values(stored_headers, "last-modified")
+    last_modified = parse_http_date(lm_raw[0]) if len(lm_raw) == 1 else None
+    if last_modified is None:
+        date_raw = field_values(stored_headers, "date")
+        last_modified = parse_http_date(date_raw[0]) if len(date_raw) == 1 else None
+    if last_modified is None:
+        last_modified = stored_time
+
+    if_match = field_values(request_headers, "if-match")
+    if if_match:
+        tags = parse_etags(", ".join(if_match))
+        ok = bool(etags) if tags is None else any(strong_match(t, e) for t in tags for e in etags)
+        if not ok:
+            return 412
+    else:
+        ius = field_values(request_headers, "if-unmodified-since")
+        if len(ius) == 1:
+            when = parse_http_date(ius[0])
+            if when is not None and last_modified > when:
+                return 412
+
+    inm = field_values(request_headers, "if-none-match")
+    if inm:
+        tags = parse_etags(", ".join(inm))
+        hit = True if tags is None else any(weak_match(t, e) for t in tags for e in etags)
+        if hit:
+            return 304 if safe else 412
+        return None
+    if safe:
+        ims = field_values(request_headers, "if-modified-since")
+        if len(ims) == 1:
+            when = parse_http_date(ims[0])
+            if when is not None and last_modified <= when:
+                return 304
+    return None
+
+
+def not_modified_headers(stored_headers: Headers) -> HeaderTuple:
+    """The stored fields a cache-generated 304 carries (RFC 9110 §15.4.5)."""
+    return tuple((k, v) for k, v in header_pairs(stored_headers) if k.lower() not in _NOT_IN_304)

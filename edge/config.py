@@ -1,0 +1,556 @@
+"""Typed edge configuration: TOML (or CLI quick-start flags) -> frozen dataclasses.
+
+Everything is validated once at load; errors name the file, the key and the problem, and
+unknown keys are errors. The rest of the edge only reads these values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from edge import errors
+
+ALGORITHMS = ("round_robin", "weighted", "least_conn", "consistent_hash")
+FORWARDED_MODES = ("x-forwarded", "forwarded", "both")
+
+DEFAULT_COMPRESSIBLE = (
+    "text/html",
+    "text/css",
+    "text/plain",
+    "text/xml",
+    "text/javascript",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "application/wasm",
+    "image/svg+xml",
+)
+
+
+class ConfigError(errors.ConfigError):
+    """A configuration problem: `str()` reads `file: key: problem`."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    cert: str
+    key: str
+    server_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    listen: tuple[Address, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    redirect_http: bool = False  # plain [server].listen answers 308 to https
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[Address, ...] = (Address("127.0.0.1", 8080),)
+    workers: int = 1
+    hosts: tuple[str, ...] = ()  # empty: any Host header (quick start); absolute-form still checked
+    via: str = "geoedge"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    forwarded: str = "x-forwarded"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    max_url_length: int = 8192
+    max_body_bytes: int = 100 * 1024 * 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
+class OriginConfig:
+    url: str
+    weight: int = 1
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    enabled: bool = True
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    expected_status: tuple[int, ...] = ()  # empty: any status below 500
+    rise: int = 2
+    fall: int = 3
+    jitter: float = 0.5
+    host: str = ""  # Host header for probes; default: the origin's own authority
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    origins: tuple[OriginConfig, ...]
+    algorithm: str = "round_robin"
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 30.0
+    total_timeout: float = 300.0
+    max_fails: int = 3  # consecutive failures before passive ejection
+    retry: bool = True  # idempotent requests retried once on another origin
+    ca_bundle: str = ""
+    connections_per_origin: int = 256
+    preserve_host: bool = True  # send the client's Host to the origin
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool = True
+    dir: str = ""  # empty: a private temporary directory per process (not persistent)
+    size_limit: int = 1 << 30
+    memory_bytes: int = 64 << 20
+    memory_object_max: int = 1 << 20
+    max_object_bytes: int = 256 << 20
+    cache_set_cookie: bool = False
+    default_ttl: float = 0.0  # freshness for responses with none; 0 = do not cache them
+    heuristic_max: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    enabled: bool = True
+    types: tuple[str, ...] = DEFAULT_COMPRESSIBLE
+    min_size: int = 256
+    brotli_quality: int = 4
+    gzip_level: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Address | None = None
+    capacity_rps: float = 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    access_log: str = "-"  # "-": stdout, "": off, else a file path
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    pool: PoolConfig
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<config>"
+
+    def with_listen(self, listen: tuple[Address, ...]) -> EdgeConfig:
+        return replace(self, server=replace(self.server, listen=listen))
+
+
+# ---------------------------------------------------------------------------- parsing helpers
+
+T = TypeVar("T")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+
+
+class _Section:
+    """A TOML table being read: each key is taken once; leftovers are unknown keys."""
+
+    def __init__(self, source: str, prefix: str, data: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(source, prefix or "<root>", "must be a table")
+        self.source = source
+        self.prefix = prefix
+        self.data = dict(data)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def take(self, name: str, kind: type[T] | tuple[type, ...], default: T) -> T:
+        if name not in self.data:
+            return default
+        value = self.data.pop(name)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(name, f"expected {_kind_name(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.error(name, f"expected {_kind_name(kinds)}, got {type(value).__name__}")
+        return value  # type: ignore[return-value]
+
+    def positive(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+        value = self.take(name, float, float(default))
+        if value < 0 or (value == 0 and not allow_zero):
+            raise self.error(name, "must be positive")
+        return value
+
+    def count(self, name: str, default: int, *, minimum: int = 1) -> int:
+        value = self.take(name, int, default)
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}")
+        return value
+
+    def size(self, name: str, default: int) -> int:
+        value = self.take(name, (int, str), default)
+        if isinstance(value, int):
+            if value < 0:
+                raise self.error(name, "must not be negative")
+            return value
+        match = _SIZE.match(value)
+        if not match:
+            raise self.error(name, f"not a size: {value!r} (use bytes or e.g. '512MiB', '1GB')")
+        unit = (match.group(2) or "").lower()
+        base = 1024 if "i" in unit else 1000
+        power = {"": 0, "b": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit.replace("i", "")[:1]]
+        return int(float(match.group(1)) * base**power)
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.take(name, list, list(default))
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(name, "expected a list of strings")
+        return tuple(value)
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.take(name, str, default)
+        if value not in options:
+            raise self.error(name, f"must be one of {', '.join(options)}; got {value!r}")
+        return value
+
+    def sub(self, name: str) -> _Section:
+        return _Section(self.source, self.key(name), self.data.pop(name, {}))
+
+    def done(self) -> None:
+        for name in self.data:
+            raise self.error(name, "unknown key")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}
+    names.update({list: "a list", dict: "a table"})
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def parse_address(text: str, *, default_port: int = 0) -> Address:
+    """`host:port`, `[v6]:port`, or `:port` (all interfaces is not a default: 127.0.0.1)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:
+        raise ValueError(f"IPv6 addresses need brackets: {text!r}")
+    else:
+        host, port_text = text, ""
+    host = host or "127.0.0.1"
+    if not port_text:
+        if not default_port:
+            raise ValueError(f"missing port in {text!r}")
+        port = default_port
+    else:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            raise ValueError(f"bad port in {text!r}")
+        port = int(port_text)
+    return Address(host, port)
+
+
+def _addresses(sec: _Section, name: str, default: tuple[Address, ...]) -> tuple[Address, ...]:
+    if name not in sec.data:
+        return default
+    raw = sec.data.get(name)
+    items = [raw] if isinstance(raw, str) else raw
+    sec.data[name] = items
+    texts = sec.strings(name, ())
+    try:
+        return tuple(parse_address(t) for t in texts)
+    except ValueError as exc:
+        raise sec.error(name, str(exc)) from None
+
+
+def _origin(source: str, key: str, raw: Any) -> OriginConfig:
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    sec = _Section(source, key, raw)
+    url = sec.take("url", str, "")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise sec.error("url", f"expected http(s)://host[:port], got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise sec.error("url", "origin URLs carry no path, query or fragment")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise sec.error("url", f"bad port in {url!r}") from None
+    weight = sec.count("weight", 1, minimum=0)
+    sec.done()
+    return OriginConfig(url=url.rstrip("/"), weight=weight)
+
+
+def _probe(sec: _Section) -> ProbeConfig:
+    d = ProbeConfig()
+    path = sec.take("path", str, d.path)
+    if not path.startswith("/"):
+        raise sec.error("path", "must start with '/'")
+    statuses = sec.take("expected_status", (int, list), list(d.expected_status))
+    if isinstance(statuses, int):
+        statuses = [statuses]
+    if not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
+        raise sec.error("expected_status", "expected HTTP status codes (100..599)")
+    probe = ProbeConfig(
+        enabled=sec.take("enabled", bool, d.enabled),
+        path=path,
+        interval=sec.positive("interval", d.interval),
+        timeout=sec.positive("timeout", d.timeout),
+        expected_status=tuple(statuses),
+        rise=sec.count("rise", d.rise),
+        fall=sec.count("fall", d.fall),
+        jitter=sec.positive("jitter", d.jitter, allow_zero=True),
+        host=sec.take("host", str, d.host),
+    )
+    sec.done()
+    return probe
+
+
+def _pool(sec: _Section, base_dir: str) -> PoolConfig:
+    d_timeouts = PoolConfig(origins=())
+    raw_origins = sec.take("origins", list, [])
+    if not raw_origins:
+        raise sec.error("origins", "at least one origin is required")
+    origins = tuple(
+        _origin(sec.source, f"{sec.key('origins')}[{i}]", o) for i, o in enumerate(raw_origins)
+    )
+    if all(o.weight == 0 for o in origins):
+        raise sec.error("origins", "at least one origin needs a weight above 0")
+    ca = sec.take("ca_bundle", str, "")
+    if ca:
+        ca = _resolve(base_dir, ca)
+        if not os.path.isfile(ca):
+            raise sec.error("ca_bundle", f"no such file: {ca}")
+    pool = PoolConfig(
+        origins=origins,
+        algorithm=sec.choice("algorithm", ALGORITHMS, d_timeouts.algorithm),
+        connect_timeout=sec.positive("connect_timeout", d_timeouts.connect_timeout),
+        first_byte_timeout=sec.positive("first_byte_timeout", d_timeouts.first_byte_timeout),
+        total_timeout=sec.positive("total_timeout", d_timeouts.total_timeout),
+        max_fails=sec.count("max_fails", d_timeouts.max_fails),
+        retry=sec.take("retry", bool, d_timeouts.retry),
+        ca_bundle=ca,
+        connections_per_origin=sec.count(
+            "connections_per_origin", d_timeouts.connections_per_origin
+        ),
+        preserve_host=sec.take("preserve_host", bool, d_timeouts.preserve_host),
+        probe=_probe(sec.sub("probe")),
+    )
+    sec.done()
+    return pool
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+def _server(sec: _Section) -> ServerConfig:
+    d = ServerConfig()
+    hosts = tuple(h.lower().rstrip(".") for h in sec.strings("hosts", d.hosts))
+    nets = []
+    for i, text in enumerate(sec.strings("trusted_proxies", ())):
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise sec.error(f"trusted_proxies[{i}]", f"not an IP network: {text!r}") from None
+    server = ServerConfig(
+        listen=_addresses(sec, "listen", d.listen),
+        workers=sec.count("workers", d.workers),
+        hosts=hosts,
+        via=sec.take("via", str, d.via),
+        trusted_proxies=tuple(nets),
+        forwarded=sec.choice("forwarded", FORWARDED_MODES, d.forwarded),
+    )
+    if not server.via or any(c in server.via for c in " ,\r\n"):
+        raise sec.error("via", "must be a single token (no spaces or commas)")
+    sec.done()
+    return server
+
+
+def _limits(sec: _Section) -> LimitsConfig:
+    d = LimitsConfig()
+    limits = LimitsConfig(
+        max_header_bytes=sec.count("max_header_bytes", d.max_header_bytes, minimum=256),
+        max_headers=sec.count("max_headers", d.max_headers, minimum=4),
+        max_url_length=sec.count("max_url_length", d.max_url_length, minimum=64),
+        max_body_bytes=sec.size("max_body_bytes", d.max_body_bytes),
+        header_timeout=sec.positive("header_timeout", d.header_timeout),
+        keepalive_timeout=sec.positive("keepalive_timeout", d.keepalive_timeout),
+    )
+    sec.done()
+    return limits
+
+
+def _tls(sec: _Section, base_dir: str) -> TLSConfig:
+    certs = []
+    for i, raw in enumerate(sec.take("certificates", list, [])):
+        c = _Section(sec.source, f"{sec.key('certificates')}[{i}]", raw)
+        cert = _resolve(base_dir, c.take("cert", str, ""))
+        key = _resolve(base_dir, c.take("key", str, ""))
+        for name, path in (("cert", cert), ("key", key)):
+            if not os.path.isfile(path):
+                raise c.error(name, f"no such file: {path}")
+        names = tuple(n.lower().rstrip(".") for n in c.strings("server_names", ()))
+        c.done()
+        certs.append(Certificate(cert=cert, key=key, server_names=names))
+    tls = TLSConfig(
+        listen=_addresses(sec, "listen", ()),
+        certificates=tuple(certs),
+        redirect_http=sec.take("redirect_http", bool, False),
+        min_version=sec.choice("min_version", ("1.2", "1.3"), "1.2"),
+    )
+    if tls.listen and not tls.certificates:
+        raise sec.error("certificates", "tls.listen is set but no certificate is configured")
+    sec.done()
+    return tls
+
+
+def _cache(sec: _Section, base_dir: str) -> CacheConfig:
+    d = CacheConfig()
+    directory = sec.take("dir", str, d.dir)
+    cache = CacheConfig(
+        enabled=sec.take("enabled", bool, d.enabled),
+        dir=_resolve(base_dir, directory) if directory else "",
+        size_limit=sec.size("size_limit", d.size_limit),
+        memory_bytes=sec.size("memory_bytes", d.memory_bytes),
+        memory_object_max=sec.size("memory_object_max", d.memory_object_max),
+        max_object_bytes=sec.size("max_object_bytes", d.max_object_bytes),
+        cache_set_cookie=sec.take("cache_set_cookie", bool, d.cache_set_cookie),
+        default_ttl=sec.positive("default_ttl", d.default_ttl, allow_zero=True),
+        heuristic_max=sec.positive("heuristic_max", d.heuristic_max, allow_zero=True),
+    )
+    sec.done()
+    return cache
+
+
+def _compression(sec: _Section) -> CompressionConfig:
+    d = CompressionConfig()
+    comp = CompressionConfig(
+        enabled=sec.take("enabled", bool, d.enabled),
+        types=tuple(t.lower() for t in sec.strings("types", d.types)),
+        min_size=sec.count("min_size", d.min_size, minimum=0),
+        brotli_quality=sec.count("brotli_quality", d.brotli_quality, minimum=0),
+        gzip_level=sec.count("gzip_level", d.gzip_level, minimum=1),
+    )
+    if comp.brotli_quality > 11:
+        raise sec.error("brotli_quality", "must be 0..11")
+    if comp.gzip_level > 9:
+        raise sec.error("gzip_level", "must be 1..9")
+    sec.done()
+    return comp
+
+
+def _admin(sec: _Section) -> AdminConfig:
+    listen = _addresses(sec, "listen", ())
+    if len(listen) > 1:
+        raise sec.error("listen", "one admin address only")
+    admin = AdminConfig(
+        listen=listen[0] if listen else None,
+        capacity_rps=sec.positive("capacity_rps", AdminConfig().capacity_rps),
+    )
+    sec.done()
+    return admin
+
+
+def _log(sec: _Section) -> LogConfig:
+    log = LogConfig(
+        level=sec.choice("level", ("debug", "info", "warning", "error"), "info"),
+        access_log=sec.take("access_log", str, "-"),
+    )
+    sec.done()
+    return log
+
+
+def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> EdgeConfig:
+    root = _Section(source, "", data)
+    if "pool" not in root.data:
+        raise ConfigError(source, "pool", "missing: an [pool] table with origins is required")
+    builders: dict[str, Callable[[_Section], Any]] = {
+        "server": _server,
+        "limits": _limits,
+        "tls": lambda s: _tls(s, base_dir),
+        "pool": lambda s: _pool(s, base_dir),
+        "cache": lambda s: _cache(s, base_dir),
+        "compression": _compression,
+        "admin": _admin,
+        "log": _log,
+    }
+    parts = {name: build(root.sub(name)) for name, build in builders.items()}
+    root.done()
+    config = EdgeConfig(source=source, **parts)
+    if not config.server.listen and not config.tls.listen:
+        raise ConfigError(source, "server.listen", "no listener configured")
+    if config.tls.redirect_http and not config.tls.listen:
+        raise ConfigError(source, "tls.redirect_http", "needs tls.listen")
+    return config
+
+
+def load(path: str) -> EdgeConfig:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(path, "<file>", exc.strerror or str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "<toml>", str(exc)) from None
+    return from_mapping(data, path, os.path.dirname(os.path.abspath(path)))
+
+
+def quick_start(
+    listen: str,
+    origins: list[str],
+    cache_dir: str | None = None,
+    admin: str | None = None,
+) -> EdgeConfig:
+    """The `edge serve --listen ... --origin ...` configuration: defaults for everything else."""
+    data: dict[str, Any] = {
+        "server": {"listen": [listen]},
+        "pool": {"origins": [{"url": o} for o in origins]},
+    }
+    if cache_dir:
+        data["cache"] = {"dir": cache_dir}
+    if admin:
+        data["admin"] = {"listen": admin}
+    return from_mapping(data, "<command line>", os.getcwd())

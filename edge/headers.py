@@ -1,0 +1,130 @@
+"""Header rewriting between client and origin: hop-by-hop removal, Via, X-Forwarded-*/Forwarded.
+
+Pure functions over (name, value) pairs so they can be unit-tested without sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from multidict import CIMultiDict
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def connection_tokens(pairs: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names listed in Connection (RFC 9110 §7.6.1), lower-cased."""
+    names: set[str] = set()
+    for k, v in pairs:
+        if k.lower() == "connection":
+            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return frozenset(names)
+
+
+def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop hop-by-hop fields, including every field named in Connection."""
+    items = list(pairs)
+    drop = HOP_BY_HOP | connection_tokens(items)
+    return [(k, v) for k, v in items if k.lower() not in drop]
+
+
+def via_value(version: tuple[int, int], pseudonym: str) -> str:
+    major, minor = version
+    return f"{major}.{minor} {pseudonym}" if major == 1 else f"{major} {pseudonym}"
+
+
+def is_trusted(ip: str | None, trusted: Sequence[Network]) -> bool:
+    if not ip or not trusted:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(addr in net for net in trusted)
+
+
+def _forwarded_node(ip: str) -> str:
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
+def _forwarded_value(value: str) -> str:
+    safe = all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value)
+    return value if safe and value else '"' + value.replace('"', "") + '"'
+
+
+def origin_request_headers(
+    pairs: Iterable[tuple[str, str]],
+    *,
+    client_ip: str | None,
+    proto: str,
+    host: str,
+    version: tuple[int, int],
+    via: str,
+    trusted: Sequence[Network] = (),
+    mode: str = "x-forwarded",
+) -> CIMultiDict[str]:
+    """Headers to send upstream: end-to-end fields of the client request plus our own.
+
+    Client-supplied forwarding fields are kept (and extended) only when the peer is a
+    trusted proxy; otherwise they are replaced by what we saw on the connection.
+    """
+    trusted_peer = is_trusted(client_ip, trusted)
+    out: CIMultiDict[str] = CIMultiDict()
+    previous: dict[str, list[str]] = {}
+    for k, v in end_to_end(pairs):
+        lk = k.lower()
+        if lk in FORWARDING:
+            if trusted_peer:
+                previous.setdefault(lk, []).append(v)
+            continue
+        out.add(k, v)
+    ip = client_ip or "unknown"
+    if mode in ("x-forwarded", "both"):
+        xff = previous.get("x-forwarded-for")
+        out["X-Forwarded-For"] = ", ".join([*xff, ip]) if xff else ip
+        out["X-Forwarded-Proto"] = previous.get("x-forwarded-proto", [proto])[0]
+        out["X-Forwarded-Host"] = previous.get("x-forwarded-host", [host])[0]
+    if mode in ("forwarded", "both"):
+        element = f"for={_forwarded_node(ip)};proto={proto}"
+        if host:
+            element += f";host={_forwarded_value(host)}"
+        prior = previous.get("forwarded")
+        out["Forwarded"] = ", ".join([*prior, element]) if prior else element
+    via_prior = out.getall("Via", [])
+    if via_prior:
+        del out["Via"]
+    out["Via"] = ", ".join([*via_prior, via_value(version, via)])
+    return out
+
+
+def client_response_headers(
+    pairs: Iterable[tuple[str, str]], *, version: tuple[int, int], via: str
+) -> CIMultiDict[str]:
+    """Headers to send downstream from an origin (or stored) response."""
+    out: CIMultiDict[str] = CIMultiDict()
+    via_prior: list[str] = []
+    for k, v in end_to_end(pairs):
+        if k.lower() == "via":
+            via_prior.append(v)
+        else:
+            out.add(k, v)
+    out["Via"] = ", ".join([*via_prior, via_value(version, via)])
+    return out

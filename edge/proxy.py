@@ -1,0 +1,987 @@
+"""The client-facing request handler: checks, forwarding to the origin pool, caching.
+
+One `Proxy` per edge process. `handle` is the low-level aiohttp handler: it validates the
+request (method, host, limits), answers from the cache when it can, and otherwise forwards
+to an origin chosen by the pool, streaming bodies both ways. Library exceptions from the
+aiohttp client are translated here into statuses (502 broken origin, 504 timeouts, 503 no
+healthy origin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from edge.accesslog import AccessLog
+from edge.admin import Metrics
+from edge import cache_policy as cp
+from edge import compression, conditional, ranges
+from edge.config import EdgeConfig
+from edge.headers import client_response_headers, origin_request_headers
+from edge.errors import ConfigError, CorruptBodyError, StoreError
+from edge.origins import Origin, OriginPool
+from edge.store import Store
+
+log = logging.getLogger("edge.proxy")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+_CHUNK = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class OriginFailure(Exception):
+    """Translated client-side failure; `status` is what the client gets (502/503/504)."""
+
+    def __init__(self, status: int, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.status = status
+        self.kind = kind
+
+
+def _plain(status: int, cache_status: str | None = None, **extra: str) -> web.Response:
+    reason = web.Response(status=status).reason
+    headers = {"Content-Type": "text/plain; charset=utf-8", **extra}
+    if cache_status:
+        headers["Cache-Status"] = cache_status
+    return web.Response(status=status, text=f"{status} {reason}\n", headers=headers)
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        pool: OriginPool,
+        session: aiohttp.ClientSession,
+        cache: Any,
+        metrics: Metrics,
+        access_log: AccessLog,
+    ) -> None:
+        self.pool = pool
+        self.session = session
+        self.cache = cache
+        self.metrics = metrics
+        self.access_log = access_log
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: EdgeConfig) -> None:
+        self.config = config
+        self._hosts = frozenset(config.server.hosts)
+        limits = config.limits
+        self._max_headers = limits.max_headers
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_url = limits.max_url_length
+        self._max_body = limits.max_body_bytes
+        pool = config.pool
+        self._timeout = aiohttp.ClientTimeout(
+            total=pool.total_timeout,
+            sock_connect=pool.connect_timeout,
+            sock_read=pool.first_byte_timeout,
+        )
+        self._cache_tag = config.server.via
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background job, keeping a reference until it finishes."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ status / admin hooks
+
+    def cache_status(self) -> dict[str, Any]:
+        if self.cache is None:
+            return {"enabled": False}
+        status: dict[str, Any] = self.cache.status()
+        return status
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        m.active_gauge.set(m.active)
+        for o in self.pool.status():
+            m.origin_up.labels(o.url).set(1 if o.up else 0)
+        if self.cache is not None:
+            st = self.cache.status()
+            m.cache_bytes.set(st.get("bytes", 0))
+            m.cache_entries.set(st.get("entries", 0))
+            m.cache_degraded.set(1 if st.get("degraded") else 0)
+
+    async def purge(self, kind: str, value: str) -> int:
+        if self.cache is None:
+            return 0
+        removed: int = await self.cache.purge(kind, value)
+        return removed
+
+    # ------------------------------------------------------------------ the handler
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        metrics = self.metrics
+        metrics.active += 1
+        start = time.monotonic()
+        resp: web.StreamResponse | None = None
+        origin_url = ""
+        try:
+            resp, origin_url = await self._dispatch(request)
+            return resp
+        finally:
+            metrics.active -= 1
+            status = resp.status if resp is not None else 499
+            cache_status = ""
+            if resp is not None:
+                cache_status = _cache_word(resp.headers.get("Cache-Status", ""))
+            metrics.response(status, cache_status or "none")
+            if self.access_log.enabled:
+                self.access_log.write(
+                    remote=request.remote,
+                    method=request.method,
+                    host=request.headers.get("Host", ""),
+                    path=request.raw_path,
+                    status=status,
+                    bytes=resp.body_length if resp is not None and resp.prepared else 0,
+                    duration_ms=round((time.monotonic() - start) * 1000, 3),
+                    cache=cache_status,
+                    origin=origin_url,
+                    user_agent=request.headers.get("User-Agent", ""),
+                )
+
+    async def _dispatch(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
+        refusal = self._check(request)
+        if refusal is not None:
+            return refusal, ""
+        target = request.raw_path
+        if not target.startswith("/"):
+            parts = urlsplit(target)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            if request.content_length is not None and request.content_length > self._max_body:
+                return _plain(413), ""
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.cache is not None and request.method in ("GET", "HEAD"):
+            return await self.cache.serve(self, request, target)
+        resp, origin = await self.forward(request, target)
+        if self.cache is not None and request.method in UNSAFE and resp.status < 400:
+            await self.cache.invalidate(request, target, resp)
+        return resp, origin
+
+    def _check(self, request: web.BaseRequest) -> web.Response | None:
+        """Requests we refuse before touching an origin; None when the request may pass."""
+        method = request.method
+        if method == "CONNECT":
+            return _plain(405, Allow="GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+        raw_headers = request.raw_headers
+        if len(raw_headers) > self._max_headers:
+            return _plain(431)
+        size = 0
+        for k, v in raw_headers:
+            size += len(k) + len(v) + 4
+        if size > self._max_header_bytes:
+            return _plain(431)
+        target = request.raw_path
+        if len(target) > self._max_url:
+            return _plain(414)
+        hosts = request.headers.getall("Host", [])
+        if len(hosts) != 1 and request.version >= (1, 1):
+            return _plain(400)
+        host_header = hosts[0].lower() if hosts else ""
+        if not target.startswith("/"):
+            if target == "*" and method == "OPTIONS":
+                return _plain(400)
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return _plain(400)
+            authority = parts.netloc.lower().rsplit("@", 1)[-1]
+            # Absolute-form naming another host than the one we serve: never an open proxy.
+            if _bare_host(authority) != _bare_host(host_header) and not self._hosts:
+                return _plain(421)
+            host_header = authority
+        if self._hosts and _bare_host(host_header) not in self._hosts:
+            return _plain(421)
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            return _plain(413)
+        return None
+
+    # ------------------------------------------------------------------ forwarding
+
+    def origin_headers(
+        self, request: web.BaseRequest, extra: CIMultiDict[str] | None = None
+    ) -> CIMultiDict[str]:
+        cfg = self.config.server
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        client_ip = peer[0] if peer else None
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        headers = origin_request_headers(
+            pairs,
+            client_ip=client_ip,
+            proto="https" if request.transport and request.transport.get_extra_info("sslcontext") else "http",
+            host=request.headers.get("Host", ""),
+            version=request.version,
+            via=cfg.via,
+            trusted=cfg.trusted_proxies,
+            mode=cfg.forwarded,
+        )
+        headers.popall("Expect", None)
+        if extra:
+            for k in extra:
+                headers.popall(k, None)
+            headers.extend(extra)
+        return headers
+
+    def _body(self, request: web.BaseRequest) -> _LimitedBody:
+        return _LimitedBody(request, self._max_body)
+
+    async def open_upstream(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: Any,
+        key: str,
+        replayable: bool,
+    ) -> tuple[Origin, aiohttp.ClientResponse]:
+        """Send a request to an origin; retry an idempotent, replayable one on another.
+
+        Returns the origin and the response with headers read; the caller must call
+        `finish_upstream` once the body is consumed.
+        """
+        tried: list[Origin] = []
+        attempts = 2 if replayable and self.config.pool.retry and method in IDEMPOTENT else 1
+        failure: OriginFailure | None = None
+        for _ in range(attempts):
+            origin = self.pool.pick(key, exclude=tried)
+            if origin is None:
+                break
+            tried.append(origin)
+            self.pool.started(origin)
+            start = time.monotonic()
+            try:
+                resp = await self.session.request(
+                    method,
+                    URL(origin.config.base + target, encoded=True),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    compress=None,
+                    chunked=None,
+                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as exc:
+                if isinstance(exc, BodyTooLarge) or getattr(body, "exceeded", False):
+                    self.pool.finished(origin, ok=True)
+                    raise BodyTooLarge() from None
+                failure = _translate(exc)
+                self.pool.finished(origin, ok=False)
+                self.metrics.origin_errors.labels(origin.url, failure.kind).inc()
+                log.info("origin %s failed for %s %s: %s", origin.url, method, target, failure)
+                continue
+            self.metrics.origin_latency.labels(origin.url).observe(time.monotonic() - start)
+            return origin, resp
+        if failure is None:
+            raise OriginFailure(503, "no_healthy_origin")
+        raise failure
+
+    def finish_upstream(self, origin: Origin, resp: aiohttp.ClientResponse, ok: bool) -> None:
+        resp.release() if ok else resp.close()
+        self.pool.finished(origin, ok=ok and resp.status not in (502, 503, 504))
+
+    async def forward(
+        self, request: web.BaseRequest, target: str
+    ) -> tuple[web.StreamResponse, str]:
+        """Forward without caching: stream the request body up and the response down."""
+        headers = self.origin_headers(request)
+        has_body = request.body_exists
+        body = self._body(request) if has_body else None
+        try:
+            origin, upstream = await self.open_upstream(
+                request.method, target, headers, body, request.raw_path, not has_body
+            )
+        except BodyTooLarge:
+            resp = _plain(413)
+            resp.force_close()
+            return resp, ""
+        except OriginFailure as exc:
+            return _plain(exc.status, self.cache_status_token("bypass", detail=exc.kind)), ""
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        out.headers.extend(self.response_headers(request, upstream.raw_headers))
+        out.headers["Cache-Status"] = self.cache_status_token("bypass")
+        ok = await self.stream_down(request, out, upstream, origin)
+        return out, origin.url
+
+    def response_headers(
+        self, request: web.BaseRequest, raw: tuple[tuple[bytes, bytes], ...]
+    ) -> CIMultiDict[str]:
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        return client_response_headers(pairs, version=request.version, via=self.config.server.via)
+
+    async def stream_down(
+        self,
+        request: web.BaseRequest,
+        out: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        origin: Origin,
+        sink: Any = None,
+    ) -> bool:
+        """Copy the origin body to the client (and to `sink.write`); True when complete."""
+        if "Content-Length" not in out.headers and not _bodyless(request.method, out.status):
+            out.enable_chunked_encoding()
+        try:
+            await out.prepare(request)
+        except (ConnectionError, RuntimeError):
+            self.finish_upstream(origin, upstream, ok=False)
+            return False
+        complete = False
+        try:
+            if not _bodyless(request.method, out.status):
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    if sink is not None:
+                        sink.write(chunk)
+                    await out.write(chunk)
+            complete = True
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("origin %s body broke off: %r", origin.url, exc)
+            self.finish_upstream(origin, upstream, ok=False)
+            _abort(request)
+            return False
+        except ConnectionError:
+            self.finish_upstream(origin, upstream, ok=True)
+            return False
+        self.finish_upstream(origin, upstream, ok=True)
+        try:
+            await out.write_eof()
+        except ConnectionError:
+            return False
+        return complete
+
+    def cache_status_token(self, word: str, detail: str = "") -> str:
+        """An RFC 9211 Cache-Status member for a response that did not use the cache."""
+        return cp.cache_status(self._cache_tag, fwd=word, detail=detail or None)
+
+
+class _LimitedBody:
+    """The client's request body as an async iterator, refusing more than `limit` bytes."""
+
+    def __init__(self, request: web.BaseRequest, limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise BodyTooLarge()
+            yield chunk
+
+
+def _translate(exc: BaseException) -> OriginFailure:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return OriginFailure(504, "timeout", str(exc))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return OriginFailure(502, "connect", str(exc))
+    return OriginFailure(502, "broken", repr(exc))
+
+
+def _bodyless(method: str, status: int) -> bool:
+    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+def _abort(request: web.BaseRequest) -> None:
+    # The client already has our headers; closing the connection is the only honest way
+    # to say the body is incomplete (a chunked response then lacks its last chunk).
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _bare_host(authority: str) -> str:
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0].rstrip(".")
+
+
+def _cache_word(cache_status: str) -> str:
+    """The metrics label for a Cache-Status value this edge produced."""
+    if not cache_status:
+        return ""
+    if "; hit" in cache_status:
+        return "stale" if 'detail="stale' in cache_status else "hit"
+    if "fwd=stale" in cache_status and "fwd-status=304" in cache_status:
+        return "revalidated"
+    if "fwd=bypass" in cache_status:
+        return "bypass"
+    if "fwd=" in cache_status:
+        return "miss"
+    return "other"
+
+
+# ---------------------------------------------------------------------------- caching
+
+
+def _pairs(raw: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+
+
+class CacheLayer:
+    """The cache in the request path: lookups, hits, revalidation, misses with collapsing.
+
+    Policy decisions come from edge.cache_policy (pure); storage is edge.store.Store, whose
+    blocking calls run in a thread unless the object is in its memory tier.
+    """
+
+    def __init__(self, store: Store, config: EdgeConfig, clock: Any = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._refreshing: set[str] = set()
+        self._prepared: dict[tuple[str, str, float], list[tuple[str, str]]] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: EdgeConfig) -> None:
+        c = config.cache
+        self.config = config
+        self.name = config.server.via
+        self.policy = cp.PolicyConfig(
+            name=self.name,
+            heuristic_max=c.heuristic_max,
+            default_ttl=c.default_ttl or None,
+            store_set_cookie=c.cache_set_cookie,
+        )
+        self.compression = config.compression
+        self._collapse_wait = config.pool.total_timeout
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+    def status(self) -> dict[str, Any]:
+        st = self.store.stats()
+        return {
+            "enabled": True,
+            "bytes": st.size_bytes,
+            "entries": st.records,
+            "memory_bytes": st.memory_bytes,
+            "degraded": st.degraded,
+            "degraded_reason": st.degraded_reason,
+            "corrupt": st.corrupt,
+        }
+
+    async def purge(self, kind: str, value: str) -> int:
+        if kind == "url":
+            parts = urlsplit(value)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            key = cp.cache_key(parts.scheme or "http", parts.netloc, target)
+            return await asyncio.to_thread(self.store.purge_url, key)
+        if kind == "prefix":
+            parts = urlsplit(value)
+            prefix = value
+            if parts.scheme and parts.netloc:
+                prefix = cp.cache_key(parts.scheme, parts.netloc, parts.path or "/")
+                if not parts.path:
+                    prefix = prefix[:-1]
+            return await asyncio.to_thread(self.store.purge_prefix, prefix)
+        return await asyncio.to_thread(self.store.purge_tag, value)
+
+    async def invalidate(
+        self, request: web.BaseRequest, target: str, resp: web.StreamResponse
+    ) -> None:
+        creq = self._cache_request(request, target)
+        keys = cp.invalidation_keys(creq, resp.status, tuple(resp.headers.items()))
+        for key in keys:
+            await asyncio.to_thread(self.store.remove, key)
+
+    # ------------------------------------------------------------------ store access
+
+    def _peek_variants(self, key: str) -> tuple[cp.CacheEntry, ...] | None:
+        """Variants from the store's memory tier without a thread hop; None if not there.
+
+        edge.store has no public non-blocking peek yet, so this reads its memory tier
+        (same lock, same freshness rule as Store.variants).
+        """
+        store: Any = self.store
+        memory = getattr(store, "_memory", None)
+        if memory is None:
+            return None
+        with store._lock:
+            item = memory.get("m:" + key)
+        if item is None or store._clock() - item[0] >= store._meta_refresh:
+            return None
+        entries: tuple[cp.CacheEntry, ...] = item[1]
+        return entries
+
+    def _peek_body(self, entry: cp.CacheEntry) -> bytes | None:
+        store: Any = self.store
+        memory = getattr(store, "_memory", None)
+        if memory is None:
+            return None
+        with store._lock:
+            body: bytes | None = memory.get(f"b:{entry.key}\x1f{entry.variant}\x1f{entry.sha256}")
+        return body
+
+    async def _variants(self, key: str) -> tuple[cp.CacheEntry, ...]:
+        entries = self._peek_variants(key)
+        if entries is None:
+            entries = await asyncio.to_thread(self.store.variants, key)
+        return entries
+
+    # ------------------------------------------------------------------ entry point
+
+    def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
+        secure = request.transport is not None and request.transport.get_extra_info("sslcontext")
+        return cp.CacheRequest(
+            method=request.method,
+            scheme="https" if secure else "http",
+            authority=request.headers.get("Host", ""),
+            target=target,
+            headers=_pairs(request.raw_headers),
+        )
+
+    async def serve(
+        self, proxy: Proxy, request: web.BaseRequest, target: str
+    ) -> tuple[web.StreamResponse, str]:
+        if request.body_exists:
+            return await proxy.forward(request, target)
+        creq = self._cache_request(request, target)
+        key = creq.key
+        entries = await self._variants(key)
+        decision = cp.lookup(creq, entries, self.clock(), self.policy)
+        if isinstance(decision, cp.Fresh):
+            status = cp.cache_status(self.name, hit=True, ttl=decision.ttl)
+            resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
+            if resp is not None:
+                return resp, ""
+            decision = cp.Miss("uri-miss")
+        if isinstance(decision, cp.Stale):
+            entry = decision.entry
+            if decision.background:
+                self._refresh_later(proxy, request, creq, target, entry)
+                status = cp.decision_status(decision, self.name)
+                resp = await self._from_cache(request, creq, entry, decision.age, status)
+                if resp is not None:
+                    return resp, ""
+            return await self._fetch(proxy, request, creq, target, decision.fwd, entry)
+        if decision.only_if_cached:
+            return _plain(504, cp.cache_status(self.name, fwd=decision.fwd, detail="only-if-cached")), ""
+        return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd)
+
+    # ------------------------------------------------------------------ answering from cache
+
+    def _base_headers(self, entry: cp.CacheEntry, version: tuple[int, int]) -> list[tuple[str, str]]:
+        ident = (entry.key + "\x1f" + entry.variant + entry.sha256, str(version), entry.response_time)
+        pre = self._prepared.get(ident)
+        if pre is None:
+            stored = [(k, v) for k, v in entry.headers if k.lower() not in ("age", "content-length")]
+            pre = list(client_response_headers(stored, version=version, via=self.name).items())
+            if len(self._prepared) > 4096:
+                self._prepared.clear()
+            self._prepared[ident] = pre
+        return pre
+
+    async def _from_cache(
+        self,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        entry: cp.CacheEntry,
+        age: float,
+        cache_status: str,
+    ) -> web.StreamResponse | None:
+        """A response from a stored entry, or None when its body is gone or damaged."""
+        headers = CIMultiDict(self._base_headers(entry, request.version))
+        headers["Age"] = str(min(int(age), 2147483648))
+        headers["Cache-Status"] = cache_status
+        method = request.method
+        precondition = conditional.evaluate(method, creq.headers, entry.headers, entry.response_time)
+        if precondition == 304:
+            out = CIMultiDict(conditional.not_modified_headers(tuple(headers.items())))
+            return web.Response(status=304, headers=out)
+        if precondition == 412:
+            return _plain(412, cache_status)
+        length = entry.body_length
+        if method == "HEAD":
+            headers["Content-Length"] = str(length)
+            return web.Response(status=entry.status, reason=entry.reason or None, headers=headers)
+        body = self._peek_body(entry)
+        if body is None and length > self.store_memory_object_max:
+            return await self._stream_from_disk(request, creq, entry, headers)
+        if body is None:
+            body = await asyncio.to_thread(self.store.get_body, entry)
+            if body is None:
+                return None
+        decision = ranges.evaluate(method, entry.status, creq.headers, entry.headers, length)
+        if isinstance(decision, ranges.Partial):
+            headers["Content-Range"] = decision.content_range
+            return web.Response(
+                status=206, headers=headers, body=body[decision.start : decision.end + 1]
+            )
+        if isinstance(decision, ranges.Unsatisfiable):
+            headers["Content-Range"] = decision.content_range
+            return web.Response(status=416, headers=headers)
+        return web.Response(
+            status=entry.status, reason=entry.reason or None, headers=headers, body=body
+        )
+
+    @property
+    def store_memory_object_max(self) -> int:
+        return self.config.cache.memory_object_max
+
+    async def _stream_from_disk(
+        self,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        entry: cp.CacheEntry,
+        headers: CIMultiDict[str],
+    ) -> web.StreamResponse | None:
+        reader = await asyncio.to_thread(self.store.open_body, entry)
+        if reader is None:
+            return None
+        decision = ranges.evaluate(request.method, entry.status, creq.headers, entry.headers, entry.body_length)
+        start, end = 0, entry.body_length - 1
+        status = entry.status
+        if isinstance(decision, ranges.Partial):
+            start, end, status = decision.start, decision.end, 206
+            headers["Content-Range"] = decision.content_range
+        elif isinstance(decision, ranges.Unsatisfiable):
+            reader.close()
+            headers["Content-Range"] = decision.content_range
+            return web.Response(status=416, headers=headers)
+        headers["Content-Length"] = str(end - start + 1)
+        out = web.StreamResponse(status=status, reason=entry.reason or None, headers=headers)
+        try:
+            await out.prepare(request)
+            pos = 0
+            while True:
+                chunk = await asyncio.to_thread(reader.read_chunk, _CHUNK)
+                if not chunk:
+                    break
+                lo, hi = max(start - pos, 0), min(end + 1 - pos, len(chunk))
+                pos += len(chunk)
+                if lo < hi:
+                    await out.write(chunk[lo:hi])
+            await out.write_eof()
+        except CorruptBodyError:
+            log.warning("damaged body for %s detected while streaming; connection cut", entry.key)
+            _abort(request)
+        except ConnectionError:
+            pass
+        finally:
+            reader.close()
+        return out
+
+    # ------------------------------------------------------------------ misses
+
+    async def _collapsed_fetch(
+        self,
+        proxy: Proxy,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        target: str,
+        fwd: str,
+    ) -> tuple[web.StreamResponse, str]:
+        key = creq.key
+        collapsible = request.method == "GET" and not any(
+            k.lower() in ("range", "if-none-match", "if-modified-since", "authorization")
+            for k, _ in creq.headers
+        )
+        if not collapsible:
+            return await self._fetch(proxy, request, creq, target, fwd, None)
+        leader = self._inflight.get(key)
+        if leader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(leader), self._collapse_wait)
+            except TimeoutError:
+                pass
+            entries = await self._variants(key)
+            decision = cp.lookup(creq, entries, self.clock(), self.policy)
+            if isinstance(decision, cp.Fresh):
+                status = cp.cache_status(self.name, hit=True, ttl=decision.ttl, collapsed=True)
+                resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
+                if resp is not None:
+                    return resp, ""
+            return await self._fetch(proxy, request, creq, target, fwd, None)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            return await self._fetch(proxy, request, creq, target, fwd, None)
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            future.set_result(None)
+
+    def _refresh_later(
+        self,
+        proxy: Proxy,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        target: str,
+        entry: cp.CacheEntry,
+    ) -> None:
+        ident = creq.key + "\x1f" + entry.variant
+        if ident in self._refreshing:
+            return
+        self._refreshing.add(ident)
+        headers = proxy.origin_headers(request)
+
+        async def refresh() -> None:
+            try:
+                await self._background_fetch(proxy, creq, target, entry, headers)
+            except Exception:  # a background job has nobody else to report to
+                log.exception("background revalidation of %s failed", creq.key)
+            finally:
+                self._refreshing.discard(ident)
+
+        proxy.spawn(refresh())
+
+    def _with_validators(self, headers: CIMultiDict[str], entry: cp.CacheEntry) -> CIMultiDict[str]:
+        out = headers.copy()
+        for name in ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
+                     "If-Range", "Range"):
+            out.popall(name, None)
+        for k, v in conditional.validators([entry.headers]):
+            out[k] = v
+        return out
+
+    def _compression_plan(
+        self, creq: cp.CacheRequest, status: int, pairs: tuple[tuple[str, str], ...]
+    ) -> tuple[tuple[tuple[str, str], ...], compression.Compressor | None]:
+        """Response fields to send/store and a compressor when we compress on the fly."""
+        opts = self.compression
+        if not opts.enabled:
+            return pairs, None
+        cl = next((v for k, v in pairs if k.lower() == "content-length"), None)
+        length = int(cl) if cl is not None and cl.isdigit() else None
+        if not compression.should_compress(status, creq.method, pairs, length, opts):
+            return pairs, None
+        ae = [v for k, v in creq.headers if k.lower() == "accept-encoding"]
+        coding = compression.negotiate(", ".join(ae) if ae else None)
+        if coding in ("br", "gzip"):
+            comp = compression.compressor(coding, opts)
+            return compression.compressed_headers(pairs, coding), comp
+        return compression.add_vary(pairs), None
+
+    async def _open(
+        self,
+        proxy: Proxy,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        key: str,
+    ) -> tuple[Origin, aiohttp.ClientResponse, float, float]:
+        request_time = self.clock()
+        origin, upstream = await proxy.open_upstream(method, target, headers, None, key, True)
+        return origin, upstream, request_time, self.clock()
+
+    async def _fetch(
+        self,
+        proxy: Proxy,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        target: str,
+        fwd: str,
+        stale: cp.CacheEntry | None,
+    ) -> tuple[web.StreamResponse, str]:
+        """Forward a GET/HEAD (revalidating `stale` if given), stream it, maybe store it."""
+        headers = proxy.origin_headers(request)
+        if stale is not None:
+            headers = self._with_validators(headers, stale)
+        try:
+            origin, upstream, t_req, t_resp = await self._open(
+                proxy, request.method, target, headers, creq.key
+            )
+        except OriginFailure as exc:
+            if stale is not None and cp.stale_on_error_ok(
+                stale, creq.headers, self.clock(), disconnected=True, config=self.policy
+            ):
+                status = cp.cache_status(self.name, hit=True, detail=f"stale-if-error; {exc.kind}")
+                resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), status)
+                if resp is not None:
+                    return resp, ""
+            return _plain(exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)), ""
+        status = upstream.status
+        pairs = _pairs(upstream.raw_headers)
+        if stale is not None and status == 304:
+            proxy.finish_upstream(origin, upstream, ok=True)
+            updated = cp.freshen(stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy)
+            await asyncio.to_thread(self.store.update, updated)
+            cstatus = cp.cache_status(self.name, fwd="stale", fwd_status=304, ttl=updated.ttl(self.clock()))
+            resp = await self._from_cache(request, creq, updated, updated.age(self.clock()), cstatus)
+            if resp is not None:
+                return resp, origin.url
+            return await self._fetch(proxy, request, creq, target, "uri-miss", None)
+        if stale is not None and status >= 500 and cp.stale_on_error_ok(
+            stale, creq.headers, self.clock(), disconnected=False, config=self.policy
+        ):
+            proxy.finish_upstream(origin, upstream, ok=False)
+            cstatus = cp.cache_status(self.name, hit=True, fwd_status=status, detail="stale-if-error")
+            resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), cstatus)
+            if resp is not None:
+                return resp, origin.url
+        return await self._stream_and_store(
+            proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp
+        )
+
+    async def _stream_and_store(
+        self,
+        proxy: Proxy,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        origin: Origin,
+        upstream: aiohttp.ClientResponse,
+        pairs: tuple[tuple[str, str], ...],
+        fwd: str,
+        t_req: float,
+        t_resp: float,
+    ) -> tuple[web.StreamResponse, str]:
+        status = upstream.status
+        out_pairs, comp = self._compression_plan(creq, status, pairs)
+        te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
+        delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
+        storable = cp.storability(
+            creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp
+        )
+        writer = None
+        if storable.storable and (delimited or _bodyless(creq.method, status)):
+            writer = self.store.writer()
+        cstatus = cp.cache_status(
+            self.name, fwd=fwd, fwd_status=status,
+            detail=None if storable.storable else storable.reason,
+        )
+        out = web.StreamResponse(status=status, reason=upstream.reason)
+        out.headers.extend(client_response_headers(out_pairs, version=request.version, via=self.name))
+        out.headers["Cache-Status"] = cstatus
+        if comp is None and "Content-Length" in out.headers:
+            pass
+        elif not _bodyless(request.method, status):
+            out.enable_chunked_encoding()
+        complete = False
+        try:
+            await out.prepare(request)
+            if not _bodyless(request.method, status):
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    data = comp.compress(chunk) if comp is not None else chunk
+                    if data:
+                        if writer is not None and not writer.write(data):
+                            writer = None
+                        await out.write(data)
+                if comp is not None:
+                    tail = comp.finish()
+                    if tail:
+                        if writer is not None and not writer.write(tail):
+                            writer = None
+                        await out.write(tail)
+            complete = True
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError):
+                # The client went away; the origin body is fine but we stop here.
+                proxy.finish_upstream(origin, upstream, ok=True)
+            else:
+                log.info("origin %s body broke off: %r", origin.url, exc)
+                proxy.finish_upstream(origin, upstream, ok=False)
+                _abort(request)
+            if writer is not None:
+                writer.abort()
+            return out, origin.url
+        proxy.finish_upstream(origin, upstream, ok=True)
+        if writer is not None and complete:
+            entry = cp.make_entry(
+                creq, status, upstream.reason or "", out_pairs,
+                request_time=t_req, response_time=t_resp,
+                body_length=0, sha256="0" * 64, now=self.clock(), config=self.policy,
+            )
+            await asyncio.to_thread(writer.commit, entry, writer.length)
+        try:
+            await out.write_eof()
+        except ConnectionError:
+            pass
+        return out, origin.url
+
+    async def _background_fetch(
+        self,
+        proxy: Proxy,
+        creq: cp.CacheRequest,
+        target: str,
+        stale: cp.CacheEntry,
+        headers: CIMultiDict[str],
+    ) -> None:
+        """stale-while-revalidate: revalidate or refetch `stale` with nobody waiting."""
+        headers = self._with_validators(headers, stale)
+        creq = cp.CacheRequest("GET", creq.scheme, creq.authority, creq.target, creq.headers)
+        try:
+            origin, upstream, t_req, t_resp = await self._open(proxy, "GET", target, headers, creq.key)
+        except OriginFailure:
+            return
+        pairs = _pairs(upstream.raw_headers)
+        status = upstream.status
+        if status == 304:
+            proxy.finish_upstream(origin, upstream, ok=True)
+            updated = cp.freshen(stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy)
+            await asyncio.to_thread(self.store.update, updated)
+            return
+        out_pairs, comp = self._compression_plan(creq, status, pairs)
+        storable = cp.storability(creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp)
+        te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
+        delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
+        writer = self.store.writer() if storable.storable and delimited else None
+        if writer is None:
+            proxy.finish_upstream(origin, upstream, ok=status < 500)
+            return
+        try:
+            async for chunk in upstream.content.iter_chunked(_CHUNK):
+                data = comp.compress(chunk) if comp is not None else chunk
+                if data and not writer.write(data):
+                    break
+            else:
+                if comp is not None:
+                    writer.write(comp.finish())
+                entry = cp.make_entry(
+                    creq, status, upstream.reason or "", out_pairs,
+                    request_time=t_req, response_time=t_resp,
+                    body_length=0, sha256="0" * 64, now=self.clock(), config=self.policy,
+                )
+                await asyncio.to_thread(writer.commit, entry, writer.length)
+                proxy.finish_upstream(origin, upstream, ok=True)
+                return
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            pass
+        writer.abort()
+        proxy.finish_upstream(origin, upstream, ok=False)
+
+
+async def open_cache(config: EdgeConfig, directory: str) -> CacheLayer:
+    c = config.cache
+
+    def build() -> Store:
+        return Store(
+            directory,
+            size_limit=c.size_limit,
+            memory_bytes=c.memory_bytes,
+            memory_object_max=c.memory_object_max,
+            max_object_bytes=c.max_object_bytes,
+        )
+
+    try:
+        store = await asyncio.to_thread(build)
+    except StoreError as exc:
+        raise ConfigError(f"{config.source}: cache.dir: {exc}") from None
+    return CacheLayer(store, config)

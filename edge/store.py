@@ -1,0 +1,732 @@
+"""The edge's cache storage: diskcache (SQLite + files) with a small in-memory tier in front.
+
+Blocking API: call it from a worker thread (``asyncio.to_thread``) in the proxy.
+
+Layout inside one diskcache directory (keys are ``str``, values are ``bytes``; a Disk
+subclass refuses everything else, so nothing is ever pickled or unpickled):
+
+- ``m:<primary key>``  JSON list of the CacheEntry metadata of every stored Vary variant;
+- ``b:<primary key>\\x1f<variant>\\x1f<sha256>``  the body bytes of one variant;
+- ``t:<surrogate key>``  JSON list of primary keys carrying that tag.
+
+A body is written before the metadata that points at it, and metadata names the body's
+length and SHA-256, which are checked on every read from disk: a mismatch evicts the
+entry and reads as a miss, so a crash, a ``kill -9`` or a damaged file never yields a
+truncated or wrong body. Bodies from the streaming writer go to a temp file inside the
+cache directory and are renamed into diskcache's file area on ``commit()``.
+
+On a full disk (ENOSPC/EDQUOT/EFBIG, or SQLite "database or disk is full") the store
+turns ``degraded``: writes are skipped (reads still work) until ``retry_after`` seconds
+passed, then the next write tries again and clears the flag if it succeeds.
+
+Several processes may share one directory. The memory tier keeps a variant list for at
+most ``meta_refresh`` seconds before re-reading it from disk, so a purge made by another
+process is seen within that time; bodies in memory are keyed by digest and never stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import IO, Any
+
+import diskcache
+
+from edge.cache_policy import CacheEntry, entry_from_dict, entry_to_dict
+from edge.errors import CacheMetadataError, CorruptBodyError, StoreError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+CHUNK = 64 * 1024
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_SEP = "\x1f"
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if isinstance(exc, sqlite3.DatabaseError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _CommittedFile:
+    """A finished temp file handed to diskcache to be renamed into place."""
+
+    path: str
+    size: int
+
+
+class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache Disk that only knows str keys and bytes values: no pickle either way."""
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError("store keys must be str")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise StoreError("refusing a pickled key found in the cache database")
+        return key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if isinstance(value, _CommittedFile):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.replace(value.path, full_path)
+            return value.size, diskcache.core.MODE_BINARY, filename, None
+        if type(value) is not bytes:
+            raise TypeError("store values must be bytes")
+        return super().store(value, False, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+            raise StoreError(f"refusing a non-bytes value (mode {mode}) from the cache")
+        return super().fetch(mode, filename, value, read)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    size_bytes: int  # disk volume (SQLite pages + body files)
+    records: int  # diskcache records (metadata, bodies and tag lists)
+    memory_bytes: int
+    memory_items: int
+    hits: int  # variants() calls that found something
+    misses: int
+    corrupt: int  # bodies that failed the length/digest check and were evicted
+    stores: int
+    store_failures: int
+    degraded: bool
+    degraded_reason: str | None
+
+
+class _Memory:
+    """A bytes-bounded LRU of verified bodies and parsed variant lists."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._items: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def get(self, key: str) -> Any:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def put(self, key: str, value: Any, cost: int) -> None:
+        self.pop(key)
+        if cost > self.max_bytes:
+            return
+        self._items[key] = (cost, value)
+        self.used += cost
+        while self.used > self.max_bytes and self._items:
+            _, (c, _) = self._items.popitem(last=False)
+            self.used -= c
+
+    def pop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self.used -= item[0]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.used = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _meta_key(key: str) -> str:
+    return "m:" + key
+
+
+def _body_key(entry: CacheEntry) -> str:
+    return f"b:{entry.key}{_SEP}{entry.variant}{_SEP}{entry.sha256}"
+
+
+def _tag_key(tag: str) -> str:
+    return "t:" + tag
+
+
+class BodyReader:
+    """Streams a stored body, checking its digest; raises CorruptBodyError at the end on a
+    mismatch (the entry is evicted then). The length was checked before it was handed out,
+    so a truncated file never starts streaming."""
+
+    def __init__(self, store: Store, entry: CacheEntry, source: IO[bytes] | bytes) -> None:
+        self.entry = entry
+        self.length = entry.body_length
+        self._store = store
+        self._source = source
+        self._pos = 0
+        self._hash = hashlib.sha256()
+        self._done = False
+
+    def read_chunk(self, size: int = CHUNK) -> bytes:
+        """The next chunk, b"" at the end."""
+        if self._done:
+            return b""
+        if isinstance(self._source, bytes):
+            chunk = self._source[self._pos : self._pos + size]
+        else:
+            chunk = self._source.read(min(size, self.length - self._pos))
+        self._pos += len(chunk)
+        if isinstance(self._source, bytes):
+            self._pos = min(self._pos, self.length)
+            if not chunk:
+                self._finish()
+            return chunk
+        self._hash.update(chunk)
+        if not chunk or self._pos >= self.length:
+            self._finish()
+        return chunk
+
+    def _finish(self) -> None:
+        self._done = True
+        if isinstance(self._source, bytes):
+            return
+        self._source.close()
+        if self._pos != self.length or self._hash.hexdigest() != self.entry.sha256:
+            self._store._corrupt(self.entry)
+            raise CorruptBodyError(f"stored body of {self.entry.key} is damaged")
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.read_chunk()
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        if not isinstance(self._source, bytes):
+            self._source.close()
+        self._done = True
+
+    def __enter__(self) -> BodyReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BodyWriter:
+    """Tees a body to a temp file; ``commit`` stores it, ``abort`` (or an exception in a
+    ``with`` block) throws it away. Nothing is visible to readers before commit."""
+
+    def __init__(self, store: Store, max_bytes: int | None) -> None:
+        self._store = store
+        self._max = max_bytes
+        fd, self._path = tempfile.mkstemp(dir=store._tmp_dir, suffix=".part")
+        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.length = 0
+        self.failed = False
+
+    def write(self, chunk: bytes) -> bool:
+        """Append a chunk; False once the writer gave up (too big or disk full)."""
+        if self.failed or self._file is None:
+            return False
+        if self._max is not None and self.length + len(chunk) > self._max:
+            self.abort()
+            return False
+        try:
+            self._file.write(chunk)
+        except OSError as e:
+            self._store._write_failed(e)
+            self.abort()
+            return False
+        self._hash.update(chunk)
+        self.length += len(chunk)
+        return True
+
+    def commit(self, entry: CacheEntry, length: int) -> CacheEntry | None:
+        """Store the body under ``entry`` if exactly ``length`` bytes were written.
+
+        Returns the stored entry (with body_length and sha256 filled in) or None when the
+        body was incomplete, too big, or the store is degraded.
+        """
+        if self.failed or self._file is None:
+            return None
+        try:
+            self._file.close()
+        except OSError as e:
+            self._store._write_failed(e)
+            self.abort()
+            return None
+        self._file = None
+        if self.length != length:
+            self.abort()
+            return None
+        final = replace(entry, body_length=self.length, sha256=self._hash.hexdigest())
+        stored = self._store._commit(final, _CommittedFile(self._path, self.length))
+        self._cleanup()
+        return stored
+
+    def abort(self) -> None:
+        self.failed = True
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._path)
+
+    def __enter__(self) -> BodyWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None or self._file is not None:
+            self.abort()
+
+
+class Store:
+    """Cache storage. Thread-safe; several processes may share ``directory``."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        size_limit: int = 1 << 30,
+        memory_bytes: int = 64 << 20,
+        memory_object_max: int = 1 << 20,
+        max_object_bytes: int | None = None,
+        max_variants: int = 16,
+        retry_after: float = 30.0,
+        meta_refresh: float = 1.0,
+        eviction_policy: str = "least-recently-used",
+        clock: Clock = time.monotonic,
+        sqlite_max_page_count: int | None = None,
+    ) -> None:
+        self.directory = os.fspath(directory)
+        self._clock = clock
+        self._retry_after = retry_after
+        self._meta_refresh = meta_refresh
+        self._memory_object_max = memory_object_max
+        self.max_object_bytes = max_object_bytes
+        self._max_variants = max_variants
+        os.makedirs(self.directory, exist_ok=True)
+        self._tmp_dir = os.path.join(self.directory, "tmp")
+        os.makedirs(self._tmp_dir, exist_ok=True)
+        self._sweep_tmp()
+        settings: dict[str, Any] = {}
+        if sqlite_max_page_count is not None:
+            # A real SQLite limit; used by tests to reach "database or disk is full".
+            settings["sqlite_max_page_count"] = sqlite_max_page_count
+        try:
+            self._cache = diskcache.Cache(
+                self.directory,
+                disk=_BytesDisk,
+                size_limit=size_limit,
+                eviction_policy=eviction_policy,
+                cull_limit=16,
+                statistics=False,
+                tag_index=False,
+                **settings,
+            )
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
+        self._lock = threading.Lock()
+        self._memory = _Memory(memory_bytes)
+        self._degraded_reason: str | None = None
+        self._degraded_until = 0.0
+        self._hits = self._misses = self._corrupt_count = 0
+        self._stores = self._store_failures = 0
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded_reason is not None
+
+    @property
+    def degraded_reason(self) -> str | None:
+        return self._degraded_reason
+
+    def stats(self) -> StoreStats:
+        try:
+            size = int(self._cache.volume())
+            records = len(self._cache)
+        except sqlite3.Error:
+            size = records = -1
+        with self._lock:
+            return StoreStats(
+                size_bytes=size,
+                records=records,
+                memory_bytes=self._memory.used,
+                memory_items=len(self._memory),
+                hits=self._hits,
+                misses=self._misses,
+                corrupt=self._corrupt_count,
+                stores=self._stores,
+                store_failures=self._store_failures,
+                degraded=self.degraded,
+                degraded_reason=self._degraded_reason,
+            )
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sweep_tmp(self) -> None:
+        # Parts left by a crash mid-write: never committed, so never referenced.
+        for name in os.listdir(self._tmp_dir):
+            if name.endswith(".part"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self._tmp_dir, name))
+
+    def _write_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._store_failures += 1
+        if _is_full(exc):
+            reason = f"disk full: {exc}"
+            if self._degraded_reason is None:
+                log.error("cache store degraded, not caching for %.0fs: %s", self._retry_after, exc)
+            self._degraded_reason = reason
+            self._degraded_until = self._clock() + self._retry_after
+        else:
+            log.warning("cache store write failed: %s", exc)
+
+    def _writable(self) -> bool:
+        return self._degraded_reason is None or self._clock() >= self._degraded_until
+
+    def _wrote_ok(self) -> None:
+        if self._degraded_reason is not None:
+            log.warning("cache store recovered from: %s", self._degraded_reason)
+            self._degraded_reason = None
+        with self._lock:
+            self._stores += 1
+
+    # --- metadata ------------------------------------------------------------------------
+
+    def _load_meta(self, key: str) -> list[CacheEntry]:
+        raw = self._cache.get(_meta_key(key), default=None)
+        if raw is None:
+            return []
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, list):
+                raise TypeError("list expected")
+            entries = [entry_from_dict(d) for d in doc]
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("dropping unreadable cache metadata for %s: %s", key, e)
+            with contextlib.suppress(sqlite3.Error):
+                self._cache.delete(_meta_key(key))
+            return []
+        return entries
+
+    def _save_meta(self, key: str, entries: list[CacheEntry]) -> None:
+        if entries:
+            data = json.dumps([entry_to_dict(e) for e in entries], separators=(",", ":"))
+            self._cache.set(_meta_key(key), data.encode())
+        else:
+            self._cache.delete(_meta_key(key))
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._memory.pop(_meta_key(key))
+
+    def variants(self, key: str) -> tuple[CacheEntry, ...]:
+        """Every stored variant of primary ``key`` (newest last), possibly empty."""
+        mkey = _meta_key(key)
+        now = self._clock()
+        with self._lock:
+            cached = self._memory.get(mkey)
+        if cached is not None and now - cached[0] < self._meta_refresh:
+            entries: tuple[CacheEntry, ...] = cached[1]
+        else:
+            try:
+                entries = tuple(self._load_meta(key))
+            except (sqlite3.Error, OSError, StoreError) as e:
+                log.warning("cache read failed for %s: %s", key, e)
+                entries = ()
+            cost = 256 + sum(len(e.key) + 64 * (len(e.headers) + 4) for e in entries)
+            with self._lock:
+                if entries:
+                    self._memory.put(mkey, (now, entries), cost)
+                else:
+                    self._memory.pop(mkey)
+        with self._lock:
+            if entries:
+                self._hits += 1
+            else:
+                self._misses += 1
+        return entries
+
+    # --- bodies --------------------------------------------------------------------------
+
+    def _corrupt(self, entry: CacheEntry) -> None:
+        log.warning("evicting damaged cache entry %s (variant %s)", entry.key, entry.variant)
+        with self._lock:
+            self._corrupt_count += 1
+        self.remove(entry.key, entry.variant)
+
+    def _verified(self, entry: CacheEntry, data: bytes) -> bool:
+        return len(data) == entry.body_length and hashlib.sha256(data).hexdigest() == entry.sha256
+
+    def get_body(self, entry: CacheEntry) -> bytes | None:
+        """The whole body of ``entry``, verified; None (and the entry evicted) if it is
+        missing, truncated or altered."""
+        bkey = _body_key(entry)
+        with self._lock:
+            mem = self._memory.get(bkey)
+        if mem is not None:
+            body: bytes = mem
+            return body
+        try:
+            value = self._cache.get(bkey, default=None, read=True)
+        except (sqlite3.Error, OSError, StoreError) as e:
+            log.warning("cache body read failed for %s: %s", entry.key, e)
+            return None
+        if value is None:
+            self._corrupt(entry)
+            return None
+        if isinstance(value, bytes):
+            data = value
+        else:
+            with value:
+                data = value.read(entry.body_length + 1)
+        if not self._verified(entry, data):
+            self._corrupt(entry)
+            return None
+        if len(data) <= self._memory_object_max:
+            with self._lock:
+                self._memory.put(bkey, data, len(data) + 64)
+        return data
+
+    def open_body(self, entry: CacheEntry) -> BodyReader | None:
+        """A streaming reader for big bodies (small ones come from memory). None if the
+        body is missing or has the wrong length (the entry is evicted)."""
+        bkey = _body_key(entry)
+        with self._lock:
+            mem = self._memory.get(bkey)
+        if mem is not None:
+            return BodyReader(self, entry, mem)
+        if entry.body_length <= self._memory_object_max:
+            data = self.get_body(entry)
+            return None if data is None else BodyReader(self, entry, data)
+        try:
+            value = self._cache.get(bkey, default=None, read=True)
+        except (sqlite3.Error, OSError, StoreError) as e:
+            log.warning("cache body read failed for %s: %s", entry.key, e)
+            return None
+        if value is None:
+            self._corrupt(entry)
+            return None
+        if isinstance(value, bytes):
+            if not self._verified(entry, value):
+                self._corrupt(entry)
+                return None
+            return BodyReader(self, entry, value)
+        if os.fstat(value.fileno()).st_size != entry.body_length:
+            value.close()
+            self._corrupt(entry)
+            return None
+        return BodyReader(self, entry, value)
+
+    # --- writes --------------------------------------------------------------------------
+
+    def put(self, entry: CacheEntry, body: bytes) -> CacheEntry | None:
+        """Store a complete body and its metadata. body_length and sha256 of ``entry`` are
+        recomputed from ``body``. Returns the stored entry, or None if not stored."""
+        if self.max_object_bytes is not None and len(body) > self.max_object_bytes:
+            return None
+        if not self._writable():
+            return None
+        final = replace(entry, body_length=len(body), sha256=hashlib.sha256(body).hexdigest())
+        return self._commit(final, body)
+
+    def writer(self, max_bytes: int | None = None) -> BodyWriter | None:
+        """A streaming BodyWriter, or None while the store is degraded."""
+        if not self._writable():
+            return None
+        limit = self.max_object_bytes if max_bytes is None else max_bytes
+        try:
+            return BodyWriter(self, limit)
+        except OSError as e:
+            self._write_failed(e)
+            return None
+
+    def _commit(self, entry: CacheEntry, body: bytes | _CommittedFile) -> CacheEntry | None:
+        bkey = _body_key(entry)
+        try:
+            self._cache.set(bkey, body)
+            replaced: list[CacheEntry] = []
+            with self._cache.transact():
+                entries = self._load_meta(entry.key)
+                kept = []
+                for e in entries:
+                    if e.variant == entry.variant:
+                        replaced.append(e)
+                    else:
+                        kept.append(e)
+                kept.append(entry)
+                while len(kept) > self._max_variants:
+                    replaced.append(kept.pop(0))
+                self._save_meta(entry.key, kept)
+                for tag in entry.surrogate_keys:
+                    self._add_tag(tag, entry.key)
+        except Exception as e:
+            if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
+                self._write_failed(e)
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._cache.delete(bkey)
+                if isinstance(body, _CommittedFile):
+                    with contextlib.suppress(OSError):
+                        os.unlink(body.path)
+                return None
+            raise
+        for old in replaced:
+            if _body_key(old) != bkey:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._cache.delete(_body_key(old))
+        self._forget(entry.key)
+        self._wrote_ok()
+        return entry
+
+    def _add_tag(self, tag: str, key: str) -> None:
+        tkey = _tag_key(tag)
+        raw = self._cache.get(tkey, default=None)
+        keys: list[str] = []
+        if raw is not None:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(raw)
+                if isinstance(doc, list):
+                    keys = [k for k in doc if isinstance(k, str)]
+        if key not in keys:
+            keys.append(key)
+            self._cache.set(tkey, json.dumps(keys).encode())
+
+    def update(self, entry: CacheEntry) -> bool:
+        """Replace the metadata of a stored variant (after a 304 freshened it); the body
+        must be the same (same sha256). False if the variant is gone."""
+        if not self._writable():
+            return False
+        try:
+            with self._cache.transact():
+                entries = self._load_meta(entry.key)
+                for i, e in enumerate(entries):
+                    if e.variant == entry.variant and e.sha256 == entry.sha256:
+                        entries[i] = replace(entry, body_length=e.body_length)
+                        break
+                else:
+                    return False
+                self._save_meta(entry.key, entries)
+                for tag in entry.surrogate_keys:
+                    self._add_tag(tag, entry.key)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+            self._write_failed(e)
+            return False
+        finally:
+            self._forget(entry.key)
+        self._wrote_ok()
+        return True
+
+    # --- removal -------------------------------------------------------------------------
+
+    def remove(self, key: str, variant: str | None = None) -> int:
+        """Remove one variant (or all variants) of ``key``; returns how many went."""
+        removed: list[CacheEntry] = []
+        try:
+            with self._cache.transact():
+                entries = self._load_meta(key)
+                kept = []
+                for e in entries:
+                    if variant is None or e.variant == variant:
+                        removed.append(e)
+                    else:
+                        kept.append(e)
+                if removed:
+                    self._save_meta(key, kept)
+            for e in removed:
+                self._cache.delete(_body_key(e))
+                with self._lock:
+                    self._memory.pop(_body_key(e))
+        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+            raise StoreError(f"cannot remove {key}: {e}") from e
+        finally:
+            self._forget(key)
+        return len(removed)
+
+    def purge_url(self, key: str) -> int:
+        """Remove every variant stored for primary key ``key``."""
+        return self.remove(key)
+
+    def purge_prefix(self, prefix: str) -> int:
+        """Remove everything whose primary key starts with ``prefix`` (a linear scan of the
+        keys: an operator action, not a hot path)."""
+        mprefix = _meta_key(prefix)
+        keys = []
+        # iterkeys is in SQLite BINARY order, the same as str order: stop past the range.
+        for k in self._cache.iterkeys():
+            if k.startswith(mprefix):
+                keys.append(k[2:])
+            elif k > mprefix:
+                break
+        return sum(self.remove(k) for k in keys)
+
+    def purge_tag(self, tag: str) -> int:
+        """Remove every variant tagged ``tag`` by a Surrogate-Key response header."""
+        tkey = _tag_key(tag)
+        raw = self._cache.get(tkey, default=None)
+        if raw is None:
+            return 0
+        try:
+            keys = json.loads(raw)
+        except ValueError:
+            keys = []
+        count = 0
+        for key in keys if isinstance(keys, list) else []:
+            if not isinstance(key, str):
+                continue
+            for e in self._load_meta(key):
+                if tag in e.surrogate_keys:
+                    count += self.remove(key, e.variant)
+        self._cache.delete(tkey)
+        return count
+
+    def clear(self) -> None:
+        self._cache.clear()
+        with self._lock:
+            self._memory.clear()
+
+
+def read_entry_json(data: bytes) -> CacheEntry:
+    """Decode one entry's JSON (for tools); raises CacheMetadataError."""
+    return CacheEntry.from_json(data)
+
+
+__all__ = [
+    "BodyReader",
+    "BodyWriter",
+    "CacheMetadataError",
+    "CorruptBodyError",
+    "Store",
+    "StoreStats",
+    "read_entry_json",
+]

@@ -1,0 +1,420 @@
+"""The answer engine: one DNS query in wire bytes -> one reply in wire bytes (or None).
+
+Sans-IO: `Responder.respond(wire, client, tcp=...)` is all the server calls. It never raises:
+a message without a usable header (or a response, QR=1) gives None (drop), a malformed query
+FORMERR, and any failure inside answering SERVFAIL.
+
+Speed comes from caching encoded replies, in three tiers:
+
+1. exact: the query bytes after the ID (plus tcp) -> the reply after the ID. Hit when a
+   client repeats a query byte for byte; only replies that depend on nothing but the query
+   are stored here: static data, errors, and pool answers decided by an ECS subnet (those
+   carry the health version they were made under and count only while it is current).
+   Cost: a slice, a dict lookup, a concatenation.
+2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
+   and a lower-case question; on a hit the ID, RD/CD flags, the question's exact case (0x20)
+   and the ECS address are patched in. Names whose answer involves a pool map to a plan
+   instead of bytes.
+3. pool: (static key, network of the client's location) -> reply. The client (or its ECS
+   subnet) is located first, because the network is part of the key; so a pool answer costs
+   parse + locate + dict lookup. Emptied whenever the health state's version changes. Misses
+   run the selection and look the rendered bytes up by (static key, edges, scope), so even a
+   new network rarely reaches dnslib.
+
+Everything is built once per config: a reload builds a new Responder, so zone changes never
+meet old cache entries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from dnslib import AAAA as RD_AAAA
+from dnslib import QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
+from dnslib import A as RD_A
+
+from geo.location import Location, Locator
+from gslb.config import GslbConfig
+from gslb.ecs import ClientSubnet
+from gslb.errors import FormError, ShortHeader
+from gslb.models import HealthView, Selection
+from gslb.respcache import BoundedCache
+from gslb.selection import select
+from gslb.wire import Query, parse_query
+from gslb.zone import (
+    AAAA,
+    BADVERS,
+    FORMERR,
+    NOTIMP,
+    OPT,
+    REFUSED,
+    SERVFAIL,
+    PoolAnswer,
+    Resolution,
+    RRset,
+    Zones,
+    dnslabel,
+    name_to_text,
+)
+
+log = logging.getLogger("gslb.answer")
+
+__all__ = ["Observer", "Responder"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+EXACT_ENTRIES: Final = 50_000
+STATIC_ENTRIES: Final = 50_000
+POOL_ENTRIES: Final = 200_000
+RENDER_ENTRIES: Final = 50_000
+MAX_TCP: Final = 65535
+
+_HEADER: Final = struct.Struct("!HHHHHH")
+_OPT_FIXED: Final = struct.Struct(
+    "!BHHBBHH"
+)  # root name, type, size, ext-rcode, version, flags, rdlen
+_REFUSED: Final = Resolution(REFUSED, False)
+_FORMERR: Final = Resolution(FORMERR, False)
+_NOTIMP: Final = Resolution(NOTIMP, False)
+
+
+class Observer(Protocol):
+    """Told about every reply sent (metrics, query log). Must not raise."""
+
+    def answered(
+        self,
+        *,
+        qname: str,
+        qtype: int,
+        rcode: int,
+        pool: str | None,
+        edges: tuple[str, ...],
+        client: str,
+        ecs: str | None,
+    ) -> None: ...
+
+
+@dataclass(slots=True)  # not frozen: built per 0x20 query variant, frozen init is slow
+class _Reply:
+    """An encoded reply plus what the observer is told about it."""
+
+    wire: bytes  # ID 0, lower-case question (tier 2/3) or the reply after the ID (tier 1)
+    rcode: int
+    qname: str
+    pool: str | None = None
+    edges: tuple[str, ...] = ()
+    ecs: str | None = None  # tier 1 only: the ECS subnet of the query
+    qtype: int = 0  # tier 1 only
+    version: int = -1  # tier 1 only: health version a pool answer holds for; -1: static
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A static-cache entry for a name whose answer involves a pool."""
+
+    resolution: Resolution
+    pool: PoolAnswer
+    qname: str
+
+
+_StaticKey = tuple[bytes, int, int, Any, int]
+
+
+class Responder:
+    """Answers queries for one configuration. Not thread-safe; one per event loop."""
+
+    def __init__(
+        self,
+        config: GslbConfig,
+        locator: Locator,
+        health: HealthView,
+        *,
+        observer: Observer | None = None,
+    ) -> None:
+        self._zones = Zones(config.zones)
+        self._locator = locator
+        self._health = health
+        self._observer = observer
+        self._max_udp = config.server.max_udp_payload
+        self._exact: BoundedCache[tuple[bytes, bool], _Reply] = BoundedCache(EXACT_ENTRIES)
+        self._static: BoundedCache[_StaticKey, _Reply | _Plan] = BoundedCache(STATIC_ENTRIES)
+        self._pooled: BoundedCache[tuple[_StaticKey, Any], _Reply] = BoundedCache(POOL_ENTRIES)
+        self._rendered: BoundedCache[tuple[Any, ...], _Reply] = BoundedCache(RENDER_ENTRIES)
+        self._resolved: BoundedCache[tuple[bytes, int, int], Resolution] = BoundedCache(
+            STATIC_ENTRIES
+        )
+        self._exact_get = self._exact.getter
+        self._static_get = self._static.getter
+        self._pooled_get = self._pooled.getter
+        self._version = health.version
+
+    # ------------------------------------------------------------------ entry point
+
+    def respond(self, wire: bytes, client: IPAddress, *, tcp: bool) -> bytes | None:
+        """The reply to `wire` from `client`, or None to send nothing. Never raises."""
+        hit = self._exact_get((wire[2:], tcp))
+        if hit is not None and (hit.version < 0 or hit.version == self._health.version):
+            if self._observer is not None:
+                self._notify(hit, hit.qtype, client, hit.ecs)
+            return wire[:2] + hit.wire
+        try:
+            query = parse_query(wire)
+        except ShortHeader:
+            return None
+        except FormError as exc:
+            return self._error(wire, client, FORMERR, exc.question_end, exc.edns)
+        except Exception:
+            log.exception("parsing a query failed")
+            return self._error(wire, client, SERVFAIL, 0, False)
+        try:
+            return self._answer(query, wire, client, tcp)
+        except Exception:
+            log.exception("answering a query failed")
+            return self._error(wire, client, SERVFAIL, query.question_end, query.edns)
+
+    # ------------------------------------------------------------------ answering
+
+    def _answer(self, q: Query, wire: bytes, client: IPAddress, tcp: bool) -> bytes | None:
+        if q.opcode != 0:
+            return self._error(wire, client, NOTIMP, q.question_end, False)
+        if q.edns and q.version != 0:
+            return self._error(wire, client, BADVERS, q.question_end, True)
+        ecs = q.ecs
+        if tcp:
+            limit = MAX_TCP
+        elif q.edns:
+            limit = min(max(q.payload, 512), self._max_udp)
+        else:
+            limit = 512
+        shape: Any = (q.do, ecs.family, ecs.source) if ecs else (q.do,) if q.edns else None
+        key: _StaticKey = (q.qname, q.qtype, q.qclass, shape, limit)
+        entry = self._static_get(key)
+        if entry is None:
+            entry = self._plan(q, key, limit)
+            self._static.put(key, entry)
+        if isinstance(entry, _Plan):
+            version = self._health.version
+            if version != self._version:
+                self._pooled.clear()
+                self._rendered.clear()
+                self._version = version
+            where = self._locate(ecs, client)
+            pkey = (key, where.network if where is not None else None)
+            reply = self._pooled_get(pkey)
+            if reply is None:
+                reply = self._pool_reply(q, key, entry, where, limit)
+                self._pooled.put(pkey, reply)
+        else:
+            reply = entry
+        out = self._patch(reply.wire, wire, q)
+        ecs_text = ecs.text() if ecs is not None else None
+        # Tier 1 takes replies that depend on the query bytes alone: static ones, and pool
+        # ones decided by an ECS subnet (valid while the health version stays the same).
+        if not isinstance(entry, _Plan):
+            version = -1
+        elif ecs is not None and ecs.source:
+            version = self._version
+        else:
+            version = -2
+        if version != -2:
+            self._exact.put(
+                (wire[2:], tcp),
+                _Reply(
+                    out[2:],
+                    reply.rcode,
+                    reply.qname,
+                    reply.pool,
+                    reply.edges,
+                    ecs_text,
+                    q.qtype,
+                    version,
+                ),
+            )
+        if self._observer is not None:
+            self._notify(reply, q.qtype, client, ecs_text)
+        return out
+
+    def _locate(self, ecs: ClientSubnet | None, client: IPAddress) -> Location | None:
+        if ecs is not None and ecs.source:
+            address: IPAddress = ecs.lookup_address()
+        elif isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            address = client.ipv4_mapped
+        else:
+            address = client
+        return self._locator.locate(address)
+
+    @staticmethod
+    def _patch(cached: bytes, wire: bytes, q: Query) -> bytes:
+        """`cached` with the query's ID, RD and CD bits, question (with its case) and ECS
+        address."""
+        qend = q.question_end
+        flags = bytes(
+            ((cached[2] & 0xFE) | (wire[2] & 0x01), (cached[3] & 0xEF) | (wire[3] & 0x10))
+        )
+        ecs = q.ecs
+        if ecs is not None and ecs.address:
+            n = len(ecs.address)
+            return b"".join(
+                (wire[:2], flags, cached[4:12], wire[12:qend], cached[qend:-n], ecs.address)
+            )
+        return b"".join((wire[:2], flags, cached[4:12], wire[12:qend], cached[qend:]))
+
+    def _resolve(self, q: Query) -> Resolution:
+        qtype = q.qtype
+        if q.qclass != 1:
+            return _REFUSED
+        if qtype in (0, OPT, 249, 250):
+            return _FORMERR
+        if qtype in (251, 252):  # IXFR, AXFR: we do not serve zone transfers
+            return _REFUSED
+        if qtype in (253, 254):  # MAILB, MAILA
+            return _NOTIMP
+        rkey = (q.qname, qtype, q.qclass)
+        res = self._resolved.get(rkey)
+        if res is None:
+            zone = self._zones.find(q.qname)
+            res = _REFUSED if zone is None else zone.resolve(q.qname, qtype)
+            self._resolved.put(rkey, res)
+        return res
+
+    def _plan(self, q: Query, key: _StaticKey, limit: int) -> _Reply | _Plan:
+        res = self._resolve(q)
+        qname = name_to_text(q.qname)
+        if res.pool is not None:
+            return _Plan(res, res.pool, qname)
+        return self._render(q, res, qname, None, (), 0, limit)
+
+    def _pool_reply(
+        self, q: Query, key: _StaticKey, plan: _Plan, where: Location | None, limit: int
+    ) -> _Reply:
+        pa = plan.pool
+        selection: Selection = select(pa.pool, where, self._health)
+        edges = selection.edges or pa.pool.edges
+        ecs = q.ecs
+        scope = 0
+        if ecs is not None and ecs.source and selection.tailored and where is not None:
+            scope = where.network.prefixlen
+        names = tuple(e.name for e in edges)
+        rkey = (key, names, scope)
+        reply = self._rendered.get(rkey)
+        if reply is None:
+            reply = self._render(q, plan.resolution, plan.qname, pa, edges, scope, limit)
+            self._rendered.put(rkey, reply)
+        return reply
+
+    # ------------------------------------------------------------------ encoding
+
+    def _render(
+        self,
+        q: Query,
+        res: Resolution,
+        qname: str,
+        pool: PoolAnswer | None,
+        edges: Iterable[Any],
+        scope: int,
+        limit: int,
+    ) -> _Reply:
+        """Encode `res` (ID 0, lower-case question), fitting it into `limit` octets."""
+        answer = []
+        edge_names: tuple[str, ...] = ()
+        for item in res.answer:
+            if isinstance(item, RRset):
+                answer.extend(_rrs(item))
+            else:
+                addrs = []
+                for edge in edges:
+                    addr = edge.ipv6 if item.rtype == AAAA else edge.ipv4
+                    if addr is not None:
+                        addrs.append(addr)
+                        edge_names += (edge.name,)
+                owner = dnslabel(item.owner)
+                cls = RD_AAAA if item.rtype == AAAA else RD_A
+                answer.extend(RR(owner, item.rtype, ttl=item.ttl, rdata=cls(str(a))) for a in addrs)
+        authority = [rr for rrset in res.authority for rr in _rrs(rrset)]
+        additional = [rr for rrset in res.additional for rr in _rrs(rrset)]
+        optional = [rr for rrset in res.optional for rr in _rrs(rrset)]
+        opt = self._opt(q, scope, res.rcode)
+        tail = [opt] if opt is not None else []
+        question = DNSQuestion(dnslabel(q.qname), q.qtype, q.qclass)
+
+        def pack(tc: bool, an: list[Any], ns: list[Any], ar: list[Any]) -> bytes:
+            header = DNSHeader(id=0, qr=1, aa=int(res.aa), tc=int(tc), rd=0, rcode=res.rcode & 0xF)
+            record = DNSRecord(header, questions=[question], rr=an, auth=ns, ar=ar + tail)
+            return bytes(record.pack())
+
+        wire = pack(False, answer, authority, additional + optional)
+        if len(wire) > limit and optional:
+            wire = pack(False, answer, authority, additional)
+        if len(wire) > limit:
+            wire = pack(True, [], [], [])
+            edge_names = ()
+        pool_name = pool.pool.name if pool is not None else None
+        return _Reply(wire, res.rcode, qname, pool_name, edge_names)
+
+    def _opt(self, q: Query, scope: int, rcode: int) -> Any:
+        if not q.edns:
+            return None
+        ttl = ((rcode >> 4) << 24) | (0x8000 if q.do else 0)
+        options = []
+        if q.ecs is not None:
+            ecs = q.ecs
+            data = bytes((ecs.family >> 8, ecs.family & 0xFF, ecs.source, scope)) + ecs.address
+            options.append(EDNSOption(8, data))
+        return RR(DNSLabel([]), QTYPE.OPT, rclass=self._max_udp, ttl=ttl, rdata=options)
+
+    def _error(
+        self, wire: bytes, client: IPAddress, rcode: int, qend: int, edns: bool
+    ) -> bytes | None:
+        """A reply carrying only an rcode (and the question when it parsed)."""
+        try:
+            flags_in = (wire[2] << 8) | wire[3]
+            flags = 0x8000 | (flags_in & 0x7800) | (flags_in & 0x0110) | (rcode & 0xF)
+            qd = 1 if qend else 0
+            out = _HEADER.pack((wire[0] << 8) | wire[1], flags, qd, 0, 0, 1 if edns else 0) + (
+                wire[12:qend] if qend else b""
+            )
+            if edns:
+                out += _OPT_FIXED.pack(0, OPT, self._max_udp, rcode >> 4, 0, 0, 0)
+            if self._observer is not None:
+                qname = ""
+                if qend:
+                    qname = name_to_text(wire[12 : qend - 4].lower())
+                qtype = (wire[qend - 4] << 8) | wire[qend - 3] if qend else 0
+                self._observer.answered(
+                    qname=qname,
+                    qtype=qtype,
+                    rcode=rcode,
+                    pool=None,
+                    edges=(),
+                    client=str(client),
+                    ecs=None,
+                )
+            return out
+        except Exception:
+            log.exception("building an error reply failed")
+            return None
+
+    def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: str | None) -> None:
+        assert self._observer is not None
+        try:
+            self._observer.answered(
+                qname=reply.qname,
+                qtype=qtype,
+                rcode=reply.rcode,
+                pool=reply.pool,
+                edges=reply.edges,
+                client=str(client),
+                ecs=ecs,
+            )
+        except Exception:
+            log.exception("the query observer failed")
+
+
+def _rrs(rrset: RRset) -> list[Any]:
+    owner = dnslabel(rrset.name)
+    return [RR(owner, rrset.rtype, ttl=rrset.ttl, rdata=rd) for rd in rrset.rdatas]

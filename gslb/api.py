@@ -1,0 +1,178 @@
+"""The GSLB HTTP API (aiohttp, its own port): health check, metrics, edge state.
+
+    GET  /healthz                      {"status": "ok", ...}
+    GET  /metrics                      Prometheus text format
+    GET  /v1/edges                     {"version": n, "edges": {name: state}}
+    GET  /v1/edges/{name}              one edge's state
+    POST|PUT /v1/edges/{name}          JSON {"up": bool, "load": 0..1, "drained": bool}, any subset
+    POST /v1/edges/{name}/drain        stop answering with the edge
+    POST /v1/edges/{name}/undrain      answer with it again
+
+The app only talks to a `HealthStore` (the authoritative one: in the parent process when there
+are several workers, which pushes every change to them) and to a callable returning merged
+query counters (see gslb.metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gslb.health import HealthError, HealthStore, UnknownEdgeError
+from gslb.metrics import make_registry
+
+__all__ = ["HEALTH", "make_app", "start_api"]
+
+HEALTH = web.AppKey("health", HealthStore)
+_INFO = web.AppKey("info", dict)
+_REGISTRY = web.AppKey("registry", object)
+
+_FIELDS = {"up": bool, "drained": bool, "load": float}
+
+
+def make_app(
+    health: HealthStore,
+    metrics: Callable[[], Mapping[str, Any]],
+    *,
+    info: Callable[[], Mapping[str, Any]] | None = None,
+    synced: Callable[[], Awaitable[object]] | None = None,
+) -> web.Application:
+    """`synced`, when given, is awaited after every change before the reply, so a client that
+    got its 200 can rely on every worker answering with the new state."""
+    app = web.Application(client_max_size=64 * 1024)
+    app[HEALTH] = health
+    app[_INFO] = {"info": info, "synced": synced}
+    app[_REGISTRY] = make_registry(metrics, health.snapshot)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/edges", _edges)
+    app.router.add_get("/v1/edges/{name}", _edge)
+    app.router.add_post("/v1/edges/{name}", _set_edge)
+    app.router.add_put("/v1/edges/{name}", _set_edge)
+    app.router.add_post("/v1/edges/{name}/drain", _drain)
+    app.router.add_post("/v1/edges/{name}/undrain", _undrain)
+    return app
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"status": "ok", "health_version": request.app[HEALTH].version}
+    info = request.app[_INFO]["info"]
+    if info is not None:
+        body.update(info())
+    return web.json_response(body)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    output = generate_latest(request.app[_REGISTRY])  # type: ignore[arg-type]
+    return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _edges(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HEALTH].snapshot())
+
+
+def _edge_body(health: HealthStore, name: str) -> dict[str, Any]:
+    snap = health.snapshot()
+    return {"name": name, "version": snap["version"], **snap["edges"][name]}
+
+
+async def _edge(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    name = request.match_info["name"]
+    if name not in health:
+        return _error(404, f"unknown edge {name!r}")
+    return web.json_response(_edge_body(health, name))
+
+
+async def _set_edge(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    name = request.match_info["name"]
+    if name not in health:
+        return _error(404, f"unknown edge {name!r}")
+    try:
+        raw = await request.read()
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, 'body must be a JSON object such as {"up": true, "load": 0.5}')
+    if not isinstance(body, dict) or not body:
+        return _error(
+            400, 'body must be a non-empty JSON object with "up", "load" and/or "drained"'
+        )
+    unknown = sorted(set(body) - set(_FIELDS))
+    if unknown:
+        return _error(400, f"unknown field(s) {', '.join(unknown)}: expected up, load, drained")
+    for key in ("up", "drained"):
+        if key in body and not isinstance(body[key], bool):
+            return _error(400, f'"{key}" must be true or false, got {json.dumps(body[key])}')
+    load = body.get("load")
+    if load is not None and (isinstance(load, bool) or not isinstance(load, int | float)):
+        return _error(400, f'"load" must be a number between 0 and 1, got {json.dumps(load)}')
+    if "load" in body and load is None:
+        return _error(400, '"load" must be a number between 0 and 1, got null')
+    try:
+        health.update(
+            name,
+            up=body.get("up"),
+            drained=body.get("drained"),
+            load=float(load) if load is not None else None,
+        )
+    except UnknownEdgeError as exc:
+        return _error(404, str(exc))
+    except HealthError as exc:
+        return _error(400, str(exc))
+    await _synced(request)
+    return web.json_response(_edge_body(health, name))
+
+
+async def _drain_to(request: web.Request, drained: bool) -> web.Response:
+    health = request.app[HEALTH]
+    name = request.match_info["name"]
+    try:
+        health.set_drained(name, drained)
+    except UnknownEdgeError as exc:
+        return _error(404, str(exc))
+    await _synced(request)
+    return web.json_response(_edge_body(health, name))
+
+
+async def _synced(request: web.Request) -> None:
+    synced = request.app[_INFO]["synced"]
+    if synced is not None:
+        await synced()
+
+
+async def _drain(request: web.Request) -> web.Response:
+    return await _drain_to(request, True)
+
+
+async def _undrain(request: web.Request) -> web.Response:
+    return await _drain_to(request, False)
+
+
+async def start_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0: any free port); returns the runner and the bound port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return runner, int(sock.getsockname()[1])

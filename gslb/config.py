@@ -1,0 +1,510 @@
+"""The GSLB configuration: TOML parsed once, validated, and turned into frozen values.
+
+gslb/example.toml is the schema by example and docs/configuration.md documents every key.
+Every error is a ConfigError reading "FILE: KEY: PROBLEM", e.g.
+"example.toml: pool[0].edges[2]: unknown edge 'xyz'"; unknown keys are errors too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from geo.location import IPNetwork, Location
+from gslb.errors import ConfigError, ZoneError
+from gslb.models import Edge, Policy, Pool
+from gslb.zone import (
+    MAX_TTL,
+    Record,
+    Zone,
+    is_subdomain,
+    name_from_text,
+    parse_master,
+    parse_ttl,
+    soa_record,
+)
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_EDGE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
+    workers: int = 1
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 512
+    max_udp_payload: int = 1232
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8053)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    query_log: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GeoConfig:
+    database: Path | None = None  # None: the bundled GeoLite2 snapshot
+    overrides: tuple[Location, ...] = ()  # each Location carries its network
+
+
+@dataclass(frozen=True, slots=True)
+class GslbConfig:
+    source: str  # the file name errors and logs refer to
+    server: ServerConfig
+    api: ApiConfig
+    log: LogConfig
+    geo: GeoConfig
+    zones: tuple[Zone, ...]
+    edges: tuple[Edge, ...]
+    pools: tuple[Pool, ...]
+
+
+def load_config(path: Path) -> GslbConfig:
+    """Read and validate a config file. Raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, str(path), base=path.parent)
+
+
+def example_config() -> GslbConfig:
+    """The example config embedded in the package (gslb/example.toml)."""
+    text = resources.files("gslb").joinpath("example.toml").read_text(encoding="utf-8")
+    return parse_config(text, "example.toml")
+
+
+def parse_config(text: str, source: str, *, base: Path | None = None) -> GslbConfig:
+    """Validate TOML `text`; `source` names it in errors, `base` resolves relative paths
+    (zone files, the GeoIP database); default: the directory of `source`."""
+    if base is None:
+        base = Path(source).parent
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return _build(data, source, base)
+    except ZoneError as exc:
+        raise ConfigError(f"{source}: {exc.key}: {exc.problem}") from None
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc.key}: {exc.problem}") from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Invalid(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class _Table:
+    """A TOML table being read; remembers which keys were used to reject the rest."""
+
+    def __init__(self, data: Any, key: str) -> None:
+        if not isinstance(data, dict):
+            raise _Invalid(key, f"must be a table, not {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.key = key
+        self.used: set[str] = set()
+
+    def sub(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise _Invalid(self.sub(name), "is required")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise _Invalid(self.sub(name), f"must be {names}, not {_kind(value)}")
+        return value
+
+    def number(
+        self, name: str, default: Any, lo: float, hi: float, *, integer: bool = False
+    ) -> Any:
+        kind: tuple[type, ...] = (int,) if integer else (int, float)
+        value = self.get(name, kind, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Invalid(self.sub(name), f"must be a finite number, not {value}")
+        if not lo <= value <= hi:
+            raise _Invalid(self.sub(name), f"{value} is out of range [{lo}, {hi}]")
+        return float(value) if not integer else value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise _Invalid(self.sub(unknown[0]), "unknown key")
+
+
+_REQUIRED: Final = object()
+_TYPE_NAMES: Final[dict[type, str]] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _kind(value: Any) -> str:
+    for t, name in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+    ):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def _array_of_tables(data: dict[str, Any], name: str) -> list[Any]:
+    value = data.get(name, [])
+    if not isinstance(value, list):
+        raise _Invalid(name, f"must be an array of tables ([[{name}]]), not {_kind(value)}")
+    return value
+
+
+def parse_hostport(text: str, key: str) -> tuple[str, int]:
+    """ "127.0.0.1:53" or "[::1]:53" -> (host, port). Hosts must be IP addresses."""
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text)
+    if m is None:
+        raise _Invalid(key, f'{text!r} is not "host:port" (IPv6 as "[::1]:port")')
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise _Invalid(key, f"{host!r} is not an IP address") from None
+    if m.group(1) and ip.version != 6:
+        raise _Invalid(key, f"{host!r} in brackets is not an IPv6 address")
+    if m.group(3) and ip.version == 6:
+        raise _Invalid(key, 'write IPv6 addresses in brackets, "[::1]:53"')
+    if port > 65535:
+        raise _Invalid(key, f"port {port} is out of range")
+    return str(ip), port
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
+    top = _Table(data, "")
+    for name in ("server", "api", "log", "geo", "zone", "edge", "pool"):
+        top.used.add(name)
+    top.done()
+    server = _server(_Table(data.get("server", {}), "server"))
+    api = _api(_Table(data.get("api", {}), "api"))
+    log = _log(_Table(data.get("log", {}), "log"))
+    geo = _geo(_Table(data.get("geo", {}), "geo"), base)
+    edges = _edges(_array_of_tables(data, "edge"))
+    pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
+    zones = _zones(_array_of_tables(data, "zone"), pools, base)
+    return GslbConfig(source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools))
+
+
+def _server(t: _Table) -> ServerConfig:
+    d = ServerConfig()
+    raw = t.get("listen", list, None)
+    listen = d.listen
+    if raw is not None:
+        if not raw:
+            raise _Invalid(t.sub("listen"), "needs at least one address")
+        out = []
+        for i, item in enumerate(raw):
+            key = f"{t.sub('listen')}[{i}]"
+            if not isinstance(item, str):
+                raise _Invalid(key, f"must be a string, not {_kind(item)}")
+            out.append(parse_hostport(item, key))
+        if len(set(out)) != len(out):
+            raise _Invalid(t.sub("listen"), "lists an address twice")
+        listen = tuple(out)
+    cfg = ServerConfig(
+        listen=listen,
+        workers=t.number("workers", d.workers, 1, 256, integer=True),
+        tcp_idle_timeout=t.number("tcp_idle_timeout", d.tcp_idle_timeout, 0.001, 3600.0),
+        tcp_max_connections=t.number(
+            "tcp_max_connections", d.tcp_max_connections, 1, 1_000_000, integer=True
+        ),
+        max_udp_payload=t.number("max_udp_payload", d.max_udp_payload, 512, 4096, integer=True),
+    )
+    t.done()
+    return cfg
+
+
+def _api(t: _Table) -> ApiConfig:
+    raw = t.get("listen", str, None)
+    t.done()
+    if raw is None:
+        return ApiConfig()
+    return ApiConfig(parse_hostport(raw, t.sub("listen")))
+
+
+def _log(t: _Table) -> LogConfig:
+    level = t.get("level", str, "info").lower()
+    if level not in LOG_LEVELS:
+        raise _Invalid(t.sub("level"), f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    cfg = LogConfig(level=level, query_log=t.get("query_log", bool, False))
+    t.done()
+    return cfg
+
+
+def _network(text: str, key: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise _Invalid(key, f"{text!r} is not a network: {exc}") from None
+
+
+def _geo(t: _Table, base: Path) -> GeoConfig:
+    db = t.get("database", str, None)
+    path = None
+    if db is not None:
+        path = Path(db) if Path(db).is_absolute() else base / db
+        if not path.is_file():
+            raise _Invalid(t.sub("database"), f"file {str(path)!r} does not exist")
+    raw = t.get("override", list, [])
+    overrides = []
+    seen: dict[IPNetwork, int] = {}
+    for i, item in enumerate(raw):
+        o = _Table(item, f"geo.override[{i}]")
+        net = _network(o.get("network", str, _REQUIRED), o.sub("network"))
+        if net in seen:
+            raise _Invalid(o.sub("network"), f"{net} is already geo.override[{seen[net]}]")
+        seen[net] = i
+        country = o.get("country", str, None)
+        continent = o.get("continent", str, None)
+        for name, value in (("country", country), ("continent", continent)):
+            if value is not None and not re.fullmatch(r"[A-Za-z]{2}", value):
+                raise _Invalid(o.sub(name), f"{value!r} is not a two-letter code")
+        overrides.append(
+            Location(
+                latitude=o.number("latitude", _REQUIRED, -90.0, 90.0),
+                longitude=o.number("longitude", _REQUIRED, -180.0, 180.0),
+                country=country.upper() if country else None,
+                continent=continent.upper() if continent else None,
+                network=net,
+            )
+        )
+        o.done()
+    t.done()
+    return GeoConfig(path, tuple(overrides))
+
+
+def _address(t: _Table, name: str, parse: Callable[[str], Any]) -> Any:
+    raw = t.get(name, str, None)
+    if raw is None:
+        return None
+    try:
+        return parse(raw)
+    except ValueError:
+        raise _Invalid(t.sub(name), f"{raw!r} is not an {name} address") from None
+
+
+def _edges(raw: list[Any]) -> tuple[Edge, ...]:
+    out: list[Edge] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(item, f"edge[{i}]")
+        name = t.get("name", str, _REQUIRED)
+        if not _EDGE_NAME.match(name):
+            raise _Invalid(t.sub("name"), f"{name!r} is not a valid edge name")
+        if name in seen:
+            raise _Invalid(t.sub("name"), f"duplicate edge name {name!r} (also edge[{seen[name]}])")
+        seen[name] = i
+        ipv4 = _address(t, "ipv4", ipaddress.IPv4Address)
+        ipv6 = _address(t, "ipv6", ipaddress.IPv6Address)
+        if ipv4 is None and ipv6 is None:
+            raise _Invalid(t.key, "needs ipv4 or ipv6 (or both)")
+        out.append(
+            Edge(
+                name=name,
+                latitude=t.number("latitude", _REQUIRED, -90.0, 90.0),
+                longitude=t.number("longitude", _REQUIRED, -180.0, 180.0),
+                ipv4=ipv4,
+                ipv6=ipv6,
+                weight=t.number("weight", 1.0, 0.0, 1e9),
+                capacity=t.number("capacity", 1000.0, 1e-9, 1e12),
+            )
+        )
+        t.done()
+    return tuple(out)
+
+
+def _edge_list(value: Any, key: str, edges: dict[str, Edge]) -> tuple[Edge, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(key, f"must be an array of edge names, not {_kind(value)}")
+    if not value:
+        raise _Invalid(key, "needs at least one edge")
+    out = []
+    for j, name in enumerate(value):
+        if not isinstance(name, str):
+            raise _Invalid(f"{key}[{j}]", f"must be a string, not {_kind(name)}")
+        if name not in edges:
+            raise _Invalid(f"{key}[{j}]", f"unknown edge {name!r}")
+        if name in value[:j]:
+            raise _Invalid(f"{key}[{j}]", f"edge {name!r} is listed twice")
+        out.append(edges[name])
+    return tuple(out)
+
+
+def _pools(raw: list[Any], edges: dict[str, Edge]) -> list[tuple[Pool, str]]:
+    out: list[tuple[Pool, str]] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(item, f"pool[{i}]")
+        text = t.get("name", str, _REQUIRED)
+        try:
+            wire = name_from_text(text if text.endswith(".") else text + ".")
+        except ValueError as exc:
+            raise _Invalid(t.sub("name"), str(exc)) from None
+        name = text.lower() if text.endswith(".") else text.lower() + "."
+        if name in seen:
+            raise _Invalid(t.sub("name"), f"duplicate pool name {name!r} (also pool[{seen[name]}])")
+        seen[name] = i
+        del wire
+        members = _edge_list(t.get("edges", list, _REQUIRED), t.sub("edges"), edges)
+        policy_text = t.get("policy", str, "nearest")
+        try:
+            policy = Policy(policy_text)
+        except ValueError:
+            choices = " | ".join(p.value for p in Policy)
+            raise _Invalid(t.sub("policy"), f"{policy_text!r} is not one of {choices}") from None
+        threshold = t.number("load_threshold", 0.8, 0.0, 1.0)
+        if threshold <= 0:
+            raise _Invalid(t.sub("load_threshold"), "must be above 0")
+        hysteresis = t.number("hysteresis", 0.1, 0.0, 1.0)
+        if hysteresis >= threshold:
+            raise _Invalid(
+                t.sub("hysteresis"), f"must be below load_threshold ({threshold}), got {hysteresis}"
+            )
+        fb_raw = t.get("fallback", (str, list), "all")
+        fallback: tuple[Edge, ...] | None
+        if isinstance(fb_raw, str):
+            if fb_raw != "all":
+                raise _Invalid(
+                    t.sub("fallback"), f'must be "all" or a list of edge names, not {fb_raw!r}'
+                )
+            fallback = None
+        else:
+            fallback = _edge_list(fb_raw, t.sub("fallback"), edges)
+        pool = Pool(
+            name=name,
+            edges=members,
+            policy=policy,
+            answers=t.number("answers", 1, 1, 64, integer=True),
+            ttl=t.number("ttl", 30, 0, MAX_TTL, integer=True),
+            load_threshold=threshold,
+            hysteresis=hysteresis,
+            fallback=fallback,
+        )
+        t.done()
+        out.append((pool, t.sub("name")))
+    return out
+
+
+_SOA_TIMES: Final = (
+    ("serial", 1, 2**32 - 1),
+    ("refresh", 7200, MAX_TTL),
+    ("retry", 3600, MAX_TTL),
+    ("expire", 1209600, MAX_TTL),
+    ("minimum", 300, MAX_TTL),
+)
+
+
+def _line_key(key: str, file: str) -> Callable[[int], str]:
+    return lambda lineno: f"{key} ({file} line {lineno})"
+
+
+def _zones(raw: list[Any], pools: list[tuple[Pool, str]], base: Path) -> tuple[Zone, ...]:
+    if not raw:
+        raise _Invalid("zone", "at least one [[zone]] is required")
+    specs: list[tuple[bytes, list[Record], str]] = []
+    origins: dict[bytes, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(item, f"zone[{i}]")
+        text = t.get("origin", str, _REQUIRED)
+        if not text.endswith("."):
+            text += "."
+        try:
+            origin = name_from_text(text)
+        except ValueError as exc:
+            raise _Invalid(t.sub("origin"), str(exc)) from None
+        if origin in origins:
+            raise _Invalid(t.sub("origin"), f"zone {text!r} is already zone[{origins[origin]}]")
+        origins[origin] = i
+        ttl_raw = t.get("ttl", (int, str), 3600)
+        try:
+            ttl = parse_ttl(str(ttl_raw)) if not isinstance(ttl_raw, int) else ttl_raw
+        except ValueError as exc:
+            raise _Invalid(t.sub("ttl"), str(exc)) from None
+        if not 0 <= ttl <= MAX_TTL:
+            raise _Invalid(t.sub("ttl"), f"{ttl} is out of range [0, {MAX_TTL}]")
+        records: list[Record] = []
+        soa = t.get("soa", dict, None)
+        if soa is not None:
+            s = _Table(soa, t.sub("soa"))
+            names = []
+            for field in ("mname", "rname"):
+                value = s.get(field, str, _REQUIRED)
+                try:
+                    names.append(name_from_text(value, origin))
+                except ValueError as exc:
+                    raise _Invalid(s.sub(field), str(exc)) from None
+            times = tuple(s.number(n, d, 0, hi, integer=True) for n, d, hi in _SOA_TIMES)
+            s.done()
+            records.append(soa_record(origin, ttl, names[0], names[1], times, s.key))
+        file = t.get("file", str, None)
+        if file is not None:
+            path = Path(file) if Path(file).is_absolute() else base / file
+            try:
+                content = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise _Invalid(t.sub("file"), f"cannot read {str(path)!r}: {exc}") from None
+            records.extend(parse_master(content, origin, ttl, _line_key(t.sub("file"), file)))
+        lines = t.get("records", list, [])
+        for j, line in enumerate(lines):
+            key = f"{t.sub('records')}[{j}]"
+            if not isinstance(line, str):
+                raise _Invalid(key, f"must be a string, not {_kind(line)}")
+            records.extend(parse_master(line, origin, ttl, lambda _n, k=key: k, directives=False))
+        t.done()
+        specs.append((origin, records, t.key))
+    assigned: dict[bytes, list[tuple[Pool, bytes, str]]] = {o: [] for o, _, _ in specs}
+    for pool, key in pools:
+        pname = name_from_text(pool.name)
+        owner = max((o for o in assigned if is_subdomain(pname, o)), key=len, default=None)
+        if owner is None:
+            raise _Invalid(key, f"{pool.name!r} is not inside any configured zone")
+        assigned[owner].append((pool, pname, key))
+    return tuple(Zone(o, recs, assigned[o], key=k) for o, recs, k in specs)

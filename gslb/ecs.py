@@ -1,0 +1,75 @@
+"""EDNS Client Subnet (RFC 7871): decoding, validation and the echo we send back.
+
+dnslib leaves option 8 as an opaque blob, so it is decoded here, strictly: an option a
+resolver got wrong is answered with FORMERR rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+from gslb.errors import FormError
+
+OPTION_CODE: Final = 8
+FAMILY_IPV4: Final = 1
+FAMILY_IPV6: Final = 2
+# How much of the client's address we use: finer prefixes add no location accuracy but
+# fragment caches (ours and the resolvers'), and RFC 7871 section 11.1 recommends these.
+CAP_IPV4: Final = 24
+CAP_IPV6: Final = 56
+
+_BITS: Final = {FAMILY_IPV4: 32, FAMILY_IPV6: 128}
+
+
+# Not frozen for the same reason as wire.Query: one is built per ECS query. Read-only by use.
+@dataclass(slots=True)
+class ClientSubnet:
+    family: int
+    source: int  # SOURCE PREFIX-LENGTH as received
+    scope: int
+    address: bytes  # ceil(source / 8) octets as received
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClientSubnet:
+        """Parse the option data of an ECS option in a query. Raises FormError."""
+        if len(data) < 4:
+            raise FormError("ECS option shorter than 4 octets", edns=True)
+        family = (data[0] << 8) | data[1]
+        source, scope = data[2], data[3]
+        bits = _BITS.get(family)
+        if bits is None:
+            raise FormError(f"ECS family {family} is not 1 or 2", edns=True)
+        if source > bits:
+            raise FormError(f"ECS source prefix {source} longer than {bits}", edns=True)
+        if scope != 0:
+            raise FormError("ECS scope prefix must be 0 in a query", edns=True)
+        address = data[4:]
+        if len(address) != (source + 7) // 8:
+            raise FormError("ECS address length does not match the source prefix", edns=True)
+        if source % 8 and address[-1] & (0xFF >> (source % 8)):
+            raise FormError("ECS address has bits set beyond the source prefix", edns=True)
+        return cls(family, source, scope, bytes(address))
+
+    def lookup_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The address to locate: the subnet's network address, cut to the /24 or /56 cap."""
+        v4 = self.family == FAMILY_IPV4
+        used = min(self.source, CAP_IPV4 if v4 else CAP_IPV6)
+        raw = self.address[: (used + 7) // 8]
+        if used % 8:
+            raw = raw[:-1] + bytes((raw[-1] & (0xFF << (8 - used % 8)) & 0xFF,))
+        if v4:
+            return ipaddress.IPv4Address(raw.ljust(4, b"\0"))
+        return ipaddress.IPv6Address(raw.ljust(16, b"\0"))
+
+    def text(self) -> str:
+        """The subnet as sent, e.g. "192.0.2.0/24"."""
+        addr = self.address.ljust(4 if self.family == FAMILY_IPV4 else 16, b"\0")
+        ip = ipaddress.ip_address(addr)
+        return f"{ip}/{self.source}"
+
+    def encode(self, scope: int) -> bytes:
+        """The full option (code, length, data) echoing this subnet with `scope`."""
+        data = bytes((self.family >> 8, self.family & 0xFF, self.source, scope)) + self.address
+        return OPTION_CODE.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data

@@ -1,0 +1,51 @@
+"""The exception tree of the gslb package.
+
+GslbError
+├── ConfigError       a configuration file (or a zone file it names) is invalid
+│   └── ZoneError     zone data is inconsistent (raised while building a zone)
+└── ProtocolError     a DNS message cannot be answered normally (wire.py)
+    ├── ShortHeader   not even a query header: the message is dropped without a reply
+    └── FormError     malformed query: answered with FORMERR
+"""
+
+from __future__ import annotations
+
+
+class GslbError(Exception):
+    """Base of every error raised by gslb."""
+
+
+class ConfigError(GslbError):
+    """Invalid configuration; the message reads "FILE: KEY: PROBLEM"."""
+
+
+class ZoneError(ConfigError):
+    """Inconsistent zone data. `key` is the config key path of the offending entry."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class ProtocolError(GslbError):
+    """A DNS message that cannot be answered normally."""
+
+
+class ShortHeader(ProtocolError):
+    """Fewer than 12 bytes, or a response (QR=1): dropped silently."""
+
+
+class FormError(ProtocolError):
+    """A malformed query, answered with FORMERR.
+
+    `question_end` is the offset just past the question when the question itself parsed
+    (so the reply can echo it), else 0; `edns` tells whether a valid OPT record was seen
+    (the reply then carries an OPT too).
+    """
+
+    def __init__(self, reason: str, question_end: int = 0, edns: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.question_end = question_end
+        self.edns = edns

@@ -1,0 +1,233 @@
+"""The health-and-load state store that edge selection reads.
+
+One `HealthStore` per process. Every edge starts up, not drained, with no load. The HTTP API
+sets an edge up/down, drained/undrained or its load; every change bumps `version`, which the
+answer engine uses to drop cached answers.
+
+Overload with hysteresis: load thresholds are per pool, so the store keeps an `overloaded`
+flag per (pool, edge), updated whenever the edge's load is set: it turns on when load >=
+pool.load_threshold and off only when load < load_threshold - hysteresis. `state(edge, pool)`
+reports the flag for that pool; `state(edge)` reports whether the edge is overloaded in any pool.
+
+Many workers (`gslb serve --workers N`): the parent process owns the authoritative store and
+runs the HTTP API; on every change it sends `snapshot()` (a small JSON-able dict) to each
+worker over its multiprocessing pipe (gslb.workers), and sends the full snapshot to a worker
+when it starts. A worker's store is a replica: `apply(snapshot)` replaces its state wholesale
+(including the per-pool overload flags, so hysteresis is decided once, in the parent) and bumps
+the replica's own `version`. With one worker, the single process holds the only store.
+
+A config reload calls `reconfigure(pools, edges)`: state is kept for edges still present,
+new edges start up, and the overload flags are re-evaluated against the new thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gslb.errors import GslbError
+from gslb.models import EdgeState, Pool
+
+__all__ = ["HealthError", "HealthStore", "UnknownEdgeError"]
+
+
+class HealthError(GslbError, ValueError):
+    """A health update is invalid (bad value or snapshot)."""
+
+
+class UnknownEdgeError(HealthError, KeyError):
+    """The named edge is not configured."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown edge"
+
+
+@dataclass(frozen=True, slots=True)
+class _Thresholds:
+    threshold: float
+    hysteresis: float
+
+
+Listener = Callable[["HealthStore"], None]
+
+
+class HealthStore:
+    """Live state of every configured edge; implements gslb.models.HealthView."""
+
+    def __init__(self, pools: Iterable[Pool] = (), edges: Iterable[str] = ()) -> None:
+        self._version = 0
+        self._states: dict[str, EdgeState] = {}
+        self._pools: dict[str, _Thresholds] = {}
+        self._members: dict[str, tuple[str, ...]] = {}  # edge -> pools it belongs to
+        self._overloaded: dict[tuple[str, str], bool] = {}  # (pool, edge) -> flag
+        self._listeners: list[Listener] = []
+        self._configure(list(pools), list(edges), keep=False)
+
+    # -- HealthView ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def state(self, edge: str, pool: str | None = None) -> EdgeState:
+        st = self._states.get(edge)
+        if st is None:
+            return EdgeState()
+        if pool is None:
+            return st
+        flag = self._overloaded.get((pool, edge))
+        if flag is None or flag == st.overloaded:
+            return st
+        return replace(st, overloaded=flag)
+
+    # -- updates --------------------------------------------------------------------------------
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        return tuple(self._states)
+
+    def __contains__(self, edge: object) -> bool:
+        return edge in self._states
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(store)` after every change (the parent pushes snapshots with it)."""
+        self._listeners.append(listener)
+
+    def update(
+        self,
+        edge: str,
+        *,
+        up: bool | None = None,
+        drained: bool | None = None,
+        load: float | None = None,
+    ) -> EdgeState:
+        """Set any of up / drained / load for `edge`; returns its new (any-pool) state."""
+        st = self._states.get(edge)
+        if st is None:
+            raise UnknownEdgeError(f"unknown edge {edge!r}")
+        if load is not None:
+            load = _check_load(load)
+        new = st
+        if up is not None:
+            new = replace(new, up=bool(up))
+        if drained is not None:
+            new = replace(new, drained=bool(drained))
+        if load is not None:
+            new = replace(new, load=load)
+            for pool in self._members.get(edge, ()):
+                key = (pool, edge)
+                self._overloaded[key] = _next_flag(self._pools[pool], load, self._overloaded[key])
+            new = replace(new, overloaded=self._any_overloaded(edge))
+        self._states[edge] = new
+        self._changed()
+        return new
+
+    def set_up(self, edge: str, up: bool) -> EdgeState:
+        return self.update(edge, up=up)
+
+    def set_drained(self, edge: str, drained: bool) -> EdgeState:
+        return self.update(edge, drained=drained)
+
+    def set_load(self, edge: str, load: float) -> EdgeState:
+        return self.update(edge, load=load)
+
+    def reconfigure(self, pools: Iterable[Pool], edges: Iterable[str] = ()) -> None:
+        """Adopt a reloaded config, keeping the state of edges still present."""
+        self._configure(list(pools), list(edges), keep=True)
+        self._changed()
+
+    # -- replication ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: {"version": n, "edges": {name: {...}}}."""
+        edges: dict[str, Any] = {}
+        for name, st in self._states.items():
+            edges[name] = {
+                "up": st.up,
+                "drained": st.drained,
+                "serving": st.serving,
+                "load": st.load,
+                "overloaded": st.overloaded,
+                "overloaded_in": sorted(
+                    p for p in self._members.get(name, ()) if self._overloaded[(p, name)]
+                ),
+            }
+        return {"version": self._version, "edges": edges}
+
+    def apply(self, snapshot: Mapping[str, Any]) -> None:
+        """Replace this replica's state with a snapshot from the authoritative store."""
+        try:
+            edges = snapshot["edges"]
+            parsed: dict[str, tuple[EdgeState, list[str]]] = {}
+            for name, raw in edges.items():
+                st = EdgeState(
+                    up=bool(raw["up"]),
+                    drained=bool(raw["drained"]),
+                    load=_check_load(float(raw["load"])),
+                    overloaded=bool(raw["overloaded"]),
+                )
+                parsed[str(name)] = (st, [str(p) for p in raw.get("overloaded_in", [])])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HealthError(f"bad health snapshot: {exc}") from exc
+        for name, (st, hot_pools) in parsed.items():
+            if name not in self._states:
+                continue  # the replica's config does not know it (yet): ignore
+            self._states[name] = st
+            hot = set(hot_pools)
+            for pool in self._members.get(name, ()):
+                self._overloaded[(pool, name)] = pool in hot
+        self._changed()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _configure(self, pools: list[Pool], edges: list[str], *, keep: bool) -> None:
+        names: list[str] = []
+        for p in pools:
+            names.extend(e.name for e in (*p.edges, *(p.fallback or ())))
+        names.extend(edges)
+        old_states = self._states if keep else {}
+        old_flags = self._overloaded if keep else {}
+        self._states = {name: old_states.get(name, EdgeState()) for name in dict.fromkeys(names)}
+        self._pools = {p.name: _Thresholds(p.load_threshold, p.hysteresis) for p in pools}
+        members: dict[str, list[str]] = {}
+        for p in pools:
+            for member in dict.fromkeys(e.name for e in p.edges):
+                members.setdefault(member, []).append(p.name)
+        self._members = {edge: tuple(ps) for edge, ps in members.items()}
+        self._overloaded = {}
+        for edge, ps in self._members.items():
+            load = self._states[edge].load
+            for pool in ps:
+                prev = old_flags.get((pool, edge), False)
+                self._overloaded[(pool, edge)] = _next_flag(self._pools[pool], load, prev)
+        for edge, st in self._states.items():
+            flag = self._any_overloaded(edge)
+            if st.overloaded != flag:
+                self._states[edge] = replace(st, overloaded=flag)
+
+    def _any_overloaded(self, edge: str) -> bool:
+        return any(self._overloaded[(p, edge)] for p in self._members.get(edge, ()))
+
+    def _changed(self) -> None:
+        self._version += 1
+        for listener in self._listeners:
+            listener(self)
+
+
+def _next_flag(t: _Thresholds, load: float, previous: bool) -> bool:
+    if load >= t.threshold:
+        return True
+    if load < t.threshold - t.hysteresis:
+        return False
+    return previous
+
+
+def _check_load(load: float) -> float:
+    if isinstance(load, bool) or not isinstance(load, int | float):
+        raise HealthError(f"load must be a number between 0 and 1, got {load!r}")
+    value = float(load)
+    if not math.isfinite(value) or value < 0.0 or value > 1.0:
+        raise HealthError(f"load must be a number between 0 and 1, got {load!r}")
+    return value

@@ -1,0 +1,238 @@
+"""Query metrics and the optional JSON query log.
+
+`QueryMetrics` is the answer engine's Observer (see gslb.answer) plus the latency sink of the
+server adapters. Per-query work is a few dict increments and one bisect: counters live in plain
+dicts and only become Prometheus metric families when /metrics is scraped, through
+`MetricsCollector` (a custom prometheus_client Collector on a private registry).
+
+Several workers: each worker's `QueryMetrics.export()` (cumulative, JSON-able) is sent to the
+parent over its pipe about once a second (gslb.workers); the parent's collector sums the latest
+export of every live worker plus the final totals of workers that exited, so counters stay
+monotonic across worker restarts. With one worker the collector reads the local object directly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TextIO
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from gslb.models import Clock
+
+__all__ = ["LATENCY_BUCKETS", "MetricsCollector", "QueryMetrics", "merge_exports"]
+
+# Seconds; answers from the encoded-response cache take a few microseconds.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.05,
+)
+
+_RCODES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
+
+
+def rcode_name(rcode: int) -> str:
+    return _RCODES.get(rcode, str(rcode))
+
+
+def qtype_name(qtype: int) -> str:
+    try:
+        from dnslib import QTYPE
+
+        name = QTYPE.get(qtype)
+    except Exception:
+        return str(qtype)
+    return str(name) if name is not None else str(qtype)
+
+
+class QueryMetrics:
+    """Counters of one process; implements gslb.answer.Observer."""
+
+    __slots__ = (
+        "_clock",
+        "_log",
+        "answers",
+        "buckets",
+        "dropped",
+        "latency_count",
+        "latency_sum",
+        "queries",
+    )
+
+    def __init__(self, *, query_log: TextIO | None = None, clock: Clock = time.time) -> None:
+        self.queries: dict[tuple[int, int, str], int] = {}  # (rcode, qtype, pool or "") -> n
+        self.answers: dict[str, int] = {}  # edge -> answers naming it
+        self.buckets: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)  # last: +Inf
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.dropped = 0
+        self._log = query_log
+        self._clock = clock
+
+    def answered(
+        self,
+        *,
+        qname: str,
+        qtype: int,
+        rcode: int,
+        pool: str | None,
+        edges: tuple[str, ...],
+        client: str,
+        ecs: str | None,
+    ) -> None:
+        key = (rcode, qtype, pool or "")
+        queries = self.queries
+        queries[key] = queries.get(key, 0) + 1
+        if edges:
+            answers = self.answers
+            for edge in edges:
+                answers[edge] = answers.get(edge, 0) + 1
+        if self._log is not None:
+            record = {
+                "ts": round(self._clock(), 6),
+                "client": client,
+                "ecs": ecs,
+                "qname": qname,
+                "qtype": qtype_name(qtype),
+                "rcode": rcode_name(rcode),
+                "pool": pool,
+                "edges": list(edges),
+            }
+            self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def set_query_log(self, stream: TextIO | None) -> None:
+        self._log = stream
+
+    def observe_latency(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+
+    def drop(self) -> None:
+        self.dropped += 1
+
+    def export(self) -> dict[str, Any]:
+        """Cumulative counters as JSON-able data (sent from workers to the parent)."""
+        return {
+            "queries": [[r, t, p, n] for (r, t, p), n in self.queries.items()],
+            "answers": dict(self.answers),
+            "buckets": list(self.buckets),
+            "latency_sum": self.latency_sum,
+            "latency_count": self.latency_count,
+            "dropped": self.dropped,
+        }
+
+
+def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum several `QueryMetrics.export()` results (malformed parts are skipped)."""
+    queries: dict[tuple[int, int, str], int] = {}
+    answers: dict[str, int] = {}
+    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    total = {"latency_sum": 0.0, "latency_count": 0, "dropped": 0}
+    for exp in exports:
+        try:
+            for r, t, p, n in exp.get("queries", ()):
+                key = (int(r), int(t), str(p))
+                queries[key] = queries.get(key, 0) + int(n)
+            for edge, n in exp.get("answers", {}).items():
+                answers[str(edge)] = answers.get(str(edge), 0) + int(n)
+            for i, n in enumerate(exp.get("buckets", ())[: len(buckets)]):
+                buckets[i] += int(n)
+            total["latency_sum"] += float(exp.get("latency_sum", 0.0))
+            total["latency_count"] += int(exp.get("latency_count", 0))
+            total["dropped"] += int(exp.get("dropped", 0))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return {
+        "queries": [[r, t, p, n] for (r, t, p), n in queries.items()],
+        "answers": answers,
+        "buckets": buckets,
+        **total,
+    }
+
+
+class MetricsCollector(Collector):
+    """Exposes merged query counters; `source()` returns the current merged export."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        data = self._source()
+        queries = CounterMetricFamily(
+            "gslb_queries",
+            "DNS queries answered, by rcode, qtype and pool",
+            labels=["rcode", "qtype", "pool"],
+        )
+        for r, t, p, n in data.get("queries", ()):
+            queries.add_metric([rcode_name(int(r)), qtype_name(int(t)), str(p)], float(n))
+        yield queries
+        answers = CounterMetricFamily(
+            "gslb_answers", "Pool answers naming each edge", labels=["edge"]
+        )
+        for edge, n in sorted(data.get("answers", {}).items()):
+            answers.add_metric([edge], float(n))
+        yield answers
+        dropped = CounterMetricFamily("gslb_dropped", "Packets dropped without a reply")
+        dropped.add_metric([], float(data.get("dropped", 0)))
+        yield dropped
+        raw = list(data.get("buckets", [0] * (len(LATENCY_BUCKETS) + 1)))
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), raw, strict=False):
+            running += int(n)
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        latency = HistogramMetricFamily(
+            "gslb_answer_latency_seconds", "Time spent building each DNS reply", labels=[]
+        )
+        latency.add_metric([], cumulative, sum_value=float(data.get("latency_sum", 0.0)))
+        yield latency
+
+
+class HealthCollector(Collector):
+    """Per-edge gauges from a health snapshot source."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        snap = self._source()
+        serving = GaugeMetricFamily(
+            "gslb_edge_serving", "1 when the edge is up and not drained", labels=["edge"]
+        )
+        load = GaugeMetricFamily("gslb_edge_load", "Load of the edge, 0..1", labels=["edge"])
+        for name, st in sorted(snap.get("edges", {}).items()):
+            serving.add_metric([name], 1.0 if st.get("serving") else 0.0)
+            load.add_metric([name], float(st.get("load", 0.0)))
+        yield serving
+        yield load
+
+
+def make_registry(
+    metrics: Callable[[], Mapping[str, Any]], health: Callable[[], Mapping[str, Any]]
+) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(metrics))
+    registry.register(HealthCollector(health))
+    return registry

@@ -1,0 +1,332 @@
+"""asyncio adapters that put a DNS `Responder` on UDP and TCP sockets.
+
+The sockets are bound here (not by asyncio) so that every worker process can bind the same
+address with SO_REUSEPORT and the kernel spreads queries across them. IPv6 sockets are
+IPV6_V6ONLY, so "0.0.0.0:53" and "[::]:53" can be listened on side by side.
+
+UDP hot path: `datagram_received` calls `respond()` synchronously and `sendto()`s the reply;
+no task, no logging, no parsing here. A failing `respond()` (it should never raise: the
+engine answers SERVFAIL itself) drops that one packet and the loop goes on.
+
+TCP: RFC 7766 framing (2-byte length), queries on one connection answered in order as they
+arrive (pipelining), an idle timeout, a per-process connection cap (connections beyond it are
+closed at once) and a cap on the query size (a length prefix above it closes the connection).
+Reading pauses while the client does not read its replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from gslb.errors import GslbError
+from gslb.metrics import QueryMetrics
+
+log = logging.getLogger("gslb.server")
+
+__all__ = [
+    "DnsServer",
+    "ListenError",
+    "Responds",
+    "bind_dns_sockets",
+    "parse_hostport",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_TCP_QUERY = 16384  # a query is a question plus an OPT record: far below this
+
+
+class ListenError(GslbError):
+    """A listen address is malformed or cannot be bound."""
+
+
+class Responds(Protocol):
+    def respond(self, wire: bytes, client: IPAddress, *, tcp: bool) -> bytes | None: ...
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """ "127.0.0.1:53" or "[::1]:53" -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ListenError(f"bad listen address {text!r}: expected [IPv6]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ListenError(f"bad listen address {text!r}: expected host:port or [IPv6]:port")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError as exc:
+        raise ListenError(f"bad listen address {text!r}: {exc}") from exc
+    if not 0 <= port <= 65535:
+        raise ListenError(f"bad listen address {text!r}: port out of range")
+    return host, port
+
+
+def _socket(host: str, kind: socket.SocketKind) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPair:
+    """One listen address bound for UDP and TCP on the same port."""
+
+    host: str
+    port: int
+    udp: socket.socket
+    tcp: socket.socket
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def bind_dns_sockets(host: str, port: int, *, attempts: int = 20) -> BoundPair:
+    """Bind UDP and TCP sockets on host:port with SO_REUSEPORT.
+
+    Port 0 picks a free port for TCP and binds UDP to the same number (retrying a bounded
+    number of times when that UDP port is taken), because clients retry a truncated UDP
+    answer over TCP on the same port.
+    """
+    last: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        tcp = _socket(host, socket.SOCK_STREAM)
+        try:
+            tcp.bind((host, port))
+            bound = tcp.getsockname()[1]
+        except OSError as exc:
+            tcp.close()
+            raise ListenError(f"cannot bind tcp {host}:{port}: {exc.strerror or exc}") from exc
+        udp = _socket(host, socket.SOCK_DGRAM)
+        try:
+            udp.bind((host, bound))
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            last = exc
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                continue
+            raise ListenError(f"cannot bind udp {host}:{bound}: {exc.strerror or exc}") from exc
+        return BoundPair(host, bound, udp, tcp)
+    raise ListenError(f"cannot bind udp and tcp on one free port of {host}: {last}")
+
+
+def format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class DnsServer:
+    """Serves `responder` (swappable at any time: `server.responder = new`) on bound sockets."""
+
+    def __init__(
+        self,
+        responder: Responds,
+        metrics: QueryMetrics,
+        *,
+        tcp_idle_timeout: float = 10.0,
+        tcp_max_connections: int = 512,
+        max_tcp_query: int = MAX_TCP_QUERY,
+    ) -> None:
+        self.responder = responder
+        self.metrics = metrics
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_max_connections = tcp_max_connections
+        self.max_tcp_query = max_tcp_query
+        self.tcp_connections: set[_TcpProtocol] = set()
+        self._transports: list[asyncio.BaseTransport] = []
+        self._servers: list[asyncio.Server] = []
+        self.addresses: list[tuple[str, str, int]] = []  # (proto, host, port)
+
+    async def start(self, pairs: list[BoundPair]) -> None:
+        loop = asyncio.get_running_loop()
+        for pair in pairs:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=pair.udp
+            )
+            self._transports.append(transport)
+            self.addresses.append(("udp", pair.host, pair.port))
+            server = await loop.create_server(
+                lambda: _TcpProtocol(self), sock=pair.tcp, backlog=1024
+            )
+            self._servers.append(server)
+            self.addresses.append(("tcp", pair.host, pair.port))
+
+    async def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
+        for conn in list(self.tcp_connections):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._transports.clear()
+        self._servers.clear()
+
+
+def _client(addr: Any) -> IPAddress:
+    host = addr[0]
+    if "%" in host:  # scoped IPv6 (link-local) address
+        host = host.partition("%")[0]
+    return ipaddress.ip_address(host)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("_server", "_transport")
+
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio's.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        server = self._server
+        start = time.perf_counter()
+        try:
+            reply = server.responder.respond(data, _client(addr), tcp=False)
+        except Exception:  # never let one packet stop the server
+            log.debug("responder failed on a UDP query from %s", addr[0], exc_info=True)
+            reply = None
+        if reply is None:
+            server.metrics.drop()
+            return
+        transport = self._transport
+        if transport is not None:
+            transport.sendto(reply, addr)
+        server.metrics.observe_latency(time.perf_counter() - start)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like from earlier sendto()s: nothing to do.
+        pass
+
+
+class _TcpProtocol(asyncio.Protocol):
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._client: IPAddress | None = None
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        server = self._server
+        if len(server.tcp_connections) >= server.tcp_max_connections:
+            self._closed = True
+            self._transport.abort()
+            return
+        server.tcp_connections.add(self)
+        try:
+            self._client = _client(self._transport.get_extra_info("peername"))
+        except (TypeError, ValueError, IndexError):
+            self.close()
+            return
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        self._timer = loop.call_later(server.tcp_idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        idle_for = loop.time() - self._last_activity
+        remaining = self._server.tcp_idle_timeout - idle_for
+        if remaining <= 0:
+            self.close()
+        else:
+            self._timer = loop.call_later(remaining, self._check_idle)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._server.tcp_connections.discard(self)
+        if not self._closed:
+            self._closed = True
+            if self._transport is not None:
+                self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._last_activity = asyncio.get_running_loop().time()
+        buf = self._buffer
+        buf += data
+        server = self._server
+        transport = self._transport
+        client = self._client
+        assert transport is not None and client is not None
+        while len(buf) >= 2:
+            size = (buf[0] << 8) | buf[1]
+            if size > server.max_tcp_query or size == 0:
+                self.close()
+                return
+            if len(buf) < 2 + size:
+                break
+            wire = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
+            start = time.perf_counter()
+            try:
+                reply = server.responder.respond(wire, client, tcp=True)
+            except Exception:
+                log.debug("responder failed on a TCP query from %s", client, exc_info=True)
+                reply = None
+            if reply is None or len(reply) > 65535:
+                server.metrics.drop()
+                continue
+            transport.write(len(reply).to_bytes(2, "big") + reply)
+            server.metrics.observe_latency(time.perf_counter() - start)
+            if self._paused or self._closed:
+                break
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its queries.
+        self._paused = True
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+            if len(self._buffer) >= 2:
+                self.data_received(b"")
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too once the replies are written
+
+
+ServerFactory = Callable[[], DnsServer]

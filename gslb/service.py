@@ -1,0 +1,158 @@
+"""One DNS-serving process: config -> locator + Responder on the bound sockets.
+
+`DnsRuntime` owns what a process needs to answer queries: the loaded config, the GeoIP
+locator, the health store (authoritative with one worker, a replica in a worker process),
+the query metrics and the `DnsServer`. `reload()` builds a new config, locator and Responder
+first and swaps them in only when all of them built (atomic: a bad config keeps the old one);
+health state is kept for edges still present. `refresh_geo()` swaps in a changed GeoIP file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from geo.errors import GeoError
+from geo.locator import GeoIPLocator
+from gslb.answer import Responder
+from gslb.config import GslbConfig, example_config, load_config
+from gslb.errors import GslbError
+from gslb.health import HealthStore
+from gslb.metrics import QueryMetrics
+from gslb.models import Pool
+from gslb.server import BoundPair, DnsServer, bind_dns_sockets, format_addr
+
+log = logging.getLogger("gslb")
+
+__all__ = ["ConfigSource", "DnsRuntime", "config_pools", "listen_addresses"]
+
+GEO_CHECK_INTERVAL = 60.0  # seconds between GeoIP file checks
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where the config comes from: a file, or the embedded example when `path` is None."""
+
+    path: Path | None
+
+    def load(self) -> GslbConfig:
+        if self.path is None:
+            return example_config()
+        return load_config(self.path)
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else "<embedded example>"
+
+
+def config_pools(config: GslbConfig) -> tuple[Pool, ...]:
+    return config.pools
+
+
+def config_edge_names(config: GslbConfig) -> tuple[str, ...]:
+    return tuple(e.name for e in config.edges)
+
+
+def listen_addresses(config: GslbConfig) -> list[tuple[str, int]]:
+    return [(str(host), int(port)) for host, port in config.server.listen]
+
+
+def api_address(config: GslbConfig) -> tuple[str, int] | None:
+    host, port = config.api.listen
+    return str(host), int(port)
+
+
+def make_locator(config: GslbConfig) -> GeoIPLocator:
+    return GeoIPLocator(config.geo.database, config.geo.overrides)
+
+
+class DnsRuntime:
+    """Answers queries for one process; see the module docstring."""
+
+    def __init__(
+        self,
+        source: ConfigSource,
+        config: GslbConfig,
+        *,
+        health: HealthStore,
+        metrics: QueryMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.health = health
+        if metrics is None:
+            metrics = QueryMetrics(query_log=sys.stderr if config.log.query_log else None)
+        self.metrics = metrics
+        self.locator = make_locator(config)
+        responder = Responder(config, self.locator, health, observer=metrics)
+        self.server = DnsServer(
+            responder,
+            metrics,
+            tcp_idle_timeout=float(config.server.tcp_idle_timeout),
+            tcp_max_connections=int(config.server.tcp_max_connections),
+        )
+
+    async def start(self, pairs: Iterable[BoundPair]) -> None:
+        await self.server.start(list(pairs))
+        for proto, host, port in self.server.addresses:
+            log.info("listening %s %s", proto, format_addr(host, port))
+
+    async def close(self) -> None:
+        await self.server.close()
+        self.locator.close()
+
+    def reload(self, on_config: Callable[[GslbConfig], None] | None = None) -> bool:
+        """Load the config again and swap it in; False (old config kept) on any error."""
+        try:
+            config = self.source.load()
+            locator = make_locator(config)
+        except (GslbError, GeoError, OSError) as exc:
+            log.error("reload failed, keeping the old config: %s", exc)
+            return False
+        try:
+            self.health.reconfigure(config_pools(config), config_edge_names(config))
+            responder = Responder(config, locator, self.health, observer=self.metrics)
+        except Exception as exc:
+            locator.close()
+            log.error("reload failed, keeping the old config: %s", exc)
+            return False
+        if listen_addresses(config) != listen_addresses(self.config):
+            log.warning("server.listen changed: takes effect on restart only")
+        old_locator = self.locator
+        self.config, self.locator = config, locator
+        self.server.responder = responder
+        self.server.tcp_idle_timeout = float(config.server.tcp_idle_timeout)
+        self.server.tcp_max_connections = int(config.server.tcp_max_connections)
+        if isinstance(self.metrics, QueryMetrics):
+            self.metrics.set_query_log(sys.stderr if config.log.query_log else None)
+        old_locator.close()
+        if on_config is not None:
+            on_config(config)
+        log.info("reloaded config %s", self.source.describe())
+        return True
+
+    def refresh_geo(self) -> None:
+        """Swap in a changed GeoIP database (and drop answers cached from the old one)."""
+        try:
+            changed = self.locator.maybe_reload()
+        except GeoError as exc:
+            log.error("%s", exc)
+            return
+        if changed:
+            self.server.responder = Responder(
+                self.config, self.locator, self.health, observer=self.metrics
+            )
+
+
+def bind_all(addresses: Iterable[tuple[str, int]]) -> list[BoundPair]:
+    pairs: list[BoundPair] = []
+    try:
+        for host, port in addresses:
+            pairs.append(bind_dns_sockets(host, port))
+    except Exception:
+        for pair in pairs:
+            pair.close()
+        raise
+    return pairs

@@ -1,0 +1,141 @@
+"""Fast parsing of a DNS query: header, the one question, and the OPT record.
+
+This runs for every packet, so it reads the bytes with struct and slicing and builds one small
+object; dnslib is kept for building answers on the slow path. The checks follow RFC 1035 and
+RFC 6891: a message that is not a query (short, or QR=1) raises ShortHeader (drop it), and a
+malformed query raises FormError (answer FORMERR).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from gslb.ecs import OPTION_CODE, ClientSubnet
+from gslb.errors import FormError, ShortHeader
+
+_HEADER: Final = struct.Struct("!HHHHHH")
+_QTAIL: Final = struct.Struct("!HH")
+_RRTAIL: Final = struct.Struct("!HHIH")
+_OPTHEAD: Final = struct.Struct("!HH")
+OPT_TYPE: Final = 41
+
+
+# Not frozen: a frozen dataclass pays object.__setattr__ per field, and this one is built for
+# every packet. Treat it as read-only all the same.
+@dataclass(slots=True)
+class Query:
+    id: int
+    flags: int  # the 16 flag bits of the header as received
+    opcode: int
+    qname: bytes  # lower-cased wire form
+    question_end: int  # offset just past QCLASS: wire[12:question_end] is the question
+    qtype: int
+    qclass: int
+    edns: bool = False
+    payload: int = 512  # requestor's UDP payload size (raw value; 512 without EDNS)
+    version: int = 0
+    do: bool = False
+    ecs: ClientSubnet | None = None
+
+
+def _skip_name(wire: bytes, pos: int, end: int) -> int:
+    """Offset after the (possibly compressed) name at `pos`; FormError when malformed."""
+    for _ in range(128):
+        if pos >= end:
+            raise FormError("truncated name")
+        n = wire[pos]
+        if n == 0:
+            return pos + 1
+        if n & 0xC0 == 0xC0:
+            if pos + 2 > end:
+                raise FormError("truncated compression pointer")
+            return pos + 2
+        if n > 63:
+            raise FormError("label length over 63")
+        pos += n + 1
+    raise FormError("too many labels")
+
+
+def parse_query(wire: bytes) -> Query:
+    """Parse a query. Raises ShortHeader (drop) or FormError (reply FORMERR)."""
+    end = len(wire)
+    if end < 12:
+        raise ShortHeader("shorter than a header")
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    if flags & 0x8000:
+        raise ShortHeader("a response, not a query")
+    opcode = (flags >> 11) & 0xF
+    if qdcount != 1:
+        raise FormError(f"QDCOUNT is {qdcount}, not 1")
+    pos = 12
+    while True:
+        if pos >= end:
+            raise FormError("truncated question")
+        n = wire[pos]
+        if n == 0:
+            pos += 1
+            break
+        if n > 63:
+            raise FormError("label length over 63 (or a compression pointer) in the question")
+        pos += n + 1
+    if pos - 12 > 255:
+        raise FormError("question name longer than 255 octets")
+    if pos + 4 > end:
+        raise FormError("truncated question")
+    qtype, qclass = _QTAIL.unpack_from(wire, pos)
+    qend = pos + 4
+    qname = wire[12:pos].lower()
+    if opcode != 0:
+        return Query(qid, flags, opcode, qname, qend, qtype, qclass)
+    pos = qend
+    try:
+        for _ in range(ancount + nscount):
+            pos = _skip_name(wire, pos, end) + 10
+            if pos > end:
+                raise FormError("truncated record")
+            pos += (wire[pos - 2] << 8) | wire[pos - 1]
+            if pos > end:
+                raise FormError("truncated rdata")
+        edns = False
+        payload, version, do, ecs = 512, 0, False, None
+        for _ in range(arcount):
+            start = pos
+            pos = _skip_name(wire, pos, end)
+            if pos + 10 > end:
+                raise FormError("truncated record")
+            rtype, rclass, ttl, rdlen = _RRTAIL.unpack_from(wire, pos)
+            pos += 10
+            rdend = pos + rdlen
+            if rdend > end:
+                raise FormError("truncated rdata")
+            if rtype == OPT_TYPE:
+                if edns:
+                    raise FormError("more than one OPT record")
+                if pos - start != 11:
+                    raise FormError("OPT owner name is not the root")
+                edns = True
+                payload = rclass
+                version = (ttl >> 16) & 0xFF
+                do = bool(ttl & 0x8000)
+                opos = pos
+                while opos < rdend:
+                    if opos + 4 > rdend:
+                        raise FormError("truncated EDNS option")
+                    code, olen = _OPTHEAD.unpack_from(wire, opos)
+                    opos += 4
+                    if opos + olen > rdend:
+                        raise FormError("truncated EDNS option")
+                    if code == OPTION_CODE and version == 0:
+                        if ecs is not None:
+                            raise FormError("more than one ECS option")
+                        ecs = ClientSubnet.decode(wire[opos : opos + olen])
+                    opos += olen
+            pos = rdend
+        if pos != end:
+            raise FormError("trailing bytes after the last record")
+    except FormError as exc:
+        exc.question_end = qend
+        raise
+    return Query(qid, flags, 0, qname, qend, qtype, qclass, edns, payload, version, do, ecs)

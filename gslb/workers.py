@@ -1,0 +1,467 @@
+"""Running `gslb serve`: one process, or a supervising parent and N worker processes.
+
+One worker (the default): a single process binds the DNS sockets, answers queries, runs the
+HTTP API and holds the only health store. No fork.
+
+N workers (`--workers N`, N > 1): the parent binds each listen address once to fix its port
+(port 0 becomes a concrete port; UDP and TCP share the number), then spawns N worker processes
+(multiprocessing "spawn": a fresh interpreter, no inherited event loop). Every worker binds
+its own UDP and TCP sockets on those ports with SO_REUSEPORT, so the kernel spreads queries
+across them. Once the first workers are ready the parent closes its own UDP socket (the kernel
+would otherwise hand it a share of the packets) and keeps its TCP socket bound but not
+listening, which reserves the port without taking connections.
+
+The parent runs the HTTP API and owns the authoritative `HealthStore`. Each worker has a
+duplex multiprocessing pipe to the parent carrying small dicts:
+  parent -> worker  {"type": "health", "snapshot": {...}}  after every change and at start
+                    {"type": "reload"}                      on SIGHUP, once the parent
+                                                            validated the new config
+                    {"type": "stop"}                        graceful stop
+  worker -> parent  {"type": "ready"} once serving, {"type": "metrics", "data": export}
+                    about once a second (cumulative counters, summed by the parent's /metrics).
+A worker whose pipe closes (the parent died) stops. The parent restarts a worker that dies
+(at most MAX_RESTARTS per slot, with a growing delay), forwards SIGTERM/SIGINT as a stop to
+every worker and SIGHUP as a reload; workers ignore SIGHUP themselves so a signal sent to the
+whole process group does not reload twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from gslb.api import make_app, start_api
+from gslb.config import GslbConfig
+from gslb.errors import GslbError
+from gslb.health import HealthError, HealthStore
+from gslb.metrics import merge_exports
+from gslb.server import BoundPair, format_addr
+from gslb.service import (
+    GEO_CHECK_INTERVAL,
+    ConfigSource,
+    DnsRuntime,
+    api_address,
+    bind_all,
+    config_edge_names,
+    config_pools,
+    listen_addresses,
+)
+
+log = logging.getLogger("gslb")
+
+__all__ = ["run", "serve_parent", "serve_single"]
+
+MAX_RESTARTS = 5  # per worker slot over the parent's lifetime
+METRICS_INTERVAL = 1.0  # seconds between a worker's metrics reports
+READY_TIMEOUT = 60.0  # seconds the parent waits for the first workers
+STOP_TIMEOUT = 5.0  # seconds a worker gets to stop before it is killed
+SYNC_TIMEOUT = 2.0  # seconds an API change waits for the workers to apply it
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on uvloop when it is installed, else on the stdlib loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def configure_logging(level: str, prefix: str = "") -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class _Stopper:
+    """Signal handling for an asyncio main: stop on SIGTERM/SIGINT, call on_hup on SIGHUP."""
+
+    def __init__(self, on_hup: Callable[[], object] | None) -> None:
+        self.event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig)
+        if on_hup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        else:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def stop(self, sig: int | None = None) -> None:
+        if sig is not None and not self.event.is_set():
+            log.info("%s: stopping", signal.Signals(sig).name)
+        self.event.set()
+
+
+async def _every(interval: float, fn: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            fn()
+        except Exception:
+            log.exception("periodic task failed")
+
+
+# -- one process --------------------------------------------------------------------------------
+
+
+async def serve_single(source: ConfigSource, config: GslbConfig) -> int:
+    health = HealthStore(config_pools(config), config_edge_names(config))
+    runtime = DnsRuntime(source, config, health=health)
+    pairs = bind_all(listen_addresses(config))
+    runner = None
+    try:
+        await runtime.start(pairs)
+        api = api_address(config)
+        if api is not None:
+            runner, port = await start_api(
+                make_app(health, runtime.metrics.export), api[0], port=api[1]
+            )
+            log.info("api listening http://%s", format_addr(api[0], port))
+        stopper = _Stopper(runtime.reload)
+        log.info("gslb ready (1 process, config %s)", source.describe())
+        geo_task = asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo))
+        try:
+            await stopper.event.wait()
+        finally:
+            geo_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await geo_task
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await runtime.close()
+    log.info("stopped")
+    return 0
+
+
+# -- parent ---------------------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, slot: int, process: Any, conn: Connection) -> None:
+        self.slot = slot
+        self.process = process
+        self.conn = conn
+        self.ready = False
+        self.applied = -1  # the parent's health version this worker last applied
+        self.metrics: dict[str, Any] = {}
+
+
+class Supervisor:
+    """Starts, feeds, watches and restarts the worker processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: ConfigSource,
+        addresses: list[tuple[str, int]],
+        count: int,
+        health: HealthStore,
+        level: str,
+    ) -> None:
+        self.source = source
+        self.addresses = addresses
+        self.count = count
+        self.health = health
+        self.level = level
+        self.workers: dict[int, _Worker] = {}
+        self.restarts: dict[int, int] = dict.fromkeys(range(count), 0)
+        self.retired: list[dict[str, Any]] = []  # final metrics of workers that exited
+        self.stopping = False
+        self.failed = asyncio.Event()  # every worker slot gave up
+        self.any_ready = asyncio.Event()
+        self.all_ready = asyncio.Event()
+        self._applied = asyncio.Event()  # pulsed whenever a worker acknowledges a snapshot
+        self._ctx = multiprocessing.get_context("spawn")
+        self._pending: set[asyncio.TimerHandle] = set()
+        self._all_gone = asyncio.Event()
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        loop = asyncio.get_running_loop()
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        path = str(self.source.path) if self.source.path is not None else None
+        process = self._ctx.Process(
+            target=worker_entry,
+            args=(child_conn, path, self.addresses, slot, self.level),
+            name=f"gslb-worker-{slot}",
+        )
+        process.start()
+        child_conn.close()
+        worker = _Worker(slot, process, parent_conn)
+        self.workers[slot] = worker
+        loop.add_reader(parent_conn.fileno(), self._on_message, worker)
+        loop.add_reader(process.sentinel, self._on_exit, worker)
+        log.info("worker %d started (pid %d)", slot, process.pid)
+
+    def _send(self, worker: _Worker, message: dict[str, Any]) -> None:
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):
+            pass  # the worker is gone; _on_exit handles it
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        for worker in list(self.workers.values()):
+            self._send(worker, message)
+
+    def _on_message(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                message = worker.conn.recv()
+                kind = message.get("type") if isinstance(message, dict) else None
+                if kind == "metrics":
+                    worker.metrics = message.get("data") or {}
+                elif kind == "applied":
+                    worker.applied = int(message.get("version", -1))
+                    self._applied.set()
+                elif kind == "ready":
+                    worker.ready = True
+                    self._send(worker, {"type": "health", "snapshot": self.health.snapshot()})
+                    log.info("worker %d ready", worker.slot)
+                    self.any_ready.set()
+                    if len(self.workers) == self.count and all(
+                        w.ready for w in self.workers.values()
+                    ):
+                        self.all_ready.set()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+
+    def _on_exit(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(worker.process.sentinel)
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(worker.conn.fileno())
+        worker.process.join(0)
+        code = worker.process.exitcode
+        worker.conn.close()
+        if worker.metrics:
+            self.retired.append(worker.metrics)
+        self.workers.pop(worker.slot, None)
+        if self.stopping:
+            if not self.workers:
+                self._all_gone.set()
+            return
+        self.restarts[worker.slot] += 1
+        n = self.restarts[worker.slot]
+        if n > MAX_RESTARTS:
+            log.error(
+                "worker %d exited (code %s) %d times: not restarting it", worker.slot, code, n
+            )
+            if not self.workers and not self._pending:
+                self.failed.set()
+            return
+        delay = min(0.2 * 2 ** (n - 1), 5.0)
+        log.warning("worker %d exited (code %s): restarting in %.1fs", worker.slot, code, delay)
+        handle: asyncio.TimerHandle | None = None
+
+        def restart() -> None:
+            if handle is not None:
+                self._pending.discard(handle)
+            if not self.stopping:
+                self._spawn(worker.slot)
+
+        handle = loop.call_later(delay, restart)
+        self._pending.add(handle)
+
+    async def synced(self) -> bool:
+        """Wait until every ready worker applied the current health version (bounded)."""
+        version = self.health.version
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SYNC_TIMEOUT
+        while any(w.ready and w.applied < version for w in self.workers.values()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("not every worker acknowledged health version %d in time", version)
+                return False
+            self._applied.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._applied.wait(), remaining)
+        return True
+
+    def info(self) -> dict[str, Any]:
+        """Per-worker status for /healthz (queries: as last reported by the worker)."""
+        workers = []
+        for slot, worker in sorted(self.workers.items()):
+            queries = sum(int(row[3]) for row in worker.metrics.get("queries", ()))
+            workers.append(
+                {"slot": slot, "pid": worker.process.pid, "ready": worker.ready, "queries": queries}
+            )
+        return {"workers": workers, "restarts": sum(self.restarts.values())}
+
+    def merged_metrics(self) -> dict[str, Any]:
+        return merge_exports([*self.retired, *(w.metrics for w in self.workers.values())])
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for handle in self._pending:
+            handle.cancel()
+        self._pending.clear()
+        self.broadcast({"type": "stop"})
+        if self.workers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), STOP_TIMEOUT)
+        for worker in list(self.workers.values()):
+            log.warning("worker %d did not stop: killing it", worker.slot)
+            worker.process.kill()
+            worker.process.join(1.0)
+            self._on_exit(worker)
+
+
+async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, level: str) -> int:
+    health = HealthStore(config_pools(config), config_edge_names(config))
+    probes: list[BoundPair] = bind_all(listen_addresses(config))
+    addresses = [(p.host, p.port) for p in probes]
+    supervisor = Supervisor(source, addresses, count, health, level)
+    health.add_listener(
+        lambda store: supervisor.broadcast({"type": "health", "snapshot": store.snapshot()})
+    )
+
+    def reload() -> None:
+        try:
+            new = source.load()
+        except GslbError as exc:
+            log.error("reload failed, keeping the old config: %s", exc)
+            return
+        supervisor.broadcast({"type": "reload"})
+        health.reconfigure(config_pools(new), config_edge_names(new))  # pushes a snapshot too
+        log.info("reloaded config %s (workers reload it too)", source.describe())
+
+    runner = None
+    try:
+        stopper = _Stopper(reload)
+        supervisor.start()
+        ready = asyncio.ensure_future(supervisor.all_ready.wait())
+        failed = asyncio.ensure_future(supervisor.failed.wait())
+        stopped = asyncio.ensure_future(stopper.event.wait())
+        await asyncio.wait(
+            {ready, failed, stopped}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        for fut in (ready, failed, stopped):
+            fut.cancel()
+        if not supervisor.any_ready.is_set():
+            log.error("no worker became ready")
+            return 1
+        for pair in probes:
+            pair.udp.close()  # keep pair.tcp: bound, not listening, it reserves the port
+        for host, port in addresses:
+            log.info("listening udp %s", format_addr(host, port))
+            log.info("listening tcp %s", format_addr(host, port))
+        api = api_address(config)
+        if api is not None:
+            app = make_app(
+                health, supervisor.merged_metrics, info=supervisor.info, synced=supervisor.synced
+            )
+            runner, port = await start_api(app, api[0], api[1])
+            log.info("api listening http://%s", format_addr(api[0], port))
+        log.info("gslb ready (%d workers, config %s)", count, source.describe())
+        stopped = asyncio.ensure_future(stopper.event.wait())
+        failed = asyncio.ensure_future(supervisor.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        for fut in (stopped, failed):
+            fut.cancel()
+        return 1 if supervisor.failed.is_set() else 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await supervisor.stop()
+        for pair in probes:
+            pair.close()
+        log.info("stopped")
+
+
+# -- worker ---------------------------------------------------------------------------------------
+
+
+def worker_entry(
+    conn: Connection, path: str | None, addresses: list[tuple[str, int]], slot: int, level: str
+) -> None:
+    """A worker process's main (spawned by Supervisor)."""
+    configure_logging(level, prefix=f"[worker {slot}] ")
+    source = ConfigSource(Path(path) if path is not None else None)
+    try:
+        code = run(_worker_main(conn, source, addresses))
+    except (GslbError, OSError) as exc:
+        log.error("worker failed: %s", exc)
+        code = 2
+    os._exit(code)  # skip multiprocessing's atexit machinery: nothing else to flush
+
+
+async def _worker_main(
+    conn: Connection, source: ConfigSource, addresses: list[tuple[str, int]]
+) -> int:
+    loop = asyncio.get_running_loop()
+    config = source.load()
+    health = HealthStore(config_pools(config), config_edge_names(config))
+    runtime = DnsRuntime(source, config, health=health)
+    pairs = bind_all(addresses)
+    stopper = _Stopper(None)
+
+    def send(message: dict[str, Any]) -> None:
+        try:
+            conn.send(message)
+        except (OSError, ValueError):
+            stopper.stop()
+
+    def on_message() -> None:
+        try:
+            while conn.poll():
+                message = conn.recv()
+                kind = message.get("type") if isinstance(message, dict) else None
+                if kind == "health":
+                    snapshot = message.get("snapshot") or {}
+                    try:
+                        health.apply(snapshot)
+                    except HealthError as exc:
+                        log.error("%s", exc)
+                    send({"type": "applied", "version": snapshot.get("version", -1)})
+                elif kind == "reload":
+                    runtime.reload()
+                elif kind == "stop":
+                    stopper.stop()
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            stopper.stop()  # the parent is gone
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await runtime.server.start(pairs)
+        loop.add_reader(conn.fileno(), on_message)
+        send({"type": "ready"})
+        tasks.append(
+            asyncio.create_task(
+                _every(
+                    METRICS_INTERVAL,
+                    lambda: send({"type": "metrics", "data": runtime.metrics.export()}),
+                )
+            )
+        )
+        tasks.append(asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo)))
+        await stopper.event.wait()
+        send({"type": "metrics", "data": runtime.metrics.export()})
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(conn.fileno())
+        await runtime.close()
+    return 0

@@ -1,0 +1,314 @@
+"""Helpers for the GSLB integration tests: a real `python -m gslb serve` subprocess.
+
+`GslbProcess` starts the server on 127.0.0.1 port 0, reads its log on a thread, and finds the
+bound ports in the startup lines ("listening udp 127.0.0.1:53412", "api listening http://...").
+`write_config` writes a test config that uses the test GeoIP database (fixture `geo_db`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import dns.edns
+import dns.message
+import dns.query
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60.0
+
+# Client subnets the test GeoIP database places in these cities.
+LONDON = "192.0.2.0/24"
+NEW_YORK = "198.51.100.0/24"
+TOKYO = "203.0.113.0/24"
+FRANKFURT6 = "2001:db8::/56"
+
+EDGE_IPS = {"fra": "127.0.0.11", "iad": "127.0.0.12", "nrt": "127.0.0.13"}
+
+BASE_CONFIG = """
+[server]
+listen = [{listen}]
+tcp_idle_timeout = {idle}
+tcp_max_connections = {max_conn}
+
+[api]
+listen = "127.0.0.1:0"
+
+[log]
+level = "info"
+query_log = {query_log}
+
+[geo]
+database = "{geo_db}"
+
+[[zone]]
+origin = "example.test."
+ttl = 3600
+records = [
+  "@              NS    ns1",
+  "@              NS    ns2",
+  "ns1            A     127.0.0.1",
+  "ns2            AAAA  ::1",
+  "@              MX    10 mail",
+  "mail           A     127.0.0.20",
+  "@              TXT   \\"v=spf1 mx -all\\"",
+  "static  300    A     127.0.0.30",
+  "alias          CNAME www",
+  "alias2         CNAME static",
+  "*.wild         A     127.0.0.40",
+  "sub            NS    ns.sub",
+  "ns.sub         A     127.0.0.53",
+{extra_records}
+]
+
+[zone.soa]
+mname = "ns1.example.test."
+rname = "hostmaster.example.test."
+serial = 1
+refresh = 7200
+retry = 3600
+expire = 1209600
+minimum = 300
+
+[[edge]]
+name = "fra"
+ipv4 = "127.0.0.11"
+ipv6 = "fd00::11"
+latitude = 50.11
+longitude = 8.68
+weight = 3.0
+
+[[edge]]
+name = "iad"
+ipv4 = "127.0.0.12"
+ipv6 = "fd00::12"
+latitude = 39.04
+longitude = -77.49
+weight = 1.0
+
+[[edge]]
+name = "nrt"
+ipv4 = "127.0.0.13"
+latitude = 35.68
+longitude = 139.69
+weight = 1.0
+
+[[pool]]
+name = "www.example.test."
+edges = ["fra", "iad", "nrt"]
+policy = "nearest"
+ttl = 30
+
+[[pool]]
+name = "two.example.test."
+edges = ["fra", "iad", "nrt"]
+policy = "nearest"
+answers = 2
+
+[[pool]]
+name = "weighted.example.test."
+edges = ["fra", "iad"]
+policy = "weighted"
+
+[[pool]]
+name = "failover.example.test."
+edges = ["nrt", "iad", "fra"]
+policy = "failover"
+
+[[pool]]
+name = "all.example.test."
+edges = ["fra", "iad", "nrt"]
+policy = "all"
+
+[[pool]]
+name = "spare.example.test."
+edges = ["fra", "iad"]
+fallback = ["nrt"]
+"""
+
+# Enough TXT data that the answer does not fit in 512 bytes (TC over UDP without EDNS).
+BIG_TXT = [f'"big            TXT   \\"{c * 200}\\""' for c in "abcdef"]
+
+
+def write_config(
+    path: Path,
+    geo_db: Path,
+    *,
+    listen: tuple[str, ...] = ("127.0.0.1:0",),
+    idle: float = 2.0,
+    max_conn: int = 8,
+    query_log: bool = False,
+    extra_records: list[str] | None = None,
+) -> Path:
+    records = BIG_TXT + (extra_records or [])
+    text = BASE_CONFIG.format(
+        listen=", ".join(json.dumps(a) for a in listen),
+        idle=idle,
+        max_conn=max_conn,
+        query_log="true" if query_log else "false",
+        geo_db=str(geo_db).replace("\\", "\\\\"),
+        extra_records=",\n".join("  " + r for r in records),
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class GslbProcess:
+    """A running `python -m gslb serve` with its log captured."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gslb", "serve", "-c", str(config), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.udp: list[tuple[str, int]] = []
+        self.tcp: list[tuple[str, int]] = []
+        self.api = ""
+        try:
+            self.wait_for(r"gslb ready")
+        except Exception:
+            self.stop()
+            raise
+        for line in self.lines:
+            if m := re.search(
+                r"(?<!worker \d\] )gslb: listening (udp|tcp) \[?([0-9a-f.:]+?)\]?:(\d+)$", line
+            ):
+                target = self.udp if m.group(1) == "udp" else self.tcp
+                target.append((m.group(2), int(m.group(3))))
+            if m := re.search(r"api listening (http://\S+)", line):
+                self.api = m.group(1)
+        assert self.udp and self.tcp and self.api, "\n".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def host(self) -> str:
+        return self.udp[0][0]
+
+    @property
+    def port(self) -> int:
+        return self.udp[0][1]
+
+    def log_text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for(
+        self, pattern: str, *, start: int = 0, timeout: float = START_TIMEOUT
+    ) -> re.Match[str]:
+        """The first log line from index `start` matching `pattern` (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    if m := regex.search(self.lines[index]):
+                        return m
+                    index += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no log line matching {pattern!r}:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(remaining, 0.5))
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    # -- clients ------------------------------------------------------------------------------
+
+    def query(
+        self,
+        name: str,
+        rdtype: str = "A",
+        *,
+        tcp: bool = False,
+        subnet: str | None = None,
+        edns: bool = True,
+        payload: int = 1232,
+    ) -> dns.message.Message:
+        options = []
+        if subnet is not None:
+            addr, _, prefix = subnet.partition("/")
+            options.append(dns.edns.ECSOption(addr, int(prefix)))
+        q = dns.message.make_query(
+            name,
+            rdtype,
+            use_edns=0 if (edns or options) else False,
+            options=options,
+            payload=payload,
+        )
+        if tcp:
+            return dns.query.tcp(q, self.host, port=self.port, timeout=5)
+        return dns.query.udp(q, self.host, port=self.port, timeout=5)
+
+    def addresses(self, name: str, rdtype: str = "A", **kw: Any) -> list[str]:
+        reply = self.query(name, rdtype, **kw)
+        return sorted(
+            rr.to_text() for rrset in reply.answer for rr in rrset if rrset.rdtype in (1, 28)
+        )
+
+    def http(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            status = exc.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode()
+
+
+def dig(*args: str) -> str:
+    """Run the real `dig` and return its output."""
+    exe = shutil.which("dig")
+    if exe is None:
+        raise AssertionError("dig is not installed (make apt-test installs bind9-dnsutils)")
+    out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, check=False)
+    return out.stdout + out.stderr

@@ -1,0 +1,313 @@
+"""Caching end to end through a real edge in front of a real origin."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import aiohttp
+import brotli
+from aiohttp import web
+
+from tests.integration.edge_helpers import Origin, base_url, edge_config, origins, running_edge, until
+
+
+def _cacheable(body: bytes, cache_control: str = "max-age=60", **headers: str):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body,
+            headers={"Cache-Control": cache_control, "Content-Type": "application/octet-stream",
+                     **headers},
+        )
+
+    return handler
+
+
+def _cfg(origin: Origin, tmp_path: Path, **sections):  # type: ignore[no-untyped-def]
+    cache = {"dir": str(tmp_path / "cache")}
+    cache.update(sections.pop("cache", {}))
+    return edge_config([origin], cache=cache, **sections)
+
+
+async def test_hit_age_head_and_client_conditionals(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        origin.routes["/c"] = _cacheable(b"0123456789", ETag='"v1"', Age="5")
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/c?x=1"
+            async with s.get(url) as r:
+                assert r.status == 200
+                assert await r.read() == b"0123456789"
+                assert "fwd=uri-miss" in r.headers["Cache-Status"]
+            async with s.get(url) as r:
+                assert r.status == 200
+                assert await r.read() == b"0123456789"
+                assert r.headers["Cache-Status"].startswith("geoedge; hit")
+                assert int(r.headers["Age"]) >= 5
+                assert r.headers["Content-Length"] == "10"
+            async with s.head(url) as r:
+                assert r.status == 200
+                assert r.headers["Content-Length"] == "10"
+                assert "hit" in r.headers["Cache-Status"]
+            async with s.get(url, headers={"If-None-Match": '"v1"'}) as r:
+                assert r.status == 304
+                assert "hit" in r.headers["Cache-Status"]
+            async with s.get(url, headers={"Range": "bytes=2-5"}) as r:
+                assert r.status == 206
+                assert await r.read() == b"2345"
+                assert r.headers["Content-Range"] == "bytes 2-5/10"
+            async with s.get(url, headers={"Range": "bytes=50-60"}) as r:
+                assert r.status == 416
+            async with s.get(base_url(edge) + "/c?x=2") as r:
+                assert "miss" in r.headers["Cache-Status"]
+        assert origin.hits["/c"] == 2
+
+
+async def test_revalidation_with_304_updates_the_entry(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        seen_validators: list[str | None] = []
+
+        async def validated(request: web.Request) -> web.Response:
+            seen_validators.append(request.headers.get("If-None-Match"))
+            headers = {"ETag": '"e1"', "Cache-Control": "max-age=0", "X-Version": str(len(seen_validators))}
+            if request.headers.get("If-None-Match") == '"e1"':
+                return web.Response(status=304, headers=headers)
+            return web.Response(body=b"payload", headers=headers)
+
+        origin.routes["/v"] = validated
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            for _ in range(3):
+                async with s.get(base_url(edge) + "/v") as r:
+                    assert r.status == 200
+                    assert await r.read() == b"payload"
+                    last = r.headers
+        assert seen_validators == [None, '"e1"', '"e1"']
+        assert "fwd=stale" in last["Cache-Status"] and "fwd-status=304" in last["Cache-Status"]
+        assert last["X-Version"] == "3"  # stored headers updated from the 304
+
+
+async def test_vary_keeps_variants_apart(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+
+        async def negotiated(request: web.Request) -> web.Response:
+            lang = request.headers.get("Accept-Language", "en")
+            return web.Response(
+                text=f"hello in {lang}",
+                headers={"Cache-Control": "max-age=60", "Vary": "Accept-Language"},
+            )
+
+        origin.routes["/l"] = negotiated
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            for _ in range(2):
+                for lang in ("en", "de"):
+                    async with s.get(base_url(edge) + "/l", headers={"Accept-Language": lang}) as r:
+                        assert await r.text() == f"hello in {lang}"
+        assert origin.hits["/l"] == 2
+
+
+async def test_concurrent_misses_collapse_into_one_origin_request(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(0.3)
+            return web.Response(body=b"z" * 5000, headers={"Cache-Control": "max-age=60"})
+
+        origin.routes["/slow"] = slow
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+
+            async def one() -> tuple[int, bytes, str]:
+                async with s.get(base_url(edge) + "/slow") as r:
+                    return r.status, await r.read(), r.headers["Cache-Status"]
+
+            results = await asyncio.gather(*(one() for _ in range(10)))
+        assert origin.hits["/slow"] == 1
+        assert all(st == 200 and body == b"z" * 5000 for st, body, _ in results)
+        assert sum("collapsed" in cs for _, _, cs in results) == 9
+
+
+async def test_purge_api_and_unsafe_invalidation(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        for path in ("/p/one", "/p/two", "/q/tagged"):
+            origin.routes[path] = _cacheable(path.encode(), **{"Surrogate-Key": "grp other"})
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            host = f"127.0.0.1:{edge.addresses['http'][0].port}"
+
+            async def get(path: str) -> str:
+                async with s.get(base_url(edge) + path) as r:
+                    assert await r.read() == path.encode()
+                    return r.headers["Cache-Status"]
+
+            for path in ("/p/one", "/p/two", "/q/tagged"):
+                await get(path)
+                assert "hit" in await get(path)
+            admin = base_url(edge, "admin") + "/__edge/purge"
+            async with s.post(admin, json={"url": f"http://{host}/p/one"}) as r:
+                assert r.status == 200
+                assert (await r.json())["purged"] == 1
+            assert "miss" in await get("/p/one")
+            assert "hit" in await get("/p/two")
+            async with s.post(admin, json={"prefix": f"http://{host}/p/"}) as r:
+                assert (await r.json())["purged"] == 2
+            assert "miss" in await get("/p/two")
+            async with s.post(admin, json={"surrogate_key": "grp"}) as r:
+                assert (await r.json())["purged"] >= 1
+            assert "miss" in await get("/q/tagged")
+            async with s.post(admin, json={"nothing": 1}) as r:
+                assert r.status == 400
+            # An unsafe method with a non-error response invalidates the URL.
+            assert "hit" in await get("/q/tagged")
+            async with s.post(base_url(edge) + "/q/tagged", data=b"x") as r:
+                assert r.status == 200
+            assert "miss" in await get("/q/tagged")
+
+
+async def test_stale_if_error_and_stale_while_revalidate(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        mode = {"fail": False}
+
+        async def flaky(request: web.Request) -> web.Response:
+            if mode["fail"]:
+                return web.Response(status=500, text="down")
+            return web.Response(
+                body=b"good",
+                headers={"Cache-Control": "max-age=0, stale-if-error=600", "ETag": '"g"'},
+            )
+
+        async def swr(request: web.Request) -> web.Response:
+            return web.Response(
+                body=b"v%d" % origin.hits["/swr"],
+                headers={"Cache-Control": "max-age=0, stale-while-revalidate=600", "ETag": '"s"'},
+            )
+
+        origin.routes["/sie"] = flaky
+        origin.routes["/swr"] = swr
+        config = _cfg(origin, tmp_path, pool={"retry": False, "max_fails": 100})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/sie") as r:
+                assert await r.read() == b"good"
+            mode["fail"] = True
+            async with s.get(base_url(edge) + "/sie") as r:
+                assert r.status == 200
+                assert await r.read() == b"good"
+                assert "stale-if-error" in r.headers["Cache-Status"]
+            async with s.get(base_url(edge) + "/swr") as r:
+                assert await r.read() == b"v1"
+            async with s.get(base_url(edge) + "/swr") as r:
+                assert await r.read() == b"v1"
+                assert "stale-while-revalidate" in r.headers["Cache-Status"]
+            assert await until(lambda: origin.hits["/swr"] == 2)
+            await origin.stop()
+            async with s.get(base_url(edge) + "/sie") as r:
+                assert r.status == 200
+                assert await r.read() == b"good"
+
+
+async def test_incomplete_origin_body_is_never_stored(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+
+        async def cut(request: web.Request) -> web.StreamResponse:
+            assert request.transport is not None
+            request.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\nabc"
+            )
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response()
+
+        async def close_delimited(request: web.Request) -> web.StreamResponse:
+            assert request.transport is not None
+            request.transport.write(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nConnection: close\r\n\r\nall"
+            )
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response()
+
+        origin.routes["/cut"] = cut
+        origin.routes["/cd"] = close_delimited
+        config = _cfg(origin, tmp_path, pool={"retry": False, "max_fails": 100})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            for _ in range(2):
+                try:
+                    async with s.get(base_url(edge) + "/cut") as r:
+                        await r.read()
+                except aiohttp.ClientPayloadError:
+                    pass
+                async with s.get(base_url(edge) + "/cd") as r:
+                    assert await r.read() == b"all"
+        assert origin.hits["/cut"] == 2
+        assert origin.hits["/cd"] == 2
+
+
+async def test_big_object_cached_and_streamed_from_disk(tmp_path: Path) -> None:
+    body = os.urandom(3 * 1024 * 1024 + 17)
+    async with origins("a") as (origin,):
+        origin.routes["/big"] = _cacheable(body)
+        config = _cfg(origin, tmp_path, cache={"memory_object_max": 1024})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.get(base_url(edge) + "/big") as r:
+                    data = await r.read()
+                    assert hashlib.sha256(data).digest() == hashlib.sha256(body).digest()
+            assert "hit" in r.headers["Cache-Status"]
+            async with s.get(base_url(edge) + "/big", headers={"Range": "bytes=1000-1999"}) as r:
+                assert r.status == 206
+                assert await r.read() == body[1000:2000]
+        assert origin.hits["/big"] == 1
+
+
+async def test_compression_negotiation_and_stored_variants(tmp_path: Path) -> None:
+    text = ("<p>" + "geoedge compresses html " * 200 + "</p>").encode()
+    async with origins("a") as (origin,):
+
+        async def page(request: web.Request) -> web.Response:
+            cc = "max-age=60, no-transform" if request.path == "/nt" else "max-age=60"
+            return web.Response(body=text, headers={"Cache-Control": cc, "Content-Type": "text/html"})
+
+        origin.routes["/page"] = page
+        origin.routes["/nt"] = page
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession(
+            auto_decompress=False
+        ) as s:
+            for _ in range(2):
+                async with s.get(base_url(edge) + "/page", headers={"Accept-Encoding": "gzip;q=0.5, br"}) as r:
+                    assert r.headers["Content-Encoding"] == "br"
+                    assert "accept-encoding" in r.headers["Vary"].lower()
+                    assert brotli.decompress(await r.read()) == text
+            assert "hit" in r.headers["Cache-Status"]
+            async with s.get(base_url(edge) + "/page", headers={"Accept-Encoding": "gzip"}) as r:
+                assert r.headers["Content-Encoding"] == "gzip"
+                assert gzip.decompress(await r.read()) == text
+            async with s.get(base_url(edge) + "/page", headers={"Accept-Encoding": "identity"}) as r:
+                assert "Content-Encoding" not in r.headers
+                assert await r.read() == text
+            async with s.get(base_url(edge) + "/nt", headers={"Accept-Encoding": "br"}) as r:
+                assert "Content-Encoding" not in r.headers
+                assert await r.read() == text
+        assert origin.hits["/page"] == 3
+
+
+async def test_admin_status_and_metrics_reflect_traffic(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        origin.routes["/m"] = _cacheable(b"m")
+        config = _cfg(origin, tmp_path, admin={"capacity_rps": 10})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            for _ in range(5):
+                async with s.get(base_url(edge) + "/m") as r:
+                    await r.read()
+            async with s.get(base_url(edge, "admin") + "/__edge/status") as r:
+                doc = await r.json()
+            assert doc["healthy"] is True
+            assert doc["origins"]["up"] == [origin.url]
+            assert doc["hit_ratio"] == 0.8
+            assert 0.0 <= doc["load_factor"] <= 1.0
+            assert doc["active_requests"] == 0
+            assert doc["cache"]["enabled"] is True
+            async with s.get(base_url(edge, "admin") + "/metrics") as r:
+                text = await r.text()
+            assert 'edge_requests_total{cache="hit",status="200"} 4.0' in text
+            assert 'edge_requests_total{cache="miss",status="200"} 1.0' in text
+            assert "edge_origin_latency_seconds_bucket" in text
+            assert "edge_cache_bytes" in text

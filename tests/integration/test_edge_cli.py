@@ -1,0 +1,203 @@
+"""The real `edge` process: quick start, persistence across kill -9, SIGHUP reload, workers,
+check-config."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.integration.edge_helpers import origins, until
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = {"Host": "www.cache.test"}  # the cache key names the host; ports differ across restarts
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class EdgeProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.addresses: dict[str, str] = {}
+        self.lines: list[str] = []
+
+    async def wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in range(50):
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+            if not raw:
+                raise AssertionError(f"edge exited: {self.lines}")
+            line = raw.decode().strip()
+            self.lines.append(line)
+            if line.startswith("edge: listening"):
+                _, _, kind, addr = line.split(" ", 3)
+                self.addresses.setdefault(kind, addr)
+            if line == "edge: ready":
+                return
+        raise AssertionError(f"no ready line: {self.lines}")
+
+    def url(self, kind: str = "http") -> str:
+        return f"http://{self.addresses[kind]}"
+
+
+@asynccontextmanager
+async def edge_process(*args: str) -> AsyncIterator[EdgeProcess]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge", "serve", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=_env(), cwd=ROOT,
+    )
+    edge = EdgeProcess(proc)
+    try:
+        await edge.wait_ready()
+        yield edge
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def _cacheable_origin_route(body: bytes):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Cache-Control": "max-age=600"})
+
+    return handler
+
+
+async def test_quick_start_cache_survives_kill_9(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    async with origins("a") as (origin,):
+        origin.routes["/persist"] = _cacheable_origin_route(b"kept across restarts")
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url,
+                "--cache-dir", str(cache_dir), "--admin", "127.0.0.1:0")
+        async with edge_process(*args) as edge, aiohttp.ClientSession() as s:
+            for expected in ("miss", "hit"):
+                async with s.get(edge.url() + "/persist", headers=HOST) as r:
+                    assert await r.read() == b"kept across restarts"
+                    assert expected in r.headers["Cache-Status"]
+            async with s.get(edge.url("admin") + "/__edge/status") as r:
+                assert (await r.json())["healthy"] is True
+            edge.proc.send_signal(signal.SIGKILL)
+            await edge.proc.wait()
+        assert origin.hits["/persist"] == 1
+        async with edge_process(*args) as edge:
+            if shutil.which("curl"):
+                proc = await asyncio.create_subprocess_exec(
+                    "curl", "-sS", "-D", "-", "-H", "Host: www.cache.test", edge.url() + "/persist",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await asyncio.wait_for(proc.communicate(), 20)
+                assert b"kept across restarts" in out
+                assert b"; hit" in out
+            else:  # pragma: no cover - curl is in APT_TEST_PACKAGES
+                async with aiohttp.ClientSession() as s, s.get(edge.url() + "/persist", headers=HOST) as r:
+                    assert "hit" in r.headers["Cache-Status"]
+        assert origin.hits["/persist"] == 1
+
+
+async def test_sighup_reloads_and_keeps_config_on_error(tmp_path: Path) -> None:
+    async with origins("a", "b") as (a, b):
+        conf = tmp_path / "edge.toml"
+
+        def write(origin_url: str, extra: str = "") -> None:
+            conf.write_text(
+                '[server]\nlisten = ["127.0.0.1:0"]\n[log]\naccess_log = ""\n'
+                f'[pool]\norigins = ["{origin_url}"]\n[pool.probe]\nenabled = false\n{extra}'
+            )
+
+        write(a.url)
+        async with edge_process("-c", str(conf)) as edge, aiohttp.ClientSession() as s:
+
+            async def who() -> str:
+                async with s.get(edge.url() + "/who") as r:
+                    return str((await r.json())["origin"])
+
+            assert await who() == "a"
+            write(b.url)
+            edge.proc.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                if await who() == "b":
+                    break
+                await asyncio.sleep(0.05)
+            assert await who() == "b"
+            write(a.url, extra="bogus_key = 1\n")
+            edge.proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.3)
+            assert {await who() for _ in range(5)} == {"b"}
+
+
+async def test_two_workers_share_the_port(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--workers", "2")
+        async with edge_process(*args) as edge:
+            for _ in range(20):
+                async with aiohttp.ClientSession() as s, s.get(edge.url() + "/w") as r:
+                    assert r.status == 200
+            assert await until(lambda: origin.hits["/w"] == 20)
+            # Each worker has its own pooled connections to the origin, so requests that
+            # arrived through both workers come from at least two client ports.
+            assert len({peer for req, peer in zip(origin.requests, origin.peers, strict=True)
+                        if req.path == "/w"}) >= 2
+
+
+def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pool]\norigins = ["ftp://x"]\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "check-config", str(bad)],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60,
+    )
+    assert res.returncode == 1
+    assert f"{bad}: pool.origins[0].url: expected http(s)://host[:port]" in res.stderr
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('[pool]\norigins = ["http://127.0.0.1:1"]\n[cache]\nsize = 1\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "check-config", str(unknown)],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60,
+    )
+    assert res.returncode == 1
+    assert f"{unknown}: cache.size: unknown key" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "check-config", str(ROOT / "edge" / "example.toml")],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "problem"),
+    [
+        ('[pool]\norigins = []\n', "pool.origins", "at least one origin"),
+        ('[pool]\norigins = ["http://a:1"]\nalgorithm = "random"\n', "pool.algorithm", "must be one of"),
+        ('[pool]\norigins = ["http://a:1"]\n[limits]\nheader_timeout = -1\n', "limits.header_timeout", "positive"),
+        ('[pool]\norigins = ["http://a:1"]\n[server]\nlisten = ["1.2.3.4"]\n', "server.listen", "missing port"),
+        ('[pool]\norigins = ["http://a:1"]\n[cache]\nsize_limit = "lots"\n', "cache.size_limit", "not a size"),
+        ('[pool]\norigins = ["http://a:1"]\n[tls]\nlisten = ["127.0.0.1:0"]\n', "tls.certificates", "no certificate"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
+    from edge.config import ConfigError, load
+
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert str(info.value).startswith(f"{path}: {key}: ")
+    assert problem in info.value.problem

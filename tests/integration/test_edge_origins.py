@@ -1,0 +1,212 @@
+"""Origin pool behaviour end to end: failures, retries, algorithms, probe-driven failover."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections import Counter
+
+import aiohttp
+from aiohttp import web
+
+from edge.app import POOL
+from tests.integration.edge_helpers import Origin, base_url, edge_config, origins, running_edge, until
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _who(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url) as r:
+        assert r.status == 200, r.status
+        return str(json.loads(await r.read())["origin"])
+
+
+async def test_broken_origin_gives_502_and_dead_origin_502() -> None:
+    async with origins("a") as (origin,):
+
+        async def broken(request: web.Request) -> web.StreamResponse:
+            assert request.transport is not None
+            request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response()
+
+        async def garbage(request: web.Request) -> web.StreamResponse:
+            assert request.transport is not None
+            request.transport.write(b"NOT HTTP AT ALL\r\n\r\n")
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response()
+
+        origin.routes["/broken"] = broken
+        origin.routes["/garbage"] = garbage
+        config = edge_config([origin], pool={"retry": False, "max_fails": 100})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/garbage") as r:
+                assert r.status == 502
+                assert "Cache-Status" in r.headers
+            # Headers arrived, then the body broke off: the client must see a truncation.
+            truncated = False
+            try:
+                async with s.get(base_url(edge) + "/broken") as r:
+                    await r.read()
+            except aiohttp.ClientPayloadError:
+                truncated = True
+            assert truncated
+    dead = f"http://127.0.0.1:{_free_port()}"
+    config = edge_config([Origin("x")], pool={"origins": [{"url": dead}], "probe": {"enabled": False}})
+    async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+        async with s.get(base_url(edge) + "/x") as r:
+            assert r.status == 502
+
+
+async def test_slow_origin_gives_504() -> None:
+    async with origins("a") as (origin,):
+        release = asyncio.Event()
+
+        async def slow(request: web.Request) -> web.StreamResponse:
+            await asyncio.wait_for(release.wait(), 10)
+            return web.Response(text="late")
+
+        origin.routes["/slow"] = slow
+        config = edge_config([origin], pool={"first_byte_timeout": 0.3, "retry": False})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/slow") as r:
+                assert r.status == 504
+            release.set()
+
+
+async def test_idempotent_request_retried_on_another_origin() -> None:
+    dead_port = _free_port()
+    async with origins("good") as (good,):
+        config = edge_config(
+            [good],
+            pool={
+                "origins": [{"url": f"http://127.0.0.1:{dead_port}"}, {"url": good.url}],
+                "algorithm": "round_robin",
+                "max_fails": 100,
+                "probe": {"enabled": False},
+            },
+        )
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            for _ in range(4):
+                assert await _who(s, base_url(edge) + "/r") == "good"
+            # A POST is not retried: it fails on the dead origin when picked.
+            statuses = []
+            for _ in range(4):
+                async with s.post(base_url(edge) + "/p", data=b"x") as r:
+                    statuses.append(r.status)
+            assert 502 in statuses and 200 in statuses
+
+
+async def test_no_healthy_origin_gives_503_after_passive_ejection() -> None:
+    dead = f"http://127.0.0.1:{_free_port()}"
+    config = edge_config(
+        [Origin("x")],
+        pool={"origins": [{"url": dead}], "max_fails": 2, "probe": {"enabled": False, "interval": 60}},
+    )
+    async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+        statuses = []
+        for _ in range(4):
+            async with s.get(base_url(edge) + "/x") as r:
+                statuses.append(r.status)
+        assert statuses[:2] == [502, 502]
+        assert statuses[2:] == [503, 503]
+        async with s.get(base_url(edge, "admin") + "/__edge/status") as r:
+            doc = await r.json()
+        assert doc["healthy"] is False
+        assert doc["origins"]["down"] == [dead]
+
+
+async def test_round_robin_and_weighted() -> None:
+    async with origins("a", "b") as (a, b):
+        async with running_edge(edge_config([a, b])) as edge, aiohttp.ClientSession() as s:
+            seen = [await _who(s, base_url(edge) + "/rr") for _ in range(6)]
+        assert Counter(seen) == Counter({"a": 3, "b": 3})
+        assert all(x != y for x, y in zip(seen, seen[1:], strict=False))
+        config = edge_config(
+            [a, b],
+            pool={
+                "algorithm": "weighted",
+                "origins": [{"url": a.url, "weight": 3}, {"url": b.url, "weight": 1}],
+                "probe": {"enabled": False},
+            },
+        )
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            seen = [await _who(s, base_url(edge) + "/w") for _ in range(8)]
+        assert Counter(seen) == Counter({"a": 6, "b": 2})
+
+
+async def test_consistent_hash_keeps_urls_on_one_origin() -> None:
+    async with origins("a", "b", "c") as trio:
+        config = edge_config(trio, pool={"algorithm": "consistent_hash"})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            owners = {}
+            for i in range(12):
+                path = f"/obj/{i}"
+                first = await _who(s, base_url(edge) + path)
+                assert await _who(s, base_url(edge) + path) == first
+                owners[path] = first
+        assert len(set(owners.values())) >= 2
+
+
+async def test_least_connections_avoids_the_busy_origin() -> None:
+    async with origins("a", "b") as (a, b):
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def hold(request: web.Request) -> web.Response:
+            entered.set()
+            await asyncio.wait_for(gate.wait(), 10)
+            return web.Response(text="held")
+
+        a.routes["/hold"] = hold
+        b.routes["/hold"] = hold
+        config = edge_config([a, b], pool={"algorithm": "least_conn"})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            held = asyncio.ensure_future(s.get(base_url(edge) + "/hold"))
+            await asyncio.wait_for(entered.wait(), 10)
+            busy = "a" if a.hits["/hold"] else "b"
+            free = {"a": "b", "b": "a"}[busy]
+            seen = [await _who(s, base_url(edge) + "/lc") for _ in range(4)]
+            assert seen == [free] * 4
+            gate.set()
+            resp = await held
+            assert resp.status == 200
+            resp.release()
+
+
+async def test_probes_move_traffic_away_and_back() -> None:
+    async with origins("a", "b") as (a, b):
+        probe = {"enabled": True, "path": "/health", "interval": 0.1, "timeout": 1.0,
+                 "rise": 2, "fall": 2, "jitter": 0.0, "expected_status": [200]}
+        config = edge_config([a, b], pool={"probe": probe})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            pool = edge.app[POOL]
+            assert await until(lambda: a.hits["/health"] >= 2 and b.hits["/health"] >= 2)
+            a.healthy = False
+            assert await until(lambda: not pool.origins[0].up)
+            seen = {await _who(s, base_url(edge) + "/f") for _ in range(6)}
+            assert seen == {"b"}
+            async with s.get(base_url(edge, "admin") + "/__edge/status") as r:
+                doc = await r.json()
+            assert doc["healthy"] is True
+            assert doc["origins"]["down"] == [a.url]
+            # A real outage: the listening socket goes away, then comes back on the same port.
+            a.healthy = True
+            await a.stop()
+            await asyncio.sleep(0.3)
+            assert not pool.origins[0].up
+            await a.start()
+            assert await until(lambda: pool.origins[0].up)
+            seen = {await _who(s, base_url(edge) + "/f") for _ in range(6)}
+            assert seen == {"a", "b"}
+            async with s.get(base_url(edge, "admin") + "/metrics") as r:
+                text = await r.text()
+            assert f'edge_probes_total{{origin="{a.url}",result="fail"}}' in text
+            assert f'edge_origin_up{{origin="{b.url}"}} 1.0' in text

@@ -1,0 +1,265 @@
+"""Proxy semantics of the edge: methods, bodies, header rewriting, host checks, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from tests.integration.edge_helpers import base_url, edge_config, origins, running_edge
+
+
+async def _raw(port: int, data: bytes, *, read: int = 65536) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(read), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def test_methods_query_body_and_end_to_end_headers_pass(method: str) -> None:
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        body = b"payload-" + method.encode() if method not in ("GET", "OPTIONS") else b""
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(
+                method,
+                URL(base_url(edge) + "/p/a%20th?x=1&y=%2F&x=2", encoded=True),
+                data=body or None,
+                headers={"X-Custom": "v1", "Accept-Language": "de"},
+            ) as r,
+        ):
+            assert r.status == 200
+            doc = json.loads(await r.read())
+            assert r.headers["Via"].endswith("1.1 geoedge")
+            assert "geoedge" in r.headers["Cache-Status"]
+        assert doc["method"] == method
+        assert doc["path_qs"] == "/p/a%20th?x=1&y=%2F&x=2"
+        assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+        sent = dict((k.lower(), v) for k, v in doc["headers"])
+        assert sent["x-custom"] == "v1"
+        assert sent["accept-language"] == "de"
+        assert sent["via"] == "1.1 geoedge"
+
+
+async def test_hop_by_hop_removed_and_forwarding_headers_set() -> None:
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        port = edge.addresses["http"][0].port
+        raw = await _raw(
+            port,
+            b"GET /h HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close, X-Secret\r\n"
+            b"X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: x\r\n"
+            b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\n"
+            b"X-Kept: yes\r\n\r\n",
+        )
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        sent = {k.lower(): v for k, v in json.loads(body)["headers"]}
+        for name in ("x-secret", "keep-alive", "te", "proxy-authorization", "forwarded"):
+            assert name not in sent, name
+        assert sent["x-kept"] == "yes"
+        assert sent["x-forwarded-for"] == "127.0.0.1"
+        assert sent["x-forwarded-proto"] == "http"
+        assert sent["x-forwarded-host"] == "127.0.0.1"
+
+
+async def test_trusted_proxy_chain_is_extended() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config(
+            [origin], server={"trusted_proxies": ["127.0.0.0/8"], "forwarded": "both"}
+        )
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            headers = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+            async with s.get(base_url(edge) + "/t", headers=headers) as r:
+                sent = {k.lower(): v for k, v in json.loads(await r.read())["headers"]}
+        assert sent["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+        assert sent["x-forwarded-proto"] == "https"
+        assert sent["forwarded"].startswith("for=127.0.0.1;proto=http")
+
+
+async def test_response_hop_by_hop_removed() -> None:
+    async with origins("a") as (origin,):
+
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(
+                text="x",
+                headers={"Connection": "X-Internal", "X-Internal": "1", "X-Public": "2"},
+            )
+
+        origin.routes["/r"] = handler
+        async with running_edge(edge_config([origin])) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/r") as r:
+                assert r.status == 200
+                assert "X-Internal" not in r.headers
+                assert r.headers["X-Public"] == "2"
+
+
+async def test_big_bodies_stream_both_ways() -> None:
+    size = 24 * 1024 * 1024
+    block = os.urandom(1 << 20)
+    expected = hashlib.sha256()
+    for _ in range(size // len(block)):
+        expected.update(block)
+
+    async def upload():  # type: ignore[no-untyped-def]
+        for _ in range(size // len(block)):
+            yield block
+
+    async with origins("a") as (origin,):
+
+        async def download(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+            await resp.prepare(request)
+            for _ in range(size // len(block)):
+                await resp.write(block)
+            await resp.write_eof()
+            return resp
+
+        origin.routes["/big"] = download
+        async with running_edge(edge_config([origin])) as edge, aiohttp.ClientSession() as s:
+            async with s.post(base_url(edge) + "/up", data=upload()) as r:
+                doc = json.loads(await r.read())
+            assert doc["body_size"] == size
+            assert doc["body_sha256"] == expected.hexdigest()
+            got = hashlib.sha256()
+            total = 0
+            async with s.get(base_url(edge) + "/big") as r:
+                assert r.status == 200
+                async for chunk in r.content.iter_chunked(1 << 16):
+                    got.update(chunk)
+                    total += len(chunk)
+            assert total == size
+            assert got.hexdigest() == expected.hexdigest()
+
+
+async def test_connect_refused_and_foreign_hosts_rejected() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config([origin], server={"hosts": ["www.example.test"]})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            raw = await _raw(port, b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n")
+            assert raw.startswith(b"HTTP/1.1 405")
+            raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+            assert raw.startswith(b"HTTP/1.1 421")
+            raw = await _raw(
+                port,
+                b"GET http://evil.test/x HTTP/1.1\r\nHost: www.example.test\r\n"
+                b"Connection: close\r\n\r\n",
+            )
+            assert raw.startswith(b"HTTP/1.1 421")
+            raw = await _raw(
+                port,
+                b"GET /ok HTTP/1.1\r\nHost: WWW.example.test:80\r\nConnection: close\r\n\r\n",
+            )
+            assert raw.startswith(b"HTTP/1.1 200")
+        assert origin.hits["/ok"] == 1
+        assert sum(origin.hits.values()) == 1
+
+
+async def test_absolute_form_for_another_host_is_not_proxied_in_quick_start_mode() -> None:
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        port = edge.addresses["http"][0].port
+        raw = await _raw(
+            port,
+            b"GET http://evil.test/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        assert raw.startswith(b"HTTP/1.1 421")
+        assert sum(origin.hits.values()) == 0
+
+
+async def test_limits() -> None:
+    async with origins("a") as (origin,):
+        limits = {
+            "max_headers": 20,
+            "max_header_bytes": 2048,
+            "max_url_length": 512,
+            "max_body_bytes": 1000,
+        }
+        config = edge_config([origin], limits=limits)
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            many = b"".join(b"X-H%d: v\r\n" % i for i in range(30))
+            raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
+            assert raw.startswith(b"HTTP/1.1 431") or raw.startswith(b"HTTP/1.0 431")
+            big = b"X-Big: " + b"v" * 3000 + b"\r\n"
+            raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n")
+            assert raw.split(b" ", 2)[1] == b"431"
+            split = b"".join(b"X-S%d: " % i + b"v" * 300 + b"\r\n" for i in range(10))
+            raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + split + b"\r\n")
+            assert raw.split(b" ", 2)[1] == b"431"
+            url = b"/" + b"u" * 600
+            raw = await _raw(port, b"GET " + url + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert raw.split(b" ", 2)[1] == b"414"
+            url = b"/" + b"u" * 5000
+            raw = await _raw(port, b"GET " + url + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert raw.split(b" ", 2)[1] == b"414"
+            raw = await _raw(
+                port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000
+            )
+            assert raw.split(b" ", 2)[1] == b"413"
+            chunked = b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n"
+            raw = await _raw(
+                port,
+                b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+            )
+            assert raw.split(b" ", 2)[1] == b"413"
+            async with aiohttp.ClientSession() as s, s.post(base_url(edge) + "/s", data=b"z" * 900) as r:
+                assert r.status == 200
+
+
+async def test_slow_request_headers_are_cut_off() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config([origin], limits={"header_timeout": 0.5})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+            closed = False
+            # Trickle one header byte at a time, far slower than the deadline allows.
+            for i in range(100):
+                try:
+                    writer.write(b"X-Slow-%d: 1\r\n" % i)
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    closed = True
+                    break
+                try:
+                    data = await asyncio.wait_for(reader.read(1024), 0.1)
+                except TimeoutError:
+                    continue
+                closed = True
+                assert data == b"" or data.startswith(b"HTTP/1.1 408")
+                break
+            writer.close()
+            assert closed
+            assert origin.hits["/slow"] == 0
+
+
+async def test_keepalive_connection_reused_for_requests() -> None:
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        port = edge.addresses["http"][0].port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(3):
+            writer.write(b"GET /k%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.startswith(b"HTTP/1.1 200")
+            length = 0
+            while True:
+                line = await asyncio.wait_for(reader.readline(), 5)
+                if line == b"\r\n":
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+        writer.close()
+        assert origin.hits["/k2"] == 1

@@ -1,0 +1,154 @@
+"""TLS termination (SNI certificate choice, protocol floor, HTTP redirect) and HTTPS origins.
+
+Certificates are made at test time with the openssl CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+import subprocess
+import warnings
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.integration.edge_helpers import Origin, base_url, edge_config, origins, running_edge
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI missing")
+
+
+def _cert(directory: Path, name: str, san: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
+    return {
+        "a": _cert(tmp_path, "a.test", "DNS:a.test"),
+        "b": _cert(tmp_path, "b.test", "DNS:b.test,DNS:*.b.test"),
+        "origin": _cert(tmp_path, "origin", "IP:127.0.0.1"),
+    }
+
+
+def _client_ctx(*cas: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    for ca in cas:
+        ctx.load_verify_locations(str(ca))
+    return ctx
+
+
+async def _get_over_tls(port: int, ctx: ssl.SSLContext, name: str) -> tuple[str, bytes]:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname=name
+    )
+    try:
+        peer = writer.get_extra_info("peercert")
+        common = dict(x[0] for x in peer["subject"])["commonName"]
+        writer.write(f"GET /t HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+        return common, data
+    finally:
+        writer.close()
+
+
+async def test_sni_selects_certificate_and_proxies(certs: dict[str, tuple[Path, Path]]) -> None:
+    async with origins("o") as (origin,):
+        tls_cfg = {
+            "listen": ["127.0.0.1:0"],
+            "certificates": [
+                {"cert": str(certs["a"][0]), "key": str(certs["a"][1]), "server_names": ["a.test"]},
+                {"cert": str(certs["b"][0]), "key": str(certs["b"][1]),
+                 "server_names": ["b.test", "*.b.test"]},
+            ],
+        }
+        config = edge_config([origin], tls=tls_cfg)
+        async with running_edge(config) as edge:
+            port = edge.addresses["https"][0].port
+            ctx = _client_ctx(certs["a"][0], certs["b"][0])
+            for name, expected in (("a.test", "a.test"), ("b.test", "b.test"),
+                                   ("www.b.test", "b.test")):
+                common, data = await _get_over_tls(port, ctx, name)
+                assert common == expected
+                assert data.startswith(b"HTTP/1.1 200")
+                body = data.partition(b"\r\n\r\n")[2]
+                sent = {k.lower(): v for k, v in json.loads(body)["headers"]}
+                assert sent["x-forwarded-proto"] == "https"
+            old = _client_ctx(certs["a"][0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+                old.maximum_version = ssl.TLSVersion.TLSv1_1
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await _get_over_tls(port, old, "a.test")
+            if shutil.which("curl"):
+                proc = await asyncio.create_subprocess_exec(
+                    "curl", "-sS", "--cacert", str(certs["b"][0]),
+                    "--resolve", f"b.test:{port}:127.0.0.1", f"https://b.test:{port}/curl",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await asyncio.wait_for(proc.communicate(), 20)
+                assert proc.returncode == 0
+                assert json.loads(out)["path_qs"] == "/curl"
+
+
+async def test_http_redirects_to_https(certs: dict[str, tuple[Path, Path]]) -> None:
+    async with origins("o") as (origin,):
+        tls_cfg = {
+            "listen": ["127.0.0.1:0"],
+            "redirect_http": True,
+            "certificates": [{"cert": str(certs["a"][0]), "key": str(certs["a"][1])}],
+        }
+        # The redirect names the configured https port, so give it a concrete one.
+        config = edge_config([origin], tls=tls_cfg)
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/p?q=1", allow_redirects=False) as r:
+                assert r.status == 308
+                assert r.headers["Location"].startswith("https://127.0.0.1")
+                assert r.headers["Location"].endswith("/p?q=1")
+        assert origin.hits["/p"] == 0
+
+
+async def test_https_origin_verified_with_ca_bundle(certs: dict[str, tuple[Path, Path]]) -> None:
+    cert, key = certs["origin"]
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(cert), str(key))
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"origin": "tls", "secure": request.secure})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        pool = {"origins": [{"url": url}], "probe": {"enabled": False}, "retry": False}
+        good = edge_config([Origin()], pool={**pool, "ca_bundle": str(cert)})
+        async with running_edge(good) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/x") as r:
+                assert r.status == 200
+                assert (await r.json())["secure"] is True
+        untrusted = edge_config([Origin()], pool=pool)
+        async with running_edge(untrusted) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/x") as r:
+                assert r.status == 502
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,135 @@
+"""The GSLB HTTP API (gslb.api) served on 127.0.0.1 port 0, driven by a real aiohttp client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from gslb.api import make_app, start_api
+from gslb.health import HealthStore
+from gslb.metrics import QueryMetrics
+from gslb.models import Edge, Pool
+
+POOL = Pool("www.example.test.", (Edge("fra", 50.1, 8.7), Edge("iad", 39.0, -77.5)))
+
+
+@dataclass
+class Api:
+    url: str
+    health: HealthStore
+    metrics: QueryMetrics
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    health = HealthStore([POOL])
+    metrics = QueryMetrics()
+    runner, port = await start_api(make_app(health, metrics.export), "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Api(f"http://127.0.0.1:{port}", health, metrics, session)
+    finally:
+        await runner.cleanup()
+
+
+async def test_healthz(api: Api) -> None:
+    async with api.session.get(f"{api.url}/healthz") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["status"] == "ok"
+
+
+async def test_edges_listing_and_one_edge(api: Api) -> None:
+    async with api.session.get(f"{api.url}/v1/edges") as resp:
+        body = await resp.json()
+    assert set(body["edges"]) == {"fra", "iad"}
+    assert body["edges"]["fra"] == {
+        "up": True,
+        "drained": False,
+        "serving": True,
+        "load": 0.0,
+        "overloaded": False,
+        "overloaded_in": [],
+    }
+    async with api.session.get(f"{api.url}/v1/edges/iad") as resp:
+        assert resp.status == 200 and (await resp.json())["name"] == "iad"
+    async with api.session.get(f"{api.url}/v1/edges/nope") as resp:
+        assert resp.status == 404
+
+
+async def test_set_state_and_drain(api: Api) -> None:
+    async with api.session.post(f"{api.url}/v1/edges/fra", json={"up": False, "load": 0.9}) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["up"] is False and body["load"] == 0.9 and body["overloaded"] is True
+    assert not api.health.state("fra").up
+    async with api.session.put(f"{api.url}/v1/edges/fra", json={"up": True}) as resp:
+        assert resp.status == 200
+    assert api.health.state("fra").up
+    async with api.session.post(f"{api.url}/v1/edges/iad/drain") as resp:
+        assert resp.status == 200 and (await resp.json())["drained"] is True
+    assert not api.health.state("iad").serving
+    async with api.session.post(f"{api.url}/v1/edges/iad/undrain") as resp:
+        assert resp.status == 200
+    assert api.health.state("iad").serving
+    async with api.session.post(f"{api.url}/v1/edges/zzz/drain") as resp:
+        assert resp.status == 404
+        assert "zzz" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"not json", "JSON object"),
+        (b"[1, 2]", "JSON object"),
+        (b"{}", "non-empty"),
+        (b'{"up": "yes"}', '"up" must be true or false'),
+        (b'{"load": 1.5}', "between 0 and 1"),
+        (b'{"load": "high"}', "between 0 and 1"),
+        (b'{"load": null}', "between 0 and 1"),
+        (b'{"weight": 2}', "unknown field"),
+    ],
+)
+async def test_bad_input_is_400_with_a_message(api: Api, body: bytes, needle: str) -> None:
+    version = api.health.version
+    async with api.session.post(f"{api.url}/v1/edges/fra", data=body) as resp:
+        assert resp.status == 400
+        assert needle in (await resp.json())["error"]
+    assert api.health.version == version
+
+
+async def test_metrics_exposition(api: Api) -> None:
+    api.metrics.answered(
+        qname="www.example.test.",
+        qtype=1,
+        rcode=0,
+        pool="www.example.test.",
+        edges=("fra",),
+        client="192.0.2.1",
+        ecs=None,
+    )
+    api.metrics.answered(
+        qname="nope.example.test.",
+        qtype=28,
+        rcode=3,
+        pool=None,
+        edges=(),
+        client="192.0.2.1",
+        ecs=None,
+    )
+    api.metrics.observe_latency(0.00003)
+    api.metrics.observe_latency(0.2)
+    async with api.session.get(f"{api.url}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    assert 'gslb_queries_total{pool="www.example.test.",qtype="A",rcode="NOERROR"} 1.0' in text
+    assert 'gslb_queries_total{pool="",qtype="AAAA",rcode="NXDOMAIN"} 1.0' in text
+    assert 'gslb_answers_total{edge="fra"} 1.0' in text
+    assert 'gslb_answer_latency_seconds_bucket{le="5e-05"} 1.0' in text
+    assert 'gslb_answer_latency_seconds_bucket{le="+Inf"} 2.0' in text
+    assert "gslb_answer_latency_seconds_count 2.0" in text
+    assert 'gslb_edge_serving{edge="iad"} 1.0' in text

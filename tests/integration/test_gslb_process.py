@@ -1,0 +1,246 @@
+"""The `gslb` command as a process: check-config, SIGHUP reloads, --workers 2, IPv6."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+
+from tests.integration.gslb_helpers import EDGE_IPS, LONDON, ROOT, GslbProcess, write_config
+
+FRA, IAD = EDGE_IPS["fra"], EDGE_IPS["iad"]
+
+
+def gslb_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gslb", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# -- check-config ---------------------------------------------------------------------------------
+
+
+def test_check_config_ok(tmp_path: Path, geo_db: Path) -> None:
+    path = write_config(tmp_path / "ok.toml", geo_db)
+    out = gslb_cmd("check-config", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout and "6 pool(s)" in out.stdout and "3 edge(s)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needles"),
+    [
+        (
+            lambda t: t.replace(
+                'edges = ["fra", "iad"]\npolicy = "weighted"',
+                'edges = ["fra", "ams"]\npolicy = "weighted"',
+            ),
+            ["pool", "ams"],
+        ),
+        (lambda t: t.replace('policy = "failover"', 'policy = "random"'), ["policy", "random"]),
+        (
+            lambda t: t.replace("tcp_idle_timeout = 2.0", 'tcp_idle_timeout = "soon"'),
+            ["tcp_idle_timeout"],
+        ),
+        (lambda t: t + "\n[[edge]\nname = broken\n", ["TOML"]),
+    ],
+    ids=["unknown-edge", "bad-policy", "bad-type", "bad-toml"],
+)
+def test_check_config_errors_name_file_key_problem(
+    tmp_path: Path, geo_db: Path, mutate: object, needles: list[str]
+) -> None:
+    path = write_config(tmp_path / "bad.toml", geo_db)
+    text = path.read_text()
+    new = mutate(text)  # type: ignore[operator]
+    assert new != text
+    path.write_text(new)
+    out = gslb_cmd("check-config", str(path))
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert str(path) in out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    out = gslb_cmd("check-config", str(tmp_path / "absent.toml"))
+    assert out.returncode == 1 and "absent.toml" in out.stderr
+
+
+def test_serve_with_bad_config_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nlisten = 5\n")
+    out = gslb_cmd("serve", "-c", str(path))
+    assert out.returncode == 1 and str(path) in out.stderr
+
+
+# -- SIGHUP ---------------------------------------------------------------------------------------
+
+
+def txt(proc: GslbProcess, name: str) -> list[str]:
+    reply = proc.query(name, "TXT")
+    return [rr.to_text() for rrset in reply.answer for rr in rrset]
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_sighup_reload_good_and_bad(tmp_path: Path, geo_db: Path, workers: int) -> None:
+    path = write_config(tmp_path / "gslb.toml", geo_db, extra_records=['"version TXT \\"one\\""'])
+    proc = GslbProcess(path, "--workers", str(workers))
+    try:
+        assert txt(proc, "version.example.test") == ['"one"']
+        assert proc.http("POST", "/v1/edges/fra/drain")[0] == 200
+        assert proc.addresses("www.example.test", subnet=LONDON) == [IAD]
+
+        write_config(path, geo_db, extra_records=['"version TXT \\"two\\""'])
+        start = len(proc.lines)
+        proc.signal(signal.SIGHUP)
+        proc.wait_for(r"gslb: reloaded config", start=start)
+        # every worker reloads; query until each answer is new (bounded)
+        for _ in range(200):
+            if all(txt(proc, "version.example.test") == ['"two"'] for _ in range(10)):
+                break
+        else:
+            pytest.fail("the reloaded record never appeared\n" + proc.log_text())
+        assert proc.addresses("www.example.test", subnet=LONDON) == [IAD]  # drain kept
+
+        path.write_text(path.read_text().replace('policy = "failover"', 'policy = "nope"'))
+        start = len(proc.lines)
+        proc.signal(signal.SIGHUP)
+        m = proc.wait_for(r"reload failed, keeping the old config: (.*)", start=start)
+        assert str(path) in m.group(1) and "policy" in m.group(1)
+        assert txt(proc, "version.example.test") == ['"two"']
+        assert proc.addresses("www.example.test", subnet=LONDON) == [IAD]
+        assert proc.proc.poll() is None
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory, geo_db: Path) -> Iterator[GslbProcess]:
+    config = write_config(tmp_path_factory.mktemp("gslb") / "gslb.toml", geo_db)
+    proc = GslbProcess(config, "--workers", "2")
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+
+
+def _fresh_socket_queries(proc: GslbProcess, count: int) -> list[str]:
+    """`count` queries, each from a new UDP socket (new source port), so SO_REUSEPORT spreads
+    them over the workers."""
+    answers = []
+    for _ in range(count):
+        q = dns.message.make_query("www.example.test", "A", use_edns=0)
+        q.use_edns(0, options=[dns.edns.ECSOption("192.0.2.0", 24)])
+        reply = dns.query.udp(q, proc.host, port=proc.port, timeout=5)
+        answers.extend(rr.to_text() for rr in reply.answer[0])
+    return answers
+
+
+def _worker_queries(proc: GslbProcess, minimum: int) -> list[dict[str, int]]:
+    """Per-worker query counts once the workers reported at least `minimum` in total."""
+    workers: list[dict[str, int]] = []
+    for _ in range(100):  # workers report about once a second
+        status, body = proc.http("GET", "/healthz")
+        assert status == 200
+        workers = body["workers"]
+        if sum(w["queries"] for w in workers) >= minimum:
+            return workers
+        time.sleep(0.1)
+    pytest.fail(f"workers never reported {minimum} queries: {workers}")
+
+
+def test_every_worker_sees_a_drain(two_workers: GslbProcess) -> None:
+    proc = two_workers
+    before = sum(w["queries"] for w in _worker_queries(proc, 0))
+    try:
+        assert set(_fresh_socket_queries(proc, 10)) == {FRA}
+        assert proc.http("POST", "/v1/edges/fra/drain")[0] == 200
+        assert set(_fresh_socket_queries(proc, 40)) == {IAD}
+    finally:
+        assert proc.http("POST", "/v1/edges/fra/undrain")[0] == 200
+    workers = _worker_queries(proc, before + 50)
+    assert len(workers) == 2
+    assert all(w["queries"] > 0 for w in workers), workers  # both answered, both drained
+
+
+def test_metrics_are_summed_over_workers(two_workers: GslbProcess) -> None:
+    _fresh_socket_queries(proc := two_workers, 20)
+    for _ in range(100):
+        _, text = proc.http("GET", "/metrics")
+        m = re.search(
+            r'gslb_queries_total\{pool="www.example.test.",qtype="A",rcode="NOERROR"\} (\d+)', text
+        )
+        if m and int(m.group(1)) >= 20:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("metrics never showed the queries")
+
+
+def test_dead_worker_is_restarted(two_workers: GslbProcess) -> None:
+    proc = two_workers
+    _, body = proc.http("GET", "/healthz")
+    victim = body["workers"][0]
+    start = len(proc.lines)
+    os.kill(victim["pid"], signal.SIGKILL)
+    proc.wait_for(rf"worker {victim['slot']} exited", start=start)
+    proc.wait_for(rf"worker {victim['slot']} ready", start=start)
+    _, body = proc.http("GET", "/healthz")
+    assert len(body["workers"]) == 2 and all(w["ready"] for w in body["workers"])
+    assert victim["pid"] not in {w["pid"] for w in body["workers"]}
+    assert set(_fresh_socket_queries(proc, 20)) == {FRA}
+
+
+# -- IPv6 -----------------------------------------------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="::1 is not available")
+def test_ipv6_listener(tmp_path: Path, geo_db: Path) -> None:
+    path = write_config(tmp_path / "gslb.toml", geo_db, listen=("127.0.0.1:0", "[::1]:0"))
+    proc = GslbProcess(path)
+    try:
+        v6 = [(h, p) for h, p in proc.udp if ":" in h]
+        assert v6 and v6[0][0] == "::1"
+        host, port = v6[0]
+        q = dns.message.make_query("static.example.test", "A")
+        assert [rr.to_text() for rr in dns.query.udp(q, host, port=port, timeout=5).answer[0]] == [
+            "127.0.0.30"
+        ]
+        assert [rr.to_text() for rr in dns.query.tcp(q, host, port=port, timeout=5).answer[0]] == [
+            "127.0.0.30"
+        ]
+        # a client on ::1 has no location: the answer is not tailored but still answered
+        r = dns.query.udp(
+            dns.message.make_query("www.example.test", "AAAA"), host, port=port, timeout=5
+        )
+        assert r.answer
+    finally:
+        assert proc.stop() == 0, proc.log_text()

@@ -1,0 +1,305 @@
+"""DNS protocol behaviour of the real `gslb serve` process over UDP and TCP.
+
+One server per module (127.0.0.1, port 0), queried with dnspython, raw sockets and `dig`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.integration.gslb_helpers import LONDON, GslbProcess, dig, write_config
+
+
+@pytest.fixture(scope="module")
+def gslb(tmp_path_factory: pytest.TempPathFactory, geo_db: Path) -> Iterator[GslbProcess]:
+    config = write_config(
+        tmp_path_factory.mktemp("gslb") / "gslb.toml", geo_db, idle=2.0, max_conn=6
+    )
+    proc = GslbProcess(config)
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+
+
+def raw_query(name: str, qtype: int = 1, *, qid: int = 0x1234, flags: int = 0x0100) -> bytes:
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0) + qname + struct.pack("!HH", qtype, 1)
+
+
+def udp_exchange(gslb: GslbProcess, packets: list[bytes], expect: int) -> list[bytes]:
+    """Send packets from one socket and collect `expect` replies (in arrival order)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        for p in packets:
+            s.sendto(p, (gslb.host, gslb.port))
+        return [s.recv(65535) for _ in range(expect)]
+
+
+def rcode_of(reply: bytes) -> int:
+    return struct.unpack("!H", reply[2:4])[0] & 0xF
+
+
+def test_authoritative_answer_sets_aa(gslb: GslbProcess) -> None:
+    for tcp in (False, True):
+        r = gslb.query("static.example.test", tcp=tcp)
+        assert r.rcode() == dns.rcode.NOERROR
+        assert r.flags & dns.flags.AA
+        assert [rr.to_text() for rr in r.answer[0]] == ["127.0.0.30"]
+        assert r.answer[0].ttl == 300
+
+
+def test_nxdomain_with_soa(gslb: GslbProcess) -> None:
+    r = gslb.query("nope.example.test")
+    assert r.rcode() == dns.rcode.NXDOMAIN and r.flags & dns.flags.AA
+    assert not r.answer
+    assert r.authority[0].rdtype == dns.rdatatype.SOA
+    assert r.authority[0].ttl == 300  # min(SOA TTL 3600, MINIMUM 300)
+
+
+def test_nodata_with_soa(gslb: GslbProcess) -> None:
+    r = gslb.query("static.example.test", "AAAA")
+    assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
+    assert not r.answer
+    assert r.authority[0].rdtype == dns.rdatatype.SOA
+
+
+def test_refused_outside_our_zones(gslb: GslbProcess) -> None:
+    r = gslb.query("www.example.org")
+    assert r.rcode() == dns.rcode.REFUSED
+    assert not r.flags & dns.flags.AA
+
+
+def test_unknown_opcode_is_notimp(gslb: GslbProcess) -> None:
+    packet = raw_query("static.example.test", flags=(2 << 11))  # opcode STATUS
+    (reply,) = udp_exchange(gslb, [packet], 1)
+    assert rcode_of(reply) == dns.rcode.NOTIMP
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        struct.pack("!HHHHHH", 7, 0x0100, 0, 0, 0, 0),  # QDCOUNT 0
+        struct.pack("!HHHHHH", 7, 0x0100, 2, 0, 0, 0) + raw_query("a.example.test")[12:] * 2,
+        struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x40" + b"a" * 64 + b"\0\0\1\0\1",
+        struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+        + (b"\x3f" + b"a" * 63) * 4
+        + b"\x05" * 1
+        + b"bbbbb\0\0\1\0\1",  # a name over 255 bytes
+        # two OPT records
+        raw_query("static.example.test", qid=7)[:10]
+        + b"\0\2"
+        + raw_query("static.example.test", qid=7)[12:]
+        + (b"\0" + struct.pack("!HHIH", 41, 1232, 0, 0)) * 2,
+    ],
+    ids=["qdcount0", "qdcount2", "label64", "name256", "two-opt"],
+)
+def test_malformed_queries_get_formerr(gslb: GslbProcess, packet: bytes) -> None:
+    (reply,) = udp_exchange(gslb, [packet], 1)
+    assert reply[:2] == b"\0\7"
+    assert reply[2] & 0x80  # QR
+    assert rcode_of(reply) == dns.rcode.FORMERR
+
+
+def test_responses_and_short_packets_are_dropped(gslb: GslbProcess) -> None:
+    response = raw_query("static.example.test", qid=1, flags=0x8100)  # QR=1
+    short = b"\0\2\1\0\0"
+    good = raw_query("static.example.test", qid=3)
+    # Replies come back in order from one socket; the first must be the valid query's.
+    (reply,) = udp_exchange(gslb, [response, short, good], 1)
+    assert reply[:2] == b"\0\3"
+
+
+def test_question_case_is_echoed(gslb: GslbProcess) -> None:
+    for _ in range(2):  # second time from the response cache
+        (reply,) = udp_exchange(gslb, [raw_query("StAtIc.ExAmPlE.tEsT")], 1)
+        assert b"\x06StAtIc\x07ExAmPlE\x04tEsT\x00" in reply[12:40]
+
+
+def test_edns_version_1_is_badvers(gslb: GslbProcess) -> None:
+    q = dns.message.make_query("static.example.test", "A", use_edns=1)
+    r = dns.query.udp(q, gslb.host, port=gslb.port, timeout=5)
+    assert r.rcode() == dns.rcode.BADVERS
+    assert r.edns == 0
+
+
+def test_edns_payload_is_capped_and_unknown_options_not_echoed(gslb: GslbProcess) -> None:
+    q = dns.message.make_query(
+        "static.example.test",
+        "A",
+        use_edns=0,
+        payload=4096,
+        options=[dns.edns.GenericOption(65001, b"xy")],
+    )
+    r = dns.query.udp(q, gslb.host, port=gslb.port, timeout=5)
+    assert r.rcode() == dns.rcode.NOERROR
+    assert r.payload == 1232
+    assert not r.options
+
+
+def test_truncation_over_udp_and_full_answer_over_tcp(gslb: GslbProcess) -> None:
+    udp = gslb.query("big.example.test", "TXT", edns=False)
+    assert udp.flags & dns.flags.TC
+    tcp = gslb.query("big.example.test", "TXT", edns=False, tcp=True)
+    assert not tcp.flags & dns.flags.TC
+    assert len(tcp.answer[0]) == 6
+    # With EDNS and a 1232-byte buffer the ~1.3 kB answer still does not fit.
+    assert gslb.query("big.example.test", "TXT").flags & dns.flags.TC
+
+
+def _tcp_connect(gslb: GslbProcess) -> socket.socket:
+    s = socket.create_connection((gslb.host, gslb.port), timeout=10)
+    return s
+
+
+def _read_exact(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _read_reply(s: socket.socket) -> bytes:
+    (size,) = struct.unpack("!H", _read_exact(s, 2))
+    return _read_exact(s, size)
+
+
+def test_tcp_pipelining_answers_in_order(gslb: GslbProcess) -> None:
+    names = ["static.example.test", "nope.example.test", "mail.example.test", "www.example.test"]
+    blob = b"".join(
+        struct.pack("!H", len(p)) + p
+        for p in (raw_query(n, qid=100 + i) for i, n in enumerate(names))
+    )
+    with _tcp_connect(gslb) as s:
+        s.sendall(blob[:7])  # split mid-message too
+        s.sendall(blob[7:])
+        replies = [_read_reply(s) for _ in names]
+    assert [struct.unpack("!H", r[:2])[0] for r in replies] == [100, 101, 102, 103]
+    assert rcode_of(replies[1]) == dns.rcode.NXDOMAIN
+
+
+def test_tcp_idle_connection_is_closed(gslb: GslbProcess) -> None:
+    with _tcp_connect(gslb) as s:
+        s.settimeout(30)  # the server's idle timeout is 2 s
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_tcp_connection_cap(gslb: GslbProcess) -> None:
+    held: list[socket.socket] = []
+    try:
+        for i in range(6):  # max_conn = 6: fill every slot, proving each is served
+            s = _tcp_connect(gslb)
+            held.append(s)
+            q = raw_query("static.example.test", qid=i)
+            s.sendall(struct.pack("!H", len(q)) + q)
+            assert _read_reply(s)[:2] == struct.pack("!H", i)
+        with _tcp_connect(gslb) as extra:
+            try:
+                q = raw_query("static.example.test")
+                extra.sendall(struct.pack("!H", len(q)) + q)
+                assert extra.recv(2) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+    finally:
+        for s in held:
+            s.close()
+    # Slots free up once the server sees the closes (bounded retries, no timing assumption).
+    for _ in range(200):
+        with _tcp_connect(gslb) as s:
+            q = raw_query("static.example.test", qid=77)
+            try:
+                s.sendall(struct.pack("!H", len(q)) + q)
+                if _read_reply(s)[:2] == b"\0\x4d":
+                    break
+            except (ConnectionError, OSError):
+                continue
+    else:
+        pytest.fail("TCP slots were never released")
+
+
+def test_tcp_oversized_length_closes(gslb: GslbProcess) -> None:
+    with _tcp_connect(gslb) as s:
+        s.sendall(b"\xff\xff" + b"\0" * 100)
+        try:
+            assert s.recv(2) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_any_is_minimal(gslb: GslbProcess) -> None:
+    r = gslb.query("example.test", "ANY")
+    assert r.rcode() == dns.rcode.NOERROR
+    assert len(r.answer) == 1  # RFC 8482: one RRset (or a synthesized HINFO)
+
+
+def test_cname_chase_inside_the_zone(gslb: GslbProcess) -> None:
+    r = gslb.query("alias2.example.test")
+    types = [(rrset.name.to_text(), rrset.rdtype) for rrset in r.answer]
+    assert types == [
+        ("alias2.example.test.", dns.rdatatype.CNAME),
+        ("static.example.test.", dns.rdatatype.A),
+    ]
+    r = gslb.query("alias.example.test", subnet=LONDON)
+    assert r.answer[0].rdtype == dns.rdatatype.CNAME
+    assert [rr.to_text() for rr in r.answer[1]] == ["127.0.0.11"]  # the pool, nearest to London
+
+
+def test_wildcard(gslb: GslbProcess) -> None:
+    r = gslb.query("anything.wild.example.test")
+    assert r.answer[0].name.to_text() == "anything.wild.example.test."
+    assert [rr.to_text() for rr in r.answer[0]] == ["127.0.0.40"]
+
+
+def test_referral_with_glue(gslb: GslbProcess) -> None:
+    r = gslb.query("host.sub.example.test")
+    assert r.rcode() == dns.rcode.NOERROR
+    assert not r.flags & dns.flags.AA
+    assert not r.answer
+    assert r.authority[0].rdtype == dns.rdatatype.NS
+    assert [rr.to_text() for rr in r.authority[0]] == ["ns.sub.example.test."]
+    glue = {(rrset.name.to_text(), rr.to_text()) for rrset in r.additional for rr in rrset}
+    assert ("ns.sub.example.test.", "127.0.0.53") in glue
+
+
+def test_apex_ns_has_glue(gslb: GslbProcess) -> None:
+    r = gslb.query("example.test", "NS")
+    assert sorted(rr.to_text() for rr in r.answer[0]) == ["ns1.example.test.", "ns2.example.test."]
+    glue = {rrset.name.to_text() for rrset in r.additional}
+    assert {"ns1.example.test.", "ns2.example.test."} <= glue
+
+
+def test_dig_udp_tcp_and_subnet(gslb: GslbProcess) -> None:
+    port = str(gslb.port)
+    out = dig(f"@{gslb.host}", "-p", port, "static.example.test", "+norec")
+    assert "status: NOERROR" in out and "flags: qr aa;" in out
+    assert "127.0.0.30" in out
+    out = dig(f"@{gslb.host}", "-p", port, "static.example.test", "+tcp", "+short")
+    assert out.strip() == "127.0.0.30"
+    out = dig(f"@{gslb.host}", "-p", port, "www.example.test", f"+subnet={LONDON}")
+    assert "CLIENT-SUBNET: 192.0.2.0/24/24" in out
+    assert "127.0.0.11" in out
+    out = dig(f"@{gslb.host}", "-p", port, "nope.example.test")
+    assert "status: NXDOMAIN" in out
+    out = dig(f"@{gslb.host}", "-p", port, "example.org")
+    assert "status: REFUSED" in out
+    # dig retries a truncated answer over TCP by itself
+    out = dig(f"@{gslb.host}", "-p", port, "big.example.test", "TXT", "+noedns")
+    assert "Truncated, retrying in TCP mode" in out and "ANSWER: 6" in out

@@ -1,0 +1,110 @@
+"""Conditional requests and 304 handling (edge.conditional)."""
+
+import calendar
+
+from edge.conditional import (
+    evaluate,
+    merge_headers,
+    not_modified_headers,
+    parse_etags,
+    select_for_update,
+    strip_hop_by_hop,
+    validators,
+    weak_match,
+)
+from edge.freshness import format_http_date
+
+T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
+LM = format_http_date(T0 - 100)
+
+
+def test_parse_etags() -> None:
+    assert parse_etags('"a", W/"b" ,"c,d"') == ['"a"', 'W/"b"', '"c,d"']
+    assert parse_etags("*") is None
+    assert parse_etags("") == []
+
+
+def test_weak_comparison() -> None:
+    assert weak_match('W/"a"', '"a"')
+    assert not weak_match('"a"', '"b"')
+
+
+def test_validators() -> None:
+    h1 = [("ETag", '"a"'), ("Last-Modified", LM)]
+    h2 = [("ETag", 'W/"b"')]
+    assert validators([h1, h2]) == (
+        ("If-None-Match", '"a", W/"b"'),
+        ("If-Modified-Since", LM),
+    )
+    assert validators([[("Last-Modified", "garbage")]]) == ()
+
+
+def test_merge_headers_updates_all_but_content_length() -> None:
+    stored = [("Content-Length", "36"), ("X-A", "1"), ("X-Keep", "k"), ("Content-Type", "a/b")]
+    new = [
+        ("Content-Length", "10"),
+        ("X-A", "2"),
+        ("Content-Type", "a/c"),
+        ("Connection", "close"),
+        ("Set-Cookie", "a=b"),
+    ]
+    merged = dict(merge_headers(stored, new))
+    assert merged == {"Content-Length": "36", "X-A": "2", "X-Keep": "k", "Content-Type": "a/c"}
+
+
+def test_strip_hop_by_hop_honours_connection() -> None:
+    h = [("Connection", "X-A, close"), ("X-A", "1"), ("TE", "trailers"), ("X-B", "2")]
+    assert strip_hop_by_hop(h) == (("X-B", "2"),)
+
+
+def test_select_for_update() -> None:
+    cands = [(0, [("ETag", '"a"')]), (1, [("ETag", '"b"')]), (2, [("Last-Modified", LM)])]
+    assert select_for_update(cands, [("ETag", '"b"')]) == [1]
+    assert select_for_update(cands, [("Last-Modified", LM)]) == [2]
+    assert select_for_update(cands, []) == []
+    assert select_for_update(cands[:1], []) == [0]
+
+
+def test_if_none_match() -> None:
+    stored = [("ETag", '"v1"'), ("Last-Modified", LM)]
+    assert evaluate("GET", [("If-None-Match", 'W/"v1"')], stored, T0) == 304
+    assert evaluate("HEAD", [("If-None-Match", '"x", "v1"')], stored, T0) == 304
+    assert evaluate("GET", [("If-None-Match", "*")], stored, T0) == 304
+    assert evaluate("GET", [("If-None-Match", '"v2"')], stored, T0) is None
+    # If-None-Match takes precedence over If-Modified-Since.
+    req = [("If-None-Match", '"v2"'), ("If-Modified-Since", format_http_date(T0))]
+    assert evaluate("GET", req, stored, T0) is None
+
+
+def test_if_modified_since() -> None:
+    stored = [("Last-Modified", LM)]
+    assert evaluate("GET", [("If-Modified-Since", LM)], stored, T0) == 304
+    assert evaluate("GET", [("If-Modified-Since", format_http_date(T0 - 200))], stored, T0) is None
+    assert evaluate("GET", [("If-Modified-Since", "junk")], stored, T0) is None
+    # Without Last-Modified the Date, then the time received, stand in.
+    assert evaluate("GET", [("If-Modified-Since", LM)], [("Date", LM)], T0) == 304
+    assert evaluate("GET", [("If-Modified-Since", LM)], [], T0) is None
+
+
+def test_if_match_and_unmodified_since() -> None:
+    stored = [("ETag", '"v1"'), ("Last-Modified", LM)]
+    assert evaluate("GET", [("If-Match", '"v2"')], stored, T0) == 412
+    assert evaluate("GET", [("If-Match", '"v1"')], stored, T0) is None
+    assert evaluate("GET", [("If-Match", 'W/"v1"')], stored, T0) == 412
+    ius = format_http_date(T0 - 500)
+    assert evaluate("GET", [("If-Unmodified-Since", ius)], stored, T0) == 412
+
+
+def test_not_modified_headers() -> None:
+    stored = [
+        ("ETag", '"a"'),
+        ("Content-Length", "5"),
+        ("Content-Type", "text/plain"),
+        ("Cache-Control", "max-age=1"),
+        ("Vary", "X"),
+    ]
+    assert not_modified_headers(stored) == (
+        ("ETag", '"a"'),
+        ("Cache-Control", "max-age=1"),
+        ("Vary", "X"),
+    )

@@ -1,0 +1,88 @@
+"""EDNS Client Subnet option decoding and the address used for the geo decision."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gslb.ecs import ClientSubnet
+from gslb.errors import FormError
+
+
+def option(family: int, source: int, scope: int, address: bytes) -> bytes:
+    return bytes((0, family, source, scope)) + address
+
+
+def test_decode_ipv4() -> None:
+    ecs = ClientSubnet.decode(option(1, 24, 0, b"\xc0\x00\x02"))
+    assert (ecs.family, ecs.source, ecs.scope, ecs.address) == (1, 24, 0, b"\xc0\x00\x02")
+    assert ecs.lookup_address() == ipaddress.IPv4Address("192.0.2.0")
+    assert ecs.text() == "192.0.2.0/24"
+
+
+def test_source_is_capped_for_lookup() -> None:
+    v4 = ClientSubnet.decode(option(1, 32, 0, bytes([198, 51, 100, 77])))
+    assert v4.lookup_address() == ipaddress.IPv4Address("198.51.100.0")
+    v6 = ClientSubnet.decode(option(2, 64, 0, bytes.fromhex("20010db812345678")))
+    assert v6.lookup_address() == ipaddress.IPv6Address("2001:db8:1234:5600::")
+
+
+def test_short_prefix_is_masked() -> None:
+    ecs = ClientSubnet.decode(option(1, 20, 0, bytes([10, 1, 0x30])))
+    assert ecs.lookup_address() == ipaddress.IPv4Address("10.1.48.0")
+
+
+def test_zero_prefix() -> None:
+    ecs = ClientSubnet.decode(option(2, 0, 0, b""))
+    assert ecs.lookup_address() == ipaddress.IPv6Address("::")
+    assert ecs.text() == "::/0"
+
+
+def test_encode_echoes_with_scope() -> None:
+    ecs = ClientSubnet.decode(option(1, 24, 0, b"\xc0\x00\x02"))
+    assert ecs.encode(16) == b"\x00\x08\x00\x07" + option(1, 24, 16, b"\xc0\x00\x02")
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\x00\x01\x18", "shorter than 4"),
+        (option(3, 24, 0, b"\x01\x02\x03"), "family 3"),
+        (option(1, 33, 0, b"\x01\x02\x03\x04\x05"), "longer than 32"),
+        (option(2, 129, 0, bytes(17)), "longer than 128"),
+        (option(1, 24, 8, b"\x01\x02\x03"), "scope prefix must be 0"),
+        (option(1, 24, 0, b"\x01\x02"), "address length"),
+        (option(1, 24, 0, b"\x01\x02\x03\x04"), "address length"),
+        (option(1, 23, 0, b"\x01\x02\x03"), "beyond the source prefix"),
+    ],
+)
+def test_malformed_options_are_formerr(data: bytes, problem: str) -> None:
+    with pytest.raises(FormError, match=problem) as info:
+        ClientSubnet.decode(data)
+    assert info.value.edns
+
+
+@given(
+    v6=st.booleans(),
+    value=st.integers(0, 2**128 - 1),
+    source=st.integers(0, 128),
+)
+def test_any_valid_subnet_round_trips(v6: bool, value: int, source: int) -> None:
+    bits = 128 if v6 else 32
+    source = min(source, bits)
+    value &= (1 << bits) - 1
+    masked = value >> (bits - source) << (bits - source) if source else 0
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    if v6:
+        network = ipaddress.IPv6Network((masked, source))
+    else:
+        network = ipaddress.IPv4Network((masked, source))
+    address = network.network_address.packed[: (source + 7) // 8]
+    ecs = ClientSubnet.decode(option(2 if v6 else 1, source, 0, address))
+    cap = 56 if v6 else 24
+    assert ecs.lookup_address() in network.supernet(new_prefix=min(source, cap))
+    assert ecs.text() == str(network)
+    assert ecs.encode(0)[4:] == option(2 if v6 else 1, source, 0, address)

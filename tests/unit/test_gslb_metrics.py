@@ -1,0 +1,64 @@
+"""Query counters, worker export merging and the JSON query log (gslb.metrics)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gslb.metrics import LATENCY_BUCKETS, QueryMetrics, merge_exports
+
+
+def _answer(m: QueryMetrics, rcode: int = 0, edges: tuple[str, ...] = ("fra",)) -> None:
+    m.answered(
+        qname="www.example.test.",
+        qtype=1,
+        rcode=rcode,
+        pool="www.example.test.",
+        edges=edges,
+        client="192.0.2.1",
+        ecs="192.0.2.0/24",
+    )
+
+
+def test_merge_sums_workers() -> None:
+    a, b = QueryMetrics(), QueryMetrics()
+    _answer(a)
+    _answer(b)
+    _answer(b, rcode=3, edges=())
+    a.observe_latency(0.001)
+    b.drop()
+    merged = merge_exports([a.export(), b.export(), {"garbage": True}, {"queries": "x"}])
+    queries = {(r, t, p): n for r, t, p, n in merged["queries"]}
+    assert queries == {(0, 1, "www.example.test."): 2, (3, 1, "www.example.test."): 1}
+    assert merged["answers"] == {"fra": 2}
+    assert merged["latency_count"] == 1 and merged["dropped"] == 1
+    assert sum(merged["buckets"]) == 1
+
+
+def test_query_log_is_one_json_line_per_answer() -> None:
+    out = io.StringIO()
+    m = QueryMetrics(query_log=out, clock=lambda: 1234.5)
+    _answer(m)
+    record = json.loads(out.getvalue())
+    assert record == {
+        "ts": 1234.5,
+        "client": "192.0.2.1",
+        "ecs": "192.0.2.0/24",
+        "qname": "www.example.test.",
+        "qtype": "A",
+        "rcode": "NOERROR",
+        "pool": "www.example.test.",
+        "edges": ["fra"],
+    }
+
+
+@given(st.lists(st.floats(0, 10, allow_nan=False), max_size=50))
+def test_histogram_counts_every_observation_once(values: list[float]) -> None:
+    m = QueryMetrics()
+    for v in values:
+        m.observe_latency(v)
+    assert sum(m.buckets) == len(values) == m.latency_count
+    assert m.buckets[-1] == sum(1 for v in values if v > LATENCY_BUCKETS[-1])

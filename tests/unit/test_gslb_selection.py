@@ -1,0 +1,221 @@
+"""Edge selection policies (gslb.selection) against a real HealthStore."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geo.distance import distance_km
+from geo.location import Location
+from gslb.health import HealthStore
+from gslb.models import Edge, Policy, Pool
+from gslb.selection import select
+
+FRA = Edge("fra", 50.11, 8.68, ipv4=ipaddress.IPv4Address("127.0.0.11"))
+IAD = Edge("iad", 39.04, -77.49, ipv4=ipaddress.IPv4Address("127.0.0.12"))
+NRT = Edge("nrt", 35.68, 139.69, ipv4=ipaddress.IPv4Address("127.0.0.13"))
+EDGES = (FRA, IAD, NRT)
+
+
+def loc(lat: float, lon: float, net: str = "192.0.2.0/24") -> Location:
+    return Location(lat, lon, None, None, ipaddress.ip_network(net))
+
+
+LONDON = loc(51.5, -0.12)
+NEW_YORK = loc(40.7, -74.0)
+TOKYO = loc(35.7, 139.7)
+
+
+def pool(policy: Policy = Policy.NEAREST, **kw: object) -> Pool:
+    return Pool("www.example.test.", kw.pop("edges", EDGES), policy, **kw)  # type: ignore[arg-type]
+
+
+def test_nearest_picks_closest_and_is_tailored() -> None:
+    health = HealthStore([pool()])
+    assert select(pool(), LONDON, health).edges == (FRA,)
+    assert select(pool(), NEW_YORK, health).edges == (IAD,)
+    sel = select(pool(), TOKYO, health)
+    assert sel.edges == (NRT,) and sel.tailored
+
+
+def test_nearest_without_location_is_not_tailored() -> None:
+    p = pool(answers=3)
+    health = HealthStore([p])
+    health.set_load("iad", 0.5)
+    sel = select(p, None, health)
+    assert not sel.tailored
+    assert sel.edges == (FRA, NRT, IAD)  # equal weights: least loaded first
+
+
+def test_down_and_drained_are_skipped() -> None:
+    p = pool()
+    health = HealthStore([p])
+    health.set_up("fra", False)
+    assert select(p, LONDON, health).edges == (IAD,)
+    health.set_up("fra", True)
+    health.set_drained("fra", True)
+    assert select(p, LONDON, health).edges == (IAD,)
+    health.set_drained("fra", False)
+    assert select(p, LONDON, health).edges == (FRA,)
+
+
+def test_fallback_all_members_when_nothing_serves() -> None:
+    p = pool()
+    health = HealthStore([p])
+    for e in EDGES:
+        health.set_up(e.name, False)
+    sel = select(p, LONDON, health)
+    assert sel.edges == EDGES and not sel.tailored
+
+
+def test_configured_fallback() -> None:
+    spare = Edge("spare", 0.0, 0.0, ipv4=ipaddress.IPv4Address("127.0.0.99"))
+    p = pool(fallback=(spare,))
+    health = HealthStore([p])
+    for e in EDGES:
+        health.set_drained(e.name, True)
+    assert select(p, LONDON, health).edges == (spare,)
+
+
+def test_spill_and_hysteresis_sequence() -> None:
+    p = pool(load_threshold=0.8, hysteresis=0.1)
+    health = HealthStore([p])
+    seq = [
+        (0.5, FRA),  # below threshold
+        (0.8, IAD),  # at threshold: spill
+        (0.75, IAD),  # inside hysteresis band: still spilled
+        (0.71, IAD),
+        (0.69, FRA),  # below threshold - hysteresis: back
+        (0.75, FRA),  # rising again inside the band does not spill
+        (0.9, IAD),
+    ]
+    for load, expected in seq:
+        health.set_load("fra", load)
+        assert select(p, LONDON, health).edges == (expected,), load
+
+
+def test_all_overloaded_least_loaded_first() -> None:
+    p = pool(answers=2)
+    health = HealthStore([p])
+    health.set_load("fra", 0.95)
+    health.set_load("iad", 0.85)
+    health.set_load("nrt", 0.85)
+    sel = select(p, LONDON, health)
+    assert sel.edges == (IAD, NRT)  # equal load: nearer to London first
+
+
+def test_hysteresis_is_per_pool() -> None:
+    strict = pool(load_threshold=0.5, hysteresis=0.1)
+    loose = Pool("api.example.test.", EDGES, load_threshold=0.9, hysteresis=0.1)
+    health = HealthStore([strict, loose])
+    health.set_load("fra", 0.6)
+    assert select(strict, LONDON, health).edges == (IAD,)
+    assert select(loose, LONDON, health).edges == (FRA,)
+    assert health.state("fra").overloaded  # in some pool
+
+
+def test_failover_first_serving_in_order() -> None:
+    p = pool(Policy.FAILOVER, edges=(NRT, FRA, IAD))
+    health = HealthStore([p])
+    sel = select(p, LONDON, health)
+    assert sel.edges == (NRT,) and not sel.tailored
+    health.set_up("nrt", False)
+    assert select(p, LONDON, health).edges == (FRA,)
+
+
+def test_all_policy_returns_every_serving_edge() -> None:
+    p = pool(Policy.ALL)
+    health = HealthStore([p])
+    health.set_drained("iad", True)
+    sel = select(p, TOKYO, health)
+    assert sel.edges == (FRA, NRT) and not sel.tailored
+
+
+def test_weighted_follows_weights_over_many_networks() -> None:
+    heavy = Edge("heavy", 0, 0, weight=3.0)
+    light = Edge("light", 0, 0, weight=1.0)
+    p = pool(Policy.WEIGHTED, edges=(heavy, light))
+    health = HealthStore([p])
+    counts: Counter[str] = Counter()
+    for i in range(4000):
+        net = ipaddress.ip_network(f"10.{i // 256}.{i % 256}.0/24")
+        sel = select(p, Location(0, 0, None, None, net), health)
+        assert sel.tailored
+        counts[sel.edges[0].name] += 1
+    share = counts["heavy"] / 4000
+    assert 0.70 < share < 0.80, counts
+
+
+def test_weighted_is_deterministic_and_load_shifts_share() -> None:
+    a = Edge("a", 0, 0, weight=1.0)
+    b = Edge("b", 0, 0, weight=1.0)
+    p = pool(Policy.WEIGHTED, edges=(a, b))
+    health = HealthStore([p])
+    where = loc(0, 0, "198.51.100.0/24")
+    assert select(p, where, health) == select(p, where, health)
+    health.set_load("a", 0.9)
+    counts: Counter[str] = Counter()
+    for i in range(2000):
+        net = ipaddress.ip_network(f"10.{i // 256}.{i % 256}.0/24")
+        counts[select(p, Location(0, 0, None, None, net), health).edges[0].name] += 1
+    # effective weights 0.1 vs 1.0: about 9% to a
+    assert counts["a"] < 400 and counts["b"] > 1600, counts
+
+
+edge_st = st.builds(
+    Edge,
+    name=st.text("abcdefgh", min_size=1, max_size=6),
+    latitude=st.floats(-90, 90),
+    longitude=st.floats(-180, 180),
+    weight=st.floats(0.01, 10),
+)
+edge_state = st.tuples(st.booleans(), st.booleans(), st.floats(0, 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    edges=st.lists(edge_st, min_size=1, max_size=6, unique_by=lambda e: e.name),
+    policy=st.sampled_from(list(Policy)),
+    answers=st.integers(1, 4),
+    states=st.lists(edge_state, min_size=6, max_size=6),
+    where=st.none() | st.builds(loc, st.floats(-90, 90), st.floats(-180, 180)),
+)
+def test_selection_invariants(
+    edges: list[Edge],
+    policy: Policy,
+    answers: int,
+    states: list[tuple[bool, bool, float]],
+    where: Location | None,
+) -> None:
+    p = pool(policy, edges=tuple(edges), answers=answers)
+    health = HealthStore([p])
+    for edge, (up, drained, load) in zip(edges, states, strict=False):
+        health.update(edge.name, up=up, drained=drained, load=load)
+    sel = select(p, where, health)
+    assert sel.edges, "never empty"
+    serving = [e for e in edges if health.state(e.name).serving]
+    if serving:
+        assert all(e in serving for e in sel.edges)
+        assert len(set(sel.edges)) == len(sel.edges)
+        if policy is Policy.ALL:
+            assert list(sel.edges) == serving
+        else:
+            assert len(sel.edges) <= answers
+    else:
+        assert sel.edges == tuple(edges) and not sel.tailored
+    if where is None:
+        assert not sel.tailored
+    if serving and policy is Policy.NEAREST and where is not None:
+        cool = [e for e in serving if not health.state(e.name, p.name).overloaded]
+        if cool:
+            best = min(
+                distance_km(where.latitude, where.longitude, e.latitude, e.longitude) for e in cool
+            )
+            first = sel.edges[0]
+            assert (
+                distance_km(where.latitude, where.longitude, first.latitude, first.longitude)
+                == best
+            )

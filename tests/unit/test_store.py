@@ -1,0 +1,410 @@
+"""The cache store (edge.store) on a real diskcache directory: round trips, integrity
+checks against damaged files, restarts and kill -9, purges, the memory tier, and a full
+database / file-size limit reached for real."""
+
+import calendar
+import glob
+import hashlib
+import json
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from edge.cache_policy import CacheEntry, CacheRequest, make_entry
+from edge.store import Store
+
+T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def entry(
+    target: str = "/a", headers: list[tuple[str, str]] | None = None, **req: str
+) -> CacheEntry:
+    request = CacheRequest("GET", "https", "example.com", target, tuple(req.items()))
+    h = [("Cache-Control", "max-age=60"), *(headers or [])]
+    return make_entry(
+        request,
+        200,
+        "OK",
+        h,
+        request_time=T0,
+        response_time=T0,
+        body_length=0,
+        sha256="0" * 64,
+        now=T0,
+    )
+
+
+def body_files(directory: Path) -> list[str]:
+    return [p for p in glob.glob(str(directory / "**" / "*.val"), recursive=True)]
+
+
+def test_roundtrip_and_variants(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        e = s.put(entry(), b"hello")
+        assert e is not None
+        assert e.body_length == 5 and e.sha256 == hashlib.sha256(b"hello").hexdigest()
+        (got,) = s.variants(e.key)
+        assert got == e
+        assert s.get_body(got) == b"hello"
+        # Two Vary variants of one URL live side by side.
+        vh = [("Vary", "Accept-Language")]
+        de = s.put(entry(headers=vh, **{"Accept-Language": "de"}), b"hallo")
+        en = s.put(entry(headers=vh, **{"Accept-Language": "en"}), b"hi")
+        assert de is not None and en is not None and de.variant != en.variant
+        bodies = {s.get_body(v) for v in s.variants(e.key)}
+        assert bodies == {b"hello", b"hallo", b"hi"}
+        # Storing the same variant again replaces it (and its body).
+        s.put(entry(headers=vh, **{"Accept-Language": "de"}), b"servus")
+        assert {s.get_body(v) for v in s.variants(e.key)} == {b"hello", b"servus", b"hi"}
+        st = s.stats()
+        assert st.hits >= 1 and st.stores == 4 and not st.degraded
+
+
+def test_values_on_disk_are_bytes_and_json(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        s.put(entry(), b"x" * 100)
+    con = sqlite3.connect(tmp_path / "cache.db")
+    rows = con.execute("SELECT key, raw, mode FROM Cache").fetchall()
+    con.close()
+    assert rows and all(isinstance(k, str) and raw == 1 for k, raw, _ in rows)
+    assert all(mode in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY) for *_, mode in rows)
+    raw = diskcache.Cache(str(tmp_path)).get("m:https://example.com/a")
+    assert isinstance(raw, bytes) and json.loads(raw)[0]["body_length"] == 100
+
+
+def test_pickled_rows_are_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with Store(tmp_path) as s:
+        s.put(entry(), b"ok")
+    # Someone with write access to the directory plants a pickle that would run code.
+    payload = pickle.dumps(_MkdirOnLoad(str(marker)))
+    con = sqlite3.connect(tmp_path / "cache.db")
+    con.execute(
+        "UPDATE Cache SET mode = ?, value = ? WHERE key = ?",
+        (diskcache.core.MODE_PICKLE, payload, "m:https://example.com/a"),
+    )
+    con.commit()
+    con.close()
+    with Store(tmp_path) as s:
+        assert s.variants("https://example.com/a") == ()
+    assert not marker.exists()
+
+
+class _MkdirOnLoad:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (self.path,))
+
+
+def test_garbage_metadata_reads_as_miss(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        s.put(entry(), b"ok")
+    dc = diskcache.Cache(str(tmp_path))
+    dc.set("m:https://example.com/a", b'[{"key": 1}]')
+    dc.close()
+    with Store(tmp_path) as s:
+        assert s.variants("https://example.com/a") == ()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_body_file_is_a_miss_and_evicted(tmp_path: Path, damage: str) -> None:
+    body = os.urandom(200_000)  # big enough for a file of its own
+    with Store(tmp_path) as s:
+        s.put(entry(), body)
+    (path,) = body_files(tmp_path)
+    if damage == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+    elif damage == "flip":
+        with open(path, "r+b") as f:
+            f.seek(5000)
+            b = f.read(1)
+            f.seek(5000)
+            f.write(bytes([b[0] ^ 1]))
+    else:
+        os.unlink(path)
+    with Store(tmp_path) as s:
+        (e,) = s.variants("https://example.com/a")
+        assert s.get_body(e) is None
+        assert s.variants("https://example.com/a") == ()
+        assert s.stats().corrupt == 1
+
+
+def test_damaged_small_body_in_database(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        e = s.put(entry(), b"small body")
+        assert e is not None
+    con = sqlite3.connect(tmp_path / "cache.db")
+    n = con.execute(
+        "UPDATE Cache SET value = ? WHERE key LIKE 'b:%'", (sqlite3.Binary(b"small bodY"),)
+    ).rowcount
+    con.commit()
+    con.close()
+    assert n == 1
+    with Store(tmp_path) as s:
+        (got,) = s.variants(e.key)
+        assert s.get_body(got) is None
+        assert s.variants(e.key) == ()
+
+
+def test_streaming_reader_checks_digest(tmp_path: Path) -> None:
+    body = os.urandom(300_000)
+    with Store(tmp_path, memory_object_max=1000) as s:
+        e = s.put(entry(), body)
+        assert e is not None
+        r = s.open_body(e)
+        assert r is not None
+        assert b"".join(r) == body
+    (path,) = body_files(tmp_path)
+    with open(path, "r+b") as f:
+        f.seek(250_000)
+        f.write(b"\0" * 10)
+    with Store(tmp_path, memory_object_max=1000) as s:
+        (e,) = s.variants(e.key)
+        r = s.open_body(e)
+        assert r is not None
+        from edge.errors import CorruptBodyError
+
+        with pytest.raises(CorruptBodyError):
+            for _ in r:
+                pass
+        assert s.variants(e.key) == ()
+    # A truncated file is refused before streaming starts.
+    with Store(tmp_path, memory_object_max=1000) as s:
+        e2 = s.put(entry(), body)
+        assert e2 is not None
+    (path,) = body_files(tmp_path)
+    os.truncate(path, 10)
+    with Store(tmp_path, memory_object_max=1000) as s:
+        assert s.open_body(e2) is None
+
+
+def test_streaming_writer(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        w = s.writer()
+        assert w is not None
+        for _ in range(10):
+            w.write(b"x" * 50_000)
+        e = w.commit(entry(), 500_000)
+        assert e is not None and e.body_length == 500_000
+        assert s.get_body(e) == b"x" * 500_000
+        # Wrong final length: a cut-short body is never stored.
+        w = s.writer()
+        assert w is not None
+        w.write(b"partial")
+        assert w.commit(entry("/b"), 1000) is None
+        assert s.variants("https://example.com/b") == ()
+        # An exception inside the block aborts.
+        with pytest.raises(RuntimeError), s.writer() as w2:  # type: ignore[union-attr]
+            w2.write(b"abc")
+            raise RuntimeError("origin went away")
+        # A size cap makes the writer give up.
+        w = s.writer(max_bytes=10)
+        assert w is not None
+        assert not w.write(b"x" * 11)
+        assert w.commit(entry("/c"), 11) is None
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_restart_persistence(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        for i in range(5):
+            s.put(entry(f"/p{i}"), f"body {i}".encode() * 10_000)
+    with Store(tmp_path) as s:
+        for i in range(5):
+            (e,) = s.variants(f"https://example.com/p{i}")
+            assert s.get_body(e) == f"body {i}".encode() * 10_000
+
+
+def test_purges(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        s.put(entry("/img/1", [("Surrogate-Key", "img all")]), b"1")
+        s.put(entry("/img/2", [("Surrogate-Key", "img")]), b"2")
+        s.put(entry("/imgx"), b"x")
+        s.put(entry("/css/1", [("Surrogate-Key", "all")]), b"3")
+        s.put(entry("/js/1"), b"4")
+        assert s.purge_prefix("https://example.com/img/") == 2
+        assert s.variants("https://example.com/imgx") != ()
+        assert s.purge_tag("all") == 1
+        assert s.variants("https://example.com/css/1") == ()
+        assert s.purge_tag("all") == 0
+        assert s.purge_url("https://example.com/js/1") == 1
+        assert s.purge_url("https://example.com/js/1") == 0
+        assert s.variants("https://example.com/imgx") != ()
+
+
+def test_purge_tag_spares_entries_that_lost_the_tag(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        s.put(entry("/a", [("Surrogate-Key", "t")]), b"1")
+        s.put(entry("/a"), b"2")  # re-stored without the tag
+        assert s.purge_tag("t") == 0
+        assert s.variants("https://example.com/a") != ()
+
+
+def test_memory_tier_is_bounded(tmp_path: Path) -> None:
+    with Store(tmp_path, memory_bytes=50_000, memory_object_max=20_000) as s:
+        entries = [s.put(entry(f"/m{i}"), bytes([i]) * 10_000) for i in range(20)]
+        for e in entries:
+            assert e is not None
+            assert s.get_body(e) == bytes([entries.index(e)]) * 10_000
+            assert s.stats().memory_bytes <= 50_000
+        assert 0 < s.stats().memory_items < 20
+        big = s.put(entry("/big"), b"b" * 30_000)
+        assert big is not None and s.get_body(big) == b"b" * 30_000
+        assert s.stats().memory_bytes <= 50_000
+
+
+def test_other_process_purge_seen_after_refresh(tmp_path: Path) -> None:
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as a, Store(tmp_path) as b:
+        a.put(entry(), b"v")
+        assert a.variants("https://example.com/a") != ()
+        b.purge_url("https://example.com/a")
+        clock.t += 2
+        assert a.variants("https://example.com/a") == ()
+
+
+def test_update_replaces_metadata(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    with Store(tmp_path) as s:
+        e = s.put(entry(), b"body")
+        assert e is not None
+        newer = replace(e, headers=(*e.headers, ("X-New", "1")))
+        assert s.update(newer)
+        (got,) = s.variants(e.key)
+        assert ("X-New", "1") in got.headers
+        assert not s.update(replace(newer, sha256="f" * 64))
+
+
+def test_database_full_degrades_and_recovers(tmp_path: Path) -> None:
+    clock = Clock()
+    # A real SQLite limit on the database size: inserts fail with SQLITE_FULL.
+    with Store(tmp_path, clock=clock, retry_after=30.0, sqlite_max_page_count=64) as s:
+        first = s.put(entry("/keep"), b"k")
+        assert first is not None
+        stored = []
+        for i in range(200):
+            e = s.put(entry(f"/f{i}"), os.urandom(3000))
+            if e is None:
+                break
+            stored.append(e)
+        else:
+            pytest.fail("the database never filled up")
+        assert s.degraded and "full" in (s.degraded_reason or "")
+        # Serving goes on: reads work, writes are skipped without touching the disk.
+        assert s.get_body(first) == b"k"
+        failures = s.stats().store_failures
+        assert s.put(entry("/later"), b"z") is None
+        assert s.stats().store_failures == failures
+        # Space comes back, the retry time passes: caching resumes.
+        for e in stored:
+            s.purge_url(e.key)
+        clock.t += 31
+        assert s.put(entry("/later"), b"z") is not None
+        assert not s.degraded
+
+
+def _run_child(code: str, tmp_path: Path, **popen: object) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+def test_file_size_limit_degrades_in_a_real_process(tmp_path: Path) -> None:
+    # RLIMIT_FSIZE makes the kernel refuse big writes (EFBIG), as a full disk would.
+    code = """
+        import resource, sys, json, calendar
+        from edge.store import Store
+        from edge.cache_policy import CacheRequest, make_entry
+        t = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
+        def entry(p):
+            r = CacheRequest("GET", "https", "example.com", p, ())
+            return make_entry(r, 200, "OK", [("Cache-Control", "max-age=60")],
+                request_time=t, response_time=t, body_length=0, sha256="0" * 64, now=t)
+        s = Store(sys.argv[1])
+        small = s.put(entry("/small"), b"tiny")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+        big = s.put(entry("/big"), b"x" * (8 << 20))
+        w = s.writer()
+        print(json.dumps({
+            "big": big is not None, "degraded": s.degraded, "reason": s.degraded_reason,
+            "small": s.get_body(small), "writer": w is not None,
+        }, default=lambda b: b.decode()))
+    """
+    out = _run_child(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["big"] is False and doc["degraded"] is True and doc["writer"] is False
+    assert "too large" in doc["reason"].lower()
+    assert doc["small"] == "tiny"
+
+
+def test_kill_9_never_leaves_a_bad_entry(tmp_path: Path) -> None:
+    code = """
+        import sys, os, calendar
+        from edge.store import Store
+        from edge.cache_policy import CacheRequest, make_entry
+        t = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
+        s = Store(sys.argv[1])
+        i = 0
+        while True:
+            r = CacheRequest("GET", "https", "example.com", f"/k{i % 40}", ())
+            e = make_entry(r, 200, "OK", [("Cache-Control", "max-age=60")],
+                request_time=t, response_time=t, body_length=0, sha256="0" * 64, now=t)
+            w = s.writer()
+            for _ in range(4):
+                w.write(os.urandom(20_000))
+            w.commit(e, 80_000)
+            i += 1
+            if i == 30:
+                print("ready", flush=True)
+    """
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    with Store(tmp_path) as s:
+        assert os.listdir(tmp_path / "tmp") == []  # half-written parts were swept
+        seen = 0
+        for i in range(40):
+            for e in s.variants(f"https://example.com/k{i}"):
+                body = s.get_body(e)
+                assert body is None or hashlib.sha256(body).hexdigest() == e.sha256
+                seen += body is not None
+        assert seen >= 1
