@@ -503,7 +503,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma-separated subset of static,ecs10k,ecs1m,edges",
     )
     p.add_argument("--servers", default="ours,nsd", help="ours,nsd or just one of them")
-    p.add_argument("--pick", choices=("best", "median"), default="best", help="of the rounds")
+    p.add_argument(
+        "--pick",
+        choices=("best", "median"),
+        default="best",
+        help="which run of the rounds (median: use 3+ rounds)",
+    )
     p.add_argument("--clients", type=int, default=4, help="dnsperf -c")
     p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
     p.add_argument("--timeout", type=float, default=2.0, help="dnsperf -t (s)")

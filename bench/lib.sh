@@ -12,10 +12,11 @@ ensure_packages() {
   local missing=() services=() spec pkg svc
   for spec in "$@"; do
     pkg=${spec%%:*}; svc=${spec#*:}
-    dpkg -s "$pkg" >/dev/null 2>&1 && continue
-    missing+=("$pkg"); [[ $svc != "$spec" ]] && services+=("$svc")
+    if dpkg -s "$pkg" >/dev/null 2>&1; then continue; fi
+    missing+=("$pkg")
+    if [[ $svc != "$spec" ]]; then services+=("$svc"); fi
   done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
+  if [[ ${#missing[@]} -eq 0 ]]; then return 0; fi
   echo "bench: installing Debian packages: ${missing[*]}" >&2
   local guard=""
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -28,8 +29,11 @@ ensure_packages() {
     $SUDO apt-get update -q >/dev/null &&
       $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
   } || rc=$?
-  [[ -n $guard ]] && $SUDO rm -f "$guard"
-  [[ $rc -eq 0 ]] || { echo "bench: apt-get install ${missing[*]} failed" >&2; return "$rc"; }
+  if [[ -n $guard ]]; then $SUDO rm -f "$guard"; fi
+  if [[ $rc -ne 0 ]]; then
+    echo "bench: apt-get install ${missing[*]} failed" >&2
+    return "$rc"
+  fi
   if [[ -d /run/systemd/system && ${#services[@]} -gt 0 ]]; then
     $SUDO systemctl disable --now "${services[@]}" >/dev/null 2>&1 || true
   fi

@@ -21,7 +21,7 @@ class AccessLog:
         elif target == "-":
             self._stream = sys.stdout
         else:
-            self._stream = open(target, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            self._stream = open(target, "a", encoding="utf-8", buffering=1 << 16)
             self._own = True
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()

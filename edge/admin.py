@@ -122,8 +122,7 @@ def status_document(proxy: Proxy) -> dict[str, Any]:
             "up": up,
             "down": down,
             "detail": [
-                {"url": o.url, "up": o.up, "active": o.active, "weight": o.weight}
-                for o in origins
+                {"url": o.url, "up": o.up, "active": o.active, "weight": o.weight} for o in origins
             ],
         },
         "active_requests": metrics.active,
@@ -151,7 +150,9 @@ def add_routes(app: web.Application, get_proxy: Callable[[], Proxy]) -> None:
             doc = json.loads(await request.read() or b"{}")
         except (ValueError, UnicodeDecodeError):
             return web.json_response({"error": "body must be JSON"}, status=400)
-        kinds = [k for k in ("url", "prefix", "surrogate_key") if isinstance(doc, dict) and k in doc]
+        kinds = [
+            k for k in ("url", "prefix", "surrogate_key") if isinstance(doc, dict) and k in doc
+        ]
         if len(kinds) != 1 or not isinstance(doc[kinds[0]], str) or not doc[kinds[0]]:
             return web.json_response(
                 {"error": 'expected exactly one of {"url"|"prefix"|"surrogate_key": "..."}'},

@@ -51,7 +51,7 @@ class EdgeRequestHandler(RequestHandler):
     def __init__(
         self, manager: EdgeServer, *, header_timeout: float, url_limit: int, **kwargs: Any
     ) -> None:
-        super().__init__(manager, **kwargs)  # type: ignore[arg-type]
+        super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
         self._header_timer: asyncio.TimerHandle | None = None
@@ -89,7 +89,7 @@ class EdgeRequestHandler(RequestHandler):
         if transport is None or transport.is_closing():
             return
         log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
-        transport.write(_TIMEOUT_RESPONSE)  # type: ignore[attr-defined]
+        transport.write(_TIMEOUT_RESPONSE)
         self.force_close()
         transport.close()
 
@@ -107,7 +107,9 @@ class EdgeRequestHandler(RequestHandler):
             status = 431
         if status in (414, 431) or isinstance(exc, BadHttpMessage):
             log.debug("bad request from %s: %s", request.remote, exc)
-            resp = web.Response(status=status, text=f"{status} {web.Response(status=status).reason}\n")
+            resp = web.Response(
+                status=status, text=f"{status} {web.Response(status=status).reason}\n"
+            )
             resp.force_close()
             return resp
         return super().handle_error(request, status, exc, message)
@@ -122,7 +124,7 @@ class EdgeServer(web.Server):
         url_limit: int,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
 
@@ -171,7 +173,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         limit=0,
         limit_per_host=pool_cfg.connections_per_origin,
         ssl=tls.origin_context(pool_cfg.ca_bundle),
-        keepalive_timeout=30.0,
+        keepalive_timeout=pool_cfg.keepalive_timeout,
         enable_cleanup_closed=False,
     )
     session = aiohttp.ClientSession(
@@ -264,14 +266,14 @@ class EdgeRuntime:
         self._app_runner = web.AppRunner(self.app, access_log=None)
         await self._app_runner.setup()
         if config.admin.listen is not None:
-            site = web.TCPSite(
+            admin_site = web.TCPSite(
                 self._app_runner,
                 config.admin.listen.host,
                 config.admin.listen.port,
                 reuse_port=self.reuse_port or None,
             )
-            await site.start()
-            self.addresses["admin"] = _site_addresses(site)
+            await admin_site.start()
+            self.addresses["admin"] = _site_addresses(admin_site)
         kwargs = server_kwargs(config)
         proxy_server = EdgeServer(self.proxy.handle, **kwargs)
         proxy_runner = web.ServerRunner(proxy_server, handle_signals=False)

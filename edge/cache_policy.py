@@ -49,8 +49,9 @@ class PolicyConfig:
 
     ``default_ttl``: freshness for responses with neither explicit nor heuristic freshness
     (None: such responses are not stored). ``store_set_cookie``: store responses carrying
-    Set-Cookie, with the Set-Cookie fields removed from the stored copy (False: do not
-    store them). ``targeted_fields``: RFC 9213 targeted cache-control fields in
+    Set-Cookie as RFC 9111 allows, Set-Cookie included, so every client of that entry gets
+    the cookie (False, the default: such responses are not stored, and a 304 never adds a
+    Set-Cookie to a stored entry). ``targeted_fields``: RFC 9213 targeted cache-control fields in
     precedence order; () ignores CDN-Cache-Control. ``stale_when_disconnected``: how stale
     an entry may be served when the origin cannot be reached at all (RFC 9111 §4.2.4),
     without a stale-if-error from the origin; 0 disables.
@@ -246,10 +247,14 @@ def storability(
         return Storability(False, "method")
     if "no-store" in cache_control(request.headers):
         return Storability(False, "request-no-store")
-    if status < 200 or status in (206, 304) or status not in _KNOWN_STATUSES:
+    if not 200 <= status <= 599 or status in (206, 304):
         return Storability(False, "status")
     cc, _targeted = fr.response_directives(headers, config.targeted_fields)
-    if "no-store" in cc:
+    if "must-understand" in cc:
+        # RFC 9111 §5.2.2.3: store only statuses we understand, and then no-store yields.
+        if status not in _KNOWN_STATUSES:
+            return Storability(False, "status")
+    elif "no-store" in cc:
         return Storability(False, "no-store")
     if config.shared and cc.field_names("private") == ():
         return Storability(False, "private")
@@ -289,7 +294,7 @@ def _compute_freshness(
 
 def _stored_headers(headers: Headers, response_time: float, config: PolicyConfig) -> HeaderTuple:
     pairs = strip_hop_by_hop(headers)
-    drop: set[str] = {"set-cookie", "set-cookie2"} if config.store_set_cookie else set()
+    drop: set[str] = set()
     cc = cache_control(pairs)
     for directive in ("private", "no-cache"):
         names = cc.field_names(directive)
@@ -328,8 +333,8 @@ def make_entry(
 ) -> CacheEntry:
     """The entry to store for a response that ``storability`` accepted.
 
-    Hop-by-hop fields, Set-Cookie (when stored by configuration) and fields named by
-    qualified private/no-cache are dropped; a Date is added if missing.
+    Hop-by-hop fields and fields named by qualified private/no-cache are dropped; a Date
+    is added if missing.
     """
     stored = _stored_headers(headers, response_time, config)
     fields = vy.vary_fields(stored) or ()
@@ -374,7 +379,7 @@ def freshen(
         base = tuple((k, v) for k, v in entry.headers if k.lower() != "age")
     else:
         base = entry.headers
-    merged = merge_headers(base, new, keep_set_cookie=False)
+    merged = merge_headers(base, new, keep_set_cookie=config.store_set_cookie)
     return replace(
         entry,
         headers=merged,

@@ -51,7 +51,9 @@ def _config_from_args(args: argparse.Namespace) -> EdgeConfig:
     else:
         if not args.origin:
             raise ConfigError("<command line>", "--origin", "at least one origin is required")
-        config = quick_start(args.listen or "127.0.0.1:8080", args.origin, args.cache_dir, args.admin)
+        config = quick_start(
+            args.listen or "127.0.0.1:8080", args.origin, args.cache_dir, args.admin
+        )
     if args.workers is not None:
         if args.workers < 1:
             raise ConfigError("<command line>", "--workers", "must be at least 1")
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+    # APScheduler logs every probe run at INFO; only its problems are worth a line.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
     if config.server.workers > 1:
         return _run_workers(config, args.config)
     return _run(config, args.config, reuse_port=False)
@@ -161,8 +165,10 @@ def _run_workers(config: EdgeConfig, path: str | None) -> int:
         if pid == 0:  # pragma: no cover - runs in the child
             for s in holders:
                 s.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # Until the worker's loop installs its reload handler, a SIGHUP must not kill it.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             code = _run(config, path, reuse_port=True, worker=n)
             os._exit(code)
         children.append(pid)

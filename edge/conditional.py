@@ -173,8 +173,7 @@ def merge_headers(stored: Headers, new: Headers, *, keep_set_cookie: bool = Fals
     if stored_tags and stored_tags[0].strip().startswith("W/"):
         weak = stored_tags[0].strip()
         updates = [
-            (k, weak if k.lower() == "etag" and "W/" + v.strip() == weak else v)
-            for k, v in updates
+            (k, weak if k.lower() == "etag" and "W/" + v.strip() == weak else v) for k, v in updates
         ]
     replaced = {k.lower() for k, _ in updates}
     kept = [(k, v) for k, v in header_pairs(stored) if k.lower() not in replaced]

@@ -74,6 +74,7 @@ class ServerConfig:
     workers: int = 1
     hosts: tuple[str, ...] = ()  # empty: any Host header (quick start); absolute-form still checked
     via: str = "geoedge"
+    cache_name: str = "GeoEdge"  # the cache's name in Cache-Status
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     forwarded: str = "x-forwarded"
 
@@ -126,6 +127,7 @@ class PoolConfig:
     retry: bool = True  # idempotent requests retried once on another origin
     ca_bundle: str = ""
     connections_per_origin: int = 256
+    keepalive_timeout: float = 4.0  # idle pooled connections closed before origins do it
     preserve_host: bool = True  # send the client's Host to the origin
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
@@ -228,7 +230,7 @@ class _Section:
         return value
 
     def size(self, name: str, default: int) -> int:
-        value = self.take(name, (int, str), default)
+        value: int | str = self.take(name, (int, str), default)
         if isinstance(value, int):
             if value < 0:
                 raise self.error(name, "must not be negative")
@@ -328,7 +330,7 @@ def _probe(sec: _Section) -> ProbeConfig:
     path = sec.take("path", str, d.path)
     if not path.startswith("/"):
         raise sec.error("path", "must start with '/'")
-    statuses = sec.take("expected_status", (int, list), list(d.expected_status))
+    statuses: int | list[Any] = sec.take("expected_status", (int, list), list(d.expected_status))
     if isinstance(statuses, int):
         statuses = [statuses]
     if not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
@@ -376,6 +378,7 @@ def _pool(sec: _Section, base_dir: str) -> PoolConfig:
             "connections_per_origin", d_timeouts.connections_per_origin
         ),
         preserve_host=sec.take("preserve_host", bool, d_timeouts.preserve_host),
+        keepalive_timeout=sec.positive("keepalive_timeout", d_timeouts.keepalive_timeout),
         probe=_probe(sec.sub("probe")),
     )
     sec.done()
@@ -400,11 +403,14 @@ def _server(sec: _Section) -> ServerConfig:
         workers=sec.count("workers", d.workers),
         hosts=hosts,
         via=sec.take("via", str, d.via),
+        cache_name=sec.take("cache_name", str, d.cache_name),
         trusted_proxies=tuple(nets),
         forwarded=sec.choice("forwarded", FORWARDED_MODES, d.forwarded),
     )
-    if not server.via or any(c in server.via for c in " ,\r\n"):
-        raise sec.error("via", "must be a single token (no spaces or commas)")
+    for key in ("via", "cache_name"):
+        value = getattr(server, key)
+        if not value or any(c in value for c in ' ,;="\r\n'):
+            raise sec.error(key, "must be a single token (no spaces, commas or quotes)")
     sec.done()
     return server
 

@@ -284,6 +284,7 @@ def compute(
 
 
 __all__ = [
+    "DELTA_SECONDS_MAX",
     "HEURISTIC_STATUSES",
     "Freshness",
     "age_header",

@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from edge.config import OriginConfig, PoolConfig
 
@@ -42,6 +43,10 @@ class Origin:
     @property
     def weight(self) -> int:
         return self.config.weight
+
+    @property
+    def authority(self) -> str:
+        return urlsplit(self.config.url).netloc
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +153,11 @@ class OriginPool:
             return
         origin.fails += 1
         if origin.up and origin.fails >= self.config.max_fails:
-            self._mark_down(origin)
+            # Like nginx with a single server: passive failures never take down the last
+            # origin in rotation (that would turn 502s into 503s and block recovery until
+            # probes rise); active probes still can.
+            if any(o.up and o is not origin and o.weight > 0 for o in self.origins):
+                self._mark_down(origin)
 
     def _mark_down(self, origin: Origin) -> None:
         origin.up = False

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,13 +22,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge.accesslog import AccessLog
-from edge.admin import Metrics
 from edge import cache_policy as cp
 from edge import compression, conditional, ranges
+from edge.accesslog import AccessLog
+from edge.admin import Metrics
 from edge.config import EdgeConfig
-from edge.headers import client_response_headers, origin_request_headers
 from edge.errors import ConfigError, CorruptBodyError, StoreError
+from edge.headers import client_response_headers, origin_request_headers
 from edge.origins import Origin, OriginPool
 from edge.store import Store
 
@@ -36,6 +37,10 @@ log = logging.getLogger("edge.proxy")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 _CHUNK = 64 * 1024
+_CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431})
+_PRECONDITIONS = frozenset(
+    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
+)
 
 
 class BodyTooLarge(Exception):
@@ -52,11 +57,15 @@ class OriginFailure(Exception):
 
 
 def _plain(status: int, cache_status: str | None = None, **extra: str) -> web.Response:
-    reason = web.Response(status=status).reason
+    reason = HTTPStatus(status).phrase
     headers = {"Content-Type": "text/plain; charset=utf-8", **extra}
     if cache_status:
         headers["Cache-Status"] = cache_status
-    return web.Response(status=status, text=f"{status} {reason}\n", headers=headers)
+    resp = web.Response(status=status, text=f"{status} {reason}\n", headers=headers)
+    if status in _CLOSE_AFTER:
+        # The request (or its body) was not read: the connection cannot be reused.
+        resp.force_close()
+    return resp
 
 
 class Proxy:
@@ -65,7 +74,7 @@ class Proxy:
         config: EdgeConfig,
         pool: OriginPool,
         session: aiohttp.ClientSession,
-        cache: Any,
+        cache: CacheLayer | None,
         metrics: Metrics,
         access_log: AccessLog,
     ) -> None:
@@ -91,7 +100,9 @@ class Proxy:
             sock_connect=pool.connect_timeout,
             sock_read=pool.first_byte_timeout,
         )
-        self._cache_tag = config.server.via
+        self._cache_tag = config.server.cache_name
+        if self.cache is not None:
+            self.cache.reconfigure(config)
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -102,7 +113,7 @@ class Proxy:
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background job, keeping a reference until it finishes."""
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -157,7 +168,7 @@ class Proxy:
                     host=request.headers.get("Host", ""),
                     path=request.raw_path,
                     status=status,
-                    bytes=resp.body_length if resp is not None and resp.prepared else 0,
+                    bytes=_sent_bytes(resp),
                     duration_ms=round((time.monotonic() - start) * 1000, 3),
                     cache=cache_status,
                     origin=origin_url,
@@ -210,10 +221,10 @@ class Proxy:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 return _plain(400)
             authority = parts.netloc.lower().rsplit("@", 1)[-1]
-            # Absolute-form naming another host than the one we serve: never an open proxy.
-            if _bare_host(authority) != _bare_host(host_header) and not self._hosts:
+            # Absolute-form naming another host than Host: never an open proxy. (Requiring
+            # them to agree also keeps the Host we forward and key the cache by correct.)
+            if _bare_host(authority) != _bare_host(host_header):
                 return _plain(421)
-            host_header = authority
         if self._hosts and _bare_host(host_header) not in self._hosts:
             return _plain(421)
         length = request.content_length
@@ -233,7 +244,9 @@ class Proxy:
         headers = origin_request_headers(
             pairs,
             client_ip=client_ip,
-            proto="https" if request.transport and request.transport.get_extra_info("sslcontext") else "http",
+            proto="https"
+            if request.transport and request.transport.get_extra_info("sslcontext")
+            else "http",
             host=request.headers.get("Host", ""),
             version=request.version,
             via=cfg.via,
@@ -269,9 +282,16 @@ class Proxy:
         failure: OriginFailure | None = None
         for _ in range(attempts):
             origin = self.pool.pick(key, exclude=tried)
+            if origin is None and failure is not None and failure.kind == "broken":
+                # Only one origin usable and the pooled connection broke (typically the
+                # origin closed it while idle): one fresh attempt on the same origin.
+                origin = tried[-1] if tried[-1].up else None
             if origin is None:
                 break
             tried.append(origin)
+            if not self.config.pool.preserve_host:
+                headers = headers.copy()
+                headers["Host"] = origin.authority
             self.pool.started(origin)
             start = time.monotonic()
             try:
@@ -325,7 +345,7 @@ class Proxy:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out.headers.extend(self.response_headers(request, upstream.raw_headers))
         out.headers["Cache-Status"] = self.cache_status_token("bypass")
-        ok = await self.stream_down(request, out, upstream, origin)
+        await self.stream_down(request, out, upstream, origin)
         return out, origin.url
 
     def response_headers(
@@ -343,8 +363,7 @@ class Proxy:
         sink: Any = None,
     ) -> bool:
         """Copy the origin body to the client (and to `sink.write`); True when complete."""
-        if "Content-Length" not in out.headers and not _bodyless(request.method, out.status):
-            out.enable_chunked_encoding()
+        # Without Content-Length aiohttp chunks for HTTP/1.1 and close-delimits for 1.0.
         try:
             await out.prepare(request)
         except (ConnectionError, RuntimeError):
@@ -402,6 +421,14 @@ def _translate(exc: BaseException) -> OriginFailure:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return OriginFailure(502, "connect", str(exc))
     return OriginFailure(502, "broken", repr(exc))
+
+
+def _sent_bytes(resp: web.StreamResponse | None) -> int:
+    if resp is None:
+        return 0
+    if resp.prepared:
+        return resp.body_length
+    return resp.content_length or 0
 
 
 def _bodyless(method: str, status: int) -> bool:
@@ -463,7 +490,8 @@ class CacheLayer:
     def reconfigure(self, config: EdgeConfig) -> None:
         c = config.cache
         self.config = config
-        self.name = config.server.via
+        self.name = config.server.cache_name
+        self.via = config.server.via
         self.policy = cp.PolicyConfig(
             name=self.name,
             heuristic_max=c.heuristic_max,
@@ -583,17 +611,27 @@ class CacheLayer:
                     return resp, ""
             return await self._fetch(proxy, request, creq, target, decision.fwd, entry)
         if decision.only_if_cached:
-            return _plain(504, cp.cache_status(self.name, fwd=decision.fwd, detail="only-if-cached")), ""
+            return _plain(
+                504, cp.cache_status(self.name, fwd=decision.fwd, detail="only-if-cached")
+            ), ""
         return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd)
 
     # ------------------------------------------------------------------ answering from cache
 
-    def _base_headers(self, entry: cp.CacheEntry, version: tuple[int, int]) -> list[tuple[str, str]]:
-        ident = (entry.key + "\x1f" + entry.variant + entry.sha256, str(version), entry.response_time)
+    def _base_headers(
+        self, entry: cp.CacheEntry, version: tuple[int, int]
+    ) -> list[tuple[str, str]]:
+        ident = (
+            entry.key + "\x1f" + entry.variant + entry.sha256,
+            str(version),
+            entry.response_time,
+        )
         pre = self._prepared.get(ident)
         if pre is None:
-            stored = [(k, v) for k, v in entry.headers if k.lower() not in ("age", "content-length")]
-            pre = list(client_response_headers(stored, version=version, via=self.name).items())
+            stored = [
+                (k, v) for k, v in entry.headers if k.lower() not in ("age", "content-length")
+            ]
+            pre = list(client_response_headers(stored, version=version, via=self.via).items())
             if len(self._prepared) > 4096:
                 self._prepared.clear()
             self._prepared[ident] = pre
@@ -612,7 +650,12 @@ class CacheLayer:
         headers["Age"] = str(min(int(age), 2147483648))
         headers["Cache-Status"] = cache_status
         method = request.method
-        precondition = conditional.evaluate(method, creq.headers, entry.headers, entry.response_time)
+        names = {k.lower() for k, _ in creq.headers}
+        precondition = None
+        if not names.isdisjoint(_PRECONDITIONS):
+            precondition = conditional.evaluate(
+                method, creq.headers, entry.headers, entry.response_time
+            )
         if precondition == 304:
             out = CIMultiDict(conditional.not_modified_headers(tuple(headers.items())))
             return web.Response(status=304, headers=out)
@@ -629,6 +672,10 @@ class CacheLayer:
             body = await asyncio.to_thread(self.store.get_body, entry)
             if body is None:
                 return None
+        if "range" not in names:
+            return web.Response(
+                status=entry.status, reason=entry.reason or None, headers=headers, body=body
+            )
         decision = ranges.evaluate(method, entry.status, creq.headers, entry.headers, length)
         if isinstance(decision, ranges.Partial):
             headers["Content-Range"] = decision.content_range
@@ -656,7 +703,9 @@ class CacheLayer:
         reader = await asyncio.to_thread(self.store.open_body, entry)
         if reader is None:
             return None
-        decision = ranges.evaluate(request.method, entry.status, creq.headers, entry.headers, entry.body_length)
+        decision = ranges.evaluate(
+            request.method, entry.status, creq.headers, entry.headers, entry.body_length
+        )
         start, end = 0, entry.body_length - 1
         status = entry.status
         if isinstance(decision, ranges.Partial):
@@ -755,8 +804,14 @@ class CacheLayer:
 
     def _with_validators(self, headers: CIMultiDict[str], entry: cp.CacheEntry) -> CIMultiDict[str]:
         out = headers.copy()
-        for name in ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
-                     "If-Range", "Range"):
+        for name in (
+            "If-None-Match",
+            "If-Modified-Since",
+            "If-Match",
+            "If-Unmodified-Since",
+            "If-Range",
+            "Range",
+        ):
             out.popall(name, None)
         for k, v in conditional.validators([entry.headers]):
             out[k] = v
@@ -813,8 +868,10 @@ class CacheLayer:
             if stale is not None and cp.stale_on_error_ok(
                 stale, creq.headers, self.clock(), disconnected=True, config=self.policy
             ):
-                status = cp.cache_status(self.name, hit=True, detail=f"stale-if-error; {exc.kind}")
-                resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), status)
+                cstatus = cp.cache_status(self.name, hit=True, detail=f"stale-if-error; {exc.kind}")
+                resp = await self._from_cache(
+                    request, creq, stale, stale.age(self.clock()), cstatus
+                )
                 if resp is not None:
                     return resp, ""
             return _plain(exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)), ""
@@ -822,18 +879,30 @@ class CacheLayer:
         pairs = _pairs(upstream.raw_headers)
         if stale is not None and status == 304:
             proxy.finish_upstream(origin, upstream, ok=True)
-            updated = cp.freshen(stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy)
+            updated = cp.freshen(
+                stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy
+            )
             await asyncio.to_thread(self.store.update, updated)
-            cstatus = cp.cache_status(self.name, fwd="stale", fwd_status=304, ttl=updated.ttl(self.clock()))
-            resp = await self._from_cache(request, creq, updated, updated.age(self.clock()), cstatus)
+            cstatus = cp.cache_status(
+                self.name, fwd="stale", fwd_status=304, ttl=updated.ttl(self.clock())
+            )
+            resp = await self._from_cache(
+                request, creq, updated, updated.age(self.clock()), cstatus
+            )
             if resp is not None:
                 return resp, origin.url
             return await self._fetch(proxy, request, creq, target, "uri-miss", None)
-        if stale is not None and status >= 500 and cp.stale_on_error_ok(
-            stale, creq.headers, self.clock(), disconnected=False, config=self.policy
+        if (
+            stale is not None
+            and status >= 500
+            and cp.stale_on_error_ok(
+                stale, creq.headers, self.clock(), disconnected=False, config=self.policy
+            )
         ):
             proxy.finish_upstream(origin, upstream, ok=False)
-            cstatus = cp.cache_status(self.name, hit=True, fwd_status=status, detail="stale-if-error")
+            cstatus = cp.cache_status(
+                self.name, hit=True, fwd_status=status, detail="stale-if-error"
+            )
             resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), cstatus)
             if resp is not None:
                 return resp, origin.url
@@ -864,16 +933,16 @@ class CacheLayer:
         if storable.storable and (delimited or _bodyless(creq.method, status)):
             writer = self.store.writer()
         cstatus = cp.cache_status(
-            self.name, fwd=fwd, fwd_status=status,
+            self.name,
+            fwd=fwd,
+            fwd_status=status,
             detail=None if storable.storable else storable.reason,
         )
         out = web.StreamResponse(status=status, reason=upstream.reason)
-        out.headers.extend(client_response_headers(out_pairs, version=request.version, via=self.name))
+        out.headers.extend(
+            client_response_headers(out_pairs, version=request.version, via=self.via)
+        )
         out.headers["Cache-Status"] = cstatus
-        if comp is None and "Content-Length" in out.headers:
-            pass
-        elif not _bodyless(request.method, status):
-            out.enable_chunked_encoding()
         complete = False
         try:
             await out.prepare(request)
@@ -905,9 +974,16 @@ class CacheLayer:
         proxy.finish_upstream(origin, upstream, ok=True)
         if writer is not None and complete:
             entry = cp.make_entry(
-                creq, status, upstream.reason or "", out_pairs,
-                request_time=t_req, response_time=t_resp,
-                body_length=0, sha256="0" * 64, now=self.clock(), config=self.policy,
+                creq,
+                status,
+                upstream.reason or "",
+                out_pairs,
+                request_time=t_req,
+                response_time=t_resp,
+                body_length=0,
+                sha256="0" * 64,
+                now=self.clock(),
+                config=self.policy,
             )
             await asyncio.to_thread(writer.commit, entry, writer.length)
         try:
@@ -928,18 +1004,24 @@ class CacheLayer:
         headers = self._with_validators(headers, stale)
         creq = cp.CacheRequest("GET", creq.scheme, creq.authority, creq.target, creq.headers)
         try:
-            origin, upstream, t_req, t_resp = await self._open(proxy, "GET", target, headers, creq.key)
+            origin, upstream, t_req, t_resp = await self._open(
+                proxy, "GET", target, headers, creq.key
+            )
         except OriginFailure:
             return
         pairs = _pairs(upstream.raw_headers)
         status = upstream.status
         if status == 304:
             proxy.finish_upstream(origin, upstream, ok=True)
-            updated = cp.freshen(stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy)
+            updated = cp.freshen(
+                stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy
+            )
             await asyncio.to_thread(self.store.update, updated)
             return
         out_pairs, comp = self._compression_plan(creq, status, pairs)
-        storable = cp.storability(creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp)
+        storable = cp.storability(
+            creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp
+        )
         te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
         delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
         writer = self.store.writer() if storable.storable and delimited else None
@@ -955,9 +1037,16 @@ class CacheLayer:
                 if comp is not None:
                     writer.write(comp.finish())
                 entry = cp.make_entry(
-                    creq, status, upstream.reason or "", out_pairs,
-                    request_time=t_req, response_time=t_resp,
-                    body_length=0, sha256="0" * 64, now=self.clock(), config=self.policy,
+                    creq,
+                    status,
+                    upstream.reason or "",
+                    out_pairs,
+                    request_time=t_req,
+                    response_time=t_resp,
+                    body_length=0,
+                    sha256="0" * 64,
+                    now=self.clock(),
+                    config=self.policy,
                 )
                 await asyncio.to_thread(writer.commit, entry, writer.length)
                 proxy.finish_upstream(origin, upstream, ok=True)

@@ -451,6 +451,24 @@ class Store:
         with self._lock:
             self._memory.pop(_meta_key(key))
 
+    def peek_variants(self, key: str) -> tuple[CacheEntry, ...] | None:
+        """Variants of ``key`` from the memory tier only: never blocks on disk, safe to call
+        on the event loop. None when not in memory or due for a re-read (then call
+        ``variants`` in a thread)."""
+        with self._lock:
+            cached = self._memory.get(_meta_key(key))
+            if cached is None or self._clock() - cached[0] >= self._meta_refresh:
+                return None
+            self._hits += 1
+        entries: tuple[CacheEntry, ...] = cached[1]
+        return entries
+
+    def peek_body(self, entry: CacheEntry) -> bytes | None:
+        """The verified body from the memory tier only (non-blocking), or None."""
+        with self._lock:
+            body: bytes | None = self._memory.get(_body_key(entry))
+        return body
+
     def variants(self, key: str) -> tuple[CacheEntry, ...]:
         """Every stored variant of primary ``key`` (newest last), possibly empty."""
         mkey = _meta_key(key)

@@ -26,9 +26,7 @@ MODERN_CIPHERS = ":".join(
 
 def _context(cert: Certificate, min_version: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(MODERN_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(["http/1.1"])
@@ -63,7 +61,7 @@ def server_context(tls: TLSConfig) -> ssl.SSLContext:
                 sock.context = ctx
                 return
 
-    default.sni_callback = choose  # type: ignore[assignment]
+    default.sni_callback = choose
     return default
 
 

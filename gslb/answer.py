@@ -157,12 +157,12 @@ class Responder:
 
     def respond(self, wire: bytes, client: IPAddress, *, tcp: bool) -> bytes | None:
         """The reply to `wire` from `client`, or None to send nothing. Never raises."""
-        hit = self._exact_get((wire[2:], tcp))
-        if hit is not None and (hit.version < 0 or hit.version == self._health.version):
-            if self._observer is not None:
-                self._notify(hit, hit.qtype, client, hit.ecs)
-            return wire[:2] + hit.wire
         try:
+            hit = self._exact_get((wire[2:], tcp))
+            if hit is not None and (hit.version < 0 or hit.version == self._health.version):
+                if self._observer is not None:
+                    self._notify(hit, hit.qtype, client, hit.ecs)
+                return wire[:2] + hit.wire
             query = parse_query(wire)
         except ShortHeader:
             return None
@@ -212,16 +212,16 @@ class Responder:
         else:
             reply = entry
         out = self._patch(reply.wire, wire, q)
-        ecs_text = ecs.text() if ecs is not None else None
         # Tier 1 takes replies that depend on the query bytes alone: static ones, and pool
         # ones decided by an ECS subnet (valid while the health version stays the same).
         if not isinstance(entry, _Plan):
-            version = -1
+            valid_for = -1
         elif ecs is not None and ecs.source:
-            version = self._version
+            valid_for = self._version
         else:
-            version = -2
-        if version != -2:
+            valid_for = -2  # decided by the client's address: not for tier 1
+        ecs_text = ecs.text() if ecs is not None else None
+        if valid_for != -2:
             self._exact.put(
                 (wire[2:], tcp),
                 _Reply(
@@ -232,7 +232,7 @@ class Responder:
                     reply.edges,
                     ecs_text,
                     q.qtype,
-                    version,
+                    valid_for,
                 ),
             )
         if self._observer is not None:

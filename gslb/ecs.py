@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
 from gslb.errors import FormError
 
@@ -34,6 +34,24 @@ class ClientSubnet:
     @classmethod
     def decode(cls, data: bytes) -> ClientSubnet:
         """Parse the option data of an ECS option in a query. Raises FormError."""
+        n = len(data)
+        if n >= 4 and data[0] == 0 and data[3] == 0:
+            family, source = data[1], data[2]
+            # The common, valid case in as few steps as possible (this runs per query).
+            if (
+                (
+                    (family == FAMILY_IPV4 and source <= 32)
+                    or (family == FAMILY_IPV6 and source <= 128)
+                )
+                and n - 4 == (source + 7) // 8
+                and not (source % 8 and data[-1] & (0xFF >> (source % 8)))
+            ):
+                return cls(family, source, 0, data[4:])
+        cls._reject(data)
+
+    @staticmethod
+    def _reject(data: bytes) -> NoReturn:
+        """Raise the FormError that says what is wrong with `data`."""
         if len(data) < 4:
             raise FormError("ECS option shorter than 4 octets", edns=True)
         family = (data[0] << 8) | data[1]
@@ -48,9 +66,7 @@ class ClientSubnet:
         address = data[4:]
         if len(address) != (source + 7) // 8:
             raise FormError("ECS address length does not match the source prefix", edns=True)
-        if source % 8 and address[-1] & (0xFF >> (source % 8)):
-            raise FormError("ECS address has bits set beyond the source prefix", edns=True)
-        return cls(family, source, scope, bytes(address))
+        raise FormError("ECS address has bits set beyond the source prefix", edns=True)
 
     def lookup_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The address to locate: the subnet's network address, cut to the /24 or /56 cap."""

@@ -17,6 +17,7 @@ Reading pauses while the client does not read its replies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -36,10 +37,11 @@ __all__ = [
     "ListenError",
     "Responds",
     "bind_dns_sockets",
-    "parse_hostport",
+    "format_addr",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+UDP_BUFFER = 4 * 1024 * 1024
 MAX_TCP_QUERY = 16384  # a query is a question plus an OPT record: far below this
 
 
@@ -49,28 +51,6 @@ class ListenError(GslbError):
 
 class Responds(Protocol):
     def respond(self, wire: bytes, client: IPAddress, *, tcp: bool) -> bytes | None: ...
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """ "127.0.0.1:53" or "[::1]:53" -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ListenError(f"bad listen address {text!r}: expected [IPv6]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ListenError(f"bad listen address {text!r}: expected host:port or [IPv6]:port")
-    try:
-        ipaddress.ip_address(host)
-        port = int(port_text)
-    except ValueError as exc:
-        raise ListenError(f"bad listen address {text!r}: {exc}") from exc
-    if not 0 <= port <= 65535:
-        raise ListenError(f"bad listen address {text!r}: port out of range")
-    return host, port
 
 
 def _socket(host: str, kind: socket.SocketKind) -> socket.socket:
@@ -83,6 +63,10 @@ def _socket(host: str, kind: socket.SocketKind) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_DGRAM:
+            # Room for bursts; the kernel caps this at net.core.rmem_max.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -187,11 +171,21 @@ class DnsServer:
         self._servers.clear()
 
 
+_ADDRESSES: dict[str, IPAddress] = {}  # peer text -> address; resolvers repeat a lot
+_ADDRESSES_MAX = 65536
+
+
 def _client(addr: Any) -> IPAddress:
-    host = addr[0]
-    if "%" in host:  # scoped IPv6 (link-local) address
-        host = host.partition("%")[0]
-    return ipaddress.ip_address(host)
+    text = addr[0]
+    found = _ADDRESSES.get(text)
+    if found is not None:
+        return found
+    host = text.partition("%")[0]  # a scoped IPv6 (link-local) address
+    address = ipaddress.ip_address(host)
+    if len(_ADDRESSES) >= _ADDRESSES_MAX:
+        _ADDRESSES.clear()  # bounded without per-packet LRU bookkeeping
+    _ADDRESSES[text] = address
+    return address
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

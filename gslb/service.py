@@ -112,12 +112,12 @@ class DnsRuntime:
             log.error("reload failed, keeping the old config: %s", exc)
             return False
         try:
-            self.health.reconfigure(config_pools(config), config_edge_names(config))
             responder = Responder(config, locator, self.health, observer=self.metrics)
         except Exception as exc:
             locator.close()
             log.error("reload failed, keeping the old config: %s", exc)
             return False
+        self.health.reconfigure(config_pools(config), config_edge_names(config))
         if listen_addresses(config) != listen_addresses(self.config):
             log.warning("server.listen changed: takes effect on restart only")
         old_locator = self.locator

@@ -102,7 +102,7 @@ def parse_query(wire: bytes) -> Query:
         payload, version, do, ecs = 512, 0, False, None
         for _ in range(arcount):
             start = pos
-            pos = _skip_name(wire, pos, end)
+            pos = pos + 1 if pos < end and wire[pos] == 0 else _skip_name(wire, pos, end)
             if pos + 10 > end:
                 raise FormError("truncated record")
             rtype, rclass, ttl, rdlen = _RRTAIL.unpack_from(wire, pos)

@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from geo.errors import GeoError
 from gslb.api import make_app, start_api
 from gslb.config import GslbConfig
 from gslb.errors import GslbError
@@ -54,6 +55,7 @@ from gslb.service import (
     config_edge_names,
     config_pools,
     listen_addresses,
+    make_locator,
 )
 
 log = logging.getLogger("gslb")
@@ -91,11 +93,15 @@ def configure_logging(level: str, prefix: str = "") -> None:
 class _Stopper:
     """Signal handling for an asyncio main: stop on SIGTERM/SIGINT, call on_hup on SIGHUP."""
 
-    def __init__(self, on_hup: Callable[[], object] | None) -> None:
+    def __init__(self, on_hup: Callable[[], object] | None, *, worker: bool = False) -> None:
         self.event = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop, sig)
+        loop.add_signal_handler(signal.SIGTERM, self.stop, signal.SIGTERM)
+        if worker:
+            # Ctrl-C reaches the whole process group: the parent stops the workers in order.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            loop.add_signal_handler(signal.SIGINT, self.stop, signal.SIGINT)
         if on_hup is not None:
             loop.add_signal_handler(signal.SIGHUP, on_hup)
         else:
@@ -207,6 +213,7 @@ class Supervisor:
         child_conn.close()
         worker = _Worker(slot, process, parent_conn)
         self.workers[slot] = worker
+        self._send(worker, {"type": "health", "snapshot": self.health.snapshot()})
         loop.add_reader(parent_conn.fileno(), self._on_message, worker)
         loop.add_reader(process.sentinel, self._on_exit, worker)
         log.info("worker %d started (pid %d)", slot, process.pid)
@@ -326,6 +333,7 @@ class Supervisor:
 
 async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, level: str) -> int:
     health = HealthStore(config_pools(config), config_edge_names(config))
+    make_locator(config).close()  # fail here, once, rather than in every worker
     probes: list[BoundPair] = bind_all(listen_addresses(config))
     addresses = [(p.host, p.port) for p in probes]
     supervisor = Supervisor(source, addresses, count, health, level)
@@ -336,7 +344,8 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
     def reload() -> None:
         try:
             new = source.load()
-        except GslbError as exc:
+            make_locator(new).close()  # the workers will open it: check it here first
+        except (GslbError, GeoError, OSError) as exc:
             log.error("reload failed, keeping the old config: %s", exc)
             return
         supervisor.broadcast({"type": "reload"})
@@ -355,6 +364,8 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
         )
         for fut in (ready, failed, stopped):
             fut.cancel()
+        if stopper.event.is_set():
+            return 0
         if not supervisor.any_ready.is_set():
             log.error("no worker became ready")
             return 1
@@ -397,7 +408,7 @@ def worker_entry(
     source = ConfigSource(Path(path) if path is not None else None)
     try:
         code = run(_worker_main(conn, source, addresses))
-    except (GslbError, OSError) as exc:
+    except (GslbError, GeoError, OSError) as exc:
         log.error("worker failed: %s", exc)
         code = 2
     os._exit(code)  # skip multiprocessing's atexit machinery: nothing else to flush
@@ -410,8 +421,7 @@ async def _worker_main(
     config = source.load()
     health = HealthStore(config_pools(config), config_edge_names(config))
     runtime = DnsRuntime(source, config, health=health)
-    pairs = bind_all(addresses)
-    stopper = _Stopper(None)
+    stopper = _Stopper(None, worker=True)
 
     def send(message: dict[str, Any]) -> None:
         try:
@@ -439,6 +449,11 @@ async def _worker_main(
             loop.remove_reader(conn.fileno())
             stopper.stop()  # the parent is gone
 
+    # The parent queued the current health state right after spawning us: apply it before
+    # serving, so a (re)started worker never answers from a stale all-up state.
+    if conn.poll(READY_TIMEOUT):
+        on_message()
+    pairs = bind_all(addresses)
     tasks: list[asyncio.Task[None]] = []
     try:
         await runtime.server.start(pairs)

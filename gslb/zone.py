@@ -188,7 +188,9 @@ class Token:
 
 
 class _Syntax(ValueError):
-    pass
+    def __init__(self, problem: str, lineno: int = 0) -> None:
+        super().__init__(problem)
+        self.lineno = lineno  # set by the tokenizer, which runs ahead of the entry loop
 
 
 def parse_ttl(text: str) -> int:
@@ -224,7 +226,7 @@ def _tokenize(text: str) -> Iterator[tuple[int, bool, list[Token]]]:
             elif c == ")":
                 depth -= 1
                 if depth < 0:
-                    raise _Syntax(f"line {lineno}: unbalanced ')'")
+                    raise _Syntax("unbalanced ')'", lineno)
                 i += 1
             elif c == '"':
                 i += 1
@@ -247,7 +249,7 @@ def _tokenize(text: str) -> Iterator[tuple[int, bool, list[Token]]]:
                         buf.append(c)
                         i += 1
                 if not closed:
-                    raise _Syntax(f"line {lineno}: unterminated quoted string")
+                    raise _Syntax("unterminated quoted string", lineno)
                 tokens.append(Token("".join(buf), True))
             else:
                 j = i
@@ -259,7 +261,7 @@ def _tokenize(text: str) -> Iterator[tuple[int, bool, list[Token]]]:
             yield start, blank, tokens
             tokens = []
     if depth > 0:
-        raise _Syntax(f"line {start}: unbalanced '('")
+        raise _Syntax("unbalanced '('", start)
 
 
 def _int(tok: Token, what: str, hi: int) -> int:
@@ -414,7 +416,7 @@ def parse_master(
                 )
             )
     except _Syntax as exc:
-        raise ZoneError(key_for_line(lineno), str(exc)) from None
+        raise ZoneError(key_for_line(exc.lineno or lineno), str(exc)) from None
     return out
 
 
@@ -558,16 +560,16 @@ class Zone:
                             first[(name, rtype)].key,
                             f"{TYPE_NAMES[rtype]} beside the delegation NS at {name_to_text(name)}",
                         )
-        for name, rrsets in nodes.items():
-            ns = rrsets.get(NS)
-            if ns is None:
+        for (_name, rtype), group in grouped.items():
+            if rtype != NS:
                 continue
-            for target in ns.targets:
+            for rec in group:
+                target = rec.target or b""
                 if is_subdomain(target, origin) and not (
                     A in nodes.get(target, {}) or AAAA in nodes.get(target, {})
                 ):
                     raise ZoneError(
-                        first[(name, NS)].key,
+                        rec.key,
                         f"NS target {name_to_text(target)} is inside the zone but has no "
                         "A/AAAA (glue) record",
                     )

@@ -166,10 +166,11 @@ def write_config(
 class GslbProcess:
     """A running `python -m gslb serve` with its log captured."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path | None, *args: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        source = ["-c", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gslb", "serve", "-c", str(config), *args],
+            [sys.executable, "-m", "gslb", "serve", *source, *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

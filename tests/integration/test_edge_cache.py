@@ -12,15 +12,25 @@ import aiohttp
 import brotli
 from aiohttp import web
 
-from tests.integration.edge_helpers import Origin, base_url, edge_config, origins, running_edge, until
+from tests.integration.edge_helpers import (
+    Origin,
+    base_url,
+    edge_config,
+    origins,
+    running_edge,
+    until,
+)
 
 
 def _cacheable(body: bytes, cache_control: str = "max-age=60", **headers: str):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
         return web.Response(
             body=body,
-            headers={"Cache-Control": cache_control, "Content-Type": "application/octet-stream",
-                     **headers},
+            headers={
+                "Cache-Control": cache_control,
+                "Content-Type": "application/octet-stream",
+                **headers,
+            },
         )
 
     return handler
@@ -44,7 +54,7 @@ async def test_hit_age_head_and_client_conditionals(tmp_path: Path) -> None:
             async with s.get(url) as r:
                 assert r.status == 200
                 assert await r.read() == b"0123456789"
-                assert r.headers["Cache-Status"].startswith("geoedge; hit")
+                assert r.headers["Cache-Status"].startswith("GeoEdge; hit")
                 assert int(r.headers["Age"]) >= 5
                 assert r.headers["Content-Length"] == "10"
             async with s.head(url) as r:
@@ -71,7 +81,11 @@ async def test_revalidation_with_304_updates_the_entry(tmp_path: Path) -> None:
 
         async def validated(request: web.Request) -> web.Response:
             seen_validators.append(request.headers.get("If-None-Match"))
-            headers = {"ETag": '"e1"', "Cache-Control": "max-age=0", "X-Version": str(len(seen_validators))}
+            headers = {
+                "ETag": '"e1"',
+                "Cache-Control": "max-age=0",
+                "X-Version": str(len(seen_validators)),
+            }
             if request.headers.get("If-None-Match") == '"e1"':
                 return web.Response(status=304, headers=headers)
             return web.Response(body=b"payload", headers=headers)
@@ -264,15 +278,20 @@ async def test_compression_negotiation_and_stored_variants(tmp_path: Path) -> No
 
         async def page(request: web.Request) -> web.Response:
             cc = "max-age=60, no-transform" if request.path == "/nt" else "max-age=60"
-            return web.Response(body=text, headers={"Cache-Control": cc, "Content-Type": "text/html"})
+            return web.Response(
+                body=text, headers={"Cache-Control": cc, "Content-Type": "text/html"}
+            )
 
         origin.routes["/page"] = page
         origin.routes["/nt"] = page
-        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession(
-            auto_decompress=False
-        ) as s:
+        async with (
+            running_edge(_cfg(origin, tmp_path)) as edge,
+            aiohttp.ClientSession(auto_decompress=False) as s,
+        ):
             for _ in range(2):
-                async with s.get(base_url(edge) + "/page", headers={"Accept-Encoding": "gzip;q=0.5, br"}) as r:
+                async with s.get(
+                    base_url(edge) + "/page", headers={"Accept-Encoding": "gzip;q=0.5, br"}
+                ) as r:
                     assert r.headers["Content-Encoding"] == "br"
                     assert "accept-encoding" in r.headers["Vary"].lower()
                     assert brotli.decompress(await r.read()) == text
@@ -280,7 +299,9 @@ async def test_compression_negotiation_and_stored_variants(tmp_path: Path) -> No
             async with s.get(base_url(edge) + "/page", headers={"Accept-Encoding": "gzip"}) as r:
                 assert r.headers["Content-Encoding"] == "gzip"
                 assert gzip.decompress(await r.read()) == text
-            async with s.get(base_url(edge) + "/page", headers={"Accept-Encoding": "identity"}) as r:
+            async with s.get(
+                base_url(edge) + "/page", headers={"Accept-Encoding": "identity"}
+            ) as r:
                 assert "Content-Encoding" not in r.headers
                 assert await r.read() == text
             async with s.get(base_url(edge) + "/nt", headers={"Accept-Encoding": "br"}) as r:

@@ -57,8 +57,15 @@ class EdgeProcess:
 @asynccontextmanager
 async def edge_process(*args: str) -> AsyncIterator[EdgeProcess]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge", "serve", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=_env(), cwd=ROOT,
+        sys.executable,
+        "-m",
+        "edge",
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=_env(),
+        cwd=ROOT,
     )
     edge = EdgeProcess(proc)
     try:
@@ -85,8 +92,16 @@ async def test_quick_start_cache_survives_kill_9(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     async with origins("a") as (origin,):
         origin.routes["/persist"] = _cacheable_origin_route(b"kept across restarts")
-        args = ("--listen", "127.0.0.1:0", "--origin", origin.url,
-                "--cache-dir", str(cache_dir), "--admin", "127.0.0.1:0")
+        args = (
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            origin.url,
+            "--cache-dir",
+            str(cache_dir),
+            "--admin",
+            "127.0.0.1:0",
+        )
         async with edge_process(*args) as edge, aiohttp.ClientSession() as s:
             for expected in ("miss", "hit"):
                 async with s.get(edge.url() + "/persist", headers=HOST) as r:
@@ -100,14 +115,23 @@ async def test_quick_start_cache_survives_kill_9(tmp_path: Path) -> None:
         async with edge_process(*args) as edge:
             if shutil.which("curl"):
                 proc = await asyncio.create_subprocess_exec(
-                    "curl", "-sS", "-D", "-", "-H", "Host: www.cache.test", edge.url() + "/persist",
+                    "curl",
+                    "-sS",
+                    "-D",
+                    "-",
+                    "-H",
+                    "Host: www.cache.test",
+                    edge.url() + "/persist",
                     stdout=asyncio.subprocess.PIPE,
                 )
                 out, _ = await asyncio.wait_for(proc.communicate(), 20)
                 assert b"kept across restarts" in out
                 assert b"; hit" in out
             else:  # pragma: no cover - curl is in APT_TEST_PACKAGES
-                async with aiohttp.ClientSession() as s, s.get(edge.url() + "/persist", headers=HOST) as r:
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(edge.url() + "/persist", headers=HOST) as r,
+                ):
                     assert "hit" in r.headers["Cache-Status"]
         assert origin.hits["/persist"] == 1
 
@@ -153,8 +177,16 @@ async def test_two_workers_share_the_port(tmp_path: Path) -> None:
             assert await until(lambda: origin.hits["/w"] == 20)
             # Each worker has its own pooled connections to the origin, so requests that
             # arrived through both workers come from at least two client ports.
-            assert len({peer for req, peer in zip(origin.requests, origin.peers, strict=True)
-                        if req.path == "/w"}) >= 2
+            assert (
+                len(
+                    {
+                        peer
+                        for req, peer in zip(origin.requests, origin.peers, strict=True)
+                        if req.path == "/w"
+                    }
+                )
+                >= 2
+            )
 
 
 def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
@@ -162,7 +194,11 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
     bad.write_text('[pool]\norigins = ["ftp://x"]\n')
     res = subprocess.run(
         [sys.executable, "-m", "edge", "check-config", str(bad)],
-        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=60,
     )
     assert res.returncode == 1
     assert f"{bad}: pool.origins[0].url: expected http(s)://host[:port]" in res.stderr
@@ -170,13 +206,21 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
     unknown.write_text('[pool]\norigins = ["http://127.0.0.1:1"]\n[cache]\nsize = 1\n')
     res = subprocess.run(
         [sys.executable, "-m", "edge", "check-config", str(unknown)],
-        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=60,
     )
     assert res.returncode == 1
     assert f"{unknown}: cache.size: unknown key" in res.stderr
     res = subprocess.run(
         [sys.executable, "-m", "edge", "check-config", str(ROOT / "edge" / "example.toml")],
-        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=60,
     )
     assert res.returncode == 0, res.stderr
 
@@ -184,12 +228,32 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "key", "problem"),
     [
-        ('[pool]\norigins = []\n', "pool.origins", "at least one origin"),
-        ('[pool]\norigins = ["http://a:1"]\nalgorithm = "random"\n', "pool.algorithm", "must be one of"),
-        ('[pool]\norigins = ["http://a:1"]\n[limits]\nheader_timeout = -1\n', "limits.header_timeout", "positive"),
-        ('[pool]\norigins = ["http://a:1"]\n[server]\nlisten = ["1.2.3.4"]\n', "server.listen", "missing port"),
-        ('[pool]\norigins = ["http://a:1"]\n[cache]\nsize_limit = "lots"\n', "cache.size_limit", "not a size"),
-        ('[pool]\norigins = ["http://a:1"]\n[tls]\nlisten = ["127.0.0.1:0"]\n', "tls.certificates", "no certificate"),
+        ("[pool]\norigins = []\n", "pool.origins", "at least one origin"),
+        (
+            '[pool]\norigins = ["http://a:1"]\nalgorithm = "random"\n',
+            "pool.algorithm",
+            "must be one of",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[limits]\nheader_timeout = -1\n',
+            "limits.header_timeout",
+            "positive",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[server]\nlisten = ["1.2.3.4"]\n',
+            "server.listen",
+            "missing port",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[cache]\nsize_limit = "lots"\n',
+            "cache.size_limit",
+            "not a size",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[tls]\nlisten = ["127.0.0.1:0"]\n',
+            "tls.certificates",
+            "no certificate",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:

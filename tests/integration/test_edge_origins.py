@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 from collections import Counter
@@ -11,7 +12,14 @@ import aiohttp
 from aiohttp import web
 
 from edge.app import POOL
-from tests.integration.edge_helpers import Origin, base_url, edge_config, origins, running_edge, until
+from tests.integration.edge_helpers import (
+    Origin,
+    base_url,
+    edge_config,
+    origins,
+    running_edge,
+    until,
+)
 
 
 def _free_port() -> int:
@@ -59,7 +67,9 @@ async def test_broken_origin_gives_502_and_dead_origin_502() -> None:
                 truncated = True
             assert truncated
     dead = f"http://127.0.0.1:{_free_port()}"
-    config = edge_config([Origin("x")], pool={"origins": [{"url": dead}], "probe": {"enabled": False}})
+    config = edge_config(
+        [Origin("x")], pool={"origins": [{"url": dead}], "probe": {"enabled": False}}
+    )
     async with running_edge(config) as edge, aiohttp.ClientSession() as s:
         async with s.get(base_url(edge) + "/x") as r:
             assert r.status == 502
@@ -104,23 +114,62 @@ async def test_idempotent_request_retried_on_another_origin() -> None:
             assert 502 in statuses and 200 in statuses
 
 
-async def test_no_healthy_origin_gives_503_after_passive_ejection() -> None:
+async def test_passive_failures_never_eject_the_last_origin_but_probes_do() -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
+    probe_off = {"enabled": False, "interval": 60}
     config = edge_config(
-        [Origin("x")],
-        pool={"origins": [{"url": dead}], "max_fails": 2, "probe": {"enabled": False, "interval": 60}},
+        [Origin("x")], pool={"origins": [{"url": dead}], "max_fails": 2, "probe": probe_off}
     )
     async with running_edge(config) as edge, aiohttp.ClientSession() as s:
         statuses = []
         for _ in range(4):
             async with s.get(base_url(edge) + "/x") as r:
                 statuses.append(r.status)
-        assert statuses[:2] == [502, 502]
-        assert statuses[2:] == [503, 503]
+        assert statuses == [502, 502, 502, 502]
+    probe = {"enabled": True, "interval": 0.1, "fall": 1, "jitter": 0.0, "timeout": 0.5}
+    config = edge_config([Origin("x")], pool={"origins": [{"url": dead}], "probe": probe})
+    async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+        pool = edge.app[POOL]
+        assert await until(lambda: not pool.origins[0].up)
+        async with s.get(base_url(edge) + "/x") as r:
+            assert r.status == 503
+            assert "no_healthy_origin" in r.headers["Cache-Status"]
         async with s.get(base_url(edge, "admin") + "/__edge/status") as r:
             doc = await r.json()
         assert doc["healthy"] is False
         assert doc["origins"]["down"] == [dead]
+
+
+async def test_passive_ejection_moves_traffic_to_the_other_origin() -> None:
+    dead_port = _free_port()
+    async with origins("good") as (good,):
+        config = edge_config(
+            [good],
+            pool={
+                "origins": [{"url": f"http://127.0.0.1:{dead_port}"}, {"url": good.url}],
+                "max_fails": 1,
+                "retry": False,
+                "probe": {"enabled": False, "interval": 60},
+            },
+        )
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            statuses = []
+            for _ in range(6):
+                async with s.get(base_url(edge) + "/e") as r:
+                    statuses.append(r.status)
+            assert statuses.count(502) == 1
+            assert statuses[-4:] == [200, 200, 200, 200]
+            assert not edge.app[POOL].origins[0].up
+
+
+async def test_preserve_host_off_sends_the_origin_authority() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config([origin], pool={"preserve_host": False})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/h", headers={"Host": "www.example.test"}) as r:
+                sent = {k.lower(): v for k, v in (await r.json())["headers"]}
+        assert sent["host"] == f"127.0.0.1:{origin.port}"
+        assert sent["x-forwarded-host"] == "www.example.test"
 
 
 async def test_round_robin_and_weighted() -> None:
@@ -128,7 +177,7 @@ async def test_round_robin_and_weighted() -> None:
         async with running_edge(edge_config([a, b])) as edge, aiohttp.ClientSession() as s:
             seen = [await _who(s, base_url(edge) + "/rr") for _ in range(6)]
         assert Counter(seen) == Counter({"a": 3, "b": 3})
-        assert all(x != y for x, y in zip(seen, seen[1:], strict=False))
+        assert all(x != y for x, y in itertools.pairwise(seen))
         config = edge_config(
             [a, b],
             pool={
@@ -183,8 +232,16 @@ async def test_least_connections_avoids_the_busy_origin() -> None:
 
 async def test_probes_move_traffic_away_and_back() -> None:
     async with origins("a", "b") as (a, b):
-        probe = {"enabled": True, "path": "/health", "interval": 0.1, "timeout": 1.0,
-                 "rise": 2, "fall": 2, "jitter": 0.0, "expected_status": [200]}
+        probe = {
+            "enabled": True,
+            "path": "/health",
+            "interval": 0.1,
+            "timeout": 1.0,
+            "rise": 2,
+            "fall": 2,
+            "jitter": 0.0,
+            "expected_status": [200],
+        }
         config = edge_config([a, b], pool={"probe": probe})
         async with running_edge(config) as edge, aiohttp.ClientSession() as s:
             pool = edge.app[POOL]

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -41,7 +43,7 @@ async def test_methods_query_body_and_end_to_end_headers_pass(method: str) -> No
             assert r.status == 200
             doc = json.loads(await r.read())
             assert r.headers["Via"].endswith("1.1 geoedge")
-            assert "geoedge" in r.headers["Cache-Status"]
+            assert r.headers["Cache-Status"].startswith("GeoEdge; fwd=")
         assert doc["method"] == method
         assert doc["path_qs"] == "/p/a%20th?x=1&y=%2F&x=2"
         assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
@@ -148,7 +150,9 @@ async def test_connect_refused_and_foreign_hosts_rejected() -> None:
             port = edge.addresses["http"][0].port
             raw = await _raw(port, b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n")
             assert raw.startswith(b"HTTP/1.1 405")
-            raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+            raw = await _raw(
+                port, b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n"
+            )
             assert raw.startswith(b"HTTP/1.1 421")
             raw = await _raw(
                 port,
@@ -212,7 +216,10 @@ async def test_limits() -> None:
                 b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
             )
             assert raw.split(b" ", 2)[1] == b"413"
-            async with aiohttp.ClientSession() as s, s.post(base_url(edge) + "/s", data=b"z" * 900) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(base_url(edge) + "/s", data=b"z" * 900) as r,
+            ):
                 assert r.status == 200
 
 
@@ -263,3 +270,93 @@ async def test_keepalive_connection_reused_for_requests() -> None:
             await reader.readexactly(length)
         writer.close()
         assert origin.hits["/k2"] == 1
+
+
+async def test_idle_keepalive_connection_is_closed() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config([origin], limits={"keepalive_timeout": 0.3})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /idle HTTP/1.1\r\nHost: a\r\n\r\n")
+            await writer.drain()
+            data = b""
+            # Read the response, then keep reading until the server closes the idle socket.
+            for _ in range(100):
+                chunk = await asyncio.wait_for(reader.read(65536), 10)
+                if not chunk:
+                    break
+                data += chunk
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 200")
+            assert reader.at_eof()
+
+
+async def test_json_access_log(tmp_path: Path) -> None:
+    log_file = tmp_path / "access.log"
+    async with origins("a") as (origin,):
+        config = edge_config([origin], log={"access_log": str(log_file)})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/logged?q=1", headers={"User-Agent": "t/1"}) as r:
+                assert r.status == 200
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert len(lines) == 1
+    entry = lines[0]
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/logged?q=1"
+    assert entry["status"] == 200
+    assert entry["user_agent"] == "t/1"
+    assert entry["origin"] == origin.url
+    assert entry["cache"] == "miss"
+    assert entry["bytes"] > 0
+
+
+async def test_expect_100_continue_with_curl(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:  # pragma: no cover - curl is in APT_TEST_PACKAGES
+        pytest.skip("curl missing")
+    payload = tmp_path / "upload.bin"
+    payload.write_bytes(os.urandom(300_000))
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        proc = await asyncio.create_subprocess_exec(
+            "curl",
+            "-sS",
+            "--expect100-timeout",
+            "30",
+            "-H",
+            "Expect: 100-continue",
+            "-X",
+            "PUT",
+            "--data-binary",
+            f"@{payload}",
+            base_url(edge) + "/put",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    doc = json.loads(out)
+    assert doc["method"] == "PUT"
+    assert doc["body_sha256"] == hashlib.sha256(payload.read_bytes()).hexdigest()
+
+
+async def test_http10_client_gets_close_delimited_body() -> None:
+    async with origins("a") as (origin,):
+
+        async def chunked(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            for part in (b"one,", b"two,", b"three"):
+                await resp.write(part)
+            await resp.write_eof()
+            return resp
+
+        origin.routes["/chunked"] = chunked
+        async with running_edge(edge_config([origin])) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /chunked HTTP/1.0\r\nHost: a\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+            writer.close()
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+            assert b"transfer-encoding" not in head.lower()
+            assert body == b"one,two,three"

@@ -26,9 +26,24 @@ def _cert(directory: Path, name: str, san: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName={san}",
         ],
         check=True,
         capture_output=True,
@@ -53,9 +68,7 @@ def _client_ctx(*cas: Path) -> ssl.SSLContext:
 
 
 async def _get_over_tls(port: int, ctx: ssl.SSLContext, name: str) -> tuple[str, bytes]:
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=ctx, server_hostname=name
-    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name)
     try:
         peer = writer.get_extra_info("peercert")
         common = dict(x[0] for x in peer["subject"])["commonName"]
@@ -73,16 +86,22 @@ async def test_sni_selects_certificate_and_proxies(certs: dict[str, tuple[Path, 
             "listen": ["127.0.0.1:0"],
             "certificates": [
                 {"cert": str(certs["a"][0]), "key": str(certs["a"][1]), "server_names": ["a.test"]},
-                {"cert": str(certs["b"][0]), "key": str(certs["b"][1]),
-                 "server_names": ["b.test", "*.b.test"]},
+                {
+                    "cert": str(certs["b"][0]),
+                    "key": str(certs["b"][1]),
+                    "server_names": ["b.test", "*.b.test"],
+                },
             ],
         }
         config = edge_config([origin], tls=tls_cfg)
         async with running_edge(config) as edge:
             port = edge.addresses["https"][0].port
             ctx = _client_ctx(certs["a"][0], certs["b"][0])
-            for name, expected in (("a.test", "a.test"), ("b.test", "b.test"),
-                                   ("www.b.test", "b.test")):
+            for name, expected in (
+                ("a.test", "a.test"),
+                ("b.test", "b.test"),
+                ("www.b.test", "b.test"),
+            ):
                 common, data = await _get_over_tls(port, ctx, name)
                 assert common == expected
                 assert data.startswith(b"HTTP/1.1 200")
@@ -98,8 +117,13 @@ async def test_sni_selects_certificate_and_proxies(certs: dict[str, tuple[Path, 
                 await _get_over_tls(port, old, "a.test")
             if shutil.which("curl"):
                 proc = await asyncio.create_subprocess_exec(
-                    "curl", "-sS", "--cacert", str(certs["b"][0]),
-                    "--resolve", f"b.test:{port}:127.0.0.1", f"https://b.test:{port}/curl",
+                    "curl",
+                    "-sS",
+                    "--cacert",
+                    str(certs["b"][0]),
+                    "--resolve",
+                    f"b.test:{port}:127.0.0.1",
+                    f"https://b.test:{port}/curl",
                     stdout=asyncio.subprocess.PIPE,
                 )
                 out, _ = await asyncio.wait_for(proc.communicate(), 20)

@@ -200,14 +200,20 @@ def test_dead_worker_is_restarted(two_workers: GslbProcess) -> None:
     proc = two_workers
     _, body = proc.http("GET", "/healthz")
     victim = body["workers"][0]
-    start = len(proc.lines)
-    os.kill(victim["pid"], signal.SIGKILL)
-    proc.wait_for(rf"worker {victim['slot']} exited", start=start)
-    proc.wait_for(rf"worker {victim['slot']} ready", start=start)
-    _, body = proc.http("GET", "/healthz")
-    assert len(body["workers"]) == 2 and all(w["ready"] for w in body["workers"])
-    assert victim["pid"] not in {w["pid"] for w in body["workers"]}
-    assert set(_fresh_socket_queries(proc, 20)) == {FRA}
+    assert proc.http("POST", "/v1/edges/fra/drain")[0] == 200
+    try:
+        start = len(proc.lines)
+        os.kill(victim["pid"], signal.SIGKILL)
+        proc.wait_for(rf"worker {victim['slot']} exited", start=start)
+        proc.wait_for(rf"worker {victim['slot']} ready", start=start)
+        _, body = proc.http("GET", "/healthz")
+        assert len(body["workers"]) == 2 and all(w["ready"] for w in body["workers"])
+        assert victim["pid"] not in {w["pid"] for w in body["workers"]}
+        # the new worker started from the parent's state: fra is still drained everywhere
+        assert set(_fresh_socket_queries(proc, 30)) == {IAD}
+    finally:
+        assert proc.http("POST", "/v1/edges/fra/undrain")[0] == 200
+    assert set(_fresh_socket_queries(proc, 10)) == {FRA}
 
 
 # -- IPv6 -----------------------------------------------------------------------------------------
@@ -242,5 +248,51 @@ def test_ipv6_listener(tmp_path: Path, geo_db: Path) -> None:
             dns.message.make_query("www.example.test", "AAAA"), host, port=port, timeout=5
         )
         assert r.answer
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_missing_geoip_database_exits_1(tmp_path: Path, workers: str) -> None:
+    path = write_config(tmp_path / "gslb.toml", tmp_path / "absent.mmdb")
+    out = gslb_cmd("serve", "-c", str(path), "--workers", workers)
+    assert out.returncode == 1
+    assert "absent.mmdb" in out.stderr
+
+
+def _port_free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@pytest.mark.skipif(
+    not (_port_free(5353) and _port_free(8053)), reason="127.0.0.1:5353/8053 in use"
+)
+def test_example_prints_dig_commands_that_work() -> None:
+    proc = GslbProcess(None, "--example")
+    try:
+        commands = [
+            m.group(0)
+            for line in proc.lines
+            if (m := re.search(r"dig @\S+ -p \d+ \S+ \+subnet=\S+", line))
+        ]
+        assert len(commands) == 3, proc.log_text()
+        answers = []
+        for command in commands:
+            out = subprocess.run(
+                [*command.split(), "+short"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            answers.append(out.stdout.split())
+        # London -> Frankfurt, New York -> Ashburn, Tokyo -> Tokyo with the bundled GeoLite2 data
+        assert answers == [["127.0.0.11"], ["127.0.0.12"], ["127.0.0.13"]]
     finally:
         assert proc.stop() == 0, proc.log_text()

@@ -5,6 +5,7 @@ One server per module (127.0.0.1, port 0), queried with dnspython, raw sockets a
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 from collections.abc import Iterator
@@ -303,3 +304,30 @@ def test_dig_udp_tcp_and_subnet(gslb: GslbProcess) -> None:
     # dig retries a truncated answer over TCP by itself
     out = dig(f"@{gslb.host}", "-p", port, "big.example.test", "TXT", "+noedns")
     assert "Truncated, retrying in TCP mode" in out and "ANSWER: 6" in out
+
+
+def test_garbage_never_kills_the_server(gslb: GslbProcess) -> None:
+    rng = random.Random(20261127)
+    valid = raw_query("static.example.test", qid=0x4242)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(300):
+            if rng.random() < 0.5:
+                packet = rng.randbytes(rng.randrange(0, 80))
+            else:  # a valid query with a few bytes flipped
+                data = bytearray(valid)
+                for _ in range(rng.randrange(1, 4)):
+                    data[rng.randrange(2, len(data))] = rng.randrange(256)
+                packet = bytes(data)
+            s.sendto(packet, (gslb.host, gslb.port))
+    with _tcp_connect(gslb) as t:
+        t.sendall(struct.pack("!H", 30) + rng.randbytes(30) + struct.pack("!H", len(valid)) + valid)
+        # the garbage gets FORMERR or nothing; the valid query is still answered in order
+        for _ in range(2):
+            reply = _read_reply(t)
+            if reply[:2] == b"\x42\x42":
+                break
+        else:
+            pytest.fail("no answer to the valid query after garbage")
+    r = gslb.query("static.example.test")
+    assert [rr.to_text() for rr in r.answer[0]] == ["127.0.0.30"]
+    assert gslb.proc.poll() is None

@@ -2,6 +2,7 @@
 Cache-Status, entries as JSON. Time is always passed in."""
 
 import calendar
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -68,16 +69,19 @@ def entry(
 
 
 def storable(
-    headers: list[tuple[str, str]], request: CacheRequest | None = None, **kw: object
+    headers: list[tuple[str, str]],
+    request: CacheRequest | None = None,
+    status: int = 200,
+    **kw: Any,
 ) -> str:
     s = storability(
         request or req(),
-        kw.pop("status", 200),
+        status,
         headers,
         PolicyConfig(**kw),
         request_time=T0,
         response_time=T0,
-    )  # type: ignore[arg-type]
+    )
     return s.reason
 
 
@@ -102,9 +106,20 @@ def test_storable_basics() -> None:
     assert storable(resp("max-age=60", ("Content-Range", "bytes 0-1/5")), status=200) == "partial"
 
 
-@pytest.mark.parametrize("status", [100, 206, 304, 299, 599])
+@pytest.mark.parametrize("status", [100, 206, 304, 600])
 def test_unstorable_statuses(status: int) -> None:
     assert storable(resp("max-age=60"), status=status) == "status"
+
+
+@pytest.mark.parametrize("status", [200, 203, 204, 299, 302, 307, 400, 499, 500, 503, 599])
+def test_any_final_status_with_explicit_freshness(status: int) -> None:
+    assert storable(resp("max-age=60"), status=status) == "ok"
+
+
+def test_must_understand() -> None:
+    cc = "max-age=60, no-store, must-understand"
+    assert storable(resp(cc), status=200) == "ok"
+    assert storable(resp(cc), status=599) == "status"
 
 
 def test_no_store_private() -> None:
@@ -130,7 +145,11 @@ def test_set_cookie() -> None:
     assert storable(h) == "set-cookie"
     assert storable(h, store_set_cookie=True) == "ok"
     e = entry(h, config=PolicyConfig(store_set_cookie=True))
-    assert all(k.lower() != "set-cookie" for k, _ in e.headers)
+    assert ("Set-Cookie", "a=b") in e.headers
+    # By default a 304 never slips a cookie into a stored entry.
+    e = entry(resp("max-age=60"))
+    new = freshen(e, [("Set-Cookie", "x=y")], request_time=T0, response_time=T0)
+    assert all(k.lower() != "set-cookie" for k, _ in new.headers)
 
 
 def test_vary_star_not_stored() -> None:

@@ -324,7 +324,7 @@ def test_database_full_degrades_and_recovers(tmp_path: Path) -> None:
         assert not s.degraded
 
 
-def _run_child(code: str, tmp_path: Path, **popen: object) -> subprocess.CompletedProcess[str]:
+def _run_child(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), str(tmp_path)],
@@ -333,7 +333,6 @@ def _run_child(code: str, tmp_path: Path, **popen: object) -> subprocess.Complet
         text=True,
         timeout=60,
         check=False,
-        **popen,  # type: ignore[arg-type]
     )
 
 
@@ -408,3 +407,18 @@ def test_kill_9_never_leaves_a_bad_entry(tmp_path: Path) -> None:
                 assert body is None or hashlib.sha256(body).hexdigest() == e.sha256
                 seen += body is not None
         assert seen >= 1
+
+
+def test_non_blocking_peeks(tmp_path: Path) -> None:
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
+        e = s.put(entry(), b"peek")
+        assert e is not None
+        assert s.peek_variants(e.key) is None  # not loaded into memory yet
+        assert s.peek_body(e) is None
+        (got,) = s.variants(e.key)
+        assert s.get_body(got) == b"peek"
+        assert s.peek_variants(e.key) == (got,)
+        assert s.peek_body(got) == b"peek"
+        clock.t += 2  # due for a re-read from disk
+        assert s.peek_variants(e.key) is None

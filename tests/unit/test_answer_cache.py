@@ -1,0 +1,73 @@
+"""The encoded-response caches: bounded, and never serving one query's reply to another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dns.flags
+import pytest
+
+from gslb.answer import Responder
+from gslb.respcache import BoundedCache
+from tests.unit.answer_support import LONDON, addresses, ask, build, ecs_option, query
+
+
+@pytest.fixture
+def responder(geo_db: Path) -> Responder:
+    return build(geo_db)[0]
+
+
+def test_bounded_cache_empties_when_full() -> None:
+    cache: BoundedCache[int, str] = BoundedCache(3)
+    for i in range(3):
+        cache.put(i, str(i))
+    assert len(cache) == 3 and cache.get(2) == "2"
+    cache.put(2, "two")  # replacing a key does not count as growth
+    assert len(cache) == 3 and cache.clears == 0
+    cache.put(3, "3")
+    assert len(cache) == 1 and cache.clears == 1
+    assert cache.get(0) is None and cache.getter(3) == "3"
+    cache.clear()
+    assert 3 not in cache
+    with pytest.raises(ValueError):
+        BoundedCache(0)
+
+
+def test_ecs_address_is_patched_per_query(responder: Responder) -> None:
+    # Same /24 network (same cache entry), different /32 sources: each echo is its own.
+    for host in ("192.0.2.5", "192.0.2.6", "192.0.2.5"):
+        m = ask(responder, query("www.example.test.", ecs=host, prefix=32))
+        opt = ecs_option(m)
+        assert opt is not None and opt.address == host and opt.srclen == 32
+    for host in ("192.0.2.77", "192.0.2.78"):
+        m = ask(responder, query("static.example.test.", ecs=host, prefix=32))
+        opt = ecs_option(m)
+        assert opt is not None and opt.address == host and opt.scopelen == 0
+
+
+def test_flags_and_transport_are_not_mixed_up(responder: Responder) -> None:
+    udp = ask(responder, query("big1.example.test.", "TXT"))
+    tcp = ask(responder, query("big1.example.test.", "TXT"), tcp=True)
+    again = ask(responder, query("big1.example.test.", "TXT"))
+    assert udp.flags & dns.flags.TC and again.flags & dns.flags.TC
+    assert not tcp.flags & dns.flags.TC and tcp.answer
+    do = ask(responder, query("static.example.test.", edns=0, do=True))
+    plain = ask(responder, query("static.example.test.", edns=0))
+    assert do.ednsflags & dns.flags.DO and not plain.ednsflags & dns.flags.DO
+    no_rd = ask(responder, query("static.example.test.", rd=False, qid=9))
+    assert not no_rd.flags & dns.flags.RD and no_rd.id == 9
+
+
+def test_pool_answers_depend_on_the_client_not_the_cache(responder: Responder) -> None:
+    wire = query("www.example.test.")
+    seen = {client: addresses(ask(responder, wire, client)) for client in (LONDON, "203.0.113.9")}
+    assert seen == {LONDON: ["127.0.0.11"], "203.0.113.9": ["127.0.0.13"]}
+    assert addresses(ask(responder, wire, LONDON)) == ["127.0.0.11"]
+
+
+def test_many_distinct_names_stay_correct(responder: Responder) -> None:
+    # More distinct queries than any single response is reused for: answers stay right.
+    for i in range(300):
+        m = ask(responder, query(f"n{i}.wild.example.test."))
+        assert addresses(m) == ["192.0.2.40"]
+        assert str(m.answer[0].name) == f"n{i}.wild.example.test."

@@ -1,0 +1,357 @@
+"""GSLB config loading: the example, every section, and errors that name file, key and
+problem."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from gslb.config import GslbConfig, example_config, load_config, parse_config
+from gslb.errors import ConfigError
+from gslb.models import Policy
+from gslb.zone import MX, A, name_from_text
+
+MINIMAL = """
+[[zone]]
+origin = "example.test."
+soa = { mname = "ns1", rname = "hostmaster" }
+records = ["@ NS ns1", "ns1 A 192.0.2.1"]
+
+[[edge]]
+name = "fra"
+ipv4 = "127.0.0.11"
+latitude = 50.0
+longitude = 8.0
+
+[[edge]]
+name = "iad"
+ipv6 = "2001:db8::12"
+latitude = 39.0
+longitude = -77.0
+
+[[pool]]
+name = "www.example.test."
+edges = ["fra", "iad"]
+"""
+
+
+def load(text: str) -> GslbConfig:
+    return parse_config(text, "bad.toml", base=Path("/nonexistent"))
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    return str(info.value)
+
+
+def test_example_config_loads() -> None:
+    cfg = example_config()
+    assert cfg.source == "example.toml"
+    assert cfg.server.listen == (("127.0.0.1", 5353),)
+    assert cfg.server.max_udp_payload == 1232
+    assert cfg.api.listen == ("127.0.0.1", 8053)
+    assert cfg.log.level == "info" and cfg.log.query_log is False
+    assert cfg.geo.database is None and cfg.geo.overrides == ()
+    assert [e.name for e in cfg.edges] == ["fra", "iad", "nrt"]
+    (pool,) = cfg.pools
+    assert pool.name == "www.example.test." and pool.policy is Policy.NEAREST
+    assert pool.fallback is None and pool.ttl == 30
+    (zone,) = cfg.zones
+    assert zone.origin == name_from_text("example.test.")
+    assert zone.negative.ttl == 300
+
+
+def test_defaults() -> None:
+    cfg = load(MINIMAL)
+    assert cfg.server.workers == 1 and cfg.server.tcp_idle_timeout == 10.0
+    assert cfg.server.tcp_max_connections == 512
+    pool = cfg.pools[0]
+    assert (pool.answers, pool.ttl, pool.load_threshold, pool.hysteresis) == (1, 30, 0.8, 0.1)
+    assert cfg.edges[1].ipv4 is None and cfg.edges[1].ipv6 == ipaddress.IPv6Address("2001:db8::12")
+    assert cfg.edges[0].weight == 1.0 and cfg.edges[0].capacity == 1000.0
+
+
+def test_every_section(tmp_path: Path) -> None:
+    db = tmp_path / "city.mmdb"
+    db.write_bytes(b"placeholder: only its existence is checked at load")
+    (tmp_path / "example.test.zone").write_text(
+        "$TTL 600\nmail A 192.0.2.25\n@ MX 10 mail\n", encoding="utf-8"
+    )
+    path = tmp_path / "gslb.toml"
+    path.write_text(
+        MINIMAL.replace('records = ["@ NS', 'file = "example.test.zone"\nrecords = ["@ NS')
+        + """
+[server]
+listen = ["127.0.0.1:0", "[::1]:5353"]
+workers = 2
+tcp_idle_timeout = 2.5
+tcp_max_connections = 10
+max_udp_payload = 1400
+
+[api]
+listen = "[::1]:8080"
+
+[log]
+level = "DEBUG"
+query_log = true
+
+[geo]
+database = "city.mmdb"
+[[geo.override]]
+network = "10.0.0.0/8"
+latitude = 50.11
+longitude = 8.68
+country = "de"
+continent = "EU"
+""",
+        encoding="utf-8",
+    )
+    cfg = load_config(path)
+    assert cfg.source == str(path)
+    assert cfg.server.listen == (("127.0.0.1", 0), ("::1", 5353))
+    assert cfg.server.workers == 2 and cfg.server.max_udp_payload == 1400
+    assert cfg.api.listen == ("::1", 8080)
+    assert cfg.log.level == "debug" and cfg.log.query_log
+    assert cfg.geo.database == db
+    (override,) = cfg.geo.overrides
+    assert override.network == ipaddress.ip_network("10.0.0.0/8")
+    assert (override.country, override.continent) == ("DE", "EU")
+    zone = cfg.zones[0]
+    records = {(r.name, r.rtype): r for r in zone.records}
+    assert records[(name_from_text("mail.example.test."), A)].ttl == 600
+    assert (name_from_text("example.test."), MX) in records
+
+
+def test_pool_options() -> None:
+    cfg = load(
+        MINIMAL.replace(
+            'edges = ["fra", "iad"]',
+            'edges = ["fra", "iad"]\npolicy = "failover"\nanswers = 2\nttl = 5\n'
+            'load_threshold = 0.5\nhysteresis = 0.2\nfallback = ["iad"]',
+        )
+    )
+    pool = cfg.pools[0]
+    assert pool.policy is Policy.FAILOVER and pool.answers == 2 and pool.ttl == 5
+    assert pool.fallback is not None and [e.name for e in pool.fallback] == ["iad"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra", "iad", "xyz"]',
+            "bad.toml: pool[0].edges[2]: unknown edge 'xyz'",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra", "fra"]',
+            "bad.toml: pool[0].edges[1]: edge 'fra' is listed twice",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            "edges = []",
+            "bad.toml: pool[0].edges: needs at least one edge",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\npolicy = "random"',
+            "bad.toml: pool[0].policy: 'random' is not one of nearest | weighted | failover | all",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\nanswers = 0',
+            "bad.toml: pool[0].answers: 0 is out of range [1, 64]",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\nttl = "30"',
+            "bad.toml: pool[0].ttl: must be an integer, not a string",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\nhysteresis = 0.9',
+            "bad.toml: pool[0].hysteresis: must be below load_threshold (0.8), got 0.9",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\nfallback = "none"',
+            "bad.toml: pool[0].fallback: must be \"all\" or a list of edge names, not 'none'",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\nfallback = ["nope"]',
+            "bad.toml: pool[0].fallback[0]: unknown edge 'nope'",
+        ),
+        (
+            'edges = ["fra", "iad"]',
+            'edges = ["fra"]\ncolour = "red"',
+            "bad.toml: pool[0].colour: unknown key",
+        ),
+        (
+            'name = "www.example.test."',
+            'name = "www.other.test."',
+            "bad.toml: pool[0].name: 'www.other.test.' is not inside any configured zone",
+        ),
+        (
+            'name = "www.example.test."',
+            'name = "ns1.example.test."',
+            "bad.toml: pool[0].name: pool ns1.example.test. clashes with the static A record "
+            "at zone[0].records[1]",
+        ),
+        (
+            'name = "iad"',
+            'name = "fra"',
+            "bad.toml: edge[1].name: duplicate edge name 'fra' (also edge[0])",
+        ),
+        (
+            "latitude = 50.0",
+            "latitude = 91.0",
+            "bad.toml: edge[0].latitude: 91.0 is out of range [-90.0, 90.0]",
+        ),
+        (
+            "longitude = 8.0",
+            "longitude = -180.5",
+            "bad.toml: edge[0].longitude: -180.5 is out of range [-180.0, 180.0]",
+        ),
+        (
+            'ipv4 = "127.0.0.11"',
+            'ipv4 = "::1"',
+            "bad.toml: edge[0].ipv4: '::1' is not an ipv4 address",
+        ),
+        ('ipv4 = "127.0.0.11"', "", "bad.toml: edge[0]: needs ipv4 or ipv6 (or both)"),
+        ("latitude = 50.0", "", "bad.toml: edge[0].latitude: is required"),
+        (
+            '"ns1 A 192.0.2.1"',
+            '"ns1 A 192.0.2.300"',
+            "bad.toml: zone[0].records[1]: invalid IPv4 address '192.0.2.300'",
+        ),
+        (
+            '"ns1 A 192.0.2.1"',
+            '"ns1 A 192.0.2.1", "x CNAME y", "x TXT hi"',
+            "bad.toml: zone[0].records[2]: CNAME at x.example.test. beside other data (TXT)",
+        ),
+        (
+            '"ns1 A 192.0.2.1"',
+            '"ns1 A 192.0.2.1", 5',
+            "bad.toml: zone[0].records[2]: must be a string, not an integer",
+        ),
+        (
+            '"ns1 A 192.0.2.1"',
+            '"ns1 A 192.0.2.1", "sub NS ns.sub"',
+            "bad.toml: zone[0].records[2]: NS target ns.sub.example.test. is inside the zone "
+            "but has no A/AAAA (glue) record",
+        ),
+        ('soa = { mname = "ns1", rname = "hostmaster" }', "", "bad.toml: zone[0]: no SOA record"),
+        (
+            'soa = { mname = "ns1", rname = "hostmaster" }',
+            'soa = { mname = "ns1" }',
+            "bad.toml: zone[0].soa.rname: is required",
+        ),
+        (
+            'soa = { mname = "ns1", rname = "hostmaster" }',
+            'soa = { mname = "ns1", rname = "h", minimum = -1 }',
+            "bad.toml: zone[0].soa.minimum: -1 is out of range",
+        ),
+        (
+            'origin = "example.test."',
+            'origin = "bad..name"',
+            "bad.toml: zone[0].origin: empty label",
+        ),
+        (
+            'origin = "example.test."',
+            'origin = "example.test."\nfile = "missing.zone"',
+            "bad.toml: zone[0].file: cannot read '/nonexistent/missing.zone'",
+        ),
+        (
+            'origin = "example.test."',
+            'origin = "example.test."\nttl = -5',
+            "bad.toml: zone[0].ttl: -5 is out of range",
+        ),
+        ("[[zone]]", "[[zone]]\nextra = 1", "bad.toml: zone[0].extra: unknown key"),
+    ],
+)
+def test_errors_name_file_key_and_problem(old: str, new: str, message: str) -> None:
+    assert old in MINIMAL
+    assert error(MINIMAL.replace(old, new, 1)).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[server]\nlisten = []", "bad.toml: server.listen: needs at least one address"),
+        (
+            '[server]\nlisten = ["localhost:53"]',
+            "bad.toml: server.listen[0]: 'localhost' is not an IP address",
+        ),
+        (
+            '[server]\nlisten = ["::1:53"]',
+            "bad.toml: server.listen[0]: '::1:53' is not \"host:port\"",
+        ),
+        (
+            '[server]\nlisten = ["127.0.0.1:70000"]',
+            "bad.toml: server.listen[0]: port 70000 is out of range",
+        ),
+        ("[server]\nworkers = 0", "bad.toml: server.workers: 0 is out of range [1, 256]"),
+        ("[server]\nworkers = true", "bad.toml: server.workers: must be an integer, not a boolean"),
+        (
+            "[server]\nmax_udp_payload = 100",
+            "bad.toml: server.max_udp_payload: 100 is out of range [512, 4096]",
+        ),
+        ("[server]\nport = 53", "bad.toml: server.port: unknown key"),
+        ('[api]\nlisten = "nope"', "bad.toml: api.listen: 'nope' is not \"host:port\""),
+        (
+            '[log]\nlevel = "loud"',
+            "bad.toml: log.level: 'loud' is not one of debug, info, warning, error, critical",
+        ),
+        (
+            '[geo]\ndatabase = "missing.mmdb"',
+            "bad.toml: geo.database: file '/nonexistent/missing.mmdb' does not exist",
+        ),
+        (
+            '[[geo.override]]\nnetwork = "10.0.0.1/8"\nlatitude = 1\nlongitude = 2',
+            "bad.toml: geo.override[0].network: '10.0.0.1/8' is not a network",
+        ),
+        (
+            '[[geo.override]]\nnetwork = "10.0.0.0/8"\nlatitude = 1',
+            "bad.toml: geo.override[0].longitude: is required",
+        ),
+        (
+            '[[geo.override]]\nnetwork = "10.0.0.0/8"\nlatitude = 1\nlongitude = 2\n'
+            'country = "DEU"',
+            "bad.toml: geo.override[0].country: 'DEU' is not a two-letter code",
+        ),
+        ("[tuning]\nx = 1", "bad.toml: tuning: unknown key"),
+        ("server = 5", "bad.toml: server: must be a table, not an integer"),
+    ],
+)
+def test_section_errors(extra: str, message: str) -> None:
+    assert error(extra + "\n" + MINIMAL).startswith(message)
+
+
+def test_zone_file_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "z.zone").write_text("; comment\nwww A 192.0.2.1\nbad MX x\n", encoding="utf-8")
+    path = tmp_path / "gslb.toml"
+    path.write_text(MINIMAL.replace('records = ["@ NS', 'file = "z.zone"\nrecords = ["@ NS'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: zone[0].file (z.zone line 3): MX needs 2 rdata field(s), got 1: 'x'"
+    )
+
+
+def test_zone_is_required_and_duplicates_rejected() -> None:
+    assert error("") == "bad.toml: zone: at least one [[zone]] is required"
+    zone = MINIMAL[: MINIMAL.index("[[edge]]")]
+    assert error(MINIMAL + zone).startswith(
+        "bad.toml: zone[1].origin: zone 'example.test.' is already zone[0]"
+    )
+
+
+def test_invalid_toml_and_unreadable_file(tmp_path: Path) -> None:
+    assert error("[[zone]\n").startswith("bad.toml: invalid TOML:")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,82 @@
+"""Header rewriting between client and origin (edge.headers), as pure functions."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge.headers import HOP_BY_HOP, client_response_headers, end_to_end, origin_request_headers
+
+_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True)
+
+
+@given(
+    st.lists(st.tuples(_names, st.text("abc ,", max_size=8)), max_size=12),
+    st.lists(_names, max_size=4),
+)
+def test_end_to_end_drops_hop_by_hop_and_connection_named(
+    pairs: list[tuple[str, str]], named: list[str]
+) -> None:
+    pairs = [*pairs, ("Connection", ", ".join(named))] if named else pairs
+    kept = end_to_end(pairs)
+    dropped = HOP_BY_HOP | {n.lower() for n in named}
+    assert all(k.lower() not in dropped for k, _ in kept)
+    assert kept == [(k, v) for k, v in pairs if k.lower() not in dropped | _connection(pairs)]
+
+
+def _connection(pairs: list[tuple[str, str]]) -> set[str]:
+    return {
+        t.strip().lower()
+        for k, v in pairs
+        if k.lower() == "connection"
+        for t in v.split(",")
+        if t.strip()
+    }
+
+
+def test_untrusted_forwarding_fields_are_replaced() -> None:
+    out = origin_request_headers(
+        [
+            ("Host", "www.example.test"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Forwarded", "for=x"),
+            ("Via", "1.0 upstream"),
+        ],
+        client_ip="192.0.2.7",
+        proto="https",
+        host="www.example.test",
+        version=(1, 1),
+        via="geoedge",
+        mode="both",
+    )
+    assert out["X-Forwarded-For"] == "192.0.2.7"
+    assert out["X-Forwarded-Proto"] == "https"
+    assert out["X-Forwarded-Host"] == "www.example.test"
+    assert out["Forwarded"] == "for=192.0.2.7;proto=https;host=www.example.test"
+    assert out["Via"] == "1.0 upstream, 1.1 geoedge"
+
+
+def test_trusted_peer_chain_is_extended_and_ipv6_quoted() -> None:
+    out = origin_request_headers(
+        [("X-Forwarded-For", "203.0.113.1"), ("Forwarded", "for=203.0.113.1")],
+        client_ip="2001:db8::1",
+        proto="http",
+        host="h",
+        version=(1, 1),
+        via="e",
+        trusted=[ipaddress.ip_network("2001:db8::/32")],
+        mode="both",
+    )
+    assert out["X-Forwarded-For"] == "203.0.113.1, 2001:db8::1"
+    assert out["Forwarded"] == 'for=203.0.113.1, for="[2001:db8::1]";proto=http;host=h'
+
+
+def test_response_headers_get_via_and_lose_hop_by_hop() -> None:
+    out = client_response_headers(
+        [("Transfer-Encoding", "chunked"), ("Connection", "x-a"), ("X-A", "1"), ("ETag", '"e"')],
+        version=(1, 0),
+        via="geoedge",
+    )
+    assert list(out.items()) == [("ETag", '"e"'), ("Via", "1.0 geoedge")]
