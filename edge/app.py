@@ -27,7 +27,7 @@ from edge.accesslog import AccessLog
 from edge.config import Address, EdgeConfig
 from edge.origins import OriginPool
 from edge.probes import Prober
-from edge.proxy import CacheLayer, Proxy, open_cache
+from edge.proxy import CacheLayer, InterimForwardingResponse, Proxy, open_cache
 
 log = logging.getLogger("edge")
 
@@ -181,6 +181,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         cookie_jar=aiohttp.DummyCookieJar(),
+        response_class=InterimForwardingResponse,
         trust_env=False,
     )
     tmp: tempfile.TemporaryDirectory[str] | None = None

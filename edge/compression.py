@@ -111,6 +111,13 @@ def negotiate(accept_encoding: str | None, available: Iterable[str] = SUPPORTED)
     return best
 
 
+def variant_coding(accept_encoding: str | None) -> str:
+    """The Accept-Encoding value as far as cache variants are concerned: the coding this
+    edge would send ("br", "gzip", "identity", or "none" when nothing is acceptable).
+    edge.vary uses it, so stored compressed variants are shared by equivalent requests."""
+    return negotiate(accept_encoding) or "none"
+
+
 def media_type(headers: Headers) -> str | None:
     values = field_values(headers, "content-type")
     if not values:

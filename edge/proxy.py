@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,19 +29,67 @@ from edge.accesslog import AccessLog
 from edge.admin import Metrics
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, CorruptBodyError, StoreError
-from edge.headers import client_response_headers, origin_request_headers
+from edge.headers import client_response_headers, end_to_end, origin_request_headers
 from edge.origins import Origin, OriginPool
 from edge.store import Store
 
 log = logging.getLogger("edge.proxy")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# Every other method, including unknown ones (M-SEARCH...), is unsafe (RFC 9111 §4.4).
+SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
 _CHUNK = 64 * 1024
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431})
 _PRECONDITIONS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
+
+
+# The sender of 1xx interim responses (103 Early Hints...) to the client whose request the
+# current task is forwarding; read by InterimForwardingResponse while the origin's response
+# head is parsed. None in background jobs, which have no client.
+INTERIM: ContextVar[Callable[[int, RawHeaders], Awaitable[None]] | None] = ContextVar(
+    "edge_interim", default=None
+)
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+
+class InterimForwardingResponse(aiohttp.ClientResponse):
+    """aiohttp's client response, passing the 1xx responses it skips to `INTERIM`."""
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        send = INTERIM.get()
+        protocol = connection.protocol
+        if send is None or protocol is None:
+            return await super().start(connection)
+        original = protocol.read
+
+        async def read() -> Any:
+            message, payload = await original()
+            if 102 <= message.code < 200:
+                await send(message.code, message.raw_headers)
+            return message, payload
+
+        protocol.read = read  # the pooled connection gets its own method back below
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read
+
+
+def _interim_sender(request: web.BaseRequest) -> Callable[[int, RawHeaders], Awaitable[None]]:
+    async def send(code: int, raw_headers: RawHeaders) -> None:
+        if request.version < (1, 1):
+            return  # HTTP/1.0 clients do not understand interim responses
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Interim"
+        pairs = end_to_end(_pairs(raw_headers))
+        head = f"HTTP/1.1 {code} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in pairs)
+        await request.writer.write((head + "\r\n").encode("latin-1"))
+
+    return send
 
 
 class BodyTooLarge(Exception):
@@ -179,6 +228,7 @@ class Proxy:
         refusal = self._check(request)
         if refusal is not None:
             return refusal, ""
+        INTERIM.set(_interim_sender(request))
         target = request.raw_path
         if not target.startswith("/"):
             parts = urlsplit(target)
@@ -189,10 +239,7 @@ class Proxy:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.cache is not None and request.method in ("GET", "HEAD"):
             return await self.cache.serve(self, request, target)
-        resp, origin = await self.forward(request, target)
-        if self.cache is not None and request.method in UNSAFE and resp.status < 400:
-            await self.cache.invalidate(request, target, resp)
-        return resp, origin
+        return await self.forward(request, target)
 
     def _check(self, request: web.BaseRequest) -> web.Response | None:
         """Requests we refuse before touching an origin; None when the request may pass."""
@@ -345,6 +392,10 @@ class Proxy:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out.headers.extend(self.response_headers(request, upstream.raw_headers))
         out.headers["Cache-Status"] = self.cache_status_token("bypass")
+        if self.cache is not None and request.method not in SAFE and upstream.status < 400:
+            # Before the client sees the response, so its next request cannot hit the
+            # entry this request invalidates.
+            await self.cache.invalidate(request, target, out)
         await self.stream_down(request, out, upstream, origin)
         return out, origin.url
 
@@ -793,6 +844,7 @@ class CacheLayer:
         headers = proxy.origin_headers(request)
 
         async def refresh() -> None:
+            INTERIM.set(None)  # this copy of the context must not write to the client
             try:
                 await self._background_fetch(proxy, creq, target, entry, headers)
             except Exception:  # a background job has nobody else to report to
@@ -892,6 +944,17 @@ class CacheLayer:
             if resp is not None:
                 return resp, origin.url
             return await self._fetch(proxy, request, creq, target, "uri-miss", None)
+        if stale is not None and request.method == "HEAD" and status == 200:
+            from_head = self._freshen_from_head(stale, pairs, t_req, t_resp)
+            if from_head is not None:
+                proxy.finish_upstream(origin, upstream, ok=True)
+                await asyncio.to_thread(self.store.update, from_head)
+                cstatus = cp.cache_status(self.name, fwd="stale", fwd_status=200)
+                resp = await self._from_cache(
+                    request, creq, from_head, from_head.age(self.clock()), cstatus
+                )
+                if resp is not None:
+                    return resp, origin.url
         if (
             stale is not None
             and status >= 500
@@ -908,6 +971,24 @@ class CacheLayer:
                 return resp, origin.url
         return await self._stream_and_store(
             proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp
+        )
+
+    def _freshen_from_head(
+        self,
+        stale: cp.CacheEntry,
+        pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+    ) -> cp.CacheEntry | None:
+        """The stored GET response updated from a HEAD response (RFC 9111 §4.3.5), or None
+        when the HEAD response describes a different representation."""
+        if not conditional.select_for_update([(0, stale.headers)], pairs):
+            return None
+        length = [v.strip() for k, v in pairs if k.lower() == "content-length"]
+        if length and length[0] != str(stale.body_length):
+            return None
+        return cp.freshen(
+            stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy
         )
 
     async def _stream_and_store(
@@ -943,23 +1024,28 @@ class CacheLayer:
             client_response_headers(out_pairs, version=request.version, via=self.via)
         )
         out.headers["Cache-Status"] = cstatus
-        complete = False
+        # The last piece of the body is held back until the object is committed, so a
+        # client that has the whole response can never miss the entry with its next request.
+        held = b""
+        bodyless = _bodyless(request.method, status)
         try:
-            await out.prepare(request)
-            if not _bodyless(request.method, status):
+            if not bodyless:
+                await out.prepare(request)
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
                     data = comp.compress(chunk) if comp is not None else chunk
                     if data:
                         if writer is not None and not writer.write(data):
                             writer = None
-                        await out.write(data)
-                if comp is not None:
-                    tail = comp.finish()
-                    if tail:
-                        if writer is not None and not writer.write(tail):
-                            writer = None
-                        await out.write(tail)
-            complete = True
+                        if held:
+                            await out.write(held)
+                        held = data
+                tail = comp.finish() if comp is not None else b""
+                if tail:
+                    if writer is not None and not writer.write(tail):
+                        writer = None
+                    if held:
+                        await out.write(held)
+                    held = tail
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError):
                 # The client went away; the origin body is fine but we stop here.
@@ -972,7 +1058,7 @@ class CacheLayer:
                 writer.abort()
             return out, origin.url
         proxy.finish_upstream(origin, upstream, ok=True)
-        if writer is not None and complete:
+        if writer is not None:
             entry = cp.make_entry(
                 creq,
                 status,
@@ -987,6 +1073,9 @@ class CacheLayer:
             )
             await asyncio.to_thread(writer.commit, entry, writer.length)
         try:
+            await out.prepare(request)
+            if held:
+                await out.write(held)
             await out.write_eof()
         except ConnectionError:
             pass

@@ -425,7 +425,12 @@ class Store:
     # --- metadata ------------------------------------------------------------------------
 
     def _load_meta(self, key: str) -> list[CacheEntry]:
-        raw = self._cache.get(_meta_key(key), default=None)
+        try:
+            raw = self._cache.get(_meta_key(key), default=None)
+        except StoreError as e:
+            log.warning("dropping refused cache metadata for %s: %s", key, e)
+            self._cache.delete(_meta_key(key))
+            return []
         if raw is None:
             return []
         try:
@@ -518,7 +523,9 @@ class Store:
             return body
         try:
             value = self._cache.get(bkey, default=None, read=True)
-        except (sqlite3.Error, OSError, StoreError) as e:
+        except StoreError:
+            value = None  # a refused (non-bytes) row: as bad as a damaged one
+        except (sqlite3.Error, OSError) as e:
             log.warning("cache body read failed for %s: %s", entry.key, e)
             return None
         if value is None:
@@ -711,8 +718,12 @@ class Store:
     def purge_tag(self, tag: str) -> int:
         """Remove every variant tagged ``tag`` by a Surrogate-Key response header."""
         tkey = _tag_key(tag)
-        raw = self._cache.get(tkey, default=None)
+        try:
+            raw = self._cache.get(tkey, default=None)
+        except StoreError:
+            raw = None
         if raw is None:
+            self._cache.delete(tkey)
             return 0
         try:
             keys = json.loads(raw)

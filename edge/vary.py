@@ -61,9 +61,9 @@ def normalise(name: str, values: Sequence[str]) -> str:
     lname = name.lower()
     combined = ", ".join(values)
     if lname == "accept-encoding":
-        from edge.compression import negotiate
+        from edge.compression import variant_coding
 
-        return negotiate(combined) or "none"
+        return variant_coding(combined)
     if lname == "accept-language":
         return _normalise_accept_language(combined)
     return ",".join(split_list(combined))

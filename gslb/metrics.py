@@ -75,9 +75,9 @@ class QueryMetrics:
         "answers",
         "buckets",
         "dropped",
-        "latency_count",
         "latency_sum",
         "queries",
+        "tcp_open",
     )
 
     def __init__(self, *, query_log: TextIO | None = None, clock: Clock = time.time) -> None:
@@ -85,8 +85,8 @@ class QueryMetrics:
         self.answers: dict[str, int] = {}  # edge -> answers naming it
         self.buckets: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)  # last: +Inf
         self.latency_sum = 0.0
-        self.latency_count = 0
         self.dropped = 0
+        self.tcp_open = 0  # TCP connections open now (a gauge, kept by the server adapter)
         self._log = query_log
         self._clock = clock
 
@@ -124,10 +124,14 @@ class QueryMetrics:
     def set_query_log(self, stream: TextIO | None) -> None:
         self._log = stream
 
+    @property
+    def latency_count(self) -> int:
+        return sum(self.buckets)
+
     def observe_latency(self, seconds: float) -> None:
+        # The UDP adapter inlines these two lines (gslb.server): keep them in step.
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
-        self.latency_count += 1
 
     def drop(self) -> None:
         self.dropped += 1
@@ -139,8 +143,9 @@ class QueryMetrics:
             "answers": dict(self.answers),
             "buckets": list(self.buckets),
             "latency_sum": self.latency_sum,
-            "latency_count": self.latency_count,
+            "latency_count": sum(self.buckets),
             "dropped": self.dropped,
+            "tcp_open": self.tcp_open,
         }
 
 
@@ -149,7 +154,7 @@ def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     queries: dict[tuple[int, int, str], int] = {}
     answers: dict[str, int] = {}
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-    total = {"latency_sum": 0.0, "latency_count": 0, "dropped": 0}
+    total = {"latency_sum": 0.0, "latency_count": 0, "dropped": 0, "tcp_open": 0}
     for exp in exports:
         try:
             for r, t, p, n in exp.get("queries", ()):
@@ -162,6 +167,7 @@ def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             total["latency_sum"] += float(exp.get("latency_sum", 0.0))
             total["latency_count"] += int(exp.get("latency_count", 0))
             total["dropped"] += int(exp.get("dropped", 0))
+            total["tcp_open"] += int(exp.get("tcp_open", 0))
         except (TypeError, ValueError, AttributeError):
             continue
     return {
@@ -197,6 +203,9 @@ class MetricsCollector(Collector):
         dropped = CounterMetricFamily("gslb_dropped", "Packets dropped without a reply")
         dropped.add_metric([], float(data.get("dropped", 0)))
         yield dropped
+        tcp = GaugeMetricFamily("gslb_tcp_connections", "DNS TCP connections open now")
+        tcp.add_metric([], float(data.get("tcp_open", 0)))
+        yield tcp
         raw = list(data.get("buckets", [0] * (len(LATENCY_BUCKETS) + 1)))
         cumulative: list[tuple[str, float]] = []
         running = 0

@@ -17,6 +17,7 @@ Reading pauses while the client does not read its replies.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
 import ipaddress
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from gslb.errors import GslbError
-from gslb.metrics import QueryMetrics
+from gslb.metrics import LATENCY_BUCKETS, QueryMetrics
 
 log = logging.getLogger("gslb.server")
 
@@ -171,6 +172,8 @@ class DnsServer:
         self._servers.clear()
 
 
+_now = time.perf_counter
+_bisect = bisect.bisect_left
 _ADDRESSES: dict[str, IPAddress] = {}  # peer text -> address; resolvers repeat a lot
 _ADDRESSES_MAX = 65536
 
@@ -200,10 +203,14 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        # The hot path: everything a query costs beyond respond() is here, so it is flat.
         server = self._server
-        start = time.perf_counter()
+        start = _now()
+        client = _ADDRESSES.get(addr[0])
         try:
-            reply = server.responder.respond(data, _client(addr), tcp=False)
+            if client is None:
+                client = _client(addr)
+            reply = server.responder.respond(data, client, tcp=False)
         except Exception:  # never let one packet stop the server
             log.debug("responder failed on a UDP query from %s", addr[0], exc_info=True)
             reply = None
@@ -213,7 +220,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is not None:
             transport.sendto(reply, addr)
-        server.metrics.observe_latency(time.perf_counter() - start)
+        elapsed = _now() - start
+        metrics = server.metrics
+        metrics.buckets[_bisect(LATENCY_BUCKETS, elapsed)] += 1
+        metrics.latency_sum += elapsed
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like from earlier sendto()s: nothing to do.
@@ -239,6 +249,7 @@ class _TcpProtocol(asyncio.Protocol):
             self._transport.abort()
             return
         server.tcp_connections.add(self)
+        server.metrics.tcp_open = len(server.tcp_connections)
         try:
             self._client = _client(self._transport.get_extra_info("peername"))
         except (TypeError, ValueError, IndexError):
@@ -263,7 +274,10 @@ class _TcpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._server.tcp_connections.discard(self)
+        connections = self._server.tcp_connections
+        if self in connections:
+            connections.discard(self)
+            self._server.metrics.tcp_open = len(connections)
         if not self._closed:
             self._closed = True
             if self._transport is not None:
@@ -313,7 +327,9 @@ class _TcpProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        # The client read replies: that is activity too (a client that never reads times out).
         self._paused = False
+        self._last_activity = asyncio.get_running_loop().time()
         if self._transport is not None and not self._closed:
             self._transport.resume_reading()
             if len(self._buffer) >= 2:

@@ -78,6 +78,11 @@ def run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
+def _loop_name() -> str:
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
 def configure_logging(level: str, prefix: str = "") -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -139,7 +144,7 @@ async def serve_single(source: ConfigSource, config: GslbConfig) -> int:
             )
             log.info("api listening http://%s", format_addr(api[0], port))
         stopper = _Stopper(runtime.reload)
-        log.info("gslb ready (1 process, config %s)", source.describe())
+        log.info("gslb ready (1 process, %s, config %s)", _loop_name(), source.describe())
         geo_task = asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo))
         try:
             await stopper.event.wait()
@@ -259,7 +264,7 @@ class Supervisor:
         code = worker.process.exitcode
         worker.conn.close()
         if worker.metrics:
-            self.retired.append(worker.metrics)
+            self.retired.append({**worker.metrics, "tcp_open": 0})  # its connections are gone
         self.workers.pop(worker.slot, None)
         if self.stopping:
             if not self.workers:
@@ -381,7 +386,7 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
             )
             runner, port = await start_api(app, api[0], api[1])
             log.info("api listening http://%s", format_addr(api[0], port))
-        log.info("gslb ready (%d workers, config %s)", count, source.describe())
+        log.info("gslb ready (%d workers, %s, config %s)", count, _loop_name(), source.describe())
         stopped = asyncio.ensure_future(stopper.event.wait())
         failed = asyncio.ensure_future(supervisor.failed.wait())
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)

@@ -360,3 +360,28 @@ async def test_http10_client_gets_close_delimited_body() -> None:
             assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
             assert b"transfer-encoding" not in head.lower()
             assert body == b"one,two,three"
+
+
+async def test_interim_103_forwarded_before_the_final_response() -> None:
+    async with origins("a") as (origin,):
+
+        async def early_hints(request: web.Request) -> web.StreamResponse:
+            assert request.transport is not None
+            request.transport.write(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+            )
+            await asyncio.sleep(0.05)
+            return web.Response(text="final", headers={"Cache-Control": "no-store"})
+
+        origin.routes["/hints"] = early_hints
+        async with running_edge(edge_config([origin])) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /hints HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        interim, _, rest = raw.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+        assert b"Link: </s.css>; rel=preload" in interim
+        assert rest.startswith(b"HTTP/1.1 200 OK")
+        assert rest.endswith(b"final")

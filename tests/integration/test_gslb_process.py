@@ -296,3 +296,35 @@ def test_example_prints_dig_commands_that_work() -> None:
         assert answers == [["127.0.0.11"], ["127.0.0.12"], ["127.0.0.13"]]
     finally:
         assert proc.stop() == 0, proc.log_text()
+
+
+def test_workers_stop_when_the_parent_dies(tmp_path: Path, geo_db: Path) -> None:
+    proc = GslbProcess(write_config(tmp_path / "gslb.toml", geo_db), "--workers", "2")
+    try:
+        _, body = proc.http("GET", "/healthz")
+        pids = [w["pid"] for w in body["workers"]]
+        assert len(pids) == 2
+        proc.proc.kill()  # SIGKILL: no chance to stop the workers
+        proc.proc.wait(timeout=10)
+        for _ in range(200):  # bounded: the workers see their pipe close
+            alive = [pid for pid in pids if _alive(pid)]
+            if not alive:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"workers {alive} outlived the parent")
+    finally:
+        proc.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

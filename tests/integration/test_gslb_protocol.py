@@ -6,8 +6,11 @@ One server per module (127.0.0.1, port 0), queried with dnspython, raw sockets a
 from __future__ import annotations
 
 import random
+import re
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,7 +206,23 @@ def test_tcp_idle_connection_is_closed(gslb: GslbProcess) -> None:
             pass
 
 
+def _tcp_open(gslb: GslbProcess) -> int:
+    _, text = gslb.http("GET", "/metrics")
+    m = re.search(r"^gslb_tcp_connections (\S+)$", text, re.M)
+    assert m, text
+    return int(float(m.group(1)))
+
+
+def _wait_tcp_open(gslb: GslbProcess, expected: int) -> None:
+    for _ in range(200):  # the server notices closes asynchronously: bounded polling
+        if _tcp_open(gslb) == expected:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"gslb_tcp_connections never reached {expected}")
+
+
 def test_tcp_connection_cap(gslb: GslbProcess) -> None:
+    _wait_tcp_open(gslb, 0)  # connections of earlier tests are gone
     held: list[socket.socket] = []
     try:
         for i in range(6):  # max_conn = 6: fill every slot, proving each is served
@@ -212,6 +231,7 @@ def test_tcp_connection_cap(gslb: GslbProcess) -> None:
             q = raw_query("static.example.test", qid=i)
             s.sendall(struct.pack("!H", len(q)) + q)
             assert _read_reply(s)[:2] == struct.pack("!H", i)
+        assert _tcp_open(gslb) == 6
         with _tcp_connect(gslb) as extra:
             try:
                 q = raw_query("static.example.test")
@@ -222,18 +242,11 @@ def test_tcp_connection_cap(gslb: GslbProcess) -> None:
     finally:
         for s in held:
             s.close()
-    # Slots free up once the server sees the closes (bounded retries, no timing assumption).
-    for _ in range(200):
-        with _tcp_connect(gslb) as s:
-            q = raw_query("static.example.test", qid=77)
-            try:
-                s.sendall(struct.pack("!H", len(q)) + q)
-                if _read_reply(s)[:2] == b"\0\x4d":
-                    break
-            except (ConnectionError, OSError):
-                continue
-    else:
-        pytest.fail("TCP slots were never released")
+    _wait_tcp_open(gslb, 0)
+    with _tcp_connect(gslb) as s:  # slots are free again
+        q = raw_query("static.example.test", qid=77)
+        s.sendall(struct.pack("!H", len(q)) + q)
+        assert _read_reply(s)[:2] == b"\0\x4d"
 
 
 def test_tcp_oversized_length_closes(gslb: GslbProcess) -> None:
@@ -331,3 +344,21 @@ def test_garbage_never_kills_the_server(gslb: GslbProcess) -> None:
     r = gslb.query("static.example.test")
     assert [rr.to_text() for rr in r.answer[0]] == ["127.0.0.30"]
     assert gslb.proc.poll() is None
+
+
+def test_tcp_client_that_reads_slowly_gets_every_reply_in_order(gslb: GslbProcess) -> None:
+    """Thousands of pipelined queries for a 1.3 kB answer, read only later: the server stops
+    reading while its replies are not consumed, then carries on; nothing is lost or reordered."""
+    count = 3000
+    blob = b"".join(
+        struct.pack("!H", len(q)) + q
+        for q in (raw_query("big.example.test", qtype=16, qid=i) for i in range(count))
+    )
+    with _tcp_connect(gslb) as s:
+        sender = threading.Thread(target=s.sendall, args=(blob,), daemon=True)
+        sender.start()
+        sender.join(timeout=2)  # may still be blocked: the server paused reading
+        ids = [struct.unpack("!H", _read_reply(s)[:2])[0] for _ in range(count)]
+        sender.join(timeout=30)
+        assert not sender.is_alive()
+    assert ids == list(range(count))

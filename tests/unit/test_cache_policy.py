@@ -417,3 +417,38 @@ def test_never_serves_stale_without_permission(
         assert 0 <= -d.ttl <= f.stale_while_revalidate
     if "only-if-cached" in qcc:
         assert not isinstance(d, Stale)
+
+
+_any_cc = st.lists(
+    st.sampled_from(
+        [
+            "max-age=60",
+            "s-maxage=60",
+            "public",
+            "private",
+            "no-store",
+            "no-cache",
+            "must-revalidate",
+            "must-understand",
+        ]
+    ),
+    max_size=4,
+)
+
+
+@given(_any_cc, st.booleans(), st.booleans(), st.sampled_from([200, 404, 206, 304, 599]))
+def test_storability_never_breaks_the_hard_rules(
+    cc: list[str], auth: bool, cookie: bool, status: int
+) -> None:
+    h = resp(", ".join(cc) if cc else None, ("ETag", '"e"'))
+    if cookie:
+        h.append(("Set-Cookie", "s=1"))
+    request = req([("Authorization", "Bearer x")] if auth else [])
+    ok = storability(request, status, h, DEFAULT, request_time=T0, response_time=T0).storable
+    if not ok:
+        return
+    assert status not in (206, 304)
+    assert "private" not in cc and not cookie
+    assert "no-store" not in cc or ("must-understand" in cc and status != 599)
+    if auth:
+        assert {"public", "s-maxage=60", "must-revalidate"} & set(cc)

@@ -22,6 +22,7 @@ from edge.compression import (
     decompress,
     negotiate,
     should_compress,
+    variant_coding,
 )
 from edge.errors import CompressionError
 
@@ -166,3 +167,14 @@ def test_errors() -> None:
         decompress(compress(b"a" * 100000, "gzip"), "gzip", limit=1000)
     with pytest.raises(CompressionError):
         decompress(compress(b"a" * 100000, "br"), "br", limit=1000)
+
+
+def test_variant_coding_groups_equivalent_requests() -> None:
+    assert variant_coding("gzip, deflate, br") == variant_coding("br;q=1, gzip;q=0.5") == "br"
+    assert variant_coding(None) == variant_coding("identity") == "identity"
+    assert variant_coding("*;q=0") == "none"
+
+
+def test_limited_decompress_accepts_small_bodies() -> None:
+    for enc in ("br", "gzip"):
+        assert decompress(compress(b"abc" * 10, enc), enc, limit=30) == b"abc" * 10

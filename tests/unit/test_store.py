@@ -104,7 +104,13 @@ def test_pickled_rows_are_never_unpickled(tmp_path: Path) -> None:
     con.close()
     with Store(tmp_path) as s:
         assert s.variants("https://example.com/a") == ()
+        assert s.variants("https://example.com/a") == ()
     assert not marker.exists()
+    # The refused row is gone, not left to be refused on every read.
+    con = sqlite3.connect(tmp_path / "cache.db")
+    left = con.execute("SELECT COUNT(*) FROM Cache WHERE key LIKE 'm:%'").fetchone()[0]
+    con.close()
+    assert left == 0
 
 
 class _MkdirOnLoad:
@@ -422,3 +428,14 @@ def test_non_blocking_peeks(tmp_path: Path) -> None:
         assert s.peek_body(got) == b"peek"
         clock.t += 2  # due for a re-read from disk
         assert s.peek_variants(e.key) is None
+
+
+def test_small_body_reader(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        e = s.put(entry(), b"0123456789")
+        assert e is not None
+        r = s.open_body(e)
+        assert r is not None and r.length == 10
+        assert r.read_chunk(4) == b"0123"
+        assert b"".join(r) == b"456789"
+        assert r.read_chunk() == b""
