@@ -9,12 +9,16 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from edge.errors import StoreError
 
 if TYPE_CHECKING:
     from edge.proxy import Proxy
@@ -22,17 +26,29 @@ if TYPE_CHECKING:
 _WINDOW = 10  # seconds of history for requests per second
 
 
+class _RequestCounts(Collector):
+    def __init__(self, counts: collections.Counter[tuple[int, str]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "edge_requests",
+            "Responses sent to clients by status code and cache status",
+            labels=["status", "cache"],
+        )
+        for (status, cache), n in sorted(self.counts.items()):
+            family.add_metric([str(status), cache], n)
+        yield family
+
+
 class Metrics:
     def __init__(self, capacity_rps: float = 1000.0, clock: Callable[[], float] = time.monotonic):
         self.capacity_rps = capacity_rps
         self._clock = clock
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "edge_requests",
-            "Responses sent to clients by status code and cache status",
-            ["status", "cache"],
-            registry=self.registry,
-        )
+        # Counted in a plain dict on the hot path and turned into a metric at scrape time.
+        self.counts: collections.Counter[tuple[int, str]] = collections.Counter()
+        self.registry.register(_RequestCounts(self.counts))
         self.origin_latency = Histogram(
             "edge_origin_latency_seconds",
             "Time from sending a request to an origin to its response headers",
@@ -69,7 +85,6 @@ class Metrics:
         self.purges = Counter(
             "edge_purges", "Purge requests by kind", ["kind"], registry=self.registry
         )
-        self._children: dict[tuple[int, str], Any] = {}
         self.active = 0
         self.hits = 0
         self.lookups = 0
@@ -77,11 +92,7 @@ class Metrics:
 
     def response(self, status: int, cache: str) -> None:
         """Count one response; `cache` is hit, stale, revalidated, miss, bypass or error."""
-        child = self._children.get((status, cache))
-        if child is None:
-            child = self.requests.labels(str(status), cache)
-            self._children[(status, cache)] = child
-        child.inc()
+        self.counts[(status, cache)] += 1
         if cache in ("hit", "stale", "revalidated"):
             self.hits += 1
             self.lookups += 1
@@ -160,7 +171,10 @@ def add_routes(app: web.Application, get_proxy: Callable[[], Proxy]) -> None:
             )
         kind = kinds[0]
         proxy = get_proxy()
-        removed = await proxy.purge(kind, doc[kind])
+        try:
+            removed = await proxy.purge(kind, doc[kind])
+        except StoreError as exc:
+            return web.json_response({"error": f"purge failed: {exc}"}, status=503)
         proxy.metrics.purges.labels(kind).inc()
         return web.json_response({"purged": removed, kind: doc[kind]})
 

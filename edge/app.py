@@ -15,6 +15,7 @@ import logging
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -40,20 +41,23 @@ METRICS = web.AppKey("edge_metrics", admin.Metrics)
 PROXY = web.AppKey("edge_proxy", Proxy)
 ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
 
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-)
-
 
 class EdgeRequestHandler(RequestHandler):
     """aiohttp's connection protocol plus a request-header deadline and limit statuses."""
 
     def __init__(
-        self, manager: EdgeServer, *, header_timeout: float, url_limit: int, **kwargs: Any
+        self,
+        manager: EdgeServer,
+        *,
+        header_timeout: float,
+        url_limit: int,
+        cache_name: str,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
+        self._cache_name = cache_name
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,7 +93,10 @@ class EdgeRequestHandler(RequestHandler):
         if transport is None or transport.is_closing():
             return
         log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
-        transport.write(_TIMEOUT_RESPONSE)
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n"
+            + f'Cache-Status: {self._cache_name}; fwd=request; detail="refused"\r\n\r\n'.encode()
+        )
         self.force_close()
         transport.close()
 
@@ -108,7 +115,9 @@ class EdgeRequestHandler(RequestHandler):
         if status in (414, 431) or isinstance(exc, BadHttpMessage):
             log.debug("bad request from %s: %s", request.remote, exc)
             resp = web.Response(
-                status=status, text=f"{status} {web.Response(status=status).reason}\n"
+                status=status,
+                text=f"{status} {HTTPStatus(status).phrase}\n",
+                headers={"Cache-Status": f'{self._cache_name}; fwd=request; detail="refused"'},
             )
             resp.force_close()
             return resp
@@ -122,11 +131,13 @@ class EdgeServer(web.Server):
         *,
         header_timeout: float,
         url_limit: int,
+        cache_name: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
+        self._cache_name = cache_name
 
     def __call__(self) -> RequestHandler:
         return EdgeRequestHandler(
@@ -134,6 +145,7 @@ class EdgeServer(web.Server):
             loop=self._loop,
             header_timeout=self._header_timeout,
             url_limit=self._url_limit,
+            cache_name=self._cache_name,
             **self._kwargs,
         )
 
@@ -149,6 +161,7 @@ def server_kwargs(config: EdgeConfig) -> dict[str, Any]:
     return {
         "header_timeout": limits.header_timeout,
         "url_limit": url_limit,
+        "cache_name": config.server.cache_name,
         "keepalive_timeout": limits.keepalive_timeout,
         "max_line_size": url_limit,
         "max_field_size": field_limit,
@@ -232,7 +245,11 @@ def _redirect_handler(config: EdgeConfig) -> Callable[[web.BaseRequest], Awaitab
         host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
         authority = host if https_port == 443 else f"{host}:{https_port}"
         return web.Response(
-            status=308, headers={"Location": f"https://{authority}{request.raw_path}"}
+            status=308,
+            headers={
+                "Location": f"https://{authority}{request.raw_path}",
+                "Cache-Status": f'{config.server.cache_name}; fwd=request; detail="redirect"',
+            },
         )
 
     return redirect

@@ -9,7 +9,8 @@ On start, one line per bound address is printed to stdout (`edge: listening http
 127.0.0.1:8080`), so tests and scripts can use port 0. SIGHUP reloads the config file
 atomically (a bad file is logged and the running config kept); SIGTERM/SIGINT stop.
 With --workers N > 1 the parent forks N workers that each bind the same ports with
-SO_REUSEPORT (port 0 is resolved first by the parent, so all workers share it).
+SO_REUSEPORT (port 0 is resolved first by the parent, so all workers share it); the
+parent prints `edge: ready` once every worker is listening.
 """
 
 from __future__ import annotations
@@ -88,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config, args.config, reuse_port=False)
 
 
-def _run(config: EdgeConfig, path: str | None, *, reuse_port: bool, worker: int = 0) -> int:
+def _run(
+    config: EdgeConfig,
+    path: str | None,
+    *,
+    reuse_port: bool,
+    worker: int = 0,
+    ready_fd: int | None = None,
+) -> int:
     try:
         import uvloop
 
@@ -96,13 +104,22 @@ def _run(config: EdgeConfig, path: str | None, *, reuse_port: bool, worker: int 
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     try:
-        asyncio.run(_serve(config, path, reuse_port=reuse_port, announce=worker == 0))
+        asyncio.run(
+            _serve(config, path, reuse_port=reuse_port, announce=worker == 0, ready_fd=ready_fd)
+        )
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _serve(config: EdgeConfig, path: str | None, *, reuse_port: bool, announce: bool) -> None:
+async def _serve(
+    config: EdgeConfig,
+    path: str | None,
+    *,
+    reuse_port: bool,
+    announce: bool,
+    ready_fd: int | None = None,
+) -> None:
     from edge.app import EdgeRuntime
 
     runtime = EdgeRuntime(config, reuse_port=reuse_port)
@@ -111,6 +128,10 @@ async def _serve(config: EdgeConfig, path: str | None, *, reuse_port: bool, anno
         for kind in ("http", "https", "admin"):
             for addr in runtime.addresses[kind]:
                 print(f"edge: listening {kind} {addr}", flush=True)
+    if ready_fd is not None:
+        os.write(ready_fd, b"R")  # the parent says "ready" once every worker is listening
+        os.close(ready_fd)
+    elif announce:
         print("edge: ready", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -160,18 +181,21 @@ def _resolve_ports(config: EdgeConfig) -> tuple[EdgeConfig, list[socket.socket]]
 def _run_workers(config: EdgeConfig, path: str | None) -> int:
     config, holders = _resolve_ports(config)
     children: list[int] = []
+    ready_r, ready_w = os.pipe()
     for n in range(config.server.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
+            os.close(ready_r)
             for s in holders:
                 s.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             # Until the worker's loop installs its reload handler, a SIGHUP must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            code = _run(config, path, reuse_port=True, worker=n)
+            code = _run(config, path, reuse_port=True, worker=n, ready_fd=ready_w)
             os._exit(code)
         children.append(pid)
+    os.close(ready_w)
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:
@@ -182,6 +206,15 @@ def _run_workers(config: EdgeConfig, path: str | None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    ready = 0
+    while ready < len(children):
+        got = os.read(ready_r, 64)
+        if not got:  # the workers exited (or failed) before all of them were listening
+            break
+        ready += len(got)
+    os.close(ready_r)
+    if ready == len(children):
+        print("edge: ready", flush=True)
     status = 0
     remaining = set(children)
     while remaining:

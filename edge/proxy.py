@@ -150,6 +150,7 @@ class Proxy:
             sock_read=pool.first_byte_timeout,
         )
         self._cache_tag = config.server.cache_name
+        self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
         if self.cache is not None:
             self.cache.reconfigure(config)
 
@@ -202,6 +203,8 @@ class Proxy:
         origin_url = ""
         try:
             resp, origin_url = await self._dispatch(request)
+            if not resp.prepared and "Cache-Status" not in resp.headers:
+                resp.headers["Cache-Status"] = self._refused_status
             return resp
         finally:
             metrics.active -= 1
@@ -228,7 +231,6 @@ class Proxy:
         refusal = self._check(request)
         if refusal is not None:
             return refusal, ""
-        INTERIM.set(_interim_sender(request))
         target = request.raw_path
         if not target.startswith("/"):
             parts = urlsplit(target)
@@ -249,9 +251,7 @@ class Proxy:
         raw_headers = request.raw_headers
         if len(raw_headers) > self._max_headers:
             return _plain(431)
-        size = 0
-        for k, v in raw_headers:
-            size += len(k) + len(v) + 4
+        size = sum([len(k) + len(v) for k, v in raw_headers]) + 4 * len(raw_headers)
         if size > self._max_header_bytes:
             return _plain(431)
         target = request.raw_path
@@ -376,6 +376,7 @@ class Proxy:
         self, request: web.BaseRequest, target: str
     ) -> tuple[web.StreamResponse, str]:
         """Forward without caching: stream the request body up and the response down."""
+        INTERIM.set(_interim_sender(request))
         headers = self.origin_headers(request)
         has_body = request.body_exists
         body = self._body(request) if has_body else None
@@ -474,9 +475,75 @@ def _translate(exc: BaseException) -> OriginFailure:
     return OriginFailure(502, "broken", repr(exc))
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class _Serialized(web.StreamResponse):
+    """A cache hit written as prepared bytes: status line and stored fields come from a
+    per-entry cache, Age and Cache-Status are appended, and head and body leave in one
+    write. This skips aiohttp's per-response header building, the largest cost of a hit.
+
+    It drives aiohttp's payload writer the way StreamResponse.prepare/write_eof do.
+    """
+
+    def __init__(self, status: int, head: bytes, body: bytes, age: float, cache_status: str):
+        super().__init__(status=status)
+        self._head = head
+        self.payload = body
+        self._age = min(int(age), 2147483648)
+        # Read by the access log and metrics; the bytes on the wire come from `_head`.
+        self.headers["Cache-Status"] = cache_status
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is not None:
+            return self._payload_writer
+        self._req = request
+        self._keep_alive = request.keep_alive
+        self._payload_writer = request._payload_writer
+        return self._payload_writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        assert writer is not None
+        tail = f"Age: {self._age}\r\nCache-Status: {self.headers['Cache-Status']}\r\n"
+        if not self._keep_alive:
+            tail += "Connection: close\r\n"
+        head = self._head + tail.encode("latin-1", "replace") + b"\r\n"
+        body = self.payload
+        if len(body) <= 16384:
+            await writer.write_eof(head + body)
+        else:
+            await writer.write(head)
+            await writer.write_eof(body)
+        self._eof_sent = True
+        self._req = None
+        self._body_length = len(body)
+        self._payload_writer = None
+
+
+def _scheme(request: web.BaseRequest) -> str:
+    transport = request.transport
+    return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
+
+
+def _has_directives(request: web.BaseRequest) -> bool:
+    headers = request.headers
+    return "Cache-Control" in headers or "Pragma" in headers
+
+
 def _sent_bytes(resp: web.StreamResponse | None) -> int:
     if resp is None:
         return 0
+    if isinstance(resp, _Serialized):
+        return len(resp.payload)
     if resp.prepared:
         return resp.body_length
     return resp.content_length or 0
@@ -535,7 +602,8 @@ class CacheLayer:
         self.clock = clock
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._refreshing: set[str] = set()
-        self._prepared: dict[tuple[str, str, float], list[tuple[str, str]]] = {}
+        self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
+        self._serialized: dict[tuple[Any, ...], bytes] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -589,38 +657,18 @@ class CacheLayer:
         creq = self._cache_request(request, target)
         keys = cp.invalidation_keys(creq, resp.status, tuple(resp.headers.items()))
         for key in keys:
-            await asyncio.to_thread(self.store.remove, key)
+            try:
+                await asyncio.to_thread(self.store.remove, key)
+            except StoreError as exc:
+                log.error("cache invalidation of %s failed: %s", key, exc)
 
     # ------------------------------------------------------------------ store access
 
-    def _peek_variants(self, key: str) -> tuple[cp.CacheEntry, ...] | None:
-        """Variants from the store's memory tier without a thread hop; None if not there.
-
-        edge.store has no public non-blocking peek yet, so this reads its memory tier
-        (same lock, same freshness rule as Store.variants).
-        """
-        store: Any = self.store
-        memory = getattr(store, "_memory", None)
-        if memory is None:
-            return None
-        with store._lock:
-            item = memory.get("m:" + key)
-        if item is None or store._clock() - item[0] >= store._meta_refresh:
-            return None
-        entries: tuple[cp.CacheEntry, ...] = item[1]
-        return entries
-
     def _peek_body(self, entry: cp.CacheEntry) -> bytes | None:
-        store: Any = self.store
-        memory = getattr(store, "_memory", None)
-        if memory is None:
-            return None
-        with store._lock:
-            body: bytes | None = memory.get(f"b:{entry.key}\x1f{entry.variant}\x1f{entry.sha256}")
-        return body
+        return self.store.peek_body(entry)
 
     async def _variants(self, key: str) -> tuple[cp.CacheEntry, ...]:
-        entries = self._peek_variants(key)
+        entries = self.store.peek_variants(key)
         if entries is None:
             entries = await asyncio.to_thread(self.store.variants, key)
         return entries
@@ -628,13 +676,12 @@ class CacheLayer:
     # ------------------------------------------------------------------ entry point
 
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
-        secure = request.transport is not None and request.transport.get_extra_info("sslcontext")
         return cp.CacheRequest(
             method=request.method,
-            scheme="https" if secure else "http",
+            scheme=_scheme(request),
             authority=request.headers.get("Host", ""),
             target=target,
-            headers=_pairs(request.raw_headers),
+            headers=tuple(request.headers.items()),
         )
 
     async def serve(
@@ -642,10 +689,33 @@ class CacheLayer:
     ) -> tuple[web.StreamResponse, str]:
         if request.body_exists:
             return await proxy.forward(request, target)
-        creq = self._cache_request(request, target)
-        key = creq.key
+        headers = request.headers
+        key = cp.cache_key(_scheme(request), headers.get("Host", ""), target)
         entries = await self._variants(key)
-        decision = cp.lookup(creq, entries, self.clock(), self.policy)
+        now = self.clock()
+        decision: cp.Decision | None = None
+        if len(entries) == 1 and not entries[0].vary and not _has_directives(request):
+            # The common hit, decided as cp.lookup would: no request directives and no Vary
+            # leave only the entry's own freshness to check. Anything else goes to lookup.
+            entry = entries[0]
+            age = entry.age(now)
+            ttl = entry.freshness.lifetime - age
+            if ttl > 0 and not entry.freshness.no_cache:
+                if (
+                    request.method == "GET"
+                    and request.version == (1, 1)
+                    and "Range" not in headers
+                    and not any(name in headers for name in _PRECONDITIONS)
+                ):
+                    body = self.store.peek_body(entry)
+                    if body is not None:
+                        status = cp.cache_status(self.name, hit=True, ttl=ttl)
+                        head = self._serialized_head(entry)
+                        return _Serialized(entry.status, head, body, age, status), ""
+                decision = cp.Fresh(entry, age, ttl)
+        creq = self._cache_request(request, target)
+        if decision is None:
+            decision = cp.lookup(creq, entries, now, self.policy)
         if isinstance(decision, cp.Fresh):
             status = cp.cache_status(self.name, hit=True, ttl=decision.ttl)
             resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
@@ -672,11 +742,7 @@ class CacheLayer:
     def _base_headers(
         self, entry: cp.CacheEntry, version: tuple[int, int]
     ) -> list[tuple[str, str]]:
-        ident = (
-            entry.key + "\x1f" + entry.variant + entry.sha256,
-            str(version),
-            entry.response_time,
-        )
+        ident = (entry.key, entry.variant, entry.sha256, entry.response_time, version)
         pre = self._prepared.get(ident)
         if pre is None:
             stored = [
@@ -688,6 +754,21 @@ class CacheLayer:
             self._prepared[ident] = pre
         return pre
 
+    def _serialized_head(self, entry: cp.CacheEntry) -> bytes:
+        """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
+        ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
+        head = self._serialized.get(ident)
+        if head is None:
+            reason = entry.reason or _phrase(entry.status)
+            lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
+            lines.extend(f"{k}: {v}\r\n" for k, v in self._base_headers(entry, (1, 1)))
+            lines.append(f"Content-Length: {entry.body_length}\r\n")
+            head = "".join(lines).encode("latin-1", "replace")
+            if len(self._serialized) > 4096:
+                self._serialized.clear()
+            self._serialized[ident] = head
+        return head
+
     async def _from_cache(
         self,
         request: web.BaseRequest,
@@ -697,13 +778,23 @@ class CacheLayer:
         cache_status: str,
     ) -> web.StreamResponse | None:
         """A response from a stored entry, or None when its body is gone or damaged."""
+        request_headers = request.headers
+        if (
+            request.method == "GET"
+            and request.version == (1, 1)
+            and "Range" not in request_headers
+            and not any(name in request_headers for name in _PRECONDITIONS)
+        ):
+            body = self._peek_body(entry)
+            if body is not None:
+                head = self._serialized_head(entry)
+                return _Serialized(entry.status, head, body, age, cache_status)
         headers = CIMultiDict(self._base_headers(entry, request.version))
         headers["Age"] = str(min(int(age), 2147483648))
         headers["Cache-Status"] = cache_status
         method = request.method
-        names = {k.lower() for k, _ in creq.headers}
         precondition = None
-        if not names.isdisjoint(_PRECONDITIONS):
+        if any(name in request_headers for name in _PRECONDITIONS):
             precondition = conditional.evaluate(
                 method, creq.headers, entry.headers, entry.response_time
             )
@@ -723,7 +814,7 @@ class CacheLayer:
             body = await asyncio.to_thread(self.store.get_body, entry)
             if body is None:
                 return None
-        if "range" not in names:
+        if "Range" not in request_headers:
             return web.Response(
                 status=entry.status, reason=entry.reason or None, headers=headers, body=body
             )
@@ -909,6 +1000,7 @@ class CacheLayer:
         stale: cp.CacheEntry | None,
     ) -> tuple[web.StreamResponse, str]:
         """Forward a GET/HEAD (revalidating `stale` if given), stream it, maybe store it."""
+        INTERIM.set(_interim_sender(request))
         headers = proxy.origin_headers(request)
         if stale is not None:
             headers = self._with_validators(headers, stale)

@@ -332,3 +332,33 @@ async def test_admin_status_and_metrics_reflect_traffic(tmp_path: Path) -> None:
             assert 'edge_requests_total{cache="miss",status="200"} 1.0' in text
             assert "edge_origin_latency_seconds_bucket" in text
             assert "edge_cache_bytes" in text
+
+
+async def test_repeated_hits_from_memory_keep_headers_and_connection_semantics(
+    tmp_path: Path,
+) -> None:
+    async with origins("a") as (origin,):
+        origin.routes["/hot"] = _cacheable(b"hot object", ETag='"h"', **{"X-Origin": "yes"})
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            heads = []
+            for _ in range(4):  # one miss, then hits on one kept-alive connection
+                writer.write(b"GET /hot HTTP/1.1\r\nHost: h.test\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                assert await reader.readexactly(length) == b"hot object"
+                heads.append(head)
+            writer.write(b"GET /hot HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+            last = await asyncio.wait_for(reader.read(), 10)  # the server closes after it
+            writer.close()
+        for head in heads[1:]:
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"\r\nX-Origin: yes\r\n" in head
+            assert b'\r\nETag: "h"\r\n' in head
+            assert b"\r\nAge: " in head
+            assert b"\r\nCache-Status: GeoEdge; hit" in head
+            assert b"\r\nVia: 1.1 geoedge" in head
+        assert b"\r\nConnection: close\r\n" in last
+        assert last.endswith(b"\r\n\r\nhot object")
+        assert origin.hits["/hot"] == 1

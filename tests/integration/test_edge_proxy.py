@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import os
@@ -150,6 +151,7 @@ async def test_connect_refused_and_foreign_hosts_rejected() -> None:
             port = edge.addresses["http"][0].port
             raw = await _raw(port, b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n")
             assert raw.startswith(b"HTTP/1.1 405")
+            assert b"\r\nCache-Status: GeoEdge; fwd=request" in raw
             raw = await _raw(
                 port, b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n"
             )
@@ -197,6 +199,7 @@ async def test_limits() -> None:
             big = b"X-Big: " + b"v" * 3000 + b"\r\n"
             raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n")
             assert raw.split(b" ", 2)[1] == b"431"
+            assert b"\r\nCache-Status: GeoEdge; fwd=request" in raw
             split = b"".join(b"X-S%d: " % i + b"v" * 300 + b"\r\n" for i in range(10))
             raw = await _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + split + b"\r\n")
             assert raw.split(b" ", 2)[1] == b"431"
@@ -385,3 +388,28 @@ async def test_interim_103_forwarded_before_the_final_response() -> None:
         assert b"Link: </s.css>; rel=preload" in interim
         assert rest.startswith(b"HTTP/1.1 200 OK")
         assert rest.endswith(b"final")
+
+
+async def test_origin_encoded_bodies_pass_through_byte_for_byte() -> None:
+    encoded = gzip.compress(b"already compressed by the origin " * 100)
+    async with origins("a") as (origin,):
+
+        async def pre_encoded(request: web.Request) -> web.Response:
+            return web.Response(
+                body=encoded,
+                headers={
+                    "Content-Encoding": "gzip",
+                    "Content-Type": "text/html",
+                    "Cache-Control": "no-store",
+                },
+            )
+
+        origin.routes["/gz"] = pre_encoded
+        async with running_edge(edge_config([origin])) as edge:
+            async with aiohttp.ClientSession(auto_decompress=False) as s:
+                for accept in ("gzip", "br", "identity"):
+                    async with s.get(
+                        base_url(edge) + "/gz", headers={"Accept-Encoding": accept}
+                    ) as r:
+                        assert r.headers["Content-Encoding"] == "gzip"
+                        assert await r.read() == encoded
