@@ -1,5 +1,6 @@
 """Shared plumbing of the benchmark harnesses: processes pinned with taskset, free loopback
-ports, bounded waits, medians and plain-text tables.
+ports, bounded waits, the common command line, alternating measured rounds, the pick of a
+run, and plain-text result tables.
 
 Every process a harness starts runs in its own session, so cleanup can stop the whole group
 it spawned (a server and its workers) by id and nothing else. Cleanup runs on normal exit,
@@ -8,21 +9,27 @@ on an exception and on SIGINT/SIGTERM/SIGHUP.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn, Protocol, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work"
 PYTHON = REPO / ".venv" / "bin" / "python"
 LOOPBACK = "127.0.0.1"
+# Servers under test are pinned to core 0, load generators to core 1.
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
 
 
 class BenchError(Exception):
@@ -168,6 +175,112 @@ def run_tool(argv: Sequence[str], cpus: str | None, timeout: float) -> str:
     if done.returncode != 0:
         raise BenchError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}{done.stdout}")
     return done.stdout
+
+
+class Measured(Protocol):
+    """One measured run, as the result tables show it."""
+
+    @property
+    def rate(self) -> float: ...  # requests or queries per second
+
+    @property
+    def latency(self) -> str: ...  # the latency cell of a table row
+
+
+K = TypeVar("K")
+S = TypeVar("S")
+M = TypeVar("M", bound=Measured)
+
+
+def alternate(rounds: int, subjects: Mapping[K, S], measure: Callable[[S], M]) -> dict[K, list[M]]:
+    """Measure every subject ``rounds`` times, taking turns and reversing the order every
+    other round (a, b, b, a, ...) so that no side always runs first; runs by label."""
+    runs: dict[K, list[M]] = {label: [] for label in subjects}
+    order = list(subjects)
+    for rnd in range(rounds):
+        for label in order if rnd % 2 == 0 else order[::-1]:
+            runs[label].append(measure(subjects[label]))
+    return runs
+
+
+def pick(mode: str, runs: Sequence[M]) -> M | None:
+    """The run a table reports: the fastest ("best") or the one nearest the median rate."""
+    if not runs:
+        return None
+    if mode == "best":
+        return max(runs, key=lambda r: r.rate)
+    mid = median([r.rate for r in runs])
+    return min(runs, key=lambda r: abs(r.rate - mid))
+
+
+def result_row(title: str, a: Measured | None, b: Measured | None, goal: float) -> list[str]:
+    """title, both rates, a/b, goal, verdict, both latencies ("n/a" for a missing run)."""
+
+    def cells(r: Measured | None) -> tuple[str, str]:
+        return ("n/a", "n/a") if r is None else (f"{r.rate:,.0f}", r.latency)
+
+    (a_rate, a_lat), (b_rate, b_lat) = cells(a), cells(b)
+    ours, theirs = (a.rate if a else None), (b.rate if b else None)
+    return [
+        title,
+        a_rate,
+        b_rate,
+        ratio(ours, theirs),
+        f">= {goal}x",
+        verdict(ours, theirs, goal),
+        a_lat,
+        b_lat,
+    ]
+
+
+def arg_parser(
+    doc: str | None, *, what: str, warmup: float, warmup_help: str
+) -> argparse.ArgumentParser:
+    """The options both harnesses share; ``what`` names the things measured per scenario."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    p.add_argument("--rounds", type=int, default=2, help=f"measured runs per {what} and scenario")
+    p.add_argument("--warmup", type=float, default=warmup, help=warmup_help)
+    p.add_argument(
+        "--pick",
+        choices=("best", "median"),
+        default="best",
+        help="which run of the rounds (median: use 3+ rounds)",
+    )
+    return p
+
+
+def parse_lists(
+    p: argparse.ArgumentParser,
+    argv: list[str],
+    scenarios: Collection[str],
+    servers: Collection[str],
+) -> argparse.Namespace:
+    """Parse ``argv``; split --scenarios and --servers into lists and check them."""
+    args = p.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(args.scenarios) - set(scenarios) or set(args.servers) - set(servers)
+    if unknown:
+        p.error(f"unknown: {', '.join(sorted(unknown))}")
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds must be >= 1 and --duration > 0")
+    return args
+
+
+def require_tools(tools: Sequence[str], installer: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} not found: run {installer}, which installs it")
+
+
+def run_main(main: Callable[[list[str]], int], script: str) -> NoReturn:
+    """Run a harness's main with sys.argv; a BenchError becomes a one-line error, exit 1."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as exc:
+        print(f"{script}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def median(values: Sequence[float]) -> float:

@@ -25,11 +25,10 @@ import ipaddress
 import json
 import random
 import re
-import shutil
 import struct
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dns.edns
@@ -40,22 +39,28 @@ import dns.query
 import dns.rcode
 import maxminddb
 from _common import (
+    LOADGEN_CPU,
     LOOPBACK,
     PYTHON,
     REPO,
+    SERVER_CPU,
     WORK,
     BenchError,
     Proc,
+    alternate,
+    arg_parser,
     free_port,
     install_cleanup,
     log,
     machine_summary,
-    median,
-    ratio,
+    parse_lists,
+    pick,
+    require_tools,
     require_two_cpus,
+    result_row,
+    run_main,
     run_tool,
     table,
-    verdict,
 )
 
 ZONE = "bench.test."
@@ -105,9 +110,6 @@ RESERVED = [
     )
 ]
 
-SERVER_CPU = "0"
-LOADGEN_CPU = "1"
-
 
 @dataclass(frozen=True)
 class Scenario:
@@ -137,6 +139,14 @@ class PerfResult:
     max_ms: float
     rcodes: str
 
+    @property
+    def rate(self) -> float:
+        return self.qps
+
+    @property
+    def latency(self) -> str:
+        return f"{self.avg_ms:.3f} ±{self.sd_ms:.3f}"
+
 
 # --- zone, configs and query files -------------------------------------------------------
 
@@ -144,7 +154,7 @@ class PerfResult:
 def default_geoip_db() -> Path:
     import _geoip_geolite2
 
-    return Path(_geoip_geolite2.__file__).parent / _geoip_geolite2.database_name
+    return Path(_geoip_geolite2.__file__).parent / str(_geoip_geolite2.database_name)
 
 
 def zone_text(extra: list[str]) -> str:
@@ -284,7 +294,7 @@ def sample_subnets(db: Path, count: int, seed: int) -> list[int]:
 
 
 def query_template(qname: str, ecs: bool) -> bytes:
-    options = [dns.edns.ECSOption("203.0.113.0", 24)] if ecs else []
+    options: list[dns.edns.Option] = [dns.edns.ECSOption("203.0.113.0", 24)] if ecs else []
     q = dns.message.make_query(qname, "A", use_edns=0, payload=1232, options=options)
     q.flags &= ~dns.flags.RD  # a resolver asking an authoritative server
     q.id = 0
@@ -459,15 +469,6 @@ def measure(args: argparse.Namespace, server: Server, qfile: Path, warmup: bool)
 # --- main ----------------------------------------------------------------------------------
 
 
-def pick(args: argparse.Namespace, runs: list[PerfResult]) -> PerfResult | None:
-    if not runs:
-        return None
-    if args.pick == "best":
-        return max(runs, key=lambda r: r.qps)
-    mid = median([r.qps for r in runs])
-    return min(runs, key=lambda r: abs(r.qps - mid))
-
-
 def count(n: int) -> str:
     for unit, size in (("M", 1_000_000), ("k", 1000)):
         if n >= size and n % (size // 10) == 0:
@@ -475,40 +476,20 @@ def count(n: int) -> str:
     return str(n)
 
 
-def fmt(res: PerfResult | None) -> tuple[str, str]:
-    if res is None:
-        return "n/a", "n/a"
-    return f"{res.qps:,.0f}", f"{res.avg_ms:.3f} ±{res.sd_ms:.3f}"
-
-
 def tail_headers(a: str, b: str) -> list[str]:
     return ["goal", "verdict", f"{a} avg ±sd ms", f"{b} avg ±sd ms"]
 
 
-def result_row(title: str, a: PerfResult | None, b: PerfResult | None, goal: float) -> list[str]:
-    aq, al = fmt(a)
-    bq, bl = fmt(b)
-    a_qps, b_qps = (a.qps if a else None), (b.qps if b else None)
-    return [title, aq, bq, ratio(a_qps, b_qps), f">= {goal}x", verdict(a_qps, b_qps, goal), al, bl]
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    p.add_argument("--rounds", type=int, default=2, help="measured runs per server and scenario")
-    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds after a start")
+    p = arg_parser(
+        __doc__, what="server", warmup=1.0, warmup_help="unmeasured seconds after a start"
+    )
     p.add_argument(
         "--scenarios",
         default="static,ecs10k,ecs1m,edges",
         help="comma-separated subset of static,ecs10k,ecs1m,edges",
     )
     p.add_argument("--servers", default="ours,nsd", help="ours,nsd or just one of them")
-    p.add_argument(
-        "--pick",
-        choices=("best", "median"),
-        default="best",
-        help="which run of the rounds (median: use 3+ rounds)",
-    )
     p.add_argument("--clients", type=int, default=4, help="dnsperf -c")
     p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
     p.add_argument("--timeout", type=float, default=2.0, help="dnsperf -t (s)")
@@ -516,24 +497,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--large", type=int, default=1_000_000, help="client /24s of ecs1m and edges")
     p.add_argument("--seed", type=int, default=20261127)
     p.add_argument("--geoip-db", type=Path, default=None, help="default: bundled GeoLite2")
-    args = p.parse_args(argv)
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.scenarios) - {*SCENARIOS, "edges"} or set(args.servers) - {"ours", "nsd"}
-    if unknown:
-        p.error(f"unknown: {', '.join(sorted(unknown))}")
-    if args.rounds < 1 or args.duration <= 0:
-        p.error("--rounds must be >= 1 and --duration > 0")
-    return args
+    return parse_lists(p, argv, {*SCENARIOS, "edges"}, {"ours", "nsd"})
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     install_cleanup()
     require_two_cpus()
-    for tool in ("dnsperf", "taskset", *(["nsd"] if "nsd" in args.servers else [])):
-        if shutil.which(tool) is None:
-            raise BenchError(f"{tool} not found: run bench/dns.sh, which installs it")
+    require_tools(
+        ["dnsperf", "taskset", *(["nsd"] if "nsd" in args.servers else [])], "bench/dns.sh"
+    )
     workdir = WORK / "dns"
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
@@ -567,8 +540,8 @@ def main(argv: list[str]) -> int:
     for label, server in servers.items():  # fail early, before any long run
         server.start()
         try:
-            for sc in ("static", "ecs10k-p0010", "ecs1m-p1000"):
-                log(check_answer(server, queries[sc], ours=label == "ours", ecs=sc != "static"))
+            for qkey in ("static", "ecs10k-p0010", "ecs1m-p1000"):
+                log(check_answer(server, queries[qkey], ours=label == "ours", ecs=qkey != "static"))
         finally:
             server.stop()
 
@@ -579,25 +552,23 @@ def main(argv: list[str]) -> int:
         sc = SCENARIOS[key]
         title = sc.title.format(small=count(args.small), large=count(args.large))
         log(f"scenario {key}: {title}")
-        runs: dict[str, list[PerfResult]] = {k: [] for k in servers}
-        for rnd in range(args.rounds):
-            order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
-            for label in order:
-                runs[label].append(measure(args, servers[label], queries[sc.queries], sc.warmup))
-        ours, nsd = pick(args, runs.get("ours", [])), pick(args, runs.get("nsd", []))
+        runs = alternate(
+            args.rounds,
+            servers,
+            partial(measure, args, qfile=queries[sc.queries], warmup=sc.warmup),
+        )
+        ours, nsd = pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nsd", []))
         rows.append(result_row(title, ours, nsd, sc.goal))
 
     edge_rows: list[list[str]] = []
     if "edges" in args.scenarios and "ours" in servers:
         large = count(args.large)
         log(f"scenario edges: pool of 1000 edges vs pool of 10 (ours only, {large} /24s)")
-        runs = {"10": [], "1000": []}
-        for rnd in range(args.rounds):
-            order = ["10", "1000"] if rnd % 2 == 0 else ["1000", "10"]
-            for size in order:
-                qfile = queries[f"ecs1m-p{int(size):04d}"]
-                runs[size].append(measure(args, servers["ours"], qfile, False))
-        big, small = pick(args, runs["1000"]), pick(args, runs["10"])
+        qfiles = {size: queries[f"ecs1m-p{size:04d}"] for size in (10, 1000)}
+        pools = alternate(
+            args.rounds, qfiles, partial(measure, args, servers["ours"], warmup=False)
+        )
+        big, small = pick(args.pick, pools[1000]), pick(args.pick, pools[10])
         edge_rows.append(result_row(f"ECS from {large} /24s", big, small, EDGES_GOAL))
 
     print()
@@ -625,8 +596,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as exc:
-        print(f"bench/dnsbench.py: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "bench/dnsbench.py")

@@ -22,32 +22,36 @@ import http.client
 import json
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from _common import (
+    LOADGEN_CPU,
     LOOPBACK,
     PYTHON,
     REPO,
+    SERVER_CPU,
     WORK,
     BenchError,
     Proc,
+    alternate,
+    arg_parser,
     free_port,
     install_cleanup,
     log,
     machine_summary,
-    median,
-    ratio,
+    parse_lists,
+    pick,
+    require_tools,
     require_two_cpus,
+    result_row,
+    run_main,
     run_tool,
     table,
-    verdict,
 )
 
-SERVER_CPU = "0"
-LOADGEN_CPU = "1"
 OBJECTS = {"1k": 1024, "100k": 100 * 1024}
 GOALS = {"1k": 0.4, "100k": 0.35}
 WORKERS_GOAL = 1.25
@@ -60,6 +64,14 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int  # non-2xx/3xx responses plus socket errors
+
+    @property
+    def rate(self) -> float:
+        return self.rps
+
+    @property
+    def latency(self) -> str:
+        return f"{self.p99_ms:.2f}"
 
 
 # --- HTTP checks ---------------------------------------------------------------------------
@@ -300,57 +312,24 @@ def measure(
 # --- main ----------------------------------------------------------------------------------
 
 
-def pick(args: argparse.Namespace, runs: list[WrkResult]) -> WrkResult | None:
-    if not runs:
-        return None
-    if args.pick == "best":
-        return max(runs, key=lambda r: r.rps)
-    mid = median([r.rps for r in runs])
-    return min(runs, key=lambda r: abs(r.rps - mid))
-
-
-def result_row(title: str, a: WrkResult | None, b: WrkResult | None, goal: float) -> list[str]:
-    def cells(r: WrkResult | None) -> tuple[str, str]:
-        return ("n/a", "n/a") if r is None else (f"{r.rps:,.0f}", f"{r.p99_ms:.2f}")
-
-    (ar, ap), (br, bp) = cells(a), cells(b)
-    a_rps, b_rps = (a.rps if a else None), (b.rps if b else None)
-    return [title, ar, br, ratio(a_rps, b_rps), f">= {goal}x", verdict(a_rps, b_rps, goal), ap, bp]
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    p.add_argument("--rounds", type=int, default=2, help="measured runs per proxy and scenario")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured wrk seconds per proxy")
+    p = arg_parser(
+        __doc__, what="proxy", warmup=2.0, warmup_help="unmeasured wrk seconds per proxy"
+    )
     p.add_argument("--scenarios", default="1k,100k,workers", help="subset of 1k,100k,workers")
     p.add_argument("--servers", default="ours,nginx", help="ours,nginx or one of them")
-    p.add_argument(
-        "--pick",
-        choices=("best", "median"),
-        default="best",
-        help="which run of the rounds (median: use 3+ rounds)",
-    )
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--threads", type=int, default=1, help="wrk -t")
-    args = p.parse_args(argv)
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.scenarios) - {*OBJECTS, "workers"} or set(args.servers) - {"ours", "nginx"}
-    if unknown:
-        p.error(f"unknown: {', '.join(sorted(unknown))}")
-    if args.rounds < 1 or args.duration <= 0:
-        p.error("--rounds must be >= 1 and --duration > 0")
-    return args
+    return parse_lists(p, argv, {*OBJECTS, "workers"}, {"ours", "nginx"})
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     install_cleanup()
     require_two_cpus()
-    for tool in ("wrk", "taskset", *(["nginx"] if "nginx" in args.servers else [])):
-        if shutil.which(tool) is None:
-            raise BenchError(f"{tool} not found: run bench/edge.sh, which installs it")
+    require_tools(
+        ["wrk", "taskset", *(["nginx"] if "nginx" in args.servers else [])], "bench/edge.sh"
+    )
     workdir = WORK / "edge"
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
@@ -398,12 +377,12 @@ def main(argv: list[str]) -> int:
         for proxy in proxies.values():
             if args.warmup > 0:
                 wrk(args, proxy.port, path, args.warmup, LOADGEN_CPU)
-        runs: dict[str, list[WrkResult]] = {k: [] for k in proxies}
-        for rnd in range(args.rounds):
-            order = list(proxies) if rnd % 2 == 0 else list(reversed(proxies))
-            for label in order:
-                runs[label].append(measure(args, proxies[label], path, origin_port, LOADGEN_CPU))
-        ours, nginx = pick(args, runs.get("ours", [])), pick(args, runs.get("nginx", []))
+        runs = alternate(
+            args.rounds,
+            proxies,
+            partial(measure, args, path=path, origin_port=origin_port, cpus=LOADGEN_CPU),
+        )
+        ours, nginx = pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
         rows.append(result_row(f"{OBJECTS[key] // 1024} KiB hit", ours, nginx, GOALS[key]))
     for proxy in proxies.values():
         proxy.stop()
@@ -420,13 +399,14 @@ def main(argv: list[str]) -> int:
             log(proxy.check_hits(origin_port))
             if args.warmup > 0:
                 wrk(args, proxy.port, "/1k", args.warmup, None)
-        wruns: dict[int, list[WrkResult]] = {1: [], 2: []}
-        for rnd in range(args.rounds):
-            for n in (1, 2) if rnd % 2 == 0 else (2, 1):
-                wruns[n].append(measure(args, pair[n], "/1k", origin_port, None))
+        wruns = alternate(
+            args.rounds,
+            pair,
+            partial(measure, args, path="/1k", origin_port=origin_port, cpus=None),
+        )
         for proxy in pair.values():
             proxy.stop()
-        two, one = pick(args, wruns[2]), pick(args, wruns[1])
+        two, one = pick(args.pick, wruns[2]), pick(args.pick, wruns[1])
         worker_rows.append(result_row("1 KiB hit", two, one, WORKERS_GOAL))
     origin.stop()
 
@@ -446,8 +426,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as exc:
-        print(f"bench/edgebench.py: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "bench/edgebench.py")

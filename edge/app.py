@@ -5,7 +5,9 @@ origin ClientSession, the cache store, the probe scheduler and the access log, a
 the admin routes when an admin address is configured. The client-facing listeners use the
 low-level aiohttp server (no router, no middlewares) so the cache-hit path stays lean, with
 a protocol subclass that adds a deadline for reading request headers and maps parser limit
-errors to 414 / 431.
+errors to 414 / 431. That subclass also answers the commonest request of all, a plain GET
+that is a fresh hit in the memory tier, straight from the segment it arrives in (see
+edge.fasthit and Proxy.answer_plain_get): no aiohttp request, task or response object.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from edge.proxy import CacheLayer, InterimForwardingResponse, Proxy, open_cache
 
 log = logging.getLogger("edge")
 
+# Answers a received segment holding one plain GET (segment, scheme, client address) with
+# the response's wire bytes, or None when the full handler must answer it.
+FastHit = Callable[[bytes, str, str | None], list[bytes] | None]
+
 CONFIG = web.AppKey("edge_config", EdgeConfig)
 POOL = web.AppKey("edge_pool", OriginPool)
 SESSION = web.AppKey("edge_session", aiohttp.ClientSession)
@@ -52,6 +58,7 @@ class EdgeRequestHandler(RequestHandler):
         header_timeout: float,
         url_limit: int,
         cache_name: str,
+        fast: FastHit | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
@@ -59,24 +66,86 @@ class EdgeRequestHandler(RequestHandler):
         self._url_limit = url_limit
         self._cache_name = cache_name
         self._header_timer: asyncio.TimerHandle | None = None
+        self._fast = fast
+        # True while every byte given to aiohttp's parser belonged to a complete request:
+        # only then may a segment be read as a request of its own (see _answer_fast).
+        self._at_boundary = fast is not None
+        self._scheme = "http"
+        self._remote: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_header_timer()
+        if self._fast is not None:
+            peer = transport.get_extra_info("peername")
+            self._remote = str(peer[0]) if isinstance(peer, list | tuple) else peer
+            self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._at_boundary and self._answer_fast(data):
+            return
         before = self._request_count
         super().data_received(data)
+        if self._fast is not None:
+            self._at_boundary = self._parser_drained(data, self._request_count - before)
         if self._request_count != before:
             self._disarm_header_timer()
         elif self._header_timer is None and data and self._waiter is not None:
             # First bytes of a further request on a kept-alive connection: the deadline for
             # its headers starts now (the idle time before is the keep-alive timeout's job).
             self._arm_header_timer()
+
+    def _answer_fast(self, data: bytes) -> bool:
+        """Answer `data` from the cache's memory tier if it is one plain GET of a fresh hit.
+
+        Only while aiohttp's side of the connection is idle (no queued or running request,
+        its parser between messages, nothing paused), so responses keep request order and
+        aiohttp's state needs no change but the keep-alive deadline. The full handler
+        answers everything else, with the same bytes it would have seen.
+        """
+        waiter = self._waiter
+        if (
+            self._messages
+            or (self._request_count and (waiter is None or waiter.done()))
+            or self._force_close
+            or self._close
+            or self._upgraded
+            or self._paused
+            or self._buffer_paused
+        ):
+            return False
+        transport = self.transport
+        if transport is None or self._fast is None:
+            return False
+        wire = self._fast(data, self._scheme, self._remote)
+        if wire is None:
+            return False
+        transport.writelines(wire)
+        self._disarm_header_timer()
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        if self._keepalive_timeout > 0:
+            loop = self._loop
+            close_time = loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        return True
+
+    def _parser_drained(self, data: bytes, produced: int) -> bool:
+        """Whether aiohttp's parser ended `data` between messages (conservatively)."""
+        if not produced or not data.endswith(b"\r\n\r\n") or self._buffer_paused:
+            return False
+        if not self._messages:
+            return False
+        message, payload = self._messages[-1]
+        # A parse error is queued as aiohttp's private _ErrInfo, which has no method.
+        return hasattr(message, "method") and payload.is_eof()
 
     def _arm_header_timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -132,12 +201,14 @@ class EdgeServer(web.Server):
         header_timeout: float,
         url_limit: int,
         cache_name: str,
+        fast: FastHit | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
         self._cache_name = cache_name
+        self._fast = fast
 
     def __call__(self) -> RequestHandler:
         return EdgeRequestHandler(
@@ -146,6 +217,7 @@ class EdgeServer(web.Server):
             header_timeout=self._header_timeout,
             url_limit=self._url_limit,
             cache_name=self._cache_name,
+            fast=self._fast,
             **self._kwargs,
         )
 
@@ -293,7 +365,7 @@ class EdgeRuntime:
             await admin_site.start()
             self.addresses["admin"] = _site_addresses(admin_site)
         kwargs = server_kwargs(config)
-        proxy_server = EdgeServer(self.proxy.handle, **kwargs)
+        proxy_server = EdgeServer(self.proxy.handle, fast=self.proxy.answer_plain_get, **kwargs)
         proxy_runner = web.ServerRunner(proxy_server, handle_signals=False)
         await proxy_runner.setup()
         self._edge_runners.append(proxy_runner)
@@ -329,8 +401,9 @@ class EdgeRuntime:
             a, b = getattr(old, section), getattr(config, section)
             if (getattr(a, key) if key else a) != (getattr(b, key) if key else b):
                 log.warning("reload: %s changed; it takes effect after a restart", part)
+        # app[CONFIG] is the startup configuration (only _resources reads it); a started
+        # application's state must not change (aiohttp warns, and will refuse).
         self.config = config
-        self.app[CONFIG] = config
         self.app[POOL].update(config.pool)
         self.app[PROBER].reschedule()
         self.app[METRICS].capacity_rps = config.admin.capacity_rps

@@ -1,4 +1,4 @@
-"""HTTP field access and Cache-Control directive parsing (RFC 9111 §5.2, RFC 9213).
+"""HTTP field access, list and q-value parsing, Cache-Control directives (RFC 9111 §5.2).
 
 Pure code. Headers arrive either as a sequence of (name, value) pairs or as any object with
 an ``items()`` yielding such pairs (aiohttp's CIMultiDict qualifies); names compare
@@ -47,10 +47,6 @@ def field_value(headers: Headers, name: str) -> str | None:
     if not values:
         return None
     return ", ".join(values)
-
-
-def has_field(headers: Headers, name: str) -> bool:
-    return bool(field_values(headers, name))
 
 
 def split_list(value: str) -> Iterator[str]:
@@ -116,6 +112,22 @@ def unquote(value: str) -> str | None:
         out.append(ch)
         i += 1
     return "".join(out)
+
+
+def qvalue(params: str) -> float:
+    """The weight in the ``;``-separated parameters of a list element (RFC 9110 §12.4.2).
+
+    1.0 without a ``q`` parameter; 0.0 (not acceptable) when it is not a number in 0..1.
+    """
+    for p in params.split(";"):
+        k, eq, v = p.strip().partition("=")
+        if eq and k.strip().lower() == "q":
+            try:
+                q = float(v.strip())
+            except ValueError:
+                return 0.0
+            return q if 0.0 <= q <= 1.0 else 0.0
+    return 1.0
 
 
 def parse_delta_seconds(value: str | None) -> int | None:
@@ -223,20 +235,3 @@ def parse_directives(values: Iterable[str]) -> Directives:
 def cache_control(headers: Headers) -> Directives:
     """The parsed Cache-Control field of a request or response."""
     return parse_directives(field_values(headers, "cache-control"))
-
-
-def cdn_cache_control(
-    headers: Headers, names: Sequence[str] = ("cdn-cache-control",)
-) -> Directives | None:
-    """RFC 9213 targeted field: the first of ``names`` present, parsed; None if none is.
-
-    A targeted field that is present but unparseable is ignored (RFC 9213 §2.1), as if
-    absent, so the cache falls back to Cache-Control.
-    """
-    for name in names:
-        values = field_values(headers, name)
-        if values:
-            parsed = parse_directives(values)
-            if parsed.items:
-                return parsed
-    return None

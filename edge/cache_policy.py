@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
@@ -44,26 +44,21 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyConfig:
+class PolicyConfig(fr.Rules):
     """Knobs of the cache policy; one per configured route is fine.
 
-    ``default_ttl``: freshness for responses with neither explicit nor heuristic freshness
-    (None: such responses are not stored). ``store_set_cookie``: store responses carrying
-    Set-Cookie as RFC 9111 allows, Set-Cookie included, so every client of that entry gets
-    the cookie (False, the default: such responses are not stored, and a 304 never adds a
-    Set-Cookie to a stored entry). ``targeted_fields``: RFC 9213 targeted cache-control fields in
-    precedence order; () ignores CDN-Cache-Control. ``stale_when_disconnected``: how stale
-    an entry may be served when the origin cannot be reached at all (RFC 9111 §4.2.4),
-    without a stale-if-error from the origin; 0 disables.
+    Besides the freshness rules (edge.freshness.Rules: ``shared``, the heuristic,
+    ``default_ttl``, ``targeted_fields``): ``name`` for Cache-Status. ``store_set_cookie``:
+    store responses carrying Set-Cookie as RFC 9111 allows, Set-Cookie included, so every
+    client of that entry gets the cookie (False, the default: such responses are not
+    stored, and a 304 never adds a Set-Cookie to a stored entry).
+    ``stale_when_disconnected``: how stale an entry may be served when the origin cannot
+    be reached at all (RFC 9111 §4.2.4), without a stale-if-error from the origin; 0
+    disables.
     """
 
     name: str = "GeoEdge"
-    shared: bool = True
-    heuristic_fraction: float = 0.1
-    heuristic_max: float = 86400.0
-    default_ttl: float | None = None
     store_set_cookie: bool = False
-    targeted_fields: tuple[str, ...] = ("cdn-cache-control",)
     stale_when_disconnected: float = 0.0
 
 
@@ -139,12 +134,8 @@ class CacheEntry:
 
 
 def entry_to_dict(e: CacheEntry) -> dict[str, Any]:
-    d = asdict(e)
-    d["headers"] = [list(p) for p in e.headers]
-    d["selecting"] = [list(p) for p in e.selecting]
-    d["vary"] = list(e.vary)
-    d["surrogate_keys"] = list(e.surrogate_keys)
-    return d
+    """The entry as plain data for JSON (tuples serialise as arrays)."""
+    return asdict(e)
 
 
 def _pairs(v: Any) -> HeaderTuple:
@@ -182,46 +173,35 @@ def _str(v: Any) -> str:
     return v
 
 
+# Decoders by field annotation, so the stored form follows the dataclasses' fields.
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "str": _str,
+    "int": _int,
+    "float": _num,
+    "bool": bool,
+    "HeaderTuple": _pairs,
+    "tuple[str, ...]": _strs,
+}
+
+
+def _decode(cls: Any, d: Any, **given: Any) -> Any:
+    """``cls`` built from the JSON object ``d``, each field checked by its annotation."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__} object expected")
+    values = {f.name: _DECODERS[str(f.type)](d[f.name]) for f in fields(cls) if f.name not in given}
+    return cls(**values, **given)
+
+
 def entry_from_dict(d: Any) -> CacheEntry:
     """Validate and build an entry from decoded JSON (raises TypeError/KeyError)."""
     if not isinstance(d, dict):
         raise TypeError("object expected")
-    f = d["freshness"]
-    if not isinstance(f, dict):
-        raise TypeError("freshness object expected")
-    freshness = fr.Freshness(
-        lifetime=_num(f["lifetime"]),
-        initial_age=_num(f["initial_age"]),
-        explicit=bool(f["explicit"]),
-        heuristic=bool(f["heuristic"]),
-        no_cache=bool(f["no_cache"]),
-        must_revalidate=bool(f["must_revalidate"]),
-        stale_while_revalidate=_num(f["stale_while_revalidate"]),
-        stale_if_error=_num(f["stale_if_error"]),
-        targeted=bool(f["targeted"]),
-    )
-    sha = _str(d["sha256"])
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    entry: CacheEntry = _decode(CacheEntry, d, freshness=_decode(fr.Freshness, d["freshness"]))
+    if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
         raise TypeError("sha256 must be 64 lower-case hex digits")
-    length = _int(d["body_length"])
-    if length < 0:
+    if entry.body_length < 0:
         raise TypeError("negative body length")
-    return CacheEntry(
-        key=_str(d["key"]),
-        variant=_str(d["variant"]),
-        status=_int(d["status"]),
-        reason=_str(d["reason"]),
-        headers=_pairs(d["headers"]),
-        vary=_strs(d["vary"]),
-        selecting=_pairs(d["selecting"]),
-        request_time=_num(d["request_time"]),
-        response_time=_num(d["response_time"]),
-        body_length=length,
-        sha256=sha,
-        surrogate_keys=_strs(d["surrogate_keys"]),
-        stored_at=_num(d["stored_at"]),
-        freshness=freshness,
-    )
+    return entry
 
 
 # --- storability -------------------------------------------------------------------------
@@ -267,7 +247,7 @@ def storability(
         return Storability(False, "vary-star")
     if field_values(headers, "content-range"):
         return Storability(False, "partial")
-    f = _compute_freshness(status, headers, request_time, response_time, config)
+    f = fr.compute(status, headers, request_time, response_time, config)
     has_validator = bool(field_values(headers, "etag") or field_values(headers, "last-modified"))
     if f.lifetime > 0:
         return Storability(True, "ok")
@@ -276,36 +256,20 @@ def storability(
     return Storability(False, "no-freshness")
 
 
-def _compute_freshness(
-    status: int, headers: Headers, request_time: float, response_time: float, config: PolicyConfig
-) -> fr.Freshness:
-    return fr.compute(
-        status,
-        headers,
-        request_time,
-        response_time,
-        shared=config.shared,
-        heuristic_fraction=config.heuristic_fraction,
-        heuristic_max=config.heuristic_max,
-        default_ttl=config.default_ttl,
-        targeted_names=config.targeted_fields,
-    )
+def _with_date(pairs: HeaderTuple, response_time: float) -> HeaderTuple:
+    # RFC 9110 §6.6.1: a recipient caching a response without Date adds one.
+    if field_values(pairs, "date"):
+        return pairs
+    return (*pairs, ("Date", fr.format_http_date(response_time)))
 
 
-def _stored_headers(headers: Headers, response_time: float, config: PolicyConfig) -> HeaderTuple:
+def _stored_headers(headers: Headers, response_time: float) -> HeaderTuple:
     pairs = strip_hop_by_hop(headers)
-    drop: set[str] = set()
     cc = cache_control(pairs)
-    for directive in ("private", "no-cache"):
-        names = cc.field_names(directive)
-        if names:
-            drop.update(names)
+    drop = {n for d in ("private", "no-cache") for n in cc.field_names(d) or ()}
     if drop:
         pairs = tuple((k, v) for k, v in pairs if k.lower() not in drop)
-    if not field_values(pairs, "date"):
-        # RFC 9110 §6.6.1: a recipient caching a response without Date adds one.
-        pairs = (*pairs, ("Date", fr.format_http_date(response_time)))
-    return pairs
+    return _with_date(pairs, response_time)
 
 
 def surrogate_keys(headers: Headers) -> tuple[str, ...]:
@@ -336,7 +300,7 @@ def make_entry(
     Hop-by-hop fields and fields named by qualified private/no-cache are dropped; a Date
     is added if missing.
     """
-    stored = _stored_headers(headers, response_time, config)
+    stored = _stored_headers(headers, response_time)
     fields = vy.vary_fields(stored) or ()
     selecting = vy.selecting_headers(fields, request.headers)
     return CacheEntry(
@@ -353,7 +317,7 @@ def make_entry(
         sha256=sha256,
         surrogate_keys=surrogate_keys(stored),
         stored_at=now,
-        freshness=_compute_freshness(status, stored, request_time, response_time, config),
+        freshness=fr.compute(status, stored, request_time, response_time, config),
     )
 
 
@@ -371,9 +335,7 @@ def freshen(
     the response times become those of the validation exchange, and freshness is
     recomputed. A 304 without Date gets one for ``response_time``.
     """
-    new = strip_hop_by_hop(new_headers)
-    if not field_values(new, "date"):
-        new = (*new, ("Date", fr.format_http_date(response_time)))
+    new = _with_date(strip_hop_by_hop(new_headers), response_time)
     if not field_values(new, "age"):
         # An Age from the original response no longer applies to this exchange.
         base = tuple((k, v) for k, v in entry.headers if k.lower() != "age")
@@ -386,7 +348,7 @@ def freshen(
         request_time=request_time,
         response_time=response_time,
         surrogate_keys=surrogate_keys(merged),
-        freshness=_compute_freshness(entry.status, merged, request_time, response_time, config),
+        freshness=fr.compute(entry.status, merged, request_time, response_time, config),
     )
 
 

@@ -15,8 +15,15 @@ from typing import Protocol
 
 import brotli
 
-from edge.cache_control import Headers, HeaderTuple, cache_control, field_values, header_pairs
-from edge.cache_control import list_elements as _list_elements
+from edge.cache_control import (
+    Headers,
+    HeaderTuple,
+    cache_control,
+    field_values,
+    header_pairs,
+    list_elements,
+    qvalue,
+)
 from edge.errors import CompressionError
 
 # Codings we produce, in our order of preference when the client weighs them equally.
@@ -65,17 +72,8 @@ def parse_accept_encoding(value: str) -> dict[str, float]:
         if not coding:
             continue
         coding = _ALIASES.get(coding, coding)
-        q = 1.0
-        for p in params.split(";"):
-            k, eq, v = p.strip().partition("=")
-            if eq and k.strip().lower() == "q":
-                try:
-                    q = float(v.strip())
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0:
-                    q = 0.0
-        out[coding] = max(q, out.get(coding, 0.0)) if coding in out else q
+        q = qvalue(params)
+        out[coding] = max(q, out.get(coding, 0.0))
     return out
 
 
@@ -168,11 +166,11 @@ def should_compress(
 def add_vary(headers: Headers, name: str = "Accept-Encoding") -> HeaderTuple:
     """Headers with ``name`` listed in Vary once (untouched when Vary is ``*``)."""
     pairs = header_pairs(headers)
-    listed = [e.lower() for e in _list_elements(pairs, "vary")]
-    if "*" in listed or name.lower() in listed:
+    listed = list_elements(pairs, "vary")
+    if {"*", name.lower()} & {e.lower() for e in listed}:
         return pairs
     others = tuple((k, v) for k, v in pairs if k.lower() != "vary")
-    return (*others, ("Vary", ", ".join([*_list_elements(pairs, "vary"), name])))
+    return (*others, ("Vary", ", ".join([*listed, name])))
 
 
 def weaken_etag(tag: str) -> str:
@@ -252,28 +250,23 @@ def compressor(encoding: str, options: CompressionOptions) -> Compressor:
 def compress_chunks(chunks: Iterable[bytes], comp: Compressor) -> Iterator[bytes]:
     """Compressed chunks of a chunk stream (empty outputs skipped)."""
     for chunk in chunks:
-        out = comp.compress(chunk)
-        if out:
+        if out := comp.compress(chunk):
             yield out
-    tail = comp.finish()
-    if tail:
+    if tail := comp.finish():
         yield tail
 
 
 async def compress_async(chunks: AsyncIterable[bytes], comp: Compressor) -> AsyncIterator[bytes]:
     """The async twin of compress_chunks, for aiohttp body streams."""
     async for chunk in chunks:
-        out = comp.compress(chunk)
-        if out:
+        if out := comp.compress(chunk):
             yield out
-    tail = comp.finish()
-    if tail:
+    if tail := comp.finish():
         yield tail
 
 
 def compress(data: bytes, encoding: str, options: CompressionOptions = Options()) -> bytes:
-    c = compressor(encoding, options)
-    return c.compress(data) + c.finish()
+    return b"".join(compress_chunks((data,), compressor(encoding, options)))
 
 
 def decompress(data: bytes, encoding: str, limit: int | None = None) -> bytes:

@@ -17,7 +17,7 @@ from edge.cache_control import (
     header_pairs,
     list_elements,
 )
-from edge.freshness import parse_http_date
+from edge.freshness import date_field, parse_http_date
 
 # RFC 9110 §7.6.1 plus the classic ones: never stored, never merged.
 HOP_BY_HOP = frozenset(
@@ -61,8 +61,23 @@ def strip_hop_by_hop(headers: Headers) -> HeaderTuple:
     return tuple((k, v) for k, v in pairs if k.lower() not in drop)
 
 
+def normalise_etag(tag: str) -> str:
+    """An entity-tag in its quoted form: ``abc`` -> ``"abc"``, ``W/abc`` -> ``W/"abc"``.
+
+    Origins and clients sometimes send tags without the quotes RFC 9110 §8.8.3 requires;
+    a recipient may recover such a tag (RFC 9110 §2.2), and quoting it lets ``abc`` and
+    ``"abc"`` compare equal when the cache answers a conditional request itself.
+    """
+    tag = tag.strip()
+    prefix = "W/" if tag.startswith("W/") else ""
+    body = tag[len(prefix) :]
+    if body.startswith('"') and body.endswith('"') and len(body) > 1:
+        return tag
+    return prefix + '"' + body.strip('"') + '"'
+
+
 def parse_etags(value: str) -> list[str] | None:
-    """Entity-tags of an If-None-Match / If-Match value; None means ``*``."""
+    """Entity-tags of an If-None-Match / If-Match value, quoted; None means ``*``."""
     tags: list[str] = []
     rest = value.strip()
     while rest:
@@ -76,7 +91,7 @@ def parse_etags(value: str) -> list[str] | None:
         if not body.startswith('"'):
             # Be lenient with unquoted tags: take up to the next comma.
             tag, _, rest = rest.partition(",")
-            tags.append(tag.strip())
+            tags.append(normalise_etag(tag))
             rest = rest.lstrip()
             continue
         end = body.find('"', 1)
@@ -89,16 +104,18 @@ def parse_etags(value: str) -> list[str] | None:
 
 
 def opaque(tag: str) -> str:
+    tag = normalise_etag(tag)
     return tag[2:] if tag.startswith("W/") else tag
 
 
 def weak_match(a: str, b: str) -> bool:
     """Weak comparison (RFC 9110 §8.8.3.2): opaque tags equal, weakness ignored."""
-    return opaque(a.strip()) == opaque(b.strip())
+    return opaque(a) == opaque(b)
 
 
 def strong_match(a: str, b: str) -> bool:
-    a, b = a.strip(), b.strip()
+    """Strong comparison (RFC 9110 §8.8.3.2): neither tag weak, opaque tags equal."""
+    a, b = normalise_etag(a), normalise_etag(b)
     return not a.startswith("W/") and not b.startswith("W/") and a == b
 
 
@@ -113,6 +130,8 @@ def validators(entries_headers: Iterable[Headers]) -> HeaderTuple:
     last_modified: str | None = None
     for headers in entries_headers:
         for v in field_values(headers, "etag")[:1]:
+            # Verbatim, quotes or not: an origin that sent an unquoted tag most likely
+            # compares If-None-Match with it as a plain string.
             tag = v.strip()
             if tag and tag not in etags:
                 etags.append(tag)
@@ -136,14 +155,9 @@ def select_for_update(candidates: Sequence[tuple[int, Headers]], headers_304: He
     candidate and neither side has validators, that one; otherwise none.
     """
     etag = next(iter(field_values(headers_304, "etag")), None)
-    if etag is not None and not etag.strip().startswith("W/"):
-        return [
-            i for i, h in candidates if any(strong_match(etag, e) for e in field_values(h, "etag"))
-        ]
     if etag is not None:
-        return [
-            i for i, h in candidates if any(weak_match(etag, e) for e in field_values(h, "etag"))
-        ]
+        match = weak_match if etag.strip().startswith("W/") else strong_match
+        return [i for i, h in candidates if any(match(etag, e) for e in field_values(h, "etag"))]
     lm = next(iter(field_values(headers_304, "last-modified")), None)
     if lm is not None:
         lm = lm.strip()
@@ -160,12 +174,13 @@ def merge_headers(stored: Headers, new: Headers, *, keep_set_cookie: bool = Fals
 
     Every field in ``new`` replaces all lines of the same name in ``stored``, except
     hop-by-hop fields, Content-Length, and Set-Cookie (unless ``keep_set_cookie``); fields
-    only in ``stored`` stay.
+    only in ``stored`` stay. The obsolete Set-Cookie2 (RFC 6265 retired it; user agents
+    ignore it) is an ordinary field here, updated like any other, as RFC 9111 §3.2 asks.
     """
     new_pairs = strip_hop_by_hop(new)
     skip = set(NOT_UPDATED_FROM_304)
     if not keep_set_cookie:
-        skip.update(("set-cookie", "set-cookie2"))
+        skip.add("set-cookie")
     updates = [(k, v) for k, v in new_pairs if k.lower() not in skip]
     # A variant the edge compressed carries the weak form of the origin's ETag; a 304
     # naming the strong form must not make the compressed bytes look byte-identical.
@@ -194,11 +209,9 @@ def evaluate(
     """
     safe = method.upper() in ("GET", "HEAD")
     etags = [e.strip() for e in field_values(stored_headers, "etag")[:1]]
-    lm_raw = field_values(stored_headers, "last-modified")
-    last_modified = parse_http_date(lm_raw[0]) if len(lm_raw) == 1 else None
+    last_modified = date_field(stored_headers, "last-modified")
     if last_modified is None:
-        date_raw = field_values(stored_headers, "date")
-        last_modified = parse_http_date(date_raw[0]) if len(date_raw) == 1 else None
+        last_modified = date_field(stored_headers, "date")
     if last_modified is None:
         last_modified = stored_time
 

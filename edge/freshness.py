@@ -8,7 +8,9 @@ value, so the hit path only does arithmetic.
 from __future__ import annotations
 
 import calendar
+import email.utils
 import re
+import time
 from dataclasses import dataclass, replace
 
 from edge.cache_control import (
@@ -17,7 +19,6 @@ from edge.cache_control import (
     Headers,
     cache_control,
     field_values,
-    is_token,
     split_list,
 )
 
@@ -52,7 +53,7 @@ def parse_http_date(value: str, now: float | None = None) -> float | None:
             return _timestamp(int(year), mon, int(day), int(hh), int(mm), int(ss))
         if m := _RFC850.fullmatch(value):
             day, mon, yy, hh, mm, ss = m.groups()
-            cur = _year_of(now) if now is not None else 2026
+            cur = time.gmtime(now).tm_year if now is not None else 2026
             year = (cur // 100) * 100 + int(yy)
             if year > cur + 50:
                 year -= 100
@@ -67,12 +68,6 @@ def parse_http_date(value: str, now: float | None = None) -> float | None:
     return None
 
 
-def _year_of(t: float) -> int:
-    import time
-
-    return time.gmtime(t).tm_year
-
-
 def _timestamp(year: int, mon: str, day: int, hh: int, mm: int, ss: int) -> float | None:
     month = _MONTHS.get(mon.lower())
     if month is None or not (1 <= day <= 31) or hh > 23 or mm > 59 or ss > 60:
@@ -84,8 +79,6 @@ def _timestamp(year: int, mon: str, day: int, hh: int, mm: int, ss: int) -> floa
 
 def format_http_date(t: float) -> str:
     """IMF-fixdate for ``t`` seconds since the epoch."""
-    import email.utils
-
     return email.utils.formatdate(t, usegmt=True)
 
 
@@ -105,18 +98,24 @@ def age_header(headers: Headers) -> int:
     return min(int(first), DELTA_SECONDS_MAX)
 
 
-def date_header(headers: Headers) -> float | None:
-    values = field_values(headers, "date")
+def date_field(headers: Headers, name: str) -> float | None:
+    """The time in a date field (Date, Expires, Last-Modified, ...); None unless it has
+    exactly one line holding a valid HTTP-date."""
+    values = field_values(headers, name)
     if len(values) != 1:
         return None
     return parse_http_date(values[0])
 
 
+def origin_date(headers: Headers, response_time: float) -> float:
+    """The origin's Date, or ``response_time`` when it is missing or invalid."""
+    date = date_field(headers, "date")
+    return response_time if date is None else date
+
+
 def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
     """corrected_initial_age of RFC 9111 §4.2.3, as of ``response_time``."""
-    date = date_header(headers)
-    date_value = response_time if date is None else date
-    apparent_age = max(0.0, response_time - date_value)
+    apparent_age = max(0.0, response_time - origin_date(headers, response_time))
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_header(headers) + response_delay
     return max(apparent_age, corrected_age_value)
@@ -147,10 +146,6 @@ class Freshness:
     stale_while_revalidate: float = 0.0
     stale_if_error: float = 0.0
     targeted: bool = False  # decided by CDN-Cache-Control rather than Cache-Control
-
-    def ttl(self, age: float) -> float:
-        """Remaining freshness at ``age`` (negative once stale)."""
-        return self.lifetime - age
 
 
 _SF_INT_DIRECTIVES = frozenset(
@@ -194,10 +189,10 @@ def parse_targeted(values: list[str]) -> Directives | None:
 
 
 def response_directives(
-    headers: Headers, targeted_names: tuple[str, ...] = ("cdn-cache-control",)
+    headers: Headers, targeted_fields: tuple[str, ...]
 ) -> tuple[Directives, bool]:
     """The directives that govern this cache: (directives, True if from a targeted field)."""
-    for name in targeted_names:
+    for name in targeted_fields:
         values = field_values(headers, name)
         if values:
             parsed = parse_targeted(values)
@@ -211,17 +206,30 @@ def _window(cc: Directives, name: str) -> float:
     return float(v) if v is not None and v >= 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """How this cache computes freshness (edge.cache_policy.PolicyConfig extends it).
+
+    ``shared``: a shared cache (s-maxage, proxy-revalidate apply). ``heuristic_fraction``
+    and ``heuristic_max``: the Last-Modified heuristic. ``default_ttl``: lifetime of
+    responses with neither explicit nor heuristic freshness (None: none).
+    ``targeted_fields``: RFC 9213 targeted cache-control fields in precedence order; ()
+    ignores CDN-Cache-Control.
+    """
+
+    shared: bool = True
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86400.0
+    default_ttl: float | None = None
+    targeted_fields: tuple[str, ...] = ("cdn-cache-control",)
+
+
 def compute(
     status: int,
     headers: Headers,
     request_time: float,
     response_time: float,
-    *,
-    shared: bool = True,
-    heuristic_fraction: float = 0.1,
-    heuristic_max: float = 86400.0,
-    default_ttl: float | None = None,
-    targeted_names: tuple[str, ...] = ("cdn-cache-control",),
+    rules: Rules = Rules(),
 ) -> Freshness:
     """Freshness of a response received between ``request_time`` and ``response_time``.
 
@@ -232,7 +240,8 @@ def compute(
     ``default_ttl`` (a configured rule) if given. An invalid max-age / s-maxage / Expires
     makes the response stale (lifetime 0), as RFC 9111 encourages.
     """
-    cc, targeted = response_directives(headers, targeted_names)
+    shared = rules.shared
+    cc, targeted = response_directives(headers, rules.targeted_fields)
     init = initial_age(headers, request_time, response_time)
     must_revalidate = (
         "must-revalidate" in cc
@@ -259,27 +268,21 @@ def compute(
             return replace(base, lifetime=float(max(v, 0)))
 
     if not targeted:
-        expires = field_values(headers, "expires")
-        if expires:
-            exp = parse_http_date(expires[0]) if len(expires) == 1 else None
+        if field_values(headers, "expires"):
+            exp = date_field(headers, "expires")
             if exp is None:
                 return base
-            date = date_header(headers)
-            origin_date = response_time if date is None else date
-            return replace(base, lifetime=max(0.0, exp - origin_date))
+            return replace(base, lifetime=max(0.0, exp - origin_date(headers, response_time)))
 
     if status in HEURISTIC_STATUSES or "public" in cc:
-        lm_values = field_values(headers, "last-modified")
-        lm = parse_http_date(lm_values[0]) if len(lm_values) == 1 else None
-        if lm is not None:
-            date = date_header(headers)
-            origin_date = response_time if date is None else date
-            if origin_date > lm:
-                life = min(heuristic_fraction * (origin_date - lm), heuristic_max)
-                return replace(base, lifetime=life, explicit=False, heuristic=True)
+        lm = date_field(headers, "last-modified")
+        date = origin_date(headers, response_time)
+        if lm is not None and date > lm:
+            life = min(rules.heuristic_fraction * (date - lm), rules.heuristic_max)
+            return replace(base, lifetime=life, explicit=False, heuristic=True)
 
-    if default_ttl is not None:
-        return replace(base, lifetime=default_ttl, explicit=False)
+    if rules.default_ttl is not None:
+        return replace(base, lifetime=rules.default_ttl, explicit=False)
     return replace(base, explicit=False)
 
 
@@ -287,13 +290,14 @@ __all__ = [
     "DELTA_SECONDS_MAX",
     "HEURISTIC_STATUSES",
     "Freshness",
+    "Rules",
     "age_header",
     "compute",
     "current_age",
-    "date_header",
+    "date_field",
     "format_http_date",
     "initial_age",
-    "is_token",
+    "origin_date",
     "parse_http_date",
     "parse_targeted",
     "response_directives",

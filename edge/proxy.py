@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,6 +30,7 @@ from edge.accesslog import AccessLog
 from edge.admin import Metrics
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, CorruptBodyError, StoreError
+from edge.fasthit import SimpleGet, parse_simple_get
 from edge.headers import client_response_headers, end_to_end, origin_request_headers
 from edge.origins import Origin, OriginPool
 from edge.store import Store
@@ -40,6 +42,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
 _CHUNK = 64 * 1024
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431})
+# Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
+_PLAIN_MEMO = 2048
 _PRECONDITIONS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
@@ -149,6 +153,11 @@ class Proxy:
             sock_connect=pool.connect_timeout,
             sock_read=pool.first_byte_timeout,
         )
+        # The fast path's verdicts depend on the limits and hosts just set.
+        self._plain_gets: dict[str, dict[bytes, tuple[str, SimpleGet] | Literal[False]]] = {
+            "http": {},
+            "https": {},
+        }
         self._cache_tag = config.server.cache_name
         self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
         if self.cache is not None:
@@ -226,6 +235,60 @@ class Proxy:
                     origin=origin_url,
                     user_agent=request.headers.get("User-Agent", ""),
                 )
+
+    def answer_plain_get(self, data: bytes, scheme: str, remote: str | None) -> list[bytes] | None:
+        """Wire bytes answering `data`, one received segment, when it is a plain GET
+        (edge.fasthit) of a fresh hit in the memory tier; None when `handle` must answer.
+        Same checks, metrics and access log as `handle`; whatever `_check` would refuse
+        is left to it."""
+        cache = self.cache
+        if cache is None:
+            return None
+        memo = self._plain_gets[scheme]
+        plain = memo.get(data)
+        if plain is None:
+            plain = self._plain_get(data, scheme)
+            if len(data) <= 2048:  # bounded: at most _PLAIN_MEMO entries of 2 KiB
+                if len(memo) >= _PLAIN_MEMO:
+                    memo.clear()
+                memo[data] = plain
+        if not plain:
+            return None
+        key, req = plain
+        logging_on = self.access_log.enabled
+        start = time.monotonic() if logging_on else 0.0
+        hit = cache.hit_wire(key)
+        if hit is None:
+            return None
+        status, head, body = hit
+        self.metrics.response(status, "hit")
+        if logging_on:
+            self.access_log.write(
+                remote=remote,
+                method="GET",
+                host=req.host,
+                path=req.target,
+                status=status,
+                bytes=len(body),
+                duration_ms=round((time.monotonic() - start) * 1000, 3),
+                cache="hit",
+                origin="",
+                user_agent=req.user_agent,
+            )
+        return [head, body]
+
+    def _plain_get(self, data: bytes, scheme: str) -> tuple[str, SimpleGet] | Literal[False]:
+        """The cache key and request of `data` if the fast path may answer it, else False."""
+        req = parse_simple_get(data)
+        if (
+            req is None
+            or req.fields > self._max_headers
+            or req.field_bytes > self._max_header_bytes
+            or len(req.target) > self._max_url
+            or (self._hosts and _bare_host(req.host) not in self._hosts)
+        ):
+            return False
+        return cp.cache_key(scheme, req.host, req.target), req
 
     async def _dispatch(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
         refusal = self._check(request)
@@ -604,6 +667,10 @@ class CacheLayer:
         self._refreshing: set[str] = set()
         self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
         self._serialized: dict[tuple[Any, ...], bytes] = {}
+        # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
+        # re-read or replaced entry is never answered with another one's head.
+        self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
+        self._rereads: dict[str, asyncio.Future[Any]] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -619,8 +686,14 @@ class CacheLayer:
         )
         self.compression = config.compression
         self._collapse_wait = config.pool.total_timeout
+        # Prepared heads carry the cache name and Via of the configuration they were made in.
+        self._prepared.clear()
+        self._serialized.clear()
+        self._hit_heads.clear()
 
     async def close(self) -> None:
+        if self._rereads:
+            await asyncio.gather(*self._rereads.values(), return_exceptions=True)
         await asyncio.to_thread(self.store.close)
 
     def status(self) -> dict[str, Any]:
@@ -753,6 +826,60 @@ class CacheLayer:
                 self._prepared.clear()
             self._prepared[ident] = pre
         return pre
+
+    def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
+        """Status, head and body of an HTTP/1.1 response to a plain GET (no request
+        directives, conditionals or ranges) for primary key `key` when it is a fresh hit
+        whose metadata and body are both in the memory tier; None otherwise. Decided as the
+        hit path of `serve` decides it."""
+        peeked = self.store.peek_single(key)
+        if peeked is None:
+            return None
+        entry, body, read_ago = peeked
+        refresh = self.store.meta_refresh
+        if read_ago >= refresh:
+            # Due for its re-read (another process may have purged it): one thread re-reads
+            # it while hits keep being answered from memory, for one more period at most,
+            # instead of every request hopping to a thread until the re-read lands.
+            if read_ago >= 2 * refresh:
+                return None
+            self._reread(key)
+        freshness = entry.freshness
+        if entry.vary or freshness.no_cache:
+            return None
+        age = entry.age(self.clock())
+        ttl = freshness.lifetime - age
+        if ttl <= 0:
+            return None
+        return entry.status, self._hit_head(entry, age, ttl), body
+
+    def _reread(self, key: str) -> None:
+        if key in self._rereads:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self.store.variants, key))
+        self._rereads[key] = task
+        task.add_done_callback(lambda t: self._reread_done(key, t))
+
+    def _reread_done(self, key: str, task: asyncio.Future[Any]) -> None:
+        if self._rereads.get(key) is task:
+            del self._rereads[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("re-reading cache metadata of %s failed: %r", key, task.exception())
+
+    def _hit_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
+        """`_serialized_head` plus Age and Cache-Status, remade only when they change."""
+        age_s = min(int(age), 2147483648)
+        ttl_s = math.floor(ttl)
+        memo = self._hit_heads.get(entry.key)
+        if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
+            return memo[3]
+        status = cp.cache_status(self.name, hit=True, ttl=ttl)
+        tail = f"Age: {age_s}\r\nCache-Status: {status}\r\n\r\n"
+        head = self._serialized_head(entry) + tail.encode("latin-1", "replace")
+        if memo is None and len(self._hit_heads) > 4096:
+            self._hit_heads.clear()
+        self._hit_heads[entry.key] = (entry, age_s, ttl_s, head)
+        return head
 
     def _serialized_head(self, entry: cp.CacheEntry) -> bytes:
         """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""

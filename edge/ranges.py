@@ -8,13 +8,12 @@ send 200, which the RFC allows. A Range no part of which fits gives 416.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edge.cache_control import Headers, field_values
 from edge.conditional import strong_match
-from edge.freshness import parse_http_date
+from edge.freshness import date_field, parse_http_date
 
 # Guard against range-amplification: more ranges than this and we just send 200.
 MAX_RANGES = 16
@@ -123,10 +122,7 @@ def if_range_holds(value: str, stored_headers: Headers) -> bool:
     if value.startswith('"') or value.startswith("W/"):
         return any(strong_match(value, e) for e in field_values(stored_headers, "etag")[:1])
     when = parse_http_date(value)
-    lm = field_values(stored_headers, "last-modified")
-    if when is None or len(lm) != 1:
-        return False
-    return parse_http_date(lm[0]) == when
+    return when is not None and date_field(stored_headers, "last-modified") == when
 
 
 def evaluate(
@@ -152,10 +148,6 @@ def evaluate(
     if len(parts) > MAX_RANGES:
         return Full()
     return Multi(tuple(merged))
-
-
-def multipart_boundary() -> str:
-    return "geoedge-" + secrets.token_hex(12)
 
 
 def multipart_body(

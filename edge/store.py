@@ -239,6 +239,9 @@ class BodyWriter:
         self._hash = hashlib.sha256()
         self.length = 0
         self.failed = False
+        # A body small enough for the memory tier is also kept here, so commit can put it
+        # there and the first hit after the miss needs no disk read.
+        self._chunks: list[bytes] | None = []
 
     def write(self, chunk: bytes) -> bool:
         """Append a chunk; False once the writer gave up (too big or disk full)."""
@@ -255,6 +258,11 @@ class BodyWriter:
             return False
         self._hash.update(chunk)
         self.length += len(chunk)
+        if self._chunks is not None:
+            if self.length > self._store._memory_object_max:
+                self._chunks = None
+            else:
+                self._chunks.append(bytes(chunk))
         return True
 
     def commit(self, entry: CacheEntry, length: int) -> CacheEntry | None:
@@ -276,12 +284,15 @@ class BodyWriter:
             self.abort()
             return None
         final = replace(entry, body_length=self.length, sha256=self._hash.hexdigest())
-        stored = self._store._commit(final, _CommittedFile(self._path, self.length))
+        data = b"".join(self._chunks) if self._chunks is not None else None
+        self._chunks = None
+        stored = self._store._commit(final, _CommittedFile(self._path, self.length), data)
         self._cleanup()
         return stored
 
     def abort(self) -> None:
         self.failed = True
+        self._chunks = None
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -456,6 +467,11 @@ class Store:
         with self._lock:
             self._memory.pop(_meta_key(key))
 
+    @property
+    def meta_refresh(self) -> float:
+        """Seconds a variant list is used from memory before it is re-read from disk."""
+        return self._meta_refresh
+
     def peek_variants(self, key: str) -> tuple[CacheEntry, ...] | None:
         """Variants of ``key`` from the memory tier only: never blocks on disk, safe to call
         on the event loop. None when not in memory or due for a re-read (then call
@@ -467,6 +483,23 @@ class Store:
             self._hits += 1
         entries: tuple[CacheEntry, ...] = cached[1]
         return entries
+
+    def peek_single(self, key: str) -> tuple[CacheEntry, bytes, float] | None:
+        """For a key with exactly one variant: that variant, its body and the seconds since
+        the variant list was read, all from the memory tier in one step (the cache-hit fast
+        path). Unlike ``peek_variants`` it also returns a list due for its re-read (age >=
+        ``meta_refresh``), so a caller may keep answering from it while ``variants``
+        re-reads it in a thread. None when any of it is not in memory."""
+        with self._lock:
+            cached = self._memory.get(_meta_key(key))
+            if cached is None or len(cached[1]) != 1:
+                return None
+            entry: CacheEntry = cached[1][0]
+            body: bytes | None = self._memory.get(_body_key(entry))
+            if body is None:
+                return None
+            self._hits += 1
+        return entry, body, self._clock() - cached[0]
 
     def peek_body(self, entry: CacheEntry) -> bytes | None:
         """The verified body from the memory tier only (non-blocking), or None."""
@@ -597,7 +630,13 @@ class Store:
             self._write_failed(e)
             return None
 
-    def _commit(self, entry: CacheEntry, body: bytes | _CommittedFile) -> CacheEntry | None:
+    def _commit(
+        self, entry: CacheEntry, body: bytes | _CommittedFile, data: bytes | None = None
+    ) -> CacheEntry | None:
+        """Store ``body`` and the metadata; ``data`` is the body's bytes when the caller
+        has them (for the memory tier)."""
+        if data is None and isinstance(body, bytes):
+            data = body
         bkey = _body_key(entry)
         try:
             self._cache.set(bkey, body)
@@ -616,7 +655,13 @@ class Store:
                 self._save_meta(entry.key, kept)
                 for tag in entry.surrogate_keys:
                     self._add_tag(tag, entry.key)
+                # Inside the transaction: a remove() of this key (which forgets it from
+                # memory after its own transaction) cannot come in between.
+                self._remember(entry.key, tuple(kept), bkey, data)
         except Exception as e:
+            self._forget(entry.key)
+            with self._lock:
+                self._memory.pop(bkey)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
                 with contextlib.suppress(sqlite3.Error, OSError):
@@ -630,9 +675,23 @@ class Store:
             if _body_key(old) != bkey:
                 with contextlib.suppress(sqlite3.Error, OSError):
                     self._cache.delete(_body_key(old))
-        self._forget(entry.key)
+                with self._lock:
+                    self._memory.pop(_body_key(old))
         self._wrote_ok()
         return entry
+
+    def _remember(
+        self, key: str, entries: tuple[CacheEntry, ...], bkey: str, body: bytes | None
+    ) -> None:
+        """After a commit: the variant list just written, and the body when it is small
+        and at hand, go to the memory tier, so the first hit needs no disk read."""
+        mkey = _meta_key(key)
+        cost = 256 + sum(len(e.key) + 64 * (len(e.headers) + 4) for e in entries)
+        now = self._clock()
+        with self._lock:
+            self._memory.put(mkey, (now, entries), cost)
+            if body is not None and len(body) <= self._memory_object_max:
+                self._memory.put(bkey, body, len(body) + 64)
 
     def _add_tag(self, tag: str, key: str) -> None:
         tkey = _tag_key(tag)

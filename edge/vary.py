@@ -13,7 +13,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from edge.cache_control import Headers, HeaderTuple, field_values, list_elements, split_list
+from edge.cache_control import (
+    Headers,
+    HeaderTuple,
+    field_values,
+    list_elements,
+    qvalue,
+    split_list,
+)
+from edge.compression import variant_coding
 
 # A request header absent from the request is recorded with this marker, distinct from an
 # empty value, so "omitted" never matches "present".
@@ -32,22 +40,11 @@ def vary_fields(headers: Headers) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
-def _qvalue(params: str) -> float:
-    for p in params.split(";"):
-        k, _, v = p.strip().partition("=")
-        if k.strip().lower() == "q":
-            try:
-                return float(v.strip())
-            except ValueError:
-                return 0.0
-    return 1.0
-
-
 def _normalise_accept_language(value: str) -> str:
     ranked: list[tuple[float, str]] = []
     for element in split_list(value):
         tag, _, params = element.partition(";")
-        q = _qvalue(params)
+        q = qvalue(params)
         if q > 0:
             ranked.append((-q, tag.strip().lower()))
     ranked.sort()
@@ -61,8 +58,6 @@ def normalise(name: str, values: Sequence[str]) -> str:
     lname = name.lower()
     combined = ", ".join(values)
     if lname == "accept-encoding":
-        from edge.compression import variant_coding
-
         return variant_coding(combined)
     if lname == "accept-language":
         return _normalise_accept_language(combined)

@@ -10,16 +10,19 @@ Speed comes from caching encoded replies, in three tiers:
    client repeats a query byte for byte; only replies that depend on nothing but the query
    are stored here: static data, errors, and pool answers decided by an ECS subnet (those
    carry the health version they were made under and count only while it is current).
-   Cost: a slice, a dict lookup, a concatenation.
+   Cost: a slice, a dict lookup, a concatenation. Entries are plain tuples (one is built
+   per query variant).
 2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
    and a lower-case question; on a hit the ID, RD/CD flags, the question's exact case (0x20)
    and the ECS address are patched in. Names whose answer involves a pool map to a plan
    instead of bytes.
-3. pool: (static key, network of the client's location) -> reply. The client (or its ECS
-   subnet) is located first, because the network is part of the key; so a pool answer costs
-   parse + locate + dict lookup. Emptied whenever the health state's version changes. Misses
-   run the selection and look the rendered bytes up by (static key, edges, scope), so even a
-   new network rarely reaches dnslib.
+3. pool: (static key, what the decision depends on) -> reply. For `nearest` pools that is
+   the client's coordinates and the prefix length of its network (the ECS scope): GeoIP puts
+   many networks on one city's coordinates, so a new client subnet usually hits. For other
+   policies it is the network itself. The client (or its ECS subnet) is located first, so a
+   pool answer costs parse + locate + dict lookup. Emptied whenever the health state's
+   version changes. Misses run the selection and look the rendered bytes up by (static key,
+   edges, scope), so even a new place rarely reaches dnslib.
 
 Everything is built once per config: a reload builds a new Responder, so zone changes never
 meet old cache entries.
@@ -42,8 +45,8 @@ from geo.location import Location, Locator
 from gslb.config import GslbConfig
 from gslb.ecs import ClientSubnet
 from gslb.errors import FormError, ShortHeader
-from gslb.models import HealthView, Selection
-from gslb.respcache import BoundedCache
+from gslb.models import Edge, HealthView, Policy, Selection
+from gslb.respcache import FifoCache
 from gslb.selection import select
 from gslb.wire import Query, parse_query
 from gslb.zone import (
@@ -72,6 +75,7 @@ EXACT_ENTRIES: Final = 50_000
 STATIC_ENTRIES: Final = 50_000
 POOL_ENTRIES: Final = 200_000
 RENDER_ENTRIES: Final = 50_000
+CLIENT_TEXTS: Final = 4096
 MAX_TCP: Final = 65535
 
 _HEADER: Final = struct.Struct("!HHHHHH")
@@ -99,18 +103,21 @@ class Observer(Protocol):
     ) -> None: ...
 
 
-@dataclass(slots=True)  # not frozen: built per 0x20 query variant, frozen init is slow
+@dataclass(frozen=True, slots=True)
 class _Reply:
-    """An encoded reply plus what the observer is told about it."""
+    """An encoded reply (ID 0, lower-case question) plus what the observer is told about it."""
 
-    wire: bytes  # ID 0, lower-case question (tier 2/3) or the reply after the ID (tier 1)
+    wire: bytes
     rcode: int
     qname: str
     pool: str | None = None
     edges: tuple[str, ...] = ()
-    ecs: str | None = None  # tier 1 only: the ECS subnet of the query
-    qtype: int = 0  # tier 1 only
-    version: int = -1  # tier 1 only: health version a pool answer holds for; -1: static
+
+
+# A tier-1 entry, a plain tuple because one is built per query variant: (the reply after the
+# ID, the _Reply it was patched from, the query's ECS subnet as text, qtype, the health version
+# a pool answer holds for or -1 for a static one).
+_Exact = tuple[bytes, _Reply, str | None, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,9 @@ class _Plan:
     resolution: Resolution
     pool: PoolAnswer
     qname: str
+    # nearest: the answer is a function of the client's coordinates (and the network's prefix
+    # length, the ECS scope), so networks at one place share a pool-cache entry
+    by_place: bool
 
 
 _StaticKey = tuple[bytes, int, int, Any, int]
@@ -141,13 +151,16 @@ class Responder:
         self._health = health
         self._observer = observer
         self._max_udp = config.server.max_udp_payload
-        self._exact: BoundedCache[tuple[bytes, bool], _Reply] = BoundedCache(EXACT_ENTRIES)
-        self._static: BoundedCache[_StaticKey, _Reply | _Plan] = BoundedCache(STATIC_ENTRIES)
-        self._pooled: BoundedCache[tuple[_StaticKey, Any], _Reply] = BoundedCache(POOL_ENTRIES)
-        self._rendered: BoundedCache[tuple[Any, ...], _Reply] = BoundedCache(RENDER_ENTRIES)
-        self._resolved: BoundedCache[tuple[bytes, int, int], Resolution] = BoundedCache(
+        self._exact: FifoCache[tuple[bytes, bool], _Exact] = FifoCache(EXACT_ENTRIES)
+        self._static: FifoCache[_StaticKey, _Reply | _Plan] = FifoCache(STATIC_ENTRIES)
+        self._pooled: FifoCache[tuple[Any, ...], _Reply] = FifoCache(POOL_ENTRIES)
+        self._rendered: FifoCache[tuple[Any, ...], _Reply] = FifoCache(RENDER_ENTRIES)
+        self._templates: FifoCache[tuple[Any, ...], tuple[bytes, list[int] | None]] = FifoCache(
             STATIC_ENTRIES
         )
+        self._resolved: FifoCache[tuple[bytes, int, int], Resolution] = FifoCache(STATIC_ENTRIES)
+        # id(client) -> (client, its text): resolvers repeat, and str() of an address is slow
+        self._client_text: dict[int, tuple[IPAddress, str]] = {}
         self._exact_get = self._exact.getter
         self._static_get = self._static.getter
         self._pooled_get = self._pooled.getter
@@ -159,10 +172,10 @@ class Responder:
         """The reply to `wire` from `client`, or None to send nothing. Never raises."""
         try:
             hit = self._exact_get((wire[2:], tcp))
-            if hit is not None and (hit.version < 0 or hit.version == self._health.version):
+            if hit is not None and (hit[4] < 0 or hit[4] == self._health.version):
                 if self._observer is not None:
-                    self._notify(hit, hit.qtype, client, hit.ecs)
-                return wire[:2] + hit.wire
+                    self._notify(hit[1], hit[3], client, hit[2])
+                return wire[:2] + hit[0]
             query = parse_query(wire)
         except ShortHeader:
             return None
@@ -204,7 +217,13 @@ class Responder:
                 self._rendered.clear()
                 self._version = version
             where = self._locate(ecs, client)
-            pkey = (key, where.network if where is not None else None)
+            pkey: tuple[Any, ...]
+            if where is None:
+                pkey = (key, None)
+            elif entry.by_place:  # the selection depends on the coordinates alone
+                pkey = (key, where.latitude, where.longitude, where.network.prefixlen)
+            else:
+                pkey = (key, where.network)
             reply = self._pooled_get(pkey)
             if reply is None:
                 reply = self._pool_reply(q, key, entry, where, limit)
@@ -222,19 +241,7 @@ class Responder:
             valid_for = -2  # decided by the client's address: not for tier 1
         ecs_text = ecs.text() if ecs is not None else None
         if valid_for != -2:
-            self._exact.put(
-                (wire[2:], tcp),
-                _Reply(
-                    out[2:],
-                    reply.rcode,
-                    reply.qname,
-                    reply.pool,
-                    reply.edges,
-                    ecs_text,
-                    q.qtype,
-                    valid_for,
-                ),
-            )
+            self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, valid_for))
         if self._observer is not None:
             self._notify(reply, q.qtype, client, ecs_text)
         return out
@@ -286,7 +293,7 @@ class Responder:
         res = self._resolve(q)
         qname = name_to_text(q.qname)
         if res.pool is not None:
-            return _Plan(res, res.pool, qname)
+            return _Plan(res, res.pool, qname, res.pool.pool.policy is Policy.NEAREST)
         return self._render(q, res, qname, None, (), 0, limit)
 
     def _pool_reply(
@@ -299,13 +306,87 @@ class Responder:
         scope = 0
         if ecs is not None and ecs.source and selection.tailored and where is not None:
             scope = where.network.prefixlen
-        names = tuple(e.name for e in edges)
+        names = tuple([e.name for e in edges])
         rkey = (key, names, scope)
         reply = self._rendered.get(rkey)
         if reply is None:
-            reply = self._render(q, plan.resolution, plan.qname, pa, edges, scope, limit)
+            reply = self._fill(q, key, plan, edges, scope, limit)
             self._rendered.put(rkey, reply)
         return reply
+
+    def _fill(
+        self,
+        q: Query,
+        key: _StaticKey,
+        plan: _Plan,
+        edges: tuple[Edge, ...],
+        scope: int,
+        limit: int,
+    ) -> _Reply:
+        """A pool answer from a template of its shape (static key, number of addresses, ECS
+        scope): the template is rendered once with placeholder addresses, and each answer
+        copies it and writes the chosen edges' addresses over the placeholders. A pool of
+        many edges has many edge sets but few shapes, so dnslib runs once per shape."""
+        pa = plan.pool
+        v6 = pa.rtype == AAAA
+        chosen = [e for e in edges if (e.ipv6 if v6 else e.ipv4) is not None]
+        tkey = (key, len(chosen), scope)
+        template = self._templates.get(tkey)
+        if template is None:
+            template = self._template(q, plan, len(chosen), scope, limit)
+            self._templates.put(tkey, template)
+        wire, offsets = template
+        if offsets is None:  # no usable template for this shape
+            return self._render(q, plan.resolution, plan.qname, pa, edges, scope, limit)
+        if not offsets:  # no addresses (or truncated): the template is the answer
+            return _Reply(wire, plan.resolution.rcode, plan.qname, pa.pool.name, ())
+        out = bytearray(wire)
+        for offset, edge in zip(offsets, chosen, strict=True):
+            address = edge.ipv6 if v6 else edge.ipv4
+            assert address is not None
+            packed = address.packed
+            out[offset : offset + len(packed)] = packed
+        names = tuple([e.name for e in chosen])
+        return _Reply(bytes(out), plan.resolution.rcode, plan.qname, pa.pool.name, names)
+
+    def _template(
+        self, q: Query, plan: _Plan, count: int, scope: int, limit: int
+    ) -> tuple[bytes, list[int] | None]:
+        """(wire with placeholder addresses, their offsets); offsets None when the answer
+        has another pool answer besides this one or a placeholder is not found exactly once
+        (then every answer of this shape is rendered whole)."""
+        pa = plan.pool
+        if sum(1 for item in plan.resolution.answer if isinstance(item, PoolAnswer)) != 1:
+            return b"", None
+        v6 = pa.rtype == AAAA
+        marks = [
+            (b"\xfe\x80\xa5\x5a" + bytes(10) + i.to_bytes(2, "big"))
+            if v6
+            else (b"\xf0\xa5" + i.to_bytes(2, "big"))
+            for i in range(count)
+        ]
+        dummies = [
+            Edge(
+                f"placeholder-{i}",
+                0.0,
+                0.0,
+                ipv4=None if v6 else ipaddress.IPv4Address(mark),
+                ipv6=ipaddress.IPv6Address(mark) if v6 else None,
+            )
+            for i, mark in enumerate(marks)
+        ]
+        reply = self._render(q, plan.resolution, plan.qname, pa, dummies, scope, limit)
+        wire = reply.wire
+        if not reply.edges:
+            return wire, []
+        offsets = []
+        for mark in marks:
+            tagged = len(mark).to_bytes(2, "big") + mark  # RDLENGTH then RDATA
+            at = wire.find(tagged)
+            if at < 0 or wire.find(tagged, at + 1) >= 0:
+                return b"", None
+            offsets.append(at + 2)
+        return wire, offsets
 
     # ------------------------------------------------------------------ encoding
 
@@ -402,13 +483,21 @@ class Responder:
     def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: str | None) -> None:
         assert self._observer is not None
         try:
+            known = self._client_text.get(id(client))
+            if known is not None and known[0] is client:
+                text = known[1]
+            else:
+                text = str(client)
+                if len(self._client_text) >= CLIENT_TEXTS:
+                    self._client_text.clear()
+                self._client_text[id(client)] = (client, text)
             self._observer.answered(
                 qname=reply.qname,
                 qtype=qtype,
                 rcode=reply.rcode,
                 pool=reply.pool,
                 edges=reply.edges,
-                client=str(client),
+                client=text,
                 ecs=ecs,
             )
         except Exception:

@@ -5,12 +5,16 @@
     GET  /v1/edges                     {"version": n, "edges": {name: state}}
     GET  /v1/edges/{name}              one edge's state
     POST|PUT /v1/edges/{name}          JSON {"up": bool, "load": 0..1, "drained": bool}, any subset
+                                       ("up" and "load" of an edge with a status_url belong to
+                                       its probes: 409)
     POST /v1/edges/{name}/drain        stop answering with the edge
     POST /v1/edges/{name}/undrain      answer with it again
 
 The app only talks to a `HealthStore` (the authoritative one: in the parent process when there
 are several workers, which pushes every change to them) and to a callable returning merged
-query counters (see gslb.metrics).
+query counters (see gslb.metrics). With edge probes (gslb.poller) it also gets `probes`, whose
+`probed()` adds a "probe" object to each probed edge's state and whose `export()` feeds the
+probe counters in /metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -35,19 +39,30 @@ _REGISTRY = web.AppKey("registry", object)
 _FIELDS = {"up": bool, "drained": bool, "load": float}
 
 
+class ProbeSource(Protocol):
+    """What the API reads from gslb.poller.EdgePoller."""
+
+    def probed(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+    def export(self) -> Mapping[str, Any]: ...
+
+
 def make_app(
     health: HealthStore,
     metrics: Callable[[], Mapping[str, Any]],
     *,
     info: Callable[[], Mapping[str, Any]] | None = None,
     synced: Callable[[], Awaitable[object]] | None = None,
+    probes: ProbeSource | None = None,
 ) -> web.Application:
     """`synced`, when given, is awaited after every change before the reply, so a client that
     got its 200 can rely on every worker answering with the new state."""
     app = web.Application(client_max_size=64 * 1024)
     app[HEALTH] = health
-    app[_INFO] = {"info": info, "synced": synced}
-    app[_REGISTRY] = make_registry(metrics, health.snapshot)
+    app[_INFO] = {"info": info, "synced": synced, "probes": probes}
+    app[_REGISTRY] = make_registry(
+        metrics, health.snapshot, probes.export if probes is not None else None
+    )
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/edges", _edges)
@@ -76,13 +91,26 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _probed(app: web.Application) -> Mapping[str, Mapping[str, Any]]:
+    probes: ProbeSource | None = app[_INFO]["probes"]
+    return probes.probed() if probes is not None else {}
+
+
 async def _edges(request: web.Request) -> web.Response:
-    return web.json_response(request.app[HEALTH].snapshot())
+    snap = request.app[HEALTH].snapshot()
+    for name, probe in _probed(request.app).items():
+        if name in snap["edges"]:
+            snap["edges"][name]["probe"] = dict(probe)
+    return web.json_response(snap)
 
 
-def _edge_body(health: HealthStore, name: str) -> dict[str, Any]:
-    snap = health.snapshot()
-    return {"name": name, "version": snap["version"], **snap["edges"][name]}
+def _edge_body(app: web.Application, name: str) -> dict[str, Any]:
+    snap = app[HEALTH].snapshot()
+    body = {"name": name, "version": snap["version"], **snap["edges"][name]}
+    probe = _probed(app).get(name)
+    if probe is not None:
+        body["probe"] = dict(probe)
+    return body
 
 
 async def _edge(request: web.Request) -> web.Response:
@@ -90,7 +118,7 @@ async def _edge(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in health:
         return _error(404, f"unknown edge {name!r}")
-    return web.json_response(_edge_body(health, name))
+    return web.json_response(_edge_body(request.app, name))
 
 
 async def _set_edge(request: web.Request) -> web.Response:
@@ -118,6 +146,13 @@ async def _set_edge(request: web.Request) -> web.Response:
         return _error(400, f'"load" must be a number between 0 and 1, got {json.dumps(load)}')
     if "load" in body and load is None:
         return _error(400, '"load" must be a number between 0 and 1, got null')
+    owned = sorted({"up", "load"} & set(body))
+    if owned and name in _probed(request.app):
+        return _error(
+            409,
+            f"edge {name!r} has a status_url: its {' and '.join(owned)} come(s) from its "
+            "probes; drain it to take it out of answers",
+        )
     try:
         health.update(
             name,
@@ -130,7 +165,7 @@ async def _set_edge(request: web.Request) -> web.Response:
     except HealthError as exc:
         return _error(400, str(exc))
     await _synced(request)
-    return web.json_response(_edge_body(health, name))
+    return web.json_response(_edge_body(request.app, name))
 
 
 async def _drain_to(request: web.Request, drained: bool) -> web.Response:
@@ -141,7 +176,7 @@ async def _drain_to(request: web.Request, drained: bool) -> web.Response:
     except UnknownEdgeError as exc:
         return _error(404, str(exc))
     await _synced(request)
-    return web.json_response(_edge_body(health, name))
+    return web.json_response(_edge_body(request.app, name))
 
 
 async def _synced(request: web.Request) -> None:

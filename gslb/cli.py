@@ -55,9 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _summary(path: Path, config: GslbConfig) -> str:
     listen = ", ".join(format_addr(h, p) for h, p in config.server.listen)
+    probed = sum(1 for e in config.edges if e.status_url is not None)
+    probes = f" ({probed} probed every {config.health.interval:g}s)" if probed else ""
     return (
         f"{path}: OK: {len(config.zones)} zone(s), {len(config.pools)} pool(s), "
-        f"{len(config.edges)} edge(s); listen {listen}; api {format_addr(*config.api.listen)}"
+        f"{len(config.edges)} edge(s){probes}; listen {listen}; "
+        f"api {format_addr(*config.api.listen)}"
     )
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -64,6 +65,17 @@ class GeoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """How edges' status endpoints are probed (gslb.poller); see docs/configuration.md."""
+
+    interval: float = 5.0  # seconds between probe rounds
+    timeout: float = 2.0  # seconds one probe may take
+    rise: int = 2  # consecutive good probes that bring a down edge up
+    fall: int = 3  # consecutive failed probes that take an up edge down
+    jitter: float = 0.5  # up to this many seconds of random delay per round
+
+
+@dataclass(frozen=True, slots=True)
 class GslbConfig:
     source: str  # the file name errors and logs refer to
     server: ServerConfig
@@ -73,6 +85,7 @@ class GslbConfig:
     zones: tuple[Zone, ...]
     edges: tuple[Edge, ...]
     pools: tuple[Pool, ...]
+    health: HealthConfig = HealthConfig()
 
 
 def load_config(path: Path) -> GslbConfig:
@@ -220,17 +233,20 @@ def parse_hostport(text: str, key: str) -> tuple[str, int]:
 
 def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     top = _Table(data, "")
-    for name in ("server", "api", "log", "geo", "zone", "edge", "pool"):
+    for name in ("server", "api", "log", "geo", "health", "zone", "edge", "pool"):
         top.used.add(name)
     top.done()
     server = _server(_Table(data.get("server", {}), "server"))
     api = _api(_Table(data.get("api", {}), "api"))
     log = _log(_Table(data.get("log", {}), "log"))
     geo = _geo(_Table(data.get("geo", {}), "geo"), base)
+    health = _health(_Table(data.get("health", {}), "health"))
     edges = _edges(_array_of_tables(data, "edge"))
     pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
     zones = _zones(_array_of_tables(data, "zone"), pools, base)
-    return GslbConfig(source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools))
+    return GslbConfig(
+        source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools), health
+    )
 
 
 def _server(t: _Table) -> ServerConfig:
@@ -277,6 +293,49 @@ def _log(t: _Table) -> LogConfig:
     cfg = LogConfig(level=level, query_log=t.get("query_log", bool, False))
     t.done()
     return cfg
+
+
+def _health(t: _Table) -> HealthConfig:
+    d = HealthConfig()
+    interval = t.number("interval", d.interval, 0.05, 3600.0)
+    timeout = t.number("timeout", min(d.timeout, interval), 0.01, 3600.0)
+    if timeout > interval:
+        # One round at a time (max_instances=1): a longer timeout would silently skip rounds.
+        raise _Invalid(
+            t.sub("timeout"), f"must not exceed health.interval ({interval}), got {timeout}"
+        )
+    jitter = t.number("jitter", min(d.jitter, interval / 10), 0.0, 3600.0)
+    if jitter >= interval:
+        raise _Invalid(t.sub("jitter"), f"must be below health.interval ({interval}), got {jitter}")
+    cfg = HealthConfig(
+        interval=float(interval),
+        timeout=float(timeout),
+        rise=t.number("rise", d.rise, 1, 100, integer=True),
+        fall=t.number("fall", d.fall, 1, 100, integer=True),
+        jitter=float(jitter),
+    )
+    t.done()
+    return cfg
+
+
+def _status_url(t: _Table) -> str | None:
+    raw = t.get("status_url", str, None)
+    if raw is None:
+        return None
+    try:
+        url = urllib.parse.urlsplit(raw)
+        port = url.port  # raises on a bad port
+    except ValueError as exc:
+        raise _Invalid(t.sub("status_url"), f"{raw!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise _Invalid(
+            t.sub("status_url"),
+            f'{raw!r} is not an http(s) URL such as "http://192.0.2.10:9090/__edge/status"',
+        )
+    if url.fragment or url.username is not None or any(c.isspace() for c in raw):
+        raise _Invalid(t.sub("status_url"), f"{raw!r} must not have a fragment, user or spaces")
+    del port
+    return str(raw)
 
 
 def _network(text: str, key: str) -> IPNetwork:
@@ -355,6 +414,7 @@ def _edges(raw: list[Any]) -> tuple[Edge, ...]:
                 ipv6=ipv6,
                 weight=t.number("weight", 1.0, 0.0, 1e9),
                 capacity=t.number("capacity", 1000.0, 1e-9, 1e12),
+                status_url=_status_url(t),
             )
         )
         t.done()

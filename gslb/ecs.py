@@ -81,6 +81,9 @@ class ClientSubnet:
 
     def text(self) -> str:
         """The subnet as sent, e.g. "192.0.2.0/24"."""
+        if self.family == FAMILY_IPV4 and len(self.address) <= 4:
+            a, b, c, d = self.address.ljust(4, b"\0")
+            return f"{a}.{b}.{c}.{d}/{self.source}"
         addr = self.address.ljust(4 if self.family == FAMILY_IPV4 else 16, b"\0")
         ip = ipaddress.ip_address(addr)
         return f"{ip}/{self.source}"

@@ -1,8 +1,9 @@
 """The health-and-load state store that edge selection reads.
 
 One `HealthStore` per process. Every edge starts up, not drained, with no load. The HTTP API
-sets an edge up/down, drained/undrained or its load; every change bumps `version`, which the
-answer engine uses to drop cached answers.
+sets an edge up/down, drained/undrained or its load, and the edge status probes
+(gslb.poller) set up/down and load of edges with a status_url; every change bumps `version`,
+which the answer engine uses to drop cached answers.
 
 Overload with hysteresis: load thresholds are per pool, so the store keeps an `overloaded`
 flag per (pool, edge), updated whenever the edge's load is set: it turns on when load >=
@@ -15,6 +16,10 @@ worker over its multiprocessing pipe (gslb.workers), and sends the full snapshot
 when it starts. A worker's store is a replica: `apply(snapshot)` replaces its state wholesale
 (including the per-pool overload flags, so hysteresis is decided once, in the parent) and bumps
 the replica's own `version`. With one worker, the single process holds the only store.
+
+Edge probes (gslb.poller) write through `update_many`: one probe round's up/load changes are
+applied together and bump `version` once, and only when something actually changed, so a
+round that confirms the current state neither drops cached answers nor pushes a snapshot.
 
 A config reload calls `reconfigure(pools, edges)`: state is kept for edges still present,
 new edges start up, and the overload flags are re-evaluated against the new thresholds.
@@ -95,6 +100,28 @@ class HealthStore:
         """Call `listener(store)` after every change (the parent pushes snapshots with it)."""
         self._listeners.append(listener)
 
+    def update_many(self, updates: Mapping[str, tuple[bool | None, float | None]]) -> bool:
+        """Set (up, load) for several edges at once (None leaves that field alone); `drained`
+        is never touched. Bumps `version` once when any value changed; returns whether one did.
+        Unknown edges raise UnknownEdgeError and nothing is applied."""
+        checked: dict[str, tuple[bool | None, float | None]] = {}
+        for edge, (up, load) in updates.items():
+            if edge not in self._states:
+                raise UnknownEdgeError(f"unknown edge {edge!r}")
+            checked[edge] = (up, _check_load(load) if load is not None else None)
+        changed = False
+        for edge, (up, load) in checked.items():
+            st = self._states[edge]
+            new = st if up is None or st.up == up else replace(st, up=bool(up))
+            if load is not None and load != st.load:
+                new = self._with_load(edge, new, load)
+            if new != st:
+                self._states[edge] = new
+                changed = True
+        if changed:
+            self._changed()
+        return changed
+
     def update(
         self,
         edge: str,
@@ -115,14 +142,16 @@ class HealthStore:
         if drained is not None:
             new = replace(new, drained=bool(drained))
         if load is not None:
-            new = replace(new, load=load)
-            for pool in self._members.get(edge, ()):
-                key = (pool, edge)
-                self._overloaded[key] = _next_flag(self._pools[pool], load, self._overloaded[key])
-            new = replace(new, overloaded=self._any_overloaded(edge))
+            new = self._with_load(edge, new, load)
         self._states[edge] = new
         self._changed()
         return new
+
+    def _with_load(self, edge: str, st: EdgeState, load: float) -> EdgeState:
+        for pool in self._members.get(edge, ()):
+            key = (pool, edge)
+            self._overloaded[key] = _next_flag(self._pools[pool], load, self._overloaded[key])
+        return replace(st, load=load, overloaded=self._any_overloaded(edge))
 
     def set_up(self, edge: str, up: bool) -> EdgeState:
         return self.update(edge, up=up)

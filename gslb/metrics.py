@@ -24,7 +24,14 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from gslb.models import Clock
 
-__all__ = ["LATENCY_BUCKETS", "MetricsCollector", "QueryMetrics", "merge_exports"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "MetricsCollector",
+    "ProbeCollector",
+    "QueryMetrics",
+    "make_registry",
+    "merge_exports",
+]
 
 # Seconds; answers from the encoded-response cache take a few microseconds.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -238,10 +245,31 @@ class HealthCollector(Collector):
         yield load
 
 
+class ProbeCollector(Collector):
+    """Edge status probe counters from gslb.poller.EdgePoller.export()."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        probes = CounterMetricFamily(
+            "gslb_edge_probes",
+            "Edge status probes by result (success, failure) and failure reason",
+            labels=["edge", "result", "reason"],
+        )
+        for edge, result, reason, n in self._source().get("probes", ()):
+            probes.add_metric([str(edge), str(result), str(reason)], float(n))
+        yield probes
+
+
 def make_registry(
-    metrics: Callable[[], Mapping[str, Any]], health: Callable[[], Mapping[str, Any]]
+    metrics: Callable[[], Mapping[str, Any]],
+    health: Callable[[], Mapping[str, Any]],
+    probes: Callable[[], Mapping[str, Any]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(metrics))
     registry.register(HealthCollector(health))
+    if probes is not None:
+        registry.register(ProbeCollector(probes))
     return registry

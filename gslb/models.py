@@ -31,6 +31,8 @@ class Edge:
     ipv6: ipaddress.IPv6Address | None = None
     weight: float = 1.0
     capacity: float = 1000.0
+    # The edge's /__edge/status URL; None: its state is set only through the HTTP API.
+    status_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

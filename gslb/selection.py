@@ -28,7 +28,12 @@ Speed: the result is a pure function of (pool, where, health state), and the hea
 identified by `health.version` (which must change on every update, as HealthView says). So the
 per-pool work (reading every member's state, unit vectors of the edges) is done once per
 health version, and nearest answers are memoized per client coordinate (GeoIP places many
-networks on one city's coordinates). A miss for a pool of n edges costs n dot products.
+networks on one city's coordinates). For a small pool a memo miss costs n dot products. A
+large pool gets a lazily filled grid of latitude/longitude cells: each cell keeps only the
+edges that can be among the `answers` nearest for some point inside it (an edge farther from
+the cell's centre than the k-th nearest plus the cell's diameter never is, by the triangle
+inequality on the sphere), so a miss ranks a handful of edges and the answer is the same as
+ranking them all.
 """
 
 from __future__ import annotations
@@ -49,6 +54,16 @@ _MIN_EFFECTIVE_WEIGHT = 1e-9
 _VIEWS_MAX = 4096  # pools whose derived state is kept
 _MEMO_MAX = 65536  # memoized nearest answers per pool view
 _MASK64 = (1 << 64) - 1
+# Pools with more candidates than this use the cell grid for nearest answers.
+_GRID_MIN_EDGES = 48
+# Cell sizes in degrees; both divide 180, and a fine cell lies inside one coarse cell.
+_CELL_DEGREES = 4.0
+_COARSE_DEGREES = 20.0
+# Slack for floating-point error in the cell bounds (radians, ~6 m on the Earth: acos near 1
+# is ill-conditioned).
+_CELL_SLACK = 1e-6
+
+_Candidate = tuple[float, float, float, float, str, Edge]
 
 
 def select(pool: Pool, where: Location | None, health: HealthView) -> Selection:
@@ -82,8 +97,12 @@ class _View:
     fixed: Selection | None = None  # the answer whatever `where` is
     untailored: Selection | None = None  # the answer when `where` is None
     # nearest: the candidates with their unit vectors; hot: every serving edge is overloaded
-    candidates: list[tuple[float, float, float, float, str, Edge]] = field(default_factory=list)
+    candidates: list[_Candidate] = field(default_factory=list)
     hot: bool = False
+    # nearest, large pools: cell index -> the candidates that can win inside that cell (fine
+    # cells are built from the candidates of the coarse cell holding them: cheap to fill)
+    cells: dict[int, list[_Candidate]] | None = None
+    coarse: dict[int, list[_Candidate]] = field(default_factory=dict)
     # weighted: (edge salt, 1 / effective weight, name, edge)
     weighted: list[tuple[int, float, str, Edge]] = field(default_factory=list)
     memo: dict[tuple[float, float], Selection] = field(default_factory=dict)
@@ -133,6 +152,8 @@ def _build_view(pool: Pool, health: HealthView, version: int) -> _View:
     for e, st in cool or serving:
         x, y, z = _unit(e.latitude, e.longitude)
         view.candidates.append((x, y, z, st.load, e.name, e))
+    if not view.hot and len(view.candidates) > max(_GRID_MIN_EDGES, 4 * count):
+        view.cells = {}
     return view
 
 
@@ -157,6 +178,20 @@ def _nearest(view: _View, where: Location) -> Selection:
     cx, cy, cz = _unit(where.latitude, where.longitude)
     count = max(1, view.pool.answers)
     candidates = view.candidates
+    cells = view.cells
+    if cells is not None:
+        lat, lon = where.latitude, where.longitude
+        cell = _cell_index(lat, lon, _CELL_DEGREES)
+        found = cells.get(cell)
+        if found is None:
+            outer = _cell_index(lat, lon, _COARSE_DEGREES)
+            wide = view.coarse.get(outer)
+            if wide is None:
+                wide = view.coarse[outer] = _cell_candidates(
+                    candidates, outer, _COARSE_DEGREES, count
+                )
+            found = cells[cell] = _cell_candidates(wide, cell, _CELL_DEGREES, count)
+        candidates = found
     if view.hot:  # every serving edge is overloaded: least loaded first, nearest among equals
         ranked = heapq.nsmallest(
             count,
@@ -176,6 +211,53 @@ def _nearest(view: _View, where: Location) -> Selection:
         count, candidates, key=lambda c: (-(c[0] * cx + c[1] * cy + c[2] * cz), c[4])
     )
     return Selection(tuple(c[5] for c in ranked), tailored=True)
+
+
+def _cell_index(lat: float, lon: float, size: float) -> int:
+    rows, cols = int(180 / size), int(360 / size)
+    row = min(max(int((lat + 90.0) // size), 0), rows - 1)
+    col = int((lon + 180.0) // size) % cols
+    return row * cols + col
+
+
+def _cell_bounds(cell: int, size: float) -> tuple[float, float, float, float]:
+    """(south, north, west, east) of a cell, in degrees."""
+    row, col = divmod(cell, int(360 / size))
+    south = -90.0 + row * size
+    west = -180.0 + col * size
+    return south, south + size, west, west + size
+
+
+def _angle(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    dot = a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+    return math.acos(min(1.0, max(-1.0, dot)))
+
+
+def _cell_candidates(
+    candidates: list[_Candidate], cell: int, size: float, count: int
+) -> list[_Candidate]:
+    """The candidates that can be among the `count` nearest for some point of `cell`.
+
+    For a point p in the cell with centre c and radius r (the farthest point of a
+    latitude/longitude cell from its centre is a corner): the k-th nearest edge to p is at
+    most d_k(c) + r away, and an edge e is at least angle(c, e) - r away; so e can rank
+    among the k nearest only if angle(c, e) <= d_k(c) + 2r. Edges at exactly that bound are
+    kept, so ties (broken by name) come out as they would over all candidates. `candidates`
+    may be those of a cell containing this one: they hold every edge that can win in it.
+    """
+    south, north, west, east = _cell_bounds(cell, size)
+    centre = _unit((south + north) / 2, (west + east) / 2)
+    radius = max(_angle(centre, _unit(lat, lon)) for lat in (south, north) for lon in (west, east))
+    cx, cy, cz = centre
+    dots = [c[0] * cx + c[1] * cy + c[2] * cz for c in candidates]
+    if count >= len(candidates):
+        return list(candidates)
+    kth = heapq.nlargest(count, dots)[-1]
+    limit = math.acos(min(1.0, max(-1.0, kth))) + 2 * radius + _CELL_SLACK
+    if limit >= math.pi:
+        return list(candidates)
+    floor = math.cos(limit)
+    return [c for c, dot in zip(candidates, dots, strict=True) if dot >= floor]
 
 
 def _salt(name: str) -> int:

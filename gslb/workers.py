@@ -11,7 +11,8 @@ across them. Once the first workers are ready the parent closes its own UDP sock
 would otherwise hand it a share of the packets) and keeps its TCP socket bound but not
 listening, which reserves the port without taking connections.
 
-The parent runs the HTTP API and owns the authoritative `HealthStore`. Each worker has a
+The parent runs the HTTP API, owns the authoritative `HealthStore` and runs the edge status
+probes (gslb.poller), which write to that store like the API does. Each worker has a
 duplex multiprocessing pipe to the parent carrying small dicts:
   parent -> worker  {"type": "health", "snapshot": {...}}  after every change and at start
                     {"type": "reload"}                      on SIGHUP, once the parent
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -37,7 +39,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from geo.errors import GeoError
 from gslb.api import make_app, start_api
@@ -45,6 +47,7 @@ from gslb.config import GslbConfig
 from gslb.errors import GslbError
 from gslb.health import HealthError, HealthStore
 from gslb.metrics import merge_exports
+from gslb.poller import EdgePoller
 from gslb.server import BoundPair, format_addr
 from gslb.service import (
     GEO_CHECK_INTERVAL,
@@ -69,8 +72,23 @@ STOP_TIMEOUT = 5.0  # seconds a worker gets to stop before it is killed
 SYNC_TIMEOUT = 2.0  # seconds an API change waits for the workers to apply it
 
 
+# Cyclic GC thresholds for serving processes (CPython's default is 700, 10, 10). The answer
+# path makes no reference cycles, but its caches hold hundreds of thousands of container
+# objects and a GeoIP record decode allocates dozens of dicts: with the defaults a flood of new
+# client subnets ran a young collection every few queries and a full one, walking every cached
+# object for 100+ ms, every few seconds. Garbage cycles from elsewhere are still collected.
+GC_THRESHOLDS: Final = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()  # what start-up built (modules, config) is never garbage: stop walking it
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(main: Coroutine[Any, Any, int]) -> int:
     """Run `main` on uvloop when it is installed, else on the stdlib loop."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:
@@ -93,6 +111,8 @@ def configure_logging(level: str, prefix: str = "") -> None:
     )
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # APScheduler logs every job run at INFO: one line per probe round is noise.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
 
 
 class _Stopper:
@@ -133,17 +153,19 @@ async def _every(interval: float, fn: Callable[[], None]) -> None:
 async def serve_single(source: ConfigSource, config: GslbConfig) -> int:
     health = HealthStore(config_pools(config), config_edge_names(config))
     runtime = DnsRuntime(source, config, health=health)
+    poller = EdgePoller(health, config)
     pairs = bind_all(listen_addresses(config))
     runner = None
     try:
         await runtime.start(pairs)
+        await poller.start()
         api = api_address(config)
         if api is not None:
             runner, port = await start_api(
-                make_app(health, runtime.metrics.export), api[0], port=api[1]
+                make_app(health, runtime.metrics.export, probes=poller), api[0], port=api[1]
             )
             log.info("api listening http://%s", format_addr(api[0], port))
-        stopper = _Stopper(runtime.reload)
+        stopper = _Stopper(lambda: runtime.reload(on_config=poller.reconfigure))
         log.info("gslb ready (1 process, %s, config %s)", _loop_name(), source.describe())
         geo_task = asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo))
         try:
@@ -153,6 +175,7 @@ async def serve_single(source: ConfigSource, config: GslbConfig) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await geo_task
     finally:
+        await poller.close()
         if runner is not None:
             await runner.cleanup()
         await runtime.close()
@@ -342,6 +365,7 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
     probes: list[BoundPair] = bind_all(listen_addresses(config))
     addresses = [(p.host, p.port) for p in probes]
     supervisor = Supervisor(source, addresses, count, health, level)
+    poller = EdgePoller(health, config)
     health.add_listener(
         lambda store: supervisor.broadcast({"type": "health", "snapshot": store.snapshot()})
     )
@@ -355,12 +379,14 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
             return
         supervisor.broadcast({"type": "reload"})
         health.reconfigure(config_pools(new), config_edge_names(new))  # pushes a snapshot too
+        poller.reconfigure(new)
         log.info("reloaded config %s (workers reload it too)", source.describe())
 
     runner = None
     try:
         stopper = _Stopper(reload)
         supervisor.start()
+        await poller.start()
         ready = asyncio.ensure_future(supervisor.all_ready.wait())
         failed = asyncio.ensure_future(supervisor.failed.wait())
         stopped = asyncio.ensure_future(stopper.event.wait())
@@ -382,7 +408,11 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
         api = api_address(config)
         if api is not None:
             app = make_app(
-                health, supervisor.merged_metrics, info=supervisor.info, synced=supervisor.synced
+                health,
+                supervisor.merged_metrics,
+                info=supervisor.info,
+                synced=supervisor.synced,
+                probes=poller,
             )
             runner, port = await start_api(app, api[0], api[1])
             log.info("api listening http://%s", format_addr(api[0], port))
@@ -394,6 +424,7 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
             fut.cancel()
         return 1 if supervisor.failed.is_set() else 0
     finally:
+        await poller.close()
         if runner is not None:
             await runner.cleanup()
         await supervisor.stop()

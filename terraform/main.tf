@@ -67,15 +67,18 @@ locals {
     var.extra_records,
   )
 
+  # status_url: gslb reads each edge's health and load there (the edge firewall admits the
+  # DNS nodes on the admin port).
   gslb_edges = [
     for k, e in local.edges : {
-      name      = k
-      ipv4      = module.edge[k].ipv4_address
-      ipv6      = module.edge[k].ipv6_address
-      latitude  = format("%.4f", e.latitude)
-      longitude = format("%.4f", e.longitude)
-      weight    = format("%.6f", e.weight)
-      capacity  = format("%.1f", e.capacity)
+      name       = k
+      ipv4       = module.edge[k].ipv4_address
+      ipv6       = module.edge[k].ipv6_address
+      latitude   = format("%.4f", e.latitude)
+      longitude  = format("%.4f", e.longitude)
+      weight     = format("%.6f", e.weight)
+      capacity   = format("%.1f", e.capacity)
+      status_url = module.edge[k].status_url
     }
   ]
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import aiohttp
 import brotli
+import pytest
 from aiohttp import web
 
 from tests.integration.edge_helpers import (
@@ -362,3 +364,191 @@ async def test_repeated_hits_from_memory_keep_headers_and_connection_semantics(
         assert b"\r\nConnection: close\r\n" in last
         assert last.endswith(b"\r\n\r\nhot object")
         assert origin.hits["/hot"] == 1
+
+
+class _Conn:
+    """One raw kept-alive client connection, to control how requests are segmented."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def response(self) -> tuple[bytes, bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(self.reader.readexactly(length), 10)
+        return head, body
+
+    async def get(self, path: str, *fields: str) -> tuple[bytes, bytes]:
+        extra = "".join(f"{f}\r\n" for f in fields)
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: h.test\r\n{extra}\r\n".encode())
+        return await self.response()
+
+
+async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.proxy import Proxy
+
+    handled: list[str] = []
+    full_handler = Proxy.handle
+
+    async def counting(self: Proxy, request: web.BaseRequest) -> web.StreamResponse:
+        handled.append(request.method + " " + request.raw_path)
+        return await full_handler(self, request)
+
+    monkeypatch.setattr(Proxy, "handle", counting)
+    log_path = tmp_path / "access.log"
+    async with origins("a") as (origin,):
+        origin.routes["/f"] = _cacheable(b"fast body", ETag='"f"', **{"X-Origin": "yes"})
+        origin.routes["/g"] = _cacheable(b"other body")
+        config = _cfg(origin, tmp_path, log={"access_log": str(log_path)})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            miss_head, body = await conn.get("/f")
+            assert body == b"fast body" and b"fwd=uri-miss" in miss_head
+            assert handled == ["GET /f"]
+            # The first hit after the miss already comes from memory, without the handler.
+            hits = [await conn.get("/f", "User-Agent: raw/1") for _ in range(3)]
+            assert handled == ["GET /f"]
+            for head, body in hits:
+                assert body == b"fast body"
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert b"\r\nX-Origin: yes\r\n" in head and b'\r\nETag: "f"\r\n' in head
+                assert b"\r\nVia: 1.1 geoedge\r\n" in head
+                assert b"\r\nContent-Length: 9\r\n" in head
+                assert b"\r\nAge: " in head
+                assert b"\r\nCache-Status: GeoEdge; hit; ttl=" in head
+            # What the fast path declines, the full handler answers, on the same connection.
+            head, body = await conn.get("/f", "If-None-Match: x")
+            assert body == b"fast body" and b"hit" in head
+            assert handled[-1] == "GET /f"
+            before = len(handled)
+            # Two requests in one segment (pipelined): answered in order by the full handler.
+            conn.writer.write(
+                b"GET /f HTTP/1.1\r\nHost: h.test\r\n\r\nGET /g HTTP/1.1\r\nHost: h.test\r\n\r\n"
+            )
+            assert (await conn.response())[1] == b"fast body"
+            assert (await conn.response())[1] == b"other body"
+            assert handled[before:] == ["GET /f", "GET /g"]
+            # A request split over segments goes to the full handler too...
+            conn.writer.write(b"GET /f HTTP/1.1\r\nHo")
+            await conn.writer.drain()
+            await asyncio.sleep(0.05)
+            conn.writer.write(b"st: h.test\r\n\r\n")
+            assert (await conn.response())[1] == b"fast body"
+            assert handled[-1] == "GET /f" and len(handled) == before + 3
+            # ...and then plain requests on that connection are fast again.
+            assert (await conn.get("/g"))[1] == b"other body"
+            assert (await conn.get("/f"))[1] == b"fast body"
+            assert len(handled) == before + 3
+            # Connection: close is the full handler's: it answers, then closes.
+            conn.writer.write(b"GET /f HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+            rest = await asyncio.wait_for(conn.reader.read(), 10)
+            assert b"\r\nConnection: close\r\n" in rest and rest.endswith(b"fast body")
+            conn.writer.close()
+            assert len(handled) == before + 4
+            async with aiohttp.ClientSession() as s:
+                async with s.get(base_url(edge, "admin") + "/metrics") as r:
+                    text = await r.text()
+            # Every hit above, by either path; the misses were the first /f and /g.
+            assert 'edge_requests_total{cache="hit",status="200"} 9.0' in text
+            assert 'edge_requests_total{cache="miss",status="200"} 2.0' in text
+        assert origin.hits["/f"] == 1 and origin.hits["/g"] == 1
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    fast = [r for r in records if r.get("user_agent") == "raw/1"]
+    assert len(fast) == 3
+    for r in fast:
+        assert (r["method"], r["path"], r["status"], r["cache"]) == ("GET", "/f", 200, "hit")
+        assert r["bytes"] == 9 and r["remote"] == "127.0.0.1" and r["host"] == "h.test"
+    assert len(records) == 1 + 3 + 1 + 2 + 1 + 2 + 1
+
+
+async def test_fast_path_leaves_stale_entries_and_refused_hosts_to_the_full_handler(
+    tmp_path: Path,
+) -> None:
+    async with origins("a") as (origin,):
+        origin.routes["/s"] = _cacheable(b"short", "max-age=1")
+        config = _cfg(origin, tmp_path, server={"hosts": ["h.test"]})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            assert b"fwd=uri-miss" in (await conn.get("/s"))[0]
+            assert b"; hit" in (await conn.get("/s"))[0]
+            conn.writer.write(b"GET /s HTTP/1.1\r\nHost: other.test\r\n\r\n")
+            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 421 ")
+            conn.writer.close()
+            await asyncio.sleep(1.2)
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            head, body = await conn.get("/s")
+            assert body == b"short" and b"fwd=stale" in head
+            conn.writer.close()
+        assert origin.hits["/s"] == 2
+
+
+async def test_reload_renames_the_cache_in_fast_hits(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        origin.routes["/r"] = _cacheable(b"reloaded")
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            await conn.get("/r")
+            head, _ = await conn.get("/r")
+            assert b"\r\nCache-Status: GeoEdge; hit" in head and b"\r\nVia: 1.1 geoedge\r\n" in head
+            edge.reload(_cfg(origin, tmp_path, server={"cache_name": "Renamed", "via": "edge-2"}))
+            head, body = await conn.get("/r")
+            conn.writer.close()
+        assert body == b"reloaded"
+        assert b"\r\nCache-Status: Renamed; hit" in head and b"\r\nVia: 1.1 edge-2\r\n" in head
+        assert origin.hits["/r"] == 1
+
+
+async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path: Path) -> None:
+    from edge.cache_policy import CacheRequest, make_entry
+    from edge.proxy import CacheLayer
+    from edge.store import Store
+
+    class Clock:
+        t = 1000.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    now = 1_800_000_000.0
+    req = CacheRequest("GET", "http", "h.test", "/a")
+    stored = make_entry(
+        req,
+        200,
+        "OK",
+        [("Cache-Control", "max-age=60"), ("Content-Type", "text/plain")],
+        request_time=now,
+        response_time=now,
+        body_length=0,
+        sha256="0" * 64,
+        now=now,
+    )
+    clock = Clock()
+    config = edge_config([Origin()], cache={"dir": str(tmp_path)})  # never started
+    store = Store(tmp_path, clock=clock, meta_refresh=1.0)
+    layer = CacheLayer(store, config, clock=lambda: now + 5)
+    try:
+        assert store.put(stored, b"body") is not None
+        hit = layer.hit_wire(req.key)
+        assert hit is not None
+        status, head, body = hit
+        assert (status, body) == (200, b"body")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert head.endswith(b"\r\nAge: 5\r\nCache-Status: GeoEdge; hit; ttl=55\r\n\r\n")
+        with Store(tmp_path) as other:  # another worker purges it
+            assert other.purge_url(req.key) == 1
+        clock.t += 1.5  # the list is due: still answered, and re-read in the background
+        assert layer.hit_wire(req.key) is not None
+        assert await until(lambda: not layer._rereads)
+        assert layer.hit_wire(req.key) is None  # the re-read saw the purge
+        assert store.put(stored, b"again") is not None
+        clock.t += 2.5  # two periods without a re-read: no longer trusted
+        assert layer.hit_wire(req.key) is None
+    finally:
+        await layer.close()

@@ -176,3 +176,35 @@ async def test_https_origin_verified_with_ca_bundle(certs: dict[str, tuple[Path,
                 assert r.status == 502
     finally:
         await runner.cleanup()
+
+
+async def test_hits_over_tls_are_keyed_by_scheme(certs: dict[str, tuple[Path, Path]]) -> None:
+    async def cacheable(request: web.Request) -> web.Response:
+        return web.Response(body=b"tls body", headers={"Cache-Control": "max-age=60"})
+
+    async with origins("o") as (origin,):
+        origin.routes["/c"] = cacheable
+        tls_cfg = {
+            "listen": ["127.0.0.1:0"],
+            "certificates": [{"cert": str(certs["a"][0]), "key": str(certs["a"][1])}],
+        }
+        async with running_edge(edge_config([origin], tls=tls_cfg)) as edge:
+            ctx = _client_ctx(certs["a"][0])
+            heads = []
+            for kind, tls in (("https", ctx), ("https", ctx), ("http", None), ("http", None)):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1",
+                    edge.addresses[kind][0].port,
+                    ssl=tls,
+                    server_hostname="a.test" if tls else None,
+                )
+                for _ in range(2):  # plain GETs on one kept-alive connection
+                    writer.write(b"GET /c HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    assert await asyncio.wait_for(reader.readexactly(8), 10) == b"tls body"
+                    heads.append(head)
+                writer.close()
+        statuses = [h.split(b"\r\nCache-Status: ")[1].split(b";")[1].strip() for h in heads]
+        # One miss per scheme: an https entry never answers an http request, or the reverse.
+        assert statuses == [b"fwd=uri-miss", b"hit", b"hit", b"hit"] * 2
+        assert origin.hits["/c"] == 2

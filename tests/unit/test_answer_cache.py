@@ -6,9 +6,11 @@ from pathlib import Path
 
 import dns.flags
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gslb.answer import Responder
-from gslb.respcache import BoundedCache
+from gslb.respcache import BoundedCache, FifoCache
 from tests.unit.answer_support import LONDON, addresses, ask, build, ecs_option, query
 
 
@@ -71,3 +73,39 @@ def test_many_distinct_names_stay_correct(responder: Responder) -> None:
         m = ask(responder, query(f"n{i}.wild.example.test."))
         assert addresses(m) == ["192.0.2.40"]
         assert str(m.answer[0].name) == f"n{i}.wild.example.test."
+
+
+def test_fifo_cache_evicts_the_oldest_entry_per_insert() -> None:
+    cache: FifoCache[int, str] = FifoCache(3)
+    for i in range(3):
+        cache.put(i, str(i))
+    cache.put(1, "one")  # replacing a key neither grows nor reorders
+    assert len(cache) == 3 and cache.evictions == 0 and cache.getter(1) == "one"
+    cache.put(3, "3")
+    assert len(cache) == 3 and cache.evictions == 1
+    assert 0 not in cache and cache.get(1) == "one" and cache.get(3) == "3"
+    cache.clear()
+    assert len(cache) == 0 and cache.get(3) is None
+    cache.put(4, "4")
+    assert cache.get(4) == "4"
+    with pytest.raises(ValueError):
+        FifoCache(0)
+
+
+@given(
+    size=st.integers(1, 8),
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 20)), max_size=200),
+)
+def test_fifo_cache_matches_a_model(size: int, ops: list[tuple[bool, int]]) -> None:
+    cache: FifoCache[int, int] = FifoCache(size)
+    model: dict[int, int] = {}  # insertion-ordered, like the cache
+    for n, (is_put, key) in enumerate(ops):
+        if is_put:
+            if key not in model and len(model) >= size:
+                del model[next(iter(model))]
+            model[key] = n
+            cache.put(key, n)
+        else:
+            assert cache.get(key) == model.get(key)
+        assert len(cache) == len(model) <= size
+    assert all(cache.get(k) == v for k, v in model.items())

@@ -218,3 +218,32 @@ def test_truncated_pool_answer_over_udp(geo_db: Path) -> None:
     # 3 A records always fit in 512 octets; a TC reply would have no answer.
     m = ask(responder, query("all.example.test."))
     assert not m.flags & dns.flags.TC and len(addresses(m)) == 3
+
+
+@pytest.mark.parametrize("drained", [(), ("fra",), ("fra", "iad", "nrt")])
+def test_template_answers_are_byte_identical_to_whole_renders(
+    geo_db: Path, drained: tuple[str, ...]
+) -> None:
+    # Pool answers are copied from a per-shape template with the addresses written in; a
+    # responder whose templates are disabled renders every answer with dnslib. Same bytes.
+    fast, fast_health = build(geo_db)
+    slow, slow_health = build(geo_db)
+    slow._template = lambda *args: (b"", None)  # type: ignore[method-assign]
+    for name in drained:
+        fast_health.set_drained(name, True)
+        slow_health.set_drained(name, True)
+    names = ["www", "two", "all", "geo", "noaaaa", "mixed", "x.cdn", "WwW"]
+    subnets = [None, LONDON, NEW_YORK, TOKYO, "192.0.2.200", FRANKFURT6, UNKNOWN]
+    for name in names:
+        for rdtype in ("A", "AAAA"):
+            for subnet in subnets:
+                for tcp in (False, True):
+                    wire = query(f"{name}.example.test.", rdtype, ecs=subnet, edns=0)
+                    client = ipaddress.ip_address(TOKYO)
+                    a = fast.respond(wire, client, tcp=tcp)
+                    b = slow.respond(wire, client, tcp=tcp)
+                    assert a == b, (name, rdtype, subnet, tcp)
+    small = query("all.example.test.", "A", edns=0, payload=512)
+    assert fast.respond(small, ipaddress.ip_address(LONDON), tcp=False) == slow.respond(
+        small, ipaddress.ip_address(LONDON), tcp=False
+    )

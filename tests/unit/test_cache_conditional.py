@@ -5,10 +5,12 @@ import calendar
 from edge.conditional import (
     evaluate,
     merge_headers,
+    normalise_etag,
     not_modified_headers,
     parse_etags,
     select_for_update,
     strip_hop_by_hop,
+    strong_match,
     validators,
     weak_match,
 )
@@ -27,6 +29,31 @@ def test_parse_etags() -> None:
 def test_weak_comparison() -> None:
     assert weak_match('W/"a"', '"a"')
     assert not weak_match('"a"', '"b"')
+
+
+def test_unquoted_etags_are_recovered_in_quoted_form() -> None:
+    assert normalise_etag(" abc ") == '"abc"'
+    assert normalise_etag("W/abc") == 'W/"abc"'
+    assert normalise_etag('"abc"') == '"abc"'
+    assert normalise_etag('W/"abc"') == 'W/"abc"'
+    assert parse_etags('abc, W/def, "g"') == ['"abc"', 'W/"def"', '"g"']
+    assert strong_match("abc", '"abc"') and strong_match('"abc"', "abc")
+    assert not strong_match("W/abc", '"abc"')
+    assert weak_match("W/abc", '"abc"')
+
+
+def test_unquoted_etags_answer_conditional_requests() -> None:
+    for stored_tag, asked in (('"abc"', "abc"), ("abc", '"abc"'), ("abc", "abc")):
+        stored = [("ETag", stored_tag)]
+        assert evaluate("GET", [("If-None-Match", asked)], stored, T0) == 304
+        assert evaluate("GET", [("If-None-Match", '"other"')], stored, T0) is None
+
+
+def test_validators_send_an_unquoted_stored_etag_verbatim() -> None:
+    # The origin that made the tag compares it as it sent it.
+    assert validators([[("ETag", "abc")], [("ETag", "W/def")]]) == (
+        ("If-None-Match", "abc, W/def"),
+    )
 
 
 def test_validators() -> None:
@@ -50,6 +77,14 @@ def test_merge_headers_updates_all_but_content_length() -> None:
     ]
     merged = dict(merge_headers(stored, new))
     assert merged == {"Content-Length": "36", "X-A": "2", "X-Keep": "k", "Content-Type": "a/c"}
+
+
+def test_merge_headers_updates_set_cookie2_like_any_field() -> None:
+    stored = [("Set-Cookie2", "a=b"), ("X-A", "1")]
+    new = [("Set-Cookie2", "a=c"), ("Set-Cookie", "s=1")]
+    assert dict(merge_headers(stored, new)) == {"Set-Cookie2": "a=c", "X-A": "1"}
+    kept = dict(merge_headers(stored, new, keep_set_cookie=True))
+    assert kept == {"Set-Cookie2": "a=c", "X-A": "1", "Set-Cookie": "s=1"}
 
 
 def test_strip_hop_by_hop_honours_connection() -> None:

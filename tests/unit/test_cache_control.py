@@ -12,9 +12,23 @@ from edge.cache_control import (
     list_elements,
     parse_delta_seconds,
     parse_directives,
+    qvalue,
     split_list,
     unquote,
 )
+
+
+def test_qvalue() -> None:
+    assert qvalue("") == 1.0
+    assert qvalue(" level=1; Q=0.5") == 0.5
+    assert qvalue("q=0") == 0.0
+    for bad in ("q=abc", "q=1.5", "q=-1", "q=nan"):
+        assert qvalue(bad) == 0.0
+
+
+@given(st.floats(0, 1))
+def test_qvalue_reads_any_weight(q: float) -> None:
+    assert qvalue(f"q={q!r}") == q
 
 
 def test_field_access_is_case_insensitive_and_keeps_lines() -> None:

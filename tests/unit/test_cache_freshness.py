@@ -17,10 +17,19 @@ def hdate(t: float) -> str:
 
 
 def compute(headers: list[tuple[str, str]], status: int = 200, **kw: object) -> fr.Freshness:
-    return fr.compute(status, headers, T0, T0, **kw)  # type: ignore[arg-type]
+    return fr.compute(status, headers, T0, T0, fr.Rules(**kw))  # type: ignore[arg-type]
 
 
 # --- dates ---------------------------------------------------------------------------------
+
+
+def test_date_field_needs_one_valid_line() -> None:
+    assert fr.date_field([("Expires", DATE0)], "expires") == T0
+    assert fr.date_field([("Expires", DATE0), ("Expires", DATE0)], "expires") is None
+    assert fr.date_field([("Expires", "0")], "expires") is None
+    assert fr.date_field([], "expires") is None
+    assert fr.origin_date([("Date", DATE0)], T0 + 5) == T0
+    assert fr.origin_date([("Date", "garbage")], T0 + 5) == T0 + 5
 
 
 @pytest.mark.parametrize(
@@ -216,4 +225,4 @@ def test_cdn_cache_control_case_and_extensions() -> None:
 
 def test_targeted_fields_can_be_disabled() -> None:
     h = [("CDN-Cache-Control", "max-age=100"), ("Cache-Control", "max-age=5")]
-    assert compute(h, targeted_names=()).lifetime == 5
+    assert compute(h, targeted_fields=()).lifetime == 5

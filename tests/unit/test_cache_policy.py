@@ -2,6 +2,8 @@
 Cache-Status, entries as JSON. Time is always passed in."""
 
 import calendar
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -200,6 +202,27 @@ def test_entry_json_roundtrip_and_validation() -> None:
     for bad in (b"[]", b"{", b'{"key": 1}', e.to_json().replace(SHA.encode(), b"zz")):
         with pytest.raises(CacheMetadataError):
             CacheEntry.from_json(bad)
+
+
+def test_entry_json_checks_every_field() -> None:
+    good = json.loads(entry(resp("max-age=60")).to_json())
+    wrong = {"str": 1, "int": "1", "float": "1.0", "HeaderTuple": [["a"]], "tuple[str, ...]": [1]}
+    for cls, doc in ((CacheEntry, good), (fr.Freshness, good["freshness"])):
+        for f in dataclasses.fields(cls):
+            if f.type not in wrong:
+                continue
+            saved = doc[f.name]
+            doc[f.name] = wrong[str(f.type)]
+            with pytest.raises(CacheMetadataError):
+                CacheEntry.from_json(json.dumps(good).encode())
+            del doc[f.name]
+            with pytest.raises(CacheMetadataError):
+                CacheEntry.from_json(json.dumps(good).encode())
+            doc[f.name] = saved
+    assert CacheEntry.from_json(json.dumps(good).encode()) == entry(resp("max-age=60"))
+    good["body_length"] = -1
+    with pytest.raises(CacheMetadataError):
+        CacheEntry.from_json(json.dumps(good).encode())
 
 
 # --- lookup --------------------------------------------------------------------------------

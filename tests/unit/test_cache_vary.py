@@ -57,6 +57,13 @@ def test_accept_language_normalisation() -> None:
     assert normalise("accept-language", ["en;q=0.5, de"]) != a
 
 
+def test_accept_language_drops_ranges_with_an_invalid_weight() -> None:
+    # The same q-value rule as Accept-Encoding (edge.cache_control.qvalue).
+    de = normalise("accept-language", ["de"])
+    for bad in ("q=abc", "q=2", "q=0"):
+        assert normalise("accept-language", [f"de, fr;{bad}"]) == de
+
+
 def test_accept_encoding_normalises_to_negotiated_coding() -> None:
     assert normalise("accept-encoding", ["gzip, deflate, br"]) == "br"
     assert normalise("accept-encoding", ["gzip"]) == "gzip"

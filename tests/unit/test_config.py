@@ -355,3 +355,55 @@ def test_invalid_toml_and_unreadable_file(tmp_path: Path) -> None:
     assert error("[[zone]\n").startswith("bad.toml: invalid TOML:")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_health_section_and_status_urls() -> None:
+    cfg = load(MINIMAL)
+    assert (cfg.health.interval, cfg.health.timeout, cfg.health.rise, cfg.health.fall) == (
+        5.0,
+        2.0,
+        2,
+        3,
+    )
+    assert cfg.health.jitter == 0.5
+    assert all(e.status_url is None for e in cfg.edges)
+    text = MINIMAL.replace(
+        'name = "fra"', 'name = "fra"\nstatus_url = "http://127.0.0.1:9090/__edge/status"'
+    )
+    cfg = load("[health]\ninterval = 0.2\nrise = 1\nfall = 4\n" + text)
+    assert cfg.edges[0].status_url == "http://127.0.0.1:9090/__edge/status"
+    assert cfg.edges[1].status_url is None
+    # timeout and jitter defaults shrink with a short interval
+    assert (cfg.health.interval, cfg.health.timeout, cfg.health.jitter) == (0.2, 0.2, 0.02)
+    assert (cfg.health.rise, cfg.health.fall) == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("health", "url", "message"),
+    [
+        ("interval = 0", None, "bad.toml: health.interval: 0 is out of range [0.05, 3600.0]"),
+        ("rise = 0", None, "bad.toml: health.rise: 0 is out of range [1, 100]"),
+        ("fall = 1.5", None, "bad.toml: health.fall: must be an integer, not a number"),
+        (
+            "interval = 1\ntimeout = 3",
+            None,
+            "bad.toml: health.timeout: must not exceed health.interval (1.0), got 3.0",
+        ),
+        ("jitter = 5", None, "bad.toml: health.jitter: must be below health.interval (5.0)"),
+        ("retries = 2", None, "bad.toml: health.retries: unknown key"),
+        (
+            "",
+            "ftp://127.0.0.1/status",
+            "bad.toml: edge[0].status_url: 'ftp://127.0.0.1/status' is not an http(s) URL",
+        ),
+        ("", "http:///x", "bad.toml: edge[0].status_url: 'http:///x' is not an http(s) URL"),
+        ("", "http://h:99999/", "bad.toml: edge[0].status_url: 'http://h:99999/' is not a URL"),
+        ("", "42", "bad.toml: edge[0].status_url: must be a string, not an integer"),
+    ],
+)
+def test_health_errors(health: str, url: str | None, message: str) -> None:
+    text = MINIMAL
+    if url is not None:
+        value = url if url == "42" else f'"{url}"'
+        text = text.replace('name = "fra"', f'name = "fra"\nstatus_url = {value}')
+    assert error(f"[health]\n{health}\n" + text).startswith(message)

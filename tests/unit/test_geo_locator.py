@@ -12,7 +12,7 @@ from typing import Any
 
 import geoip2.database
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from mmdb_writer import MMDBWriter
 
@@ -314,3 +314,77 @@ def test_lookup_racing_a_reload_is_answered_by_the_new_database(tmp_path: Path) 
         answer = loc._lookup(stale, ip("192.0.2.1"))
         assert answer is not None
         assert answer.country == "FR"
+
+
+# --- the search-tree walk and the network cache ------------------------------------------
+
+
+def _random_v4_db(path: Path, seed: int, ip_version: int) -> Path:
+    """A City database of random, partly nested IPv4 networks (some without coordinates)."""
+    import random
+
+    import netaddr
+
+    rnd = random.Random(seed)
+    writer = MMDBWriter(
+        ip_version=ip_version, ipv4_compatible=ip_version == 6, database_type="Test-City"
+    )
+    nets = []
+    for _ in range(rnd.randint(1, 40)):
+        prefix = rnd.randint(1, 32)
+        value = rnd.getrandbits(32) & ((0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF)
+        nets.append(netaddr.IPNetwork((value, prefix)))
+    nets.sort(key=lambda n: n.prefixlen)  # supernets first (see tests.geodb)
+    for i, n in enumerate(nets):
+        record: dict[str, Any] = {"country": {"iso_code": f"C{i}"}}
+        if i % 5:
+            record["location"] = {"latitude": float(i % 90), "longitude": float(i)}
+        writer.insert_network(netaddr.IPSet([n]), record)
+    writer.to_db_file(str(path))
+    return path
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    ip_version=st.sampled_from([4, 6]),
+    probes=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=60),
+)
+def test_tree_walk_and_network_cache_agree_with_the_reader(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, ip_version: int, probes: list[int]
+) -> None:
+    # The cached path walks the search tree itself and caches by leaf network; the uncached
+    # path asks the C extension for every address. Both must say the same, every time.
+    path = _random_v4_db(tmp_path_factory.mktemp("walk") / "r.mmdb", seed, ip_version)
+    with GeoIPLocator(path, cache_size=0) as plain, GeoIPLocator(path, cache_size=8) as cached:
+        assert cached._db.tree is not None
+        addresses = [ipaddress.IPv4Address(v) for v in probes]
+        for a in addresses + addresses[::-1]:
+            assert cached.locate(a) == plain.locate(a), a
+        assert cached._db.tree is not None  # no disagreement turned the walk off
+
+
+def test_tree_walk_agrees_with_the_reader_on_the_bundled_database() -> None:
+    import random
+
+    rnd = random.Random(20261127)
+    with GeoIPLocator(cache_size=0) as plain, GeoIPLocator() as cached:
+        tree = cached._db.tree
+        assert tree is not None
+        for _ in range(3000):
+            a = ipaddress.IPv4Address(rnd.getrandbits(32))
+            assert cached.locate(a) == plain.locate(a), a
+        assert cached._db.tree is tree and tree.records
+
+
+def test_network_cache_answers_other_addresses_of_a_network_and_stays_bounded(
+    geo_db: Path,
+) -> None:
+    with GeoIPLocator(geo_db, cache_size=2) as loc:
+        first = loc.locate(ip("192.0.2.1"))
+        assert first is not None and first.network == net("192.0.2.0/24")
+        assert loc.locate(ip("192.0.2.200")) is first  # same leaf network: from the cache
+        for a in ("198.51.100.7", "203.0.113.9", "2001:db8::1", "8.8.8.8"):
+            loc.locate(ip(a))
+            assert len(loc._db.cache) <= 2
+        assert loc.locate(ip("192.0.2.1")) == first  # evicted, then found again

@@ -7,8 +7,9 @@ import json
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
-from gslb.metrics import LATENCY_BUCKETS, QueryMetrics, merge_exports
+from gslb.metrics import LATENCY_BUCKETS, QueryMetrics, make_registry, merge_exports
 
 
 def _answer(m: QueryMetrics, rcode: int = 0, edges: tuple[str, ...] = ("fra",)) -> None:
@@ -62,3 +63,13 @@ def test_histogram_counts_every_observation_once(values: list[float]) -> None:
         m.observe_latency(v)
     assert sum(m.buckets) == len(values) == m.latency_count
     assert m.buckets[-1] == sum(1 for v in values if v > LATENCY_BUCKETS[-1])
+
+
+def test_probe_counters_are_exported() -> None:
+    probes = {"probes": [["fra", "success", "", 7], ["fra", "failure", "timeout", 2]]}
+    registry = make_registry(QueryMetrics().export, lambda: {"edges": {}}, lambda: probes)
+    text = generate_latest(registry).decode()
+    assert 'gslb_edge_probes_total{edge="fra",reason="",result="success"} 7.0' in text
+    assert 'gslb_edge_probes_total{edge="fra",reason="timeout",result="failure"} 2.0' in text
+    without = generate_latest(make_registry(QueryMetrics().export, lambda: {})).decode()
+    assert "gslb_edge_probes" not in without

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import math
+import random
 from collections import Counter
 
 from hypothesis import given, settings
@@ -237,3 +239,67 @@ def test_memoized_answers_follow_health_changes(where: Location, drained: set[st
     for name in drained:
         health.set_drained(name, False)
     assert select(p, where, health).edges == full.edges
+
+
+def _ranked_by_distance(edges: list[Edge], where: Location, count: int) -> tuple[Edge, ...]:
+    """The `count` nearest edges by the exact rule (dot product of unit vectors, then name)."""
+
+    def unit(lat: float, lon: float) -> tuple[float, float, float]:
+        p, q = math.radians(lat), math.radians(lon)
+        return (math.cos(p) * math.cos(q), math.cos(p) * math.sin(q), math.sin(p))
+
+    cx, cy, cz = unit(where.latitude, where.longitude)
+
+    def key(e: Edge) -> tuple[float, str]:
+        x, y, z = unit(e.latitude, e.longitude)
+        return (-(x * cx + y * cy + z * cz), e.name)
+
+    return tuple(sorted(edges, key=key)[:count])
+
+
+def _big_pool(seed: int, size: int, answers: int) -> Pool:
+    rnd = random.Random(seed)
+    edges = tuple(
+        Edge(f"e{i:04d}", round(rnd.uniform(-90, 90), 2), round(rnd.uniform(-180, 180), 2))
+        for i in range(size)
+    )
+    return Pool(f"big{seed}.example.test.", edges, Policy.NEAREST, answers=answers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    size=st.integers(49, 400),
+    answers=st.integers(1, 5),
+    points=st.lists(st.tuples(st.floats(-90, 90), st.floats(-180, 180)), min_size=1, max_size=30),
+)
+def test_large_pool_grid_matches_ranking_every_edge(
+    seed: int, size: int, answers: int, points: list[tuple[float, float]]
+) -> None:
+    # Large pools answer from per-cell candidate lists: the answer must be exactly the one
+    # ranking all edges gives, wherever the client is (cell corners, poles, antimeridian).
+    p = _big_pool(seed, size, answers)
+    health = HealthStore([p])
+    corners = [(-90.0, -180.0), (90.0, 180.0), (0.0, 180.0), (4.0, -176.0), (-86.0, 8.0)]
+    for lat, lon in points + corners:
+        where = loc(lat, lon)
+        assert select(p, where, health).edges == _ranked_by_distance(list(p.edges), where, answers)
+
+
+def test_large_pool_grid_has_ties_broken_by_name() -> None:
+    # Two edges on the same spot: the lower name wins, with or without the grid.
+    twins = (Edge("b-twin", 10.0, 10.0), Edge("a-twin", 10.0, 10.0))
+    far = tuple(Edge(f"f{i:03d}", -60.0 + i * 0.5, -170.0 + i) for i in range(60))
+    p = Pool("twins.example.test.", twins + far, Policy.NEAREST, answers=1)
+    health = HealthStore([p])
+    assert select(p, loc(12.0, 11.0), health).edges[0].name == "a-twin"
+
+
+def test_large_pool_grid_follows_health_changes() -> None:
+    p = _big_pool(7, 200, 2)
+    health = HealthStore([p])
+    where = loc(48.0, 2.0)
+    first = select(p, where, health).edges
+    health.set_up(first[0].name, False)
+    rest = [e for e in p.edges if e.name != first[0].name]
+    assert select(p, where, health).edges == _ranked_by_distance(rest, where, 2)

@@ -417,11 +417,13 @@ def test_kill_9_never_leaves_a_bad_entry(tmp_path: Path) -> None:
 
 def test_non_blocking_peeks(tmp_path: Path) -> None:
     clock = Clock()
-    with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
-        e = s.put(entry(), b"peek")
+    with Store(tmp_path) as writer:
+        e = writer.put(entry(), b"peek")
         assert e is not None
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
         assert s.peek_variants(e.key) is None  # not loaded into memory yet
         assert s.peek_body(e) is None
+        assert s.peek_single(e.key) is None
         (got,) = s.variants(e.key)
         assert s.get_body(got) == b"peek"
         assert s.peek_variants(e.key) == (got,)
@@ -439,3 +441,63 @@ def test_small_body_reader(tmp_path: Path) -> None:
         assert r.read_chunk(4) == b"0123"
         assert b"".join(r) == b"456789"
         assert r.read_chunk() == b""
+
+
+def test_peeks_after_a_commit_need_no_disk_read(tmp_path: Path) -> None:
+    # The first hit after a miss is answered from memory: the committing store keeps the
+    # variant list it wrote and, when small enough, the body.
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0, memory_object_max=100) as s:
+        w = s.writer()
+        assert w is not None
+        w.write(b"stream")
+        w.write(b"ed")
+        e = w.commit(entry(), 8)
+        assert e is not None
+        assert s.peek_variants(e.key) == (e,)
+        assert s.peek_body(e) == b"streamed"
+        assert s.peek_single(e.key) == (e, b"streamed", 0.0)
+        put = s.put(entry("/p"), b"put")
+        assert put is not None and s.peek_single(put.key) == (put, b"put", 0.0)
+        big = s.put(entry("/big"), b"b" * 101)  # above memory_object_max: metadata only
+        assert big is not None
+        assert s.peek_variants(big.key) == (big,)
+        assert s.peek_body(big) is None and s.peek_single(big.key) is None
+        w = s.writer()
+        assert w is not None
+        w.write(b"c" * 60)
+        w.write(b"c" * 60)
+        big2 = w.commit(entry("/big2"), 120)
+        assert big2 is not None and s.peek_body(big2) is None
+        assert s.get_body(big2) == b"c" * 120
+        # A replaced body leaves memory with its metadata.
+        newer = s.put(entry(), b"newer")
+        assert newer is not None
+        assert s.peek_body(e) is None
+        assert s.peek_single(e.key) == (newer, b"newer", 0.0)
+        # A removal forgets both.
+        assert s.purge_url(e.key) == 1
+        assert s.peek_variants(e.key) is None and s.peek_single(e.key) is None
+
+
+def test_single_peek_keeps_a_list_due_for_its_re_read(tmp_path: Path) -> None:
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
+        e = s.put(entry(), b"aged")
+        assert e is not None
+        clock.t += 1.5
+        assert s.peek_variants(e.key) is None  # due: the plain peek declines
+        assert s.peek_single(e.key) == (e, b"aged", 1.5)
+        assert s.variants(e.key) == (e,)  # the re-read
+        assert s.peek_single(e.key) == (e, b"aged", 0.0)
+        assert s.peek_single("https://example.com/none") is None
+        assert s.meta_refresh == 1.0
+
+
+def test_several_variants_are_not_a_single_peek(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        a = s.put(entry("/v", [("Vary", "Accept")], accept="a"), b"a")
+        b = s.put(entry("/v", [("Vary", "Accept")], accept="b"), b"b")
+        assert a is not None and b is not None and a.variant != b.variant
+        assert s.peek_variants(a.key) == (a, b)
+        assert s.peek_single(a.key) is None

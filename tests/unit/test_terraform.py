@@ -407,6 +407,7 @@ EDGES = [
         "latitude": "50.4779",
         "longitude": "12.3713",
         "weight": "1.000000",
+        "status_url": "http://192.0.2.10:9090/__edge/status",
         "capacity": "2000.0",
     },
     {
@@ -416,6 +417,7 @@ EDGES = [
         "latitude": "39.0438",
         "longitude": "-77.4874",
         "weight": "1.000000",
+        "status_url": "http://198.51.100.10:9090/__edge/status",
         "capacity": "1000.0",
     },
     {
@@ -425,6 +427,7 @@ EDGES = [
         "latitude": "1.3521",
         "longitude": "103.8198",
         "weight": "0.500000",
+        "status_url": "http://203.0.113.10:9090/__edge/status",
         "capacity": "1000.0",
     },
 ]
@@ -579,6 +582,9 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, tmp_path: Path) ->
     config_file.write_text(text)
     config = gslb_config.load_config(config_file)
     assert {e.name for e in config.edges} == {"eu-central-1", "us-east-1", "ap-southeast-1"}
+    assert {e.status_url for e in config.edges} == {
+        f"http://{e['ipv4']}:9090/__edge/status" for e in EDGES
+    }
     (pool,) = config.pools
     assert len(pool.edges) == 3
 

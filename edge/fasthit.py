@@ -1,0 +1,95 @@
+"""Recognising the plain cache-hit request, sans-IO: bytes in, a small value or None out.
+
+The client-facing protocol (edge.app.EdgeRequestHandler) offers each segment it receives
+to this check first while aiohttp's own parser is idle (through Proxy.answer_plain_get,
+which remembers the verdict per distinct segment). A segment that holds exactly one complete
+`GET <origin-form> HTTP/1.1` request, with nothing that could change how it is answered
+(no body, no request cache directives, no conditionals or ranges, no upgrade, one Host),
+becomes a `SimpleGet`; the caller may then answer it from the memory tier of the cache
+without building an aiohttp request. Everything else -- including anything this strict
+grammar does not accept but aiohttp would -- returns None and goes through aiohttp's
+parser and the full handler unchanged, so a refusal here never changes behaviour.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Request line and header fields in their plainest form (RFC 9112): origin-form target of
+# RFC 3986 characters (no fragment, no space, no controls), token field names, field values
+# of visible ASCII, space and tab. No obs-fold, no obs-text, no bare LF.
+_REQUEST = re.compile(
+    rb"GET (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)\r\n"
+)
+
+# Request fields after which the answer is no longer "the stored response as it is".
+_DECLINE = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"http2-settings",
+        b"cache-control",
+        b"pragma",
+        b"range",
+        b"if-range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleGet:
+    target: str  # path and query as received
+    host: str  # the one Host field, as received
+    user_agent: str
+    fields: int  # number of header fields
+    field_bytes: int  # their size as the proxy's limit counts it (name + value + 4 each)
+
+
+def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
+    """The request in `data` if it is one complete plain GET and nothing more, else None."""
+    if len(data) > max_bytes or not data.endswith(b"\r\n\r\n"):
+        return None
+    m = _REQUEST.fullmatch(data)
+    if m is None:
+        return None
+    host: bytes | None = None
+    user_agent = b""
+    count = 0
+    size = 0
+    block = m.group(2)
+    for line in block.split(b"\r\n")[:-1] if block else ():
+        name, _, raw = line.partition(b":")
+        value = raw.strip(b" \t")
+        lname = name.lower()
+        count += 1
+        size += len(name) + len(raw) + 4  # unstripped: never below the proxy's own count
+        if lname == b"host":
+            if host is not None:
+                return None
+            host = value
+        elif lname == b"connection":
+            # keep-alive is what HTTP/1.1 means anyway; "close" or connection options
+            # (which name hop-by-hop fields) are for the full handler.
+            if value.lower() != b"keep-alive":
+                return None
+        elif lname == b"user-agent":
+            user_agent = value
+        elif lname in _DECLINE:
+            return None
+    if host is None:
+        return None
+    return SimpleGet(
+        target=m.group(1).decode("ascii"),
+        host=host.decode("ascii"),
+        user_agent=user_agent.decode("ascii"),
+        fields=count,
+        field_bytes=size,
+    )

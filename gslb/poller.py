@@ -1,0 +1,266 @@
+"""Polling edges' status endpoints into the health store: the I/O half of gslb.edgeprobe.
+
+`EdgePoller` runs in the process that owns the authoritative `HealthStore` (the only process
+with one worker, the parent with several; the parent pushes every change to the workers). An
+APScheduler 3.x `AsyncIOScheduler`, started inside the running loop, runs one probe *round*
+every `health.interval` seconds (coalesce=True, max_instances=1, up to `health.jitter` seconds
+of random delay). A round fetches every edge's `status_url` concurrently with one aiohttp
+`ClientSession` (each probe bounded by `health.timeout`), feeds the replies through
+gslb.edgeprobe, and writes the resulting up/down and loads with one `HealthStore.update_many`:
+at most one version bump (one answer-cache flush, one snapshot to the workers) per round, and
+none when nothing changed.
+
+Only `up` and `load` are written, and only for edges with a `status_url`: a drain set through
+the API stays until the API lifts it, and edges without a status URL keep whatever the API
+set. `reconfigure(config)` (SIGHUP) re-creates the job for the new edges and settings; edges
+whose URL did not change keep their rise/fall counters, new or changed ones start afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from gslb.config import GslbConfig, HealthConfig
+from gslb.edgeprobe import MAX_BODY, Observation, ProbeResult, Reason, Tracker, interpret, step
+from gslb.health import HealthError, HealthStore
+
+log = logging.getLogger("gslb.probes")
+
+__all__ = ["EdgePoller", "ProbeTarget"]
+
+JOB_ID: Final = "gslb-edge-probes"
+MAX_CONCURRENT: Final = 64  # probes in flight at once within one round
+_HEADERS: Final = {"User-Agent": "geoedge-gslb-probe", "Accept": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    edge: str
+    url: str
+    capacity: float
+
+
+def probe_targets(config: GslbConfig) -> tuple[ProbeTarget, ...]:
+    return tuple(
+        ProbeTarget(e.name, e.status_url, e.capacity)
+        for e in config.edges
+        if e.status_url is not None
+    )
+
+
+@dataclass(slots=True)
+class _EdgeProbe:
+    target: ProbeTarget
+    tracker: Tracker
+    last: Observation | None = None
+
+
+class EdgePoller:
+    """See the module docstring. `start()` and `close()` must run inside the event loop."""
+
+    def __init__(self, health: HealthStore, config: GslbConfig) -> None:
+        self.health = health
+        self.settings: HealthConfig = config.health
+        self._edges: dict[str, _EdgeProbe] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._rounds: set[asyncio.Task[None]] = set()  # rounds running now (cancelled on close)
+        self._jobs: set[asyncio.Task[Any]] = set()  # the scheduler's tasks awaiting them
+        self.counts: dict[tuple[str, str, str], int] = {}  # (edge, result, reason) -> probes
+        self._set_targets(probe_targets(config))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        asyncio.get_running_loop()  # AsyncIOScheduler binds to the loop it is started in
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT, force_close=True),
+            headers=_HEADERS,
+        )
+        self._scheduler = AsyncIOScheduler(timezone=datetime.UTC)
+        self._schedule()
+        self._scheduler.start()
+        if self._edges:
+            log.info(
+                "probing %d edge(s) every %gs (rise %d, fall %d)",
+                len(self._edges),
+                self.settings.interval,
+                self.settings.rise,
+                self.settings.fall,
+            )
+
+    async def close(self) -> None:
+        """Stop probing: no new rounds, the one in flight cancelled, the session closed."""
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.pause()
+        for task in list(self._rounds):
+            task.cancel()
+        if self._jobs:
+            await asyncio.wait(set(self._jobs))  # they end normally once their round is gone
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        self._scheduler = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def reconfigure(self, config: GslbConfig) -> None:
+        """Adopt a reloaded config (after the health store was reconfigured)."""
+        self.settings = config.health
+        self._set_targets(probe_targets(config))
+        self._schedule()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _set_targets(self, targets: tuple[ProbeTarget, ...]) -> None:
+        old = self._edges
+        self._edges = {}
+        for target in targets:
+            prev = old.get(target.edge)
+            if prev is not None and prev.target.url == target.url:
+                prev.target = target  # the capacity may have changed; the counters stay
+                self._edges[target.edge] = prev
+            else:
+                self._edges[target.edge] = _EdgeProbe(target, Tracker())
+        for name in old.keys() - self._edges.keys():
+            if name in self.health:
+                log.info("edge %s has no status_url now: its state is set by the API only", name)
+        self.counts = {k: n for k, n in self.counts.items() if k[0] in self._edges}
+
+    def _schedule(self) -> None:
+        if self._scheduler is None:
+            return
+        if self._scheduler.get_job(JOB_ID) is not None:
+            self._scheduler.remove_job(JOB_ID)
+        if not self._edges:
+            return
+        s = self.settings
+        self._scheduler.add_job(
+            self._scheduled_round,
+            "interval",
+            seconds=s.interval,
+            jitter=s.jitter or None,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(s.interval)),
+            id=JOB_ID,
+            next_run_time=datetime.datetime.now(datetime.UTC),
+        )
+
+    def probed(self) -> dict[str, dict[str, Any]]:
+        """Per probed edge: its URL and what the last probe said (for the API)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, ep in self._edges.items():
+            last = ep.last
+            out[name] = {
+                "status_url": ep.target.url,
+                "probed_up": ep.tracker.up,
+                "last_ok": None if last is None else last.healthy,
+                "last_error": None if last is None or last.healthy else last.detail,
+            }
+        return out
+
+    def export(self) -> dict[str, Any]:
+        """Probe counters as JSON-able data (gslb.metrics.ProbeCollector reads it)."""
+        return {"probes": [[e, r, why, n] for (e, r, why), n in sorted(self.counts.items())]}
+
+    # -- probing -----------------------------------------------------------------------------
+
+    async def _scheduled_round(self) -> None:
+        """The scheduler's job. The round runs as a task of ours that close() can cancel while
+        this job still ends normally (APScheduler logs a cancelled job as a failed one)."""
+        job = asyncio.current_task()
+        round_task = asyncio.create_task(self.probe_round())
+        self._rounds.add(round_task)
+        if job is not None:
+            self._jobs.add(job)
+        try:
+            await asyncio.wait({round_task})
+        finally:
+            self._rounds.discard(round_task)
+            if job is not None:
+                self._jobs.discard(job)
+        if not round_task.cancelled():
+            round_task.result()  # a bug in a round reaches APScheduler's error log
+
+    async def probe_round(self) -> None:
+        """Probe every edge once and apply the results."""
+        probes = list(self._edges.values())
+        limit = asyncio.Semaphore(MAX_CONCURRENT)
+
+        async def one(ep: _EdgeProbe) -> tuple[_EdgeProbe, ProbeResult]:
+            async with limit:
+                return ep, await self.fetch(ep.target.url)
+
+        results = await asyncio.gather(*(one(ep) for ep in probes))
+        self._apply(results)
+
+    async def fetch(self, url: str) -> ProbeResult:
+        """GET `url` once; a reply of any status, or the error that prevented one."""
+        session = self._session
+        if session is None:
+            return ProbeResult(error="poller is not running")
+        timeout = self.settings.timeout
+        # aiohttp's exceptions end here, translated into a failed ProbeResult.
+        try:
+            async with session.get(
+                url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+            ) as resp:
+                body = bytearray()
+                while len(body) <= MAX_BODY:
+                    chunk = await resp.content.read(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+                return ProbeResult(status=resp.status, body=bytes(body))
+        except TimeoutError:
+            return ProbeResult(error=f"no reply within {timeout:g}s", timed_out=True)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return ProbeResult(error=f"{type(exc).__name__}: {exc}"[:200])
+
+    def _apply(self, results: list[tuple[_EdgeProbe, ProbeResult]]) -> None:
+        s = self.settings
+        updates: dict[str, tuple[bool | None, float | None]] = {}
+        for ep, result in results:
+            current = self._edges.get(ep.target.edge)
+            if current is not ep or ep.target.edge not in self.health:
+                continue  # reconfigured while the round ran: this result is for an old target
+            obs = interpret(result, ep.target.capacity)
+            key = (ep.target.edge, "success" if obs.healthy else "failure", obs.reason.value)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            before = ep.tracker.up
+            ep.tracker = step(ep.tracker, obs.healthy, s.rise, s.fall)
+            ep.last = obs
+            if ep.tracker.up != before:
+                self._log_transition(ep, obs, first=before is None)
+            if not obs.healthy and obs.reason is not Reason.UNHEALTHY:
+                log.debug("probe %s (%s) failed: %s", ep.target.edge, ep.target.url, obs.detail)
+            updates[ep.target.edge] = (ep.tracker.up, obs.load)
+        if not updates:
+            return
+        try:
+            self.health.update_many(updates)
+        except HealthError as exc:  # a bug, not an edge's fault: keep probing
+            log.error("applying probe results failed: %s", exc)
+
+    def _log_transition(self, ep: _EdgeProbe, obs: Observation, *, first: bool) -> None:
+        name = ep.target.edge
+        if ep.tracker.up:
+            if not first:
+                log.warning("edge %s is up: %d good probe(s)", name, self.settings.rise)
+            return
+        count = 1 if first else self.settings.fall
+        log.warning(
+            "edge %s is down: %d failed probe(s), last: %s (%s)",
+            name,
+            count,
+            obs.detail or obs.reason.value,
+            ep.target.url,
+        )
