@@ -365,7 +365,8 @@ class EdgeRuntime:
             await admin_site.start()
             self.addresses["admin"] = _site_addresses(admin_site)
         kwargs = server_kwargs(config)
-        proxy_server = EdgeServer(self.proxy.handle, fast=self.proxy.answer_plain_get, **kwargs)
+        fast = self.proxy.answer_plain_get if config.server.fast_hits else None
+        proxy_server = EdgeServer(self.proxy.handle, fast=fast, **kwargs)
         proxy_runner = web.ServerRunner(proxy_server, handle_signals=False)
         await proxy_runner.setup()
         self._edge_runners.append(proxy_runner)

@@ -77,6 +77,9 @@ class ServerConfig:
     cache_name: str = "GeoEdge"  # the cache's name in Cache-Status
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     forwarded: str = "x-forwarded"
+    # Answer plain GETs of fresh in-memory hits straight from the received bytes
+    # (edge.fasthit); off sends every request through aiohttp's parser and the full handler.
+    fast_hits: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +409,7 @@ def _server(sec: _Section) -> ServerConfig:
         cache_name=sec.take("cache_name", str, d.cache_name),
         trusted_proxies=tuple(nets),
         forwarded=sec.choice("forwarded", FORWARDED_MODES, d.forwarded),
+        fast_hits=sec.take("fast_hits", bool, d.fast_hits),
     )
     for key in ("via", "cache_name"):
         value = getattr(server, key)

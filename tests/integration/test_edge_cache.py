@@ -385,6 +385,35 @@ class _Conn:
         return await self.response()
 
 
+async def test_fast_hits_off_sends_every_hit_through_the_full_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.proxy import Proxy
+
+    handled: list[str] = []
+    full_handler = Proxy.handle
+
+    async def counting(self: Proxy, request: web.BaseRequest) -> web.StreamResponse:
+        handled.append(request.method + " " + request.raw_path)
+        return await full_handler(self, request)
+
+    monkeypatch.setattr(Proxy, "handle", counting)
+    async with origins("a") as (origin,):
+        origin.routes["/f"] = _cacheable(b"fast body")
+        config = _cfg(origin, tmp_path, server={"listen": ["127.0.0.1:0"], "fast_hits": False})
+        assert config.server.fast_hits is False
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            for _ in range(3):
+                head, body = await conn.get("/f")
+                assert body == b"fast body"
+            assert b"Cache-Status: GeoEdge; hit" in head
+            conn.writer.close()
+        assert origin.hits["/f"] == 1
+    assert handled == ["GET /f"] * 3
+
+
 async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
