@@ -17,20 +17,29 @@ import logging
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 from edge import admin, tls
+from edge import cache_policy as cp
 from edge.accesslog import AccessLog
 from edge.config import Address, EdgeConfig
 from edge.origins import OriginPool
 from edge.probes import Prober
-from edge.proxy import CacheLayer, InterimForwardingResponse, Proxy, open_cache
+from edge.proxy import (
+    CacheLayer,
+    InterimForwardingResponse,
+    Proxy,
+    bare_host,
+    open_cache,
+    origin_form,
+    status_response,
+)
 
 log = logging.getLogger("edge")
 
@@ -64,7 +73,7 @@ class EdgeRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
-        self._cache_name = cache_name
+        self._refused = cp.cache_status(cache_name, fwd="request", detail="refused")
         self._header_timer: asyncio.TimerHandle | None = None
         self._fast = fast
         # True while every byte given to aiohttp's parser belonged to a complete request:
@@ -94,6 +103,9 @@ class EdgeRequestHandler(RequestHandler):
             self._at_boundary = self._parser_drained(data, self._request_count - before)
         if self._request_count != before:
             self._disarm_header_timer()
+            if self._head_follows(data):
+                # The segment went on into the next request's head: its deadline starts now.
+                self._arm_header_timer()
         elif self._header_timer is None and data and self._waiter is not None:
             # First bytes of a further request on a kept-alive connection: the deadline for
             # its headers starts now (the idle time before is the keep-alive timeout's job).
@@ -147,6 +159,15 @@ class EdgeRequestHandler(RequestHandler):
         # A parse error is queued as aiohttp's private _ErrInfo, which has no method.
         return hasattr(message, "method") and payload.is_eof()
 
+    def _head_follows(self, data: bytes) -> bool:
+        """Whether bytes of a further, incomplete request head follow the last request
+        aiohttp's parser completed from `data` (only decidable when that request has no
+        body: its head then ended the parsed part, and `data` goes on past it)."""
+        if not self._messages or self._buffer_paused or data.endswith(b"\r\n\r\n"):
+            return False
+        message, payload = self._messages[-1]
+        return hasattr(message, "method") and payload is EMPTY_PAYLOAD
+
     def _arm_header_timer(self) -> None:
         loop = asyncio.get_running_loop()
         self._header_timer = loop.call_later(self._header_timeout, self._headers_too_slow)
@@ -161,10 +182,15 @@ class EdgeRequestHandler(RequestHandler):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self._messages or self._waiter is None:
+            # A request is still being answered; a 408 now would cut into its response.
+            # Its answer comes first, then the late head gets one more period.
+            self._arm_header_timer()
+            return
         log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n"
-            + f'Cache-Status: {self._cache_name}; fwd=request; detail="refused"\r\n\r\n'.encode()
+            + f"Cache-Status: {self._refused}\r\n\r\n".encode()
         )
         self.force_close()
         transport.close()
@@ -183,11 +209,7 @@ class EdgeRequestHandler(RequestHandler):
             status = 431
         if status in (414, 431) or isinstance(exc, BadHttpMessage):
             log.debug("bad request from %s: %s", request.remote, exc)
-            resp = web.Response(
-                status=status,
-                text=f"{status} {HTTPStatus(status).phrase}\n",
-                headers={"Cache-Status": f'{self._cache_name}; fwd=request; detail="refused"'},
-            )
+            resp = status_response(status, self._refused)
             resp.force_close()
             return resp
         return super().handle_error(request, status, exc, message)
@@ -310,17 +332,32 @@ async def _flush_periodically(access_log: AccessLog) -> None:
         access_log.flush()
 
 
-def _redirect_handler(config: EdgeConfig) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+def _redirect_handler(
+    config: EdgeConfig, proxy: Proxy
+) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+    """308 to https for the plain listener, for the requests the proxy would serve.
+
+    The Location is built from the Host field and the origin-form target: aiohttp's
+    `request.host` and `raw_path` come from an absolute-form target (an open redirect).
+    """
     https_port = config.tls.listen[0].port
+    name = config.server.cache_name
+    refused = cp.cache_status(name, fwd="request", detail="refused")
 
     async def redirect(request: web.BaseRequest) -> web.Response:
-        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+        refusal = proxy.check(request)
+        host = bare_host(request.headers.get("Host", ""))
+        if refusal is None and not host:
+            refusal = status_response(400)
+        if refusal is not None:
+            refusal.headers.setdefault("Cache-Status", refused)
+            return refusal
         authority = host if https_port == 443 else f"{host}:{https_port}"
         return web.Response(
             status=308,
             headers={
-                "Location": f"https://{authority}{request.raw_path}",
-                "Cache-Status": f'{config.server.cache_name}; fwd=request; detail="redirect"',
+                "Location": f"https://{authority}{origin_form(request.raw_path)}",
+                "Cache-Status": cp.cache_status(name, fwd="request", detail="redirect"),
             },
         )
 
@@ -372,7 +409,7 @@ class EdgeRuntime:
         self._edge_runners.append(proxy_runner)
         plain_runner = proxy_runner
         if config.tls.redirect_http:
-            redirect_server = EdgeServer(_redirect_handler(config), **kwargs)
+            redirect_server = EdgeServer(_redirect_handler(config, self.proxy), **kwargs)
             plain_runner = web.ServerRunner(redirect_server, handle_signals=False)
             await plain_runner.setup()
             self._edge_runners.append(plain_runner)

@@ -6,44 +6,39 @@ Pure functions over (name, value) pairs so they can be unit-tested without socke
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
+# One list of hop-by-hop fields for the cache and the proxy (re-exported here).
+from edge.conditional import HOP_BY_HOP as HOP_BY_HOP
+from edge.conditional import strip_hop_by_hop
+
 FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
+# Every other X-Forwarded-* field (-Port, -Prefix, -Scheme, -Server, -Ssl...) is also a
+# claim about the connection that frameworks act on (redirects, absolute URLs) and that is
+# not in the cache key: kept from trusted proxies only.
+_FORWARDING_PREFIX = "x-forwarded-"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Host field value (RFC 9110 §7.2): uri-host [":" port], uri-host an IP-literal or a
+# reg-name / IPv4 address. Anything else ('/', '?', '#', '@', spaces...) would let one
+# request's Host and target compose another URL's cache key.
+_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
-def connection_tokens(pairs: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """Header names listed in Connection (RFC 9110 §7.6.1), lower-cased."""
-    names: set[str] = set()
-    for k, v in pairs:
-        if k.lower() == "connection":
-            names.update(t.strip().lower() for t in v.split(",") if t.strip())
-    return frozenset(names)
+
+def valid_host(value: str) -> bool:
+    """Whether `value` is a well-formed Host field value (it may be empty)."""
+    return _AUTHORITY.fullmatch(value) is not None
 
 
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop fields, including every field named in Connection."""
-    items = list(pairs)
-    drop = HOP_BY_HOP | connection_tokens(items)
-    return [(k, v) for k, v in items if k.lower() not in drop]
+    return list(strip_hop_by_hop(tuple(pairs)))
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -94,6 +89,8 @@ def origin_request_headers(
         if lk in FORWARDING:
             if trusted_peer:
                 previous.setdefault(lk, []).append(v)
+            continue
+        if lk.startswith(_FORWARDING_PREFIX) and not trusted_peer:
             continue
         out.add(k, v)
     ip = client_ip or "unknown"

@@ -28,12 +28,18 @@ from edge import cache_policy as cp
 from edge import compression, conditional, ranges
 from edge.accesslog import AccessLog
 from edge.admin import Metrics
+from edge.cache_control import DELTA_SECONDS_MAX
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, CorruptBodyError, StoreError
 from edge.fasthit import SimpleGet, parse_simple_get
-from edge.headers import client_response_headers, end_to_end, origin_request_headers
+from edge.headers import (
+    client_response_headers,
+    end_to_end,
+    origin_request_headers,
+    valid_host,
+)
 from edge.origins import Origin, OriginPool
-from edge.store import Store
+from edge.store import BodyWriter, Store
 
 log = logging.getLogger("edge.proxy")
 
@@ -100,6 +106,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class ClientGone(Exception):
+    """The client's side failed mid-exchange (connection lost, or a broken request body)."""
+
+
 class OriginFailure(Exception):
     """Translated client-side failure; `status` is what the client gets (502/503/504)."""
 
@@ -109,7 +119,7 @@ class OriginFailure(Exception):
         self.kind = kind
 
 
-def _plain(status: int, cache_status: str | None = None, **extra: str) -> web.Response:
+def status_response(status: int, cache_status: str | None = None, **extra: str) -> web.Response:
     reason = HTTPStatus(status).phrase
     headers = {"Content-Type": "text/plain; charset=utf-8", **extra}
     if cache_status:
@@ -239,7 +249,7 @@ class Proxy:
     def answer_plain_get(self, data: bytes, scheme: str, remote: str | None) -> list[bytes] | None:
         """Wire bytes answering `data`, one received segment, when it is a plain GET
         (edge.fasthit) of a fresh hit in the memory tier; None when `handle` must answer.
-        Same checks, metrics and access log as `handle`; whatever `_check` would refuse
+        Same checks, metrics and access log as `handle`; whatever `check` would refuse
         is left to it."""
         cache = self.cache
         if cache is None:
@@ -285,61 +295,64 @@ class Proxy:
             or req.fields > self._max_headers
             or req.field_bytes > self._max_header_bytes
             or len(req.target) > self._max_url
-            or (self._hosts and _bare_host(req.host) not in self._hosts)
+            or not valid_host(req.host)
+            or (self._hosts and bare_host(req.host) not in self._hosts)
         ):
             return False
         return cp.cache_key(scheme, req.host, req.target), req
 
     async def _dispatch(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
-        refusal = self._check(request)
+        refusal = self.check(request)
         if refusal is not None:
             return refusal, ""
-        target = request.raw_path
-        if not target.startswith("/"):
-            parts = urlsplit(target)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        target = origin_form(request.raw_path)
+        if (
+            request.headers.get("Expect", "").lower() == "100-continue"
+            and request.version >= (1, 1)  # HTTP/1.0 knows no 1xx: ignored (RFC 9110 §10.1.1)
+        ):
             if request.content_length is not None and request.content_length > self._max_body:
-                return _plain(413), ""
+                return status_response(413), ""
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.cache is not None and request.method in ("GET", "HEAD"):
             return await self.cache.serve(self, request, target)
         return await self.forward(request, target)
 
-    def _check(self, request: web.BaseRequest) -> web.Response | None:
+    def check(self, request: web.BaseRequest) -> web.Response | None:
         """Requests we refuse before touching an origin; None when the request may pass."""
         method = request.method
         if method == "CONNECT":
-            return _plain(405, Allow="GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+            return status_response(405, Allow="GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
         raw_headers = request.raw_headers
         if len(raw_headers) > self._max_headers:
-            return _plain(431)
+            return status_response(431)
         size = sum([len(k) + len(v) for k, v in raw_headers]) + 4 * len(raw_headers)
         if size > self._max_header_bytes:
-            return _plain(431)
+            return status_response(431)
         target = request.raw_path
         if len(target) > self._max_url:
-            return _plain(414)
+            return status_response(414)
         hosts = request.headers.getall("Host", [])
         if len(hosts) != 1 and request.version >= (1, 1):
-            return _plain(400)
+            return status_response(400)
         host_header = hosts[0].lower() if hosts else ""
+        if not valid_host(host_header):
+            return status_response(400)
         if not target.startswith("/"):
             if target == "*" and method == "OPTIONS":
-                return _plain(400)
+                return status_response(400)
             parts = urlsplit(target)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                return _plain(400)
+                return status_response(400)
             authority = parts.netloc.lower().rsplit("@", 1)[-1]
             # Absolute-form naming another host than Host: never an open proxy. (Requiring
             # them to agree also keeps the Host we forward and key the cache by correct.)
-            if _bare_host(authority) != _bare_host(host_header):
-                return _plain(421)
-        if self._hosts and _bare_host(host_header) not in self._hosts:
-            return _plain(421)
+            if bare_host(authority) != bare_host(host_header):
+                return status_response(421)
+        if self._hosts and bare_host(host_header) not in self._hosts:
+            return status_response(421)
         length = request.content_length
         if length is not None and length > self._max_body:
-            return _plain(413)
+            return status_response(413)
         return None
 
     # ------------------------------------------------------------------ forwarding
@@ -420,6 +433,9 @@ class Proxy:
                 if isinstance(exc, BodyTooLarge) or getattr(body, "exceeded", False):
                     self.pool.finished(origin, ok=True)
                     raise BodyTooLarge() from None
+                if getattr(body, "failed", False):
+                    self.pool.finished(origin, ok=True)
+                    raise ClientGone() from exc
                 failure = _translate(exc)
                 self.pool.finished(origin, ok=False)
                 self.metrics.origin_errors.labels(origin.url, failure.kind).inc()
@@ -448,11 +464,13 @@ class Proxy:
                 request.method, target, headers, body, request.raw_path, not has_body
             )
         except BodyTooLarge:
-            resp = _plain(413)
-            resp.force_close()
-            return resp, ""
+            return status_response(413), ""
+        except ClientGone:
+            return status_response(400), ""  # a broken body; a client that left reads nothing
         except OriginFailure as exc:
-            return _plain(exc.status, self.cache_status_token("bypass", detail=exc.kind)), ""
+            return status_response(
+                exc.status, self.cache_status_token("bypass", detail=exc.kind)
+            ), ""
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out.headers.extend(self.response_headers(request, upstream.raw_headers))
         out.headers["Cache-Status"] = self.cache_status_token("bypass")
@@ -475,37 +493,29 @@ class Proxy:
         out: web.StreamResponse,
         upstream: aiohttp.ClientResponse,
         origin: Origin,
-        sink: Any = None,
     ) -> bool:
-        """Copy the origin body to the client (and to `sink.write`); True when complete."""
+        """Copy the origin body to the client; True when complete."""
         # Without Content-Length aiohttp chunks for HTTP/1.1 and close-delimits for 1.0.
         try:
-            await out.prepare(request)
-        except (ConnectionError, RuntimeError):
-            self.finish_upstream(origin, upstream, ok=False)
-            return False
-        complete = False
-        try:
+            await _start(out, request)
             if not _bodyless(request.method, out.status):
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
-                    if sink is not None:
-                        sink.write(chunk)
-                    await out.write(chunk)
-            complete = True
+                    await _send(out, chunk)
+        except ClientGone:
+            # The client went away: nothing the origin did wrong.
+            self.finish_upstream(origin, upstream, ok=True)
+            return False
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.info("origin %s body broke off: %r", origin.url, exc)
             self.finish_upstream(origin, upstream, ok=False)
             _abort(request)
-            return False
-        except ConnectionError:
-            self.finish_upstream(origin, upstream, ok=True)
             return False
         self.finish_upstream(origin, upstream, ok=True)
         try:
             await out.write_eof()
         except ConnectionError:
             return False
-        return complete
+        return True
 
     def cache_status_token(self, word: str, detail: str = "") -> str:
         """An RFC 9211 Cache-Status member for a response that did not use the cache."""
@@ -513,21 +523,54 @@ class Proxy:
 
 
 class _LimitedBody:
-    """The client's request body as an async iterator, refusing more than `limit` bytes."""
+    """The client's request body as an async iterator, refusing more than `limit` bytes.
+
+    `exceeded` and `failed` tell the sender why the upload stopped: the aiohttp client
+    reports both as its own error, which must not count against the origin.
+    """
 
     def __init__(self, request: web.BaseRequest, limit: int) -> None:
         self.request = request
         self.limit = limit
         self.exceeded = False
+        self.failed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self.request.content.iter_chunked(_CHUNK):
+        chunks = self.request.content.iter_chunked(_CHUNK)
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception:  # the client went away or sent a malformed body
+                self.failed = True
+                raise
             seen += len(chunk)
             if seen > self.limit:
                 self.exceeded = True
                 raise BodyTooLarge()
             yield chunk
+
+
+async def _start(out: web.StreamResponse, request: web.BaseRequest) -> None:
+    """`out.prepare`, a failure of the client's connection raised as ClientGone."""
+    try:
+        await out.prepare(request)
+    except ConnectionError as exc:
+        raise ClientGone() from exc
+
+
+async def _send(out: web.StreamResponse, data: bytes) -> None:
+    """`out.write`, a failure of the client's connection raised as ClientGone.
+
+    aiohttp's ClientConnectionResetError is both a ConnectionError and an
+    aiohttp.ClientError: without this, a client going away looks like an origin failure.
+    """
+    try:
+        await out.write(data)
+    except ConnectionError as exc:
+        raise ClientGone() from exc
 
 
 def _translate(exc: BaseException) -> OriginFailure:
@@ -557,7 +600,7 @@ class _Serialized(web.StreamResponse):
         super().__init__(status=status)
         self._head = head
         self.payload = body
-        self._age = min(int(age), 2147483648)
+        self._age = _age(age)
         # Read by the access log and metrics; the bytes on the wire come from `_head`.
         self.headers["Cache-Status"] = cache_status
 
@@ -602,6 +645,11 @@ def _has_directives(request: web.BaseRequest) -> bool:
     return "Cache-Control" in headers or "Pragma" in headers
 
 
+def _age(age: float) -> int:
+    """The Age value for a current age in seconds (capped as RFC 9111 §1.2.2 says)."""
+    return min(int(age), DELTA_SECONDS_MAX)
+
+
 def _sent_bytes(resp: web.StreamResponse | None) -> int:
     if resp is None:
         return 0
@@ -624,7 +672,16 @@ def _abort(request: web.BaseRequest) -> None:
         transport.abort()
 
 
-def _bare_host(authority: str) -> str:
+def origin_form(target: str) -> str:
+    """Path and query of a request target in origin-form or absolute-form."""
+    if target.startswith("/"):
+        return target
+    parts = urlsplit(target)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def bare_host(authority: str) -> str:
+    """The host of a Host value or authority, lower-cased, without port or final dot."""
     authority = authority.strip().lower()
     if authority.startswith("["):
         return authority.split("]", 1)[0] + "]"
@@ -711,8 +768,7 @@ class CacheLayer:
     async def purge(self, kind: str, value: str) -> int:
         if kind == "url":
             parts = urlsplit(value)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            key = cp.cache_key(parts.scheme or "http", parts.netloc, target)
+            key = cp.cache_key(parts.scheme or "http", parts.netloc, origin_form(value))
             return await asyncio.to_thread(self.store.purge_url, key)
         if kind == "prefix":
             parts = urlsplit(value)
@@ -754,7 +810,9 @@ class CacheLayer:
             scheme=_scheme(request),
             authority=request.headers.get("Host", ""),
             target=target,
-            headers=tuple(request.headers.items()),
+            # What the origin is sent: a field the client named in Connection never reaches
+            # it, so it must not select (Vary) or qualify (Authorization) a stored response.
+            headers=tuple(end_to_end(request.headers.items())),
         )
 
     async def serve(
@@ -805,7 +863,7 @@ class CacheLayer:
                     return resp, ""
             return await self._fetch(proxy, request, creq, target, decision.fwd, entry)
         if decision.only_if_cached:
-            return _plain(
+            return status_response(
                 504, cp.cache_status(self.name, fwd=decision.fwd, detail="only-if-cached")
             ), ""
         return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd)
@@ -868,7 +926,7 @@ class CacheLayer:
 
     def _hit_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
         """`_serialized_head` plus Age and Cache-Status, remade only when they change."""
-        age_s = min(int(age), 2147483648)
+        age_s = _age(age)
         ttl_s = math.floor(ttl)
         memo = self._hit_heads.get(entry.key)
         if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
@@ -917,7 +975,7 @@ class CacheLayer:
                 head = self._serialized_head(entry)
                 return _Serialized(entry.status, head, body, age, cache_status)
         headers = CIMultiDict(self._base_headers(entry, request.version))
-        headers["Age"] = str(min(int(age), 2147483648))
+        headers["Age"] = str(_age(age))
         headers["Cache-Status"] = cache_status
         method = request.method
         precondition = None
@@ -929,7 +987,7 @@ class CacheLayer:
             out = CIMultiDict(conditional.not_modified_headers(tuple(headers.items())))
             return web.Response(status=304, headers=out)
         if precondition == 412:
-            return _plain(412, cache_status)
+            return status_response(412, cache_status)
         length = entry.body_length
         if method == "HEAD":
             headers["Content-Length"] = str(length)
@@ -1145,7 +1203,9 @@ class CacheLayer:
                 )
                 if resp is not None:
                     return resp, ""
-            return _plain(exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)), ""
+            return status_response(
+                exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)
+            ), ""
         status = upstream.status
         pairs = _pairs(upstream.raw_headers)
         if stale is not None and status == 304:
@@ -1210,6 +1270,60 @@ class CacheLayer:
             stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy
         )
 
+    def _store_writer(
+        self,
+        creq: cp.CacheRequest,
+        status: int,
+        pairs: tuple[tuple[str, str], ...],
+        out_pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+    ) -> tuple[cp.Storability, BodyWriter | None]:
+        """Whether the response may be stored, and a writer for its body when it may."""
+        storable = cp.storability(
+            creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp
+        )
+        if not storable.storable:
+            return storable, None
+        te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
+        delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
+        # A close-delimited body cut short looks complete: never stored.
+        if not (delimited or _bodyless(creq.method, status)):
+            return storable, None
+        return storable, self.store.writer()
+
+    async def _commit(
+        self,
+        writer: BodyWriter,
+        creq: cp.CacheRequest,
+        upstream: aiohttp.ClientResponse,
+        out_pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+    ) -> None:
+        """Store the body `writer` holds under the entry for `out_pairs`.
+
+        When the stored fields carry a Content-Length (no on-the-fly compression), the body
+        must have exactly that length: a second guard after aiohttp's own against an origin
+        that closed early."""
+        entry = cp.make_entry(
+            creq,
+            upstream.status,
+            upstream.reason or "",
+            out_pairs,
+            request_time=t_req,
+            response_time=t_resp,
+            body_length=0,
+            sha256="0" * 64,
+            now=self.clock(),
+            config=self.policy,
+        )
+        declared = [v.strip() for k, v in out_pairs if k.lower() == "content-length"]
+        length = writer.length
+        if declared and creq.method == "GET" and declared[0].isdigit():
+            length = int(declared[0])
+        await asyncio.to_thread(writer.commit, entry, length)
+
     async def _stream_and_store(
         self,
         proxy: Proxy,
@@ -1224,14 +1338,7 @@ class CacheLayer:
     ) -> tuple[web.StreamResponse, str]:
         status = upstream.status
         out_pairs, comp = self._compression_plan(creq, status, pairs)
-        te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
-        delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
-        storable = cp.storability(
-            creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp
-        )
-        writer = None
-        if storable.storable and (delimited or _bodyless(creq.method, status)):
-            writer = self.store.writer()
+        storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
         cstatus = cp.cache_status(
             self.name,
             fwd=fwd,
@@ -1249,48 +1356,38 @@ class CacheLayer:
         bodyless = _bodyless(request.method, status)
         try:
             if not bodyless:
-                await out.prepare(request)
+                await _start(out, request)
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
                     data = comp.compress(chunk) if comp is not None else chunk
                     if data:
                         if writer is not None and not writer.write(data):
                             writer = None
                         if held:
-                            await out.write(held)
+                            await _send(out, held)
                         held = data
                 tail = comp.finish() if comp is not None else b""
                 if tail:
                     if writer is not None and not writer.write(tail):
                         writer = None
                     if held:
-                        await out.write(held)
+                        await _send(out, held)
                     held = tail
+        except ClientGone:
+            # The client went away; the origin did nothing wrong.
+            proxy.finish_upstream(origin, upstream, ok=True)
+            if writer is not None:
+                writer.abort()
+            return out, origin.url
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError):
-                # The client went away; the origin body is fine but we stop here.
-                proxy.finish_upstream(origin, upstream, ok=True)
-            else:
-                log.info("origin %s body broke off: %r", origin.url, exc)
-                proxy.finish_upstream(origin, upstream, ok=False)
-                _abort(request)
+            log.info("origin %s body broke off: %r", origin.url, exc)
+            proxy.finish_upstream(origin, upstream, ok=False)
+            _abort(request)
             if writer is not None:
                 writer.abort()
             return out, origin.url
         proxy.finish_upstream(origin, upstream, ok=True)
         if writer is not None:
-            entry = cp.make_entry(
-                creq,
-                status,
-                upstream.reason or "",
-                out_pairs,
-                request_time=t_req,
-                response_time=t_resp,
-                body_length=0,
-                sha256="0" * 64,
-                now=self.clock(),
-                config=self.policy,
-            )
-            await asyncio.to_thread(writer.commit, entry, writer.length)
+            await self._commit(writer, creq, upstream, out_pairs, t_req, t_resp)
         try:
             await out.prepare(request)
             if held:
@@ -1327,12 +1424,7 @@ class CacheLayer:
             await asyncio.to_thread(self.store.update, updated)
             return
         out_pairs, comp = self._compression_plan(creq, status, pairs)
-        storable = cp.storability(
-            creq, status, out_pairs, self.policy, request_time=t_req, response_time=t_resp
-        )
-        te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
-        delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
-        writer = self.store.writer() if storable.storable and delimited else None
+        _, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
         if writer is None:
             proxy.finish_upstream(origin, upstream, ok=status < 500)
             return
@@ -1340,29 +1432,17 @@ class CacheLayer:
             async for chunk in upstream.content.iter_chunked(_CHUNK):
                 data = comp.compress(chunk) if comp is not None else chunk
                 if data and not writer.write(data):
-                    break
-            else:
-                if comp is not None:
-                    writer.write(comp.finish())
-                entry = cp.make_entry(
-                    creq,
-                    status,
-                    upstream.reason or "",
-                    out_pairs,
-                    request_time=t_req,
-                    response_time=t_resp,
-                    body_length=0,
-                    sha256="0" * 64,
-                    now=self.clock(),
-                    config=self.policy,
-                )
-                await asyncio.to_thread(writer.commit, entry, writer.length)
-                proxy.finish_upstream(origin, upstream, ok=True)
-                return
+                    # Too big for the cache, or the disk is full: not the origin's fault.
+                    proxy.finish_upstream(origin, upstream, ok=True)
+                    return
+            if comp is not None:
+                writer.write(comp.finish())
         except (aiohttp.ClientError, TimeoutError, OSError):
-            pass
-        writer.abort()
-        proxy.finish_upstream(origin, upstream, ok=False)
+            writer.abort()
+            proxy.finish_upstream(origin, upstream, ok=False)
+            return
+        proxy.finish_upstream(origin, upstream, ok=True)
+        await self._commit(writer, creq, upstream, out_pairs, t_req, t_resp)
 
 
 async def open_cache(config: EdgeConfig, directory: str) -> CacheLayer:

@@ -1,19 +1,23 @@
 """GeoIPLocator: a MaxMind City database plus CIDR overrides, reloaded when its file changes.
 
-`locate` is on the DNS hot path, so it goes straight to the maxminddb C extension
-(`get_with_prefix_len`, about 3x faster than building a geoip2 `City` model, measured here
-~135k vs ~45k lookups/s) and builds only the `Location` it returns.
+`locate` is on the DNS hot path. The maxminddb C extension (`get_with_prefix_len`, about 3x
+faster than building a geoip2 `City` model) still decodes the whole record, names in every
+language included, on every lookup (~10 us here). So:
 
-Caching: database results are kept by the network they hold for, not by address. The
-networks a MaxMind search tree returns are its leaves, which never overlap, so an address
-inside a network seen before gets that network's answer without touching the database (the C
-extension decodes the whole record, names in every language included, ~10 us per lookup). A
-lookup probes one dict per prefix length held, most populated first. A resolver (or an ECS
-subnet cut to /24 or /56) asking again hits, and so does every other subnet of a network
-already seen, which is what keeps a flood of distinct client subnets cheap. The cache is
-bounded and evicts its oldest network per insert when full (first in, first out): no pause to
-empty it, no per-hit bookkeeping. Overrides are checked before it. It belongs to the open
-database and is replaced with it on reload, so a reload never serves stale answers.
+- IPv4 addresses are found by walking the search tree ourselves (`_Tree4`, over our own
+  read-only map of the file; the first 16 levels are resolved per /16 when the file is
+  opened), which gives the leaf network and its record's position. Records are decoded by
+  the C extension once per distinct record (a city), not once per network, and each decode
+  checks the walk: a disagreement turns the walk off for that file. IPv6 goes to the C
+  extension.
+- Results are cached by the leaf network they hold for, not by address. Leaves never
+  overlap, so every other address of a network seen before is answered from the cache: a
+  resolver asking again, or another client subnet of the same network. After a walk that is
+  one dict probe; without one (IPv6, or the walk off) a probe per prefix length held, most
+  populated first. The cache is bounded and evicts its oldest network per insert when full
+  (first in, first out): no pause to empty it, no per-hit bookkeeping. Overrides are checked
+  before it. It belongs to the open database and is replaced with it on reload, so a reload
+  never serves stale answers. `cache_size=0` turns caching and the walk off.
 
 Reloading is an atomic swap of one reference: `locate` reads that reference once per call,
 so a lookup sees either the old database or the new one, never a mix. Replace database files
@@ -43,7 +47,7 @@ from geo.location import IPAddress, IPNetwork, Location
 
 log = logging.getLogger("geo")
 
-DEFAULT_CACHE_SIZE: Final = 262144  # networks; ~300 bytes each
+DEFAULT_CACHE_SIZE: Final = 131072  # networks, ~350 bytes each with their Location
 
 _V4_MASKS: Final = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
 _V6_ALL: Final = (1 << 128) - 1

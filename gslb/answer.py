@@ -76,6 +76,7 @@ STATIC_ENTRIES: Final = 50_000
 POOL_ENTRIES: Final = 200_000
 RENDER_ENTRIES: Final = 50_000
 CLIENT_TEXTS: Final = 4096
+SHAPE_ENTRIES: Final = 4096
 MAX_TCP: Final = 65535
 
 _HEADER: Final = struct.Struct("!HHHHHH")
@@ -161,6 +162,10 @@ class Responder:
         self._resolved: FifoCache[tuple[bytes, int, int], Resolution] = FifoCache(STATIC_ENTRIES)
         # id(client) -> (client, its text): resolvers repeat, and str() of an address is slow
         self._client_text: dict[int, tuple[IPAddress, str]] = {}
+        # Parsed queries by the bytes between the ID and a trailing /24 ECS address: resolvers
+        # send one message shape for many client subnets, and this skips parsing it again.
+        self._shapes: FifoCache[bytes, Query] = FifoCache(SHAPE_ENTRIES)
+        self._shapes_get = self._shapes.getter
         self._exact_get = self._exact.getter
         self._static_get = self._static.getter
         self._pooled_get = self._pooled.getter
@@ -176,7 +181,16 @@ class Responder:
                 if self._observer is not None:
                     self._notify(hit[1], hit[3], client, hit[2])
                 return wire[:2] + hit[0]
-            query = parse_query(wire)
+            query = None
+            if len(wire) > 15:
+                proto = self._shapes_get(wire[2:-3])
+                if proto is not None:
+                    query = self._reshape(proto, wire)
+            if query is None:
+                query = parse_query(wire)
+                ecs = query.ecs
+                if ecs is not None and ecs.source == 24 and query.ecs_end == len(wire):
+                    self._shapes.put(wire[2:-3], query)
         except ShortHeader:
             return None
         except FormError as exc:
@@ -189,6 +203,29 @@ class Responder:
         except Exception:
             log.exception("answering a query failed")
             return self._error(wire, client, SERVFAIL, query.question_end, query.edns)
+
+    @staticmethod
+    def _reshape(proto: Query, wire: bytes) -> Query:
+        """The parse of `wire`, which is `proto`'s message with another ID and another ECS
+        address: a /24 ECS option ends both, so those 3 octets are the whole difference, and
+        every 3-octet address is valid for a /24 source."""
+        ecs = proto.ecs
+        assert ecs is not None
+        return Query(
+            (wire[0] << 8) | wire[1],
+            proto.flags,
+            proto.opcode,
+            proto.qname,
+            proto.question_end,
+            proto.qtype,
+            proto.qclass,
+            proto.edns,
+            proto.payload,
+            proto.version,
+            proto.do,
+            ClientSubnet(ecs.family, ecs.source, 0, wire[-3:]),
+            proto.ecs_end,
+        )
 
     # ------------------------------------------------------------------ answering
 

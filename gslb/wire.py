@@ -38,6 +38,7 @@ class Query:
     version: int = 0
     do: bool = False
     ecs: ClientSubnet | None = None
+    ecs_end: int = 0  # offset just past the ECS option's address (0: no ECS)
 
 
 def _skip_name(wire: bytes, pos: int, end: int) -> int:
@@ -99,7 +100,7 @@ def parse_query(wire: bytes) -> Query:
             if pos > end:
                 raise FormError("truncated rdata")
         edns = False
-        payload, version, do, ecs = 512, 0, False, None
+        payload, version, do, ecs, ecs_end = 512, 0, False, None, 0
         for _ in range(arcount):
             start = pos
             pos = pos + 1 if pos < end and wire[pos] == 0 else _skip_name(wire, pos, end)
@@ -131,6 +132,7 @@ def parse_query(wire: bytes) -> Query:
                         if ecs is not None:
                             raise FormError("more than one ECS option")
                         ecs = ClientSubnet.decode(wire[opos : opos + olen])
+                        ecs_end = opos + olen
                     opos += olen
             pos = rdend
         if pos != end:
@@ -138,4 +140,6 @@ def parse_query(wire: bytes) -> Query:
     except FormError as exc:
         exc.question_end = qend
         raise
-    return Query(qid, flags, 0, qname, qend, qtype, qclass, edns, payload, version, do, ecs)
+    return Query(
+        qid, flags, 0, qname, qend, qtype, qclass, edns, payload, version, do, ecs, ecs_end
+    )

@@ -38,6 +38,14 @@ def _cacheable(body: bytes, cache_control: str = "max-age=60", **headers: str): 
     return handler
 
 
+async def _negotiated(request: web.Request) -> web.Response:
+    lang = request.headers.get("Accept-Language", "en")
+    return web.Response(
+        text=f"hello in {lang}",
+        headers={"Cache-Control": "max-age=60", "Vary": "Accept-Language"},
+    )
+
+
 def _cfg(origin: Origin, tmp_path: Path, **sections):  # type: ignore[no-untyped-def]
     cache = {"dir": str(tmp_path / "cache")}
     cache.update(sections.pop("cache", {}))
@@ -106,15 +114,7 @@ async def test_revalidation_with_304_updates_the_entry(tmp_path: Path) -> None:
 
 async def test_vary_keeps_variants_apart(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
-
-        async def negotiated(request: web.Request) -> web.Response:
-            lang = request.headers.get("Accept-Language", "en")
-            return web.Response(
-                text=f"hello in {lang}",
-                headers={"Cache-Control": "max-age=60", "Vary": "Accept-Language"},
-            )
-
-        origin.routes["/l"] = negotiated
+        origin.routes["/l"] = _negotiated
         async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
             for _ in range(2):
                 for lang in ("en", "de"):
@@ -581,3 +581,17 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
         assert layer.hit_wire(req.key) is None
     finally:
         await layer.close()
+
+
+async def test_field_named_in_connection_does_not_select_a_variant(tmp_path: Path) -> None:
+    # "Accept-Language: de" named in Connection never reaches the origin, which answers in
+    # English; that answer used to be stored as the "de" variant for everyone.
+    async with origins("a") as (origin,):
+        origin.routes["/l"] = _negotiated
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/l"
+            hop = {"Accept-Language": "de", "Connection": "accept-language"}
+            async with s.get(url, headers=hop) as r:
+                assert await r.text() == "hello in en"
+            async with s.get(url, headers={"Accept-Language": "de"}) as r:
+                assert await r.text() == "hello in de"

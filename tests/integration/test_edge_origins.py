@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import socket
@@ -267,3 +268,56 @@ async def test_probes_move_traffic_away_and_back() -> None:
                 text = await r.text()
             assert f'edge_probes_total{{origin="{a.url}",result="fail"}}' in text
             assert f'edge_origin_up{{origin="{b.url}"}} 1.0' in text
+
+
+async def _abort_after_head(port: int, request: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.transport.abort()
+
+
+async def test_clients_going_away_never_eject_a_healthy_origin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # aiohttp reports a write to a closed client as ClientConnectionResetError, which is
+    # also an aiohttp.ClientError: client aborts used to count as origin failures.
+    async with origins("a", "b") as pair:
+        release = asyncio.Event()
+
+        async def slow_body(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Cache-Control": request.query["cc"]})
+            resp.content_length = 4 * 65536
+            await resp.prepare(request)
+            await resp.write(b"x" * 65536)
+            await release.wait()
+            with contextlib.suppress(ConnectionError):
+                await resp.write(b"x" * 3 * 65536)
+            return resp
+
+        for o in pair:
+            o.routes["/slow"] = slow_body
+        config = edge_config(
+            pair,
+            cache={"dir": str(tmp_path / "cache")},
+            pool={"max_fails": 1, "retry": False, "probe": {"enabled": False, "interval": 60}},
+        )
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            for i, cc in enumerate(("max-age=60", "no-store") * 2):
+                head = f"GET /slow?cc={cc}&i={i} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+                await _abort_after_head(port, head)
+                await asyncio.sleep(0.1)
+                release.set()
+                await asyncio.sleep(0.1)
+                release.clear()
+            # An upload the client gives up on half way.
+            for n in range(2):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+                writer.write(b"a" * 50000)
+                await writer.drain()
+                await until(lambda n=n: sum(o.hits["/up"] for o in pair) > n)
+                writer.transport.abort()
+                await asyncio.sleep(0.1)
+            assert await until(lambda: all(o.active == 0 for o in edge.app[POOL].origins))
+            assert [o.up for o in edge.app[POOL].origins] == [True, True]

@@ -413,3 +413,68 @@ async def test_origin_encoded_bodies_pass_through_byte_for_byte() -> None:
                     ) as r:
                         assert r.headers["Content-Encoding"] == "gzip"
                         assert await r.read() == encoded
+
+
+async def test_host_that_is_no_authority_is_refused_and_cannot_compose_another_key() -> None:
+    # Host "a.example:8080/x" with target /y used to be keyed as http://a.example:8080/x/y
+    # and to pass the host check: /y's response then answered requests for /x/y.
+    async with origins("a") as (origin,):
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(text=request.path, headers={"Cache-Control": "max-age=60"})
+
+        origin.routes["/y"] = page
+        origin.routes["/x/y"] = page
+        config = edge_config([origin], server={"hosts": ["a.example"]})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            for host in (b"a.example:8080/x", b"a.example:8080?", b"a.example:80#", b"u@a.example"):
+                raw = await _raw(port, b"GET /y HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+                assert raw.startswith(b"HTTP/1.1 400"), (host, raw)
+            async with aiohttp.ClientSession() as s:
+                url = f"http://127.0.0.1:{port}/x/y"
+                async with s.get(url, headers={"Host": "a.example:8080"}) as r:
+                    assert r.status == 200
+                    assert await r.text() == "/x/y"
+            # The fast path (a fresh hit in memory for that key now) refuses it as well.
+            raw = await _raw(port, b"GET /y HTTP/1.1\r\nHost: a.example:8080/x\r\n\r\n")
+            assert raw.startswith(b"HTTP/1.1 400"), raw
+        assert origin.hits["/y"] == 0
+
+
+async def test_pipelined_request_head_left_unfinished_is_cut_off() -> None:
+    # A complete request and the start of the next in one segment: the second head's
+    # deadline used to be lost (the connection waited for the keep-alive timeout).
+    async with origins("a") as (origin,):
+        config = edge_config([origin], limits={"header_timeout": 0.5, "keepalive_timeout": 600.0})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n")
+            await writer.drain()
+            data = b""
+            for _ in range(100):  # bounded: 20 s at most, the deadline is 0.5 s
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536), 0.2)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                data += chunk
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 200")
+            assert b"HTTP/1.1 408 Request Timeout" in data
+            assert origin.hits["/two"] == 0
+
+
+async def test_http10_expect_100_continue_is_ignored() -> None:
+    # An HTTP/1.0 client knows no interim responses: a "100 Continue" would be taken for
+    # the final response (and the real one for the next).
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        port = edge.addresses["http"][0].port
+        raw = await _raw(
+            port,
+            b"PUT /p HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+        )
+        assert raw.startswith(b"HTTP/1.0 200") or raw.startswith(b"HTTP/1.1 200"), raw[:40]
+        assert b" 100 Continue" not in raw

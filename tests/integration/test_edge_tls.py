@@ -208,3 +208,36 @@ async def test_hits_over_tls_are_keyed_by_scheme(certs: dict[str, tuple[Path, Pa
         # One miss per scheme: an https entry never answers an http request, or the reverse.
         assert statuses == [b"fwd=uri-miss", b"hit", b"hit", b"hit"] * 2
         assert origin.hits["/c"] == 2
+
+
+async def test_http_redirect_is_no_open_redirect(certs: dict[str, tuple[Path, Path]]) -> None:
+    # The redirect used aiohttp's request.host and raw_path, which an absolute-form target
+    # sets: "GET http://evil.test/x" with Host a.test went to https://evil.test...
+    async with origins("o") as (origin,):
+        tls_cfg = {
+            "listen": ["127.0.0.1:0"],
+            "redirect_http": True,
+            "certificates": [{"cert": str(certs["a"][0]), "key": str(certs["a"][1])}],
+        }
+        config = edge_config([origin], server={"hosts": ["a.test"]}, tls=tls_cfg)
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            answers = []
+            for request in (
+                b"GET http://evil.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                b"GET /x HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+                b"GET http://a.test/x?q=1 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                writer.close()
+                lines = head.split(b"\r\n")
+                location = [v for v in lines if v.lower().startswith(b"location:")]
+                answers.append((lines[0].split(b" ")[1], location))
+        assert answers[0] == (b"421", [])
+        assert answers[1] == (b"421", [])
+        assert answers[2][0] == b"308"
+        assert answers[2][1][0].startswith(b"Location: https://a.test:")
+        assert answers[2][1][0].endswith(b"/x?q=1")

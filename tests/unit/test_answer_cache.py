@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import dns.flags
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gslb.answer import Responder
@@ -109,3 +110,25 @@ def test_fifo_cache_matches_a_model(size: int, ops: list[tuple[bool, int]]) -> N
             assert cache.get(key) == model.get(key)
         assert len(cache) == len(model) <= size
     assert all(cache.get(k) == v for k, v in model.items())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["www", "WwW", "static", "two", "nothing-here"]),
+    qid=st.integers(0, 0xFFFF),
+    address=st.binary(min_size=3, max_size=3),
+    tcp=st.booleans(),
+)
+def test_parsed_query_shapes_give_the_replies_a_full_parse_gives(
+    geo_db: Path, name: str, qid: int, address: bytes, tcp: bool
+) -> None:
+    # Queries that differ from one seen before only in the ID and a trailing /24 ECS address
+    # skip parsing; the replies must be the ones a responder that parses everything sends.
+    fast, slow = build(geo_db)[0], build(geo_db)[0]
+    slow._shapes_get = lambda key: None  # type: ignore[method-assign]
+    first = query(f"{name}.example.test.", ecs="198.51.100.0")
+    wire = bytes((qid >> 8, qid & 0xFF)) + first[2:-3] + address
+    client = ipaddress.ip_address(LONDON)
+    assert fast.respond(first, client, tcp=tcp) == slow.respond(first, client, tcp=tcp)
+    assert len(fast._shapes) == 1
+    assert fast.respond(wire, client, tcp=tcp) == slow.respond(wire, client, tcp=tcp)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.headers import HOP_BY_HOP, client_response_headers, end_to_end, origin_request_headers
+from edge.headers import (
+    HOP_BY_HOP,
+    client_response_headers,
+    end_to_end,
+    origin_request_headers,
+    valid_host,
+)
 
 _names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True)
 
@@ -80,3 +87,49 @@ def test_response_headers_get_via_and_lose_hop_by_hop() -> None:
         via="geoedge",
     )
     assert list(out.items()) == [("ETag", '"e"'), ("Via", "1.0 geoedge")]
+
+
+def test_other_x_forwarded_fields_only_from_trusted_peers() -> None:
+    # X-Forwarded-Port / -Prefix / -Scheme steer redirects and absolute URLs in common
+    # frameworks and are not in the cache key: a client must not be able to set them.
+    pairs = [
+        ("Host", "www.example.test"),
+        ("X-Forwarded-Port", "1337"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("x-forwarded-scheme", "nothttps"),
+    ]
+    common = {
+        "proto": "http",
+        "host": "www.example.test",
+        "version": (1, 1),
+        "via": "geoedge",
+        "trusted": [ipaddress.ip_network("10.0.0.0/8")],
+    }
+    untrusted = origin_request_headers(pairs, client_ip="192.0.2.7", **common)
+    assert "X-Forwarded-Port" not in untrusted
+    assert "X-Forwarded-Prefix" not in untrusted
+    assert "X-Forwarded-Scheme" not in untrusted
+    trusted = origin_request_headers(pairs, client_ip="10.1.2.3", **common)
+    assert trusted["X-Forwarded-Port"] == "1337"
+    assert trusted["X-Forwarded-Prefix"] == "/evil"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("www.example.test", True),
+        ("www.example.test:8080", True),
+        ("192.0.2.1:80", True),
+        ("[2001:db8::1]:443", True),
+        ("", True),
+        ("a.example:8080/x", False),
+        ("a.example?q", False),
+        ("a.example#f", False),
+        ("user@a.example", False),
+        ("a.example x", False),
+        ("[::1", False),
+        ("a.example:80:80", False),
+    ],
+)
+def test_valid_host(value: str, ok: bool) -> None:
+    assert valid_host(value) is ok
