@@ -28,7 +28,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Host field value (RFC 9110 §7.2): uri-host [":" port], uri-host an IP-literal or a
 # reg-name / IPv4 address. Anything else ('/', '?', '#', '@', spaces...) would let one
 # request's Host and target compose another URL's cache key.
-_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_AUTHORITY = re.compile(r"(?:\[[0-9A-Za-z:.%~_-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 def valid_host(value: str) -> bool:
@@ -79,7 +79,8 @@ def origin_request_headers(
     """Headers to send upstream: end-to-end fields of the client request plus our own.
 
     Client-supplied forwarding fields are kept (and extended) only when the peer is a
-    trusted proxy; otherwise they are replaced by what we saw on the connection.
+    trusted proxy; otherwise they are replaced by what we saw on the connection (other
+    X-Forwarded-* fields are dropped).
     """
     trusted_peer = is_trusted(client_ip, trusted)
     out: CIMultiDict[str] = CIMultiDict()

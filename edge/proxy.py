@@ -350,6 +350,12 @@ class Proxy:
                 return status_response(421)
         if self._hosts and bare_host(host_header) not in self._hosts:
             return status_response(421)
+        if _transfer_coding(request.headers):
+            # aiohttp undoes chunked only; forwarding the rest as the body would change it
+            # (RFC 9112 §6.1). The body was not read: the connection closes.
+            resp = status_response(501)
+            resp.force_close()
+            return resp
         length = request.content_length
         if length is not None and length > self._max_body:
             return status_response(413)
@@ -429,6 +435,12 @@ class Proxy:
                     chunked=None,
                     skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
                 )
+                coding = _transfer_coding(resp.headers)
+                if coding:
+                    # aiohttp undoes only chunked; the rest would reach clients (and the
+                    # cache) as if it were the body, Transfer-Encoding being hop-by-hop.
+                    resp.close()
+                    raise aiohttp.ClientPayloadError(f"unsupported transfer coding {coding!r}")
             except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as exc:
                 if isinstance(exc, BodyTooLarge) or getattr(body, "exceeded", False):
                     self.pool.finished(origin, ok=True)
@@ -571,6 +583,16 @@ async def _send(out: web.StreamResponse, data: bytes) -> None:
         await out.write(data)
     except ConnectionError as exc:
         raise ClientGone() from exc
+
+
+def _transfer_coding(headers: Any) -> str:
+    """A transfer coding named in `headers` other than chunked, or ""."""
+    for value in headers.getall("Transfer-Encoding", ()):
+        for coding in value.split(","):
+            coding = coding.strip().lower()
+            if coding and coding != "chunked":
+                return coding
+    return ""
 
 
 def _translate(exc: BaseException) -> OriginFailure:

@@ -321,3 +321,34 @@ async def test_clients_going_away_never_eject_a_healthy_origin(tmp_path) -> None
                 await asyncio.sleep(0.1)
             assert await until(lambda: all(o.active == 0 for o in edge.app[POOL].origins))
             assert [o.up for o in edge.app[POOL].origins] == [True, True]
+
+
+async def test_refresh_too_big_for_the_cache_is_no_origin_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # stale-while-revalidate refetch of an object over cache.max_object_bytes: the writer
+    # gives up, which used to be reported as a failure of the origin (and ejected it).
+    async with origins("a", "b") as pair:
+        served = Counter[str]()
+
+        async def grows(request: web.Request) -> web.Response:
+            served["n"] += 1
+            if served["n"] == 1:  # small, and stale on arrival
+                cc = {"Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5"}
+                return web.Response(body=b"x" * 10, headers=cc)
+            return web.Response(body=b"x" * 5000, headers={"Cache-Control": "max-age=60"})
+
+        for o in pair:
+            o.routes["/grow"] = grows
+        config = edge_config(
+            pair,
+            cache={"dir": str(tmp_path / "cache"), "max_object_bytes": 1024},
+            pool={"max_fails": 1, "retry": False, "probe": {"enabled": False, "interval": 60}},
+        )
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/grow"
+            async with s.get(url) as r:
+                assert len(await r.read()) == 10
+            async with s.get(url) as r:  # stale: answered, refreshed in the background
+                assert len(await r.read()) == 10
+            assert await until(lambda: sum(o.hits["/grow"] for o in pair) == 2)
+            assert await until(lambda: all(o.active == 0 for o in edge.app[POOL].origins))
+            assert [o.up for o in edge.app[POOL].origins] == [True, True]
