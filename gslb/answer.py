@@ -10,6 +10,7 @@ Speed comes from caching encoded replies, in three tiers:
    client repeats a query byte for byte; only replies that depend on nothing but the query
    are stored here: static data, errors, and pool answers decided by an ECS subnet (those
    carry the health version they were made under and count only while it is current).
+   Queries longer than MAX_CACHED_QUERY are not stored (their bytes are the key).
    Cost: a slice, a dict lookup, a concatenation. Entries are plain tuples (one is built
    per query variant).
 2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
@@ -77,6 +78,11 @@ POOL_ENTRIES: Final = 200_000
 RENDER_ENTRIES: Final = 50_000
 CLIENT_TEXTS: Final = 4096
 SHAPE_ENTRIES: Final = 4096
+# The longest query whose bytes key a cache (tiers 1 and the parsed-shape memo). Entries are
+# bounded in number, so a key's size bounds their memory: a query can carry up to 64 KiB of
+# options or records (all valid, all ignored), and 50,000 such keys would hold gigabytes.
+# Real queries, ECS, cookie and padding included, stay far below this.
+MAX_CACHED_QUERY: Final = 512
 MAX_TCP: Final = 65535
 
 _HEADER: Final = struct.Struct("!HHHHHH")
@@ -189,7 +195,11 @@ class Responder:
             if query is None:
                 query = parse_query(wire)
                 ecs = query.ecs
-                if ecs is not None and ecs.source == 24 and query.ecs_end == len(wire):
+                if (
+                    ecs is not None
+                    and ecs.source == 24
+                    and query.ecs_end == len(wire) <= MAX_CACHED_QUERY
+                ):
                     self._shapes.put(wire[2:-3], query)
         except ShortHeader:
             return None
@@ -277,7 +287,7 @@ class Responder:
         else:
             valid_for = -2  # decided by the client's address: not for tier 1
         ecs_text = ecs.text() if ecs is not None else None
-        if valid_for != -2:
+        if valid_for != -2 and len(wire) <= MAX_CACHED_QUERY:
             self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, valid_for))
         if self._observer is not None:
             self._notify(reply, q.qtype, client, ecs_text)
@@ -498,7 +508,12 @@ class Responder:
             )
             if edns:
                 out += _OPT_FIXED.pack(0, OPT, self._max_udp, rcode >> 4, 0, 0, 0)
-            if self._observer is not None:
+        except Exception:
+            log.exception("building an error reply failed")
+            return None
+        if self._observer is not None:
+            # Apart from the reply, as in _notify: a failing observer must not cost the reply.
+            try:
                 qname = ""
                 if qend:
                     qname = name_to_text(wire[12 : qend - 4].lower())
@@ -512,10 +527,9 @@ class Responder:
                     client=str(client),
                     ecs=None,
                 )
-            return out
-        except Exception:
-            log.exception("building an error reply failed")
-            return None
+            except Exception:
+                log.exception("the query observer failed")
+        return out
 
     def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: str | None) -> None:
         assert self._observer is not None

@@ -109,6 +109,12 @@ class _View:
 
 
 _VIEWS: dict[int, _View] = {}
+# id(health) -> the version views were last built for. When a health state's version moves
+# on, every view built for it under an older version is dead weight: a current pool's view is
+# rebuilt on its next use, and the pools of a config that a reload replaced (the reload bumps
+# the version) are never asked again, so their views, memos included, would otherwise stay
+# until _VIEWS fills up.
+_BUILT_FOR: dict[int, int] = {}
 
 
 def _view(pool: Pool, health: HealthView) -> _View:
@@ -116,6 +122,12 @@ def _view(pool: Pool, health: HealthView) -> _View:
     view = _VIEWS.get(id(pool))
     if view is not None and view.pool is pool and view.health is health and view.version == version:
         return view
+    if _BUILT_FOR.get(id(health)) != version:
+        for key in [k for k, v in _VIEWS.items() if v.health is health and v.version != version]:
+            del _VIEWS[key]
+        if len(_BUILT_FOR) >= _VIEWS_MAX:
+            _BUILT_FOR.clear()
+        _BUILT_FOR[id(health)] = version
     view = _build_view(pool, health, version)
     if len(_VIEWS) >= _VIEWS_MAX:
         _VIEWS.clear()

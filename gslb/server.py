@@ -215,7 +215,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             return
         sendto = transport.sendto
         for reply, addr in pending:
-            sendto(reply, addr)
+            # One reply the transport refuses (it raises for an address it cannot convert)
+            # must not take the rest of the batch with it.
+            try:
+                sendto(reply, addr)
+            except Exception:
+                log.debug("sending a UDP reply to %s failed", addr[0], exc_info=True)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # The hot path: everything a query costs beyond respond() is here, so it is flat.

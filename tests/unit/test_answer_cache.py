@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import dns.edns
 import dns.flags
+import dns.message
+import dns.rcode
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -132,3 +135,25 @@ def test_parsed_query_shapes_give_the_replies_a_full_parse_gives(
     assert fast.respond(first, client, tcp=tcp) == slow.respond(first, client, tcp=tcp)
     assert len(fast._shapes) == 1
     assert fast.respond(wire, client, tcp=tcp) == slow.respond(wire, client, tcp=tcp)
+
+
+def test_cached_query_bytes_stay_small_whatever_the_queries_carry(geo_db: Path) -> None:
+    # A valid query may carry kilobytes of ignored options; the caches keyed by query bytes
+    # are bounded in entries, so keeping such keys would let 50,000 entries hold gigabytes.
+    responder, fresh = build(geo_db)[0], build(geo_db)[0]
+    client = ipaddress.ip_address(LONDON)
+    sent = 0
+    for i in range(20):
+        padding = dns.edns.GenericOption(65001, i.to_bytes(2, "big") * 2000)
+        for options in ([padding], [padding, dns.edns.ECSOption("192.0.2.0", 24)]):
+            for name in ("static.example.test.", "www.example.test."):
+                q = dns.message.make_query(name, "A", use_edns=0, options=options, id=i)
+                wire = q.to_wire(max_size=65535)
+                assert len(wire) > 4000
+                sent += 1
+                out = responder.respond(wire, client, tcp=False)
+                assert out is not None and out == fresh.respond(wire, client, tcp=False)
+                assert dns.message.from_wire(out).rcode() == dns.rcode.NOERROR
+    held = sum(len(key[0]) for key in responder._exact._data)
+    held += sum(len(key) for key in responder._shapes._data)
+    assert held <= sent * 512

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import dns.edns
 import dns.message
@@ -13,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from geo.locator import GeoIPLocator
 from gslb.answer import Responder
-from tests.unit.answer_support import build, query
+from gslb.health import HealthStore
+from tests.unit.answer_support import build, make_config, query
 
 SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -121,3 +124,79 @@ def test_corrupted_queries_never_raise(
         data[pos % len(data)] = value
     out = responder.respond(bytes(data), ipaddress.ip_address("192.0.2.1"), tcp=False)
     assert out is None or out[:2] == bytes(data[:2])
+
+
+@pytest.fixture(scope="module")
+def engines(geo_db: Path) -> tuple[Any, ...]:
+    """(config, locator, health, one long-lived Responder over them)."""
+    cfg = make_config()
+    health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+    locator = GeoIPLocator(geo_db)
+    return cfg, locator, health, Responder(cfg, locator, health)
+
+
+@st.composite
+def pool_queries(draw: st.DrawFn) -> bytes:
+    """Queries that reach the fast paths often: pool names and static ones, mostly with ECS."""
+    name = mixed_case(draw, draw(st.sampled_from(["www", "two", "all", "x.cdn", "geo", "static"])))
+    ecs, prefix = None, None
+    if draw(st.integers(0, 3)):
+        ecs = draw(st.sampled_from(["192.0.2.0", "198.51.100.0", "100.64.0.128", "2001:db8::"]))
+        prefix = draw(st.sampled_from([0, 16, 24, 24, 25, 32] if ":" not in ecs else [0, 48, 56]))
+    return query(
+        f"{name}.example.test.",
+        draw(st.sampled_from(["A", "AAAA"])),
+        edns=draw(st.sampled_from([None, 0])) if ecs is None else 0,
+        payload=draw(st.sampled_from([0, 512, 1232, 4096])),
+        ecs=ecs,
+        prefix=prefix,
+        do=draw(st.booleans()),
+        qid=draw(st.integers(0, 65535)),
+        rd=draw(st.booleans()),
+    )
+
+
+@SETTINGS
+@given(
+    wire=queries() | pool_queries(),
+    tail=st.none() | st.binary(min_size=3, max_size=3),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=2),
+    client=st.sampled_from(CLIENTS),
+    tcp=st.booleans(),
+    change=st.none() | st.tuples(st.sampled_from(["fra", "iad", "nrt"]), st.integers(0, 4)),
+)
+def test_fast_paths_answer_like_a_fresh_responder(
+    engines: tuple[Any, ...],
+    wire: bytes,
+    tail: bytes | None,
+    flips: list[tuple[int, int]],
+    client: str,
+    tcp: bool,
+    change: tuple[str, int] | None,
+) -> None:
+    # One long-lived responder (every cache tier, the parsed-shape memo) against a new one per
+    # query over the same locator and health state: byte for byte the same reply. The query is
+    # asked, the health state changed, the query asked again (from the caches), and then with
+    # its last 3 octets replaced by `tail` (another /24 ECS address when it ends with one).
+    cfg, locator, health, cached = engines
+    address = ipaddress.ip_address(client)
+
+    def same(wire: bytes) -> None:
+        want = Responder(cfg, locator, health).respond(wire, address, tcp=tcp)
+        assert cached.respond(wire, address, tcp=tcp) == want
+
+    data = bytearray(wire)
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    same(bytes(data))
+    if change is not None:
+        edge, what = change
+        if what == 0:
+            health.set_drained(edge, not health.state(edge).drained)
+        elif what == 1:
+            health.set_up(edge, not health.state(edge).up)
+        else:
+            health.set_load(edge, (0.0, 0.75, 0.9)[what - 2])
+    same(bytes(data))
+    if tail is not None and len(data) >= 16:
+        same(bytes(data[:-3]) + tail)

@@ -389,3 +389,37 @@ def test_exception_while_answering_gives_servfail(geo_db: Path) -> None:
     assert recorder.calls[-1]["rcode"] == dns.rcode.SERVFAIL
     # The responder keeps working for everything else.
     assert addresses(ask(r, query("static.example.test."))) == ["192.0.2.30"]
+
+
+class FailingObserver:
+    """An Observer whose sink fails (a query log on a broken pipe)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def answered(self, **kw: object) -> None:
+        self.calls += 1
+        raise BrokenPipeError("query log closed")
+
+
+def test_failing_observer_never_costs_a_reply(geo_db: Path) -> None:
+    from geo.locator import GeoIPLocator
+
+    observer = FailingObserver()
+    cfg = make_config()
+    r = Responder(cfg, GeoIPLocator(geo_db), BrokenHealth(), observer=observer)
+    bad_version = query("static.example.test.", edns=1)
+    notify = bytearray(query("static.example.test."))
+    notify[2] |= dns.opcode.NOTIFY << 3
+    cases = [
+        (query("static.example.test."), dns.rcode.NOERROR),
+        (header(qd=2) + QUESTION + QUESTION, dns.rcode.FORMERR),
+        (bytes(notify), dns.rcode.NOTIMP),
+        (bad_version, dns.rcode.BADVERS),
+        (query("www.example.test."), dns.rcode.SERVFAIL),  # BrokenHealth
+    ]
+    for wire, rcode in cases:
+        calls = observer.calls
+        m = ask(r, wire)
+        assert m.rcode() == rcode
+        assert observer.calls == calls + 1

@@ -303,3 +303,23 @@ def test_large_pool_grid_follows_health_changes() -> None:
     health.set_up(first[0].name, False)
     rest = [e for e in p.edges if e.name != first[0].name]
     assert select(p, where, health).edges == _ranked_by_distance(rest, where, 2)
+
+
+def test_views_of_replaced_pools_are_dropped_when_the_health_version_moves() -> None:
+    # A reload builds new Pool objects and bumps the health version; the old pools are never
+    # asked again, so what selection derived for them (memos of every place seen) must go.
+    from gslb import selection
+
+    old = pool(answers=1)
+    health = HealthStore([old])
+    for lat in range(-60, 61, 2):
+        select(old, loc(float(lat), 10.0), health)
+    assert any(v.pool is old for v in selection._VIEWS.values())
+    new = pool(answers=1)  # the reloaded config's pool
+    health.reconfigure([new])
+    assert select(new, LONDON, health).edges == (FRA,)
+    assert not any(v.pool is old for v in selection._VIEWS.values())
+    # a current pool's view survives its own version and is rebuilt after a change
+    assert any(v.pool is new for v in selection._VIEWS.values())
+    health.set_drained("fra", True)
+    assert select(new, LONDON, health).edges == (IAD,)
