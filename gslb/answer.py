@@ -44,7 +44,7 @@ from dnslib import A as RD_A
 
 from geo.location import Location, Locator
 from gslb.config import GslbConfig
-from gslb.ecs import ClientSubnet
+from gslb.ecs import CAP_IPV4, CAP_IPV6, FAMILY_IPV4, ClientSubnet
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Edge, HealthView, Policy, Selection
 from gslb.respcache import FifoCache
@@ -352,7 +352,11 @@ class Responder:
         ecs = q.ecs
         scope = 0
         if ecs is not None and ecs.source and selection.tailored and where is not None:
-            scope = where.network.prefixlen
+            # The decision saw at most the capped prefix of the subnet: a longer GeoIP
+            # network would tell resolvers the answer was made for a part of the /24 (/56)
+            # that the address we looked up may not even lie in.
+            cap = CAP_IPV4 if ecs.family == FAMILY_IPV4 else CAP_IPV6
+            scope = min(where.network.prefixlen, cap)
         names = tuple([e.name for e in edges])
         rkey = (key, names, scope)
         reply = self._rendered.get(rkey)

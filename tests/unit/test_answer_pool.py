@@ -91,6 +91,22 @@ def test_long_source_prefix_is_capped_but_echoed(
     assert (opt.address, opt.srclen, opt.scopelen) == ("198.51.100.77", 32, 24)
 
 
+def test_scope_never_claims_more_than_the_capped_prefix_the_decision_saw(
+    setup: tuple[Responder, HealthStore, Recorder],
+) -> None:
+    # The fixture splits 100.64.0.0/24 into Sydney .0/25 and Auckland .128/25. A /32 in
+    # Auckland is looked up as 100.64.0.0 (the /24 cap): Sydney's /25. Scope /25 would tell
+    # the resolver the answer holds for .128/25 too; the decision only saw the /24.
+    responder = setup[0]
+    m = ask(responder, query("www.example.test.", ecs="100.64.0.200", prefix=32), client=TOKYO)
+    assert addresses(m) == [NRT]
+    opt = ecs_option(m)
+    assert opt is not None
+    assert (opt.address, opt.srclen, opt.scopelen) == ("100.64.0.200", 32, 24)
+    m = ask(responder, query("www.example.test.", ecs="100.64.0.0", prefix=25), client=TOKYO)
+    assert ecs_option(m).scopelen == 24  # type: ignore[union-attr]
+
+
 def test_scope_zero_when_not_tailored(setup: tuple[Responder, HealthStore, Recorder]) -> None:
     responder = setup[0]
     unknown = ask(responder, query("www.example.test.", ecs=UNKNOWN), client=TOKYO)
