@@ -385,19 +385,25 @@ class _Conn:
         return await self.response()
 
 
-async def test_fast_hits_off_sends_every_hit_through_the_full_handler(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The requests that reach the full handler (Proxy.handle), in order."""
     from edge.proxy import Proxy
 
-    handled: list[str] = []
+    seen: list[str] = []
     full_handler = Proxy.handle
 
     async def counting(self: Proxy, request: web.BaseRequest) -> web.StreamResponse:
-        handled.append(request.method + " " + request.raw_path)
+        seen.append(request.method + " " + request.raw_path)
         return await full_handler(self, request)
 
     monkeypatch.setattr(Proxy, "handle", counting)
+    return seen
+
+
+async def test_fast_hits_off_sends_every_hit_through_the_full_handler(
+    tmp_path: Path, handled: list[str]
+) -> None:
     async with origins("a") as (origin,):
         origin.routes["/f"] = _cacheable(b"fast body")
         config = _cfg(origin, tmp_path, server={"listen": ["127.0.0.1:0"], "fast_hits": False})
@@ -415,18 +421,8 @@ async def test_fast_hits_off_sends_every_hit_through_the_full_handler(
 
 
 async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, handled: list[str]
 ) -> None:
-    from edge.proxy import Proxy
-
-    handled: list[str] = []
-    full_handler = Proxy.handle
-
-    async def counting(self: Proxy, request: web.BaseRequest) -> web.StreamResponse:
-        handled.append(request.method + " " + request.raw_path)
-        return await full_handler(self, request)
-
-    monkeypatch.setattr(Proxy, "handle", counting)
     log_path = tmp_path / "access.log"
     async with origins("a") as (origin,):
         origin.routes["/f"] = _cacheable(b"fast body", ETag='"f"', **{"X-Origin": "yes"})
