@@ -146,6 +146,10 @@ class CacheConfig:
     cache_set_cookie: bool = False
     default_ttl: float = 0.0  # freshness for responses with none; 0 = do not cache them
     heuristic_max: float = 86400.0
+    # How long a miss waits for a concurrent miss of the same URL (request collapsing)
+    # before it goes to the origin itself: the first request may be streaming to a slow
+    # client, and it must not hold everyone else back for as long.
+    collapse_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +474,7 @@ def _cache(sec: _Section, base_dir: str) -> CacheConfig:
         cache_set_cookie=sec.take("cache_set_cookie", bool, d.cache_set_cookie),
         default_ttl=sec.positive("default_ttl", d.default_ttl, allow_zero=True),
         heuristic_max=sec.positive("heuristic_max", d.heuristic_max, allow_zero=True),
+        collapse_timeout=sec.positive("collapse_timeout", d.collapse_timeout, allow_zero=True),
     )
     sec.done()
     return cache

@@ -764,7 +764,7 @@ class CacheLayer:
             store_set_cookie=c.cache_set_cookie,
         )
         self.compression = config.compression
-        self._collapse_wait = config.pool.total_timeout
+        self._collapse_wait = c.collapse_timeout
         # Prepared heads carry the cache name and Via of the configuration they were made in.
         self._prepared.clear()
         self._serialized.clear()
