@@ -439,6 +439,16 @@ class EdgeRuntime:
             a, b = getattr(old, section), getattr(config, section)
             if (getattr(a, key) if key else a) != (getattr(b, key) if key else b):
                 log.warning("reload: %s changed; it takes effect after a restart", part)
+        # The listeners were built with these (header deadline, keep-alive, parser limits,
+        # the fast hit path); Proxy.check applies its own copy of the limits at once.
+        if (server_kwargs(old), old.server.fast_hits) != (
+            server_kwargs(config),
+            config.server.fast_hits,
+        ):
+            log.warning(
+                "reload: listener settings changed (limits, server.fast_hits, server.cache_name"
+                " in refusals); the listeners apply them after a restart"
+            )
         # app[CONFIG] is the startup configuration (only _resources reads it); a started
         # application's state must not change (aiohttp warns, and will refuse).
         self.config = config

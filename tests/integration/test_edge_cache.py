@@ -552,6 +552,18 @@ async def test_fast_path_leaves_stale_entries_and_refused_hosts_to_the_full_hand
         assert origin.hits["/s"] == 2
 
 
+async def test_reload_says_which_listener_settings_wait_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with origins("a") as (origin,):
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            with caplog.at_level("WARNING", logger="edge"):
+                edge.reload(_cfg(origin, tmp_path, server={"via": "edge-2"}))
+                assert "listener settings" not in caplog.text
+                edge.reload(_cfg(origin, tmp_path, limits={"header_timeout": 3.0}))
+                assert "listener settings changed" in caplog.text
+
+
 async def test_reload_renames_the_cache_in_fast_hits(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         origin.routes["/r"] = _cacheable(b"reloaded")
