@@ -20,6 +20,9 @@ the replica's own `version`. With one worker, the single process holds the only 
 Edge probes (gslb.poller) write through `update_many`: one probe round's up/load changes are
 applied together and bump `version` once, and only when something actually changed, so a
 round that confirms the current state neither drops cached answers nor pushes a snapshot.
+A reported load counts as changed when it moved by PROBE_LOAD_STEP or more, or when it flips
+an overload flag: an edge's live load wobbles from round to round, and every version bump
+empties the answer caches of every worker, so wobble must not do that.
 
 A config reload calls `reconfigure(pools, edges)`: state is kept for edges still present,
 new edges start up, and the overload flags are re-evaluated against the new thresholds.
@@ -30,12 +33,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from gslb.errors import GslbError
 from gslb.models import EdgeState, Pool
 
-__all__ = ["HealthError", "HealthStore", "UnknownEdgeError"]
+__all__ = ["PROBE_LOAD_STEP", "HealthError", "HealthStore", "UnknownEdgeError"]
+
+# Probe-reported load changes smaller than this (that flip no overload flag) are not applied.
+PROBE_LOAD_STEP: Final = 0.05
 
 
 class HealthError(GslbError, ValueError):
@@ -113,7 +119,7 @@ class HealthStore:
         for edge, (up, load) in checked.items():
             st = self._states[edge]
             new = st if up is None or st.up == up else replace(st, up=bool(up))
-            if load is not None and load != st.load:
+            if load is not None and self._load_moved(edge, st.load, load):
                 new = self._with_load(edge, new, load)
             if new != st:
                 self._states[edge] = new
@@ -235,6 +241,15 @@ class HealthStore:
             flag = self._any_overloaded(edge)
             if st.overloaded != flag:
                 self._states[edge] = replace(st, overloaded=flag)
+
+    def _load_moved(self, edge: str, old: float, load: float) -> bool:
+        if abs(load - old) >= PROBE_LOAD_STEP:
+            return True
+        return any(
+            _next_flag(self._pools[p], load, self._overloaded[(p, edge)])
+            != self._overloaded[(p, edge)]
+            for p in self._members.get(edge, ())
+        )
 
     def _any_overloaded(self, edge: str) -> bool:
         return any(self._overloaded[(p, edge)] for p in self._members.get(edge, ()))

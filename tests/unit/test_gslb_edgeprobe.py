@@ -18,7 +18,7 @@ from gslb.edgeprobe import (
     interpret,
     step,
 )
-from gslb.health import HealthStore
+from gslb.health import PROBE_LOAD_STEP, HealthStore
 from gslb.models import Edge, Pool
 
 STATUS = {
@@ -187,6 +187,24 @@ def test_update_many_bumps_once_and_only_on_change() -> None:
     assert h.state("b", POOL.name).overloaded
     h.update_many({"b": (None, 0.69)})
     assert not h.state("b", POOL.name).overloaded
+
+
+def test_probe_load_wobble_below_the_step_is_not_applied() -> None:
+    h = HealthStore([POOL])
+    assert h.update_many({"a": (True, 0.50)})
+    v = h.version
+    # wobble: no version bump, so cached answers in every worker stay
+    assert not h.update_many({"a": (True, 0.52)}) and not h.update_many({"a": (None, 0.46)})
+    assert h.version == v and h.state("a").load == 0.50
+    # a move of PROBE_LOAD_STEP or more is applied
+    assert h.update_many({"a": (None, 0.50 + PROBE_LOAD_STEP)})
+    assert h.version == v + 1 and h.state("a").load == 0.50 + PROBE_LOAD_STEP
+    # a small move that crosses the threshold flips the overload flag, so it is applied
+    assert h.update_many({"b": (None, 0.78)})
+    assert h.update_many({"b": (None, 0.80)})
+    assert h.state("b", POOL.name).overloaded
+    # ...and a small move back inside the hysteresis band flips nothing: not applied
+    assert not h.update_many({"b": (None, 0.78)})
 
 
 def test_update_many_never_touches_drain() -> None:
