@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the test suite drives as real clients / peers.
-APT_TEST_PACKAGES := bind9-dnsutils curl
+APT_TEST_PACKAGES := bind9-dnsutils curl openssl
 
 .PHONY: run run-edge test lint typecheck unit integration apt-test clean
 
