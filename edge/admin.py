@@ -2,14 +2,18 @@
 
 `Metrics` is the edge's counter set; the proxy updates it on every response. Each edge has
 its own prometheus CollectorRegistry so several edges can live in one test process.
+With several worker processes the status document and the request counters in /metrics
+describe the whole node: the answering worker merges the other workers' published records
+(edge.nodestats) with its own live numbers.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -18,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from edge import nodestats
 from edge.errors import StoreError
 
 if TYPE_CHECKING:
@@ -27,8 +32,8 @@ _WINDOW = 10  # seconds of history for requests per second
 
 
 class _RequestCounts(Collector):
-    def __init__(self, counts: collections.Counter[tuple[int, str]]) -> None:
-        self.counts = counts
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
@@ -36,7 +41,11 @@ class _RequestCounts(Collector):
             "Responses sent to clients by status code and cache status",
             labels=["status", "cache"],
         )
-        for (status, cache), n in sorted(self.counts.items()):
+        counts = dict(self.metrics.counts)
+        for peer in self.metrics.peer_records:
+            for status, cache, n in peer.counts:
+                counts[(status, cache)] = counts.get((status, cache), 0) + n
+        for (status, cache), n in sorted(counts.items()):
             family.add_metric([str(status), cache], n)
         yield family
 
@@ -48,7 +57,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         # Counted in a plain dict on the hot path and turned into a metric at scrape time.
         self.counts: collections.Counter[tuple[int, str]] = collections.Counter()
-        self.registry.register(_RequestCounts(self.counts))
+        # The other workers' records, set by the /metrics handler for the scrape it answers.
+        self.peer_records: Sequence[nodestats.WorkerRecord] = ()
+        self.registry.register(_RequestCounts(self))
         self.origin_latency = Histogram(
             "edge_origin_latency_seconds",
             "Time from sending a request to an origin to its response headers",
@@ -122,38 +133,104 @@ class Metrics:
         return max(0.0, min(1.0, self.requests_per_second() / self.capacity_rps))
 
 
-def status_document(proxy: Proxy) -> dict[str, Any]:
+def worker_record(proxy: Proxy, now: float, pid: int | None = None) -> nodestats.WorkerRecord:
+    """This worker's counters as a record: what it publishes, and its share of the status."""
     metrics = proxy.metrics
-    origins = proxy.pool.status()
-    up = [o.url for o in origins if o.up]
-    down = [o.url for o in origins if not o.up]
+    return nodestats.WorkerRecord(
+        pid=os.getpid() if pid is None else pid,
+        time=now,
+        active_requests=metrics.active,
+        requests_per_second=metrics.requests_per_second(),
+        hits=metrics.hits,
+        lookups=metrics.lookups,
+        counts=tuple((status, cache, n) for (status, cache), n in metrics.counts.items()),
+        origins=tuple(
+            nodestats.OriginState(o.url, o.up, o.active, o.weight) for o in proxy.pool.status()
+        ),
+    )
+
+
+def build_status(
+    node: nodestats.NodeStats,
+    capacity_rps: float,
+    cache: dict[str, Any],
+    *,
+    per_worker: bool = False,
+) -> dict[str, Any]:
+    """The /__edge/status document for a (merged) node view; pure."""
+    up = [o.url for o in node.origins if o.up]
+    down = [o.url for o in node.origins if not o.up]
+    rps = node.requests_per_second
+    load = 1.0 if capacity_rps <= 0 else max(0.0, min(1.0, rps / capacity_rps))
     doc: dict[str, Any] = {
         "healthy": bool(up),
         "origins": {
             "up": up,
             "down": down,
             "detail": [
-                {"url": o.url, "up": o.up, "active": o.active, "weight": o.weight} for o in origins
+                {"url": o.url, "up": o.up, "active": o.active, "weight": o.weight}
+                for o in node.origins
             ],
         },
-        "active_requests": metrics.active,
-        "requests_per_second": round(metrics.requests_per_second(), 3),
-        "capacity_rps": metrics.capacity_rps,
-        "load_factor": round(metrics.load_factor(), 4),
-        "hit_ratio": round(metrics.hit_ratio(), 4),
-        "cache": proxy.cache_status(),
+        "active_requests": node.active_requests,
+        "requests_per_second": round(rps, 3),
+        "capacity_rps": capacity_rps,
+        "load_factor": round(load, 4),
+        "hit_ratio": round(node.hits / node.lookups if node.lookups else 0.0, 4),
+        "cache": cache,
     }
+    if per_worker:
+        doc["workers"] = [
+            {
+                "pid": w.pid,
+                "requests": w.requests,
+                "active_requests": w.active_requests,
+                "requests_per_second": round(w.requests_per_second, 3),
+            }
+            for w in node.workers
+        ]
     return doc
 
 
-def add_routes(app: web.Application, get_proxy: Callable[[], Proxy]) -> None:
+def status_document(
+    proxy: Proxy,
+    peers: Sequence[nodestats.WorkerRecord] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The edge's status; with `peers` (several workers), for the whole node and with a
+    "workers" list, the answering worker first."""
+    now = time.monotonic() if now is None else now
+    node = nodestats.merge(worker_record(proxy, now), peers or (), now)
+    return build_status(
+        node, proxy.metrics.capacity_rps, proxy.cache_status(), per_worker=peers is not None
+    )
+
+
+def add_routes(
+    app: web.Application,
+    get_proxy: Callable[[], Proxy],
+    get_peers: Callable[[], Sequence[nodestats.WorkerRecord]] | None = None,
+) -> None:
+    """`get_peers`, when given, reads the other workers' fresh records (edge.nodestats)."""
+
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(status_document(get_proxy()))
+        peers = get_peers() if get_peers is not None else None
+        return web.json_response(status_document(get_proxy(), peers))
 
     async def metrics(request: web.Request) -> web.Response:
         proxy = get_proxy()
         proxy.refresh_gauges()
-        body = generate_latest(proxy.metrics.registry)
+        m = proxy.metrics
+        if get_peers is None:
+            body = generate_latest(m.registry)
+        else:
+            peers = get_peers()
+            m.active_gauge.set(m.active + sum(p.active_requests for p in peers))
+            m.peer_records = peers
+            try:
+                body = generate_latest(m.registry)
+            finally:
+                m.peer_records = ()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def purge(request: web.Request) -> web.Response:

@@ -1,8 +1,9 @@
 """Wiring: the control application (AppKeys + cleanup_ctx) and the edge listeners.
 
 The control app is a regular aiohttp Application: its cleanup_ctx opens and closes the
-origin ClientSession, the cache store, the probe scheduler and the access log, and it serves
-the admin routes when an admin address is configured. The client-facing listeners use the
+origin ClientSession, the cache store, the probe scheduler, the access log and (with several
+workers) the publisher of this worker's counters, and it serves the admin routes when an
+admin address is configured. The client-facing listeners use the
 low-level aiohttp server (no router, no middlewares) so the cache-hit path stays lean, with
 a protocol subclass that adds a deadline for reading request headers and maps parser limit
 errors to 414 / 431. That subclass also answers the commonest request of all, a plain GET
@@ -25,7 +26,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
-from edge import admin, tls
+from edge import admin, nodestats, tls
 from edge import cache_policy as cp
 from edge.accesslog import AccessLog
 from edge.config import Address, EdgeConfig
@@ -55,6 +56,7 @@ PROBER = web.AppKey("edge_prober", Prober)
 METRICS = web.AppKey("edge_metrics", admin.Metrics)
 PROXY = web.AppKey("edge_proxy", Proxy)
 ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
+NODE_STATS = web.AppKey("edge_node_stats", nodestats.StatsDir)
 
 
 class EdgeRequestHandler(RequestHandler):
@@ -264,12 +266,19 @@ def server_kwargs(config: EdgeConfig) -> dict[str, Any]:
     }
 
 
-def build_app(config: EdgeConfig) -> web.Application:
-    """The control app: lifecycle of shared resources plus the admin routes."""
+def build_app(config: EdgeConfig, stats_dir: str | None = None) -> web.Application:
+    """The control app: lifecycle of shared resources plus the admin routes.
+
+    `stats_dir` is the run directory of a multi-worker node (see edge.nodestats): this
+    worker publishes its counters there, and its admin routes answer for the whole node.
+    """
     app = web.Application(handler_args={"access_log": None})
     app[CONFIG] = config
     app.cleanup_ctx.append(_resources)
-    admin.add_routes(app, lambda: app[PROXY])
+    stats = None if stats_dir is None else nodestats.StatsDir(stats_dir)
+    if stats is not None:
+        app[NODE_STATS] = stats
+    admin.add_routes(app, lambda: app[PROXY], None if stats is None else stats.peers)
     return app
 
 
@@ -312,11 +321,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[CACHE] = cache
     prober.start()
     flusher = asyncio.create_task(_flush_periodically(access_log))
+    stats = app.get(NODE_STATS)
+    publisher = None
+    if stats is not None:
+        publisher = asyncio.create_task(
+            nodestats.publish_periodically(
+                stats, lambda: admin.worker_record(proxy, stats.clock(), stats.pid)
+            )
+        )
     try:
         yield
     finally:
         prober.shutdown()
         flusher.cancel()
+        if publisher is not None and stats is not None:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            stats.remove()
         await proxy.close()
         await session.close()
         if cache is not None:
@@ -376,9 +397,11 @@ def _bind_reuse(addr: Address) -> socket.socket:
 class EdgeRuntime:
     """A running edge: control app (+ admin site) and the client-facing listeners."""
 
-    def __init__(self, config: EdgeConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self, config: EdgeConfig, *, reuse_port: bool = False, stats_dir: str | None = None
+    ) -> None:
         self.config = config
-        self.app = build_app(config)
+        self.app = build_app(config, stats_dir)
         self.reuse_port = reuse_port
         self._app_runner: web.AppRunner | None = None
         self._edge_runners: list[web.ServerRunner] = []

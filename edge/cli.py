@@ -10,7 +10,9 @@ On start, one line per bound address is printed to stdout (`edge: listening http
 atomically (a bad file is logged and the running config kept); SIGTERM/SIGINT stop.
 With --workers N > 1 the parent forks N workers that each bind the same ports with
 SO_REUSEPORT (port 0 is resolved first by the parent, so all workers share it); the
-parent prints `edge: ready` once every worker is listening.
+parent prints `edge: ready` once every worker is listening. With an admin port, the parent
+also makes a private run directory where the workers publish their counters, so whichever
+worker answers /__edge/status or /metrics reports the whole node (edge.nodestats).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import replace
 
 from edge.config import Address, ConfigError, EdgeConfig, load, quick_start
@@ -96,6 +100,7 @@ def _run(
     reuse_port: bool,
     worker: int = 0,
     ready_fd: int | None = None,
+    stats_dir: str | None = None,
 ) -> int:
     try:
         import uvloop
@@ -105,7 +110,14 @@ def _run(
         pass
     try:
         asyncio.run(
-            _serve(config, path, reuse_port=reuse_port, announce=worker == 0, ready_fd=ready_fd)
+            _serve(
+                config,
+                path,
+                reuse_port=reuse_port,
+                announce=worker == 0,
+                ready_fd=ready_fd,
+                stats_dir=stats_dir,
+            )
         )
     except KeyboardInterrupt:
         pass
@@ -119,10 +131,11 @@ async def _serve(
     reuse_port: bool,
     announce: bool,
     ready_fd: int | None = None,
+    stats_dir: str | None = None,
 ) -> None:
     from edge.app import EdgeRuntime
 
-    runtime = EdgeRuntime(config, reuse_port=reuse_port)
+    runtime = EdgeRuntime(config, reuse_port=reuse_port, stats_dir=stats_dir)
     await runtime.start()
     if announce:
         for kind in ("http", "https", "admin"):
@@ -180,6 +193,21 @@ def _resolve_ports(config: EdgeConfig) -> tuple[EdgeConfig, list[socket.socket]]
 
 def _run_workers(config: EdgeConfig, path: str | None) -> int:
     config, holders = _resolve_ports(config)
+    # Only the admin routes read the other workers' records; without them nobody publishes.
+    stats_dir = None
+    if config.admin.listen is not None:
+        stats_dir = tempfile.mkdtemp(prefix="geoedge-workers-")  # mode 0700
+    parent = os.getpid()
+    try:
+        return _fork_workers(config, path, holders, stats_dir)
+    finally:
+        if stats_dir is not None and os.getpid() == parent:  # not a worker leaving by error
+            shutil.rmtree(stats_dir, ignore_errors=True)
+
+
+def _fork_workers(
+    config: EdgeConfig, path: str | None, holders: list[socket.socket], stats_dir: str | None
+) -> int:
     children: list[int] = []
     ready_r, ready_w = os.pipe()
     for n in range(config.server.workers):
@@ -192,7 +220,9 @@ def _run_workers(config: EdgeConfig, path: str | None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             # Until the worker's loop installs its reload handler, a SIGHUP must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            code = _run(config, path, reuse_port=True, worker=n, ready_fd=ready_w)
+            code = _run(
+                config, path, reuse_port=True, worker=n, ready_fd=ready_w, stats_dir=stats_dir
+            )
             os._exit(code)
         children.append(pid)
     os.close(ready_w)

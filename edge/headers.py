@@ -31,6 +31,33 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _AUTHORITY = re.compile(r"(?:\[[0-9A-Za-z:.%~_-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
+def wire_text(value: str) -> str:
+    """A field value held as octets (one character per byte, as latin-1 decodes them) in
+    the form aiohttp's writers turn back into those octets.
+
+    Field values are octets (RFC 9110 §5.5): obs-text such as a UTF-8 ``ü`` in an ETag must
+    leave as it came in, and aiohttp encodes a ``str`` value as UTF-8. Octets that are not
+    UTF-8 cannot be written by aiohttp at all; such a value is left as it is.
+    """
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def octet_text(value: str) -> str:
+    """A field value as aiohttp's parser gives it (UTF-8, surrogateescape) in the octet
+    form the cache compares and stores (one character per byte)."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    except UnicodeEncodeError:
+        return value
+
+
 def valid_host(value: str) -> bool:
     """Whether `value` is a well-formed Host field value (it may be empty)."""
     return _AUTHORITY.fullmatch(value) is not None
@@ -93,7 +120,7 @@ def origin_request_headers(
             continue
         if lk.startswith(_FORWARDING_PREFIX) and not trusted_peer:
             continue
-        out.add(k, v)
+        out.add(k, wire_text(v))
     ip = client_ip or "unknown"
     if mode in ("x-forwarded", "both"):
         xff = previous.get("x-forwarded-for")
@@ -116,13 +143,14 @@ def origin_request_headers(
 def client_response_headers(
     pairs: Iterable[tuple[str, str]], *, version: tuple[int, int], via: str
 ) -> CIMultiDict[str]:
-    """Headers to send downstream from an origin (or stored) response."""
+    """Headers to send downstream from an origin (or stored) response, whose values are
+    held as octets (see `wire_text`)."""
     out: CIMultiDict[str] = CIMultiDict()
     via_prior: list[str] = []
     for k, v in end_to_end(pairs):
         if k.lower() == "via":
-            via_prior.append(v)
+            via_prior.append(wire_text(v))
         else:
-            out.add(k, v)
+            out.add(k, wire_text(v))
     out["Via"] = ", ".join([*via_prior, via_value(version, via)])
     return out

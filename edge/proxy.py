@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any, Literal
@@ -35,8 +35,10 @@ from edge.fasthit import SimpleGet, parse_simple_get
 from edge.headers import (
     client_response_headers,
     end_to_end,
+    octet_text,
     origin_request_headers,
     valid_host,
+    wire_text,
 )
 from edge.origins import Origin, OriginPool
 from edge.store import BodyWriter, Store
@@ -834,7 +836,9 @@ class CacheLayer:
             target=target,
             # What the origin is sent: a field the client named in Connection never reaches
             # it, so it must not select (Vary) or qualify (Authorization) a stored response.
-            headers=tuple(end_to_end(request.headers.items())),
+            # As octets, like the origin's fields: a client's If-None-Match with the
+            # bytes of a stored ETag must match it whatever those bytes are.
+            headers=tuple(end_to_end((k, octet_text(v)) for k, v in request.headers.items())),
         )
 
     async def serve(
@@ -888,7 +892,16 @@ class CacheLayer:
             return status_response(
                 504, cp.cache_status(self.name, fwd=decision.fwd, detail="only-if-cached")
             ), ""
-        return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd)
+        variants: tuple[cp.CacheEntry, ...] = ()
+        if (
+            decision.fwd == "vary-miss"
+            and "Range" not in headers
+            and not any(name in headers for name in _PRECONDITIONS)
+        ):
+            # None of the stored variants matches, but the origin may well answer with one
+            # of them: offer all their validators (RFC 9111 §4.3.1) so it can say 304.
+            variants = entries
+        return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd, variants)
 
     # ------------------------------------------------------------------ answering from cache
 
@@ -970,7 +983,8 @@ class CacheLayer:
             lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
             lines.extend(f"{k}: {v}\r\n" for k, v in self._base_headers(entry, (1, 1)))
             lines.append(f"Content-Length: {entry.body_length}\r\n")
-            head = "".join(lines).encode("latin-1", "replace")
+            # The values are in aiohttp's form (headers.wire_text): encoded as it would.
+            head = "".join(lines).encode("utf-8", "replace")
             if len(self._serialized) > 4096:
                 self._serialized.clear()
             self._serialized[ident] = head
@@ -1096,6 +1110,7 @@ class CacheLayer:
         creq: cp.CacheRequest,
         target: str,
         fwd: str,
+        variants: Sequence[cp.CacheEntry] = (),
     ) -> tuple[web.StreamResponse, str]:
         key = creq.key
         collapsible = request.method == "GET" and not any(
@@ -1103,7 +1118,7 @@ class CacheLayer:
             for k, _ in creq.headers
         )
         if not collapsible:
-            return await self._fetch(proxy, request, creq, target, fwd, None)
+            return await self._fetch(proxy, request, creq, target, fwd, None, variants)
         leader = self._inflight.get(key)
         if leader is not None:
             try:
@@ -1121,7 +1136,7 @@ class CacheLayer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            return await self._fetch(proxy, request, creq, target, fwd, None)
+            return await self._fetch(proxy, request, creq, target, fwd, None, variants)
         finally:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
@@ -1152,7 +1167,9 @@ class CacheLayer:
 
         proxy.spawn(refresh())
 
-    def _with_validators(self, headers: CIMultiDict[str], entry: cp.CacheEntry) -> CIMultiDict[str]:
+    def _with_validators(
+        self, headers: CIMultiDict[str], entries: Sequence[cp.CacheEntry]
+    ) -> CIMultiDict[str]:
         out = headers.copy()
         for name in (
             "If-None-Match",
@@ -1163,8 +1180,8 @@ class CacheLayer:
             "Range",
         ):
             out.popall(name, None)
-        for k, v in conditional.validators([entry.headers]):
-            out[k] = v
+        for k, v in conditional.validators([e.headers for e in entries]):
+            out[k] = wire_text(v)
         return out
 
     def _compression_plan(
@@ -1205,12 +1222,16 @@ class CacheLayer:
         target: str,
         fwd: str,
         stale: cp.CacheEntry | None,
+        variants: Sequence[cp.CacheEntry] = (),
     ) -> tuple[web.StreamResponse, str]:
-        """Forward a GET/HEAD (revalidating `stale` if given), stream it, maybe store it."""
+        """Forward a GET/HEAD (revalidating `stale` if given, or else offering the
+        validators of the non-matching stored `variants`), stream it, maybe store it."""
         INTERIM.set(_interim_sender(request))
         headers = proxy.origin_headers(request)
         if stale is not None:
-            headers = self._with_validators(headers, stale)
+            headers = self._with_validators(headers, [stale])
+        elif variants:
+            headers = self._with_validators(headers, variants)
         try:
             origin, upstream, t_req, t_resp = await self._open(
                 proxy, request.method, target, headers, creq.key
@@ -1230,6 +1251,19 @@ class CacheLayer:
             ), ""
         status = upstream.status
         pairs = _pairs(upstream.raw_headers)
+        if stale is None and variants and status == 304:
+            proxy.finish_upstream(origin, upstream, ok=True)
+            chosen = await self._freshen_variant(creq, variants, pairs, t_req, t_resp)
+            if chosen is not None:
+                cstatus = cp.cache_status(
+                    self.name, fwd=fwd, fwd_status=304, ttl=chosen.ttl(self.clock())
+                )
+                resp = await self._from_cache(
+                    request, creq, chosen, chosen.age(self.clock()), cstatus
+                )
+                if resp is not None:
+                    return resp, origin.url
+            return await self._fetch(proxy, request, creq, target, fwd, None)
         if stale is not None and status == 304:
             proxy.finish_upstream(origin, upstream, ok=True)
             updated = cp.freshen(
@@ -1273,6 +1307,56 @@ class CacheLayer:
         return await self._stream_and_store(
             proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp
         )
+
+    async def _freshen_variant(
+        self,
+        creq: cp.CacheRequest,
+        variants: Sequence[cp.CacheEntry],
+        pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+    ) -> cp.CacheEntry | None:
+        """After a 304 to a vary-miss revalidation: freshen every stored variant the 304
+        selects (RFC 9111 §4.3.4) and return the newest of them, stored once more under
+        this request's selecting fields so the next such request is a hit; None when the
+        304 selects none."""
+        chosen = conditional.select_for_update(
+            [(i, e.headers) for i, e in enumerate(variants)], pairs
+        )
+        if not chosen:
+            return None
+        updated = [
+            cp.freshen(
+                variants[i], pairs, request_time=t_req, response_time=t_resp, config=self.policy
+            )
+            for i in chosen
+        ]
+        for entry in updated:
+            await asyncio.to_thread(self.store.update, entry)
+        best = max(updated, key=lambda e: e.response_time)
+        if "*" in best.vary or creq.method != "GET":
+            return best
+        copy = cp.make_entry(
+            creq,
+            best.status,
+            best.reason,
+            best.headers,
+            request_time=t_req,
+            response_time=t_resp,
+            body_length=best.body_length,
+            sha256=best.sha256,
+            now=self.clock(),
+            config=self.policy,
+        )
+        if copy.variant == best.variant:
+            return best
+
+        def store_copy() -> cp.CacheEntry | None:
+            body = self.store.get_body(best)
+            return None if body is None else self.store.put(copy, body)
+
+        stored = await asyncio.to_thread(store_copy)
+        return best if stored is None else stored
 
     def _freshen_from_head(
         self,
@@ -1428,7 +1512,7 @@ class CacheLayer:
         headers: CIMultiDict[str],
     ) -> None:
         """stale-while-revalidate: revalidate or refetch `stale` with nobody waiting."""
-        headers = self._with_validators(headers, stale)
+        headers = self._with_validators(headers, [stale])
         creq = cp.CacheRequest("GET", creq.scheme, creq.authority, creq.target, creq.headers)
         try:
             origin, upstream, t_req, t_resp = await self._open(

@@ -124,6 +124,76 @@ async def test_vary_keeps_variants_apart(tmp_path: Path) -> None:
         assert origin.hits["/l"] == 2
 
 
+async def test_vary_miss_offers_every_stored_etag_and_a_304_reuses_that_variant(
+    tmp_path: Path,
+) -> None:
+    async with origins("a") as (origin,):
+        seen: list[str | None] = []
+
+        async def negotiated(request: web.Request) -> web.Response:
+            # "en" and "en-gb" get the same representation; "de" its own.
+            lang = request.headers.get("X-Lang", "en")[:2]
+            seen.append(request.headers.get("If-None-Match"))
+            etag = f'"{lang}-1"'
+            headers = {
+                "ETag": etag,
+                "Cache-Control": "max-age=60",
+                "Vary": "X-Lang",
+                "X-Version": str(len(seen)),
+            }
+            offered = [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]
+            if etag in offered:
+                return web.Response(status=304, headers=headers)
+            return web.Response(text=f"hello in {lang}", headers=headers)
+
+        origin.routes["/n"] = negotiated
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/n"
+            for lang in ("en", "de"):
+                async with s.get(url, headers={"X-Lang": lang}) as r:
+                    assert await r.text() == f"hello in {lang}"
+            async with s.get(url, headers={"X-Lang": "en-gb"}) as r:
+                assert r.status == 200
+                assert await r.text() == "hello in en"
+                assert "fwd=vary-miss" in r.headers["Cache-Status"]
+                assert "fwd-status=304" in r.headers["Cache-Status"]
+                assert r.headers["X-Version"] == "3"  # stored fields updated from the 304
+            async with s.get(url, headers={"X-Lang": "en-gb"}) as r:
+                assert await r.text() == "hello in en"
+                assert r.headers["Cache-Status"].startswith("GeoEdge; hit")
+            async with s.get(url, headers={"X-Lang": "en"}) as r:
+                assert r.headers["Cache-Status"].startswith("GeoEdge; hit")
+                assert r.headers["X-Version"] == "3"
+        assert seen[0] is None
+        assert seen[1] == '"en-1"'
+        assert seen[2] is not None and sorted(seen[2].split(", ")) == ['"de-1"', '"en-1"']
+        assert len(seen) == 3
+
+
+async def test_vary_miss_304_selecting_no_variant_refetches(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        seen: list[str | None] = []
+
+        async def stubborn(request: web.Request) -> web.Response:
+            # Answers any conditional request with a 304 naming a tag nobody stored.
+            seen.append(request.headers.get("If-None-Match"))
+            headers = {"ETag": '"other"', "Cache-Control": "max-age=60", "Vary": "X-Lang"}
+            if "If-None-Match" in request.headers:
+                return web.Response(status=304, headers=headers)
+            headers["ETag"] = f'"{request.headers.get("X-Lang", "")}"'
+            return web.Response(text=request.headers.get("X-Lang", ""), headers=headers)
+
+        origin.routes["/s"] = stubborn
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/s"
+            async with s.get(url, headers={"X-Lang": "en"}) as r:
+                assert await r.text() == "en"
+            async with s.get(url, headers={"X-Lang": "de"}) as r:
+                assert r.status == 200
+                assert await r.text() == "de"
+        assert seen == [None, '"en"', None]
+
+
 async def test_concurrent_misses_collapse_into_one_origin_request(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
 
@@ -642,3 +712,49 @@ async def test_field_named_in_connection_does_not_select_a_variant(tmp_path: Pat
                 assert await r.text() == "hello in en"
             async with s.get(url, headers={"Accept-Language": "de"}) as r:
                 assert await r.text() == "hello in de"
+
+
+async def _raw_get(edge, path: str, *extra: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    """One HTTP/1.1 GET written and read as bytes, so field octets are seen as sent."""
+    host, port = base_url(edge).removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = [b"GET " + path.encode() + b" HTTP/1.1", b"Host: " + host.encode(), *extra]
+        writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_obs_text_in_fields_round_trips_byte_exactly(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        seen: list[bytes] = []
+
+        async def obs_text(request: web.Request) -> web.Response:
+            seen.extend(v for k, v in request.raw_headers if k.lower() == b"if-none-match")
+            # aiohttp writes this str as UTF-8: the octets "abcdef\xc3\xbc".
+            headers = {"ETag": '"abcdef\u00fc"', "Cache-Control": "max-age=60"}
+            if request.path == "/stale":
+                headers["Cache-Control"] = "max-age=0"
+            if "If-None-Match" in request.headers:
+                return web.Response(status=304, headers=headers)
+            return web.Response(body=b"x", headers=headers)
+
+        origin.routes["/fresh"] = obs_text
+        origin.routes["/stale"] = obs_text
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            first = await _raw_get(edge, "/fresh")
+            assert b'\r\nETag: "abcdef\xc3\xbc"\r\n' in first
+            hit = await _raw_get(edge, "/fresh")
+            assert b'\r\nETag: "abcdef\xc3\xbc"\r\n' in hit and b"hit" in hit
+            cond = await _raw_get(edge, "/fresh", b'If-None-Match: "abcdef\xc3\xbc"')
+            assert cond.startswith(b"HTTP/1.1 304")
+            assert b'\r\nETag: "abcdef\xc3\xbc"\r\n' in cond
+            other = await _raw_get(edge, "/fresh", b'If-None-Match: "abcdef\xfc"')
+            assert other.startswith(b"HTTP/1.1 200")
+            await _raw_get(edge, "/stale")
+            revalidated = await _raw_get(edge, "/stale")
+            assert revalidated.startswith(b"HTTP/1.1 200") and b"fwd-status=304" in revalidated
+        assert seen == [b'"abcdef\xc3\xbc"']
+        assert origin.hits["/fresh"] == 1

@@ -12,10 +12,12 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.edge_helpers import origins, until
 
@@ -23,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST = {"Host": "www.cache.test"}  # the cache key names the host; ports differ across restarts
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
     return env
 
 
@@ -55,7 +58,7 @@ class EdgeProcess:
 
 
 @asynccontextmanager
-async def edge_process(*args: str) -> AsyncIterator[EdgeProcess]:
+async def edge_process(*args: str, tmpdir: str | None = None) -> AsyncIterator[EdgeProcess]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -64,7 +67,7 @@ async def edge_process(*args: str) -> AsyncIterator[EdgeProcess]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
-        env=_env(),
+        env=_env(TMPDIR=tmpdir) if tmpdir else _env(),
         cwd=ROOT,
     )
     edge = EdgeProcess(proc)
@@ -187,6 +190,71 @@ async def test_two_workers_share_the_port(tmp_path: Path) -> None:
                 )
                 >= 2
             )
+
+
+async def test_two_workers_report_the_whole_node(tmp_path: Path) -> None:
+    """Whichever worker answers the admin port, /__edge/status and /metrics count the
+    requests both workers served."""
+    async with origins("a") as (origin,):
+        origin.routes["/c"] = _cacheable_origin_route(b"counted")
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--admin", "127.0.0.1:0")
+        async with edge_process(*args, "--workers", "2", tmpdir=str(tmp_path)) as edge:
+            # A new connection per request, so SO_REUSEPORT spreads them over the workers.
+            fresh = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=fresh) as s:
+                sent = hits = 0
+                for _ in range(40):
+                    async with s.get(edge.url() + "/c", headers=HOST) as r:
+                        assert await r.read() == b"counted"
+                        sent += 1
+                        hits += "; hit" in r.headers["Cache-Status"]
+
+                async def status() -> dict[str, Any]:
+                    async with s.get(edge.url("admin") + "/__edge/status") as r:
+                        assert r.status == 200
+                        doc: dict[str, Any] = await r.json()
+                        return doc
+
+                # Each worker publishes its counters about once a second, so an answer is
+                # complete once the other worker's record is current. Once each worker has
+                # answered with the full count, both records are, and no count changes.
+                complete: set[int] = set()
+                for _ in range(300):
+                    doc = await status()
+                    if sum(w["requests"] for w in doc["workers"]) == sent:
+                        complete.add(doc["workers"][0]["pid"])  # the answering worker is first
+                        if len(complete) == 2:
+                            break
+                    await asyncio.sleep(0.05)
+                assert len(complete) == 2, doc
+                for _ in range(10):
+                    doc = await status()
+                    workers = doc["workers"]
+                    assert {w["pid"] for w in workers} == complete, doc
+                    assert sum(w["requests"] for w in workers) == sent, doc
+                    assert all(w["requests"] > 0 for w in workers), doc
+                    assert doc["hit_ratio"] == round(hits / sent, 4), doc
+                    assert doc["active_requests"] == 0
+                    assert doc["healthy"] is True
+                    rps = sum(w["requests_per_second"] for w in workers)
+                    assert doc["requests_per_second"] == pytest.approx(rps, abs=0.01)
+                    assert doc["load_factor"] == pytest.approx(
+                        min(1.0, doc["requests_per_second"] / doc["capacity_rps"]), abs=1e-3
+                    )
+                for _ in range(4):
+                    async with s.get(edge.url("admin") + "/metrics") as r:
+                        text = await r.text()
+                    samples = [
+                        sample
+                        for family in text_string_to_metric_families(text)
+                        if family.name == "edge_requests"
+                        for sample in family.samples
+                        if sample.name == "edge_requests_total"
+                    ]
+                    assert sum(x.value for x in samples) == sent
+                    assert sum(x.value for x in samples if x.labels["cache"] == "hit") == hits
+        # The parent removed the workers' run directory on its way out.
+        assert not [p for p in os.listdir(tmp_path) if p.startswith("geoedge-workers-")]
 
 
 def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:

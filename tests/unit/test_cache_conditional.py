@@ -143,3 +143,15 @@ def test_not_modified_headers() -> None:
         ("Cache-Control", "max-age=1"),
         ("Vary", "X"),
     )
+
+
+def test_validators_offer_each_variant_tag_once() -> None:
+    variants = [[("ETag", '"a"')], [("ETag", '"b"')], [("ETag", '"a"')], [("Vary", "X")]]
+    assert validators(variants) == (("If-None-Match", '"a", "b"'),)
+
+
+def test_select_for_update_among_variants_by_weak_and_strong_tags() -> None:
+    cands = [(0, [("ETag", 'W/"a"')]), (1, [("ETag", '"a"')]), (2, [("ETag", '"b"')])]
+    assert select_for_update(cands, [("ETag", 'W/"a"')]) == [0, 1]
+    assert select_for_update(cands, [("ETag", '"a"')]) == [1]
+    assert select_for_update(cands, [("ETag", '"c"')]) == []

@@ -1,0 +1,273 @@
+"""Node-wide numbers for an edge run as several worker processes.
+
+With `server.workers` > 1 every worker accepts its own share of the connections (SO_REUSEPORT),
+the admin port included, so one worker's counters describe about 1/N of the node. Each
+worker therefore writes a small JSON record of its counters about once a second into a run
+directory the parent created for them (`StatsDir.publish`, atomically by rename), and the
+worker that answers /__edge/status or /metrics adds the other workers' fresh records to its
+own live numbers (`merge`).
+
+The record, its JSON codec and the merge are pure; `StatsDir` is the thin file adapter.
+Records are plain JSON with a checked shape: nothing read from the directory is unpickled
+or trusted beyond its numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from edge.errors import EdgeError
+
+log = logging.getLogger("edge")
+
+PUBLISH_INTERVAL = 1.0  # seconds between a worker's records
+MAX_AGE = 3.0  # a record older than this is from a stopped or stuck worker: ignored
+_VERSION = 1
+_PREFIX, _SUFFIX = "worker-", ".json"
+
+
+class RecordError(EdgeError):
+    """A worker record is not JSON of the expected shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class OriginState:
+    url: str
+    up: bool
+    active: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One worker's counters at `time` (time.monotonic: CLOCK_MONOTONIC is one clock for the
+    whole host, so the workers' times compare, and unlike wall time it never steps)."""
+
+    pid: int
+    time: float
+    active_requests: int
+    requests_per_second: float
+    hits: int
+    lookups: int
+    counts: tuple[tuple[int, str, int], ...]  # (status, cache status, responses)
+    origins: tuple[OriginState, ...]
+
+    @property
+    def requests(self) -> int:
+        return sum(n for _, _, n in self.counts)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    """The merged view: the answering worker's record plus the fresh records of the others."""
+
+    workers: tuple[WorkerRecord, ...]  # the answering worker first
+    active_requests: int
+    requests_per_second: float
+    hits: int
+    lookups: int
+    counts: dict[tuple[int, str], int]
+    origins: tuple[OriginState, ...]  # the answering worker's pool, up/active over the node
+
+    @property
+    def requests(self) -> int:
+        return sum(self.counts.values())
+
+
+def fresh(record: WorkerRecord, now: float, max_age: float = MAX_AGE) -> bool:
+    return abs(now - record.time) <= max_age
+
+
+def merge(
+    own: WorkerRecord, others: Iterable[WorkerRecord], now: float, max_age: float = MAX_AGE
+) -> NodeStats:
+    """Sum `own` with the fresh records of other pids (one per pid, the newest).
+
+    An origin is up for the node only while every worker has it up, so `healthy` does not
+    depend on which worker answers; origins only a peer knows (a reload not yet applied
+    everywhere) are left out, the answering worker's configuration being the one it serves.
+    """
+    newest: dict[int, WorkerRecord] = {}
+    for rec in others:
+        if rec.pid == own.pid or not fresh(rec, now, max_age):
+            continue
+        if rec.pid not in newest or rec.time > newest[rec.pid].time:
+            newest[rec.pid] = rec
+    workers = (own, *sorted(newest.values(), key=lambda r: r.pid))
+    counts: dict[tuple[int, str], int] = {}
+    for rec in workers:
+        for status, cache, n in rec.counts:
+            counts[(status, cache)] = counts.get((status, cache), 0) + n
+    origins = []
+    for o in own.origins:
+        up, active = o.up, o.active
+        for rec in workers[1:]:
+            for peer in rec.origins:
+                if peer.url == o.url:
+                    up = up and peer.up
+                    active += peer.active
+                    break
+        origins.append(OriginState(o.url, up, active, o.weight))
+    return NodeStats(
+        workers=workers,
+        active_requests=sum(r.active_requests for r in workers),
+        requests_per_second=sum(r.requests_per_second for r in workers),
+        hits=sum(r.hits for r in workers),
+        lookups=sum(r.lookups for r in workers),
+        counts=counts,
+        origins=tuple(origins),
+    )
+
+
+# -- codec ------------------------------------------------------------------------------------
+
+
+def encode(rec: WorkerRecord) -> bytes:
+    return json.dumps(
+        {
+            "v": _VERSION,
+            "pid": rec.pid,
+            "time": rec.time,
+            "active_requests": rec.active_requests,
+            "requests_per_second": rec.requests_per_second,
+            "hits": rec.hits,
+            "lookups": rec.lookups,
+            "counts": [list(c) for c in rec.counts],
+            "origins": [[o.url, o.up, o.active, o.weight] for o in rec.origins],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecordError(f"{what}: expected a non-negative integer")
+    return value
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise RecordError(f"{what}: expected a number")
+    return float(value)
+
+
+def decode(data: bytes) -> WorkerRecord:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("v") != _VERSION:
+        raise RecordError("not a version 1 worker record")
+    counts = doc.get("counts")
+    origins = doc.get("origins")
+    if not isinstance(counts, list) or not isinstance(origins, list):
+        raise RecordError("counts and origins must be lists")
+    parsed_counts = []
+    for c in counts:
+        if not (isinstance(c, list) and len(c) == 3 and isinstance(c[1], str)):
+            raise RecordError("counts: expected [status, cache, n]")
+        parsed_counts.append((_int(c[0], "counts status"), c[1], _int(c[2], "counts n")))
+    parsed_origins = []
+    for o in origins:
+        if not (
+            isinstance(o, list) and len(o) == 4 and isinstance(o[0], str) and isinstance(o[1], bool)
+        ):
+            raise RecordError("origins: expected [url, up, active, weight]")
+        parsed_origins.append(
+            OriginState(o[0], o[1], _int(o[2], "origin active"), _int(o[3], "origin weight"))
+        )
+    return WorkerRecord(
+        pid=_int(doc.get("pid"), "pid"),
+        time=_number(doc.get("time"), "time"),
+        active_requests=_int(doc.get("active_requests"), "active_requests"),
+        requests_per_second=_number(doc.get("requests_per_second"), "requests_per_second"),
+        hits=_int(doc.get("hits"), "hits"),
+        lookups=_int(doc.get("lookups"), "lookups"),
+        counts=tuple(parsed_counts),
+        origins=tuple(parsed_origins),
+    )
+
+
+# -- the run directory ------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class StatsDir:
+    """This worker's view of the run directory: its own record file and the others'."""
+
+    def __init__(
+        self, path: str, pid: int | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.pid = os.getpid() if pid is None else pid
+        self.clock = clock
+        self._file = os.path.join(path, f"{_PREFIX}{self.pid}{_SUFFIX}")
+        self._tmp = os.path.join(path, f".{_PREFIX}{self.pid}.tmp")
+
+    def publish(self, record: WorkerRecord) -> None:
+        # A reader sees the old record or the new one, never half of one.
+        with open(self._tmp, "wb") as f:
+            f.write(encode(record))
+        os.replace(self._tmp, self._file)
+
+    def remove(self) -> None:
+        for name in (self._file, self._tmp):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+
+    def peers(self, max_age: float = MAX_AGE) -> list[WorkerRecord]:
+        """The other live workers' fresh records (unreadable or malformed ones are skipped)."""
+        now = self.clock()
+        out = []
+        try:
+            names = os.listdir(self.path)
+        except OSError as exc:
+            log.warning("worker stats directory %s: %s", self.path, exc)
+            return []
+        for name in names:
+            if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+                continue
+            if name == os.path.basename(self._file):
+                continue
+            try:
+                with open(os.path.join(self.path, name), "rb") as f:
+                    rec = decode(f.read())
+            except FileNotFoundError:  # that worker stopped meanwhile
+                continue
+            except (OSError, RecordError) as exc:
+                log.debug("worker record %s skipped: %s", name, exc)
+                continue
+            if fresh(rec, now, max_age) and _alive(rec.pid):
+                out.append(rec)
+        return out
+
+
+async def publish_periodically(
+    stats: StatsDir,
+    snapshot: Callable[[], WorkerRecord],
+    interval: float = PUBLISH_INTERVAL,
+) -> None:
+    """Publish `snapshot()` now and every `interval` seconds until cancelled."""
+    while True:
+        try:
+            stats.publish(snapshot())
+        except OSError as exc:
+            log.warning("cannot publish worker stats to %s: %s", stats.path, exc)
+        await asyncio.sleep(interval)

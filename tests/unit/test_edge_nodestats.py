@@ -1,0 +1,194 @@
+"""Node-wide status from worker records: the merge and the status document as pure code,
+the record codec, and the run directory adapter on a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge import nodestats as ns
+from edge.admin import build_status
+
+A, B = "http://10.0.0.1:80", "http://10.0.0.2:80"
+
+
+def _record(
+    pid: int,
+    time: float = 100.0,
+    *,
+    rps: float = 0.0,
+    active: int = 0,
+    hits: int = 0,
+    lookups: int = 0,
+    counts: tuple[tuple[int, str, int], ...] = (),
+    origins: tuple[ns.OriginState, ...] = (ns.OriginState(A, True, 0, 1),),
+) -> ns.WorkerRecord:
+    return ns.WorkerRecord(pid, time, active, rps, hits, lookups, counts, origins)
+
+
+def _doc(own: ns.WorkerRecord, peers: list[ns.WorkerRecord], now: float = 100.0, **kw):  # type: ignore[no-untyped-def]
+    return build_status(ns.merge(own, peers, now), kw.pop("capacity", 100.0), {}, **kw)
+
+
+def test_one_worker_alone_is_its_own_numbers() -> None:
+    own = _record(1, rps=25.0, active=3, hits=3, lookups=4, counts=((200, "hit", 3),))
+    doc = _doc(own, [])
+    assert doc == {
+        "healthy": True,
+        "origins": {
+            "up": [A],
+            "down": [],
+            "detail": [{"url": A, "up": True, "active": 0, "weight": 1}],
+        },
+        "active_requests": 3,
+        "requests_per_second": 25.0,
+        "capacity_rps": 100.0,
+        "load_factor": 0.25,
+        "hit_ratio": 0.75,
+        "cache": {},
+    }
+
+
+def test_workers_are_summed_and_the_load_is_against_the_node_capacity() -> None:
+    own = _record(1, rps=30.0, active=2, hits=6, lookups=8, counts=((200, "hit", 6),))
+    peer = _record(
+        2,
+        99.5,
+        rps=40.0,
+        active=5,
+        hits=2,
+        lookups=12,
+        counts=((200, "hit", 2), (502, "miss", 10)),
+    )
+    node = ns.merge(own, [peer], 100.0)
+    assert node.counts == {(200, "hit"): 8, (502, "miss"): 10}
+    assert node.requests == 18
+    doc = build_status(node, 100.0, {}, per_worker=True)
+    assert doc["active_requests"] == 7
+    assert doc["requests_per_second"] == 70.0
+    assert doc["load_factor"] == 0.7
+    assert doc["hit_ratio"] == 0.4
+    assert doc["workers"] == [
+        {"pid": 1, "requests": 6, "active_requests": 2, "requests_per_second": 30.0},
+        {"pid": 2, "requests": 12, "active_requests": 5, "requests_per_second": 40.0},
+    ]
+    assert _doc(own, [peer], capacity=50.0)["load_factor"] == 1.0
+
+
+def test_stale_future_duplicate_and_own_records_are_left_out() -> None:
+    own = _record(1, counts=((200, "hit", 1),))
+    peers = [
+        _record(2, 100.0 - ns.MAX_AGE - 0.1, counts=((200, "hit", 100),)),  # stopped long ago
+        _record(3, 100.0 + ns.MAX_AGE + 0.1, counts=((200, "hit", 100),)),  # not this clock
+        _record(1, 99.9, counts=((200, "hit", 100),)),  # our own published record
+        _record(4, 99.0, counts=((200, "hit", 5),)),
+        _record(4, 99.8, counts=((200, "hit", 7),)),  # the newest of pid 4 counts
+    ]
+    node = ns.merge(own, peers, 100.0)
+    assert [w.pid for w in node.workers] == [1, 4]
+    assert node.requests == 8
+
+
+def test_an_origin_is_up_for_the_node_only_while_every_worker_has_it_up() -> None:
+    own = _record(1, origins=(ns.OriginState(A, True, 1, 2), ns.OriginState(B, True, 0, 1)))
+    peer = _record(
+        2,
+        origins=(
+            ns.OriginState(A, True, 4, 2),
+            ns.OriginState(B, False, 0, 1),
+            ns.OriginState("http://10.0.0.9:80", True, 9, 1),  # not (yet) in our pool
+        ),
+    )
+    doc = _doc(own, [peer])
+    assert doc["healthy"] is True
+    assert doc["origins"]["up"] == [A]
+    assert doc["origins"]["down"] == [B]
+    assert doc["origins"]["detail"][0] == {"url": A, "up": True, "active": 5, "weight": 2}
+    all_down = _record(2, origins=(ns.OriginState(A, False, 0, 2), ns.OriginState(B, False, 0, 1)))
+    assert _doc(own, [all_down])["healthy"] is False
+    # A stale record has no say in health either.
+    assert _doc(own, [_record(2, 50.0, origins=all_down.origins)])["healthy"] is True
+
+
+_records = st.builds(
+    ns.WorkerRecord,
+    pid=st.integers(min_value=1, max_value=2**22),
+    time=st.floats(min_value=0, max_value=1e9),
+    active_requests=st.integers(min_value=0, max_value=10**6),
+    requests_per_second=st.floats(min_value=0, max_value=1e6),
+    hits=st.integers(min_value=0, max_value=10**12),
+    lookups=st.integers(min_value=0, max_value=10**12),
+    counts=st.lists(
+        st.tuples(st.integers(100, 599), st.sampled_from(["hit", "miss", "none"]), st.integers(0))
+    ).map(tuple),
+    origins=st.lists(
+        st.builds(
+            ns.OriginState,
+            url=st.text(max_size=30),
+            up=st.booleans(),
+            active=st.integers(min_value=0, max_value=1000),
+            weight=st.integers(min_value=0, max_value=100),
+        )
+    ).map(tuple),
+)
+
+
+@given(_records)
+def test_records_round_trip_through_json(rec: ns.WorkerRecord) -> None:
+    assert ns.decode(ns.encode(rec)) == rec
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80\x04pickle",
+        b"[]",
+        b'{"v": 2}',
+        b'{"v":1,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[[200,"hit"]],"origins":[]}',
+        b'{"v":1,"pid":-1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[]}',
+        b'{"v":1,"pid":1,"time":"now","active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[]}',
+        b'{"v":1,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[["u","yes",0,1]]}',
+    ],
+)
+def test_malformed_records_are_refused(data: bytes) -> None:
+    with pytest.raises(ns.RecordError):
+        ns.decode(data)
+
+
+def _dead_pid() -> int:
+    code = "import os; print(os.getpid())"
+    proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_the_run_directory_gives_the_other_live_workers_fresh_records(tmp_path: Path) -> None:
+    now = [100.0]
+    me = ns.StatsDir(str(tmp_path), pid=1, clock=lambda: now[0])
+    live = ns.StatsDir(str(tmp_path), pid=os.getpid())
+    dead = ns.StatsDir(str(tmp_path), pid=_dead_pid())
+    me.publish(_record(1, 100.0))
+    live.publish(_record(os.getpid(), 99.0, counts=((200, "hit", 3),)))
+    dead.publish(_record(dead.pid, 99.0))
+    (tmp_path / "worker-77.json").write_bytes(b"not json")
+    (tmp_path / ".worker-78.tmp").write_bytes(b"half a rec")
+    assert [r.pid for r in me.peers()] == [os.getpid()]
+    live.publish(_record(os.getpid(), 99.5, counts=((200, "hit", 4),)))
+    assert [r.requests for r in me.peers()] == [4]
+    now[0] = 99.5 + ns.MAX_AGE + 1
+    assert me.peers() == []
+    live.remove()
+    me.remove()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [".worker-78.tmp", "worker-77.json", f"worker-{dead.pid}.json"]
+    )
