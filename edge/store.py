@@ -545,15 +545,10 @@ class Store:
     def _verified(self, entry: CacheEntry, data: bytes) -> bool:
         return len(data) == entry.body_length and hashlib.sha256(data).hexdigest() == entry.sha256
 
-    def get_body(self, entry: CacheEntry) -> bytes | None:
-        """The whole body of ``entry``, verified; None (and the entry evicted) if it is
-        missing, truncated or altered."""
-        bkey = _body_key(entry)
-        with self._lock:
-            mem = self._memory.get(bkey)
-        if mem is not None:
-            body: bytes = mem
-            return body
+    def _stored_body(self, entry: CacheEntry, bkey: str) -> bytes | IO[bytes] | None:
+        """The stored body value (bytes, or an open file for a big one); None when the read
+        failed, or when the body is missing or refused (then the entry is evicted)."""
+        value: bytes | IO[bytes] | None
         try:
             value = self._cache.get(bkey, default=None, read=True)
         except StoreError:
@@ -563,6 +558,19 @@ class Store:
             return None
         if value is None:
             self._corrupt(entry)
+        return value
+
+    def get_body(self, entry: CacheEntry) -> bytes | None:
+        """The whole body of ``entry``, verified; None (and the entry evicted) if it is
+        missing, truncated or altered."""
+        bkey = _body_key(entry)
+        with self._lock:
+            mem = self._memory.get(bkey)
+        if mem is not None:
+            body: bytes = mem
+            return body
+        value = self._stored_body(entry, bkey)
+        if value is None:
             return None
         if isinstance(value, bytes):
             data = value
@@ -588,13 +596,8 @@ class Store:
         if entry.body_length <= self._memory_object_max:
             data = self.get_body(entry)
             return None if data is None else BodyReader(self, entry, data)
-        try:
-            value = self._cache.get(bkey, default=None, read=True)
-        except (sqlite3.Error, OSError, StoreError) as e:
-            log.warning("cache body read failed for %s: %s", entry.key, e)
-            return None
+        value = self._stored_body(entry, bkey)
         if value is None:
-            self._corrupt(entry)
             return None
         if isinstance(value, bytes):
             if not self._verified(entry, value):

@@ -113,6 +113,26 @@ def test_pickled_rows_are_never_unpickled(tmp_path: Path) -> None:
     assert left == 0
 
 
+@pytest.mark.parametrize("size", [10, 300_000])  # read whole, and streamed from disk
+def test_pickled_body_rows_are_refused_and_evicted(tmp_path: Path, size: int) -> None:
+    marker = tmp_path / "pwned"
+    with Store(tmp_path, memory_object_max=1000) as s:
+        stored = s.put(entry(), os.urandom(size))
+        assert stored is not None
+    con = sqlite3.connect(tmp_path / "cache.db")
+    con.execute(
+        "UPDATE Cache SET mode = ?, value = ?, filename = NULL WHERE key LIKE 'b:%'",
+        (diskcache.core.MODE_PICKLE, pickle.dumps(_MkdirOnLoad(str(marker)))),
+    )
+    con.commit()
+    con.close()
+    with Store(tmp_path, memory_object_max=1000) as s:
+        (e,) = s.variants(stored.key)
+        assert s.open_body(e) is None
+        assert s.variants(stored.key) == ()  # evicted, not refused again on every read
+    assert not marker.exists()
+
+
 class _MkdirOnLoad:
     def __init__(self, path: str) -> None:
         self.path = path
