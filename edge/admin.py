@@ -2,9 +2,9 @@
 
 `Metrics` is the edge's counter set; the proxy updates it on every response. Each edge has
 its own prometheus CollectorRegistry so several edges can live in one test process.
-With several worker processes the status document and the request counters in /metrics
-describe the whole node: the answering worker merges the other workers' published records
-(edge.nodestats) with its own live numbers.
+With several worker processes the status document and /metrics describe the whole node:
+the answering worker merges the other workers' published records (edge.nodestats) with its
+own live numbers (counters and histograms summed, gauges as NODE_GAUGES says).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from edge import nodestats
@@ -41,13 +42,19 @@ class _RequestCounts(Collector):
             "Responses sent to clients by status code and cache status",
             labels=["status", "cache"],
         )
-        counts = dict(self.metrics.counts)
-        for peer in self.metrics.peer_records:
-            for status, cache, n in peer.counts:
-                counts[(status, cache)] = counts.get((status, cache), 0) + n
-        for (status, cache), n in sorted(counts.items()):
+        for (status, cache), n in sorted(self.metrics.counts.items()):
             family.add_metric([str(status), cache], n)
         yield family
+
+
+class _Families(Collector):
+    """Metric families already collected, for generate_latest."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 class Metrics:
@@ -57,8 +64,6 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         # Counted in a plain dict on the hot path and turned into a metric at scrape time.
         self.counts: collections.Counter[tuple[int, str]] = collections.Counter()
-        # The other workers' records, set by the /metrics handler for the scrape it answers.
-        self.peer_records: Sequence[nodestats.WorkerRecord] = ()
         self.registry.register(_RequestCounts(self))
         self.origin_latency = Histogram(
             "edge_origin_latency_seconds",
@@ -133,9 +138,23 @@ class Metrics:
         return max(0.0, min(1.0, self.requests_per_second() / self.capacity_rps))
 
 
-def worker_record(proxy: Proxy, now: float, pid: int | None = None) -> nodestats.WorkerRecord:
-    """This worker's counters as a record: what it publishes, and its share of the status."""
+# How /metrics combines a gauge over the workers (edge.nodestats.merge_families); the cache
+# gauges describe the one disk cache the workers share, so the answering worker's stand.
+NODE_GAUGES: dict[str, nodestats.Combine] = {
+    "edge_active_requests": sum,
+    "edge_origin_up": min,  # in rotation for the node only while every worker has it up
+    "edge_cache_degraded": max,
+}
+
+
+def worker_record(
+    proxy: Proxy, now: float, pid: int | None = None, *, samples: bool = True
+) -> nodestats.WorkerRecord:
+    """This worker's counters as a record: what it publishes (with its /metrics samples),
+    and its share of the status (`samples=False`)."""
     metrics = proxy.metrics
+    if samples:
+        proxy.refresh_gauges()
     return nodestats.WorkerRecord(
         pid=os.getpid() if pid is None else pid,
         time=now,
@@ -147,6 +166,7 @@ def worker_record(proxy: Proxy, now: float, pid: int | None = None) -> nodestats
         origins=tuple(
             nodestats.OriginState(o.url, o.up, o.active, o.weight) for o in proxy.pool.status()
         ),
+        samples=nodestats.registry_samples(metrics.registry.collect()) if samples else (),
     )
 
 
@@ -200,7 +220,7 @@ def status_document(
     """The edge's status; with `peers` (several workers), for the whole node and with a
     "workers" list, the answering worker first."""
     now = time.monotonic() if now is None else now
-    node = nodestats.merge(worker_record(proxy, now), peers or (), now)
+    node = nodestats.merge(worker_record(proxy, now, samples=False), peers or (), now)
     return build_status(
         node, proxy.metrics.capacity_rps, proxy.cache_status(), per_worker=peers is not None
     )
@@ -224,13 +244,10 @@ def add_routes(
         if get_peers is None:
             body = generate_latest(m.registry)
         else:
-            peers = get_peers()
-            m.active_gauge.set(m.active + sum(p.active_requests for p in peers))
-            m.peer_records = peers
-            try:
-                body = generate_latest(m.registry)
-            finally:
-                m.peer_records = ()
+            families = nodestats.merge_families(
+                m.registry.collect(), os.getpid(), get_peers(), time.monotonic(), NODE_GAUGES
+            )
+            body = generate_latest(_Families(list(families)))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def purge(request: web.Request) -> web.Response:

@@ -5,9 +5,9 @@ the admin port included, so one worker's counters describe about 1/N of the node
 worker therefore writes a small JSON record of its counters about once a second into a run
 directory the parent created for them (`StatsDir.publish`, atomically by rename), and the
 worker that answers /__edge/status or /metrics adds the other workers' fresh records to its
-own live numbers (`merge`).
+own live numbers (`merge` for the status document, `merge_families` for /metrics).
 
-The record, its JSON codec and the merge are pure; `StatsDir` is the thin file adapter.
+The record, its JSON codec and the merges are pure; `StatsDir` is the thin file adapter.
 Records are plain JSON with a checked shape: nothing read from the directory is unpickled
 or trusted beyond its numbers.
 """
@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from prometheus_client.metrics_core import Metric
 
 from edge.errors import EdgeError
 
@@ -28,7 +30,8 @@ log = logging.getLogger("edge")
 
 PUBLISH_INTERVAL = 1.0  # seconds between a worker's records
 MAX_AGE = 3.0  # a record older than this is from a stopped or stuck worker: ignored
-_VERSION = 1
+_VERSION = 2
+MAX_SAMPLES = 50_000  # a record with more metric samples than this is refused
 _PREFIX, _SUFFIX = "worker-", ".json"
 
 
@@ -44,6 +47,10 @@ class OriginState:
     weight: int
 
 
+# One Prometheus sample of a worker's registry: (family, sample name, sorted labels, value).
+Sample = tuple[str, str, tuple[tuple[str, str], ...], float]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerRecord:
     """One worker's counters at `time` (time.monotonic: CLOCK_MONOTONIC is one clock for the
@@ -57,6 +64,7 @@ class WorkerRecord:
     lookups: int
     counts: tuple[tuple[int, str, int], ...]  # (status, cache status, responses)
     origins: tuple[OriginState, ...]
+    samples: tuple[Sample, ...] = ()  # its /metrics registry, for merge_families
 
     @property
     def requests(self) -> int:
@@ -84,6 +92,19 @@ def fresh(record: WorkerRecord, now: float, max_age: float = MAX_AGE) -> bool:
     return abs(now - record.time) <= max_age
 
 
+def _peers(
+    own_pid: int, others: Iterable[WorkerRecord], now: float, max_age: float
+) -> list[WorkerRecord]:
+    """The fresh records of pids other than `own_pid`, the newest per pid, by pid."""
+    newest: dict[int, WorkerRecord] = {}
+    for rec in others:
+        if rec.pid == own_pid or not fresh(rec, now, max_age):
+            continue
+        if rec.pid not in newest or rec.time > newest[rec.pid].time:
+            newest[rec.pid] = rec
+    return sorted(newest.values(), key=lambda r: r.pid)
+
+
 def merge(
     own: WorkerRecord, others: Iterable[WorkerRecord], now: float, max_age: float = MAX_AGE
 ) -> NodeStats:
@@ -93,13 +114,7 @@ def merge(
     depend on which worker answers; origins only a peer knows (a reload not yet applied
     everywhere) are left out, the answering worker's configuration being the one it serves.
     """
-    newest: dict[int, WorkerRecord] = {}
-    for rec in others:
-        if rec.pid == own.pid or not fresh(rec, now, max_age):
-            continue
-        if rec.pid not in newest or rec.time > newest[rec.pid].time:
-            newest[rec.pid] = rec
-    workers = (own, *sorted(newest.values(), key=lambda r: r.pid))
+    workers = (own, *_peers(own.pid, others, now, max_age))
     counts: dict[tuple[int, str], int] = {}
     for rec in workers:
         for status, cache, n in rec.counts:
@@ -125,6 +140,62 @@ def merge(
     )
 
 
+def registry_samples(families: Iterable[Metric]) -> tuple[Sample, ...]:
+    """A worker's Prometheus families (`registry.collect()`) as record samples."""
+    return tuple(
+        (f.name, s.name, tuple(sorted(s.labels.items())), float(s.value))
+        for f in families
+        for s in f.samples
+    )
+
+
+Combine = Callable[[list[float]], float]
+
+
+def merge_families(
+    own: Iterable[Metric],
+    own_pid: int,
+    others: Iterable[WorkerRecord],
+    now: float,
+    gauges: dict[str, Combine],
+    max_age: float = MAX_AGE,
+) -> Iterator[Metric]:
+    """The answering worker's families with the other workers' fresh samples combined in.
+
+    Counters and histograms are summed (their `_created` timestamps: the earliest). A gauge
+    is combined by `gauges[family name]`; a gauge not named there is a figure of something
+    the workers share (the disk cache), and the answering worker's value stands alone.
+    Label sets only other workers have (an origin only their probes failed) are added.
+    """
+    theirs: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]] = {}
+    for rec in _peers(own_pid, others, now, max_age):
+        for family, name, labels, value in rec.samples:
+            theirs.setdefault(family, {}).setdefault((name, labels), []).append(value)
+    for fam in own:
+        peer_samples = theirs.get(fam.name, {})
+        gauge = gauges.get(fam.name) if fam.type == "gauge" else None
+        if not peer_samples or (fam.type == "gauge" and gauge is None):
+            yield fam
+            continue
+
+        def combine(name: str, values: list[float], gauge: Combine | None = gauge) -> float:
+            if gauge is not None:
+                return gauge(values)
+            return min(values) if name.endswith("_created") else sum(values)
+
+        merged = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+        seen = set()
+        for s in fam.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            seen.add(key)
+            value = combine(s.name, [s.value, *peer_samples.get(key, ())])
+            merged.add_sample(s.name, s.labels, value, s.timestamp, s.exemplar)
+        for (name, labels), values in peer_samples.items():
+            if (name, labels) not in seen:
+                merged.add_sample(name, dict(labels), combine(name, values))
+        yield merged
+
+
 # -- codec ------------------------------------------------------------------------------------
 
 
@@ -140,6 +211,7 @@ def encode(rec: WorkerRecord) -> bytes:
             "lookups": rec.lookups,
             "counts": [list(c) for c in rec.counts],
             "origins": [[o.url, o.up, o.active, o.weight] for o in rec.origins],
+            "samples": [[f, n, [list(kv) for kv in labels], v] for f, n, labels, v in rec.samples],
         },
         separators=(",", ":"),
     ).encode()
@@ -191,7 +263,32 @@ def decode(data: bytes) -> WorkerRecord:
         lookups=_int(doc.get("lookups"), "lookups"),
         counts=tuple(parsed_counts),
         origins=tuple(parsed_origins),
+        samples=_samples(doc.get("samples")),
     )
+
+
+def _label(pair: object) -> tuple[str, str]:
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+        raise RecordError("samples: a label must be [name, value]")
+    return pair[0], pair[1]
+
+
+def _samples(samples: object) -> tuple[Sample, ...]:
+    if not isinstance(samples, list) or len(samples) > MAX_SAMPLES:
+        raise RecordError(f"samples must be a list of at most {MAX_SAMPLES}")
+    out = []
+    for s in samples:
+        if not (
+            isinstance(s, list)
+            and len(s) == 4
+            and isinstance(s[0], str)
+            and isinstance(s[1], str)
+            and isinstance(s[2], list)
+        ):
+            raise RecordError("samples: expected [family, name, labels, value]")
+        labels = tuple(_label(pair) for pair in s[2])
+        out.append((s[0], s[1], labels, _number(s[3], "sample value")))
+    return tuple(out)
 
 
 # -- the run directory ------------------------------------------------------------------------

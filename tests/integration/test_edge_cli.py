@@ -208,6 +208,10 @@ async def test_two_workers_report_the_whole_node(tmp_path: Path) -> None:
                         assert await r.read() == b"counted"
                         sent += 1
                         hits += "; hit" in r.headers["Cache-Status"]
+                for _ in range(20):  # not cacheable: every one goes to the origin
+                    async with s.get(edge.url() + "/u", headers=HOST) as r:
+                        assert r.status == 200
+                        sent += 1
 
                 async def status() -> dict[str, Any]:
                     async with s.get(edge.url("admin") + "/__edge/status") as r:
@@ -253,6 +257,14 @@ async def test_two_workers_report_the_whole_node(tmp_path: Path) -> None:
                     ]
                     assert sum(x.value for x in samples) == sent
                     assert sum(x.value for x in samples if x.labels["cache"] == "hit") == hits
+                    # Histograms too: every origin request either worker made, once.
+                    latency = [
+                        sample.value
+                        for family in text_string_to_metric_families(text)
+                        for sample in family.samples
+                        if sample.name == "edge_origin_latency_seconds_count"
+                    ]
+                    assert sum(latency) == origin.hits["/u"] + origin.hits["/c"], text
         # The parent removed the workers' run directory on its way out.
         assert not [p for p in os.listdir(tmp_path) if p.startswith("geoedge-workers-")]
 

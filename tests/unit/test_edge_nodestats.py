@@ -6,14 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from edge import nodestats as ns
-from edge.admin import build_status
+from edge.admin import NODE_GAUGES, Metrics, build_status
 
 A, B = "http://10.0.0.1:80", "http://10.0.0.2:80"
 
@@ -28,8 +33,9 @@ def _record(
     lookups: int = 0,
     counts: tuple[tuple[int, str, int], ...] = (),
     origins: tuple[ns.OriginState, ...] = (ns.OriginState(A, True, 0, 1),),
+    samples: tuple[ns.Sample, ...] = (),
 ) -> ns.WorkerRecord:
-    return ns.WorkerRecord(pid, time, active, rps, hits, lookups, counts, origins)
+    return ns.WorkerRecord(pid, time, active, rps, hits, lookups, counts, origins, samples)
 
 
 def _doc(own: ns.WorkerRecord, peers: list[ns.WorkerRecord], now: float = 100.0, **kw):  # type: ignore[no-untyped-def]
@@ -136,6 +142,14 @@ _records = st.builds(
             weight=st.integers(min_value=0, max_value=100),
         )
     ).map(tuple),
+    samples=st.lists(
+        st.tuples(
+            st.text(max_size=20),
+            st.text(max_size=20),
+            st.lists(st.tuples(st.text(max_size=10), st.text(max_size=10)), max_size=3).map(tuple),
+            st.floats(allow_nan=False),
+        )
+    ).map(tuple),
 )
 
 
@@ -151,14 +165,23 @@ def test_records_round_trip_through_json(rec: ns.WorkerRecord) -> None:
         b"\x80\x04pickle",
         b"[]",
         b'{"v": 2}',
+        # a version 1 record (before samples): from a worker of an older release
         b'{"v":1,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[]}',
+        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
         b'"lookups":0,"counts":[[200,"hit"]],"origins":[]}',
-        b'{"v":1,"pid":-1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'{"v":2,"pid":-1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
         b'"lookups":0,"counts":[],"origins":[]}',
-        b'{"v":1,"pid":1,"time":"now","active_requests":0,"requests_per_second":0,"hits":0,'
+        b'{"v":2,"pid":1,"time":"now","active_requests":0,"requests_per_second":0,"hits":0,'
         b'"lookups":0,"counts":[],"origins":[]}',
-        b'{"v":1,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
         b'"lookups":0,"counts":[],"origins":[["u","yes",0,1]]}',
+        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[],"samples":[["f","f_total",[["a"]],1]]}',
+        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[],"samples":[["f","f_total",[],"1"]]}',
+        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
+        b'"lookups":0,"counts":[],"origins":[],"samples":{}}',
     ],
 )
 def test_malformed_records_are_refused(data: bytes) -> None:
@@ -192,3 +215,61 @@ def test_the_run_directory_gives_the_other_live_workers_fresh_records(tmp_path: 
     assert sorted(os.listdir(tmp_path)) == sorted(
         [".worker-78.tmp", "worker-77.json", f"worker-{dead.pid}.json"]
     )
+
+
+def _scrape(families: list[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    class Collected(Collector):
+        def collect(self) -> Iterator[Metric]:
+            return iter(families)
+
+    text = generate_latest(Collected()).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def test_metrics_are_merged_counters_summed_and_gauges_by_their_rule() -> None:
+    own, peer = Metrics(), Metrics()
+    own.response(200, "hit")
+    for _ in range(3):
+        peer.response(200, "hit")
+    peer.response(502, "error")
+    own.origin_latency.labels(A).observe(0.003)
+    peer.origin_latency.labels(A).observe(0.2)
+    peer.origin_latency.labels(B).observe(0.02)  # an origin only the peer has used
+    own.probes.labels(A, "ok").inc(2)
+    peer.probes.labels(A, "ok").inc(5)
+    peer.probes.labels(A, "fail").inc()
+    own.active_gauge.set(2)
+    peer.active_gauge.set(3)
+    own.origin_up.labels(A).set(1)
+    peer.origin_up.labels(A).set(0)
+    own.cache_bytes.set(4096)
+    peer.cache_bytes.set(1024)  # the same shared disk cache, read a moment earlier
+    own.cache_degraded.set(0)
+    peer.cache_degraded.set(1)
+    peer_rec = _record(2, samples=ns.registry_samples(peer.registry.collect()))
+    stale = _record(3, 50.0, samples=peer_rec.samples)
+    merged = list(
+        ns.merge_families(own.registry.collect(), 1, [peer_rec, stale], 100.0, NODE_GAUGES)
+    )
+    got = _scrape(merged)
+    assert got[("edge_requests_total", (("cache", "hit"), ("status", "200")))] == 4
+    assert got[("edge_requests_total", (("cache", "error"), ("status", "502")))] == 1
+    assert got[("edge_probes_total", (("origin", A), ("result", "ok")))] == 7
+    assert got[("edge_probes_total", (("origin", A), ("result", "fail")))] == 1
+    assert got[("edge_origin_latency_seconds_count", (("origin", A),))] == 2
+    assert got[("edge_origin_latency_seconds_sum", (("origin", A),))] == pytest.approx(0.203)
+    assert got[("edge_origin_latency_seconds_bucket", (("le", "0.005"), ("origin", A)))] == 1
+    assert got[("edge_origin_latency_seconds_bucket", (("le", "0.25"), ("origin", A)))] == 2
+    assert got[("edge_origin_latency_seconds_bucket", (("le", "+Inf"), ("origin", B)))] == 1
+    assert got[("edge_active_requests", ())] == 5
+    assert got[("edge_origin_up", (("origin", A),))] == 0
+    assert got[("edge_cache_bytes", ())] == 4096
+    assert got[("edge_cache_degraded", ())] == 1
+    # Alone, a worker's own numbers pass through unchanged.
+    alone = _scrape(list(ns.merge_families(own.registry.collect(), 1, [], 100.0, NODE_GAUGES)))
+    assert alone[("edge_requests_total", (("cache", "hit"), ("status", "200")))] == 1
+    assert alone[("edge_active_requests", ())] == 2
