@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -76,6 +77,18 @@ class Proc:
             if fields[0] != "Z" and int(fields[2]) == pgid:
                 count += 1
         return count
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the live processes of our group have used so far."""
+        pgid, ticks = self.popen.pid, 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -156,6 +169,12 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, proc: Proc 
         time.sleep(0.1)
     tail = f"\n{proc.tail()}" if proc is not None else ""
     raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of this process's finished children (load generator runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_tool(argv: Sequence[str], cpus: str | None, timeout: float) -> str:

@@ -12,6 +12,10 @@ move during a measured run. Scenarios:
   100k      100 KiB object, ours vs nginx                       goal >= 0.35x nginx
   workers   1 KiB, our edge with 2 workers vs 1, unpinned       goal >= 1.25x
 
+Every measured run also reports the CPU time per request of the proxy's processes and of wrk
+(from /proc and the rusage of wrk), so the workers scenario prints the ceiling that sharing
+two cores with wrk puts on it.
+
 Run through bench/edge.sh (installs nginx and wrk) or `make bench-edge`.
 """
 
@@ -23,7 +27,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from _common import (
     Proc,
     alternate,
     arg_parser,
+    children_cpu_seconds,
     free_port,
     install_cleanup,
     log,
@@ -64,10 +69,20 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int  # non-2xx/3xx responses plus socket errors
+    loadgen_cpu: float = 0.0  # CPU seconds wrk used
+    server_cpu: float = 0.0  # CPU seconds the proxy's processes used meanwhile
 
     @property
     def rate(self) -> float:
         return self.rps
+
+    @property
+    def loadgen_us(self) -> float:
+        return self.loadgen_cpu / max(1, self.requests) * 1e6
+
+    @property
+    def server_us(self) -> float:
+        return self.server_cpu / max(1, self.requests) * 1e6
 
     @property
     def latency(self) -> str:
@@ -291,24 +306,43 @@ def wrk(
     secs = max(1, round(seconds))  # wrk takes whole seconds
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{secs}s", "--latency"]
     argv += [f"http://{LOOPBACK}:{port}{path}"]
-    return parse_wrk(run_tool(argv, cpus, timeout=seconds + 60))
+    before = children_cpu_seconds()
+    res = parse_wrk(run_tool(argv, cpus, timeout=seconds + 60))
+    return replace(res, loadgen_cpu=children_cpu_seconds() - before)
 
 
 def measure(
     args: argparse.Namespace, proxy: Proxy, path: str, origin_port: int, cpus: str | None
 ) -> WrkResult:
-    before = origin_count(origin_port)
+    assert proxy.proc is not None
+    before, cpu_before = origin_count(origin_port), proxy.proc.cpu_seconds()
     res = wrk(args, proxy.port, path, args.duration, cpus)
+    res = replace(res, server_cpu=proxy.proc.cpu_seconds() - cpu_before)
     misses = origin_count(origin_port) - before
     log(
         f"  {proxy.label:<6} {path:<6} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:.2f} ms  "
-        f"p99 {res.p99_ms:.2f} ms  errors {res.errors}  origin requests {misses}"
+        f"p99 {res.p99_ms:.2f} ms  errors {res.errors}  origin requests {misses}  "
+        f"CPU per request: {proxy.label} {res.server_us:.1f} us, wrk {res.loadgen_us:.1f} us"
     )
     if res.errors:
         log(f"  warning: {proxy.label}: {res.errors} errors or non-2xx responses during the run")
     if misses:
         log(f"  warning: {proxy.label}: {misses} requests reached the origin: not all hits")
     return res
+
+
+def cpu_row(what: str, one: WrkResult, two: WrkResult) -> list[str]:
+    e, w = one.server_us, one.loadgen_us
+    ceiling = 2 * e / (e + w) if e + w > 0 else 0.0
+    return [
+        f"1 KiB hit, {what}",
+        f"{e:.1f}",
+        f"{w:.1f}",
+        f"{two.server_us:.1f}",
+        f"{two.loadgen_us:.1f}",
+        f"{ceiling:.2f}x",
+        f"{two.rps / one.rps:.2f}x" if one.rps else "n/a",
+    ]
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -390,6 +424,7 @@ def main(argv: list[str]) -> int:
         proxy.stop()
 
     worker_rows: list[list[str]] = []
+    cpu_rows: list[list[str]] = []
     if "workers" in args.scenarios and "ours" in args.servers:
         # Twice: as served (fresh hits take edge.fasthit), and with fast_hits off so every
         # hit goes through aiohttp and the full handler. With the fast path the edge may
@@ -415,6 +450,8 @@ def main(argv: list[str]) -> int:
                 proxy.stop()
             two, one = pick(args.pick, wruns[2]), pick(args.pick, wruns[1])
             worker_rows.append(result_row(f"1 KiB hit, {what}", two, one, WORKERS_GOAL))
+            if one is not None and two is not None:
+                cpu_rows.append(cpu_row(what, one, two))
     origin.stop()
 
     print()
@@ -427,6 +464,15 @@ def main(argv: list[str]) -> int:
         print("our edge, 2 workers vs 1 (edge and wrk unpinned):")
         heads = ["object", "2 workers req/s", "1 worker req/s", "2/1", *tail]
         print(table([*heads, "2w p99 ms", "1w p99 ms"], worker_rows))
+        print()
+        print(
+            "CPU per request (user + system) of the edge and of wrk, which share the two cores:\n"
+            "with 1 worker the edge's core is the limit (1/E requests per second); with 2, all\n"
+            "2 cores are shared by edge and wrk (at most 2/(E+W)), so 2 workers can reach at\n"
+            "most 2E/(E+W) times 1 worker, the ceiling below (from the 1-worker run's E and W)."
+        )
+        heads = ["object", "edge us (1w)", "wrk us (1w)", "edge us (2w)", "wrk us (2w)"]
+        print(table([*heads, "ceiling 2E/(E+W)", "measured 2/1"], cpu_rows))
         print()
     print(f"logs: {logdir.relative_to(REPO)}")
     return 0
