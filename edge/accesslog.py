@@ -1,30 +1,49 @@
 """JSON access log: one object per line, written after each response.
 
 Writes go to a buffered stream that is flushed at most every `flush_interval` seconds (and at
-close), so logging does not cost a syscall per request on the hit path.
+close), so logging does not cost a syscall per request on the hit path. `reopen` serves log
+rotation (SIGUSR1, like nginx) and reloads that change `log.access_log`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import IO, Any
 
+log = logging.getLogger("edge")
+
+
+def _open(target: str) -> tuple[IO[str] | None, bool]:
+    """The stream for a `log.access_log` value, and whether it is ours to close."""
+    if not target:
+        return None, False
+    if target == "-":
+        return sys.stdout, False
+    return open(target, "a", encoding="utf-8", buffering=1 << 16), True
+
 
 class AccessLog:
     def __init__(self, target: str, flush_interval: float = 0.5) -> None:
-        self._own = False
-        self._stream: IO[str] | None
-        if not target:
-            self._stream = None
-        elif target == "-":
-            self._stream = sys.stdout
-        else:
-            self._stream = open(target, "a", encoding="utf-8", buffering=1 << 16)
-            self._own = True
+        self.target = target
+        self._stream, self._own = _open(target)
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
+
+    def reopen(self, target: str | None = None) -> None:
+        """Open `target` (by default the current one) again: after logrotate moved the file,
+        lines go to a new file of that name. The old stream is flushed and closed first; if
+        the new one cannot be opened, logging stays on the old stream and says why."""
+        target = self.target if target is None else target
+        try:
+            stream, own = _open(target)
+        except OSError as exc:
+            log.error("access log %s cannot be opened, still writing the old one: %s", target, exc)
+            return
+        self.close()
+        self.target, self._stream, self._own = target, stream, own
 
     @property
     def enabled(self) -> bool:

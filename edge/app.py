@@ -478,8 +478,15 @@ class EdgeRuntime:
         self.app[POOL].update(config.pool)
         self.app[PROBER].reschedule()
         self.app[METRICS].capacity_rps = config.admin.capacity_rps
+        self.app[ACCESS_LOG].reopen(config.log.access_log)
+        apply_log_level(config.log.level)
         self.proxy.reconfigure(config)
         log.info("configuration reloaded from %s", config.source)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: open the access log file again (after logrotate moved it)."""
+        self.app[ACCESS_LOG].reopen()
+        log.info("access log reopened")
 
     async def stop(self) -> None:
         for runner in reversed(self._edge_runners):
@@ -488,6 +495,13 @@ class EdgeRuntime:
         if self._app_runner is not None:
             await self._app_runner.cleanup()
             self._app_runner = None
+
+
+def apply_log_level(level: str) -> None:
+    """Set the root logger to `log.level` (at start and on reload)."""
+    logging.getLogger().setLevel(level.upper())
+    # APScheduler logs every probe run at INFO; only its problems are worth a line.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _site_addresses(site: web.BaseSite) -> list[Address]:

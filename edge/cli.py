@@ -81,13 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from edge.app import apply_log_level
+
     logging.basicConfig(
-        level=config.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", stream=sys.stderr
     )
-    # APScheduler logs every probe run at INFO; only its problems are worth a line.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    apply_log_level(config.log.level)
     if config.server.workers > 1:
         return _run_workers(config, args.config)
     return _run(config, args.config, reuse_port=False)
@@ -161,6 +160,7 @@ async def _serve(
         runtime.reload(new)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, runtime.reopen_logs)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
@@ -218,8 +218,9 @@ def _fork_workers(
                 s.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            # Until the worker's loop installs its reload handler, a SIGHUP must not kill it.
+            # Until the worker's loop installs its handlers, SIGHUP and SIGUSR1 must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             code = _run(
                 config, path, reuse_port=True, worker=n, ready_fd=ready_w, stats_dir=stats_dir
             )
@@ -234,7 +235,7 @@ def _fork_workers(
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, forward)
     ready = 0
     while ready < len(children):

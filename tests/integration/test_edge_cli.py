@@ -4,9 +4,11 @@ check-config."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -58,7 +60,12 @@ class EdgeProcess:
 
 
 @asynccontextmanager
-async def edge_process(*args: str, tmpdir: str | None = None) -> AsyncIterator[EdgeProcess]:
+async def edge_process(
+    *args: str, tmpdir: str | None = None, stderr: Path | None = None
+) -> AsyncIterator[EdgeProcess]:
+    """`edge serve ARGS`; its log (stderr) goes to the file `stderr` if given."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    err = os.open(stderr, flags, 0o600) if stderr is not None else None
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -66,7 +73,7 @@ async def edge_process(*args: str, tmpdir: str | None = None) -> AsyncIterator[E
         "serve",
         *args,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=err if err is not None else asyncio.subprocess.DEVNULL,
         env=_env(TMPDIR=tmpdir) if tmpdir else _env(),
         cwd=ROOT,
     )
@@ -82,6 +89,8 @@ async def edge_process(*args: str, tmpdir: str | None = None) -> AsyncIterator[E
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if err is not None:
+            os.close(err)
 
 
 def _cacheable_origin_route(body: bytes):  # type: ignore[no-untyped-def]
@@ -269,6 +278,77 @@ async def test_two_workers_report_the_whole_node(tmp_path: Path) -> None:
         assert not [p for p in os.listdir(tmp_path) if p.startswith("geoedge-workers-")]
 
 
+def _paths(log: Path) -> list[str]:
+    """The paths of the access log's lines (none if the file is not there)."""
+    if not log.exists():
+        return []
+    return [json.loads(line)["path"] for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigusr1_reopens_the_access_log_after_rotation(tmp_path: Path, workers: int) -> None:
+    """logrotate's way: the file is renamed, SIGUSR1 (to the parent, which tells every
+    worker) makes the edge write a new file of the configured name."""
+    access, rotated, errlog = tmp_path / "access.log", tmp_path / "access.log.1", tmp_path / "err"
+    conf = tmp_path / "edge.toml"
+    async with origins("a") as (origin,):
+        conf.write_text(
+            f'[server]\nlisten = ["127.0.0.1:0"]\nworkers = {workers}\n'
+            f'[log]\nlevel = "info"\naccess_log = "{access}"\n'
+            f'[pool]\norigins = ["{origin.url}"]\n[pool.probe]\nenabled = false\n'
+        )
+        async with edge_process("-c", str(conf), stderr=errlog) as edge:
+            fresh = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=fresh) as s:
+
+                async def get(path: str) -> None:
+                    async with s.get(edge.url() + path) as r:
+                        assert r.status == 200
+
+                await get("/before")
+                assert await until(lambda: _paths(access) == ["/before"])
+                access.rename(rotated)
+                assert edge.proc.pid is not None
+                os.kill(edge.proc.pid, signal.SIGUSR1)
+                assert await until(
+                    lambda: errlog.read_text().count("access log reopened") == workers
+                )
+                after = [f"/after-{n}" for n in range(12)]  # new connections: both workers
+                for path in after:
+                    await get(path)
+                assert await until(lambda: sorted(_paths(access)) == sorted(after)), _paths(access)
+                assert _paths(rotated) == ["/before"]
+
+
+async def test_reload_applies_the_access_log_target_and_the_log_level(tmp_path: Path) -> None:
+    first, second, errlog = tmp_path / "first.log", tmp_path / "second.log", tmp_path / "err"
+    conf = tmp_path / "edge.toml"
+    async with origins("a") as (origin,):
+
+        def write(level: str, access: Path) -> None:
+            conf.write_text(
+                f'[server]\nlisten = ["127.0.0.1:0"]\n[log]\nlevel = "{level}"\n'
+                f'access_log = "{access}"\n'
+                f'[pool]\norigins = ["{origin.url}"]\n[pool.probe]\nenabled = false\n'
+            )
+
+        write("warning", first)
+        async with (
+            edge_process("-c", str(conf), stderr=errlog) as edge,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.get(edge.url() + "/one") as r:
+                assert r.status == 200
+            write("info", second)
+            edge.proc.send_signal(signal.SIGHUP)
+            # Logged at info after the new level applies: at "warning" it would never show.
+            assert await until(lambda: "configuration reloaded" in errlog.read_text())
+            async with s.get(edge.url() + "/two") as r:
+                assert r.status == 200
+            assert await until(lambda: _paths(second) == ["/two"])
+            assert _paths(first) == ["/one"]
+
+
 def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[pool]\norigins = ["ftp://x"]\n')
@@ -334,6 +414,26 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
             "tls.certificates",
             "no certificate",
         ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[server]\nnode_id = "edge 1"\n',
+            "server.node_id",
+            "cdn-id",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[server]\nmax_hops = 0\n',
+            "server.max_hops",
+            "at least 1",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[server]\nstrip_request_headers = ["X-A", "Host"]\n',
+            "server.strip_request_headers[1]",
+            "Host cannot be stripped",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[server]\nstrip_request_headers = ["X A"]\n',
+            "server.strip_request_headers[0]",
+            "not a header field name",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
@@ -345,3 +445,26 @@ def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem
         load(str(path))
     assert str(info.value).startswith(f"{path}: {key}: ")
     assert problem in info.value.problem
+
+
+def test_node_id_defaults_to_host_name_and_port_and_strip_list_is_replaced() -> None:
+    from edge.config import DEFAULT_STRIP_REQUEST, from_mapping
+
+    origin = {"origins": ["http://a:1"]}
+    host = socket.gethostname().lower()
+    config = from_mapping({"server": {"listen": ["127.0.0.1:8081"]}, "pool": origin}, "<t>")
+    assert config.server.node_id in (f"{host}:8081", "geoedge:8081")
+    assert config.server.strip_request_headers == DEFAULT_STRIP_REQUEST
+    assert config.server.max_hops == 16
+    config = from_mapping(
+        {
+            "server": {
+                "node_id": "shield-1.fra",
+                "strip_request_headers": ["X-Debug-Route", "x-debug-route", "X-Original-URL"],
+            },
+            "pool": origin,
+        },
+        "<t>",
+    )
+    assert config.server.node_id == "shield-1.fra"
+    assert config.server.strip_request_headers == ("x-debug-route", "x-original-url")
