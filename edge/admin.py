@@ -101,6 +101,12 @@ class Metrics:
         self.purges = Counter(
             "edge_purges", "Purge requests by kind", ["kind"], registry=self.registry
         )
+        self.loops = Counter(
+            "edge_loops_detected",
+            "Requests answered 508: loop (this node's id in CDN-Loop or Via) or too-many-hops",
+            ["reason"],
+            registry=self.registry,
+        )
         self.active = 0
         self.hits = 0
         self.lookups = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,30 @@ from edge import errors
 
 ALGORITHMS = ("round_robin", "weighted", "least_conn", "consistent_hash")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both")
+
+# Request fields that make common frameworks route, rewrite or re-method a request (or
+# build URLs from another host) but are no part of the cache key: forwarded, they would let
+# one client make the origin answer differently for a URL everybody else then gets from the
+# cache. X-Forwarded-Host/-Proto/-For and the other X-Forwarded-* are handled by the
+# forwarding rules (server.trusted_proxies).
+DEFAULT_STRIP_REQUEST = (
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-host",
+    "x-original-host",
+    "x-http-host-override",
+    "x-forwarded-server",
+)
+# Fields the edge needs to frame and route the request, and CDN-Loop, which intermediaries
+# must never remove (RFC 8586 §2): refused in server.strip_request_headers.
+_NEVER_STRIP = frozenset({"host", "content-length", "transfer-encoding", "cdn-loop"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# An RFC 8586 cdn-id: uri-host [":" port] (a name or an IP literal) or a pseudonym (token).
+_CDN_ID = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 DEFAULT_COMPRESSIBLE = (
     "text/html",
@@ -80,6 +105,11 @@ class ServerConfig:
     # Answer plain GETs of fresh in-memory hits straight from the received bytes
     # (edge.fasthit); off sends every request through aiohttp's parser and the full handler.
     fast_hits: bool = True
+    # This node's cdn-id in CDN-Loop (RFC 8586): a request carrying it came back to us.
+    # Per node, not per product: GeoEdge tiers chain (edge -> shield edge -> origin).
+    node_id: str = field(default_factory=lambda: default_node_id(()))
+    max_hops: int = 16  # CDN-Loop entries a request may carry; more: 508
+    strip_request_headers: tuple[str, ...] = DEFAULT_STRIP_REQUEST
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +330,17 @@ def parse_address(text: str, *, default_port: int = 0) -> Address:
     return Address(host, port)
 
 
+def default_node_id(listen: tuple[Address, ...]) -> str:
+    """The host name (as far as it is a valid cdn-id), with the port of the first listener
+    when that is not 0: two edges on one host (an edge and its shield) differ by port."""
+    name = "".join(
+        c for c in socket.gethostname().lower() if c.isascii() and (c.isalnum() or c in ".-")
+    )
+    name = name.strip(".-") or "geoedge"
+    port = next((a.port for a in listen if a.port), 0)
+    return f"{name}:{port}" if port else name
+
+
 def _addresses(sec: _Section, name: str, default: tuple[Address, ...]) -> tuple[Address, ...]:
     if name not in sec.data:
         return default
@@ -405,8 +446,18 @@ def _server(sec: _Section) -> ServerConfig:
             nets.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
             raise sec.error(f"trusted_proxies[{i}]", f"not an IP network: {text!r}") from None
+    listen = _addresses(sec, "listen", d.listen)
+    strip = []
+    for i, name in enumerate(sec.strings("strip_request_headers", d.strip_request_headers)):
+        key = f"strip_request_headers[{i}]"
+        if not _TOKEN.fullmatch(name):
+            raise sec.error(key, f"not a header field name: {name!r}")
+        if name.lower() in _NEVER_STRIP:
+            raise sec.error(key, f"{name} cannot be stripped")
+        if name.lower() not in strip:
+            strip.append(name.lower())
     server = ServerConfig(
-        listen=_addresses(sec, "listen", d.listen),
+        listen=listen,
         workers=sec.count("workers", d.workers),
         hosts=hosts,
         via=sec.take("via", str, d.via),
@@ -414,7 +465,12 @@ def _server(sec: _Section) -> ServerConfig:
         trusted_proxies=tuple(nets),
         forwarded=sec.choice("forwarded", FORWARDED_MODES, d.forwarded),
         fast_hits=sec.take("fast_hits", bool, d.fast_hits),
+        node_id=sec.take("node_id", str, "") or default_node_id(listen),
+        max_hops=sec.count("max_hops", d.max_hops),
+        strip_request_headers=tuple(strip),
     )
+    if not _CDN_ID.fullmatch(server.node_id):
+        raise sec.error("node_id", "must be a host name, host:port or token (an RFC 8586 cdn-id)")
     for key in ("via", "cache_name"):
         value = getattr(server, key)
         if not value or any(c in value for c in ' ,;="\r\n'):

@@ -1,4 +1,5 @@
-"""Header rewriting between client and origin: hop-by-hop removal, Via, X-Forwarded-*/Forwarded.
+"""Header rewriting between client and origin: hop-by-hop removal, Via, CDN-Loop,
+X-Forwarded-*/Forwarded, unkeyed routing fields; and forwarding-loop detection.
 
 Pure functions over (name, value) pairs so they can be unit-tested without sockets.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 from multidict import CIMultiDict
 
@@ -58,6 +60,75 @@ def octet_text(value: str) -> str:
         return value
 
 
+def list_members(value: str) -> list[str]:
+    """The members of a comma-separated list field value (RFC 9110 §5.6.1), stripped, empty
+    ones dropped; commas inside quoted strings and (comments) do not split."""
+    members: list[str] = []
+    start = 0
+    quoted = False
+    depth = 0
+    escaped = False
+    for i, c in enumerate(value):
+        if escaped:
+            escaped = False
+        elif c == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = c != '"'
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif c == "," and not depth:
+            members.append(value[start:i])
+            start = i + 1
+    members.append(value[start:])
+    return [m.strip(" \t") for m in members if m.strip(" \t")]
+
+
+def cdn_loop_ids(values: Iterable[str]) -> list[str]:
+    """The cdn-ids of CDN-Loop field values (RFC 8586 §2), lower-cased, parameters dropped."""
+    return [
+        m.split(";", 1)[0].strip(" \t").lower() for value in values for m in list_members(value)
+    ]
+
+
+def via_received_by(values: Iterable[str]) -> list[str]:
+    """The received-by of every entry of Via field values (RFC 9110 §7.6.3), lower-cased."""
+    out = []
+    for value in values:
+        for m in list_members(value):
+            words = m.split()
+            if len(words) >= 2:
+                out.append(words[1].lower())
+    return out
+
+
+def loop_verdict(
+    pairs: Iterable[tuple[str, str]], node_id: str, max_hops: int
+) -> Literal["loop", "too-many-hops"] | None:
+    """Whether a request with fields `pairs` came back to the node `node_id` ("loop": its
+    id is in CDN-Loop, or is the received-by of a Via entry) or went through more than
+    `max_hops` CDN-Loop entries ("too-many-hops"); None when it may be forwarded."""
+    loop_values = []
+    via_values = []
+    for k, v in pairs:
+        lk = k.lower()
+        if lk == "cdn-loop":
+            loop_values.append(v)
+        elif lk == "via":
+            via_values.append(v)
+    me = node_id.lower()
+    ids = cdn_loop_ids(loop_values)
+    if me in ids or me in via_received_by(via_values):
+        return "loop"
+    if len(ids) > max_hops:
+        return "too-many-hops"
+    return None
+
+
 def valid_host(value: str) -> bool:
     """Whether `value` is a well-formed Host field value (it may be empty)."""
     return _AUTHORITY.fullmatch(value) is not None
@@ -102,18 +173,24 @@ def origin_request_headers(
     via: str,
     trusted: Sequence[Network] = (),
     mode: str = "x-forwarded",
+    cdn_loop: str = "",
+    strip: frozenset[str] = frozenset(),
 ) -> CIMultiDict[str]:
     """Headers to send upstream: end-to-end fields of the client request plus our own.
 
     Client-supplied forwarding fields are kept (and extended) only when the peer is a
     trusted proxy; otherwise they are replaced by what we saw on the connection (other
-    X-Forwarded-* fields are dropped).
+    X-Forwarded-* fields are dropped). Fields named in `strip` (lower-case) are dropped
+    from every peer. `cdn_loop`, when given, is appended to the client's CDN-Loop, which
+    is always passed on (RFC 8586 §2: intermediaries never remove it).
     """
     trusted_peer = is_trusted(client_ip, trusted)
     out: CIMultiDict[str] = CIMultiDict()
     previous: dict[str, list[str]] = {}
     for k, v in end_to_end(pairs):
         lk = k.lower()
+        if lk in strip:
+            continue
         if lk in FORWARDING:
             if trusted_peer:
                 previous.setdefault(lk, []).append(v)
@@ -137,6 +214,11 @@ def origin_request_headers(
     if via_prior:
         del out["Via"]
     out["Via"] = ", ".join([*via_prior, via_value(version, via)])
+    if cdn_loop:
+        loop_prior = out.getall("CDN-Loop", [])
+        if loop_prior:
+            del out["CDN-Loop"]
+        out["CDN-Loop"] = ", ".join([*loop_prior, cdn_loop])
     return out
 
 

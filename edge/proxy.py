@@ -13,10 +13,11 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,6 +36,7 @@ from edge.fasthit import SimpleGet, parse_simple_get
 from edge.headers import (
     client_response_headers,
     end_to_end,
+    loop_verdict,
     octet_text,
     origin_request_headers,
     valid_host,
@@ -49,6 +51,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Every other method, including unknown ones (M-SEARCH...), is unsafe (RFC 9111 §4.4).
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
 _CHUNK = 64 * 1024
+# Body bytes a fill whose writer gave up holds for its client (see _Fill).
+_PASS_BUFFER = 4 * _CHUNK
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431})
 # Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
 _PLAIN_MEMO = 2048
@@ -172,6 +176,9 @@ class Proxy:
         }
         self._cache_tag = config.server.cache_name
         self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
+        self._node_id = config.server.node_id
+        self._max_hops = config.server.max_hops
+        self._strip = frozenset(config.server.strip_request_headers)
         if self.cache is not None:
             self.cache.reconfigure(config)
 
@@ -304,7 +311,7 @@ class Proxy:
         return cp.cache_key(scheme, req.host, req.target), req
 
     async def _dispatch(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
-        refusal = self.check(request)
+        refusal = self.check(request) or self.check_loop(request)
         if refusal is not None:
             return refusal, ""
         target = origin_form(request.raw_path)
@@ -363,6 +370,32 @@ class Proxy:
             return status_response(413)
         return None
 
+    def check_loop(self, request: web.BaseRequest) -> web.Response | None:
+        """508 for a request that already went through this node (our node id in its
+        CDN-Loop or Via) or through more than server.max_hops CDN-Loop entries: forwarding
+        it would make it come back again, until something times out. None otherwise."""
+        headers = request.headers
+        if "CDN-Loop" not in headers and "Via" not in headers:
+            return None
+        verdict = loop_verdict(headers.items(), self._node_id, self._max_hops)
+        if verdict is None:
+            return None
+        self.metrics.loops.labels(verdict).inc()
+        log.warning(
+            "forwarding loop (%s) for %s %s: CDN-Loop %r, Via %r",
+            verdict,
+            request.method,
+            request.raw_path[:200],
+            ", ".join(headers.getall("CDN-Loop", []))[:500],
+            ", ".join(headers.getall("Via", []))[:500],
+        )
+        # no-store: a cache in front (another edge of the loop) must not keep the refusal.
+        return status_response(
+            508,
+            self.cache_status_token("request", detail=verdict),
+            **{"Cache-Control": "no-store"},
+        )
+
     # ------------------------------------------------------------------ forwarding
 
     def origin_headers(
@@ -383,6 +416,8 @@ class Proxy:
             via=cfg.via,
             trusted=cfg.trusted_proxies,
             mode=cfg.forwarded,
+            cdn_loop=cfg.node_id,
+            strip=self._strip,
         )
         headers.popall("Expect", None)
         if extra:
@@ -734,6 +769,132 @@ def _pairs(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
 
 
+class _Lead:
+    """A collapsed miss in flight: concurrent misses of its key wait (up to
+    cache.collapse_timeout) for `done`, which is set once the response is stored or known
+    not to be, whether or not its own client is still reading."""
+
+    __slots__ = ("_inflight", "done", "handed_over", "key")
+
+    def __init__(self, inflight: dict[str, _Lead], key: str) -> None:
+        self._inflight = inflight
+        self.key = key
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handed_over = False  # a _Fill task settles it, not the request
+
+    def settle(self) -> None:
+        if self._inflight.get(self.key) is self:
+            del self._inflight[self.key]
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _Fill:
+    """A storable origin body on its way into the cache, read at the origin's pace.
+
+    A task (CacheLayer._run_fill) appends the body to the store's BodyWriter, a temporary
+    file, and commits it; the client whose miss it is reads it back from that file at its
+    own pace (`send`). So a slow client neither slows the fill nor the misses collapsed
+    onto it, a client that leaves does not stop it, and the body is never held whole in
+    memory. Should the writer give up half-way (the object outgrew max_object_bytes, or
+    the disk filled up), the client gets the rest through a buffer of at most _PASS_BUFFER
+    bytes, at its own pace again, and nothing is stored; with the client gone as well, the
+    fill stops.
+    """
+
+    def __init__(self, writer: BodyWriter) -> None:
+        self.writer = writer
+        self._file: IO[bytes] = writer.open_reader()
+        self.stored = 0  # body bytes in the file
+        self.storing = True
+        self.state: Literal["filling", "done", "failed"] = "filling"
+        self.attached = True  # the client still reads
+        self._passing: deque[bytes] = deque()
+        self._passing_bytes = 0
+        self._changed = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def put(self, data: bytes) -> bool:
+        """Hand on the next piece of the body; False once nobody wants the rest."""
+        if self.storing:
+            if self.writer.write(data):
+                self.stored = self.writer.length
+                self._notify()
+                return True
+            self.storing = False
+        if not self.attached:
+            return False
+        self._passing.append(data)
+        self._passing_bytes += len(data)
+        self._notify()
+        while self.attached and self._passing_bytes > _PASS_BUFFER:
+            await self._drained.wait()
+        return self.attached
+
+    def finish(self) -> None:
+        self.state = "done"
+        self._notify()
+
+    def fail(self) -> None:
+        self.state = "failed"
+        self._notify()
+
+    def _detach(self) -> None:
+        self.attached = False
+        self._passing.clear()
+        self._passing_bytes = 0
+        self._drained.set()
+        self._file.close()
+
+    async def send(self, out: web.StreamResponse, request: web.BaseRequest) -> None:
+        """Stream the body to the client as the fill makes it available. The last piece is
+        held back until the fill is over, so a client that has the whole response never
+        misses the entry with its next request; a failed fill cuts the connection."""
+        held = b""
+        pos = 0
+        try:
+            await _start(out, request)
+            while True:
+                changed = self._changed
+                if pos < self.stored:
+                    chunk = self._file.read(min(_CHUNK, self.stored - pos))
+                    if not chunk:
+                        raise OSError("temporary file shorter than what was written")
+                    pos += len(chunk)
+                elif self._passing:
+                    chunk = self._passing.popleft()
+                    self._passing_bytes -= len(chunk)
+                    self._drained.set()
+                    self._drained = asyncio.Event()
+                elif self.state == "filling":
+                    await changed.wait()
+                    continue
+                else:
+                    break
+                if held:
+                    await _send(out, held)
+                held = chunk
+            if self.state == "failed":
+                _abort(request)
+                return
+            if held:
+                await _send(out, held)
+            await out.write_eof()
+        except ClientGone:
+            pass  # the fill goes on without this client
+        except ConnectionError:
+            pass
+        except OSError as exc:
+            log.warning("reading back the cache's temporary file failed: %r", exc)
+            _abort(request)
+        finally:
+            self._detach()
+
+
 class CacheLayer:
     """The cache in the request path: lookups, hits, revalidation, misses with collapsing.
 
@@ -744,7 +905,7 @@ class CacheLayer:
     def __init__(self, store: Store, config: EdgeConfig, clock: Any = time.time) -> None:
         self.store = store
         self.clock = clock
-        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._inflight: dict[str, _Lead] = {}
         self._refreshing: set[str] = set()
         self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
         self._serialized: dict[tuple[Any, ...], bytes] = {}
@@ -757,6 +918,7 @@ class CacheLayer:
     def reconfigure(self, config: EdgeConfig) -> None:
         c = config.cache
         self.config = config
+        self._strip = frozenset(config.server.strip_request_headers)
         self.name = config.server.cache_name
         self.via = config.server.via
         self.policy = cp.PolicyConfig(
@@ -837,8 +999,13 @@ class CacheLayer:
             # What the origin is sent: a field the client named in Connection never reaches
             # it, so it must not select (Vary) or qualify (Authorization) a stored response.
             # As octets, like the origin's fields: a client's If-None-Match with the
-            # bytes of a stored ETag must match it whatever those bytes are.
-            headers=tuple(end_to_end((k, octet_text(v)) for k, v in request.headers.items())),
+            # bytes of a stored ETag must match it whatever those bytes are. Nor do the
+            # fields server.strip_request_headers keeps from the origin.
+            headers=tuple(
+                (k, v)
+                for k, v in end_to_end((k, octet_text(v)) for k, v in request.headers.items())
+                if k.lower() not in self._strip
+            ),
         )
 
     async def serve(
@@ -1122,7 +1289,7 @@ class CacheLayer:
         leader = self._inflight.get(key)
         if leader is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(leader), self._collapse_wait)
+                await asyncio.wait_for(asyncio.shield(leader.done), self._collapse_wait)
             except TimeoutError:
                 pass
             entries = await self._variants(key)
@@ -1133,14 +1300,13 @@ class CacheLayer:
                 if resp is not None:
                     return resp, ""
             return await self._fetch(proxy, request, creq, target, fwd, None)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        lead = _Lead(self._inflight, key)
+        self._inflight[key] = lead
         try:
-            return await self._fetch(proxy, request, creq, target, fwd, None, variants)
+            return await self._fetch(proxy, request, creq, target, fwd, None, variants, lead)
         finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
-            future.set_result(None)
+            if not lead.handed_over:
+                lead.settle()
 
     def _refresh_later(
         self,
@@ -1223,9 +1389,11 @@ class CacheLayer:
         fwd: str,
         stale: cp.CacheEntry | None,
         variants: Sequence[cp.CacheEntry] = (),
+        lead: _Lead | None = None,
     ) -> tuple[web.StreamResponse, str]:
         """Forward a GET/HEAD (revalidating `stale` if given, or else offering the
-        validators of the non-matching stored `variants`), stream it, maybe store it."""
+        validators of the non-matching stored `variants`), stream it, maybe store it.
+        `lead` is the collapsed miss this fetch answers, if it is one."""
         INTERIM.set(_interim_sender(request))
         headers = proxy.origin_headers(request)
         if stale is not None:
@@ -1263,7 +1431,7 @@ class CacheLayer:
                 )
                 if resp is not None:
                     return resp, origin.url
-            return await self._fetch(proxy, request, creq, target, fwd, None)
+            return await self._fetch(proxy, request, creq, target, fwd, None, (), lead)
         if stale is not None and status == 304:
             proxy.finish_upstream(origin, upstream, ok=True)
             updated = cp.freshen(
@@ -1305,7 +1473,7 @@ class CacheLayer:
             if resp is not None:
                 return resp, origin.url
         return await self._stream_and_store(
-            proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp
+            proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp, lead
         )
 
     async def _freshen_variant(
@@ -1441,6 +1609,7 @@ class CacheLayer:
         fwd: str,
         t_req: float,
         t_resp: float,
+        lead: _Lead | None = None,
     ) -> tuple[web.StreamResponse, str]:
         status = upstream.status
         out_pairs, comp = self._compression_plan(creq, status, pairs)
@@ -1456,52 +1625,112 @@ class CacheLayer:
             client_response_headers(out_pairs, version=request.version, via=self.via)
         )
         out.headers["Cache-Status"] = cstatus
-        # The last piece of the body is held back until the object is committed, so a
-        # client that has the whole response can never miss the entry with its next request.
-        held = b""
         bodyless = _bodyless(request.method, status)
+        fill = None
+        if writer is not None and not bodyless:
+            try:
+                fill = _Fill(writer)
+            except OSError as exc:
+                log.warning("cannot read back the cache's temporary file: %s", exc)
+                writer.abort()
+                writer = None
+        if fill is not None:
+            if lead is not None:
+                lead.handed_over = True
+            proxy.spawn(
+                self._run_fill(
+                    proxy, fill, creq, origin, upstream, comp, out_pairs, t_req, t_resp, lead
+                )
+            )
+            await fill.send(out, request)
+            return out, origin.url
+        if writer is None and lead is not None:
+            lead.settle()  # nothing will be stored: followers need not wait for this body
         try:
             if not bodyless:
                 await _start(out, request)
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
                     data = comp.compress(chunk) if comp is not None else chunk
                     if data:
-                        if writer is not None and not writer.write(data):
-                            writer = None
-                        if held:
-                            await _send(out, held)
-                        held = data
+                        await _send(out, data)
                 tail = comp.finish() if comp is not None else b""
                 if tail:
-                    if writer is not None and not writer.write(tail):
-                        writer = None
-                    if held:
-                        await _send(out, held)
-                    held = tail
+                    await _send(out, tail)
         except ClientGone:
             # The client went away; the origin did nothing wrong.
             proxy.finish_upstream(origin, upstream, ok=True)
-            if writer is not None:
-                writer.abort()
             return out, origin.url
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.info("origin %s body broke off: %r", origin.url, exc)
             proxy.finish_upstream(origin, upstream, ok=False)
             _abort(request)
-            if writer is not None:
-                writer.abort()
             return out, origin.url
         proxy.finish_upstream(origin, upstream, ok=True)
-        if writer is not None:
+        if writer is not None:  # a storable response without a body
             await self._commit(writer, creq, upstream, out_pairs, t_req, t_resp)
         try:
             await out.prepare(request)
-            if held:
-                await out.write(held)
             await out.write_eof()
         except ConnectionError:
             pass
         return out, origin.url
+
+    async def _run_fill(
+        self,
+        proxy: Proxy,
+        fill: _Fill,
+        creq: cp.CacheRequest,
+        origin: Origin,
+        upstream: aiohttp.ClientResponse,
+        comp: compression.Compressor | None,
+        out_pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+        lead: _Lead | None,
+    ) -> None:
+        """The task of a _Fill: the origin body into the cache, at the origin's pace."""
+        writer = fill.writer
+        released = False
+        try:
+            wanted = True
+            try:
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    data = comp.compress(chunk) if comp is not None else chunk
+                    if data:
+                        wanted = await fill.put(data)
+                        if not fill.storing and lead is not None:
+                            lead.settle()  # the writer gave up: nothing will be stored
+                        if not wanted:
+                            break
+                else:
+                    tail = comp.finish() if comp is not None else b""
+                    if tail:
+                        wanted = await fill.put(tail)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.info("origin %s body broke off: %r", origin.url, exc)
+                released = True
+                proxy.finish_upstream(origin, upstream, ok=False)
+                writer.abort()
+                fill.fail()
+                return
+            released = True
+            # Not stored and nobody left to read it: the client's doing, not the origin's.
+            proxy.finish_upstream(origin, upstream, ok=True)
+            if not wanted:
+                fill.fail()
+                return
+            if fill.storing:
+                await self._commit(writer, creq, upstream, out_pairs, t_req, t_resp)
+            fill.finish()
+        except BaseException:
+            if not released:
+                proxy.finish_upstream(origin, upstream, ok=False)
+            writer.abort()
+            fill.fail()
+            raise
+        finally:
+            if lead is not None:
+                lead.settle()
 
     async def _background_fetch(
         self,

@@ -229,7 +229,8 @@ class BodyReader:
 
 class BodyWriter:
     """Tees a body to a temp file; ``commit`` stores it, ``abort`` (or an exception in a
-    ``with`` block) throws it away. Nothing is visible to readers before commit."""
+    ``with`` block) throws it away. Nothing is visible to readers of the store before
+    commit; ``open_reader`` follows the file as it is written."""
 
     def __init__(self, store: Store, max_bytes: int | None) -> None:
         self._store = store
@@ -252,6 +253,7 @@ class BodyWriter:
             return False
         try:
             self._file.write(chunk)
+            self._file.flush()  # in the file, for open_reader, once write() returned True
         except OSError as e:
             self._store._write_failed(e)
             self.abort()
@@ -264,6 +266,12 @@ class BodyWriter:
             else:
                 self._chunks.append(bytes(chunk))
         return True
+
+    def open_reader(self) -> IO[bytes]:
+        """The temp file opened for reading, before anything is written: its first
+        ``length`` bytes are the body so far, and stay readable after commit moves the file
+        or abort removes it."""
+        return open(self._path, "rb")
 
     def commit(self, entry: CacheEntry, length: int) -> CacheEntry | None:
         """Store the body under ``entry`` if exactly ``length`` bytes were written.

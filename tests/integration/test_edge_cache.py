@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -758,3 +759,158 @@ async def test_obs_text_in_fields_round_trips_byte_exactly(tmp_path: Path) -> No
             assert revalidated.startswith(b"HTTP/1.1 200") and b"fwd-status=304" in revalidated
         assert seen == [b'"abcdef\xc3\xbc"']
         assert origin.hits["/fresh"] == 1
+
+
+async def _stalled_get(port: int, path: str) -> tuple[socket.socket, bytes]:
+    """A client that sends a GET, reads the response head and then stops reading: a tiny
+    receive buffer, so the edge's writes to it soon block."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"  # aiohttp's Host
+    await loop.sock_sendall(sock, request.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 30)
+        assert chunk, data
+        data += chunk
+    return sock, data
+
+
+async def _read_response(sock: socket.socket, data: bytes) -> tuple[bytes, bytes]:
+    """Head and Content-Length body of the response whose first bytes are `data`."""
+    loop = asyncio.get_running_loop()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 30)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+async def test_a_stalled_leader_does_not_hold_back_a_collapsed_miss(tmp_path: Path) -> None:
+    # The first client reads the response head and then nothing; the body (far more than
+    # the socket buffers hold) must still reach the cache at the origin's pace, and a
+    # concurrent miss be answered from it, well before collapse_timeout.
+    big = os.urandom(16 << 20)
+    async with origins("a") as (origin,):
+        origin.routes["/big"] = _cacheable(big)
+        config = _cfg(origin, tmp_path, cache={"collapse_timeout": 10})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            port = edge.addresses["http"][0].port
+            sock, data = await _stalled_get(port, "/big")
+            try:
+                assert data.startswith(b"HTTP/1.1 200"), data
+                async with s.get(base_url(edge) + "/big") as r:
+                    body = await asyncio.wait_for(r.read(), 60)
+                    status = r.headers["Cache-Status"]
+                assert body == big
+                assert "collapsed" in status and "hit" in status
+                assert origin.hits["/big"] == 1
+                # The stalled client still gets the whole body, byte for byte.
+                _, leader_body = await _read_response(sock, data)
+                assert hashlib.sha256(leader_body).digest() == hashlib.sha256(big).digest()
+            finally:
+                sock.close()
+            async with s.get(base_url(edge) + "/big") as r:
+                assert await r.read() == big
+                assert r.headers["Cache-Status"].startswith("GeoEdge; hit")
+        assert origin.hits["/big"] == 1
+
+
+async def test_a_leader_that_leaves_does_not_abort_the_fill(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    part = os.urandom(256 << 10)
+    async with origins("a") as (origin,):
+
+        async def halting(request: web.Request) -> web.StreamResponse:
+            headers = {"Cache-Control": "max-age=60", "Content-Length": str(4 * len(part))}
+            if origin.hits["/halt"] > 1:
+                return web.Response(body=part * 4, headers=headers)
+            resp = web.StreamResponse(headers=headers)
+            await resp.prepare(request)
+            await resp.write(part)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), 30)
+            await resp.write(part * 3)
+            return resp
+
+        origin.routes["/halt"] = halting
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            port = edge.addresses["http"][0].port
+            sock, data = await _stalled_get(port, "/halt")
+            assert data.startswith(b"HTTP/1.1 200")
+            sock.close()  # the leader's client leaves with the body a quarter through
+
+            async def follower() -> tuple[bytes, str]:
+                async with s.get(base_url(edge) + "/halt") as r:
+                    return await r.read(), r.headers["Cache-Status"]
+
+            follow = asyncio.ensure_future(follower())
+            assert await until(lambda: edge.proxy.metrics.active >= 2 or follow.done())
+            release.set()
+            body, status = await asyncio.wait_for(follow, 30)
+            assert body == part * 4
+            assert "hit" in status
+            async with s.get(base_url(edge) + "/halt") as r:
+                assert await r.read() == part * 4
+                assert r.headers["Cache-Status"].startswith("GeoEdge; hit")
+        assert origin.hits["/halt"] == 1
+
+
+async def test_a_fill_that_outgrows_the_cache_still_serves_its_client(tmp_path: Path) -> None:
+    # Chunked, so the size shows only on the way: the writer gives up half-way, the
+    # client gets the rest straight from the origin and nothing is stored.
+    piece = os.urandom(64 << 10)
+    async with origins("a") as (origin,):
+
+        async def chunked(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for _ in range(8):
+                await resp.write(piece)
+            return resp
+
+        origin.routes["/grow"] = chunked
+        config = _cfg(origin, tmp_path, cache={"max_object_bytes": 200_000})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.get(base_url(edge) + "/grow") as r:
+                    assert await r.read() == piece * 8
+                    assert "hit" not in r.headers["Cache-Status"]
+        assert origin.hits["/grow"] == 2
+
+
+async def test_a_storable_body_that_breaks_off_is_cut_and_not_stored(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+
+        async def broken(request: web.Request) -> web.StreamResponse:
+            if origin.hits["/cut"] > 1:
+                return web.Response(body=b"0123456789", headers={"Cache-Control": "max-age=60"})
+            assert request.transport is not None
+            request.transport.write(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\nabc"
+            )
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response()
+
+        origin.routes["/cut"] = broken
+        config = _cfg(origin, tmp_path, pool={"retry": False, "max_fails": 100})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with s.get(base_url(edge) + "/cut") as r:
+                    await r.read()
+            async with s.get(base_url(edge) + "/cut") as r:
+                assert await r.read() == b"0123456789"
+                assert "hit" not in r.headers["Cache-Status"]
+        assert origin.hits["/cut"] == 2

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from edge.app import EdgeRuntime
 from edge.config import from_mapping
 from tests.integration.edge_helpers import base_url, edge_config, origins, running_edge
 
@@ -537,3 +538,145 @@ async def test_request_transfer_coding_other_than_chunked_is_not_implemented() -
         )
         assert raw.startswith(b"HTTP/1.1 501"), raw[:40]
         assert origin.hits["/p"] == 0
+
+
+def _loops(edge: EdgeRuntime, reason: str) -> float:
+    value = edge.proxy.metrics.registry.get_sample_value(
+        "edge_loops_detected_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_an_edge_whose_origin_is_itself_answers_508_without_recursing() -> None:
+    async with origins("a") as (origin,):
+        # Few connections and a short total timeout: without loop detection the recursion
+        # stalls on the connection limit and ends in a 504, not in a hang.
+        limits = {"connections_per_origin": 4, "total_timeout": 5.0}
+        config = edge_config([origin], server={"node_id": "self-test"}, pool=limits)
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            own = base_url(edge)
+            edge.reload(
+                edge_config(
+                    [origin], server={"node_id": "self-test"}, pool={**limits, "origins": [own]}
+                )
+            )
+            async with s.get(own + "/x") as r:
+                status = r.status
+                await r.read()
+            assert status == 508
+            # One request from the client, one it made to itself: no more.
+            assert sum(edge.proxy.metrics.counts.values()) == 2
+            assert _loops(edge, "loop") == 1
+        assert origin.hits["/x"] == 0
+
+
+async def test_two_edges_pointing_at_each_other_answer_508() -> None:
+    async with origins("a") as (origin,):
+        limits = {"connections_per_origin": 4, "total_timeout": 5.0}
+        config_a = edge_config([origin], server={"node_id": "edge-a"}, pool=limits)
+        config_b = edge_config([origin], server={"node_id": "edge-b"}, pool=limits)
+        async with (
+            running_edge(config_a) as a,
+            running_edge(config_b) as b,
+            aiohttp.ClientSession() as s,
+        ):
+            a.reload(
+                edge_config(
+                    [origin],
+                    server={"node_id": "edge-a"},
+                    pool={**limits, "origins": [base_url(b)]},
+                )
+            )
+            b.reload(
+                edge_config(
+                    [origin],
+                    server={"node_id": "edge-b"},
+                    pool={**limits, "origins": [base_url(a)]},
+                )
+            )
+            async with s.get(base_url(a) + "/x") as r:
+                assert r.status == 508
+                await r.read()
+            assert (_loops(a, "loop"), _loops(b, "loop")) == (1, 0)
+            assert sum(a.proxy.metrics.counts.values()) == 2
+            assert sum(b.proxy.metrics.counts.values()) == 1
+        assert origin.hits["/x"] == 0
+
+
+async def test_a_chain_of_edges_passes_and_extends_cdn_loop() -> None:
+    async with origins("a") as (origin,):
+        config_b = edge_config([origin], server={"node_id": "shield:8080"})
+        async with running_edge(config_b) as b, aiohttp.ClientSession() as s:
+            config_a = edge_config(
+                [origin], server={"node_id": "edge-a"}, pool={"origins": [base_url(b)]}
+            )
+            async with running_edge(config_a) as a:
+                async with s.get(base_url(a) + "/c", headers={"CDN-Loop": "other-cdn"}) as r:
+                    assert r.status == 200
+                    sent = {k.lower(): v for k, v in json.loads(await r.read())["headers"]}
+                assert sent["cdn-loop"] == "other-cdn, edge-a, shield:8080"
+                assert sent["via"] == "1.1 geoedge, 1.1 geoedge"
+                # A client's CDN-Loop naming a node is that node's loop, wherever it enters.
+                async with s.get(base_url(a) + "/c", headers={"CDN-Loop": "Shield:8080"}) as r:
+                    assert r.status == 508
+                    assert "fwd-status=508" in r.headers["Cache-Status"]
+                    assert r.headers["Cache-Control"] == "no-store"
+                hops = ", ".join(f"cdn{i}" for i in range(17))
+                async with s.get(base_url(a) + "/c", headers={"CDN-Loop": hops}) as r:
+                    assert r.status == 508
+                    assert 'detail="too-many-hops"' in r.headers["Cache-Status"]
+                assert _loops(a, "too-many-hops") == 1
+            assert _loops(b, "loop") == 1
+        assert origin.hits["/c"] == 1
+
+
+async def test_unkeyed_routing_headers_do_not_reach_the_origin() -> None:
+    routing = {
+        "X-Original-URL": "/admin",
+        "X-Rewrite-URL": "/admin",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+        "X-Forwarded-Server": "evil.example",
+        "X-Host": "evil.example",
+        "X-Debug-Route": "/internal",
+    }
+    async with origins("a") as (origin,):
+        # Even from a trusted proxy: these fields are no part of the cache key.
+        config = edge_config([origin], server={"trusted_proxies": ["127.0.0.0/8"]})
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            async with s.get(base_url(edge) + "/r", headers=routing) as r:
+                sent = {k.lower() for k, _ in json.loads(await r.read())["headers"]}
+            assert sent & {k.lower() for k in routing} == {"x-debug-route"}
+            # The configured list replaces the default one, on reload too.
+            edge.reload(
+                edge_config(
+                    [origin],
+                    server={
+                        "trusted_proxies": ["127.0.0.0/8"],
+                        "strip_request_headers": ["X-Debug-Route"],
+                    },
+                )
+            )
+            async with s.get(base_url(edge) + "/r", headers=routing) as r:
+                sent = {k.lower() for k, _ in json.loads(await r.read())["headers"]}
+            assert "x-debug-route" not in sent
+            assert "x-original-url" in sent and "x-http-method-override" in sent
+
+
+async def test_a_stripped_field_does_not_select_a_stored_variant() -> None:
+    async with origins("a") as (origin,):
+
+        async def varying(request: web.Request) -> web.Response:
+            seen = request.headers.get("X-Host", "-")
+            return web.Response(
+                text=seen, headers={"Cache-Control": "max-age=60", "Vary": "X-Host"}
+            )
+
+        origin.routes["/v"] = varying
+        async with running_edge(edge_config([origin])) as edge, aiohttp.ClientSession() as s:
+            for value in ("a.example", "b.example"):
+                async with s.get(base_url(edge) + "/v", headers={"X-Host": value}) as r:
+                    assert await r.text() == "-"
+        # The origin never sees X-Host, so it cannot tell the two requests apart: one fetch.
+        assert origin.hits["/v"] == 1

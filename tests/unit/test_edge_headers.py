@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 
 from edge.headers import (
     HOP_BY_HOP,
+    cdn_loop_ids,
     client_response_headers,
     end_to_end,
+    list_members,
+    loop_verdict,
     origin_request_headers,
     valid_host,
 )
@@ -133,3 +136,75 @@ def test_other_x_forwarded_fields_only_from_trusted_peers() -> None:
 )
 def test_valid_host(value: str, ok: bool) -> None:
     assert valid_host(value) is ok
+
+
+def test_list_members_split_outside_quotes_and_comments() -> None:
+    assert list_members(' a, "b,c" ,, (d, e) f ,g') == ["a", '"b,c"', "(d, e) f", "g"]
+    assert list_members('"x\\",y", z') == ['"x\\",y"', "z"]
+    assert list_members("") == []
+
+
+def test_cdn_loop_ids_drop_parameters_and_fold_case() -> None:
+    assert cdn_loop_ids(['Foo123.Example:8080; abc=123; def="456, 789"', "bar, [::1]:80"]) == [
+        "foo123.example:8080",
+        "bar",
+        "[::1]:80",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "verdict"),
+    [
+        ([], None),
+        ([("CDN-Loop", "other, shield:8080")], None),
+        ([("CDN-Loop", "other"), ("cdn-loop", "Edge1:8080; x=1")], "loop"),
+        ([("Via", "1.1 geoedge, 1.0 edge1:8080 (GeoEdge)")], "loop"),
+        # The product-wide Via pseudonym is no node identity: tiers share it.
+        ([("Via", "1.1 geoedge, 1.1 geoedge")], None),
+        ([("CDN-Loop", ", ".join(f"n{i}" for i in range(3)))], None),
+        ([("CDN-Loop", ", ".join(f"n{i}" for i in range(4)))], "too-many-hops"),
+        ([("CDN-Loop", "n1, n2"), ("CDN-Loop", "n3, n4")], "too-many-hops"),
+    ],
+)
+def test_loop_verdict(pairs: list[tuple[str, str]], verdict: str | None) -> None:
+    assert loop_verdict(pairs, "edge1:8080", 3) == verdict
+
+
+def test_cdn_loop_is_appended_to_the_clients_and_never_removed() -> None:
+    common = {
+        "client_ip": "192.0.2.7",
+        "proto": "http",
+        "host": "h",
+        "version": (1, 1),
+        "via": "geoedge",
+        "cdn_loop": "edge1:8080",
+    }
+    out = origin_request_headers([("CDN-Loop", "cdn-a"), ("cdn-loop", "cdn-b; p=1")], **common)
+    assert out.getall("CDN-Loop") == ["cdn-a, cdn-b; p=1, edge1:8080"]
+    assert origin_request_headers([], **common)["CDN-Loop"] == "edge1:8080"
+    # No strip list takes it away.
+    out = origin_request_headers([("CDN-Loop", "cdn-a")], strip=frozenset({"x-host"}), **common)
+    assert out["CDN-Loop"] == "cdn-a, edge1:8080"
+
+
+def test_stripped_fields_are_dropped_from_every_peer() -> None:
+    pairs = [
+        ("X-Original-URL", "/admin"),
+        ("x-http-method-override", "DELETE"),
+        ("X-Forwarded-Server", "evil"),
+        ("X-Kept", "1"),
+    ]
+    strip = frozenset({"x-original-url", "x-http-method-override", "x-forwarded-server"})
+    for peer in ("192.0.2.7", "10.1.2.3"):
+        out = origin_request_headers(
+            pairs,
+            client_ip=peer,
+            proto="http",
+            host="h",
+            version=(1, 1),
+            via="geoedge",
+            trusted=[ipaddress.ip_network("10.0.0.0/8")],
+            strip=strip,
+        )
+        assert {k.lower() for k in out} & strip == set()
+        assert out["X-Kept"] == "1"
