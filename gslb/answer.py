@@ -9,10 +9,10 @@ Speed comes from caching encoded replies, in three tiers:
 1. exact: the query bytes after the ID (plus tcp) -> the reply after the ID. Hit when a
    client repeats a query byte for byte; only replies that depend on nothing but the query
    are stored here: static data, errors, and pool answers decided by an ECS subnet (those
-   carry the health version they were made under and count only while it is current).
-   Queries longer than MAX_CACHED_QUERY are not stored (their bytes are the key).
-   Cost: a slice, a dict lookup, a concatenation. Entries are plain tuples (one is built
-   per query variant).
+   carry their pool's slot and the generation they were made under, and count only while
+   it is current). Queries longer than MAX_CACHED_QUERY are not stored (their bytes are
+   the key). Cost: a slice, a dict lookup, one list index and compare, a concatenation.
+   Entries are plain tuples (one is built per query variant).
 2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
    and a lower-case question; on a hit the ID, RD/CD flags, the question's exact case (0x20)
    and the ECS address are patched in. Names whose answer involves a pool map to a plan
@@ -21,9 +21,20 @@ Speed comes from caching encoded replies, in three tiers:
    the client's coordinates and the prefix length of its network (the ECS scope): GeoIP puts
    many networks on one city's coordinates, so a new client subnet usually hits. For other
    policies it is the network itself. The client (or its ECS subnet) is located first, so a
-   pool answer costs parse + locate + dict lookup. Emptied whenever the health state's
-   version changes. Misses run the selection and look the rendered bytes up by (static key,
-   edges, scope), so even a new place rarely reaches dnslib.
+   pool answer costs parse + locate + dict lookup. The key holds the pool's generation, so
+   entries made before a change to one of the pool's members are never hit again (they
+   leave by FIFO eviction). Misses run the selection and look the rendered bytes up by
+   (static key, edges, scope), so even a new place rarely reaches dnslib; those rendered
+   bytes depend on the config alone and are kept across health changes.
+
+Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
+changed in place, with a generation per pool that moves only when a member of that pool
+changes. A plan knows its pool's slot; tier-1 entries hold (slot, generation), static ones
+(0, 0) (slot 0 never moves), and pool-tier keys hold the generation. So a drain or a probed
+load change in one pool costs the other pools nothing, and static answers never depend on
+health. In a worker, the replica store moves the generations when it applies the parent's
+snapshot, before it acknowledges it: after the acknowledgement no answer made under the old
+state of an affected pool is served.
 
 Everything is built once per config: a reload builds a new Responder, so zone changes never
 meet old cache entries.
@@ -95,7 +106,8 @@ _NOTIMP: Final = Resolution(NOTIMP, False)
 
 
 class Observer(Protocol):
-    """Told about every reply sent (metrics, query log). Must not raise."""
+    """Told about every reply sent and every pool answer no cache held (metrics, query log).
+    Must not raise."""
 
     def answered(
         self,
@@ -108,6 +120,10 @@ class Observer(Protocol):
         client: str,
         ecs: str | None,
     ) -> None: ...
+
+    def pool_miss(self, pool: str) -> None:
+        """A pool answer was in no answer cache (its selection ran); told before answered."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +138,9 @@ class _Reply:
 
 
 # A tier-1 entry, a plain tuple because one is built per query variant: (the reply after the
-# ID, the _Reply it was patched from, the query's ECS subnet as text, qtype, the health version
-# a pool answer holds for or -1 for a static one).
-_Exact = tuple[bytes, _Reply, str | None, int, int]
+# ID, the _Reply it was patched from, the query's ECS subnet as text, qtype, the slot of the
+# pool in health.generations, the generation the answer holds for). Static: slot 0, gen 0.
+_Exact = tuple[bytes, _Reply, str | None, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +153,7 @@ class _Plan:
     # nearest: the answer is a function of the client's coordinates (and the network's prefix
     # length, the ECS scope), so networks at one place share a pool-cache entry
     by_place: bool
+    slot: int  # of the pool's generation in health.generations
 
 
 _StaticKey = tuple[bytes, int, int, Any, int]
@@ -175,15 +192,17 @@ class Responder:
         self._exact_get = self._exact.getter
         self._static_get = self._static.getter
         self._pooled_get = self._pooled.getter
-        self._version = health.version
+        self._generations = health.generations  # changed in place, never replaced
 
     # ------------------------------------------------------------------ entry point
 
     def respond(self, wire: bytes, client: IPAddress, *, tcp: bool) -> bytes | None:
         """The reply to `wire` from `client`, or None to send nothing. Never raises."""
         try:
+            # Keys of this tier and of the shape memo hold the header flags, so the opcode:
+            # only QUERY replies are stored, and no other opcode can hit them.
             hit = self._exact_get((wire[2:], tcp))
-            if hit is not None and (hit[4] < 0 or hit[4] == self._health.version):
+            if hit is not None and self._generations[hit[4]] == hit[5]:
                 if self._observer is not None:
                     self._notify(hit[1], hit[3], client, hit[2])
                 return wire[:2] + hit[0]
@@ -204,15 +223,15 @@ class Responder:
         except ShortHeader:
             return None
         except FormError as exc:
-            return self._error(wire, client, FORMERR, exc.question_end, exc.edns)
+            return self._error(wire, client, FORMERR, exc.question_end, exc.edns, exc.do)
         except Exception:
             log.exception("parsing a query failed")
-            return self._error(wire, client, SERVFAIL, 0, False)
+            return self._error(wire, client, SERVFAIL, 0, False, False)
         try:
             return self._answer(query, wire, client, tcp)
         except Exception:
             log.exception("answering a query failed")
-            return self._error(wire, client, SERVFAIL, query.question_end, query.edns)
+            return self._error(wire, client, SERVFAIL, query.question_end, query.edns, query.do)
 
     @staticmethod
     def _reshape(proto: Query, wire: bytes) -> Query:
@@ -240,10 +259,14 @@ class Responder:
     # ------------------------------------------------------------------ answering
 
     def _answer(self, q: Query, wire: bytes, client: IPAddress, tcp: bool) -> bytes | None:
+        # Before any cache: only QUERY is answered from them. Every other opcode gets NOTIMP,
+        # NOTIFY included: we are never a secondary, so the NOTIFY function is one we do not
+        # implement, and RFC 1996 has a primary stop retrying on any reply that matches its
+        # ID and question (which NOTIMP echoes). UPDATE gets NOTIMP as from NSD.
         if q.opcode != 0:
-            return self._error(wire, client, NOTIMP, q.question_end, False)
+            return self._error(wire, client, NOTIMP, q.question_end, q.edns, q.do)
         if q.edns and q.version != 0:
-            return self._error(wire, client, BADVERS, q.question_end, True)
+            return self._error(wire, client, BADVERS, q.question_end, True, q.do)
         ecs = q.ecs
         if tcp:
             limit = MAX_TCP
@@ -258,37 +281,34 @@ class Responder:
             entry = self._plan(q, key, limit)
             self._static.put(key, entry)
         if isinstance(entry, _Plan):
-            version = self._health.version
-            if version != self._version:
-                self._pooled.clear()
-                self._rendered.clear()
-                self._version = version
+            slot = entry.slot
+            generation = self._generations[slot]
             where = self._locate(ecs, client)
             pkey: tuple[Any, ...]
             if where is None:
-                pkey = (key, None)
+                pkey = (key, generation, None)
             elif entry.by_place:  # the selection depends on the coordinates alone
-                pkey = (key, where.latitude, where.longitude, where.network.prefixlen)
+                pkey = (key, generation, where.latitude, where.longitude, where.network.prefixlen)
             else:
-                pkey = (key, where.network)
+                pkey = (key, generation, where.network)
             reply = self._pooled_get(pkey)
             if reply is None:
                 reply = self._pool_reply(q, key, entry, where, limit)
                 self._pooled.put(pkey, reply)
+                if self._observer is not None:
+                    self._missed(entry.pool.pool.name)
+            # Tier 1 takes pool replies decided by an ECS subnet (valid while the pool's
+            # generation stays); one decided by the client's address depends on more than the
+            # query bytes.
+            cacheable = ecs is not None and ecs.source > 0
         else:
             reply = entry
+            slot = generation = 0  # static: slot 0 never moves
+            cacheable = True
         out = self._patch(reply.wire, wire, q)
-        # Tier 1 takes replies that depend on the query bytes alone: static ones, and pool
-        # ones decided by an ECS subnet (valid while the health version stays the same).
-        if not isinstance(entry, _Plan):
-            valid_for = -1
-        elif ecs is not None and ecs.source:
-            valid_for = self._version
-        else:
-            valid_for = -2  # decided by the client's address: not for tier 1
         ecs_text = ecs.text() if ecs is not None else None
-        if valid_for != -2 and len(wire) <= MAX_CACHED_QUERY:
-            self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, valid_for))
+        if cacheable and len(wire) <= MAX_CACHED_QUERY:
+            self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, slot, generation))
         if self._observer is not None:
             self._notify(reply, q.qtype, client, ecs_text)
         return out
@@ -340,7 +360,12 @@ class Responder:
         res = self._resolve(q)
         qname = name_to_text(q.qname)
         if res.pool is not None:
-            return _Plan(res, res.pool, qname, res.pool.pool.policy is Policy.NEAREST)
+            # A zone answer holds at most one pool (the end of a CNAME chain): its slot alone
+            # says when the answer goes stale.
+            pool = res.pool.pool
+            return _Plan(
+                res, res.pool, qname, pool.policy is Policy.NEAREST, self._health.slot(pool.name)
+            )
         return self._render(q, res, qname, None, (), 0, limit)
 
     def _pool_reply(
@@ -500,9 +525,12 @@ class Responder:
         return RR(DNSLabel([]), QTYPE.OPT, rclass=self._max_udp, ttl=ttl, rdata=options)
 
     def _error(
-        self, wire: bytes, client: IPAddress, rcode: int, qend: int, edns: bool
+        self, wire: bytes, client: IPAddress, rcode: int, qend: int, edns: bool, do: bool
     ) -> bytes | None:
-        """A reply carrying only an rcode (and the question when it parsed)."""
+        """A reply carrying only an rcode (and the question when it parsed). With `edns` (the
+        query's OPT record parsed) it carries an OPT record too, as every reply to such a
+        query does (RFC 6891 section 7): our payload size, the upper rcode bits, the query's
+        DO bit (RFC 3225), no options (an ECS option is not echoed on an error)."""
         try:
             flags_in = (wire[2] << 8) | wire[3]
             flags = 0x8000 | (flags_in & 0x7800) | (flags_in & 0x0110) | (rcode & 0xF)
@@ -511,7 +539,8 @@ class Responder:
                 wire[12:qend] if qend else b""
             )
             if edns:
-                out += _OPT_FIXED.pack(0, OPT, self._max_udp, rcode >> 4, 0, 0, 0)
+                ext = 0x8000 if do else 0
+                out += _OPT_FIXED.pack(0, OPT, self._max_udp, rcode >> 4, 0, ext, 0)
         except Exception:
             log.exception("building an error reply failed")
             return None
@@ -534,6 +563,13 @@ class Responder:
             except Exception:
                 log.exception("the query observer failed")
         return out
+
+    def _missed(self, pool: str) -> None:
+        assert self._observer is not None
+        try:
+            self._observer.pool_miss(pool)
+        except Exception:
+            log.exception("the query observer failed")
 
     def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: str | None) -> None:
         assert self._observer is not None

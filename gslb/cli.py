@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="processes sharing the ports (overrides server.workers)"
     )
-    serve.add_argument("--log-level", help="overrides log.level (debug, info, warning, error)")
+    serve.add_argument(
+        "--log-level", help="overrides log.level, on reloads too (debug, info, warning, error)"
+    )
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     return parser
@@ -107,8 +109,8 @@ def serve(args: argparse.Namespace) -> int:
         _print_example_help(config)
     try:
         if workers == 1:
-            return run(serve_single(source, config))
-        return run(serve_parent(source, config, workers, level))
+            return run(serve_single(source, config, args.log_level))
+        return run(serve_parent(source, config, workers, args.log_level))
     except (GslbError, GeoError, OSError) as exc:
         log.error("%s", exc)
         return 1

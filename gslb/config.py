@@ -14,6 +14,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -29,6 +30,7 @@ from gslb.zone import (
     name_from_text,
     parse_master,
     parse_ttl,
+    parse_zone_file,
     soa_record,
 )
 
@@ -76,6 +78,20 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RrlConfig:
+    """The [rrl] table; see docs/configuration.md."""
+
+    enabled: bool = False
+    rate: float = 20.0  # replies per second per client network and response class
+    burst: float = 0.0  # bucket size; 0 means `rate` (one second's worth)
+    slip: int = 2  # every slip-th limited reply goes out truncated; 0: drop them all
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 56
+    table_size: int = 100_000  # buckets kept at most
+    exempt: tuple[IPNetwork, ...] = ()  # clients never limited (monitoring, own resolvers)
+
+
+@dataclass(frozen=True, slots=True)
 class GslbConfig:
     source: str  # the file name errors and logs refer to
     server: ServerConfig
@@ -86,6 +102,7 @@ class GslbConfig:
     edges: tuple[Edge, ...]
     pools: tuple[Pool, ...]
     health: HealthConfig = HealthConfig()
+    rrl: RrlConfig = RrlConfig()
 
 
 def load_config(path: Path) -> GslbConfig:
@@ -233,7 +250,7 @@ def parse_hostport(text: str, key: str) -> tuple[str, int]:
 
 def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     top = _Table(data, "")
-    for name in ("server", "api", "log", "geo", "health", "zone", "edge", "pool"):
+    for name in ("server", "api", "log", "geo", "health", "rrl", "zone", "edge", "pool"):
         top.used.add(name)
     top.done()
     server = _server(_Table(data.get("server", {}), "server"))
@@ -241,11 +258,12 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     log = _log(_Table(data.get("log", {}), "log"))
     geo = _geo(_Table(data.get("geo", {}), "geo"), base)
     health = _health(_Table(data.get("health", {}), "health"))
+    rrl = _rrl(_Table(data.get("rrl", {}), "rrl"))
     edges = _edges(_array_of_tables(data, "edge"))
     pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
     zones = _zones(_array_of_tables(data, "zone"), pools, base)
     return GslbConfig(
-        source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools), health
+        source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools), health, rrl
     )
 
 
@@ -314,6 +332,32 @@ def _health(t: _Table) -> HealthConfig:
         fall=t.number("fall", d.fall, 1, 100, integer=True),
         jitter=float(jitter),
     )
+    t.done()
+    return cfg
+
+
+def _rrl(t: _Table) -> RrlConfig:
+    d = RrlConfig()
+    exempt = []
+    for i, item in enumerate(t.get("exempt", list, [])):
+        key = f"{t.sub('exempt')}[{i}]"
+        if not isinstance(item, str):
+            raise _Invalid(key, f'must be a string such as "192.0.2.0/24", not {_kind(item)}')
+        exempt.append(_network(item, key))
+    cfg = RrlConfig(
+        enabled=t.get("enabled", bool, d.enabled),
+        rate=float(t.number("rate", d.rate, 0.1, 1e6)),
+        burst=float(t.number("burst", d.burst, 0.0, 1e7)),
+        slip=t.number("slip", d.slip, 0, 10, integer=True),
+        ipv4_prefix=t.number("ipv4_prefix", d.ipv4_prefix, 8, 32, integer=True),
+        ipv6_prefix=t.number("ipv6_prefix", d.ipv6_prefix, 16, 128, integer=True),
+        table_size=t.number("table_size", d.table_size, 16, 10_000_000, integer=True),
+        exempt=tuple(exempt),
+    )
+    if cfg.burst and cfg.burst < 1:
+        raise _Invalid(
+            t.sub("burst"), f"must be 0 (one second's worth) or at least 1, not {cfg.burst}"
+        )
     t.done()
     return cfg
 
@@ -502,8 +546,14 @@ _SOA_TIMES: Final = (
 )
 
 
-def _line_key(key: str, file: str) -> Callable[[int], str]:
-    return lambda lineno: f"{key} ({file} line {lineno})"
+def _zone_path(base: Path, name: str) -> Path:
+    """Where a zone file is: `name` as written in the config (or an $INCLUDE joined to the
+    including file's directory), relative to the config file's directory."""
+    return Path(name) if Path(name).is_absolute() else base / name
+
+
+def _read(base: Path, name: str) -> str:
+    return _zone_path(base, name).read_text(encoding="utf-8")
 
 
 def _zones(raw: list[Any], pools: list[tuple[Pool, str]], base: Path) -> tuple[Zone, ...]:
@@ -546,12 +596,14 @@ def _zones(raw: list[Any], pools: list[tuple[Pool, str]], base: Path) -> tuple[Z
             records.append(soa_record(origin, ttl, names[0], names[1], times, s.key))
         file = t.get("file", str, None)
         if file is not None:
-            path = Path(file) if Path(file).is_absolute() else base / file
+            path = _zone_path(base, file)
             try:
                 content = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise _Invalid(t.sub("file"), f"cannot read {str(path)!r}: {exc}") from None
-            records.extend(parse_master(content, origin, ttl, _line_key(t.sub("file"), file)))
+            records.extend(
+                parse_zone_file(content, file, origin, ttl, t.sub("file"), partial(_read, base))
+            )
         lines = t.get("records", list, [])
         for j, line in enumerate(lines):
             key = f"{t.sub('records')}[{j}]"

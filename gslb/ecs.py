@@ -53,20 +53,20 @@ class ClientSubnet:
     def _reject(data: bytes) -> NoReturn:
         """Raise the FormError that says what is wrong with `data`."""
         if len(data) < 4:
-            raise FormError("ECS option shorter than 4 octets", edns=True)
+            raise FormError("ECS option shorter than 4 octets")
         family = (data[0] << 8) | data[1]
         source, scope = data[2], data[3]
         bits = _BITS.get(family)
         if bits is None:
-            raise FormError(f"ECS family {family} is not 1 or 2", edns=True)
+            raise FormError(f"ECS family {family} is not 1 or 2")
         if source > bits:
-            raise FormError(f"ECS source prefix {source} longer than {bits}", edns=True)
+            raise FormError(f"ECS source prefix {source} longer than {bits}")
         if scope != 0:
-            raise FormError("ECS scope prefix must be 0 in a query", edns=True)
+            raise FormError("ECS scope prefix must be 0 in a query")
         address = data[4:]
         if len(address) != (source + 7) // 8:
-            raise FormError("ECS address length does not match the source prefix", edns=True)
-        raise FormError("ECS address has bits set beyond the source prefix", edns=True)
+            raise FormError("ECS address length does not match the source prefix")
+        raise FormError("ECS address has bits set beyond the source prefix")
 
     def lookup_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The address to locate: the subnet's network address, cut to the /24 or /56 cap."""

@@ -40,12 +40,15 @@ class FormError(ProtocolError):
     """A malformed query, answered with FORMERR.
 
     `question_end` is the offset just past the question when the question itself parsed
-    (so the reply can echo it), else 0; `edns` tells whether a valid OPT record was seen
-    (the reply then carries an OPT too).
+    (so the reply can echo it), else 0; `edns` tells whether an OPT record parsed before the
+    problem was found (the reply then carries an OPT too) and `do` whether its DO bit was set.
     """
 
-    def __init__(self, reason: str, question_end: int = 0, edns: bool = False) -> None:
+    def __init__(
+        self, reason: str, question_end: int = 0, edns: bool = False, do: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.question_end = question_end
         self.edns = edns
+        self.do = do

@@ -2,8 +2,18 @@
 
 One `HealthStore` per process. Every edge starts up, not drained, with no load. The HTTP API
 sets an edge up/down, drained/undrained or its load, and the edge status probes
-(gslb.poller) set up/down and load of edges with a status_url; every change bumps `version`,
-which the answer engine uses to drop cached answers.
+(gslb.poller) set up/down and load of edges with a status_url; every change bumps `version`.
+
+Cached answers are invalidated per pool: every pool has a slot in `generations` (one list,
+changed in place), and a change sets the generation of exactly the pools whose view of a
+member changed, i.e. (up, drained, load, the pool's overload flag) of one of their members, to
+the new `version`. An edge in several pools moves all of them; an edge that is only a
+fallback moves none (selection never reads a fallback's state); an update that changes
+nothing moves none. The answer engine and selection keep what they derived for a pool while
+its generation stays (gslb.answer, gslb.selection), so a flapping edge in one pool leaves the
+cached answers of every other pool alone. Slot 0 belongs to no pool and never moves. A pool
+name the store is not configured with still gets a slot (a Responder built from a new config
+asks before `reconfigure` runs), and as its members are unknown it moves on every change.
 
 Overload with hysteresis: load thresholds are per pool, so the store keeps an `overloaded`
 flag per (pool, edge), updated whenever the edge's load is set: it turns on when load >=
@@ -14,24 +24,27 @@ Many workers (`gslb serve --workers N`): the parent process owns the authoritati
 runs the HTTP API; on every change it sends `snapshot()` (a small JSON-able dict) to each
 worker over its multiprocessing pipe (gslb.workers), and sends the full snapshot to a worker
 when it starts. A worker's store is a replica: `apply(snapshot)` replaces its state wholesale
-(including the per-pool overload flags, so hysteresis is decided once, in the parent) and bumps
-the replica's own `version`. With one worker, the single process holds the only store.
+(including the per-pool overload flags, so hysteresis is decided once, in the parent), bumps
+the replica's own `version` and moves the generations of the pools whose members it changed
+(worked out by the replica against its own state: snapshots carry no generations). With one
+worker, the single process holds the only store.
 
 Edge probes (gslb.poller) write through `update_many`: one probe round's up/load changes are
 applied together and bump `version` once, and only when something actually changed, so a
 round that confirms the current state neither drops cached answers nor pushes a snapshot.
 A reported load counts as changed when it moved by PROBE_LOAD_STEP or more, or when it flips
-an overload flag: an edge's live load wobbles from round to round, and every version bump
-empties the answer caches of every worker, so wobble must not do that.
+an overload flag: an edge's live load wobbles from round to round, and every applied change
+drops the cached answers of the edge's pools in every worker, so wobble must not do that.
 
 A config reload calls `reconfigure(pools, edges)`: state is kept for edges still present,
-new edges start up, and the overload flags are re-evaluated against the new thresholds.
+new edges start up, the overload flags are re-evaluated against the new thresholds, and
+every pool's generation moves.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -73,6 +86,9 @@ class HealthStore:
         self._pools: dict[str, _Thresholds] = {}
         self._members: dict[str, tuple[str, ...]] = {}  # edge -> pools it belongs to
         self._overloaded: dict[tuple[str, str], bool] = {}  # (pool, edge) -> flag
+        self._generations: list[int] = [0]  # per pool slot; slot 0: no pool
+        self._slots: dict[str, int] = {}  # pool name -> slot, never reassigned
+        self._unknown: list[int] = []  # slots of names not configured: moved on every change
         self._listeners: list[Listener] = []
         self._configure(list(pools), list(edges), keep=False)
 
@@ -81,6 +97,19 @@ class HealthStore:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def generations(self) -> Sequence[int]:
+        return self._generations
+
+    def slot(self, pool: str) -> int:
+        slot = self._slots.get(pool)
+        if slot is None:
+            slot = self._slots[pool] = len(self._generations)
+            self._generations.append(self._version)
+            if pool not in self._pools:
+                self._unknown.append(slot)
+        return slot
 
     def state(self, edge: str, pool: str | None = None) -> EdgeState:
         st = self._states.get(edge)
@@ -116,16 +145,19 @@ class HealthStore:
                 raise UnknownEdgeError(f"unknown edge {edge!r}")
             checked[edge] = (up, _check_load(load) if load is not None else None)
         changed = False
+        moved: set[int] = set()
         for edge, (up, load) in checked.items():
             st = self._states[edge]
+            before = self._views(edge)
             new = st if up is None or st.up == up else replace(st, up=bool(up))
             if load is not None and self._load_moved(edge, st.load, load):
                 new = self._with_load(edge, new, load)
             if new != st:
                 self._states[edge] = new
                 changed = True
+                moved.update(self._moved(edge, before))
         if changed:
-            self._changed()
+            self._changed(moved)
         return changed
 
     def update(
@@ -142,6 +174,7 @@ class HealthStore:
             raise UnknownEdgeError(f"unknown edge {edge!r}")
         if load is not None:
             load = _check_load(load)
+        before = self._views(edge)
         new = st
         if up is not None:
             new = replace(new, up=bool(up))
@@ -150,7 +183,7 @@ class HealthStore:
         if load is not None:
             new = self._with_load(edge, new, load)
         self._states[edge] = new
-        self._changed()
+        self._changed(self._moved(edge, before))
         return new
 
     def _with_load(self, edge: str, st: EdgeState, load: float) -> EdgeState:
@@ -171,7 +204,7 @@ class HealthStore:
     def reconfigure(self, pools: Iterable[Pool], edges: Iterable[str] = ()) -> None:
         """Adopt a reloaded config, keeping the state of edges still present."""
         self._configure(list(pools), list(edges), keep=True)
-        self._changed()
+        self._changed(range(1, len(self._generations)))
 
     # -- replication ---------------------------------------------------------------------------
 
@@ -206,14 +239,17 @@ class HealthStore:
                 parsed[str(name)] = (st, [str(p) for p in raw.get("overloaded_in", [])])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise HealthError(f"bad health snapshot: {exc}") from exc
+        moved: set[int] = set()
         for name, (st, hot_pools) in parsed.items():
             if name not in self._states:
                 continue  # the replica's config does not know it (yet): ignore
+            before = self._views(name)
             self._states[name] = st
             hot = set(hot_pools)
             for pool in self._members.get(name, ()):
                 self._overloaded[(pool, name)] = pool in hot
-        self._changed()
+            moved.update(self._moved(name, before))
+        self._changed(moved)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -231,6 +267,9 @@ class HealthStore:
             for member in dict.fromkeys(e.name for e in p.edges):
                 members.setdefault(member, []).append(p.name)
         self._members = {edge: tuple(ps) for edge, ps in members.items()}
+        for p in pools:
+            self.slot(p.name)
+        self._unknown = [slot for name, slot in self._slots.items() if name not in self._pools]
         self._overloaded = {}
         for edge, ps in self._members.items():
             load = self._states[edge].load
@@ -254,8 +293,29 @@ class HealthStore:
     def _any_overloaded(self, edge: str) -> bool:
         return any(self._overloaded[(p, edge)] for p in self._members.get(edge, ()))
 
-    def _changed(self) -> None:
+    def _views(self, edge: str) -> list[tuple[bool, bool, float, bool]]:
+        """What each pool of `edge` sees of it (selection reads nothing else), in the order
+        of `_members[edge]`."""
+        st = self._states[edge]
+        return [
+            (st.up, st.drained, st.load, self._overloaded[(p, edge)])
+            for p in self._members.get(edge, ())
+        ]
+
+    def _moved(self, edge: str, before: list[tuple[bool, bool, float, bool]]) -> list[int]:
+        """The slots of the pools whose view of `edge` differs from `before`."""
+        after = self._views(edge)
+        pools = self._members.get(edge, ())
+        return [self._slots[p] for p, b, a in zip(pools, before, after, strict=True) if b != a]
+
+    def _changed(self, moved: Iterable[int]) -> None:
         self._version += 1
+        version = self._version
+        generations = self._generations
+        for slot in moved:
+            generations[slot] = version
+        for slot in self._unknown:
+            generations[slot] = version
         for listener in self._listeners:
             listener(self)
 

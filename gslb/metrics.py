@@ -83,17 +83,23 @@ class QueryMetrics:
         "buckets",
         "dropped",
         "latency_sum",
+        "pool_misses",
         "queries",
+        "rrl_dropped",
+        "rrl_slipped",
         "tcp_open",
     )
 
     def __init__(self, *, query_log: TextIO | None = None, clock: Clock = time.time) -> None:
         self.queries: dict[tuple[int, int, str], int] = {}  # (rcode, qtype, pool or "") -> n
         self.answers: dict[str, int] = {}  # edge -> answers naming it
+        self.pool_misses: dict[str, int] = {}  # pool -> answers no answer cache held
         self.buckets: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)  # last: +Inf
         self.latency_sum = 0.0
         self.dropped = 0
         self.tcp_open = 0  # TCP connections open now (a gauge, kept by the server adapter)
+        self.rrl_dropped = 0  # UDP replies response rate limiting withheld (gslb.rrl)
+        self.rrl_slipped = 0  # ... and sent truncated instead
         self._log = query_log
         self._clock = clock
 
@@ -128,6 +134,10 @@ class QueryMetrics:
             }
             self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
 
+    def pool_miss(self, pool: str) -> None:
+        misses = self.pool_misses
+        misses[pool] = misses.get(pool, 0) + 1
+
     def set_query_log(self, stream: TextIO | None) -> None:
         self._log = stream
 
@@ -148,11 +158,14 @@ class QueryMetrics:
         return {
             "queries": [[r, t, p, n] for (r, t, p), n in self.queries.items()],
             "answers": dict(self.answers),
+            "pool_misses": dict(self.pool_misses),
             "buckets": list(self.buckets),
             "latency_sum": self.latency_sum,
             "latency_count": sum(self.buckets),
             "dropped": self.dropped,
             "tcp_open": self.tcp_open,
+            "rrl_dropped": self.rrl_dropped,
+            "rrl_slipped": self.rrl_slipped,
         }
 
 
@@ -160,8 +173,16 @@ def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Sum several `QueryMetrics.export()` results (malformed parts are skipped)."""
     queries: dict[tuple[int, int, str], int] = {}
     answers: dict[str, int] = {}
+    misses: dict[str, int] = {}
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-    total = {"latency_sum": 0.0, "latency_count": 0, "dropped": 0, "tcp_open": 0}
+    total = {
+        "latency_sum": 0.0,
+        "latency_count": 0,
+        "dropped": 0,
+        "tcp_open": 0,
+        "rrl_dropped": 0,
+        "rrl_slipped": 0,
+    }
     for exp in exports:
         try:
             for r, t, p, n in exp.get("queries", ()):
@@ -169,17 +190,22 @@ def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 queries[key] = queries.get(key, 0) + int(n)
             for edge, n in exp.get("answers", {}).items():
                 answers[str(edge)] = answers.get(str(edge), 0) + int(n)
+            for pool, n in exp.get("pool_misses", {}).items():
+                misses[str(pool)] = misses.get(str(pool), 0) + int(n)
             for i, n in enumerate(exp.get("buckets", ())[: len(buckets)]):
                 buckets[i] += int(n)
             total["latency_sum"] += float(exp.get("latency_sum", 0.0))
             total["latency_count"] += int(exp.get("latency_count", 0))
             total["dropped"] += int(exp.get("dropped", 0))
             total["tcp_open"] += int(exp.get("tcp_open", 0))
+            total["rrl_dropped"] += int(exp.get("rrl_dropped", 0))
+            total["rrl_slipped"] += int(exp.get("rrl_slipped", 0))
         except (TypeError, ValueError, AttributeError):
             continue
     return {
         "queries": [[r, t, p, n] for (r, t, p), n in queries.items()],
         "answers": answers,
+        "pool_misses": misses,
         "buckets": buckets,
         **total,
     }
@@ -207,9 +233,26 @@ class MetricsCollector(Collector):
         for edge, n in sorted(data.get("answers", {}).items()):
             answers.add_metric([edge], float(n))
         yield answers
+        misses = CounterMetricFamily(
+            "gslb_pool_cache_misses",
+            "Pool answers no answer cache held (selection ran); hits are the pool's "
+            "gslb_queries minus these",
+            labels=["pool"],
+        )
+        for pool, n in sorted(data.get("pool_misses", {}).items()):
+            misses.add_metric([pool], float(n))
+        yield misses
         dropped = CounterMetricFamily("gslb_dropped", "Packets dropped without a reply")
         dropped.add_metric([], float(data.get("dropped", 0)))
         yield dropped
+        limited = CounterMetricFamily(
+            "gslb_rate_limited",
+            "UDP replies response rate limiting dropped or sent truncated (slip)",
+            labels=["action"],
+        )
+        limited.add_metric(["drop"], float(data.get("rrl_dropped", 0)))
+        limited.add_metric(["slip"], float(data.get("rrl_slipped", 0)))
+        yield limited
         tcp = GaugeMetricFamily("gslb_tcp_connections", "DNS TCP connections open now")
         tcp.add_metric([], float(data.get("tcp_open", 0)))
         yield tcp

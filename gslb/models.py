@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,10 +64,25 @@ class EdgeState:
 
 
 class HealthView(Protocol):
-    """Read side of the health-and-load state. `version` changes on every update."""
+    """Read side of the health-and-load state.
+
+    `version` changes on every update. Answers are cached per pool, so each pool also has a
+    *generation*: `generations[slot(pool)]`, which changes whenever the state of one of the
+    pool's members (as `state(edge, pool)` reports it) changes, and only then (a pool the view
+    does not know the members of changes on every update). `generations` is one list for the
+    view's whole life, changed in place, so a hot path can keep it and compare one index;
+    `generations[0]` belongs to no pool and never changes (for answers that depend on no
+    health state). A pool keeps its slot for the view's life, also across reloads."""
 
     @property
     def version(self) -> int: ...
+
+    @property
+    def generations(self) -> Sequence[int]: ...
+
+    def slot(self, pool: str) -> int:
+        """The index of `pool`'s generation in `generations` (stable, never 0)."""
+        ...
 
     def state(self, edge: str, pool: str | None = None) -> EdgeState:
         """The state of `edge`; with `pool`, `overloaded` uses that pool's threshold and

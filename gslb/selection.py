@@ -24,16 +24,17 @@ When no member is serving, the pool's fallback set (pool.fallback, or every memb
 is answered, so an answer is never empty. `Selection.tailored` is True only when the decision
 depended on `where` (the DNS side then uses the GeoIP network's prefix as the ECS scope).
 
-Speed: the result is a pure function of (pool, where, health state), and the health state is
-identified by `health.version` (which must change on every update, as HealthView says). So the
-per-pool work (reading every member's state, unit vectors of the edges) is done once per
-health version, and nearest answers are memoized per client coordinate (GeoIP places many
-networks on one city's coordinates). For a small pool a memo miss costs n dot products. A
-large pool gets a lazily filled grid of latitude/longitude cells: each cell keeps only the
-edges that can be among the `answers` nearest for some point inside it (an edge farther from
-the cell's centre than the k-th nearest plus the cell's diameter never is, by the triangle
-inequality on the sphere), so a miss ranks a handful of edges and the answer is the same as
-ranking them all.
+Speed: the result is a pure function of (pool, where, the state of the pool's members), and
+that state is identified by the pool's generation (`health.generations[health.slot(name)]`,
+which changes whenever a member's state changes, as HealthView says). So the per-pool work
+(reading every member's state, unit vectors of the edges) is done once per generation of that
+pool, and nearest answers are memoized per client coordinate (GeoIP places many networks on
+one city's coordinates): a change to an edge of another pool keeps this pool's view, memo
+and grid cells. For a small pool a memo miss costs n dot products. A large pool gets a
+lazily filled grid of latitude/longitude cells: each cell keeps only the edges that can be
+among the `answers` nearest for some point inside it (an edge farther from the cell's centre
+than the k-th nearest plus the cell's diameter never is, by the triangle inequality on the
+sphere), so a miss ranks a handful of edges and the answer is the same as ranking them all.
 """
 
 from __future__ import annotations
@@ -89,11 +90,12 @@ def select(pool: Pool, where: Location | None, health: HealthView) -> Selection:
 
 @dataclass(slots=True)
 class _View:
-    """What one pool looks like at one health version."""
+    """What one pool looks like at one generation of its members' state."""
 
     pool: Pool
     health: HealthView
-    version: int
+    slot: int  # of the pool in health.generations
+    generation: int
     fixed: Selection | None = None  # the answer whatever `where` is
     untailored: Selection | None = None  # the answer when `where` is None
     # nearest: the candidates with their unit vectors; hot: every serving edge is overloaded
@@ -109,34 +111,45 @@ class _View:
 
 
 _VIEWS: dict[int, _View] = {}
-# id(health) -> the version views were last built for. When a health state's version moves
-# on, every view built for it under an older version is dead weight: a current pool's view is
-# rebuilt on its next use, and the pools of a config that a reload replaced (the reload bumps
-# the version) are never asked again, so their views, memos included, would otherwise stay
-# until _VIEWS fills up.
-_BUILT_FOR: dict[int, int] = {}
+# id(health) -> the version views were last swept at. A view whose pool's generation moved on
+# is dead weight: a current pool's view is rebuilt on its next use, and the pools of a config
+# that a reload replaced (the reload moves every generation) are never asked again, so their
+# views, memos included, would otherwise stay until _VIEWS fills up. So once per health
+# version (the first time a view has to be built under it) the stale views are dropped.
+_SWEPT: dict[int, int] = {}
 
 
 def _view(pool: Pool, health: HealthView) -> _View:
-    version = health.version
+    generations = health.generations
     view = _VIEWS.get(id(pool))
-    if view is not None and view.pool is pool and view.health is health and view.version == version:
+    if (
+        view is not None
+        and view.pool is pool
+        and view.health is health
+        and view.generation == generations[view.slot]
+    ):
         return view
-    if _BUILT_FOR.get(id(health)) != version:
-        for key in [k for k, v in _VIEWS.items() if v.health is health and v.version != version]:
+    version = health.version
+    if _SWEPT.get(id(health)) != version:
+        for key in [
+            k
+            for k, v in _VIEWS.items()
+            if v.health is health and v.generation != generations[v.slot]
+        ]:
             del _VIEWS[key]
-        if len(_BUILT_FOR) >= _VIEWS_MAX:
-            _BUILT_FOR.clear()
-        _BUILT_FOR[id(health)] = version
-    view = _build_view(pool, health, version)
+        if len(_SWEPT) >= _VIEWS_MAX:
+            _SWEPT.clear()
+        _SWEPT[id(health)] = version
+    slot = health.slot(pool.name)
+    view = _build_view(pool, health, slot, generations[slot])
     if len(_VIEWS) >= _VIEWS_MAX:
         _VIEWS.clear()
     _VIEWS[id(pool)] = view
     return view
 
 
-def _build_view(pool: Pool, health: HealthView, version: int) -> _View:
-    view = _View(pool, health, version)
+def _build_view(pool: Pool, health: HealthView, slot: int, generation: int) -> _View:
+    view = _View(pool, health, slot, generation)
     serving = [(e, st) for e in pool.edges if (st := health.state(e.name, pool.name)).serving]
     count = max(1, pool.answers)
     if not serving:

@@ -4,7 +4,8 @@ The sockets are bound here (not by asyncio) so that every worker process can bin
 address with SO_REUSEPORT and the kernel spreads queries across them. IPv6 sockets are
 IPV6_V6ONLY, so "0.0.0.0:53" and "[::]:53" can be listened on side by side.
 
-UDP hot path: `datagram_received` calls `respond()` synchronously and queues the reply; the
+UDP hot path: `datagram_received` calls `respond()` synchronously, lets response rate
+limiting (gslb.rrl, when configured) send, drop or truncate the reply, and queues it; the
 replies to one batch of datagrams (the loop reads many per wakeup) are sent back to back from
 a `call_soon` callback. No task, no logging, no parsing here. A failing `respond()` (it should
 never raise: the engine answers SERVFAIL itself) drops that one packet and the loop goes on.
@@ -31,6 +32,7 @@ from typing import Any, Protocol, cast
 
 from gslb.errors import GslbError
 from gslb.metrics import LATENCY_BUCKETS, QueryMetrics
+from gslb.rrl import Action, RateLimiter, truncated
 
 log = logging.getLogger("gslb.server")
 
@@ -135,9 +137,11 @@ class DnsServer:
         tcp_idle_timeout: float = 10.0,
         tcp_max_connections: int = 512,
         max_tcp_query: int = MAX_TCP_QUERY,
+        rrl: RateLimiter | None = None,
     ) -> None:
         self.responder = responder
         self.metrics = metrics
+        self.rrl = rrl  # response rate limiting of UDP replies; None: off
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_max_connections = tcp_max_connections
         self.max_tcp_query = max_tcp_query
@@ -174,6 +178,8 @@ class DnsServer:
 
 
 _now = time.perf_counter
+_monotonic = time.monotonic
+_SEND = Action.SEND
 _bisect = bisect.bisect_left
 _ADDRESSES: dict[str, IPAddress] = {}  # peer text -> address; resolvers repeat a lot
 _ADDRESSES_MAX = 65536
@@ -237,6 +243,15 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if reply is None:
             server.metrics.drop()
             return
+        rrl = server.rrl
+        if rrl is not None and client is not None:
+            action = rrl.check(client, reply, _monotonic())
+            if action is not _SEND:
+                if action is Action.DROP:
+                    server.metrics.rrl_dropped += 1
+                    return
+                server.metrics.rrl_slipped += 1
+                reply = truncated(reply)
         # Replies wait for the end of this batch of datagrams (the loop reads many per
         # wakeup) and go out back to back: a reply that reaches an idle client wakes it, and
         # on a VM every wakeup costs the sender more than the reply itself.

@@ -23,6 +23,7 @@ from gslb.errors import GslbError
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
 from gslb.models import Pool
+from gslb.rrl import RateLimiter
 from gslb.server import BoundPair, DnsServer, bind_dns_sockets, format_addr
 
 log = logging.getLogger("gslb")
@@ -64,6 +65,10 @@ def api_address(config: GslbConfig) -> tuple[str, int] | None:
     return str(host), int(port)
 
 
+def make_rate_limiter(config: GslbConfig) -> RateLimiter | None:
+    return RateLimiter(config.rrl) if config.rrl.enabled else None
+
+
 def make_locator(config: GslbConfig) -> GeoIPLocator:
     return GeoIPLocator(config.geo.database, config.geo.overrides)
 
@@ -92,6 +97,7 @@ class DnsRuntime:
             metrics,
             tcp_idle_timeout=float(config.server.tcp_idle_timeout),
             tcp_max_connections=int(config.server.tcp_max_connections),
+            rrl=make_rate_limiter(config),
         )
 
     async def start(self, pairs: Iterable[BoundPair]) -> None:
@@ -120,17 +126,25 @@ class DnsRuntime:
         self.health.reconfigure(config_pools(config), config_edge_names(config))
         if listen_addresses(config) != listen_addresses(self.config):
             log.warning("server.listen changed: takes effect on restart only")
-        old_locator = self.locator
+        old_locator, old_config = self.locator, self.config
         self.config, self.locator = config, locator
         self.server.responder = responder
         self.server.tcp_idle_timeout = float(config.server.tcp_idle_timeout)
         self.server.tcp_max_connections = int(config.server.tcp_max_connections)
+        if config.rrl != old_config.rrl:  # unchanged, the buckets carry on
+            self.server.rrl = make_rate_limiter(config)
         if isinstance(self.metrics, QueryMetrics):
             self.metrics.set_query_log(sys.stderr if config.log.query_log else None)
         old_locator.close()
         if on_config is not None:
             on_config(config)
         log.info("reloaded config %s", self.source.describe())
+        log.debug(
+            "serving %d zone(s), %d pool(s), %d edge(s)",
+            len(config.zones),
+            len(config.pools),
+            len(config.edges),
+        )
         return True
 
     def refresh_geo(self) -> None:

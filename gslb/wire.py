@@ -3,7 +3,8 @@
 This runs for every packet, so it reads the bytes with struct and slicing and builds one small
 object; dnslib is kept for building answers on the slow path. The checks follow RFC 1035 and
 RFC 6891: a message that is not a query (short, or QR=1) raises ShortHeader (drop it), and a
-malformed query raises FormError (answer FORMERR).
+malformed query raises FormError (answer FORMERR). Opcodes other than QUERY are answered
+NOTIMP, which needs only the header: their messages never raise FormError.
 """
 
 from __future__ import annotations
@@ -59,17 +60,9 @@ def _skip_name(wire: bytes, pos: int, end: int) -> int:
     raise FormError("too many labels")
 
 
-def parse_query(wire: bytes) -> Query:
-    """Parse a query. Raises ShortHeader (drop) or FormError (reply FORMERR)."""
-    end = len(wire)
-    if end < 12:
-        raise ShortHeader("shorter than a header")
-    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
-    if flags & 0x8000:
-        raise ShortHeader("a response, not a query")
-    opcode = (flags >> 11) & 0xF
-    if qdcount != 1:
-        raise FormError(f"QDCOUNT is {qdcount}, not 1")
+def _question(wire: bytes, end: int) -> int:
+    """Offset just past QCLASS of the question at offset 12: its name uncompressed, with
+    labels of at most 63 octets and at most 255 octets in all. Raises FormError."""
     pos = 12
     while True:
         if pos >= end:
@@ -85,22 +78,29 @@ def parse_query(wire: bytes) -> Query:
         raise FormError("question name longer than 255 octets")
     if pos + 4 > end:
         raise FormError("truncated question")
-    qtype, qclass = _QTAIL.unpack_from(wire, pos)
-    qend = pos + 4
-    qname = wire[12:pos].lower()
-    if opcode != 0:
-        return Query(qid, flags, opcode, qname, qend, qtype, qclass)
-    pos = qend
+    return pos + 4
+
+
+def _records(
+    wire: bytes, pos: int, end: int, skip: int, arcount: int
+) -> tuple[bool, int, int, bool, ClientSubnet | None, int]:
+    """Walk the records from `pos`: `skip` answer and authority records, then the additional
+    section, reading its OPT record. Returns (edns, payload, version, do, ecs, ecs_end).
+
+    Raises FormError; once an OPT record's fixed part and RDATA were read (whatever is wrong
+    with its options or with what follows it), the error carries `edns` and `do`, because the
+    FORMERR reply must then carry an OPT record too (RFC 6891 section 7).
+    """
+    edns = False
+    payload, version, do, ecs, ecs_end = 512, 0, False, None, 0
     try:
-        for _ in range(ancount + nscount):
+        for _ in range(skip):
             pos = _skip_name(wire, pos, end) + 10
             if pos > end:
                 raise FormError("truncated record")
             pos += (wire[pos - 2] << 8) | wire[pos - 1]
             if pos > end:
                 raise FormError("truncated rdata")
-        edns = False
-        payload, version, do, ecs, ecs_end = 512, 0, False, None, 0
         for _ in range(arcount):
             start = pos
             pos = pos + 1 if pos < end and wire[pos] == 0 else _skip_name(wire, pos, end)
@@ -138,8 +138,74 @@ def parse_query(wire: bytes) -> Query:
         if pos != end:
             raise FormError("trailing bytes after the last record")
     except FormError as exc:
+        exc.edns, exc.do = edns, do
+        raise
+    return edns, payload, version, do, ecs, ecs_end
+
+
+def parse_query(wire: bytes) -> Query:
+    """Parse a query. Raises ShortHeader (drop) or FormError (reply FORMERR).
+
+    A message with an opcode other than QUERY never raises FormError: it is answered NOTIMP
+    from the header alone (see `_other_opcode`)."""
+    end = len(wire)
+    if end < 12:
+        raise ShortHeader("shorter than a header")
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    if flags & 0x8000:
+        raise ShortHeader("a response, not a query")
+    opcode = (flags >> 11) & 0xF
+    if opcode != 0:
+        return _other_opcode(wire, qid, flags, opcode, qdcount, ancount + nscount, arcount)
+    if qdcount != 1:
+        raise FormError(f"QDCOUNT is {qdcount}, not 1")
+    qend = _question(wire, end)
+    qtype, qclass = _QTAIL.unpack_from(wire, qend - 4)
+    try:
+        edns, payload, version, do, ecs, ecs_end = _records(
+            wire, qend, end, ancount + nscount, arcount
+        )
+    except FormError as exc:
         exc.question_end = qend
         raise
     return Query(
-        qid, flags, 0, qname, qend, qtype, qclass, edns, payload, version, do, ecs, ecs_end
+        qid,
+        flags,
+        0,
+        wire[12 : qend - 4].lower(),
+        qend,
+        qtype,
+        qclass,
+        edns,
+        payload,
+        version,
+        do,
+        ecs,
+        ecs_end,
     )
+
+
+def _other_opcode(
+    wire: bytes, qid: int, flags: int, opcode: int, qdcount: int, skip: int, arcount: int
+) -> Query:
+    """What the NOTIMP reply to an opcode other than QUERY needs, as NSD and Knot see it:
+    only the header is required. The question is echoed when there is exactly one and it
+    parses (question_end 0 otherwise), and the reply carries an OPT record when the message
+    parses far enough to show one. Nothing here raises FormError; no ECS is kept."""
+    end = len(wire)
+    qend = qtype = qclass = 0
+    pos = 12
+    try:
+        if qdcount == 1:
+            pos = qend = _question(wire, end)
+            qtype, qclass = _QTAIL.unpack_from(wire, qend - 4)
+        else:
+            for _ in range(qdcount):  # bounded by the message: each takes 5 octets or more
+                pos = _skip_name(wire, pos, end) + 4
+                if pos > end:
+                    raise FormError("truncated question")
+        edns, payload, version, do = _records(wire, pos, end, skip, arcount)[:4]
+    except FormError as exc:
+        edns, payload, version, do = exc.edns, 512, 0, exc.do
+    qname = wire[12 : qend - 4].lower() if qend else b""
+    return Query(qid, flags, opcode, qname, qend, qtype, qclass, edns, payload, version, do)

@@ -15,11 +15,17 @@ The parent runs the HTTP API, owns the authoritative `HealthStore` and runs the 
 probes (gslb.poller), which write to that store like the API does. Each worker has a
 duplex multiprocessing pipe to the parent carrying small dicts:
   parent -> worker  {"type": "health", "snapshot": {...}}  after every change and at start
-                    {"type": "reload"}                      on SIGHUP, once the parent
-                                                            validated the new config
+                    {"type": "reload", "level": "debug"}    on SIGHUP, once the parent
+                                                            validated the new config (the
+                                                            log level to apply first)
                     {"type": "stop"}                        graceful stop
   worker -> parent  {"type": "ready"} once serving, {"type": "metrics", "data": export}
-                    about once a second (cumulative counters, summed by the parent's /metrics).
+                    about once a second (cumulative counters, summed by the parent's /metrics),
+                    {"type": "applied", "version": n} once a health snapshot is applied.
+A worker applies a snapshot to its replica store, which moves the generations of exactly the
+pools whose members changed (gslb.health), so only those pools' cached answers are dropped;
+it acknowledges after that, in the same callback, so once `Supervisor.synced()` saw every
+ready worker acknowledge a version, none answers an affected pool from the older state.
 A worker whose pipe closes (the parent died) stops. The parent restarts a worker that dies
 (at most MAX_RESTARTS per slot, with a growing delay), forwards SIGTERM/SIGINT as a stop to
 every worker and SIGHUP as a reload; workers ignore SIGHUP themselves so a signal sent to the
@@ -110,6 +116,12 @@ def configure_logging(level: str, prefix: str = "") -> None:
         logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
     )
     root.addHandler(handler)
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """Log at `level` from now on (at start, and on every reload)."""
+    root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # APScheduler logs every job run at INFO: one line per probe round is noise.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
@@ -150,7 +162,10 @@ async def _every(interval: float, fn: Callable[[], None]) -> None:
 # -- one process --------------------------------------------------------------------------------
 
 
-async def serve_single(source: ConfigSource, config: GslbConfig) -> int:
+async def serve_single(
+    source: ConfigSource, config: GslbConfig, log_level: str | None = None
+) -> int:
+    """Serve in this process. `log_level` (--log-level) overrides log.level, on reloads too."""
     health = HealthStore(config_pools(config), config_edge_names(config))
     runtime = DnsRuntime(source, config, health=health)
     poller = EdgePoller(health, config)
@@ -165,7 +180,12 @@ async def serve_single(source: ConfigSource, config: GslbConfig) -> int:
                 make_app(health, runtime.metrics.export, probes=poller), api[0], port=api[1]
             )
             log.info("api listening http://%s", format_addr(api[0], port))
-        stopper = _Stopper(lambda: runtime.reload(on_config=poller.reconfigure))
+
+        def on_config(new: GslbConfig) -> None:
+            set_log_level(log_level or new.log.level)
+            poller.reconfigure(new)
+
+        stopper = _Stopper(lambda: runtime.reload(on_config=on_config))
         log.info("gslb ready (1 process, %s, config %s)", _loop_name(), source.describe())
         geo_task = asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo))
         try:
@@ -359,7 +379,12 @@ class Supervisor:
             self._on_exit(worker)
 
 
-async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, level: str) -> int:
+async def serve_parent(
+    source: ConfigSource, config: GslbConfig, count: int, log_level: str | None = None
+) -> int:
+    """Supervise `count` workers. `log_level` (--log-level) overrides log.level, on reloads
+    too; a reload applies the level in the parent and in every worker."""
+    level = log_level or config.log.level
     health = HealthStore(config_pools(config), config_edge_names(config))
     make_locator(config).close()  # fail here, once, rather than in every worker
     probes: list[BoundPair] = bind_all(listen_addresses(config))
@@ -377,7 +402,9 @@ async def serve_parent(source: ConfigSource, config: GslbConfig, count: int, lev
         except (GslbError, GeoError, OSError) as exc:
             log.error("reload failed, keeping the old config: %s", exc)
             return
-        supervisor.broadcast({"type": "reload"})
+        supervisor.level = log_level or new.log.level  # (re)started workers start with it
+        set_log_level(supervisor.level)
+        supervisor.broadcast({"type": "reload", "level": supervisor.level})
         health.reconfigure(config_pools(new), config_edge_names(new))  # pushes a snapshot too
         poller.reconfigure(new)
         log.info("reloaded config %s (workers reload it too)", source.describe())
@@ -478,6 +505,7 @@ async def _worker_main(
                         log.error("%s", exc)
                     send({"type": "applied", "version": snapshot.get("version", -1)})
                 elif kind == "reload":
+                    set_log_level(str(message.get("level") or "info"))
                     runtime.reload()
                 elif kind == "stop":
                     stopper.stop()

@@ -15,8 +15,9 @@ query. It returns a client-independent `Resolution`; answer.py fills in pool edg
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -74,6 +75,7 @@ TYPE_NAMES: Final[dict[int, str]] = {v: k for k, v in TYPE_CODES.items()}
 
 MAX_TTL: Final = 2**31 - 1
 MAX_CNAME_CHAIN: Final = 12
+MAX_INCLUDE_DEPTH: Final = 8  # files open at once: the zone file and 7 nested $INCLUDEs
 ROOT: Final = b"\x00"
 _WILD: Final = b"\x01*"
 _LABEL_RE: Final = re.compile(r"^(\*|[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)$")
@@ -349,14 +351,72 @@ def build_rdata(rtype: int, toks: Sequence[Token], origin: bytes) -> tuple[Any, 
     raise _Syntax(f"unsupported record type {tname}")  # pragma: no cover - TYPE_CODES guards
 
 
+# Reads the master file a name refers to (a path as the config or an $INCLUDE spells it,
+# joined to the including file's directory); raises OSError or UnicodeDecodeError.
+Reader = Callable[[str], str]
+# $INCLUDE handler given to parse_master: (file name, origin, $TTL default) -> its records.
+_Include = Callable[[str, bytes, int], list[Record]]
+
+
+def parse_zone_file(
+    text: str, name: str, origin: bytes, default_ttl: int, key: str, read: Reader
+) -> list[Record]:
+    """Records of the master file `name` (its contents `text`) and of the files it includes.
+
+    Error keys read "KEY (FILE line N)", naming the file (the included one for errors inside
+    it) and its line. RFC 1035 section 5.1 `$INCLUDE <file-name> [<domain-name>]`: a relative
+    file name is relative to the including file's directory; the included file starts at
+    the domain name as its origin (else the current origin), with the current $TTL default
+    and no previous owner; what it sets ($ORIGIN, $TTL, the last owner) ends with it, so the
+    including file carries on exactly as before the directive. Loops and nesting deeper
+    than MAX_INCLUDE_DEPTH files are errors on the $INCLUDE line. Raises ZoneError.
+    """
+    return _parse_file(text, name, origin, default_ttl, key, read, ())
+
+
+def _parse_file(
+    text: str,
+    name: str,
+    origin: bytes,
+    default_ttl: int,
+    key: str,
+    read: Reader,
+    including: tuple[str, ...],
+) -> list[Record]:
+    chain = (*including, name)
+
+    def include(target: str, inc_origin: bytes, ttl: int) -> list[Record]:
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+        if path in [posixpath.normpath(c) for c in chain]:
+            raise _Syntax(f"$INCLUDE loop: {' -> '.join((*chain, path))}")
+        if len(chain) >= MAX_INCLUDE_DEPTH:
+            raise _Syntax(f"$INCLUDE of {path!r} nests more than {MAX_INCLUDE_DEPTH} files")
+        try:
+            content = read(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Syntax(f"$INCLUDE cannot read {path!r}: {exc}") from None
+        return _parse_file(content, path, inc_origin, ttl, key, read, chain)
+
+    return parse_master(
+        text, origin, default_ttl, lambda n: f"{key} ({name} line {n})", include=include
+    )
+
+
 def parse_master(
-    text: str, origin: bytes, default_ttl: int, key_for_line: Any, *, directives: bool = True
+    text: str,
+    origin: bytes,
+    default_ttl: int,
+    key_for_line: Any,
+    *,
+    directives: bool = True,
+    include: _Include | None = None,
 ) -> list[Record]:
     """Records of an RFC 1035 master file (or one config `records` line).
 
     `key_for_line(lineno)` names the config key for errors. Supports $ORIGIN and $TTL,
     owner inheritance (a line starting with blanks), '@', relative names, TTL units, class IN,
-    parentheses and quoted strings. Raises ZoneError.
+    parentheses and quoted strings; $INCLUDE when `include` is given (parse_zone_file).
+    Raises ZoneError.
     """
     out: list[Record] = []
     owner: bytes | None = None
@@ -374,6 +434,11 @@ def parse_master(
                     ttl_default = parse_ttl(toks[1].text)
                 elif first.upper() in ("$ORIGIN", "$TTL"):
                     raise _Syntax(f"{first} takes exactly one argument")
+                elif first.upper() == "$INCLUDE" and include is not None:
+                    if len(toks) not in (2, 3):
+                        raise _Syntax("$INCLUDE takes a file name and an optional domain name")
+                    inc_origin = _name(toks[2], origin) if len(toks) == 3 else origin
+                    out.extend(include(toks[1].text, inc_origin, ttl_default))
                 else:
                     raise _Syntax(f"unsupported directive {first}")
                 continue

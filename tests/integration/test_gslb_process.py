@@ -130,6 +130,57 @@ def test_sighup_reload_good_and_bad(tmp_path: Path, geo_db: Path, workers: int) 
         assert proc.stop() == 0, proc.log_text()
 
 
+def _probed_config(path: Path, geo_db: Path, level: str) -> Path:
+    """The test config at log level `level`, with edge nrt probed at a closed port every
+    0.2 s: each failed probe logs a DEBUG line in the process that runs the probes."""
+    write_config(path, geo_db)
+    text = path.read_text()
+    text = text.replace('level = "info"', f'level = "{level}"')
+    text = text.replace(
+        'name = "nrt"\n', 'name = "nrt"\nstatus_url = "http://127.0.0.1:9/__edge/status"\n'
+    )
+    path.write_text(text + "\n[health]\ninterval = 0.2\ntimeout = 0.2\n")
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_sighup_applies_log_level(tmp_path: Path, geo_db: Path, workers: int) -> None:
+    path = _probed_config(tmp_path / "gslb.toml", geo_db, "info")
+    proc = GslbProcess(path, "--workers", str(workers))
+    try:
+        # A round of failed probes ran (nrt is down): at info it logged no DEBUG line.
+        proc.wait_for(r"edge nrt is down")
+        assert " DEBUG " not in proc.log_text()
+        _probed_config(path, geo_db, "debug")
+        start = len(proc.lines)
+        proc.signal(signal.SIGHUP)
+        proc.wait_for(r"gslb: reloaded config", start=start)
+        # the process that probes (the only one, or the parent) logs at debug now ...
+        proc.wait_for(r"DEBUG gslb\.probes: probe nrt \(.*\) failed", start=start)
+        # ... and so does every process that answers queries
+        prefixes = [f"\\[worker {i}\\] " for i in range(workers)] if workers > 1 else [""]
+        for prefix in prefixes:
+            proc.wait_for(rf"DEBUG {prefix}gslb: serving 1 zone\(s\), 6 pool\(s\)", start=start)
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+
+
+def test_log_level_option_outlasts_reloads(tmp_path: Path, geo_db: Path) -> None:
+    path = _probed_config(tmp_path / "gslb.toml", geo_db, "debug")
+    proc = GslbProcess(path, "--workers", "2", "--log-level", "info")
+    try:
+        # Each worker logs its "serving ..." DEBUG line right after its "reloaded config",
+        # so the second reload's lines come after any the first reload logged.
+        for _ in range(2):
+            start = len(proc.lines)
+            proc.signal(signal.SIGHUP)
+            for slot in range(2):
+                proc.wait_for(rf"\[worker {slot}\] gslb: reloaded config", start=start)
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+    assert " DEBUG " not in proc.log_text()
+
+
 # -- workers --------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.update
 import pytest
 
 from tests.integration.gslb_helpers import LONDON, GslbProcess, dig, write_config
@@ -362,3 +363,32 @@ def test_tcp_client_that_reads_slowly_gets_every_reply_in_order(gslb: GslbProces
         sender.join(timeout=30)
         assert not sender.is_alive()
     assert ids == list(range(count))
+
+
+def test_formerr_after_a_parsed_opt_carries_opt(gslb: GslbProcess) -> None:
+    """A malformed ECS option (here two of them) is FORMERR with an OPT record (RFC 6891
+    section 7, RFC 7871 section 7.1.1): our payload size, the DO bit, no ECS echoed."""
+    ecs = dns.edns.GenericOption(8, b"\x00\x01\x18\x00\xc0\x00\x02")
+    q = dns.message.make_query(
+        "static.example.test", "A", use_edns=0, want_dnssec=True, options=[ecs, ecs]
+    )
+    (reply,) = udp_exchange(gslb, [q.to_wire()], 1)
+    r = dns.message.from_wire(reply)
+    assert r.rcode() == dns.rcode.FORMERR and r.id == q.id
+    assert r.edns == 0 and r.payload == 1232 and r.options == ()
+    assert r.ednsflags & dns.flags.DO
+
+
+def test_notify_and_update_get_notimp(gslb: GslbProcess) -> None:
+    port = str(gslb.port)
+    out = dig(f"@{gslb.host}", "-p", port, "+opcode=notify", "example.test", "SOA", "+norec")
+    assert "opcode: NOTIFY, status: NOTIMP" in out, out
+    assert "QUERY: 1" in out and "OPT PSEUDOSECTION" in out, out
+    update = dns.update.UpdateMessage("example.test.")
+    update.add("new", 300, "A", "192.0.2.1")
+    r = dns.query.udp(update, gslb.host, port=gslb.port, timeout=5)
+    assert r.rcode() == dns.rcode.NOTIMP and r.opcode() == dns.opcode.UPDATE
+    # no question at all: NOTIMP too (not FORMERR), from the header alone
+    empty = struct.pack("!HHHHHH", 9, dns.opcode.NOTIFY << 11, 0, 0, 0, 0)
+    (reply,) = udp_exchange(gslb, [empty], 1)
+    assert reply == struct.pack("!HHHHHH", 9, 0x8000 | dns.opcode.NOTIFY << 11 | 4, 0, 0, 0, 0)

@@ -126,9 +126,11 @@ FRANKFURT6 = "2001:db8::1"
 UNKNOWN = "10.1.2.3"
 
 
-def make_config() -> GslbConfig:
+def make_config(extra: str = "") -> GslbConfig:
+    """The test config, with `extra` (TOML tables: more edges, pools) appended."""
     # The mixed pool's name carries static MX/TXT beside it: allowed.
-    text = CONFIG.replace(
+    text = CONFIG + extra
+    text = text.replace(
         '"a.b.c.deep   A     192.0.2.42",',
         '"a.b.c.deep   A     192.0.2.42",\n  "mixed TXT \\"beside a pool\\"",',
     )
@@ -142,9 +144,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.misses: list[str] = []  # pools whose answer no cache held, in order
 
     def answered(self, **kw: Any) -> None:
         self.calls.append(kw)
+
+    def pool_miss(self, pool: str) -> None:
+        self.misses.append(pool)
 
 
 def build(geo_db: Path, observer: Recorder | None = None) -> tuple[Responder, HealthStore]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from pathlib import Path
 
 import dns.edns
@@ -13,9 +14,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geo.location import IPAddress, Location, Locator
+from geo.locator import GeoIPLocator
 from gslb.answer import Responder
+from gslb.health import HealthStore
 from gslb.respcache import BoundedCache, FifoCache
-from tests.unit.answer_support import LONDON, addresses, ask, build, ecs_option, query
+from tests.unit.answer_support import (
+    LONDON,
+    Recorder,
+    addresses,
+    ask,
+    build,
+    ecs_option,
+    make_config,
+    query,
+)
 
 
 @pytest.fixture
@@ -157,3 +170,66 @@ def test_cached_query_bytes_stay_small_whatever_the_queries_carry(geo_db: Path) 
     held = sum(len(key[0]) for key in responder._exact._data)
     held += sum(len(key) for key in responder._shapes._data)
     assert held <= sent * 512
+
+
+class CountingLocator:
+    """The real locator, counting lookups: a tier-1 (query bytes) hit locates nobody."""
+
+    def __init__(self, inner: Locator) -> None:
+        self.inner = inner
+        self.lookups = 0
+
+    def locate(self, address: IPAddress) -> Location | None:
+        self.lookups += 1
+        return self.inner.locate(address)
+
+
+def test_a_health_change_drops_only_the_cached_answers_of_the_edges_pools(geo_db: Path) -> None:
+    # www holds fra, iad and nrt; noaaaa holds nrt; mixed holds v6only. Each pool is asked
+    # with an ECS subnet (served from tier 1, the query bytes) and without (the pool tier,
+    # keyed by the client's place); a pool answer that no cache held runs the selection,
+    # which the observer is told about (pool_miss).
+    cfg = make_config()
+    health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+    locator = CountingLocator(GeoIPLocator(geo_db))
+    recorder = Recorder()
+    responder = Responder(cfg, locator, health, observer=recorder)
+    asks = [
+        query(name, rdtype, ecs=ecs)
+        for name, rdtype in (
+            ("www.example.test.", "A"),
+            ("noaaaa.example.test.", "A"),
+            ("mixed.example.test.", "AAAA"),
+        )
+        for ecs in ("192.0.2.0", None)
+    ]
+    static = query("static.example.test.", ecs="192.0.2.0")
+
+    def ask_all() -> tuple[dict[str, int], int, list[str]]:
+        """Ask everything once: (selections run per pool, client lookups, www's answer)."""
+        misses, lookups = len(recorder.misses), locator.lookups
+        www = addresses(ask(responder, asks[0]))
+        assert addresses(ask(responder, asks[1])) == www  # with and without ECS alike
+        for wire in asks[2:]:
+            ask(responder, wire)
+        assert addresses(ask(responder, static)) == ["192.0.2.30"]
+        ran = Counter(name.split(".")[0] for name in recorder.misses[misses:])
+        return dict(ran), locator.lookups - lookups, www
+
+    assert ask_all() == ({"www": 2, "noaaaa": 2, "mixed": 2}, 6, ["127.0.0.11"])
+    # warm: only the 3 queries without ECS locate their client, and every pool answer hits
+    assert ask_all() == ({}, 3, ["127.0.0.11"])
+    health.set_drained("fra", True)  # in www only
+    assert ask_all() == ({"www": 2}, 4, ["127.0.0.12"])
+    assert ask_all() == ({}, 3, ["127.0.0.12"])
+    health.set_load("nrt", 0.5)  # in www and noaaaa
+    assert ask_all() == ({"www": 2, "noaaaa": 2}, 5, ["127.0.0.12"])
+    health.set_drained("v6only", True)  # in mixed only
+    assert ask_all() == ({"mixed": 2}, 4, ["127.0.0.12"])
+    health.set_drained("fra", True)  # an update that changes nothing
+    assert ask_all() == ({}, 3, ["127.0.0.12"])
+    health.set_drained("fra", False)
+    assert ask_all() == ({"www": 2}, 4, ["127.0.0.11"])
+    # static answers never depended on the health state: slot 0, which never moves
+    assert health.generations[0] == 0
+    assert responder._exact.get((static[2:], False))[4:] == (0, 0)  # type: ignore[index]

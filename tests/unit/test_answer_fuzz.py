@@ -126,19 +126,49 @@ def test_corrupted_queries_never_raise(
     assert out is None or out[:2] == bytes(data[:2])
 
 
+# Pools that share some members and not others, so a health change invalidates some pools'
+# cached answers and must leave the rest alone: www, two, all and x.cdn hold fra, iad, nrt;
+# east holds nrt and syd; west (weighted) holds fra and iad; far (failover) syd, then iad.
+MORE_POOLS = """
+[[edge]]
+name = "syd"
+ipv4 = "127.0.0.14"
+ipv6 = "2001:db8:f::14"
+latitude = -33.87
+longitude = 151.21
+
+[[pool]]
+name = "east.example.test."
+edges = ["nrt", "syd"]
+
+[[pool]]
+name = "west.example.test."
+edges = ["fra", "iad"]
+policy = "weighted"
+
+[[pool]]
+name = "far.example.test."
+edges = ["syd", "iad"]
+policy = "failover"
+"""
+CHANGED_EDGES = ["fra", "iad", "nrt", "syd"]
+
+
 @pytest.fixture(scope="module")
 def engines(geo_db: Path) -> tuple[Any, ...]:
-    """(config, locator, health, one long-lived Responder over them)."""
-    cfg = make_config()
+    """(config, locator, health, one long-lived Responder over them, the same config parsed
+    again for reference responders)."""
+    cfg = make_config(MORE_POOLS)
     health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
     locator = GeoIPLocator(geo_db)
-    return cfg, locator, health, Responder(cfg, locator, health)
+    return cfg, locator, health, Responder(cfg, locator, health), make_config(MORE_POOLS)
 
 
 @st.composite
 def pool_queries(draw: st.DrawFn) -> bytes:
     """Queries that reach the fast paths often: pool names and static ones, mostly with ECS."""
-    name = mixed_case(draw, draw(st.sampled_from(["www", "two", "all", "x.cdn", "geo", "static"])))
+    names = ["www", "two", "all", "x.cdn", "geo", "static", "east", "west", "far"]
+    name = mixed_case(draw, draw(st.sampled_from(names)))
     ecs, prefix = None, None
     if draw(st.integers(0, 3)):
         ecs = draw(st.sampled_from(["192.0.2.0", "198.51.100.0", "100.64.0.128", "2001:db8::"]))
@@ -163,7 +193,8 @@ def pool_queries(draw: st.DrawFn) -> bytes:
     flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=2),
     client=st.sampled_from(CLIENTS),
     tcp=st.booleans(),
-    change=st.none() | st.tuples(st.sampled_from(["fra", "iad", "nrt"]), st.integers(0, 4)),
+    changes=st.lists(st.tuples(st.sampled_from(CHANGED_EDGES), st.integers(0, 4)), max_size=3),
+    replicate=st.booleans(),
 )
 def test_fast_paths_answer_like_a_fresh_responder(
     engines: tuple[Any, ...],
@@ -172,31 +203,45 @@ def test_fast_paths_answer_like_a_fresh_responder(
     flips: list[tuple[int, int]],
     client: str,
     tcp: bool,
-    change: tuple[str, int] | None,
+    changes: list[tuple[str, int]],
+    replicate: bool,
 ) -> None:
     # One long-lived responder (every cache tier, the parsed-shape memo) against a new one per
     # query over the same locator and health state: byte for byte the same reply. The query is
-    # asked, the health state changed, the query asked again (from the caches), and then with
-    # its last 3 octets replaced by `tail` (another /24 ECS address when it ends with one).
-    cfg, locator, health, cached = engines
+    # asked, the health state changed (some edges, so some pools), the query asked again (from
+    # the caches), and then with its last 3 octets replaced by `tail` (another /24 ECS address
+    # when it ends with one). The health state lives as long as the responder, so changes and
+    # queries interleave across examples; a change is made on the store directly or, as in a
+    # worker, on a parent store whose snapshot the responder's replica store applies.
+    # The reference shares nothing derived from health state with the cached responder:
+    # selection keeps views per (Pool object, store), so it gets pools of its own (the config
+    # parsed again) and a new store holding the current state.
+    cfg, locator, health, cached, again = engines
     address = ipaddress.ip_address(client)
 
     def same(wire: bytes) -> None:
-        want = Responder(cfg, locator, health).respond(wire, address, tcp=tcp)
+        now = HealthStore(again.pools, [e.name for e in again.edges])
+        now.apply(health.snapshot())
+        want = Responder(again, locator, now).respond(wire, address, tcp=tcp)
         assert cached.respond(wire, address, tcp=tcp) == want
 
     data = bytearray(wire)
     for pos, value in flips:
         data[pos % len(data)] = value
     same(bytes(data))
-    if change is not None:
-        edge, what = change
+    store = health
+    if replicate:
+        store = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+        store.apply(health.snapshot())
+    for edge, what in changes:
         if what == 0:
-            health.set_drained(edge, not health.state(edge).drained)
+            store.set_drained(edge, not store.state(edge).drained)
         elif what == 1:
-            health.set_up(edge, not health.state(edge).up)
+            store.set_up(edge, not store.state(edge).up)
         else:
-            health.set_load(edge, (0.0, 0.75, 0.9)[what - 2])
+            store.set_load(edge, (0.0, 0.75, 0.9)[what - 2])
+    if replicate:
+        health.apply(store.snapshot())
     same(bytes(data))
     if tail is not None and len(data) >= 16:
         same(bytes(data[:-3]) + tail)

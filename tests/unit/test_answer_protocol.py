@@ -372,6 +372,10 @@ class BrokenHealth:
     """A HealthView whose state lookups fail: answering a pool must then SERVFAIL."""
 
     version = 1
+    generations = (0, 1)
+
+    def slot(self, pool: str) -> int:
+        return 1
 
     def state(self, edge: str, pool: str | None = None) -> EdgeState:
         raise RuntimeError("health store unavailable")
@@ -401,6 +405,9 @@ class FailingObserver:
         self.calls += 1
         raise BrokenPipeError("query log closed")
 
+    def pool_miss(self, pool: str) -> None:
+        raise BrokenPipeError("query log closed")
+
 
 def test_failing_observer_never_costs_a_reply(geo_db: Path) -> None:
     from geo.locator import GeoIPLocator
@@ -423,3 +430,173 @@ def test_failing_observer_never_costs_a_reply(geo_db: Path) -> None:
         m = ask(r, wire)
         assert m.rcode() == rcode
         assert observer.calls == calls + 1
+
+
+# ---------------------------------------------------------------------- OPT on every reply
+
+
+def opt_rr(options: bytes = b"", *, do: bool = False, version: int = 0) -> bytes:
+    ttl = (version << 16) | (0x8000 if do else 0)
+    return b"\x00" + struct.pack("!HHIH", 41, 4096, ttl, len(options)) + options
+
+
+def ecs_opt(data: bytes) -> bytes:
+    return struct.pack("!HH", 8, len(data)) + data
+
+
+GOOD_ECS = ecs_opt(b"\x00\x01\x18\x00\xc0\x00\x02")
+TXT_RR = b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x00\x00\x02\x01x"
+
+
+@pytest.mark.parametrize(
+    ("wire", "do"),
+    [
+        (header(ar=1) + QUESTION + opt_rr(ecs_opt(b"\x00\x01\x18\x05\xc0\x00\x02")), False),
+        (header(ar=1) + QUESTION + opt_rr(ecs_opt(b"\x00\x03\x18\x00\xc0\x00\x02"), do=True), True),
+        (header(ar=1) + QUESTION + opt_rr(GOOD_ECS + GOOD_ECS, do=True), True),
+        (header(ar=1) + QUESTION + opt_rr(b"\x00\x08\x00\x08\x00\x01"), False),
+        (header(ar=2) + QUESTION + opt_rr(GOOD_ECS) + opt_rr(), False),
+        (header(ar=1) + QUESTION + opt_rr(do=True) + b"junk", True),
+        (header(ar=2) + QUESTION + opt_rr() + TXT_RR[:-3], False),
+    ],
+    ids=[
+        "ecs-scope",
+        "ecs-family",
+        "two-ecs",
+        "truncated-option",
+        "second-opt",
+        "trailing-junk",
+        "truncated-record-after-opt",
+    ],
+)
+def test_formerr_after_a_parsed_opt_carries_opt(
+    responder: Responder, wire: bytes, do: bool
+) -> None:
+    m = formerr(responder, wire)
+    assert m.edns == 0
+    assert m.payload == 1232  # ours, not the query's 4096
+    assert m.options == ()  # no ECS echoed on an error
+    assert bool(m.ednsflags & dns.flags.DO) == do
+    assert [str(q.name) for q in m.question] == ["static.example.test."]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        header(ar=1) + QUESTION + b"\x01a" + OPT,
+        header(ar=1) + QUESTION + OPT[:-3],
+        header(ar=1) + QUESTION + opt_rr()[:-1] + b"\x05abc",  # RDLENGTH past the end
+        header(ar=1) + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01" + OPT,
+        header() + QUESTION + b"junk",
+    ],
+    ids=["owner-not-root", "truncated-opt", "rdata-past-end", "bad-question", "no-opt"],
+)
+def test_formerr_without_a_parsed_opt_has_none(responder: Responder, wire: bytes) -> None:
+    out = respond(responder, wire)
+    assert out is not None and out[3] & 0x0F == dns.rcode.FORMERR
+    assert out[10:12] == b"\0\0"  # ARCOUNT: no OPT
+
+
+def test_badvers_carries_the_extended_rcode_in_opt(responder: Responder) -> None:
+    out = respond(responder, header(ar=1) + QUESTION + opt_rr(GOOD_ECS, do=True, version=1))
+    assert out is not None
+    assert out[3] & 0x0F == 0  # the lower 4 bits of 16
+    assert out[10:12] == b"\0\1"
+    opt = out[12 + len(QUESTION) :]
+    assert opt == b"\x00\x00\x29\x04\xd0" + b"\x01\x00\x80\x00" + b"\x00\x00"  # ext rcode 1, DO
+    assert dns.message.from_wire(out).rcode() == dns.rcode.BADVERS
+
+
+def test_servfail_carries_opt_with_do(geo_db: Path) -> None:
+    from geo.locator import GeoIPLocator
+
+    r = Responder(make_config(), GeoIPLocator(geo_db), BrokenHealth())
+    m = ask(r, query("www.example.test.", edns=0, do=True))
+    assert m.rcode() == dns.rcode.SERVFAIL
+    assert m.edns == 0 and m.ednsflags & dns.flags.DO
+
+
+# ---------------------------------------------------------------------- opcodes
+
+
+def with_opcode(wire: bytes, opcode: int) -> bytes:
+    return wire[:2] + bytes(((wire[2] & 0x87) | (opcode << 3),)) + wire[3:]
+
+
+OTHER_OPCODES = [dns.opcode.IQUERY, dns.opcode.STATUS, 3, dns.opcode.NOTIFY, dns.opcode.UPDATE]
+OTHER_OPCODES += [6, 7, 15]
+
+
+@pytest.mark.parametrize("opcode", OTHER_OPCODES)
+@pytest.mark.parametrize(
+    ("wire", "echoed"),
+    [
+        (header() + QUESTION, True),
+        (header(qd=0), False),
+        (header(qd=2) + QUESTION + QUESTION, False),
+        (header(qd=1) + b"\xc0\x0c\x00\x01\x00\x01", False),  # a pointer: not echoed
+        (header(qd=3) + QUESTION, False),  # QDCOUNT past the end
+        (header() + QUESTION + b"junk", True),
+    ],
+    ids=["one", "none", "two", "pointer", "truncated", "trailing-junk"],
+)
+def test_other_opcodes_get_notimp_whatever_the_question_count(
+    responder: Responder, opcode: int, wire: bytes, echoed: bool
+) -> None:
+    wire = with_opcode(wire, opcode)
+    out = respond(responder, wire)
+    assert out is not None
+    assert out[:2] == wire[:2]
+    assert out[2] & 0x80 and (out[2] >> 3) & 0xF == opcode
+    assert out[3] & 0x0F == dns.rcode.NOTIMP
+    if echoed:
+        assert out[4:6] == b"\0\1" and out[12:] == QUESTION
+    else:
+        assert out[4:6] == b"\0\0" and len(out) == 12
+
+
+def notimp(responder: Responder, wire: bytes, opcode: int) -> bytes:
+    """The NOTIMP reply to `wire` sent with `opcode`, checked byte by byte (dnspython reads
+    an UPDATE reply's question as a zone section and rejects one that is not SOA)."""
+    wire = with_opcode(wire, opcode)
+    out = respond(responder, wire)
+    assert out is not None and out[:2] == wire[:2]
+    assert out[2] & 0x80 and (out[2] >> 3) & 0xF == opcode
+    assert out[3] & 0x0F == dns.rcode.NOTIMP
+    assert out[6:10] == b"\0\0\0\0"  # no answer, no authority
+    return out
+
+
+@pytest.mark.parametrize("opcode", [dns.opcode.NOTIFY, dns.opcode.UPDATE])
+def test_notimp_carries_opt_when_the_query_has_one(responder: Responder, opcode: int) -> None:
+    for wire, do in (
+        (query("static.example.test.", edns=0, do=True), True),
+        (query("static.example.test.", edns=1), False),  # NOTIMP, not BADVERS
+        (query("www.example.test.", ecs="192.0.2.0"), False),
+        (header(qd=0, ar=1) + opt_rr(do=True), True),
+        (header(qd=2, ar=1) + QUESTION + QUESTION + opt_rr(do=True), True),
+    ):
+        out = notimp(responder, wire, opcode)
+        assert out[10:12] == b"\0\1"
+        # our payload size, no extended rcode, version 0, the DO bit, no options
+        assert out[-11:] == b"\x00\x00\x29\x04\xd0\x00\x00" + (b"\x80" if do else b"\x00") + bytes(
+            3
+        )
+
+
+def test_no_cache_answers_another_opcode(responder: Responder) -> None:
+    """Each cache tier and the parsed-shape memo key on the query bytes with the header flags:
+    a NOTIFY or UPDATE that repeats a cached QUERY byte for byte (or in shape, with another
+    ECS address) still gets NOTIMP, and the QUERY is still answered afterwards."""
+    plain = query("static.example.test.")
+    pool = query("www.example.test.", ecs="192.0.2.0")
+    other_place = query("www.example.test.", ecs="192.0.2.0").replace(
+        b"\xc0\x00\x02", b"\xc6\x33\x64"
+    )
+    for wire in (plain, pool, plain, pool):  # the second round comes from the caches
+        assert ask(responder, wire).rcode() == dns.rcode.NOERROR
+    for opcode in (dns.opcode.NOTIFY, dns.opcode.UPDATE):
+        for wire in (plain, pool, other_place):
+            notimp(responder, wire, opcode)
+    assert addresses(ask(responder, plain)) == ["192.0.2.30"]
+    assert ask(responder, other_place).answer

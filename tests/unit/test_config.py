@@ -343,6 +343,33 @@ def test_zone_file_errors_name_the_line(tmp_path: Path) -> None:
     )
 
 
+def test_zone_file_include_from_disk(tmp_path: Path) -> None:
+    """$INCLUDE on real files: relative to the including file's directory, which is not the
+    config file's; an error inside the included file names that file and its line."""
+    (tmp_path / "zones" / "parts").mkdir(parents=True)
+    (tmp_path / "zones" / "main.zone").write_text(
+        "$TTL 600\nmail A 192.0.2.25\n$INCLUDE parts/hosts.zone hosts\n@ MX 10 mail\n",
+        encoding="utf-8",
+    )
+    hosts = tmp_path / "zones" / "parts" / "hosts.zone"
+    hosts.write_text("$TTL 60\nweb A 192.0.2.80\n", encoding="utf-8")
+    path = tmp_path / "gslb.toml"
+    path.write_text(
+        MINIMAL.replace('records = ["@ NS', 'file = "zones/main.zone"\nrecords = ["@ NS')
+    )
+    records = {(r.name, r.rtype): r for r in load_config(path).zones[0].records}
+    web = records[(name_from_text("web.hosts.example.test."), A)]
+    assert web.ttl == 60 and web.key == "zone[0].file (zones/parts/hosts.zone line 2)"
+    assert records[(name_from_text("example.test."), MX)].ttl == 600  # $TTL 60 did not leak
+    hosts.write_text("web A 192.0.2.80\nbad MX x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: zone[0].file (zones/parts/hosts.zone line 2): MX needs 2 rdata field(s), "
+        "got 1: 'x'"
+    )
+
+
 def test_zone_is_required_and_duplicates_rejected() -> None:
     assert error("") == "bad.toml: zone: at least one [[zone]] is required"
     zone = MINIMAL[: MINIMAL.index("[[edge]]")]

@@ -60,9 +60,8 @@ def test_encode_echoes_with_scope() -> None:
     ],
 )
 def test_malformed_options_are_formerr(data: bytes, problem: str) -> None:
-    with pytest.raises(FormError, match=problem) as info:
+    with pytest.raises(FormError, match=problem):
         ClientSubnet.decode(data)
-    assert info.value.edns
 
 
 @given(

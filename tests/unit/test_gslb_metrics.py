@@ -73,3 +73,15 @@ def test_probe_counters_are_exported() -> None:
     assert 'gslb_edge_probes_total{edge="fra",reason="timeout",result="failure"} 2.0' in text
     without = generate_latest(make_registry(QueryMetrics().export, lambda: {})).decode()
     assert "gslb_edge_probes" not in without
+
+
+def test_pool_cache_misses_are_summed_over_workers_and_exported() -> None:
+    a, b = QueryMetrics(), QueryMetrics()
+    a.pool_miss("www.example.test.")
+    b.pool_miss("www.example.test.")
+    b.pool_miss("cdn.example.test.")
+    merged = merge_exports([a.export(), b.export(), {"pool_misses": "x"}])
+    assert merged["pool_misses"] == {"www.example.test.": 2, "cdn.example.test.": 1}
+    text = generate_latest(make_registry(lambda: merged, lambda: {})).decode()
+    assert 'gslb_pool_cache_misses_total{pool="www.example.test."} 2.0' in text
+    assert 'gslb_pool_cache_misses_total{pool="cdn.example.test."} 1.0' in text

@@ -323,3 +323,23 @@ def test_views_of_replaced_pools_are_dropped_when_the_health_version_moves() -> 
     assert any(v.pool is new for v in selection._VIEWS.values())
     health.set_drained("fra", True)
     assert select(new, LONDON, health).edges == (IAD,)
+
+
+def test_a_change_in_another_pool_keeps_this_pools_view_and_memo() -> None:
+    www = pool(answers=1)
+    syd = Edge("syd", -33.87, 151.21)
+    other = Pool("other.example.test.", (syd, NRT))
+    big = _big_pool(3, 120, 1)  # the grid: its cells are kept too
+    health = HealthStore([www, other, big])
+    first = select(www, LONDON, health)
+    cell = select(big, LONDON, health)
+    health.set_drained("syd", True)
+    assert select(other, TOKYO, health).edges == (NRT,)
+    assert select(www, LONDON, health) is first  # the memoized answer of the same view
+    assert select(big, LONDON, health) is cell
+    health.set_drained("nrt", True)  # in www and other: both views are rebuilt
+    assert select(www, TOKYO, health).edges == (FRA,)
+    assert select(other, TOKYO, health).edges == (syd, NRT)  # nothing serves: the fallback
+    assert select(www, LONDON, health) is not first
+    assert select(www, LONDON, health).edges == (FRA,)
+    assert select(big, LONDON, health) is cell

@@ -28,6 +28,7 @@ from gslb.zone import (
     name_to_text,
     parse_master,
     parse_ttl,
+    parse_zone_file,
 )
 
 ORIGIN = name_from_text("example.test.")
@@ -159,6 +160,172 @@ def test_master_file_errors(text: str, line: int, problem: str) -> None:
 def test_directives_only_in_files() -> None:
     with pytest.raises(ZoneError, match="only allowed in zone files"):
         parse_master("$TTL 5", ORIGIN, 3600, lambda _n: "zone[0].records[0]", directives=False)
+
+
+# ---------------------------------------------------------------------- $INCLUDE
+
+
+class Files:
+    """A small real file set for parse_zone_file: names (as the parser resolves them) to
+    text; records which names were read."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+        self.read: list[str] = []
+
+    def __call__(self, name: str) -> str:
+        self.read.append(name)
+        try:
+            return self.files[name]
+        except KeyError:
+            raise FileNotFoundError(2, "No such file or directory", name) from None
+
+
+def parse_file(files: dict[str, str], top: str = "zones/main.zone") -> list[Record]:
+    reader = Files(files)
+    return parse_zone_file(files[top], top, ORIGIN, 3600, "zone[0].file", reader)
+
+
+def table(records: list[Record]) -> list[tuple[str, str, int, str]]:
+    return [
+        (name_to_text(r.name), {A: "A", TXT: "TXT"}.get(r.rtype, "?"), r.ttl, r.key)
+        for r in records
+    ]
+
+
+def test_include_origin_ttl_and_owner_stay_with_the_included_file() -> None:
+    records = parse_file(
+        {
+            "zones/main.zone": (
+                "$TTL 300\n"
+                "host A 192.0.2.1\n"
+                "$INCLUDE sub/hosts.zone lab ; comment\n"
+                "  A 192.0.2.2\n"  # the owner before the $INCLUDE: host
+                "after A 192.0.2.3\n"  # relative to example.test., with $TTL 300
+                "$ORIGIN inner.example.test.\n"
+                "$INCLUDE sub/plain.zone\n"
+            ),
+            "zones/sub/hosts.zone": (
+                "a A 192.0.2.10\n"  # origin lab.example.test., $TTL 300 inherited
+                "$TTL 60\n"
+                "$ORIGIN elsewhere.example.test.\n"
+                "b A 192.0.2.11\n"
+            ),
+            "zones/sub/plain.zone": "c A 192.0.2.12\n",  # the current origin: inner
+        }
+    )
+    main, hosts, plain = (
+        "zone[0].file (zones/main.zone line",
+        "zone[0].file (zones/sub/hosts.zone line",
+        "zone[0].file (zones/sub/plain.zone line",
+    )
+    assert table(records) == [
+        ("host.example.test.", "A", 300, f"{main} 2)"),
+        ("a.lab.example.test.", "A", 300, f"{hosts} 1)"),
+        ("b.elsewhere.example.test.", "A", 60, f"{hosts} 4)"),
+        ("host.example.test.", "A", 300, f"{main} 4)"),
+        ("after.example.test.", "A", 300, f"{main} 5)"),
+        ("c.inner.example.test.", "A", 300, f"{plain} 1)"),
+    ]
+
+
+def test_include_paths_resolve_against_the_including_file() -> None:
+    files = {
+        "zones/main.zone": "$INCLUDE a/one.zone\n$INCLUDE /abs/three.zone\n",
+        "zones/a/one.zone": "$INCLUDE ../two.zone\n",
+        "zones/two.zone": "two A 192.0.2.2\n",
+        "/abs/three.zone": '$INCLUDE "four.zone"\n',
+        "/abs/four.zone": "four A 192.0.2.4\n",
+    }
+    reader = Files(files)
+    records = parse_zone_file(
+        files["zones/main.zone"], "zones/main.zone", ORIGIN, 3600, "z", reader
+    )
+    assert [name_to_text(r.name) for r in records] == ["two.example.test.", "four.example.test."]
+    assert reader.read == [
+        "zones/a/one.zone",
+        "zones/two.zone",
+        "/abs/three.zone",
+        "/abs/four.zone",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "problem"),
+    [
+        (
+            {"zones/main.zone": "\n$INCLUDE main.zone\n"},
+            "zones/main.zone line 2",
+            "$INCLUDE loop: zones/main.zone -> zones/main.zone",
+        ),
+        (
+            {
+                "zones/main.zone": "$INCLUDE a.zone\n",
+                "zones/a.zone": "x A 192.0.2.1\n$INCLUDE ./sub/../b.zone\n",
+                "zones/b.zone": "$INCLUDE a.zone\n",
+            },
+            "zones/b.zone line 1",
+            "$INCLUDE loop: zones/main.zone -> zones/a.zone -> zones/b.zone -> zones/a.zone",
+        ),
+        (
+            {
+                "zones/main.zone": "$INCLUDE f1\n",
+                **{f"zones/f{i}": f"$INCLUDE f{i + 1}\n" for i in range(1, 20)},
+            },
+            "zones/f7 line 1",
+            "$INCLUDE of 'zones/f8' nests more than 8 files",
+        ),
+        (
+            {"zones/main.zone": "www A 192.0.2.1\n$INCLUDE missing.zone\n"},
+            "zones/main.zone line 2",
+            "$INCLUDE cannot read 'zones/missing.zone'",
+        ),
+        (
+            {"zones/main.zone": "$INCLUDE a.zone\n", "zones/a.zone": "; c\n\nbad MX x\n"},
+            "zones/a.zone line 3",
+            "MX needs 2 rdata field(s)",
+        ),
+        (
+            {
+                "zones/main.zone": "www A 192.0.2.1\n$INCLUDE a.zone\n",
+                "zones/a.zone": "  A 192.0.2.2\n",
+            },
+            "zones/a.zone line 1",
+            "without an owner name",
+        ),
+        (
+            {"zones/main.zone": "$INCLUDE\n"},
+            "zones/main.zone line 1",
+            "$INCLUDE takes a file name and an optional domain name",
+        ),
+        (
+            {"zones/main.zone": "$INCLUDE a.zone sub extra\n"},
+            "zones/main.zone line 1",
+            "$INCLUDE takes a file name and an optional domain name",
+        ),
+        (
+            {"zones/main.zone": "$INCLUDE a.zone bad!name\n"},
+            "zones/main.zone line 1",
+            "not a host label",
+        ),
+    ],
+    ids=[
+        "self",
+        "loop",
+        "depth",
+        "missing",
+        "error-inside",
+        "no-owner",
+        "no-file",
+        "extra",
+        "bad-origin",
+    ],
+)
+def test_include_errors_name_file_and_line(files: dict[str, str], where: str, problem: str) -> None:
+    with pytest.raises(ZoneError) as info:
+        parse_file(files)
+    assert info.value.key == f"zone[0].file ({where})"
+    assert problem in info.value.problem
 
 
 # ---------------------------------------------------------------------- validation
