@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol, TypeVar
 
@@ -66,28 +66,24 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def group_size(self) -> int:
-        """How many live processes are in the group we started (a server and its workers)."""
-        pgid, count = self.popen.pid, 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                count += 1
-        return count
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the live processes of our group have used so far."""
-        pgid, ticks = self.popen.pid, 0
+    def _group_stats(self) -> Iterator[list[str]]:
+        """The /proc/PID/stat fields after the command name of each process in our group."""
+        pgid = self.popen.pid  # start_new_session: the group id is the child's pid
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
             if int(fields[2]) == pgid:
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+                yield fields
+
+    def group_size(self) -> int:
+        """How many live processes are in the group we started (a server and its workers)."""
+        return sum(1 for fields in self._group_stats() if fields[0] != "Z")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the live processes of our group have used so far."""
+        ticks = sum(int(f[11]) + int(f[12]) for f in self._group_stats())  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def tail(self, lines: int = 15) -> str:

@@ -125,6 +125,20 @@ def base_url(runtime: EdgeRuntime, kind: str = "http") -> str:
     return f"{scheme}://{addr}"
 
 
+def raw_reply(data: bytes) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An origin route that writes `data` as the whole raw reply and closes the connection:
+    a broken, cut short or close-delimited response aiohttp itself would not send."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.write(data)
+        request.transport.close()
+        await asyncio.sleep(0.05)
+        return web.Response()
+
+    return handler
+
+
 async def until(predicate: Callable[[], bool], *, tries: int = 200, step: float = 0.05) -> bool:
     """Poll `predicate` a bounded number of times; True once it holds."""
     for _ in range(tries):

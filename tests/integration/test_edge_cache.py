@@ -21,6 +21,7 @@ from tests.integration.edge_helpers import (
     base_url,
     edge_config,
     origins,
+    raw_reply,
     running_edge,
     until,
 )
@@ -332,27 +333,12 @@ async def test_stale_if_error_and_stale_while_revalidate(tmp_path: Path) -> None
 
 async def test_incomplete_origin_body_is_never_stored(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
-
-        async def cut(request: web.Request) -> web.StreamResponse:
-            assert request.transport is not None
-            request.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\nabc"
-            )
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response()
-
-        async def close_delimited(request: web.Request) -> web.StreamResponse:
-            assert request.transport is not None
-            request.transport.write(
-                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nConnection: close\r\n\r\nall"
-            )
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response()
-
-        origin.routes["/cut"] = cut
-        origin.routes["/cd"] = close_delimited
+        origin.routes["/cut"] = raw_reply(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\nabc"
+        )
+        origin.routes["/cd"] = raw_reply(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nConnection: close\r\n\r\nall"
+        )
         config = _cfg(origin, tmp_path, pool={"retry": False, "max_fails": 100})
         async with running_edge(config) as edge, aiohttp.ClientSession() as s:
             for _ in range(2):
@@ -892,17 +878,14 @@ async def test_a_fill_that_outgrows_the_cache_still_serves_its_client(tmp_path: 
 
 async def test_a_storable_body_that_breaks_off_is_cut_and_not_stored(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
+        cut_short = raw_reply(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\nabc"
+        )
 
         async def broken(request: web.Request) -> web.StreamResponse:
             if origin.hits["/cut"] > 1:
                 return web.Response(body=b"0123456789", headers={"Cache-Control": "max-age=60"})
-            assert request.transport is not None
-            request.transport.write(
-                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\nabc"
-            )
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response()
+            return await cut_short(request)
 
         origin.routes["/cut"] = broken
         config = _cfg(origin, tmp_path, pool={"retry": False, "max_fails": 100})

@@ -18,6 +18,7 @@ from tests.integration.edge_helpers import (
     base_url,
     edge_config,
     origins,
+    raw_reply,
     running_edge,
     until,
 )
@@ -37,23 +38,8 @@ async def _who(session: aiohttp.ClientSession, url: str) -> str:
 
 async def test_broken_origin_gives_502_and_dead_origin_502() -> None:
     async with origins("a") as (origin,):
-
-        async def broken(request: web.Request) -> web.StreamResponse:
-            assert request.transport is not None
-            request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response()
-
-        async def garbage(request: web.Request) -> web.StreamResponse:
-            assert request.transport is not None
-            request.transport.write(b"NOT HTTP AT ALL\r\n\r\n")
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response()
-
-        origin.routes["/broken"] = broken
-        origin.routes["/garbage"] = garbage
+        origin.routes["/broken"] = raw_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        origin.routes["/garbage"] = raw_reply(b"NOT HTTP AT ALL\r\n\r\n")
         config = edge_config([origin], pool={"retry": False, "max_fails": 100})
         async with running_edge(config) as edge, aiohttp.ClientSession() as s:
             async with s.get(base_url(edge) + "/garbage") as r:

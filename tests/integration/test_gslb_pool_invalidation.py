@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import dns.edns
 import dns.message
@@ -19,21 +17,10 @@ from tests.integration.gslb_helpers import (
     LONDON,
     TOKYO,
     GslbProcess,
-    write_config,
 )
 
 FRA, NRT = EDGE_IPS["fra"], EDGE_IPS["nrt"]
 SPREAD = 40  # queries from fresh sockets: both workers get some (all on one: p = 2**-39)
-
-
-@pytest.fixture(scope="module")
-def two_workers(tmp_path_factory: pytest.TempPathFactory, geo_db: Path) -> Iterator[GslbProcess]:
-    config = write_config(tmp_path_factory.mktemp("gslb") / "gslb.toml", geo_db)
-    proc = GslbProcess(config, "--workers", "2")
-    try:
-        yield proc
-    finally:
-        assert proc.stop() == 0, proc.log_text()
 
 
 def spread(proc: GslbProcess, name: str, subnet: str) -> set[str]:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -182,16 +181,6 @@ def test_log_level_option_outlasts_reloads(tmp_path: Path, geo_db: Path) -> None
 
 
 # -- workers --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def two_workers(tmp_path_factory: pytest.TempPathFactory, geo_db: Path) -> Iterator[GslbProcess]:
-    config = write_config(tmp_path_factory.mktemp("gslb") / "gslb.toml", geo_db)
-    proc = GslbProcess(config, "--workers", "2")
-    try:
-        yield proc
-    finally:
-        assert proc.stop() == 0, proc.log_text()
 
 
 def _fresh_socket_queries(proc: GslbProcess, count: int) -> list[str]:
