@@ -10,6 +10,7 @@ own live numbers (counters and histograms summed, gauges as NODE_GAUGES says).
 from __future__ import annotations
 
 import collections
+import hmac
 import json
 import os
 import time
@@ -232,6 +233,11 @@ def status_document(
     )
 
 
+def _bearer_ok(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
 def add_routes(
     app: web.Application,
     get_proxy: Callable[[], Proxy],
@@ -257,6 +263,13 @@ def add_routes(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def purge(request: web.Request) -> web.Response:
+        token = get_proxy().config.admin.token
+        if token is not None and not _bearer_ok(request, token):
+            return web.json_response(
+                {"error": "purging needs Authorization: Bearer <admin.token_file's token>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="edge"'},
+            )
         try:
             doc = json.loads(await request.read() or b"{}")
         except (ValueError, UnicodeDecodeError):

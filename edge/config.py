@@ -195,6 +195,7 @@ class CompressionConfig:
 class AdminConfig:
     listen: Address | None = None
     capacity_rps: float = 1000.0
+    token: str | None = field(default=None, repr=False)  # from token_file: purges need it
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,16 +554,30 @@ def _compression(sec: _Section) -> CompressionConfig:
     return comp
 
 
-def _admin(sec: _Section) -> AdminConfig:
+def _admin(sec: _Section, base_dir: str) -> AdminConfig:
     listen = _addresses(sec, "listen", ())
     if len(listen) > 1:
         raise sec.error("listen", "one admin address only")
+    token_file = sec.take("token_file", str, "")
     admin = AdminConfig(
         listen=listen[0] if listen else None,
         capacity_rps=sec.positive("capacity_rps", AdminConfig().capacity_rps),
+        token=_token(sec, os.path.join(base_dir, token_file)) if token_file else None,
     )
     sec.done()
     return admin
+
+
+def _token(sec: _Section, path: str) -> str:
+    """A bearer token read from `path`: one line of at least 16 visible ASCII characters."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            token = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise sec.error("token_file", f"cannot read {path!r}: {exc}") from None
+    if len(token) < 16 or not all("!" <= c <= "~" for c in token):
+        raise sec.error("token_file", f"{path!r} must hold one token of 16+ visible characters")
+    return token
 
 
 def _log(sec: _Section) -> LogConfig:
@@ -585,7 +600,7 @@ def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> E
         "pool": lambda s: _pool(s, base_dir),
         "cache": lambda s: _cache(s, base_dir),
         "compression": _compression,
-        "admin": _admin,
+        "admin": lambda s: _admin(s, base_dir),
         "log": _log,
     }
     parts = {name: build(root.sub(name)) for name, build in builders.items()}

@@ -10,6 +10,9 @@
     POST /v1/edges/{name}/drain        stop answering with the edge
     POST /v1/edges/{name}/undrain      answer with it again
 
+With `api.token_file` configured, the requests that change state (POST, PUT) need
+`Authorization: Bearer TOKEN` (401 otherwise); reads stay open.
+
 The app only talks to a `HealthStore` (the authoritative one: in the parent process when there
 are several workers, which pushes every change to them) and to a callable returning merged
 query counters (see gslb.metrics). With edge probes (gslb.poller) it also gets `probes`, whose
@@ -19,6 +22,7 @@ probe counters in /metrics.
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,10 +58,23 @@ def make_app(
     info: Callable[[], Mapping[str, Any]] | None = None,
     synced: Callable[[], Awaitable[object]] | None = None,
     probes: ProbeSource | None = None,
+    token: Callable[[], str | None] = lambda: None,
 ) -> web.Application:
     """`synced`, when given, is awaited after every change before the reply, so a client that
-    got its 200 can rely on every worker answering with the new state."""
-    app = web.Application(client_max_size=64 * 1024)
+    got its 200 can rely on every worker answering with the new state. `token` gives the
+    current bearer token for changes (None: no token needed); a reload may change it."""
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD") and not bearer_ok(request, token()):
+            return web.json_response(
+                {"error": "this request needs Authorization: Bearer <api.token_file's token>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="gslb"'},
+            )
+        return await handler(request)
+
+    app = web.Application(client_max_size=64 * 1024, middlewares=[authorize])
     app[HEALTH] = health
     app[_INFO] = {"info": info, "synced": synced, "probes": probes}
     app[_REGISTRY] = make_registry(
@@ -72,6 +89,17 @@ def make_app(
     app.router.add_post("/v1/edges/{name}/drain", _drain)
     app.router.add_post("/v1/edges/{name}/undrain", _undrain)
     return app
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_ok(request: web.BaseRequest, token: str | None) -> bool:
+    """True when no token is required or the request carries it (compared in constant time)."""
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -13,7 +13,7 @@ import re
 import tomllib
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -52,6 +52,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8053)
+    token: str | None = field(default=None, repr=False)  # from token_file: changes need it
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +255,7 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
         top.used.add(name)
     top.done()
     server = _server(_Table(data.get("server", {}), "server"))
-    api = _api(_Table(data.get("api", {}), "api"))
+    api = _api(_Table(data.get("api", {}), "api"), base)
     log = _log(_Table(data.get("log", {}), "log"))
     geo = _geo(_Table(data.get("geo", {}), "geo"), base)
     health = _health(_Table(data.get("health", {}), "health"))
@@ -296,12 +297,24 @@ def _server(t: _Table) -> ServerConfig:
     return cfg
 
 
-def _api(t: _Table) -> ApiConfig:
+def _api(t: _Table, base: Path) -> ApiConfig:
     raw = t.get("listen", str, None)
+    token_file = t.get("token_file", str, None)
     t.done()
-    if raw is None:
-        return ApiConfig()
-    return ApiConfig(parse_hostport(raw, t.sub("listen")))
+    listen = ApiConfig().listen if raw is None else parse_hostport(raw, t.sub("listen"))
+    token = None if token_file is None else _token(base / token_file, t.sub("token_file"))
+    return ApiConfig(listen, token)
+
+
+def _token(path: Path, key: str) -> str:
+    """A bearer token read from `path`: one line of at least 16 visible ASCII characters."""
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Invalid(key, f"cannot read {str(path)!r}: {exc}") from None
+    if len(token) < 16 or not all("!" <= c <= "~" for c in token):
+        raise _Invalid(key, f"{str(path)!r} must hold one token of 16+ visible characters")
+    return token
 
 
 def _log(t: _Table) -> LogConfig:

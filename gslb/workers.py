@@ -177,7 +177,14 @@ async def serve_single(
         api = api_address(config)
         if api is not None:
             runner, port = await start_api(
-                make_app(health, runtime.metrics.export, probes=poller), api[0], port=api[1]
+                make_app(
+                    health,
+                    runtime.metrics.export,
+                    probes=poller,
+                    token=lambda: runtime.config.api.token,
+                ),
+                api[0],
+                port=api[1],
             )
             log.info("api listening http://%s", format_addr(api[0], port))
 
@@ -391,6 +398,7 @@ async def serve_parent(
     addresses = [(p.host, p.port) for p in probes]
     supervisor = Supervisor(source, addresses, count, health, level)
     poller = EdgePoller(health, config)
+    current = [config]  # the parent's view of the config, for the API's token
     health.add_listener(
         lambda store: supervisor.broadcast({"type": "health", "snapshot": store.snapshot()})
     )
@@ -407,6 +415,7 @@ async def serve_parent(
         supervisor.broadcast({"type": "reload", "level": supervisor.level})
         health.reconfigure(config_pools(new), config_edge_names(new))  # pushes a snapshot too
         poller.reconfigure(new)
+        current[0] = new
         log.info("reloaded config %s (workers reload it too)", source.describe())
 
     runner = None
@@ -440,6 +449,7 @@ async def serve_parent(
                 info=supervisor.info,
                 synced=supervisor.synced,
                 probes=poller,
+                token=lambda: current[0].api.token,
             )
             runner, port = await start_api(app, api[0], api[1])
             log.info("api listening http://%s", format_addr(api[0], port))

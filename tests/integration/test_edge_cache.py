@@ -254,6 +254,34 @@ async def test_a_slow_first_miss_holds_followers_back_no_longer_than_collapse_ti
             assert (await asyncio.wait_for(leader, 30))[0] == b"slow"
 
 
+async def test_purge_needs_the_admin_token_when_one_is_configured(tmp_path: Path) -> None:
+    token = "s3cret-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    admin_section = {"token_file": str(tmp_path / "token")}
+    async with origins("a") as (origin,):
+        origin.routes["/t"] = _cacheable(b"t")
+        config = _cfg(origin, tmp_path, admin=admin_section)
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/t"
+            host = f"127.0.0.1:{edge.addresses['http'][0].port}"
+            purge = base_url(edge, "admin") + "/__edge/purge"
+            body = {"url": f"http://{host}/t"}
+            for _ in range(2):
+                async with s.get(url) as r:
+                    assert await r.read() == b"t"
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                async with s.post(purge, json=body, headers=headers) as r:
+                    assert r.status == 401
+                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            async with s.get(url) as r:
+                assert "hit" in r.headers["Cache-Status"]  # nothing was purged
+            async with s.get(base_url(edge, "admin") + "/__edge/status") as r:
+                assert r.status == 200  # reads stay open: the DNS tier polls this
+            auth = {"Authorization": f"Bearer {token}"}
+            async with s.post(purge, json=body, headers=auth) as r:
+                assert r.status == 200 and (await r.json())["purged"] == 1
+
+
 async def test_purge_api_and_unsafe_invalidation(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         for path in ("/p/one", "/p/two", "/q/tagged"):

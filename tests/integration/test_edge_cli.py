@@ -434,6 +434,16 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
             "server.strip_request_headers[0]",
             "not a header field name",
         ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[admin]\ntoken_file = "missing"\n',
+            "admin.token_file",
+            "cannot read",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[admin]\ntoken_file = "short"\n',
+            "admin.token_file",
+            "16+ visible characters",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
@@ -441,6 +451,7 @@ def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem
 
     path = tmp_path / "c.toml"
     path.write_text(toml)
+    (tmp_path / "short").write_text("abc\n")  # too short a token
     with pytest.raises(ConfigError) as info:
         load(str(path))
     assert str(info.value).startswith(f"{path}: {key}: ")

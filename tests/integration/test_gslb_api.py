@@ -133,3 +133,35 @@ async def test_metrics_exposition(api: Api) -> None:
     assert 'gslb_answer_latency_seconds_bucket{le="+Inf"} 2.0' in text
     assert "gslb_answer_latency_seconds_count 2.0" in text
     assert 'gslb_edge_serving{edge="iad"} 1.0' in text
+
+
+async def test_changes_need_the_token_and_reads_do_not() -> None:
+    health = HealthStore([POOL])
+    tokens = ["first-token-0123456789"]
+    app = make_app(health, QueryMetrics().export, token=lambda: tokens[0])
+    runner, port = await start_api(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": tokens[0]}):
+                async with s.post(f"{url}/v1/edges/fra/drain", headers=headers) as r:
+                    assert r.status == 401
+                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                async with s.put(f"{url}/v1/edges/fra", json={"load": 0.5}, headers=headers) as r:
+                    assert r.status == 401
+            assert health.snapshot()["edges"]["fra"]["drained"] is False
+            for path in ("/healthz", "/metrics", "/v1/edges", "/v1/edges/fra"):
+                async with s.get(url + path) as r:
+                    assert r.status == 200
+            auth = {"Authorization": f"bearer {tokens[0]}"}  # the scheme is case-insensitive
+            async with s.post(f"{url}/v1/edges/fra/drain", headers=auth) as r:
+                assert r.status == 200
+            assert health.snapshot()["edges"]["fra"]["drained"] is True
+            tokens[0] = "second-token-0123456789"  # what a reload with a new token_file does
+            async with s.post(f"{url}/v1/edges/fra/undrain", headers=auth) as r:
+                assert r.status == 401
+            auth = {"Authorization": f"Bearer {tokens[0]}"}
+            async with s.post(f"{url}/v1/edges/fra/undrain", headers=auth) as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import dns.message
@@ -368,3 +370,39 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _post(proc: GslbProcess, path: str, token: str | None) -> int:
+    req = urllib.request.Request(proc.api + path, data=b"", method="POST")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_api_token_from_file_and_reloaded(tmp_path: Path, geo_db: Path, workers: int) -> None:
+    path = write_config(tmp_path / "gslb.toml", geo_db)
+    listen = '[api]\nlisten = "127.0.0.1:0"'
+    path.write_text(path.read_text().replace(listen, listen + '\ntoken_file = "api.token"'))
+    token_file = tmp_path / "api.token"
+    token_file.write_text("first-token-0123456789\n")
+    proc = GslbProcess(path, "--workers", str(workers))
+    try:
+        assert _post(proc, "/v1/edges/fra/drain", None) == 401
+        assert _post(proc, "/v1/edges/fra/drain", "wrong-token-0123456789") == 401
+        assert proc.addresses("www.example.test", subnet=LONDON) == [FRA]  # not drained
+        assert _post(proc, "/v1/edges/fra/drain", "first-token-0123456789") == 200
+        assert proc.addresses("www.example.test", subnet=LONDON) == [IAD]
+        token_file.write_text("second-token-0123456789\n")
+        start = len(proc.lines)
+        proc.signal(signal.SIGHUP)
+        proc.wait_for(r"gslb: reloaded config", start=start)
+        assert _post(proc, "/v1/edges/fra/undrain", "first-token-0123456789") == 401
+        assert _post(proc, "/v1/edges/fra/undrain", "second-token-0123456789") == 200
+        assert proc.addresses("www.example.test", subnet=LONDON) == [FRA]
+    finally:
+        assert proc.stop() == 0, proc.log_text()

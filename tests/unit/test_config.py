@@ -434,3 +434,19 @@ def test_health_errors(health: str, url: str | None, message: str) -> None:
         value = url if url == "42" else f'"{url}"'
         text = text.replace('name = "fra"', f'name = "fra"\nstatus_url = {value}')
     assert error(f"[health]\n{health}\n" + text).startswith(message)
+
+
+def test_api_token_file(tmp_path: Path) -> None:
+    (tmp_path / "ok").write_text("  tok-0123456789abcdef  \n")
+    (tmp_path / "short").write_text("abc\n")
+    (tmp_path / "spaced").write_text("tok 0123456789abcdef\n")
+
+    def parse(name: str) -> GslbConfig:
+        return parse_config(f'[api]\ntoken_file = "{name}"\n' + MINIMAL, "g.toml", base=tmp_path)
+
+    assert parse("ok").api.token == "tok-0123456789abcdef"
+    assert "tok-0123456789abcdef" not in repr(parse("ok"))  # kept out of logs and tracebacks
+    assert load(MINIMAL).api.token is None
+    for name, problem in (("missing", "cannot read"), ("short", "16+"), ("spaced", "16+")):
+        with pytest.raises(ConfigError, match=rf"^g\.toml: api\.token_file: .*{problem}"):
+            parse(name)
