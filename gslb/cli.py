@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geo.errors import GeoError
-from gslb.config import GslbConfig, load_config
+from gslb.config import LOG_LEVELS, GslbConfig, load_config
 from gslb.errors import GslbError
 from gslb.server import format_addr
 
@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="processes sharing the ports (overrides server.workers)"
     )
     serve.add_argument(
-        "--log-level", help="overrides log.level, on reloads too (debug, info, warning, error)"
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="overrides log.level, on reloads too",
     )
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)

@@ -83,6 +83,11 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
     assert out.returncode == 1 and "absent.toml" in out.stderr
 
 
+def test_an_unknown_log_level_option_is_refused() -> None:
+    out = gslb_cmd("serve", "--example", "--log-level", "loud")
+    assert out.returncode == 2 and "--log-level" in out.stderr and "'loud'" in out.stderr
+
+
 def test_serve_with_bad_config_exits_1(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nlisten = 5\n")
