@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import replace
 
 from edge.config import Address, ConfigError, EdgeConfig, load, quick_start
@@ -97,7 +98,7 @@ def _run(
     path: str | None,
     *,
     reuse_port: bool,
-    worker: int = 0,
+    announce: bool = True,
     ready_fd: int | None = None,
     stats_dir: str | None = None,
 ) -> int:
@@ -113,7 +114,7 @@ def _run(
                 config,
                 path,
                 reuse_port=reuse_port,
-                announce=worker == 0,
+                announce=announce,
                 ready_fd=ready_fd,
                 stats_dir=stats_dir,
             )
@@ -205,15 +206,26 @@ def _run_workers(config: EdgeConfig, path: str | None) -> int:
             shutil.rmtree(stats_dir, ignore_errors=True)
 
 
+MAX_RESTARTS = 5  # per worker slot over the parent's lifetime
+
+
 def _fork_workers(
     config: EdgeConfig, path: str | None, holders: list[socket.socket], stats_dir: str | None
 ) -> int:
-    children: list[int] = []
+    """Fork the workers and watch them. Once the node is ready, a worker that dies is
+    replaced (at most MAX_RESTARTS times per slot, after a growing delay), reading the
+    config file as it is then; before that, any worker exiting stops the node."""
+    count = config.server.workers
+    slots: dict[int, int] = {}  # pid -> slot
+    restarts = dict.fromkeys(range(count), 0)
+    state = {"stopping": False}
     ready_r, ready_w = os.pipe()
-    for n in range(config.server.workers):
+
+    def spawn(slot: int, ready_fd: int | None) -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            os.close(ready_r)
+            if ready_fd is not None:
+                os.close(ready_r)
             for s in holders:
                 s.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -221,48 +233,86 @@ def _fork_workers(
             # Until the worker's loop installs its handlers, SIGHUP and SIGUSR1 must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            worker_config = config if ready_fd is not None else _respawn_config(config, path)
             code = _run(
-                config, path, reuse_port=True, worker=n, ready_fd=ready_w, stats_dir=stats_dir
+                worker_config,
+                path,
+                reuse_port=True,
+                announce=ready_fd is not None and slot == 0,
+                ready_fd=ready_fd,
+                stats_dir=stats_dir,
             )
             os._exit(code)
-        children.append(pid)
-    os.close(ready_w)
+        slots[pid] = slot
 
     def forward(signum: int, _frame: object) -> None:
-        for pid in children:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            state["stopping"] = True
+        for pid in list(slots):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
+    for n in range(count):
+        spawn(n, ready_w)
+    os.close(ready_w)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, forward)
     ready = 0
-    while ready < len(children):
+    while ready < count:
         got = os.read(ready_r, 64)
         if not got:  # the workers exited (or failed) before all of them were listening
             break
         ready += len(got)
     os.close(ready_r)
-    if ready == len(children):
+    node_ready = ready == count
+    if node_ready:
         print("edge: ready", flush=True)
     status = 0
-    remaining = set(children)
-    while remaining:
+    while slots:
         try:
             pid, code = os.wait()
         except ChildProcessError:
             break
         except InterruptedError:  # pragma: no cover - PEP 475 retries
             continue
-        if pid in remaining:
-            remaining.discard(pid)
-            if code:
-                status = 1
-                forward(signal.SIGTERM, None)
+        slot = slots.pop(pid, None)
+        if slot is None or state["stopping"]:
+            continue
+        restarts[slot] += 1
+        if not node_ready or restarts[slot] > MAX_RESTARTS:
+            log.error("worker %d exited (status %d): stopping the node", slot, code)
+            status = 1
+            forward(signal.SIGTERM, None)
+            continue
+        delay = min(30.0, 0.5 * 2 ** (restarts[slot] - 1))
+        log.warning("worker %d exited (status %d): restarting it in %.1fs", slot, code, delay)
+        time.sleep(delay)  # a SIGTERM meanwhile sets stopping
+        if not state["stopping"]:
+            spawn(slot, None)
     for s in holders:
         s.close()
     return status
+
+
+def _respawn_config(started: EdgeConfig, path: str | None) -> EdgeConfig:
+    """What a replacement worker runs: the config file as it is now (the others may have
+    reloaded it since the start), on the listeners the node started with (those need a
+    restart to change); the start-up config if the file no longer loads."""
+    if path is None:
+        return started
+    try:
+        current = load(path)
+    except ConfigError as exc:
+        log.error("replacement worker: %s; it runs the start-up configuration", exc)
+        return started
+    return replace(
+        current,
+        server=replace(current.server, listen=started.server.listen),
+        tls=replace(current.tls, listen=started.tls.listen),
+        admin=replace(current.admin, listen=started.admin.listen),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

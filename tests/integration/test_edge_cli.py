@@ -201,6 +201,90 @@ async def test_two_workers_share_the_port(tmp_path: Path) -> None:
             )
 
 
+def _children(pid: int) -> set[int]:
+    """The live child processes of `pid`, from /proc."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+async def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--admin", "127.0.0.1:0")
+        async with edge_process(*args, "--workers", "2", tmpdir=str(tmp_path)) as edge:
+            parent = edge.proc.pid
+            assert await until(lambda: len(_children(parent)) == 2)
+            first = _children(parent)
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            assert await until(lambda: len(_children(parent) - first) == 1, tries=300)
+            assert len(_children(parent)) == 2 and victim not in _children(parent)
+            fresh = aiohttp.TCPConnector(force_close=True)  # new connections reach both
+            async with aiohttp.ClientSession(connector=fresh) as s:
+                for _ in range(20):
+                    async with s.get(edge.url() + "/after") as r:
+                        assert r.status == 200
+                pids: set[int] = set()
+                for _ in range(100):  # the replacement publishes its record within a second
+                    async with s.get(edge.url("admin") + "/__edge/status") as r:
+                        pids = {w["pid"] for w in (await r.json())["workers"]}
+                    if pids == _children(parent):
+                        break
+                    await asyncio.sleep(0.05)
+                assert pids == _children(parent)
+            edge.proc.terminate()
+            assert await asyncio.wait_for(edge.proc.wait(), 15) == 0
+
+
+async def test_a_replacement_worker_runs_the_reloaded_config(tmp_path: Path) -> None:
+    async with origins("a", "b") as (a, b):
+        conf = tmp_path / "edge.toml"
+
+        def write(origin_url: str) -> None:
+            conf.write_text(
+                '[server]\nlisten = ["127.0.0.1:0"]\nworkers = 2\n[log]\naccess_log = ""\n'
+                '[admin]\nlisten = "127.0.0.1:0"\n'
+                f'[pool]\norigins = ["{origin_url}"]\n[pool.probe]\nenabled = false\n'
+            )
+
+        write(a.url)
+        async with edge_process("-c", str(conf), tmpdir=str(tmp_path)) as edge:
+            fresh = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=fresh) as s:
+
+                async def origins_seen(n: int = 12) -> set[str]:
+                    seen = set()
+                    for _ in range(n):
+                        async with s.get(edge.url() + "/who") as r:
+                            seen.add(str((await r.json())["origin"]))
+                    return seen
+
+                assert await origins_seen() == {"a"}
+                write(b.url)
+                edge.proc.send_signal(signal.SIGHUP)
+                for _ in range(100):
+                    if await origins_seen() == {"b"}:
+                        break
+                    await asyncio.sleep(0.05)
+                parent = edge.proc.pid
+                first = _children(parent)
+                os.kill(min(first), signal.SIGKILL)
+                assert await until(lambda: len(_children(parent) - first) == 1, tries=300)
+                (replacement,) = _children(parent) - first
+                for _ in range(100):  # until the replacement listens and has published
+                    async with s.get(edge.url("admin") + "/__edge/status") as r:
+                        if replacement in {w["pid"] for w in (await r.json())["workers"]}:
+                            break
+                    await asyncio.sleep(0.05)
+                assert await origins_seen(20) == {"b"}
+
+
 async def test_two_workers_report_the_whole_node(tmp_path: Path) -> None:
     """Whichever worker answers the admin port, /__edge/status and /metrics count the
     requests both workers served."""
