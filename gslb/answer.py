@@ -36,8 +36,17 @@ health. In a worker, the replica store moves the generations when it applies the
 snapshot, before it acknowledges it: after the acknowledgement no answer made under the old
 state of an affected pool is served.
 
+DNSSEC (gslb.dnssec): for a query with DO=1 to a zone with a key, every reply is rendered
+signed, and NXDOMAIN becomes RFC 9824 compact denial. DO lives in the EDNS shape of the
+tier-2 key, which tiers 3 and the rendered/template memos extend, and in the query bytes
+that key tier 1; with DO=1 (and signing configured) the shape also holds the signing epoch,
+so a new epoch misses every tier and re-signs. Signed replies go to a tier 1 of their own
+whose entries also hold their epoch: its hits read the clock, the unsigned tier 1 never
+does. Signed pool answers skip the templates (the signature covers the addresses): each
+edge set is rendered and signed once, then cached like any pool reply.
+
 Everything is built once per config: a reload builds a new Responder, so zone changes never
-meet old cache entries.
+meet old cache entries, and a new key never meets signatures made with the old one.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -55,9 +65,10 @@ from dnslib import A as RD_A
 
 from geo.location import Location, Locator
 from gslb.config import GslbConfig
+from gslb.dnssec import NSEC, NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
 from gslb.ecs import CAP_IPV4, CAP_IPV6, FAMILY_IPV4, ClientSubnet
 from gslb.errors import FormError, ShortHeader
-from gslb.models import Edge, HealthView, Policy, Selection
+from gslb.models import Clock, Edge, HealthView, Policy, Selection
 from gslb.respcache import FifoCache
 from gslb.selection import select
 from gslb.wire import Query, parse_query
@@ -65,7 +76,9 @@ from gslb.zone import (
     AAAA,
     BADVERS,
     FORMERR,
+    NOERROR,
     NOTIMP,
+    NXDOMAIN,
     OPT,
     REFUSED,
     SERVFAIL,
@@ -135,12 +148,15 @@ class _Reply:
     qname: str
     pool: str | None = None
     edges: tuple[str, ...] = ()
+    signed: bool = False  # carries DNSSEC signatures (valid for one signing epoch)
 
 
 # A tier-1 entry, a plain tuple because one is built per query variant: (the reply after the
 # ID, the _Reply it was patched from, the query's ECS subnet as text, qtype, the slot of the
 # pool in health.generations, the generation the answer holds for). Static: slot 0, gen 0.
 _Exact = tuple[bytes, _Reply, str | None, int, int, int]
+# The same for a signed reply, plus the signing epoch its signatures belong to.
+_SignedExact = tuple[bytes, _Reply, str | None, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +185,24 @@ class Responder:
         health: HealthView,
         *,
         observer: Observer | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self._zones = Zones(config.zones)
+        self._clock = clock
+        # Signed zones, by origin. The signers (and their signature caches) live and die
+        # with this Responder: a reload builds a new one, so no signature made with an old
+        # key or old data is ever served.
+        self._signers = {
+            z.origin: Signer(z.origin, z.dnssec, clock, nsec_ttl=z.negative.ttl)
+            for z in config.zones
+            if z.dnssec
+        }
         self._locator = locator
         self._health = health
         self._observer = observer
         self._max_udp = config.server.max_udp_payload
         self._exact: FifoCache[tuple[bytes, bool], _Exact] = FifoCache(EXACT_ENTRIES)
+        self._exact_signed: FifoCache[tuple[bytes, bool], _SignedExact] = FifoCache(EXACT_ENTRIES)
         self._static: FifoCache[_StaticKey, _Reply | _Plan] = FifoCache(STATIC_ENTRIES)
         self._pooled: FifoCache[tuple[Any, ...], _Reply] = FifoCache(POOL_ENTRIES)
         self._rendered: FifoCache[tuple[Any, ...], _Reply] = FifoCache(RENDER_ENTRIES)
@@ -190,6 +217,7 @@ class Responder:
         self._shapes: FifoCache[bytes, Query] = FifoCache(SHAPE_ENTRIES)
         self._shapes_get = self._shapes.getter
         self._exact_get = self._exact.getter
+        self._exact_signed_get = self._exact_signed.getter
         self._static_get = self._static.getter
         self._pooled_get = self._pooled.getter
         self._generations = health.generations  # changed in place, never replaced
@@ -206,6 +234,18 @@ class Responder:
                 if self._observer is not None:
                     self._notify(hit[1], hit[3], client, hit[2])
                 return wire[:2] + hit[0]
+            if self._signers:
+                # Signed replies have a tier 1 of their own, whose hits also check the
+                # signing epoch; the clock is read only here, never for unsigned replies.
+                signed = self._exact_signed_get((wire[2:], tcp))
+                if (
+                    signed is not None
+                    and self._generations[signed[4]] == signed[5]
+                    and signed[6] == epoch(self._clock())
+                ):
+                    if self._observer is not None:
+                        self._notify(signed[1], signed[3], client, signed[2])
+                    return wire[:2] + signed[0]
             query = None
             if len(wire) > 15:
                 proto = self._shapes_get(wire[2:-3])
@@ -274,7 +314,14 @@ class Responder:
             limit = min(max(q.payload, 512), self._max_udp)
         else:
             limit = 512
-        shape: Any = (q.do, ecs.family, ecs.source) if ecs else (q.do,) if q.edns else None
+        now = 0
+        if q.do and self._signers:
+            # Replies to DO=1 may carry signatures, which are re-made each signing epoch: the
+            # epoch is part of the key, so no cache tier serves a reply from an earlier one.
+            now = epoch(self._clock())
+            shape: Any = (True, now, ecs.family, ecs.source) if ecs else (True, now)
+        else:
+            shape = (q.do, ecs.family, ecs.source) if ecs else (q.do,) if q.edns else None
         key: _StaticKey = (q.qname, q.qtype, q.qclass, shape, limit)
         entry = self._static_get(key)
         if entry is None:
@@ -299,7 +346,7 @@ class Responder:
                     self._missed(entry.pool.pool.name)
             # Tier 1 takes pool replies decided by an ECS subnet (valid while the pool's
             # generation stays); one decided by the client's address depends on more than the
-            # query bytes.
+            # query bytes. Signed replies never go there: its hits check no signing epoch.
             cacheable = ecs is not None and ecs.source > 0
         else:
             reply = entry
@@ -308,7 +355,11 @@ class Responder:
         out = self._patch(reply.wire, wire, q)
         ecs_text = ecs.text() if ecs is not None else None
         if cacheable and len(wire) <= MAX_CACHED_QUERY:
-            self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, slot, generation))
+            exact = (out[2:], reply, ecs_text, q.qtype, slot, generation)
+            if reply.signed:
+                self._exact_signed.put((wire[2:], tcp), (*exact, now))
+            else:
+                self._exact.put((wire[2:], tcp), exact)
         if self._observer is not None:
             self._notify(reply, q.qtype, client, ecs_text)
         return out
@@ -402,8 +453,11 @@ class Responder:
         """A pool answer from a template of its shape (static key, number of addresses, ECS
         scope): the template is rendered once with placeholder addresses, and each answer
         copies it and writes the chosen edges' addresses over the placeholders. A pool of
-        many edges has many edge sets but few shapes, so dnslib runs once per shape."""
+        many edges has many edge sets but few shapes, so dnslib runs once per shape.
+        Signed answers are rendered whole: each edge set is an RRset with its own RRSIG."""
         pa = plan.pool
+        if q.do and self._signer(q) is not None:
+            return self._render(q, plan.resolution, plan.qname, pa, edges, scope, limit)
         v6 = pa.rtype == AAAA
         chosen = [e for e in edges if (e.ipv6 if v6 else e.ipv4) is not None]
         tkey = (key, len(chosen), scope)
@@ -466,6 +520,10 @@ class Responder:
 
     # ------------------------------------------------------------------ encoding
 
+    def _signer(self, q: Query) -> Signer | None:
+        zone = self._zones.find(q.qname)
+        return None if zone is None else self._signers.get(zone.origin)
+
     def _render(
         self,
         q: Query,
@@ -476,12 +534,16 @@ class Responder:
         scope: int,
         limit: int,
     ) -> _Reply:
-        """Encode `res` (ID 0, lower-case question), fitting it into `limit` octets."""
+        """Encode `res` (ID 0, lower-case question), fitting it into `limit` octets; signed
+        when the query has DO=1 and the zone a key."""
+        signer = self._signer(q) if q.do else None
         answer = []
         edge_names: tuple[str, ...] = ()
         for item in res.answer:
             if isinstance(item, RRset):
                 answer.extend(_rrs(item))
+                if signer is not None:
+                    answer.append(_sign(signer, item))
             else:
                 addrs = []
                 for edge in edges:
@@ -492,15 +554,22 @@ class Responder:
                 owner = dnslabel(item.owner)
                 cls = RD_AAAA if item.rtype == AAAA else RD_A
                 answer.extend(RR(owner, item.rtype, ttl=item.ttl, rdata=cls(str(a))) for a in addrs)
+                if signer is not None and addrs:
+                    packed = [a.packed for a in addrs]
+                    answer.append(signer.rrsig_rr(item.owner, item.rtype, item.ttl, packed))
         authority = [rr for rrset in res.authority for rr in _rrs(rrset)]
-        additional = [rr for rrset in res.additional for rr in _rrs(rrset)]
+        additional = [rr for rrset in res.additional for rr in _rrs(rrset)]  # glue: unsigned
         optional = [rr for rrset in res.optional for rr in _rrs(rrset)]
-        opt = self._opt(q, scope, res.rcode)
+        rcode = res.rcode
+        if signer is not None:
+            rcode = self._secure(q, res, signer, answer, authority)
+            optional = [rr for rrset in res.optional for rr in (*_rrs(rrset), _sign(signer, rrset))]
+        opt = self._opt(q, scope, rcode)
         tail = [opt] if opt is not None else []
         question = DNSQuestion(dnslabel(q.qname), q.qtype, q.qclass)
 
         def pack(tc: bool, an: list[Any], ns: list[Any], ar: list[Any]) -> bytes:
-            header = DNSHeader(id=0, qr=1, aa=int(res.aa), tc=int(tc), rd=0, rcode=res.rcode & 0xF)
+            header = DNSHeader(id=0, qr=1, aa=int(res.aa), tc=int(tc), rd=0, rcode=rcode & 0xF)
             record = DNSRecord(header, questions=[question], rr=an, auth=ns, ar=ar + tail)
             return bytes(record.pack())
 
@@ -511,7 +580,40 @@ class Responder:
             wire = pack(True, [], [], [])
             edge_names = ()
         pool_name = pool.pool.name if pool is not None else None
-        return _Reply(wire, res.rcode, qname, pool_name, edge_names)
+        return _Reply(wire, rcode, qname, pool_name, edge_names, signer is not None)
+
+    @staticmethod
+    def _secure(
+        q: Query, res: Resolution, signer: Signer, answer: list[Any], authority: list[Any]
+    ) -> int:
+        """Add the DNSSEC records of a signed reply to `answer` and `authority` (the unsigned
+        records already there); returns the reply's rcode.
+
+        A referral proves its DS RRset, or with an NSEC at the delegation point that there
+        is none. A negative answer (RFC 9824 compact denial) is NOERROR with the signed SOA
+        and a signed NSEC at the name looked up last, whose bitmap lists the types there (a
+        name that does not exist: NXNAME); an NSEC query for that name gets the NSEC as its
+        answer."""
+        name = res.denial
+        if name is None:
+            return res.rcode
+        if not res.aa:  # a referral
+            if res.ds is not None:
+                authority.extend((*_rrs(res.ds), _sign(signer, res.ds)))
+            else:
+                nsec = nsec_rdata(name, res.types)
+                authority.extend(signer.signed(name, NSEC, signer.nsec_ttl, [nsec]))
+            return res.rcode
+        soa = res.authority[0]
+        nsec = nsec_rdata(name, res.types if res.rcode != NXDOMAIN else (NXNAME,))
+        records = signer.signed(name, NSEC, signer.nsec_ttl, [nsec])
+        if q.qtype == NSEC and name == q.qname and not answer:
+            authority.clear()
+            answer.extend(records)
+        else:
+            authority.append(_sign(signer, soa))
+            authority.extend(records)
+        return NOERROR
 
     def _opt(self, q: Query, scope: int, rcode: int) -> Any:
         if not q.edns:
@@ -598,3 +700,8 @@ class Responder:
 def _rrs(rrset: RRset) -> list[Any]:
     owner = dnslabel(rrset.name)
     return [RR(owner, rrset.rtype, ttl=rrset.ttl, rdata=rd) for rd in rrset.rdatas]
+
+
+def _sign(signer: Signer, rrset: RRset) -> Any:
+    rdatas = [canonical_rdata(rd) for rd in rrset.rdatas]
+    return signer.rrsig_rr(rrset.name, rrset.rtype, rrset.ttl, rdatas)

@@ -4,6 +4,10 @@
     gslb serve --example [--workers N] serve the embedded example on 127.0.0.1:5353 (make run)
     gslb check-config FILE             validate a config: exit 0 with a summary, or exit 1 with
                                        the error ("FILE: KEY: PROBLEM") on stderr
+    gslb dnssec-keygen FILE            write a new DNSSEC signing key (EC P-256, PKCS#8 PEM,
+                                       mode 0600); refuses to overwrite FILE
+    gslb ds -c FILE                    print the DNSKEY and DS records of every signed zone
+                                       (the DS goes to the registrar)
 
 Signals while serving: SIGHUP reloads the config atomically (a bad one is logged and the old
 one kept); SIGTERM and SIGINT stop gracefully. See gslb.workers for --workers N.
@@ -19,8 +23,10 @@ from pathlib import Path
 
 from geo.errors import GeoError
 from gslb.config import LOG_LEVELS, GslbConfig, load_config
+from gslb.dnssec import dnskey_rdata, dnskey_text, ds_rdata, ds_text, key_tag, write_new_key
 from gslb.errors import GslbError
 from gslb.server import format_addr
+from gslb.zone import DNSKEY, name_to_text
 
 log = logging.getLogger("gslb")
 
@@ -55,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
+    keygen = sub.add_parser("dnssec-keygen", help="write a new DNSSEC signing key")
+    keygen.add_argument("file", type=Path)
+    ds = sub.add_parser("ds", help="print each signed zone's DNSKEY and DS records")
+    ds.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
     return parser
 
 
@@ -62,8 +72,10 @@ def _summary(path: Path, config: GslbConfig) -> str:
     listen = ", ".join(format_addr(h, p) for h, p in config.server.listen)
     probed = sum(1 for e in config.edges if e.status_url is not None)
     probes = f" ({probed} probed every {config.health.interval:g}s)" if probed else ""
+    signed = sum(1 for z in config.zones if z.dnssec is not None)
+    dnssec = f" ({signed} signed)" if signed else ""
     return (
-        f"{path}: OK: {len(config.zones)} zone(s), {len(config.pools)} pool(s), "
+        f"{path}: OK: {len(config.zones)} zone(s){dnssec}, {len(config.pools)} pool(s), "
         f"{len(config.edges)} edge(s){probes}; listen {listen}; "
         f"api {format_addr(*config.api.listen)}"
     )
@@ -76,6 +88,45 @@ def check_config(path: Path) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(_summary(path, config))
+    return 0
+
+
+def dnssec_keygen(path: Path) -> int:
+    try:
+        key = write_new_key(path)
+    except FileExistsError:
+        print(f"error: {path}: exists; not overwriting a key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    rdata = dnskey_rdata(key.public_key())
+    print(f"{path}: new key, tag {key_tag(rdata)}: DNSKEY {dnskey_text(rdata)}")
+    print("next: name it in a zone's dnssec.key_file, then run `gslb ds -c CONFIG`")
+    return 0
+
+
+def print_ds(path: Path) -> int:
+    """Each signed zone's DNSKEY RRset and the DS of each of its keys, in master-file form."""
+    try:
+        config = load_config(path)
+    except GslbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    signed = [z for z in config.zones if z.dnssec is not None]
+    if not signed:
+        print(f"error: {path}: no zone has a dnssec key", file=sys.stderr)
+        return 1
+    for zone in signed:
+        assert zone.dnssec is not None
+        origin = name_to_text(zone.origin)
+        dnskeys = zone.rrset(zone.origin, DNSKEY)
+        ttl = dnskeys.ttl if dnskeys is not None else 0
+        for rdata in zone.dnssec.dnskeys:
+            role = "signing" if rdata == zone.dnssec.dnskey else "published only"
+            print(f"; {origin} key tag {key_tag(rdata)} ({role})")
+            print(f"{origin} {ttl} IN DNSKEY {dnskey_text(rdata)}")
+            print(f"{origin} IN DS {ds_text(ds_rdata(zone.origin, rdata))}")
     return 0
 
 
@@ -125,4 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "dnssec-keygen":
+        return dnssec_keygen(args.file)
+    if args.command == "ds":
+        return print_ds(args.config)
     return serve(args)

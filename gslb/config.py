@@ -19,10 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from dnslib import RD as RD_RAW
+
 from geo.location import IPNetwork, Location
+from gslb.dnssec import ZoneKey, dnskey_rdata, load_key
 from gslb.errors import ConfigError, ZoneError
 from gslb.models import Edge, Policy, Pool
 from gslb.zone import (
+    DNSKEY,
     MAX_TTL,
     Record,
     Zone,
@@ -572,7 +576,7 @@ def _read(base: Path, name: str) -> str:
 def _zones(raw: list[Any], pools: list[tuple[Pool, str]], base: Path) -> tuple[Zone, ...]:
     if not raw:
         raise _Invalid("zone", "at least one [[zone]] is required")
-    specs: list[tuple[bytes, list[Record], str]] = []
+    specs: list[tuple[bytes, list[Record], str, ZoneKey | None]] = []
     origins: dict[bytes, int] = {}
     for i, item in enumerate(raw):
         t = _Table(item, f"zone[{i}]")
@@ -623,13 +627,48 @@ def _zones(raw: list[Any], pools: list[tuple[Pool, str]], base: Path) -> tuple[Z
             if not isinstance(line, str):
                 raise _Invalid(key, f"must be a string, not {_kind(line)}")
             records.extend(parse_master(line, origin, ttl, lambda _n, k=key: k, directives=False))
+        zone_key = None
+        dnssec = t.get("dnssec", dict, None)
+        if dnssec is not None:
+            zone_key = _dnssec(_Table(dnssec, t.sub("dnssec")), base)
+            for rdata in zone_key.dnskeys:
+                rd = RD_RAW(rdata)
+                records.append(Record(origin, DNSKEY, ttl, rd, t.sub("dnssec"), None, rdata.hex()))
         t.done()
-        specs.append((origin, records, t.key))
-    assigned: dict[bytes, list[tuple[Pool, bytes, str]]] = {o: [] for o, _, _ in specs}
+        specs.append((origin, records, t.key, zone_key))
+    assigned: dict[bytes, list[tuple[Pool, bytes, str]]] = {o: [] for o, _, _, _ in specs}
     for pool, key in pools:
         pname = name_from_text(pool.name)
         owner = max((o for o in assigned if is_subdomain(pname, o)), key=len, default=None)
         if owner is None:
             raise _Invalid(key, f"{pool.name!r} is not inside any configured zone")
         assigned[owner].append((pool, pname, key))
-    return tuple(Zone(o, recs, assigned[o], key=k) for o, recs, k in specs)
+    return tuple(Zone(o, recs, assigned[o], key=k, dnssec=z) for o, recs, k, z in specs)
+
+
+def _dnssec(t: _Table, base: Path) -> ZoneKey:
+    """A zone's `dnssec` table: the signing key and the keys only published beside it."""
+
+    def read(name: str, key: str) -> bytes:
+        try:
+            return dnskey_rdata(load_key(_zone_path(base, name)).public_key())
+        except ValueError as exc:
+            raise _Invalid(key, str(exc)) from None
+
+    key_file = t.get("key_file", str, _REQUIRED)
+    try:
+        private = load_key(_zone_path(base, key_file))
+    except ValueError as exc:
+        raise _Invalid(t.sub("key_file"), str(exc)) from None
+    published = []
+    for i, name in enumerate(t.get("publish", list, [])):
+        key = f"{t.sub('publish')}[{i}]"
+        if not isinstance(name, str):
+            raise _Invalid(key, f"must be a string (a key file), not {_kind(name)}")
+        published.append(read(name, key))
+    t.done()
+    active = dnskey_rdata(private.public_key())
+    for i, rdata in enumerate(published):
+        if rdata == active or rdata in published[:i]:
+            raise _Invalid(f"{t.sub('publish')}[{i}]", "names a key that is already listed")
+    return ZoneKey(private, active, tuple(published))

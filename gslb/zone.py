@@ -9,7 +9,10 @@ answer.py packs.
 RFC 4592 wildcard rules (closest encloser, no synthesis below existing names or empty
 non-terminals), delegations below the apex (referral with glue, AA=0), CNAME chains inside
 the zone (loop-safe), minimal ANY (RFC 8482) and pool names whose A/AAAA are chosen per
-query. It returns a client-independent `Resolution`; answer.py fills in pool edges.
+query. It returns a client-independent `Resolution`; answer.py fills in pool edges and, for
+signed zones (gslb.dnssec), signatures and NSEC records from what the Resolution says about
+denial. DS records are allowed at delegation points; a signed zone's DNSKEY RRset is part of
+its apex data.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Final
 from dnslib import AAAA as RD_AAAA
 from dnslib import CAA as RD_CAA
 from dnslib import CNAME as RD_CNAME
+from dnslib import DS as RD_DS
 from dnslib import MX as RD_MX
 from dnslib import NS as RD_NS
 from dnslib import PTR as RD_PTR
@@ -33,6 +37,7 @@ from dnslib import TXT as RD_TXT
 from dnslib import A as RD_A
 from dnslib import DNSLabel
 
+from gslb.dnssec import ZoneKey
 from gslb.errors import ZoneError
 from gslb.models import Pool
 
@@ -48,6 +53,7 @@ AAAA: Final = 28
 SRV: Final = 33
 OPT: Final = 41
 DS: Final = 43
+DNSKEY: Final = 48
 CAA: Final = 257
 ANY: Final = 255
 
@@ -70,8 +76,10 @@ TYPE_CODES: Final[dict[str, int]] = {
     "AAAA": AAAA,
     "SRV": SRV,
     "CAA": CAA,
+    "DS": DS,
 }
-TYPE_NAMES: Final[dict[int, str]] = {v: k for k, v in TYPE_CODES.items()}
+# DNSKEY records are made from a zone's dnssec key, never written in zone data.
+TYPE_NAMES: Final[dict[int, str]] = {v: k for k, v in TYPE_CODES.items()} | {DNSKEY: "DNSKEY"}
 
 MAX_TTL: Final = 2**31 - 1
 MAX_CNAME_CHAIN: Final = 12
@@ -339,6 +347,20 @@ def build_rdata(rtype: int, toks: Sequence[Token], origin: bytes) -> tuple[Any, 
         if not re.fullmatch(r"[A-Za-z0-9]{1,15}", tag):
             raise _Syntax(f"invalid CAA tag {tag!r}")
         return RD_CAA(flags, tag, toks[2].text), None
+    if rtype == DS:
+        if len(toks) < 4:
+            raise _Syntax(f"DS needs key tag, algorithm, digest type and digest, got {len(toks)}")
+        key_tag = _int(toks[0], "DS key tag", 65535)
+        algorithm = _int(toks[1], "DS algorithm", 255)
+        digest_type = _int(toks[2], "DS digest type", 255)
+        hexdigest = "".join(t.text for t in toks[3:])
+        try:
+            digest = bytes.fromhex(hexdigest)
+        except ValueError:
+            raise _Syntax(f"DS digest {hexdigest!r} is not hexadecimal") from None
+        if not digest:
+            raise _Syntax("DS digest is empty")
+        return RD_DS(key_tag, algorithm, digest_type, digest), None
     if rtype == SOA:
         want(7)
         mname = _name(toks[0], origin)
@@ -525,6 +547,12 @@ class Resolution:
     additional: Section = ()  # required (referral glue): TC if it does not fit
     optional: Section = ()  # helpful addresses: dropped first if the reply is too big
     pool: PoolAnswer | None = field(default=None)
+    # For DNSSEC (answer.py signs when asked): a negative answer's last name looked up and
+    # the types that exist there (none: the name does not exist), or a referral's delegation
+    # point, its types (NS, DS), and its DS RRset when there is one.
+    denial: bytes | None = None
+    types: tuple[int, ...] = ()
+    ds: RRset | None = None
 
 
 def family_pool(pool: Pool, rtype: int) -> Pool | None:
@@ -549,8 +577,9 @@ class _Step:
     kind: str  # answer | cname | nodata | nxdomain | referral
     answer: tuple[RRset | PoolAnswer, ...] = ()
     optional: Section = ()
-    target: bytes = b""
+    target: bytes = b""  # cname: the target; nodata, nxdomain: the name looked up
     cut: bytes = b""
+    types: tuple[int, ...] = ()  # nodata: the types that exist at the name
 
 
 class Zone:
@@ -563,9 +592,11 @@ class Zone:
         pools: Iterable[tuple[Pool, bytes, str]] = (),
         *,
         key: str = "zone",
+        dnssec: ZoneKey | None = None,
     ) -> None:
         self.origin = origin
         self.key = key
+        self.dnssec = dnssec  # the signing key; its DNSKEY records are among `records`
         self.records: tuple[Record, ...] = tuple(records)
         nodes: dict[bytes, dict[int, RRset]] = {}
         first: dict[tuple[bytes, int], Record] = {}
@@ -618,9 +649,15 @@ class Zone:
                             f"{TYPE_NAMES[rtype]} at {name_to_text(name)} is below the "
                             f"delegation {name_to_text(cut)} (only glue A/AAAA allowed there)",
                         )
+            if DS in rrsets and name not in self._cuts:
+                raise ZoneError(
+                    first[(name, DS)].key,
+                    f"DS at {name_to_text(name)}, which is not a delegation point (DS belongs "
+                    "beside the NS records of a delegation below the apex)",
+                )
             if name in self._cuts:
                 for rtype in rrsets:
-                    if rtype not in (NS, A, AAAA):
+                    if rtype not in (NS, DS, A, AAAA):
                         raise ZoneError(
                             first[(name, rtype)].key,
                             f"{TYPE_NAMES[rtype]} beside the delegation NS at {name_to_text(name)}",
@@ -681,6 +718,10 @@ class Zone:
     def pools(self) -> dict[bytes, Pool]:
         return dict(self._pools)
 
+    def rrset(self, name: bytes, rtype: int) -> RRset | None:
+        """The zone data's RRset of `rtype` at `name` (no pools, wildcards or delegations)."""
+        return self._nodes.get(name, {}).get(rtype)
+
     def _cut_above(self, name: bytes, *, include_self: bool) -> bytes | None:
         """The highest delegation point on the path from the apex to `name`."""
         found = None
@@ -721,7 +762,14 @@ class Zone:
             pool = next((a for a in answer if isinstance(a, PoolAnswer)), None)
             return Resolution(NOERROR, True, tuple(answer), optional=step.optional, pool=pool)
         rcode = NXDOMAIN if step.kind == "nxdomain" else NOERROR
-        return Resolution(rcode, True, tuple(answer), authority=(self.negative,))
+        return Resolution(
+            rcode,
+            True,
+            tuple(answer),
+            authority=(self.negative,),
+            denial=step.target,
+            types=step.types,
+        )
 
     def _lookup(self, qname: bytes, qtype: int) -> _Step:
         cut = self._cut_above(qname, include_self=True)
@@ -737,7 +785,7 @@ class Zone:
         wild = _WILD + encloser
         if wild in self._names:
             return self._at(wild, qname, qtype)
-        return _Step("nxdomain")
+        return _Step("nxdomain", target=qname)
 
     def _at(self, source: bytes, owner: bytes, qtype: int) -> _Step:
         rrsets = self._nodes.get(source, {})
@@ -752,7 +800,7 @@ class Zone:
             for rtype, static in rrsets.items():
                 choices.setdefault(rtype, static)
             if not choices:
-                return _Step("nodata")
+                return self._nodata(source, owner)
             chosen = choices[min(choices)]
             if isinstance(chosen, RRset):
                 chosen = self._owned(chosen, owner)
@@ -763,15 +811,29 @@ class Zone:
         if pool is not None and qtype in (A, AAAA):
             fam = self._family[(source, qtype)]
             if fam is None:
-                return _Step("nodata")
+                return self._nodata(source, owner)
             return _Step("answer", (PoolAnswer(owner, fam, qtype, pool.ttl),))
         rrset = rrsets.get(qtype)
         if rrset is None:
-            return _Step("nodata")
+            return self._nodata(source, owner)
         optional: Section = ()
         if qtype in (NS, MX, SRV):
             optional = self._addresses(rrset.targets, glue=False)
         return _Step("answer", (self._owned(rrset, owner),), optional=optional)
+
+    def _nodata(self, source: bytes, owner: bytes) -> _Step:
+        return _Step("nodata", target=owner, types=self.types_at(source))
+
+    def types_at(self, name: bytes) -> tuple[int, ...]:
+        """The types of the RRsets at `name` (a pool's A/AAAA included), as an NSEC record
+        lists them: at a delegation point only NS and DS (the rest is glue)."""
+        types = set(self._nodes.get(name, {}))
+        if name in self._cuts:
+            types &= {NS, DS}
+        for rtype in (A, AAAA):
+            if self._family.get((name, rtype)) is not None:
+                types.add(rtype)
+        return tuple(sorted(types))
 
     @staticmethod
     def _owned(rrset: RRset, owner: bytes) -> RRset:
@@ -799,6 +861,9 @@ class Zone:
             authority=(ns,),
             additional=self._addresses(below, glue=True),
             optional=self._addresses(other, glue=False),
+            denial=cut,
+            types=self.types_at(cut),
+            ds=self._nodes[cut].get(DS),
         )
 
 

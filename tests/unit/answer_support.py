@@ -126,10 +126,19 @@ FRANKFURT6 = "2001:db8::1"
 UNKNOWN = "10.1.2.3"
 
 
-def make_config(extra: str = "") -> GslbConfig:
-    """The test config, with `extra` (TOML tables: more edges, pools) appended."""
+def make_config(
+    extra: str = "", *, key_file: Path | None = None, records: tuple[str, ...] = ()
+) -> GslbConfig:
+    """The test config, with `extra` (TOML tables: more edges, pools) appended; with
+    `key_file`, example.test is signed with that key; `records` are added to example.test."""
     # The mixed pool's name carries static MX/TXT beside it: allowed.
     text = CONFIG + extra
+    if key_file is not None:
+        text = text.replace(
+            "minimum = 60 }\n", f"minimum = 60 }}\ndnssec = {{ key_file = {str(key_file)!r} }}\n", 1
+        )
+    for line in records:
+        text = text.replace("records = [\n", f"records = [\n  {line!r},\n", 1)
     text = text.replace(
         '"a.b.c.deep   A     192.0.2.42",',
         '"a.b.c.deep   A     192.0.2.42",\n  "mixed TXT \\"beside a pool\\"",',

@@ -1,5 +1,8 @@
 """Property tests of the answer engine: no input makes it raise, and every valid query gets a
-reply with the query's ID and its question byte for byte (0x20 case included)."""
+reply with the query's ID and its question byte for byte (0x20 case included). The zone
+example.test is signed (DNSSEC, fixed clock) in the responders here, so DO=1 queries meet
+signed answers; signatures are deterministic (RFC 6979), so replies still compare byte for
+byte."""
 
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ from hypothesis import strategies as st
 
 from geo.locator import GeoIPLocator
 from gslb.answer import Responder
+from gslb.dnssec import write_new_key
 from gslb.health import HealthStore
-from tests.unit.answer_support import build, make_config, query
+from tests.unit.answer_support import make_config, query
 
 SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -43,9 +47,25 @@ QTYPES = [1, 2, 5, 6, 15, 16, 28, 33, 43, 255, 257, 65, 99, 251, 252, 253, 41, 0
 CLIENTS = ["192.0.2.1", "198.51.100.7", "203.0.113.9", "10.0.0.1", "2001:db8::1", "::1"]
 
 
+NOW = 1_800_000_000.0  # signatures depend on the signing epoch: keep the clock still
+
+
+def clock() -> float:
+    return NOW
+
+
 @pytest.fixture(scope="module")
-def responder(geo_db: Path) -> Responder:
-    return build(geo_db)[0]
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "example.test.pem"
+    write_new_key(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["unsigned", "signed"])
+def responder(request: pytest.FixtureRequest, geo_db: Path, key_file: Path) -> Responder:
+    cfg = make_config(key_file=key_file if request.param == "signed" else None)
+    health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+    return Responder(cfg, GeoIPLocator(geo_db), health, clock=clock)
 
 
 def mixed_case(draw: st.DrawFn, text: str) -> str:
@@ -155,13 +175,14 @@ CHANGED_EDGES = ["fra", "iad", "nrt", "syd"]
 
 
 @pytest.fixture(scope="module")
-def engines(geo_db: Path) -> tuple[Any, ...]:
+def engines(geo_db: Path, key_file: Path) -> tuple[Any, ...]:
     """(config, locator, health, one long-lived Responder over them, the same config parsed
     again for reference responders)."""
-    cfg = make_config(MORE_POOLS)
+    cfg = make_config(MORE_POOLS, key_file=key_file)
     health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
     locator = GeoIPLocator(geo_db)
-    return cfg, locator, health, Responder(cfg, locator, health), make_config(MORE_POOLS)
+    cached = Responder(cfg, locator, health, clock=clock)
+    return cfg, locator, health, cached, make_config(MORE_POOLS, key_file=key_file)
 
 
 @st.composite
@@ -222,7 +243,7 @@ def test_fast_paths_answer_like_a_fresh_responder(
     def same(wire: bytes) -> None:
         now = HealthStore(again.pools, [e.name for e in again.edges])
         now.apply(health.snapshot())
-        want = Responder(again, locator, now).respond(wire, address, tcp=tcp)
+        want = Responder(again, locator, now, clock=clock).respond(wire, address, tcp=tcp)
         assert cached.respond(wire, address, tcp=tcp) == want
 
     data = bytearray(wire)
