@@ -14,7 +14,9 @@ refilled at `rate` per second:
 - client network: the source address cut to `ipv4_prefix` / `ipv6_prefix` bits;
 - response class: a positive answer counts per query name and type, a NODATA or referral per
   query name, every NXDOMAIN of the network in one bucket (a random-subdomain flood is one
-  flood), and every error (REFUSED, FORMERR, SERVFAIL, NOTIMP) in one bucket.
+  flood; a signed zone's NXDOMAIN, which RFC 9824 sends as NOERROR with an NSEC record
+  whose bitmap has NXNAME, counts as one too), and every error (REFUSED, FORMERR,
+  SERVFAIL, NOTIMP) in one bucket.
 
 `RateLimiter.check(client, reply, now)` is pure bookkeeping on bytes and numbers; the UDP
 adapter (gslb.server) calls it for each reply and sends, drops or truncates. TCP is never
@@ -60,6 +62,43 @@ def _question_end(reply: bytes) -> int:
             return 12
         pos += length + 1
     return 12
+
+
+def _skip_name(reply: bytes, pos: int) -> int:
+    """The offset past the (possibly compressed) name at `pos`; -1 if it does not parse."""
+    size = len(reply)
+    while pos < size:
+        length = reply[pos]
+        if length == 0:
+            return pos + 1
+        if length >= 0xC0:
+            return pos + 2
+        if length > 63:
+            return -1
+        pos += length + 1
+    return -1
+
+
+def _compact_nxdomain(reply: bytes, pos: int) -> bool:
+    """Whether the authority section, from `pos` (past the question), holds an NSEC record
+    whose type bitmap has NXNAME (type 128): RFC 9824's compact denial of a name."""
+    size = len(reply)
+    for _ in range((reply[8] << 8) | reply[9]):
+        pos = _skip_name(reply, pos)
+        if pos < 0 or pos + 10 > size:
+            return False
+        rdlen = (reply[pos + 8] << 8) | reply[pos + 9]
+        rdata, pos = pos + 10, pos + 10 + rdlen
+        if pos > size:
+            return False
+        if reply[rdata - 10 : rdata - 8] != b"\x00\x2f":  # not NSEC
+            continue
+        bitmap = _skip_name(reply, rdata)  # the next name (never compressed in NSEC)
+        # Window 0's bitmap: type 128 is the top bit of its 17th octet.
+        if 0 <= bitmap and bitmap + 19 <= pos and reply[bitmap] == 0 and reply[bitmap + 1] >= 17:
+            return bool(reply[bitmap + 18] & 0x80)
+        return False
+    return False
 
 
 def truncated(reply: bytes) -> bytes:
@@ -118,6 +157,8 @@ class RateLimiter:
             end = _question_end(reply)
             if reply[6:8] != b"\x00\x00":  # answers: per name and type
                 kind = reply[12 : end - 2].lower()
+            elif reply[8:10] != b"\x00\x00" and _compact_nxdomain(reply, end):
+                kind = _NXDOMAIN  # RFC 9824: a signed NXDOMAIN comes as NOERROR
             else:  # NODATA or a referral: per name
                 kind = reply[12 : end - 4].lower()
         key = (network, kind)

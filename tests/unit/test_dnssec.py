@@ -563,3 +563,22 @@ def test_ds_command_prints_dnskey_and_ds(
     assert lines[1] == f"example.test. IN DS {ds.to_text().upper()}"
     assert main(["check-config", str(config)]) == 0
     assert "1 zone(s) (1 signed)" in capsys.readouterr().out
+
+
+def test_rate_limiting_counts_a_signed_nxdomain_as_an_nxdomain(responder: Responder) -> None:
+    """gslb.rrl reads the NXNAME bit out of the responder's own compact denial."""
+    from gslb.config import RrlConfig
+    from gslb.rrl import Action, RateLimiter
+
+    client = ipaddress.ip_address(LONDON)
+
+    def wire(name: str, rdtype: str = "A") -> bytes:
+        out = responder.respond(query(name, rdtype, do=True, edns=0), client, tcp=False)
+        assert out is not None
+        return out
+
+    rl = RateLimiter(RrlConfig(enabled=True, rate=1))
+    assert rl.check(client, wire("nope1.example.test."), 0.0) is Action.SEND
+    assert rl.check(client, wire("nope2.example.test."), 0.0) is not Action.SEND
+    # A signed NODATA is still counted per name.
+    assert rl.check(client, wire("www.example.test.", "TXT"), 0.0) is Action.SEND

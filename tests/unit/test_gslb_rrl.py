@@ -187,3 +187,30 @@ def test_config_is_validated_with_file_and_key() -> None:
     ]:
         with pytest.raises(ConfigError, match=rf"^g\.toml: {re.escape(key)}: "):
             parse_config(text + ZONE, "g.toml")
+
+
+def _signed_denial(name: str, types: str) -> bytes:
+    """A NOERROR reply with no answer, the zone's SOA and an NSEC at `name` (RFC 9824)."""
+    query = dns.message.make_query(name, "A", want_dnssec=True)
+    response = dns.message.make_response(query)
+    response.authority.append(
+        dns.rrset.from_text("example.test.", 300, "IN", "SOA", "ns1. h. 1 2 3 4 300")
+    )
+    response.authority.append(dns.rrset.from_text(name, 300, "IN", "NSEC", f"\\000.{name} {types}"))
+    wire: bytes = response.to_wire()
+    return wire
+
+
+def test_a_signed_nxdomain_counts_with_the_nxdomains() -> None:
+    rl = limiter(rate=1)
+    nxname = "RRSIG NSEC TYPE128"  # RFC 9824 compact denial: the name does not exist
+    assert rl.check(A, _signed_denial("a1.example.test.", nxname), 0.0) is Action.SEND
+    assert rl.check(A, _signed_denial("b2.example.test.", nxname), 0.0) is not Action.SEND
+    assert rl.check(A, reply("c3.example.test.", rcode=dns.rcode.NXDOMAIN), 0.0) is not (
+        Action.SEND
+    )
+    # NODATA (the name exists, other types): per name, as unsigned.
+    nodata = "A RRSIG NSEC"
+    assert rl.check(A, _signed_denial("d4.example.test.", nodata), 0.0) is Action.SEND
+    assert rl.check(A, _signed_denial("e5.example.test.", nodata), 0.0) is Action.SEND
+    assert rl.check(A, _signed_denial("e5.example.test.", nodata), 0.0) is not Action.SEND
