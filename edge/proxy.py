@@ -10,8 +10,10 @@ healthy origin).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -723,6 +725,28 @@ def _bodyless(method: str, status: int) -> bool:
     return method == "HEAD" or status in (204, 304) or 100 <= status < 200
 
 
+def _declared_length(method: str, pairs: tuple[tuple[str, str], ...]) -> int | None:
+    """The body length a GET response's Content-Length declares, or None."""
+    declared = [v.strip() for k, v in pairs if k.lower() == "content-length"]
+    if declared and method == "GET" and declared[0].isdigit():
+        return int(declared[0])
+    return None
+
+
+def _bytes_range(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether request `headers` carry exactly one Range field, in bytes."""
+    values = [v for k, v in headers if k.lower() == "range"]
+    return len(values) == 1 and values[0].lstrip().lower().startswith("bytes=")
+
+
+def _unsatisfiable(out: web.StreamResponse, rng: ranges.Unsatisfiable) -> web.Response:
+    """The 416 answering a Range request instead of `out`, with `out`'s fields."""
+    headers = CIMultiDict(out.headers)
+    headers.popall("Content-Length", None)
+    headers["Content-Range"] = rng.content_range
+    return web.Response(status=416, headers=headers)
+
+
 def _abort(request: web.BaseRequest) -> None:
     # The client already has our headers; closing the connection is the only honest way
     # to say the body is incomplete (a chunked response then lacks its last chunk).
@@ -770,47 +794,68 @@ def _pairs(raw: Any) -> tuple[tuple[str, str], ...]:
 
 
 class _Lead:
-    """A collapsed miss in flight: concurrent misses of its key wait (up to
-    cache.collapse_timeout) for `done`, which is set once the response is stored or known
-    not to be, whether or not its own client is still reading."""
+    """A collapsed miss in flight. Concurrent misses of its key wait (up to
+    cache.collapse_timeout) for `ready`: the response head is known and its body is being
+    filled (`fill`), or nothing will be filled. They then read the body from the fill as it
+    arrives when its response may answer them, or wait on for `done`, which is set once the
+    response is stored or known not to be, whether or not its own client is still reading."""
 
-    __slots__ = ("_inflight", "done", "handed_over", "key")
+    __slots__ = ("_inflight", "done", "fill", "handed_over", "key", "ready")
 
     def __init__(self, inflight: dict[str, _Lead], key: str) -> None:
         self._inflight = inflight
         self.key = key
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.fill: _Fill | None = None
         self.handed_over = False  # a _Fill task settles it, not the request
+
+    def filling(self, fill: _Fill) -> None:
+        self.fill = fill
+        self.handed_over = True
+        if not self.ready.done():
+            self.ready.set_result(None)
 
     def settle(self) -> None:
         if self._inflight.get(self.key) is self:
             del self._inflight[self.key]
-        if not self.done.done():
-            self.done.set_result(None)
+        for future in (self.ready, self.done):
+            if not future.done():
+                future.set_result(None)
 
 
 class _Fill:
     """A storable origin body on its way into the cache, read at the origin's pace.
 
     A task (CacheLayer._run_fill) appends the body to the store's BodyWriter, a temporary
-    file, and commits it; the client whose miss it is reads it back from that file at its
-    own pace (`send`). So a slow client neither slows the fill nor the misses collapsed
-    onto it, a client that leaves does not stop it, and the body is never held whole in
-    memory. Should the writer give up half-way (the object outgrew max_object_bytes, or
-    the disk filled up), the client gets the rest through a buffer of at most _PASS_BUFFER
-    bytes, at its own pace again, and nothing is stored; with the client gone as well, the
+    file, and commits it. The client whose miss it is, and the collapsed misses that may
+    use its response (`entry`), read it back from that file, each at its own pace and
+    position (`send`). So a slow client neither slows the fill nor the other readers, a
+    client that leaves does not stop it, and the body is never held whole in memory. The
+    file stays open while the fill runs or a reader reads, and not a moment longer.
+    Should the writer give up half-way (the object outgrew max_object_bytes, or the disk
+    filled up), the first client gets the rest through a buffer of at most _PASS_BUFFER
+    bytes, at its own pace again, the other readers are cut off (or, before their first
+    byte, sent elsewhere), and nothing is stored; with the first client gone as well, the
     fill stops.
     """
 
-    def __init__(self, writer: BodyWriter) -> None:
+    def __init__(self, writer: BodyWriter, entry: cp.CacheEntry, length: int | None) -> None:
         self.writer = writer
+        # The entry as it will be stored (body_length and digest still unknown), for
+        # deciding whether the response may answer a collapsed miss.
+        self.entry = entry
+        self.length = length  # the body's length when known in advance, else None
         self._file: IO[bytes] = writer.open_reader()
+        self._readers = 1  # the first client's
         self.stored = 0  # body bytes in the file
         self.storing = True
         self.state: Literal["filling", "done", "failed"] = "filling"
-        self.attached = True  # the client still reads
+        self.attached = True  # the first client still reads
         self._passing: deque[bytes] = deque()
         self._passing_bytes = 0
+        self._passed = 0  # body offset of the first byte in _passing
         self._changed = asyncio.Event()
         self._drained = asyncio.Event()
 
@@ -826,6 +871,7 @@ class _Fill:
                 self._notify()
                 return True
             self.storing = False
+            self._passed = self.stored
         if not self.attached:
             return False
         self._passing.append(data)
@@ -837,50 +883,121 @@ class _Fill:
 
     def finish(self) -> None:
         self.state = "done"
-        self._notify()
+        self._over()
 
     def fail(self) -> None:
         self.state = "failed"
+        self._over()
+
+    def _over(self) -> None:
         self._notify()
+        if not self._readers:
+            self._file.close()
 
-    def _detach(self) -> None:
-        self.attached = False
-        self._passing.clear()
-        self._passing_bytes = 0
+    def join(self) -> bool:
+        """Add a reader (a collapsed miss); False when the fill can no longer take one."""
+        if self.state != "filling" or not self.storing:
+            return False
+        self._readers += 1
+        return True
+
+    def _leave(self, first: bool) -> None:
+        if first:
+            self.attached = False
+            self._passing.clear()
+            self._passing_bytes = 0
+            self._drained.set()
+        self._readers -= 1
+        if not self._readers and self.state != "filling":
+            self._file.close()
+
+    @property
+    def readers(self) -> int:
+        """Clients reading the body (the first one included while it does)."""
+        return self._readers
+
+    def leave_unread(self) -> None:
+        """The first client needs none of the body (a 416)."""
+        self._leave(True)
+
+    def _passed_chunk(self) -> tuple[int, bytes]:
+        data = self._passing.popleft()
+        self._passing_bytes -= len(data)
         self._drained.set()
-        self._file.close()
+        self._drained = asyncio.Event()
+        base = self._passed
+        self._passed += len(data)
+        return base, data
 
-    async def send(self, out: web.StreamResponse, request: web.BaseRequest) -> None:
-        """Stream the body to the client as the fill makes it available. The last piece is
-        held back until the fill is over, so a client that has the whole response never
-        misses the entry with its next request; a failed fill cuts the connection."""
+    async def send(
+        self,
+        out: web.StreamResponse,
+        request: web.BaseRequest,
+        first: int = 0,
+        last: int | None = None,
+        *,
+        leader: bool = True,
+    ) -> bool:
+        """Stream body bytes `first`..`last` (inclusive; to the end when None) to the client
+        as the fill makes them available, and leave. The first client's response (`leader`)
+        starts at once; a collapsed miss's only with its first body byte, so that when the
+        fill fails before that, False is returned with `out` untouched and the request can
+        go elsewhere. Once a byte left, a fill that fails (or, for a collapsed miss, a
+        writer that gives up) before the wanted bytes are in cuts the connection. The last
+        piece of a response that runs to the end of the body is held back until the fill is
+        over, so a client that has the whole response never misses the entry with its next
+        request (with an unknown length, every piece is held until the next one)."""
+        stop = None if last is None else last + 1
+        # A range that ends before the body does is complete once its bytes are in.
+        early = stop is not None and stop != self.length
+        final = self.length if stop is None else stop  # where the response ends, if known
         held = b""
-        pos = 0
+        pos = first
         try:
-            await _start(out, request)
+            if leader:
+                await _start(out, request)
             while True:
                 changed = self._changed
+                if early and stop is not None and pos >= stop:
+                    break
                 if pos < self.stored:
-                    chunk = self._file.read(min(_CHUNK, self.stored - pos))
+                    want = self.stored - pos if stop is None else min(self.stored, stop) - pos
+                    chunk = os.pread(self._file.fileno(), min(_CHUNK, want), pos)
                     if not chunk:
                         raise OSError("temporary file shorter than what was written")
                     pos += len(chunk)
-                elif self._passing:
-                    chunk = self._passing.popleft()
-                    self._passing_bytes -= len(chunk)
-                    self._drained.set()
-                    self._drained = asyncio.Event()
-                elif self.state == "filling":
+                elif leader and self._passing:
+                    base, data = self._passed_chunk()
+                    lo = max(pos - base, 0)
+                    hi = len(data) if stop is None else min(stop - base, len(data))
+                    if lo >= hi:
+                        continue
+                    chunk = data[lo:hi]
+                    pos = base + hi
+                elif self.state == "filling" and (leader or self.storing):
                     await changed.wait()
                     continue
                 else:
                     break
+                if not out.prepared:
+                    await _start(out, request)
                 if held:
                     await _send(out, held)
-                held = chunk
-            if self.state == "failed":
+                    held = b""
+                if final is not None and pos < final:
+                    await _send(out, chunk)
+                else:
+                    held = chunk  # maybe the last piece
+            complete = (early and stop is not None and pos >= stop) or (
+                not early and self.state == "done"
+            )
+            if not complete:
+                if not out.prepared:
+                    return False
                 _abort(request)
-                return
+                return True
+            if not out.prepared:
+                await _start(out, request)
             if held:
                 await _send(out, held)
             await out.write_eof()
@@ -890,9 +1007,12 @@ class _Fill:
             pass
         except OSError as exc:
             log.warning("reading back the cache's temporary file failed: %r", exc)
+            if not out.prepared:
+                return False
             _abort(request)
         finally:
-            self._detach()
+            self._leave(leader)
+        return True
 
 
 class CacheLayer:
@@ -1280,33 +1400,107 @@ class CacheLayer:
         variants: Sequence[cp.CacheEntry] = (),
     ) -> tuple[web.StreamResponse, str]:
         key = creq.key
-        collapsible = request.method == "GET" and not any(
-            k.lower() in ("range", "if-none-match", "if-modified-since", "authorization")
-            for k, _ in creq.headers
-        )
-        if not collapsible:
+        names = {k.lower() for k, _ in creq.headers}
+        collapsible = request.method == "GET" and not names & {
+            "if-none-match",
+            "if-modified-since",
+            "authorization",
+        }
+        # A miss with one bytes Range asks the origin for the whole object, so that it can
+        # be stored, and answers the range from it (_stream_and_store, _from_fill).
+        whole = collapsible and "range" in names and _bytes_range(creq.headers)
+        if not collapsible or ("range" in names and not whole):
             return await self._fetch(proxy, request, creq, target, fwd, None, variants)
         leader = self._inflight.get(key)
         if leader is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(leader.done), self._collapse_wait)
-            except TimeoutError:
-                pass
-            entries = await self._variants(key)
-            decision = cp.lookup(creq, entries, self.clock(), self.policy)
-            if isinstance(decision, cp.Fresh):
-                status = cp.cache_status(self.name, hit=True, ttl=decision.ttl, collapsed=True)
-                resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
-                if resp is not None:
-                    return resp, ""
-            return await self._fetch(proxy, request, creq, target, fwd, None)
+            return await self._follow(proxy, request, creq, target, fwd, leader)
         lead = _Lead(self._inflight, key)
         self._inflight[key] = lead
         try:
-            return await self._fetch(proxy, request, creq, target, fwd, None, variants, lead)
+            return await self._fetch(
+                proxy, request, creq, target, fwd, None, variants, lead, whole=whole
+            )
         finally:
             if not lead.handed_over:
                 lead.settle()
+
+    async def _follow(
+        self,
+        proxy: Proxy,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        target: str,
+        fwd: str,
+        leader: _Lead,
+    ) -> tuple[web.StreamResponse, str]:
+        """A miss collapsed onto `leader`'s: wait (up to collapse_timeout) for its response
+        head, then read its body from the fill as it arrives when that response may answer
+        this request; otherwise wait on (within the same collapse_timeout) for it to be
+        stored and answer from the cache, or else ask the origin."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._collapse_wait
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(leader.ready), self._collapse_wait)
+        if leader.fill is not None:
+            resp = await self._from_fill(request, creq, leader.fill)
+            if resp == "failed":
+                return await self._fetch(proxy, request, creq, target, fwd, None)
+            if resp is not None:
+                return resp, ""
+        remaining = deadline - loop.time()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(leader.done), remaining)
+        entries = await self._variants(creq.key)
+        decision = cp.lookup(creq, entries, self.clock(), self.policy)
+        if isinstance(decision, cp.Fresh):
+            status = cp.cache_status(self.name, hit=True, ttl=decision.ttl, collapsed=True)
+            resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
+            if resp is not None:
+                return resp, ""
+        return await self._fetch(proxy, request, creq, target, fwd, None)
+
+    async def _from_fill(
+        self, request: web.BaseRequest, creq: cp.CacheRequest, fill: _Fill
+    ) -> web.StreamResponse | Literal["failed"] | None:
+        """The answer to a collapsed miss read from `fill` as it arrives; None when the
+        fill's response may not answer it (another variant, no-cache, a precondition, a
+        range the fill cannot serve, or the fill is over), "failed" when the fill failed
+        before the answer's first byte."""
+        entry = fill.entry
+        decision = cp.lookup(creq, (entry,), self.clock(), self.policy)
+        if not isinstance(decision, cp.Fresh) or fill.state != "filling" or not fill.storing:
+            return None
+        request_headers = request.headers
+        if any(name in request_headers for name in _PRECONDITIONS):
+            return None
+        rng: ranges.RangeDecision = ranges.Full()
+        if "Range" in request_headers:
+            if fill.length is None:
+                return None  # answered from the cache once stored, with its length
+            rng = ranges.evaluate("GET", entry.status, creq.headers, entry.headers, fill.length)
+        headers = CIMultiDict(self._base_headers(entry, request.version))
+        headers["Age"] = str(_age(decision.age))
+        headers["Cache-Status"] = cp.cache_status(
+            self.name, hit=True, ttl=decision.ttl, collapsed=True, detail="filling"
+        )
+        if isinstance(rng, ranges.Unsatisfiable):
+            headers["Content-Range"] = rng.content_range
+            return web.Response(status=416, headers=headers)
+        first, last, status = 0, None, entry.status
+        if isinstance(rng, ranges.Partial):
+            first, last, status = rng.start, rng.end, 206
+            headers["Content-Range"] = rng.content_range
+            headers["Content-Length"] = str(rng.size)
+        elif fill.length is not None:
+            headers["Content-Length"] = str(fill.length)
+        reason = (entry.reason or None) if status == entry.status else None
+        out = web.StreamResponse(status=status, reason=reason, headers=headers)
+        if not fill.join():
+            return None
+        if not await fill.send(out, request, first, last, leader=False):
+            return "failed"
+        return out
 
     def _refresh_later(
         self,
@@ -1390,16 +1584,24 @@ class CacheLayer:
         stale: cp.CacheEntry | None,
         variants: Sequence[cp.CacheEntry] = (),
         lead: _Lead | None = None,
+        *,
+        whole: bool = False,
     ) -> tuple[web.StreamResponse, str]:
         """Forward a GET/HEAD (revalidating `stale` if given, or else offering the
         validators of the non-matching stored `variants`), stream it, maybe store it.
-        `lead` is the collapsed miss this fetch answers, if it is one."""
+        `lead` is the collapsed miss this fetch answers, if it is one; `whole`: ask for the
+        whole object, without the client's Range and If-Range."""
         INTERIM.set(_interim_sender(request))
         headers = proxy.origin_headers(request)
         if stale is not None:
             headers = self._with_validators(headers, [stale])
         elif variants:
             headers = self._with_validators(headers, variants)
+        elif whole:
+            headers.popall("Range", None)
+            headers.popall("If-Range", None)
+        # The client's Range was not sent on: a 200 answers it here.
+        ranged = request.method == "GET" and "Range" in request.headers and "Range" not in headers
         try:
             origin, upstream, t_req, t_resp = await self._open(
                 proxy, request.method, target, headers, creq.key
@@ -1431,7 +1633,7 @@ class CacheLayer:
                 )
                 if resp is not None:
                     return resp, origin.url
-            return await self._fetch(proxy, request, creq, target, fwd, None, (), lead)
+            return await self._fetch(proxy, request, creq, target, fwd, None, (), lead, whole=whole)
         if stale is not None and status == 304:
             proxy.finish_upstream(origin, upstream, ok=True)
             updated = cp.freshen(
@@ -1473,7 +1675,7 @@ class CacheLayer:
             if resp is not None:
                 return resp, origin.url
         return await self._stream_and_store(
-            proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp, lead
+            proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp, lead, ranged
         )
 
     async def _freshen_variant(
@@ -1566,6 +1768,28 @@ class CacheLayer:
             return storable, None
         return storable, self.store.writer()
 
+    def _entry_for(
+        self,
+        creq: cp.CacheRequest,
+        upstream: aiohttp.ClientResponse,
+        out_pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+    ) -> cp.CacheEntry:
+        """The entry `out_pairs` will be stored under, its body length and digest unknown."""
+        return cp.make_entry(
+            creq,
+            upstream.status,
+            upstream.reason or "",
+            out_pairs,
+            request_time=t_req,
+            response_time=t_resp,
+            body_length=0,
+            sha256="0" * 64,
+            now=self.clock(),
+            config=self.policy,
+        )
+
     async def _commit(
         self,
         writer: BodyWriter,
@@ -1580,23 +1804,9 @@ class CacheLayer:
         When the stored fields carry a Content-Length (no on-the-fly compression), the body
         must have exactly that length: a second guard after aiohttp's own against an origin
         that closed early."""
-        entry = cp.make_entry(
-            creq,
-            upstream.status,
-            upstream.reason or "",
-            out_pairs,
-            request_time=t_req,
-            response_time=t_resp,
-            body_length=0,
-            sha256="0" * 64,
-            now=self.clock(),
-            config=self.policy,
-        )
-        declared = [v.strip() for k, v in out_pairs if k.lower() == "content-length"]
-        length = writer.length
-        if declared and creq.method == "GET" and declared[0].isdigit():
-            length = int(declared[0])
-        await asyncio.to_thread(writer.commit, entry, length)
+        entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
+        length = _declared_length(creq.method, out_pairs)
+        await asyncio.to_thread(writer.commit, entry, writer.length if length is None else length)
 
     async def _stream_and_store(
         self,
@@ -1610,7 +1820,11 @@ class CacheLayer:
         t_req: float,
         t_resp: float,
         lead: _Lead | None = None,
+        ranged: bool = False,
     ) -> tuple[web.StreamResponse, str]:
+        """Answer with the origin's response, filling it into the cache when storable.
+        `ranged`: the client's Range was not sent to the origin, so a 200 of known length
+        answers it here (206 or 416), and anything else goes out as it is."""
         status = upstream.status
         out_pairs, comp = self._compression_plan(creq, status, pairs)
         storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
@@ -1626,33 +1840,60 @@ class CacheLayer:
         )
         out.headers["Cache-Status"] = cstatus
         bodyless = _bodyless(request.method, status)
+        # Without on-the-fly compression, the Content-Length the origin sent.
+        length = _declared_length(creq.method, out_pairs) if comp is None else None
+        rng: ranges.RangeDecision = ranges.Full()
+        if ranged and length is not None:
+            rng = ranges.evaluate("GET", status, creq.headers, out_pairs, length)
+        first, last = 0, None
+        if isinstance(rng, ranges.Partial):
+            first, last = rng.start, rng.end
+            out.set_status(206)
+            out.headers["Content-Range"] = rng.content_range
+            out.headers["Content-Length"] = str(rng.size)
         fill = None
         if writer is not None and not bodyless:
+            entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
             try:
-                fill = _Fill(writer)
+                fill = _Fill(writer, entry, length)
             except OSError as exc:
                 log.warning("cannot read back the cache's temporary file: %s", exc)
                 writer.abort()
                 writer = None
         if fill is not None:
             if lead is not None:
-                lead.handed_over = True
+                lead.filling(fill)
             proxy.spawn(
                 self._run_fill(
                     proxy, fill, creq, origin, upstream, comp, out_pairs, t_req, t_resp, lead
                 )
             )
-            await fill.send(out, request)
+            if isinstance(rng, ranges.Unsatisfiable):
+                fill.leave_unread()
+                return _unsatisfiable(out, rng), origin.url
+            await fill.send(out, request, first, last)
             return out, origin.url
         if writer is None and lead is not None:
             lead.settle()  # nothing will be stored: followers need not wait for this body
+        if isinstance(rng, ranges.Unsatisfiable):
+            upstream.close()
+            proxy.finish_upstream(origin, upstream, ok=True)
+            return _unsatisfiable(out, rng), origin.url
+        stop = None if last is None else last + 1
+        pos = 0
         try:
             if not bodyless:
                 await _start(out, request)
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
                     data = comp.compress(chunk) if comp is not None else chunk
+                    if stop is not None:  # a range of an uncompressed body
+                        data = data[max(first - pos, 0) : max(stop - pos, 0)]
+                        pos += len(chunk)
                     if data:
                         await _send(out, data)
+                    if stop is not None and pos >= stop:
+                        upstream.close()  # the rest is not wanted
+                        break
                 tail = comp.finish() if comp is not None else b""
                 if tail:
                     await _send(out, tail)

@@ -216,44 +216,6 @@ async def test_concurrent_misses_collapse_into_one_origin_request(tmp_path: Path
         assert sum("collapsed" in cs for _, _, cs in results) == 9
 
 
-async def test_a_slow_first_miss_holds_followers_back_no_longer_than_collapse_timeout(
-    tmp_path: Path,
-) -> None:
-    # The first request's body trickles for up to a minute; the edge must let the second
-    # request go to the origin itself once collapse_timeout has passed, not wait it out.
-    release = asyncio.Event()
-    async with origins("a") as (origin,):
-
-        async def first_slow(request: web.Request) -> web.StreamResponse:
-            headers = {"Cache-Control": "max-age=60", "Content-Length": "4"}
-            if origin.hits["/trickle"] > 1:
-                return web.Response(body=b"fast", headers=headers)
-            resp = web.StreamResponse(headers=headers)
-            await resp.prepare(request)
-            await resp.write(b"s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(release.wait(), 60)
-            await resp.write(b"low")
-            return resp
-
-        origin.routes["/trickle"] = first_slow
-        config = _cfg(origin, tmp_path, cache={"collapse_timeout": 0.2})
-        assert config.cache.collapse_timeout == 0.2
-        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
-
-            async def get() -> tuple[bytes, str]:
-                async with s.get(base_url(edge) + "/trickle") as r:
-                    return await r.read(), r.headers["Cache-Status"]
-
-            leader = asyncio.ensure_future(get())
-            assert await until(lambda: origin.hits["/trickle"] == 1)
-            body, status = await asyncio.wait_for(get(), 30)
-            assert body == b"fast" and "collapsed" not in status
-            assert origin.hits["/trickle"] == 2
-            release.set()
-            assert (await asyncio.wait_for(leader, 30))[0] == b"slow"
-
-
 async def test_purge_needs_the_admin_token_when_one_is_configured(tmp_path: Path) -> None:
     token = "s3cret-token-0123456789"
     (tmp_path / "token").write_text(token + "\n")
