@@ -228,8 +228,9 @@ def pick(mode: str, runs: Sequence[M]) -> M | None:
     return min(runs, key=lambda r: abs(r.rate - mid))
 
 
-def result_row(title: str, a: Measured | None, b: Measured | None, goal: float) -> list[str]:
-    """title, both rates, a/b, goal, verdict, both latencies ("n/a" for a missing run)."""
+def result_row(title: str, a: Measured | None, b: Measured | None, goal: float | None) -> list[str]:
+    """title, both rates, a/b, goal ("none": no goal, reported only), verdict, both
+    latencies ("n/a" for a missing run)."""
 
     def cells(r: Measured | None) -> tuple[str, str]:
         return ("n/a", "n/a") if r is None else (f"{r.rate:,.0f}", r.latency)
@@ -241,7 +242,7 @@ def result_row(title: str, a: Measured | None, b: Measured | None, goal: float) 
         a_rate,
         b_rate,
         ratio(ours, theirs),
-        f">= {goal}x",
+        f">= {goal}x" if goal is not None else "none",
         verdict(ours, theirs, goal),
         a_lat,
         b_lat,
@@ -308,9 +309,11 @@ def ratio(ours: float | None, theirs: float | None) -> str:
     return f"{ours / theirs:.2f}x"
 
 
-def verdict(ours: float | None, theirs: float | None, goal: float) -> str:
+def verdict(ours: float | None, theirs: float | None, goal: float | None) -> str:
     if not ours or not theirs:
         return "n/a"
+    if goal is None:
+        return "-"
     return "ok" if ours / theirs >= goal else "BELOW GOAL"
 
 
