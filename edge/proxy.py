@@ -781,9 +781,15 @@ def _cache_word(cache_status: str) -> str:
         return "revalidated"
     if "fwd=bypass" in cache_status:
         return "bypass"
+    if "fwd=request" in cache_status and any(d in cache_status for d in _REFUSALS):
+        return "refused"  # answered before any cache lookup: not a miss in the hit ratio
     if "fwd=" in cache_status:
         return "miss"
     return "other"
+
+
+# Cache-Status details of requests refused before the cache (Proxy.check, Proxy.check_loop).
+_REFUSALS = ('detail="refused"', 'detail="loop"', 'detail="too-many-hops"')
 
 
 # ---------------------------------------------------------------------------- caching
