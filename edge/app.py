@@ -70,11 +70,13 @@ class EdgeRequestHandler(RequestHandler):
         url_limit: int,
         cache_name: str,
         fast: FastHit | None = None,
+        refused: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._url_limit = url_limit
+        self._count_refused = refused or (lambda status: None)
         self._refused = cp.cache_status(cache_name, fwd="request", detail="refused")
         self._header_timer: asyncio.TimerHandle | None = None
         self._fast = fast
@@ -190,6 +192,7 @@ class EdgeRequestHandler(RequestHandler):
             self._arm_header_timer()
             return
         log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
+        self._count_refused(408)
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n"
             + f"Cache-Status: {self._refused}\r\n\r\n".encode()
@@ -211,6 +214,7 @@ class EdgeRequestHandler(RequestHandler):
             status = 431
         if status in (414, 431) or isinstance(exc, BadHttpMessage):
             log.debug("bad request from %s: %s", request.remote, exc)
+            self._count_refused(status)
             resp = status_response(status, self._refused)
             resp.force_close()
             return resp
@@ -226,6 +230,7 @@ class EdgeServer(web.Server):
         url_limit: int,
         cache_name: str,
         fast: FastHit | None = None,
+        refused: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -233,6 +238,7 @@ class EdgeServer(web.Server):
         self._url_limit = url_limit
         self._cache_name = cache_name
         self._fast = fast
+        self._refused = refused
 
     def __call__(self) -> RequestHandler:
         return EdgeRequestHandler(
@@ -242,6 +248,7 @@ class EdgeServer(web.Server):
             url_limit=self._url_limit,
             cache_name=self._cache_name,
             fast=self._fast,
+            refused=self._refused,
             **self._kwargs,
         )
 
@@ -425,6 +432,8 @@ class EdgeRuntime:
             await admin_site.start()
             self.addresses["admin"] = _site_addresses(admin_site)
         kwargs = server_kwargs(config)
+        metrics = self.app[METRICS]
+        kwargs["refused"] = lambda status: metrics.response(status, "refused")
         fast = self.proxy.answer_plain_get if config.server.fast_hits else None
         proxy_server = EdgeServer(self.proxy.handle, fast=fast, **kwargs)
         proxy_runner = web.ServerRunner(proxy_server, handle_signals=False)

@@ -689,16 +689,20 @@ async def test_refused_requests_are_not_cache_misses_in_the_hit_ratio() -> None:
             return web.Response(body=b"c", headers={"Cache-Control": "max-age=60"})
 
         origin.routes["/c"] = cached
-        config = edge_config([origin], server={"node_id": "edge-x"})
+        config = edge_config([origin], server={"node_id": "edge-x"}, limits={"max_headers": 8})
         async with running_edge(config) as edge, aiohttp.ClientSession() as s:
             for _ in range(2):  # a miss, then a hit
                 async with s.get(base_url(edge) + "/c") as r:
                     assert r.status == 200
             async with s.get(base_url(edge) + "/x", headers={"CDN-Loop": "edge-x"}) as r:
                 assert r.status == 508
+            many = {f"X-H{i}": "v" for i in range(20)}  # refused by the parser: 431
+            async with s.get(base_url(edge) + "/c", headers=many) as r:
+                assert r.status == 431
             async with s.get(base_url(edge, "admin") + "/__edge/status") as r:
-                assert (await r.json())["hit_ratio"] == 0.5  # the 508 looked nothing up
+                assert (await r.json())["hit_ratio"] == 0.5  # neither looked anything up
             async with s.get(base_url(edge, "admin") + "/metrics") as r:
                 text = await r.text()
             counted = [line for line in text.splitlines() if line.startswith("edge_requests")]
             assert 'edge_requests_total{cache="refused",status="508"} 1.0' in counted, counted
+            assert 'edge_requests_total{cache="refused",status="431"} 1.0' in counted, counted
