@@ -393,7 +393,7 @@ class Responder:
         qtype = q.qtype
         if q.qclass != 1:
             return _REFUSED
-        if qtype in (0, OPT, 249, 250):
+        if qtype in (0, OPT, NXNAME, 249, 250):  # NXNAME: RFC 9824 section 3.5
             return _FORMERR
         if qtype in (251, 252):  # IXFR, AXFR: we do not serve zone transfers
             return _REFUSED
@@ -402,7 +402,7 @@ class Responder:
         rkey = (q.qname, qtype, q.qclass)
         res = self._resolved.get(rkey)
         if res is None:
-            zone = self._zones.find(q.qname)
+            zone = self._zones.find(q.qname, qtype)
             res = _REFUSED if zone is None else zone.resolve(q.qname, qtype)
             self._resolved.put(rkey, res)
         return res
@@ -521,7 +521,7 @@ class Responder:
     # ------------------------------------------------------------------ encoding
 
     def _signer(self, q: Query) -> Signer | None:
-        zone = self._zones.find(q.qname)
+        zone = self._zones.find(q.qname, q.qtype)
         return None if zone is None else self._signers.get(zone.origin)
 
     def _render(

@@ -37,7 +37,7 @@ from dnslib import TXT as RD_TXT
 from dnslib import A as RD_A
 from dnslib import DNSLabel
 
-from gslb.dnssec import ZoneKey
+from gslb.dnssec import NSEC, ZoneKey
 from gslb.errors import ZoneError
 from gslb.models import Pool
 
@@ -82,6 +82,8 @@ TYPE_CODES: Final[dict[str, int]] = {
 TYPE_NAMES: Final[dict[int, str]] = {v: k for k, v in TYPE_CODES.items()} | {DNSKEY: "DNSKEY"}
 
 MAX_TTL: Final = 2**31 - 1
+# DS digest lengths by digest type: SHA-1, SHA-256, SHA-384 (RFC 4034, 4509, 6605).
+_DS_DIGEST_SIZES: Final = {1: 20, 2: 32, 4: 48}
 MAX_CNAME_CHAIN: Final = 12
 MAX_INCLUDE_DEPTH: Final = 8  # files open at once: the zone file and 7 nested $INCLUDEs
 ROOT: Final = b"\x00"
@@ -360,6 +362,12 @@ def build_rdata(rtype: int, toks: Sequence[Token], origin: bytes) -> tuple[Any, 
             raise _Syntax(f"DS digest {hexdigest!r} is not hexadecimal") from None
         if not digest:
             raise _Syntax("DS digest is empty")
+        size = _DS_DIGEST_SIZES.get(digest_type)
+        if size is not None and len(digest) != size:
+            raise _Syntax(
+                f"DS digest type {digest_type} takes {size} octets ({2 * size} hex digits), "
+                f"got {len(digest)}"
+            )
         return RD_DS(key_tag, algorithm, digest_type, digest), None
     if rtype == SOA:
         want(7)
@@ -806,7 +814,9 @@ class Zone:
                 chosen = self._owned(chosen, owner)
             return _Step("answer", (chosen,))
         cname = rrsets.get(CNAME)
-        if cname is not None and qtype != CNAME:
+        # In a signed zone a CNAME's owner has an NSEC record too (RFC 4035 section 2.3): an
+        # NSEC query stops there rather than ask for the target's, which lists NSEC.
+        if cname is not None and qtype != CNAME and not (qtype == NSEC and self.dnssec):
             return _Step("cname", (self._owned(cname, owner),), target=cname.targets[0])
         if pool is not None and qtype in (A, AAAA):
             fam = self._family[(source, qtype)]
@@ -874,7 +884,16 @@ class Zones:
         self._by_origin = {z.origin: z for z in zones}
         self._min_len = min((len(o) for o in self._by_origin), default=1)
 
-    def find(self, qname: bytes) -> Zone | None:
+    def find(self, qname: bytes, qtype: int = 0) -> Zone | None:
+        """The most specific zone holding `qname`. A DS query at the apex of a zone whose
+        parent zone we serve too is the parent's (RFC 4035 section 3.1.4.1): the DS RRset,
+        or the proof that there is none, lives above the cut and is signed with its key."""
+        zone = self._find(qname)
+        if qtype == DS and zone is not None and zone.origin == qname and qname != ROOT:
+            return self._find(parent(qname)) or zone
+        return zone
+
+    def _find(self, qname: bytes) -> Zone | None:
         name = qname
         by_origin = self._by_origin
         while True:

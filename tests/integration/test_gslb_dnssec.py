@@ -22,7 +22,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from gslb.dnssec import dnskey_rdata, dnskey_text, write_new_key
+from gslb.dnssec import dnskey_rdata, dnskey_text, ds_rdata, ds_text, write_new_key
 from tests.integration.gslb_helpers import (
     LONDON,
     NEW_YORK,
@@ -161,18 +161,20 @@ def delv(gslb: GslbProcess, anchor: Path, *query: str) -> str:
     return out.stdout + out.stderr
 
 
+def write_anchor(path: Path, key: str) -> Path:
+    """A delv trust-anchor file holding the DNSKEY `key` (presentation form) of example.test."""
+    flags, protocol, algorithm, public = key.split(maxsplit=3)
+    public = public.replace(" ", "")
+    path.write_text(
+        f"trust-anchors {{\n  example.test. static-key {flags} {protocol} {algorithm} "
+        f'"{public}";\n}};\n'
+    )
+    return path
+
+
 def test_delv_validates_with_the_zone_key_as_trust_anchor(
     gslb: GslbProcess, tmp_path: Path
 ) -> None:
-    def write_anchor(path: Path, key: str) -> Path:
-        flags, protocol, algorithm, public = key.split(maxsplit=3)
-        public = public.replace(" ", "")
-        path.write_text(
-            f"trust-anchors {{\n  example.test. static-key {flags} {protocol} {algorithm} "
-            f'"{public}";\n}};\n'
-        )
-        return path
-
     (key,) = dnskeys(gslb)
     anchor = write_anchor(tmp_path / "anchor.conf", key.to_text())
     for name, rdtype, want in (
@@ -191,6 +193,37 @@ def test_delv_validates_with_the_zone_key_as_trust_anchor(
     wrong = write_anchor(tmp_path / "wrong.conf", dnskey_text(dnskey_rdata(other.public_key())))
     out = delv(gslb, wrong, "static.example.test", "A")
     assert "fully validated" not in out and "resolution failed" in out, out
+
+
+def test_delv_follows_the_chain_into_a_signed_child_zone_served_beside_the_parent(
+    tmp_path: Path, geo_db: Path
+) -> None:
+    # Serving example.test and its signed child sub.example.test, the DS query for the child
+    # apex must be answered from the parent (RFC 4035 section 3.1.4.1); answered from the
+    # child (a NODATA signed by the child) delv reports a broken trust chain.
+    parent = write_new_key(tmp_path / "parent.pem")
+    child = write_new_key(tmp_path / "child.pem")
+    child_dnskey = dnskey_rdata(child.public_key())
+    ds = ds_text(ds_rdata(dns.name.from_text("sub.example.test.").to_wire(), child_dnskey))
+    config = signed_config(tmp_path / "gslb.toml", geo_db, "parent.pem")
+    text = config.read_text().replace(
+        '"sub            NS    ns.sub",', f'"sub NS ns.sub", "sub DS {ds}",'
+    )
+    config.write_text(
+        text
+        + '\n[[zone]]\norigin = "sub.example.test."\ndnssec = { key_file = "child.pem" }\n'
+        + 'soa = { mname = "ns", rname = "hostmaster" }\n'
+        + 'records = ["@ NS ns", "ns A 127.0.0.53", "www A 127.0.0.54"]\n'
+    )
+    anchor = write_anchor(tmp_path / "anchor.conf", dnskey_text(dnskey_rdata(parent.public_key())))
+    proc = GslbProcess(config)
+    try:
+        out = delv(proc, anchor, "www.sub.example.test", "A")
+        assert "; fully validated" in out and "127.0.0.54" in out, out
+        out = delv(proc, anchor, "sub.example.test", "DS")
+        assert "; fully validated" in out, out
+    finally:
+        assert proc.stop() == 0, proc.log_text()
 
 
 def test_new_key_on_reload(tmp_path: Path, geo_db: Path) -> None:

@@ -292,6 +292,18 @@ def test_nsec_query_is_answered_with_the_nsec(responder: Responder) -> None:
     assert bitmap(nsec_of(existing, "answer")) == {1, 16, 46, 47}
 
 
+def test_nsec_query_at_a_cname_stops_at_the_cname(responder: Responder) -> None:
+    # Following the CNAME would deny NSEC at the target with an NSEC that lists NSEC: bogus.
+    reply = ask(responder, "alias.example.test.", "NSEC")
+    assert validate(responder, reply) == [("alias.example.test.", "NSEC")]
+    assert bitmap(nsec_of(reply, "answer")) == {dns.rdatatype.CNAME, 46, 47}
+
+
+def test_an_nxname_query_is_formerr(responder: Responder) -> None:
+    reply = ask(responder, "nope.example.test.", NXNAME)  # RFC 9824 section 3.5
+    assert reply.rcode() == dns.rcode.FORMERR and not reply.answer and not reply.authority
+
+
 # --------------------------------------------------------------------------- referrals
 
 
@@ -327,11 +339,51 @@ def test_secure_referral_carries_the_signed_ds(geo_db: Path, key_file: Path) -> 
     assert [s.rdtype for s in plain.authority] == [dns.rdatatype.NS]
 
 
+@pytest.mark.parametrize("with_ds", [True, False])
+def test_ds_at_a_served_child_apex_comes_from_the_parent(
+    geo_db: Path, key_file: Path, tmp_path: Path, with_ds: bool
+) -> None:
+    # RFC 4035 section 3.1.4.1: serving both sides of the cut, the DS (or its absence) is
+    # answered from the parent, signed with the parent's key; the child would deny it with
+    # an NSEC of its own apex (SOA bit set), which validators reject.
+    write_new_key(tmp_path / "sub.pem")
+    child = f"""
+[[zone]]
+origin = "sub.example.test."
+soa = {{ mname = "ns", rname = "hostmaster" }}
+dnssec = {{ key_file = {str(tmp_path / "sub.pem")!r} }}
+records = ["@ NS ns", "ns A 192.0.2.54", "www A 192.0.2.55"]
+"""
+    cfg = make_config(child, key_file=key_file, records=(DS_AT_SUB,) if with_ds else ())
+    health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+    r = Responder(cfg, GeoIPLocator(geo_db), health, clock=Clock())
+    reply = ask(r, "sub.example.test.", "DS")
+    assert reply.flags & dns.flags.AA and reply.rcode() == dns.rcode.NOERROR
+    checked = validate(r, reply)  # with the parent's DNSKEY, signer example.test.
+    if with_ds:
+        assert checked == [("sub.example.test.", "DS")]
+    else:
+        assert checked == [("example.test.", "SOA"), ("sub.example.test.", "NSEC")]
+        assert bitmap(nsec_of(reply)) == {dns.rdatatype.NS, 46, 47}
+    plain = ask(r, "sub.example.test.", "DS", do=False)
+    assert [s.rdtype for s in plain.answer] == ([dns.rdatatype.DS] if with_ds else [])
+    # everything else at the child apex is the child's
+    soa = ask(r, "sub.example.test.", "SOA")
+    assert soa.flags & dns.flags.AA and soa.answer[0].name == dns.name.from_text(
+        "sub.example.test."
+    )
+    assert soa.answer[1][0].signer == dns.name.from_text("sub.example.test.")
+
+
 def test_ds_only_at_delegation_points(key_file: Path) -> None:
     with pytest.raises(ConfigError, match=r"records\[0\]: DS at static.example.test., which is"):
-        make_config(key_file=key_file, records=("static DS 1 13 2 ABCD",))
+        make_config(key_file=key_file, records=("static DS 1 13 2 " + "AB" * 32,))
     with pytest.raises(ConfigError, match="DS digest 'XYZ' is not hexadecimal"):
         make_config(records=("sub DS 1 13 2 XYZ",))
+    with pytest.raises(
+        ConfigError, match=r"DS digest type 2 takes 32 octets \(64 hex digits\), got 31"
+    ):
+        make_config(records=("sub DS 1 13 2 " + "AB" * 31,))  # a digit pair lost in a paste
 
 
 # --------------------------------------------------------------------------- caches, time
