@@ -1680,6 +1680,14 @@ class CacheLayer:
             resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), cstatus)
             if resp is not None:
                 return resp, origin.url
+        if ranged and status == 200 and self._too_big(request.method, pairs):
+            # Never stored: cutting the range from the whole object would make the origin
+            # send everything before it, for every such request. Ask for the range instead.
+            upstream.close()
+            proxy.finish_upstream(origin, upstream, ok=True)
+            if lead is not None:
+                lead.settle()
+            return await self._fetch(proxy, request, creq, target, fwd, None)
         return await self._stream_and_store(
             proxy, request, creq, origin, upstream, pairs, fwd, t_req, t_resp, lead, ranged
         )
@@ -1772,7 +1780,17 @@ class CacheLayer:
         # A close-delimited body cut short looks complete: never stored.
         if not (delimited or _bodyless(creq.method, status)):
             return storable, None
+        # Known to outgrow max_object_bytes: the writer would only give up half-way, cutting
+        # off the collapsed misses reading from the fill by then.
+        if self._too_big(creq.method, out_pairs):
+            return storable, None
         return storable, self.store.writer()
+
+    def _too_big(self, method: str, pairs: tuple[tuple[str, str], ...]) -> bool:
+        """Whether `pairs` declare a body longer than the store takes (max_object_bytes)."""
+        limit = self.store.max_object_bytes
+        length = _declared_length(method, pairs)
+        return limit is not None and length is not None and length > limit
 
     def _entry_for(
         self,

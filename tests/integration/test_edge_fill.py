@@ -428,3 +428,67 @@ async def test_an_uncollapsible_range_request_is_forwarded_with_its_range(
             async with s.get(base_url(edge) + "/a", headers=headers) as r:
                 assert r.status == 206 and await r.read() == body[:10]
         assert seen == ["bytes=0-9"]
+
+
+async def test_a_follower_of_an_object_over_max_object_bytes_asks_the_origin(
+    tmp_path: Path,
+) -> None:
+    # The Content-Length already says the object cannot be stored: no fill that the writer
+    # would give up half-way, cutting off the follower reading from it by then.
+    body = os.urandom(3 << 19)  # 1.5 MiB; its first half is under the limit
+    async with origins("a") as (origin,):
+        route = Halting(body)
+        origin.routes["/o"] = route
+        config = _cfg(origin, tmp_path, max_object_bytes="1MiB")
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/o"
+            lead, headed = _lead(s, url)
+            await asyncio.wait_for(headed.wait(), WAIT)
+
+            async def follower() -> tuple[bytes, str]:
+                async with s.get(url) as r:
+                    return await r.read(), r.headers["Cache-Status"]
+
+            follow = asyncio.ensure_future(follower())
+
+            def started() -> bool:
+                fill = _fill(edge, "/o")
+                return origin.hits["/o"] == 2 or (fill is not None and fill.readers == 2)
+
+            assert await until(started)
+            route.release.set()
+            got, status = await asyncio.wait_for(follow, WAIT)
+            assert got == body and "fwd=uri-miss" in status
+            assert await asyncio.wait_for(lead, WAIT) == body
+        assert origin.hits["/o"] == 2
+
+
+async def test_a_range_miss_of_an_object_over_max_object_bytes_asks_for_the_range(
+    tmp_path: Path,
+) -> None:
+    # It can never be stored: cutting the range from the whole object would make the
+    # origin send everything before it, for every such request.
+    body = os.urandom(2 << 20)
+    async with origins("a") as (origin,):
+        seen: list[str | None] = []
+
+        async def big(request: web.Request) -> web.StreamResponse:
+            rng = request.headers.get("Range")
+            seen.append(rng)
+            headers = {"Cache-Control": "max-age=60", "ETag": '"v1"'}
+            if rng == "bytes=2000000-2000099":
+                headers["Content-Range"] = f"bytes 2000000-2000099/{len(body)}"
+                return web.Response(status=206, body=body[2000000:2000100], headers=headers)
+            return web.Response(body=body, headers=headers)
+
+        origin.routes["/o"] = big
+        config = _cfg(origin, tmp_path, max_object_bytes="1MiB")
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/o"
+            for _ in range(2):
+                async with s.get(url, headers={"Range": "bytes=2000000-2000099"}) as r:
+                    assert r.status == 206
+                    assert r.headers["Content-Range"] == f"bytes 2000000-2000099/{len(body)}"
+                    assert await r.read() == body[2000000:2000100]
+        assert seen[-1] == "bytes=2000000-2000099"
+        assert seen.count("bytes=2000000-2000099") == 2
