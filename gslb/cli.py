@@ -81,11 +81,18 @@ def _summary(path: Path, config: GslbConfig) -> str:
     )
 
 
-def check_config(path: Path) -> int:
+def _load(path: Path) -> GslbConfig | None:
+    """The config at `path`, or None after printing why it does not load."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except GslbError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def check_config(path: Path) -> int:
+    config = _load(path)
+    if config is None:
         return 1
     print(_summary(path, config))
     return 0
@@ -108,10 +115,8 @@ def dnssec_keygen(path: Path) -> int:
 
 def print_ds(path: Path) -> int:
     """Each signed zone's DNSKEY RRset and the DS of each of its keys, in master-file form."""
-    try:
-        config = load_config(path)
-    except GslbError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     signed = [z for z in config.zones if z.dnssec is not None]
     if not signed:

@@ -192,6 +192,17 @@ class _Table:
             raise _Invalid(self.sub(name), f"{value} is out of range [{lo}, {hi}]")
         return float(value) if not integer else value
 
+    def strings(self, name: str, what: str) -> list[tuple[str, str]]:
+        """The array of strings at `name` (empty when absent), each with its key for errors;
+        `what` says what an item is, e.g. 'a string such as "192.0.2.0/24"'."""
+        out = []
+        for i, item in enumerate(self.get(name, list, [])):
+            key = f"{self.sub(name)}[{i}]"
+            if not isinstance(item, str):
+                raise _Invalid(key, f"must be {what}, not {_kind(item)}")
+            out.append((key, item))
+        return out
+
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
@@ -274,17 +285,11 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
 
 def _server(t: _Table) -> ServerConfig:
     d = ServerConfig()
-    raw = t.get("listen", list, None)
     listen = d.listen
-    if raw is not None:
-        if not raw:
+    if "listen" in t.data:
+        out = [parse_hostport(item, key) for key, item in t.strings("listen", "a string")]
+        if not out:
             raise _Invalid(t.sub("listen"), "needs at least one address")
-        out = []
-        for i, item in enumerate(raw):
-            key = f"{t.sub('listen')}[{i}]"
-            if not isinstance(item, str):
-                raise _Invalid(key, f"must be a string, not {_kind(item)}")
-            out.append(parse_hostport(item, key))
         if len(set(out)) != len(out):
             raise _Invalid(t.sub("listen"), "lists an address twice")
         listen = tuple(out)
@@ -355,12 +360,9 @@ def _health(t: _Table) -> HealthConfig:
 
 def _rrl(t: _Table) -> RrlConfig:
     d = RrlConfig()
-    exempt = []
-    for i, item in enumerate(t.get("exempt", list, [])):
-        key = f"{t.sub('exempt')}[{i}]"
-        if not isinstance(item, str):
-            raise _Invalid(key, f'must be a string such as "192.0.2.0/24", not {_kind(item)}')
-        exempt.append(_network(item, key))
+    exempt = [
+        _network(item, key) for key, item in t.strings("exempt", 'a string such as "192.0.2.0/24"')
+    ]
     cfg = RrlConfig(
         enabled=t.get("enabled", bool, d.enabled),
         rate=float(t.number("rate", d.rate, 0.1, 1e6)),
@@ -660,12 +662,7 @@ def _dnssec(t: _Table, base: Path) -> ZoneKey:
         private = load_key(_zone_path(base, key_file))
     except ValueError as exc:
         raise _Invalid(t.sub("key_file"), str(exc)) from None
-    published = []
-    for i, name in enumerate(t.get("publish", list, [])):
-        key = f"{t.sub('publish')}[{i}]"
-        if not isinstance(name, str):
-            raise _Invalid(key, f"must be a string (a key file), not {_kind(name)}")
-        published.append(read(name, key))
+    published = [read(name, key) for key, name in t.strings("publish", "a string (a key file)")]
     t.done()
     active = dnskey_rdata(private.public_key())
     for i, rdata in enumerate(published):
