@@ -520,16 +520,25 @@ def measure(args: argparse.Namespace, server: Server, qfile: Path, warmup: bool)
 # --- main ----------------------------------------------------------------------------------
 
 
-def signed_servers(
-    args: argparse.Namespace, workdir: Path, logdir: Path, shared_zone: Path, nsd_zone: Path
+def make_servers(
+    args: argparse.Namespace,
+    workdir: Path,
+    logdir: Path,
+    shared_zone: Path,
+    nsd_zone: Path,
+    *,
+    signed: bool = False,
 ) -> dict[str, Server]:
-    """Both servers again with the zone DNSSEC-signed by one ECDSA P-256 key: gslb online,
-    NSD from a copy of its zone file signed here once."""
-    from gslb.dnssec import write_new_key
+    """The servers of `args.servers`; `signed`: with the zone DNSSEC-signed by one ECDSA
+    P-256 key, gslb online, NSD from a copy of its zone file signed here once."""
+    key = None
+    if signed:
+        from gslb.dnssec import write_new_key
 
-    key = workdir / "bench.test.pem"
-    if not key.exists():
-        write_new_key(key)
+        key = workdir / "bench.test.pem"
+        if not key.exists():
+            write_new_key(key)
+    suffix = "-signed" if signed else ""
     out: dict[str, Server] = {}
     if "ours" in args.servers:
         port, api = free_port(udp_too=True), free_port()
@@ -540,14 +549,16 @@ def signed_servers(
             api,
             args.seed,
             key_file=key,
-            filename="gslb-signed.toml",
+            filename=f"gslb{suffix}.toml",
             geoip_db=args.geoip_db,
         )
         out["ours"] = Server("ours", gslb_argv(conf), port, logdir)
     if "nsd" in args.servers:
-        zone = sign_zone_file(nsd_zone, key, workdir / "bench.test.nsd.signed.zone")
+        zone = nsd_zone
+        if key is not None:
+            zone = sign_zone_file(nsd_zone, key, workdir / "bench.test.nsd.signed.zone")
         port = free_port(udp_too=True)
-        conf = write_nsd_config(workdir, zone, port, name="nsd-signed")
+        conf = write_nsd_config(workdir, zone, port, name=f"nsd{suffix}")
         run_tool(["nsd-checkconf", str(conf)], None, timeout=30)
         out["nsd"] = Server("nsd", ["nsd", "-d", "-c", str(conf)], port, logdir)
     return out
@@ -597,19 +608,10 @@ def main(argv: list[str]) -> int:
     db = args.geoip_db or default_geoip_db()
 
     shared_zone, nsd_zone = write_zones(workdir)
-    servers: dict[str, Server] = {}
-    if "ours" in args.servers:
-        port, api = free_port(udp_too=True), free_port()
-        conf = write_gslb_config(workdir, shared_zone, port, api, args.seed, geoip_db=args.geoip_db)
-        servers["ours"] = Server("ours", gslb_argv(conf), port, logdir)
-    if "nsd" in args.servers:
-        port = free_port(udp_too=True)
-        conf = write_nsd_config(workdir, nsd_zone, port)
-        run_tool(["nsd-checkconf", str(conf)], None, timeout=30)
-        servers["nsd"] = Server("nsd", ["nsd", "-d", "-c", str(conf)], port, logdir)
+    servers = make_servers(args, workdir, logdir, shared_zone, nsd_zone)
     signed: dict[str, Server] = {}
     if any(SCENARIOS[k].signed for k in args.scenarios if k in SCENARIOS):
-        signed = signed_servers(args, workdir, logdir, shared_zone, nsd_zone)
+        signed = make_servers(args, workdir, logdir, shared_zone, nsd_zone, signed=True)
     queries = prepare_queries(workdir, db, args.small, args.large, args.seed)
 
     print(f"# GeoEdge DNS benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -218,7 +218,7 @@ def _fork_workers(
     count = config.server.workers
     slots: dict[int, int] = {}  # pid -> slot
     restarts = dict.fromkeys(range(count), 0)
-    state = {"stopping": False}
+    stopping = False
     ready_r, ready_w = os.pipe()
 
     def spawn(slot: int, ready_fd: int | None) -> None:
@@ -246,8 +246,9 @@ def _fork_workers(
         slots[pid] = slot
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
-            state["stopping"] = True
+            stopping = True
         for pid in list(slots):
             try:
                 os.kill(pid, signum)
@@ -278,7 +279,7 @@ def _fork_workers(
         except InterruptedError:  # pragma: no cover - PEP 475 retries
             continue
         slot = slots.pop(pid, None)
-        if slot is None or state["stopping"]:
+        if slot is None or stopping:
             continue
         restarts[slot] += 1
         if not node_ready or restarts[slot] > MAX_RESTARTS:
@@ -289,7 +290,7 @@ def _fork_workers(
         delay = min(30.0, 0.5 * 2 ** (restarts[slot] - 1))
         log.warning("worker %d exited (status %d): restarting it in %.1fs", slot, code, delay)
         time.sleep(delay)  # a SIGTERM meanwhile sets stopping
-        if not state["stopping"]:
+        if not stopping:
             spawn(slot, None)
     for s in holders:
         s.close()

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from http import HTTPStatus
 from typing import IO, Any, Literal
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ from edge import cache_policy as cp
 from edge import compression, conditional, ranges
 from edge.accesslog import AccessLog
 from edge.admin import Metrics
-from edge.cache_control import DELTA_SECONDS_MAX
+from edge.cache_control import DELTA_SECONDS_MAX, field_values
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, CorruptBodyError, StoreError
 from edge.fasthit import SimpleGet, parse_simple_get
@@ -735,7 +736,7 @@ def _declared_length(method: str, pairs: tuple[tuple[str, str], ...]) -> int | N
 
 def _bytes_range(headers: Sequence[tuple[str, str]]) -> bool:
     """Whether request `headers` carry exactly one Range field, in bytes."""
-    values = [v for k, v in headers if k.lower() == "range"]
+    values = field_values(headers, "range")
     return len(values) == 1 and values[0].lstrip().lower().startswith("bytes=")
 
 
@@ -1823,13 +1824,18 @@ class CacheLayer:
         t_req: float,
         t_resp: float,
     ) -> None:
-        """Store the body `writer` holds under the entry for `out_pairs`.
-
-        When the stored fields carry a Content-Length (no on-the-fly compression), the body
-        must have exactly that length: a second guard after aiohttp's own against an origin
-        that closed early."""
+        """Store the body `writer` holds under the entry for `out_pairs`."""
         entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
-        length = _declared_length(creq.method, out_pairs)
+        await self._commit_entry(writer, entry, _declared_length(creq.method, out_pairs))
+
+    async def _commit_entry(
+        self, writer: BodyWriter, entry: cp.CacheEntry, length: int | None
+    ) -> None:
+        """Store the body `writer` holds under `entry`.
+
+        When the stored fields carry a Content-Length (`length`; no on-the-fly compression),
+        the body must have exactly that length: a second guard after aiohttp's own against
+        an origin that closed early."""
         await asyncio.to_thread(writer.commit, entry, writer.length if length is None else length)
 
     async def _stream_and_store(
@@ -1887,11 +1893,7 @@ class CacheLayer:
         if fill is not None:
             if lead is not None:
                 lead.filling(fill)
-            proxy.spawn(
-                self._run_fill(
-                    proxy, fill, creq, origin, upstream, comp, out_pairs, t_req, t_resp, lead
-                )
-            )
+            proxy.spawn(self._run_fill(proxy, fill, origin, upstream, comp, lead))
             if isinstance(rng, ranges.Unsatisfiable):
                 fill.leave_unread()
                 return _unsatisfiable(out, rng), origin.url
@@ -1944,13 +1946,9 @@ class CacheLayer:
         self,
         proxy: Proxy,
         fill: _Fill,
-        creq: cp.CacheRequest,
         origin: Origin,
         upstream: aiohttp.ClientResponse,
         comp: compression.Compressor | None,
-        out_pairs: tuple[tuple[str, str], ...],
-        t_req: float,
-        t_resp: float,
         lead: _Lead | None,
     ) -> None:
         """The task of a _Fill: the origin body into the cache, at the origin's pace."""
@@ -1985,7 +1983,9 @@ class CacheLayer:
                 fill.fail()
                 return
             if fill.storing:
-                await self._commit(writer, creq, upstream, out_pairs, t_req, t_resp)
+                # The entry made from the response head, stamped as stored now.
+                entry = replace(fill.entry, stored_at=self.clock())
+                await self._commit_entry(writer, entry, fill.length)
             fill.finish()
         except BaseException:
             if not released:

@@ -65,7 +65,7 @@ from dnslib import A as RD_A
 
 from geo.location import Location, Locator
 from gslb.config import GslbConfig
-from gslb.dnssec import NSEC, NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
+from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
 from gslb.ecs import CAP_IPV4, CAP_IPV6, FAMILY_IPV4, ClientSubnet
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Edge, HealthView, Policy, Selection
@@ -78,6 +78,7 @@ from gslb.zone import (
     FORMERR,
     NOERROR,
     NOTIMP,
+    NSEC,
     NXDOMAIN,
     OPT,
     REFUSED,
@@ -521,6 +522,8 @@ class Responder:
     # ------------------------------------------------------------------ encoding
 
     def _signer(self, q: Query) -> Signer | None:
+        if not self._signers:
+            return None
         zone = self._zones.find(q.qname, q.qtype)
         return None if zone is None else self._signers.get(zone.origin)
 

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from dnslib import RD as RD_RAW
 
 from geo.location import IPNetwork, Location
@@ -651,18 +652,17 @@ def _zones(raw: list[Any], pools: list[tuple[Pool, str]], base: Path) -> tuple[Z
 def _dnssec(t: _Table, base: Path) -> ZoneKey:
     """A zone's `dnssec` table: the signing key and the keys only published beside it."""
 
-    def read(name: str, key: str) -> bytes:
+    def load(name: str, key: str) -> ec.EllipticCurvePrivateKey:
         try:
-            return dnskey_rdata(load_key(_zone_path(base, name)).public_key())
+            return load_key(_zone_path(base, name))
         except ValueError as exc:
             raise _Invalid(key, str(exc)) from None
 
-    key_file = t.get("key_file", str, _REQUIRED)
-    try:
-        private = load_key(_zone_path(base, key_file))
-    except ValueError as exc:
-        raise _Invalid(t.sub("key_file"), str(exc)) from None
-    published = [read(name, key) for key, name in t.strings("publish", "a string (a key file)")]
+    private = load(t.get("key_file", str, _REQUIRED), t.sub("key_file"))
+    published = [
+        dnskey_rdata(load(name, key).public_key())
+        for key, name in t.strings("publish", "a string (a key file)")
+    ]
     t.done()
     active = dnskey_rdata(private.public_key())
     for i, rdata in enumerate(published):

@@ -35,10 +35,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from dnslib import RD as RD_RAW
-from dnslib import RR, DNSBuffer, DNSLabel
+from dnslib import RR, DNSBuffer
 
 from gslb.models import Clock
 from gslb.respcache import FifoCache
+from gslb.zone import NSEC, RRSIG, dnslabel
 
 log = logging.getLogger("gslb.dnssec")
 
@@ -58,10 +59,6 @@ PROTOCOL: Final = 3
 CSK_FLAGS: Final = 257  # zone key + secure entry point
 DIGEST_SHA256: Final = 2
 
-DS: Final = 43
-RRSIG: Final = 46
-NSEC: Final = 47
-DNSKEY: Final = 48
 NXNAME: Final = 128  # RFC 9824: the name does not exist (a meta type, only in NSEC bitmaps)
 
 REFRESH: Final = 86400  # one signing epoch: signatures are re-made once a day
@@ -249,16 +246,7 @@ def nsec_rdata(owner: bytes, types: Iterable[int]) -> bytes:
 
 
 def _rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> Any:
-    return RR(DNSLabel(_labels(owner)), rtype, ttl=ttl, rdata=RD_RAW(rdata))
-
-
-def _labels(wire: bytes) -> list[bytes]:
-    out = []
-    pos = 0
-    while wire[pos]:
-        out.append(wire[pos + 1 : pos + 1 + wire[pos]])
-        pos += wire[pos] + 1
-    return out
+    return RR(dnslabel(owner), rtype, ttl=ttl, rdata=RD_RAW(rdata))
 
 
 def raw_rrs(owner: bytes, rtype: int, ttl: int, rdatas: Iterable[bytes]) -> list[Any]:

@@ -17,7 +17,7 @@ import bisect
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -169,37 +169,30 @@ class QueryMetrics:
         }
 
 
+# The integer totals of an export, summed over the workers.
+_SUMMED: Final = ("latency_count", "dropped", "tcp_open", "rrl_dropped", "rrl_slipped")
+
+
 def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Sum several `QueryMetrics.export()` results (malformed parts are skipped)."""
     queries: dict[tuple[int, int, str], int] = {}
     answers: dict[str, int] = {}
     misses: dict[str, int] = {}
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-    total = {
-        "latency_sum": 0.0,
-        "latency_count": 0,
-        "dropped": 0,
-        "tcp_open": 0,
-        "rrl_dropped": 0,
-        "rrl_slipped": 0,
-    }
+    total: dict[str, float] = {"latency_sum": 0.0, **dict.fromkeys(_SUMMED, 0)}
     for exp in exports:
         try:
             for r, t, p, n in exp.get("queries", ()):
                 key = (int(r), int(t), str(p))
                 queries[key] = queries.get(key, 0) + int(n)
-            for edge, n in exp.get("answers", {}).items():
-                answers[str(edge)] = answers.get(str(edge), 0) + int(n)
-            for pool, n in exp.get("pool_misses", {}).items():
-                misses[str(pool)] = misses.get(str(pool), 0) + int(n)
+            for into, field in ((answers, "answers"), (misses, "pool_misses")):
+                for name, n in exp.get(field, {}).items():
+                    into[str(name)] = into.get(str(name), 0) + int(n)
             for i, n in enumerate(exp.get("buckets", ())[: len(buckets)]):
                 buckets[i] += int(n)
             total["latency_sum"] += float(exp.get("latency_sum", 0.0))
-            total["latency_count"] += int(exp.get("latency_count", 0))
-            total["dropped"] += int(exp.get("dropped", 0))
-            total["tcp_open"] += int(exp.get("tcp_open", 0))
-            total["rrl_dropped"] += int(exp.get("rrl_dropped", 0))
-            total["rrl_slipped"] += int(exp.get("rrl_slipped", 0))
+            for name in _SUMMED:
+                total[name] += int(exp.get(name, 0))
         except (TypeError, ValueError, AttributeError):
             continue
     return {

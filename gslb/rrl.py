@@ -31,6 +31,8 @@ import heapq
 import ipaddress
 
 from gslb.config import RrlConfig
+from gslb.errors import FormError
+from gslb.wire import question_end, skip_name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -52,51 +54,33 @@ def _question_end(reply: bytes) -> int:
     does not parse. Our replies echo the question uncompressed."""
     if len(reply) < 12 or reply[4:6] == b"\x00\x00":
         return 12
-    pos, size = 12, len(reply)
-    while pos < size:
-        length = reply[pos]
-        if length == 0:
-            end = pos + 5  # the root label, QTYPE, QCLASS
-            return end if end <= size else 12
-        if length > 63:
-            return 12
-        pos += length + 1
-    return 12
-
-
-def _skip_name(reply: bytes, pos: int) -> int:
-    """The offset past the (possibly compressed) name at `pos`; -1 if it does not parse."""
-    size = len(reply)
-    while pos < size:
-        length = reply[pos]
-        if length == 0:
-            return pos + 1
-        if length >= 0xC0:
-            return pos + 2
-        if length > 63:
-            return -1
-        pos += length + 1
-    return -1
+    try:
+        return question_end(reply, len(reply))
+    except FormError:
+        return 12
 
 
 def _compact_nxdomain(reply: bytes, pos: int) -> bool:
     """Whether the authority section, from `pos` (past the question), holds an NSEC record
     whose type bitmap has NXNAME (type 128): RFC 9824's compact denial of a name."""
     size = len(reply)
-    for _ in range((reply[8] << 8) | reply[9]):
-        pos = _skip_name(reply, pos)
-        if pos < 0 or pos + 10 > size:
+    try:
+        for _ in range((reply[8] << 8) | reply[9]):
+            pos = skip_name(reply, pos, size)
+            if pos + 10 > size:
+                return False
+            rdlen = (reply[pos + 8] << 8) | reply[pos + 9]
+            rdata, pos = pos + 10, pos + 10 + rdlen
+            if pos > size:
+                return False
+            if reply[rdata - 10 : rdata - 8] != b"\x00\x2f":  # not NSEC
+                continue
+            bitmap = skip_name(reply, rdata, size)  # the next name (never compressed in NSEC)
+            # Window 0's bitmap: type 128 is the top bit of its 17th octet.
+            if bitmap + 19 <= pos and reply[bitmap] == 0 and reply[bitmap + 1] >= 17:
+                return bool(reply[bitmap + 18] & 0x80)
             return False
-        rdlen = (reply[pos + 8] << 8) | reply[pos + 9]
-        rdata, pos = pos + 10, pos + 10 + rdlen
-        if pos > size:
-            return False
-        if reply[rdata - 10 : rdata - 8] != b"\x00\x2f":  # not NSEC
-            continue
-        bitmap = _skip_name(reply, rdata)  # the next name (never compressed in NSEC)
-        # Window 0's bitmap: type 128 is the top bit of its 17th octet.
-        if 0 <= bitmap and bitmap + 19 <= pos and reply[bitmap] == 0 and reply[bitmap + 1] >= 17:
-            return bool(reply[bitmap + 18] & 0x80)
+    except FormError:
         return False
     return False
 

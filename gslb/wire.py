@@ -42,7 +42,7 @@ class Query:
     ecs_end: int = 0  # offset just past the ECS option's address (0: no ECS)
 
 
-def _skip_name(wire: bytes, pos: int, end: int) -> int:
+def skip_name(wire: bytes, pos: int, end: int) -> int:
     """Offset after the (possibly compressed) name at `pos`; FormError when malformed."""
     for _ in range(128):
         if pos >= end:
@@ -60,7 +60,7 @@ def _skip_name(wire: bytes, pos: int, end: int) -> int:
     raise FormError("too many labels")
 
 
-def _question(wire: bytes, end: int) -> int:
+def question_end(wire: bytes, end: int) -> int:
     """Offset just past QCLASS of the question at offset 12: its name uncompressed, with
     labels of at most 63 octets and at most 255 octets in all. Raises FormError."""
     pos = 12
@@ -95,7 +95,7 @@ def _records(
     payload, version, do, ecs, ecs_end = 512, 0, False, None, 0
     try:
         for _ in range(skip):
-            pos = _skip_name(wire, pos, end) + 10
+            pos = skip_name(wire, pos, end) + 10
             if pos > end:
                 raise FormError("truncated record")
             pos += (wire[pos - 2] << 8) | wire[pos - 1]
@@ -103,7 +103,7 @@ def _records(
                 raise FormError("truncated rdata")
         for _ in range(arcount):
             start = pos
-            pos = pos + 1 if pos < end and wire[pos] == 0 else _skip_name(wire, pos, end)
+            pos = pos + 1 if pos < end and wire[pos] == 0 else skip_name(wire, pos, end)
             if pos + 10 > end:
                 raise FormError("truncated record")
             rtype, rclass, ttl, rdlen = _RRTAIL.unpack_from(wire, pos)
@@ -159,7 +159,7 @@ def parse_query(wire: bytes) -> Query:
         return _other_opcode(wire, qid, flags, opcode, qdcount, ancount + nscount, arcount)
     if qdcount != 1:
         raise FormError(f"QDCOUNT is {qdcount}, not 1")
-    qend = _question(wire, end)
+    qend = question_end(wire, end)
     qtype, qclass = _QTAIL.unpack_from(wire, qend - 4)
     try:
         edns, payload, version, do, ecs, ecs_end = _records(
@@ -197,11 +197,11 @@ def _other_opcode(
     pos = 12
     try:
         if qdcount == 1:
-            pos = qend = _question(wire, end)
+            pos = qend = question_end(wire, end)
             qtype, qclass = _QTAIL.unpack_from(wire, qend - 4)
         else:
             for _ in range(qdcount):  # bounded by the message: each takes 5 octets or more
-                pos = _skip_name(wire, pos, end) + 4
+                pos = skip_name(wire, pos, end) + 4
                 if pos > end:
                     raise FormError("truncated question")
         edns, payload, version, do = _records(wire, pos, end, skip, arcount)[:4]

@@ -22,7 +22,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from dnslib import AAAA as RD_AAAA
 from dnslib import CAA as RD_CAA
@@ -37,9 +37,11 @@ from dnslib import TXT as RD_TXT
 from dnslib import A as RD_A
 from dnslib import DNSLabel
 
-from gslb.dnssec import NSEC, ZoneKey
 from gslb.errors import ZoneError
 from gslb.models import Pool
+
+if TYPE_CHECKING:  # gslb.dnssec builds on this module
+    from gslb.dnssec import ZoneKey
 
 # Record types by code.
 A: Final = 1
@@ -53,6 +55,8 @@ AAAA: Final = 28
 SRV: Final = 33
 OPT: Final = 41
 DS: Final = 43
+RRSIG: Final = 46
+NSEC: Final = 47
 DNSKEY: Final = 48
 CAA: Final = 257
 ANY: Final = 255
