@@ -14,6 +14,7 @@ edge.fasthit and Proxy.answer_plain_get): no aiohttp request, task or response o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import tempfile
@@ -31,7 +32,7 @@ from edge import cache_policy as cp
 from edge.accesslog import AccessLog
 from edge.config import Address, EdgeConfig
 from edge.origins import OriginPool
-from edge.probes import Prober
+from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import (
     CacheLayer,
     InterimForwardingResponse,
@@ -57,6 +58,7 @@ METRICS = web.AppKey("edge_metrics", admin.Metrics)
 PROXY = web.AppKey("edge_proxy", Proxy)
 ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
 NODE_STATS = web.AppKey("edge_node_stats", nodestats.StatsDir)
+WORKER_SLOT = web.AppKey("edge_worker_slot", int)
 
 
 class EdgeRequestHandler(RequestHandler):
@@ -273,11 +275,13 @@ def server_kwargs(config: EdgeConfig) -> dict[str, Any]:
     }
 
 
-def build_app(config: EdgeConfig, stats_dir: str | None = None) -> web.Application:
+def build_app(config: EdgeConfig, stats_dir: str | None = None, slot: int = 0) -> web.Application:
     """The control app: lifecycle of shared resources plus the admin routes.
 
     `stats_dir` is the run directory of a multi-worker node (see edge.nodestats): this
     worker publishes its counters there, and its admin routes answer for the whole node.
+    There the worker in `slot` 0 probes the origins for the node and the others follow
+    its verdicts (edge.probes.ProbeFollower); without a run directory every worker probes.
     """
     app = web.Application(handler_args={"access_log": None})
     app[CONFIG] = config
@@ -285,6 +289,7 @@ def build_app(config: EdgeConfig, stats_dir: str | None = None) -> web.Applicati
     stats = None if stats_dir is None else nodestats.StatsDir(stats_dir)
     if stats is not None:
         app[NODE_STATS] = stats
+        app[WORKER_SLOT] = slot
     admin.add_routes(app, lambda: app[PROXY], None if stats is None else stats.peers)
     return app
 
@@ -326,19 +331,29 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[PROBER] = prober
     if cache is not None:
         app[CACHE] = cache
-    prober.start()
-    flusher = asyncio.create_task(_flush_periodically(access_log))
     stats = app.get(NODE_STATS)
+    follower = None
+    if stats is not None and app[WORKER_SLOT] > 0:
+        follower = asyncio.create_task(ProbeFollower(pool, prober, stats).run())
+    else:
+        prober.start()
+    flusher = asyncio.create_task(_flush_periodically(access_log))
     publisher = None
     if stats is not None:
-        publisher = asyncio.create_task(
-            nodestats.publish_periodically(
-                stats, lambda: admin.worker_record(proxy, stats.clock(), stats.pid)
-            )
-        )
+
+        def snapshot() -> nodestats.WorkerRecord:
+            record = admin.worker_record(proxy, stats.clock(), stats.pid)
+            if follower is not None:
+                return record
+            return dataclasses.replace(record, verdicts=verdicts(pool))  # the probe leader
+
+        publisher = asyncio.create_task(nodestats.publish_periodically(stats, snapshot))
     try:
         yield
     finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         prober.shutdown()
         flusher.cancel()
         if publisher is not None and stats is not None:
@@ -405,10 +420,15 @@ class EdgeRuntime:
     """A running edge: control app (+ admin site) and the client-facing listeners."""
 
     def __init__(
-        self, config: EdgeConfig, *, reuse_port: bool = False, stats_dir: str | None = None
+        self,
+        config: EdgeConfig,
+        *,
+        reuse_port: bool = False,
+        stats_dir: str | None = None,
+        slot: int = 0,
     ) -> None:
         self.config = config
-        self.app = build_app(config, stats_dir)
+        self.app = build_app(config, stats_dir, slot)
         self.reuse_port = reuse_port
         self._app_runner: web.AppRunner | None = None
         self._edge_runners: list[web.ServerRunner] = []

@@ -12,7 +12,9 @@ With --workers N > 1 the parent forks N workers that each bind the same ports wi
 SO_REUSEPORT (port 0 is resolved first by the parent, so all workers share it); the
 parent prints `edge: ready` once every worker is listening. With an admin port, the parent
 also makes a private run directory where the workers publish their counters, so whichever
-worker answers /__edge/status or /metrics reports the whole node (edge.nodestats).
+worker answers /__edge/status or /metrics reports the whole node (edge.nodestats); there
+the worker in slot 0 (and its replacement) probes the origins for the node and publishes
+its verdicts, which the other workers apply (edge.probes.ProbeFollower).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def _run(
     announce: bool = True,
     ready_fd: int | None = None,
     stats_dir: str | None = None,
+    slot: int = 0,
 ) -> int:
     try:
         import uvloop
@@ -117,6 +120,7 @@ def _run(
                 announce=announce,
                 ready_fd=ready_fd,
                 stats_dir=stats_dir,
+                slot=slot,
             )
         )
     except KeyboardInterrupt:
@@ -132,10 +136,11 @@ async def _serve(
     announce: bool,
     ready_fd: int | None = None,
     stats_dir: str | None = None,
+    slot: int = 0,
 ) -> None:
     from edge.app import EdgeRuntime
 
-    runtime = EdgeRuntime(config, reuse_port=reuse_port, stats_dir=stats_dir)
+    runtime = EdgeRuntime(config, reuse_port=reuse_port, stats_dir=stats_dir, slot=slot)
     await runtime.start()
     if announce:
         for kind in ("http", "https", "admin"):
@@ -241,6 +246,7 @@ def _fork_workers(
                 announce=ready_fd is not None and slot == 0,
                 ready_fd=ready_fd,
                 stats_dir=stats_dir,
+                slot=slot,
             )
             os._exit(code)
         slots[pid] = slot

@@ -7,9 +7,14 @@ directory the parent created for them (`StatsDir.publish`, atomically by rename)
 worker that answers /__edge/status or /metrics adds the other workers' fresh records to its
 own live numbers (`merge` for the status document, `merge_families` for /metrics).
 
-The record, its JSON codec and the merges are pure; `StatsDir` is the thin file adapter.
-Records are plain JSON with a checked shape: nothing read from the directory is unpickled
-or trusted beyond its numbers.
+The same records carry the origin probes' verdicts across the node: only the worker in
+slot 0 (the probe leader) probes the origins, and it publishes its verdicts in its record;
+the other workers apply them to their own pools (`Follower` decides what to apply, and
+when the leader has been silent too long for them to probe themselves).
+
+The record, its JSON codec, the merges and the follower policy are pure; `StatsDir` is the
+thin file adapter. Records are plain JSON with a checked shape: nothing read from the
+directory is unpickled or trusted beyond its numbers.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ log = logging.getLogger("edge")
 
 PUBLISH_INTERVAL = 1.0  # seconds between a worker's records
 MAX_AGE = 3.0  # a record older than this is from a stopped or stuck worker: ignored
-_VERSION = 2
+_VERSION = 3
 MAX_SAMPLES = 50_000  # a record with more metric samples than this is refused
 _PREFIX, _SUFFIX = "worker-", ".json"
 
@@ -45,6 +50,16 @@ class OriginState:
     up: bool
     active: int
     weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The probe leader's verdict on one origin."""
+
+    url: str
+    up: bool  # as its probes decided it with rise/fall (its passive ejections left out)
+    probes: int  # the probes of this origin it has made: the sequence followers count on
+    ok_run: int  # good probes in a row, up to the last one
 
 
 # One Prometheus sample of a worker's registry: (family, sample name, sorted labels, value).
@@ -65,6 +80,7 @@ class WorkerRecord:
     counts: tuple[tuple[int, str, int], ...]  # (status, cache status, responses)
     origins: tuple[OriginState, ...]
     samples: tuple[Sample, ...] = ()  # its /metrics registry, for merge_families
+    verdicts: tuple[Verdict, ...] | None = None  # the probe leader's; None from the others
 
     @property
     def requests(self) -> int:
@@ -196,6 +212,60 @@ def merge_families(
         yield merged
 
 
+# -- following the probe leader ---------------------------------------------------------------
+
+
+def leader_silence_bound(probe_interval: float) -> float:
+    """How long followers wait for a fresh record of the probe leader before probing
+    themselves: three probe rounds, and never less than three of its records."""
+    return 3 * max(probe_interval, PUBLISH_INTERVAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """What a follower does now."""
+
+    leader: int | None  # pid of the fresh probe leader followed; None: no fresh leader
+    probe: bool  # probe the origins itself: no fresh leader for longer than the bound
+    apply: tuple[tuple[Verdict, int], ...] = ()  # verdicts with their probes not yet applied
+
+
+class Follower:
+    """A follower worker's view of the probe leader, sans I/O (the clock is passed in).
+
+    Each step takes the records read from the run directory. The newest record carrying
+    verdicts at most `bound` seconds old is the leader's, and its verdicts are applied
+    together with how many of the leader's probes of each origin are new since the last
+    step (so a passive ejection ends after `rise` good probes made after it, as it does
+    for a worker that probes). Without such a record the follower keeps its state; once
+    no leader has been seen for longer than `bound` (counted from its own start), it
+    probes by itself until a fresh leader record appears again.
+    """
+
+    def __init__(self, started: float) -> None:
+        self._last_seen = started  # time of the newest leader record seen, or our start
+        self._counted: dict[str, tuple[int, int]] = {}  # url -> (leader pid, its probes)
+
+    def step(self, records: Iterable[WorkerRecord], now: float, bound: float) -> Follow:
+        leader: WorkerRecord | None = None
+        for rec in records:
+            if rec.verdicts is None or not fresh(rec, now, bound):
+                continue
+            if leader is None or rec.time > leader.time:
+                leader = rec
+        if leader is None or leader.verdicts is None:
+            return Follow(None, now - self._last_seen > bound)
+        self._last_seen = max(self._last_seen, leader.time)
+        apply = []
+        for v in leader.verdicts:
+            pid, counted = self._counted.get(v.url, (None, 0))
+            # A new leader (or one that dropped and re-added the origin) counts from zero.
+            new = v.probes - counted if pid == leader.pid and v.probes >= counted else v.probes
+            self._counted[v.url] = (leader.pid, v.probes)
+            apply.append((v, new))
+        return Follow(leader.pid, False, tuple(apply))
+
+
 # -- codec ------------------------------------------------------------------------------------
 
 
@@ -212,6 +282,9 @@ def encode(rec: WorkerRecord) -> bytes:
             "counts": [list(c) for c in rec.counts],
             "origins": [[o.url, o.up, o.active, o.weight] for o in rec.origins],
             "samples": [[f, n, [list(kv) for kv in labels], v] for f, n, labels, v in rec.samples],
+            "verdicts": None
+            if rec.verdicts is None
+            else [[v.url, v.up, v.probes, v.ok_run] for v in rec.verdicts],
         },
         separators=(",", ":"),
     ).encode()
@@ -235,9 +308,11 @@ def decode(data: bytes) -> WorkerRecord:
     except (ValueError, UnicodeDecodeError) as exc:
         raise RecordError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != _VERSION:
-        raise RecordError("not a version 1 worker record")
+        raise RecordError(f"not a version {_VERSION} worker record")
     counts = doc.get("counts")
     origins = doc.get("origins")
+    if "verdicts" not in doc:
+        raise RecordError("verdicts: missing (null from a worker that does not probe for all)")
     if not isinstance(counts, list) or not isinstance(origins, list):
         raise RecordError("counts and origins must be lists")
     parsed_counts = []
@@ -264,7 +339,23 @@ def decode(data: bytes) -> WorkerRecord:
         counts=tuple(parsed_counts),
         origins=tuple(parsed_origins),
         samples=_samples(doc.get("samples")),
+        verdicts=_verdicts(doc["verdicts"]),
     )
+
+
+def _verdicts(verdicts: object) -> tuple[Verdict, ...] | None:
+    if verdicts is None:
+        return None
+    if not isinstance(verdicts, list):
+        raise RecordError("verdicts must be null or a list")
+    out = []
+    for v in verdicts:
+        if not (
+            isinstance(v, list) and len(v) == 4 and isinstance(v[0], str) and isinstance(v[1], bool)
+        ):
+            raise RecordError("verdicts: expected [url, up, probes, ok_run]")
+        out.append(Verdict(v[0], v[1], _int(v[2], "verdict probes"), _int(v[3], "verdict ok_run")))
+    return tuple(out)
 
 
 def _label(pair: object) -> tuple[str, str]:

@@ -3,6 +3,12 @@
 Pure state, no I/O: the proxy reports outcomes (passive health), the probes report probe
 results (active health, rise/fall), and `pick` applies the configured algorithm to the
 origins that are up. Time is injected for the passive-ejection cool-down.
+
+An origin is in rotation while the probes' verdict is up and this process has not ejected
+it passively. The two are kept apart because they have different owners on a node of
+several workers: the verdict may come from another worker's probes (edge.nodestats), the
+passive ejection never does. Both kinds of probe news, this process's own probe results and
+a verdict taken over from the probing worker, reach an origin through `apply_verdict`.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ class Origin:
     """Mutable live state of one origin; `config` is the frozen configured value."""
 
     config: OriginConfig
-    up: bool = True
+    up: bool = True  # in rotation: probe_up and not passively ejected
     active: int = 0  # requests in flight
     fails: int = 0  # consecutive request failures (passive)
-    probe_ok: int = 0  # consecutive probe successes while down (rise)
-    probe_bad: int = 0  # consecutive probe failures while up (fall)
-    ejected_at: float | None = None
+    probe_up: bool = True  # the active probes' verdict (rise/fall), whoever probed
+    probe_ok: int = 0  # consecutive good probes (rise; the way out of a passive ejection)
+    probe_bad: int = 0  # consecutive failed probes (fall)
+    probes: int = 0  # probe outcomes this process knows of, its own or the leader's
+    ejected_at: float | None = None  # passive ejection by this process
+    ejected_probes: int = 0  # `probes` when it was ejected
     last_probe_status: int | None = None
     last_probe_ok: bool | None = None
     requests: int = 0
@@ -84,6 +93,10 @@ class OriginPool:
                 origins.append(Origin(oc))
         self.config = config
         self.origins = origins
+        if not config.probe.enabled:  # a verdict of probes that stopped no longer holds
+            for o in origins:
+                o.probe_up = True
+                o.up = o.ejected_at is None
         ring: list[tuple[int, int]] = []
         for index, origin in enumerate(origins):
             for v in range(_VNODES * max(origin.weight, 0)):
@@ -157,13 +170,9 @@ class OriginPool:
             # origin in rotation (that would turn 502s into 503s and block recovery until
             # probes rise); active probes still can.
             if any(o.up and o is not origin and o.weight > 0 for o in self.origins):
-                self._mark_down(origin)
-
-    def _mark_down(self, origin: Origin) -> None:
-        origin.up = False
-        origin.probe_ok = 0
-        origin.probe_bad = 0
-        origin.ejected_at = self._clock()
+                origin.up = False
+                origin.ejected_at = self._clock()
+                origin.ejected_probes = origin.probes
 
     def _recover_passive(self) -> None:
         # Without active probes an ejected origin gets another chance after a cool-down.
@@ -174,36 +183,48 @@ class OriginPool:
         now = self._clock()
         for o in self.origins:
             if not o.up and o.ejected_at is not None and now - o.ejected_at >= cooldown:
-                o.up = True
+                o.ejected_at = None
                 o.fails = 0
+                o.up = o.probe_up
 
     # ----------------------------------------------------------------------- active health
 
     def probe_result(self, origin: Origin, ok: bool, status: int | None = None) -> bool:
-        """Record a probe outcome; returns True when it changed the origin's up/down state."""
+        """Record one of this process's probe outcomes and decide the verdict with rise/fall;
+        returns True when it changed whether the origin is in rotation."""
         origin.last_probe_ok = ok
         origin.last_probe_status = status
         probe = self.config.probe
         if ok:
-            origin.probe_bad = 0
-            if origin.up:
-                return False
             origin.probe_ok += 1
-            if origin.probe_ok >= probe.rise:
-                origin.up = True
-                origin.fails = 0
-                origin.probe_ok = 0
-                origin.ejected_at = None
-                return True
-            return False
-        origin.probe_ok = 0
-        if not origin.up:
-            return False
-        origin.probe_bad += 1
-        if origin.probe_bad >= probe.fall:
-            self._mark_down(origin)
-            return True
-        return False
+            origin.probe_bad = 0
+        else:
+            origin.probe_ok = 0
+            origin.probe_bad += 1
+        up = origin.probe_up
+        if up and origin.probe_bad >= probe.fall:
+            up = False
+        elif not up and origin.probe_ok >= probe.rise:
+            up = True
+        return self.apply_verdict(origin, up, 1, origin.probe_ok)
+
+    def apply_verdict(self, origin: Origin, up: bool, new_probes: int, ok_run: int) -> bool:
+        """Take the probes' verdict `up` (rise/fall already applied) after `new_probes`
+        probes not reported before, the last `ok_run` of them good in a row. A passive
+        ejection ends after `rise` good probes in a row made since it. Returns True when
+        the origin went in or out of rotation."""
+        origin.probes += new_probes
+        origin.probe_up = up
+        ejected = origin.ejected_at is not None
+        if ejected and min(ok_run, origin.probes - origin.ejected_probes) >= self.config.probe.rise:
+            origin.ejected_at = None
+            origin.fails = 0
+            ejected = False
+        was = origin.up
+        origin.up = up and not ejected
+        if origin.up and not was:
+            origin.fails = 0
+        return origin.up != was
 
     def status(self) -> list[OriginStatus]:
         self._recover_passive()

@@ -3,6 +3,11 @@
 The scheduler is started inside the running loop (from the app's cleanup_ctx). Jobs are
 coalesced, never overlap (max_instances=1) and are jittered so a fleet of edges does not
 probe in lock-step. Results go to the pool's rise/fall counters.
+
+On a node of several workers with a run directory (edge.nodestats) only the worker in
+slot 0 probes, and publishes `verdicts(pool)` in its record; every other worker runs a
+`ProbeFollower` instead, which applies those verdicts to its own pool and starts its own
+Prober only while the leader is silent.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from edge import nodestats
 from edge.origins import Origin, OriginPool
 
 log = logging.getLogger("edge.probes")
@@ -69,6 +75,10 @@ class Prober:
                 next_run_time=now,
             )
 
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None
+
     def shutdown(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
@@ -108,6 +118,58 @@ class Prober:
         expected = probe.expected_status
         ok = status in expected if expected else status < 500
         return ok, status, time.monotonic() - start
+
+
+def verdicts(pool: OriginPool) -> tuple[nodestats.Verdict, ...]:
+    """The probes' verdicts the probe leader publishes for its followers."""
+    return tuple(nodestats.Verdict(o.url, o.probe_up, o.probes, o.probe_ok) for o in pool.origins)
+
+
+class ProbeFollower:
+    """A worker that does not lead the probes: it applies the leader's verdicts to its own
+    pool (what to apply, and when to probe by itself, is nodestats.Follower's call)."""
+
+    def __init__(self, pool: OriginPool, prober: Prober, stats: nodestats.StatsDir) -> None:
+        self.pool = pool
+        self.prober = prober
+        self.stats = stats
+        self._policy = nodestats.Follower(stats.clock())
+
+    async def run(self) -> None:
+        """Follow until cancelled, reading the run directory once per probe interval (at
+        least once per leader record)."""
+        while True:
+            self.step()
+            interval = self.pool.config.probe.interval
+            await asyncio.sleep(min(interval, nodestats.PUBLISH_INTERVAL))
+
+    def step(self) -> None:
+        probe = self.pool.config.probe
+        bound = nodestats.leader_silence_bound(probe.interval)
+        follow = self._policy.step(self.stats.peers(max_age=bound), self.stats.clock(), bound)
+        if not probe.enabled:
+            return
+        if follow.probe:
+            if not self.prober.running:
+                log.warning(
+                    "no probe verdicts from the probe leader for %.1fs: probing here", bound
+                )
+                self.prober.start()
+            return
+        if follow.leader is None:  # silent, not yet for long: keep the state we have
+            return
+        if self.prober.running:
+            log.warning("probe leader (pid %d) is back: following its verdicts", follow.leader)
+            self.prober.shutdown()
+        by_url = {o.url: o for o in self.pool.origins}
+        for verdict, new in follow.apply:
+            origin = by_url.get(verdict.url)  # not (or no longer) in our configuration
+            if origin is None:
+                continue
+            if self.pool.apply_verdict(origin, verdict.up, new, verdict.ok_run):
+                log.warning(
+                    "origin %s is now %s (probe leader's verdict)", origin.url, _word(origin.up)
+                )
 
 
 def _word(up: bool) -> str:

@@ -3,6 +3,7 @@ the record codec, and the run directory adapter on a temporary directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -150,6 +151,16 @@ _records = st.builds(
             st.floats(allow_nan=False),
         )
     ).map(tuple),
+    verdicts=st.none()
+    | st.lists(
+        st.builds(
+            ns.Verdict,
+            url=st.text(max_size=30),
+            up=st.booleans(),
+            probes=st.integers(min_value=0, max_value=2**40),
+            ok_run=st.integers(min_value=0, max_value=2**40),
+        )
+    ).map(tuple),
 )
 
 
@@ -158,30 +169,58 @@ def test_records_round_trip_through_json(rec: ns.WorkerRecord) -> None:
     assert ns.decode(ns.encode(rec)) == rec
 
 
+_VALID = {
+    "v": 3,
+    "pid": 1,
+    "time": 1,
+    "active_requests": 0,
+    "requests_per_second": 0,
+    "hits": 0,
+    "lookups": 0,
+    "counts": [],
+    "origins": [],
+    "samples": [],
+    "verdicts": None,
+}
+
+
+def _json(**changes: object) -> bytes:
+    """A record valid but for `changes` (a value of ... drops the key)."""
+    doc = {k: v for k, v in {**_VALID, **changes}.items() if v is not ...}
+    return json.dumps(doc).encode()
+
+
+def test_the_base_of_the_malformed_records_is_valid() -> None:
+    assert ns.decode(_json()).verdicts is None
+    assert ns.decode(_json(verdicts=[[A, False, 7, 0]])).verdicts == (ns.Verdict(A, False, 7, 0),)
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"",
         b"\x80\x04pickle",
         b"[]",
-        b'{"v": 2}',
+        b'{"v": 3}',
         # a version 1 record (before samples): from a worker of an older release
         b'{"v":1,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
         b'"lookups":0,"counts":[],"origins":[]}',
-        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[[200,"hit"]],"origins":[]}',
-        b'{"v":2,"pid":-1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[],"origins":[]}',
-        b'{"v":2,"pid":1,"time":"now","active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[],"origins":[]}',
-        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[],"origins":[["u","yes",0,1]]}',
-        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[],"origins":[],"samples":[["f","f_total",[["a"]],1]]}',
-        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[],"origins":[],"samples":[["f","f_total",[],"1"]]}',
-        b'{"v":2,"pid":1,"time":1,"active_requests":0,"requests_per_second":0,"hits":0,'
-        b'"lookups":0,"counts":[],"origins":[],"samples":{}}',
+        # a version 2 record (before probe verdicts), otherwise valid
+        _json(v=2, verdicts=...),
+        _json(counts=[[200, "hit"]]),
+        _json(pid=-1),
+        _json(time="now"),
+        _json(origins=[["u", "yes", 0, 1]]),
+        _json(samples=[["f", "f_total", [["a"]], 1]]),
+        _json(samples=[["f", "f_total", [], "1"]]),
+        _json(samples={}),
+        _json(samples=...),
+        _json(verdicts=...),
+        _json(verdicts={}),
+        _json(verdicts=[[A, "up", 1, 1]]),
+        _json(verdicts=[[A, True, -1, 0]]),
+        _json(verdicts=[[A, True, 1, 1.5]]),
+        _json(verdicts=[[A, True, 1]]),
     ],
 )
 def test_malformed_records_are_refused(data: bytes) -> None:
@@ -273,3 +312,45 @@ def test_metrics_are_merged_counters_summed_and_gauges_by_their_rule() -> None:
     alone = _scrape(list(ns.merge_families(own.registry.collect(), 1, [], 100.0, NODE_GAUGES)))
     assert alone[("edge_requests_total", (("cache", "hit"), ("status", "200")))] == 1
     assert alone[("edge_active_requests", ())] == 2
+
+
+def _leader(pid: int, time: float, *verdicts: ns.Verdict) -> ns.WorkerRecord:
+    return ns.WorkerRecord(pid, time, 0, 0.0, 0, 0, (), (), (), verdicts)
+
+
+def test_a_follower_applies_the_fresh_leaders_verdicts_with_the_probes_new_to_it() -> None:
+    follower = ns.Follower(started=100.0)
+    other = _record(11, 100.9)  # a follower's record: no verdicts
+    a_up, b_down = ns.Verdict(A, True, 4, 4), ns.Verdict(B, False, 4, 0)
+    step = follower.step([other, _leader(10, 100.5, a_up, b_down)], 101.0, 3.0)
+    assert step == ns.Follow(10, False, ((a_up, 4), (b_down, 4)))
+    first = _leader(10, 100.5, a_up, b_down)
+    again = follower.step([first, other], 101.2, 3.0)  # the same record: nothing new
+    assert [new for _, new in again.apply] == [0, 0]
+    later = _leader(10, 101.5, ns.Verdict(A, True, 6, 6), ns.Verdict(B, True, 6, 2))
+    assert [new for _, new in follower.step([later], 101.6, 3.0).apply] == [2, 2]
+    # The leader dropped B and added it again (a reload): its count of B starts over.
+    readded = _leader(10, 102.5, ns.Verdict(A, True, 11, 11), ns.Verdict(B, True, 1, 1))
+    assert [new for _, new in follower.step([readded], 102.6, 3.0).apply] == [5, 1]
+    # A replacement leader (another pid) counts from zero.
+    a_down = ns.Verdict(A, False, 3, 0)
+    replacement = _leader(12, 103.0, a_down)
+    assert follower.step([readded, replacement], 103.1, 3.0).apply == ((a_down, 3),)
+
+
+def test_a_follower_keeps_its_state_while_the_leader_is_silent_then_probes_itself() -> None:
+    follower = ns.Follower(started=100.0)
+    # No leader record since the start: keep the state, up to the bound.
+    assert follower.step([_record(11, 100.5)], 101.0, 3.0) == ns.Follow(None, False)
+    assert follower.step([], 103.0, 3.0) == ns.Follow(None, False)
+    assert follower.step([], 103.1, 3.0) == ns.Follow(None, True)
+    a_up = ns.Verdict(A, True, 1, 1)
+    leader = _leader(10, 104.0, a_up)
+    assert follower.step([leader], 105.0, 3.0) == ns.Follow(10, False, ((a_up, 1),))  # back
+    # Its record ages past the bound: silent for longer than the bound since then.
+    assert follower.step([leader], 106.9, 3.0) == ns.Follow(10, False, ((a_up, 0),))
+    assert follower.step([leader], 107.1, 3.0) == ns.Follow(None, True)
+    # Of two leader records (one from a leader that just died), the newest is followed.
+    dead, live = _leader(10, 107.0), _leader(13, 107.5, ns.Verdict(A, False, 2, 0))
+    assert follower.step([live, dead], 107.6, 3.0).leader == 13
+    assert follower.step([dead, live], 107.6, 3.0).leader == 13

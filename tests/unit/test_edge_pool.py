@@ -1,14 +1,18 @@
-"""The origin pool as pure state: algorithms, passive ejection, probe rise/fall."""
+"""The origin pool as pure state: algorithms, passive ejection, probe rise/fall, and the
+probe leader's verdicts applied by a follower worker."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.config import OriginConfig, PoolConfig, ProbeConfig
+from edge.nodestats import Verdict
 from edge.origins import OriginPool
+from edge.probes import verdicts
 
 
 def _pool(algorithm: str = "round_robin", weights: tuple[int, ...] = (1, 1, 1), **kw) -> OriginPool:  # type: ignore[no-untyped-def]
@@ -101,3 +105,64 @@ def test_update_keeps_state_of_remaining_origins() -> None:
     pool.update(new)
     assert [o.url for o in pool.origins] == [kept_url, "http://10.0.0.9:80"]
     assert pool.origins[0].up is False and pool.origins[0].weight == 5
+
+
+def _eject(pool: OriginPool, index: int = 0) -> None:
+    origin = pool.origins[index]
+    for _ in range(pool.config.max_fails):
+        pool.started(origin)
+        pool.finished(origin, ok=False)
+    assert not origin.up
+
+
+def test_a_leaders_verdict_is_taken_as_decided_without_rise_and_fall_again() -> None:
+    pool = _pool(weights=(1, 1), probe=ProbeConfig(rise=2, fall=3))
+    origin = pool.origins[0]
+    assert pool.apply_verdict(origin, False, 3, 0) is True
+    assert not origin.up and pool.pick(exclude=[pool.origins[1]]) is None
+    assert pool.apply_verdict(origin, False, 1, 1) is False
+    assert pool.apply_verdict(origin, True, 1, 2) is True
+    assert origin.up
+
+
+def test_a_passive_ejection_ends_after_rise_good_probes_of_the_leader_made_since() -> None:
+    pool = _pool(weights=(1, 1), max_fails=1, probe=ProbeConfig(rise=2, fall=3))
+    origin = pool.origins[0]
+    assert pool.apply_verdict(origin, True, 10, 10) is False  # the leader's probes say up
+    _eject(pool)
+    # The leader's verdict stays up, but only good probes made after the ejection count.
+    assert pool.apply_verdict(origin, True, 0, 10) is False
+    assert pool.apply_verdict(origin, True, 1, 11) is False
+    assert pool.apply_verdict(origin, True, 1, 12) is True
+    assert origin.up
+    # A probe failing in between (not enough for the leader to fall) starts the count over.
+    _eject(pool)
+    assert pool.apply_verdict(origin, True, 1, 0) is False
+    assert pool.apply_verdict(origin, True, 1, 1) is False
+    assert pool.apply_verdict(origin, True, 1, 2) is True
+    # Taken out by the leader meanwhile: back when its verdict is up with rise good probes.
+    _eject(pool)
+    assert pool.apply_verdict(origin, False, 3, 0) is False
+    assert pool.apply_verdict(origin, True, 2, 2) is True
+
+
+def test_the_published_verdict_leaves_the_leaders_passive_ejections_out() -> None:
+    pool = _pool(weights=(1, 1), max_fails=1, probe=ProbeConfig(rise=2, fall=2))
+    origin = pool.origins[0]
+    pool.probe_result(origin, True, 200)
+    _eject(pool)
+    assert verdicts(pool)[0] == Verdict(origin.url, True, 1, 1)
+    pool.probe_result(origin, False, 503)
+    pool.probe_result(origin, False, None)
+    assert [(v.up, v.probes, v.ok_run) for v in verdicts(pool)] == [(False, 3, 0), (True, 0, 0)]
+    pool.probe_result(origin, True, 200)
+    pool.probe_result(origin, True, 200)
+    assert origin.up and verdicts(pool)[0].up
+
+
+def test_disabling_probes_lets_go_of_their_verdict() -> None:
+    pool = _pool(weights=(1, 1), probe=ProbeConfig(fall=1))
+    origin = pool.origins[0]
+    assert pool.probe_result(origin, False, 503) is True
+    pool.update(replace(pool.config, probe=ProbeConfig(enabled=False)))
+    assert origin.up
