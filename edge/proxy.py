@@ -627,7 +627,8 @@ async def _send(out: web.StreamResponse, data: bytes) -> None:
 
 def _transfer_coding(headers: Any) -> str:
     """A transfer coding named in `headers` other than chunked, or ""."""
-    for value in headers.getall("Transfer-Encoding", ()):
+    values: list[str] = headers.getall("Transfer-Encoding", [])
+    for value in values:
         for coding in value.split(","):
             coding = coding.strip().lower()
             if coding and coding != "chunked":
