@@ -39,7 +39,7 @@ lint: $(BIN)/.installed-test
 	$(BIN)/ruff format --check gslb edge geo tests bench
 
 typecheck: $(BIN)/.installed-test
-	$(BIN)/mypy --strict gslb edge geo
+	$(BIN)/mypy --strict gslb edge geo bench
 
 test: $(BIN)/.installed-test apt-test lint typecheck
 	$(BIN)/pytest -q
