@@ -193,10 +193,12 @@ class Proxy:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Run a background job, keeping a reference until it finishes."""
+        """Run a background job (a fill, a refresh), keeping a reference until it finishes;
+        an exception it ends with is logged, with its traceback, when it ends."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     # ------------------------------------------------------------------ status / admin hooks
@@ -763,6 +765,11 @@ def origin_form(target: str) -> str:
         return target
     parts = urlsplit(target)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background job %s failed", task.get_coro(), exc_info=exc)
 
 
 def bare_host(authority: str) -> str:

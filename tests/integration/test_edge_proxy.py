@@ -706,3 +706,21 @@ async def test_refused_requests_are_not_cache_misses_in_the_hit_ratio() -> None:
             counted = [line for line in text.splitlines() if line.startswith("edge_requests")]
             assert 'edge_requests_total{cache="refused",status="508"} 1.0' in counted, counted
             assert 'edge_requests_total{cache="refused",status="431"} 1.0' in counted, counted
+
+
+async def test_a_background_job_that_fails_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A fill or refresh task that dies is reported when it dies, with its traceback."""
+
+    async def broken_job() -> None:
+        raise RuntimeError("the commit went wrong")
+
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        task = edge.proxy.spawn(broken_job())
+        with pytest.raises(RuntimeError):
+            await task
+        await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+    failures = [r for r in caplog.records if "background job" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelname == "ERROR"
+    assert failures[0].exc_info is not None and "the commit went wrong" in str(
+        failures[0].exc_info[1]
+    )
