@@ -37,3 +37,8 @@ extra_records = [
 # Optional: keep the GeoIP data current (free GeoLite2 account at maxmind.com).
 # maxmind_account_id  = "123456"
 # maxmind_license_key = "..."   # better: TF_VAR_maxmind_license_key in the environment
+
+# Bearer tokens for the APIs that change state (empty: none; the ports stay firewalled).
+# Better passed in the environment: TF_VAR_edge_admin_token=$(openssl rand -hex 24)
+# edge_admin_token = "..."
+# gslb_api_token   = "..."

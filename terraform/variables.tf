@@ -236,6 +236,30 @@ variable "tls_private_key_pem" {
   sensitive   = true
 }
 
+variable "edge_admin_token" {
+  description = "Bearer token the edges require for purges on their admin port (admin.token_file), e.g. from `openssl rand -hex 24`; 16+ visible ASCII characters. Empty: purges need no token (the admin port is still firewalled to admin_cidrs and the DNS nodes)."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.edge_admin_token == "" || can(regex("^[!-~]{16,}$", var.edge_admin_token))
+    error_message = "edge_admin_token must be empty or 16+ visible ASCII characters."
+  }
+}
+
+variable "gslb_api_token" {
+  description = "Bearer token the DNS nodes' HTTP API requires for changes (drain, undrain, edge state; api.token_file), e.g. from `openssl rand -hex 24`; 16+ visible ASCII characters. Empty: changes need no token (the API port is still firewalled to admin_cidrs)."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.gslb_api_token == "" || can(regex("^[!-~]{16,}$", var.gslb_api_token))
+    error_message = "gslb_api_token must be empty or 16+ visible ASCII characters."
+  }
+}
+
 variable "labels" {
   description = "Extra labels on every resource."
   type        = map(string)

@@ -377,7 +377,10 @@ EDGE_DIR = TF / "modules" / "edge_node" / "templates"
 GSLB_DIR = TF / "modules" / "gslb_node" / "templates"
 
 
-def edge_config_vars(tls: bool) -> dict[str, Any]:
+TOKEN = "0123456789abcdef0123456789abcdef"  # a sample admin token
+
+
+def edge_config_vars(tls: bool, token: bool = True) -> dict[str, Any]:
     return {
         "name": "geoedge-edge-eu-central-1",
         "http_listen": ["0.0.0.0:80", "[::]:80"],
@@ -396,6 +399,7 @@ def edge_config_vars(tls: bool) -> dict[str, Any]:
         "memory_cache": "256MiB",
         "admin_listen": "0.0.0.0:9090",
         "capacity_rps": "1000.0",
+        "admin_token_file": "/etc/geoedge/admin.token" if token else "",
     }
 
 
@@ -433,11 +437,12 @@ EDGES = [
 ]
 
 
-def gslb_config_vars(geo_database: str = "") -> dict[str, Any]:
+def gslb_config_vars(geo_database: str = "", token: bool = True) -> dict[str, Any]:
     return {
         "node_name": "ns1.example.com.",
         "listen": ["192.0.2.53:53", "[2001:db8:53::1]:53"],
         "api_listen": "192.0.2.53:8053",
+        "api_token_file": "/etc/geoedge/api.token" if token else "",
         "workers": 2,
         "geo_database": geo_database,
         "origin": "example.com.",
@@ -468,11 +473,11 @@ def unit_vars(config: str) -> dict[str, Any]:
     return {"config_path": config}
 
 
-def edge_cloud_init_vars(tls: bool) -> dict[str, Any]:
+def edge_cloud_init_vars(tls: bool, token: bool = True) -> dict[str, Any]:
     return {
         "geoedge_package": "geoedge==0.1.0",
         "config_path": "/etc/geoedge/edge.toml",
-        "config_toml": render(EDGE_DIR / "edge.toml.tftpl", edge_config_vars(tls)),
+        "config_toml": render(EDGE_DIR / "edge.toml.tftpl", edge_config_vars(tls, token)),
         "service_name": "geoedge-edge.service",
         "unit": render(EDGE_DIR / "geoedge-edge.service.tftpl", unit_vars("/etc/x.toml")),
         "tls_enabled": tls,
@@ -482,10 +487,12 @@ def edge_cloud_init_vars(tls: bool) -> dict[str, Any]:
         "tls_private_key_pem": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
         if tls
         else "",
+        "admin_token": TOKEN if token else "",
+        "token_path": "/etc/geoedge/admin.token",
     }
 
 
-def gslb_cloud_init_vars(geoipupdate: bool) -> dict[str, Any]:
+def gslb_cloud_init_vars(geoipupdate: bool, token: bool = True) -> dict[str, Any]:
     return {
         "geoedge_package": "https://example.com/geoedge-0.1.0-py3-none-any.whl",
         "config_path": "/etc/geoedge/gslb.toml",
@@ -495,6 +502,8 @@ def gslb_cloud_init_vars(geoipupdate: bool) -> dict[str, Any]:
         "geoipupdate": geoipupdate,
         "geoip_conf": "AccountID 1\nLicenseKey k\nEditionIDs GeoLite2-City\n"
         "DatabaseDirectory /var/lib/GeoIP\n",
+        "api_token": TOKEN if token else "",
+        "token_path": "/etc/geoedge/api.token",
     }
 
 
@@ -526,9 +535,9 @@ def test_renderer_matches_terraform_semantics() -> None:
         _lookup("missing", {})
 
 
-@pytest.mark.parametrize("tls", [False, True])
-def test_edge_config_renders_to_valid_toml(tls: bool, tmp_path: Path) -> None:
-    text = render(EDGE_DIR / "edge.toml.tftpl", edge_config_vars(tls))
+@pytest.mark.parametrize(("tls", "token"), [(False, False), (True, True)])
+def test_edge_config_renders_to_valid_toml(tls: bool, token: bool, tmp_path: Path) -> None:
+    text = render(EDGE_DIR / "edge.toml.tftpl", edge_config_vars(tls, token))
     data = tomllib.loads(text)
     assert data["server"]["listen"] == ["0.0.0.0:80", "[::]:80"]
     assert data["server"]["hosts"] == ["www.example.com"]
@@ -537,6 +546,7 @@ def test_edge_config_renders_to_valid_toml(tls: bool, tmp_path: Path) -> None:
         "http://origin-b.example.com:8080",
     ]
     assert data["admin"]["capacity_rps"] == 1000.0
+    assert data["admin"].get("token_file", "") == ("/etc/geoedge/admin.token" if token else "")
     assert ("tls" in data) is tls
     if tls:
         assert data["tls"]["redirect_http"] is True
@@ -545,6 +555,9 @@ def test_edge_config_renders_to_valid_toml(tls: bool, tmp_path: Path) -> None:
             target = tmp_path / f"{name}.pem"
             target.write_text("placeholder\n")
             text = text.replace(f"/etc/geoedge/tls/{name}.pem", str(target))
+    if token:  # likewise the token file, as cloud-init writes it
+        (tmp_path / "admin.token").write_text(TOKEN + "\n")
+        text = text.replace("/etc/geoedge/admin.token", str(tmp_path / "admin.token"))
     edge_config = importlib.import_module("edge.config")
     config_file = tmp_path / "edge.toml"
     config_file.write_text(text)
@@ -554,11 +567,14 @@ def test_edge_config_renders_to_valid_toml(tls: bool, tmp_path: Path) -> None:
     assert config.admin.listen.port == 9090
     assert config.cache.dir == "/var/cache/geoedge"
     assert bool(config.tls.listen) is tls
+    assert config.admin.token == (TOKEN if token else None)
 
 
-@pytest.mark.parametrize("geo_database", ["", "/var/lib/GeoIP/GeoLite2-City.mmdb"])
-def test_gslb_config_renders_to_valid_toml(geo_database: str, tmp_path: Path) -> None:
-    text = render(TF / "templates" / "gslb.toml.tftpl", gslb_config_vars(geo_database))
+@pytest.mark.parametrize(
+    ("geo_database", "token"), [("", False), ("/var/lib/GeoIP/GeoLite2-City.mmdb", True)]
+)
+def test_gslb_config_renders_to_valid_toml(geo_database: str, token: bool, tmp_path: Path) -> None:
+    text = render(TF / "templates" / "gslb.toml.tftpl", gslb_config_vars(geo_database, token))
     data = tomllib.loads(text)
     assert data["server"]["listen"] == ["192.0.2.53:53", "[2001:db8:53::1]:53"]
     assert [e["name"] for e in data["edge"]] == ["eu-central-1", "us-east-1", "ap-southeast-1"]
@@ -568,6 +584,7 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, tmp_path: Path) ->
     assert data["zone"][0]["origin"] == "example.com."
     assert "ns1 A 192.0.2.53" in data["zone"][0]["records"]
     assert data["geo"].get("database", "") == geo_database
+    assert data["api"].get("token_file", "") == ("/etc/geoedge/api.token" if token else "")
 
     try:
         gslb_config = importlib.import_module("gslb.config")
@@ -578,6 +595,9 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, tmp_path: Path) ->
         from geo import default_database_path
 
         text = text.replace(geo_database, str(default_database_path()))
+    if token:  # the token file, as cloud-init writes it
+        (tmp_path / "api.token").write_text(TOKEN + "\n")
+        text = text.replace("/etc/geoedge/api.token", str(tmp_path / "api.token"))
     config_file = tmp_path / "gslb.toml"
     config_file.write_text(text)
     config = gslb_config.load_config(config_file)
@@ -587,6 +607,7 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, tmp_path: Path) ->
     }
     (pool,) = config.pools
     assert len(pool.edges) == 3
+    assert config.api.token == (TOKEN if token else None)
 
 
 @pytest.mark.parametrize(
@@ -623,9 +644,9 @@ def _write_files(doc: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     return files
 
 
-@pytest.mark.parametrize("tls", [False, True])
-def test_edge_cloud_init(tls: bool) -> None:
-    variables = edge_cloud_init_vars(tls)
+@pytest.mark.parametrize(("tls", "token"), [(False, False), (True, True), (False, True)])
+def test_edge_cloud_init(tls: bool, token: bool) -> None:
+    variables = edge_cloud_init_vars(tls, token)
     text = render(EDGE_DIR / "cloud-init.yaml.tftpl", variables)
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
@@ -635,6 +656,14 @@ def test_edge_cloud_init(tls: bool) -> None:
     assert ("/etc/geoedge/tls/key.pem" in files) is tls
     if tls:
         assert files["/etc/geoedge/tls/key.pem"] == (variables["tls_private_key_pem"], "0600")
+    assert ("/etc/geoedge/admin.token" in files) is token
+    runcmd = doc["runcmd"]
+    if token:
+        # Written for root alone, then opened to the service's group once that exists.
+        assert files["/etc/geoedge/admin.token"] == (TOKEN, "0600")
+        group = runcmd.index(["chgrp", "geoedge", "/etc/geoedge/admin.token"])
+        assert runcmd.index(["chmod", "0640", "/etc/geoedge/admin.token"]) == group + 1
+        assert group > 0 and runcmd[0][0] == "useradd"
     assert "python3-venv" in doc["packages"]
     runcmd = doc["runcmd"]
     assert ["/opt/geoedge/bin/pip", "install", "--quiet", "geoedge==0.1.0"] in runcmd
@@ -642,9 +671,9 @@ def test_edge_cloud_init(tls: bool) -> None:
     assert runcmd[0][0] == "useradd"
 
 
-@pytest.mark.parametrize("geoipupdate", [False, True])
-def test_gslb_cloud_init(geoipupdate: bool) -> None:
-    variables = gslb_cloud_init_vars(geoipupdate)
+@pytest.mark.parametrize(("geoipupdate", "token"), [(False, False), (True, True)])
+def test_gslb_cloud_init(geoipupdate: bool, token: bool) -> None:
+    variables = gslb_cloud_init_vars(geoipupdate, token)
     text = render(GSLB_DIR / "cloud-init.yaml.tftpl", variables)
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
@@ -654,6 +683,12 @@ def test_gslb_cloud_init(geoipupdate: bool) -> None:
     runcmd = doc["runcmd"]
     assert ["/opt/geoedge/bin/pip", "install", "--quiet", variables["geoedge_package"]] in runcmd
     assert runcmd[-1] == ["systemctl", "enable", "--now", "geoedge-gslb.service"]
+    assert ("/etc/geoedge/api.token" in files) is token
+    if token:
+        assert files["/etc/geoedge/api.token"] == (TOKEN, "0600")
+        group = runcmd.index(["chgrp", "geoedge", "/etc/geoedge/api.token"])
+        assert runcmd.index(["chmod", "0640", "/etc/geoedge/api.token"]) == group + 1
+        assert group > 0 and runcmd[0][0] == "useradd"
     assert ("/etc/GeoIP.conf" in files) is geoipupdate
     assert ("geoipupdate" in doc["packages"]) is geoipupdate
     if geoipupdate:

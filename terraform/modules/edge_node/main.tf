@@ -10,23 +10,26 @@ locals {
   tls_enabled  = var.tls_certificate_pem != ""
   config_path  = "/etc/geoedge/edge.toml"
   service_name = "geoedge-edge.service"
+  token_path   = "/etc/geoedge/admin.token"
   all_ips      = ["0.0.0.0/0", "::/0"]
 
   config_toml = templatefile("${path.module}/templates/edge.toml.tftpl", {
-    name          = var.name
-    http_listen   = ["0.0.0.0:80", "[::]:80"]
-    https_listen  = ["0.0.0.0:443", "[::]:443"]
-    tls_enabled   = local.tls_enabled
-    redirect_http = var.redirect_http
-    workers       = var.workers
-    hosts         = var.hosts
-    algorithm     = var.origin_algorithm
-    origins       = var.origins
-    probe_path    = var.probe_path
-    cache_size    = var.cache_size
-    memory_cache  = var.memory_cache
-    admin_listen  = "0.0.0.0:${var.admin_port}"
-    capacity_rps  = format("%.1f", var.capacity_rps)
+    name             = var.name
+    http_listen      = ["0.0.0.0:80", "[::]:80"]
+    https_listen     = ["0.0.0.0:443", "[::]:443"]
+    tls_enabled      = local.tls_enabled
+    redirect_http    = var.redirect_http
+    workers          = var.workers
+    hosts            = var.hosts
+    algorithm        = var.origin_algorithm
+    origins          = var.origins
+    probe_path       = var.probe_path
+    cache_size       = var.cache_size
+    memory_cache     = var.memory_cache
+    admin_listen     = "0.0.0.0:${var.admin_port}"
+    capacity_rps     = format("%.1f", var.capacity_rps)
+    # The token itself is never in the config, which is world-readable.
+    admin_token_file = var.admin_token != "" ? local.token_path : ""
   })
 
   unit = templatefile("${path.module}/templates/geoedge-edge.service.tftpl", {
@@ -42,6 +45,8 @@ locals {
     tls_enabled         = local.tls_enabled
     tls_certificate_pem = var.tls_certificate_pem
     tls_private_key_pem = var.tls_private_key_pem
+    admin_token         = var.admin_token
+    token_path          = local.token_path
   })
 }
 
@@ -166,6 +171,7 @@ resource "terraform_data" "push" {
 
   triggers_replace = {
     server  = hcloud_server.this.id
+    token   = sha256(var.admin_token)
     config  = sha256(local.config_toml)
     unit    = sha256(local.unit)
     package = var.geoedge_package
@@ -177,6 +183,13 @@ resource "terraform_data" "push" {
     user        = "root"
     private_key = var.ssh_private_key_file == null ? null : file(var.ssh_private_key_file)
     agent       = var.ssh_private_key_file == null
+  }
+
+  # The token goes first, the new config may name it; a blank line when there is none
+  # (a file provisioner needs some content).
+  provisioner "file" {
+    content     = "${var.admin_token}\n"
+    destination = "/root/admin.token.new"
   }
 
   provisioner "file" {
@@ -194,6 +207,8 @@ resource "terraform_data" "push" {
       "set -eu",
       "cloud-init status --wait >/dev/null || true",
       "/opt/geoedge/bin/pip install --upgrade '${var.geoedge_package}' >/root/geoedge-pip.log",
+      "if grep -q '[!-~]' /root/admin.token.new; then install -m 0640 -g geoedge /root/admin.token.new ${local.token_path}; fi",
+      "rm -f /root/admin.token.new",
       "/opt/geoedge/bin/edge check-config /root/edge.toml.new",
       "install -m 0644 /root/edge.toml.new ${local.config_path}",
       "install -m 0644 /root/${local.service_name}.new /etc/systemd/system/${local.service_name}",

@@ -143,6 +143,13 @@ variable "tls_private_key_pem" {
   sensitive   = true
 }
 
+variable "admin_token" {
+  description = "Bearer token purges on the admin port need (written to /etc/geoedge/admin.token, readable by the service only). Empty: no token."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
 variable "redirect_http" {
   description = "With TLS configured, answer plain HTTP with a redirect to HTTPS."
   type        = bool

@@ -33,6 +33,8 @@ locals {
     unit                = local.unit
     geoipupdate         = local.geoipupdate
     geoip_conf          = local.geoip_conf
+    api_token           = var.api_token
+    token_path          = var.api_token_path
   })
 }
 
@@ -108,6 +110,7 @@ resource "terraform_data" "push" {
 
   triggers_replace = {
     server  = hcloud_server.this.id
+    token   = sha256(var.api_token)
     config  = sha256(var.config_toml)
     unit    = sha256(local.unit)
     package = var.geoedge_package
@@ -119,6 +122,13 @@ resource "terraform_data" "push" {
     user        = "root"
     private_key = var.ssh_private_key_file == null ? null : file(var.ssh_private_key_file)
     agent       = var.ssh_private_key_file == null
+  }
+
+  # The token goes first, the new config may name it; a blank line when there is none
+  # (a file provisioner needs some content).
+  provisioner "file" {
+    content     = "${var.api_token}\n"
+    destination = "/root/api.token.new"
   }
 
   provisioner "file" {
@@ -136,6 +146,8 @@ resource "terraform_data" "push" {
       "set -eu",
       "cloud-init status --wait >/dev/null || true",
       "/opt/geoedge/bin/pip install --upgrade '${var.geoedge_package}' >/root/geoedge-pip.log",
+      "if grep -q '[!-~]' /root/api.token.new; then install -m 0640 -g geoedge /root/api.token.new ${var.api_token_path}; fi",
+      "rm -f /root/api.token.new",
       "/opt/geoedge/bin/gslb check-config /root/gslb.toml.new",
       "install -m 0644 /root/gslb.toml.new ${local.config_path}",
       "install -m 0644 /root/${local.service_name}.new /etc/systemd/system/${local.service_name}",

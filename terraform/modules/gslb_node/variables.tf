@@ -58,6 +58,19 @@ variable "config_toml" {
   type        = string
 }
 
+variable "api_token" {
+  description = "Bearer token the HTTP API requires for changes, written to api_token_path (readable by the service only). Empty: no token file."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "api_token_path" {
+  description = "Where the token file goes: the path config_toml names as api.token_file."
+  type        = string
+  default     = "/etc/geoedge/api.token"
+}
+
 variable "geoedge_package" {
   description = "pip requirement that installs GeoEdge: a name, a pinned version or a wheel URL."
   type        = string
