@@ -343,3 +343,15 @@ def machine_summary() -> str:
 def require_two_cpus() -> None:
     if (os.cpu_count() or 1) < 2:
         raise BenchError("the harness pins server and load generator to cores 0 and 1: need 2 CPUs")
+
+
+def start_harness(name: str, tools: Sequence[str], installer: str) -> tuple[Path, Path]:
+    """What every harness does first: cleanup on exit, two CPUs and its tools checked, and
+    its work and log directories (WORK/name, WORK/name/logs) made."""
+    install_cleanup()
+    require_two_cpus()
+    require_tools(tools, installer)
+    workdir = WORK / name
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    return workdir, logdir

@@ -53,22 +53,19 @@ from _common import (
     PYTHON,
     REPO,
     SERVER_CPU,
-    WORK,
     BenchError,
     Proc,
     alternate,
     arg_parser,
     free_port,
-    install_cleanup,
     log,
     machine_summary,
     parse_lists,
     pick,
-    require_tools,
-    require_two_cpus,
     result_row,
     run_main,
     run_tool,
+    start_harness,
     table,
 )
 
@@ -597,14 +594,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    install_cleanup()
-    require_two_cpus()
-    require_tools(
-        ["dnsperf", "taskset", *(["nsd"] if "nsd" in args.servers else [])], "bench/dns.sh"
-    )
-    workdir = WORK / "dns"
-    logdir = workdir / "logs"
-    logdir.mkdir(parents=True, exist_ok=True)
+    tools = ["dnsperf", "taskset", *(["nsd"] if "nsd" in args.servers else [])]
+    workdir, logdir = start_harness("dns", tools, "bench/dns.sh")
     db = args.geoip_db or default_geoip_db()
 
     shared_zone, nsd_zone = write_zones(workdir)

@@ -37,23 +37,20 @@ from _common import (
     PYTHON,
     REPO,
     SERVER_CPU,
-    WORK,
     BenchError,
     Proc,
     alternate,
     arg_parser,
     children_cpu_seconds,
     free_port,
-    install_cleanup,
     log,
     machine_summary,
     parse_lists,
     pick,
-    require_tools,
-    require_two_cpus,
     result_row,
     run_main,
     run_tool,
+    start_harness,
     table,
 )
 
@@ -361,14 +358,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    install_cleanup()
-    require_two_cpus()
-    require_tools(
-        ["wrk", "taskset", *(["nginx"] if "nginx" in args.servers else [])], "bench/edge.sh"
-    )
-    workdir = WORK / "edge"
-    logdir = workdir / "logs"
-    logdir.mkdir(parents=True, exist_ok=True)
+    tools = ["wrk", "taskset", *(["nginx"] if "nginx" in args.servers else [])]
+    workdir, logdir = start_harness("edge", tools, "bench/edge.sh")
 
     origin_port = free_port()
     origin = Proc(
