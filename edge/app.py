@@ -5,10 +5,12 @@ origin ClientSession, the cache store, the probe scheduler, the access log and (
 workers) the publisher of this worker's counters, and it serves the admin routes when an
 admin address is configured. The client-facing listeners use the
 low-level aiohttp server (no router, no middlewares) so the cache-hit path stays lean, with
-a protocol subclass that adds a deadline for reading request headers and maps parser limit
-errors to 414 / 431. That subclass also answers the commonest request of all, a plain GET
-that is a fresh hit in the memory tier, straight from the segment it arrives in (see
-edge.fasthit and Proxy.answer_plain_get): no aiohttp request, task or response object.
+a protocol subclass (edge.aiohttp_internals, the one module that touches aiohttp's private
+state) that adds a deadline for reading request headers, maps parser limit errors to 414 /
+431, and answers the commonest request of all, a plain GET that is a fresh hit in the memory
+tier, straight from the segment it arrives in (see edge.fasthit and Proxy.answer_plain_get).
+Origin connections go through aiohttp_internals.GuardedConnector, which pools a connection
+only while it is provably clean.
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.web_protocol import RequestHandler
 
-from edge import admin, nodestats, tls
+from edge import admin, aiohttp_internals, nodestats, tls
 from edge import cache_policy as cp
 from edge.accesslog import AccessLog
+from edge.aiohttp_internals import (
+    EdgeServer,
+    GuardedConnector,
+    InterimForwardingResponse,
+    ListenerOptions,
+)
 from edge.config import Address, EdgeConfig
 from edge.origins import OriginPool
 from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import (
     CacheLayer,
-    InterimForwardingResponse,
     Proxy,
     bare_host,
     open_cache,
@@ -44,10 +49,6 @@ from edge.proxy import (
 )
 
 log = logging.getLogger("edge")
-
-# Answers a received segment holding one plain GET (segment, scheme, client address) with
-# the response's wire bytes, or None when the full handler must answer it.
-FastHit = Callable[[bytes, str, str | None], list[bytes] | None]
 
 CONFIG = web.AppKey("edge_config", EdgeConfig)
 POOL = web.AppKey("edge_pool", OriginPool)
@@ -61,201 +62,9 @@ NODE_STATS = web.AppKey("edge_node_stats", nodestats.StatsDir)
 WORKER_SLOT = web.AppKey("edge_worker_slot", int)
 
 
-class EdgeRequestHandler(RequestHandler):
-    """aiohttp's connection protocol plus a request-header deadline and limit statuses."""
-
-    def __init__(
-        self,
-        manager: EdgeServer,
-        *,
-        header_timeout: float,
-        url_limit: int,
-        cache_name: str,
-        fast: FastHit | None = None,
-        refused: Callable[[int], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._url_limit = url_limit
-        self._count_refused = refused or (lambda status: None)
-        self._refused = cp.cache_status(cache_name, fwd="request", detail="refused")
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._fast = fast
-        # True while every byte given to aiohttp's parser belonged to a complete request:
-        # only then may a segment be read as a request of its own (see _answer_fast).
-        self._at_boundary = fast is not None
-        self._scheme = "http"
-        self._remote: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._arm_header_timer()
-        if self._fast is not None:
-            peer = transport.get_extra_info("peername")
-            self._remote = str(peer[0]) if isinstance(peer, list | tuple) else peer
-            self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._at_boundary and self._answer_fast(data):
-            return
-        before = self._request_count
-        super().data_received(data)
-        if self._fast is not None:
-            self._at_boundary = self._parser_drained(data, self._request_count - before)
-        if self._request_count != before:
-            self._disarm_header_timer()
-            if self._head_follows(data):
-                # The segment went on into the next request's head: its deadline starts now.
-                self._arm_header_timer()
-        elif self._header_timer is None and data and self._waiter is not None:
-            # First bytes of a further request on a kept-alive connection: the deadline for
-            # its headers starts now (the idle time before is the keep-alive timeout's job).
-            self._arm_header_timer()
-
-    def _answer_fast(self, data: bytes) -> bool:
-        """Answer `data` from the cache's memory tier if it is one plain GET of a fresh hit.
-
-        Only while aiohttp's side of the connection is idle (no queued or running request,
-        its parser between messages, nothing paused), so responses keep request order and
-        aiohttp's state needs no change but the keep-alive deadline. The full handler
-        answers everything else, with the same bytes it would have seen.
-        """
-        waiter = self._waiter
-        if (
-            self._messages
-            or (self._request_count and (waiter is None or waiter.done()))
-            or self._force_close
-            or self._close
-            or self._upgraded
-            or self._paused
-            or self._buffer_paused
-        ):
-            return False
-        transport = self.transport
-        if transport is None or self._fast is None:
-            return False
-        wire = self._fast(data, self._scheme, self._remote)
-        if wire is None:
-            return False
-        transport.writelines(wire)
-        self._disarm_header_timer()
-        manager = self._manager
-        if manager is not None:
-            manager.requests_count += 1
-        if self._keepalive_timeout > 0:
-            loop = self._loop
-            close_time = loop.time() + self._keepalive_timeout
-            self._next_keepalive_close_time = close_time
-            if self._keepalive_handle is None:
-                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
-        return True
-
-    def _parser_drained(self, data: bytes, produced: int) -> bool:
-        """Whether aiohttp's parser ended `data` between messages (conservatively)."""
-        if not produced or not data.endswith(b"\r\n\r\n") or self._buffer_paused:
-            return False
-        if not self._messages:
-            return False
-        message, payload = self._messages[-1]
-        # A parse error is queued as aiohttp's private _ErrInfo, which has no method.
-        return hasattr(message, "method") and payload.is_eof()
-
-    def _head_follows(self, data: bytes) -> bool:
-        """Whether bytes of a further, incomplete request head follow the last request
-        aiohttp's parser completed from `data` (only decidable when that request has no
-        body: its head then ended the parsed part, and `data` goes on past it)."""
-        if not self._messages or self._buffer_paused or data.endswith(b"\r\n\r\n"):
-            return False
-        message, payload = self._messages[-1]
-        return hasattr(message, "method") and payload is EMPTY_PAYLOAD
-
-    def _arm_header_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(self._header_timeout, self._headers_too_slow)
-
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if self._messages or self._waiter is None:
-            # A request is still being answered; a 408 now would cut into its response.
-            # Its answer comes first, then the late head gets one more period.
-            self._arm_header_timer()
-            return
-        log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
-        self._count_refused(408)
-        transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n"
-            + f"Cache-Status: {self._refused}\r\n\r\n".encode()
-        )
-        self.force_close()
-        transport.close()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if isinstance(exc, LineTooLong):
-            limit = exc.args[1] if len(exc.args) > 1 else None
-            status = 414 if limit == self._url_limit else 431
-        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
-            status = 431
-        if status in (414, 431) or isinstance(exc, BadHttpMessage):
-            log.debug("bad request from %s: %s", request.remote, exc)
-            self._count_refused(status)
-            resp = status_response(status, self._refused)
-            resp.force_close()
-            return resp
-        return super().handle_error(request, status, exc, message)
-
-
-class EdgeServer(web.Server):
-    def __init__(
-        self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        *,
-        header_timeout: float,
-        url_limit: int,
-        cache_name: str,
-        fast: FastHit | None = None,
-        refused: Callable[[int], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self._header_timeout = header_timeout
-        self._url_limit = url_limit
-        self._cache_name = cache_name
-        self._fast = fast
-        self._refused = refused
-
-    def __call__(self) -> RequestHandler:
-        return EdgeRequestHandler(
-            self,
-            loop=self._loop,
-            header_timeout=self._header_timeout,
-            url_limit=self._url_limit,
-            cache_name=self._cache_name,
-            fast=self._fast,
-            refused=self._refused,
-            **self._kwargs,
-        )
-
-
-def server_kwargs(config: EdgeConfig) -> dict[str, Any]:
+def listener_settings(config: EdgeConfig) -> tuple[ListenerOptions, dict[str, Any]]:
+    """What the client-facing listeners are built with: the edge's protocol options (the
+    callables left at their defaults; EdgeRuntime.start sets them) and aiohttp's own."""
     limits = config.limits
     # aiohttp's parser refuses lines above these limits; they must differ so handle_error
     # can tell a long request line (414) from a long header field (431).
@@ -263,10 +72,14 @@ def server_kwargs(config: EdgeConfig) -> dict[str, Any]:
     url_limit = limits.max_url_length + 16  # "GET " ... " HTTP/1.1" are not counted by the parser
     if url_limit == field_limit:
         field_limit += 1
-    return {
-        "header_timeout": limits.header_timeout,
-        "url_limit": url_limit,
-        "cache_name": config.server.cache_name,
+    token = cp.cache_status(config.server.cache_name, fwd="request", detail="refused")
+    options = ListenerOptions(
+        header_timeout=limits.header_timeout,
+        url_limit=url_limit,
+        refused_token=token,
+        refusal=lambda status: status_response(status, token),
+    )
+    return options, {
         "keepalive_timeout": limits.keepalive_timeout,
         "max_line_size": url_limit,
         "max_field_size": field_limit,
@@ -297,7 +110,22 @@ def build_app(config: EdgeConfig, stats_dir: str | None = None, slot: int = 0) -
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     pool_cfg = config.pool
-    connector = aiohttp.TCPConnector(
+    metrics = admin.Metrics(capacity_rps=config.admin.capacity_rps)
+    pool = OriginPool(pool_cfg)
+
+    def protocol_error(origin: str, kind: str, size: int) -> None:
+        # Labelled like edge_origin_errors' other kinds: by the configured origin URL.
+        label = next((o.url for o in pool.origins if _same_origin(o.url, origin)), origin)
+        metrics.origin_errors.labels(label, kind).inc()
+        log.warning(
+            "origin %s: %d bytes %s; connection closed",
+            label,
+            size,
+            "sent on an idle connection" if kind == "unsolicited_bytes" else "past a response",
+        )
+
+    connector = GuardedConnector(
+        on_protocol_error=protocol_error,
         limit=0,
         limit_per_host=pool_cfg.connections_per_origin,
         ssl=tls.origin_context(pool_cfg.ca_bundle),
@@ -318,9 +146,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         tmp = tempfile.TemporaryDirectory(prefix="geoedge-cache-")
         cache_dir = tmp.name
     cache = await open_cache(config, cache_dir) if config.cache.enabled else None
-    metrics = admin.Metrics(capacity_rps=config.admin.capacity_rps)
     access_log = AccessLog(config.log.access_log)
-    pool = OriginPool(pool_cfg)
     proxy = Proxy(config, pool, session, cache, metrics, access_log)
     prober = Prober(pool, session, metrics.observe_probe)
     app[SESSION] = session
@@ -439,6 +265,7 @@ class EdgeRuntime:
         return self.app[PROXY]
 
     async def start(self) -> None:
+        aiohttp_internals.check_version()
         config = self.config
         self._app_runner = web.AppRunner(self.app, access_log=None)
         await self._app_runner.setup()
@@ -450,38 +277,42 @@ class EdgeRuntime:
                 reuse_port=self.reuse_port or None,
             )
             await admin_site.start()
-            self.addresses["admin"] = _site_addresses(admin_site)
-        kwargs = server_kwargs(config)
+            self.addresses["admin"] = _addresses(self._app_runner.addresses)
+        options, kwargs = listener_settings(config)
         metrics = self.app[METRICS]
-        kwargs["refused"] = lambda status: metrics.response(status, "refused")
+        options = dataclasses.replace(
+            options, refused=lambda status: metrics.response(status, "refused")
+        )
         fast = self.proxy.answer_plain_get if config.server.fast_hits else None
-        proxy_server = EdgeServer(self.proxy.handle, fast=fast, **kwargs)
+        proxy_server = EdgeServer(
+            self.proxy.handle, dataclasses.replace(options, fast=fast), **kwargs
+        )
         proxy_runner = web.ServerRunner(proxy_server, handle_signals=False)
         await proxy_runner.setup()
         self._edge_runners.append(proxy_runner)
         plain_runner = proxy_runner
         if config.tls.redirect_http:
-            redirect_server = EdgeServer(_redirect_handler(config, self.proxy), **kwargs)
+            redirect_server = EdgeServer(_redirect_handler(config, self.proxy), options, **kwargs)
             plain_runner = web.ServerRunner(redirect_server, handle_signals=False)
             await plain_runner.setup()
             self._edge_runners.append(plain_runner)
         for addr in config.server.listen:
-            site = await self._site(plain_runner, addr, None)
-            self.addresses["http"].extend(_site_addresses(site))
+            self.addresses["http"].extend(await self._site(plain_runner, addr, None))
         if config.tls.listen:
             ssl_ctx = tls.server_context(config.tls)
             for addr in config.tls.listen:
-                site = await self._site(proxy_runner, addr, ssl_ctx)
-                self.addresses["https"].extend(_site_addresses(site))
+                self.addresses["https"].extend(await self._site(proxy_runner, addr, ssl_ctx))
 
-    async def _site(self, runner: web.BaseRunner, addr: Address, ssl_ctx: Any) -> web.BaseSite:
+    async def _site(self, runner: web.BaseRunner, addr: Address, ssl_ctx: Any) -> list[Address]:
+        """Start a listener on `addr`; the addresses it bound (port 0 resolved)."""
+        before = set(map(repr, runner.addresses))
         site: web.BaseSite
         if self.reuse_port:
             site = web.SockSite(runner, _bind_reuse(addr), ssl_context=ssl_ctx)
         else:
             site = web.TCPSite(runner, addr.host, addr.port, ssl_context=ssl_ctx)
         await site.start()
-        return site
+        return _addresses(a for a in runner.addresses if repr(a) not in before)
 
     def reload(self, config: EdgeConfig) -> None:
         """Apply a new config atomically; listener, TLS and cache changes need a restart."""
@@ -493,8 +324,8 @@ class EdgeRuntime:
                 log.warning("reload: %s changed; it takes effect after a restart", part)
         # The listeners were built with these (header deadline, keep-alive, parser limits,
         # the fast hit path); Proxy.check applies its own copy of the limits at once.
-        if (server_kwargs(old), old.server.fast_hits) != (
-            server_kwargs(config),
+        if (listener_settings(old), old.server.fast_hits) != (
+            listener_settings(config),
             config.server.fast_hits,
         ):
             log.warning(
@@ -533,10 +364,15 @@ def apply_log_level(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _site_addresses(site: web.BaseSite) -> list[Address]:
-    server = getattr(site, "_server", None)
-    out = []
-    for sock in getattr(server, "sockets", None) or []:
-        name = sock.getsockname()
-        out.append(Address(name[0], name[1]))
-    return out
+def _addresses(names: Any) -> list[Address]:
+    """Address values of socket names (runner.addresses)."""
+    return [Address(name[0], name[1]) for name in names]
+
+
+def _same_origin(url: str, origin: str) -> bool:
+    """Whether configured origin `url` is `origin` (scheme://host:port, IPv6 bracketed)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}" == origin

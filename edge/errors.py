@@ -37,6 +37,15 @@ class OriginError(EdgeError):
     """Talking to an origin failed (connect, timeout, broken response)."""
 
 
+class OriginProtocolError(OriginError):
+    """An origin broke HTTP/1.1 (an unrequested 101, a status outside 100-599...); `kind`
+    labels it in edge_origin_errors_total."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
 class NoHealthyOriginError(OriginError):
     """Every origin in the pool is down."""
 

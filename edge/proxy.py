@@ -17,7 +17,6 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import replace
 from http import HTTPStatus
 from typing import IO, Any, Literal
@@ -32,9 +31,10 @@ from edge import cache_policy as cp
 from edge import compression, conditional, ranges
 from edge.accesslog import AccessLog
 from edge.admin import Metrics
+from edge.aiohttp_internals import INTERIM, RawHeaders, SerializedResponse, final_status_ok
 from edge.cache_control import DELTA_SECONDS_MAX, field_values
 from edge.config import EdgeConfig
-from edge.errors import ConfigError, CorruptBodyError, StoreError
+from edge.errors import ConfigError, CorruptBodyError, OriginProtocolError, StoreError
 from edge.fasthit import SimpleGet, parse_simple_get
 from edge.headers import (
     client_response_headers,
@@ -62,38 +62,6 @@ _PLAIN_MEMO = 2048
 _PRECONDITIONS = frozenset(
     {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
-
-
-# The sender of 1xx interim responses (103 Early Hints...) to the client whose request the
-# current task is forwarding; read by InterimForwardingResponse while the origin's response
-# head is parsed. None in background jobs, which have no client.
-INTERIM: ContextVar[Callable[[int, RawHeaders], Awaitable[None]] | None] = ContextVar(
-    "edge_interim", default=None
-)
-RawHeaders = tuple[tuple[bytes, bytes], ...]
-
-
-class InterimForwardingResponse(aiohttp.ClientResponse):
-    """aiohttp's client response, passing the 1xx responses it skips to `INTERIM`."""
-
-    async def start(self, connection: Any) -> aiohttp.ClientResponse:
-        send = INTERIM.get()
-        protocol = connection.protocol
-        if send is None or protocol is None:
-            return await super().start(connection)
-        original = protocol.read
-
-        async def read() -> Any:
-            message, payload = await original()
-            if 102 <= message.code < 200:
-                await send(message.code, message.raw_headers)
-            return message, payload
-
-        protocol.read = read  # the pooled connection gets its own method back below
-        try:
-            return await super().start(connection)
-        finally:
-            del protocol.read
 
 
 def _interim_sender(request: web.BaseRequest) -> Callable[[int, RawHeaders], Awaitable[None]]:
@@ -156,6 +124,8 @@ class Proxy:
         self.metrics = metrics
         self.access_log = access_log
         self._tasks: set[asyncio.Task[Any]] = set()
+        if cache is not None:
+            metrics.cache_resets.inc(cache.store.resets)
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -477,13 +447,22 @@ class Proxy:
                     chunked=None,
                     skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
                 )
+                if not final_status_ok(resp.status):
+                    resp.close()
+                    raise OriginProtocolError("bad_status", f"status {resp.status}")
                 coding = _transfer_coding(resp.headers)
                 if coding:
                     # aiohttp undoes only chunked; the rest would reach clients (and the
                     # cache) as if it were the body, Transfer-Encoding being hop-by-hop.
                     resp.close()
                     raise aiohttp.ClientPayloadError(f"unsupported transfer coding {coding!r}")
-            except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as exc:
+            except (
+                aiohttp.ClientError,
+                TimeoutError,
+                OSError,
+                BodyTooLarge,
+                OriginProtocolError,
+            ) as exc:
                 if isinstance(exc, BodyTooLarge) or getattr(body, "exceeded", False):
                     self.pool.finished(origin, ok=True)
                     raise BodyTooLarge() from None
@@ -493,7 +472,10 @@ class Proxy:
                 failure = _translate(exc)
                 self.pool.finished(origin, ok=False)
                 self.metrics.origin_errors.labels(origin.url, failure.kind).inc()
-                log.info("origin %s failed for %s %s: %s", origin.url, method, target, failure)
+                level = logging.WARNING if isinstance(exc, OriginProtocolError) else logging.INFO
+                log.log(
+                    level, "origin %s failed for %s %s: %s", origin.url, method, target, failure
+                )
                 continue
             self.metrics.origin_latency.labels(origin.url).observe(time.monotonic() - start)
             return origin, resp
@@ -639,6 +621,8 @@ def _transfer_coding(headers: Any) -> str:
 
 
 def _translate(exc: BaseException) -> OriginFailure:
+    if isinstance(exc, OriginProtocolError):
+        return OriginFailure(502, exc.kind, str(exc))
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return OriginFailure(504, "timeout", str(exc))
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -651,53 +635,6 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
-
-
-class _Serialized(web.StreamResponse):
-    """A cache hit written as prepared bytes: status line and stored fields come from a
-    per-entry cache, Age and Cache-Status are appended, and head and body leave in one
-    write. This skips aiohttp's per-response header building, the largest cost of a hit.
-
-    It drives aiohttp's payload writer the way StreamResponse.prepare/write_eof do.
-    """
-
-    def __init__(self, status: int, head: bytes, body: bytes, age: float, cache_status: str):
-        super().__init__(status=status)
-        self._head = head
-        self.payload = body
-        self._age = _age(age)
-        # Read by the access log and metrics; the bytes on the wire come from `_head`.
-        self.headers["Cache-Status"] = cache_status
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        if self._eof_sent:
-            return None
-        if self._payload_writer is not None:
-            return self._payload_writer
-        self._req = request
-        self._keep_alive = request.keep_alive
-        self._payload_writer = request._payload_writer
-        return self._payload_writer
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        if self._eof_sent:
-            return
-        writer = self._payload_writer
-        assert writer is not None
-        tail = f"Age: {self._age}\r\nCache-Status: {self.headers['Cache-Status']}\r\n"
-        if not self._keep_alive:
-            tail += "Connection: close\r\n"
-        head = self._head + tail.encode("latin-1", "replace") + b"\r\n"
-        body = self.payload
-        if len(body) <= 16384:
-            await writer.write_eof(head + body)
-        else:
-            await writer.write(head)
-            await writer.write_eof(body)
-        self._eof_sent = True
-        self._req = None
-        self._body_length = len(body)
-        self._payload_writer = None
 
 
 def _scheme(request: web.BaseRequest) -> str:
@@ -718,7 +655,7 @@ def _age(age: float) -> int:
 def _sent_bytes(resp: web.StreamResponse | None) -> int:
     if resp is None:
         return 0
-    if isinstance(resp, _Serialized):
+    if isinstance(resp, SerializedResponse):
         return len(resp.payload)
     if resp.prepared:
         return resp.body_length
@@ -1170,7 +1107,7 @@ class CacheLayer:
                     if body is not None:
                         status = cp.cache_status(self.name, hit=True, ttl=ttl)
                         head = self._serialized_head(entry)
-                        return _Serialized(entry.status, head, body, age, status), ""
+                        return SerializedResponse(entry.status, head, body, _age(age), status), ""
                 decision = cp.Fresh(entry, age, ttl)
         creq = self._cache_request(request, target)
         if decision is None:
@@ -1311,7 +1248,7 @@ class CacheLayer:
             body = self._peek_body(entry)
             if body is not None:
                 head = self._serialized_head(entry)
-                return _Serialized(entry.status, head, body, age, cache_status)
+                return SerializedResponse(entry.status, head, body, _age(age), cache_status)
         headers = CIMultiDict(self._base_headers(entry, request.version))
         headers["Age"] = str(_age(age))
         headers["Cache-Status"] = cache_status

@@ -1,0 +1,473 @@
+"""The fence around aiohttp's private state: every use of it in the edge lives here.
+
+aiohttp renamed a flag of its server protocol twice within 3.14.x (`_msg_queue_paused`,
+`_buffer_paused`, ...), and an edge that reads a name that is gone fails every connection.
+So:
+
+- `PRIVATE` lists each private name this module reads, writes or overrides, by the aiohttp
+  class that owns it; `missing()` checks them against the installed aiohttp on real
+  instances, `EdgeRuntime.start` refuses to start naming what is gone, and
+  tests/unit/test_aiohttp_internals.py has one test per name (plus one that every private
+  name this module touches is listed). pyproject.toml admits only the aiohttp releases
+  those tests pass on.
+- Nothing outside this module touches aiohttp's private state; a test checks that too.
+
+What lives here:
+- `EdgeRequestHandler` / `EdgeServer`: aiohttp's server protocol with a deadline for request
+  headers, limit statuses (414/431), and the fast hit path that answers a plain GET from the
+  segment it arrives in (edge.fasthit, Proxy.answer_plain_get).
+- `SerializedResponse`: a cache hit written as prepared bytes through the request's writer.
+- `GuardedConnector` / `GuardedResponseHandler`: the origin connection pool, returning a
+  connection to the pool only when it is provably clean (aiohttp keeps parsing and queueing
+  responses an origin sends on an idle pooled connection and hands them to the next request:
+  aio-libs/aiohttp#13656).
+- `InterimForwardingResponse`: the client response that passes 1xx interim responses on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("edge")
+
+# The private names used below, by the aiohttp class that owns them (attributes set in its
+# __init__ count: they are checked on instances).
+PRIVATE: dict[str, tuple[str, ...]] = {
+    "RequestHandler": (
+        "_messages",
+        "_request_count",
+        "_waiter",
+        "_force_close",
+        "_close",
+        "_upgraded",
+        "_paused",
+        "_buffer_paused",
+        "_manager",
+        "_loop",
+        "_keepalive_timeout",
+        "_next_keepalive_close_time",
+        "_keepalive_handle",
+        "_process_keepalive",
+    ),
+    "Server": ("_kwargs", "_loop"),
+    "StreamResponse": ("_eof_sent", "_payload_writer", "_req", "_keep_alive", "_body_length"),
+    "ResponseHandler": ("_buffer", "_tail"),
+    "TCPConnector": ("_factory", "_release"),
+}
+
+# Answers a received segment holding one plain GET (segment, scheme, client address) with
+# the response's wire bytes, or None when the full handler must answer it.
+FastHit = Callable[[bytes, str, str | None], list[bytes] | None]
+# (origin as scheme://host:port, kind, bytes) for a protocol error of an origin connection.
+ProtocolErrorReport = Callable[[str, str, int], None]
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+# The sender of 1xx interim responses (103 Early Hints...) to the client whose request the
+# current task is forwarding; read by InterimForwardingResponse while the origin's response
+# head is parsed. None in background jobs, which have no client.
+INTERIM: ContextVar[Callable[[int, RawHeaders], Awaitable[None]] | None] = ContextVar(
+    "edge_interim", default=None
+)
+
+
+def missing() -> list[str]:
+    """`Class.name` for each name of `PRIVATE` the installed aiohttp lacks."""
+    present = _instances()
+    return [
+        f"{owner}.{name}"
+        for owner, names in PRIVATE.items()
+        for name in names
+        if not hasattr(present[owner], name)
+    ]
+
+
+def _instances() -> dict[str, object]:
+    """One real instance of each class in `PRIVATE` (needs a running loop)."""
+    loop = asyncio.get_running_loop()
+
+    async def nothing(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = web.Server(nothing)
+    connector = aiohttp.TCPConnector()
+    instances: dict[str, object] = {
+        "RequestHandler": server(),
+        "Server": server,
+        "StreamResponse": web.StreamResponse(),
+        "ResponseHandler": ResponseHandler(loop=loop),
+        "TCPConnector": connector,
+    }
+    loop.create_task(connector.close())  # noqa: RUF006 - closing an unused connector
+    return instances
+
+
+def check_version() -> None:
+    """Raise RuntimeError naming the private names the installed aiohttp lacks."""
+    gone = missing()
+    if gone:
+        raise RuntimeError(
+            f"aiohttp {aiohttp.__version__} is not supported by this edge: it lacks "
+            + ", ".join(gone)
+            + " (see the aiohttp pin in pyproject.toml)"
+        )
+
+
+# -- client-facing server protocol -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    """What the edge adds to aiohttp's server protocol, per listener.
+
+    ``url_limit`` is the parser's request-line limit (a LineTooLong at it is a 414, at the
+    field limit a 431); ``refusal`` builds the response for a refused request (its status
+    given) and ``refused_token`` is the Cache-Status such responses carry; ``refused``
+    counts them; ``fast`` answers a segment holding a plain GET of a fresh hit, if set.
+    """
+
+    header_timeout: float
+    url_limit: int
+    refused_token: str
+    refusal: Callable[[int], web.StreamResponse] = field(compare=False)
+    refused: Callable[[int], None] = field(compare=False, default=lambda status: None)
+    fast: FastHit | None = field(compare=False, default=None)
+
+
+class EdgeRequestHandler(RequestHandler):
+    """aiohttp's connection protocol plus a request-header deadline and limit statuses."""
+
+    def __init__(self, manager: EdgeServer, options: ListenerOptions, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = options.header_timeout
+        self._url_limit = options.url_limit
+        self._refusal = options.refusal
+        self._count_refused = options.refused
+        self._refused_token = options.refused_token
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._fast = options.fast
+        # True while every byte given to aiohttp's parser belonged to a complete request:
+        # only then may a segment be read as a request of its own (see _answer_fast).
+        self._at_boundary = self._fast is not None
+        self._scheme = "http"
+        self._remote: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+        if self._fast is not None:
+            peer = transport.get_extra_info("peername")
+            self._remote = str(peer[0]) if isinstance(peer, list | tuple) else peer
+            self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._at_boundary and self._answer_fast(data):
+            return
+        before = self._request_count
+        super().data_received(data)
+        if self._fast is not None:
+            self._at_boundary = self._parser_drained(data, self._request_count - before)
+        if self._request_count != before:
+            self._disarm_header_timer()
+            if self._head_follows(data):
+                # The segment went on into the next request's head: its deadline starts now.
+                self._arm_header_timer()
+        elif self._header_timer is None and data and self._waiter is not None:
+            # First bytes of a further request on a kept-alive connection: the deadline for
+            # its headers starts now (the idle time before is the keep-alive timeout's job).
+            self._arm_header_timer()
+
+    def _answer_fast(self, data: bytes) -> bool:
+        """Answer `data` from the cache's memory tier if it is one plain GET of a fresh hit.
+
+        Only while aiohttp's side of the connection is idle (no queued or running request,
+        its parser between messages, nothing paused), so responses keep request order and
+        aiohttp's state needs no change but the keep-alive deadline. The full handler
+        answers everything else, with the same bytes it would have seen.
+        """
+        waiter = self._waiter
+        if (
+            self._messages
+            or (self._request_count and (waiter is None or waiter.done()))
+            or self._force_close
+            or self._close
+            or self._upgraded
+            or self._paused
+            or self._buffer_paused
+        ):
+            return False
+        transport = self.transport
+        if transport is None or self._fast is None:
+            return False
+        wire = self._fast(data, self._scheme, self._remote)
+        if wire is None:
+            return False
+        transport.writelines(wire)
+        self._disarm_header_timer()
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        if self._keepalive_timeout > 0:
+            loop = self._loop
+            close_time = loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        return True
+
+    def _parser_drained(self, data: bytes, produced: int) -> bool:
+        """Whether aiohttp's parser ended `data` between messages (conservatively)."""
+        if not produced or not data.endswith(b"\r\n\r\n") or self._buffer_paused:
+            return False
+        if not self._messages:
+            return False
+        message, payload = self._messages[-1]
+        # A parse error is queued as aiohttp's private _ErrInfo, which has no method.
+        return hasattr(message, "method") and payload.is_eof()
+
+    def _head_follows(self, data: bytes) -> bool:
+        """Whether bytes of a further, incomplete request head follow the last request
+        aiohttp's parser completed from `data` (only decidable when that request has no
+        body: its head then ended the parsed part, and `data` goes on past it)."""
+        if not self._messages or self._buffer_paused or data.endswith(b"\r\n\r\n"):
+            return False
+        message, payload = self._messages[-1]
+        return hasattr(message, "method") and payload is EMPTY_PAYLOAD
+
+    def _arm_header_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._messages or self._waiter is None:
+            # A request is still being answered; a 408 now would cut into its response.
+            # Its answer comes first, then the late head gets one more period.
+            self._arm_header_timer()
+            return
+        log.debug("request headers not complete within %.1fs: closing", self._header_timeout)
+        self._count_refused(408)
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n"
+            + f"Cache-Status: {self._refused_token}\r\n\r\n".encode()
+        )
+        self.force_close()
+        transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            status = 414 if limit == self._url_limit else 431
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+            status = 431
+        if status in (414, 431) or isinstance(exc, BadHttpMessage):
+            log.debug("bad request from %s: %s", request.remote, exc)
+            self._count_refused(status)
+            resp = self._refusal(status)
+            resp.force_close()
+            return resp
+        return super().handle_error(request, status, exc, message)
+
+
+class EdgeServer(web.Server):
+    """aiohttp's low-level server making EdgeRequestHandler protocols."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        options: ListenerOptions,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._options = options
+
+    def __call__(self) -> RequestHandler:
+        return EdgeRequestHandler(self, self._options, loop=self._loop, **self._kwargs)
+
+
+class SerializedResponse(web.StreamResponse):
+    """A cache hit written as prepared bytes: status line and stored fields come from a
+    per-entry cache, Age and Cache-Status are appended, and head and body leave in one
+    write. This skips aiohttp's per-response header building, the largest cost of a hit.
+
+    It drives aiohttp's payload writer the way StreamResponse.prepare/write_eof do.
+    """
+
+    def __init__(self, status: int, head: bytes, body: bytes, age: int, cache_status: str):
+        super().__init__(status=status)
+        self._head = head
+        self.payload = body
+        self._age = age
+        # Read by the access log and metrics; the bytes on the wire come from `_head`.
+        self.headers["Cache-Status"] = cache_status
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is not None:
+            return self._payload_writer
+        self._req = request
+        self._keep_alive = request.keep_alive
+        self._payload_writer = request.writer
+        return self._payload_writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        assert writer is not None
+        tail = f"Age: {self._age}\r\nCache-Status: {self.headers['Cache-Status']}\r\n"
+        if not self._keep_alive:
+            tail += "Connection: close\r\n"
+        head = self._head + tail.encode("latin-1", "replace") + b"\r\n"
+        body = self.payload
+        if len(body) <= 16384:
+            await writer.write_eof(head + body)
+        else:
+            await writer.write(head)
+            await writer.write_eof(body)
+        self._eof_sent = True
+        self._req = None
+        self._body_length = len(body)
+        self._payload_writer = None
+
+
+# -- origin connections ------------------------------------------------------------------
+
+
+class GuardedResponseHandler(ResponseHandler):
+    """aiohttp's client connection protocol, closed on any byte received while pooled.
+
+    While the connection sits idle in the pool, `idle_report` is set (by GuardedConnector):
+    a response cannot be due, so bytes arriving then are an origin speaking unasked, and the
+    connection is closed before anything can parse them as the next request's response.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.idle_report: Callable[[int], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        report = self.idle_report
+        if report is not None and data:
+            self.idle_report = None
+            transport = self.transport
+            if transport is not None:
+                transport.close()
+            report(len(data))
+            return
+        super().data_received(data)
+
+    def unread_bytes(self) -> int:
+        """Parsed responses and bytes queued past the last response handed out."""
+        return len(self._buffer) + len(self._tail)
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCP connector whose pool holds only connections proven clean.
+
+    A connection is closed instead of pooled when anything was queued past the response
+    just read (bytes beyond its framing), and closed as soon as any byte arrives while it
+    is pooled. Each is reported with the origin and counted by the caller.
+    """
+
+    def __init__(self, *, on_protocol_error: ProtocolErrorReport, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._factory = functools.partial(  # type: ignore[assignment]
+            GuardedResponseHandler, loop=asyncio.get_running_loop()
+        )
+        self._on_protocol_error = on_protocol_error
+
+    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
+        guarded = protocol if isinstance(protocol, GuardedResponseHandler) else None
+        if guarded is not None:
+            extra = guarded.unread_bytes()
+            if extra:
+                self._report(key, "excess_bytes", extra)
+                should_close = True
+        super()._release(key, protocol, should_close=should_close)
+        if guarded is not None and guarded.is_connected():
+            guarded.idle_report = functools.partial(self._report, key, "unsolicited_bytes")
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        if isinstance(protocol, GuardedResponseHandler):
+            protocol.idle_report = None  # a response is due from now on
+        return connection
+
+    def _report(self, key: Any, kind: str, size: int) -> None:
+        scheme = "https" if key.is_ssl else "http"
+        host = f"[{key.host}]" if ":" in key.host else key.host
+        self._on_protocol_error(f"{scheme}://{host}:{key.port}", kind, size)
+
+
+def final_status_ok(status: int) -> bool:
+    """Whether an origin may answer a request of the edge's with `status` as final.
+
+    RFC 9110 §15.2: 101 answers only a requested upgrade, and the edge never asks for one
+    (after it the connection speaks another protocol); statuses end at 599.
+    """
+    return status != 101 and 100 <= status <= 599
+
+
+class InterimForwardingResponse(aiohttp.ClientResponse):
+    """aiohttp's client response, passing the 1xx responses it skips to `INTERIM`.
+
+    It also closes the connection of a response whose status `final_status_ok` refuses:
+    aiohttp releases a bodyless response's connection to the pool before `start` returns,
+    so closing the response afterwards would leave the switched connection pooled.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        send = INTERIM.get()
+        if send is None or protocol is None:
+            response = await super().start(connection)
+        else:
+            original = protocol.read
+
+            async def read() -> Any:
+                message, payload = await original()
+                if 102 <= message.code < 200:
+                    await send(message.code, message.raw_headers)
+                return message, payload
+
+            protocol.read = read  # the pooled connection gets its own method back below
+            try:
+                response = await super().start(connection)
+            finally:
+                del protocol.read
+        if protocol is not None and not final_status_ok(self.status):
+            protocol.close()
+        return response
