@@ -36,8 +36,9 @@ HOP_BY_HOP = frozenset(
 )
 
 # Never taken from a 304 into the stored response (RFC 9111 §3.2): the stored body is the
-# one described by these.
-NOT_UPDATED_FROM_304 = frozenset({"content-length"})
+# one described by these. Content-Encoding is the RFC's own example of a field the stored
+# bytes depend on (a variant the edge compressed is brotli whatever a 304 says).
+NOT_UPDATED_FROM_304 = frozenset({"content-length", "content-encoding"})
 
 # Fields a cache-generated 304 leaves out: they describe the body it does not send.
 _NOT_IN_304 = frozenset(
@@ -173,9 +174,10 @@ def merge_headers(stored: Headers, new: Headers, *, keep_set_cookie: bool = Fals
     """Stored fields updated from a 304 or HEAD response (RFC 9111 §3.2).
 
     Every field in ``new`` replaces all lines of the same name in ``stored``, except
-    hop-by-hop fields, Content-Length, and Set-Cookie (unless ``keep_set_cookie``); fields
-    only in ``stored`` stay. The obsolete Set-Cookie2 (RFC 6265 retired it; user agents
-    ignore it) is an ordinary field here, updated like any other, as RFC 9111 §3.2 asks.
+    hop-by-hop fields, Content-Length, Content-Encoding, and Set-Cookie (unless
+    ``keep_set_cookie``); fields only in ``stored`` stay. The obsolete Set-Cookie2 (RFC
+    6265 retired it; user agents ignore it) is an ordinary field here, updated like any
+    other, as RFC 9111 §3.2 asks.
     """
     new_pairs = strip_hop_by_hop(new)
     skip = set(NOT_UPDATED_FROM_304)

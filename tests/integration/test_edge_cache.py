@@ -398,6 +398,36 @@ async def test_compression_negotiation_and_stored_variants(tmp_path: Path) -> No
         assert origin.hits["/page"] == 3
 
 
+async def test_a_304_never_rewrites_the_content_coding_of_a_stored_variant(
+    tmp_path: Path,
+) -> None:
+    # Issue 7: the brotli variant the edge compressed itself was revalidated, the origin's
+    # 304 said `Content-Encoding: identity`, and every later hit said identity over brotli
+    # bytes. RFC 9111 §3.2: fields the stored body depends on are not updated from a 304.
+    text = ("<p>" + "revalidated html " * 200 + "</p>").encode()
+    async with origins("a") as (origin,):
+
+        async def page(request: web.Request) -> web.Response:
+            headers = {"Cache-Control": "max-age=0", "ETag": '"p1"', "Content-Type": "text/html"}
+            if request.headers.get("If-None-Match", "").endswith('"p1"'):
+                return web.Response(status=304, headers={**headers, "Content-Encoding": "identity"})
+            return web.Response(body=text, headers=headers)
+
+        origin.routes["/p"] = page
+        async with (
+            running_edge(_cfg(origin, tmp_path)) as edge,
+            aiohttp.ClientSession(auto_decompress=False) as s,
+        ):
+            for _ in range(3):
+                async with s.get(base_url(edge) + "/p", headers={"Accept-Encoding": "br"}) as r:
+                    assert r.status == 200
+                    assert r.headers["Content-Encoding"] == "br"
+                    assert brotli.decompress(await r.read()) == text
+                    last = r.headers["Cache-Status"]
+            assert "fwd-status=304" in last
+        assert origin.hits["/p"] == 3
+
+
 async def test_admin_status_and_metrics_reflect_traffic(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         origin.routes["/m"] = _cacheable(b"m")

@@ -79,6 +79,15 @@ def test_merge_headers_updates_all_but_content_length() -> None:
     assert merged == {"Content-Length": "36", "X-A": "2", "X-Keep": "k", "Content-Type": "a/c"}
 
 
+def test_merge_headers_keeps_the_stored_content_coding() -> None:
+    stored = [("Content-Encoding", "br"), ("ETag", 'W/"e"')]
+    for coding in (("Content-Encoding", "identity"), ("content-encoding", "gzip")):
+        merged = merge_headers(stored, [coding, ("ETag", '"e"')])
+        assert [v for k, v in merged if k.lower() == "content-encoding"] == ["br"]
+    # Absent from the stored response, it is not added either.
+    assert dict(merge_headers([("X-A", "1")], [("Content-Encoding", "gzip")])) == {"X-A": "1"}
+
+
 def test_merge_headers_updates_set_cookie2_like_any_field() -> None:
     stored = [("Set-Cookie2", "a=b"), ("X-A", "1")]
     new = [("Set-Cookie2", "a=c"), ("Set-Cookie", "s=1")]
