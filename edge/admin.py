@@ -99,6 +99,11 @@ class Metrics:
             "1 while the cache is not storing (e.g. disk full)",
             registry=self.registry,
         )
+        self.cache_resets = Counter(
+            "edge_cache_store_resets",
+            "Cache stores found corrupt at start, set aside and replaced by an empty one",
+            registry=self.registry,
+        )
         self.purges = Counter(
             "edge_purges", "Purge requests by kind", ["kind"], registry=self.registry
         )

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -53,6 +55,15 @@ Clock = Callable[[], float]
 CHUNK = 64 * 1024
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _SEP = "\x1f"
+
+
+# SQLite's result codes for a damaged database file (primary codes: the low byte).
+_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _CORRUPT_CODES
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -352,19 +363,26 @@ class Store:
         if sqlite_max_page_count is not None:
             # A real SQLite limit; used by tests to reach "database or disk is full".
             settings["sqlite_max_page_count"] = sqlite_max_page_count
+        settings.update(
+            disk=_BytesDisk,
+            size_limit=size_limit,
+            eviction_policy=eviction_policy,
+            cull_limit=16,
+            statistics=False,
+            tag_index=False,
+        )
+        # How many corrupt stores this open set aside (0 or 1): counted in /metrics.
+        self.resets = 0
         try:
-            self._cache = diskcache.Cache(
-                self.directory,
-                disk=_BytesDisk,
-                size_limit=size_limit,
-                eviction_policy=eviction_policy,
-                cull_limit=16,
-                statistics=False,
-                tag_index=False,
-                **settings,
-            )
+            try:
+                self._cache = diskcache.Cache(self.directory, **settings)
+            except sqlite3.DatabaseError as e:
+                if not _is_corrupt(e):
+                    raise
+                self._cache = self._reset(settings, e)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
+        self._remove_set_aside()
         self._lock = threading.Lock()
         self._memory = _Memory(memory_bytes)
         self._degraded_reason: str | None = None
@@ -411,6 +429,53 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _reset(self, settings: dict[str, Any], error: sqlite3.DatabaseError) -> diskcache.Cache:
+        """Set a corrupt store aside and open an empty one in its place.
+
+        The cache is disposable: a damaged database must not keep the node from starting.
+        Everything but the temp area moves into ``corrupt-<time>-<pid>/`` (renames only, so
+        start-up stays fast whatever the size), which a background thread then deletes. A
+        lock file makes the workers of one node, starting together, reset it once.
+        """
+        with open(os.path.join(self.directory, "reset.lock"), "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return diskcache.Cache(self.directory, **settings)  # another worker reset it
+            except sqlite3.DatabaseError as again:
+                if not _is_corrupt(again):
+                    raise
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside = os.path.join(self.directory, f"corrupt-{stamp}-{os.getpid()}")
+            os.mkdir(aside)
+            for name in os.listdir(self.directory):
+                if name in ("tmp", "reset.lock") or name.startswith("corrupt-"):
+                    continue
+                os.rename(os.path.join(self.directory, name), os.path.join(aside, name))
+            cache = diskcache.Cache(self.directory, **settings)
+        self.resets = 1
+        log.warning(
+            "cache store %s was corrupt (%s): set aside in %s (being deleted); starting empty",
+            self.directory,
+            error,
+            aside,
+        )
+        return cache
+
+    def _remove_set_aside(self) -> None:
+        """Delete stores set aside by a reset (this one's, or one a crash left behind)."""
+        aside = [
+            os.path.join(self.directory, name)
+            for name in os.listdir(self.directory)
+            if name.startswith("corrupt-")
+        ]
+        if aside:
+
+            def remove() -> None:
+                for path in aside:
+                    shutil.rmtree(path, ignore_errors=True)
+
+            threading.Thread(target=remove, name="cache-reset-cleanup", daemon=True).start()
 
     def _sweep_tmp(self) -> None:
         # Parts left by a crash mid-write: never committed, so never referenced.

@@ -179,6 +179,40 @@ async def test_sighup_reloads_and_keeps_config_on_error(tmp_path: Path) -> None:
             assert {await who() for _ in range(5)} == {"b"}
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_corrupt_cache_database_is_set_aside_and_the_node_starts_empty(
+    tmp_path: Path, workers: int
+) -> None:
+    # Issue 7: zeroing the first 100 bytes of cache.db made `edge serve` exit with a
+    # traceback (with workers, the whole node). The cache is disposable.
+    cache_dir = tmp_path / "cache"
+    log = tmp_path / "edge.log"
+    async with origins("a") as (origin,):
+        origin.routes["/c"] = _cacheable_origin_route(b"cached body")
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--cache-dir", str(cache_dir))
+        args += ("--admin", "127.0.0.1:0", "--workers", str(workers))
+        async with edge_process(*args) as edge, aiohttp.ClientSession() as s:
+            async with s.get(edge.url() + "/c", headers=HOST) as r:
+                assert await r.read() == b"cached body"
+        db = cache_dir / "cache.db"
+        db.write_bytes(bytes(100) + db.read_bytes()[100:])
+        async with edge_process(*args, stderr=log) as edge, aiohttp.ClientSession() as s:
+            for expected in ("miss", "hit"):
+                async with s.get(edge.url() + "/c", headers=HOST) as r:
+                    assert r.status == 200
+                    assert await r.read() == b"cached body"
+                    assert expected in r.headers["Cache-Status"]
+            async with s.get(edge.url("admin") + "/metrics") as r:
+                families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+            resets = families["edge_cache_store_resets"].samples
+            assert sum(x.value for x in resets if x.name.endswith("_total")) == 1
+            assert await until(lambda: not list(cache_dir.glob("corrupt-*")))
+        lines = [line for line in log.read_text().splitlines() if "was corrupt" in line]
+        assert len(lines) == 1, log.read_text()
+        assert "Traceback" not in log.read_text()
+        assert origin.hits["/c"] == 2
+
+
 async def test_two_workers_share_the_port(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--workers", "2")
