@@ -36,9 +36,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import HttpVersion, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("edge")
@@ -66,6 +68,7 @@ PRIVATE: dict[str, tuple[str, ...]] = {
     "StreamResponse": ("_eof_sent", "_payload_writer", "_req", "_keep_alive", "_body_length"),
     "ResponseHandler": ("_buffer", "_tail"),
     "TCPConnector": ("_factory", "_release"),
+    "RawRequestMessage": ("_replace",),
 }
 
 # Answers a received segment holding one plain GET (segment, scheme, client address) with
@@ -109,6 +112,7 @@ def _instances() -> dict[str, object]:
         "StreamResponse": web.StreamResponse(),
         "ResponseHandler": ResponseHandler(loop=loop),
         "TCPConnector": connector,
+        "RawRequestMessage": RawRequestMessage,
     }
     loop.create_task(connector.close())  # noqa: RUF006 - closing an unused connector
     return instances
@@ -308,11 +312,39 @@ class EdgeServer(web.Server):
         options: ListenerOptions,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)
+        super().__init__(handler, request_factory=self._request, **kwargs)
         self._options = options
 
     def __call__(self) -> RequestHandler:
         return EdgeRequestHandler(self, self._options, loop=self._loop, **self._kwargs)
+
+    def _request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """aiohttp's request, but for a request line of another major version than 1 (its
+        parser takes `HTTP/2.0`): that is refused with 505 (Proxy.check), and the refusal
+        must go out as HTTP/1.1, the version aiohttp writes being the request's."""
+        version = message.version
+        if version.major != 1:
+            message = message._replace(version=HttpVersion11, should_close=True)
+        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        if version.major != 1:
+            request[_REQUESTED_VERSION] = version
+        return request
+
+
+_REQUESTED_VERSION = web.RequestKey("edge_requested_version", HttpVersion)
+
+
+def requested_version(request: web.BaseRequest) -> HttpVersion:
+    """The HTTP version the client's request line named."""
+    version: HttpVersion = request.get(_REQUESTED_VERSION, request.version)
+    return version
 
 
 class SerializedResponse(web.StreamResponse):

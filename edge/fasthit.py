@@ -51,6 +51,8 @@ class SimpleGet:
     user_agent: str
     fields: int  # number of header fields
     field_bytes: int  # their size as the proxy's limit counts it (name + value + 4 each)
+    # The CDN-Loop and Via fields, for the same loop check as the full handler's.
+    loop_fields: tuple[tuple[str, str], ...] = ()
 
 
 def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
@@ -62,6 +64,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         return None
     host: bytes | None = None
     user_agent = b""
+    loop_fields: list[tuple[str, str]] = []
     count = 0
     size = 0
     block = m.group(2)
@@ -82,6 +85,8 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
                 return None
         elif lname == b"user-agent":
             user_agent = value
+        elif lname in (b"cdn-loop", b"via"):
+            loop_fields.append((lname.decode("ascii"), value.decode("ascii")))
         elif lname in _DECLINE:
             return None
     if host is None:
@@ -92,4 +97,5 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         user_agent=user_agent.decode("ascii"),
         fields=count,
         field_bytes=size,
+        loop_fields=tuple(loop_fields),
     )

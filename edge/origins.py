@@ -159,11 +159,12 @@ class OriginPool:
         origin.active += 1
         origin.requests += 1
 
-    def finished(self, origin: Origin, ok: bool) -> None:
+    def finished(self, origin: Origin, ok: bool) -> bool:
+        """Record the outcome of a request; True when it ejected the origin (passive)."""
         origin.active = max(0, origin.active - 1)
         if ok:
             origin.fails = 0
-            return
+            return False
         origin.fails += 1
         if origin.up and origin.fails >= self.config.max_fails:
             # Like nginx with a single server: passive failures never take down the last
@@ -173,6 +174,8 @@ class OriginPool:
                 origin.up = False
                 origin.ejected_at = self._clock()
                 origin.ejected_probes = origin.probes
+                return True
+        return False
 
     def _recover_passive(self) -> None:
         # Without active probes an ejected origin gets another chance after a cool-down.

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from http import HTTPStatus
 from typing import IO, Any, Literal
@@ -31,7 +31,13 @@ from edge import cache_policy as cp
 from edge import compression, conditional, ranges
 from edge.accesslog import AccessLog
 from edge.admin import Metrics
-from edge.aiohttp_internals import INTERIM, RawHeaders, SerializedResponse, final_status_ok
+from edge.aiohttp_internals import (
+    INTERIM,
+    RawHeaders,
+    SerializedResponse,
+    final_status_ok,
+    requested_version,
+)
 from edge.cache_control import DELTA_SECONDS_MAX, field_values
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, CorruptBodyError, OriginProtocolError, StoreError
@@ -56,7 +62,7 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPO
 _CHUNK = 64 * 1024
 # Body bytes a fill whose writer gave up holds for its client (see _Fill).
 _PASS_BUFFER = 4 * _CHUNK
-_CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431})
+_CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431, 505})
 # Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
 _PLAIN_MEMO = 2048
 _PRECONDITIONS = frozenset(
@@ -281,6 +287,7 @@ class Proxy:
             or len(req.target) > self._max_url
             or not valid_host(req.host)
             or (self._hosts and bare_host(req.host) not in self._hosts)
+            or (req.loop_fields and self._loop_verdict(req.loop_fields) is not None)
         ):
             return False
         return cp.cache_key(scheme, req.host, req.target), req
@@ -304,6 +311,9 @@ class Proxy:
     def check(self, request: web.BaseRequest) -> web.Response | None:
         """Requests we refuse before touching an origin; None when the request may pass."""
         method = request.method
+        if requested_version(request).major != 1:
+            # RFC 9110 §15.6.6: an HTTP/2.0 (or 3.0) request line on an HTTP/1 connection.
+            return status_response(505)
         if method == "CONNECT":
             return status_response(405, Allow="GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
         raw_headers = request.raw_headers
@@ -352,7 +362,7 @@ class Proxy:
         headers = request.headers
         if "CDN-Loop" not in headers and "Via" not in headers:
             return None
-        verdict = loop_verdict(headers.items(), self._node_id, self._max_hops)
+        verdict = self._loop_verdict(headers.items())
         if verdict is None:
             return None
         self.metrics.loops.labels(verdict).inc()
@@ -370,6 +380,13 @@ class Proxy:
             self.cache_status_token("request", detail=verdict),
             **{"Cache-Control": "no-store"},
         )
+
+    def _loop_verdict(
+        self, pairs: Iterable[tuple[str, str]]
+    ) -> Literal["loop", "too-many-hops"] | None:
+        """The one loop decision, for the fast path (which leaves a refusal to `handle`)
+        and `check_loop` alike."""
+        return loop_verdict(pairs, self._node_id, self._max_hops)
 
     # ------------------------------------------------------------------ forwarding
 
@@ -470,7 +487,7 @@ class Proxy:
                     self.pool.finished(origin, ok=True)
                     raise ClientGone() from exc
                 failure = _translate(exc)
-                self.pool.finished(origin, ok=False)
+                self._finished(origin, ok=False)
                 self.metrics.origin_errors.labels(origin.url, failure.kind).inc()
                 level = logging.WARNING if isinstance(exc, OriginProtocolError) else logging.INFO
                 log.log(
@@ -485,7 +502,15 @@ class Proxy:
 
     def finish_upstream(self, origin: Origin, resp: aiohttp.ClientResponse, ok: bool) -> None:
         resp.release() if ok else resp.close()
-        self.pool.finished(origin, ok=ok and resp.status not in (502, 503, 504))
+        self._finished(origin, ok=ok and resp.status not in (502, 503, 504))
+
+    def _finished(self, origin: Origin, ok: bool) -> None:
+        if self.pool.finished(origin, ok):
+            log.warning(
+                "origin %s is now down (passive: %d failed requests in a row)",
+                origin.url,
+                origin.fails,
+            )
 
     async def forward(
         self, request: web.BaseRequest, target: str
@@ -1836,6 +1861,10 @@ class CacheLayer:
                 writer.abort()
                 writer = None
         if fill is not None:
+            # RFC 9211 `stored`: this response is being written to the cache.
+            out.headers["Cache-Status"] = cp.cache_status(
+                self.name, fwd=fwd, fwd_status=status, stored=True
+            )
             if lead is not None:
                 lead.filling(fill)
             proxy.spawn(self._run_fill(proxy, fill, origin, upstream, comp, lead))

@@ -63,7 +63,8 @@ async def test_hit_age_head_and_client_conditionals(tmp_path: Path) -> None:
             async with s.get(url) as r:
                 assert r.status == 200
                 assert await r.read() == b"0123456789"
-                assert "fwd=uri-miss" in r.headers["Cache-Status"]
+                # RFC 9211 `stored` on the miss that filled the cache (issue 7).
+                assert r.headers["Cache-Status"] == "GeoEdge; fwd=uri-miss; fwd-status=200; stored"
             async with s.get(url) as r:
                 assert r.status == 200
                 assert await r.read() == b"0123456789"
@@ -85,6 +86,9 @@ async def test_hit_age_head_and_client_conditionals(tmp_path: Path) -> None:
                 assert r.status == 416
             async with s.get(base_url(edge) + "/c?x=2") as r:
                 assert "miss" in r.headers["Cache-Status"]
+            origin.routes["/n"] = _cacheable(b"never kept", "no-store")
+            async with s.get(base_url(edge) + "/n") as r:
+                assert "stored" not in r.headers["Cache-Status"]
         assert origin.hits["/c"] == 2
 
 

@@ -10,6 +10,7 @@ import socket
 from collections import Counter
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from edge.app import POOL
@@ -127,7 +128,9 @@ async def test_passive_failures_never_eject_the_last_origin_but_probes_do() -> N
         assert doc["origins"]["down"] == [dead]
 
 
-async def test_passive_ejection_moves_traffic_to_the_other_origin() -> None:
+async def test_passive_ejection_moves_traffic_to_the_other_origin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     dead_port = _free_port()
     async with origins("good") as (good,):
         config = edge_config(
@@ -147,6 +150,9 @@ async def test_passive_ejection_moves_traffic_to_the_other_origin() -> None:
             assert statuses.count(502) == 1
             assert statuses[-4:] == [200, 200, 200, 200]
             assert not edge.app[POOL].origins[0].up
+        # The ejection is logged like a probe's verdict (it used to be silent).
+        ejections = [r for r in caplog.records if "is now down (passive" in r.getMessage()]
+        assert len(ejections) == 1 and f":{dead_port}" in ejections[0].getMessage()
 
 
 async def test_preserve_host_off_sends_the_origin_authority() -> None:

@@ -724,3 +724,16 @@ async def test_a_background_job_that_fails_is_logged(caplog: pytest.LogCaptureFi
     assert failures[0].exc_info is not None and "the commit went wrong" in str(
         failures[0].exc_info[1]
     )
+
+
+async def test_a_request_line_of_another_major_version_gets_505() -> None:
+    # Issue 7: `GET / HTTP/2.0` over HTTP/1 was answered `HTTP/2.0 200`.
+    async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
+        port = edge.addresses["http"][0].port
+        raw = await _raw(port, b"GET /v HTTP/2.0\r\nHost: a\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), raw[:60]
+        assert b"Connection: close" in raw
+        # aiohttp's parser itself refuses other versions (400): never passed on either.
+        raw = await _raw(port, b"GET /v HTTP/3.0\r\nHost: a\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.0 400 "), raw[:60]
+        assert origin.hits["/v"] == 0

@@ -1,0 +1,194 @@
+"""The fast hit path and the full handler give the same answer (issue 7, "two paths, two
+answers"): a differential property test over generated requests.
+
+A real edge (fast hits on) in front of a real origin runs in a thread of its own. Each
+generated request is sent twice to the same stored entries: once as one segment, which the
+fast path may answer from the memory tier, and once cut in two segments a moment apart,
+which only aiohttp's parser and the full handler can answer. Status, header fields (but
+Date, and Age within a second) and body must be the same. The fast path once answered 200
+where the full handler said 508 (CDN-Loop naming this node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.app import EdgeRuntime
+from edge.config import from_mapping
+
+NODE = "edge-diff"
+PATHS = ["/plain", "/text", "/etag", "/q?x=1"]
+TEXT = ("<p>" + "differential " * 300 + "</p>").encode()
+
+
+async def _origin_handler(request: web.Request) -> web.Response:
+    headers = {"Cache-Control": "max-age=3600"}
+    if request.path == "/text":
+        return web.Response(body=TEXT, headers={**headers, "Content-Type": "text/html"})
+    if request.path == "/etag":
+        headers.update(ETag='"v1"', **{"Last-Modified": "Tue, 01 Dec 2026 10:00:00 GMT"})
+    return web.Response(body=request.path_qs.encode() * 50, headers=headers)
+
+
+class EdgeThread:
+    """An origin and an edge on 127.0.0.1, served by an event loop in a thread."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> EdgeThread:
+        self._thread.start()
+        assert self._ready.wait(30), "edge did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._stop())
+        self.loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", _origin_handler)
+        self._origin = web.AppRunner(app, access_log=None)
+        await self._origin.setup()
+        await web.TCPSite(self._origin, "127.0.0.1", 0).start()
+        origin_port = self._origin.addresses[0][1]
+        config = from_mapping(
+            {
+                "server": {"listen": ["127.0.0.1:0"], "node_id": NODE, "fast_hits": True},
+                "log": {"access_log": ""},
+                "cache": {"dir": str(self.cache_dir)},
+                "pool": {
+                    "origins": [{"url": f"http://127.0.0.1:{origin_port}"}],
+                    "probe": {"enabled": False},
+                },
+            },
+            "<test>",
+        )
+        self.edge = EdgeRuntime(config)
+        await self.edge.start()
+        self.port = self.edge.addresses["http"][0].port
+
+    async def _stop(self) -> None:
+        await self.edge.stop()
+        await self._origin.cleanup()
+
+
+def exchange(port: int, request: bytes, cut: int | None = None) -> bytes:
+    """Send `request` (in one segment, or two cut at `cut` a moment apart) on a new
+    connection; the response, read to the end of its Content-Length body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if cut is None:
+            sock.sendall(request)
+        else:
+            sock.sendall(request[:cut])
+            time.sleep(0.03)
+            sock.sendall(request[cut:])
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, (head, len(body), length)
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
+
+def parse(raw: bytes) -> tuple[bytes, list[tuple[str, str]], int | None, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = []
+    age = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "date":
+            continue
+        if name == "age":
+            age = int(value)
+            continue
+        fields.append((name, value))
+    return lines[0].encode(), sorted(fields), age, body
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeThread]:
+    with EdgeThread(tmp_path_factory.mktemp("diff-cache")) as running:
+        for path in PATHS:  # fill the cache: every later plain GET is a memory-tier hit
+            for _ in range(2):
+                exchange(running.port, f"GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        yield running
+
+
+FIELDS = st.lists(
+    st.sampled_from(
+        [
+            ("User-Agent", "curl/8.0"),
+            ("Accept", "*/*"),
+            ("Accept-Encoding", "br"),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Connection", "keep-alive"),
+            ("X-Request-Id", "abc"),
+            ("CDN-Loop", NODE),
+            ("CDN-Loop", "other-cdn"),
+            ("CDN-Loop", "a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u"),
+            ("Via", f"1.1 {NODE}"),
+            ("Via", "1.1 proxy.example"),
+            ("If-None-Match", '"v1"'),
+            ("Range", "bytes=0-9"),
+        ]
+    ),
+    max_size=5,
+    unique=True,
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(path=st.sampled_from(PATHS), fields=FIELDS, cut=st.integers(min_value=1, max_value=12))
+def test_fast_and_full_paths_answer_alike(
+    edge: EdgeThread, path: str, fields: list[tuple[str, str]], cut: int
+) -> None:
+    head = f"GET {path} HTTP/1.1\r\nHost: a.test\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
+    request = (head + "\r\n").encode()
+    one = parse(exchange(edge.port, request))
+    two = parse(exchange(edge.port, request, cut=cut))
+    assert one[0] == two[0], (request, one[0], two[0])
+    assert one[1] == two[1], request
+    assert one[3] == two[3], request
+    if one[2] is not None or two[2] is not None:
+        assert one[2] is not None and two[2] is not None
+        assert abs(one[2] - two[2]) <= 1
