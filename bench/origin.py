@@ -1,6 +1,8 @@
 """The origin behind both proxies in bench/edge.sh: fixed binary objects, cacheable for an hour.
 
   GET /1k, /100k, /<n>k   n KiB of bytes, Cache-Control: public, max-age=3600, ETag
+  GET /o/<i>/<n>k         n KiB of bytes of their own for each i (a working set of many
+                          distinct objects: no two bodies alike, so no tier can share them)
   GET /__origin/stats     {"requests": N}: object requests served so far, so the harness can
                           check that a measured run was all cache hits (N does not move)
 
@@ -21,17 +23,20 @@ COUNT = web.AppKey("count", list[int])
 
 
 @functools.lru_cache(maxsize=64)
-def body(kib: int) -> bytes:
-    pattern = hashlib.sha256(str(kib).encode()).digest()  # incompressible enough, deterministic
+def body(kib: int, seed: str = "") -> bytes:
+    pattern = hashlib.sha256(f"{seed}{kib}".encode()).digest()  # incompressible enough
     return (pattern * (kib * 1024 // len(pattern) + 1))[: kib * 1024]
 
 
 async def obj(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    seed = request.match_info.get("seed", "")
     if not name.endswith("k") or not name[:-1].isdigit() or not 0 < int(name[:-1]) <= MAX_KIB:
         raise web.HTTPNotFound()
+    if seed and not seed.isdigit():
+        raise web.HTTPNotFound()
     request.app[COUNT][0] += 1
-    data = body(int(name[:-1]))
+    data = body(int(name[:-1]), f"{seed}:" if seed else "")
     headers = {
         "Cache-Control": "public, max-age=3600",
         "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
@@ -51,6 +56,7 @@ def main(argv: list[str]) -> None:
     app[COUNT] = [0]
     app.router.add_get("/__origin/stats", stats)
     app.router.add_get("/{name}", obj)
+    app.router.add_get("/o/{seed}/{name}", obj)
     web.run_app(app, host="127.0.0.1", port=int(argv[0]), access_log=None, print=None)
 
 

@@ -164,6 +164,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     else:
         prober.start()
     flusher = asyncio.create_task(_flush_periodically(access_log))
+    recency = None
+    if cache is not None:
+        recency = asyncio.create_task(_write_back_recency(cache))
     publisher = None
     if stats is not None:
 
@@ -182,6 +185,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(follower, return_exceptions=True)
         prober.shutdown()
         flusher.cancel()
+        if recency is not None:
+            recency.cancel()
+            await asyncio.gather(recency, return_exceptions=True)
         if publisher is not None and stats is not None:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
@@ -193,6 +199,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         access_log.close()
         if tmp is not None:
             tmp.cleanup()
+
+
+async def _write_back_recency(cache: CacheLayer) -> None:
+    """Every 2 s, stamp the entries read since as used (the store's LRU order)."""
+    while True:
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(cache.store.flush_recency)
 
 
 async def _flush_periodically(access_log: AccessLog) -> None:

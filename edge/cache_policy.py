@@ -15,8 +15,10 @@ entries and ``now``, and get a decision back.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from http import HTTPStatus
@@ -139,13 +141,16 @@ def entry_to_dict(e: CacheEntry) -> dict[str, Any]:
 
 
 def _pairs(v: Any) -> HeaderTuple:
-    if not isinstance(v, list):
+    if type(v) is not list:
         raise TypeError("header list expected")
     out = []
     for p in v:
-        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)):
+        if type(p) is not list or len(p) != 2:
             raise TypeError("header pair expected")
-        out.append((p[0], p[1]))
+        name, value = p
+        if type(name) is not str or type(value) is not str:
+            raise TypeError("header pair expected")
+        out.append((name, value))
     return tuple(out)
 
 
@@ -184,12 +189,22 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+@functools.cache
+def _field_decoders(
+    cls: Any, given: frozenset[str]
+) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    return tuple((f.name, _DECODERS[str(f.type)]) for f in fields(cls) if f.name not in given)
+
+
 def _decode(cls: Any, d: Any, **given: Any) -> Any:
     """``cls`` built from the JSON object ``d``, each field checked by its annotation."""
     if not isinstance(d, dict):
         raise TypeError(f"{cls.__name__} object expected")
-    values = {f.name: _DECODERS[str(f.type)](d[f.name]) for f in fields(cls) if f.name not in given}
-    return cls(**values, **given)
+    decoders = _field_decoders(cls, frozenset(given))
+    return cls(**{name: check(d[name]) for name, check in decoders}, **given)
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def entry_from_dict(d: Any) -> CacheEntry:
@@ -197,7 +212,7 @@ def entry_from_dict(d: Any) -> CacheEntry:
     if not isinstance(d, dict):
         raise TypeError("object expected")
     entry: CacheEntry = _decode(CacheEntry, d, freshness=_decode(fr.Freshness, d["freshness"]))
-    if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
+    if _SHA256_HEX.fullmatch(entry.sha256) is None:
         raise TypeError("sha256 must be 64 lower-case hex digits")
     if entry.body_length < 0:
         raise TypeError("negative body length")

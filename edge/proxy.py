@@ -62,6 +62,9 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPO
 _CHUNK = 64 * 1024
 # Body bytes a fill whose writer gave up holds for its client (see _Fill).
 _PASS_BUFFER = 4 * _CHUNK
+# Bodies up to this size are read from disk on the event loop (a page-cache read costs less
+# than the hop to a thread); bigger ones in a thread.
+_INLINE_READ_MAX = 64 * 1024
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431, 505})
 # Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
 _PLAIN_MEMO = 2048
@@ -1079,10 +1082,22 @@ class CacheLayer:
     def _peek_body(self, entry: cp.CacheEntry) -> bytes | None:
         return self.store.peek_body(entry)
 
+    async def _small_body(self, entry: cp.CacheEntry) -> bytes | None:
+        """The verified body of an entry small enough for the memory tier: from memory,
+        else read from disk (on the loop when it is small enough not to stall it, as
+        nginx's workers read their cache files; in a thread above that). None when it is
+        too big for the memory tier, or gone or damaged (then the entry was evicted)."""
+        body = self.store.peek_body(entry)
+        if body is not None or entry.body_length > self.store_memory_object_max:
+            return body
+        if entry.body_length <= _INLINE_READ_MAX:
+            return self.store.get_body(entry)
+        return await asyncio.to_thread(self.store.get_body, entry)
+
     async def _variants(self, key: str) -> tuple[cp.CacheEntry, ...]:
         entries = self.store.peek_variants(key)
         if entries is None:
-            entries = await asyncio.to_thread(self.store.variants, key)
+            entries = self.store.variants(key)  # one small row: read on the loop
         return entries
 
     # ------------------------------------------------------------------ entry point
@@ -1187,12 +1202,22 @@ class CacheLayer:
     def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
         directives, conditionals or ranges) for primary key `key` when it is a fresh hit
-        whose metadata and body are both in the memory tier; None otherwise. Decided as the
-        hit path of `serve` decides it."""
+        whose body is small (read on the loop from disk when it is not in the memory tier,
+        see `_small_body`); None otherwise. Decided as the hit path of `serve` decides it."""
         peeked = self.store.peek_single(key)
         if peeked is None:
-            return None
-        entry, body, read_ago = peeked
+            entries = self.store.variants(key)
+            if len(entries) != 1 or entries[0].body_length > _INLINE_READ_MAX:
+                return None
+            entry, read_ago = entries[0], 0.0
+            if entry.vary or entry.freshness.no_cache:
+                return None
+            disk_body = self.store.get_body(entry)
+            if disk_body is None:
+                return None
+            body = disk_body
+        else:
+            entry, body, read_ago = peeked
         refresh = self.store.meta_refresh
         if read_ago >= refresh:
             # Due for its re-read (another process may have purged it): one thread re-reads
@@ -1270,10 +1295,12 @@ class CacheLayer:
             and "Range" not in request_headers
             and not any(name in request_headers for name in _PRECONDITIONS)
         ):
-            body = self._peek_body(entry)
+            body = await self._small_body(entry)
             if body is not None:
                 head = self._serialized_head(entry)
                 return SerializedResponse(entry.status, head, body, _age(age), cache_status)
+            if entry.body_length <= self.store_memory_object_max:
+                return None  # gone or damaged: evicted
         headers = CIMultiDict(self._base_headers(entry, request.version))
         headers["Age"] = str(_age(age))
         headers["Cache-Status"] = cache_status
@@ -1292,13 +1319,11 @@ class CacheLayer:
         if method == "HEAD":
             headers["Content-Length"] = str(length)
             return web.Response(status=entry.status, reason=entry.reason or None, headers=headers)
-        body = self._peek_body(entry)
-        if body is None and length > self.store_memory_object_max:
+        if length > self.store_memory_object_max and self._peek_body(entry) is None:
             return await self._stream_from_disk(request, creq, entry, headers)
+        body = await self._small_body(entry)
         if body is None:
-            body = await asyncio.to_thread(self.store.get_body, entry)
-            if body is None:
-                return None
+            return None
         if "Range" not in request_headers:
             return web.Response(
                 status=entry.status, reason=entry.reason or None, headers=headers, body=body

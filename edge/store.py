@@ -38,6 +38,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -110,6 +111,84 @@ class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise StoreError(f"refusing a non-bytes value (mode {mode}) from the cache")
         return super().fetch(mode, filename, value, read)
+
+
+class _Reads:
+    """Reads of diskcache's table that take no write transaction, and LRU recency written
+    back in batches.
+
+    With the least-recently-used policy every ``Cache.get`` is a write transaction (it
+    stamps the row's access time): the cache-hit path serialised on SQLite's write lock.
+    Here a read is a plain SELECT on a read-only connection of the calling thread (WAL:
+    readers never wait for the writer), and the keys read are stamped later, many in one
+    transaction (``flush``), so eviction still follows use at the granularity of a flush.
+
+    This reads diskcache's schema (table ``Cache``: ``key``, ``raw``, ``mode``,
+    ``filename``, ``value``, ``access_time``), which tests/unit/test_store.py checks
+    against the installed diskcache; pyproject.toml pins the diskcache series.
+    """
+
+    _SELECT = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+    _STAMP = "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1"
+
+    def __init__(self, directory: str, wall: Clock = time.time) -> None:
+        self._directory = directory
+        self._path = os.path.join(directory, "cache.db")
+        self._wall = wall
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._touched: dict[str, None] = {}
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = "file:" + urllib.parse.quote(self._path) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA mmap_size = 67108864")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def get(self, key: str) -> bytes | str | None:
+        """The bytes stored under ``key``, the path of the file holding them, or None."""
+        row = self._connection().execute(self._SELECT, (key,)).fetchone()
+        if row is None:
+            return None
+        mode, filename, value = row
+        if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
+            return value
+        if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
+            return os.path.join(self._directory, filename)
+        raise StoreError(f"refusing a non-bytes value (mode {mode}) from the cache")
+
+    def touch(self, keys: Iterator[str] | list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._touched[key] = None
+
+    def flush(self) -> int:
+        """Stamp the keys read since the last flush as used now; how many were stamped."""
+        with self._lock:
+            keys, self._touched = list(self._touched), {}
+        if not keys:
+            return 0
+        now = self._wall()
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=10)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(self._STAMP, [(now, key) for key in keys])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return len(keys)
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +462,7 @@ class Store:
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
         self._remove_set_aside()
+        self._reads = _Reads(self.directory)
         self._lock = threading.Lock()
         self._memory = _Memory(memory_bytes)
         self._degraded_reason: str | None = None
@@ -422,7 +502,19 @@ class Store:
             )
 
     def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._reads.flush()
+        self._reads.close()
         self._cache.close()
+
+    def flush_recency(self) -> int:
+        """Write back which entries were read since the last call (LRU eviction order);
+        the cache layer calls it every few seconds, in a thread."""
+        try:
+            return self._reads.flush()
+        except sqlite3.Error as e:
+            log.warning("cache recency write-back failed: %s", e)
+            return 0
 
     def __enter__(self) -> Store:
         return self
@@ -509,11 +601,14 @@ class Store:
     # --- metadata ------------------------------------------------------------------------
 
     def _load_meta(self, key: str) -> list[CacheEntry]:
+        mkey = _meta_key(key)
         try:
-            raw = self._cache.get(_meta_key(key), default=None)
+            raw = self._reads.get(mkey)
+            if isinstance(raw, str):
+                raise StoreError("metadata stored as a file")
         except StoreError as e:
             log.warning("dropping refused cache metadata for %s: %s", key, e)
-            self._cache.delete(_meta_key(key))
+            self._cache.delete(mkey)
             return []
         if raw is None:
             return []
@@ -525,8 +620,9 @@ class Store:
         except (ValueError, TypeError, KeyError) as e:
             log.warning("dropping unreadable cache metadata for %s: %s", key, e)
             with contextlib.suppress(sqlite3.Error):
-                self._cache.delete(_meta_key(key))
+                self._cache.delete(mkey)
             return []
+        self._reads.touch([mkey, *(_body_key(e) for e in entries)])
         return entries
 
     def _save_meta(self, key: str, entries: list[CacheEntry]) -> None:
@@ -623,7 +719,10 @@ class Store:
         failed, or when the body is missing or refused (then the entry is evicted)."""
         value: bytes | IO[bytes] | None
         try:
-            value = self._cache.get(bkey, default=None, read=True)
+            stored = self._reads.get(bkey)
+            value = open(stored, "rb") if isinstance(stored, str) else stored
+        except FileNotFoundError:
+            value = None  # evicted between the lookup and the open
         except StoreError:
             value = None  # a refused (non-bytes) row: as bad as a damaged one
         except (sqlite3.Error, OSError) as e:

@@ -196,6 +196,8 @@ async def test_a_corrupt_cache_database_is_set_aside_and_the_node_starts_empty(
                 assert await r.read() == b"cached body"
         db = cache_dir / "cache.db"
         db.write_bytes(bytes(100) + db.read_bytes()[100:])
+        for wal in ("cache.db-wal", "cache.db-shm"):  # pages there would mend the header
+            (cache_dir / wal).unlink(missing_ok=True)
         async with edge_process(*args, stderr=log) as edge, aiohttp.ClientSession() as s:
             for expected in ("miss", "hit"):
                 async with s.get(edge.url() + "/c", headers=HOST) as r:

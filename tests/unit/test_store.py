@@ -521,3 +521,45 @@ def test_several_variants_are_not_a_single_peek(tmp_path: Path) -> None:
         assert a is not None and b is not None and a.variant != b.variant
         assert s.peek_variants(a.key) == (a, b)
         assert s.peek_single(a.key) is None
+
+
+def test_diskcache_schema_the_read_path_relies_on(tmp_path: Path) -> None:
+    # edge.store._Reads selects from and stamps diskcache's table directly; a diskcache
+    # release that changes it must fail here, not in production.
+    with Store(tmp_path) as s:
+        s.put(entry(), b"x" * 10)
+    db = sqlite3.connect(tmp_path / "cache.db")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(Cache)")}
+        policy = db.execute("SELECT value FROM Settings WHERE key = 'eviction_policy'").fetchone()
+    finally:
+        db.close()
+    assert {"key", "raw", "mode", "filename", "value", "access_time"} <= columns
+    assert policy == ("least-recently-used",)
+    assert (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY) == (1, 2)
+
+
+def test_reads_take_no_write_transaction_and_recency_is_written_back(tmp_path: Path) -> None:
+    # A read used to be a write transaction (diskcache stamps the access time on every
+    # get under least-recently-used). Reads now leave the database alone; the stamps are
+    # written in one batch, and eviction still spares what was read.
+    big = 40_000  # stored as files, like real bodies
+    # diskcache culls 16 rows (8 entries) at a time: 40 entries, room for a few more.
+    with Store(tmp_path, size_limit=44 * big, memory_bytes=0) as s:
+        stored = [s.put(entry(f"/{i}"), bytes([i % 256]) * big) for i in range(40)]
+        assert all(e is not None and s.variants(e.key) for e in stored)
+        assert s.flush_recency() == 80  # every entry was read just now
+        s._forget(stored[0].key)  # type: ignore[union-attr]  # read it from disk again
+        before = os.stat(tmp_path / "cache.db-wal").st_mtime_ns
+        first = s.variants(stored[0].key)[0]  # type: ignore[union-attr]
+        assert s.get_body(first) == bytes([0]) * big
+        assert os.stat(tmp_path / "cache.db-wal").st_mtime_ns == before
+        assert s.flush_recency() == 2  # its metadata and its body, nothing else
+        assert s.flush_recency() == 0
+        for i in range(40, 60):  # past size_limit: diskcache culls the least recently used
+            s.put(entry(f"/{i}"), bytes([i]) * big)
+            if not s._reads.get(f"m:{stored[1].key}"):  # type: ignore[union-attr]
+                break
+        else:
+            raise AssertionError("nothing was evicted")
+        assert s.variants(stored[0].key), "the entry read was evicted"  # type: ignore[union-attr]
