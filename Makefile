@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the test suite drives as real clients / peers.
-APT_TEST_PACKAGES := bind9-dnsutils curl openssl
+# Debian packages the test suite drives as real clients / peers (chromium and its driver:
+# the gslb status page test, tests/integration/test_gslb_status_page.py).
+APT_TEST_PACKAGES := bind9-dnsutils curl openssl chromium chromium-driver
 
 .PHONY: run run-edge test lint typecheck unit integration apt-test clean
 

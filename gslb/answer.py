@@ -66,7 +66,7 @@ from dnslib import A as RD_A
 from geo.location import Location, Locator
 from gslb.config import GslbConfig
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
-from gslb.ecs import CAP_IPV4, CAP_IPV6, FAMILY_IPV4, ClientSubnet
+from gslb.ecs import ClientSubnet, answer_scope, decision_address
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Edge, HealthView, Policy, Selection
 from gslb.respcache import FifoCache
@@ -366,13 +366,7 @@ class Responder:
         return out
 
     def _locate(self, ecs: ClientSubnet | None, client: IPAddress) -> Location | None:
-        if ecs is not None and ecs.source:
-            address: IPAddress = ecs.lookup_address()
-        elif isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
-            address = client.ipv4_mapped
-        else:
-            address = client
-        return self._locator.locate(address)
+        return self._locator.locate(decision_address(ecs, client))
 
     @staticmethod
     def _patch(cached: bytes, wire: bytes, q: Query) -> bytes:
@@ -426,14 +420,7 @@ class Responder:
         pa = plan.pool
         selection: Selection = select(pa.pool, where, self._health)
         edges = selection.edges or pa.pool.edges
-        ecs = q.ecs
-        scope = 0
-        if ecs is not None and ecs.source and selection.tailored and where is not None:
-            # The decision saw at most the capped prefix of the subnet: a longer GeoIP
-            # network would tell resolvers the answer was made for a part of the /24 (/56)
-            # that the address we looked up may not even lie in.
-            cap = CAP_IPV4 if ecs.family == FAMILY_IPV4 else CAP_IPV6
-            scope = min(where.network.prefixlen, cap)
+        scope = answer_scope(q.ecs, where, selection.tailored)
         names = tuple([e.name for e in edges])
         rkey = (key, names, scope)
         reply = self._rendered.get(rkey)

@@ -1,7 +1,15 @@
-"""The GSLB HTTP API (aiohttp, its own port): health check, metrics, edge state.
+"""The GSLB HTTP API (aiohttp, its own port): health check, metrics, edge state, status page.
 
+    GET  /                             the status page (gslb.statuspage): map, edges, pools,
+                                       catchment, recent state changes; polls the reads below
     GET  /healthz                      {"status": "ok", ...}
     GET  /metrics                      Prometheus text format
+    GET  /v1/topology                  edges, pools, this node, recent transitions (gslb.topology)
+    GET  /v1/explain?name=N&client=C[&type=A|AAAA]
+                                       which edges the answer names for that client, and why
+                                       (gslb.explain, through the real selection code)
+    GET  /v1/catchment?pool=P[&step=D][&type=A|AAAA]
+                                       the edge a client at each grid cell's centre gets
     GET  /v1/edges                     {"version": n, "edges": {name: state}}
     GET  /v1/edges/{name}              one edge's state
     POST|PUT /v1/edges/{name}          JSON {"up": bool, "load": 0..1, "drained": bool}, any subset
@@ -11,34 +19,59 @@
     POST /v1/edges/{name}/undrain      answer with it again
 
 With `api.token_file` configured, the requests that change state (POST, PUT) need
-`Authorization: Bearer TOKEN` (401 otherwise); reads stay open.
+`Authorization: Bearer TOKEN` (401 otherwise); reads stay open, the status page and the
+endpoints it polls included: the page changes nothing, so it never needs the token (and a
+browser page holding a token would be one more place to leak it).
 
 The app only talks to a `HealthStore` (the authoritative one: in the parent process when there
 are several workers, which pushes every change to them) and to a callable returning merged
 query counters (see gslb.metrics). With edge probes (gslb.poller) it also gets `probes`, whose
 `probed()` adds a "probe" object to each probed edge's state and whose `export()` feeds the
 probe counters in /metrics.
+
+The topology, explain and catchment reads need the config: `config()` gives the current one
+(by default the one the probes were last given: the poller is reconfigured with every config
+the process adopts, so it is always the config the DNS side answers with). For explanations
+the API opens the config's GeoIP database itself, once per config (and reopens it when the
+file changes, as the DNS side does), and resolves names with the config's zones.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from geo.errors import GeoError
+from geo.locator import GeoIPLocator
+from gslb.config import GslbConfig
+from gslb.errors import ExplainError
+from gslb.explain import catchment, explain_answer, target
 from gslb.health import HealthError, HealthStore, UnknownEdgeError
 from gslb.metrics import make_registry
+from gslb.models import Clock
+from gslb.server import format_addr
+from gslb.service import make_locator
+from gslb.statuspage import page
+from gslb.topology import edge_facts, topology
+from gslb.zone import Zones, name_to_text
+
+log = logging.getLogger("gslb.api")
 
 __all__ = ["HEALTH", "make_app", "start_api"]
 
 HEALTH = web.AppKey("health", HealthStore)
 _INFO = web.AppKey("info", dict)
 _REGISTRY = web.AppKey("registry", object)
+_CATCHMENTS_MAX: Final = 64  # catchment grids kept (per pool, type and step)
 
 _FIELDS = {"up": bool, "drained": bool, "load": float}
 
@@ -46,9 +79,63 @@ _FIELDS = {"up": bool, "drained": bool, "load": float}
 class ProbeSource(Protocol):
     """What the API reads from gslb.poller.EdgePoller."""
 
+    config: GslbConfig  # the config the process answers with (see the module docstring)
+
     def probed(self) -> Mapping[str, Mapping[str, Any]]: ...
 
     def export(self) -> Mapping[str, Any]: ...
+
+
+class _Lookups:
+    """Per config: its zones, a GeoIP locator of the API's own (opened on first use) and
+    the catchment grids drawn under it."""
+
+    def __init__(self, config: Callable[[], GslbConfig | None], clock: Clock) -> None:
+        self.current = config
+        self.clock = clock
+        self.started = clock()
+        self._config: GslbConfig | None = None
+        self._zones: Zones | None = None
+        self._locator: GeoIPLocator | None = None
+        # (pool, type, step) -> (pool generation, grid)
+        self.catchments: dict[tuple[str, str, int], tuple[int, dict[str, Any]]] = {}
+
+    def config(self) -> GslbConfig:
+        config = self.current()
+        if config is None:
+            raise ExplainError("the API has no configuration to read (no probe source)", 503)
+        if config is not self._config:
+            self.close()
+            self._config = config
+            self._zones = Zones(config.zones)
+        return config
+
+    def zones(self) -> Zones:
+        self.config()
+        assert self._zones is not None
+        return self._zones
+
+    def locator(self) -> GeoIPLocator:
+        config = self.config()
+        try:
+            if self._locator is None:
+                self._locator = make_locator(config)
+            else:
+                self._locator.maybe_reload()
+        except GeoError as exc:
+            if self._locator is None:
+                raise ExplainError(f"cannot open the GeoIP database: {exc}", 503) from exc
+            log.error("%s", exc)  # keep the open database, as the DNS side does
+        return self._locator
+
+    def close(self) -> None:
+        if self._locator is not None:
+            self._locator.close()
+        self._config = self._zones = self._locator = None
+        self.catchments.clear()
+
+
+_LOOKUPS = web.AppKey("lookups", _Lookups)
 
 
 def make_app(
@@ -59,10 +146,16 @@ def make_app(
     synced: Callable[[], Awaitable[object]] | None = None,
     probes: ProbeSource | None = None,
     token: Callable[[], str | None] = lambda: None,
+    config: Callable[[], GslbConfig | None] | None = None,
+    clock: Clock = time.time,
 ) -> web.Application:
     """`synced`, when given, is awaited after every change before the reply, so a client that
     got its 200 can rely on every worker answering with the new state. `token` gives the
-    current bearer token for changes (None: no token needed); a reload may change it."""
+    current bearer token for changes (None: no token needed); a reload may change it.
+    `config` gives the current config (default: `probes.config`; None: the reads that need
+    it answer 503)."""
+    if config is None:
+        config = (lambda: probes.config) if probes is not None else (lambda: None)
 
     @web.middleware
     async def authorize(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -76,12 +169,21 @@ def make_app(
 
     app = web.Application(client_max_size=64 * 1024, middlewares=[authorize])
     app[HEALTH] = health
-    app[_INFO] = {"info": info, "synced": synced, "probes": probes}
+    app[_INFO] = {"info": info, "synced": synced, "probes": probes, "token": token}
     app[_REGISTRY] = make_registry(
-        metrics, health.snapshot, probes.export if probes is not None else None
+        metrics,
+        health.snapshot,
+        probes.export if probes is not None else None,
+        health.transitions.counts,
     )
+    app[_LOOKUPS] = _Lookups(config, clock)
+    app.on_cleanup.append(_close_lookups)
+    app.router.add_get("/", _status_page)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/topology", _topology)
+    app.router.add_get("/v1/explain", _explain)
+    app.router.add_get("/v1/catchment", _catchment)
     app.router.add_get("/v1/edges", _edges)
     app.router.add_get("/v1/edges/{name}", _edge)
     app.router.add_post("/v1/edges/{name}", _set_edge)
@@ -124,8 +226,24 @@ def _probed(app: web.Application) -> Mapping[str, Mapping[str, Any]]:
     return probes.probed() if probes is not None else {}
 
 
+def _facts(app: web.Application) -> dict[str, dict[str, Any]]:
+    """Per configured edge: addresses, place and pools (nothing when no config is known)."""
+    config = app[_LOOKUPS].current()
+    if config is None:
+        return {}
+    keys = ("ipv4", "ipv6", "latitude", "longitude", "pools")
+    out = {}
+    for edge in config.edges:
+        facts = edge_facts(edge, config)
+        out[edge.name] = {k: facts[k] for k in keys}
+    return out
+
+
 async def _edges(request: web.Request) -> web.Response:
     snap = request.app[HEALTH].snapshot()
+    facts = _facts(request.app)
+    for name, state in snap["edges"].items():
+        state.update(facts.get(name, {}))
     for name, probe in _probed(request.app).items():
         if name in snap["edges"]:
             snap["edges"][name]["probe"] = dict(probe)
@@ -135,10 +253,128 @@ async def _edges(request: web.Request) -> web.Response:
 def _edge_body(app: web.Application, name: str) -> dict[str, Any]:
     snap = app[HEALTH].snapshot()
     body = {"name": name, "version": snap["version"], **snap["edges"][name]}
+    body.update(_facts(app).get(name, {}))
     probe = _probed(app).get(name)
     if probe is not None:
         body["probe"] = dict(probe)
     return body
+
+
+# -- status page, topology, explanations ---------------------------------------------------
+
+
+async def _close_lookups(app: web.Application) -> None:
+    app[_LOOKUPS].close()
+
+
+async def _status_page(request: web.Request) -> web.Response:
+    body, csp = page()
+    return web.Response(
+        body=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": csp,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-cache",
+        },
+    )
+
+
+def _node(app: web.Application, config: GslbConfig) -> dict[str, Any]:
+    """This DNS node: where it runs, what it serves, how it probes."""
+    lookups = app[_LOOKUPS]
+    h = config.health
+    node: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "config": config.source,
+        "started": lookups.started,
+        "dns_listen": [format_addr(host, port) for host, port in config.server.listen],
+        "api_listen": format_addr(*config.api.listen),
+        "workers": 1,  # one process serves everything, unless `info` says otherwise
+        "zones": [name_to_text(z.origin) for z in config.zones],
+        "geo_database": str(config.geo.database or "bundled GeoLite2 City snapshot"),
+        "probes": {"interval": h.interval, "timeout": h.timeout, "rise": h.rise, "fall": h.fall},
+        "token_required_for_changes": app[_INFO]["token"]() is not None,
+    }
+    info = app[_INFO]["info"]
+    if info is not None:  # a parent of workers: their pids, readiness, query counts
+        extra = dict(info())
+        node["worker_processes"] = extra.pop("workers", [])
+        node["workers"] = len(node["worker_processes"])
+        node.update(extra)
+    return node
+
+
+def _explain_error(exc: ExplainError) -> web.Response:
+    return _error(exc.status, str(exc))
+
+
+async def _topology(request: web.Request) -> web.Response:
+    app = request.app
+    lookups = app[_LOOKUPS]
+    try:
+        config = lookups.config()
+    except ExplainError as exc:
+        return _explain_error(exc)
+    doc = topology(config, app[HEALTH], _probed(app), _node(app, config), lookups.clock())
+    return web.json_response(doc)
+
+
+async def _explain(request: web.Request) -> web.Response:
+    q = request.query
+    if not q.get("name") or not q.get("client"):
+        return _error(
+            400,
+            "name and client are required, e.g. ?name=www.example.test"
+            "&client=192.0.2.1 (optional: &type=AAAA)",
+        )
+    lookups = request.app[_LOOKUPS]
+    try:
+        doc = explain_answer(
+            lookups.zones(),
+            lookups.locator(),
+            request.app[HEALTH],
+            q["name"],
+            q["client"],
+            q.get("type", "A"),
+        )
+    except ExplainError as exc:
+        return _explain_error(exc)
+    return web.json_response(doc)
+
+
+async def _catchment(request: web.Request) -> web.Response:
+    q = request.query
+    if not q.get("pool"):
+        return _error(
+            400,
+            "pool is required, e.g. ?pool=www.example.test. (optional: "
+            "&step=5 degrees, &type=AAAA)",
+        )
+    health = request.app[HEALTH]
+    lookups = request.app[_LOOKUPS]
+    try:
+        step = int(q.get("step", "5"))
+    except ValueError:
+        return _error(400, f"step must be a whole number of degrees, not {q['step']!r}")
+    try:
+        t = target(lookups.zones(), q["pool"], q.get("type", "A"))
+        pool = t.answer.pool
+        key = (pool.name, t.rtype, step)
+        generation = health.generations[health.slot(pool.name)]
+        held = lookups.catchments.get(key)
+        if held is not None and held[0] == generation:
+            return web.json_response(held[1])
+        doc = catchment(pool, health, step)
+    except ExplainError as exc:
+        return _explain_error(exc)
+    if len(lookups.catchments) >= _CATCHMENTS_MAX:
+        lookups.catchments.clear()
+    lookups.catchments[key] = (generation, doc)
+    return web.json_response(doc)
 
 
 async def _edge(request: web.Request) -> web.Response:
@@ -187,6 +423,7 @@ async def _set_edge(request: web.Request) -> web.Response:
             up=body.get("up"),
             drained=body.get("drained"),
             load=float(load) if load is not None else None,
+            source=_source(request),
         )
     except UnknownEdgeError as exc:
         return _error(404, str(exc))
@@ -200,11 +437,16 @@ async def _drain_to(request: web.Request, drained: bool) -> web.Response:
     health = request.app[HEALTH]
     name = request.match_info["name"]
     try:
-        health.set_drained(name, drained)
+        health.update(name, drained=drained, source=_source(request))
     except UnknownEdgeError as exc:
         return _error(404, str(exc))
     await _synced(request)
     return web.json_response(_edge_body(request.app, name))
+
+
+def _source(request: web.Request) -> str:
+    """Where a change came from, for the transitions it causes."""
+    return f"API {request.method} {request.path} from {request.remote}"
 
 
 async def _synced(request: web.Request) -> None:

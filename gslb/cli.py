@@ -8,6 +8,11 @@
                                        mode 0600); refuses to overwrite FILE
     gslb ds -c FILE                    print the DNSKEY and DS records of every signed zone
                                        (the DS goes to the registrar)
+    gslb explain NAME CLIENT [-t A|AAAA] [-c FILE | --api URL] [--json]
+                                       which edges the pool answer for NAME names for CLIENT
+                                       (an address or subnet) and why: live state from a
+                                       running server's API (default http://127.0.0.1:8053),
+                                       or offline from a config (every edge up, no load)
 
 Signals while serving: SIGHUP reloads the config atomically (a bad one is logged and the old
 one kept); SIGTERM and SIGINT stop gracefully. See gslb.workers for --workers N.
@@ -16,10 +21,15 @@ one kept); SIGTERM and SIGINT stop gracefully. See gslb.workers for --workers N.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from geo.errors import GeoError
 from gslb.config import LOG_LEVELS, GslbConfig, load_config
@@ -65,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("file", type=Path)
     ds = sub.add_parser("ds", help="print each signed zone's DNSKEY and DS records")
     ds.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
+    explain = sub.add_parser("explain", help="explain which edges a pool answer names, and why")
+    explain.add_argument("name", help="a name a pool answers, e.g. www.example.test")
+    explain.add_argument("client", help="the client: an address or subnet, e.g. 192.0.2.1")
+    explain.add_argument("-t", "--type", type=str.upper, choices=("A", "AAAA"), default="A")
+    where = explain.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", type=Path, help="offline: every edge up, no load")
+    where.add_argument(
+        "--api", default="http://127.0.0.1:8053", help="a running gslb's HTTP API (live state)"
+    )
+    explain.add_argument("--json", action="store_true", help="print the API's JSON document")
     return parser
 
 
@@ -135,6 +155,63 @@ def print_ds(path: Path) -> int:
     return 0
 
 
+def explain(args: argparse.Namespace) -> int:
+    """Print the /v1/explain document of a running server, or one made from a config."""
+    from gslb.explain import explain_answer, render
+
+    note = ""
+    if args.config is not None:
+        from gslb.health import HealthStore
+        from gslb.service import make_locator
+        from gslb.zone import Zones
+
+        config = _load(args.config)
+        if config is None:
+            return 1
+        health = HealthStore(config.pools, [e.name for e in config.edges])
+        try:
+            locator = make_locator(config)
+        except GeoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            doc = explain_answer(
+                Zones(config.zones), locator, health, args.name, args.client, args.type
+            )
+        except GslbError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            locator.close()
+        note = "(offline: every edge up, not drained, no load; --api URL shows the live state)"
+    else:
+        query = urllib.parse.urlencode(
+            {"name": args.name, "client": args.client, "type": args.type}
+        )
+        url = f"{args.api.rstrip('/')}/v1/explain?{query}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                doc = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            print(f"error: {_api_error(exc)}", file=sys.stderr)
+            return 1
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"error: {url}: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    if note and not args.json:
+        print(note)
+    return 0
+
+
+def _api_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        body: Any = json.load(exc)
+        return str(body["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"HTTP {exc.code} from {exc.url}"
+
+
 def _print_example_help(config: GslbConfig) -> None:
     host, port = config.server.listen[0]
     lines = ["", "GeoEdge GSLB is serving the example zone example.test. Try:"]
@@ -185,4 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dnssec_keygen(args.file)
     if args.command == "ds":
         return print_ds(args.config)
+    if args.command == "explain":
+        return explain(args)
     return serve(args)

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from geo.location import IPAddress, Location
 from gslb.errors import FormError
 
 OPTION_CODE: Final = 8
@@ -92,3 +93,34 @@ class ClientSubnet:
         """The full option (code, length, data) echoing this subnet with `scope`."""
         data = bytes((self.family >> 8, self.family & 0xFF, self.source, scope)) + self.address
         return OPTION_CODE.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def decision_address(ecs: ClientSubnet | None, client: IPAddress) -> IPAddress:
+    """The address whose location decides a pool answer: the ECS subnet (capped) when the
+    query has one with a non-zero source prefix, else the client's own address (an
+    IPv4-mapped IPv6 address as its IPv4 address)."""
+    if ecs is not None and ecs.source:
+        return ecs.lookup_address()
+    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+        return client.ipv4_mapped
+    return client
+
+
+def answer_scope(ecs: ClientSubnet | None, where: Location | None, tailored: bool) -> int:
+    """The SCOPE PREFIX-LENGTH of a pool answer: the prefix of the GeoIP network that
+    decided it, capped at /24 (/56), for an answer tailored to an ECS subnet; else 0.
+
+    The decision saw at most the capped prefix of the subnet: a longer GeoIP network would
+    tell resolvers the answer was made for a part of the /24 (/56) that the address we
+    looked up may not even lie in."""
+    if ecs is None or not ecs.source or not tailored or where is None:
+        return 0
+    cap = CAP_IPV4 if ecs.family == FAMILY_IPV4 else CAP_IPV6
+    return min(where.network.prefixlen, cap)
+
+
+def subnet_of(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ClientSubnet:
+    """The ECS option a resolver would send for `network` (as a query carries it)."""
+    family = FAMILY_IPV4 if network.version == 4 else FAMILY_IPV6
+    octets = network.network_address.packed[: (network.prefixlen + 7) // 8]
+    return ClientSubnet(family, network.prefixlen, 0, octets)

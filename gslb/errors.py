@@ -3,9 +3,11 @@
 GslbError
 ├── ConfigError       a configuration file (or a zone file it names) is invalid
 │   └── ZoneError     zone data is inconsistent (raised while building a zone)
-└── ProtocolError     a DNS message cannot be answered normally (wire.py)
-    ├── ShortHeader   not even a query header: the message is dropped without a reply
-    └── FormError     malformed query: answered with FORMERR
+├── ProtocolError     a DNS message cannot be answered normally (wire.py)
+│   ├── ShortHeader   not even a query header: the message is dropped without a reply
+│   └── FormError     malformed query: answered with FORMERR
+└── ExplainError      an answer cannot be explained as asked (explain.py): a bad name,
+                      type, client or pool; `status` is the HTTP status the API answers
 """
 
 from __future__ import annotations
@@ -52,3 +54,12 @@ class FormError(ProtocolError):
         self.question_end = question_end
         self.edns = edns
         self.do = do
+
+
+class ExplainError(GslbError):
+    """A request to explain an answer (or draw a catchment) that cannot be served: 400 for
+    bad input, 404 for a name that is no pool's."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

@@ -39,17 +39,29 @@ drops the cached answers of the edge's pools in every worker, so wobble must not
 A config reload calls `reconfigure(pools, edges)`: state is kept for edges still present,
 new edges start up, the overload flags are re-evaluated against the new thresholds, and
 every pool's generation moves.
+
+Transitions (gslb.transitions): the authoritative store records, logs and counts every edge
+going down or up, drained or undrained, overloaded in a pool or recovered there, with the
+time (from the injected clock) and a reason: `update(..., source=)` and `update_many(...,
+why=, source=)` say where a change came from (an API request, a probe's verdict), and
+overload reasons name the load and the pool's thresholds. A replica (a store that has
+applied a snapshot) records nothing: the parent already did.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from gslb.errors import GslbError
-from gslb.models import EdgeState, Pool
+from gslb.models import Clock, EdgeState, Pool
+from gslb.transitions import HISTORY, Kind, Transition, TransitionLog
+
+log = logging.getLogger("gslb.health")
 
 __all__ = ["PROBE_LOAD_STEP", "HealthError", "HealthStore", "UnknownEdgeError"]
 
@@ -80,7 +92,17 @@ Listener = Callable[["HealthStore"], None]
 class HealthStore:
     """Live state of every configured edge; implements gslb.models.HealthView."""
 
-    def __init__(self, pools: Iterable[Pool] = (), edges: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        pools: Iterable[Pool] = (),
+        edges: Iterable[str] = (),
+        *,
+        clock: Clock = time.time,
+        history: int = HISTORY,
+    ) -> None:
+        self._clock = clock
+        self._replica = False  # set by apply(): a replica records no transitions
+        self.transitions = TransitionLog(history)
         self._version = 0
         self._states: dict[str, EdgeState] = {}
         self._pools: dict[str, _Thresholds] = {}
@@ -135,10 +157,17 @@ class HealthStore:
         """Call `listener(store)` after every change (the parent pushes snapshots with it)."""
         self._listeners.append(listener)
 
-    def update_many(self, updates: Mapping[str, tuple[bool | None, float | None]]) -> bool:
+    def update_many(
+        self,
+        updates: Mapping[str, tuple[bool | None, float | None]],
+        *,
+        why: Mapping[str, str] | None = None,
+        source: str = "",
+    ) -> bool:
         """Set (up, load) for several edges at once (None leaves that field alone); `drained`
         is never touched. Bumps `version` once when any value changed; returns whether one did.
-        Unknown edges raise UnknownEdgeError and nothing is applied."""
+        Unknown edges raise UnknownEdgeError and nothing is applied. `why[edge]` is the
+        reason recorded when that edge goes up or down, `source` where the change came from."""
         checked: dict[str, tuple[bool | None, float | None]] = {}
         for edge, (up, load) in updates.items():
             if edge not in self._states:
@@ -156,6 +185,7 @@ class HealthStore:
                 self._states[edge] = new
                 changed = True
                 moved.update(self._moved(edge, before))
+                self._note(edge, st, before, (why or {}).get(edge, ""), source)
         if changed:
             self._changed(moved)
         return changed
@@ -167,8 +197,10 @@ class HealthStore:
         up: bool | None = None,
         drained: bool | None = None,
         load: float | None = None,
+        source: str = "",
     ) -> EdgeState:
-        """Set any of up / drained / load for `edge`; returns its new (any-pool) state."""
+        """Set any of up / drained / load for `edge`; returns its new (any-pool) state.
+        `source` (e.g. "API request from 127.0.0.1") is the reason recorded for transitions."""
         st = self._states.get(edge)
         if st is None:
             raise UnknownEdgeError(f"unknown edge {edge!r}")
@@ -183,6 +215,7 @@ class HealthStore:
         if load is not None:
             new = self._with_load(edge, new, load)
         self._states[edge] = new
+        self._note(edge, st, before, "", source)
         self._changed(self._moved(edge, before))
         return new
 
@@ -203,7 +236,12 @@ class HealthStore:
 
     def reconfigure(self, pools: Iterable[Pool], edges: Iterable[str] = ()) -> None:
         """Adopt a reloaded config, keeping the state of edges still present."""
+        flags = dict(self._overloaded)
         self._configure(list(pools), list(edges), keep=True)
+        for (pool, edge), flag in self._overloaded.items():
+            if flag != flags.get((pool, edge), False):
+                self._note_load(edge, pool, flag, "config reload")
+        self.transitions.forget(set(self._states))
         self._changed(range(1, len(self._generations)))
 
     # -- replication ---------------------------------------------------------------------------
@@ -239,6 +277,7 @@ class HealthStore:
                 parsed[str(name)] = (st, [str(p) for p in raw.get("overloaded_in", [])])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise HealthError(f"bad health snapshot: {exc}") from exc
+        self._replica = True
         moved: set[int] = set()
         for name, (st, hot_pools) in parsed.items():
             if name not in self._states:
@@ -307,6 +346,60 @@ class HealthStore:
         after = self._views(edge)
         pools = self._members.get(edge, ())
         return [self._slots[p] for p, b, a in zip(pools, before, after, strict=True) if b != a]
+
+    def _note(
+        self,
+        edge: str,
+        old: EdgeState,
+        before: list[tuple[bool, bool, float, bool]],
+        why: str,
+        source: str,
+    ) -> None:
+        """Record the transitions of `edge` from `old` (and its pools' views `before`) to
+        its current state."""
+        if self._replica:
+            return
+        new = self._states[edge]
+        if old.up != new.up:
+            self._record(
+                Transition(
+                    self._clock(),
+                    edge,
+                    Kind.UP if new.up else Kind.DOWN,
+                    why or source or "state set",
+                )
+            )
+        if old.drained != new.drained:
+            kind = Kind.DRAINED if new.drained else Kind.UNDRAINED
+            self._record(Transition(self._clock(), edge, kind, source or "state set"))
+        pools = self._members.get(edge, ())
+        for pool, b, a in zip(pools, before, self._views(edge), strict=True):
+            if b[3] != a[3]:
+                self._note_load(edge, pool, a[3], source)
+
+    def _note_load(self, edge: str, pool: str, flag: bool, source: str) -> None:
+        if self._replica:
+            return
+        t = self._pools[pool]
+        load = self._states[edge].load
+        if flag:
+            reason = f"load {load:.2f} >= load_threshold {t.threshold:g}"
+        else:
+            reason = (
+                f"load {load:.2f} < {t.threshold - t.hysteresis:g} "
+                f"(load_threshold {t.threshold:g} - hysteresis {t.hysteresis:g})"
+            )
+        if source:
+            reason += f" ({source})"
+        kind = Kind.OVERLOADED if flag else Kind.RECOVERED
+        self._record(Transition(self._clock(), edge, kind, reason, pool))
+
+    def _record(self, t: Transition) -> None:
+        self.transitions.add(t)
+        level = logging.INFO if t.kind in (Kind.DRAINED, Kind.UNDRAINED) else logging.WARNING
+        what = "recovered" if t.kind is Kind.RECOVERED else f"is {t.kind.value}"
+        where = f" in pool {t.pool}" if t.pool else ""
+        log.log(level, "edge %s %s%s: %s", t.edge, what, where, t.reason)
 
     def _changed(self, moved: Iterable[int]) -> None:
         self._version += 1

@@ -29,6 +29,7 @@ __all__ = [
     "MetricsCollector",
     "ProbeCollector",
     "QueryMetrics",
+    "TransitionCollector",
     "make_registry",
     "merge_exports",
 ]
@@ -298,14 +299,35 @@ class ProbeCollector(Collector):
         yield probes
 
 
+class TransitionCollector(Collector):
+    """Edge state transitions by kind, from gslb.transitions.TransitionLog.counts()."""
+
+    def __init__(self, source: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        transitions = CounterMetricFamily(
+            "gslb_edge_transitions",
+            "Edge state transitions by kind (down, up, drained, undrained, overloaded in a "
+            "pool, recovered)",
+            labels=["edge", "kind"],
+        )
+        for (edge, kind), n in sorted(self._source().items()):
+            transitions.add_metric([str(edge), str(kind)], float(n))
+        yield transitions
+
+
 def make_registry(
     metrics: Callable[[], Mapping[str, Any]],
     health: Callable[[], Mapping[str, Any]],
     probes: Callable[[], Mapping[str, Any]] | None = None,
+    transitions: Callable[[], Mapping[tuple[str, str], int]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(metrics))
     registry.register(HealthCollector(health))
     if probes is not None:
         registry.register(ProbeCollector(probes))
+    if transitions is not None:
+        registry.register(TransitionCollector(transitions))
     return registry

@@ -67,6 +67,10 @@ class EdgePoller:
 
     def __init__(self, health: HealthStore, config: GslbConfig) -> None:
         self.health = health
+        # The config this poller was last given: every config the process adopts reaches
+        # it (start and reconfigure), so the HTTP API reads pools, edges and GeoIP settings
+        # here (gslb.api).
+        self.config = config
         self.settings: HealthConfig = config.health
         self._edges: dict[str, _EdgeProbe] = {}
         self._scheduler: AsyncIOScheduler | None = None
@@ -113,6 +117,7 @@ class EdgePoller:
 
     def reconfigure(self, config: GslbConfig) -> None:
         """Adopt a reloaded config (after the health store was reconfigured)."""
+        self.config = config
         self.settings = config.health
         self._set_targets(probe_targets(config))
         self._schedule()
@@ -228,6 +233,7 @@ class EdgePoller:
     def _apply(self, results: list[tuple[_EdgeProbe, ProbeResult]]) -> None:
         s = self.settings
         updates: dict[str, tuple[bool | None, float | None]] = {}
+        why: dict[str, str] = {}
         for ep, result in results:
             current = self._edges.get(ep.target.edge)
             if current is not ep or ep.target.edge not in self.health:
@@ -238,29 +244,23 @@ class EdgePoller:
             before = ep.tracker.up
             ep.tracker = step(ep.tracker, obs.healthy, s.rise, s.fall)
             ep.last = obs
-            if ep.tracker.up != before:
-                self._log_transition(ep, obs, first=before is None)
+            why[ep.target.edge] = self._verdict(ep, obs, first=before is None)
             if not obs.healthy and obs.reason is not Reason.UNHEALTHY:
                 log.debug("probe %s (%s) failed: %s", ep.target.edge, ep.target.url, obs.detail)
             updates[ep.target.edge] = (ep.tracker.up, obs.load)
         if not updates:
             return
+        # The store logs and records each edge that goes up or down (or overloaded, or
+        # recovered) with these reasons: gslb.health.
         try:
-            self.health.update_many(updates)
+            self.health.update_many(updates, why=why, source="probe")
         except HealthError as exc:  # a bug, not an edge's fault: keep probing
             log.error("applying probe results failed: %s", exc)
 
-    def _log_transition(self, ep: _EdgeProbe, obs: Observation, *, first: bool) -> None:
-        name = ep.target.edge
+    def _verdict(self, ep: _EdgeProbe, obs: Observation, *, first: bool) -> str:
+        """Why the edge is up or down after this probe (the store uses it if the edge's
+        state changed)."""
         if ep.tracker.up:
-            if not first:
-                log.warning("edge %s is up: %d good probe(s)", name, self.settings.rise)
-            return
+            return f"{1 if first else self.settings.rise} good probe(s)"
         count = 1 if first else self.settings.fall
-        log.warning(
-            "edge %s is down: %d failed probe(s), last: %s (%s)",
-            name,
-            count,
-            obs.detail or obs.reason.value,
-            ep.target.url,
-        )
+        return f"{count} failed probe(s), last: {obs.detail or obs.reason.value} ({ep.target.url})"

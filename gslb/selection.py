@@ -35,19 +35,29 @@ lazily filled grid of latitude/longitude cells: each cell keeps only the edges t
 among the `answers` nearest for some point inside it (an edge farther from the cell's centre
 than the k-th nearest plus the cell's diameter never is, by the triangle inequality on the
 sphere), so a miss ranks a handful of edges and the answer is the same as ranking them all.
+
+Explanations: `explain(pool, where, health)` returns the very `Selection` that `select` does
+(it runs the same view and the same per-client choice, memo included) together with an
+`Explanation`, a frozen value saying which step decided (`Step`: nearest, load spill, least
+loaded, unlocated, weighted, failover, all, fallback) and, for every member, its state,
+load, distance from the client, effective weight, weighted score and why it was or was not
+named. The step is what the view recorded while it was built; the per-edge notes only read
+state. The DNS path never builds explanations: the API's /v1/explain and `gslb explain` do.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from geo.distance import distance_km
 from geo.location import Location
 from gslb.models import Edge, EdgeState, HealthView, Policy, Pool, Selection
 
-__all__ = ["select"]
+__all__ = ["Candidate", "Explanation", "Status", "Step", "explain", "select"]
 
 # Effective weights never reach zero, so a fully loaded edge can still be drawn when it is all
 # that serves; its share is negligible next to any edge with headroom.
@@ -67,9 +77,63 @@ _CELL_SLACK = 1e-6
 _Candidate = tuple[float, float, float, float, str, Edge]
 
 
+class Step(enum.StrEnum):
+    """Which rule decided an answer."""
+
+    NEAREST = "nearest"  # the nearest serving edge(s) with headroom
+    SPILL = "load_spill"  # ... where a nearer serving edge is overloaded
+    LEAST_LOADED = "least_loaded"  # every serving member is overloaded
+    UNLOCATED = "unlocated"  # nearest or weighted without a client location: by weight
+    WEIGHTED = "weighted"  # weighted rendezvous hashing of the client network
+    FAILOVER = "failover"  # the first serving members in configured order
+    ALL = "all"  # every serving member
+    FALLBACK = "fallback"  # no member serving: the pool's fallback set
+
+
+class Status(enum.StrEnum):
+    """An edge's state as one pool sees it."""
+
+    UP = "up"
+    DOWN = "down"
+    DRAINED = "drained"
+    OVERLOADED = "overloaded"  # serving, with load over the pool's threshold (hysteresis)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One edge considered for an answer."""
+
+    edge: Edge
+    status: Status
+    load: float
+    distance_km: float | None  # from the client; None when its location is unknown
+    weight: float  # effective weight: weight x (1 - load)
+    rank: int | None  # 1-based position in the answer; None: not named
+    note: str  # why it was or was not named
+    score: float | None = None  # weighted: the rendezvous score (lowest first)
+    member: bool = True  # False: only in the pool's fallback set
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why `selection` is the answer of `pool` for a client at `where`."""
+
+    pool: Pool
+    where: Location | None
+    selection: Selection
+    step: Step
+    reason: str
+    candidates: tuple[Candidate, ...]
+
+
 def select(pool: Pool, where: Location | None, health: HealthView) -> Selection:
     """The edges to answer for `pool` for a client at `where` (None: location unknown)."""
-    view = _view(pool, health)
+    return _choose(_view(pool, health), where)
+
+
+def _choose(view: _View, where: Location | None) -> Selection:
+    """The per-client half of a decision: what `select` and `explain` both run."""
+    pool = view.pool
     if view.fixed is not None:
         return view.fixed
     if where is None:
@@ -98,6 +162,7 @@ class _View:
     generation: int
     fixed: Selection | None = None  # the answer whatever `where` is
     untailored: Selection | None = None  # the answer when `where` is None
+    step: Step = Step.NEAREST  # the rule that decides (nearest: before spill is told apart)
     # nearest: the candidates with their unit vectors; hot: every serving edge is overloaded
     candidates: list[_Candidate] = field(default_factory=list)
     hot: bool = False
@@ -154,15 +219,19 @@ def _build_view(pool: Pool, health: HealthView, slot: int, generation: int) -> _
     count = max(1, pool.answers)
     if not serving:
         view.fixed = Selection(pool.fallback or pool.edges, tailored=False)
+        view.step = Step.FALLBACK
         return view
     policy = pool.policy
     if policy is Policy.FAILOVER:
         view.fixed = Selection(tuple(e for e, _ in serving[:count]), tailored=False)
+        view.step = Step.FAILOVER
         return view
     if policy is Policy.ALL:
         view.fixed = Selection(tuple(e for e, _ in serving), tailored=False)
+        view.step = Step.ALL
         return view
     if policy is Policy.WEIGHTED:
+        view.step = Step.WEIGHTED
         ranked = sorted(serving, key=lambda es: (-_effective_weight(*es), es[0].name))
         view.untailored = Selection(tuple(e for e, _ in ranked[:count]), tailored=False)
         view.weighted = [
@@ -174,6 +243,7 @@ def _build_view(pool: Pool, health: HealthView, slot: int, generation: int) -> _
     pool_ranked = sorted(cool or serving, key=lambda es: (-_effective_weight(*es), es[0].name))
     view.untailored = Selection(tuple(e for e, _ in pool_ranked[:count]), tailored=False)
     view.hot = not cool
+    view.step = Step.LEAST_LOADED if view.hot else Step.NEAREST
     for e, st in cool or serving:
         x, y, z = _unit(e.latitude, e.longitude)
         view.candidates.append((x, y, z, st.load, e.name, e))
@@ -297,18 +367,160 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _weighted(view: _View, where: Location) -> Selection:
+def _seed(where: Location) -> int:
     net = where.network
-    seed = _mix((int(net.network_address) ^ (net.prefixlen << 56) ^ (net.version << 62)) & _MASK64)
-    count = max(1, view.pool.answers)
+    return _mix((int(net.network_address) ^ (net.prefixlen << 56) ^ (net.version << 62)) & _MASK64)
 
+
+def _score(seed: int, item: tuple[int, float, str, Edge]) -> tuple[float, str]:
     # Weighted rendezvous hashing: score = -ln(u) / w with u uniform in (0, 1) from a hash of
     # (network, edge); the lowest score wins, and edge i comes first with probability
     # w_i / sum(w) over client networks.
-    def score(item: tuple[int, float, str, Edge]) -> tuple[float, str]:
-        salt, inv_weight, name, _ = item
-        u = (_mix(seed ^ salt) + 0.5) / 18446744073709551616.0
-        return (-math.log(u) * inv_weight, name)
+    salt, inv_weight, name, _ = item
+    u = (_mix(seed ^ salt) + 0.5) / 18446744073709551616.0
+    return (-math.log(u) * inv_weight, name)
 
-    ranked = heapq.nsmallest(count, view.weighted, key=score)
+
+def _weighted(view: _View, where: Location) -> Selection:
+    seed = _seed(where)
+    count = max(1, view.pool.answers)
+    ranked = heapq.nsmallest(count, view.weighted, key=lambda item: _score(seed, item))
     return Selection(tuple(item[3] for item in ranked), tailored=True)
+
+
+# ----------------------------------------------------------------------------- explanations
+
+
+def explain(pool: Pool, where: Location | None, health: HealthView) -> Explanation:
+    """The answer `select` gives, with why (see the module docstring)."""
+    view = _view(pool, health)
+    selection = _choose(view, where)
+    step = view.step
+    if where is None and view.fixed is None:
+        step = Step.UNLOCATED
+    rank = {e.name: i for i, e in enumerate(selection.edges, 1)}
+    dist = {
+        e.name: distance_km(where.latitude, where.longitude, e.latitude, e.longitude)
+        for e in (*pool.edges, *(pool.fallback or ()))
+        if where is not None
+    }
+    seed = _seed(where) if where is not None and step is Step.WEIGHTED else None
+    scores = {} if seed is None else {item[2]: _score(seed, item)[0] for item in view.weighted}
+    states = {e.name: health.state(e.name, pool.name) for e in pool.edges}
+    status = {name: _status(pool, st) for name, st in states.items()}
+    if step is Step.NEAREST and where is not None:
+        # Spill: a serving edge nearer than the farthest one named was left out for load.
+        farthest = max(dist[e.name] for e in selection.edges)
+        if any(status[e.name] is Status.OVERLOADED and dist[e.name] < farthest for e in pool.edges):
+            step = Step.SPILL
+    candidates = [
+        Candidate(
+            edge=e,
+            status=status[e.name],
+            load=states[e.name].load,
+            distance_km=dist.get(e.name),
+            weight=_effective_weight(e, states[e.name]),
+            rank=rank.get(e.name) if step is not Step.FALLBACK else None,
+            note=_note(step, status[e.name], rank.get(e.name), pool),
+            score=scores.get(e.name),
+        )
+        for e in pool.edges
+    ]
+    if step is Step.FALLBACK:
+        members = {e.name: i for i, e in enumerate(pool.edges)}
+        for e in selection.edges:
+            i = members.get(e.name)
+            if i is not None:
+                c = candidates[i]
+                note = f"named: in the fallback set, although {c.status.value}"
+                candidates[i] = replace(c, rank=rank[e.name], note=note)
+                continue
+            st = health.state(e.name, pool.name)
+            candidates.append(
+                Candidate(
+                    edge=e,
+                    status=_status(pool, st),
+                    load=st.load,
+                    distance_km=dist.get(e.name),
+                    weight=_effective_weight(e, st),
+                    rank=rank[e.name],
+                    note="named: in the pool's fallback set",
+                    member=False,
+                )
+            )
+    reason = _reason(step, pool, where, selection, status)
+    return Explanation(pool, where, selection, step, reason, tuple(candidates))
+
+
+def _status(pool: Pool, st: EdgeState) -> Status:
+    if not st.up:
+        return Status.DOWN
+    if st.drained:
+        return Status.DRAINED
+    if _overloaded(pool, st):
+        return Status.OVERLOADED
+    return Status.UP
+
+
+_LEFT_OUT = {
+    Status.DOWN: "not named: down",
+    Status.DRAINED: "not named: drained",
+}
+
+
+def _note(step: Step, status: Status, rank: int | None, pool: Pool) -> str:
+    if step is Step.FALLBACK:
+        return f"not named: {status.value}, and not in the fallback set"
+    if status in _LEFT_OUT:
+        return _LEFT_OUT[status]
+    spills = pool.policy is Policy.NEAREST and status is Status.OVERLOADED
+    if rank is not None:
+        if spills:
+            return f"answer #{rank}: overloaded, but no serving member has headroom"
+        return f"answer #{rank}"
+    if spills and step is not Step.LEAST_LOADED:
+        return f"not named: overloaded (load_threshold {pool.load_threshold:g})"
+    return {
+        Step.NEAREST: "not named: farther away",
+        Step.SPILL: "not named: farther away",
+        Step.LEAST_LOADED: "not named: more loaded (or farther among equals)",
+        Step.UNLOCATED: "not named: less weight x (1 - load)",
+        Step.WEIGHTED: "not named: higher rendezvous score for this network",
+        Step.FAILOVER: "not named: after the first serving members in configured order",
+    }.get(step, "not named")
+
+
+def _reason(
+    step: Step,
+    pool: Pool,
+    where: Location | None,
+    selection: Selection,
+    status: dict[str, Status],
+) -> str:
+    names = ", ".join(e.name for e in selection.edges)
+    count = max(1, pool.answers)
+    if step is Step.NEAREST:
+        return f"{names}: the nearest serving edge(s) with headroom ({count} per answer)"
+    if step is Step.SPILL:
+        hot = ", ".join(n for n, s in status.items() if s is Status.OVERLOADED)
+        return (
+            f"{names}: nearer edge(s) {hot} are overloaded (load at or over "
+            f"{pool.load_threshold:g}, back below {pool.load_threshold - pool.hysteresis:g}): "
+            "spilled to the next nearest"
+        )
+    if step is Step.LEAST_LOADED:
+        return f"{names}: every serving member is overloaded: least loaded first"
+    if step is Step.UNLOCATED:
+        return f"{names}: the client's location is unknown: highest weight x (1 - load) first"
+    if step is Step.WEIGHTED:
+        net = where.network if where is not None else "?"
+        return (
+            f"{names}: weighted rendezvous hash of the client network {net} "
+            "(weight x (1 - load)); another network may get another edge"
+        )
+    if step is Step.FAILOVER:
+        return f"{names}: the first {count} serving member(s) in configured order"
+    if step is Step.ALL:
+        return f"{names}: every serving member"
+    which = "the listed fallback edges" if pool.fallback else "every member (fallback all)"
+    return f"{names}: no member is serving (down or drained): answering {which}"

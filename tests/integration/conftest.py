@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.gslb_helpers import GslbProcess, write_config
+from tests.integration.status_helpers import LoopThread
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +20,13 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory, geo_db: Path) -> Itera
         yield proc
     finally:
         assert proc.stop() == 0, proc.log_text()
+
+
+@pytest.fixture(scope="module")
+def loop_thread() -> Iterator[LoopThread]:
+    """An event loop on a thread for the fake edges' status servers (status_helpers)."""
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()

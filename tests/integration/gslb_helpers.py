@@ -7,6 +7,7 @@ bound ports in the startup lines ("listening udp 127.0.0.1:53412", "api listenin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +306,46 @@ class GslbProcess:
             return status, json.loads(raw)
         except ValueError:
             return status, raw.decode()
+
+
+@contextlib.contextmanager
+def running(config: Path, *args: str) -> Iterator[GslbProcess]:
+    """`gslb serve -c config *args` for the duration of the block; it must stop cleanly."""
+    proc = GslbProcess(config, *args)
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log_text()
+
+
+@contextlib.contextmanager
+def serving(directory: Path, text: str, *args: str) -> Iterator[GslbProcess]:
+    """`running` a config written from `text` into `directory`/gslb.toml."""
+    path = directory / "gslb.toml"
+    path.write_text(text, encoding="utf-8")
+    with running(path, *args) as proc:
+        yield proc
+
+
+def reset_edges(gslb: GslbProcess, names: Iterable[str]) -> None:
+    """Every named edge up, undrained, with no load (through the API)."""
+    for name in names:
+        status, body = gslb.http(
+            "POST", f"/v1/edges/{name}", {"up": True, "drained": False, "load": 0}
+        )
+        assert status == 200, body
+
+
+def gslb_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gslb ARGS` to completion (at most 60 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gslb", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def dig(*args: str) -> str:

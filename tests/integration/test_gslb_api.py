@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gslb.api import make_app, start_api
+from gslb.config import load_config
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
 from gslb.models import Edge, Pool
+from tests.integration.gslb_helpers import write_config
 
 POOL = Pool("www.example.test.", (Edge("fra", 50.1, 8.7), Edge("iad", 39.0, -77.5)))
 
@@ -163,5 +167,47 @@ async def test_changes_need_the_token_and_reads_do_not() -> None:
             auth = {"Authorization": f"Bearer {tokens[0]}"}
             async with s.post(f"{url}/v1/edges/fra/undrain", headers=auth) as r:
                 assert r.status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_reads_that_need_a_config_say_so_without_one(api: Api) -> None:
+    for path in ("/v1/topology", "/v1/explain?name=www.example.test&client=192.0.2.1"):
+        async with api.session.get(api.url + path) as resp:
+            assert resp.status == 503
+            assert "no configuration" in (await resp.json())["error"]
+
+
+async def test_status_page_and_reads_stay_open_with_a_token(tmp_path: Path, geo_db: Path) -> None:
+    config = load_config(write_config(tmp_path / "gslb.toml", geo_db))
+    health = HealthStore(config.pools, [e.name for e in config.edges])
+    token = "page-token-0123456789"
+    app = make_app(health, QueryMetrics().export, token=lambda: token, config=lambda: config)
+    runner, port = await start_api(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "/") as r:
+                assert r.status == 200 and r.content_type == "text/html"
+                html = await r.text()
+                csp = r.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+            assert "'unsafe-inline'" not in csp and "script-src 'sha256-" in csp
+            # Self-contained: no URL to any other place, the land shapes inline.
+            assert not re.search(r"(src|href)=\"(https?:)?//", html)
+            assert '"polygons":[[[' in html and "Natural Earth" in html
+            for path in (
+                "/v1/topology",
+                "/v1/explain?name=www.example.test&client=192.0.2.1",
+                "/v1/catchment?pool=www.example.test.&step=30",
+            ):
+                async with s.get(url + path) as r:
+                    assert r.status == 200, await r.text()
+            async with s.post(f"{url}/v1/edges/fra/drain") as r:
+                assert r.status == 401
+            async with s.get(url + "/v1/topology") as r:
+                topo = await r.json()
+            assert topo["node"]["token_required_for_changes"] is True
+            assert topo["transitions"] == []
     finally:
         await runner.cleanup()

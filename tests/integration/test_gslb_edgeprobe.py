@@ -9,16 +9,15 @@ wait is a bounded polling loop with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -29,24 +28,19 @@ from tests.integration.gslb_helpers import (
     NEW_YORK,
     ROOT,
     GslbProcess,
+    serving,
+)
+from tests.integration.status_helpers import (
+    HEALTHY,
+    LoopThread,
+    StatusServer,
+    edge_toml,
+    eventually,
+    status_servers,
 )
 
 FRA, IAD, NRT = EDGE_IPS["fra"], EDGE_IPS["iad"], EDGE_IPS["nrt"]
 SYD = "127.0.0.14"
-DEADLINE = 20.0  # seconds any state change may take to show (normally well under one)
-
-T = TypeVar("T")
-
-HEALTHY: dict[str, Any] = {
-    "healthy": True,
-    "origins": {"up": ["http://127.0.0.1:1"], "down": [], "detail": []},
-    "active_requests": 0,
-    "requests_per_second": 0.0,
-    "capacity_rps": 1000.0,
-    "load_factor": 0.0,
-    "hit_ratio": 0.0,
-    "cache": {},
-}
 
 CONFIG = """
 [api]
@@ -91,119 +85,26 @@ PLACES = {"fra": (50.11, 8.68), "iad": (39.04, -77.49), "nrt": (35.68, 139.69)}
 
 
 def render(geo_db: Path, urls: dict[str, str | None]) -> str:
-    edges = []
-    for name, (lat, lon) in PLACES.items():
-        lines = [
-            "[[edge]]",
-            f'name = "{name}"',
-            f'ipv4 = "{EDGE_IPS[name]}"',
-            f"latitude = {lat}",
-            f"longitude = {lon}",
-        ]
-        if urls.get(name):
-            lines.append(f'status_url = "{urls[name]}"')
-        edges.append("\n".join(lines) + "\n")
+    edges = [
+        edge_toml(name, EDGE_IPS[name], lat, lon, urls.get(name))
+        for name, (lat, lon) in PLACES.items()
+    ]
     return CONFIG.format(geo_db=str(geo_db), edges="\n".join(edges))
-
-
-def eventually(check: Callable[[], T], what: str, *, timeout: float = DEADLINE) -> T:
-    """Poll `check` until it returns something truthy, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        time.sleep(0.05)
-
-
-# -- status servers on their own loop -----------------------------------------------------------
-
-
-class StatusServer:
-    """One edge's /__edge/status on 127.0.0.1; `doc` is what it serves next."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.doc: dict[str, Any] = dict(HEALTHY)
-        self.hits = 0
-        self.port = 0
-        self.runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/__edge/status"
-
-    async def _status(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        return web.json_response(self.doc)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/__edge/status", self._status)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self.runner.setup()
-        # The same port again after a stop (reuse_address), so the configured URL stays valid.
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-
-class LoopThread:
-    """An event loop on a daemon thread; `run(coro)` runs a coroutine there and waits."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-
-@pytest.fixture(scope="module")
-def loop_thread() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
 
 
 @pytest.fixture(scope="module")
 def servers(loop_thread: LoopThread) -> Iterator[dict[str, StatusServer]]:
-    started = {name: StatusServer(name) for name in PLACES}
-    for s in started.values():
-        loop_thread.run(s.start())
-    try:
+    with status_servers(loop_thread, PLACES) as started:
         yield started
-    finally:
-        for s in started.values():
-            loop_thread.run(s.stop())
 
 
 @pytest.fixture(scope="module")
 def gslb(
     tmp_path_factory: pytest.TempPathFactory, geo_db: Path, servers: dict[str, StatusServer]
 ) -> Iterator[GslbProcess]:
-    path = tmp_path_factory.mktemp("probe") / "gslb.toml"
-    path.write_text(render(geo_db, {n: s.url for n, s in servers.items()}), encoding="utf-8")
-    proc = GslbProcess(path)
-    try:
+    text = render(geo_db, {n: s.url for n, s in servers.items()})
+    with serving(tmp_path_factory.mktemp("probe"), text) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.log_text()
 
 
 def london(gslb: GslbProcess) -> list[str]:

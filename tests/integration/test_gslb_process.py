@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,20 +16,15 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.integration.gslb_helpers import EDGE_IPS, LONDON, ROOT, GslbProcess, write_config
+from tests.integration.gslb_helpers import (
+    EDGE_IPS,
+    LONDON,
+    GslbProcess,
+    gslb_cmd,
+    write_config,
+)
 
 FRA, IAD = EDGE_IPS["fra"], EDGE_IPS["iad"]
-
-
-def gslb_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gslb", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 # -- check-config ---------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gslb.ecs import ClientSubnet
+from geo.location import Location
+from gslb.ecs import ClientSubnet, answer_scope, decision_address, subnet_of
 from gslb.errors import FormError
 
 
@@ -85,3 +86,38 @@ def test_any_valid_subnet_round_trips(v6: bool, value: int, source: int) -> None
     assert ecs.lookup_address() in network.supernet(new_prefix=min(source, cap))
     assert ecs.text() == str(network)
     assert ecs.encode(0)[4:] == option(2 if v6 else 1, source, 0, address)
+
+
+def test_decision_address_is_the_capped_subnet_or_the_client() -> None:
+    client = ipaddress.ip_address("203.0.113.9")
+    ecs = ClientSubnet.decode(option(1, 32, 0, bytes([198, 51, 100, 77])))
+    assert decision_address(ecs, client) == ipaddress.IPv4Address("198.51.100.0")
+    assert decision_address(None, client) == client
+    zero = ClientSubnet.decode(option(1, 0, 0, b""))
+    assert decision_address(zero, client) == client  # source 0: the resolver decides
+    mapped = ipaddress.ip_address("::ffff:192.0.2.1")
+    assert decision_address(None, mapped) == ipaddress.IPv4Address("192.0.2.1")
+
+
+def test_answer_scope_is_the_deciding_network_capped() -> None:
+    ecs = ClientSubnet.decode(option(1, 24, 0, b"\xc0\x00\x02"))
+    wide = Location(0, 0, None, None, ipaddress.ip_network("192.0.0.0/16"))
+    narrow = Location(0, 0, None, None, ipaddress.ip_network("192.0.2.128/25"))
+    assert answer_scope(ecs, wide, True) == 16
+    assert answer_scope(ecs, narrow, True) == 24
+    assert answer_scope(ecs, wide, False) == 0  # not tailored to the client
+    assert answer_scope(None, wide, True) == 0
+    assert answer_scope(ecs, None, True) == 0
+    v6 = subnet_of(ipaddress.ip_network("2001:db8::/64"))
+    assert (
+        answer_scope(v6, Location(0, 0, None, None, ipaddress.ip_network("2001:db8::/60")), True)
+        == 56
+    )
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 32))
+def test_subnet_of_is_what_a_resolver_sends(value: int, prefix: int) -> None:
+    net = ipaddress.IPv4Network((value, prefix), strict=False)
+    ecs = subnet_of(net)
+    assert ClientSubnet.decode(ecs.encode(0)[4:]) == ecs
+    assert ecs.text() == str(net)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from geo.distance import distance_km
 from geo.location import Location
 from gslb.health import HealthStore
-from gslb.models import Edge, Policy, Pool
-from gslb.selection import select
+from gslb.models import Edge, Policy, Pool, Selection
+from gslb.selection import Status, Step, explain, select
 
 FRA = Edge("fra", 50.11, 8.68, ipv4=ipaddress.IPv4Address("127.0.0.11"))
 IAD = Edge("iad", 39.04, -77.49, ipv4=ipaddress.IPv4Address("127.0.0.12"))
@@ -177,6 +177,31 @@ edge_st = st.builds(
 edge_state = st.tuples(st.booleans(), st.booleans(), st.floats(0, 1))
 
 
+def assert_explained(p: Pool, where: Location | None, health: HealthStore, sel: Selection) -> None:
+    """`explain` names exactly what `select` answered, ranked, with every member's status."""
+    exp = explain(p, where, health)
+    assert exp.selection == sel
+    ranked = sorted((c for c in exp.candidates if c.rank is not None), key=lambda c: c.rank or 0)
+    assert tuple(c.edge for c in ranked) == sel.edges
+    assert [c.rank for c in ranked] == list(range(1, len(ranked) + 1))
+    assert [c.edge for c in exp.candidates][: len(p.edges)] == list(p.edges)
+    for c in exp.candidates:
+        st_ = health.state(c.edge.name, p.name)
+        if not st_.up:
+            assert c.status is Status.DOWN
+        elif st_.drained:
+            assert c.status is Status.DRAINED
+        elif st_.overloaded or st_.load >= p.load_threshold:
+            assert c.status is Status.OVERLOADED
+        else:
+            assert c.status is Status.UP
+        assert (c.distance_km is None) == (where is None) and c.note
+    if not any(health.state(e.name).serving for e in p.edges):
+        assert exp.step is Step.FALLBACK
+    elif where is None and p.policy in (Policy.NEAREST, Policy.WEIGHTED):
+        assert exp.step is Step.UNLOCATED
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     edges=st.lists(edge_st, min_size=1, max_size=6, unique_by=lambda e: e.name),
@@ -198,6 +223,7 @@ def test_selection_invariants(
         health.update(edge.name, up=up, drained=drained, load=load)
     sel = select(p, where, health)
     assert sel.edges, "never empty"
+    assert_explained(p, where, health, sel)
     serving = [e for e in edges if health.state(e.name).serving]
     if serving:
         assert all(e in serving for e in sel.edges)
