@@ -1,7 +1,6 @@
 """Admin port: /__edge/status (JSON for the DNS tier), /metrics (Prometheus) and purge.
 
-`Metrics` is the edge's counter set; the proxy updates it on every response. Each edge has
-its own prometheus CollectorRegistry so several edges can live in one test process.
+The counters are edge.metrics.Metrics, which the proxy updates on every response.
 With several worker processes the status document and /metrics describe the whole node:
 the answering worker merges the other workers' published records (edge.nodestats) with its
 own live numbers (counters and histograms summed, gauges as NODE_GAUGES says).
@@ -9,7 +8,6 @@ own live numbers (counters and histograms summed, gauges as NODE_GAUGES says).
 
 from __future__ import annotations
 
-import collections
 import hmac
 import json
 import os
@@ -18,34 +16,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from edge import nodestats
 from edge.errors import StoreError
+from edge.metrics import NODE_GAUGES
 
 if TYPE_CHECKING:
-    from edge.proxy import Proxy
-
-_WINDOW = 10  # seconds of history for requests per second
-
-
-class _RequestCounts(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "edge_requests",
-            "Responses sent to clients by status code and cache status",
-            labels=["status", "cache"],
-        )
-        for (status, cache), n in sorted(self.metrics.counts.items()):
-            family.add_metric([str(status), cache], n)
-        yield family
+    from edge.proxy import Proxy  # the admin routes read the proxy; it never imports them
 
 
 class _Families(Collector):
@@ -56,107 +36,6 @@ class _Families(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
-
-
-class Metrics:
-    def __init__(self, capacity_rps: float = 1000.0, clock: Callable[[], float] = time.monotonic):
-        self.capacity_rps = capacity_rps
-        self._clock = clock
-        self.registry = CollectorRegistry(auto_describe=True)
-        # Counted in a plain dict on the hot path and turned into a metric at scrape time.
-        self.counts: collections.Counter[tuple[int, str]] = collections.Counter()
-        self.registry.register(_RequestCounts(self))
-        self.origin_latency = Histogram(
-            "edge_origin_latency_seconds",
-            "Time from sending a request to an origin to its response headers",
-            ["origin"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
-        self.origin_errors = Counter(
-            "edge_origin_errors",
-            "Failed origin requests (connect, timeout, broken response)",
-            ["origin", "kind"],
-            registry=self.registry,
-        )
-        self.probes = Counter(
-            "edge_probes", "Health probe results", ["origin", "result"], registry=self.registry
-        )
-        self.origin_up = Gauge(
-            "edge_origin_up", "1 when the origin is in rotation", ["origin"], registry=self.registry
-        )
-        self.active_gauge = Gauge(
-            "edge_active_requests", "Requests in flight", registry=self.registry
-        )
-        self.cache_bytes = Gauge(
-            "edge_cache_bytes", "Bytes held by the disk cache", registry=self.registry
-        )
-        self.cache_entries = Gauge(
-            "edge_cache_entries", "Objects in the disk cache", registry=self.registry
-        )
-        self.cache_degraded = Gauge(
-            "edge_cache_degraded",
-            "1 while the cache is not storing (e.g. disk full)",
-            registry=self.registry,
-        )
-        self.cache_resets = Counter(
-            "edge_cache_store_resets",
-            "Cache stores found corrupt at start, set aside and replaced by an empty one",
-            registry=self.registry,
-        )
-        self.purges = Counter(
-            "edge_purges", "Purge requests by kind", ["kind"], registry=self.registry
-        )
-        self.loops = Counter(
-            "edge_loops_detected",
-            "Requests answered 508: loop (this node's id in CDN-Loop or Via) or too-many-hops",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.active = 0
-        self.hits = 0
-        self.lookups = 0
-        self._buckets: collections.deque[list[int]] = collections.deque(maxlen=_WINDOW + 1)
-
-    def response(self, status: int, cache: str) -> None:
-        """Count one response; `cache` is hit, stale, revalidated, miss, bypass or error."""
-        self.counts[(status, cache)] += 1
-        if cache in ("hit", "stale", "revalidated"):
-            self.hits += 1
-            self.lookups += 1
-        elif cache == "miss":
-            self.lookups += 1
-        second = int(self._clock())
-        buckets = self._buckets
-        if buckets and buckets[-1][0] == second:
-            buckets[-1][1] += 1
-        else:
-            buckets.append([second, 1])
-
-    def observe_probe(self, origin: str, ok: bool, status: int | None, elapsed: float) -> None:
-        self.probes.labels(origin, "ok" if ok else "fail").inc()
-
-    def requests_per_second(self) -> float:
-        now = int(self._clock())
-        total = sum(n for sec, n in self._buckets if now - _WINDOW <= sec < now)
-        return total / _WINDOW
-
-    def hit_ratio(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    def load_factor(self) -> float:
-        if self.capacity_rps <= 0:
-            return 1.0
-        return max(0.0, min(1.0, self.requests_per_second() / self.capacity_rps))
-
-
-# How /metrics combines a gauge over the workers (edge.nodestats.merge_families); the cache
-# gauges describe the one disk cache the workers share, so the answering worker's stand.
-NODE_GAUGES: dict[str, nodestats.Combine] = {
-    "edge_active_requests": sum,
-    "edge_origin_up": min,  # in rotation for the node only while every worker has it up
-    "edge_cache_degraded": max,
-}
 
 
 def worker_record(

@@ -37,6 +37,7 @@ from edge.aiohttp_internals import (
     ListenerOptions,
 )
 from edge.config import Address, EdgeConfig
+from edge.metrics import Metrics
 from edge.origins import OriginPool
 from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import (
@@ -55,7 +56,7 @@ POOL = web.AppKey("edge_pool", OriginPool)
 SESSION = web.AppKey("edge_session", aiohttp.ClientSession)
 CACHE = web.AppKey("edge_cache", CacheLayer)
 PROBER = web.AppKey("edge_prober", Prober)
-METRICS = web.AppKey("edge_metrics", admin.Metrics)
+METRICS = web.AppKey("edge_metrics", Metrics)
 PROXY = web.AppKey("edge_proxy", Proxy)
 ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
 NODE_STATS = web.AppKey("edge_node_stats", nodestats.StatsDir)
@@ -110,7 +111,7 @@ def build_app(config: EdgeConfig, stats_dir: str | None = None, slot: int = 0) -
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     pool_cfg = config.pool
-    metrics = admin.Metrics(capacity_rps=config.admin.capacity_rps)
+    metrics = Metrics(capacity_rps=config.admin.capacity_rps)
     pool = OriginPool(pool_cfg)
 
     def protocol_error(origin: str, kind: str, size: int) -> None:

@@ -31,7 +31,8 @@ import tempfile
 import time
 from dataclasses import replace
 
-from edge.config import Address, ConfigError, EdgeConfig, load, quick_start
+from edge.config import Address, EdgeConfig, load, quick_start
+from edge.errors import ConfigError
 
 log = logging.getLogger("edge")
 

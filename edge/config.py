@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from edge import errors
+from edge.errors import ConfigError
 
 ALGORITHMS = ("round_robin", "weighted", "least_conn", "consistent_hash")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both")
@@ -57,16 +57,6 @@ DEFAULT_COMPRESSIBLE = (
     "application/wasm",
     "image/svg+xml",
 )
-
-
-class ConfigError(errors.ConfigError):
-    """A configuration problem: `str()` reads `file: key: problem`."""
-
-    def __init__(self, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
-        self.source = source
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,15 +10,17 @@ class EdgeError(Exception):
 
 
 class ConfigError(EdgeError):
-    """The edge configuration is invalid; the message names the file, the key and the problem."""
+    """The edge configuration is invalid: `str()` reads `file: key: problem`."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
 
 
 class StoreError(EdgeError):
     """The cache store failed in a way the caller must hear about (not a plain miss)."""
-
-
-class StoreFullError(StoreError):
-    """The disk (or the database) is full; the store stops caching for a while."""
 
 
 class CorruptBodyError(StoreError):
@@ -46,13 +48,19 @@ class OriginProtocolError(OriginError):
         self.kind = kind
 
 
-class NoHealthyOriginError(OriginError):
-    """Every origin in the pool is down."""
+class OriginFailure(OriginError):
+    """No origin gave a usable answer: `status` is what the client gets (502 broken or
+    protocol error, 503 no healthy origin, 504 timeout), `kind` labels it in metrics."""
 
-
-class ProxyError(EdgeError):
-    """A request cannot be proxied; carries the HTTP status the client should get."""
-
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
         self.status = status
+        self.kind = kind
+
+
+class RequestBodyTooLarge(EdgeError):
+    """The client's request body went past limits.max_body_bytes (413)."""
+
+
+class ClientGone(EdgeError):
+    """The client's side failed mid-exchange (connection lost, or a broken request body)."""

@@ -30,7 +30,6 @@ from yarl import URL
 from edge import cache_policy as cp
 from edge import compression, conditional, ranges
 from edge.accesslog import AccessLog
-from edge.admin import Metrics
 from edge.aiohttp_internals import (
     INTERIM,
     RawHeaders,
@@ -40,7 +39,15 @@ from edge.aiohttp_internals import (
 )
 from edge.cache_control import DELTA_SECONDS_MAX, field_values
 from edge.config import EdgeConfig
-from edge.errors import ConfigError, CorruptBodyError, OriginProtocolError, StoreError
+from edge.errors import (
+    ClientGone,
+    ConfigError,
+    CorruptBodyError,
+    OriginFailure,
+    OriginProtocolError,
+    RequestBodyTooLarge,
+    StoreError,
+)
 from edge.fasthit import SimpleGet, parse_simple_get
 from edge.headers import (
     client_response_headers,
@@ -51,6 +58,7 @@ from edge.headers import (
     valid_host,
     wire_text,
 )
+from edge.metrics import Metrics
 from edge.origins import Origin, OriginPool
 from edge.store import BodyWriter, Store
 
@@ -86,23 +94,6 @@ def _interim_sender(request: web.BaseRequest) -> Callable[[int, RawHeaders], Awa
         await request.writer.write((head + "\r\n").encode("latin-1"))
 
     return send
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    """The client's side failed mid-exchange (connection lost, or a broken request body)."""
-
-
-class OriginFailure(Exception):
-    """Translated client-side failure; `status` is what the client gets (502/503/504)."""
-
-    def __init__(self, status: int, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.status = status
-        self.kind = kind
 
 
 def status_response(status: int, cache_status: str | None = None, **extra: str) -> web.Response:
@@ -480,12 +471,12 @@ class Proxy:
                 aiohttp.ClientError,
                 TimeoutError,
                 OSError,
-                BodyTooLarge,
+                RequestBodyTooLarge,
                 OriginProtocolError,
             ) as exc:
-                if isinstance(exc, BodyTooLarge) or getattr(body, "exceeded", False):
+                if isinstance(exc, RequestBodyTooLarge) or getattr(body, "exceeded", False):
                     self.pool.finished(origin, ok=True)
-                    raise BodyTooLarge() from None
+                    raise RequestBodyTooLarge() from None
                 if getattr(body, "failed", False):
                     self.pool.finished(origin, ok=True)
                     raise ClientGone() from exc
@@ -527,7 +518,7 @@ class Proxy:
             origin, upstream = await self.open_upstream(
                 request.method, target, headers, body, request.raw_path, not has_body
             )
-        except BodyTooLarge:
+        except RequestBodyTooLarge:
             return status_response(413), ""
         except ClientGone:
             return status_response(400), ""  # a broken body; a client that left reads nothing
@@ -613,7 +604,7 @@ class _LimitedBody:
             seen += len(chunk)
             if seen > self.limit:
                 self.exceeded = True
-                raise BodyTooLarge()
+                raise RequestBodyTooLarge()
             yield chunk
 
 
@@ -2059,5 +2050,5 @@ async def open_cache(config: EdgeConfig, directory: str) -> CacheLayer:
     try:
         store = await asyncio.to_thread(build)
     except StoreError as exc:
-        raise ConfigError(f"{config.source}: cache.dir: {exc}") from None
+        raise ConfigError(config.source, "cache.dir", str(exc)) from None
     return CacheLayer(store, config)

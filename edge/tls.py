@@ -33,7 +33,7 @@ def _context(cert: Certificate, min_version: str) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(cert.cert, cert.key)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"{cert.cert}: tls.certificates: cannot load: {exc}") from None
+        raise ConfigError(cert.cert, "tls.certificates", f"cannot load: {exc}") from None
     return ctx
 
 

@@ -567,7 +567,8 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
-    from edge.config import ConfigError, load
+    from edge.config import load
+    from edge.errors import ConfigError
 
     path = tmp_path / "c.toml"
     path.write_text(toml)

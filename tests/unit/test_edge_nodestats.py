@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from edge import nodestats as ns
-from edge.admin import NODE_GAUGES, Metrics, build_status
+from edge.admin import build_status
+from edge.metrics import NODE_GAUGES, Metrics
 
 A, B = "http://10.0.0.1:80", "http://10.0.0.2:80"
 
