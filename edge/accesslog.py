@@ -11,9 +11,13 @@ import json
 import logging
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO
 
 log = logging.getLogger("edge")
+
+# json.dumps's own string encoder (C, ASCII-only output with \uXXXX escapes).
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _open(target: str) -> tuple[IO[str] | None, bool]:
@@ -49,11 +53,32 @@ class AccessLog:
     def enabled(self) -> bool:
         return self._stream is not None
 
-    def write(self, **fields: Any) -> None:
+    def write(
+        self,
+        *,
+        remote: str | None,
+        method: str,
+        host: str,
+        path: str,
+        status: int,
+        sent: int,
+        duration_ms: float,
+        cache: str,
+        origin: str,
+        user_agent: str,
+    ) -> None:
+        """One line: the JSON object json.dumps would write for these fields (in this
+        order, `sent` as "bytes", then "time"), built directly: on the hit path the
+        generic encoder was most of what logging cost."""
         if self._stream is None:
             return
-        fields.setdefault("time", round(time.time(), 3))
-        self._stream.write(json.dumps(fields, separators=(",", ":")) + "\n")
+        self._stream.write(
+            f'{{"remote":{"null" if remote is None else _quote(remote)},'
+            f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
+            f'"status":{int(status)},"bytes":{int(sent)},"duration_ms":{float(duration_ms)!r},'
+            f'"cache":{_quote(cache)},"origin":{_quote(origin)},'
+            f'"user_agent":{_quote(user_agent)},"time":{round(time.time(), 3)!r}}}\n'
+        )
         now = time.monotonic()
         if now - self._last_flush >= self._flush_interval:
             self._last_flush = now
