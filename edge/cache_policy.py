@@ -5,10 +5,12 @@ entries and ``now``, and get a decision back.
 
 - ``CacheRequest`` / ``CacheEntry``: what a request and a stored response look like.
 - ``storability`` / ``make_entry``: may this response be stored, and the entry to store.
-- ``lookup``: Fresh (serve), Stale (forward, maybe serving stale meanwhile) or Miss.
+- ``lookup``: Fresh (serve), Stale (forward, maybe serving stale meanwhile) or Miss;
+  ``plain_fresh`` is its answer for a request without cache directives, the one every hit
+  path (the raw fast path, the full handler, ``lookup`` itself) decides a plain hit with.
 - ``stale_on_error_ok``: may a stale entry answer when the origin failed.
 - ``freshen``: fold a 304 (or a HEAD response) into a stored entry.
-- ``hit_headers``: stored fields plus a correct Age for a response served from the cache.
+- ``age_value``: the Age field of a response served from the cache.
 - ``invalidation_keys``: what an unsafe request invalidates (RFC 9111 §4.4).
 - ``cache_status``: the Cache-Status field value (RFC 9211).
 """
@@ -420,6 +422,21 @@ def select(entries: Sequence[CacheEntry], request_headers: Headers) -> list[Cach
     return matching
 
 
+def plain_fresh(entries: Sequence[CacheEntry], now: float) -> Fresh | None:
+    """``lookup``'s decision for a GET or HEAD without cache directives (no Cache-Control,
+    no Pragma) when it is a hit on the one stored variant, without Vary, that is fresh and
+    not marked no-cache; None when ``lookup`` must decide. Every hit path calls this."""
+    if len(entries) != 1:
+        return None
+    entry = entries[0]
+    f = entry.freshness
+    if entry.vary or f.no_cache:
+        return None
+    age = entry.age(now)
+    ttl = f.lifetime - age
+    return Fresh(entry, age, ttl) if ttl > 0 else None
+
+
 def lookup(
     request: CacheRequest,
     entries: Sequence[CacheEntry],
@@ -431,6 +448,10 @@ def lookup(
     oic = "only-if-cached" in req_cc
     if request.method.upper() not in ("GET", "HEAD"):
         return Miss("request")
+    if not req_cc and not field_values(request.headers, "pragma"):
+        fresh = plain_fresh(entries, now)
+        if fresh is not None:
+            return fresh
     if not entries:
         return Miss("uri-miss", oic)
     matching = select(entries, request.headers)
@@ -504,10 +525,9 @@ def stale_on_error_ok(
     return staleness <= window
 
 
-def hit_headers(entry: CacheEntry, age: float) -> HeaderTuple:
-    """Stored fields with ``Age`` set for a response served from the cache."""
-    kept = tuple((k, v) for k, v in entry.headers if k.lower() != "age")
-    return (*kept, ("Age", str(min(int(age), DELTA_SECONDS_MAX))))
+def age_value(age: float) -> int:
+    """The Age value for a current age in seconds (capped as RFC 9111 §1.2.2 says)."""
+    return min(int(age), DELTA_SECONDS_MAX)
 
 
 # --- invalidation ------------------------------------------------------------------------
@@ -601,15 +621,16 @@ __all__ = [
     "PolicyConfig",
     "Stale",
     "Storability",
+    "age_value",
     "cache_key",
     "cache_status",
     "decision_status",
     "freshen",
     "header_pairs",
-    "hit_headers",
     "invalidation_keys",
     "lookup",
     "make_entry",
+    "plain_fresh",
     "select",
     "stale_on_error_ok",
     "storability",

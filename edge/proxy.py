@@ -37,7 +37,7 @@ from edge.aiohttp_internals import (
     final_status_ok,
     requested_version,
 )
-from edge.cache_control import DELTA_SECONDS_MAX, field_values
+from edge.cache_control import field_values
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -666,11 +666,6 @@ def _has_directives(request: web.BaseRequest) -> bool:
     return "Cache-Control" in headers or "Pragma" in headers
 
 
-def _age(age: float) -> int:
-    """The Age value for a current age in seconds (capped as RFC 9111 §1.2.2 says)."""
-    return min(int(age), DELTA_SECONDS_MAX)
-
-
 def _sent_bytes(resp: web.StreamResponse | None) -> int:
     if resp is None:
         return 0
@@ -1120,26 +1115,11 @@ class CacheLayer:
         key = cp.cache_key(_scheme(request), headers.get("Host", ""), target)
         entries = await self._variants(key)
         now = self.clock()
+        # The common hit (no request directives): cp.plain_fresh, the one decision every
+        # hit path makes; anything else goes to cp.lookup.
         decision: cp.Decision | None = None
-        if len(entries) == 1 and not entries[0].vary and not _has_directives(request):
-            # The common hit, decided as cp.lookup would: no request directives and no Vary
-            # leave only the entry's own freshness to check. Anything else goes to lookup.
-            entry = entries[0]
-            age = entry.age(now)
-            ttl = entry.freshness.lifetime - age
-            if ttl > 0 and not entry.freshness.no_cache:
-                if (
-                    request.method == "GET"
-                    and request.version == (1, 1)
-                    and "Range" not in headers
-                    and not any(name in headers for name in _PRECONDITIONS)
-                ):
-                    body = self.store.peek_body(entry)
-                    if body is not None:
-                        status = cp.cache_status(self.name, hit=True, ttl=ttl)
-                        head = self._serialized_head(entry)
-                        return SerializedResponse(entry.status, head, body, _age(age), status), ""
-                decision = cp.Fresh(entry, age, ttl)
+        if not _has_directives(request):
+            decision = cp.plain_fresh(entries, now)
         creq = self._cache_request(request, target)
         if decision is None:
             decision = cp.lookup(creq, entries, now, self.policy)
@@ -1201,7 +1181,7 @@ class CacheLayer:
             if len(entries) != 1 or entries[0].body_length > _INLINE_READ_MAX:
                 return None
             entry, read_ago = entries[0], 0.0
-            if entry.vary or entry.freshness.no_cache:
+            if cp.plain_fresh(entries, self.clock()) is None:
                 return None
             disk_body = self.store.get_body(entry)
             if disk_body is None:
@@ -1217,14 +1197,10 @@ class CacheLayer:
             if read_ago >= 2 * refresh:
                 return None
             self._reread(key)
-        freshness = entry.freshness
-        if entry.vary or freshness.no_cache:
+        fresh = cp.plain_fresh((entry,), self.clock())
+        if fresh is None:
             return None
-        age = entry.age(self.clock())
-        ttl = freshness.lifetime - age
-        if ttl <= 0:
-            return None
-        return entry.status, self._hit_head(entry, age, ttl), body
+        return entry.status, self._hit_head(entry, fresh.age, fresh.ttl), body
 
     def _reread(self, key: str) -> None:
         if key in self._rereads:
@@ -1241,7 +1217,7 @@ class CacheLayer:
 
     def _hit_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
         """`_serialized_head` plus Age and Cache-Status, remade only when they change."""
-        age_s = _age(age)
+        age_s = cp.age_value(age)
         ttl_s = math.floor(ttl)
         memo = self._hit_heads.get(entry.key)
         if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
@@ -1289,11 +1265,11 @@ class CacheLayer:
             body = await self._small_body(entry)
             if body is not None:
                 head = self._serialized_head(entry)
-                return SerializedResponse(entry.status, head, body, _age(age), cache_status)
+                return SerializedResponse(entry.status, head, body, cp.age_value(age), cache_status)
             if entry.body_length <= self.store_memory_object_max:
                 return None  # gone or damaged: evicted
         headers = CIMultiDict(self._base_headers(entry, request.version))
-        headers["Age"] = str(_age(age))
+        headers["Age"] = str(cp.age_value(age))
         headers["Cache-Status"] = cache_status
         method = request.method
         precondition = None
@@ -1473,7 +1449,7 @@ class CacheLayer:
                 return None  # answered from the cache once stored, with its length
             rng = ranges.evaluate("GET", entry.status, creq.headers, entry.headers, fill.length)
         headers = CIMultiDict(self._base_headers(entry, request.version))
-        headers["Age"] = str(_age(decision.age))
+        headers["Age"] = str(cp.age_value(decision.age))
         headers["Cache-Status"] = cp.cache_status(
             self.name, hit=True, ttl=decision.ttl, collapsed=True, detail="filling"
         )

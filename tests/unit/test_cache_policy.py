@@ -18,14 +18,15 @@ from edge.cache_policy import (
     Miss,
     PolicyConfig,
     Stale,
+    age_value,
     cache_key,
     cache_status,
     decision_status,
     freshen,
-    hit_headers,
     invalidation_keys,
     lookup,
     make_entry,
+    plain_fresh,
     stale_on_error_ok,
     storability,
 )
@@ -328,10 +329,9 @@ def test_stale_on_error() -> None:
         assert not stale_on_error_ok(e, (), T0 + 70, disconnected=True, config=cfg), cc
 
 
-def test_hit_headers_set_age() -> None:
-    e = entry(resp("max-age=60", ("Age", "5")))
-    h = hit_headers(e, 17.9)
-    assert [v for k, v in h if k == "Age"] == ["17"]
+def test_age_value_truncates_and_caps() -> None:
+    assert age_value(17.9) == 17
+    assert age_value(1e12) == 2147483648
 
 
 # --- freshening ----------------------------------------------------------------------------
@@ -475,3 +475,38 @@ def test_storability_never_breaks_the_hard_rules(
     assert "no-store" not in cc or ("must-understand" in cc and status != 599)
     if auth:
         assert {"public", "s-maxage=60", "must-revalidate"} & set(cc)
+
+
+@given(
+    cc=st.sampled_from(
+        [
+            None,
+            "max-age=60",
+            "max-age=0",
+            "no-cache",
+            "s-maxage=5, max-age=100",
+            "private",
+            "max-age=60, stale-while-revalidate=30",
+            "must-revalidate, max-age=10",
+        ]
+    ),
+    vary=st.sampled_from([None, "Accept-Encoding", "*"]),
+    later=st.floats(min_value=0, max_value=200),
+    method=st.sampled_from(["GET", "HEAD"]),
+)
+def test_plain_fresh_is_lookups_decision(
+    cc: str | None, vary: str | None, later: float, method: str
+) -> None:
+    # Issue 7, "one cache decision": the raw fast path, the full handler and lookup all
+    # decide a plain hit with plain_fresh; it must be lookup's decision whenever it decides.
+    extra = [("Last-Modified", fr.format_http_date(T0 - 3600))]
+    if vary:
+        extra.append(("Vary", vary))
+    e = entry(resp(cc, *extra))
+    request = req(method=method)
+    pf = plain_fresh([e], T0 + later)
+    decision = lookup(request, [e], T0 + later)
+    if pf is not None:
+        assert decision == pf
+    elif not vary:
+        assert not isinstance(decision, Fresh)
