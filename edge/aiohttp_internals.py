@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -69,6 +71,8 @@ PRIVATE: dict[str, tuple[str, ...]] = {
     "ResponseHandler": ("_buffer", "_tail"),
     "TCPConnector": ("_factory", "_release"),
     "RawRequestMessage": ("_replace",),
+    "SockSite": ("_runner", "_sock", "_ssl_context", "_backlog", "_server"),
+    "ServerRunner": ("_reg_site",),
 }
 
 # Answers a received segment holding one plain GET (segment, scheme, client address) with
@@ -113,6 +117,9 @@ def _instances() -> dict[str, object]:
         "ResponseHandler": ResponseHandler(loop=loop),
         "TCPConnector": connector,
         "RawRequestMessage": RawRequestMessage,
+        # Slots and methods: checked on the classes (a site needs a started runner).
+        "SockSite": web.SockSite,
+        "ServerRunner": web.ServerRunner,
     }
     loop.create_task(connector.close())  # noqa: RUF006 - closing an unused connector
     return instances
@@ -392,6 +399,38 @@ class SerializedResponse(web.StreamResponse):
         self._req = None
         self._body_length = len(body)
         self._payload_writer = None
+
+
+class TLSSite(web.SockSite):
+    """aiohttp's SockSite with a deadline for the TLS handshake.
+
+    asyncio gives a handshake 60 s by default, and aiohttp offers no way to change it; a
+    client that connects and says nothing held its connection that long, whatever
+    limits.header_timeout said (the request-header deadline starts only once the protocol
+    sees the connection, after the handshake).
+    """
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        ssl_context: ssl.SSLContext,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self.handshake_timeout,
+        )
 
 
 # -- origin connections ------------------------------------------------------------------

@@ -35,6 +35,7 @@ from edge.aiohttp_internals import (
     GuardedConnector,
     InterimForwardingResponse,
     ListenerOptions,
+    TLSSite,
 )
 from edge.config import Address, EdgeConfig
 from edge.metrics import Metrics
@@ -247,11 +248,12 @@ def _redirect_handler(
     return redirect
 
 
-def _bind_reuse(addr: Address) -> socket.socket:
+def _bind(addr: Address, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((addr.host, addr.port))
     return sock
 
@@ -318,13 +320,17 @@ class EdgeRuntime:
                 self.addresses["https"].extend(await self._site(proxy_runner, addr, ssl_ctx))
 
     async def _site(self, runner: web.BaseRunner, addr: Address, ssl_ctx: Any) -> list[Address]:
-        """Start a listener on `addr`; the addresses it bound (port 0 resolved)."""
+        """Start a listener on `addr`; the addresses it bound (port 0 resolved). A TLS
+        handshake gets limits.header_timeout, like a request head."""
         before = set(map(repr, runner.addresses))
         site: web.BaseSite
-        if self.reuse_port:
-            site = web.SockSite(runner, _bind_reuse(addr), ssl_context=ssl_ctx)
+        if ssl_ctx is not None:
+            sock = _bind(addr, self.reuse_port)
+            site = TLSSite(runner, sock, ssl_ctx, self.config.limits.header_timeout)
+        elif self.reuse_port:
+            site = web.SockSite(runner, _bind(addr, reuse_port=True))
         else:
-            site = web.TCPSite(runner, addr.host, addr.port, ssl_context=ssl_ctx)
+            site = web.TCPSite(runner, addr.host, addr.port)
         await site.start()
         return _addresses(a for a in runner.addresses if repr(a) not in before)
 

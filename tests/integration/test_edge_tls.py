@@ -6,6 +6,7 @@ Certificates are made at test time with the openssl CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import ssl
@@ -241,3 +242,28 @@ async def test_http_redirect_is_no_open_redirect(certs: dict[str, tuple[Path, Pa
         assert answers[2][0] == b"308"
         assert answers[2][1][0].startswith(b"Location: https://a.test:")
         assert answers[2][1][0].endswith(b"/x?q=1")
+
+
+async def test_a_silent_tls_connection_gets_header_timeout_not_60_seconds(
+    certs: dict[str, tuple[Path, Path]],
+) -> None:
+    # Issue 7: a client that connected to the TLS listener and sent nothing was closed by
+    # asyncio's 60 s handshake default; the documented deadline is limits.header_timeout.
+    async with origins("o") as (origin,):
+        tls_cfg = {
+            "listen": ["127.0.0.1:0"],
+            "certificates": [{"cert": str(certs["a"][0]), "key": str(certs["a"][1])}],
+        }
+        config = edge_config([origin], tls=tls_cfg, limits={"header_timeout": 1.0})
+        async with running_edge(config) as edge:
+            port = edge.addresses["https"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                # Closed by the edge well before asyncio's 60 s (EOF, or a reset).
+                with contextlib.suppress(ConnectionError):
+                    assert await asyncio.wait_for(reader.read(), 15) == b""
+            finally:
+                writer.close()
+            # A client that does speak TLS still gets its answer.
+            common, data = await _get_over_tls(port, _client_ctx(certs["a"][0]), "a.test")
+            assert common == "a.test" and data.startswith(b"HTTP/1.1 ")
