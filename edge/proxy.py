@@ -801,10 +801,10 @@ class _Fill:
     client that leaves does not stop it, and the body is never held whole in memory. The
     file stays open while the fill runs or a reader reads, and not a moment longer.
     Should the writer give up half-way (the object outgrew max_object_bytes, or the disk
-    filled up), the first client gets the rest through a buffer of at most _PASS_BUFFER
-    bytes, at its own pace again, the other readers are cut off (or, before their first
-    byte, sent elsewhere), and nothing is stored; with the first client gone as well, the
-    fill stops.
+    filled up), nothing is stored, and the readers it has get the rest through a buffer
+    of at most _PASS_BUFFER bytes past the slowest of them (the origin is read at that
+    reader's pace from then on); a collapsed miss that has not joined yet is sent to the
+    origin. With every reader gone, the fill stops.
     """
 
     def __init__(self, writer: BodyWriter, entry: cp.CacheEntry, length: int | None) -> None:
@@ -818,10 +818,12 @@ class _Fill:
         self.stored = 0  # body bytes in the file
         self.storing = True
         self.state: Literal["filling", "done", "failed"] = "filling"
-        self.attached = True  # the first client still reads
+        # Once the writer gave up: body bytes from offset _passed on, kept until every
+        # reader is past them, and each reader's position.
         self._passing: deque[bytes] = deque()
         self._passing_bytes = 0
-        self._passed = 0  # body offset of the first byte in _passing
+        self._passed = 0
+        self._positions: dict[object, int] = {}
         self._changed = asyncio.Event()
         self._drained = asyncio.Event()
 
@@ -838,14 +840,34 @@ class _Fill:
                 return True
             self.storing = False
             self._passed = self.stored
-        if not self.attached:
+        if not self._readers:
             return False
         self._passing.append(data)
         self._passing_bytes += len(data)
         self._notify()
-        while self.attached and self._passing_bytes > _PASS_BUFFER:
+        while self._readers and self._ahead() > _PASS_BUFFER:
             await self._drained.wait()
-        return self.attached
+        return self._readers > 0
+
+    def _ahead(self) -> int:
+        """Buffered bytes past the slowest reader."""
+        slowest = min(self._positions.values(), default=self._passed)
+        return self._passed + self._passing_bytes - max(slowest, self._passed)
+
+    def _trim(self) -> None:
+        """Drop buffered pieces every reader is past."""
+        slowest = min(self._positions.values(), default=None)
+        trimmed = False
+        while self._passing and (
+            slowest is None or self._passed + len(self._passing[0]) <= slowest
+        ):
+            data = self._passing.popleft()
+            self._passing_bytes -= len(data)
+            self._passed += len(data)
+            trimmed = True
+        if trimmed or slowest is None:
+            self._drained.set()
+            self._drained = asyncio.Event()
 
     def finish(self) -> None:
         self.state = "done"
@@ -867,13 +889,10 @@ class _Fill:
         self._readers += 1
         return True
 
-    def _leave(self, first: bool) -> None:
-        if first:
-            self.attached = False
-            self._passing.clear()
-            self._passing_bytes = 0
-            self._drained.set()
+    def _leave(self, reader: object) -> None:
+        self._positions.pop(reader, None)
         self._readers -= 1
+        self._trim()
         if not self._readers and self.state != "filling":
             self._file.close()
 
@@ -884,16 +903,16 @@ class _Fill:
 
     def leave_unread(self) -> None:
         """The first client needs none of the body (a 416)."""
-        self._leave(True)
+        self._leave(object())
 
-    def _passed_chunk(self) -> tuple[int, bytes]:
-        data = self._passing.popleft()
-        self._passing_bytes -= len(data)
-        self._drained.set()
-        self._drained = asyncio.Event()
+    def _buffered(self, pos: int) -> bytes:
+        """Buffered bytes from body offset `pos` on, up to one piece; b"" if none yet."""
         base = self._passed
-        self._passed += len(data)
-        return base, data
+        for data in self._passing:
+            if pos < base + len(data):
+                return data[pos - base :] if pos >= base else b""
+            base += len(data)
+        return b""
 
     async def send(
         self,
@@ -919,6 +938,8 @@ class _Fill:
         final = self.length if stop is None else stop  # where the response ends, if known
         held = b""
         pos = first
+        me = object()
+        self._positions[me] = pos
         try:
             if leader:
                 await _start(out, request)
@@ -931,20 +952,20 @@ class _Fill:
                     chunk = os.pread(self._file.fileno(), min(_CHUNK, want), pos)
                     if not chunk:
                         raise OSError("temporary file shorter than what was written")
-                    pos += len(chunk)
-                elif leader and self._passing:
-                    base, data = self._passed_chunk()
-                    lo = max(pos - base, 0)
-                    hi = len(data) if stop is None else min(stop - base, len(data))
-                    if lo >= hi:
-                        continue
-                    chunk = data[lo:hi]
-                    pos = base + hi
-                elif self.state == "filling" and (leader or self.storing):
+                elif not self.storing and (chunk := self._buffered(pos)):
+                    if stop is not None:
+                        chunk = chunk[: max(stop - pos, 0)]
+                        if not chunk:
+                            break
+                elif self.state == "filling":
                     await changed.wait()
                     continue
                 else:
                     break
+                pos += len(chunk)
+                self._positions[me] = pos
+                if not self.storing:
+                    self._trim()
                 if not out.prepared:
                     await _start(out, request)
                 if held:
@@ -977,7 +998,7 @@ class _Fill:
                 return False
             _abort(request)
         finally:
-            self._leave(leader)
+            self._leave(me)
         return True
 
 

@@ -492,3 +492,48 @@ async def test_a_range_miss_of_an_object_over_max_object_bytes_asks_for_the_rang
                     assert await r.read() == body[2000000:2000100]
         assert seen[-1] == "bytes=2000000-2000099"
         assert seen.count("bytes=2000000-2000099") == 2
+
+
+async def test_followers_get_the_whole_body_when_the_writer_gives_up_half_way(
+    tmp_path: Path,
+) -> None:
+    # Issue 7: with the disk full, 24 of 32 clients following another client's fill were
+    # cut mid-body. A body without Content-Length that outgrows max_object_bytes makes the
+    # writer give up half-way the same way a full disk does.
+    body = os.urandom(3 << 19)  # 1.5 MiB; the first half (0.75 MiB) is under the limit
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        origin_calls.append(1)
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        await asyncio.wait_for(release.wait(), WAIT)
+        for i in range(len(body) // 2, len(body), 65536):
+            await resp.write(body[i : i + 65536])
+        return resp
+
+    origin_calls: list[int] = []
+    release = asyncio.Event()
+    async with origins("a") as (origin,):
+        origin.routes["/g"] = chunked
+        config = _cfg(origin, tmp_path, max_object_bytes="1MiB")
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/g"
+            lead, headed = _lead(s, url)
+            await asyncio.wait_for(headed.wait(), WAIT)
+
+            async def follower(read_first: int) -> bytes:
+                async with s.get(url) as r:
+                    assert "collapsed" in r.headers["Cache-Status"]
+                    start = await r.content.readexactly(read_first) if read_first else b""
+                    return start + await r.read()
+
+            # Some followers are past their first byte when the writer gives up, some not.
+            follows = [asyncio.ensure_future(follower(n)) for n in (0, 1000, 300_000) * 4]
+            assert await until(lambda: _fill(edge, "/g").readers == 1 + len(follows))
+            release.set()
+            results = await asyncio.wait_for(asyncio.gather(*follows), WAIT)
+            assert all(got == body for got in results)
+            assert await asyncio.wait_for(lead, WAIT) == body
+        assert len(origin_calls) == 1  # nobody was sent to the origin, nothing was cut
