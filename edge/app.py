@@ -37,18 +37,13 @@ from edge.aiohttp_internals import (
     ListenerOptions,
     TLSSite,
 )
+from edge.cache_layer import CacheLayer, open_cache
 from edge.config import Address, EdgeConfig
+from edge.exchange import bare_host, origin_form, status_response
 from edge.metrics import Metrics
 from edge.origins import OriginPool
 from edge.probes import ProbeFollower, Prober, verdicts
-from edge.proxy import (
-    CacheLayer,
-    Proxy,
-    bare_host,
-    open_cache,
-    origin_form,
-    status_response,
-)
+from edge.proxy import Proxy
 
 log = logging.getLogger("edge")
 
