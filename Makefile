@@ -35,11 +35,11 @@ apt-test:
 	fi
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check gslb edge geo tests bench
-	$(BIN)/ruff format --check gslb edge geo tests bench
+	$(BIN)/ruff check gslb edge geo geoedge tests bench
+	$(BIN)/ruff format --check gslb edge geo geoedge tests bench
 
 typecheck: $(BIN)/.installed-test
-	$(BIN)/mypy --strict gslb edge geo bench
+	$(BIN)/mypy --strict gslb edge geo geoedge bench
 
 test: $(BIN)/.installed-test apt-test lint typecheck
 	$(BIN)/pytest -q

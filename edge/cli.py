@@ -14,7 +14,8 @@ parent prints `edge: ready` once every worker is listening. With an admin port, 
 also makes a private run directory where the workers publish their counters, so whichever
 worker answers /__edge/status or /metrics reports the whole node (edge.nodestats); there
 the worker in slot 0 (and its replacement) probes the origins for the node and publishes
-its verdicts, which the other workers apply (edge.probes.ProbeFollower).
+its verdicts, which the other workers apply (edge.probes.ProbeFollower). Each worker dies
+with the parent (geoedge.lifetime): a `kill -9` of the parent leaves no worker serving.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from dataclasses import replace
 
 from edge.config import Address, ConfigError, EdgeConfig, load, quick_start
+from geoedge.lifetime import die_with_launcher, die_with_parent
 
 log = logging.getLogger("edge")
 
@@ -70,6 +72,7 @@ def _config_from_args(args: argparse.Namespace) -> EdgeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()  # started by `gslb run`: stop when it does, however it does
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         try:
@@ -225,6 +228,7 @@ def _fork_workers(
     restarts = dict.fromkeys(range(count), 0)
     stopping = False
     ready_r, ready_w = os.pipe()
+    parent = os.getpid()
 
     def spawn(slot: int, ready_fd: int | None) -> None:
         pid = os.fork()
@@ -238,6 +242,7 @@ def _fork_workers(
             # Until the worker's loop installs its handlers, SIGHUP and SIGUSR1 must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            die_with_parent(parent)  # after SIGTERM is back to its default: see lifetime
             worker_config = config if ready_fd is not None else _respawn_config(config, path)
             code = _run(
                 worker_config,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geo.errors import GeoError
+from geoedge.lifetime import die_with_launcher
 from gslb.config import LOG_LEVELS, GslbConfig, load_config
 from gslb.dnssec import dnskey_rdata, dnskey_text, ds_rdata, ds_text, key_tag, write_new_key
 from gslb.errors import GslbError
@@ -178,6 +179,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_launcher()  # started by `gslb run`: stop when it does, however it does
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
