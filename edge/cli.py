@@ -1,9 +1,10 @@
-"""`edge` command line: serve (config file or quick start), check-config.
+"""`edge` command line: serve (config file or quick start), check-config, demo-origin.
 
     edge serve -c edge.toml
-    edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000 [--origin URL ...]
+    edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9001 [--origin URL ...]
                [--cache-dir DIR] [--admin 127.0.0.1:9090] [--workers N]
     edge check-config edge.toml
+    edge demo-origin [--listen 127.0.0.1:9001] [--name NAME]   the demo site (edge.demo_origin)
 
 On start, one line per bound address is printed to stdout (`edge: listening http
 127.0.0.1:8080`), so tests and scripts can use port 0. SIGHUP reloads the config file
@@ -32,7 +33,7 @@ import tempfile
 import time
 from dataclasses import replace
 
-from edge.config import Address, ConfigError, EdgeConfig, load, quick_start
+from edge.config import Address, ConfigError, EdgeConfig, load, parse_address, quick_start
 from geoedge.lifetime import die_with_launcher, die_with_parent
 
 log = logging.getLogger("edge")
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
+    demo = sub.add_parser("demo-origin", help="serve the demo site (an origin for make run)")
+    demo.add_argument("--listen", default="127.0.0.1:9001", help="HOST:PORT to serve on")
+    demo.add_argument("--name", default="origin", help="shown in pages and X-Origin")
     return p
 
 
@@ -74,6 +78,8 @@ def _config_from_args(args: argparse.Namespace) -> EdgeConfig:
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()  # started by `gslb run`: stop when it does, however it does
     args = _parser().parse_args(argv)
+    if args.command == "demo-origin":
+        return _demo_origin(args.listen, args.name)
     if args.command == "check-config":
         try:
             config = load(args.file)
@@ -96,6 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     if config.server.workers > 1:
         return _run_workers(config, args.config)
     return _run(config, args.config, reuse_port=False)
+
+
+def _demo_origin(listen: str, name: str) -> int:
+    from edge.demo_origin import serve_demo
+
+    try:
+        address = parse_address(listen)
+    except ValueError as exc:
+        print(f"error: <command line>: --listen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve_demo(address, name))
+    except OSError as exc:
+        print(f"error: {address}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _run(
