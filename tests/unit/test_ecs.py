@@ -85,3 +85,12 @@ def test_any_valid_subnet_round_trips(v6: bool, value: int, source: int) -> None
     assert ecs.lookup_address() in network.supernet(new_prefix=min(source, cap))
     assert ecs.text() == str(network)
     assert ecs.encode(0)[4:] == option(2 if v6 else 1, source, 0, address)
+
+
+@given(st.ip_addresses(), st.integers(0, 128))
+def test_the_option_built_for_a_network_decodes_to_that_network(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix: int
+) -> None:
+    network = ipaddress.ip_network(f"{address}/{min(prefix, address.max_prefixlen)}", strict=False)
+    ecs = ClientSubnet.decode(ClientSubnet.for_network(network).encode(0)[4:])
+    assert ecs.text() == str(network)
