@@ -7,7 +7,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the gslb status page test, tests/integration/test_gslb_status_page.py).
 APT_TEST_PACKAGES := bind9-dnsutils curl openssl chromium chromium-driver
 
-.PHONY: run run-edge test lint typecheck unit integration apt-test clean
+# `make run` starts the whole system on loopback (gslb/topology.toml); TOPOLOGY=FILE runs
+# another layout (docs/configuration.md, "Topology files").
+TOPOLOGY ?=
+
+.PHONY: run test lint typecheck unit integration apt-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,10 +26,7 @@ $(BIN)/.installed-test: pyproject.toml
 	touch $(BIN)/.installed $@
 
 run: $(BIN)/.installed
-	$(BIN)/gslb serve --example
-
-run-edge: $(BIN)/.installed
-	$(BIN)/edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000
+	$(BIN)/gslb run $(if $(TOPOLOGY),--topology $(TOPOLOGY))
 
 apt-test:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -36,11 +37,11 @@ apt-test:
 	fi
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check gslb edge geo tests bench
-	$(BIN)/ruff format --check gslb edge geo tests bench
+	$(BIN)/ruff check gslb edge geo geoedge tests bench
+	$(BIN)/ruff format --check gslb edge geo geoedge tests bench
 
 typecheck: $(BIN)/.installed-test
-	$(BIN)/mypy --strict gslb edge geo bench
+	$(BIN)/mypy --strict gslb edge geo geoedge bench
 
 test: $(BIN)/.installed-test apt-test lint typecheck
 	$(BIN)/pytest -q
@@ -52,7 +53,7 @@ integration: $(BIN)/.installed-test apt-test
 	$(BIN)/pytest -q tests/integration
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .run
 
 # Benchmarks (docs/benchmarks.md), not part of `make test`: each installs its peer and load
 # generator from Debian (nsd + dnsperf, nginx + wrk) and takes a few minutes on an otherwise

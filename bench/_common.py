@@ -134,21 +134,22 @@ def install_cleanup() -> None:
         signal.signal(sig, _on_signal)
 
 
-def free_port(udp_too: bool = False) -> int:
-    """A port that is free on 127.0.0.1 for TCP (and UDP when asked), found by binding port 0."""
+def free_port(udp_too: bool = False, host: str = LOOPBACK) -> int:
+    """A port that is free on `host` (IPv4) for TCP (and UDP when asked), found by binding
+    port 0. The tests use it too."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
+            tcp.bind((host, 0))
             port = int(tcp.getsockname()[1])
             if not udp_too:
                 return port
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 try:
-                    udp.bind((LOOPBACK, port))
+                    udp.bind((host, port))
                 except OSError:
                     continue
                 return port
-    raise BenchError("no free port on 127.0.0.1 after 50 tries")
+    raise BenchError(f"no free port on {host} after 50 tries")
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, proc: Proc | None) -> None:

@@ -1,9 +1,10 @@
-"""`edge` command line: serve (config file or quick start), check-config.
+"""`edge` command line: serve (config file or quick start), check-config, demo-origin.
 
     edge serve -c edge.toml
-    edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000 [--origin URL ...]
+    edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9001 [--origin URL ...]
                [--cache-dir DIR] [--admin 127.0.0.1:9090] [--workers N]
     edge check-config edge.toml
+    edge demo-origin [--listen 127.0.0.1:9001] [--name NAME]   the demo site (edge.demo_origin)
 
 On start, one line per bound address is printed to stdout (`edge: listening http
 127.0.0.1:8080`), so tests and scripts can use port 0. SIGHUP reloads the config file
@@ -14,7 +15,8 @@ parent prints `edge: ready` once every worker is listening. With an admin port, 
 also makes a private run directory where the workers publish their counters, so whichever
 worker answers /__edge/status or /metrics reports the whole node (edge.nodestats); there
 the worker in slot 0 (and its replacement) probes the origins for the node and publishes
-its verdicts, which the other workers apply (edge.probes.ProbeFollower).
+its verdicts, which the other workers apply (edge.probes.ProbeFollower). Each worker dies
+with the parent (geoedge.lifetime): a `kill -9` of the parent leaves no worker serving.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import tempfile
 import time
 from dataclasses import replace
 
-from edge.config import Address, EdgeConfig, load, quick_start
+from edge.config import Address, EdgeConfig, load, parse_address, quick_start
 from edge.errors import ConfigError
+from geoedge.lifetime import die_with_launcher, die_with_parent
 
 log = logging.getLogger("edge")
 
@@ -49,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
+    demo = sub.add_parser("demo-origin", help="serve the demo site (an origin for make run)")
+    demo.add_argument("--listen", default="127.0.0.1:9001", help="HOST:PORT to serve on")
+    demo.add_argument("--name", default="origin", help="shown in pages and X-Origin")
     return p
 
 
@@ -71,7 +77,10 @@ def _config_from_args(args: argparse.Namespace) -> EdgeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()  # started by `gslb run`: stop when it does, however it does
     args = _parser().parse_args(argv)
+    if args.command == "demo-origin":
+        return _demo_origin(args.listen, args.name)
     if args.command == "check-config":
         try:
             config = load(args.file)
@@ -94,6 +103,24 @@ def main(argv: list[str] | None = None) -> int:
     if config.server.workers > 1:
         return _run_workers(config, args.config)
     return _run(config, args.config, reuse_port=False)
+
+
+def _demo_origin(listen: str, name: str) -> int:
+    from edge.demo_origin import serve_demo
+
+    try:
+        address = parse_address(listen)
+    except ValueError as exc:
+        print(f"error: <command line>: --listen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve_demo(address, name))
+    except OSError as exc:
+        print(f"error: {address}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _run(
@@ -226,6 +253,7 @@ def _fork_workers(
     restarts = dict.fromkeys(range(count), 0)
     stopping = False
     ready_r, ready_w = os.pipe()
+    parent = os.getpid()
 
     def spawn(slot: int, ready_fd: int | None) -> None:
         pid = os.fork()
@@ -239,6 +267,7 @@ def _fork_workers(
             # Until the worker's loop installs its handlers, SIGHUP and SIGUSR1 must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            die_with_parent(parent)  # after SIGTERM is back to its default: see lifetime
             worker_config = config if ready_fd is not None else _respawn_config(config, path)
             code = _run(
                 worker_config,

@@ -4,7 +4,8 @@
                                        catchment, recent state changes; polls the reads below
     GET  /healthz                      {"status": "ok", ...}
     GET  /metrics                      Prometheus text format
-    GET  /v1/topology                  edges, pools, this node, recent transitions (gslb.topology)
+    GET  /v1/topology                  edges, pools, this node, recent transitions
+                                       (gslb.topology_view)
     GET  /v1/explain?name=N&client=C[&type=A|AAAA]
                                        which edges the answer names for that client, and why
                                        (gslb.explain, through the real selection code)
@@ -61,7 +62,7 @@ from gslb.models import Clock
 from gslb.server import format_addr
 from gslb.service import make_locator
 from gslb.statuspage import page
-from gslb.topology import edge_facts, topology
+from gslb.topology_view import edge_facts, topology
 from gslb.zone import Zones, name_to_text
 
 log = logging.getLogger("gslb.api")

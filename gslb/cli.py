@@ -1,7 +1,7 @@
-"""The `gslb` command: `gslb serve` and `gslb check-config`.
+"""The `gslb` command: serve, check-config, dnssec-keygen, ds, and run (a whole topology).
 
     gslb serve -c FILE [--workers N]   serve a config file
-    gslb serve --example [--workers N] serve the embedded example on 127.0.0.1:5353 (make run)
+    gslb serve --example [--workers N] serve the embedded example on 127.0.0.1:5353
     gslb check-config FILE             validate a config: exit 0 with a summary, or exit 1 with
                                        the error ("FILE: KEY: PROBLEM") on stderr
     gslb dnssec-keygen FILE            write a new DNSSEC signing key (EC P-256, PKCS#8 PEM,
@@ -13,6 +13,10 @@
                                        (an address or subnet) and why: live state from a
                                        running server's API (default http://127.0.0.1:8053),
                                        or offline from a config (every edge up, no load)
+    gslb run [--topology FILE]         start a whole topology on this machine (make run): gslb,
+             [--run-dir DIR]           edges and demo origins, by default the embedded
+             [--check]                 gslb/topology.toml; --check validates and exits,
+             [--print-topology]        --print-topology prints the embedded default
 
 Signals while serving: SIGHUP reloads the config atomically (a bad one is logged and the old
 one kept); SIGTERM and SIGINT stop gracefully. See gslb.workers for --workers N.
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from geo.errors import GeoError
+from geoedge.lifetime import die_with_launcher
 from gslb.config import LOG_LEVELS, GslbConfig, load_config
 from gslb.dnssec import dnskey_rdata, dnskey_text, ds_rdata, ds_text, key_tag, write_new_key
 from gslb.errors import GslbError
@@ -41,14 +46,6 @@ from gslb.zone import DNSKEY, name_to_text
 log = logging.getLogger("gslb")
 
 __all__ = ["main"]
-
-# Real prefixes the bundled GeoLite2 City 2019-12-24 snapshot places in these cities
-# (checked with geo.GeoIPLocator): BBC London, NYU Manhattan, University of Tokyo.
-EXAMPLE_CLIENTS = (
-    ("London", "212.58.244.0/24"),
-    ("New York", "128.122.0.0/24"),
-    ("Tokyo", "133.11.0.0/24"),
-)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "--api", default="http://127.0.0.1:8053", help="a running gslb's HTTP API (live state)"
     )
     explain.add_argument("--json", action="store_true", help="print the API's JSON document")
+    run = sub.add_parser("run", help="start gslb, edges and demo origins together (make run)")
+    run.add_argument("--topology", type=Path, help="topology file (default: the embedded one)")
+    run.add_argument("--run-dir", type=Path, help="overrides the topology's run_dir")
+    run.add_argument("--check", action="store_true", help="validate the topology and exit")
+    run.add_argument(
+        "--print-topology", action="store_true", help="print the embedded default topology"
+    )
     return parser
 
 
@@ -213,10 +217,15 @@ def _api_error(exc: urllib.error.HTTPError) -> str:
 
 
 def _print_example_help(config: GslbConfig) -> None:
+    from gslb.topology import default_topology
+
     host, port = config.server.listen[0]
     lines = ["", "GeoEdge GSLB is serving the example zone example.test. Try:"]
-    for city, prefix in EXAMPLE_CLIENTS:
-        lines.append(f"  dig @{host} -p {port} www.example.test +subnet={prefix}   # from {city}")
+    for client in default_topology().clients:  # real prefixes, placed by the bundled GeoLite2
+        lines.append(
+            f"  dig @{host} -p {port} www.example.test +subnet={client.subnet}"
+            f"   # from {client.place}"
+        )
     lines.append(f"  dig @{host} -p {port} example.test ANY")
     api = format_addr(*config.api.listen)
     lines.append(f"  curl -s http://{api}/v1/edges")
@@ -254,7 +263,37 @@ def serve(args: argparse.Namespace) -> int:
         return 0
 
 
+def run_topology(args: argparse.Namespace) -> int:
+    """`gslb run`: see gslb.launcher."""
+    import asyncio
+
+    from gslb.launcher import Launcher
+    from gslb.topology import default_topology, default_topology_text, load_topology, plan
+
+    if args.print_topology:
+        print(default_topology_text(), end="")
+        return 0
+    try:
+        topology = load_topology(args.topology) if args.topology else default_topology()
+        run_dir = Path(args.run_dir or topology.run_dir).absolute()
+        the_plan = plan(topology, run_dir)
+        if args.check:
+            print(
+                f"{topology.source}: OK: gslb on {format_addr(*topology.gslb.listen)}, "
+                f"{len(topology.edges)} edge(s), {len(topology.origins)} origin(s); "
+                f"run directory {run_dir}"
+            )
+            return 0
+        return asyncio.run(Launcher(the_plan).run())
+    except GslbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the launcher's own signal handling was in place
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_launcher()  # started by `gslb run`: stop when it does, however it does
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
@@ -264,4 +303,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_ds(args.config)
     if args.command == "explain":
         return explain(args)
+    if args.command == "run":
+        return run_topology(args)
     return serve(args)

@@ -50,6 +50,13 @@ class ClientSubnet:
                 return cls(family, source, 0, data[4:])
         cls._reject(data)
 
+    @classmethod
+    def for_network(cls, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ClientSubnet:
+        """The option a client (resolver) sends for `network`, e.g. 192.0.2.0/24."""
+        family = FAMILY_IPV4 if network.version == 4 else FAMILY_IPV6
+        source = network.prefixlen
+        return cls(family, source, 0, network.network_address.packed[: (source + 7) // 8])
+
     @staticmethod
     def _reject(data: bytes) -> NoReturn:
         """Raise the FormError that says what is wrong with `data`."""

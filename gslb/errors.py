@@ -2,7 +2,8 @@
 
 GslbError
 ├── ConfigError       a configuration file (or a zone file it names) is invalid
-│   └── ZoneError     zone data is inconsistent (raised while building a zone)
+│   ├── ZoneError     zone data is inconsistent (raised while building a zone)
+│   └── TopologyError a topology file (`gslb run`) is invalid, or cannot be run
 ├── ProtocolError     a DNS message cannot be answered normally (wire.py)
 │   ├── ShortHeader   not even a query header: the message is dropped without a reply
 │   └── FormError     malformed query: answered with FORMERR
@@ -28,6 +29,11 @@ class ZoneError(ConfigError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+class TopologyError(ConfigError):
+    """An invalid topology file ("FILE: KEY: PROBLEM"), or a run it describes cannot start
+    (its run directory, an address in use)."""
 
 
 class ProtocolError(GslbError):

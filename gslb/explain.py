@@ -30,7 +30,7 @@ from gslb.errors import ExplainError
 from gslb.metrics import rcode_name
 from gslb.models import HealthView, Pool
 from gslb.selection import Candidate, explain, select
-from gslb.topology import pool_doc
+from gslb.topology_view import pool_doc
 from gslb.zone import AAAA, CNAME, PoolAnswer, RRset, Zones, name_from_text, name_to_text
 
 __all__ = ["CATCHMENT_STEPS", "Target", "catchment", "explain_answer", "render", "target"]

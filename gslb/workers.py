@@ -26,7 +26,9 @@ A worker applies a snapshot to its replica store, which moves the generations of
 pools whose members changed (gslb.health), so only those pools' cached answers are dropped;
 it acknowledges after that, in the same callback, so once `Supervisor.synced()` saw every
 ready worker acknowledge a version, none answers an affected pool from the older state.
-A worker whose pipe closes (the parent died) stops. The parent restarts a worker that dies
+A worker whose pipe closes (the parent died) stops; one that is still starting (no loop
+yet, or blocked) is ended by the kernel when the parent dies (geoedge.lifetime), so a
+`kill -9` of the parent leaves no worker. The parent restarts a worker that dies
 (at most MAX_RESTARTS per slot, with a growing delay), forwards SIGTERM/SIGINT as a stop to
 every worker and SIGHUP as a reload; workers ignore SIGHUP themselves so a signal sent to the
 whole process group does not reload twice.
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from geo.errors import GeoError
+from geoedge.lifetime import die_with_parent
 from gslb.api import make_app, start_api
 from gslb.config import GslbConfig
 from gslb.errors import GslbError
@@ -261,7 +264,7 @@ class Supervisor:
         path = str(self.source.path) if self.source.path is not None else None
         process = self._ctx.Process(
             target=worker_entry,
-            args=(child_conn, path, self.addresses, slot, self.level),
+            args=(child_conn, path, self.addresses, slot, self.level, os.getpid()),
             name=f"gslb-worker-{slot}",
         )
         process.start()
@@ -474,9 +477,15 @@ async def serve_parent(
 
 
 def worker_entry(
-    conn: Connection, path: str | None, addresses: list[tuple[str, int]], slot: int, level: str
+    conn: Connection,
+    path: str | None,
+    addresses: list[tuple[str, int]],
+    slot: int,
+    level: str,
+    parent: int,
 ) -> None:
-    """A worker process's main (spawned by Supervisor)."""
+    """A worker process's main (spawned by Supervisor, whose pid is `parent`)."""
+    die_with_parent(parent)  # SIGTERM: a graceful stop once the loop runs, else the default
     configure_logging(level, prefix=f"[worker {slot}] ")
     source = ConfigSource(Path(path) if path is not None else None)
     try:

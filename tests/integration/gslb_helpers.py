@@ -1,5 +1,7 @@
 """Helpers for the GSLB integration tests: a real `python -m gslb serve` subprocess.
 
+`LoggedProcess` is any process whose output is read line by line (also `gslb run`).
+
 `GslbProcess` starts the server on 127.0.0.1 port 0, reads its log on a thread, and finds the
 bound ports in the startup lines ("listening udp 127.0.0.1:53412", "api listening http://...").
 `write_config` writes a test config that uses the test GeoIP database (fixture `geo_db`).
@@ -165,41 +167,19 @@ def write_config(
     return path
 
 
-class GslbProcess:
-    """A running `python -m gslb serve` with its log captured."""
+class LoggedProcess:
+    """A process started with its output (stdout and stderr) read on a thread, line by line."""
 
-    def __init__(self, config: Path | None, *args: str) -> None:
+    def __init__(self, argv: list[str]) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        source = ["-c", str(config)] if config is not None else []
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gslb", "serve", *source, *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
+            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.udp: list[tuple[str, int]] = []
-        self.tcp: list[tuple[str, int]] = []
-        self.api = ""
-        try:
-            self.wait_for(r"gslb ready")
-        except Exception:
-            self.stop()
-            raise
-        for line in self.lines:
-            if m := re.search(
-                r"(?<!worker \d\] )gslb: listening (udp|tcp) \[?([0-9a-f.:]+?)\]?:(\d+)$", line
-            ):
-                target = self.udp if m.group(1) == "udp" else self.tcp
-                target.append((m.group(2), int(m.group(3))))
-            if m := re.search(r"api listening (http://\S+)", line):
-                self.api = m.group(1)
-        assert self.udp and self.tcp and self.api, "\n".join(self.lines)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -209,14 +189,6 @@ class GslbProcess:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
-
-    @property
-    def host(self) -> str:
-        return self.udp[0][0]
-
-    @property
-    def port(self) -> int:
-        return self.udp[0][1]
 
     def log_text(self) -> str:
         with self._cond:
@@ -257,6 +229,39 @@ class GslbProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+class GslbProcess(LoggedProcess):
+    """A running `python -m gslb serve` with its log captured."""
+
+    def __init__(self, config: Path | None, *args: str) -> None:
+        source = ["-c", str(config)] if config is not None else []
+        super().__init__([sys.executable, "-m", "gslb", "serve", *source, *args])
+        self.udp: list[tuple[str, int]] = []
+        self.tcp: list[tuple[str, int]] = []
+        self.api = ""
+        try:
+            self.wait_for(r"gslb ready")
+        except Exception:
+            self.stop()
+            raise
+        for line in self.lines:
+            if m := re.search(
+                r"(?<!worker \d\] )gslb: listening (udp|tcp) \[?([0-9a-f.:]+?)\]?:(\d+)$", line
+            ):
+                target = self.udp if m.group(1) == "udp" else self.tcp
+                target.append((m.group(2), int(m.group(3))))
+            if m := re.search(r"api listening (http://\S+)", line):
+                self.api = m.group(1)
+        assert self.udp and self.tcp and self.api, "\n".join(self.lines)
+
+    @property
+    def host(self) -> str:
+        return self.udp[0][0]
+
+    @property
+    def port(self) -> int:
+        return self.udp[0][1]
 
     # -- clients ------------------------------------------------------------------------------
 

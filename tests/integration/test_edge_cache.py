@@ -670,8 +670,8 @@ async def test_reload_renames_the_cache_in_fast_hits(tmp_path: Path) -> None:
 
 
 async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path: Path) -> None:
-    from edge.cache_policy import CacheRequest, make_entry
     from edge.cache_layer import CacheLayer
+    from edge.cache_policy import CacheRequest, make_entry
     from edge.store import Store
 
     class Clock:

@@ -22,6 +22,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.edge_helpers import origins, until
+from tests.integration.proc_helpers import children as _children
+from tests.integration.proc_helpers import gone, kill_all
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = {"Host": "www.cache.test"}  # the cache key names the host; ports differ across restarts
@@ -237,17 +239,21 @@ async def test_two_workers_share_the_port(tmp_path: Path) -> None:
             )
 
 
-def _children(pid: int) -> set[int]:
-    """The live child processes of `pid`, from /proc."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.add(int(stat.parent.name))
-    return out
+async def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--workers", "2")
+        async with edge_process(*args) as edge:
+            workers = _children(edge.proc.pid)
+            assert len(workers) == 2
+            try:
+                async with aiohttp.ClientSession() as s, s.get(edge.url() + "/before") as r:
+                    assert r.status == 200
+                edge.proc.kill()  # SIGKILL: the parent cannot tell its workers anything
+                # Not proc.wait(): asyncio waits for the stdout pipe too, which workers hold.
+                left = await asyncio.to_thread(gone, {edge.proc.pid, *workers})  # bounded poll
+                assert not left, f"{left} outlived the parent"
+            finally:
+                kill_all(workers)
 
 
 async def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from tests.integration.gslb_helpers import (
     gslb_cmd,
     write_config,
 )
+from tests.integration.proc_helpers import gone
 
 FRA, IAD = EDGE_IPS["fra"], EDGE_IPS["iad"]
 
@@ -347,28 +348,10 @@ def test_workers_stop_when_the_parent_dies(tmp_path: Path, geo_db: Path) -> None
         assert len(pids) == 2
         proc.proc.kill()  # SIGKILL: no chance to stop the workers
         proc.proc.wait(timeout=10)
-        for _ in range(200):  # bounded: the workers see their pipe close
-            alive = [pid for pid in pids if _alive(pid)]
-            if not alive:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"workers {alive} outlived the parent")
+        left = gone(pids)  # bounded: the kernel (PR_SET_PDEATHSIG) or the closed pipe ends them
+        assert not left, f"workers {left} outlived the parent"
     finally:
         proc.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by init) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _post(proc: GslbProcess, path: str, token: str | None) -> int:

@@ -121,3 +121,12 @@ def test_subnet_of_is_what_a_resolver_sends(value: int, prefix: int) -> None:
     ecs = subnet_of(net)
     assert ClientSubnet.decode(ecs.encode(0)[4:]) == ecs
     assert ecs.text() == str(net)
+
+
+@given(st.ip_addresses(), st.integers(0, 128))
+def test_the_option_built_for_a_network_decodes_to_that_network(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix: int
+) -> None:
+    network = ipaddress.ip_network(f"{address}/{min(prefix, address.max_prefixlen)}", strict=False)
+    ecs = ClientSubnet.decode(ClientSubnet.for_network(network).encode(0)[4:])
+    assert ecs.text() == str(network)
