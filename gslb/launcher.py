@@ -251,8 +251,10 @@ def hints(plan: RunPlan, pids: dict[str, int], answers: list[list[str] | None]) 
         "  more: /style.css /logo.svg /badge.png /large.bin (4 MiB) /api/products /api/time "
         "/api/random /api/me",
         "",
-        "What gslb knows about the edges, and what an edge tells it:",
-        f"  curl -s {api}/v1/edges",
+        f"The status page (map, catchments, state changes): {api}/",
+        "What gslb knows about the edges, why a client gets its edge, what an edge tells it:",
+        f"  curl -s {api}/v1/topology",
+        f"  gslb explain {host} {t.clients[0].subnet if t.clients else '127.0.0.1'} --api {api}",
         f"  curl -s {shown.status_url}",
         "",
         f"Fail {shown.name} and watch its clients move (probes every {t.probes.interval:g} s; "
