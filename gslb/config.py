@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 import tomllib
 import urllib.parse
 from collections.abc import Callable
@@ -98,6 +99,28 @@ class RrlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """The [cookies] table (DNS COOKIE, RFC 7873 / RFC 9018); see docs/configuration.md."""
+
+    enabled: bool = True
+    # SipHash-2-4 keys from secret_file: the first makes cookies, all are accepted. Empty:
+    # a random key per start (gslb.cookies.start_secret).
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    secret_file: Path | None = None
+    require: bool = False  # BADCOOKIE to UDP queries with a client cookie but no valid one
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """The [identity] table (NSID, CHAOS TXT); see docs/configuration.md."""
+
+    name: str = "gslb"  # the node's identity; the loader defaults it to the host name
+    nsid: bool = True  # answer the EDNS NSID option (RFC 5001) with `name`
+    chaos: bool = True  # answer CH TXT id.server and hostname.bind with `name`
+    version: str | None = None  # CH TXT version.bind / version.server; None: REFUSED
+
+
+@dataclass(frozen=True, slots=True)
 class GslbConfig:
     source: str  # the file name errors and logs refer to
     server: ServerConfig
@@ -109,6 +132,8 @@ class GslbConfig:
     pools: tuple[Pool, ...]
     health: HealthConfig = HealthConfig()
     rrl: RrlConfig = RrlConfig()
+    cookies: CookieConfig = CookieConfig()
+    identity: IdentityConfig = IdentityConfig()
 
 
 def load_config(path: Path) -> GslbConfig:
@@ -267,7 +292,8 @@ def parse_hostport(text: str, key: str) -> tuple[str, int]:
 
 def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     top = _Table(data, "")
-    for name in ("server", "api", "log", "geo", "health", "rrl", "zone", "edge", "pool"):
+    tables = ("server", "api", "log", "geo", "health", "rrl", "cookies", "identity")
+    for name in (*tables, "zone", "edge", "pool"):
         top.used.add(name)
     top.done()
     server = _server(_Table(data.get("server", {}), "server"))
@@ -276,11 +302,24 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     geo = _geo(_Table(data.get("geo", {}), "geo"), base)
     health = _health(_Table(data.get("health", {}), "health"))
     rrl = _rrl(_Table(data.get("rrl", {}), "rrl"))
+    cookies = _cookies(_Table(data.get("cookies", {}), "cookies"), base)
+    identity = _identity(_Table(data.get("identity", {}), "identity"))
     edges = _edges(_array_of_tables(data, "edge"))
     pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
     zones = _zones(_array_of_tables(data, "zone"), pools, base)
     return GslbConfig(
-        source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools), health, rrl
+        source,
+        server,
+        api,
+        log,
+        geo,
+        zones,
+        edges,
+        tuple(p for p, _ in pools),
+        health,
+        rrl,
+        cookies,
+        identity,
     )
 
 
@@ -378,6 +417,69 @@ def _rrl(t: _Table) -> RrlConfig:
         raise _Invalid(
             t.sub("burst"), f"must be 0 (one second's worth) or at least 1, not {cfg.burst}"
         )
+    t.done()
+    return cfg
+
+
+def _cookies(t: _Table, base: Path) -> CookieConfig:
+    enabled = t.get("enabled", bool, True)
+    require = t.get("require", bool, False)
+    name = t.get("secret_file", str, None)
+    t.done()
+    if name is None:
+        return CookieConfig(enabled=enabled, require=require)
+    path = _zone_path(base, name)
+    key = t.sub("secret_file")
+    return CookieConfig(enabled, _cookie_secrets(path, key), path, require)
+
+
+def _cookie_secrets(path: Path, key: str) -> tuple[bytes, ...]:
+    """The cookie secrets in `path`: one per line as 32 hex digits (128 bits), the first
+    the one cookies are made with; blank lines and lines starting with # are skipped."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Invalid(key, f"cannot read {str(path)!r}: {exc}") from None
+    out: list[bytes] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            secret = bytes.fromhex(line)
+        except ValueError:
+            secret = b""
+        if len(secret) != 16:
+            raise _Invalid(
+                key, f"{str(path)!r} line {number}: a secret is 32 hex digits (128 bits)"
+            )
+        if secret in out:
+            raise _Invalid(key, f"{str(path)!r} line {number}: the same secret twice")
+        out.append(secret)
+    if not out:
+        raise _Invalid(key, f"{str(path)!r} holds no secret")
+    return tuple(out)
+
+
+def _txt_string(t: _Table, name: str, default: Any) -> Any:
+    value = t.get(name, str, default)
+    if value is default:
+        return value
+    if not 1 <= len(value) <= 255 or not all(" " <= c <= "~" for c in value):
+        raise _Invalid(t.sub(name), f"{value!r} must be 1 to 255 printable ASCII characters")
+    return value
+
+
+def _identity(t: _Table) -> IdentityConfig:
+    host = socket.gethostname()[:255] or "gslb"
+    if not all(" " <= c <= "~" for c in host):
+        host = "gslb"
+    cfg = IdentityConfig(
+        name=_txt_string(t, "name", host),
+        nsid=t.get("nsid", bool, True),
+        chaos=t.get("chaos", bool, True),
+        version=_txt_string(t, "version", None),
+    )
     t.done()
     return cfg
 

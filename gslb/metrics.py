@@ -57,6 +57,7 @@ _RCODES = {
     4: "NOTIMP",
     5: "REFUSED",
     16: "BADVERS",
+    23: "BADCOOKIE",
 }
 
 

@@ -244,7 +244,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             server.metrics.drop()
             return
         rrl = server.rrl
-        if rrl is not None and client is not None:
+        # A reply to a query with a valid server cookie (gslb.cookies) is never limited: that
+        # query came from the address it says, so the reply reflects nothing.
+        if (
+            rrl is not None
+            and client is not None
+            and reply is not getattr(server.responder, "verified", None)
+        ):
             action = rrl.check(client, reply, _monotonic())
             if action is not _SEND:
                 if action is Action.DROP:

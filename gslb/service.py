@@ -19,6 +19,7 @@ from geo.errors import GeoError
 from geo.locator import GeoIPLocator
 from gslb.answer import Responder
 from gslb.config import GslbConfig, example_config, load_config
+from gslb.cookies import start_secret
 from gslb.errors import GslbError
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
@@ -31,6 +32,11 @@ log = logging.getLogger("gslb")
 __all__ = ["ConfigSource", "DnsRuntime", "config_pools", "listen_addresses"]
 
 GEO_CHECK_INTERVAL = 60.0  # seconds between GeoIP file checks
+
+# The random DNS cookie secret of this start, for when no [cookies] secret_file is set: made
+# here, on import, because the parent of worker processes imports this module before it
+# spawns them, and they inherit it through the environment (one secret for every worker).
+start_secret()
 
 
 @dataclass(frozen=True, slots=True)
