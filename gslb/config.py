@@ -52,6 +52,8 @@ class ServerConfig:
     workers: int = 1
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
+    tcp_max_per_network: int = 64  # per client /24 (/56): [rrl] ipv4_prefix, ipv6_prefix
+    tcp_busy_idle_timeout: float = 2.0  # the idle timeout when half the slots are taken
     max_udp_payload: int = 1232
 
 
@@ -339,6 +341,12 @@ def _server(t: _Table) -> ServerConfig:
         tcp_idle_timeout=t.number("tcp_idle_timeout", d.tcp_idle_timeout, 0.001, 3600.0),
         tcp_max_connections=t.number(
             "tcp_max_connections", d.tcp_max_connections, 1, 1_000_000, integer=True
+        ),
+        tcp_max_per_network=t.number(
+            "tcp_max_per_network", d.tcp_max_per_network, 1, 1_000_000, integer=True
+        ),
+        tcp_busy_idle_timeout=t.number(
+            "tcp_busy_idle_timeout", d.tcp_busy_idle_timeout, 0.001, 3600.0
         ),
         max_udp_payload=t.number("max_udp_payload", d.max_udp_payload, 512, 4096, integer=True),
     )

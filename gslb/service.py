@@ -26,6 +26,7 @@ from gslb.metrics import QueryMetrics
 from gslb.models import Pool
 from gslb.rrl import RateLimiter
 from gslb.server import BoundPair, DnsServer, bind_dns_sockets, format_addr
+from gslb.tcpadmit import TcpLimits
 
 log = logging.getLogger("gslb")
 
@@ -75,6 +76,18 @@ def make_rate_limiter(config: GslbConfig) -> RateLimiter | None:
     return RateLimiter(config.rrl) if config.rrl.enabled else None
 
 
+def tcp_limits(config: GslbConfig) -> TcpLimits:
+    server = config.server
+    return TcpLimits(
+        max_connections=server.tcp_max_connections,
+        per_network=server.tcp_max_per_network,
+        idle_timeout=server.tcp_idle_timeout,
+        busy_idle_timeout=server.tcp_busy_idle_timeout,
+        ipv4_prefix=config.rrl.ipv4_prefix,
+        ipv6_prefix=config.rrl.ipv6_prefix,
+    )
+
+
 def make_locator(config: GslbConfig) -> GeoIPLocator:
     return GeoIPLocator(config.geo.database, config.geo.overrides)
 
@@ -99,11 +112,7 @@ class DnsRuntime:
         self.locator = make_locator(config)
         responder = Responder(config, self.locator, health, observer=metrics)
         self.server = DnsServer(
-            responder,
-            metrics,
-            tcp_idle_timeout=float(config.server.tcp_idle_timeout),
-            tcp_max_connections=int(config.server.tcp_max_connections),
-            rrl=make_rate_limiter(config),
+            responder, metrics, tcp=tcp_limits(config), rrl=make_rate_limiter(config)
         )
 
     async def start(self, pairs: Iterable[BoundPair]) -> None:
@@ -135,8 +144,7 @@ class DnsRuntime:
         old_locator, old_config = self.locator, self.config
         self.config, self.locator = config, locator
         self.server.responder = responder
-        self.server.tcp_idle_timeout = float(config.server.tcp_idle_timeout)
-        self.server.tcp_max_connections = int(config.server.tcp_max_connections)
+        self.server.tcp_limits = tcp_limits(config)
         if config.rrl != old_config.rrl:  # unchanged, the buckets carry on
             self.server.rrl = make_rate_limiter(config)
         if isinstance(self.metrics, QueryMetrics):
