@@ -84,6 +84,16 @@ class HealthConfig:
     rise: int = 2  # consecutive good probes that bring a down edge up
     fall: int = 3  # consecutive failed probes that take an up edge down
     jitter: float = 0.5  # up to this many seconds of random delay per round
+    quorum: int = 0  # with [[peers]]: vantage points that must see an edge down; 0: majority
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """One [[peers]] entry: another DNS node whose probe view joins the quorum."""
+
+    name: str
+    api: str  # its API base URL, e.g. "http://192.0.2.53:8053"
+    token: str | None = field(default=None, repr=False)  # from token_file: sent as Bearer
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +146,7 @@ class GslbConfig:
     rrl: RrlConfig = RrlConfig()
     cookies: CookieConfig = CookieConfig()
     identity: IdentityConfig = IdentityConfig()
+    peers: tuple[PeerConfig, ...] = ()
 
 
 def load_config(path: Path) -> GslbConfig:
@@ -295,7 +306,7 @@ def parse_hostport(text: str, key: str) -> tuple[str, int]:
 def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     top = _Table(data, "")
     tables = ("server", "api", "log", "geo", "health", "rrl", "cookies", "identity")
-    for name in (*tables, "zone", "edge", "pool"):
+    for name in (*tables, "zone", "edge", "pool", "peers"):
         top.used.add(name)
     top.done()
     server = _server(_Table(data.get("server", {}), "server"))
@@ -306,6 +317,7 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     rrl = _rrl(_Table(data.get("rrl", {}), "rrl"))
     cookies = _cookies(_Table(data.get("cookies", {}), "cookies"), base)
     identity = _identity(_Table(data.get("identity", {}), "identity"))
+    peers = _peers(_array_of_tables(data, "peers"), base)
     edges = _edges(_array_of_tables(data, "edge"))
     pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
     zones = _zones(_array_of_tables(data, "zone"), pools, base)
@@ -322,6 +334,7 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
         rrl,
         cookies,
         identity,
+        peers,
     )
 
 
@@ -401,6 +414,7 @@ def _health(t: _Table) -> HealthConfig:
         rise=t.number("rise", d.rise, 1, 100, integer=True),
         fall=t.number("fall", d.fall, 1, 100, integer=True),
         jitter=float(jitter),
+        quorum=t.number("quorum", d.quorum, 0, 1000, integer=True),
     )
     t.done()
     return cfg
@@ -492,22 +506,51 @@ def _identity(t: _Table) -> IdentityConfig:
     return cfg
 
 
+def _peers(raw: list[Any], base: Path) -> tuple[PeerConfig, ...]:
+    out: list[PeerConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(item, f"peers[{i}]")
+        api = _http_url(t, "api", _REQUIRED, 'an http(s) URL such as "http://192.0.2.53:8053"')
+        assert api is not None
+        api = api.rstrip("/")
+        name = t.get("name", str, urllib.parse.urlsplit(api).netloc)
+        for key, value in (("api", api), ("name", name)):
+            if value in seen:
+                raise _Invalid(t.sub(key), f"{value!r} is already peers[{seen[value]}]")
+        seen[api] = seen[name] = i
+        token_file = t.get("token_file", str, None)
+        token = None if token_file is None else _token(base / token_file, t.sub("token_file"))
+        t.done()
+        out.append(PeerConfig(name, api, token))
+    return tuple(out)
+
+
 def _status_url(t: _Table) -> str | None:
-    raw = t.get("status_url", str, None)
+    return _http_url(
+        t,
+        "status_url",
+        None,
+        'an http(s) URL such as "http://192.0.2.10:9090/__edge/status"',
+    )
+
+
+def _http_url(t: _Table, key: str, default: Any, example: str) -> str | None:
+    raw = t.get(key, str, default)
     if raw is None:
         return None
     try:
         url = urllib.parse.urlsplit(raw)
         port = url.port  # raises on a bad port
     except ValueError as exc:
-        raise _Invalid(t.sub("status_url"), f"{raw!r} is not a URL: {exc}") from None
+        raise _Invalid(t.sub(key), f"{raw!r} is not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.hostname:
         raise _Invalid(
-            t.sub("status_url"),
-            f'{raw!r} is not an http(s) URL such as "http://192.0.2.10:9090/__edge/status"',
+            t.sub(key),
+            f"{raw!r} is not {example}",
         )
     if url.fragment or url.username is not None or any(c.isspace() for c in raw):
-        raise _Invalid(t.sub("status_url"), f"{raw!r} must not have a fragment, user or spaces")
+        raise _Invalid(t.sub(key), f"{raw!r} must not have a fragment, user or spaces")
     del port
     return str(raw)
 
