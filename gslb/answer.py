@@ -60,18 +60,20 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from dnslib import AAAA as RD_AAAA
-from dnslib import QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
+from dnslib import QTYPE, RR, TXT, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
 from dnslib import A as RD_A
 
 from geo.location import Location, Locator
 from gslb.config import GslbConfig
+from gslb.cookies import CookieJar, Verdict, start_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
 from gslb.ecs import ClientSubnet, answer_scope, decision_address
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Edge, HealthView, Policy, Selection
 from gslb.respcache import FifoCache
+from gslb.rrl import truncated
 from gslb.selection import select
-from gslb.wire import Query, parse_query
+from gslb.wire import COOKIE_CODE, NSID_CODE, Query, add_option, parse_query
 from gslb.zone import (
     AAAA,
     BADVERS,
@@ -117,6 +119,12 @@ _OPT_FIXED: Final = struct.Struct(
 _REFUSED: Final = Resolution(REFUSED, False)
 _FORMERR: Final = Resolution(FORMERR, False)
 _NOTIMP: Final = Resolution(NOTIMP, False)
+BADCOOKIE: Final = 23  # RFC 7873: extended rcode 1, header rcode 7
+CHAOS: Final = 3
+TXT_TYPE: Final = 16
+ANY_TYPE: Final = 255
+_CH_IDENTITY: Final = (b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00")
+_CH_VERSION: Final = (b"\x07version\x04bind\x00", b"\x07version\x06server\x00")
 
 
 class Observer(Protocol):
@@ -222,6 +230,21 @@ class Responder:
         self._static_get = self._static.getter
         self._pooled_get = self._pooled.getter
         self._generations = health.generations  # changed in place, never replaced
+        cookies = config.cookies
+        self._cookies = (
+            CookieJar(cookies.secrets or (start_secret(),), clock) if cookies.enabled else None
+        )
+        self._require_cookie = cookies.require
+        identity = config.identity
+        self._nsid = identity.name.encode("ascii") if identity.nsid else None
+        self._chaos: dict[bytes, str] = {}
+        if identity.chaos:
+            self._chaos.update(dict.fromkeys(_CH_IDENTITY, identity.name))
+        if identity.version is not None:
+            self._chaos.update(dict.fromkeys(_CH_VERSION, identity.version))
+        # The last reply to a query with a valid server cookie (RFC 7873): the UDP server
+        # does not rate limit it, because its source address cannot have been forged.
+        self.verified: bytes | None = None
 
     # ------------------------------------------------------------------ entry point
 
@@ -259,6 +282,7 @@ class Responder:
                     ecs is not None
                     and ecs.source == 24
                     and query.ecs_end == len(wire) <= MAX_CACHED_QUERY
+                    and query.options is None
                 ):
                     self._shapes.put(wire[2:-3], query)
         except ShortHeader:
@@ -268,11 +292,57 @@ class Responder:
         except Exception:
             log.exception("parsing a query failed")
             return self._error(wire, client, SERVFAIL, 0, False, False)
+        if query.options is not None:
+            return self._with_options(query, wire, client, tcp)
         try:
             return self._answer(query, wire, client, tcp)
         except Exception:
             log.exception("answering a query failed")
             return self._error(wire, client, SERVFAIL, query.question_end, query.edns, query.do)
+
+    def _with_options(self, q: Query, wire: bytes, client: IPAddress, tcp: bool) -> bytes | None:
+        """A query with a COOKIE or NSID option: answered as the same query without them
+        (so through every cache), then those options are added to the reply. A valid server
+        cookie is echoed or renewed, any other gets a fresh one; with `require`, a UDP query
+        with a client cookie but no valid server cookie gets BADCOOKIE (RFC 7873 section
+        5.2.3); over TCP it is answered (the source address is proven)."""
+        options = q.options
+        assert options is not None
+        try:
+            stripped = options.strip(wire)
+            extra: list[tuple[int, bytes]] = []
+            reply = None
+            verified = False
+            if options.cookie is not None and self._cookies is not None:
+                start, end = options.cookie
+                check = self._cookies.check(wire[start + 4 : end], client)
+                verified = check.verdict is Verdict.VALID
+                if not verified and self._require_cookie and not tcp:
+                    reply = self._error(stripped, client, BADCOOKIE, q.question_end, True, q.do)
+                extra.append((COOKIE_CODE, check.option))
+            if options.nsid is not None and self._nsid is not None:
+                extra.append((NSID_CODE, self._nsid))
+        except Exception:
+            log.exception("reading a query's cookie failed")
+            return self._error(wire, client, SERVFAIL, q.question_end, q.edns, q.do)
+        if reply is None:
+            reply = self.respond(stripped, client, tcp=tcp)
+        if reply is None or not extra:
+            return reply
+        out, opt_at = reply, -1
+        for code, data in extra:
+            added = add_option(out, code, data)
+            if added is None:  # not expected: every reply to an EDNS query has an OPT
+                return out
+            out, opt_at = added
+        limit = MAX_TCP if tcp else min(max(q.payload, 512), self._max_udp)
+        if len(out) > limit:
+            # The options made it too big: header and question with TC, and the OPT record.
+            cut = truncated(out)
+            out = cut[:10] + b"\x00\x01" + cut[12:] + out[opt_at:]
+        if verified:
+            self.verified = out
+        return out
 
     @staticmethod
     def _reshape(proto: Query, wire: bytes) -> Query:
@@ -403,6 +473,8 @@ class Responder:
         return res
 
     def _plan(self, q: Query, key: _StaticKey, limit: int) -> _Reply | _Plan:
+        if q.qclass == CHAOS and q.qname in self._chaos:
+            return self._chaos_reply(q, self._chaos[q.qname])
         res = self._resolve(q)
         qname = name_to_text(q.qname)
         if res.pool is not None:
@@ -507,6 +579,20 @@ class Responder:
         return wire, offsets
 
     # ------------------------------------------------------------------ encoding
+
+    def _chaos_reply(self, q: Query, text: str) -> _Reply:
+        """CH TXT id.server / hostname.bind (the node's identity) and version.bind /
+        version.server, as NSD and Knot answer them: TTL 0, authoritative; another type at
+        those names gets an empty answer."""
+        question = DNSQuestion(dnslabel(q.qname), q.qtype, q.qclass)
+        answer = []
+        if q.qtype in (TXT_TYPE, ANY_TYPE):
+            owner = dnslabel(q.qname)
+            answer.append(RR(owner, TXT_TYPE, rclass=CHAOS, ttl=0, rdata=TXT(text)))
+        opt = self._opt(q, 0, NOERROR)
+        header = DNSHeader(id=0, qr=1, aa=1, rd=0, rcode=NOERROR)
+        record = DNSRecord(header, questions=[question], rr=answer, ar=[opt] if opt else [])
+        return _Reply(bytes(record.pack()), NOERROR, name_to_text(q.qname))
 
     def _signer(self, q: Query) -> Signer | None:
         if not self._signers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 import tomllib
 import urllib.parse
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class ServerConfig:
     workers: int = 1
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
+    tcp_max_per_network: int = 64  # per client /24 (/56): [rrl] ipv4_prefix, ipv6_prefix
+    tcp_busy_idle_timeout: float = 2.0  # the idle timeout when half the slots are taken
     max_udp_payload: int = 1232
 
 
@@ -81,6 +84,16 @@ class HealthConfig:
     rise: int = 2  # consecutive good probes that bring a down edge up
     fall: int = 3  # consecutive failed probes that take an up edge down
     jitter: float = 0.5  # up to this many seconds of random delay per round
+    quorum: int = 0  # with [[peers]]: vantage points that must see an edge down; 0: majority
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """One [[peers]] entry: another DNS node whose probe view joins the quorum."""
+
+    name: str
+    api: str  # its API base URL, e.g. "http://192.0.2.53:8053"
+    token: str | None = field(default=None, repr=False)  # from token_file: sent as Bearer
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,28 @@ class RrlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """The [cookies] table (DNS COOKIE, RFC 7873 / RFC 9018); see docs/configuration.md."""
+
+    enabled: bool = True
+    # SipHash-2-4 keys from secret_file: the first makes cookies, all are accepted. Empty:
+    # a random key per start (gslb.cookies.start_secret).
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    secret_file: Path | None = None
+    require: bool = False  # BADCOOKIE to UDP queries with a client cookie but no valid one
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """The [identity] table (NSID, CHAOS TXT); see docs/configuration.md."""
+
+    name: str = "gslb"  # the node's identity; the loader defaults it to the host name
+    nsid: bool = True  # answer the EDNS NSID option (RFC 5001) with `name`
+    chaos: bool = True  # answer CH TXT id.server and hostname.bind with `name`
+    version: str | None = None  # CH TXT version.bind / version.server; None: REFUSED
+
+
+@dataclass(frozen=True, slots=True)
 class GslbConfig:
     source: str  # the file name errors and logs refer to
     server: ServerConfig
@@ -109,6 +144,9 @@ class GslbConfig:
     pools: tuple[Pool, ...]
     health: HealthConfig = HealthConfig()
     rrl: RrlConfig = RrlConfig()
+    cookies: CookieConfig = CookieConfig()
+    identity: IdentityConfig = IdentityConfig()
+    peers: tuple[PeerConfig, ...] = ()
 
 
 def load_config(path: Path) -> GslbConfig:
@@ -267,7 +305,8 @@ def parse_hostport(text: str, key: str) -> tuple[str, int]:
 
 def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     top = _Table(data, "")
-    for name in ("server", "api", "log", "geo", "health", "rrl", "zone", "edge", "pool"):
+    tables = ("server", "api", "log", "geo", "health", "rrl", "cookies", "identity")
+    for name in (*tables, "zone", "edge", "pool", "peers"):
         top.used.add(name)
     top.done()
     server = _server(_Table(data.get("server", {}), "server"))
@@ -276,11 +315,26 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     geo = _geo(_Table(data.get("geo", {}), "geo"), base)
     health = _health(_Table(data.get("health", {}), "health"))
     rrl = _rrl(_Table(data.get("rrl", {}), "rrl"))
+    cookies = _cookies(_Table(data.get("cookies", {}), "cookies"), base)
+    identity = _identity(_Table(data.get("identity", {}), "identity"))
+    peers = _peers(_array_of_tables(data, "peers"), base)
     edges = _edges(_array_of_tables(data, "edge"))
     pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
     zones = _zones(_array_of_tables(data, "zone"), pools, base)
     return GslbConfig(
-        source, server, api, log, geo, zones, edges, tuple(p for p, _ in pools), health, rrl
+        source,
+        server,
+        api,
+        log,
+        geo,
+        zones,
+        edges,
+        tuple(p for p, _ in pools),
+        health,
+        rrl,
+        cookies,
+        identity,
+        peers,
     )
 
 
@@ -300,6 +354,12 @@ def _server(t: _Table) -> ServerConfig:
         tcp_idle_timeout=t.number("tcp_idle_timeout", d.tcp_idle_timeout, 0.001, 3600.0),
         tcp_max_connections=t.number(
             "tcp_max_connections", d.tcp_max_connections, 1, 1_000_000, integer=True
+        ),
+        tcp_max_per_network=t.number(
+            "tcp_max_per_network", d.tcp_max_per_network, 1, 1_000_000, integer=True
+        ),
+        tcp_busy_idle_timeout=t.number(
+            "tcp_busy_idle_timeout", d.tcp_busy_idle_timeout, 0.001, 3600.0
         ),
         max_udp_payload=t.number("max_udp_payload", d.max_udp_payload, 512, 4096, integer=True),
     )
@@ -354,6 +414,7 @@ def _health(t: _Table) -> HealthConfig:
         rise=t.number("rise", d.rise, 1, 100, integer=True),
         fall=t.number("fall", d.fall, 1, 100, integer=True),
         jitter=float(jitter),
+        quorum=t.number("quorum", d.quorum, 0, 1000, integer=True),
     )
     t.done()
     return cfg
@@ -382,22 +443,114 @@ def _rrl(t: _Table) -> RrlConfig:
     return cfg
 
 
+def _cookies(t: _Table, base: Path) -> CookieConfig:
+    enabled = t.get("enabled", bool, True)
+    require = t.get("require", bool, False)
+    name = t.get("secret_file", str, None)
+    t.done()
+    if name is None:
+        return CookieConfig(enabled=enabled, require=require)
+    path = _zone_path(base, name)
+    key = t.sub("secret_file")
+    return CookieConfig(enabled, _cookie_secrets(path, key), path, require)
+
+
+def _cookie_secrets(path: Path, key: str) -> tuple[bytes, ...]:
+    """The cookie secrets in `path`: one per line as 32 hex digits (128 bits), the first
+    the one cookies are made with; blank lines and lines starting with # are skipped."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Invalid(key, f"cannot read {str(path)!r}: {exc}") from None
+    out: list[bytes] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            secret = bytes.fromhex(line)
+        except ValueError:
+            secret = b""
+        if len(secret) != 16:
+            raise _Invalid(
+                key, f"{str(path)!r} line {number}: a secret is 32 hex digits (128 bits)"
+            )
+        if secret in out:
+            raise _Invalid(key, f"{str(path)!r} line {number}: the same secret twice")
+        out.append(secret)
+    if not out:
+        raise _Invalid(key, f"{str(path)!r} holds no secret")
+    return tuple(out)
+
+
+def _txt_string(t: _Table, name: str, default: Any) -> Any:
+    value = t.get(name, str, default)
+    if value is default:
+        return value
+    if not 1 <= len(value) <= 255 or not all(" " <= c <= "~" for c in value):
+        raise _Invalid(t.sub(name), f"{value!r} must be 1 to 255 printable ASCII characters")
+    return value
+
+
+def _identity(t: _Table) -> IdentityConfig:
+    host = socket.gethostname()[:255] or "gslb"
+    if not all(" " <= c <= "~" for c in host):
+        host = "gslb"
+    cfg = IdentityConfig(
+        name=_txt_string(t, "name", host),
+        nsid=t.get("nsid", bool, True),
+        chaos=t.get("chaos", bool, True),
+        version=_txt_string(t, "version", None),
+    )
+    t.done()
+    return cfg
+
+
+def _peers(raw: list[Any], base: Path) -> tuple[PeerConfig, ...]:
+    out: list[PeerConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(item, f"peers[{i}]")
+        api = _http_url(t, "api", _REQUIRED, 'an http(s) URL such as "http://192.0.2.53:8053"')
+        assert api is not None
+        api = api.rstrip("/")
+        name = t.get("name", str, urllib.parse.urlsplit(api).netloc)
+        for key, value in (("api", api), ("name", name)):
+            if value in seen:
+                raise _Invalid(t.sub(key), f"{value!r} is already peers[{seen[value]}]")
+        seen[api] = seen[name] = i
+        token_file = t.get("token_file", str, None)
+        token = None if token_file is None else _token(base / token_file, t.sub("token_file"))
+        t.done()
+        out.append(PeerConfig(name, api, token))
+    return tuple(out)
+
+
 def _status_url(t: _Table) -> str | None:
-    raw = t.get("status_url", str, None)
+    return _http_url(
+        t,
+        "status_url",
+        None,
+        'an http(s) URL such as "http://192.0.2.10:9090/__edge/status"',
+    )
+
+
+def _http_url(t: _Table, key: str, default: Any, example: str) -> str | None:
+    raw = t.get(key, str, default)
     if raw is None:
         return None
     try:
         url = urllib.parse.urlsplit(raw)
         port = url.port  # raises on a bad port
     except ValueError as exc:
-        raise _Invalid(t.sub("status_url"), f"{raw!r} is not a URL: {exc}") from None
+        raise _Invalid(t.sub(key), f"{raw!r} is not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.hostname:
         raise _Invalid(
-            t.sub("status_url"),
-            f'{raw!r} is not an http(s) URL such as "http://192.0.2.10:9090/__edge/status"',
+            t.sub(key),
+            f"{raw!r} is not {example}",
         )
     if url.fragment or url.username is not None or any(c.isspace() for c in raw):
-        raise _Invalid(t.sub("status_url"), f"{raw!r} must not have a fragment, user or spaces")
+        raise _Invalid(t.sub(key), f"{raw!r} must not have a fragment, user or spaces")
     del port
     return str(raw)
 

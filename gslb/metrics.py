@@ -57,6 +57,7 @@ _RCODES = {
     4: "NOTIMP",
     5: "REFUSED",
     16: "BADVERS",
+    23: "BADCOOKIE",
 }
 
 
@@ -294,9 +295,26 @@ class ProbeCollector(Collector):
             "Edge status probes by result (success, failure) and failure reason",
             labels=["edge", "result", "reason"],
         )
-        for edge, result, reason, n in self._source().get("probes", ()):
+        data = self._source()
+        for edge, result, reason, n in data.get("probes", ()):
             probes.add_metric([str(edge), str(result), str(reason)], float(n))
         yield probes
+        peers = int(data.get("peers", 0))
+        if peers:
+            answering = int(data.get("peers_answering", 0))
+            gauge = GaugeMetricFamily(
+                "gslb_quorum_peers_answering",
+                "Peers ([[peers]]) whose probe view joined the last probe round's quorum",
+            )
+            gauge.add_metric([], float(answering))
+            yield gauge
+            fallback = GaugeMetricFamily(
+                "gslb_quorum_fallback",
+                "1 when no peer answered the last probe round and this node's own probe "
+                "view decided alone",
+            )
+            fallback.add_metric([], 1.0 if answering == 0 else 0.0)
+            yield fallback
 
 
 class TransitionCollector(Collector):

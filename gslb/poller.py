@@ -10,6 +10,12 @@ gslb.edgeprobe, and writes the resulting up/down and loads with one `HealthStore
 at most one version bump (one answer-cache flush, one snapshot to the workers) per round, and
 none when nothing changed.
 
+With `[[peers]]` (other DNS nodes), each round also GETs every peer's `/v1/edges` and the
+up/down written is the quorum verdict of gslb.quorum over this node's probe view and the
+peers' (their own probe views, `probe.probed_up`); a round in which no peer answered falls
+back to this node's view. `probed()` (the `probe` field of /v1/edges) shows each edge's
+verdict, and `export()` the peers answering, for /metrics.
+
 Only `up` and `load` are written, and only for edges with a `status_url`: a drain set through
 the API stays until the API lifts it, and edges without a status URL keep whatever the API
 set. `reconfigure(config)` (SIGHUP) re-creates the job for the new edges and settings; edges
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,9 +34,10 @@ from typing import Any, Final
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from gslb.config import GslbConfig, HealthConfig
+from gslb.config import GslbConfig, HealthConfig, PeerConfig
 from gslb.edgeprobe import MAX_BODY, Observation, ProbeResult, Reason, Tracker, interpret, step
 from gslb.health import HealthError, HealthStore
+from gslb.quorum import Verdict, decide, peer_views
 
 log = logging.getLogger("gslb.probes")
 
@@ -37,6 +45,7 @@ __all__ = ["EdgePoller", "ProbeTarget"]
 
 JOB_ID: Final = "gslb-edge-probes"
 MAX_CONCURRENT: Final = 64  # probes in flight at once within one round
+MAX_PEER_BODY: Final = 8 * 1024 * 1024  # a peer's /v1/edges reply
 _HEADERS: Final = {"User-Agent": "geoedge-gslb-probe", "Accept": "application/json"}
 
 
@@ -60,6 +69,7 @@ class _EdgeProbe:
     target: ProbeTarget
     tracker: Tracker
     last: Observation | None = None
+    verdict: Verdict | None = None  # with peers: the quorum's, from the last round
 
 
 class EdgePoller:
@@ -78,6 +88,7 @@ class EdgePoller:
         self._rounds: set[asyncio.Task[None]] = set()  # rounds running now (cancelled on close)
         self._jobs: set[asyncio.Task[Any]] = set()  # the scheduler's tasks awaiting them
         self.counts: dict[tuple[str, str, str], int] = {}  # (edge, result, reason) -> probes
+        self.peers_answering: list[str] = []  # names of the peers that answered last round
         self._set_targets(probe_targets(config))
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -170,11 +181,23 @@ class EdgePoller:
                 "last_ok": None if last is None else last.healthy,
                 "last_error": None if last is None or last.healthy else last.detail,
             }
+            verdict = ep.verdict
+            if self.config.peers and verdict is not None:
+                out[name]["quorum"] = {
+                    "up": verdict.up,
+                    "views": verdict.views,
+                    "down": verdict.down,
+                    "fallback": verdict.fallback,
+                }
         return out
 
     def export(self) -> dict[str, Any]:
         """Probe counters as JSON-able data (gslb.metrics.ProbeCollector reads it)."""
-        return {"probes": [[e, r, why, n] for (e, r, why), n in sorted(self.counts.items())]}
+        return {
+            "probes": [[e, r, why, n] for (e, r, why), n in sorted(self.counts.items())],
+            "peers": len(self.config.peers),
+            "peers_answering": len(self.peers_answering),
+        }
 
     # -- probing -----------------------------------------------------------------------------
 
@@ -204,8 +227,48 @@ class EdgePoller:
             async with limit:
                 return ep, await self.fetch(ep.target.url)
 
-        results = await asyncio.gather(*(one(ep) for ep in probes))
-        self._apply(results)
+        peers = self.config.peers
+        results, views = await asyncio.gather(
+            asyncio.gather(*(one(ep) for ep in probes)),
+            asyncio.gather(*(self.fetch_peer(peer) for peer in peers)),
+        )
+        if peers:
+            answered = [(p.name, v) for p, v in zip(peers, views, strict=True) if v is not None]
+            names = [name for name, _ in answered]
+            if names != self.peers_answering:
+                missing = sorted({p.name for p in peers} - set(names))
+                if missing:
+                    log.warning("peers not answering: %s", ", ".join(missing))
+                else:
+                    log.info("every peer answers (%d)", len(peers))
+            self.peers_answering = names
+            self._apply(results, [v for _, v in answered], quorum=True)
+        else:
+            self.peers_answering = []
+            self._apply(results, [], quorum=False)
+
+    async def fetch_peer(self, peer: PeerConfig) -> dict[str, bool | None] | None:
+        """A peer's own probe view per edge, or None when it did not answer in time."""
+        session = self._session
+        if session is None:
+            return None
+        headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else None
+        try:
+            async with session.get(
+                peer.api + "/v1/edges",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.content.read(MAX_PEER_BODY + 1)
+            if len(body) > MAX_PEER_BODY:
+                return None
+            return peer_views(json.loads(body))
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            log.debug("peer %s (%s): %s", peer.name, peer.api, exc)
+            return None
 
     async def fetch(self, url: str) -> ProbeResult:
         """GET `url` once; a reply of any status, or the error that prevented one."""
@@ -230,7 +293,13 @@ class EdgePoller:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return ProbeResult(error=f"{type(exc).__name__}: {exc}"[:200])
 
-    def _apply(self, results: list[tuple[_EdgeProbe, ProbeResult]]) -> None:
+    def _apply(
+        self,
+        results: list[tuple[_EdgeProbe, ProbeResult]],
+        peers: list[dict[str, bool | None]],
+        *,
+        quorum: bool,
+    ) -> None:
         s = self.settings
         updates: dict[str, tuple[bool | None, float | None]] = {}
         why: dict[str, str] = {}
@@ -247,7 +316,20 @@ class EdgePoller:
             why[ep.target.edge] = self._verdict(ep, obs, first=before is None)
             if not obs.healthy and obs.reason is not Reason.UNHEALTHY:
                 log.debug("probe %s (%s) failed: %s", ep.target.edge, ep.target.url, obs.detail)
-            updates[ep.target.edge] = (ep.tracker.up, obs.load)
+            up = ep.tracker.up
+            if quorum:
+                name = ep.target.edge
+                views = [view.get(name) for view in peers]
+                ep.verdict = decide(up, views, s.quorum, peers_answered=bool(peers))
+                if ep.verdict.up != up:
+                    why[name] = (
+                        f"quorum: {ep.verdict.down} of {ep.verdict.views} vantage points see "
+                        f"it down (this node: {'up' if up else 'down'})"
+                    )
+                up = ep.verdict.up
+            else:
+                ep.verdict = None
+            updates[ep.target.edge] = (up, obs.load)
         if not updates:
             return
         # The store logs and records each edge that goes up or down (or overloaded, or

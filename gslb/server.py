@@ -11,9 +11,11 @@ a `call_soon` callback. No task, no logging, no parsing here. A failing `respond
 never raise: the engine answers SERVFAIL itself) drops that one packet and the loop goes on.
 
 TCP: RFC 7766 framing (2-byte length), queries on one connection answered in order as they
-arrive (pipelining), an idle timeout, a per-process connection cap (connections beyond it are
-closed at once) and a cap on the query size (a length prefix above it closes the connection).
-Reading pauses while the client does not read its replies.
+arrive (pipelining), an idle timeout and a cap on the query size (a length prefix above it
+closes the connection). Reading pauses while the client does not read its replies.
+Admission (gslb.tcpadmit decides): at the per-process connection limit a new connection
+closes the least recently active one, a client network beyond its share is refused, and the
+idle timeout is shorter while half the slots or more are taken (RFC 7766 section 6.2.3).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, Protocol, cast
 from gslb.errors import GslbError
 from gslb.metrics import LATENCY_BUCKETS, QueryMetrics
 from gslb.rrl import Action, RateLimiter, truncated
+from gslb.tcpadmit import Admission, TcpLimits, TcpTable
 
 log = logging.getLogger("gslb.server")
 
@@ -134,21 +137,27 @@ class DnsServer:
         responder: Responds,
         metrics: QueryMetrics,
         *,
-        tcp_idle_timeout: float = 10.0,
-        tcp_max_connections: int = 512,
+        tcp: TcpLimits | None = None,
         max_tcp_query: int = MAX_TCP_QUERY,
         rrl: RateLimiter | None = None,
     ) -> None:
         self.responder = responder
         self.metrics = metrics
         self.rrl = rrl  # response rate limiting of UDP replies; None: off
-        self.tcp_idle_timeout = tcp_idle_timeout
-        self.tcp_max_connections = tcp_max_connections
         self.max_tcp_query = max_tcp_query
-        self.tcp_connections: set[_TcpProtocol] = set()
+        self.tcp_connections: TcpTable[_TcpProtocol] = TcpTable(tcp or TcpLimits())
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, str, int]] = []  # (proto, host, port)
+
+    @property
+    def tcp_limits(self) -> TcpLimits:
+        return self.tcp_connections.limits
+
+    @tcp_limits.setter
+    def tcp_limits(self, limits: TcpLimits) -> None:
+        """New limits (a reload) apply to new connections and each one's next idle check."""
+        self.tcp_connections.limits = limits
 
     async def start(self, pairs: list[BoundPair]) -> None:
         loop = asyncio.get_running_loop()
@@ -169,7 +178,7 @@ class DnsServer:
             transport.close()
         for server in self._servers:
             server.close()
-        for conn in list(self.tcp_connections):
+        for conn in self.tcp_connections.connections():
             conn.close()
         for server in self._servers:
             await server.wait_closed()
@@ -244,7 +253,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             server.metrics.drop()
             return
         rrl = server.rrl
-        if rrl is not None and client is not None:
+        # A reply to a query with a valid server cookie (gslb.cookies) is never limited: that
+        # query came from the address it says, so the reply reflects nothing.
+        if (
+            rrl is not None
+            and client is not None
+            and reply is not getattr(server.responder, "verified", None)
+        ):
             action = rrl.check(client, reply, _monotonic())
             if action is not _SEND:
                 if action is Action.DROP:
@@ -283,27 +298,31 @@ class _TcpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         server = self._server
-        if len(server.tcp_connections) >= server.tcp_max_connections:
-            self._closed = True
-            self._transport.abort()
-            return
-        server.tcp_connections.add(self)
-        server.metrics.tcp_open = len(server.tcp_connections)
+        table = server.tcp_connections
         try:
             self._client = _client(self._transport.get_extra_info("peername"))
         except (TypeError, ValueError, IndexError):
-            self.close()
+            self._closed = True
+            self._transport.abort()
             return
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
-        self._timer = loop.call_later(server.tcp_idle_timeout, self._check_idle)
+        admission, close = table.admit(self, self._client, self._last_activity)
+        if admission is Admission.REFUSE:
+            self._closed = True
+            self._transport.abort()
+            return
+        for other in close:
+            other.close()  # what it was sent is still written before the FIN
+        server.metrics.tcp_open = len(table)
+        self._timer = loop.call_later(table.idle_timeout(), self._check_idle)
 
     def _check_idle(self) -> None:
         if self._closed:
             return
         loop = asyncio.get_running_loop()
         idle_for = loop.time() - self._last_activity
-        remaining = self._server.tcp_idle_timeout - idle_for
+        remaining = self._server.tcp_connections.idle_timeout() - idle_for
         if remaining <= 0:
             self.close()
         else:
@@ -315,7 +334,7 @@ class _TcpProtocol(asyncio.Protocol):
             self._timer = None
         connections = self._server.tcp_connections
         if self in connections:
-            connections.discard(self)
+            connections.remove(self)
             self._server.metrics.tcp_open = len(connections)
         if not self._closed:
             self._closed = True
@@ -330,6 +349,8 @@ class _TcpProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._last_activity = asyncio.get_running_loop().time()
+        if data:
+            self._server.tcp_connections.touch(self, self._last_activity)
         buf = self._buffer
         buf += data
         server = self._server
@@ -369,6 +390,7 @@ class _TcpProtocol(asyncio.Protocol):
         # The client read replies: that is activity too (a client that never reads times out).
         self._paused = False
         self._last_activity = asyncio.get_running_loop().time()
+        self._server.tcp_connections.touch(self, self._last_activity)
         if self._transport is not None and not self._closed:
             self._transport.resume_reading()
             if len(self._buffer) >= 2:

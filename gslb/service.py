@@ -19,18 +19,25 @@ from geo.errors import GeoError
 from geo.locator import GeoIPLocator
 from gslb.answer import Responder
 from gslb.config import GslbConfig, example_config, load_config
+from gslb.cookies import start_secret
 from gslb.errors import GslbError
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
 from gslb.models import Pool
 from gslb.rrl import RateLimiter
 from gslb.server import BoundPair, DnsServer, bind_dns_sockets, format_addr
+from gslb.tcpadmit import TcpLimits
 
 log = logging.getLogger("gslb")
 
 __all__ = ["ConfigSource", "DnsRuntime", "config_pools", "listen_addresses"]
 
 GEO_CHECK_INTERVAL = 60.0  # seconds between GeoIP file checks
+
+# The random DNS cookie secret of this start, for when no [cookies] secret_file is set: made
+# here, on import, because the parent of worker processes imports this module before it
+# spawns them, and they inherit it through the environment (one secret for every worker).
+start_secret()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,18 @@ def make_rate_limiter(config: GslbConfig) -> RateLimiter | None:
     return RateLimiter(config.rrl) if config.rrl.enabled else None
 
 
+def tcp_limits(config: GslbConfig) -> TcpLimits:
+    server = config.server
+    return TcpLimits(
+        max_connections=server.tcp_max_connections,
+        per_network=server.tcp_max_per_network,
+        idle_timeout=server.tcp_idle_timeout,
+        busy_idle_timeout=server.tcp_busy_idle_timeout,
+        ipv4_prefix=config.rrl.ipv4_prefix,
+        ipv6_prefix=config.rrl.ipv6_prefix,
+    )
+
+
 def make_locator(config: GslbConfig) -> GeoIPLocator:
     return GeoIPLocator(config.geo.database, config.geo.overrides)
 
@@ -93,11 +112,7 @@ class DnsRuntime:
         self.locator = make_locator(config)
         responder = Responder(config, self.locator, health, observer=metrics)
         self.server = DnsServer(
-            responder,
-            metrics,
-            tcp_idle_timeout=float(config.server.tcp_idle_timeout),
-            tcp_max_connections=int(config.server.tcp_max_connections),
-            rrl=make_rate_limiter(config),
+            responder, metrics, tcp=tcp_limits(config), rrl=make_rate_limiter(config)
         )
 
     async def start(self, pairs: Iterable[BoundPair]) -> None:
@@ -129,8 +144,7 @@ class DnsRuntime:
         old_locator, old_config = self.locator, self.config
         self.config, self.locator = config, locator
         self.server.responder = responder
-        self.server.tcp_idle_timeout = float(config.server.tcp_idle_timeout)
-        self.server.tcp_max_connections = int(config.server.tcp_max_connections)
+        self.server.tcp_limits = tcp_limits(config)
         if config.rrl != old_config.rrl:  # unchanged, the buckets carry on
             self.server.rrl = make_rate_limiter(config)
         if isinstance(self.metrics, QueryMetrics):

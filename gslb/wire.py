@@ -21,6 +21,8 @@ _QTAIL: Final = struct.Struct("!HH")
 _RRTAIL: Final = struct.Struct("!HHIH")
 _OPTHEAD: Final = struct.Struct("!HH")
 OPT_TYPE: Final = 41
+COOKIE_CODE: Final = 10
+NSID_CODE: Final = 3
 
 
 # Not frozen: a frozen dataclass pays object.__setattr__ per field, and this one is built for
@@ -40,6 +42,32 @@ class Query:
     do: bool = False
     ecs: ClientSubnet | None = None
     ecs_end: int = 0  # offset just past the ECS option's address (0: no ECS)
+    options: Options | None = None  # COOKIE / NSID, which the reply depends on
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Where a query's COOKIE (RFC 7873) and NSID (RFC 5001) options are: (offset of the
+    option's code, offset just past its data), and the offset of the OPT record's RDLENGTH.
+    Only built for queries that carry one of them."""
+
+    rdlen_at: int
+    cookie: tuple[int, int] | None = None
+    nsid: tuple[int, int] | None = None
+
+    def strip(self, wire: bytes) -> bytes:
+        """`wire` without these options (and the OPT record's RDLENGTH adjusted)."""
+        spans = sorted(span for span in (self.cookie, self.nsid) if span is not None)
+        at = self.rdlen_at
+        rdlen = (wire[at] << 8) | wire[at + 1]
+        rdlen -= sum(end - start for start, end in spans)
+        parts = [wire[:at], rdlen.to_bytes(2, "big")]
+        pos = at + 2
+        for start, end in spans:
+            parts.append(wire[pos:start])
+            pos = end
+        parts.append(wire[pos:])
+        return b"".join(parts)
 
 
 def skip_name(wire: bytes, pos: int, end: int) -> int:
@@ -81,11 +109,16 @@ def question_end(wire: bytes, end: int) -> int:
     return pos + 4
 
 
-def _records(
-    wire: bytes, pos: int, end: int, skip: int, arcount: int
-) -> tuple[bool, int, int, bool, ClientSubnet | None, int]:
+_Records = tuple[bool, int, int, bool, ClientSubnet | None, int, Options | None]
+
+
+def _records(wire: bytes, pos: int, end: int, skip: int, arcount: int) -> _Records:
     """Walk the records from `pos`: `skip` answer and authority records, then the additional
-    section, reading its OPT record. Returns (edns, payload, version, do, ecs, ecs_end).
+    section, reading its OPT record. Returns (edns, payload, version, do, ecs, ecs_end,
+    options).
+
+    A COOKIE option whose length is not 8 or 16 to 40 octets, or a second one, is a
+    FormError (RFC 7873 section 5.2.2).
 
     Raises FormError; once an OPT record's fixed part and RDATA were read (whatever is wrong
     with its options or with what follows it), the error carries `edns` and `do`, because the
@@ -93,6 +126,9 @@ def _records(
     """
     edns = False
     payload, version, do, ecs, ecs_end = 512, 0, False, None, 0
+    cookie: tuple[int, int] | None = None
+    nsid: tuple[int, int] | None = None
+    options = None
     try:
         for _ in range(skip):
             pos = skip_name(wire, pos, end) + 10
@@ -133,14 +169,26 @@ def _records(
                             raise FormError("more than one ECS option")
                         ecs = ClientSubnet.decode(wire[opos : opos + olen])
                         ecs_end = opos + olen
+                    elif code == COOKIE_CODE and version == 0:
+                        if cookie is not None:
+                            raise FormError("more than one COOKIE option")
+                        if olen != 8 and not 16 <= olen <= 40:
+                            raise FormError(f"a COOKIE option of {olen} octets")
+                        cookie = (opos - 4, opos + olen)
+                    elif code == NSID_CODE and version == 0:
+                        if nsid is not None:
+                            raise FormError("more than one NSID option")
+                        nsid = (opos - 4, opos + olen)
                     opos += olen
+                if cookie is not None or nsid is not None:
+                    options = Options(pos - 2, cookie, nsid)
             pos = rdend
         if pos != end:
             raise FormError("trailing bytes after the last record")
     except FormError as exc:
         exc.edns, exc.do = edns, do
         raise
-    return edns, payload, version, do, ecs, ecs_end
+    return edns, payload, version, do, ecs, ecs_end, options
 
 
 def parse_query(wire: bytes) -> Query:
@@ -162,7 +210,7 @@ def parse_query(wire: bytes) -> Query:
     qend = question_end(wire, end)
     qtype, qclass = _QTAIL.unpack_from(wire, qend - 4)
     try:
-        edns, payload, version, do, ecs, ecs_end = _records(
+        edns, payload, version, do, ecs, ecs_end, options = _records(
             wire, qend, end, ancount + nscount, arcount
         )
     except FormError as exc:
@@ -182,6 +230,7 @@ def parse_query(wire: bytes) -> Query:
         do,
         ecs,
         ecs_end,
+        options,
     )
 
 
@@ -209,3 +258,37 @@ def _other_opcode(
         edns, payload, version, do = exc.edns, 512, 0, exc.do
     qname = wire[12 : qend - 4].lower() if qend else b""
     return Query(qid, flags, opcode, qname, qend, qtype, qclass, edns, payload, version, do)
+
+
+def add_option(reply: bytes, code: int, data: bytes) -> tuple[bytes, int] | None:
+    """`reply` with an EDNS option appended to its OPT record, and the offset where that
+    OPT record starts; None when the reply has no OPT record as its last record (our
+    replies put it there) or does not parse."""
+    end = len(reply)
+    if end < 12:
+        return None
+    qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", reply, 4)
+    if arcount == 0:
+        return None
+    try:
+        pos = 12
+        for _ in range(qdcount):
+            pos = skip_name(reply, pos, end) + 4
+        for _ in range(ancount + nscount + arcount - 1):
+            pos = skip_name(reply, pos, end) + 10
+            if pos > end:
+                return None
+            pos += (reply[pos - 2] << 8) | reply[pos - 1]
+    except FormError:
+        return None
+    opt = pos
+    if opt + 11 > end or reply[opt] != 0 or reply[opt + 1 : opt + 3] != b"\x00\x29":
+        return None
+    rdlen = (reply[opt + 9] << 8) | reply[opt + 10]
+    if opt + 11 + rdlen != end:
+        return None
+    rdlen += 4 + len(data)
+    if rdlen > 0xFFFF:
+        return None
+    option = _OPTHEAD.pack(code, len(data)) + data
+    return reply[: opt + 9] + rdlen.to_bytes(2, "big") + reply[opt + 11 :] + option, opt

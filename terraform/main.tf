@@ -105,6 +105,11 @@ locals {
       pool_policy    = var.pool_policy
       pool_answers   = var.pool_answers
       pool_ttl       = var.pool_ttl
+      # The other DNS nodes' APIs: every node reads their probe views (health quorum).
+      peers = [
+        for k2, a2 in local.dns_addresses : { name = k2, api = "http://${a2.ipv4}:${var.gslb_api_port}" }
+        if k2 != k
+      ]
     })
   }
 }
@@ -177,6 +182,7 @@ module "dns" {
   api_token_path       = local.gslb_token_path
   geoedge_package      = var.geoedge_package
   admin_cidrs          = var.admin_cidrs
+  peer_cidrs           = [for k2, a in local.dns_addresses : "${a.ipv4}/32" if k2 != each.key]
   api_port             = var.gslb_api_port
   maxmind_account_id   = var.maxmind_account_id
   maxmind_license_key  = var.maxmind_license_key

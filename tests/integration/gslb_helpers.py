@@ -341,6 +341,14 @@ def reset_edges(gslb: GslbProcess, names: Iterable[str]) -> None:
         assert status == 200, body
 
 
+def tcp_open(gslb: GslbProcess) -> int:
+    """The server's open DNS TCP connections, as /metrics says (gslb_tcp_connections)."""
+    _, text = gslb.http("GET", "/metrics")
+    m = re.search(r"^gslb_tcp_connections (\S+)$", text, re.M)
+    assert m, text
+    return int(float(m.group(1)))
+
+
 def gslb_cmd(*args: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m gslb ARGS` to completion (at most 60 s)."""
     return subprocess.run(

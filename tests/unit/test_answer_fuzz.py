@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import dns.edns
+import dns.flags
 import dns.message
 import dns.name
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from geo.locator import GeoIPLocator
 from gslb.answer import Responder
 from gslb.dnssec import write_new_key
 from gslb.health import HealthStore
+from gslb.wire import add_option
 from tests.unit.answer_support import make_config, query
 
 SETTINGS = settings(
@@ -266,3 +268,50 @@ def test_fast_paths_answer_like_a_fresh_responder(
     same(bytes(data))
     if tail is not None and len(data) >= 16:
         same(bytes(data[:-3]) + tail)
+
+
+CLIENT_COOKIE = bytes.fromhex("0123456789abcdef")
+
+
+@SETTINGS
+@given(
+    wire=queries(),
+    client=st.sampled_from(CLIENTS),
+    tcp=st.booleans(),
+    cookie_first=st.booleans(),
+)
+def test_a_cookie_changes_nothing_but_the_cookie(
+    responder: Responder, wire: bytes, client: str, tcp: bool, cookie_first: bool
+) -> None:
+    """Differential: the reply to a query with a COOKIE option is the reply to the same
+    query without it plus our cookie (the cookie path answers through the same caches),
+    unless the cookie made it too big for UDP (then it is truncated)."""
+    with_cookie = add_option(wire, 10, CLIENT_COOKIE)
+    assume(with_cookie is not None and dns.message.from_wire(wire).edns == 0)
+    assert with_cookie is not None
+    address = ipaddress.ip_address(client)
+    order = [with_cookie[0], wire] if cookie_first else [wire, with_cookie[0]]
+    replies = dict(zip(order, [responder.respond(w, address, tcp=tcp) for w in order], strict=True))
+    plain, cookied = replies[wire], replies[with_cookie[0]]
+    assert plain is not None and cookied is not None
+    reply = dns.message.from_wire(cookied)
+    cookies = [o for o in reply.options if o.otype == dns.edns.OptionType.COOKIE]
+    if not cookies:  # BADVERS: a cookie is read only with EDNS version 0
+        assert cookied == plain
+        return
+    assert len(cookies) == 1 and cookies[0].to_wire()[:8] == CLIENT_COOKIE
+    if reply.flags & dns.flags.TC and not dns.message.from_wire(plain).flags & dns.flags.TC:
+        assert not tcp  # only the UDP size limit can have cut it
+        return
+    # Take the 28 octets of the option off the end and its length off the OPT's RDLENGTH.
+    opt_start = _opt_offset(plain)
+    expected_rdlen = int.from_bytes(plain[opt_start + 9 : opt_start + 11], "big") + 28
+    assert cookied[opt_start + 9 : opt_start + 11] == expected_rdlen.to_bytes(2, "big")
+    assert cookied[: opt_start + 9] == plain[: opt_start + 9]
+    assert cookied[opt_start + 11 : -28] == plain[opt_start + 11 :]
+
+
+def _opt_offset(reply: bytes) -> int:
+    found = add_option(reply, 65001, b"")
+    assert found is not None
+    return found[1]

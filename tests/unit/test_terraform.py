@@ -466,6 +466,7 @@ def gslb_config_vars(geo_database: str = "", token: bool = True) -> dict[str, An
         "pool_policy": "nearest",
         "pool_answers": 1,
         "pool_ttl": 30,
+        "peers": [{"name": "ns2", "api": "http://198.51.100.53:8053"}],
     }
 
 
@@ -585,6 +586,7 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, token: bool, tmp_p
     assert "ns1 A 192.0.2.53" in data["zone"][0]["records"]
     assert data["geo"].get("database", "") == geo_database
     assert data["api"].get("token_file", "") == ("/etc/geoedge/api.token" if token else "")
+    assert data["peers"] == [{"name": "ns2", "api": "http://198.51.100.53:8053"}]
 
     try:
         gslb_config = importlib.import_module("gslb.config")

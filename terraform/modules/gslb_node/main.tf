@@ -74,11 +74,11 @@ resource "hcloud_firewall" "this" {
   }
 
   rule {
-    description = "gslb HTTP API from operators"
+    description = "gslb HTTP API from operators and the other DNS nodes (health quorum)"
     direction   = "in"
     protocol    = "tcp"
     port        = tostring(var.api_port)
-    source_ips  = var.admin_cidrs
+    source_ips  = concat(var.admin_cidrs, var.peer_cidrs)
   }
 }
 

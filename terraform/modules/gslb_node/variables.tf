@@ -92,6 +92,12 @@ variable "admin_cidrs" {
   }
 }
 
+variable "peer_cidrs" {
+  description = "The other DNS nodes' addresses (/32): they read this node's probe view from the HTTP API for the health quorum."
+  type        = list(string)
+  default     = []
+}
+
 variable "api_port" {
   description = "TCP port of the gslb HTTP API; must match [api] listen in config_toml."
   type        = number
