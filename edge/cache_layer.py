@@ -114,12 +114,19 @@ def _bytes_range(headers: Sequence[tuple[str, str]]) -> bool:
     return len(values) == 1 and values[0].lstrip().lower().startswith("bytes=")
 
 
-def _unsatisfiable(out: web.StreamResponse, rng: ranges.Unsatisfiable) -> web.Response:
-    """The 416 answering a Range request instead of `out`, with `out`'s fields."""
-    headers = CIMultiDict(out.headers)
-    headers.popall("Content-Length", None)
-    headers["Content-Range"] = rng.content_range
-    return web.Response(status=416, headers=headers)
+def _apply_span(headers: CIMultiDict[str], sp: ranges.Span) -> None:
+    """Set a ranges.Span's fields on a response's `headers` (a 416 has no Content-Length)."""
+    if sp.status == 416:
+        headers.popall("Content-Length", None)
+    for name, value in sp.fields:
+        headers[name] = value
+
+
+def _unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
+    """The 416 of a Range no part of which fits, with the response's other fields."""
+    out = CIMultiDict(headers)
+    _apply_span(out, sp)
+    return web.Response(status=416, headers=out)
 
 
 # ---------------------------------------------------------------------------- caching
@@ -440,17 +447,13 @@ class CacheLayer:
                 status=entry.status, reason=entry.reason or None, headers=headers, body=body
             )
         decision = ranges.evaluate(method, entry.status, creq.headers, entry.headers, length)
-        if isinstance(decision, ranges.Partial):
-            headers["Content-Range"] = decision.content_range
-            return web.Response(
-                status=206, headers=headers, body=body[decision.start : decision.end + 1]
-            )
-        if isinstance(decision, ranges.Unsatisfiable):
-            headers["Content-Range"] = decision.content_range
-            return web.Response(status=416, headers=headers)
-        return web.Response(
-            status=entry.status, reason=entry.reason or None, headers=headers, body=body
-        )
+        sp = ranges.span(decision, entry.status, length)
+        if sp.status == 416:
+            return _unsatisfiable(headers, sp)
+        _apply_span(headers, sp)
+        part = body if sp.last is None else body[sp.first : sp.last + 1]
+        reason = (entry.reason or None) if sp.status == entry.status else None
+        return web.Response(status=sp.status, reason=reason, headers=headers, body=part)
 
     @property
     def store_memory_object_max(self) -> int:
@@ -469,17 +472,15 @@ class CacheLayer:
         decision = ranges.evaluate(
             request.method, entry.status, creq.headers, entry.headers, entry.body_length
         )
-        start, end = 0, entry.body_length - 1
-        status = entry.status
-        if isinstance(decision, ranges.Partial):
-            start, end, status = decision.start, decision.end, 206
-            headers["Content-Range"] = decision.content_range
-        elif isinstance(decision, ranges.Unsatisfiable):
+        sp = ranges.span(decision, entry.status, entry.body_length)
+        if sp.status == 416:
             reader.close()
-            headers["Content-Range"] = decision.content_range
-            return web.Response(status=416, headers=headers)
-        headers["Content-Length"] = str(end - start + 1)
-        out = web.StreamResponse(status=status, reason=entry.reason or None, headers=headers)
+            return _unsatisfiable(headers, sp)
+        start = sp.first
+        end = entry.body_length - 1 if sp.last is None else sp.last
+        _apply_span(headers, sp)
+        reason = (entry.reason or None) if sp.status == entry.status else None
+        out = web.StreamResponse(status=sp.status, reason=reason, headers=headers)
         try:
             await out.prepare(request)
             pos = 0
@@ -597,16 +598,11 @@ class CacheLayer:
         headers["Cache-Status"] = cp.cache_status(
             self.name, hit=True, ttl=decision.ttl, collapsed=True, detail="filling"
         )
-        if isinstance(rng, ranges.Unsatisfiable):
-            headers["Content-Range"] = rng.content_range
-            return web.Response(status=416, headers=headers)
-        first, last, status = 0, None, entry.status
-        if isinstance(rng, ranges.Partial):
-            first, last, status = rng.start, rng.end, 206
-            headers["Content-Range"] = rng.content_range
-            headers["Content-Length"] = str(rng.size)
-        elif fill.length is not None:
-            headers["Content-Length"] = str(fill.length)
+        sp = ranges.span(rng, entry.status, fill.length)
+        if sp.status == 416:
+            return _unsatisfiable(headers, sp)
+        first, last, status = sp.first, sp.last, sp.status
+        _apply_span(headers, sp)
         reason = (entry.reason or None) if status == entry.status else None
         out = web.StreamResponse(status=status, reason=reason, headers=headers)
         if not fill.join():
@@ -734,7 +730,20 @@ class CacheLayer:
             ), ""
         status = upstream.status
         pairs = raw_pairs(upstream.raw_headers)
-        if stale is None and variants and status == 304:
+        outcome = cp.after_fetch(
+            method=request.method,
+            status=status,
+            revalidating=stale is not None,
+            offered_variants=bool(variants),
+            stale_if_error=stale is not None
+            and status >= 500
+            and cp.stale_on_error_ok(
+                stale, creq.headers, self.clock(), disconnected=False, config=self.policy
+            ),
+            ranged=ranged,
+            too_big=self._too_big(request.method, pairs),
+        )
+        if outcome == "choose-variant":
             proxy.finish_upstream(origin, upstream, ok=True)
             chosen = await self._freshen_variant(creq, variants, pairs, t_req, t_resp)
             if chosen is not None:
@@ -747,7 +756,7 @@ class CacheLayer:
                 if resp is not None:
                     return resp, origin.url
             return await self._fetch(proxy, request, creq, target, fwd, None, (), lead, whole=whole)
-        if stale is not None and status == 304:
+        if outcome == "freshen" and stale is not None:
             proxy.finish_upstream(origin, upstream, ok=True)
             updated = cp.freshen(
                 stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy
@@ -762,7 +771,7 @@ class CacheLayer:
             if resp is not None:
                 return resp, origin.url
             return await self._fetch(proxy, request, creq, target, "uri-miss", None)
-        if stale is not None and request.method == "HEAD" and status == 200:
+        if outcome == "freshen-from-head" and stale is not None:
             from_head = self._freshen_from_head(stale, pairs, t_req, t_resp)
             if from_head is not None:
                 proxy.finish_upstream(origin, upstream, ok=True)
@@ -773,13 +782,7 @@ class CacheLayer:
                 )
                 if resp is not None:
                     return resp, origin.url
-        if (
-            stale is not None
-            and status >= 500
-            and cp.stale_on_error_ok(
-                stale, creq.headers, self.clock(), disconnected=False, config=self.policy
-            )
-        ):
+        if outcome == "serve-stale" and stale is not None:
             proxy.finish_upstream(origin, upstream, ok=False)
             cstatus = cp.cache_status(
                 self.name, hit=True, fwd_status=status, detail="stale-if-error"
@@ -787,9 +790,7 @@ class CacheLayer:
             resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), cstatus)
             if resp is not None:
                 return resp, origin.url
-        if ranged and status == 200 and self._too_big(request.method, pairs):
-            # Never stored: cutting the range from the whole object would make the origin
-            # send everything before it, for every such request. Ask for the range instead.
+        if outcome == "refetch-range":
             upstream.close()
             proxy.finish_upstream(origin, upstream, ok=True)
             if lead is not None:
@@ -981,12 +982,12 @@ class CacheLayer:
         rng: ranges.RangeDecision = ranges.Full()
         if ranged and length is not None:
             rng = ranges.evaluate("GET", status, creq.headers, out_pairs, length)
-        first, last = 0, None
-        if isinstance(rng, ranges.Partial):
-            first, last = rng.start, rng.end
+        # The origin's own Content-Length stands for a whole response (length None).
+        sp = ranges.span(rng, status, None)
+        first, last = sp.first, sp.last
+        if sp.status == 206:
             out.set_status(206)
-            out.headers["Content-Range"] = rng.content_range
-            out.headers["Content-Length"] = str(rng.size)
+            _apply_span(out.headers, sp)
         fill = None
         if writer is not None and not no_body:
             entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
@@ -1004,17 +1005,17 @@ class CacheLayer:
             if lead is not None:
                 lead.filling(fill)
             proxy.spawn(self._run_fill(proxy, fill, origin, upstream, comp, lead))
-            if isinstance(rng, ranges.Unsatisfiable):
+            if sp.status == 416:
                 fill.leave_unread()
-                return _unsatisfiable(out, rng), origin.url
+                return _unsatisfiable(out.headers, sp), origin.url
             await fill.send(out, request, first, last)
             return out, origin.url
         if writer is None and lead is not None:
             lead.settle()  # nothing will be stored: followers need not wait for this body
-        if isinstance(rng, ranges.Unsatisfiable):
+        if sp.status == 416:
             upstream.close()
             proxy.finish_upstream(origin, upstream, ok=True)
-            return _unsatisfiable(out, rng), origin.url
+            return _unsatisfiable(out.headers, sp), origin.url
         stop = None if last is None else last + 1
         pos = 0
         try:

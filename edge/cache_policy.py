@@ -496,6 +496,51 @@ def lookup(
     return forward("stale")
 
 
+FetchOutcome = Literal[
+    "choose-variant", "freshen", "freshen-from-head", "serve-stale", "refetch-range", "stream"
+]
+
+
+def after_fetch(
+    *,
+    method: str,
+    status: int,
+    revalidating: bool,
+    offered_variants: bool,
+    stale_if_error: bool,
+    ranged: bool,
+    too_big: bool,
+) -> FetchOutcome:
+    """What to do with an origin's answer to a cache's request (the cache layer's _fetch):
+
+    - "choose-variant": a 304 to a vary-miss that offered the stored variants' validators
+      (RFC 9111 §4.3.1): serve the variant it selects, freshened (§4.3.4);
+    - "freshen": a 304 to a revalidation: freshen the stale entry and serve it;
+    - "freshen-from-head": a 200 to a HEAD that revalidated: freshen from its fields (§4.3.5);
+    - "serve-stale": a 5xx while the stale entry may serve on error (RFC 5861 §4);
+    - "refetch-range": a 200 to a whole-object request made for a client's Range, of an
+      object too big to store: ask the origin for the range instead (cutting it from the
+      whole object would make the origin send everything before it, every time);
+    - "stream": pass the response on, storing it when it may be.
+
+    `revalidating`: the request carried a stale entry's validators; `offered_variants`:
+    those of non-matching variants; `stale_if_error`: the stale entry may serve on error
+    (stale_on_error_ok); `ranged`: the client's Range was not sent on; `too_big`: the
+    response declares a length over max_object_bytes.
+    """
+    if status == 304 and offered_variants and not revalidating:
+        return "choose-variant"
+    if status == 304 and revalidating:
+        return "freshen"
+    if revalidating and method == "HEAD" and status == 200:
+        return "freshen-from-head"
+    if revalidating and status >= 500 and stale_if_error:
+        return "serve-stale"
+    if ranged and status == 200 and too_big:
+        return "refetch-range"
+    return "stream"
+
+
 def stale_on_error_ok(
     entry: CacheEntry,
     request_headers: Headers,
@@ -621,6 +666,7 @@ __all__ = [
     "PolicyConfig",
     "Stale",
     "Storability",
+    "after_fetch",
     "age_value",
     "cache_key",
     "cache_status",

@@ -150,6 +150,32 @@ def evaluate(
     return Multi(tuple(merged))
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """What a response answering a range decision sends: its status, the body bytes
+    `first`..`last` (inclusive; `last` None: to the end), and the fields to set on it
+    (Content-Range, Content-Length). A 416 sends no body and no Content-Length."""
+
+    status: int
+    first: int = 0
+    last: int | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+def span(decision: RangeDecision, status: int, length: int | None) -> Span:
+    """The one place a range decision becomes a response: every path that answers a Range
+    (from memory, streamed from disk, from a fill, from the origin's response) applies
+    this. `status` is the whole response's; `length` its body's, when known (None: leave
+    the Content-Length the response has). Several ranges are answered whole, with 200,
+    which RFC 9110 §14.2 allows."""
+    if isinstance(decision, Partial):
+        fields = (("Content-Range", decision.content_range), ("Content-Length", str(decision.size)))
+        return Span(206, decision.start, decision.end, fields)
+    if isinstance(decision, Unsatisfiable):
+        return Span(416, fields=(("Content-Range", decision.content_range),))
+    return Span(status, fields=(("Content-Length", str(length)),) if length is not None else ())
+
+
 def multipart_body(
     body: bytes, parts: tuple[Partial, ...], content_type: str | None, boundary: str
 ) -> Iterator[bytes]:

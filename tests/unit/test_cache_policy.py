@@ -18,6 +18,7 @@ from edge.cache_policy import (
     Miss,
     PolicyConfig,
     Stale,
+    after_fetch,
     age_value,
     cache_key,
     cache_status,
@@ -510,3 +511,34 @@ def test_plain_fresh_is_lookups_decision(
         assert decision == pf
     elif not vary:
         assert not isinstance(decision, Fresh)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "outcome"),
+    [
+        ({"status": 304, "offered_variants": True}, "choose-variant"),
+        ({"status": 304, "revalidating": True}, "freshen"),
+        ({"status": 304, "revalidating": True, "offered_variants": True}, "freshen"),
+        ({"status": 200, "revalidating": True, "method": "HEAD"}, "freshen-from-head"),
+        ({"status": 200, "revalidating": True}, "stream"),
+        ({"status": 503, "revalidating": True, "stale_if_error": True}, "serve-stale"),
+        ({"status": 503, "revalidating": True}, "stream"),
+        ({"status": 503, "stale_if_error": True}, "stream"),  # nothing stale to serve
+        ({"status": 200, "ranged": True, "too_big": True}, "refetch-range"),
+        ({"status": 206, "ranged": True, "too_big": True}, "stream"),
+        ({"status": 200, "ranged": True}, "stream"),
+        ({"status": 200}, "stream"),
+        ({"status": 304}, "stream"),  # an unasked-for 304 is passed on
+    ],
+)
+def test_after_fetch(kwargs: dict[str, Any], outcome: str) -> None:
+    args: dict[str, Any] = {
+        "method": "GET",
+        "revalidating": False,
+        "offered_variants": False,
+        "stale_if_error": False,
+        "ranged": False,
+        "too_big": False,
+        **kwargs,
+    }
+    assert after_fetch(**args) == outcome

@@ -11,10 +11,12 @@ from edge.ranges import (
     Full,
     Multi,
     Partial,
+    Span,
     Unsatisfiable,
     evaluate,
     multipart_body,
     parse_range,
+    span,
 )
 
 T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
@@ -89,3 +91,16 @@ def test_partials_always_inside_the_object(a: int, b: int, length: int) -> None:
         return
     for p in parts:
         assert 0 <= p.start <= p.end < length
+
+
+def test_span_is_how_every_path_answers_a_decision() -> None:
+    assert span(Partial(2, 5, 10), 200, 10) == Span(
+        206, 2, 5, (("Content-Range", "bytes 2-5/10"), ("Content-Length", "4"))
+    )
+    assert span(Unsatisfiable(10), 200, 10) == Span(
+        416, 0, None, (("Content-Range", "bytes */10"),)
+    )
+    assert span(Full(), 200, 10) == Span(200, 0, None, (("Content-Length", "10"),))
+    assert span(Full(), 203, None) == Span(203)  # the response's own length stands
+    multi = Multi((Partial(0, 1, 10), Partial(5, 6, 10)))
+    assert span(multi, 200, 10) == Span(200, 0, None, (("Content-Length", "10"),))
