@@ -145,8 +145,8 @@ resource "aws_ssm_parameter" "this" {
   name        = "${local.ssm_prefix}/${each.key}"
   description = "GeoEdge ${var.role} node ${var.name}: ${each.value.path}"
   # SecureString for all, the config too: one rule, and the config names where secrets are.
-  type        = "SecureString"
-  value       = module.config.file_contents[each.key]
+  type  = "SecureString"
+  value = module.config.file_contents[each.key]
   # Standard parameters hold 4 KB; a gslb config with many edges and records can be larger.
   tier = "Intelligent-Tiering"
   tags = local.tags
