@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -510,6 +511,7 @@ def aws_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
     for n, region in enumerate(("eu", "us", "ap")):
         for i in range(v["regions"][region]["edges"]):
             edges[f"{region}-{i + 1}"] = {"region": region, "ip": f"198.51.100.{10 * n + i + 1}"}
+    edges = dict(sorted(edges.items()))  # Terraform iterates maps in key order
     common = {"install": v["install"]}
     nodes: dict[str, dict[str, Any]] = {}
     for key, e in edges.items():
@@ -569,7 +571,7 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
     v = _tfvars("hetzner", secrets)
     _, pool_fqdn, _, hosts = _names(v)
     glue = {
-        f"ns{i + 1}": {"ipv4": f"192.0.2.{i + 1}", "ipv6": f"2001:db8:53:{i}::1"}
+        f"ns{i + 1}": {"ipv4": f"192.0.2.{i + 1}", "ipv6": str(ip_address(f"2001:db8:53:{i}::1"))}
         for i in range(len(v["dns_nodes"]))
     }
     edges: dict[str, dict[str, Any]] = {}
@@ -584,6 +586,7 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
                 "ipv4": f"198.51.100.{10 * n + i + 1}",
                 "ipv6": f"2001:db8:e{n}::{i + 1}",
             }
+    edges = dict(sorted(edges.items()))  # Terraform iterates maps in key order
     common = {"install": v["install"], "ssm": None}
     nodes: dict[str, dict[str, Any]] = {}
     for key, e in edges.items():
