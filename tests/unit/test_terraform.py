@@ -185,6 +185,25 @@ def test_checkov_skips_are_justified(directory: Path) -> None:
                 assert re.fullmatch(r"\s*#checkov:skip=CKV2?_[A-Z]+_\d+:\S.{30,}", line), line
 
 
+@pytest.mark.parametrize("directory", DIRS, ids=lambda p: p.name)
+def test_sensitive_inputs_never_decide_for_each(directory: Path) -> None:
+    """Terraform refuses for_each over anything derived from a sensitive value: a sensitive
+    input is passed on as it is, read inside nonsensitive(...) for a yes/no, or becomes
+    file contents (node-config's `contents`), nothing else."""
+    sensitive = [n for n, b in blocks(directory, "variable").items() if b.get("sensitive")]
+    for path in directory.glob("*.tf"):
+        if path.name == "variables.tf" or path.is_symlink():
+            continue
+        in_contents = False
+        for line in path.read_text(encoding="utf-8").splitlines():
+            in_contents = (in_contents or line.startswith("  contents = {")) and line != "  }"
+            for name in sensitive:
+                for m in re.finditer(rf"\bvar\.{name}\b", line):
+                    passed_on = re.fullmatch(rf"\s*\w+\s*= var\.{name}", line)
+                    guarded = "nonsensitive(" in line[: m.start()]
+                    assert passed_on or guarded or in_contents, f"{path.name}: {line.strip()}"
+
+
 def test_glue_addresses_are_protected() -> None:
     aws = resources(TF / "examples" / "aws-multi-region")
     for ns in ("ns1", "ns2"):

@@ -16,7 +16,7 @@ locals {
   admin_listen = local.is_gslb ? try(var.gslb.api_listen, "") : try(var.edge.admin_listen, "")
   admin_port   = tonumber(regex(":([0-9]+)$", local.admin_listen)[0])
   public_listen = local.is_gslb ? try(var.gslb.listen, []) : concat(
-    try(var.edge.listen, []), var.tls == null ? [] : try(var.edge.https_listen, [])
+    try(var.edge.listen, []), nonsensitive(var.tls == null) ? [] : try(var.edge.https_listen, [])
   )
   public_ports = distinct([for l in local.public_listen : regex(":([0-9]+)$", l)[0]])
   public_rules = concat(
