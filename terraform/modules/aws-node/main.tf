@@ -31,7 +31,7 @@ data "aws_ami" "debian" {
 locals {
   is_gslb    = var.role == "gslb"
   ssm_prefix = "/geoedge/${var.name}"
-  ami        = var.ami_id != "" ? var.ami_id : data.aws_ami.debian[0].id
+  ami        = var.ami_id != "" ? var.ami_id : one(data.aws_ami.debian[*].id)
   tags       = merge(var.tags, { Name = var.name, "geoedge:role" = var.role })
 
   # The admin/API port and the public ports, from the node's own listeners.
@@ -41,7 +41,7 @@ locals {
     try(var.edge.listen, []), nonsensitive(var.tls == null) ? [] : try(var.edge.https_listen, [])
   )
   public_ports = distinct([for l in local.public_listen : tonumber(regex(":([0-9]+)$", l)[0])])
-  public_ip    = local.is_gslb ? var.glue.public_ip : aws_eip.edge[0].public_ip
+  public_ip    = local.is_gslb ? try(var.glue.public_ip, null) : one(aws_eip.edge[*].public_ip)
   public_rules = merge(
     { for p in local.public_ports : "tcp-${p}" => { protocol = "tcp", port = p } },
     local.is_gslb ? { for p in local.public_ports : "udp-${p}" => { protocol = "udp", port = p } } : {},
@@ -74,7 +74,7 @@ resource "aws_eip" "edge" {
 
 resource "aws_eip_association" "this" {
   instance_id   = aws_instance.this.id
-  allocation_id = local.is_gslb ? var.glue.allocation_id : aws_eip.edge[0].id
+  allocation_id = local.is_gslb ? try(var.glue.allocation_id, null) : one(aws_eip.edge[*].id)
 }
 
 # --- firewall -------------------------------------------------------------------------------

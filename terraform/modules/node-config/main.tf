@@ -84,10 +84,10 @@ locals {
   contents = {
     config     = local.config
     token      = var.token
-    tls-cert   = local.has_tls ? var.tls.certificate_pem : ""
-    tls-key    = local.has_tls ? var.tls.private_key_pem : ""
+    tls-cert   = try(var.tls.certificate_pem, "")
+    tls-key    = try(var.tls.private_key_pem, "")
     dnssec-key = var.dnssec_key_pem
-    geoip-conf = local.geoipupdate ? "AccountID ${var.geoip.account_id}\nLicenseKey ${var.geoip.license_key}\nEditionIDs GeoLite2-City\nDatabaseDirectory /var/lib/GeoIP\n" : ""
+    geoip-conf = try("AccountID ${var.geoip.account_id}\nLicenseKey ${var.geoip.license_key}\nEditionIDs GeoLite2-City\nDatabaseDirectory /var/lib/GeoIP\n", "")
   }
 
   install_script = join("\n", concat(
