@@ -89,6 +89,13 @@ def test_fmt_checker_knows_the_rules() -> None:
     assert fmt_problems("locals {\n  a = 1\n  # c\n  bb = 2\n}\n") == []
     assert fmt_problems("x = <<-EOT\n  a   = b\nEOT\n") == []
     assert fmt_problems("a = 1 \n") == ["line 1: trailing whitespace"]
+    # hclwrite puts no space between a name and "(" or "[", `in [` aside: it would write
+    # `for x in(y)`, a form we avoid.
+    assert fmt_problems("x = [for a in (b) : a]\n") == ["line 1: fmt writes no space in 'in ('"]
+    assert fmt_problems("x = [for a in [1] : a]\ny = f(a[0])\n") == []
+    assert fmt_problems("aa = 1 # x\nbb = 2  # y\n") == [
+        "line 2: comment at column 9, fmt puts it at 8"
+    ]
 
 
 @pytest.mark.parametrize("directory", DIRS, ids=lambda p: p.name)

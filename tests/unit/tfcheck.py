@@ -111,9 +111,11 @@ def refs(directory: Path, pattern: str) -> set[str]:
 # --- terraform fmt -----------------------------------------------------------------------
 # The rules of hclwrite's formatter (what `terraform fmt` runs) that we can check line by
 # line: indentation is two spaces per open bracket level (a line opening several brackets
-# indents the next ones once), and in a run of consecutive lines that each hold a whole
-# `name = value` the `=` signs line up one space after the longest name. A line opening a
-# multi-line value, a blank line, a comment line or a nested block ends the run.
+# indents the next ones once); in a run of consecutive lines that each hold a whole
+# `name = value` the `=` signs line up one space after the longest name (a line opening a
+# multi-line value, a blank line, a comment line or a nested block ends the run), and so do
+# trailing comments of consecutive lines; no space between a name and `(` (so fmt writes
+# `for x in(...)`: we avoid the form) nor `[` (except after the keyword `in`).
 
 _OPEN, _CLOSE = "{[(", "}])"
 
@@ -173,7 +175,18 @@ def fmt_problems(text: str) -> list[str]:
     lines = text.split("\n")
     indents: list[int] = []
     chain: list[tuple[int, int, int]] = []  # (line number, lead width, column of "=")
+    comments: list[tuple[int, int, int]] = []  # (line number, code width, column of "#")
     heredoc_end: str | None = None
+
+    def close_comments() -> None:
+        if comments:
+            want = max(width for _, width, _ in comments) + 1
+            for n, _, col in comments:
+                if col != want:
+                    problems.append(
+                        f"line {n}: comment at column {col + 1}, fmt puts it at {want + 1}"
+                    )
+        comments.clear()
 
     def close_chain() -> None:
         if chain:
@@ -194,8 +207,16 @@ def fmt_problems(text: str) -> list[str]:
             problems.append(f"line {n}: trailing whitespace")
         if not line.strip():
             close_chain()
+            close_comments()
             continue
         code, heredoc = _code(line)
+        if code.strip() and len(code) < len(line.rstrip()):  # a trailing comment
+            comments.append((n, len(code.rstrip()), len(code)))
+        else:
+            close_comments()
+        for spaced in re.finditer(r"\b([A-Za-z_][\w-]*) +([(\[])", code):
+            if spaced.group(2) == "(" or spaced.group(1) != "in":
+                problems.append(f"line {n}: fmt writes no space in {spaced.group(0)!r}")
         net = _net(code)
         if net < 0:
             closed = -net
@@ -229,6 +250,7 @@ def fmt_problems(text: str) -> list[str]:
             hm = re.search(r"<<-?([A-Z]+)", line)
             heredoc_end = hm.group(1) if hm else None
     close_chain()
+    close_comments()
     if not text.endswith("\n") or text.endswith("\n\n"):
         problems.append("the file must end with exactly one newline")
     return problems

@@ -25,7 +25,7 @@ locals {
   install_cmd = local.use_wheel ? "/opt/geoedge/bin/pip install --quiet ${local.wheel_file}" : "/opt/geoedge/bin/pip install --quiet --require-hashes --requirement /etc/geoedge/requirements.txt"
 
   gslb_config = one([
-    for g in(var.gslb == null ? [] : [var.gslb]) : templatefile("${path.module}/templates/gslb.toml.tftpl", {
+    for g in tolist([var.gslb]) : templatefile("${path.module}/templates/gslb.toml.tftpl", {
       name            = var.name
       listen          = g.listen
       workers         = g.workers
@@ -38,11 +38,11 @@ locals {
       edges           = g.edges
       # TOML: a list of edge names, or "all" when the pool names no fallback.
       pools = [for p in g.pools : merge(p, { fallback = length(p.fallback) > 0 ? jsonencode(p.fallback) : jsonencode("all") })]
-    })
+    }) if g != null
   ])
 
   edge_config = one([
-    for e in(var.edge == null ? [] : [var.edge]) : templatefile("${path.module}/templates/edge.toml.tftpl", {
+    for e in tolist([var.edge]) : templatefile("${path.module}/templates/edge.toml.tftpl", {
       name          = var.name
       listen        = e.listen
       https_listen  = e.https_listen
@@ -62,7 +62,7 @@ locals {
       # The token itself is never in the config, which is world-readable.
       token_file = local.has_token ? local.token_path : ""
       access_log = "/var/log/geoedge/access.log"
-    })
+    }) if e != null
   ])
 
   config = local.is_gslb ? local.gslb_config : local.edge_config

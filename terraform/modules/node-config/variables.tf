@@ -162,45 +162,48 @@ variable "gslb" {
 
   validation {
     condition = alltrue([
-      for g in (var.gslb == null ? [] : [var.gslb]) :
+      for g in tolist([var.gslb]) :
       length(g.listen) > 0 && alltrue([for l in g.listen : can(regex("^(\\[[0-9a-f:.]+\\]|[0-9.]+):([1-9][0-9]{0,4})$", l)) && tonumber(regex(":([0-9]+)$", l)[0]) <= 65535])
       && can(regex(":([1-9][0-9]{0,4})$", g.api_listen)) && tonumber(regex(":([0-9]+)$", g.api_listen)[0]) <= 65535
+      if g != null
     ])
     error_message = "gslb.listen and gslb.api_listen must be \"IP:port\" (IPv6 as \"[::]:53\") with ports 1-65535."
   }
 
   validation {
-    condition     = alltrue([for g in (var.gslb == null ? [] : [var.gslb]) : g.workers >= 1 && g.workers <= 256 && floor(g.workers) == g.workers])
+    condition     = alltrue([for g in tolist([var.gslb]) : g.workers >= 1 && g.workers <= 256 && floor(g.workers) == g.workers if g != null])
     error_message = "gslb.workers must be an integer from 1 to 256."
   }
 
   validation {
     condition = alltrue([
-      for g in (var.gslb == null ? [] : [var.gslb]) :
+      for g in tolist([var.gslb]) :
       g.health.interval >= 0.05 && g.health.interval <= 3600 && g.health.timeout > 0 && g.health.timeout <= g.health.interval
       && g.health.jitter >= 0 && g.health.jitter < g.health.interval
       && g.health.rise >= 1 && g.health.rise <= 100 && g.health.fall >= 1 && g.health.fall <= 100
+      if g != null
     ])
     error_message = "gslb.health: interval 0.05-3600 s, 0 < timeout <= interval (one probe round at a time), 0 <= jitter < interval, rise and fall 1-100."
   }
 
   validation {
     condition = alltrue([
-      for g in (var.gslb == null ? [] : [var.gslb]) :
+      for g in tolist([var.gslb]) :
       g.zone.ttl >= 0 && g.zone.ttl <= 2147483647 && g.zone.soa_serial >= 1 && g.zone.soa_serial <= 4294967295
+      if g != null
     ])
     error_message = "gslb.zone: ttl 0-2147483647 seconds, soa_serial 1-4294967295."
   }
 
   validation {
     condition = alltrue(flatten([
-      for g in (var.gslb == null ? [] : [var.gslb]) : [
+      for g in tolist([var.gslb]) : [
         for p in g.pools :
         contains(["nearest", "weighted", "failover", "all"], p.policy) && p.answers >= 1 && p.answers <= 64
         && p.ttl >= 0 && p.ttl <= 86400 && p.load_threshold > 0 && p.load_threshold <= 1
         && p.hysteresis >= 0 && p.hysteresis < p.load_threshold
         && length(p.edges) > 0 && length(setsubtract(concat(p.edges, p.fallback), g.edges[*].name)) == 0
-      ]
+      ] if g != null
     ]))
     error_message = "gslb.pools: policy nearest|weighted|failover|all, answers 1-64, ttl 0-86400, 0 < load_threshold <= 1, 0 <= hysteresis < load_threshold, and edges/fallback naming configured edges."
   }
@@ -229,32 +232,35 @@ variable "edge" {
 
   validation {
     condition = alltrue([
-      for e in (var.edge == null ? [] : [var.edge]) :
+      for e in tolist([var.edge]) :
       length(e.listen) > 0 && alltrue([
         for l in concat(e.listen, e.https_listen, [e.admin_listen]) :
         can(regex("^(\\[[0-9a-f:.]+\\]|[0-9.]+):([1-9][0-9]{0,4})$", l)) && tonumber(regex(":([0-9]+)$", l)[0]) <= 65535
       ])
+      if e != null
     ])
     error_message = "edge.listen, https_listen and admin_listen must be \"IP:port\" (IPv6 as \"[::]:80\") with ports 1-65535."
   }
 
   validation {
     condition = alltrue([
-      for e in (var.edge == null ? [] : [var.edge]) :
+      for e in tolist([var.edge]) :
       e.workers >= 1 && e.workers <= 256 && floor(e.workers) == e.workers && e.capacity_rps > 0
       && can(regex("^(?i)[0-9]+(\\.[0-9]+)?\\s*([kmgt]i?b?)?$", e.cache_size)) && can(regex("^(?i)[0-9]+(\\.[0-9]+)?\\s*([kmgt]i?b?)?$", e.memory_cache))
+      if e != null
     ])
     error_message = "edge: workers 1-256, capacity_rps > 0, cache_size and memory_cache sizes such as \"20GiB\" or \"256MiB\"."
   }
 
   validation {
     condition = alltrue([
-      for e in (var.edge == null ? [] : [var.edge]) :
+      for e in tolist([var.edge]) :
       length(e.hosts) > 0 && length(e.origins) > 0
       && alltrue([for o in e.origins : can(regex("^https?://[^/\\s]+$", o.url)) && o.weight >= 0 && floor(o.weight) == o.weight])
       && anytrue([for o in e.origins : o.weight > 0])
       && contains(["round_robin", "weighted", "least_conn", "consistent_hash"], e.algorithm)
       && startswith(e.probe_path, "/")
+      if e != null
     ])
     error_message = "edge: at least one host; origins as http(s)://host[:port] without a path, integer weights >= 0 and one above 0; algorithm round_robin|weighted|least_conn|consistent_hash; probe_path starting with /."
   }
