@@ -82,7 +82,7 @@ def test_fmt_checker_knows_the_rules() -> None:
     good = 'locals {\n  a = 1\n  bbbb = {\n    c = 2\n  }\n  dd = "x = ${y}"\n  e  = [1]\n}\n'
     assert fmt_problems(good) == []
     assert fmt_problems("locals {\n  a = 1\n  bb = 2\n}\n") == [
-        "line 2: '=' at column 5, fmt aligns it at 6"
+        "line 2: '=' at column 5, fmt puts it at 6"
     ]
     assert fmt_problems("locals {\n   a = 1\n}\n") == ["line 2: indented 3 spaces, fmt indents 2"]
     # A comment line ends an alignment run, as in hclwrite.

@@ -178,25 +178,22 @@ def fmt_problems(text: str) -> list[str]:
     comments: list[tuple[int, int, int]] = []  # (line number, code width, column of "#")
     heredoc_end: str | None = None
 
-    def close_comments() -> None:
-        if comments:
-            want = max(width for _, width, _ in comments) + 1
-            for n, _, col in comments:
-                if col != want:
-                    problems.append(
-                        f"line {n}: comment at column {col + 1}, fmt puts it at {want + 1}"
-                    )
-        comments.clear()
+    def close(run: list[tuple[int, int, int]], what: str) -> None:
+        """A run of aligned cells ends: each must start one space after the widest lead."""
+        if run:
+            want = max(width for _, width, _ in run) + 1
+            problems.extend(
+                f"line {n}: {what} at column {col + 1}, fmt puts it at {want + 1}"
+                for n, _, col in run
+                if col != want
+            )
+        run.clear()
 
     def close_chain() -> None:
-        if chain:
-            want = max(lead for _, lead, _ in chain) + 1
-            for n, _, col in chain:
-                if col != want:
-                    problems.append(
-                        f"line {n}: '=' at column {col + 1}, fmt aligns it at {want + 1}"
-                    )
-        chain.clear()
+        close(chain, "'='")
+
+    def close_comments() -> None:
+        close(comments, "comment")
 
     for n, line in enumerate(lines, 1):
         if heredoc_end is not None:
