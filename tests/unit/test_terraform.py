@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from ipaddress import ip_address
 from pathlib import Path
@@ -146,7 +148,7 @@ def test_resources_and_data_referenced_exist(directory: Path) -> None:
             for kind, named in entry.items():
                 declared |= {f"data.{unq(kind)}.{unq(n)}" for n in named}
     text = " ".join(all_strings(directory))
-    kinds = r"(?:aws|hcloud|terraform)_[a-z0-9_]+"
+    kinds = r"(?:(?:aws|hcloud|terraform)_[a-z0-9_]+|external)"
     used = set(re.findall(rf"\b((?:data\.)?{kinds}\.[a-z0-9_]+)", text))
     assert used - declared == set()
 
@@ -717,19 +719,25 @@ def test_example_config_passes_the_real_loader(node: str, tmp_path: Path) -> Non
         assert econfig.admin.token == (SECRET[::-1] if inputs["token"] else None)
 
 
-def test_dnssec_key_reaches_the_zone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["pkcs8", "sec1"])
+def test_dnssec_key_in_ds_out(
+    form: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key reaches the zone, and modules/dnssec-ds/ds.py, run as Terraform's external
+    data source runs it, prints the DS and DNSKEY `gslb ds` prints for that config."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    pem = (
-        ec.generate_private_key(ec.SECP256R1())
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
+    from gslb import cli as gslb_cli
+
+    formats = {
+        "pkcs8": serialization.PrivateFormat.PKCS8,
+        "sec1": serialization.PrivateFormat.TraditionalOpenSSL,
+    }
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, formats[form], serialization.NoEncryption()
+    ).decode()
     inputs = next(v for v in aws_nodes(False).values() if v["role"] == "gslb")
     out = node_config(inputs | {"dnssec_key_pem": pem})
     assert out["meta"]["dnssec-key"] == {"path": "/etc/geoedge/keys/zone.pem", "mode": "0640"}
@@ -737,6 +745,43 @@ def test_dnssec_key_reaches_the_zone(tmp_path: Path) -> None:
     (tmp_path / "gslb.toml").write_text(text)
     (zone,) = gslb_config.load_config(tmp_path / "gslb.toml").zones
     assert zone.dnssec is not None
+
+    assert gslb_cli.main(["ds", "-c", str(tmp_path / "gslb.toml")]) == 0
+    printed = capsys.readouterr().out
+    result = subprocess.run(
+        [sys.executable, str(TF / "modules" / "dnssec-ds" / "ds.py")],
+        input=json.dumps({"zone": "example.com", "key_pem": pem}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records = json.loads(result.stdout)
+    assert all(isinstance(v, str) for v in records.values())  # the external protocol
+    assert records["ds"] in printed.splitlines()
+    assert records["dnskey"].replace(" IN ", " 3600 IN ") in printed.splitlines()
+    assert f"key tag {records['key_tag']} " in printed
+
+
+def test_ds_program_refuses_other_keys() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = (
+        ec.generate_private_key(ec.SECP384R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    result = subprocess.run(
+        [sys.executable, str(TF / "modules" / "dnssec-ds" / "ds.py")],
+        input=json.dumps({"zone": "example.com", "key_pem": pem}),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "P-256" in result.stderr
 
 
 def test_aws_configs_are_identical_on_both_dns_nodes() -> None:

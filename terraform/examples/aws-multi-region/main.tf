@@ -287,3 +287,13 @@ module "ns2" {
   egress_ports   = distinct([80, 443, var.edge.admin_port])
   gslb           = local.gslb_config
 }
+
+# --- DNSSEC: the DS for the registrar, computed where Terraform runs ------------------------
+
+module "dnssec" {
+  source = "../../modules/dnssec-ds"
+  count  = nonsensitive(var.dnssec_key_pem != "") ? 1 : 0
+
+  zone    = local.zone
+  key_pem = var.dnssec_key_pem
+}

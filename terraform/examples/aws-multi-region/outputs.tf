@@ -37,7 +37,12 @@ output "reload_commands" {
   value       = concat([module.ns1.reload_command, module.ns2.reload_command], [for e in values(local.edges) : e.node.reload_command])
 }
 
-output "dnssec_ds_command" {
-  description = "With dnssec_key_pem: the command printing the DS record to enter at the registrar."
-  value       = nonsensitive(var.dnssec_key_pem == "") ? null : "ssh admin@${aws_eip.ns1.public_ip} sudo /opt/geoedge/bin/gslb ds -c /etc/geoedge/gslb.toml"
+output "dnssec_ds" {
+  description = "With dnssec_key_pem: the DS record to enter at the registrar (docs/delegation.md), as `gslb ds` prints it."
+  value       = one(module.dnssec[*].ds)
+}
+
+output "dnssec_dnskey" {
+  description = "With dnssec_key_pem: the DNSKEY every DNS node publishes (for registrars that take the key)."
+  value       = one(module.dnssec[*].dnskey)
 }

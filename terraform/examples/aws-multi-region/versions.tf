@@ -6,5 +6,9 @@ terraform {
       source  = "hashicorp/aws"
       version = ">= 5.30.0, < 7.0.0"
     }
+    external = {
+      source  = "hashicorp/external"
+      version = ">= 2.3.0, < 3.0.0"
+    }
   }
 }

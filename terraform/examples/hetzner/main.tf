@@ -196,3 +196,13 @@ module "dns" {
   ssh_private_key_file = var.ssh_private_key_file
   gslb                 = local.gslb[each.key]
 }
+
+# --- DNSSEC: the DS for the registrar, computed where Terraform runs ------------------------
+
+module "dnssec" {
+  source = "../../modules/dnssec-ds"
+  count  = nonsensitive(var.dnssec_key_pem != "") ? 1 : 0
+
+  zone    = local.zone
+  key_pem = var.dnssec_key_pem
+}

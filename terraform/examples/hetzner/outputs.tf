@@ -41,7 +41,12 @@ output "gslb_config" {
   value       = { for k, m in module.dns : k => m.config }
 }
 
-output "dnssec_ds_command" {
-  description = "With dnssec_key_pem: the command printing the DS record to enter at the registrar."
-  value       = nonsensitive(var.dnssec_key_pem == "") ? null : "ssh root@${local.glue["ns1"].ipv4} /opt/geoedge/bin/gslb ds -c /etc/geoedge/gslb.toml"
+output "dnssec_ds" {
+  description = "With dnssec_key_pem: the DS record to enter at the registrar (docs/delegation.md), as `gslb ds` prints it."
+  value       = one(module.dnssec[*].ds)
+}
+
+output "dnssec_dnskey" {
+  description = "With dnssec_key_pem: the DNSKEY every DNS node publishes (for registrars that take the key)."
+  value       = one(module.dnssec[*].dnskey)
 }

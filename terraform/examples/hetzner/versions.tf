@@ -6,5 +6,9 @@ terraform {
       source  = "hetznercloud/hcloud"
       version = ">= 1.58.0, < 2.0.0"
     }
+    external = {
+      source  = "hashicorp/external"
+      version = ">= 2.3.0, < 3.0.0"
+    }
   }
 }

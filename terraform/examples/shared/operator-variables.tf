@@ -232,7 +232,7 @@ variable "tls" {
 }
 
 variable "dnssec_key_pem" {
-  description = "The zone's DNSSEC signing key (EC P-256 PEM from `gslb dnssec-keygen`); empty: unsigned. The DS record for the registrar: output dnssec_ds_command."
+  description = "The zone's DNSSEC signing key (EC P-256 PEM from `gslb dnssec-keygen`); empty: unsigned. The DS record for the registrar: output dnssec_ds."
   type        = string
   default     = ""
   sensitive   = true
