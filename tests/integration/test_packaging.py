@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -239,3 +240,21 @@ def test_edge_unit_and_logrotate(tmp_path: Path, started: Started) -> None:
     finally:
         origin.shutdown()
         origin.server_close()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd's own parser: unknown keys, bad values and missing commands are reported
+    (the commands pointed at this checkout's, /usr/bin/geoipupdate at /bin/true)."""
+    units = []
+    for unit in sorted(SYSTEMD.iterdir()):
+        text = unit.read_text(encoding="utf-8").replace("/opt/geoedge/bin/", f"{BIN}/")
+        (tmp_path / unit.name).write_text(text.replace("/usr/bin/geoipupdate", "/bin/true"))
+        units.append(str(tmp_path / unit.name))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == "", result
