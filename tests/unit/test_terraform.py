@@ -837,6 +837,9 @@ def test_example_cloud_init(node: str) -> None:
         for k, m in out["meta"].items():
             owner = "root:geoedge" if m["mode"] == "0640" else "root:root"
             assert files[m["path"]] == (out["contents"][k], m["mode"], owner)
+    # EC2 takes 16 KB of user data (the config stays in SSM, so it does not grow with the
+    # fleet); Hetzner Cloud 32 KiB, where the gslb config grows by ~300 bytes per edge.
+    assert len(text.encode()) < (16384 if inputs["ssm"] is not None else 32768) // 2
     geoip = inputs["role"] == "gslb" and inputs.get("geoip") is not None
     assert ("geoipupdate" in doc["packages"]) is geoip
     if geoip:
