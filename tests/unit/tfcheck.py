@@ -532,3 +532,56 @@ def top_level_keys(obj_text: str) -> set[str]:
         if depth == 0 and ch == "}":
             break
     return keys
+
+
+# --- module READMEs ----------------------------------------------------------------------
+
+
+def _type_summary(body: Mapping[str, Any]) -> str:
+    text = re.sub(
+        r"\s+", " ", re.sub(r"^\$\{(.*)\}$", r"\1", str(body.get("type", "any")), flags=re.S)
+    )
+    for kind in ("object", "list(object", "map(object"):
+        if text.startswith(kind + "("):
+            return kind + (")" if kind != "object" else "")
+    return text
+
+
+def _default_summary(body: Mapping[str, Any]) -> str:
+    if "default" not in body:
+        return "required"
+    value = plain(body["default"])
+    if isinstance(value, str) and value.startswith("${"):
+        return f"`{value[2:-1]}`"
+    return f"`{json.dumps(value)}`"
+
+
+def readme_tables(directory: Path) -> str:
+    """The Inputs and Outputs tables a module's README ends with, from its .tf files."""
+
+    def cell(text: Any) -> str:
+        return str(unq(text)).replace("|", "\\|")
+
+    lines = ["## Inputs", "", "| name | type | default | description |", "|---|---|---|---|"]
+    for name, body in blocks(directory, "variable").items():
+        desc = cell(body.get("description", ""))
+        lines.append(f"| `{name}` | `{_type_summary(body)}` | {_default_summary(body)} | {desc} |")
+    lines += ["", "## Outputs", "", "| name | description |", "|---|---|"]
+    for name, body in blocks(directory, "output").items():
+        lines.append(f"| `{name}` | {cell(body.get('description', ''))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_tables(directory: Path) -> None:
+    """Replace everything from '## Inputs' on in directory/README.md with readme_tables()."""
+    readme = directory / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    head = text.split("## Inputs", 1)[0].rstrip()
+    readme.write_text(f"{head}\n\n{readme_tables(directory)}", encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m tests.unit.tfcheck terraform/modules/aws-node ...
+    import sys
+
+    for arg in sys.argv[1:]:
+        write_readme_tables(Path(arg))
