@@ -75,6 +75,13 @@ resource "aws_eip" "edge" {
 resource "aws_eip_association" "this" {
   instance_id   = aws_instance.this.id
   allocation_id = local.is_gslb ? try(var.glue.allocation_id, null) : one(aws_eip.edge[*].id)
+
+  lifecycle {
+    precondition {
+      condition     = var.role == "edge" || var.glue != null
+      error_message = "A gslb node answers on its glue address: pass glue (the Elastic IP's allocation_id and public_ip)."
+    }
+  }
 }
 
 # --- firewall -------------------------------------------------------------------------------

@@ -120,6 +120,11 @@ resource "hcloud_server" "this" {
   lifecycle {
     # First boot only; terraform_data.push carries later changes without a rebuild.
     ignore_changes = [user_data, ssh_keys]
+
+    precondition {
+      condition     = var.role == "edge" || var.glue != null
+      error_message = "A gslb node answers on its glue addresses: pass glue (the primary IP IDs)."
+    }
   }
 }
 
