@@ -31,7 +31,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.unit.test_terraform import aws_nodes, hetzner_nodes, node_config
+from tests.unit.tfexamples import aws_nodes, hetzner_nodes, node_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "packaging" / "systemd"
