@@ -2,9 +2,9 @@
 (python-hcl2) and is laid out as `terraform fmt` writes it; variables, locals, outputs and
 module calls agree; every module has its README; and the files a node runs are what the
 services expect: each example's values, taken through modules/node-config the way its HCL
-does (re-done in Python in tests/unit/tfexamples.py, inputs converted with the declared types
-and their optional() defaults), render to configs the real gslb and edge loaders accept, and to cloud-init that
-writes exactly the files in packaging/ and, on AWS, no secret.
+does (re-done in Python in tests/unit/tfexamples.py, inputs converted with the declared
+types and their optional() defaults), render to configs the real gslb and edge loaders
+accept, and to cloud-init that writes exactly the files in packaging/ and, on AWS, no secret.
 
 Checkov runs in test_checkov_passes (skipped when checkov is not installed: `make checkov`).
 """
