@@ -1,0 +1,299 @@
+# GeoEdge on AWS in three regions, one provider alias each: DNS nodes ns1 (eu) and ns2 (us) on
+# glue Elastic IPs kept by prevent_destroy, edges in eu, us and ap, from modules/aws-node
+# (which renders every file with modules/node-config and keeps the config and secrets in SSM
+# Parameter Store, read at boot by the instance role).
+#
+# Order of creation, without cycles: the glue Elastic IPs; the edges (their admin port admits
+# the glue addresses); the gslb config (edges + glue); the DNS nodes. Both DNS nodes get the
+# same config (they listen on 0.0.0.0: EC2 translates the Elastic IP to the private address).
+
+provider "aws" {
+  alias  = "eu"
+  region = var.regions.eu.region
+}
+
+provider "aws" {
+  alias  = "us"
+  region = var.regions.us.region
+}
+
+provider "aws" {
+  alias  = "ap"
+  region = var.regions.ap.region
+}
+
+# --- network: each region's default VPC, one of its default subnets -------------------------
+
+data "aws_vpc" "eu" {
+  provider = aws.eu
+  default  = true
+}
+
+data "aws_vpc" "us" {
+  provider = aws.us
+  default  = true
+}
+
+data "aws_vpc" "ap" {
+  provider = aws.ap
+  default  = true
+}
+
+data "aws_subnets" "eu" {
+  provider = aws.eu
+
+  filter {
+    name   = "vpc-id"
+    values = [data.aws_vpc.eu.id]
+  }
+
+  filter {
+    name   = "default-for-az"
+    values = ["true"]
+  }
+}
+
+data "aws_subnets" "us" {
+  provider = aws.us
+
+  filter {
+    name   = "vpc-id"
+    values = [data.aws_vpc.us.id]
+  }
+
+  filter {
+    name   = "default-for-az"
+    values = ["true"]
+  }
+}
+
+data "aws_subnets" "ap" {
+  provider = aws.ap
+
+  filter {
+    name   = "vpc-id"
+    values = [data.aws_vpc.ap.id]
+  }
+
+  filter {
+    name   = "default-for-az"
+    values = ["true"]
+  }
+}
+
+# --- the glue addresses -------------------------------------------------------------------
+
+resource "aws_eip" "ns1" {
+  #checkov:skip=CKV2_AWS_19:Associated with module.ns1's instance by aws_eip_association inside modules/aws-node.
+  provider = aws.eu
+  domain   = "vpc"
+  tags     = merge(var.tags, { Name = "${var.name_prefix}-ns1-glue" })
+
+  lifecycle {
+    # The registrar's glue record names this address: losing it takes ns1 off the Internet
+    # until the registrar is updated. Remove this line to really delete it.
+    prevent_destroy = true
+  }
+}
+
+resource "aws_eip" "ns2" {
+  #checkov:skip=CKV2_AWS_19:Associated with module.ns2's instance by aws_eip_association inside modules/aws-node.
+  provider = aws.us
+  domain   = "vpc"
+  tags     = merge(var.tags, { Name = "${var.name_prefix}-ns2-glue" })
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+locals {
+  zone       = trimsuffix(lower(var.zone), ".")
+  origin     = "${local.zone}."
+  pool_fqdn  = var.pool.name == "@" ? local.origin : "${var.pool.name}.${local.origin}"
+  edge_hosts = length(var.edge.hosts) > 0 ? var.edge.hosts : [trimsuffix(local.pool_fqdn, ".")]
+  hostmaster = var.hostmaster != null ? "${trimsuffix(var.hostmaster, ".")}." : "hostmaster.${local.origin}"
+  tags       = merge(var.tags, { app = "geoedge", zone = local.zone })
+
+  glue      = { ns1 = aws_eip.ns1.public_ip, ns2 = aws_eip.ns2.public_ip }
+  dns_cidrs = [for ip in values(local.glue) : "${ip}/32"]
+
+  # Origins' ports, which edges may connect out to (plus 80 and 443 for packages and SSM).
+  origin_ports = [for o in var.origins : tonumber(try(regex(":([0-9]+)$", o.url)[0], startswith(o.url, "https:") ? "443" : "80"))]
+
+  edge_config = {
+    listen        = ["0.0.0.0:80"]
+    https_listen  = ["0.0.0.0:443"]
+    redirect_http = true
+    workers       = var.edge.workers
+    hosts         = local.edge_hosts
+    origins       = var.origins
+    algorithm     = var.edge.algorithm
+    probe_path    = var.edge.probe_path
+    cache_size    = var.edge.cache_size
+    memory_cache  = var.edge.memory_cache
+    admin_listen  = "0.0.0.0:${var.edge.admin_port}"
+  }
+
+  edges = merge(
+    { for i, m in module.edge_eu : "eu-${i + 1}" => { node = m, region = "eu", r = var.regions.eu } },
+    { for i, m in module.edge_us : "us-${i + 1}" => { node = m, region = "us", r = var.regions.us } },
+    { for i, m in module.edge_ap : "ap-${i + 1}" => { node = m, region = "ap", r = var.regions.ap } },
+  )
+
+  # One config for both DNS nodes: NS records and glue first, the operator's records after.
+  gslb_config = {
+    listen     = ["0.0.0.0:53"]
+    workers    = var.gslb_workers
+    api_listen = "0.0.0.0:${var.gslb_api_port}"
+    health     = var.health
+    zone = {
+      origin     = local.origin
+      ttl        = var.zone_ttl
+      soa_mname  = "ns1.${local.origin}"
+      soa_rname  = local.hostmaster
+      soa_serial = var.soa_serial
+      records = concat(
+        [for k in keys(local.glue) : "@ NS ${k}"],
+        [for k, ip in local.glue : "${k} A ${ip}"],
+        var.extra_records,
+      )
+    }
+    edges = [
+      for k, e in local.edges : {
+        name       = k
+        ipv4       = e.node.public_ip
+        latitude   = e.r.latitude
+        longitude  = e.r.longitude
+        capacity   = e.r.capacity
+        status_url = e.node.status_url
+      }
+    ]
+    pools = [{
+      name           = local.pool_fqdn
+      edges          = keys(local.edges)
+      policy         = var.pool.policy
+      answers        = var.pool.answers
+      ttl            = var.pool.ttl
+      load_threshold = var.pool.load_threshold
+      hysteresis     = var.pool.hysteresis
+      fallback       = [for k, e in local.edges : k if contains(var.pool.fallback_regions, e.region)]
+    }]
+  }
+}
+
+# --- edges ---------------------------------------------------------------------------------
+
+module "edge_eu" {
+  source    = "../../modules/aws-node"
+  count     = var.regions.eu.edges
+  providers = { aws = aws.eu }
+
+  role                 = "edge"
+  name                 = "${var.name_prefix}-edge-eu-${count.index + 1}"
+  subnet_id            = data.aws_subnets.eu.ids[count.index % length(data.aws_subnets.eu.ids)]
+  instance_type        = var.regions.eu.instance_type
+  key_name             = var.key_name
+  tags                 = local.tags
+  install              = var.install
+  token                = var.edge_admin_token
+  tls                  = var.tls
+  admin_cidrs          = var.admin_cidrs
+  health_checker_cidrs = local.dns_cidrs
+  egress_ports         = distinct(concat([80, 443], local.origin_ports))
+  edge                 = merge(local.edge_config, { capacity_rps = var.regions.eu.capacity })
+}
+
+module "edge_us" {
+  source    = "../../modules/aws-node"
+  count     = var.regions.us.edges
+  providers = { aws = aws.us }
+
+  role                 = "edge"
+  name                 = "${var.name_prefix}-edge-us-${count.index + 1}"
+  subnet_id            = data.aws_subnets.us.ids[count.index % length(data.aws_subnets.us.ids)]
+  instance_type        = var.regions.us.instance_type
+  key_name             = var.key_name
+  tags                 = local.tags
+  install              = var.install
+  token                = var.edge_admin_token
+  tls                  = var.tls
+  admin_cidrs          = var.admin_cidrs
+  health_checker_cidrs = local.dns_cidrs
+  egress_ports         = distinct(concat([80, 443], local.origin_ports))
+  edge                 = merge(local.edge_config, { capacity_rps = var.regions.us.capacity })
+}
+
+module "edge_ap" {
+  source    = "../../modules/aws-node"
+  count     = var.regions.ap.edges
+  providers = { aws = aws.ap }
+
+  role                 = "edge"
+  name                 = "${var.name_prefix}-edge-ap-${count.index + 1}"
+  subnet_id            = data.aws_subnets.ap.ids[count.index % length(data.aws_subnets.ap.ids)]
+  instance_type        = var.regions.ap.instance_type
+  key_name             = var.key_name
+  tags                 = local.tags
+  install              = var.install
+  token                = var.edge_admin_token
+  tls                  = var.tls
+  admin_cidrs          = var.admin_cidrs
+  health_checker_cidrs = local.dns_cidrs
+  egress_ports         = distinct(concat([80, 443], local.origin_ports))
+  edge                 = merge(local.edge_config, { capacity_rps = var.regions.ap.capacity })
+}
+
+# --- DNS nodes -------------------------------------------------------------------------------
+
+module "ns1" {
+  source    = "../../modules/aws-node"
+  providers = { aws = aws.eu }
+
+  role           = "gslb"
+  name           = "${var.name_prefix}-ns1"
+  glue           = { allocation_id = aws_eip.ns1.id, public_ip = aws_eip.ns1.public_ip }
+  subnet_id      = data.aws_subnets.eu.ids[0]
+  instance_type  = var.dns_instance_type
+  key_name       = var.key_name
+  tags           = local.tags
+  install        = var.install
+  token          = var.gslb_api_token
+  dnssec_key_pem = var.dnssec_key_pem
+  geoip          = var.geoip
+  admin_cidrs    = var.admin_cidrs
+  peer_cidrs     = concat(["${aws_eip.ns2.public_ip}/32"], var.dns_peers)
+  egress_ports   = distinct([80, 443, var.edge.admin_port])
+  gslb           = local.gslb_config
+}
+
+module "ns2" {
+  source    = "../../modules/aws-node"
+  providers = { aws = aws.us }
+
+  role           = "gslb"
+  name           = "${var.name_prefix}-ns2"
+  glue           = { allocation_id = aws_eip.ns2.id, public_ip = aws_eip.ns2.public_ip }
+  subnet_id      = data.aws_subnets.us.ids[0]
+  instance_type  = var.dns_instance_type
+  key_name       = var.key_name
+  tags           = local.tags
+  install        = var.install
+  token          = var.gslb_api_token
+  dnssec_key_pem = var.dnssec_key_pem
+  geoip          = var.geoip
+  admin_cidrs    = var.admin_cidrs
+  peer_cidrs     = concat(["${aws_eip.ns1.public_ip}/32"], var.dns_peers)
+  egress_ports   = distinct([80, 443, var.edge.admin_port])
+  gslb           = local.gslb_config
+}
+
+# --- DNSSEC: the DS for the registrar, computed where Terraform runs ------------------------
+
+module "dnssec" {
+  source = "../../modules/dnssec-ds"
+  count  = nonsensitive(var.dnssec_key_pem != "") ? 1 : 0
+
+  zone    = local.zone
+  key_pem = var.dnssec_key_pem
+}
