@@ -161,7 +161,11 @@ async def test_sighup_reloads_and_keeps_config_on_error(tmp_path: Path) -> None:
             )
 
         write(a.url)
-        async with edge_process("-c", str(conf)) as edge, aiohttp.ClientSession() as s:
+        log = tmp_path / "edge.log"
+        async with (
+            edge_process("-c", str(conf), stderr=log) as edge,
+            aiohttp.ClientSession() as s,
+        ):
 
             async def who() -> str:
                 async with s.get(edge.url() + "/who") as r:
@@ -177,7 +181,9 @@ async def test_sighup_reloads_and_keeps_config_on_error(tmp_path: Path) -> None:
             assert await who() == "b"
             write(a.url, extra="bogus_key = 1\n")
             edge.proc.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.3)
+            # Polled, not slept on: the refused reload says so, naming the key.
+            assert await until(lambda: "bogus_key" in log.read_text())
+            assert "reload failed, keeping the running configuration" in log.read_text()
             assert {await who() for _ in range(5)} == {"b"}
 
 

@@ -249,8 +249,10 @@ async def test_probes_move_traffic_away_and_back() -> None:
             assert doc["origins"]["down"] == [a.url]
             # A real outage: the listening socket goes away, then comes back on the same port.
             a.healthy = True
+            probed = pool.origins[0].probes
             await a.stop()
-            await asyncio.sleep(0.3)
+            # Two more probes while nothing listens (polled, not slept on): still down.
+            assert await until(lambda: pool.origins[0].probes >= probed + 2)
             assert not pool.origins[0].up
             await a.start()
             assert await until(lambda: pool.origins[0].up)
