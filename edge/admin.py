@@ -129,11 +129,29 @@ def add_routes(
 ) -> None:
     """`get_peers`, when given, reads the other workers' fresh records (edge.nodestats)."""
 
+    def refused(request: web.Request, what: str) -> web.Response | None:
+        """401 unless the request carries the admin token (always for purges; for the
+        status and metrics with admin.private)."""
+        admin = get_proxy().config.admin
+        if admin.token is None or (what != "purging" and not admin.private):
+            return None
+        if _bearer_ok(request, admin.token):
+            return None
+        return web.json_response(
+            {"error": f"{what} needs Authorization: Bearer <admin.token_file's token>"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="edge"'},
+        )
+
     async def status(request: web.Request) -> web.Response:
+        if (no := refused(request, "the status")) is not None:
+            return no
         peers = get_peers() if get_peers is not None else None
         return web.json_response(status_document(get_proxy(), peers))
 
     async def metrics(request: web.Request) -> web.Response:
+        if (no := refused(request, "the metrics")) is not None:
+            return no
         proxy = get_proxy()
         proxy.refresh_gauges()
         m = proxy.metrics
@@ -147,13 +165,8 @@ def add_routes(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def purge(request: web.Request) -> web.Response:
-        token = get_proxy().config.admin.token
-        if token is not None and not _bearer_ok(request, token):
-            return web.json_response(
-                {"error": "purging needs Authorization: Bearer <admin.token_file's token>"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="edge"'},
-            )
+        if (no := refused(request, "purging")) is not None:
+            return no
         try:
             doc = json.loads(await request.read() or b"{}")
         except (ValueError, UnicodeDecodeError):

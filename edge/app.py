@@ -281,14 +281,11 @@ class EdgeRuntime:
         self._app_runner = web.AppRunner(self.app, access_log=None)
         await self._app_runner.setup()
         if config.admin.listen is not None:
-            admin_site = web.TCPSite(
-                self._app_runner,
-                config.admin.listen.host,
-                config.admin.listen.port,
-                reuse_port=self.reuse_port or None,
+            cert = config.admin.certificate
+            admin_tls = None if cert is None else tls.certificate_context(cert)
+            self.addresses["admin"] = await self._site(
+                self._app_runner, config.admin.listen, admin_tls
             )
-            await admin_site.start()
-            self.addresses["admin"] = _addresses(self._app_runner.addresses)
         options, kwargs = listener_settings(config)
         metrics = self.app[METRICS]
         options = dataclasses.replace(
@@ -332,7 +329,7 @@ class EdgeRuntime:
     def reload(self, config: EdgeConfig) -> None:
         """Apply a new config atomically; listener, TLS and cache changes need a restart."""
         old = self.config
-        for part in ("server.listen", "tls", "cache", "admin.listen"):
+        for part in ("server.listen", "tls", "cache", "admin.listen", "admin.certificate"):
             section, _, key = part.partition(".")
             a, b = getattr(old, section), getattr(config, section)
             if (getattr(a, key) if key else a) != (getattr(b, key) if key else b):

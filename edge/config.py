@@ -186,6 +186,10 @@ class AdminConfig:
     listen: Address | None = None
     capacity_rps: float = 1000.0
     token: str | None = field(default=None, repr=False)  # from token_file: purges need it
+    # tls_cert + tls_key: the admin listener speaks HTTPS (the DNS tier's probes, purges).
+    certificate: Certificate | None = None
+    # private: /__edge/status and /metrics need the token too (probes then send it).
+    private: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,10 +553,26 @@ def _admin(sec: _Section, base_dir: str) -> AdminConfig:
     if len(listen) > 1:
         raise sec.error("listen", "one admin address only")
     token_file = sec.take("token_file", str, "")
+    cert = sec.take("tls_cert", str, "")
+    key = sec.take("tls_key", str, "")
+    certificate = None
+    if cert or key:
+        if not (cert and key):
+            raise sec.error("tls_key" if cert else "tls_cert", "tls_cert and tls_key go together")
+        cert, key = _resolve(base_dir, cert), _resolve(base_dir, key)
+        for name, path in (("tls_cert", cert), ("tls_key", key)):
+            if not os.path.isfile(path):
+                raise sec.error(name, f"no such file: {path}")
+        certificate = Certificate(cert=cert, key=key)
+    private = sec.take("private", bool, False)
+    if private and not token_file:
+        raise sec.error("private", "needs admin.token_file: the token the status readers send")
     admin = AdminConfig(
         listen=listen[0] if listen else None,
         capacity_rps=sec.positive("capacity_rps", AdminConfig().capacity_rps),
         token=_token(sec, os.path.join(base_dir, token_file)) if token_file else None,
+        certificate=certificate,
+        private=private,
     )
     sec.done()
     return admin

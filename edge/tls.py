@@ -37,6 +37,11 @@ def _context(cert: Certificate, min_version: str) -> ssl.SSLContext:
     return ctx
 
 
+def certificate_context(cert: Certificate) -> ssl.SSLContext:
+    """A listening context with one certificate (the admin listener's)."""
+    return _context(cert, "1.2")
+
+
 def match_name(name: str, patterns: tuple[str, ...]) -> bool:
     name = name.lower().rstrip(".")
     for pattern in patterns:

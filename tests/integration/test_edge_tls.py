@@ -267,3 +267,59 @@ async def test_a_silent_tls_connection_gets_header_timeout_not_60_seconds(
             # A client that does speak TLS still gets its answer.
             common, data = await _get_over_tls(port, _client_ctx(certs["a"][0]), "a.test")
             assert common == "a.test" and data.startswith(b"HTTP/1.1 ")
+
+
+async def test_admin_over_https_with_a_private_status(
+    certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    # Issue 12: probes between gslb and edges can use HTTPS with the admin token.
+    token = "s3cret-admin-token-0123"
+    (tmp_path / "admin.token").write_text(token + "\n")
+    async with origins("o") as (origin,):
+        admin = {
+            "listen": "127.0.0.1:0",
+            "tls_cert": str(certs["a"][0]),
+            "tls_key": str(certs["a"][1]),
+            "token_file": str(tmp_path / "admin.token"),
+            "private": True,
+        }
+        async with running_edge(edge_config([origin], admin=admin)) as edge:
+            port = edge.addresses["admin"][0].port
+            ctx = _client_ctx(certs["a"][0])
+            connector = aiohttp.TCPConnector(ssl=ctx)
+            async with aiohttp.ClientSession(connector=connector) as s:
+                resolve = {"server_hostname": "a.test"}
+                async with s.get(f"https://127.0.0.1:{port}/__edge/status", **resolve) as r:
+                    assert r.status == 401
+                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                auth = {"Authorization": f"Bearer {token}"}
+                async with s.get(
+                    f"https://127.0.0.1:{port}/__edge/status", headers=auth, **resolve
+                ) as r:
+                    assert r.status == 200
+                    assert (await r.json())["healthy"] is True
+                async with s.get(f"https://127.0.0.1:{port}/metrics", **resolve) as r:
+                    assert r.status == 401
+            # Plain HTTP to the admin port gets no status.
+            with contextlib.suppress(aiohttp.ClientError):
+                async with (
+                    aiohttp.ClientSession() as plain,
+                    plain.get(f"http://127.0.0.1:{port}/__edge/status") as r,
+                ):
+                    assert r.status != 200
+
+
+def test_admin_tls_and_private_are_validated(
+    certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    from edge.config import from_mapping
+    from edge.errors import ConfigError
+
+    base = {"pool": {"origins": ["http://127.0.0.1:9"]}}
+    with pytest.raises(ConfigError, match=r"admin\.tls_key: tls_cert and tls_key go together"):
+        from_mapping({**base, "admin": {"tls_cert": str(certs["a"][0])}}, "<t>")
+    with pytest.raises(ConfigError, match=r"admin\.private: needs admin\.token_file"):
+        from_mapping({**base, "admin": {"private": True}}, "<t>")
+    with pytest.raises(ConfigError, match=r"admin\.tls_cert: no such file"):
+        missing = str(tmp_path / "nope.pem")
+        from_mapping({**base, "admin": {"tls_cert": missing, "tls_key": missing}}, "<t>")
