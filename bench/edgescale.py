@@ -1,5 +1,7 @@
 """The edge at scale (bench/edgebench.py's scenarios beyond one hot object):
 
+  disk100k  random hits over --objects-100k distinct 100 KiB objects (10,240: 1 GiB), our
+            memory tier at its default (64 MiB)                          goal >= 0.5x nginx
   disk10k   random hits over --objects distinct 10 KiB objects (16,000: 160 MiB), our
             memory tier 16 MiB, so most hits come from the disk tier     goal >= 0.5x nginx
   miss      misses, every URL new, wrk -c64, origin nginx serving a static 10 KiB file
@@ -21,15 +23,15 @@ import itertools
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 from _common import LOADGEN_CPU, LOOPBACK, BenchError, Proc, free_port, log, run_tool, wait_until
 
-DISK_OBJECT_KIB = 10
-DISK_MEMORY = "16MiB"
-GOALS = {"disk10k": 0.5, "miss": 0.4, "miss1": 0.3}
+# scenario: (object size in KiB, our memory tier or None for the default)
+DISK = {"disk10k": (10, "16MiB"), "disk100k": (100, None)}
+GOALS = {"disk10k": 0.5, "disk100k": 0.5, "miss": 0.4, "miss1": 0.3}
 
 RANDOM_LUA = """
 local n = {objects}
@@ -73,11 +75,11 @@ async def _warm(port: int, paths: list[str], size: int, concurrency: int = 32) -
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def warm(label: str, port: int, objects: int) -> None:
+def warm(label: str, port: int, objects: int, kib: int) -> None:
     """Request every object once through the proxy (the misses that fill its cache)."""
     start = time.monotonic()
-    paths = [f"/o/{i}/{DISK_OBJECT_KIB}k" for i in range(objects)]
-    asyncio.run(_warm(port, paths, DISK_OBJECT_KIB * 1024))
+    paths = [f"/o/{i}/{kib}k" for i in range(objects)]
+    asyncio.run(_warm(port, paths, kib * 1024))
     log(f"  {label}: {objects} objects stored in {time.monotonic() - start:.1f}s")
 
 
@@ -154,8 +156,11 @@ def miss_script(workdir: Path) -> Path:
     return write_lua(workdir, "miss", MISS_LUA.format(run=next(_run_ids)))
 
 
-def random_script(workdir: Path, objects: int, seed: int) -> Path:
-    text = RANDOM_LUA.format(objects=objects, seed=seed, kib=DISK_OBJECT_KIB)
+def random_script(workdir: Path, objects: int, kib: int, seeds: Iterator[int]) -> Path:
+    """A wrk script asking for random objects, with the next of `seeds` (a new sequence
+    each run)."""
+    seed = next(seeds)
+    text = RANDOM_LUA.format(objects=objects, seed=seed, kib=kib)
     return write_lua(workdir, f"random-{seed}", text)
 
 
@@ -165,4 +170,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=16000,
         help="distinct 10 KiB objects of the disk10k working set (16000: 160 MiB)",
+    )
+    p.add_argument(
+        "--objects-100k",
+        type=int,
+        default=10240,
+        help="distinct 100 KiB objects of the disk100k working set (10240: 1 GiB)",
     )
