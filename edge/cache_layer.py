@@ -145,7 +145,9 @@ class CacheLayer:
         self._inflight: dict[str, Lead] = {}
         self._refreshing: set[str] = set()
         self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
-        self._serialized: dict[tuple[Any, ...], bytes] = {}
+        # Prepared hit heads live in the store's memory tier (bounded with it, evicted with
+        # the entries they belong to); the generation keeps a reload's heads apart.
+        self._head_generation = 0
         # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
         # re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
@@ -168,7 +170,7 @@ class CacheLayer:
         self._collapse_wait = c.collapse_timeout
         # Prepared heads carry the cache name and Via of the configuration they were made in.
         self._prepared.clear()
-        self._serialized.clear()
+        self._head_generation += 1
         self._hit_heads.clear()
 
     async def close(self) -> None:
@@ -383,8 +385,11 @@ class CacheLayer:
 
     def _serialized_head(self, entry: cp.CacheEntry) -> bytes:
         """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
-        ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
-        head = self._serialized.get(ident)
+        ident = (
+            f"h:{self._head_generation}\x1f{entry.key}\x1f{entry.variant}"
+            f"\x1f{entry.sha256}\x1f{entry.response_time!r}"
+        )
+        head: bytes | None = self.store.recall(ident)
         if head is None:
             reason = entry.reason or phrase(entry.status)
             lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
@@ -392,9 +397,7 @@ class CacheLayer:
             lines.append(f"Content-Length: {entry.body_length}\r\n")
             # The values are in aiohttp's form (headers.wire_text): encoded as it would.
             head = "".join(lines).encode("utf-8", "replace")
-            if len(self._serialized) > 4096:
-                self._serialized.clear()
-            self._serialized[ident] = head
+            self.store.remember(ident, head, len(head) + len(ident) + 64)
         return head
 
     async def _from_cache(

@@ -19,9 +19,14 @@ On a full disk (ENOSPC/EDQUOT/EFBIG, or SQLite "database or disk is full") the s
 turns ``degraded``: writes are skipped (reads still work) until ``retry_after`` seconds
 passed, then the next write tries again and clears the flag if it succeeds.
 
-Several processes may share one directory. The memory tier keeps a variant list for at
-most ``meta_refresh`` seconds before re-reading it from disk, so a purge made by another
-process is seen within that time; bodies in memory are keyed by digest and never stale.
+Several processes may share one directory. Whatever takes a stored variant away (a purge, a
+removal, a 304's update, a fill replacing a variant) also moves the directory's epoch (the
+modification time of its file ``epoch``). The memory tier checks a variant list against the
+epoch once it is ``meta_refresh`` seconds old: unmoved, the list is still what is stored and
+is kept (the common case, with a working set far larger than one second of traffic); moved,
+it is read again. So a purge made by another process is seen within that time, and a hit
+never pays a disk read and a JSON decode to learn that nothing changed. Bodies in memory
+are keyed by digest and never stale.
 """
 
 from __future__ import annotations
@@ -230,6 +235,10 @@ class _Memory:
         while self.used > self.max_bytes and self._items:
             _, (c, _) = self._items.popitem(last=False)
             self.used -= c
+
+    def cost(self, key: str) -> int:
+        item = self._items.get(key)
+        return 0 if item is None else item[0]
 
     def pop(self, key: str) -> None:
         item = self._items.pop(key, None)
@@ -463,6 +472,9 @@ class Store:
             raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
         self._remove_set_aside()
         self._reads = _Reads(self.directory)
+        self._epoch_file = os.path.join(self.directory, "epoch")
+        with open(self._epoch_file, "ab"):
+            pass
         self._lock = threading.Lock()
         self._memory = _Memory(memory_bytes)
         self._degraded_reason: str | None = None
@@ -600,6 +612,30 @@ class Store:
 
     # --- metadata ------------------------------------------------------------------------
 
+    def _epoch(self) -> int:
+        try:
+            return os.stat(self._epoch_file).st_mtime_ns
+        except OSError:
+            return -1  # never equal to a read epoch: every list is read again
+
+    def _move_epoch(self) -> None:
+        """Tell every process sharing the directory that stored variants went away."""
+        now = time.time_ns()
+        try:
+            os.utime(self._epoch_file, ns=(now, max(now, self._epoch() + 1)))
+        except OSError as e:
+            log.warning("cannot move the cache epoch (other workers re-read late): %s", e)
+
+    def _still_stored(self, mkey: str, cached: tuple[float, Any, int], now: float) -> bool:
+        """Whether a variant list read into memory at least meta_refresh ago is still what
+        is stored (no epoch move since): then its read time is renewed."""
+        if self._epoch() != cached[2]:
+            return False
+        with self._lock:
+            if self._memory.get(mkey) is cached:
+                self._memory.put(mkey, (now, cached[1], cached[2]), self._memory.cost(mkey))
+        return True
+
     def _load_meta(self, key: str) -> list[CacheEntry]:
         mkey = _meta_key(key)
         try:
@@ -645,10 +681,15 @@ class Store:
         """Variants of ``key`` from the memory tier only: never blocks on disk, safe to call
         on the event loop. None when not in memory or due for a re-read (then call
         ``variants`` in a thread)."""
+        mkey = _meta_key(key)
+        now = self._clock()
         with self._lock:
-            cached = self._memory.get(_meta_key(key))
-            if cached is None or self._clock() - cached[0] >= self._meta_refresh:
-                return None
+            cached = self._memory.get(mkey)
+        if cached is None:
+            return None
+        if now - cached[0] >= self._meta_refresh and not self._still_stored(mkey, cached, now):
+            return None
+        with self._lock:
             self._hits += 1
         entries: tuple[CacheEntry, ...] = cached[1]
         return entries
@@ -659,8 +700,9 @@ class Store:
         path). Unlike ``peek_variants`` it also returns a list due for its re-read (age >=
         ``meta_refresh``), so a caller may keep answering from it while ``variants``
         re-reads it in a thread. None when any of it is not in memory."""
+        mkey = _meta_key(key)
         with self._lock:
-            cached = self._memory.get(_meta_key(key))
+            cached = self._memory.get(mkey)
             if cached is None or len(cached[1]) != 1:
                 return None
             entry: CacheEntry = cached[1][0]
@@ -668,7 +710,22 @@ class Store:
             if body is None:
                 return None
             self._hits += 1
-        return entry, body, self._clock() - cached[0]
+        now = self._clock()
+        read_ago = now - cached[0]
+        if read_ago >= self._meta_refresh and self._still_stored(mkey, cached, now):
+            read_ago = 0.0
+        return entry, body, read_ago
+
+    def remember(self, key: str, value: Any, cost: int) -> None:
+        """Keep something derived from stored entries (a prepared response head) in the
+        memory tier, within its budget; `key` must not start like the store's own keys."""
+        with self._lock:
+            self._memory.put(key, value, cost)
+
+    def recall(self, key: str) -> Any:
+        """What `remember` kept under `key`, if the memory tier still holds it."""
+        with self._lock:
+            return self._memory.get(key)
 
     def peek_body(self, entry: CacheEntry) -> bytes | None:
         """The verified body from the memory tier only (non-blocking), or None."""
@@ -682,9 +739,12 @@ class Store:
         now = self._clock()
         with self._lock:
             cached = self._memory.get(mkey)
-        if cached is not None and now - cached[0] < self._meta_refresh:
+        if cached is not None and (
+            now - cached[0] < self._meta_refresh or self._still_stored(mkey, cached, now)
+        ):
             entries: tuple[CacheEntry, ...] = cached[1]
         else:
+            epoch = self._epoch()  # before the read: a move during it means read again
             try:
                 entries = tuple(self._load_meta(key))
             except (sqlite3.Error, OSError, StoreError) as e:
@@ -693,7 +753,7 @@ class Store:
             cost = 256 + sum(len(e.key) + 64 * (len(e.headers) + 4) for e in entries)
             with self._lock:
                 if entries:
-                    self._memory.put(mkey, (now, entries), cost)
+                    self._memory.put(mkey, (now, entries, epoch), cost)
                 else:
                     self._memory.pop(mkey)
         with self._lock:
@@ -813,6 +873,7 @@ class Store:
         if data is None and isinstance(body, bytes):
             data = body
         bkey = _body_key(entry)
+        epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
         try:
             self._cache.set(bkey, body)
             replaced: list[CacheEntry] = []
@@ -832,7 +893,7 @@ class Store:
                     self._add_tag(tag, entry.key)
                 # Inside the transaction: a remove() of this key (which forgets it from
                 # memory after its own transaction) cannot come in between.
-                self._remember(entry.key, tuple(kept), bkey, data)
+                self._remember(entry.key, tuple(kept), bkey, data, epoch)
         except Exception as e:
             self._forget(entry.key)
             with self._lock:
@@ -852,11 +913,18 @@ class Store:
                     self._cache.delete(_body_key(old))
                 with self._lock:
                     self._memory.pop(_body_key(old))
+        if replaced:
+            self._move_epoch()  # other processes' lists may name a body just deleted
         self._wrote_ok()
         return entry
 
     def _remember(
-        self, key: str, entries: tuple[CacheEntry, ...], bkey: str, body: bytes | None
+        self,
+        key: str,
+        entries: tuple[CacheEntry, ...],
+        bkey: str,
+        body: bytes | None,
+        epoch: int,
     ) -> None:
         """After a commit: the variant list just written, and the body when it is small
         and at hand, go to the memory tier, so the first hit needs no disk read."""
@@ -864,7 +932,7 @@ class Store:
         cost = 256 + sum(len(e.key) + 64 * (len(e.headers) + 4) for e in entries)
         now = self._clock()
         with self._lock:
-            self._memory.put(mkey, (now, entries), cost)
+            self._memory.put(mkey, (now, entries, epoch), cost)
             if body is not None and len(body) <= self._memory_object_max:
                 self._memory.put(bkey, body, len(body) + 64)
 
@@ -903,6 +971,7 @@ class Store:
             return False
         finally:
             self._forget(entry.key)
+        self._move_epoch()
         self._wrote_ok()
         return True
 
@@ -930,6 +999,8 @@ class Store:
             raise StoreError(f"cannot remove {key}: {e}") from e
         finally:
             self._forget(key)
+            if removed:
+                self._move_epoch()
         return len(removed)
 
     def purge_url(self, key: str) -> int:

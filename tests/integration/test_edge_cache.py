@@ -712,7 +712,11 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
         assert await until(lambda: not layer._rereads)
         assert layer.hit_wire(req.key) is None  # the re-read saw the purge
         assert store.put(stored, b"again") is not None
-        clock.t += 2.5  # two periods without a re-read: no longer trusted
+        clock.t += 2.5  # due, but nothing was taken away since: still answered
+        assert layer.hit_wire(req.key) is not None
+        with Store(tmp_path) as other:
+            assert other.purge_url(req.key) == 1
+        clock.t += 2.5  # two periods, and the epoch moved: no longer trusted
         assert layer.hit_wire(req.key) is None
     finally:
         await layer.close()

@@ -448,8 +448,12 @@ def test_non_blocking_peeks(tmp_path: Path) -> None:
         assert s.get_body(got) == b"peek"
         assert s.peek_variants(e.key) == (got,)
         assert s.peek_body(got) == b"peek"
-        clock.t += 2  # due for a re-read from disk
-        assert s.peek_variants(e.key) is None
+        clock.t += 2  # due for a check: nothing was taken away (the epoch did not move)
+        assert s.peek_variants(e.key) == (got,)
+        with Store(tmp_path) as other:  # another process purges it: the epoch moves
+            assert other.purge_url(e.key) == 1
+        clock.t += 2
+        assert s.peek_variants(e.key) is None  # due, and no longer what is stored
 
 
 def test_small_body_reader(tmp_path: Path) -> None:
@@ -505,9 +509,14 @@ def test_single_peek_keeps_a_list_due_for_its_re_read(tmp_path: Path) -> None:
     with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
         e = s.put(entry(), b"aged")
         assert e is not None
+        clock.t += 1.5  # due, but the epoch did not move: the list is renewed
+        assert s.peek_single(e.key) == (e, b"aged", 0.0)
+        assert s.peek_variants(e.key) == (e,)
+        with Store(tmp_path) as other:  # another process updates it: the epoch moves
+            assert other.update(e)
         clock.t += 1.5
         assert s.peek_variants(e.key) is None  # due: the plain peek declines
-        assert s.peek_single(e.key) == (e, b"aged", 1.5)
+        assert s.peek_single(e.key) == (e, b"aged", 1.5)  # kept for the fast path meanwhile
         assert s.variants(e.key) == (e,)  # the re-read
         assert s.peek_single(e.key) == (e, b"aged", 0.0)
         assert s.peek_single("https://example.com/none") is None
@@ -563,3 +572,20 @@ def test_reads_take_no_write_transaction_and_recency_is_written_back(tmp_path: P
         else:
             raise AssertionError("nothing was evicted")
         assert s.variants(stored[0].key), "the entry read was evicted"  # type: ignore[union-attr]
+
+
+def test_a_variant_replaced_by_another_process_is_re_read(tmp_path: Path) -> None:
+    # A replaced variant's old body is deleted: a list naming it must not outlive the
+    # replacement (the hit would read a missing body and evict the new entry as damaged).
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as a:
+        old = a.put(entry(), b"first")
+        assert old is not None and a.variants(old.key) == (old,)
+        with Store(tmp_path) as b:
+            new = b.put(entry(), b"second")
+            assert new is not None and new.sha256 != old.sha256
+        clock.t += 1.5
+        (seen,) = a.variants(old.key)
+        assert seen.sha256 == new.sha256
+        assert a.get_body(seen) == b"second"
+        assert a.stats().corrupt == 0
