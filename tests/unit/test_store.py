@@ -589,3 +589,16 @@ def test_a_variant_replaced_by_another_process_is_re_read(tmp_path: Path) -> Non
         assert seen.sha256 == new.sha256
         assert a.get_body(seen) == b"second"
         assert a.stats().corrupt == 0
+
+
+def test_disk_use_stays_within_size_limit_under_churn(tmp_path: Path) -> None:
+    # Issue 8: ten times the limit written through the store; what it holds stays within
+    # size_limit (diskcache culls the least recently used as it goes).
+    limit = 1 << 20
+    with Store(tmp_path, size_limit=limit, memory_bytes=0) as s:
+        for i in range(250):
+            s.put(entry(f"/churn/{i}"), bytes([i % 256]) * 40_000)
+            assert s.stats().size_bytes <= limit + 40_000 * 2, i
+        on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*.val"))
+        assert on_disk <= limit + 40_000 * 2
+        assert s.variants("https://example.com/churn/249")  # the newest is kept
