@@ -27,7 +27,9 @@ from gslb.models import Clock
 __all__ = [
     "LATENCY_BUCKETS",
     "MetricsCollector",
+    "PoolCollector",
     "ProbeCollector",
+    "PurgeCollector",
     "QueryMetrics",
     "TransitionCollector",
     "make_registry",
@@ -317,11 +319,50 @@ class TransitionCollector(Collector):
         yield transitions
 
 
+class PoolCollector(Collector):
+    """Per pool: 1 while no member serves, so answers come from its fallback set."""
+
+    def __init__(self, source: Callable[[], Mapping[str, bool]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        fallback = GaugeMetricFamily(
+            "gslb_pool_fallback",
+            "1 while no member of the pool is serving (up and not drained), so its answers "
+            "name the pool's fallback set",
+            labels=["pool"],
+        )
+        for pool, on in sorted(self._source().items()):
+            fallback.add_metric([pool], 1.0 if on else 0.0)
+        yield fallback
+
+
+class PurgeCollector(Collector):
+    """Fleet purge results per edge, from gslb.purger.Purger.export()."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        purges = CounterMetricFamily(
+            "gslb_edge_purges",
+            "Fleet purges (POST /v1/purge) sent to each edge, by result (ok, failed after "
+            "its retries)",
+            labels=["edge", "result"],
+        )
+        for edge, result, n in self._source().get("purges", ()):
+            purges.add_metric([str(edge), str(result)], float(n))
+        yield purges
+
+
 def make_registry(
     metrics: Callable[[], Mapping[str, Any]],
     health: Callable[[], Mapping[str, Any]],
     probes: Callable[[], Mapping[str, Any]] | None = None,
     transitions: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+    *,
+    pools: Callable[[], Mapping[str, bool]] | None = None,
+    purges: Callable[[], Mapping[str, Any]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(metrics))
@@ -330,4 +371,8 @@ def make_registry(
         registry.register(ProbeCollector(probes))
     if transitions is not None:
         registry.register(TransitionCollector(transitions))
+    if pools is not None:
+        registry.register(PoolCollector(pools))
+    if purges is not None:
+        registry.register(PurgeCollector(purges))
     return registry

@@ -1,0 +1,149 @@
+"""Fleet-wide purges (`gslb purge`, POST /v1/purge) against three real `edge serve` processes.
+
+Each edge (fleet_helpers.Fleet) caches objects from its own origin under the Host
+www.example.test; `gslb purge` goes through the real gslb API, which purges every edge
+through its admin API with the edges' token, and the next request on each edge is a miss
+(its origin sees it). With one edge killed, that edge's result says failed after its
+retries while the others purge.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.integration.fleet_helpers import Fleet, FleetEdge, cacheable
+from tests.integration.gslb_helpers import gslb_cmd
+from tests.integration.status_helpers import LoopThread
+
+
+def tagged(body: bytes, tags: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body, headers={"Cache-Control": "max-age=600", "Surrogate-Key": tags}
+        )
+
+    return handler
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, geo_db: Path, loop_thread: LoopThread
+) -> Iterator[Fleet]:
+    f = Fleet(tmp_path_factory.mktemp("fleet"), loop_thread)
+    try:
+        for edge in f.edges.values():
+            routes = edge.origin.routes
+            routes["/obj"] = cacheable(b"object")
+            routes["/img/a.png"] = cacheable(b"a")
+            routes["/img/b.png"] = cacheable(b"b")
+            routes["/doc"] = tagged(b"doc", "docs v1")
+        f.start_edges()
+        f.start_gslb(geo_db)
+        f.wait_all_up()
+        yield f
+    finally:
+        f.close()
+
+
+def purge(
+    fleet: Fleet, *args: str, token: bool = True
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    assert fleet.gslb is not None
+    extra = ["--token-file", str(fleet.dir / "api.token")] if token else []
+    done = gslb_cmd("purge", *args, "--api", fleet.gslb.api, *extra, "--json")
+    try:
+        doc = json.loads(done.stdout)
+    except ValueError:
+        doc = None
+    return done, doc
+
+
+def fetched(edge: FleetEdge, path: str) -> int:
+    """GET `path` through the edge; how often its origin has served it since."""
+    status, _ = edge.get(path)
+    assert status == 200
+    return edge.origin.hits[path]
+
+
+def cache_everywhere(fleet: Fleet, *paths: str) -> dict[tuple[str, str], int]:
+    """Every path cached on every edge (a second GET is a hit); the origin counts."""
+    counts = {}
+    for edge in fleet.edges.values():
+        for path in paths:
+            first = fetched(edge, path)
+            assert fetched(edge, path) == first, f"{edge.name}{path} not cached"
+            counts[(edge.name, path)] = first
+    return counts
+
+
+def test_purge_url_from_every_edge(fleet: Fleet) -> None:
+    before = cache_everywhere(fleet, "/obj")
+    done, doc = purge(fleet, "http://www.example.test/obj")
+    assert done.returncode == 0, done.stderr
+    assert doc["verdict"] == "ok" and doc["request"] == {"url": "http://www.example.test/obj"}
+    assert doc["edges_ok"] == 3 and doc["edges_failed"] == 0
+    for r in doc["edges"]:
+        assert r["ok"] and r["status"] == 200 and r["attempts"] == 1 and r["purged"] == 1, r
+        assert r["url"] == f"{fleet.edges[r['edge']].status_url.removesuffix('/status')}/purge"
+    for edge in fleet.edges.values():  # the next request on each edge goes to its origin
+        assert fetched(edge, "/obj") == before[(edge.name, "/obj")] + 1
+
+
+def test_purge_prefix_and_tag_and_the_text_report(fleet: Fleet) -> None:
+    before = cache_everywhere(fleet, "/img/a.png", "/img/b.png", "/doc")
+    done, doc = purge(fleet, "--prefix", "http://www.example.test/img/")
+    assert done.returncode == 0 and all(r["purged"] == 2 for r in doc["edges"]), doc
+    assert fleet.gslb is not None
+    text = gslb_cmd(
+        "purge",
+        "--tag",
+        "docs",
+        "--api",
+        fleet.gslb.api,
+        "--token-file",
+        str(fleet.dir / "api.token"),
+    )
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("purge tag docs: ok (3 edge(s) ok, 0 failed)")
+    assert "1 object(s) removed" in text.stdout
+    for edge in fleet.edges.values():
+        for path in ("/img/a.png", "/img/b.png", "/doc"):
+            assert fetched(edge, path) == before[(edge.name, path)] + 1, (edge.name, path)
+
+
+def test_purge_needs_the_api_token_and_a_valid_request(fleet: Fleet) -> None:
+    done, _ = purge(fleet, "http://www.example.test/obj", token=False)
+    assert done.returncode == 1 and "Bearer" in done.stderr
+    done, _ = purge(fleet, "/obj")
+    assert done.returncode == 1 and "absolute http(s) URL" in done.stderr
+
+
+def test_an_edge_down_fails_after_its_retries_while_the_others_purge(fleet: Fleet) -> None:
+    before = cache_everywhere(fleet, "/obj")
+    nrt = fleet.edges["nrt"]
+    nrt.kill()
+    try:
+        done, doc = purge(fleet, "http://www.example.test/obj")
+        assert done.returncode == 1
+        assert doc["verdict"] == "partial" and doc["edges_ok"] == 2 and doc["edges_failed"] == 1
+        results = {r["edge"]: r for r in doc["edges"]}
+        failed = results["nrt"]
+        assert not failed["ok"] and failed["attempts"] == 3 and failed["status"] is None
+        assert "Connect" in failed["error"], failed
+        for name in ("fra", "iad"):
+            assert results[name]["ok"] and results[name]["attempts"] == 1
+            edge = fleet.edges[name]
+            assert fetched(edge, "/obj") == before[(name, "/obj")] + 1
+        assert fleet.gslb is not None
+        _, metrics = fleet.gslb.http("GET", "/metrics")
+        assert 'gslb_edge_purges_total{edge="nrt",result="failed"} 1.0' in metrics
+    finally:
+        nrt.start()  # same ports: gslb's status_url and admin URL stay valid
+        fleet.wait_all_up()
