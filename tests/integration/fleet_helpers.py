@@ -10,19 +10,21 @@ config is rewritten with the ports it bound first), and its origin stopped and s
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from tests.integration.edge_helpers import Origin
+from tests.integration.edge_helpers import Handler, Origin
 from tests.integration.gslb_helpers import EDGE_IPS, ROOT, GslbProcess, stop_process
 from tests.integration.status_helpers import LoopThread, edge_toml, eventually
 
@@ -258,3 +260,20 @@ class Fleet:
             for edge in self.edges.values():
                 edge.stop()
                 self.loop_thread.run(edge.origin.stop())
+
+
+@contextlib.contextmanager
+def running_fleet(
+    directory: Path, loop_thread: LoopThread, geo_db: Path, routes: Mapping[str, Handler]
+) -> Iterator[Fleet]:
+    """A started fleet whose origins all serve `routes`, every edge up in gslb."""
+    fleet = Fleet(directory, loop_thread)
+    try:
+        for edge in fleet.edges.values():
+            edge.origin.routes.update(routes)
+        fleet.start_edges()
+        fleet.start_gslb(geo_db)
+        fleet.wait_all_up()
+        yield fleet
+    finally:
+        fleet.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from gslb.edgeprobe import detection_bound
-from tests.integration.fleet_helpers import EDGE_PROBE, HEALTH, Fleet, cacheable
+from tests.integration.fleet_helpers import EDGE_PROBE, HEALTH, Fleet, cacheable, running_fleet
 from tests.integration.gslb_helpers import EDGE_IPS, LONDON
 from tests.integration.status_helpers import LoopThread
 
@@ -40,16 +40,9 @@ ORIGIN_UP = detection_bound(EDGE_PROBE["interval"], EDGE_PROBE["timeout"], 0, ED
 def fleet(
     tmp_path_factory: pytest.TempPathFactory, geo_db: Path, loop_thread: LoopThread
 ) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("failover"), loop_thread)
-    try:
-        for edge in f.edges.values():
-            edge.origin.routes["/"] = cacheable(b"ok")
-        f.start_edges()
-        f.start_gslb(geo_db)
-        f.wait_all_up()
+    directory = tmp_path_factory.mktemp("failover")
+    with running_fleet(directory, loop_thread, geo_db, {"/": cacheable(b"ok")}) as f:
         yield f
-    finally:
-        f.close()
 
 
 def london(fleet: Fleet) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.fleet_helpers import Fleet, FleetEdge, cacheable
+from tests.integration.fleet_helpers import Fleet, FleetEdge, cacheable, running_fleet
 from tests.integration.gslb_helpers import gslb_cmd
 from tests.integration.status_helpers import LoopThread
 
@@ -36,20 +36,14 @@ def tagged(body: bytes, tags: str) -> Any:
 def fleet(
     tmp_path_factory: pytest.TempPathFactory, geo_db: Path, loop_thread: LoopThread
 ) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("fleet"), loop_thread)
-    try:
-        for edge in f.edges.values():
-            routes = edge.origin.routes
-            routes["/obj"] = cacheable(b"object")
-            routes["/img/a.png"] = cacheable(b"a")
-            routes["/img/b.png"] = cacheable(b"b")
-            routes["/doc"] = tagged(b"doc", "docs v1")
-        f.start_edges()
-        f.start_gslb(geo_db)
-        f.wait_all_up()
+    routes = {
+        "/obj": cacheable(b"object"),
+        "/img/a.png": cacheable(b"a"),
+        "/img/b.png": cacheable(b"b"),
+        "/doc": tagged(b"doc", "docs v1"),
+    }
+    with running_fleet(tmp_path_factory.mktemp("fleet"), loop_thread, geo_db, routes) as f:
         yield f
-    finally:
-        f.close()
 
 
 def purge(
