@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the test suite drives as real clients / peers (chromium and its driver:
-# the gslb status page test, tests/integration/test_gslb_status_page.py).
-APT_TEST_PACKAGES := bind9-dnsutils curl openssl chromium chromium-driver
+# the gslb status page test, tests/integration/test_gslb_status_page.py; prometheus for
+# promtool: the monitoring kit's test, tests/integration/test_monitoring.py).
+APT_TEST_PACKAGES := bind9-dnsutils curl openssl chromium chromium-driver prometheus
 
 .PHONY: run run-edge test lint typecheck unit integration apt-test clean
 

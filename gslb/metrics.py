@@ -276,11 +276,23 @@ class HealthCollector(Collector):
         serving = GaugeMetricFamily(
             "gslb_edge_serving", "1 when the edge is up and not drained", labels=["edge"]
         )
+        up = GaugeMetricFamily(
+            "gslb_edge_up",
+            "1 when the edge is up (its probes, or the API, say so)",
+            labels=["edge"],
+        )
+        drained = GaugeMetricFamily(
+            "gslb_edge_drained", "1 when the edge is drained through the API", labels=["edge"]
+        )
         load = GaugeMetricFamily("gslb_edge_load", "Load of the edge, 0..1", labels=["edge"])
         for name, st in sorted(snap.get("edges", {}).items()):
             serving.add_metric([name], 1.0 if st.get("serving") else 0.0)
+            up.add_metric([name], 1.0 if st.get("up") else 0.0)
+            drained.add_metric([name], 1.0 if st.get("drained") else 0.0)
             load.add_metric([name], float(st.get("load", 0.0)))
         yield serving
+        yield up
+        yield drained
         yield load
 
 

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from gslb.edgeprobe import detection_bound
-from tests.integration.fleet_helpers import EDGE_PROBE, HEALTH, Fleet, cacheable, running_fleet
+from tests.integration.fleet_helpers import EDGE_PROBE, HEALTH, Fleet
 from tests.integration.gslb_helpers import EDGE_IPS, LONDON
-from tests.integration.status_helpers import LoopThread
 
 FRA, IAD = EDGE_IPS["fra"], EDGE_IPS["iad"]
 SLACK = 3.0  # seconds on top of every bound, for a busy machine (never reached when healthy)
@@ -34,15 +30,6 @@ UP = detection_bound(HEALTH["interval"], HEALTH["timeout"], HEALTH["jitter"], HE
 # The edge's own verdict on its origin (its probes have no jitter here).
 ORIGIN_DOWN = detection_bound(EDGE_PROBE["interval"], EDGE_PROBE["timeout"], 0, EDGE_PROBE["fall"])
 ORIGIN_UP = detection_bound(EDGE_PROBE["interval"], EDGE_PROBE["timeout"], 0, EDGE_PROBE["rise"])
-
-
-@pytest.fixture(scope="module")
-def fleet(
-    tmp_path_factory: pytest.TempPathFactory, geo_db: Path, loop_thread: LoopThread
-) -> Iterator[Fleet]:
-    directory = tmp_path_factory.mktemp("failover")
-    with running_fleet(directory, loop_thread, geo_db, {"/": cacheable(b"ok")}) as f:
-        yield f
 
 
 def london(fleet: Fleet) -> list[str]:

@@ -110,7 +110,9 @@ def test_pool_fallback_gauge_follows_the_members() -> None:
     assert 'gslb_edge_purges_total{edge="a",result="failed"} 2.0' in text()
     health.update("a", up=False)
     assert 'gslb_pool_fallback{pool="www.example.test."} 0.0' in text()  # b still serves
+    assert 'gslb_edge_up{edge="a"} 0.0' in text() and 'gslb_edge_up{edge="b"} 1.0' in text()
     health.update("b", drained=True)
+    assert 'gslb_edge_drained{edge="b"} 1.0' in text() and 'gslb_edge_up{edge="b"} 1.0' in text()
     assert 'gslb_pool_fallback{pool="www.example.test."} 1.0' in text()
     assert 'gslb_pool_fallback{pool="other.example.test."} 1.0' in text()
     health.update("a", up=True)
