@@ -70,18 +70,18 @@ class Probes:
     edge_jitter: float
 
     def down(self, kind: str) -> float:
-        bound = detection_bound(self.interval, self.timeout, self.jitter, self.fall)
-        if kind == "origin":
-            bound += detection_bound(
-                self.edge_interval, self.edge_timeout, self.edge_jitter, self.edge_fall
-            )
-        return bound
+        """Detection bound: `fall` probes (for `origin`, the edge's `fall` first)."""
+        return self._bound(kind, self.fall, self.edge_fall)
 
     def up(self, kind: str) -> float:
-        bound = detection_bound(self.interval, self.timeout, self.jitter, self.rise)
+        """Recovery bound: `rise` probes (for `origin`, the edge's `rise` first)."""
+        return self._bound(kind, self.rise, self.edge_rise)
+
+    def _bound(self, kind: str, probes: int, edge_probes: int) -> float:
+        bound = detection_bound(self.interval, self.timeout, self.jitter, probes)
         if kind == "origin":
             bound += detection_bound(
-                self.edge_interval, self.edge_timeout, self.edge_jitter, self.edge_rise
+                self.edge_interval, self.edge_timeout, self.edge_jitter, edge_probes
             )
         return bound
 
