@@ -89,13 +89,11 @@ class Purger:
         attempts: list[Attempt] = []
         if target.url is None:
             return result(target, attempts)
-        while True:  # at most settings.attempts rounds: backoff() says None after them
+        for n in range(1, settings.attempts + 1):
             attempt = await self._send(target, request, settings)
             attempts.append(attempt)
-            if judge(attempt) is not Judgement.RETRY:
-                break
-            delay = backoff(settings, len(attempts))
-            if delay is None:
+            delay = backoff(settings, n)
+            if judge(attempt) is not Judgement.RETRY or delay is None:
                 break
             log.debug("purge on %s: %s; retrying in %gs", target.edge, attempt, delay)
             await self._sleep(delay)

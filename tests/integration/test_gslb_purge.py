@@ -9,6 +9,7 @@ retries while the others purge.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
@@ -141,3 +142,74 @@ def test_an_edge_down_fails_after_its_retries_while_the_others_purge(fleet: Flee
     finally:
         nrt.start()  # same ports: gslb's status_url and admin URL stay valid
         fleet.wait_all_up()
+
+
+async def test_purger_retries_5xx_and_gives_up_on_4xx(tmp_path: Path) -> None:
+    """gslb.purger against small admin APIs on loopback: a 503 is asked again (and the second
+    attempt purges), a 401 is final, a hung edge is bounded by purge.timeout."""
+    from gslb.config import parse_config
+    from gslb.purge import PurgeRequest
+    from gslb.purger import Purger
+    from tests.unit.test_config import MINIMAL
+
+    seen: dict[str, list[Any]] = {"flaky": [], "locked": [], "hung": []}
+
+    async def flaky(request: web.Request) -> web.Response:
+        seen["flaky"].append((await request.json(), request.headers.get("Authorization")))
+        if len(seen["flaky"]) == 1:
+            return web.json_response({"error": "busy"}, status=503)
+        return web.json_response({"purged": 4})
+
+    async def locked(request: web.Request) -> web.Response:
+        seen["locked"].append(1)
+        return web.json_response({"error": "purging needs a token"}, status=401)
+
+    async def hung(request: web.Request) -> web.Response:
+        seen["hung"].append(1)
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    runners = []
+    urls = {}
+    for name, handler in (("flaky", flaky), ("locked", locked), ("hung", hung)):
+        app = web.Application()
+        app.router.add_post("/__edge/purge", handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        urls[name] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    (tmp_path / "t").write_text("edge-token-0123456789\n")
+    edges = "".join(
+        f'[[edge]]\nname = "{n}"\nipv4 = "127.0.0.1"\nlatitude = 0\nlongitude = 0\n'
+        f'admin_url = "{u}"\n'
+        for n, u in urls.items()
+    )
+    text = MINIMAL.replace('edges = ["fra", "iad"]', 'edges = ["flaky", "locked", "hung"]')
+    text = text[: text.index("[[edge]]")] + edges + text[text.index("[[pool]]") :]
+    config = parse_config(
+        '[purge]\ntoken_file = "t"\ntimeout = 0.3\nattempts = 2\nbackoff = 0\n' + text,
+        "g.toml",
+        base=tmp_path,
+    )
+    purger = Purger()
+    await purger.start()
+    try:
+        results = {r.edge: r for r in await purger.purge(config, PurgeRequest("tag", "t1"))}
+    finally:
+        await purger.close()
+        for runner in runners:
+            await runner.cleanup()
+    assert results["flaky"].ok and results["flaky"].attempts == 2 and results["flaky"].purged == 4
+    assert seen["flaky"][0] == ({"surrogate_key": "t1"}, "Bearer edge-token-0123456789")
+    locked_result = results["locked"]
+    assert not locked_result.ok and locked_result.attempts == 1 and locked_result.status == 401
+    assert locked_result.error == "HTTP 401: purging needs a token" and len(seen["locked"]) == 1
+    assert not results["hung"].ok and results["hung"].attempts == 2
+    assert results["hung"].error == "no reply within 0.3s"
+    assert purger.export()["purges"] == [
+        ["flaky", "ok", 1],
+        ["hung", "failed", 1],
+        ["locked", "failed", 1],
+    ]
