@@ -97,12 +97,14 @@ def step(tracker: Tracker, ok: bool, rise: int, fall: int) -> Tracker:
 
 def detection_bound(interval: float, timeout: float, jitter: float, probes: int) -> float:
     """Seconds from an edge's change to the end of the `probes`-th probe that sees it, at
-    worst. Rounds start on a fixed grid every `interval`, each delayed by up to `jitter`: a
-    change just after a round started is first seen by the next round, and the `probes`-th
-    round that sees it starts at most probes x interval + jitter after the change and ends
-    at most `timeout` later (a hung edge uses the whole timeout; a dead one refuses at once).
-    The time to apply the verdict (microseconds) is not counted."""
-    return probes * interval + jitter + timeout
+    worst. APScheduler 3 (gslb.poller) schedules each round `interval` plus a random
+    0..`jitter` after the previous round's start, so rounds are at most interval + jitter
+    apart. A change just after a round started (and got its reply) is first seen by the next
+    round; the `probes`-th round that sees it starts at most probes x (interval + jitter)
+    after the change and ends at most `timeout` later (a hung edge uses the whole timeout, a
+    dead one refuses at once). Event-loop latency and applying the verdict (microseconds on
+    an idle machine) are not counted."""
+    return probes * (interval + jitter) + timeout
 
 
 def interpret(result: ProbeResult, capacity: float) -> Observation:
