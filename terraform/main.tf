@@ -85,26 +85,29 @@ locals {
   geo_database = var.maxmind_account_id != "" ? "/var/lib/GeoIP/GeoLite2-City.mmdb" : ""
   # Where each DNS node keeps gslb_api_token (the config names the file, never the token).
   gslb_token_path = "/etc/geoedge/api.token"
+  # ... and edge_admin_token, which its fleet purges send to the edges (purge.token_file).
+  gslb_purge_token_path = "/etc/geoedge/edge-admin.token"
 
   gslb_config = {
     for k, a in local.dns_addresses : k => templatefile("${path.module}/templates/gslb.toml.tftpl", {
-      node_name      = a.fqdn
-      listen         = ["${a.ipv4}:53", "[${a.ipv6}]:53"]
-      api_listen     = "${a.ipv4}:${var.gslb_api_port}"
-      api_token_file = var.gslb_api_token != "" ? local.gslb_token_path : ""
-      workers        = var.gslb_workers
-      geo_database   = local.geo_database
-      origin         = local.origin
-      soa_mname      = local.dns_addresses["ns1"].fqdn
-      soa_rname      = local.hostmaster
-      soa_serial     = var.soa_serial
-      records        = local.zone_records
-      edges          = local.gslb_edges
-      edge_names     = [for e in local.gslb_edges : e.name]
-      pool_fqdn      = local.pool_fqdn
-      pool_policy    = var.pool_policy
-      pool_answers   = var.pool_answers
-      pool_ttl       = var.pool_ttl
+      node_name        = a.fqdn
+      listen           = ["${a.ipv4}:53", "[${a.ipv6}]:53"]
+      api_listen       = "${a.ipv4}:${var.gslb_api_port}"
+      api_token_file   = var.gslb_api_token != "" ? local.gslb_token_path : ""
+      purge_token_file = var.edge_admin_token != "" ? local.gslb_purge_token_path : ""
+      workers          = var.gslb_workers
+      geo_database     = local.geo_database
+      origin           = local.origin
+      soa_mname        = local.dns_addresses["ns1"].fqdn
+      soa_rname        = local.hostmaster
+      soa_serial       = var.soa_serial
+      records          = local.zone_records
+      edges            = local.gslb_edges
+      edge_names       = [for e in local.gslb_edges : e.name]
+      pool_fqdn        = local.pool_fqdn
+      pool_policy      = var.pool_policy
+      pool_answers     = var.pool_answers
+      pool_ttl         = var.pool_ttl
     })
   }
 }
@@ -175,6 +178,8 @@ module "dns" {
   config_toml          = local.gslb_config[each.key]
   api_token            = var.gslb_api_token
   api_token_path       = local.gslb_token_path
+  purge_token          = var.edge_admin_token
+  purge_token_path     = local.gslb_purge_token_path
   geoedge_package      = var.geoedge_package
   admin_cidrs          = var.admin_cidrs
   api_port             = var.gslb_api_port

@@ -378,6 +378,7 @@ GSLB_DIR = TF / "modules" / "gslb_node" / "templates"
 
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # a sample admin token
+PURGE_TOKEN = "edge-admin-token-0123456789abcdef"  # a sample edge_admin_token
 
 
 def edge_config_vars(tls: bool, token: bool = True) -> dict[str, Any]:
@@ -443,6 +444,7 @@ def gslb_config_vars(geo_database: str = "", token: bool = True) -> dict[str, An
         "listen": ["192.0.2.53:53", "[2001:db8:53::1]:53"],
         "api_listen": "192.0.2.53:8053",
         "api_token_file": "/etc/geoedge/api.token" if token else "",
+        "purge_token_file": "/etc/geoedge/edge-admin.token" if token else "",
         "workers": 2,
         "geo_database": geo_database,
         "origin": "example.com.",
@@ -504,6 +506,8 @@ def gslb_cloud_init_vars(geoipupdate: bool, token: bool = True) -> dict[str, Any
         "DatabaseDirectory /var/lib/GeoIP\n",
         "api_token": TOKEN if token else "",
         "token_path": "/etc/geoedge/api.token",
+        "purge_token": PURGE_TOKEN if token else "",
+        "purge_token_path": "/etc/geoedge/edge-admin.token",
     }
 
 
@@ -585,6 +589,9 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, token: bool, tmp_p
     assert "ns1 A 192.0.2.53" in data["zone"][0]["records"]
     assert data["geo"].get("database", "") == geo_database
     assert data["api"].get("token_file", "") == ("/etc/geoedge/api.token" if token else "")
+    assert data.get("purge", {}).get("token_file", "") == (
+        "/etc/geoedge/edge-admin.token" if token else ""
+    )
 
     try:
         gslb_config = importlib.import_module("gslb.config")
@@ -598,6 +605,8 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, token: bool, tmp_p
     if token:  # the token file, as cloud-init writes it
         (tmp_path / "api.token").write_text(TOKEN + "\n")
         text = text.replace("/etc/geoedge/api.token", str(tmp_path / "api.token"))
+        (tmp_path / "edge-admin.token").write_text(PURGE_TOKEN + "\n")
+        text = text.replace("/etc/geoedge/edge-admin.token", str(tmp_path / "edge-admin.token"))
     config_file = tmp_path / "gslb.toml"
     config_file.write_text(text)
     config = gslb_config.load_config(config_file)
@@ -608,6 +617,9 @@ def test_gslb_config_renders_to_valid_toml(geo_database: str, token: bool, tmp_p
     (pool,) = config.pools
     assert len(pool.edges) == 3
     assert config.api.token == (TOKEN if token else None)
+    # fleet purges reach each edge's admin port (from its status_url) with the edges' token
+    assert {e.admin_url for e in config.edges} == {f"http://{e['ipv4']}:9090" for e in EDGES}
+    assert {e.admin_token for e in config.edges} == {PURGE_TOKEN if token else None}
 
 
 @pytest.mark.parametrize(
@@ -689,6 +701,11 @@ def test_gslb_cloud_init(geoipupdate: bool, token: bool) -> None:
         group = runcmd.index(["chgrp", "geoedge", "/etc/geoedge/api.token"])
         assert runcmd.index(["chmod", "0640", "/etc/geoedge/api.token"]) == group + 1
         assert group > 0 and runcmd[0][0] == "useradd"
+    assert ("/etc/geoedge/edge-admin.token" in files) is token
+    if token:
+        assert files["/etc/geoedge/edge-admin.token"] == (PURGE_TOKEN, "0600")
+        group = runcmd.index(["chgrp", "geoedge", "/etc/geoedge/edge-admin.token"])
+        assert runcmd.index(["chmod", "0640", "/etc/geoedge/edge-admin.token"]) == group + 1
     assert ("/etc/GeoIP.conf" in files) is geoipupdate
     assert ("geoipupdate" in doc["packages"]) is geoipupdate
     if geoipupdate:

@@ -26,15 +26,17 @@ locals {
   })
 
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
-    geoedge_package     = var.geoedge_package
-    config_path         = local.config_path
-    config_toml         = var.config_toml
-    service_name        = local.service_name
-    unit                = local.unit
-    geoipupdate         = local.geoipupdate
-    geoip_conf          = local.geoip_conf
-    api_token           = var.api_token
-    token_path          = var.api_token_path
+    geoedge_package  = var.geoedge_package
+    config_path      = local.config_path
+    config_toml      = var.config_toml
+    service_name     = local.service_name
+    unit             = local.unit
+    geoipupdate      = local.geoipupdate
+    geoip_conf       = local.geoip_conf
+    api_token        = var.api_token
+    token_path       = var.api_token_path
+    purge_token      = var.purge_token
+    purge_token_path = var.purge_token_path
   })
 }
 
@@ -111,6 +113,7 @@ resource "terraform_data" "push" {
   triggers_replace = {
     server  = hcloud_server.this.id
     token   = sha256(var.api_token)
+    purge   = sha256(var.purge_token)
     config  = sha256(var.config_toml)
     unit    = sha256(local.unit)
     package = var.geoedge_package
@@ -132,6 +135,11 @@ resource "terraform_data" "push" {
   }
 
   provisioner "file" {
+    content     = "${var.purge_token}\n"
+    destination = "/root/edge-admin.token.new"
+  }
+
+  provisioner "file" {
     content     = var.config_toml
     destination = "/root/gslb.toml.new"
   }
@@ -148,6 +156,8 @@ resource "terraform_data" "push" {
       "/opt/geoedge/bin/pip install --upgrade '${var.geoedge_package}' >/root/geoedge-pip.log",
       "if grep -q '[!-~]' /root/api.token.new; then install -m 0640 -g geoedge /root/api.token.new ${var.api_token_path}; fi",
       "rm -f /root/api.token.new",
+      "if grep -q '[!-~]' /root/edge-admin.token.new; then install -m 0640 -g geoedge /root/edge-admin.token.new ${var.purge_token_path}; fi",
+      "rm -f /root/edge-admin.token.new",
       "/opt/geoedge/bin/gslb check-config /root/gslb.toml.new",
       "install -m 0644 /root/gslb.toml.new ${local.config_path}",
       "install -m 0644 /root/${local.service_name}.new /etc/systemd/system/${local.service_name}",

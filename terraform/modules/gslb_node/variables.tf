@@ -71,6 +71,19 @@ variable "api_token_path" {
   default     = "/etc/geoedge/api.token"
 }
 
+variable "purge_token" {
+  description = "The edges' admin token (root edge_admin_token), which fleet purges send to the edges; written to purge_token_path (readable by the service only). Empty: no token file."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "purge_token_path" {
+  description = "Where the edges' admin token goes: the path config_toml names as purge.token_file."
+  type        = string
+  default     = "/etc/geoedge/edge-admin.token"
+}
+
 variable "geoedge_package" {
   description = "pip requirement that installs GeoEdge: a name, a pinned version or a wheel URL."
   type        = string
