@@ -28,12 +28,20 @@ run: $(BIN)/.installed
 run-edge: $(BIN)/.installed
 	$(BIN)/edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000
 
+# Debian starts a freshly installed prometheus (and its node exporter) as services; the tests
+# only run promtool, so services are kept from starting during the install (a temporary
+# policy-rc.d, as bench/lib.sh does for nsd and nginx).
 apt-test:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=/usr/sbin/policy-rc.d; \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $$guard >/dev/null; $(SUDO) chmod 755 $$guard; fi; \
+	  rc=0; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
-	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || rc=$$?; \
+	  if [ -n "$$guard" ]; then $(SUDO) rm -f $$guard; fi; \
+	  exit $$rc; \
 	fi
 
 lint: $(BIN)/.installed-test
