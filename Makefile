@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the test suite drives as real clients / peers (chromium and its driver:
-# the gslb status page test, tests/integration/test_gslb_status_page.py).
-APT_TEST_PACKAGES := bind9-dnsutils curl openssl chromium chromium-driver
+# the gslb status page test, tests/integration/test_gslb_status_page.py; prometheus for
+# promtool: the monitoring kit's test, tests/integration/test_monitoring.py).
+APT_TEST_PACKAGES := bind9-dnsutils curl openssl chromium chromium-driver prometheus
 # checkov (tests/unit/test_terraform.py::test_checkov_passes) lives in a virtualenv of its
 # own: it pins packaging<24, which pytest 9 refuses, and its bc-python-hcl2 dependency
 # installs an `hcl2` module over python-hcl2's. About 90 s to install, 20 s to run.
@@ -33,12 +34,20 @@ $(BIN)/.installed-test: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/gslb run $(if $(TOPOLOGY),--topology $(TOPOLOGY))
 
+# Debian starts a freshly installed prometheus (and its node exporter) as services; the tests
+# only run promtool, so services are kept from starting during the install (a temporary
+# policy-rc.d, as bench/lib.sh does for nsd and nginx).
 apt-test:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=/usr/sbin/policy-rc.d; \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $$guard >/dev/null; $(SUDO) chmod 755 $$guard; fi; \
+	  rc=0; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
-	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || rc=$$?; \
+	  if [ -n "$$guard" ]; then $(SUDO) rm -f $$guard; fi; \
+	  exit $$rc; \
 	fi
 
 lint: $(BIN)/.installed-test

@@ -18,6 +18,10 @@
                                        its probes: 409)
     POST /v1/edges/{name}/drain        stop answering with the edge
     POST /v1/edges/{name}/undrain      answer with it again
+    POST /v1/purge                     JSON {"url": U} | {"prefix": P} | {"tag": T}: purge it
+                                       from every edge through their admin APIs (gslb.purge,
+                                       gslb.purger); 200 when every edge purged, 502 otherwise,
+                                       with a verdict and each edge's result
 
 With `api.token_file` configured, the requests that change state (POST, PUT) need
 `Authorization: Bearer TOKEN` (401 otherwise); reads stay open, the status page and the
@@ -45,7 +49,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -54,11 +58,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from geo.errors import GeoError
 from geo.locator import GeoIPLocator
 from gslb.config import GslbConfig
-from gslb.errors import ExplainError
+from gslb.errors import ExplainError, PurgeError
 from gslb.explain import catchment, explain_answer, target
 from gslb.health import HealthError, HealthStore, UnknownEdgeError
 from gslb.metrics import make_registry
 from gslb.models import Clock
+from gslb.purge import parse_request, report, verdict
+from gslb.purger import Purger
+from gslb.selection import on_fallback
 from gslb.server import format_addr
 from gslb.service import make_locator
 from gslb.statuspage import page
@@ -72,6 +79,7 @@ __all__ = ["HEALTH", "make_app", "start_api"]
 HEALTH = web.AppKey("health", HealthStore)
 _INFO = web.AppKey("info", dict)
 _REGISTRY = web.AppKey("registry", object)
+_PURGER = web.AppKey("purger", Purger)
 _CATCHMENTS_MAX: Final = 64  # catchment grids kept (per pool, type and step)
 
 _FIELDS = {"up": bool, "drained": bool, "load": float}
@@ -171,14 +179,24 @@ def make_app(
     app = web.Application(client_max_size=64 * 1024, middlewares=[authorize])
     app[HEALTH] = health
     app[_INFO] = {"info": info, "synced": synced, "probes": probes, "token": token}
+    app[_PURGER] = Purger()
+    current = config
+
+    def fallbacks() -> dict[str, bool]:
+        cfg = current()
+        return {} if cfg is None else {p.name: on_fallback(p, health) for p in cfg.pools}
+
     app[_REGISTRY] = make_registry(
         metrics,
         health.snapshot,
         probes.export if probes is not None else None,
         health.transitions.counts,
+        pools=fallbacks,
+        purges=app[_PURGER].export,
     )
     app[_LOOKUPS] = _Lookups(config, clock)
     app.on_cleanup.append(_close_lookups)
+    app.cleanup_ctx.append(_purger_ctx)
     app.router.add_get("/", _status_page)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -191,6 +209,7 @@ def make_app(
     app.router.add_put("/v1/edges/{name}", _set_edge)
     app.router.add_post("/v1/edges/{name}/drain", _drain)
     app.router.add_post("/v1/edges/{name}/undrain", _undrain)
+    app.router.add_post("/v1/purge", _purge)
     return app
 
 
@@ -462,6 +481,35 @@ async def _drain(request: web.Request) -> web.Response:
 
 async def _undrain(request: web.Request) -> web.Response:
     return await _drain_to(request, False)
+
+
+async def _purger_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[_PURGER].start()
+    yield
+    await app[_PURGER].close()
+
+
+async def _purge(request: web.Request) -> web.Response:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, 'body must be JSON such as {"url": "http://www.example.test/a"}')
+    try:
+        wanted = parse_request(body)
+        config = request.app[_LOOKUPS].config()
+    except (PurgeError, ExplainError) as exc:
+        return _error(exc.status, str(exc))
+    results = await request.app[_PURGER].purge(config, wanted)
+    doc = report(wanted, results)
+    log.info(
+        "purge %s from %s: %s (%d ok, %d failed)",
+        wanted.describe(),
+        request.remote,
+        doc["verdict"],
+        doc["edges_ok"],
+        doc["edges_failed"],
+    )
+    return web.json_response(doc, status=200 if verdict(results) == "ok" else 502)
 
 
 async def start_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -17,6 +17,10 @@
              [--run-dir DIR]           edges and demo origins, by default the embedded
              [--check]                 gslb/topology.toml; --check validates and exits,
              [--print-topology]        --print-topology prints the embedded default
+    gslb purge URL | --prefix P | --tag T [--api URL] [--token-file F] [--json]
+                                       purge from every edge through a running gslb's API
+                                       (POST /v1/purge); exit 0 when every edge purged, 1
+                                       otherwise, with each edge's result
 
 Signals while serving: SIGHUP reloads the config atomically (a bad one is logged and the old
 one kept); SIGTERM and SIGINT stop gracefully. See gslb.workers for --workers N.
@@ -89,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--print-topology", action="store_true", help="print the embedded default topology"
     )
+    purge = sub.add_parser("purge", help="purge a URL, prefix or tag from every edge")
+    what = purge.add_mutually_exclusive_group(required=True)
+    what.add_argument("url", nargs="?", help="an absolute URL, e.g. http://www.example.test/a")
+    what.add_argument("--prefix", help="every URL starting with this, e.g. http://host/img/")
+    what.add_argument("--tag", help="every object the origin tagged so (Surrogate-Key)")
+    purge.add_argument("--api", default="http://127.0.0.1:8053", help="a running gslb's HTTP API")
+    purge.add_argument(
+        "--token-file", type=Path, help="a file holding the API's bearer token (api.token_file)"
+    )
+    purge.add_argument("--json", action="store_true", help="print the API's JSON document")
     return parser
 
 
@@ -208,6 +222,66 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def purge(args: argparse.Namespace) -> int:
+    """POST the purge to a running gslb and print each edge's result."""
+    if args.url is not None:
+        body = {"url": args.url}
+    elif args.prefix is not None:
+        body = {"prefix": args.prefix}
+    else:
+        body = {"tag": args.tag}
+    req = urllib.request.Request(
+        f"{args.api.rstrip('/')}/v1/purge",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: {args.token_file}: cannot read: {exc}", file=sys.stderr)
+            return 1
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        # The API gives every edge purge.attempts x purge.timeout plus backoffs.
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            doc = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 502:
+            print(f"error: {_api_error(exc)}", file=sys.stderr)
+            return 1
+        try:
+            doc = json.load(exc)  # 502: some edge failed; the body says which
+        except (ValueError, OSError):
+            print(f"error: HTTP 502 from {exc.url}", file=sys.stderr)
+            return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"error: {req.full_url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_render_purge(doc))
+    return 0 if doc.get("verdict") == "ok" else 1
+
+
+def _render_purge(doc: dict[str, Any]) -> str:
+    ((kind, value),) = doc["request"].items()
+    lines = [
+        f"purge {kind} {value}: {doc['verdict']} "
+        f"({doc['edges_ok']} edge(s) ok, {doc['edges_failed']} failed)"
+    ]
+    for r in doc["edges"]:
+        tries = f"{r['attempts']} attempt(s)"
+        if r["ok"]:
+            purged = "" if r["purged"] is None else f", {r['purged']} object(s) removed"
+            lines.append(f"  {r['edge']:<16} ok      HTTP {r['status']}{purged}, {tries}")
+        else:
+            lines.append(f"  {r['edge']:<16} FAILED  {r['error']}, {tries}")
+    return "\n".join(lines)
+
+
 def _api_error(exc: urllib.error.HTTPError) -> str:
     try:
         body: Any = json.load(exc)
@@ -305,4 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return explain(args)
     if args.command == "run":
         return run_topology(args)
+    if args.command == "purge":
+        return purge(args)
     return serve(args)

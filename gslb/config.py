@@ -133,6 +133,16 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PurgeConfig:
+    """The [purge] table: how `POST /v1/purge` reaches the edges' admin APIs (gslb.purger)."""
+
+    timeout: float = 5.0  # seconds one purge request to one edge may take
+    attempts: int = 3  # requests per edge at most (the first one and the retries)
+    backoff: float = 0.5  # seconds before the first retry; doubled for each further one
+    backoff_max: float = 5.0  # the longest wait between two attempts
+
+
+@dataclass(frozen=True, slots=True)
 class GslbConfig:
     source: str  # the file name errors and logs refer to
     server: ServerConfig
@@ -147,6 +157,7 @@ class GslbConfig:
     cookies: CookieConfig = CookieConfig()
     identity: IdentityConfig = IdentityConfig()
     peers: tuple[PeerConfig, ...] = ()
+    purge: PurgeConfig = PurgeConfig()
 
 
 def load_config(path: Path) -> GslbConfig:
@@ -305,7 +316,7 @@ def parse_hostport(text: str, key: str) -> tuple[str, int]:
 
 def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     top = _Table(data, "")
-    tables = ("server", "api", "log", "geo", "health", "rrl", "cookies", "identity")
+    tables = ("server", "api", "log", "geo", "health", "rrl", "cookies", "identity", "purge")
     for name in (*tables, "zone", "edge", "pool", "peers"):
         top.used.add(name)
     top.done()
@@ -318,7 +329,8 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     cookies = _cookies(_Table(data.get("cookies", {}), "cookies"), base)
     identity = _identity(_Table(data.get("identity", {}), "identity"))
     peers = _peers(_array_of_tables(data, "peers"), base)
-    edges = _edges(_array_of_tables(data, "edge"))
+    purge, admin_token = _purge(_Table(data.get("purge", {}), "purge"), base)
+    edges = _edges(_array_of_tables(data, "edge"), base, admin_token)
     pools = _pools(_array_of_tables(data, "pool"), {e.name: e for e in edges})
     zones = _zones(_array_of_tables(data, "zone"), pools, base)
     return GslbConfig(
@@ -335,6 +347,7 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
         cookies,
         identity,
         peers,
+        purge,
     )
 
 
@@ -443,6 +456,24 @@ def _rrl(t: _Table) -> RrlConfig:
     return cfg
 
 
+def _purge(t: _Table, base: Path) -> tuple[PurgeConfig, str | None]:
+    """The [purge] table, and the admin token every edge gets unless it names its own."""
+    d = PurgeConfig()
+    token_file = t.get("token_file", str, None)
+    backoff = t.number("backoff", d.backoff, 0.0, 60.0)
+    cfg = PurgeConfig(
+        timeout=float(t.number("timeout", d.timeout, 0.05, 300.0)),
+        attempts=t.number("attempts", d.attempts, 1, 10, integer=True),
+        backoff=float(backoff),
+        backoff_max=float(t.number("backoff_max", max(d.backoff_max, backoff), 0.0, 600.0)),
+    )
+    if cfg.backoff_max < cfg.backoff:
+        raise _Invalid(t.sub("backoff_max"), f"must not be below purge.backoff ({cfg.backoff})")
+    token = None if token_file is None else _token(base / token_file, t.sub("token_file"))
+    t.done()
+    return cfg, token
+
+
 def _cookies(t: _Table, base: Path) -> CookieConfig:
     enabled = t.get("enabled", bool, True)
     require = t.get("require", bool, False)
@@ -511,7 +542,7 @@ def _peers(raw: list[Any], base: Path) -> tuple[PeerConfig, ...]:
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
         t = _Table(item, f"peers[{i}]")
-        api = _http_url(t, "api", _REQUIRED, 'an http(s) URL such as "http://192.0.2.53:8053"')
+        api = _http_url(t, "api", "http://192.0.2.53:8053", _REQUIRED)
         assert api is not None
         api = api.rstrip("/")
         name = t.get("name", str, urllib.parse.urlsplit(api).netloc)
@@ -526,16 +557,8 @@ def _peers(raw: list[Any], base: Path) -> tuple[PeerConfig, ...]:
     return tuple(out)
 
 
-def _status_url(t: _Table) -> str | None:
-    return _http_url(
-        t,
-        "status_url",
-        None,
-        'an http(s) URL such as "http://192.0.2.10:9090/__edge/status"',
-    )
-
-
-def _http_url(t: _Table, key: str, default: Any, example: str) -> str | None:
+def _http_url(t: _Table, key: str, example: str, default: Any = None) -> str | None:
+    """An http(s) URL at `key` (`default` when absent): no user, fragment or spaces."""
     raw = t.get(key, str, default)
     if raw is None:
         return None
@@ -545,14 +568,29 @@ def _http_url(t: _Table, key: str, default: Any, example: str) -> str | None:
     except ValueError as exc:
         raise _Invalid(t.sub(key), f"{raw!r} is not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise _Invalid(
-            t.sub(key),
-            f"{raw!r} is not {example}",
-        )
+        raise _Invalid(t.sub(key), f"{raw!r} is not an http(s) URL such as {example!r}")
     if url.fragment or url.username is not None or any(c.isspace() for c in raw):
         raise _Invalid(t.sub(key), f"{raw!r} must not have a fragment, user or spaces")
     del port
     return str(raw)
+
+
+def _status_url(t: _Table) -> str | None:
+    return _http_url(t, "status_url", "http://192.0.2.10:9090/__edge/status")
+
+
+def _admin_url(t: _Table, status_url: str | None) -> str | None:
+    """The edge's admin base URL: `admin_url` as written (without a trailing slash, and
+    with no query), else the scheme and authority of its status URL."""
+    raw = _http_url(t, "admin_url", "http://192.0.2.10:9090")
+    if raw is not None:
+        if urllib.parse.urlsplit(raw).query:
+            raise _Invalid(t.sub("admin_url"), f"{raw!r} must not have a query")
+        return raw.rstrip("/")
+    if status_url is None:
+        return None
+    url = urllib.parse.urlsplit(status_url)
+    return f"{url.scheme}://{url.netloc}"
 
 
 def _network(text: str, key: str) -> IPNetwork:
@@ -607,7 +645,9 @@ def _address(t: _Table, name: str, parse: Callable[[str], Any]) -> Any:
         raise _Invalid(t.sub(name), f"{raw!r} is not an {name} address") from None
 
 
-def _edges(raw: list[Any]) -> tuple[Edge, ...]:
+def _edges(raw: list[Any], base: Path, admin_token: str | None) -> tuple[Edge, ...]:
+    """The [[edge]] tables; `admin_token` (purge.token_file's) is every edge's admin token
+    unless its own admin_token_file names another."""
     out: list[Edge] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
@@ -622,6 +662,12 @@ def _edges(raw: list[Any]) -> tuple[Edge, ...]:
         ipv6 = _address(t, "ipv6", ipaddress.IPv6Address)
         if ipv4 is None and ipv6 is None:
             raise _Invalid(t.key, "needs ipv4 or ipv6 (or both)")
+        status_url = _status_url(t)
+        admin_url = _admin_url(t, status_url)
+        token_file = t.get("admin_token_file", str, None)
+        token = admin_token
+        if token_file is not None:
+            token = _token(base / token_file, t.sub("admin_token_file"))
         out.append(
             Edge(
                 name=name,
@@ -631,7 +677,9 @@ def _edges(raw: list[Any]) -> tuple[Edge, ...]:
                 ipv6=ipv6,
                 weight=t.number("weight", 1.0, 0.0, 1e9),
                 capacity=t.number("capacity", 1000.0, 1e-9, 1e12),
-                status_url=_status_url(t),
+                status_url=status_url,
+                admin_url=admin_url,
+                admin_token=token,
             )
         )
         t.done()

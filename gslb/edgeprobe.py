@@ -13,6 +13,10 @@ without sockets:
   first failure takes the edge down at once, as HAProxy does for a server it has not checked
   yet); after that an up edge goes down only after `fall` consecutive failures and a down edge
   comes up only after `rise` consecutive successes.
+- `detection_bound(interval, timeout, jitter, probes)` is the longest an edge can be in a
+  new state (dead, hung, healthy again) before `probes` probes in a row have seen it, which
+  is when the store changes its state: `fall` probes to take it out of answers, `rise` to
+  bring it back (docs/failover.md draws the timeline).
 
 The status document is edge.admin.status_document: {"healthy": bool, "load_factor": 0..1,
 "requests_per_second": n, "capacity_rps": n, ...}. The load is `load_factor`, clamped to 0..1;
@@ -33,6 +37,7 @@ __all__ = [
     "ProbeResult",
     "Reason",
     "Tracker",
+    "detection_bound",
     "interpret",
     "step",
 ]
@@ -88,6 +93,18 @@ def step(tracker: Tracker, ok: bool, rise: int, fall: int) -> Tracker:
     if streak >= (rise if ok else fall):
         return Tracker(up=ok)
     return Tracker(up=tracker.up, streak=streak)
+
+
+def detection_bound(interval: float, timeout: float, jitter: float, probes: int) -> float:
+    """Seconds from an edge's change to the end of the `probes`-th probe that sees it, at
+    worst. APScheduler 3 (gslb.poller) schedules each round `interval` plus a random
+    0..`jitter` after the previous round's start, so rounds are at most interval + jitter
+    apart. A change just after a round started (and got its reply) is first seen by the next
+    round; the `probes`-th round that sees it starts at most probes x (interval + jitter)
+    after the change and ends at most `timeout` later (a hung edge uses the whole timeout, a
+    dead one refuses at once). Event-loop latency and applying the verdict (microseconds on
+    an idle machine) are not counted."""
+    return probes * (interval + jitter) + timeout
 
 
 def interpret(result: ProbeResult, capacity: float) -> Observation:

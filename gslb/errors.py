@@ -7,8 +7,9 @@ GslbError
 ├── ProtocolError     a DNS message cannot be answered normally (wire.py)
 │   ├── ShortHeader   not even a query header: the message is dropped without a reply
 │   └── FormError     malformed query: answered with FORMERR
-└── ExplainError      an answer cannot be explained as asked (explain.py): a bad name,
-                      type, client or pool; `status` is the HTTP status the API answers
+├── ExplainError      an answer cannot be explained as asked (explain.py): a bad name,
+│                     type, client or pool; `status` is the HTTP status the API answers
+└── PurgeError        a fleet purge cannot be done as asked (purge.py): a bad request
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class FormError(ProtocolError):
 class ExplainError(GslbError):
     """A request to explain an answer (or draw a catchment) that cannot be served: 400 for
     bad input, 404 for a name that is no pool's."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PurgeError(GslbError):
+    """A fleet purge request that cannot be served (400: what is wrong with it)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)

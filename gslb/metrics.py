@@ -27,7 +27,9 @@ from gslb.models import Clock
 __all__ = [
     "LATENCY_BUCKETS",
     "MetricsCollector",
+    "PoolCollector",
     "ProbeCollector",
+    "PurgeCollector",
     "QueryMetrics",
     "TransitionCollector",
     "make_registry",
@@ -275,11 +277,23 @@ class HealthCollector(Collector):
         serving = GaugeMetricFamily(
             "gslb_edge_serving", "1 when the edge is up and not drained", labels=["edge"]
         )
+        up = GaugeMetricFamily(
+            "gslb_edge_up",
+            "1 when the edge is up (its probes, or the API, say so)",
+            labels=["edge"],
+        )
+        drained = GaugeMetricFamily(
+            "gslb_edge_drained", "1 when the edge is drained through the API", labels=["edge"]
+        )
         load = GaugeMetricFamily("gslb_edge_load", "Load of the edge, 0..1", labels=["edge"])
         for name, st in sorted(snap.get("edges", {}).items()):
             serving.add_metric([name], 1.0 if st.get("serving") else 0.0)
+            up.add_metric([name], 1.0 if st.get("up") else 0.0)
+            drained.add_metric([name], 1.0 if st.get("drained") else 0.0)
             load.add_metric([name], float(st.get("load", 0.0)))
         yield serving
+        yield up
+        yield drained
         yield load
 
 
@@ -335,11 +349,50 @@ class TransitionCollector(Collector):
         yield transitions
 
 
+class PoolCollector(Collector):
+    """Per pool: 1 while no member serves, so answers come from its fallback set."""
+
+    def __init__(self, source: Callable[[], Mapping[str, bool]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        fallback = GaugeMetricFamily(
+            "gslb_pool_fallback",
+            "1 while no member of the pool is serving (up and not drained), so its answers "
+            "name the pool's fallback set",
+            labels=["pool"],
+        )
+        for pool, on in sorted(self._source().items()):
+            fallback.add_metric([pool], 1.0 if on else 0.0)
+        yield fallback
+
+
+class PurgeCollector(Collector):
+    """Fleet purge results per edge, from gslb.purger.Purger.export()."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        purges = CounterMetricFamily(
+            "gslb_edge_purges",
+            "Fleet purges (POST /v1/purge) sent to each edge, by result (ok, failed after "
+            "its retries)",
+            labels=["edge", "result"],
+        )
+        for edge, result, n in self._source().get("purges", ()):
+            purges.add_metric([str(edge), str(result)], float(n))
+        yield purges
+
+
 def make_registry(
     metrics: Callable[[], Mapping[str, Any]],
     health: Callable[[], Mapping[str, Any]],
     probes: Callable[[], Mapping[str, Any]] | None = None,
     transitions: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+    *,
+    pools: Callable[[], Mapping[str, bool]] | None = None,
+    purges: Callable[[], Mapping[str, Any]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(metrics))
@@ -348,4 +401,8 @@ def make_registry(
         registry.register(ProbeCollector(probes))
     if transitions is not None:
         registry.register(TransitionCollector(transitions))
+    if pools is not None:
+        registry.register(PoolCollector(pools))
+    if purges is not None:
+        registry.register(PurgeCollector(purges))
     return registry

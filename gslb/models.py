@@ -33,6 +33,12 @@ class Edge:
     capacity: float = 1000.0
     # The edge's /__edge/status URL; None: its state is set only through the HTTP API.
     status_url: str | None = None
+    # The base URL of the edge's admin API (fleet purges POST to ADMIN_URL/__edge/purge):
+    # `admin_url` as configured, else the scheme and authority of `status_url`; None: none.
+    admin_url: str | None = None
+    # The bearer token the edge's admin API wants for purges (from a token file); never
+    # printed, and no part of an edge's identity.
+    admin_token: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

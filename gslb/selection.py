@@ -57,7 +57,16 @@ from geo.distance import distance_km
 from geo.location import Location
 from gslb.models import Edge, EdgeState, HealthView, Policy, Pool, Selection
 
-__all__ = ["Candidate", "Explanation", "Status", "Step", "explain", "select"]
+__all__ = [
+    "Candidate",
+    "Explanation",
+    "Status",
+    "Step",
+    "explain",
+    "on_fallback",
+    "select",
+    "serving_members",
+]
 
 # Effective weights never reach zero, so a fully loaded edge can still be drawn when it is all
 # that serves; its share is negligible next to any edge with headroom.
@@ -213,9 +222,19 @@ def _view(pool: Pool, health: HealthView) -> _View:
     return view
 
 
+def serving_members(pool: Pool, health: HealthView) -> list[tuple[Edge, EdgeState]]:
+    """The pool's members that are up and not drained, with their state, in pool order."""
+    return [(e, st) for e in pool.edges if (st := health.state(e.name, pool.name)).serving]
+
+
+def on_fallback(pool: Pool, health: HealthView) -> bool:
+    """True when no member serves, so answers come from the pool's fallback set."""
+    return not serving_members(pool, health)
+
+
 def _build_view(pool: Pool, health: HealthView, slot: int, generation: int) -> _View:
     view = _View(pool, health, slot, generation)
-    serving = [(e, st) for e in pool.edges if (st := health.state(e.name, pool.name)).serving]
+    serving = serving_members(pool, health)
     count = max(1, pool.answers)
     if not serving:
         view.fixed = Selection(pool.fallback or pool.edges, tailored=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.fleet_helpers import Fleet, cacheable, running_fleet
 from tests.integration.gslb_helpers import GslbProcess, write_config
 from tests.integration.status_helpers import LoopThread
 
@@ -30,3 +31,14 @@ def loop_thread() -> Iterator[LoopThread]:
         yield lt
     finally:
         lt.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, geo_db: Path, loop_thread: LoopThread
+) -> Iterator[Fleet]:
+    """Three real edges behind a real gslb (fleet_helpers), every origin serving a
+    cacheable "/", one fleet per test module (a module may override it with its routes)."""
+    directory = tmp_path_factory.mktemp("fleet")
+    with running_fleet(directory, loop_thread, geo_db, {"/": cacheable(b"ok")}) as fleet:
+        yield fleet

@@ -218,17 +218,7 @@ class LoggedProcess:
         self.proc.send_signal(sig)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc, self._reader, timeout=20)
 
 
 class GslbProcess(LoggedProcess):
@@ -311,6 +301,23 @@ class GslbProcess(LoggedProcess):
             return status, json.loads(raw)
         except ValueError:
             return status, raw.decode()
+
+
+def stop_process(proc: subprocess.Popen[str], reader: threading.Thread, *, timeout: float) -> int:
+    """SIGTERM (after SIGCONT, so a stopped process hears it), up to `timeout` seconds to
+    exit, then SIGKILL; join the thread reading its output. Returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    reader.join(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
 
 
 @contextlib.contextmanager

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from gslb.api import make_app, start_api
-from gslb.config import load_config
+from gslb.config import GslbConfig, load_config
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
 from gslb.models import Edge, Pool
@@ -211,3 +212,33 @@ async def test_status_page_and_reads_stay_open_with_a_token(tmp_path: Path, geo_
             assert topo["transitions"] == []
     finally:
         await runner.cleanup()
+
+
+async def test_purge_requests_and_edges_without_an_admin_api(tmp_path: Path, geo_db: Path) -> None:
+    """POST /v1/purge: bad bodies get 400 naming the problem, no config 503, and edges with
+    neither admin_url nor status_url fail without a request (502, verdict failed)."""
+    config = load_config(write_config(tmp_path / "gslb.toml", geo_db))
+    health = HealthStore(config.pools, [e.name for e in config.edges])
+
+    async def post(source: Callable[[], GslbConfig | None], data: bytes) -> tuple[int, Any]:
+        app = make_app(health, QueryMetrics().export, config=source)
+        runner, port = await start_api(app, "127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"http://127.0.0.1:{port}/v1/purge", data=data) as r:
+                    return r.status, await r.json()
+        finally:
+            await runner.cleanup()
+
+    status, body = await post(lambda: config, b"{")
+    assert status == 400 and "body must be JSON" in body["error"]
+    status, body = await post(lambda: config, b'{"url": "x", "tag": "y"}')
+    assert status == 400 and "exactly one of" in body["error"]
+    status, body = await post(lambda: None, b'{"tag": "docs"}')
+    assert status == 503
+    status, body = await post(lambda: config, b'{"tag": "docs"}')
+    assert status == 502 and body["verdict"] == "failed" and body["edges_ok"] == 0
+    assert {e["edge"] for e in body["edges"]} == {"fra", "iad", "nrt"}
+    assert all(
+        e["attempts"] == 0 and e["error"] == "no admin_url or status_url" for e in body["edges"]
+    )

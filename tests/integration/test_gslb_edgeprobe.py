@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +18,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.integration.fleet_helpers import EdgeServe
 from tests.integration.gslb_helpers import (
     EDGE_IPS,
     LONDON,
     NEW_YORK,
-    ROOT,
     GslbProcess,
     serving,
 )
@@ -295,63 +291,6 @@ def test_reload_reschedules_and_workers_follow(
 # -- a real edge --------------------------------------------------------------------------------
 
 
-class EdgeServe:
-    """`python -m edge serve` on 127.0.0.1 port 0 with its admin port, output read on a thread."""
-
-    def __init__(self, origin: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--origin",
-                origin,
-                "--admin",
-                "127.0.0.1:0",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.addresses: dict[str, str] = {}
-        self.ready = threading.Event()
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 60
-        while not self.ready.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("edge did not become ready:\n" + "\n".join(self.lines))
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.strip()
-            self.lines.append(line)
-            if line.startswith("edge: listening"):
-                _, _, kind, addr = line.split(" ", 3)
-                self.addresses.setdefault(kind, addr)
-            if line == "edge: ready":
-                self.ready.set()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 async def _start_origin() -> web.AppRunner:
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="origin")
@@ -371,7 +310,14 @@ def test_real_edge_admin_status(
     edge: EdgeServe | None = None
     proc: GslbProcess | None = None
     try:
-        edge = EdgeServe(f"http://127.0.0.1:{origin.addresses[0][1]}")
+        edge = EdgeServe(
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            f"http://127.0.0.1:{origin.addresses[0][1]}",
+            "--admin",
+            "127.0.0.1:0",
+        )
         url = f"http://{edge.addresses['admin']}/__edge/status"
         path = tmp_path / "gslb.toml"
         path.write_text(render(geo_db, {"fra": url}), encoding="utf-8")

@@ -450,3 +450,49 @@ def test_api_token_file(tmp_path: Path) -> None:
     for name, problem in (("missing", "cannot read"), ("short", "16+"), ("spaced", "16+")):
         with pytest.raises(ConfigError, match=rf"^g\.toml: api\.token_file: .*{problem}"):
             parse(name)
+
+
+def test_purge_section_and_edge_admin_urls(tmp_path: Path) -> None:
+    (tmp_path / "fleet.token").write_text("fleet-0123456789abcdef\n")
+    (tmp_path / "iad.token").write_text("iad-0123456789abcdef\n")
+    cfg = load(MINIMAL)
+    assert (cfg.purge.timeout, cfg.purge.attempts, cfg.purge.backoff) == (5.0, 3, 0.5)
+    assert all(e.admin_url is None and e.admin_token is None for e in cfg.edges)
+    text = (
+        '[purge]\ntoken_file = "fleet.token"\nattempts = 5\nbackoff = 0.2\ntimeout = 1\n'
+        + MINIMAL.replace(
+            'name = "fra"', 'name = "fra"\nstatus_url = "https://10.0.0.1:9090/__edge/status"'
+        ).replace(
+            'name = "iad"',
+            'name = "iad"\nadmin_url = "http://10.0.0.2:9091/"\nadmin_token_file = "iad.token"',
+        )
+    )
+    cfg = parse_config(text, "g.toml", base=tmp_path)
+    fra, iad = cfg.edges
+    assert fra.admin_url == "https://10.0.0.1:9090"  # derived from its status_url
+    assert iad.admin_url == "http://10.0.0.2:9091"  # as configured, no trailing slash
+    assert (fra.admin_token, iad.admin_token) == ("fleet-0123456789abcdef", "iad-0123456789abcdef")
+    assert "0123456789abcdef" not in repr(cfg)
+    assert (cfg.purge.attempts, cfg.purge.backoff, cfg.purge.timeout) == (5, 0.2, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("purge", "edge", "message"),
+    [
+        ("attempts = 0", "", "bad.toml: purge.attempts: 0 is out of range [1, 10]"),
+        ("timeout = 0", "", "bad.toml: purge.timeout: 0 is out of range [0.05, 300.0]"),
+        (
+            "backoff = 2\nbackoff_max = 1",
+            "",
+            "bad.toml: purge.backoff_max: must not be below purge.backoff (2.0)",
+        ),
+        ('token_file = "nope"', "", "bad.toml: purge.token_file: cannot read"),
+        ("retries = 1", "", "bad.toml: purge.retries: unknown key"),
+        ("", 'admin_url = "ftp://h/"', "bad.toml: edge[0].admin_url: 'ftp://h/' is not an"),
+        ("", 'admin_url = "http://h/?a=1"', "bad.toml: edge[0].admin_url: 'http://h/?a=1' must"),
+        ("", 'admin_token_file = "nope"', "bad.toml: edge[0].admin_token_file: cannot read"),
+    ],
+)
+def test_purge_errors(purge: str, edge: str, message: str) -> None:
+    text = f"[purge]\n{purge}\n" + MINIMAL.replace('name = "fra"', f'name = "fra"\n{edge}')
+    assert error(text).startswith(message)

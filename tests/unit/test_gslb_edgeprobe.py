@@ -212,3 +212,12 @@ def test_update_many_never_touches_drain() -> None:
     h.set_drained("a", True)
     h.update_many({"a": (True, 0.1)})
     assert h.state("a").drained and not h.state("a").serving
+
+
+def test_detection_bound() -> None:
+    from gslb.edgeprobe import detection_bound
+
+    # defaults: interval 5, timeout 2, jitter 0.5, fall 3 -> 18.5 s; rise 2 -> 13 s
+    assert detection_bound(5.0, 2.0, 0.5, 3) == 18.5
+    assert detection_bound(5.0, 2.0, 0.5, 2) == 13.0
+    assert detection_bound(0.25, 0.25, 0.0, 1) == 0.5

@@ -85,3 +85,35 @@ def test_pool_cache_misses_are_summed_over_workers_and_exported() -> None:
     text = generate_latest(make_registry(lambda: merged, lambda: {})).decode()
     assert 'gslb_pool_cache_misses_total{pool="www.example.test."} 2.0' in text
     assert 'gslb_pool_cache_misses_total{pool="cdn.example.test."} 1.0' in text
+
+
+def test_pool_fallback_gauge_follows_the_members() -> None:
+    from gslb.health import HealthStore
+    from gslb.models import Edge, Pool
+    from gslb.selection import on_fallback
+
+    a, b, spare = Edge("a", 0, 0), Edge("b", 1, 1), Edge("spare", 2, 2)
+    pool = Pool("www.example.test.", (a, b), fallback=(spare,))
+    other = Pool("other.example.test.", (b,))
+    health = HealthStore([pool, other])
+
+    def text() -> str:
+        registry = make_registry(
+            lambda: {},
+            health.snapshot,
+            pools=lambda: {p.name: on_fallback(p, health) for p in (pool, other)},
+            purges=lambda: {"purges": [["a", "failed", 2]]},
+        )
+        return generate_latest(registry).decode()
+
+    assert 'gslb_pool_fallback{pool="www.example.test."} 0.0' in text()
+    assert 'gslb_edge_purges_total{edge="a",result="failed"} 2.0' in text()
+    health.update("a", up=False)
+    assert 'gslb_pool_fallback{pool="www.example.test."} 0.0' in text()  # b still serves
+    assert 'gslb_edge_up{edge="a"} 0.0' in text() and 'gslb_edge_up{edge="b"} 1.0' in text()
+    health.update("b", drained=True)
+    assert 'gslb_edge_drained{edge="b"} 1.0' in text() and 'gslb_edge_up{edge="b"} 1.0' in text()
+    assert 'gslb_pool_fallback{pool="www.example.test."} 1.0' in text()
+    assert 'gslb_pool_fallback{pool="other.example.test."} 1.0' in text()
+    health.update("a", up=True)
+    assert 'gslb_pool_fallback{pool="www.example.test."} 0.0' in text()
