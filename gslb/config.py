@@ -11,6 +11,7 @@ import ipaddress
 import math
 import re
 import socket
+import ssl
 import tomllib
 import urllib.parse
 from collections.abc import Callable
@@ -85,6 +86,9 @@ class HealthConfig:
     fall: int = 3  # consecutive failed probes that take an up edge down
     jitter: float = 0.5  # up to this many seconds of random delay per round
     quorum: int = 0  # with [[peers]]: vantage points that must see an edge down; 0: majority
+    # PEM CA bundle for https status URLs (edges' admin.tls_cert from a private CA); None:
+    # the system's CAs. Status probes carry each edge's admin token when it has one.
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +328,7 @@ def _build(data: dict[str, Any], source: str, base: Path) -> GslbConfig:
     api = _api(_Table(data.get("api", {}), "api"), base)
     log = _log(_Table(data.get("log", {}), "log"))
     geo = _geo(_Table(data.get("geo", {}), "geo"), base)
-    health = _health(_Table(data.get("health", {}), "health"))
+    health = _health(_Table(data.get("health", {}), "health"), base)
     rrl = _rrl(_Table(data.get("rrl", {}), "rrl"))
     cookies = _cookies(_Table(data.get("cookies", {}), "cookies"), base)
     identity = _identity(_Table(data.get("identity", {}), "identity"))
@@ -409,7 +413,7 @@ def _log(t: _Table) -> LogConfig:
     return cfg
 
 
-def _health(t: _Table) -> HealthConfig:
+def _health(t: _Table, base: Path) -> HealthConfig:
     d = HealthConfig()
     interval = t.number("interval", d.interval, 0.05, 3600.0)
     timeout = t.number("timeout", min(d.timeout, interval), 0.01, 3600.0)
@@ -428,9 +432,22 @@ def _health(t: _Table) -> HealthConfig:
         fall=t.number("fall", d.fall, 1, 100, integer=True),
         jitter=float(jitter),
         quorum=t.number("quorum", d.quorum, 0, 1000, integer=True),
+        ca_file=_ca_file(t, base),
     )
     t.done()
     return cfg
+
+
+def _ca_file(t: _Table, base: Path) -> Path | None:
+    name = t.get("ca_file", str, None)
+    if name is None:
+        return None
+    path = _zone_path(base, name)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise _Invalid(t.sub("ca_file"), f"cannot load {str(path)!r}: {exc}") from None
+    return path
 
 
 def _rrl(t: _Table) -> RrlConfig:

@@ -28,7 +28,8 @@ import asyncio
 import datetime
 import json
 import logging
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
@@ -54,11 +55,12 @@ class ProbeTarget:
     edge: str
     url: str
     capacity: float
+    token: str | None = field(default=None, repr=False)  # the edge's admin token, if any
 
 
 def probe_targets(config: GslbConfig) -> tuple[ProbeTarget, ...]:
     return tuple(
-        ProbeTarget(e.name, e.status_url, e.capacity)
+        ProbeTarget(e.name, e.status_url, e.capacity, e.admin_token)
         for e in config.edges
         if e.status_url is not None
     )
@@ -95,8 +97,10 @@ class EdgePoller:
 
     async def start(self) -> None:
         asyncio.get_running_loop()  # AsyncIOScheduler binds to the loop it is started in
+        ca = self.config.health.ca_file
+        verify = ssl.create_default_context(cafile=None if ca is None else str(ca))
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT, force_close=True),
+            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT, force_close=True, ssl=verify),
             headers=_HEADERS,
         )
         self._scheduler = AsyncIOScheduler(timezone=datetime.UTC)
@@ -225,7 +229,7 @@ class EdgePoller:
 
         async def one(ep: _EdgeProbe) -> tuple[_EdgeProbe, ProbeResult]:
             async with limit:
-                return ep, await self.fetch(ep.target.url)
+                return ep, await self.fetch(ep.target.url, ep.target.token)
 
         peers = self.config.peers
         results, views = await asyncio.gather(
@@ -270,8 +274,9 @@ class EdgePoller:
             log.debug("peer %s (%s): %s", peer.name, peer.api, exc)
             return None
 
-    async def fetch(self, url: str) -> ProbeResult:
-        """GET `url` once; a reply of any status, or the error that prevented one."""
+    async def fetch(self, url: str, token: str | None = None) -> ProbeResult:
+        """GET `url` once (with `token` as a Bearer credential: an edge whose admin API is
+        private wants it); a reply of any status, or the error that prevented one."""
         session = self._session
         if session is None:
             return ProbeResult(error="poller is not running")
@@ -279,7 +284,10 @@ class EdgePoller:
         # aiohttp's exceptions end here, translated into a failed ProbeResult.
         try:
             async with session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+                url,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+                headers=None if token is None else {"Authorization": f"Bearer {token}"},
             ) as resp:
                 body = bytearray()
                 while len(body) <= MAX_BODY:
