@@ -48,7 +48,8 @@ class StreamSet:
             else:
                 listener = UdpListener(pool, reuse_port)
             self.listeners[name] = listener
-            self.addresses[pool.stream.protocol].extend(await listener.start())
+            pool.bound = await listener.start()
+            self.addresses[pool.stream.protocol].extend(pool.bound)
             prober = StreamProber(pool)
             prober.start()
             self.probers[name] = prober

@@ -92,6 +92,7 @@ class StreamPool:
         self.pool = OriginPool(pool_config(stream), clock)
         self.stats = StreamStats(stream.name)
         self._addresses: dict[str, Address] = {}
+        self.bound: list[Address] = []  # where the listener is (port 0 resolved)
         self.update(stream)
 
     def update(self, stream: StreamConfig) -> None:
@@ -124,7 +125,7 @@ class StreamPool:
         origins = self.pool.status()
         return {
             "name": self.stream.name,
-            "listen": self.stream.url,
+            "listen": [f"{self.stream.protocol}://{a}" for a in self.bound] or [self.stream.url],
             "healthy": any(o.up and o.weight > 0 for o in origins),
             "active": self.stats.active,
             "up": [o.url for o in origins if o.up],

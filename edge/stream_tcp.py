@@ -76,6 +76,10 @@ class Relay:
         self.origin_side: _Side | None = None
         self.origin: Origin | None = None
         self.counts = OriginCounts()  # replaced by the origin's counters once connected
+        # What the client sent before the origin was connected: uvloop may deliver data
+        # despite pause_reading in connection_made. Reading pauses again at once, so this
+        # holds a read or two at most.
+        self._early: list[bytes] = []
         loop = asyncio.get_running_loop()
         self._time = loop.time
         self._loop = loop
@@ -153,8 +157,14 @@ class Relay:
         version = sp.stream.proxy_protocol
         if version:
             transport.write(proxyproto.encode(version, _endpoint(peer), _endpoint(sock)))
+        for data in self._early:
+            transport.write(data)
+            self.counts.bytes_in += len(data)
+        self._early.clear()
         if self.client.lost:
             transport.close()
+        elif self.client.eof:
+            transport.write_eof()
         else:
             self.client.transport.resume_reading()
 
@@ -189,6 +199,11 @@ class Relay:
 
     def forward(self, side: _Side, data: bytes) -> None:
         other = self._peer(side)
+        if other is None and self._connecting:
+            assert side.transport is not None
+            self._early.append(data)
+            side.transport.pause_reading()
+            return
         if other is None or other.transport is None or other.lost:
             return
         other.transport.write(data)
@@ -214,6 +229,8 @@ class Relay:
         """A half-close: pass it on and keep the other way open (True keeps the socket)."""
         side.eof = True
         other = self._peer(side)
+        if other is None and self._connecting:
+            return True  # passed on once the origin is connected
         if other is None or other.transport is None or other.lost:
             return False
         if other.eof or not other.transport.can_write_eof():

@@ -1,6 +1,7 @@
 """Helpers for the stream (L4) tests: real TCP and UDP origins on 127.0.0.1, port 0.
 
-`TcpOrigin` echoes what it reads (or runs a test's handler), counts its connections and,
+`TcpOrigin` echoes what it reads (or runs a test's handler), counts its connections (and
+those that carried data, which probes do not) and,
 with `proxy_protocol`, reads a PROXY header first (edge.proxyproto.decode) and keeps it.
 `UdpOrigin` answers each datagram with its name and the datagram.
 """
@@ -22,8 +23,9 @@ class TcpOrigin:
     def __init__(self, name: str = "origin", *, proxy_protocol: bool = False) -> None:
         self.name = name
         self.proxy_protocol = proxy_protocol
-        self.handler: Handler = echo
+        self.handler: Handler = self._echo
         self.connections = 0
+        self.echoed = 0  # connections that carried data (probes do not)
         self.headers: list[proxyproto.ProxyHeader] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -68,6 +70,13 @@ class TcpOrigin:
             self._writers.discard(writer)
             writer.close()
             self._tasks.discard(task)
+
+    async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(1 << 16)
+        if first:
+            self.echoed += 1
+            writer.write(first)
+        await echo(reader, writer)
 
 
 async def read_proxy_header(reader: asyncio.StreamReader) -> proxyproto.ProxyHeader:
@@ -118,6 +127,17 @@ class UdpOrigin(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+async def roundtrip(host: str, port: int, payload: bytes) -> bytes:
+    """Send `payload` and EOF on a new connection; everything read back until EOF."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(payload)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
 
 
 def stream_config(*streams: dict[str, Any], **sections: Any) -> EdgeConfig:

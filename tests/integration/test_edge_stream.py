@@ -8,10 +8,13 @@ import asyncio
 import hashlib
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
 import aiohttp
+import pytest
+import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.app import STREAMS, EdgeRuntime
@@ -25,6 +28,7 @@ from tests.integration.stream_helpers import (
     stream_config,
     udp_exchange,
 )
+from tests.integration.stream_helpers import roundtrip as stream_roundtrip
 
 
 def tcp_origins(
@@ -43,13 +47,7 @@ def listen(runtime: EdgeRuntime, kind: str = "tcp") -> tuple[str, int]:
 
 
 async def roundtrip(runtime: EdgeRuntime, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(*listen(runtime))
-    try:
-        writer.write(payload)
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
+    return await stream_roundtrip(*listen(runtime), payload)
 
 
 async def refused(runtime: EdgeRuntime, payload: bytes) -> bool:
@@ -367,3 +365,24 @@ async def test_stream_next_to_http_keeps_http_health() -> None:
             doc = await status(edge)
             assert doc["healthy"] is True  # the HTTP origins decide for an HTTP edge
             assert doc["streams"][0]["healthy"] is False  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        test_tcp_echo_round_robin_and_metrics,
+        test_large_transfer_both_ways_checksummed,
+        test_half_close_keeps_the_other_way_open,
+        test_slow_reader_keeps_the_edge_buffer_bounded,
+        test_origin_killed_mid_test_new_connections_go_to_the_other,
+        test_connection_limit_refuses_at_once,
+        test_proxy_v2_header_parsed_by_the_origin,
+        test_udp_request_reply_from_the_listening_address,
+    ],
+    ids=lambda case: case.__name__.removeprefix("test_"),
+)
+def test_on_uvloop(case: Callable[[], Coroutine[None, None, None]]) -> None:
+    """The same on uvloop, which `edge` runs on: the loops differ in details that matter
+    here (when an accepted socket starts being read, pause_reading or not)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case())
