@@ -337,7 +337,9 @@ async def test_probes_take_a_dead_origin_out_and_status_reports_streams() -> Non
             assert await metric(edge, "edge_stream_origin_up") == 0
 
 
-async def test_reload_applies_origins_and_keeps_the_listener() -> None:
+async def test_reload_applies_origins_and_keeps_the_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with tcp_origins("a", "b") as (a, b):
         config = stream_config(tcp_stream([a]))
         async with running_edge(config) as edge:
@@ -349,6 +351,7 @@ async def test_reload_applies_origins_and_keeps_the_listener() -> None:
             assert await roundtrip(edge, b"2") == b"2"  # still on the old address
             assert (a.connections, b.connections) == (1, 1)
             assert edge.app[STREAMS].pools["s0"].stream.max_connections == 5
+            assert "reload: stream s0 listen changed" in caplog.text
 
 
 async def test_stream_next_to_http_keeps_http_health() -> None:
@@ -367,6 +370,68 @@ async def test_stream_next_to_http_keeps_http_health() -> None:
             assert doc["streams"][0]["healthy"] is False  # type: ignore[index]
 
 
+async def test_proxy_v1_header_parsed_by_the_origin() -> None:
+    async with tcp_origins("a", proxy_protocol=True) as (origin,):
+        async with running_edge(stream_config(tcp_stream([origin], proxy_protocol="v1"))) as edge:
+            assert await roundtrip(edge, b"data") == b"data"
+            (header,) = origin.headers
+            assert header.version == 1 and header.destination == listen(edge)
+
+
+async def test_udp_refused_origin_is_ejected_and_the_client_moves() -> None:
+    alive = UdpOrigin("alive")
+    await alive.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"  # nobody listens there once closed
+    try:
+        stream = {
+            "listen": "udp://127.0.0.1:0",
+            "origins": [dead, alive.address],  # smooth round robin starts with the first
+            "max_fails": 1,
+        }
+        async with running_edge(stream_config(stream)) as edge:
+            pool = edge.app[STREAMS].pools["s0"]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                s.setblocking(False)
+                replies = []
+                for attempt in range(5):  # a datagram to the dead origin is lost
+                    try:
+                        async with asyncio.timeout(1):
+                            replies.append(
+                                await udp_exchange(s, listen(edge, "udp"), b"%d" % attempt)
+                            )
+                        break
+                    except TimeoutError:
+                        continue
+            assert replies and replies[0][0].startswith(b"alive:")
+            tried_dead = pool.stats.origin(f"udp://{dead}")
+            assert tried_dead.connections == 1 and tried_dead.errors["refused"] == 1
+            assert [o.up for o in pool.pool.origins] == [False, True]  # passive ejection
+    finally:
+        alive.stop()
+
+
+async def test_udp_probes_send_and_expect() -> None:
+    origin = UdpOrigin("u")
+    await origin.start()
+    probe = {"send": "ping", "expect": "u:ping", "interval": 0.1, "rise": 1, "fall": 1}
+    stream = {
+        "listen": "udp://127.0.0.1:0",
+        "origins": [origin.address],
+        "probe": {**probe, "jitter": 0, "timeout": 1},
+    }
+    async with running_edge(stream_config(stream)) as edge:
+        pool = edge.app[STREAMS].pools["s0"]
+        url = f"udp://{origin.address}"
+        assert await until(lambda: pool.stats.origin(url).probes["ok"] >= 2)
+        assert (b"ping", origin.received[0][1]) == origin.received[0]
+        origin.stop()
+        assert await until(lambda: not pool.pool.origins[0].up)
+        assert (await status(edge))["healthy"] is False
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -378,6 +443,7 @@ async def test_stream_next_to_http_keeps_http_health() -> None:
         test_connection_limit_refuses_at_once,
         test_proxy_v2_header_parsed_by_the_origin,
         test_udp_request_reply_from_the_listening_address,
+        test_udp_probes_send_and_expect,
     ],
     ids=lambda case: case.__name__.removeprefix("test_"),
 )
