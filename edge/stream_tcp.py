@@ -126,6 +126,8 @@ class Relay:
         key = peer[0] if peer else ""
         tried: list[Origin] = []
         while (origin := sp.pick(key, tried)) is not None:
+            if self.client.lost:  # gone while we were connecting: no origin to try for it
+                return
             tried.append(origin)
             side = _Side(self, False)
             config = sp.stream

@@ -203,6 +203,31 @@ async def test_origin_killed_mid_test_new_connections_go_to_the_other() -> None:
             assert errors >= 1
 
 
+async def test_connect_timeout_moves_on_to_the_next_origin() -> None:
+    # An origin whose accept queue is full: Linux drops further SYNs, so a connect hangs.
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        filler.connect_ex(stuck.getsockname())
+        fillers.append(filler)
+    try:
+        async with tcp_origins("b") as (b,):
+            stuck_address = f"127.0.0.1:{stuck.getsockname()[1]}"
+            stream = tcp_stream([b], connect_timeout=0.2)
+            stream["origins"] = [stuck_address, b.address]  # round robin tries it first
+            async with running_edge(stream_config(stream)) as edge:
+                assert await roundtrip(edge, b"through") == b"through"
+                errors = await metric(edge, "edge_stream_errors_total", kind="connect_timeout")
+                assert errors == 1 and b.echoed == 1
+    finally:
+        for sock in (stuck, *fillers):
+            sock.close()
+
+
 async def test_no_origin_reachable_closes_the_client_and_counts_it() -> None:
     async with tcp_origins("a") as (origin,):
         config = stream_config(tcp_stream([origin]))
