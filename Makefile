@@ -78,14 +78,17 @@ clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache .run
 
 # Benchmarks (docs/benchmarks.md), not part of `make test`: each installs its peer and load
-# generator from Debian (nsd + dnsperf, nginx + wrk) and takes a few minutes on an otherwise
+# generator from Debian (nsd + dnsperf, nginx + wrk, haproxy) and takes a few minutes on an otherwise
 # idle 2-core machine. Options go through BENCH_ARGS, e.g.
 #   make bench-dns BENCH_ARGS="--duration 3 --rounds 1 --scenarios static"
 BENCH_ARGS ?=
-.PHONY: bench-dns bench-edge
+.PHONY: bench-dns bench-edge bench-stream
 
 bench-dns: $(BIN)/.installed-test
 	bash bench/dns.sh $(BENCH_ARGS)
 
 bench-edge: $(BIN)/.installed-test
 	bash bench/edge.sh $(BENCH_ARGS)
+
+bench-stream: $(BIN)/.installed-test
+	bash bench/stream.sh $(BENCH_ARGS)

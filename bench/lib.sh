@@ -1,7 +1,8 @@
-# Shared by bench/dns.sh and bench/edge.sh (sourced, not run): installs the Debian packages a
-# benchmark drives and the project's venv. Debian starts a freshly installed nsd or nginx on
-# port 53 or 80 of every address; the harness only ever uses its own loopback instances, so the
-# packages' services are kept from starting (a temporary policy-rc.d, as in Debian's docker
+# Shared by bench/dns.sh, bench/edge.sh and bench/stream.sh (sourced, not run): installs the
+# Debian packages a benchmark drives and the project's venv. Debian starts a freshly installed
+# nsd, nginx or haproxy on port 53 or 80 of every address (haproxy: its packaged config);
+# the harness only ever uses its own loopback instances, so the packages' services are kept
+# from starting (a temporary policy-rc.d, as in Debian's docker
 # images) and, under systemd, disabled again after the install.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -67,14 +67,23 @@ def build_status(
     cache: dict[str, Any],
     *,
     per_worker: bool = False,
+    streams: Sequence[dict[str, Any]] = (),
+    http: bool = True,
 ) -> dict[str, Any]:
-    """The /__edge/status document for a (merged) node view; pure."""
+    """The /__edge/status document for a (merged) node view; pure.
+
+    `healthy` is about what the edge serves: with HTTP listeners (`http`), whether an HTTP
+    origin is up, as before streams existed; an edge of streams alone is healthy while any
+    of its stream pools has an origin up. Stream pools are listed under "streams" either
+    way, so a stream pool that is down on an HTTP edge is visible without taking the
+    edge's HTTP traffic out of DNS answers."""
     up = [o.url for o in node.origins if o.up]
     down = [o.url for o in node.origins if not o.up]
     rps = node.requests_per_second
     load = 1.0 if capacity_rps <= 0 else max(0.0, min(1.0, rps / capacity_rps))
+    healthy = bool(up) if http else any(s.get("healthy") for s in streams)
     doc: dict[str, Any] = {
-        "healthy": bool(up),
+        "healthy": healthy,
         "origins": {
             "up": up,
             "down": down,
@@ -90,6 +99,8 @@ def build_status(
         "hit_ratio": round(node.hits / node.lookups if node.lookups else 0.0, 4),
         "cache": cache,
     }
+    if streams:
+        doc["streams"] = list(streams)
     if per_worker:
         doc["workers"] = [
             {
@@ -107,13 +118,20 @@ def status_document(
     proxy: Proxy,
     peers: Sequence[nodestats.WorkerRecord] | None = None,
     now: float | None = None,
+    streams: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The edge's status; with `peers` (several workers), for the whole node and with a
-    "workers" list, the answering worker first."""
+    "workers" list, the answering worker first. `streams` is the stream pools' status
+    (edge.stream.StreamSet.status; the answering worker's view)."""
     now = time.monotonic() if now is None else now
     node = nodestats.merge(worker_record(proxy, now, samples=False), peers or (), now)
     return build_status(
-        node, proxy.metrics.capacity_rps, proxy.cache_status(), per_worker=peers is not None
+        node,
+        proxy.metrics.capacity_rps,
+        proxy.cache_status(),
+        per_worker=peers is not None,
+        streams=streams,
+        http=proxy.config.has_http,
     )
 
 
@@ -126,8 +144,10 @@ def add_routes(
     app: web.Application,
     get_proxy: Callable[[], Proxy],
     get_peers: Callable[[], Sequence[nodestats.WorkerRecord]] | None = None,
+    get_streams: Callable[[], Sequence[dict[str, Any]]] = tuple,
 ) -> None:
-    """`get_peers`, when given, reads the other workers' fresh records (edge.nodestats)."""
+    """`get_peers`, when given, reads the other workers' fresh records (edge.nodestats);
+    `get_streams` the stream pools' status."""
 
     def refused(request: web.Request, what: str) -> web.Response | None:
         """401 unless the request carries the admin token (always for purges; for the
@@ -147,7 +167,7 @@ def add_routes(
         if (no := refused(request, "the status")) is not None:
             return no
         peers = get_peers() if get_peers is not None else None
-        return web.json_response(status_document(get_proxy(), peers))
+        return web.json_response(status_document(get_proxy(), peers, streams=get_streams()))
 
     async def metrics(request: web.Request) -> web.Response:
         if (no := refused(request, "the metrics")) is not None:

@@ -44,6 +44,7 @@ from edge.metrics import Metrics
 from edge.origins import OriginPool
 from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import Proxy
+from edge.stream import StreamSet
 
 log = logging.getLogger("edge")
 
@@ -57,6 +58,7 @@ PROXY = web.AppKey("edge_proxy", Proxy)
 ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
 NODE_STATS = web.AppKey("edge_node_stats", nodestats.StatsDir)
 WORKER_SLOT = web.AppKey("edge_worker_slot", int)
+STREAMS = web.AppKey("edge_streams", StreamSet)
 
 
 def listener_settings(config: EdgeConfig) -> tuple[ListenerOptions, dict[str, Any]]:
@@ -100,7 +102,10 @@ def build_app(config: EdgeConfig, stats_dir: str | None = None, slot: int = 0) -
     if stats is not None:
         app[NODE_STATS] = stats
         app[WORKER_SLOT] = slot
-    admin.add_routes(app, lambda: app[PROXY], None if stats is None else stats.peers)
+    app[STREAMS] = StreamSet(config.streams)  # started by EdgeRuntime, next to the listeners
+    admin.add_routes(
+        app, lambda: app[PROXY], None if stats is None else stats.peers, app[STREAMS].status
+    )
     return app
 
 
@@ -269,7 +274,13 @@ class EdgeRuntime:
         self.reuse_port = reuse_port
         self._app_runner: web.AppRunner | None = None
         self._edge_runners: list[web.ServerRunner] = []
-        self.addresses: dict[str, list[Address]] = {"http": [], "https": [], "admin": []}
+        self.addresses: dict[str, list[Address]] = {
+            "http": [],
+            "https": [],
+            "tcp": [],
+            "udp": [],
+            "admin": [],
+        }
 
     @property
     def proxy(self) -> Proxy:
@@ -310,6 +321,10 @@ class EdgeRuntime:
             ssl_ctx = tls.server_context(config.tls)
             for addr in config.tls.listen:
                 self.addresses["https"].extend(await self._site(proxy_runner, addr, ssl_ctx))
+        streams = self.app[STREAMS]
+        await streams.start(metrics.registry, self.reuse_port)
+        for kind in ("tcp", "udp"):
+            self.addresses[kind].extend(streams.addresses[kind])
 
     async def _site(self, runner: web.BaseRunner, addr: Address, ssl_ctx: Any) -> list[Address]:
         """Start a listener on `addr`; the addresses it bound (port 0 resolved). A TLS
@@ -348,6 +363,7 @@ class EdgeRuntime:
         # application's state must not change (aiohttp warns, and will refuse).
         self.config = config
         self.app[POOL].update(config.pool)
+        self.app[STREAMS].reload(config.streams)
         self.app[PROBER].reschedule()
         self.app[METRICS].capacity_rps = config.admin.capacity_rps
         self.app[ACCESS_LOG].reopen(config.log.access_log)
@@ -361,6 +377,7 @@ class EdgeRuntime:
         log.info("access log reopened")
 
     async def stop(self) -> None:
+        await self.app[STREAMS].stop()
         for runner in reversed(self._edge_runners):
             await runner.cleanup()
         self._edge_runners.clear()

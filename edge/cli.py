@@ -3,12 +3,16 @@
     edge serve -c edge.toml
     edge serve --listen 127.0.0.1:8080 --origin http://127.0.0.1:9001 [--origin URL ...]
                [--cache-dir DIR] [--admin 127.0.0.1:9090] [--workers N]
+    edge stream --listen tcp://127.0.0.1:7000 --origin 127.0.0.1:7001 [--origin H:P ...]
+                [--algorithm round_robin|least_connections|hash] [--proxy-protocol v1|v2]
+                [--admin 127.0.0.1:9090]     one L4 stream (edge.stream), no HTTP
     edge check-config edge.toml
     edge demo-origin [--listen 127.0.0.1:9001] [--name NAME]   the demo site (edge.demo_origin)
 
 On start, one line per bound address is printed to stdout (`edge: listening http
-127.0.0.1:8080`), so tests and scripts can use port 0. SIGHUP reloads the config file
-atomically (a bad file is logged and the running config kept); SIGTERM/SIGINT stop.
+127.0.0.1:8080`, `edge: listening tcp 127.0.0.1:7000` for a stream), so tests and scripts
+can use port 0. SIGHUP reloads the config file atomically (a bad file is logged and the
+running config kept); SIGTERM/SIGINT stop.
 With --workers N > 1 the parent forks N workers that each bind the same ports with
 SO_REUSEPORT (port 0 is resolved first by the parent, so all workers share it); the
 parent prints `edge: ready` once every worker is listening. With an admin port, the parent
@@ -33,7 +37,15 @@ import tempfile
 import time
 from dataclasses import replace
 
-from edge.config import Address, EdgeConfig, load, parse_address, quick_start
+from edge.config import (
+    STREAM_ALGORITHMS,
+    Address,
+    EdgeConfig,
+    load,
+    parse_address,
+    quick_start,
+    stream_quick_start,
+)
 from edge.errors import ConfigError
 from geoedge.lifetime import die_with_launcher, die_with_parent
 
@@ -50,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-dir", help="quick start: persistent cache directory")
     serve.add_argument("--admin", help="quick start: HOST:PORT of the admin port")
     serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+    stream = sub.add_parser("stream", help="quick start: one TCP or UDP stream, no HTTP")
+    stream.add_argument("--listen", required=True, help="tcp://HOST:PORT or udp://HOST:PORT")
+    stream.add_argument("--origin", action="append", default=[], help="HOST:PORT of an origin")
+    stream.add_argument("--algorithm", choices=STREAM_ALGORITHMS, default="round_robin")
+    stream.add_argument("--proxy-protocol", choices=("v1", "v2"), default="")
+    stream.add_argument("--admin", help="HOST:PORT of the admin port")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
     demo = sub.add_parser("demo-origin", help="serve the demo site (an origin for make run)")
@@ -59,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace) -> EdgeConfig:
+    if args.command == "stream":
+        if not args.origin:
+            raise ConfigError("<command line>", "--origin", "at least one origin is required")
+        return stream_quick_start(
+            args.listen,
+            args.origin,
+            algorithm=args.algorithm,
+            proxy_protocol=args.proxy_protocol,
+            admin=args.admin,
+        )
     if args.config:
         if args.origin or args.listen:
             raise ConfigError("<command line>", "--config", "use either -c or --listen/--origin")
@@ -87,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"{args.file}: ok ({len(config.pool.origins)} origins)")
+        streams = f", {len(config.streams)} streams" if config.streams else ""
+        print(f"{args.file}: ok ({len(config.pool.origins)} origins{streams})")
         return 0
     try:
         config = _config_from_args(args)
@@ -100,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", stream=sys.stderr
     )
     apply_log_level(config.log.level)
+    path = None if args.command == "stream" else args.config
     if config.server.workers > 1:
-        return _run_workers(config, args.config)
-    return _run(config, args.config, reuse_port=False)
+        return _run_workers(config, path)
+    return _run(config, path, reuse_port=False)
 
 
 def _demo_origin(listen: str, name: str) -> int:
@@ -171,7 +201,7 @@ async def _serve(
     runtime = EdgeRuntime(config, reuse_port=reuse_port, stats_dir=stats_dir, slot=slot)
     await runtime.start()
     if announce:
-        for kind in ("http", "https", "admin"):
+        for kind in ("http", "https", "tcp", "udp", "admin"):
             for addr in runtime.addresses[kind]:
                 print(f"edge: listening {kind} {addr}", flush=True)
     if ready_fd is not None:
@@ -207,11 +237,11 @@ def _resolve_ports(config: EdgeConfig) -> tuple[EdgeConfig, list[socket.socket]]
     """Give port-0 listeners a concrete port shared by all workers (bound, never listening)."""
     holders: list[socket.socket] = []
 
-    def fix(addr: Address) -> Address:
+    def fix(addr: Address, kind: int = socket.SOCK_STREAM) -> Address:
         if addr.port != 0:
             return addr
         family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((addr.host, 0))
         holders.append(sock)
@@ -222,7 +252,15 @@ def _resolve_ports(config: EdgeConfig) -> tuple[EdgeConfig, list[socket.socket]]
     admin_cfg = config.admin
     if admin_cfg.listen is not None:
         admin_cfg = replace(admin_cfg, listen=fix(admin_cfg.listen))
-    return replace(config, server=server, tls=tls_cfg, admin=admin_cfg), holders
+    streams = tuple(
+        replace(
+            s,
+            listen=fix(s.listen, socket.SOCK_DGRAM if s.protocol == "udp" else socket.SOCK_STREAM),
+        )
+        for s in config.streams
+    )
+    resolved = replace(config, server=server, tls=tls_cfg, admin=admin_cfg, streams=streams)
+    return resolved, holders
 
 
 def _run_workers(config: EdgeConfig, path: str | None) -> int:
@@ -344,8 +382,10 @@ def _respawn_config(started: EdgeConfig, path: str | None) -> EdgeConfig:
     except ConfigError as exc:
         log.error("replacement worker: %s; it runs the start-up configuration", exc)
         return started
+    listens = {s.name: s.listen for s in started.streams}
     return replace(
         current,
+        streams=tuple(replace(s, listen=listens.get(s.name, s.listen)) for s in current.streams),
         server=replace(current.server, listen=started.server.listen),
         tls=replace(current.tls, listen=started.tls.listen),
         admin=replace(current.admin, listen=started.admin.listen),

@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 from edge.errors import ConfigError
 
 ALGORITHMS = ("round_robin", "weighted", "least_conn", "consistent_hash")
+STREAM_ALGORITHMS = ("round_robin", "least_connections", "hash")
+STREAM_PROTOCOLS = ("tcp", "udp")
+PROXY_PROTOCOL_VERSIONS = ("", "v1", "v2")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both")
 
 # Request fields that make common frameworks route, rewrite or re-method a request (or
@@ -156,6 +160,48 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamOrigin:
+    address: Address
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamProbeConfig:
+    """Active checks of a stream pool: a TCP connect (and, with `send`/`expect`, an exchange
+    of bytes), or for UDP a datagram sent and a reply expected."""
+
+    enabled: bool = True
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    jitter: float = 0.5
+    send: bytes = b""
+    expect: bytes = b""  # empty: any reply (UDP), a connect (TCP) is enough
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One `[[stream]]` table: an L4 listener relaying to a pool of origins (edge.stream)."""
+
+    name: str
+    protocol: str  # tcp | udp
+    listen: Address
+    origins: tuple[StreamOrigin, ...]
+    algorithm: str = "round_robin"
+    connect_timeout: float = 5.0
+    idle_timeout: float = 300.0
+    max_connections: int = 10000  # UDP: flows in the flow table
+    max_fails: int = 3  # consecutive connect failures before passive ejection
+    proxy_protocol: str = ""  # "", v1, v2 (TCP only)
+    probe: StreamProbeConfig = field(default_factory=StreamProbeConfig)
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.listen}"
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     dir: str = ""  # empty: a private temporary directory per process (not persistent)
@@ -208,7 +254,13 @@ class EdgeConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    streams: tuple[StreamConfig, ...] = ()
     source: str = "<config>"
+
+    @property
+    def has_http(self) -> bool:
+        """Whether the edge has HTTP listeners (a stream-only edge has none)."""
+        return bool(self.server.listen or self.tls.listen)
 
     def with_listen(self, listen: tuple[Address, ...]) -> EdgeConfig:
         return replace(self, server=replace(self.server, listen=listen))
@@ -599,10 +651,136 @@ def _log(sec: _Section) -> LogConfig:
     return log
 
 
+def _stream_origin(sec: _Section, index: int, raw: Any, protocol: str) -> StreamOrigin:
+    key = f"origins[{index}]"
+    if isinstance(raw, str):
+        raw = {"address": raw}
+    o = _Section(sec.source, sec.key(key), raw)
+    text = o.take("address", str, "")
+    try:
+        address = parse_address(text)
+    except ValueError as exc:
+        raise o.error("address", str(exc)) from None
+    if protocol == "udp":
+        try:
+            ipaddress.ip_address(address.host)
+        except ValueError:
+            raise o.error(
+                "address", f"UDP origins are IP addresses, got {address.host!r}"
+            ) from None
+    origin = StreamOrigin(address, o.count("weight", 1, minimum=0))
+    o.done()
+    return origin
+
+
+def _stream_probe(sec: _Section, protocol: str) -> StreamProbeConfig:
+    d = StreamProbeConfig()
+    send = sec.take("send", str, "").encode()
+    expect = sec.take("expect", str, "").encode()
+    # A UDP origin that is up says nothing unless asked: probing it needs `send`.
+    enabled = sec.take("enabled", bool, protocol == "tcp" or bool(send))
+    if enabled and protocol == "udp" and not send:
+        raise sec.error("send", "UDP probes need a datagram to send")
+    if expect and not send and protocol == "tcp":
+        raise sec.error("expect", "needs send (origins that talk first: send nothing and expect)")
+    probe = StreamProbeConfig(
+        enabled=enabled,
+        interval=sec.positive("interval", d.interval),
+        timeout=sec.positive("timeout", d.timeout),
+        rise=sec.count("rise", d.rise),
+        fall=sec.count("fall", d.fall),
+        jitter=sec.positive("jitter", d.jitter, allow_zero=True),
+        send=send,
+        expect=expect,
+    )
+    sec.done()
+    return probe
+
+
+def _stream(sec: _Section) -> StreamConfig:
+    name = sec.take("name", str, "")
+    if not _STREAM_NAME.fullmatch(name):
+        raise sec.error("name", f"expected a name of letters, digits, '.', '_', '-'; got {name!r}")
+    listen_text = sec.take("listen", str, "")
+    protocol, sep, rest = listen_text.partition("://")
+    if not sep or protocol not in STREAM_PROTOCOLS:
+        raise sec.error(
+            "listen", f'expected "tcp://HOST:PORT" or "udp://HOST:PORT", got {listen_text!r}'
+        )
+    try:
+        listen = parse_address(rest)
+    except ValueError as exc:
+        raise sec.error("listen", str(exc)) from None
+    raw_origins = sec.take("origins", list, [])
+    if not raw_origins:
+        raise sec.error("origins", "at least one origin is required")
+    origins = tuple(_stream_origin(sec, i, o, protocol) for i, o in enumerate(raw_origins))
+    if all(o.weight == 0 for o in origins):
+        raise sec.error("origins", "at least one origin needs a weight above 0")
+    if len({o.address for o in origins}) != len(origins):
+        raise sec.error("origins", "an origin is listed twice")
+    d = StreamConfig(name="", protocol=protocol, listen=listen, origins=())
+    proxy_protocol = sec.choice("proxy_protocol", PROXY_PROTOCOL_VERSIONS, d.proxy_protocol)
+    if proxy_protocol and protocol != "tcp":
+        raise sec.error("proxy_protocol", "is sent on TCP streams only")
+    stream = StreamConfig(
+        name=name,
+        protocol=protocol,
+        listen=listen,
+        origins=origins,
+        algorithm=sec.choice("algorithm", STREAM_ALGORITHMS, d.algorithm),
+        connect_timeout=sec.positive("connect_timeout", d.connect_timeout),
+        idle_timeout=sec.positive("idle_timeout", d.idle_timeout if protocol == "tcp" else 30.0),
+        max_connections=sec.count("max_connections", d.max_connections),
+        max_fails=sec.count("max_fails", d.max_fails),
+        proxy_protocol=proxy_protocol,
+        probe=_stream_probe(sec.sub("probe"), protocol),
+    )
+    sec.done()
+    return stream
+
+
+def _streams(root: _Section) -> tuple[StreamConfig, ...]:
+    raw = root.take("stream", list, [])
+    streams = tuple(
+        _stream(_Section(root.source, f"stream[{i}]", item)) for i, item in enumerate(raw)
+    )
+    names: set[str] = set()
+    bound: set[tuple[str, Address]] = set()
+    for i, s in enumerate(streams):
+        if s.name in names:
+            raise ConfigError(root.source, f"stream[{i}].name", f"{s.name!r} is used twice")
+        if s.listen.port and (s.protocol, s.listen) in bound:
+            raise ConfigError(root.source, f"stream[{i}].listen", f"{s.url} is used twice")
+        names.add(s.name)
+        bound.add((s.protocol, s.listen))
+    return streams
+
+
+def _stream_only(root: _Section, streams: tuple[StreamConfig, ...]) -> bool:
+    """Whether this is an edge of [[stream]] tables alone: no [pool], hence no HTTP
+    listeners (they would have nothing to proxy to) and no cache unless asked for."""
+    if "pool" in root.data:
+        return False
+    if not streams:
+        raise ConfigError(root.source, "pool", "missing: an [pool] table with origins is required")
+    for section in ("server", "tls"):
+        table = root.data.get(section)
+        if isinstance(table, Mapping) and table.get("listen"):
+            raise ConfigError(
+                root.source, f"{section}.listen", "HTTP listeners need a [pool] of HTTP origins"
+            )
+    server = root.data.get("server", {})
+    if isinstance(server, Mapping):  # anything else: _server reports it
+        root.data["server"] = {**server, "listen": []}
+    root.data.setdefault("cache", {"enabled": False})
+    return True
+
+
 def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> EdgeConfig:
     root = _Section(source, "", data)
-    if "pool" not in root.data:
-        raise ConfigError(source, "pool", "missing: an [pool] table with origins is required")
+    streams = _streams(root)
+    stream_only = _stream_only(root, streams)
     builders: dict[str, Callable[[_Section], Any]] = {
         "server": _server,
         "limits": _limits,
@@ -613,10 +791,14 @@ def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> E
         "admin": lambda s: _admin(s, base_dir),
         "log": _log,
     }
+    if stream_only:
+        del builders["pool"]
     parts = {name: build(root.sub(name)) for name, build in builders.items()}
+    if stream_only:
+        parts["pool"] = PoolConfig(origins=())
     root.done()
-    config = EdgeConfig(source=source, **parts)
-    if not config.server.listen and not config.tls.listen:
+    config = EdgeConfig(source=source, streams=streams, **parts)
+    if not config.has_http and not streams:
         raise ConfigError(source, "server.listen", "no listener configured")
     if config.tls.redirect_http and not config.tls.listen:
         raise ConfigError(source, "tls.redirect_http", "needs tls.listen")
@@ -647,6 +829,28 @@ def quick_start(
     }
     if cache_dir:
         data["cache"] = {"dir": cache_dir}
+    if admin:
+        data["admin"] = {"listen": admin}
+    return from_mapping(data, "<command line>", os.getcwd())
+
+
+def stream_quick_start(
+    listen: str,
+    origins: list[str],
+    *,
+    algorithm: str = "round_robin",
+    proxy_protocol: str = "",
+    admin: str | None = None,
+) -> EdgeConfig:
+    """The `edge stream --listen tcp://... --origin ...` configuration: one stream, no HTTP."""
+    stream = {
+        "name": "stream",
+        "listen": listen,
+        "origins": origins,
+        "algorithm": algorithm,
+        "proxy_protocol": proxy_protocol,
+    }
+    data: dict[str, Any] = {"stream": [stream], "log": {"access_log": ""}}
     if admin:
         data["admin"] = {"listen": admin}
     return from_mapping(data, "<command line>", os.getcwd())

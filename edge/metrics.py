@@ -133,4 +133,6 @@ NODE_GAUGES: dict[str, nodestats.Combine] = {
     "edge_active_requests": sum,
     "edge_origin_up": min,  # in rotation for the node only while every worker has it up
     "edge_cache_degraded": max,
+    "edge_stream_active": sum,  # edge.stream_pool.StreamCollector
+    "edge_stream_origin_up": min,
 }

@@ -159,6 +159,11 @@ class OriginPool:
         origin.active += 1
         origin.requests += 1
 
+    def connected(self, origin: Origin) -> None:
+        """A long-lived use of `origin` began well (a stream's connection): the run of
+        consecutive failures ends now, not when the connection does."""
+        origin.fails = 0
+
     def finished(self, origin: Origin, ok: bool) -> bool:
         """Record the outcome of a request; True when it ejected the origin (passive)."""
         origin.active = max(0, origin.active - 1)

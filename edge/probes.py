@@ -1,5 +1,8 @@
 """Active health probes: an APScheduler 3.x AsyncIOScheduler probing each origin.
 
+`ScheduledProbes` is the schedule and the rise/fall bookkeeping; `Prober` is its HTTP
+probe, edge.stream_probes.StreamProber the TCP/UDP one of the `[[stream]]` pools.
+
 The scheduler is started inside the running loop (from the app's cleanup_ctx). Jobs are
 coalesced, never overlap (max_instances=1) and are jittered so a fleet of edges does not
 probe in lock-step. Results go to the pool's rise/fall counters.
@@ -29,15 +32,12 @@ log = logging.getLogger("edge.probes")
 ProbeListener = Callable[[str, bool, int | None, float], None]
 
 
-class Prober:
-    def __init__(
-        self,
-        pool: OriginPool,
-        session: aiohttp.ClientSession,
-        on_result: ProbeListener | None = None,
-    ) -> None:
+class ScheduledProbes:
+    """One coalesced, jittered APScheduler job per origin of `pool`, each running `_check`
+    and feeding the pool's rise/fall; subclasses say what a probe is."""
+
+    def __init__(self, pool: OriginPool, on_result: ProbeListener | None = None) -> None:
         self.pool = pool
-        self.session = session
         self.on_result = on_result
         self._scheduler: AsyncIOScheduler | None = None
 
@@ -95,6 +95,23 @@ class Prober:
         if self.on_result is not None:
             self.on_result(url, ok, status, elapsed)
         return ok
+
+    async def _check(self, origin: Origin) -> tuple[bool, int | None, float]:
+        """(healthy, status if any, seconds taken) of one probe of `origin`."""
+        raise NotImplementedError
+
+
+class Prober(ScheduledProbes):
+    """HTTP probes: a GET of probe.path on each origin of the HTTP pool."""
+
+    def __init__(
+        self,
+        pool: OriginPool,
+        session: aiohttp.ClientSession,
+        on_result: ProbeListener | None = None,
+    ) -> None:
+        super().__init__(pool, on_result)
+        self.session = session
 
     async def _check(self, origin: Origin) -> tuple[bool, int | None, float]:
         probe = self.pool.config.probe

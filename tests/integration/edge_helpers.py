@@ -10,8 +10,8 @@ import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -81,16 +81,28 @@ class Origin:
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
+class Server(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
+
+
 @asynccontextmanager
-async def origins(*names: str) -> AsyncIterator[list[Origin]]:
-    started = [Origin(n) for n in names]
-    for o in started:
-        await o.start()
+async def running(servers: list[S]) -> AsyncIterator[list[S]]:
+    """Start test servers (origins), and stop them all on the way out."""
+    for s in servers:
+        await s.start()
     try:
-        yield started
+        yield servers
     finally:
-        for o in started:
-            await o.stop()
+        for s in servers:
+            await s.stop()
+
+
+def origins(*names: str) -> AbstractAsyncContextManager[list[Origin]]:
+    return running([Origin(n) for n in names])
 
 
 def edge_config(origin_list: list[Origin], **sections: Any) -> EdgeConfig:

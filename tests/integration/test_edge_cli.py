@@ -63,16 +63,17 @@ class EdgeProcess:
 
 @asynccontextmanager
 async def edge_process(
-    *args: str, tmpdir: str | None = None, stderr: Path | None = None
+    *args: str, tmpdir: str | None = None, stderr: Path | None = None, command: str = "serve"
 ) -> AsyncIterator[EdgeProcess]:
-    """`edge serve ARGS`; its log (stderr) goes to the file `stderr` if given."""
+    """`edge serve ARGS` (or `edge COMMAND ARGS`); its log (stderr) goes to the file `stderr`
+    if given."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     err = os.open(stderr, flags, 0o600) if stderr is not None else None
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "edge",
-        "serve",
+        command,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=err if err is not None else asyncio.subprocess.DEVNULL,
