@@ -229,7 +229,7 @@ def _redirect_handler(
     refused = cp.cache_status(name, fwd="request", detail="refused")
 
     async def redirect(request: web.BaseRequest) -> web.Response:
-        refusal = proxy.check(request)
+        refusal = proxy.admission.check(request)
         host = bare_host(request.headers.get("Host", ""))
         if refusal is None and not host:
             refusal = status_response(400)

@@ -115,3 +115,14 @@ def bare_host(authority: str) -> str:
 
 def raw_pairs(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+
+
+def transfer_coding(headers: Any) -> str:
+    """A transfer coding named in `headers` other than chunked, or ""."""
+    values: list[str] = headers.getall("Transfer-Encoding", [])
+    for value in values:
+        for coding in value.split(","):
+            coding = coding.strip().lower()
+            if coding and coding != "chunked":
+                return coding
+    return ""

@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -25,11 +24,11 @@ from yarl import URL
 
 from edge import cache_policy as cp
 from edge.accesslog import AccessLog
+from edge.admission import Admission
 from edge.aiohttp_internals import (
     INTERIM,
     SerializedResponse,
     final_status_ok,
-    requested_version,
 )
 from edge.cache_layer import CacheLayer
 from edge.config import EdgeConfig
@@ -42,20 +41,18 @@ from edge.errors import (
 from edge.exchange import (
     CHUNK,
     abort,
-    bare_host,
     bodyless,
     interim_sender,
     origin_form,
     send_body,
     start_response,
     status_response,
+    transfer_coding,
 )
 from edge.fasthit import SimpleGet, parse_simple_get
 from edge.headers import (
     client_response_headers,
-    loop_verdict,
     origin_request_headers,
-    valid_host,
 )
 from edge.metrics import Metrics
 from edge.origins import Origin, OriginPool
@@ -91,12 +88,8 @@ class Proxy:
 
     def reconfigure(self, config: EdgeConfig) -> None:
         self.config = config
-        self._hosts = frozenset(config.server.hosts)
-        limits = config.limits
-        self._max_headers = limits.max_headers
-        self._max_header_bytes = limits.max_header_bytes
-        self._max_url = limits.max_url_length
-        self._max_body = limits.max_body_bytes
+        self.admission = Admission(config, self.metrics)
+        self._max_body = config.limits.max_body_bytes
         pool = config.pool
         self._timeout = aiohttp.ClientTimeout(
             total=pool.total_timeout,
@@ -110,8 +103,6 @@ class Proxy:
         }
         self._cache_tag = config.server.cache_name
         self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
-        self._node_id = config.server.node_id
-        self._max_hops = config.server.max_hops
         self._strip = frozenset(config.server.strip_request_headers)
         if self.cache is not None:
             self.cache.reconfigure(config)
@@ -235,20 +226,12 @@ class Proxy:
     def _plain_get(self, data: bytes, scheme: str) -> tuple[str, SimpleGet] | Literal[False]:
         """The cache key and request of `data` if the fast path may answer it, else False."""
         req = parse_simple_get(data)
-        if (
-            req is None
-            or req.fields > self._max_headers
-            or req.field_bytes > self._max_header_bytes
-            or len(req.target) > self._max_url
-            or not valid_host(req.host)
-            or (self._hosts and bare_host(req.host) not in self._hosts)
-            or (req.loop_fields and self._loop_verdict(req.loop_fields) is not None)
-        ):
+        if req is None or not self.admission.admits_plain(req):
             return False
         return cp.cache_key(scheme, req.host, req.target), req
 
     async def _dispatch(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
-        refusal = self.check(request) or self.check_loop(request)
+        refusal = self.admission.check(request) or self.admission.check_loop(request)
         if refusal is not None:
             return refusal, ""
         target = origin_form(request.raw_path)
@@ -262,86 +245,6 @@ class Proxy:
         if self.cache is not None and request.method in ("GET", "HEAD"):
             return await self.cache.serve(self, request, target)
         return await self.forward(request, target)
-
-    def check(self, request: web.BaseRequest) -> web.Response | None:
-        """Requests we refuse before touching an origin; None when the request may pass."""
-        method = request.method
-        if requested_version(request).major != 1:
-            # RFC 9110 §15.6.6: an HTTP/2.0 (or 3.0) request line on an HTTP/1 connection.
-            return status_response(505)
-        if method == "CONNECT":
-            return status_response(405, Allow="GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
-        raw_headers = request.raw_headers
-        if len(raw_headers) > self._max_headers:
-            return status_response(431)
-        size = sum([len(k) + len(v) for k, v in raw_headers]) + 4 * len(raw_headers)
-        if size > self._max_header_bytes:
-            return status_response(431)
-        target = request.raw_path
-        if len(target) > self._max_url:
-            return status_response(414)
-        hosts = request.headers.getall("Host", [])
-        if len(hosts) != 1 and request.version >= (1, 1):
-            return status_response(400)
-        host_header = hosts[0].lower() if hosts else ""
-        if not valid_host(host_header):
-            return status_response(400)
-        if not target.startswith("/"):
-            if target == "*" and method == "OPTIONS":
-                return status_response(400)
-            parts = urlsplit(target)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                return status_response(400)
-            authority = parts.netloc.lower().rsplit("@", 1)[-1]
-            # Absolute-form naming another host than Host: never an open proxy. (Requiring
-            # them to agree also keeps the Host we forward and key the cache by correct.)
-            if bare_host(authority) != bare_host(host_header):
-                return status_response(421)
-        if self._hosts and bare_host(host_header) not in self._hosts:
-            return status_response(421)
-        if _transfer_coding(request.headers):
-            # aiohttp undoes chunked only; forwarding the rest as the body would change it
-            # (RFC 9112 §6.1). The body was not read: the connection closes.
-            resp = status_response(501)
-            resp.force_close()
-            return resp
-        length = request.content_length
-        if length is not None and length > self._max_body:
-            return status_response(413)
-        return None
-
-    def check_loop(self, request: web.BaseRequest) -> web.Response | None:
-        """508 for a request that already went through this node (our node id in its
-        CDN-Loop or Via) or through more than server.max_hops CDN-Loop entries: forwarding
-        it would make it come back again, until something times out. None otherwise."""
-        headers = request.headers
-        if "CDN-Loop" not in headers and "Via" not in headers:
-            return None
-        verdict = self._loop_verdict(headers.items())
-        if verdict is None:
-            return None
-        self.metrics.loops.labels(verdict).inc()
-        log.warning(
-            "forwarding loop (%s) for %s %s: CDN-Loop %r, Via %r",
-            verdict,
-            request.method,
-            request.raw_path[:200],
-            ", ".join(headers.getall("CDN-Loop", []))[:500],
-            ", ".join(headers.getall("Via", []))[:500],
-        )
-        # no-store: a cache in front (another edge of the loop) must not keep the refusal.
-        return status_response(
-            508,
-            self.cache_status_token("request", detail=verdict),
-            **{"Cache-Control": "no-store"},
-        )
-
-    def _loop_verdict(
-        self, pairs: Iterable[tuple[str, str]]
-    ) -> Literal["loop", "too-many-hops"] | None:
-        """The one loop decision, for the fast path (which leaves a refusal to `handle`)
-        and `check_loop` alike."""
-        return loop_verdict(pairs, self._node_id, self._max_hops)
 
     # ------------------------------------------------------------------ forwarding
 
@@ -422,7 +325,7 @@ class Proxy:
                 if not final_status_ok(resp.status):
                     resp.close()
                     raise OriginProtocolError("bad_status", f"status {resp.status}")
-                coding = _transfer_coding(resp.headers)
+                coding = transfer_coding(resp.headers)
                 if coding:
                     # aiohttp undoes only chunked; the rest would reach clients (and the
                     # cache) as if it were the body, Transfer-Encoding being hop-by-hop.
@@ -569,17 +472,6 @@ class _LimitedBody:
             yield chunk
 
 
-def _transfer_coding(headers: Any) -> str:
-    """A transfer coding named in `headers` other than chunked, or ""."""
-    values: list[str] = headers.getall("Transfer-Encoding", [])
-    for value in values:
-        for coding in value.split(","):
-            coding = coding.strip().lower()
-            if coding and coding != "chunked":
-                return coding
-    return ""
-
-
 def _translate(exc: BaseException) -> OriginFailure:
     if isinstance(exc, OriginProtocolError):
         return OriginFailure(502, exc.kind, str(exc))
@@ -622,5 +514,5 @@ def _cache_word(cache_status: str) -> str:
     return "other"
 
 
-# Cache-Status details of requests refused before the cache (Proxy.check, Proxy.check_loop).
+# Cache-Status details of requests refused before the cache (edge.admission).
 _REFUSALS = ('detail="refused"', 'detail="loop"', 'detail="too-many-hops"')
