@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,14 +23,12 @@ from edge import cache_policy as cp
 from edge import compression, conditional, ranges
 from edge.aiohttp_internals import (
     INTERIM,
-    SerializedResponse,
 )
 from edge.cache_control import field_values
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
     ConfigError,
-    CorruptBodyError,
     OriginFailure,
     StoreError,
 )
@@ -41,7 +38,6 @@ from edge.exchange import (
     bodyless,
     interim_sender,
     origin_form,
-    phrase,
     raw_pairs,
     request_scheme,
     send_body,
@@ -55,6 +51,7 @@ from edge.headers import (
     octet_text,
     wire_text,
 )
+from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
 from edge.origins import Origin
 from edge.store import BodyWriter, Store
 
@@ -87,14 +84,6 @@ class Upstream(Protocol):
     def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
 
 
-# Bodies up to this size are read from disk on the event loop (a page-cache read costs less
-# than the hop to a thread); bigger ones in a thread.
-_INLINE_READ_MAX = 64 * 1024
-_PRECONDITIONS = frozenset(
-    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
-)
-
-
 def _has_directives(request: web.BaseRequest) -> bool:
     headers = request.headers
     return "Cache-Control" in headers or "Pragma" in headers
@@ -114,21 +103,6 @@ def _bytes_range(headers: Sequence[tuple[str, str]]) -> bool:
     return len(values) == 1 and values[0].lstrip().lower().startswith("bytes=")
 
 
-def _apply_span(headers: CIMultiDict[str], sp: ranges.Span) -> None:
-    """Set a ranges.Span's fields on a response's `headers` (a 416 has no Content-Length)."""
-    if sp.status == 416:
-        headers.popall("Content-Length", None)
-    for name, value in sp.fields:
-        headers[name] = value
-
-
-def _unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
-    """The 416 of a Range no part of which fits, with the response's other fields."""
-    out = CIMultiDict(headers)
-    _apply_span(out, sp)
-    return web.Response(status=416, headers=out)
-
-
 # ---------------------------------------------------------------------------- caching
 
 
@@ -144,14 +118,7 @@ class CacheLayer:
         self.clock = clock
         self._inflight: dict[str, Lead] = {}
         self._refreshing: set[str] = set()
-        self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
-        # Prepared hit heads live in the store's memory tier (bounded with it, evicted with
-        # the entries they belong to); the generation keeps a reload's heads apart.
-        self._head_generation = 0
-        # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
-        # re-read or replaced entry is never answered with another one's head.
-        self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
-        self._rereads: dict[str, asyncio.Future[Any]] = {}
+        self.hits = Hits(store, clock)
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -168,14 +135,10 @@ class CacheLayer:
         )
         self.compression = config.compression
         self._collapse_wait = c.collapse_timeout
-        # Prepared heads carry the cache name and Via of the configuration they were made in.
-        self._prepared.clear()
-        self._head_generation += 1
-        self._hit_heads.clear()
+        self.hits.reconfigure(self.name, self.via)
 
     async def close(self) -> None:
-        if self._rereads:
-            await asyncio.gather(*self._rereads.values(), return_exceptions=True)
+        await self.hits.close()
         await asyncio.to_thread(self.store.close)
 
     def status(self) -> dict[str, Any]:
@@ -218,21 +181,6 @@ class CacheLayer:
 
     # ------------------------------------------------------------------ store access
 
-    def _peek_body(self, entry: cp.CacheEntry) -> bytes | None:
-        return self.store.peek_body(entry)
-
-    async def _small_body(self, entry: cp.CacheEntry) -> bytes | None:
-        """The verified body of an entry small enough for the memory tier: from memory,
-        else read from disk (on the loop when it is small enough not to stall it, as
-        nginx's workers read their cache files; in a thread above that). None when it is
-        too big for the memory tier, or gone or damaged (then the entry was evicted)."""
-        body = self.store.peek_body(entry)
-        if body is not None or entry.body_length > self.store_memory_object_max:
-            return body
-        if entry.body_length <= _INLINE_READ_MAX:
-            return self.store.get_body(entry)
-        return await asyncio.to_thread(self.store.get_body, entry)
-
     async def _variants(self, key: str) -> tuple[cp.CacheEntry, ...]:
         entries = self.store.peek_variants(key)
         if entries is None:
@@ -240,6 +188,10 @@ class CacheLayer:
         return entries
 
     # ------------------------------------------------------------------ entry point
+
+    def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
+        """The raw fast path's answer for primary key `key` (see Hits.hit_wire)."""
+        return self.hits.hit_wire(key)
 
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
         return cp.CacheRequest(
@@ -278,7 +230,7 @@ class CacheLayer:
             decision = cp.lookup(creq, entries, now, self.policy)
         if isinstance(decision, cp.Fresh):
             status = cp.cache_status(self.name, hit=True, ttl=decision.ttl)
-            resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
+            resp = await self.hits.answer(request, creq, decision.entry, decision.age, status)
             if resp is not None:
                 return resp, ""
             decision = cp.Miss("uri-miss")
@@ -287,7 +239,7 @@ class CacheLayer:
             if decision.background:
                 self._refresh_later(proxy, request, creq, target, entry)
                 status = cp.decision_status(decision, self.name)
-                resp = await self._from_cache(request, creq, entry, decision.age, status)
+                resp = await self.hits.answer(request, creq, entry, decision.age, status)
                 if resp is not None:
                     return resp, ""
             return await self._fetch(proxy, request, creq, target, decision.fwd, entry)
@@ -299,7 +251,7 @@ class CacheLayer:
         if (
             decision.fwd == "vary-miss"
             and "Range" not in headers
-            and not any(name in headers for name in _PRECONDITIONS)
+            and not any(name in headers for name in PRECONDITIONS)
         ):
             # None of the stored variants matches, but the origin may well answer with one
             # of them: offer all their validators (RFC 9111 §4.3.1) so it can say 304.
@@ -307,203 +259,6 @@ class CacheLayer:
         return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd, variants)
 
     # ------------------------------------------------------------------ answering from cache
-
-    def _base_headers(
-        self, entry: cp.CacheEntry, version: tuple[int, int]
-    ) -> list[tuple[str, str]]:
-        ident = (entry.key, entry.variant, entry.sha256, entry.response_time, version)
-        pre = self._prepared.get(ident)
-        if pre is None:
-            stored = [
-                (k, v) for k, v in entry.headers if k.lower() not in ("age", "content-length")
-            ]
-            pre = list(client_response_headers(stored, version=version, via=self.via).items())
-            if len(self._prepared) > 4096:
-                self._prepared.clear()
-            self._prepared[ident] = pre
-        return pre
-
-    def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
-        """Status, head and body of an HTTP/1.1 response to a plain GET (no request
-        directives, conditionals or ranges) for primary key `key` when it is a fresh hit
-        whose body is small (read on the loop from disk when it is not in the memory tier,
-        see `_small_body`); None otherwise. Decided as the hit path of `serve` decides it."""
-        peeked = self.store.peek_single(key)
-        if peeked is None:
-            entries = self.store.variants(key)
-            if len(entries) != 1 or entries[0].body_length > _INLINE_READ_MAX:
-                return None
-            entry, read_ago = entries[0], 0.0
-            if cp.plain_fresh(entries, self.clock()) is None:
-                return None
-            disk_body = self.store.get_body(entry)
-            if disk_body is None:
-                return None
-            body = disk_body
-        else:
-            entry, body, read_ago = peeked
-        refresh = self.store.meta_refresh
-        if read_ago >= refresh:
-            # Due for its re-read (another process may have purged it): one thread re-reads
-            # it while hits keep being answered from memory, for one more period at most,
-            # instead of every request hopping to a thread until the re-read lands.
-            if read_ago >= 2 * refresh:
-                return None
-            self._reread(key)
-        fresh = cp.plain_fresh((entry,), self.clock())
-        if fresh is None:
-            return None
-        return entry.status, self._hit_head(entry, fresh.age, fresh.ttl), body
-
-    def _reread(self, key: str) -> None:
-        if key in self._rereads:
-            return
-        task = asyncio.ensure_future(asyncio.to_thread(self.store.variants, key))
-        self._rereads[key] = task
-        task.add_done_callback(lambda t: self._reread_done(key, t))
-
-    def _reread_done(self, key: str, task: asyncio.Future[Any]) -> None:
-        if self._rereads.get(key) is task:
-            del self._rereads[key]
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("re-reading cache metadata of %s failed: %r", key, task.exception())
-
-    def _hit_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
-        """`_serialized_head` plus Age and Cache-Status, remade only when they change."""
-        age_s = cp.age_value(age)
-        ttl_s = math.floor(ttl)
-        memo = self._hit_heads.get(entry.key)
-        if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
-            return memo[3]
-        status = cp.cache_status(self.name, hit=True, ttl=ttl)
-        tail = f"Age: {age_s}\r\nCache-Status: {status}\r\n\r\n"
-        head = self._serialized_head(entry) + tail.encode("latin-1", "replace")
-        if memo is None and len(self._hit_heads) > 4096:
-            self._hit_heads.clear()
-        self._hit_heads[entry.key] = (entry, age_s, ttl_s, head)
-        return head
-
-    def _serialized_head(self, entry: cp.CacheEntry) -> bytes:
-        """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
-        ident = (
-            f"h:{self._head_generation}\x1f{entry.key}\x1f{entry.variant}"
-            f"\x1f{entry.sha256}\x1f{entry.response_time!r}"
-        )
-        head: bytes | None = self.store.recall(ident)
-        if head is None:
-            reason = entry.reason or phrase(entry.status)
-            lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
-            lines.extend(f"{k}: {v}\r\n" for k, v in self._base_headers(entry, (1, 1)))
-            lines.append(f"Content-Length: {entry.body_length}\r\n")
-            # The values are in aiohttp's form (headers.wire_text): encoded as it would.
-            head = "".join(lines).encode("utf-8", "replace")
-            self.store.remember(ident, head, len(head) + len(ident) + 64)
-        return head
-
-    async def _from_cache(
-        self,
-        request: web.BaseRequest,
-        creq: cp.CacheRequest,
-        entry: cp.CacheEntry,
-        age: float,
-        cache_status: str,
-    ) -> web.StreamResponse | None:
-        """A response from a stored entry, or None when its body is gone or damaged."""
-        request_headers = request.headers
-        if (
-            request.method == "GET"
-            and request.version == (1, 1)
-            and "Range" not in request_headers
-            and not any(name in request_headers for name in _PRECONDITIONS)
-        ):
-            body = await self._small_body(entry)
-            if body is not None:
-                head = self._serialized_head(entry)
-                return SerializedResponse(entry.status, head, body, cp.age_value(age), cache_status)
-            if entry.body_length <= self.store_memory_object_max:
-                return None  # gone or damaged: evicted
-        headers = CIMultiDict(self._base_headers(entry, request.version))
-        headers["Age"] = str(cp.age_value(age))
-        headers["Cache-Status"] = cache_status
-        method = request.method
-        precondition = None
-        if any(name in request_headers for name in _PRECONDITIONS):
-            precondition = conditional.evaluate(
-                method, creq.headers, entry.headers, entry.response_time
-            )
-        if precondition == 304:
-            out = CIMultiDict(conditional.not_modified_headers(tuple(headers.items())))
-            return web.Response(status=304, headers=out)
-        if precondition == 412:
-            return status_response(412, cache_status)
-        length = entry.body_length
-        if method == "HEAD":
-            headers["Content-Length"] = str(length)
-            return web.Response(status=entry.status, reason=entry.reason or None, headers=headers)
-        if length > self.store_memory_object_max and self._peek_body(entry) is None:
-            return await self._stream_from_disk(request, creq, entry, headers)
-        body = await self._small_body(entry)
-        if body is None:
-            return None
-        if "Range" not in request_headers:
-            return web.Response(
-                status=entry.status, reason=entry.reason or None, headers=headers, body=body
-            )
-        decision = ranges.evaluate(method, entry.status, creq.headers, entry.headers, length)
-        sp = ranges.span(decision, entry.status, length)
-        if sp.status == 416:
-            return _unsatisfiable(headers, sp)
-        _apply_span(headers, sp)
-        part = body if sp.last is None else body[sp.first : sp.last + 1]
-        reason = (entry.reason or None) if sp.status == entry.status else None
-        return web.Response(status=sp.status, reason=reason, headers=headers, body=part)
-
-    @property
-    def store_memory_object_max(self) -> int:
-        return self.config.cache.memory_object_max
-
-    async def _stream_from_disk(
-        self,
-        request: web.BaseRequest,
-        creq: cp.CacheRequest,
-        entry: cp.CacheEntry,
-        headers: CIMultiDict[str],
-    ) -> web.StreamResponse | None:
-        reader = await asyncio.to_thread(self.store.open_body, entry)
-        if reader is None:
-            return None
-        decision = ranges.evaluate(
-            request.method, entry.status, creq.headers, entry.headers, entry.body_length
-        )
-        sp = ranges.span(decision, entry.status, entry.body_length)
-        if sp.status == 416:
-            reader.close()
-            return _unsatisfiable(headers, sp)
-        start = sp.first
-        end = entry.body_length - 1 if sp.last is None else sp.last
-        _apply_span(headers, sp)
-        reason = (entry.reason or None) if sp.status == entry.status else None
-        out = web.StreamResponse(status=sp.status, reason=reason, headers=headers)
-        try:
-            await out.prepare(request)
-            pos = 0
-            while True:
-                chunk = await asyncio.to_thread(reader.read_chunk, CHUNK)
-                if not chunk:
-                    break
-                lo, hi = max(start - pos, 0), min(end + 1 - pos, len(chunk))
-                pos += len(chunk)
-                if lo < hi:
-                    await out.write(chunk[lo:hi])
-            await out.write_eof()
-        except CorruptBodyError:
-            log.warning("damaged body for %s detected while streaming; connection cut", entry.key)
-            abort(request)
-        except ConnectionError:
-            pass
-        finally:
-            reader.close()
-        return out
 
     # ------------------------------------------------------------------ misses
 
@@ -572,7 +327,7 @@ class CacheLayer:
         decision = cp.lookup(creq, entries, self.clock(), self.policy)
         if isinstance(decision, cp.Fresh):
             status = cp.cache_status(self.name, hit=True, ttl=decision.ttl, collapsed=True)
-            resp = await self._from_cache(request, creq, decision.entry, decision.age, status)
+            resp = await self.hits.answer(request, creq, decision.entry, decision.age, status)
             if resp is not None:
                 return resp, ""
         return await self._fetch(proxy, request, creq, target, fwd, None)
@@ -589,23 +344,23 @@ class CacheLayer:
         if not isinstance(decision, cp.Fresh) or fill.state != "filling" or not fill.storing:
             return None
         request_headers = request.headers
-        if any(name in request_headers for name in _PRECONDITIONS):
+        if any(name in request_headers for name in PRECONDITIONS):
             return None
         rng: ranges.RangeDecision = ranges.Full()
         if "Range" in request_headers:
             if fill.length is None:
                 return None  # answered from the cache once stored, with its length
             rng = ranges.evaluate("GET", entry.status, creq.headers, entry.headers, fill.length)
-        headers = CIMultiDict(self._base_headers(entry, request.version))
+        headers = CIMultiDict(self.hits.base_headers(entry, request.version))
         headers["Age"] = str(cp.age_value(decision.age))
         headers["Cache-Status"] = cp.cache_status(
             self.name, hit=True, ttl=decision.ttl, collapsed=True, detail="filling"
         )
         sp = ranges.span(rng, entry.status, fill.length)
         if sp.status == 416:
-            return _unsatisfiable(headers, sp)
+            return unsatisfiable(headers, sp)
         first, last, status = sp.first, sp.last, sp.status
-        _apply_span(headers, sp)
+        apply_span(headers, sp)
         reason = (entry.reason or None) if status == entry.status else None
         out = web.StreamResponse(status=status, reason=reason, headers=headers)
         if not fill.join():
@@ -723,7 +478,7 @@ class CacheLayer:
                 stale, creq.headers, self.clock(), disconnected=True, config=self.policy
             ):
                 cstatus = cp.cache_status(self.name, hit=True, detail=f"stale-if-error; {exc.kind}")
-                resp = await self._from_cache(
+                resp = await self.hits.answer(
                     request, creq, stale, stale.age(self.clock()), cstatus
                 )
                 if resp is not None:
@@ -753,7 +508,7 @@ class CacheLayer:
                 cstatus = cp.cache_status(
                     self.name, fwd=fwd, fwd_status=304, ttl=chosen.ttl(self.clock())
                 )
-                resp = await self._from_cache(
+                resp = await self.hits.answer(
                     request, creq, chosen, chosen.age(self.clock()), cstatus
                 )
                 if resp is not None:
@@ -768,7 +523,7 @@ class CacheLayer:
             cstatus = cp.cache_status(
                 self.name, fwd="stale", fwd_status=304, ttl=updated.ttl(self.clock())
             )
-            resp = await self._from_cache(
+            resp = await self.hits.answer(
                 request, creq, updated, updated.age(self.clock()), cstatus
             )
             if resp is not None:
@@ -780,7 +535,7 @@ class CacheLayer:
                 proxy.finish_upstream(origin, upstream, ok=True)
                 await asyncio.to_thread(self.store.update, from_head)
                 cstatus = cp.cache_status(self.name, fwd="stale", fwd_status=200)
-                resp = await self._from_cache(
+                resp = await self.hits.answer(
                     request, creq, from_head, from_head.age(self.clock()), cstatus
                 )
                 if resp is not None:
@@ -790,7 +545,7 @@ class CacheLayer:
             cstatus = cp.cache_status(
                 self.name, hit=True, fwd_status=status, detail="stale-if-error"
             )
-            resp = await self._from_cache(request, creq, stale, stale.age(self.clock()), cstatus)
+            resp = await self.hits.answer(request, creq, stale, stale.age(self.clock()), cstatus)
             if resp is not None:
                 return resp, origin.url
         if outcome == "refetch-range":
@@ -990,7 +745,7 @@ class CacheLayer:
         first, last = sp.first, sp.last
         if sp.status == 206:
             out.set_status(206)
-            _apply_span(out.headers, sp)
+            apply_span(out.headers, sp)
         fill = None
         if writer is not None and not no_body:
             entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
@@ -1010,7 +765,7 @@ class CacheLayer:
             proxy.spawn(self._run_fill(proxy, fill, origin, upstream, comp, lead))
             if sp.status == 416:
                 fill.leave_unread()
-                return _unsatisfiable(out.headers, sp), origin.url
+                return unsatisfiable(out.headers, sp), origin.url
             await fill.send(out, request, first, last)
             return out, origin.url
         if writer is None and lead is not None:
@@ -1018,7 +773,7 @@ class CacheLayer:
         if sp.status == 416:
             upstream.close()
             proxy.finish_upstream(origin, upstream, ok=True)
-            return _unsatisfiable(out.headers, sp), origin.url
+            return unsatisfiable(out.headers, sp), origin.url
         stop = None if last is None else last + 1
         pos = 0
         try:

@@ -683,6 +683,11 @@ class Store:
             self._memory.pop(_meta_key(key))
 
     @property
+    def memory_object_max(self) -> int:
+        """The biggest body the memory tier keeps."""
+        return self._memory_object_max
+
+    @property
     def meta_refresh(self) -> float:
         """Seconds a variant list is used from memory before it is re-read from disk."""
         return self._meta_refresh

@@ -709,7 +709,7 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
             assert other.purge_url(req.key) == 1
         clock.t += 1.5  # the list is due: still answered, and re-read in the background
         assert layer.hit_wire(req.key) is not None
-        assert await until(lambda: not layer._rereads)
+        assert await until(lambda: not layer.hits._rereads)
         assert layer.hit_wire(req.key) is None  # the re-read saw the purge
         assert store.put(stored, b"again") is not None
         clock.t += 2.5  # due, but nothing was taken away since: still answered

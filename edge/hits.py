@@ -1,0 +1,290 @@
+"""Answering from the cache: the hit path, wherever a stored entry is served from.
+
+`hit_wire` gives the raw fast path (edge.fasthit) the wire bytes of a plain GET's fresh hit,
+from memory or, for a small body, read from disk on the event loop; `answer` builds the
+response of the full handler (conditionals, HEAD, ranges, bodies streamed from disk when
+big). Both decide with edge.cache_policy (plain_fresh, age_value, cache_status) and answer
+a Range with edge.ranges.span. Prepared heads (the status line and stored fields in their
+client form) are kept in the store's memory tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge import cache_policy as cp
+from edge import conditional, ranges
+from edge.aiohttp_internals import SerializedResponse
+from edge.errors import CorruptBodyError
+from edge.exchange import CHUNK, abort, phrase, status_response
+from edge.headers import client_response_headers
+from edge.store import Store
+
+log = logging.getLogger("edge.cache")
+
+# Bodies up to this size are read from disk on the event loop (a page-cache read costs less
+# than the hop to a thread); bigger ones in a thread.
+INLINE_READ_MAX = 64 * 1024
+PRECONDITIONS = frozenset({"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"})
+
+
+def apply_span(headers: CIMultiDict[str], sp: ranges.Span) -> None:
+    """Set a ranges.Span's fields on a response's `headers` (a 416 has no Content-Length)."""
+    if sp.status == 416:
+        headers.popall("Content-Length", None)
+    for name, value in sp.fields:
+        headers[name] = value
+
+
+def unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
+    """The 416 of a Range no part of which fits, with the response's other fields."""
+    out = CIMultiDict(headers)
+    apply_span(out, sp)
+    return web.Response(status=416, headers=out)
+
+
+class Hits:
+    """Stored entries as responses. One per cache layer; `reconfigure` on a reload."""
+
+    def __init__(self, store: Store, clock: Any) -> None:
+        self.store = store
+        self.clock = clock
+        self.name = "GeoEdge"
+        self.via = ""
+        self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
+        # Prepared hit heads live in the store's memory tier (bounded with it, evicted with
+        # the entries they belong to); the generation keeps a reload's heads apart.
+        self._head_generation = 0
+        # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
+        # re-read or replaced entry is never answered with another one's head.
+        self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
+        self._rereads: dict[str, asyncio.Future[Any]] = {}
+
+    def reconfigure(self, name: str, via: str) -> None:
+        """Prepared heads carry the cache name and Via of the configuration they were made
+        in: a reload starts them afresh."""
+        self.name = name
+        self.via = via
+        self._prepared.clear()
+        self._head_generation += 1
+        self._hit_heads.clear()
+
+    async def close(self) -> None:
+        if self._rereads:
+            await asyncio.gather(*self._rereads.values(), return_exceptions=True)
+
+    def peek_body(self, entry: cp.CacheEntry) -> bytes | None:
+        return self.store.peek_body(entry)
+
+    async def small_body(self, entry: cp.CacheEntry) -> bytes | None:
+        """The verified body of an entry small enough for the memory tier: from memory,
+        else read from disk (on the loop when it is small enough not to stall it, as
+        nginx's workers read their cache files; in a thread above that). None when it is
+        too big for the memory tier, or gone or damaged (then the entry was evicted)."""
+        body = self.store.peek_body(entry)
+        if body is not None or entry.body_length > self.memory_object_max:
+            return body
+        if entry.body_length <= INLINE_READ_MAX:
+            return self.store.get_body(entry)
+        return await asyncio.to_thread(self.store.get_body, entry)
+
+    def base_headers(self, entry: cp.CacheEntry, version: tuple[int, int]) -> list[tuple[str, str]]:
+        ident = (entry.key, entry.variant, entry.sha256, entry.response_time, version)
+        pre = self._prepared.get(ident)
+        if pre is None:
+            stored = [
+                (k, v) for k, v in entry.headers if k.lower() not in ("age", "content-length")
+            ]
+            pre = list(client_response_headers(stored, version=version, via=self.via).items())
+            if len(self._prepared) > 4096:
+                self._prepared.clear()
+            self._prepared[ident] = pre
+        return pre
+
+    def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
+        """Status, head and body of an HTTP/1.1 response to a plain GET (no request
+        directives, conditionals or ranges) for primary key `key` when it is a fresh hit
+        whose body is small (read on the loop from disk when it is not in the memory tier,
+        see `_small_body`); None otherwise. Decided as the hit path of `serve` decides it."""
+        peeked = self.store.peek_single(key)
+        if peeked is None:
+            entries = self.store.variants(key)
+            if len(entries) != 1 or entries[0].body_length > INLINE_READ_MAX:
+                return None
+            entry, read_ago = entries[0], 0.0
+            if cp.plain_fresh(entries, self.clock()) is None:
+                return None
+            disk_body = self.store.get_body(entry)
+            if disk_body is None:
+                return None
+            body = disk_body
+        else:
+            entry, body, read_ago = peeked
+        refresh = self.store.meta_refresh
+        if read_ago >= refresh:
+            # Due for its re-read (another process may have purged it): one thread re-reads
+            # it while hits keep being answered from memory, for one more period at most,
+            # instead of every request hopping to a thread until the re-read lands.
+            if read_ago >= 2 * refresh:
+                return None
+            self._reread(key)
+        fresh = cp.plain_fresh((entry,), self.clock())
+        if fresh is None:
+            return None
+        return entry.status, self._hit_head(entry, fresh.age, fresh.ttl), body
+
+    def _reread(self, key: str) -> None:
+        if key in self._rereads:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self.store.variants, key))
+        self._rereads[key] = task
+        task.add_done_callback(lambda t: self._reread_done(key, t))
+
+    def _reread_done(self, key: str, task: asyncio.Future[Any]) -> None:
+        if self._rereads.get(key) is task:
+            del self._rereads[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("re-reading cache metadata of %s failed: %r", key, task.exception())
+
+    def _hit_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
+        """`_serialized_head` plus Age and Cache-Status, remade only when they change."""
+        age_s = cp.age_value(age)
+        ttl_s = math.floor(ttl)
+        memo = self._hit_heads.get(entry.key)
+        if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
+            return memo[3]
+        status = cp.cache_status(self.name, hit=True, ttl=ttl)
+        tail = f"Age: {age_s}\r\nCache-Status: {status}\r\n\r\n"
+        head = self.serialized_head(entry) + tail.encode("latin-1", "replace")
+        if memo is None and len(self._hit_heads) > 4096:
+            self._hit_heads.clear()
+        self._hit_heads[entry.key] = (entry, age_s, ttl_s, head)
+        return head
+
+    def serialized_head(self, entry: cp.CacheEntry) -> bytes:
+        """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
+        ident = (
+            f"h:{self._head_generation}\x1f{entry.key}\x1f{entry.variant}"
+            f"\x1f{entry.sha256}\x1f{entry.response_time!r}"
+        )
+        head: bytes | None = self.store.recall(ident)
+        if head is None:
+            reason = entry.reason or phrase(entry.status)
+            lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
+            lines.extend(f"{k}: {v}\r\n" for k, v in self.base_headers(entry, (1, 1)))
+            lines.append(f"Content-Length: {entry.body_length}\r\n")
+            # The values are in aiohttp's form (headers.wire_text): encoded as it would.
+            head = "".join(lines).encode("utf-8", "replace")
+            self.store.remember(ident, head, len(head) + len(ident) + 64)
+        return head
+
+    async def answer(
+        self,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        entry: cp.CacheEntry,
+        age: float,
+        cache_status: str,
+    ) -> web.StreamResponse | None:
+        """A response from a stored entry, or None when its body is gone or damaged."""
+        request_headers = request.headers
+        if (
+            request.method == "GET"
+            and request.version == (1, 1)
+            and "Range" not in request_headers
+            and not any(name in request_headers for name in PRECONDITIONS)
+        ):
+            body = await self.small_body(entry)
+            if body is not None:
+                head = self.serialized_head(entry)
+                return SerializedResponse(entry.status, head, body, cp.age_value(age), cache_status)
+            if entry.body_length <= self.memory_object_max:
+                return None  # gone or damaged: evicted
+        headers = CIMultiDict(self.base_headers(entry, request.version))
+        headers["Age"] = str(cp.age_value(age))
+        headers["Cache-Status"] = cache_status
+        method = request.method
+        precondition = None
+        if any(name in request_headers for name in PRECONDITIONS):
+            precondition = conditional.evaluate(
+                method, creq.headers, entry.headers, entry.response_time
+            )
+        if precondition == 304:
+            out = CIMultiDict(conditional.not_modified_headers(tuple(headers.items())))
+            return web.Response(status=304, headers=out)
+        if precondition == 412:
+            return status_response(412, cache_status)
+        length = entry.body_length
+        if method == "HEAD":
+            headers["Content-Length"] = str(length)
+            return web.Response(status=entry.status, reason=entry.reason or None, headers=headers)
+        if length > self.memory_object_max and self.peek_body(entry) is None:
+            return await self._stream_from_disk(request, creq, entry, headers)
+        body = await self.small_body(entry)
+        if body is None:
+            return None
+        if "Range" not in request_headers:
+            return web.Response(
+                status=entry.status, reason=entry.reason or None, headers=headers, body=body
+            )
+        decision = ranges.evaluate(method, entry.status, creq.headers, entry.headers, length)
+        sp = ranges.span(decision, entry.status, length)
+        if sp.status == 416:
+            return unsatisfiable(headers, sp)
+        apply_span(headers, sp)
+        part = body if sp.last is None else body[sp.first : sp.last + 1]
+        reason = (entry.reason or None) if sp.status == entry.status else None
+        return web.Response(status=sp.status, reason=reason, headers=headers, body=part)
+
+    @property
+    def memory_object_max(self) -> int:
+        return self.store.memory_object_max
+
+    async def _stream_from_disk(
+        self,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        entry: cp.CacheEntry,
+        headers: CIMultiDict[str],
+    ) -> web.StreamResponse | None:
+        reader = await asyncio.to_thread(self.store.open_body, entry)
+        if reader is None:
+            return None
+        decision = ranges.evaluate(
+            request.method, entry.status, creq.headers, entry.headers, entry.body_length
+        )
+        sp = ranges.span(decision, entry.status, entry.body_length)
+        if sp.status == 416:
+            reader.close()
+            return unsatisfiable(headers, sp)
+        start = sp.first
+        end = entry.body_length - 1 if sp.last is None else sp.last
+        apply_span(headers, sp)
+        reason = (entry.reason or None) if sp.status == entry.status else None
+        out = web.StreamResponse(status=sp.status, reason=reason, headers=headers)
+        try:
+            await out.prepare(request)
+            pos = 0
+            while True:
+                chunk = await asyncio.to_thread(reader.read_chunk, CHUNK)
+                if not chunk:
+                    break
+                lo, hi = max(start - pos, 0), min(end + 1 - pos, len(chunk))
+                pos += len(chunk)
+                if lo < hi:
+                    await out.write(chunk[lo:hi])
+            await out.write_eof()
+        except CorruptBodyError:
+            log.warning("damaged body for %s detected while streaming; connection cut", entry.key)
+            abort(request)
+        except ConnectionError:
+            pass
+        finally:
+            reader.close()
+        return out
