@@ -5,7 +5,7 @@ from memory or, for a small body, read from disk on the event loop; `answer` bui
 response of the full handler (conditionals, HEAD, ranges, bodies streamed from disk when
 big). Both decide with edge.cache_policy (plain_fresh, age_value, cache_status) and answer
 a Range with edge.ranges.span. Prepared heads (the status line and stored fields in their
-client form) are kept in the store's memory tier.
+client form) are kept in a bounded LRU beside the memory tier.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -58,9 +59,11 @@ class Hits:
         self.name = "GeoEdge"
         self.via = ""
         self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
-        # Prepared hit heads live in the store's memory tier (bounded with it, evicted with
-        # the entries they belong to); the generation keeps a reload's heads apart.
-        self._head_generation = 0
+        # Prepared hit heads (a few hundred bytes each), least recently used out: one per
+        # 4 KiB of memory tier, at least 4096, so a working set the memory tier holds keeps
+        # its heads (about 8% of memory_bytes at most, beside it).
+        self._heads: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._heads_max = max(4096, store.memory_bytes // 4096)
         # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
         # re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
@@ -72,7 +75,7 @@ class Hits:
         self.name = name
         self.via = via
         self._prepared.clear()
-        self._head_generation += 1
+        self._heads.clear()
         self._hit_heads.clear()
 
     async def close(self) -> None:
@@ -169,19 +172,21 @@ class Hits:
 
     def serialized_head(self, entry: cp.CacheEntry) -> bytes:
         """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
-        ident = (
-            f"h:{self._head_generation}\x1f{entry.key}\x1f{entry.variant}"
-            f"\x1f{entry.sha256}\x1f{entry.response_time!r}"
-        )
-        head: bytes | None = self.store.recall(ident)
-        if head is None:
+        ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
+        heads = self._heads
+        head = heads.get(ident)
+        if head is not None:
+            heads.move_to_end(ident)
+        else:
             reason = entry.reason or phrase(entry.status)
             lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
             lines.extend(f"{k}: {v}\r\n" for k, v in self.base_headers(entry, (1, 1)))
             lines.append(f"Content-Length: {entry.body_length}\r\n")
             # The values are in aiohttp's form (headers.wire_text): encoded as it would.
             head = "".join(lines).encode("utf-8", "replace")
-            self.store.remember(ident, head, len(head) + len(ident) + 64)
+            heads[ident] = head
+            if len(heads) > self._heads_max:
+                heads.popitem(last=False)
         return head
 
     async def answer(

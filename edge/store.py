@@ -683,6 +683,11 @@ class Store:
             self._memory.pop(_meta_key(key))
 
     @property
+    def memory_bytes(self) -> int:
+        """The memory tier's budget."""
+        return self._memory.max_bytes
+
+    @property
     def memory_object_max(self) -> int:
         """The biggest body the memory tier keeps."""
         return self._memory_object_max
@@ -730,17 +735,6 @@ class Store:
         if read_ago >= self._meta_refresh and self._still_stored(mkey, cached, now):
             read_ago = 0.0
         return entry, body, read_ago
-
-    def remember(self, key: str, value: Any, cost: int) -> None:
-        """Keep something derived from stored entries (a prepared response head) in the
-        memory tier, within its budget; `key` must not start like the store's own keys."""
-        with self._lock:
-            self._memory.put(key, value, cost)
-
-    def recall(self, key: str) -> Any:
-        """What `remember` kept under `key`, if the memory tier still holds it."""
-        with self._lock:
-            return self._memory.get(key)
 
     def peek_body(self, entry: CacheEntry) -> bytes | None:
         """The verified body from the memory tier only (non-blocking), or None."""
