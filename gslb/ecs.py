@@ -124,10 +124,3 @@ def answer_scope(ecs: ClientSubnet | None, where: Location | None, tailored: boo
         return 0
     cap = CAP_IPV4 if ecs.family == FAMILY_IPV4 else CAP_IPV6
     return min(where.network.prefixlen, cap)
-
-
-def subnet_of(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ClientSubnet:
-    """The ECS option a resolver would send for `network` (as a query carries it)."""
-    family = FAMILY_IPV4 if network.version == 4 else FAMILY_IPV6
-    octets = network.network_address.packed[: (network.prefixlen + 7) // 8]
-    return ClientSubnet(family, network.prefixlen, 0, octets)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from geo.location import Location, Locator
-from gslb.ecs import ClientSubnet, answer_scope, subnet_of
+from gslb.ecs import ClientSubnet, answer_scope
 from gslb.errors import ExplainError
 from gslb.metrics import rcode_name
 from gslb.models import HealthView, Pool
@@ -92,7 +92,7 @@ def client_subnet(text: str) -> ClientSubnet:
         ) from None
     if net.prefixlen == 0:
         raise ExplainError(f"client {text!r}: a /0 subnet says nothing about where it is")
-    return subnet_of(net)
+    return ClientSubnet.for_network(net)
 
 
 def _location(where: Location | None) -> dict[str, Any] | None:

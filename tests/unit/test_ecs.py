@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geo.location import Location
-from gslb.ecs import ClientSubnet, answer_scope, decision_address, subnet_of
+from gslb.ecs import ClientSubnet, answer_scope, decision_address
 from gslb.errors import FormError
 
 
@@ -108,7 +108,7 @@ def test_answer_scope_is_the_deciding_network_capped() -> None:
     assert answer_scope(ecs, wide, False) == 0  # not tailored to the client
     assert answer_scope(None, wide, True) == 0
     assert answer_scope(ecs, None, True) == 0
-    v6 = subnet_of(ipaddress.ip_network("2001:db8::/64"))
+    v6 = ClientSubnet.for_network(ipaddress.ip_network("2001:db8::/64"))
     assert (
         answer_scope(v6, Location(0, 0, None, None, ipaddress.ip_network("2001:db8::/60")), True)
         == 56
@@ -116,9 +116,9 @@ def test_answer_scope_is_the_deciding_network_capped() -> None:
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(1, 32))
-def test_subnet_of_is_what_a_resolver_sends(value: int, prefix: int) -> None:
+def test_for_network_is_what_a_resolver_sends(value: int, prefix: int) -> None:
     net = ipaddress.IPv4Network((value, prefix), strict=False)
-    ecs = subnet_of(net)
+    ecs = ClientSubnet.for_network(net)
     assert ClientSubnet.decode(ecs.encode(0)[4:]) == ecs
     assert ecs.text() == str(net)
 
