@@ -114,32 +114,34 @@ class Hits:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
         directives, conditionals or ranges) for primary key `key` when it is a fresh hit
         whose body is small (read on the loop from disk when it is not in the memory tier,
-        see `_small_body`); None otherwise. Decided as the hit path of `serve` decides it."""
+        see `small_body`); None otherwise. Decided as the hit path of `serve` decides it."""
+        now = self.clock()
         peeked = self.store.peek_single(key)
         if peeked is None:
             entries = self.store.variants(key)
             if len(entries) != 1 or entries[0].body_length > INLINE_READ_MAX:
                 return None
-            entry, read_ago = entries[0], 0.0
-            if cp.plain_fresh(entries, self.clock()) is None:
+            fresh = cp.plain_fresh(entries, now)  # before the body is read, not after
+            if fresh is None:
                 return None
-            disk_body = self.store.get_body(entry)
-            if disk_body is None:
+            body = self.store.get_body(fresh.entry)
+            if body is None:
                 return None
-            body = disk_body
         else:
             entry, body, read_ago = peeked
-        refresh = self.store.meta_refresh
-        if read_ago >= refresh:
-            # Due for its re-read (another process may have purged it): one thread re-reads
-            # it while hits keep being answered from memory, for one more period at most,
-            # instead of every request hopping to a thread until the re-read lands.
-            if read_ago >= 2 * refresh:
+            refresh = self.store.meta_refresh
+            if read_ago >= refresh:
+                # Due for its re-read (another process may have purged it): one thread
+                # re-reads it while hits keep being answered from memory, for one more
+                # period at most, instead of every request hopping to a thread until the
+                # re-read lands.
+                if read_ago >= 2 * refresh:
+                    return None
+                self._reread(key)
+            fresh = cp.plain_fresh((entry,), now)
+            if fresh is None:
                 return None
-            self._reread(key)
-        fresh = cp.plain_fresh((entry,), self.clock())
-        if fresh is None:
-            return None
+        entry = fresh.entry
         return entry.status, self._hit_head(entry, fresh.age, fresh.ttl), body
 
     def _reread(self, key: str) -> None:
