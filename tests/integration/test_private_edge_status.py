@@ -5,28 +5,16 @@ token, on 127.0.0.1."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from gslb.config import parse_config
 from gslb.health import HealthStore
 from gslb.poller import EdgePoller
 from tests.integration.edge_helpers import edge_config, origins, running_edge
+from tests.integration.test_edge_tls import _cert
 from tests.integration.test_gslb_poller import running, until
 
 TOKEN = "private-status-token-0123456789"
-
-
-def _ip_cert(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "admin.crt", directory / "admin.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=edge",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def _gslb(tmp_path: Path, url: str, cert: Path, token: bool) -> object:
@@ -61,7 +49,7 @@ edges = ["fra"]
 
 
 async def test_gslb_probes_a_private_https_admin_api_with_the_edge_token(tmp_path: Path) -> None:
-    cert, key = _ip_cert(tmp_path)
+    cert, key = _cert(tmp_path, "admin", "IP:127.0.0.1")
     (tmp_path / "admin.token").write_text(TOKEN + "\n")
     admin = {
         "listen": "127.0.0.1:0",
