@@ -90,19 +90,25 @@ INTERIM: ContextVar[Callable[[int, RawHeaders], Awaitable[None]] | None] = Conte
 )
 
 
-def missing() -> list[str]:
+async def missing() -> list[str]:
     """`Class.name` for each name of `PRIVATE` the installed aiohttp lacks."""
     present = _instances()
-    return [
-        f"{owner}.{name}"
-        for owner, names in PRIVATE.items()
-        for name in names
-        if not hasattr(present[owner], name)
-    ]
+    connector = present["TCPConnector"]
+    assert isinstance(connector, aiohttp.TCPConnector)
+    try:
+        return [
+            f"{owner}.{name}"
+            for owner, names in PRIVATE.items()
+            for name in names
+            if not hasattr(present[owner], name)
+        ]
+    finally:
+        await connector.close()
 
 
 def _instances() -> dict[str, object]:
-    """One real instance of each class in `PRIVATE` (needs a running loop)."""
+    """One real instance of each class in `PRIVATE` (needs a running loop); the caller
+    closes the TCPConnector."""
     loop = asyncio.get_running_loop()
 
     async def nothing(request: web.BaseRequest) -> web.StreamResponse:
@@ -121,13 +127,12 @@ def _instances() -> dict[str, object]:
         "SockSite": web.SockSite,
         "ServerRunner": web.ServerRunner,
     }
-    loop.create_task(connector.close())  # noqa: RUF006 - closing an unused connector
     return instances
 
 
-def check_version() -> None:
+async def check_version() -> None:
     """Raise RuntimeError naming the private names the installed aiohttp lacks."""
-    gone = missing()
+    gone = await missing()
     if gone:
         raise RuntimeError(
             f"aiohttp {aiohttp.__version__} is not supported by this edge: it lacks "

@@ -287,7 +287,7 @@ class EdgeRuntime:
         return self.app[PROXY]
 
     async def start(self) -> None:
-        aiohttp_internals.check_version()
+        await aiohttp_internals.check_version()
         config = self.config
         self._app_runner = web.AppRunner(self.app, access_log=None)
         await self._app_runner.setup()
