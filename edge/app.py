@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import socket
 import tempfile
@@ -165,10 +166,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         follower = asyncio.create_task(ProbeFollower(pool, prober, stats).run())
     else:
         prober.start()
-    flusher = asyncio.create_task(_flush_periodically(access_log))
+    flusher = asyncio.create_task(_every(0.5, access_log.flush))
     recency = None
     if cache is not None:
-        recency = asyncio.create_task(_write_back_recency(cache))
+        # The store's LRU order: the entries read since the last time, stamped as used.
+        store = cache.store
+        recency = asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(store.flush_recency)))
     publisher = None
     if stats is not None:
 
@@ -203,17 +206,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             tmp.cleanup()
 
 
-async def _write_back_recency(cache: CacheLayer) -> None:
-    """Every 2 s, stamp the entries read since as used (the store's LRU order)."""
+async def _every(seconds: float, job: Callable[[], Any]) -> None:
+    """Run `job` every `seconds` until cancelled (awaiting it when it returns an awaitable)."""
     while True:
-        await asyncio.sleep(2.0)
-        await asyncio.to_thread(cache.store.flush_recency)
-
-
-async def _flush_periodically(access_log: AccessLog) -> None:
-    while True:
-        await asyncio.sleep(0.5)
-        access_log.flush()
+        await asyncio.sleep(seconds)
+        done = job()
+        if inspect.isawaitable(done):
+            await done
 
 
 def _redirect_handler(
