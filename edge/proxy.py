@@ -62,8 +62,10 @@ log = logging.getLogger("edge.proxy")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Every other method, including unknown ones (M-SEARCH...), is unsafe (RFC 9111 §4.4).
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
-# Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
-_PLAIN_MEMO = 2048
+# What Proxy.answer_plain_get remembers per scheme of the segments it parsed (each looked up
+# next time instead of parsed again): segments of at most 2 KiB, counted at their length
+# plus 512 bytes (the parsed request and its key), within 8 MiB; then it starts afresh.
+_PLAIN_MEMO_BYTES = 8 << 20
 
 
 class Proxy:
@@ -101,6 +103,7 @@ class Proxy:
             "http": {},
             "https": {},
         }
+        self._plain_memo_bytes = {"http": 0, "https": 0}
         self._cache_tag = config.server.cache_name
         self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
         self._strip = frozenset(config.server.strip_request_headers)
@@ -194,10 +197,13 @@ class Proxy:
         plain = memo.get(data)
         if plain is None:
             plain = self._plain_get(data, scheme)
-            if len(data) <= 2048:  # bounded: at most _PLAIN_MEMO entries of 2 KiB
-                if len(memo) >= _PLAIN_MEMO:
+            if len(data) <= 2048:
+                cost = len(data) + 512
+                if self._plain_memo_bytes[scheme] + cost > _PLAIN_MEMO_BYTES:
                     memo.clear()
+                    self._plain_memo_bytes[scheme] = 0
                 memo[data] = plain
+                self._plain_memo_bytes[scheme] += cost
         if not plain:
             return None
         key, req = plain

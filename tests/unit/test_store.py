@@ -445,6 +445,7 @@ def test_non_blocking_peeks(tmp_path: Path) -> None:
         assert s.peek_body(e) is None
         assert s.peek_single(e.key) is None
         (got,) = s.variants(e.key)
+        assert s.peek_single(e.key) == (got, None, None)  # in the index, body not read yet
         assert s.get_body(got) == b"peek"
         assert s.peek_variants(e.key) == (got,)
         assert s.peek_body(got) == b"peek"
@@ -480,13 +481,13 @@ def test_peeks_after_a_commit_need_no_disk_read(tmp_path: Path) -> None:
         assert e is not None
         assert s.peek_variants(e.key) == (e,)
         assert s.peek_body(e) == b"streamed"
-        assert s.peek_single(e.key) == (e, b"streamed", 0.0)
+        assert s.peek_single(e.key) == (e, b"streamed", None)
         put = s.put(entry("/p"), b"put")
-        assert put is not None and s.peek_single(put.key) == (put, b"put", 0.0)
+        assert put is not None and s.peek_single(put.key) == (put, b"put", None)
         big = s.put(entry("/big"), b"b" * 101)  # above memory_object_max: metadata only
         assert big is not None
         assert s.peek_variants(big.key) == (big,)
-        assert s.peek_body(big) is None and s.peek_single(big.key) is None
+        assert s.peek_body(big) is None and s.peek_single(big.key) == (big, None, None)
         w = s.writer()
         assert w is not None
         w.write(b"c" * 60)
@@ -498,7 +499,7 @@ def test_peeks_after_a_commit_need_no_disk_read(tmp_path: Path) -> None:
         newer = s.put(entry(), b"newer")
         assert newer is not None
         assert s.peek_body(e) is None
-        assert s.peek_single(e.key) == (newer, b"newer", 0.0)
+        assert s.peek_single(e.key) == (newer, b"newer", None)
         # A removal forgets both.
         assert s.purge_url(e.key) == 1
         assert s.peek_variants(e.key) is None and s.peek_single(e.key) is None
@@ -509,18 +510,37 @@ def test_single_peek_keeps_a_list_due_for_its_re_read(tmp_path: Path) -> None:
     with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
         e = s.put(entry(), b"aged")
         assert e is not None
-        clock.t += 1.5  # due, but the epoch did not move: the list is renewed
-        assert s.peek_single(e.key) == (e, b"aged", 0.0)
+        clock.t += 1.5  # due, but the epoch did not move: the list is still current
+        assert s.peek_single(e.key) == (e, b"aged", None)
         assert s.peek_variants(e.key) == (e,)
         with Store(tmp_path) as other:  # another process updates it: the epoch moves
             assert other.update(e)
-        clock.t += 1.5
+        clock.t += 0.5
         assert s.peek_variants(e.key) is None  # due: the plain peek declines
-        assert s.peek_single(e.key) == (e, b"aged", 1.5)  # kept for the fast path meanwhile
+        # Kept for the fast path meanwhile, with how long ago it was last known current
+        # (the last look at the epoch before it moved).
+        assert s.peek_single(e.key) == (e, b"aged", 0.5)
+        clock.t += 0.25
+        assert s.peek_single(e.key) == (e, b"aged", 0.75)
         assert s.variants(e.key) == (e,)  # the re-read
-        assert s.peek_single(e.key) == (e, b"aged", 0.0)
+        assert s.peek_single(e.key) == (e, b"aged", None)
         assert s.peek_single("https://example.com/none") is None
         assert s.meta_refresh == 1.0
+
+
+def test_a_list_not_looked_at_since_the_epoch_moved_is_stale_for_its_whole_age(
+    tmp_path: Path,
+) -> None:
+    # No look at the epoch between the read and the move: the list is known current only
+    # as of its read, however late the move is noticed.
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
+        e = s.put(entry(), b"old")
+        assert e is not None
+        with Store(tmp_path) as other:
+            assert other.update(e)
+        clock.t += 600
+        assert s.peek_single(e.key) == (e, b"old", 600)
 
 
 def test_several_variants_are_not_a_single_peek(tmp_path: Path) -> None:
@@ -554,8 +574,12 @@ def test_reads_take_no_write_transaction_and_recency_is_written_back(tmp_path: P
     # written in one batch, and eviction still spares what was read.
     big = 40_000  # stored as files, like real bodies
     # diskcache culls 16 rows (8 entries) at a time: 40 entries, room for a few more.
-    with Store(tmp_path, size_limit=44 * big, memory_bytes=0) as s:
+    clock = Clock()
+    with Store(tmp_path, size_limit=44 * big, memory_bytes=0, clock=clock) as s:
         stored = [s.put(entry(f"/{i}"), bytes([i % 256]) * big) for i in range(40)]
+        assert all(e is not None and s.variants(e.key) for e in stored)
+        assert s.flush_recency() == 0  # stamped when written: a hit within 30 s adds none
+        clock.t += 30
         assert all(e is not None and s.variants(e.key) for e in stored)
         assert s.flush_recency() == 80  # every entry was read just now
         s._forget(stored[0].key)  # type: ignore[union-attr]  # read it from disk again
