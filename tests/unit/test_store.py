@@ -626,3 +626,44 @@ def test_disk_use_stays_within_size_limit_under_churn(tmp_path: Path) -> None:
         on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*.val"))
         assert on_disk <= limit + 40_000 * 2
         assert s.variants("https://example.com/churn/249")  # the newest is kept
+
+
+def test_a_body_cut_short_after_its_first_read_is_still_caught(tmp_path: Path) -> None:
+    # Later reads of a body verified once go straight to its file and check its length.
+    body = os.urandom(50_000)
+    with Store(tmp_path, memory_bytes=0) as s:
+        e = s.put(entry(), body)
+        assert e is not None
+        (got,) = s.variants(e.key)
+        assert s.get_body(got) == body  # verified, its file remembered
+        assert s.get_body(got) == body  # from the file it was found in
+        (path,) = body_files(tmp_path)
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+        assert s.get_body(got) is None
+        assert s.stats().corrupt == 1
+        assert s.variants(e.key) == ()
+
+
+def test_a_remembered_body_file_gone_reads_as_a_miss(tmp_path: Path) -> None:
+    body = os.urandom(50_000)
+    with Store(tmp_path, memory_bytes=0) as s:
+        e = s.put(entry(), body)
+        assert e is not None and s.get_body(e) == body
+        (path,) = body_files(tmp_path)
+        os.unlink(path)
+        assert s.get_body(e) is None
+        assert s.variants(e.key) == ()
+
+
+def test_index_bytes_is_read_from_the_cache_section() -> None:
+    from edge.config import from_mapping
+    from edge.errors import ConfigError
+
+    base = {"pool": {"origins": ["http://127.0.0.1:9001"]}}
+    assert from_mapping({**base, "cache": {"index_bytes": "8MiB"}}, "e.toml").cache.index_bytes == (
+        8 << 20
+    )
+    assert from_mapping(base, "e.toml").cache.index_bytes == 64 << 20
+    with pytest.raises(ConfigError, match=r"e\.toml: cache\.index_bytes"):
+        from_mapping({**base, "cache": {"index_bytes": "lots"}}, "e.toml")
