@@ -96,7 +96,17 @@ class _CommittedFile:
 
 
 class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
-    """diskcache Disk that only knows str keys and bytes values: no pickle either way."""
+    """diskcache Disk that only knows str keys and bytes values: no pickle either way.
+
+    ``placed`` says, per thread, where the last value stored went: the path of its file,
+    or "" for a row of the database."""
+
+    _where = threading.local()
+
+    @property
+    def placed(self) -> str:
+        where: str = getattr(self._where, "path", "")
+        return where
 
     def put(self, key: Any) -> tuple[Any, bool]:
         if type(key) is not str:
@@ -113,10 +123,13 @@ class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
             filename, full_path = self.filename(key, value)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.replace(value.path, full_path)
+            self._where.path = full_path
             return value.size, diskcache.core.MODE_BINARY, filename, None
         if type(value) is not bytes:
             raise TypeError("store values must be bytes")
-        return super().store(value, False, key=key)
+        stored = super().store(value, False, key=key)
+        self._where.path = "" if stored[2] is None else os.path.join(self._directory, stored[2])
+        return stored
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
@@ -966,10 +979,13 @@ class Store:
             data = body
         bkey = _body_key(entry)
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
+        place = ""
         try:
-            self._cache.set(bkey, body)
             replaced: list[CacheEntry] = []
+            # One write transaction for the body's row and the metadata naming it.
             with self._cache.transact():
+                self._cache.set(bkey, body)
+                place = self._cache.disk.placed
                 entries = self._load_meta(entry.key)
                 kept = []
                 for e in entries:
@@ -985,7 +1001,7 @@ class Store:
                     self._add_tag(tag, entry.key)
                 # Inside the transaction: a remove() of this key (which forgets it from
                 # memory after its own transaction) cannot come in between.
-                self._remember(entry.key, tuple(kept), bkey, data, epoch)
+                self._remember(entry.key, tuple(kept), bkey, data, epoch, place)
         except Exception as e:
             self._forget(entry.key)
             self._drop_body(bkey)
@@ -993,6 +1009,9 @@ class Store:
                 self._write_failed(e)
                 with contextlib.suppress(sqlite3.Error, OSError):
                     self._cache.delete(bkey)
+                if place:  # the body's file, moved into place before the rollback
+                    with contextlib.suppress(OSError):
+                        os.unlink(place)
                 if isinstance(body, _CommittedFile):
                     with contextlib.suppress(OSError):
                         os.unlink(body.path)
@@ -1015,12 +1034,15 @@ class Store:
         bkey: str,
         body: bytes | None,
         epoch: int,
+        place: str,
     ) -> None:
         """After a commit: the variant list just written, and the body when it is small
         and at hand, go to the memory tier, so the first hit needs no disk read."""
         listed = _listed(key, entries, self._clock(), epoch)
         with self._lock:
             self._index.put(listed.rows[0], listed, _list_cost(entries))
+            # Written from bytes whose digest was just computed: verified.
+            self._index.put(bkey, place, 96 + len(bkey) + len(place))
             if body is not None and len(body) <= self._memory_object_max:
                 self._memory.put(bkey, body, len(body) + 64)
 

@@ -667,3 +667,20 @@ def test_index_bytes_is_read_from_the_cache_section() -> None:
     assert from_mapping(base, "e.toml").cache.index_bytes == 64 << 20
     with pytest.raises(ConfigError, match=r"e\.toml: cache\.index_bytes"):
         from_mapping({**base, "cache": {"index_bytes": "lots"}}, "e.toml")
+
+
+def test_a_commit_that_fails_after_its_body_file_was_placed_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    # Body row and metadata are one transaction: when the database fills up while writing
+    # the metadata, the rollback must not leave the body's file behind, unreferenced.
+    with Store(tmp_path, sqlite_max_page_count=64) as s:
+        for i in range(400):
+            headers = [("X-Pad", "p" * 3000)]  # big metadata, small file-backed bodies
+            if s.put(entry(f"/f{i}", headers), os.urandom(40_000)) is None:
+                break
+        else:
+            pytest.fail("the database never filled up")
+        assert s.degraded
+        stored = sum(1 for i in range(i) if s.variants(f"https://example.com/f{i}"))
+    assert len(body_files(tmp_path)) == stored
