@@ -46,7 +46,12 @@ from tests.unit.tfcheck import (
     unq,
 )
 from tests.unit.tfexamples import (
+    ADMIN_CERT,
+    ADMIN_KEY,
+    EDGE_TOKEN,
+    HEALTH_CA,
     NODE_CONFIG,
+    PEER_TOKEN,
     SECRET,
     TEMPLATES,
     aws_nodes,
@@ -149,7 +154,7 @@ def test_resources_and_data_referenced_exist(directory: Path) -> None:
             for kind, named in entry.items():
                 declared |= {f"data.{unq(kind)}.{unq(n)}" for n in named}
     text = " ".join(all_strings(directory))
-    kinds = r"(?:(?:aws|hcloud|terraform)_[a-z0-9_]+|external)"
+    kinds = r"(?:(?:aws|hcloud|terraform|tls)_[a-z0-9_]+|external)"
     used = set(re.findall(rf"\b((?:data\.)?{kinds}\.[a-z0-9_]+)", text))
     assert used - declared == set()
 
@@ -198,8 +203,8 @@ def test_checkov_skips_are_justified(directory: Path) -> None:
 @pytest.mark.parametrize("directory", DIRS, ids=lambda p: p.name)
 def test_sensitive_inputs_never_decide_for_each(directory: Path) -> None:
     """Terraform refuses for_each over anything derived from a sensitive value: a sensitive
-    input is passed on as it is, read inside nonsensitive(...) for a yes/no, or becomes
-    file contents (node-config's `contents`), nothing else."""
+    input is passed on as it is (or one attribute of it), read inside nonsensitive(...) for a
+    yes/no, or becomes file contents (node-config's `contents`), nothing else."""
     sensitive = [n for n, b in blocks(directory, "variable").items() if b.get("sensitive")]
     for path in directory.glob("*.tf"):
         if path.name == "variables.tf" or path.is_symlink():
@@ -209,7 +214,7 @@ def test_sensitive_inputs_never_decide_for_each(directory: Path) -> None:
             in_contents = (in_contents or line.startswith("  contents = {")) and line != "  }"
             for name in sensitive:
                 for m in re.finditer(rf"\bvar\.{name}\b", line):
-                    passed_on = re.fullmatch(rf"\s*\w+\s*= var\.{name}", line)
+                    passed_on = re.fullmatch(rf"\s*\w+\s*= var\.{name}(\.\w+)?", line)
                     guarded = "nonsensitive(" in line[: m.start()]
                     assert passed_on or guarded or in_contents, f"{path.name}: {line.strip()}"
 
@@ -274,8 +279,14 @@ def test_node_config_mirror_is_current() -> None:
     """The Python mirror above passes the same keys to each template as main.tf does, and
     main.tf builds the same file keys and paths."""
     text = (NODE_CONFIG / "main.tf").read_text(encoding="utf-8")
-    for key in ("config", "token", "tls-cert", "tls-key", "dnssec-key", "geoip-conf"):
+    keys = ("config", "token", "tls-cert", "tls-key", "admin-tls-cert", "admin-tls-key")
+    keys += ("edge-admin-token", "peer-token", "health-ca", "dnssec-key", "geoip-conf")
+    for key in keys:
         assert re.search(rf"\b{key}\s+= \{{", text), key
+    paths = {"ADMIN_CERT": ADMIN_CERT, "ADMIN_KEY": ADMIN_KEY, "HEALTH_CA": HEALTH_CA}
+    paths |= {"EDGE_TOKEN": EDGE_TOKEN, "PEER_TOKEN": PEER_TOKEN}
+    for name, path in paths.items():
+        assert re.search(rf'\b{name.lower()}\s+= "{path}"', text), name
     assert '"/var/log/geoedge/access.log"' in text
     assert "--require-hashes --requirement /etc/geoedge/requirements.txt" in text
     assert 'packages    = concat(["python3-venv", "curl"]' in text
@@ -287,8 +298,10 @@ def test_the_mirrors_pass_what_the_examples_pass() -> None:
         calls = blocks(TF / "examples" / example, "module")
         passed = {k for body in calls.values() for k in body if not k.startswith("__")}
         config_inputs = set(blocks(NODE_CONFIG, "variable")) - {"ssm"}
+        # modules/aws-node turns admin_ca into node-config's admin_tls (a certificate it issues).
+        derived = {"admin_tls"} if "admin_ca" in passed else set()
         for inputs in nodes(True).values():
-            assert set(inputs) - {"ssm"} <= passed & config_inputs | {"gslb", "edge"}
+            assert set(inputs) - {"ssm"} <= passed & config_inputs | {"gslb", "edge"} | derived
 
 
 NODES = {
@@ -333,12 +346,25 @@ def test_example_config_passes_the_real_loader(node: str, tmp_path: Path) -> Non
         assert pool.ttl == gslb["pools"][0]["ttl"]
         assert config.api.token == (SECRET if inputs["token"] else None)
         assert config.health.fall == gslb["health"]["fall"]
+        assert config.health.quorum == gslb["health"]["quorum"]
+        # The quorum: every other DNS node of the example (and dns_peers), with the API token.
+        assert [(p.name, p.api) for p in config.peers] == [(p["name"], p["api"]) for p in gslb["peers"]]
+        assert len(config.peers) >= 1 and all(p.api.startswith("http://") for p in config.peers)
+        assert {p.token for p in config.peers} == {SECRET if inputs["token"] else None}
+        # Purges and the probes of private edges carry the edges' admin token.
+        edge_token = SECRET[::-1] if inputs["edge_admin_token"] else None
+        assert {e.admin_token for e in config.edges} == {edge_token}
+        https = {e.status_url.split(":")[0] for e in config.edges}
+        assert https == {"https" if inputs.get("health_ca_pem") else "http"}
+        assert (config.health.ca_file is not None) is bool(inputs.get("health_ca_pem"))
     else:
         econfig = edge_config.load(str(config_file))
         assert econfig.server.hosts == tuple(inputs["edge"]["hosts"])
         assert econfig.pool.probe.path == inputs["edge"]["probe_path"]
         assert bool(econfig.tls.listen) is (inputs["tls"] is not None)
         assert econfig.admin.token == (SECRET[::-1] if inputs["token"] else None)
+        assert econfig.admin.private is bool(inputs["edge"].get("admin_private"))
+        assert (econfig.admin.certificate is not None) is (inputs.get("admin_tls") is not None)
 
 
 @pytest.mark.parametrize("form", ["pkcs8", "sec1"])
@@ -406,13 +432,18 @@ def test_ds_program_refuses_other_keys() -> None:
     assert result.returncode == 1 and "P-256" in result.stderr
 
 
-def test_aws_configs_are_identical_on_both_dns_nodes() -> None:
-    configs = {
-        node_config(v)["config"].split("\n", 1)[1]
-        for v in aws_nodes(True).values()
-        if v["role"] == "gslb"
-    }
-    assert len(configs) == 1
+def test_aws_configs_are_identical_on_both_dns_nodes_but_their_peers() -> None:
+    """Each AWS DNS node names the other as its quorum peer; nothing else differs."""
+    nodes = {v["name"]: v for v in aws_nodes(True).values() if v["role"] == "gslb"}
+    configs = {name: node_config(v)["config"].split("\n", 1)[1] for name, v in nodes.items()}
+    assert len(configs) == 2
+    without_peers = {re.sub(r"\n\[\[peers\]\]\n(?:[^\n]+\n)+", "\n", c) for c in configs.values()}
+    assert len(without_peers) == 1
+    for name, text in configs.items():
+        glue = dict(re.findall(r'^  "(ns\d) A ([0-9.]+)",$', text, re.M))
+        (other,) = set(glue) - {name.rsplit("-", 1)[1]}
+        peers = re.findall(r'^api = "(\S+)"$', text, re.M)
+        assert peers == [f"http://{glue[other]}:8053", "http://203.0.113.53:8053"]
 
 
 def _write_files(user_data: str) -> dict[str, tuple[str, str, str]]:

@@ -4,7 +4,8 @@
 # Order of creation, without cycles:
 #   1. the primary IPs of the DNS nodes (the glue addresses, delete-protected);
 #   2. the edges, whose admin port admits those DNS addresses;
-#   3. the gslb config, from the list of edges and the glue addresses;
+#   3. the gslb config, from the list of edges and the glue addresses (each DNS node's peers,
+#      for the health quorum, are the others' glue addresses);
 #   4. the DNS nodes, on their primary IPs, with that config.
 # Adding an edge changes the config; each DNS node's push (modules/hcloud-node) checks it,
 # installs it and reloads gslb without replacing the server.
@@ -59,6 +60,17 @@ locals {
   }
   dns_cidrs = flatten([for g in values(local.glue) : ["${g.ipv4}/32", "${g.ipv6}/128"]])
 
+  # The health quorum: each DNS node reads the others' /v1/edges (on their glue IPv4, known
+  # before any server), and the operator's dns_peers.
+  peer_hosts = [for p in var.dns_peers : regex("^https?://\\[?([0-9A-Fa-f:.]+?)\\]?:[0-9]+$", p.api)[0]]
+  peer_cidrs = [for h in local.peer_hosts : can(cidrnetmask("${h}/32")) ? "${h}/32" : "${h}/128"]
+  peers = {
+    for k in keys(local.glue) : k => concat(
+      [for o, g in local.glue : { name = o, api = "http://${g.ipv4}:${var.gslb_api_port}" } if o != k],
+      var.dns_peers,
+    )
+  }
+
   # NS records and their glue first, the operator's own records after.
   records = concat(
     [for k in keys(local.glue) : "@ NS ${k}"],
@@ -72,6 +84,7 @@ locals {
       workers    = var.gslb_workers
       api_listen = "${g.ipv4}:${var.gslb_api_port}"
       health     = var.health
+      peers      = local.peers[k]
       zone = {
         origin     = local.origin
         ttl        = var.zone_ttl
@@ -154,7 +167,7 @@ module "edge" {
   token                = var.edge_admin_token
   tls                  = var.tls
   admin_cidrs          = var.admin_cidrs
-  health_checker_cidrs = local.dns_cidrs
+  health_checker_cidrs = concat(local.dns_cidrs, local.peer_cidrs)
   push_config          = var.push_config
   ssh_private_key_file = var.ssh_private_key_file
 
@@ -170,6 +183,7 @@ module "edge" {
     cache_size    = var.edge.cache_size
     memory_cache  = var.edge.memory_cache
     admin_listen  = "0.0.0.0:${var.edge.admin_port}"
+    admin_private = var.edge.admin_private
     capacity_rps  = each.value.capacity
   }
 }
@@ -187,11 +201,13 @@ module "dns" {
   labels               = local.labels
   install              = var.install
   token                = var.gslb_api_token
+  edge_admin_token     = var.edge_admin_token
+  peer_token           = var.gslb_api_token
   dnssec_key_pem       = var.dnssec_key_pem
   geoip                = var.geoip
   glue                 = { ipv4_id = hcloud_primary_ip.ipv4[each.key].id, ipv6_id = hcloud_primary_ip.ipv6[each.key].id }
   admin_cidrs          = var.admin_cidrs
-  peer_cidrs           = concat([for c in local.dns_cidrs : c if !contains(["${local.glue[each.key].ipv4}/32", "${local.glue[each.key].ipv6}/128"], c)], var.dns_peers)
+  peer_cidrs           = concat([for c in local.dns_cidrs : c if !contains(["${local.glue[each.key].ipv4}/32", "${local.glue[each.key].ipv6}/128"], c)], local.peer_cidrs)
   push_config          = var.push_config
   ssh_private_key_file = var.ssh_private_key_file
   gslb                 = local.gslb[each.key]

@@ -7,6 +7,8 @@
 #     port from operators only (and the DNS nodes' probes, the DNS peers);
 #   - SSM Parameter Store parameters holding the config and the secrets (SecureString), read
 #     at every start and reload by the instance role: no secret travels in user data;
+#   - with admin_ca (edges): the admin listener's certificate for the Elastic IP, issued by
+#     that CA, so the DNS nodes probe and purge over verified HTTPS;
 #   - the instance (Debian 12, IMDSv2 only, encrypted root volume).
 # Config changes update the parameters in place; `reload_command` (output) applies them.
 
@@ -47,21 +49,61 @@ locals {
     local.is_gslb ? { for p in local.public_ports : "udp-${p}" => { protocol = "udp", port = p } } : {},
   )
   admin_sources = distinct(concat(var.admin_cidrs, var.health_checker_cidrs, var.peer_cidrs))
+
+  admin_https = !local.is_gslb && nonsensitive(var.admin_ca != null)
+  admin_tls = local.admin_https ? {
+    certificate_pem = one(tls_locally_signed_cert.admin[*].cert_pem)
+    private_key_pem = one(tls_private_key.admin[*].private_key_pem)
+  } : null
 }
 
 module "config" {
   source = "../node-config"
 
-  role           = var.role
-  name           = var.name
-  install        = var.install
-  ssm            = { region = data.aws_region.this.name, prefix = local.ssm_prefix }
-  token          = var.token
-  tls            = var.tls
-  dnssec_key_pem = var.dnssec_key_pem
-  geoip          = var.geoip
-  gslb           = var.gslb
-  edge           = var.edge
+  role             = var.role
+  name             = var.name
+  install          = var.install
+  ssm              = { region = data.aws_region.this.name, prefix = local.ssm_prefix }
+  token            = var.token
+  tls              = var.tls
+  admin_tls        = local.admin_tls
+  edge_admin_token = var.edge_admin_token
+  peer_token       = var.peer_token
+  health_ca_pem    = var.health_ca_pem
+  dnssec_key_pem   = var.dnssec_key_pem
+  geoip            = var.geoip
+  gslb             = var.gslb
+  edge             = var.edge
+}
+
+# --- the admin certificate: issued by admin_ca for the edge's Elastic IP ----------------------
+# The DNS nodes probe https://EIP:PORT/__edge/status, so the certificate names that address.
+# The key lives in the state and in a SecureString parameter, like every other secret here.
+
+resource "tls_private_key" "admin" {
+  count       = local.admin_https ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_cert_request" "admin" {
+  count           = local.admin_https ? 1 : 0
+  private_key_pem = tls_private_key.admin[0].private_key_pem
+  ip_addresses    = [one(aws_eip.edge[*].public_ip)]
+
+  subject {
+    common_name = var.name
+  }
+}
+
+resource "tls_locally_signed_cert" "admin" {
+  count                 = local.admin_https ? 1 : 0
+  cert_request_pem      = tls_cert_request.admin[0].cert_request_pem
+  ca_cert_pem           = var.admin_ca.certificate_pem
+  ca_private_key_pem    = var.admin_ca.private_key_pem
+  validity_period_hours = var.admin_cert_validity_days * 24
+  early_renewal_hours   = 30 * 24
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
 }
 
 # --- addresses ------------------------------------------------------------------------------
@@ -80,6 +122,11 @@ resource "aws_eip_association" "this" {
     precondition {
       condition     = var.role == "edge" || var.glue != null
       error_message = "A gslb node answers on its glue address: pass glue (the Elastic IP's allocation_id and public_ip)."
+    }
+
+    precondition {
+      condition     = var.role == "edge" || nonsensitive(var.admin_ca == null)
+      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pem."
     }
   }
 }

@@ -15,6 +15,7 @@ locals {
 
   admin_listen = local.is_gslb ? try(var.gslb.api_listen, "") : try(var.edge.admin_listen, "")
   admin_port   = tonumber(regex(":([0-9]+)$", local.admin_listen)[0])
+  admin_scheme = nonsensitive(var.admin_tls != null) ? "https" : "http"
   public_listen = local.is_gslb ? try(var.gslb.listen, []) : concat(
     try(var.edge.listen, []), nonsensitive(var.tls == null) ? [] : try(var.edge.https_listen, [])
   )
@@ -49,16 +50,20 @@ locals {
 module "config" {
   source = "../node-config"
 
-  role           = var.role
-  name           = var.name
-  install        = var.install
-  ssm            = null
-  token          = var.token
-  tls            = var.tls
-  dnssec_key_pem = var.dnssec_key_pem
-  geoip          = var.geoip
-  gslb           = var.gslb
-  edge           = var.edge
+  role             = var.role
+  name             = var.name
+  install          = var.install
+  ssm              = null
+  token            = var.token
+  tls              = var.tls
+  admin_tls        = var.admin_tls
+  edge_admin_token = var.edge_admin_token
+  peer_token       = var.peer_token
+  health_ca_pem    = var.health_ca_pem
+  dnssec_key_pem   = var.dnssec_key_pem
+  geoip            = var.geoip
+  gslb             = var.gslb
+  edge             = var.edge
 }
 
 resource "hcloud_firewall" "this" {

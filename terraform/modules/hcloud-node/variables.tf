@@ -1,5 +1,6 @@
 # Inputs of one GeoEdge node on Hetzner Cloud. The config inputs (role, install, token, tls,
-# dnssec_key_pem, geoip, gslb, edge) go to modules/node-config unchanged; see its README.
+# admin_tls, edge_admin_token, peer_token, health_ca_pem, dnssec_key_pem, geoip, gslb, edge)
+# go to modules/node-config unchanged; see its README.
 
 variable "role" {
   description = "\"gslb\" (authoritative DNS node, on the primary IPs passed in glue) or \"edge\" (caching proxy)."
@@ -45,6 +46,36 @@ variable "tls" {
   })
   default   = null
   sensitive = true
+}
+
+variable "admin_tls" {
+  description = "Edge only: {certificate_pem, private_key_pem} of the admin listener (HTTPS for the DNS nodes' status probes and purges; the certificate must name the address in status_url, the server's IPv4, and verify with the DNS nodes' health_ca_pem); null: plain HTTP."
+  type = object({
+    certificate_pem = string
+    private_key_pem = string
+  })
+  default   = null
+  sensitive = true
+}
+
+variable "edge_admin_token" {
+  description = "gslb only: the edges' admin token, sent with purges and with status probes of private edges. Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "peer_token" {
+  description = "gslb only: the bearer token sent to the gslb.peers. Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "health_ca_pem" {
+  description = "gslb only: PEM CA bundle verifying the edges' HTTPS status URLs; empty: the system's CAs."
+  type        = string
+  default     = ""
 }
 
 variable "dnssec_key_pem" {
@@ -124,7 +155,7 @@ variable "admin_cidrs" {
 }
 
 variable "health_checker_cidrs" {
-  description = "Edge only: the DNS nodes' addresses, allowed to read /__edge/status on the admin port."
+  description = "Edge only: the DNS nodes' addresses, allowed on the admin port: status probes and purges."
   type        = list(string)
   default     = []
 
@@ -135,7 +166,7 @@ variable "health_checker_cidrs" {
 }
 
 variable "peer_cidrs" {
-  description = "gslb only: the other DNS nodes, allowed to reach this node's API port (the DNS peers of the quorum, when it lands)."
+  description = "gslb only: the other DNS nodes, allowed to reach this node's API port: the DNS peers of the health quorum (gslb.peers), which read /v1/edges."
   type        = list(string)
   default     = []
 
