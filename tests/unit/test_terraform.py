@@ -12,6 +12,7 @@ Checkov runs in test_checkov_passes (skipped when checkov is not installed: `mak
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from edge import config as edge_config
+from edge.errors import ConfigError as EdgeConfigError
 from gslb import config as gslb_config
 from tests.unit.tfcheck import (
     TemplateError,
@@ -279,8 +281,8 @@ def test_node_config_mirror_is_current() -> None:
     """The Python mirror above passes the same keys to each template as main.tf does, and
     main.tf builds the same file keys and paths."""
     text = (NODE_CONFIG / "main.tf").read_text(encoding="utf-8")
-    keys = ("config", "token", "tls-cert", "tls-key", "admin-tls-cert", "admin-tls-key")
-    keys += ("edge-admin-token", "peer-token", "health-ca", "dnssec-key", "geoip-conf")
+    keys = ["config", "token", "tls-cert", "tls-key", "admin-tls-cert", "admin-tls-key"]
+    keys += ["edge-admin-token", "peer-token", "health-ca", "dnssec-key", "geoip-conf"]
     for key in keys:
         assert re.search(rf"\b{key}\s+= \{{", text), key
     paths = {"ADMIN_CERT": ADMIN_CERT, "ADMIN_KEY": ADMIN_KEY, "HEALTH_CA": HEALTH_CA}
@@ -348,13 +350,15 @@ def test_example_config_passes_the_real_loader(node: str, tmp_path: Path) -> Non
         assert config.health.fall == gslb["health"]["fall"]
         assert config.health.quorum == gslb["health"]["quorum"]
         # The quorum: every other DNS node of the example (and dns_peers), with the API token.
-        assert [(p.name, p.api) for p in config.peers] == [(p["name"], p["api"]) for p in gslb["peers"]]
+        assert [(p.name, p.api) for p in config.peers] == [
+            (p["name"], p["api"]) for p in gslb["peers"]
+        ]
         assert len(config.peers) >= 1 and all(p.api.startswith("http://") for p in config.peers)
         assert {p.token for p in config.peers} == {SECRET if inputs["token"] else None}
         # Purges and the probes of private edges carry the edges' admin token.
         edge_token = SECRET[::-1] if inputs["edge_admin_token"] else None
         assert {e.admin_token for e in config.edges} == {edge_token}
-        https = {e.status_url.split(":")[0] for e in config.edges}
+        https = {(e.status_url or "").split(":")[0] for e in config.edges}
         assert https == {"https" if inputs.get("health_ca_pem") else "http"}
         assert (config.health.ca_file is not None) is bool(inputs.get("health_ca_pem"))
     else:
@@ -365,6 +369,37 @@ def test_example_config_passes_the_real_loader(node: str, tmp_path: Path) -> Non
         assert econfig.admin.token == (SECRET[::-1] if inputs["token"] else None)
         assert econfig.admin.private is bool(inputs["edge"].get("admin_private"))
         assert (econfig.admin.certificate is not None) is (inputs.get("admin_tls") is not None)
+
+
+def test_quorum_and_purge_settings_reach_the_loader(tmp_path: Path) -> None:
+    """The settings the examples leave at their defaults: a quorum count, purge retries, an
+    https peer without a token."""
+    inputs = copy.deepcopy(next(v for v in hetzner_nodes(False).values() if v["role"] == "gslb"))
+    gslb = inputs["gslb"]
+    gslb["health"] |= {"quorum": 2}
+    gslb["purge"] = {"timeout": 3, "attempts": 5, "backoff": 1, "backoff_max": 4}
+    gslb["peers"] = [{"name": "ns9", "api": "https://[2001:db8::53]:8053/"}, *gslb["peers"]]
+    out = node_config(inputs)
+    assert "peer-token" not in out["meta"] and "edge-admin-token" not in out["meta"]
+    (tmp_path / "gslb.toml").write_text(out["config"])
+    config = gslb_config.load_config(tmp_path / "gslb.toml")
+    assert config.health.quorum == 2 and config.health.ca_file is None
+    assert (config.purge.timeout, config.purge.attempts) == (3.0, 5)
+    assert (config.purge.backoff, config.purge.backoff_max) == (1.0, 4.0)
+    assert config.peers[0].api == "https://[2001:db8::53]:8053" and config.peers[0].token is None
+
+
+def test_a_private_admin_port_needs_the_token(tmp_path: Path) -> None:
+    """What node-config's precondition on edge.admin_private spares the operator: the edge
+    refuses the config at start."""
+    inputs = copy.deepcopy(next(v for v in hetzner_nodes(False).values() if v["role"] == "edge"))
+    assert inputs["token"] == ""
+    inputs["edge"]["admin_private"] = True
+    (tmp_path / "edge.toml").write_text(node_config(inputs)["config"])
+    with pytest.raises(EdgeConfigError, match=r"admin\.private"):
+        edge_config.load(str(tmp_path / "edge.toml"))
+    text = (NODE_CONFIG / "outputs.tf").read_text(encoding="utf-8")
+    assert "!try(var.edge.admin_private, false) || local.has_token" in text
 
 
 @pytest.mark.parametrize("form", ["pkcs8", "sec1"])
@@ -542,6 +577,50 @@ def test_operator_inputs_that_can_be_wrong_are_validated() -> None:
     node = _validations(NODE_CONFIG)
     assert any("--hash=sha256" in c for c in node["install"])
     assert any("wheel_sha256" in c for c in node["install"])
+
+
+def _patterns(text: str, subject: str) -> list[re.Pattern[str]]:
+    """The RE2 patterns of `regex("...", subject)` calls in HCL `text` (Python's re reads
+    these the same way: classes, groups, `+?`)."""
+    calls = re.finditer(r'regex\("((?:[^"\\]|\\.)*)", ([\w.\[\]]+)\)', text)
+    return [re.compile(json.loads(f'"{m.group(1)}"')) for m in calls if m.group(2) == subject]
+
+
+def test_new_inputs_are_validated() -> None:
+    """Admin HTTPS, the quorum peers, the CA bundle and the purge settings: each input that
+    can be wrong has a validation block, and its patterns take and refuse what they should."""
+    node = _validations(NODE_CONFIG)
+    for name in ("admin_tls", "edge_admin_token", "peer_token", "health_ca_pem"):
+        assert node[name], f"node-config: {name} has no validation block"
+    assert any("private_key_pem" in c and "certificate_pem" in c for c in node["admin_tls"])
+    gslb = " ".join(node["gslb"])
+    for words in ("quorum <= length(g.peers) + 1", "distinct(g.peers[*].api)", "backoff_max"):
+        assert words in gslb, words
+    (api,) = _patterns(gslb, "p.api")
+    for good in ("http://192.0.2.53:8053", "https://ns2.example.com:8053/", "http://[::1]:8053"):
+        assert api.search(good), good
+    for bad in ("ftp://192.0.2.53", "http://u@host:1", "http://h:1/?q", "http://h:1/#f", "h:1"):
+        assert not api.search(bad), bad
+    (ca,) = _patterns(" ".join(node["health_ca_pem"]), "var.health_ca_pem")
+    assert ca.search("-----BEGIN CERTIFICATE-----\nMIIB") and not ca.search("MIIB")
+    aws = _validations(TF / "modules" / "aws-node")
+    assert aws["admin_ca"] and aws["admin_cert_validity_days"]
+
+    operator = _validations(TF / "examples" / "hetzner")
+    assert any("quorum" in c for c in operator["health"])
+    (peer,) = _patterns(" ".join(operator["dns_peers"]), "p.api")
+    for good in ("http://203.0.113.53:8053", "https://[2001:db8::53]:8053"):
+        assert peer.search(good), good
+    # The firewalls admit the peer's address: a name would not do.
+    for bad in ("http://ns3.example.com:8053", "http://203.0.113.53", "http://203.0.113.53:80/x"):
+        assert not peer.search(bad), bad
+    # What the examples make of it: the address for the firewall rules.
+    for example in ("aws-multi-region", "hetzner"):
+        (host,) = _patterns(str(locals_of(TF / "examples" / example)["peer_hosts"]), "p.api")
+        found = host.search("https://[2001:db8::53]:8053")
+        assert found and found.group(1) == "2001:db8::53"
+        found = host.search("http://203.0.113.53:8053")
+        assert found and found.group(1) == "203.0.113.53"
 
 
 def test_soa_serial_description_is_right() -> None:
