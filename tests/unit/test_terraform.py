@@ -649,6 +649,7 @@ def test_checkov_passes() -> None:
             "`hcl2` module that replaces python-hcl2's)"
         )
     dirs = ["examples/aws-multi-region", "modules/aws-node", "modules/node-config"]
+    dirs += ["modules/admin-cert"]
     result = subprocess.run(
         [checkov, "--quiet", "--compact", "--skip-download", "--framework", "terraform"]
         + [arg for d in dirs for arg in ("-d", d)],

@@ -267,6 +267,12 @@ def admin_pki() -> dict[str, str]:
     }
 
 
+def _admin_tls(https: bool) -> dict[str, str] | None:
+    """An edge's admin_tls: what modules/admin-cert issues from the example's CA."""
+    pki = admin_pki()
+    return {"certificate_pem": pki["cert"], "private_key_pem": pki["key"]} if https else None
+
+
 def _missing(example: str, name: str) -> Any:
     raise AssertionError(f"{example}: required variable {name} not set")
 
@@ -282,7 +288,7 @@ def _tfvars(example: str, secrets: bool) -> dict[str, Any]:
         given |= {"geoip": {"account_id": "123456", "license_key": "licence-key"}}
         given["edge"] = given.get("edge", {}) | {"admin_private": True}
         given["dns_peers"] = [{"name": "ns9", "api": "http://203.0.113.53:8053"}]
-    elif example == "aws-multi-region":
+    else:
         given["edge_admin_https"] = False
     directory = TF / "examples" / example
     return {
@@ -374,9 +380,7 @@ def aws_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "token": v["edge_admin_token"],
             "tls": v["tls"],
             # modules/aws-node issues it from the example's CA (admin_ca) for the Elastic IP.
-            "admin_tls": {"certificate_pem": pki["cert"], "private_key_pem": pki["key"]}
-            if https
-            else None,
+            "admin_tls": _admin_tls(https),
             "edge": _edge_object(v, hosts, ["0.0.0.0:80"], ["0.0.0.0:443"])
             | {"capacity_rps": r["capacity"]},
         }
@@ -429,6 +433,7 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
     modules/hcloud-node build them), with documentation addresses for the servers."""
     v = _tfvars("hetzner", secrets)
     _, pool_fqdn, _, hosts = _names(v)
+    https = v["edge_admin_https"]
     glue = {
         f"ns{i + 1}": {"ipv4": f"192.0.2.{i + 1}", "ipv6": str(ip_address(f"2001:db8:53:{i}::1"))}
         for i in range(len(v["dns_nodes"]))
@@ -455,6 +460,8 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "name": name,
             "token": v["edge_admin_token"],
             "tls": v["tls"],
+            # modules/hcloud-node issues it from the example's CA for the edge's primary IPv4.
+            "admin_tls": _admin_tls(https),
             "edge": _edge_object(v, hosts, ["0.0.0.0:80", "[::]:80"], ["0.0.0.0:443", "[::]:443"])
             | {"capacity_rps": e["r"]["capacity"]},
         }
@@ -470,7 +477,8 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "longitude": e["lon"],
             "weight": e["r"]["weight"],
             "capacity": e["r"]["capacity"],
-            "status_url": f"http://{e['ipv4']}:{v['edge']['admin_port']}/__edge/status",
+            "status_url": f"{'https' if https else 'http'}://{e['ipv4']}:{v['edge']['admin_port']}"
+            "/__edge/status",
         }
         for ek, e in edges.items()
     ]
@@ -487,6 +495,7 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "token": v["gslb_api_token"],
             "edge_admin_token": v["edge_admin_token"],
             "peer_token": v["gslb_api_token"],
+            "health_ca_pem": admin_pki()["ca"] if https else "",
             "dnssec_key_pem": v["dnssec_key_pem"],
             "geoip": v["geoip"],
             "gslb": _gslb_object(

@@ -75,9 +75,3 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
-
-variable "edge_admin_https" {
-  description = "Serve the edges' admin port (status, metrics, purge) over HTTPS with a certificate for each edge's Elastic IP, issued by a private CA this configuration creates; the DNS nodes verify it. false: plain HTTP (still firewalled to the DNS nodes and admin_cidrs)."
-  type        = bool
-  default     = true
-}

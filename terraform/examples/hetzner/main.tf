@@ -2,7 +2,9 @@
 # modules/hcloud-node (which renders every file with modules/node-config).
 #
 # Order of creation, without cycles:
-#   1. the primary IPs of the DNS nodes (the glue addresses, delete-protected);
+#   1. the primary IPs of the DNS nodes (the glue addresses, delete-protected) and of the
+#      edges (so that an edge's admin certificate can name its address before the server
+#      exists), and the private CA of those certificates;
 #   2. the edges, whose admin port admits those DNS addresses;
 #   3. the gslb config, from the list of edges and the glue addresses (each DNS node's peers,
 #      for the health quorum, are the others' glue addresses);
@@ -59,6 +61,9 @@ locals {
     }
   }
   dns_cidrs = flatten([for g in values(local.glue) : ["${g.ipv4}/32", "${g.ipv6}/128"]])
+
+  admin_ca     = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
+  admin_ca_pem = var.edge_admin_https ? tls_self_signed_cert.admin_ca[0].cert_pem : ""
 
   # The health quorum: each DNS node reads the others' /v1/edges (on their glue IPv4, known
   # before any server), and the operator's dns_peers.
@@ -119,6 +124,56 @@ locals {
   }
 }
 
+# --- the private CA of the edges' admin certificates ------------------------------------------
+# Each edge's admin listener gets a certificate for its primary IPv4 from this CA (modules/
+# hcloud-node, modules/admin-cert), and the DNS nodes verify the edges' status endpoints with
+# its certificate (health_ca_pem). Its key is in the state only (keep it encrypted).
+
+resource "tls_private_key" "admin_ca" {
+  count       = var.edge_admin_https ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "admin_ca" {
+  count                 = var.edge_admin_https ? 1 : 0
+  private_key_pem       = tls_private_key.admin_ca[0].private_key_pem
+  is_ca_certificate     = true
+  validity_period_hours = 10 * 365 * 24
+  allowed_uses          = ["cert_signing", "crl_signing"]
+
+  subject {
+    common_name  = "${var.name_prefix} edge admin CA"
+    organization = "GeoEdge"
+  }
+}
+
+# An edge's addresses: known before its server, kept across rebuilds (the DNS answers do not
+# change), released with the edge (no delete protection: edges come and go).
+resource "hcloud_primary_ip" "edge_ipv4" {
+  for_each = local.edges
+
+  name              = "${var.name_prefix}-edge-${each.key}-ipv4"
+  type              = "ipv4"
+  location          = each.value.location
+  assignee_type     = "server"
+  auto_delete       = false
+  delete_protection = false
+  labels            = merge(local.labels, { role = "geoedge-edge" })
+}
+
+resource "hcloud_primary_ip" "edge_ipv6" {
+  for_each = local.edges
+
+  name              = "${var.name_prefix}-edge-${each.key}-ipv6"
+  type              = "ipv6"
+  location          = each.value.location
+  assignee_type     = "server"
+  auto_delete       = false
+  delete_protection = false
+  labels            = merge(local.labels, { role = "geoedge-edge" })
+}
+
 resource "hcloud_primary_ip" "ipv4" {
   for_each = local.dns_nodes
 
@@ -166,6 +221,8 @@ module "edge" {
   install              = var.install
   token                = var.edge_admin_token
   tls                  = var.tls
+  admin_ca             = local.admin_ca
+  glue                 = { ipv4_id = hcloud_primary_ip.edge_ipv4[each.key].id, ipv6_id = hcloud_primary_ip.edge_ipv6[each.key].id, ipv4_address = hcloud_primary_ip.edge_ipv4[each.key].ip_address }
   admin_cidrs          = var.admin_cidrs
   health_checker_cidrs = concat(local.dns_cidrs, local.peer_cidrs)
   push_config          = var.push_config
@@ -203,6 +260,7 @@ module "dns" {
   token                = var.gslb_api_token
   edge_admin_token     = var.edge_admin_token
   peer_token           = var.gslb_api_token
+  health_ca_pem        = local.admin_ca_pem
   dnssec_key_pem       = var.dnssec_key_pem
   geoip                = var.geoip
   glue                 = { ipv4_id = hcloud_primary_ip.ipv4[each.key].id, ipv6_id = hcloud_primary_ip.ipv6[each.key].id }

@@ -268,6 +268,12 @@ variable "geoip" {
   sensitive = true
 }
 
+variable "edge_admin_https" {
+  description = "Serve the edges' admin port (status, metrics, purge) over HTTPS: this configuration creates a private CA, each edge gets a certificate for its address from it (modules/admin-cert), and the DNS nodes verify it. false: plain HTTP (still firewalled to the DNS nodes and admin_cidrs)."
+  type        = bool
+  default     = true
+}
+
 variable "edge_admin_token" {
   description = "Bearer token the edges require for purges (and, with edge.admin_private, for status and metrics), e.g. from `openssl rand -hex 24`; the DNS nodes send it with purges and probes. Empty: none (the admin port stays firewalled)."
   type        = string

@@ -52,8 +52,8 @@ locals {
 
   admin_https = !local.is_gslb && nonsensitive(var.admin_ca != null)
   admin_tls = local.admin_https ? {
-    certificate_pem = one(tls_locally_signed_cert.admin[*].cert_pem)
-    private_key_pem = one(tls_private_key.admin[*].private_key_pem)
+    certificate_pem = one(module.admin_cert[*].certificate_pem)
+    private_key_pem = one(module.admin_cert[*].private_key_pem)
   } : null
 }
 
@@ -80,30 +80,14 @@ module "config" {
 # The DNS nodes probe https://EIP:PORT/__edge/status, so the certificate names that address.
 # The key lives in the state and in a SecureString parameter, like every other secret here.
 
-resource "tls_private_key" "admin" {
-  count       = local.admin_https ? 1 : 0
-  algorithm   = "ECDSA"
-  ecdsa_curve = "P256"
-}
+module "admin_cert" {
+  source = "../admin-cert"
+  count  = local.admin_https ? 1 : 0
 
-resource "tls_cert_request" "admin" {
-  count           = local.admin_https ? 1 : 0
-  private_key_pem = tls_private_key.admin[0].private_key_pem
-  ip_addresses    = [one(aws_eip.edge[*].public_ip)]
-
-  subject {
-    common_name = var.name
-  }
-}
-
-resource "tls_locally_signed_cert" "admin" {
-  count                 = local.admin_https ? 1 : 0
-  cert_request_pem      = tls_cert_request.admin[0].cert_request_pem
-  ca_cert_pem           = var.admin_ca.certificate_pem
-  ca_private_key_pem    = var.admin_ca.private_key_pem
-  validity_period_hours = var.admin_cert_validity_days * 24
-  early_renewal_hours   = 30 * 24
-  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
+  name          = var.name
+  ip_addresses  = [one(aws_eip.edge[*].public_ip)]
+  ca            = var.admin_ca
+  validity_days = var.admin_cert_validity_days
 }
 
 # --- addresses ------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ variable "admin_ca" {
 }
 
 variable "admin_cert_validity_days" {
-  description = "Edge with admin_ca: how long the issued admin certificate is valid; Terraform issues a new one (a config update, then reload_command) within the last 30 days."
+  description = "Edge with admin_ca: how long the issued admin certificate is valid (modules/admin-cert); Terraform issues a new one (a config update, then reload_command) within the last 30 days."
   type        = number
   default     = 365
 

@@ -7,9 +7,5 @@ terraform {
       # 5.x: aws_vpc_security_group_{ingress,egress}_rule and `domain` on aws_eip.
       version = ">= 5.30.0, < 7.0.0"
     }
-    tls = {
-      source  = "hashicorp/tls"
-      version = ">= 4.0.0, < 5.0.0"
-    }
   }
 }

@@ -14,7 +14,7 @@ output "server_id" {
 }
 
 output "status_url" {
-  description = "Edge: the status endpoint gslb probes (health and load; https with admin_tls). gslb: its HTTP API."
+  description = "Edge: the status endpoint gslb probes (health and load; https with admin_ca). gslb: its HTTP API."
   value       = "${local.admin_scheme}://${hcloud_server.this.ipv4_address}:${local.admin_port}${local.is_gslb ? "" : "/__edge/status"}"
 }
 

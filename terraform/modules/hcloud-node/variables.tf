@@ -1,6 +1,6 @@
 # Inputs of one GeoEdge node on Hetzner Cloud. The config inputs (role, install, token, tls,
-# admin_tls, edge_admin_token, peer_token, health_ca_pem, dnssec_key_pem, geoip, gslb, edge)
-# go to modules/node-config unchanged; see its README.
+# edge_admin_token, peer_token, health_ca_pem, dnssec_key_pem, geoip, gslb, edge) go to
+# modules/node-config unchanged; see its README. admin_ca issues the edge's admin_tls here.
 
 variable "role" {
   description = "\"gslb\" (authoritative DNS node, on the primary IPs passed in glue) or \"edge\" (caching proxy)."
@@ -48,14 +48,20 @@ variable "tls" {
   sensitive = true
 }
 
-variable "admin_tls" {
-  description = "Edge only: {certificate_pem, private_key_pem} of the admin listener (HTTPS for the DNS nodes' status probes and purges; the certificate must name the address in status_url, the server's IPv4, and verify with the DNS nodes' health_ca_pem); null: plain HTTP."
+variable "admin_ca" {
+  description = "Edge only: a private CA {certificate_pem, private_key_pem} that issues the edge's admin certificate for its glue IPv4 (modules/admin-cert): admin_listen speaks HTTPS, and the DNS nodes verify it with the CA certificate (their health_ca_pem). Needs glue with ipv4_address: the certificate is in the first boot's user data, before the server has an address of its own. null: plain HTTP."
   type = object({
     certificate_pem = string
     private_key_pem = string
   })
   default   = null
   sensitive = true
+}
+
+variable "admin_cert_validity_days" {
+  description = "Edge with admin_ca: how long the issued admin certificate is valid; Terraform issues a new one (pushed with push_config) within the last 30 days."
+  type        = number
+  default     = 365
 }
 
 variable "edge_admin_token" {
@@ -108,10 +114,11 @@ variable "edge" {
 }
 
 variable "glue" {
-  description = "gslb only: the primary IPs the DNS node answers on (the glue addresses), created by the caller: {ipv4_id, ipv6_id} (hcloud_primary_ip IDs in the node's location)."
+  description = "The primary IPs the node answers on, created by the caller: {ipv4_id, ipv6_id} (hcloud_primary_ip IDs in the node's location) and ipv4_address (the IPv4 itself, which an edge's admin certificate names). Required for gslb (the glue addresses); for an edge, needed with admin_ca; null: the server's own addresses."
   type = object({
-    ipv4_id = string
-    ipv6_id = string
+    ipv4_id      = string
+    ipv6_id      = string
+    ipv4_address = optional(string, "")
   })
   default = null
 }
