@@ -603,8 +603,12 @@ def test_new_inputs_are_validated() -> None:
         assert not api.search(bad), bad
     (ca,) = _patterns(" ".join(node["health_ca_pem"]), "var.health_ca_pem")
     assert ca.search("-----BEGIN CERTIFICATE-----\nMIIB") and not ca.search("MIIB")
-    aws = _validations(TF / "modules" / "aws-node")
-    assert aws["admin_ca"] and aws["admin_cert_validity_days"]
+    # aws-node and hcloud-node pass admin_ca and the validity on to admin-cert, which checks them.
+    cert = _validations(TF / "modules" / "admin-cert")
+    assert cert["ca"] and cert["validity_days"] and cert["ip_addresses"]
+    for node in ("aws-node", "hcloud-node"):
+        calls = blocks(TF / "modules" / node, "module")
+        assert {"ca", "validity_days"} <= set(calls["admin_cert"]), node
 
     operator = _validations(TF / "examples" / "hetzner")
     assert any("quorum" in c for c in operator["health"])

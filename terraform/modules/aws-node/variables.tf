@@ -56,22 +56,12 @@ variable "admin_ca" {
   })
   default   = null
   sensitive = true
-
-  validation {
-    condition     = var.admin_ca == null || (can(regex("-----BEGIN CERTIFICATE-----", var.admin_ca.certificate_pem)) && can(regex("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.admin_ca.private_key_pem)))
-    error_message = "admin_ca needs both certificate_pem (the CA certificate) and private_key_pem (its PEM private key)."
-  }
 }
 
 variable "admin_cert_validity_days" {
   description = "Edge with admin_ca: how long the issued admin certificate is valid (modules/admin-cert); Terraform issues a new one (a config update, then reload_command) within the last 30 days."
   type        = number
   default     = 365
-
-  validation {
-    condition     = var.admin_cert_validity_days >= 60 && var.admin_cert_validity_days <= 825 && floor(var.admin_cert_validity_days) == var.admin_cert_validity_days
-    error_message = "admin_cert_validity_days must be an integer from 60 to 825."
-  }
 }
 
 variable "edge_admin_token" {
