@@ -221,6 +221,23 @@ def test_sensitive_inputs_never_decide_for_each(directory: Path) -> None:
                     assert passed_on or guarded or in_contents, f"{path.name}: {line.strip()}"
 
 
+def test_for_each_keys_do_not_wait_for_apply() -> None:
+    """Addresses made in the same apply (the glue Elastic IPs in health_checker_cidrs and
+    peer_cidrs) and the CA certificate (health_ca_pems) are unknown at plan: they may be
+    for_each values, never keys, and never decide which files (so which SSM parameters)
+    a node has, or the first apply fails."""
+    text = (TF / "modules" / "aws-node" / "main.tf").read_text(encoding="utf-8")
+    for name in ("health_checker_cidrs", "peer_cidrs"):
+        assert not re.search(rf"(toset|distinct)\([^\n]*var\.{name}", text), name
+        assert re.search(rf'for i, c in var\.{name} : "[a-z]+-\$\{{i\}}" => c', text), name
+    (rule,) = [b for (k, n), b in resources(TF / "modules" / "aws-node").items() if n == "admin"]
+    assert unq(rule["for_each"]) == "${local.admin_sources}"
+    node = (NODE_CONFIG / "main.tf").read_text(encoding="utf-8")
+    assert "has_health_ca  = length(var.health_ca_pems) > 0" in node
+    for example in EXAMPLES:
+        assert "admin_ca_pems = var.edge_admin_https ? [" in (example / "main.tf").read_text()
+
+
 def test_glue_addresses_are_protected() -> None:
     aws = resources(TF / "examples" / "aws-multi-region")
     for ns in ("ns1", "ns2"):
@@ -359,8 +376,8 @@ def test_example_config_passes_the_real_loader(node: str, tmp_path: Path) -> Non
         edge_token = SECRET[::-1] if inputs["edge_admin_token"] else None
         assert {e.admin_token for e in config.edges} == {edge_token}
         https = {(e.status_url or "").split(":")[0] for e in config.edges}
-        assert https == {"https" if inputs.get("health_ca_pem") else "http"}
-        assert (config.health.ca_file is not None) is bool(inputs.get("health_ca_pem"))
+        assert https == {"https" if inputs.get("health_ca_pems") else "http"}
+        assert (config.health.ca_file is not None) is bool(inputs.get("health_ca_pems"))
     else:
         econfig = edge_config.load(str(config_file))
         assert econfig.server.hosts == tuple(inputs["edge"]["hosts"])
@@ -590,7 +607,7 @@ def test_new_inputs_are_validated() -> None:
     """Admin HTTPS, the quorum peers, the CA bundle and the purge settings: each input that
     can be wrong has a validation block, and its patterns take and refuse what they should."""
     node = _validations(NODE_CONFIG)
-    for name in ("admin_tls", "edge_admin_token", "peer_token", "health_ca_pem"):
+    for name in ("admin_tls", "edge_admin_token", "peer_token", "health_ca_pems"):
         assert node[name], f"node-config: {name} has no validation block"
     assert any("private_key_pem" in c and "certificate_pem" in c for c in node["admin_tls"])
     gslb = " ".join(node["gslb"])
@@ -601,7 +618,7 @@ def test_new_inputs_are_validated() -> None:
         assert api.search(good), good
     for bad in ("ftp://192.0.2.53", "http://u@host:1", "http://h:1/?q", "http://h:1/#f", "h:1"):
         assert not api.search(bad), bad
-    (ca,) = _patterns(" ".join(node["health_ca_pem"]), "var.health_ca_pem")
+    (ca,) = _patterns(" ".join(node["health_ca_pems"]), "pem")
     assert ca.search("-----BEGIN CERTIFICATE-----\nMIIB") and not ca.search("MIIB")
     # aws-node and hcloud-node pass admin_ca and the validity on to admin-cert, which checks them.
     cert = _validations(TF / "modules" / "admin-cert")

@@ -45,7 +45,7 @@ def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
     config_path = f"/etc/geoedge/{role}.toml"
     has_token, has_tls = v["token"] != "", v["tls"] is not None
     has_dnssec, geoip = v["dnssec_key_pem"] != "", v["geoip"] is not None
-    has_admin_tls, has_health_ca = v["admin_tls"] is not None, v["health_ca_pem"] != ""
+    has_admin_tls, has_health_ca = v["admin_tls"] is not None, v["health_ca_pems"] != []
     has_edge_token, has_peer_token = v["edge_admin_token"] != "", v["peer_token"] != ""
     token_path = "/etc/geoedge/api.token" if is_gslb else "/etc/geoedge/admin.token"
     if is_gslb:
@@ -117,7 +117,7 @@ def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
         contents["peer-token"] = v["peer_token"]
     if has_health_ca:
         meta["health-ca"] = {"path": HEALTH_CA, "mode": "0644"}
-        contents["health-ca"] = v["health_ca_pem"]
+        contents["health-ca"] = "".join(f"{pem.strip()}\n" for pem in v["health_ca_pems"])
     if has_dnssec:
         meta["dnssec-key"] = {"path": "/etc/geoedge/keys/zone.pem", "mode": "0640"}
         contents["dnssec-key"] = v["dnssec_key_pem"]
@@ -230,7 +230,7 @@ KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 @functools.cache
 def admin_pki() -> dict[str, str]:
     """What the AWS example's tls_* resources make, as PEM: the private CA's certificate
-    (`ca`, a DNS node's health_ca_pem: gslb loads it) and one admin certificate it issued
+    (`ca`, a DNS node's health_ca_pems: gslb loads it) and one admin certificate it issued
     with its key (`cert`, `key`: an edge's admin_tls)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -410,7 +410,7 @@ def aws_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "token": v["gslb_api_token"],
             "edge_admin_token": v["edge_admin_token"],
             "peer_token": v["gslb_api_token"],
-            "health_ca_pem": pki["ca"] if https else "",
+            "health_ca_pems": [pki["ca"]] if https else [],
             "dnssec_key_pem": v["dnssec_key_pem"],
             "geoip": v["geoip"],
             "gslb": copy.deepcopy(gslb) | {"peers": [peer, *v["dns_peers"]]},
@@ -495,7 +495,7 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "token": v["gslb_api_token"],
             "edge_admin_token": v["edge_admin_token"],
             "peer_token": v["gslb_api_token"],
-            "health_ca_pem": admin_pki()["ca"] if https else "",
+            "health_ca_pems": [admin_pki()["ca"]] if https else [],
             "dnssec_key_pem": v["dnssec_key_pem"],
             "geoip": v["geoip"],
             "gslb": _gslb_object(

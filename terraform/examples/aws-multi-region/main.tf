@@ -123,13 +123,13 @@ locals {
 
   # The health quorum: each DNS node reads the others' /v1/edges (this deployment's over the
   # glue addresses, known before any instance), and the operator's dns_peers.
-  peers        = { for k, ip in local.glue : k => { name = k, api = "http://${ip}:${var.gslb_api_port}" } }
-  peer_hosts   = [for p in var.dns_peers : regex("^https?://\\[?([0-9A-Fa-f:.]+?)\\]?:[0-9]+$", p.api)[0]]
-  peer_cidrs   = [for h in local.peer_hosts : can(cidrnetmask("${h}/32")) ? "${h}/32" : "${h}/128"]
-  peer_ports   = [for p in var.dns_peers : tonumber(regex(":([0-9]+)$", p.api)[0])]
-  dns_egress   = distinct(concat([80, 443, var.edge.admin_port, var.gslb_api_port], local.peer_ports))
-  admin_ca     = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
-  admin_ca_pem = var.edge_admin_https ? tls_self_signed_cert.admin_ca[0].cert_pem : ""
+  peers         = { for k, ip in local.glue : k => { name = k, api = "http://${ip}:${var.gslb_api_port}" } }
+  peer_hosts    = [for p in var.dns_peers : regex("^https?://\\[?([0-9A-Fa-f:.]+?)\\]?:[0-9]+$", p.api)[0]]
+  peer_cidrs    = [for h in local.peer_hosts : can(cidrnetmask("${h}/32")) ? "${h}/32" : "${h}/128"]
+  peer_ports    = [for p in var.dns_peers : tonumber(regex(":([0-9]+)$", p.api)[0])]
+  dns_egress    = distinct(concat([80, 443, var.edge.admin_port, var.gslb_api_port], local.peer_ports))
+  admin_ca      = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
+  admin_ca_pems = var.edge_admin_https ? [tls_self_signed_cert.admin_ca[0].cert_pem] : []
 
   # Origins' ports, which edges may connect out to (plus 80 and 443 for packages and SSM).
   origin_ports = [for o in var.origins : tonumber(try(regex(":([0-9]+)$", o.url)[0], startswith(o.url, "https:") ? "443" : "80"))]
@@ -200,7 +200,7 @@ locals {
 # --- the private CA of the edges' admin certificates ------------------------------------------
 # Each edge's admin listener gets a certificate for its Elastic IP from this CA (modules/
 # aws-node), and the DNS nodes verify the edges' status endpoints with its certificate
-# (health_ca_pem). Its key is in the state only (keep the state in an encrypted backend).
+# (health_ca_pems). Its key is in the state only (keep the state in an encrypted backend).
 
 resource "tls_private_key" "admin_ca" {
   count       = var.edge_admin_https ? 1 : 0
@@ -303,7 +303,7 @@ module "ns1" {
   token            = var.gslb_api_token
   edge_admin_token = var.edge_admin_token
   peer_token       = var.gslb_api_token
-  health_ca_pem    = local.admin_ca_pem
+  health_ca_pems   = local.admin_ca_pems
   dnssec_key_pem   = var.dnssec_key_pem
   geoip            = var.geoip
   admin_cidrs      = var.admin_cidrs
@@ -327,7 +327,7 @@ module "ns2" {
   token            = var.gslb_api_token
   edge_admin_token = var.edge_admin_token
   peer_token       = var.gslb_api_token
-  health_ca_pem    = local.admin_ca_pem
+  health_ca_pems   = local.admin_ca_pems
   dnssec_key_pem   = var.dnssec_key_pem
   geoip            = var.geoip
   admin_cidrs      = var.admin_cidrs

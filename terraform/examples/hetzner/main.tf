@@ -62,8 +62,8 @@ locals {
   }
   dns_cidrs = flatten([for g in values(local.glue) : ["${g.ipv4}/32", "${g.ipv6}/128"]])
 
-  admin_ca     = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
-  admin_ca_pem = var.edge_admin_https ? tls_self_signed_cert.admin_ca[0].cert_pem : ""
+  admin_ca      = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
+  admin_ca_pems = var.edge_admin_https ? [tls_self_signed_cert.admin_ca[0].cert_pem] : []
 
   # The health quorum: each DNS node reads the others' /v1/edges (on their glue IPv4, known
   # before any server), and the operator's dns_peers.
@@ -127,7 +127,7 @@ locals {
 # --- the private CA of the edges' admin certificates ------------------------------------------
 # Each edge's admin listener gets a certificate for its primary IPv4 from this CA (modules/
 # hcloud-node, modules/admin-cert), and the DNS nodes verify the edges' status endpoints with
-# its certificate (health_ca_pem). Its key is in the state only (keep it encrypted).
+# its certificate (health_ca_pems). Its key is in the state only (keep it encrypted).
 
 resource "tls_private_key" "admin_ca" {
   count       = var.edge_admin_https ? 1 : 0
@@ -260,7 +260,7 @@ module "dns" {
   token                = var.gslb_api_token
   edge_admin_token     = var.edge_admin_token
   peer_token           = var.gslb_api_token
-  health_ca_pem        = local.admin_ca_pem
+  health_ca_pems       = local.admin_ca_pems
   dnssec_key_pem       = var.dnssec_key_pem
   geoip                = var.geoip
   glue                 = { ipv4_id = hcloud_primary_ip.ipv4[each.key].id, ipv6_id = hcloud_primary_ip.ipv6[each.key].id }

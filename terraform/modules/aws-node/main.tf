@@ -48,7 +48,13 @@ locals {
     { for p in local.public_ports : "tcp-${p}" => { protocol = "tcp", port = p } },
     local.is_gslb ? { for p in local.public_ports : "udp-${p}" => { protocol = "udp", port = p } } : {},
   )
-  admin_sources = distinct(concat(var.admin_cidrs, var.health_checker_cidrs, var.peer_cidrs))
+  # Keyed by position: the DNS nodes' and peers' addresses are Elastic IPs the same apply may
+  # create, unknown at plan, and for_each keys must be known.
+  admin_sources = merge(
+    { for i, c in var.admin_cidrs : "admin-${i}" => c },
+    { for i, c in var.health_checker_cidrs : "dns-${i}" => c },
+    { for i, c in var.peer_cidrs : "peer-${i}" => c },
+  )
 
   admin_https = !local.is_gslb && nonsensitive(var.admin_ca != null)
   admin_tls = local.admin_https ? {
@@ -69,7 +75,7 @@ module "config" {
   admin_tls        = local.admin_tls
   edge_admin_token = var.edge_admin_token
   peer_token       = var.peer_token
-  health_ca_pem    = var.health_ca_pem
+  health_ca_pems   = var.health_ca_pems
   dnssec_key_pem   = var.dnssec_key_pem
   geoip            = var.geoip
   gslb             = var.gslb
@@ -110,7 +116,7 @@ resource "aws_eip_association" "this" {
 
     precondition {
       condition     = var.role == "edge" || nonsensitive(var.admin_ca == null)
-      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pem."
+      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pems."
     }
   }
 }
@@ -152,15 +158,15 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "admin" {
-  for_each = toset(local.admin_sources)
+  for_each = local.admin_sources
 
   security_group_id = aws_security_group.this.id
   description       = local.is_gslb ? "gslb API from operators and DNS peers" : "edge admin port from operators and DNS nodes"
   ip_protocol       = "tcp"
   from_port         = local.admin_port
   to_port           = local.admin_port
-  cidr_ipv4         = can(cidrnetmask(each.key)) ? each.key : null
-  cidr_ipv6         = can(cidrnetmask(each.key)) ? null : each.key
+  cidr_ipv4         = can(cidrnetmask(each.value)) ? each.value : null
+  cidr_ipv6         = can(cidrnetmask(each.value)) ? null : each.value
 }
 
 resource "aws_vpc_security_group_egress_rule" "this" {

@@ -67,7 +67,7 @@ module "config" {
   admin_tls        = local.admin_tls
   edge_admin_token = var.edge_admin_token
   peer_token       = var.peer_token
-  health_ca_pem    = var.health_ca_pem
+  health_ca_pems   = var.health_ca_pems
   dnssec_key_pem   = var.dnssec_key_pem
   geoip            = var.geoip
   gslb             = var.gslb
@@ -157,7 +157,7 @@ resource "hcloud_server" "this" {
 
     precondition {
       condition     = var.role == "edge" || nonsensitive(var.admin_ca == null)
-      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pem."
+      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pems."
     }
   }
 }

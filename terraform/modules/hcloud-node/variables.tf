@@ -1,5 +1,5 @@
 # Inputs of one GeoEdge node on Hetzner Cloud. The config inputs (role, install, token, tls,
-# edge_admin_token, peer_token, health_ca_pem, dnssec_key_pem, geoip, gslb, edge) go to
+# edge_admin_token, peer_token, health_ca_pems, dnssec_key_pem, geoip, gslb, edge) go to
 # modules/node-config unchanged; see its README. admin_ca issues the edge's admin_tls here.
 
 variable "role" {
@@ -49,7 +49,7 @@ variable "tls" {
 }
 
 variable "admin_ca" {
-  description = "Edge only: a private CA {certificate_pem, private_key_pem} that issues the edge's admin certificate for its glue IPv4 (modules/admin-cert): admin_listen speaks HTTPS, and the DNS nodes verify it with the CA certificate (their health_ca_pem). Needs glue with ipv4_address: the certificate is in the first boot's user data, before the server has an address of its own. null: plain HTTP."
+  description = "Edge only: a private CA {certificate_pem, private_key_pem} that issues the edge's admin certificate for its glue IPv4 (modules/admin-cert): admin_listen speaks HTTPS, and the DNS nodes verify it with the CA certificate (their health_ca_pems). Needs glue with ipv4_address: the certificate is in the first boot's user data, before the server has an address of its own. null: plain HTTP."
   type = object({
     certificate_pem = string
     private_key_pem = string
@@ -78,10 +78,10 @@ variable "peer_token" {
   sensitive   = true
 }
 
-variable "health_ca_pem" {
-  description = "gslb only: PEM CA bundle verifying the edges' HTTPS status URLs; empty: the system's CAs."
-  type        = string
-  default     = ""
+variable "health_ca_pems" {
+  description = "gslb only: PEM CA certificates verifying the edges' HTTPS status URLs; empty: the system's CAs."
+  type        = list(string)
+  default     = []
 }
 
 variable "dnssec_key_pem" {

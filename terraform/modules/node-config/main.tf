@@ -15,7 +15,7 @@ locals {
   has_admin_tls  = nonsensitive(var.admin_tls != null)
   has_edge_token = nonsensitive(var.edge_admin_token != "")
   has_peer_token = nonsensitive(var.peer_token != "")
-  has_health_ca  = var.health_ca_pem != ""
+  has_health_ca  = length(var.health_ca_pems) > 0
   has_dnssec     = nonsensitive(var.dnssec_key_pem != "")
   geoipupdate    = nonsensitive(var.geoip != null)
 
@@ -115,7 +115,7 @@ locals {
     admin-tls-key    = try(var.admin_tls.private_key_pem, "")
     edge-admin-token = var.edge_admin_token
     peer-token       = var.peer_token
-    health-ca        = var.health_ca_pem
+    health-ca        = join("", [for pem in var.health_ca_pems : "${trimspace(pem)}\n"])
     dnssec-key       = var.dnssec_key_pem
     geoip-conf       = try("AccountID ${var.geoip.account_id}\nLicenseKey ${var.geoip.license_key}\nEditionIDs GeoLite2-City\nDatabaseDirectory /var/lib/GeoIP\n", "")
   }

@@ -14,7 +14,7 @@ output "config" {
 
   precondition {
     condition     = var.role == "gslb" || (!local.has_dnssec && !local.geoipupdate && !local.has_edge_token && !local.has_peer_token && !local.has_health_ca)
-    error_message = "dnssec_key_pem, geoip, edge_admin_token, peer_token and health_ca_pem are for gslb nodes."
+    error_message = "dnssec_key_pem, geoip, edge_admin_token, peer_token and health_ca_pems are for gslb nodes."
   }
 
   precondition {

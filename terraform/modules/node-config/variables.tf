@@ -90,7 +90,7 @@ variable "tls" {
 }
 
 variable "admin_tls" {
-  description = "Edge only: the PEM certificate and private key of the admin listener (admin_listen speaks HTTPS: the DNS nodes' status probes and purges, verified against their health_ca_pem); null: plain HTTP."
+  description = "Edge only: the PEM certificate and private key of the admin listener (admin_listen speaks HTTPS: the DNS nodes' status probes and purges, verified against their health_ca_pems); null: plain HTTP."
   type = object({
     certificate_pem = string
     private_key_pem = string
@@ -128,14 +128,14 @@ variable "peer_token" {
   }
 }
 
-variable "health_ca_pem" {
-  description = "gslb only: PEM CA bundle that verifies the edges' HTTPS status URLs (the CA of their admin_tls certificates) ([health] ca_file); empty: the system's CAs."
-  type        = string
-  default     = ""
+variable "health_ca_pems" {
+  description = "gslb only: the PEM CA certificates that verify the edges' HTTPS status URLs (the CA of their admin_tls certificates), written as one bundle ([health] ca_file); empty: the system's CAs. A list, so that whether there is one is known before the certificates exist (Terraform plans the files from it)."
+  type        = list(string)
+  default     = []
 
   validation {
-    condition     = var.health_ca_pem == "" || can(regex("^\\s*-----BEGIN CERTIFICATE-----", var.health_ca_pem))
-    error_message = "health_ca_pem must be empty or PEM certificates (-----BEGIN CERTIFICATE-----)."
+    condition     = alltrue([for pem in var.health_ca_pems : can(regex("^\\s*-----BEGIN CERTIFICATE-----", pem))])
+    error_message = "health_ca_pems must be PEM certificates (-----BEGIN CERTIFICATE-----)."
   }
 }
 
