@@ -210,7 +210,7 @@ class CacheConfig:
     memory_object_max: int = 1 << 20
     # The index: parsed metadata of stored entries and where their bodies lie, so a hit
     # on a body not in the memory tier needs no database read (nginx's keys_zone).
-    index_bytes: int = 64 << 20
+    index_bytes: int = 128 << 20
     max_object_bytes: int = 256 << 20
     cache_set_cookie: bool = False
     default_ttl: float = 0.0  # freshness for responses with none; 0 = do not cache them

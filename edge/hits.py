@@ -61,11 +61,11 @@ class Hits:
         self.via = ""
         self._prepared: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
         # Prepared hit heads (a few hundred bytes each), least recently used out: one per
-        # 2 KiB of the store's index (about one per entry it holds), at least 4096, so the
-        # entries the index holds keep their heads (about a quarter of index_bytes at most,
+        # 3 KiB of the store's index (about one per entry it holds), at least 4096, so the
+        # entries the index holds keep their heads (about a sixth of index_bytes at most,
         # beside it).
         self._heads: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-        self._heads_max = max(4096, store.index_bytes // 2048)
+        self._heads_max = max(4096, store.index_bytes // 3072)
         # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
         # re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}

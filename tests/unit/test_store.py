@@ -664,7 +664,7 @@ def test_index_bytes_is_read_from_the_cache_section() -> None:
     assert from_mapping({**base, "cache": {"index_bytes": "8MiB"}}, "e.toml").cache.index_bytes == (
         8 << 20
     )
-    assert from_mapping(base, "e.toml").cache.index_bytes == 64 << 20
+    assert from_mapping(base, "e.toml").cache.index_bytes == 128 << 20
     with pytest.raises(ConfigError, match=r"e\.toml: cache\.index_bytes"):
         from_mapping({**base, "cache": {"index_bytes": "lots"}}, "e.toml")
 
