@@ -731,9 +731,7 @@ class Store:
 
     def _used(self, listed: _Listed, now: float) -> None:
         """A variant list served from the index: its rows count as read (LRU order), once
-        per _STAMP_EVERY."""
-        with self._lock:
-            self._hits += 1
+        per _STAMP_EVERY. (The caller counts the hit.)"""
         if now - listed.stamped_at >= _STAMP_EVERY:
             listed.stamped_at = now
             self._reads.touch(listed.rows)
@@ -783,6 +781,8 @@ class Store:
             listed: _Listed | None = self._index.get(_meta_key(key))
         if listed is None or not self._current(listed, now):
             return None
+        with self._lock:
+            self._hits += 1
         self._used(listed, now)
         return listed.entries
 
@@ -796,14 +796,15 @@ class Store:
         keep answering from it for a while as ``variants`` re-reads it in a thread. None
         when the index does not hold a single variant for ``key``."""
         with self._lock:
-            listed: _Listed | None = self._index.get(_meta_key(key))
+            listed: _Listed | None = self._index.get("m:" + key)
             if listed is None or len(listed.entries) != 1:
                 return None
             entry = listed.entries[0]
             body: bytes | None = self._memory.get(listed.rows[1])
+            self._hits += 1
         now = self._clock()
         self._used(listed, now)
-        if self._current(listed, now):
+        if now - listed.read_at < self._meta_refresh or listed.epoch == self._epoch_now(now):
             return entry, body, None
         return entry, body, now - max(listed.read_at, self._epoch_moved_at)
 
@@ -820,6 +821,8 @@ class Store:
         with self._lock:
             listed: _Listed | None = self._index.get(mkey)
         if listed is not None and self._current(listed, now):
+            with self._lock:
+                self._hits += 1
             self._used(listed, now)
             return listed.entries
         epoch = self._epoch()  # before the read: a move during it means read again
