@@ -70,8 +70,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
 # Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
 _PLAIN_MEMO = 2048
-# A remembered segment: cache key, request, the screening rules its request conditions meet.
-_Plain = tuple[str, SimpleGet, tuple[int, ...]]
+# A remembered segment: cache key, request, the screening rules its request conditions meet
+# (bit i: rule i, see edge.screening.RuleSet.candidates).
+_Plain = tuple[str, SimpleGet, int]
 
 
 class Proxy:

@@ -29,7 +29,7 @@ import mmap
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 WAYS = 8  # slots per set: a key lives in one of them
 _FIELDS = 6  # per slot: tokens, stamp (last use), violations, last violation, ban end, full at
@@ -57,23 +57,17 @@ class Rate:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     allowed: bool
-    remaining: int  # whole tokens left after this request
     retry_after: float  # seconds until a request may pass again (0 when allowed)
     banned: bool = False  # refused because a ban runs
     ban_started: bool = False  # this refusal started a ban
 
 
+ALLOWED: Final = Outcome(True, 0.0)  # one value for the common case: nothing to allocate
+
+
 class Lock(Protocol):
     def acquire(self) -> None: ...
     def release(self) -> None: ...
-
-
-class _NoLock:
-    def acquire(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
 
 
 class _FileLock:
@@ -99,7 +93,7 @@ def table_key(*parts: str) -> int:
 class RateTable:
     """`slots` buckets (rounded up to a multiple of WAYS) in `buffer`, updated under `lock`."""
 
-    def __init__(self, buffer: mmap.mmap, slots: int, lock: Lock) -> None:
+    def __init__(self, buffer: mmap.mmap, slots: int, lock: Lock | None) -> None:
         self.slots = slots
         self._buffer = buffer
         self._keys = memoryview(buffer)[: 8 * slots].cast("Q")
@@ -111,7 +105,7 @@ class RateTable:
     def private(cls, slots: int) -> RateTable:
         """A table for one process (anonymous memory: pages cost nothing until used)."""
         slots = _round(slots)
-        return cls(mmap.mmap(-1, SLOT_BYTES * slots), slots, _NoLock())
+        return cls(mmap.mmap(-1, SLOT_BYTES * slots), slots, None)
 
     @classmethod
     def shared(cls, slots: int, directory: str | None = None) -> RateTable:
@@ -128,31 +122,41 @@ class RateTable:
         """Take a token for `key` from its bucket at time `now`: allowed when there was one.
         A refusal counts as a violation towards a ban; during a ban nothing is taken."""
         lock = self._lock
-        lock.acquire()
+        if lock is not None:
+            lock.acquire()
         try:
-            slot = self._find(key, now)
+            keys = self._keys
+            slot = (key % self._sets) * WAYS
+            if keys[slot] != key:  # not in the first way of its set: look further
+                slot = self._find(key, slot, now)
             values = self._values
             v = slot * _FIELDS
-            if self._keys[slot] != key:
-                self._keys[slot] = key
+            if keys[slot] != key:
+                keys[slot] = key
                 for field, value in enumerate(_fresh(rate, now)):
                     values[v + field] = value
+            burst = rate.burst
+            tokens = values[v + _TOKENS]
+            elapsed = now - values[v + _STAMP]
+            if elapsed > 0.0:
+                tokens += elapsed * rate.per_second
+                if tokens > burst:
+                    tokens = float(burst)
+                values[v + _STAMP] = now
             ban_end = values[v + _BAN_END]
-            elapsed = max(0.0, now - values[v + _STAMP])
-            tokens = min(float(rate.burst), values[v + _TOKENS] + elapsed * rate.per_second)
-            values[v + _STAMP] = now
             if ban_end > now:
-                outcome = Outcome(False, 0, ban_end - now, banned=True)
+                outcome = Outcome(False, ban_end - now, banned=True)
             elif tokens >= 1.0:
                 tokens -= 1.0
-                outcome = Outcome(True, int(tokens), 0.0)
+                outcome = ALLOWED
             else:
                 outcome = self._violation(v, rate, now, tokens)
             values[v + _TOKENS] = tokens
-            values[v + _FULL_AT] = now + (rate.burst - tokens) / rate.per_second
+            values[v + _FULL_AT] = now + (burst - tokens) / rate.per_second
             return outcome
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def _violation(self, v: int, rate: Rate, now: float, tokens: float) -> Outcome:
         values = self._values
@@ -162,14 +166,14 @@ class RateTable:
         if rate.ban_after and count >= rate.ban_after:
             values[v + _VIOLATIONS] = 0.0
             values[v + _BAN_END] = now + rate.ban_seconds
-            return Outcome(False, 0, rate.ban_seconds, banned=True, ban_started=True)
+            return Outcome(False, rate.ban_seconds, banned=True, ban_started=True)
         values[v + _VIOLATIONS] = count
-        return Outcome(False, 0, (1.0 - tokens) / rate.per_second)
+        return Outcome(False, (1.0 - tokens) / rate.per_second)
 
-    def _find(self, key: int, now: float) -> int:
-        """The slot holding `key`, or the one it is to take (see the module docstring)."""
+    def _find(self, key: int, base: int, now: float) -> int:
+        """The slot of set `base` holding `key`, or the one it is to take (see the module
+        docstring)."""
         keys = self._keys
-        base = (key % self._sets) * WAYS
         for slot in range(base, base + WAYS):
             if keys[slot] == key:
                 return slot

@@ -35,7 +35,7 @@ from typing import Final
 from urllib.parse import unquote
 
 from edge.exchange import bare_host
-from edge.ratelimit import RateTable, table_key
+from edge.ratelimit import ALLOWED, RateTable, table_key
 from edge.screen_config import Network, Rule, ScreeningConfig
 from geo.location import IPAddress, Locator
 
@@ -70,7 +70,7 @@ class Client:
 
     text: str  # the address as logged
     trusted: bool  # a trusted proxy: the real client is in X-Forwarded-For
-    matches: int  # bit i: rule i's network and country conditions hold
+    matches: int  # bit i: rule i's network and country conditions hold (or it has none)
     keys: dict[int, int]  # rule index -> the budget key of a rule keyed by client
 
 
@@ -84,8 +84,9 @@ class _Compiled:
         self.path_re = re.compile(rule.path_regex) if rule.path_regex else None
         self.hosts = frozenset(rule.hosts)
         self.header_re = re.compile(rule.header_regex) if rule.header_regex else None
-        self.by_client = bool(rule.clients or rule.countries)
+        self.rate = rule.rate
         self.budget = rule.rate is not None or rule.concurrency > 0
+        self.client_key = self.budget and rule.key == "client"
         self.fixed = (
             None if self.budget or rule.action == "allow" else Verdict(rule.name, rule.action)
         )
@@ -146,13 +147,18 @@ class RuleSet:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def candidates(self, method: str, target: str, host: str, header: Header) -> tuple[int, ...]:
-        """The rules whose request conditions hold (client and budget left to `Screening`)."""
+    def candidates(self, method: str, target: str, host: str, header: Header) -> int:
+        """The rules whose request conditions hold, as bits (rule i: bit i); client and
+        budget conditions are left to `Screening.decide`."""
         if not self.rules:
-            return ()
+            return 0
         path = match_path(target)
         name = bare_host(host)
-        return tuple(c.index for c in self.rules if c.holds(method, path, name, header))
+        bits = 0
+        for c in self.rules:
+            if c.holds(method, path, name, header):
+                bits |= 1 << c.index
+        return bits
 
     def client(self, text: str, trusted: Sequence[Network]) -> Client:
         """The network, country and budget-key facts of the client at address `text`."""
@@ -175,7 +181,7 @@ class RuleSet:
                 ok = country in rule.countries
             if ok:
                 matches |= 1 << c.index
-            if c.budget and rule.key == "client":
+            if c.client_key:
                 keys[c.index] = table_key(rule.name, "client", _network_key(addr, rule))
         is_trusted = addr is not None and any(addr in n for n in trusted)
         return Client(text, is_trusted, matches, keys)
@@ -250,28 +256,28 @@ class Screening:
 
     def decide(
         self,
-        candidates: tuple[int, ...],
+        candidates: int,
         client: Client,
         target: str,
         header: Header,
         held: list[int] | None = None,
     ) -> Verdict | None:
-        """The verdict on a request whose `candidates` rules' request conditions hold: None
+        """The verdict on a request whose `candidates` rules' (bits) request conditions hold: None
         to let it pass. Budgets are spent here. `held` collects the keys of concurrency
         budgets the request takes (the full handler releases them with `leave`)."""
         rules = self.ruleset.rules
-        matches = client.matches
-        for i in candidates:
+        relevant = candidates & client.matches
+        while relevant:
+            low = relevant & -relevant  # the rules in order: lowest bit first
+            relevant ^= low
+            i = low.bit_length() - 1
             c = rules[i]
-            if c.by_client and not (matches >> i) & 1:
-                continue
             rule = c.rule
             verdict = c.fixed
-            if rule.rate is not None:
-                out = self._table.take(
-                    self._key(c, client, target, header), rule.rate, self._clock()
-                )
-                if out.allowed:
+            if c.rate is not None:
+                key = client.keys[i] if c.client_key else self._key(c, target, header)
+                out = self._table.take(key, c.rate, self._clock())
+                if out is ALLOWED:
                     continue
                 if out.ban_started:
                     self._counts[(rule.name, "ban")] += 1
@@ -280,7 +286,7 @@ class Screening:
                     rule.name, rule.action, retry, c.policy, f'"{rule.name}";r=0;t={retry}'
                 )
             elif rule.concurrency:
-                key = self._key(c, client, target, header)
+                key = client.keys[i] if c.client_key else self._key(c, target, header)
                 if self.inflight[key] < rule.concurrency:
                     if held is not None:
                         held.append(key)
@@ -303,10 +309,9 @@ class Screening:
             if inflight[key] <= 0:
                 del inflight[key]
 
-    def _key(self, c: _Compiled, client: Client, target: str, header: Header) -> int:
+    def _key(self, c: _Compiled, target: str, header: Header) -> int:
+        """The budget key of a rule keyed by path or header (client keys: `Client.keys`)."""
         rule = c.rule
-        if rule.key == "client":
-            return client.keys[c.index]
         value = match_path(target) if rule.key == "path" else header(rule.key_header) or ""
         memo = (c.index, value)
         key = self._keys.get(memo)
