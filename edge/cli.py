@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         streams = f", {len(config.streams)} streams" if config.streams else ""
-        print(f"{args.file}: ok ({len(config.pool.origins)} origins{streams})")
+        rules = len(config.screening.rules)
+        screening = f", {rules} screening rules" if rules else ""
+        print(f"{args.file}: ok ({len(config.pool.origins)} origins{streams}{screening})")
         return 0
     try:
         config = _config_from_args(args)

@@ -98,8 +98,10 @@ class Proxy:
         # workers when the parent made the table), requests in flight, the GeoIP database.
         slots = config.screening.table_slots
         self.rate_table = rate_table if rate_table is not None else RateTable.private(slots)
-        table = self.rate_table
-        metrics.banned_keys = lambda: table.bans(time.monotonic())
+        # A scan of the table: only while a rule can ban at all.
+        metrics.banned_keys = lambda: (
+            self.rate_table.bans(time.monotonic()) if self.screening.bans else 0
+        )
         self._inflight: collections.Counter[int] = collections.Counter()
         self._locator: GeoIPLocator | None = None
         self._date = (0, "")

@@ -227,6 +227,7 @@ class Screening:
     ) -> None:
         self.ruleset = RuleSet(config.rules, locator)
         self.active = bool(self.ruleset)
+        self.bans = any(r.rate is not None and r.rate.ban_after for r in config.rules)
         self._trusted = tuple(trusted)
         self._table = table
         self._counts = counts  # (rule, action) -> hits; ("rule", "ban") bans started

@@ -273,23 +273,28 @@ async def test_limits_survive_sighup(tmp_path: Path) -> None:
             assert [a for a, _ in await statuses(s, edge.url() + "/no", 1)] == [429]
 
 
-async def test_check_config_names_the_rule_key_and_problem(tmp_path: Path) -> None:
-    conf = tmp_path / "edge.toml"
-    conf.write_text(
-        '[pool]\norigins = ["http://127.0.0.1:9"]\n'
-        '[[screening.rule]]\nname = "x"\naction = "limit"\nrate = "100"\n'
-    )
+async def _check_config(conf: Path) -> tuple[int | None, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "edge",
         "check-config",
         str(conf),
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=_env(),
         cwd=ROOT,
     )
-    _, err = await proc.communicate()
-    assert proc.returncode == 1
-    assert f"{conf}: screening.rule[0].rate: expected a number per unit" in err.decode()
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_check_config_names_the_rule_key_and_problem(tmp_path: Path) -> None:
+    conf = tmp_path / "edge.toml"
+    rule = '[[screening.rule]]\nname = "x"\naction = "limit"\nrate = "100'
+    conf.write_text(f'[pool]\norigins = ["http://127.0.0.1:9"]\n{rule}/s"\n')
+    assert await _check_config(conf) == (0, f"{conf}: ok (1 origins, 1 screening rules)\n", "")
+    conf.write_text(f'[pool]\norigins = ["http://127.0.0.1:9"]\n{rule}"\n')
+    code, _, err = await _check_config(conf)
+    assert code == 1
+    assert f"{conf}: screening.rule[0].rate: expected a number per unit" in err
