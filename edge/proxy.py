@@ -278,19 +278,24 @@ class Proxy:
         status, head, body = hit
         self.metrics.response(status, "hit")
         if logging_on:
-            self.access_log.write(
-                remote=remote,
-                method="GET",
-                host=req.host,
-                path=req.target,
-                status=status,
-                sent=len(body),
-                duration_ms=round((time.monotonic() - start) * 1000, 3),
-                cache="hit",
-                origin="",
-                user_agent=req.user_agent,
-            )
+            self._log_plain(req, remote, status, len(body), start, "hit")
         return [head, body]
+
+    def _log_plain(
+        self, req: SimpleGet, remote: str | None, status: int, sent: int, start: float, cache: str
+    ) -> None:
+        self.access_log.write(
+            remote=remote,
+            method="GET",
+            host=req.host,
+            path=req.target,
+            status=status,
+            sent=sent,
+            duration_ms=round((time.monotonic() - start) * 1000, 3),
+            cache=cache,
+            origin="",
+            user_agent=req.user_agent,
+        )
 
     def _refuse_plain(
         self, verdict: Verdict, req: SimpleGet, remote: str | None, start: float
@@ -298,26 +303,15 @@ class Proxy:
         """The fast path's answer to a refused plain GET: the full handler's bytes."""
         status = verdict.status
         self.metrics.response(status, "refused")
-        wire = [] if verdict.action == "close" else self._refusal_wire(verdict, "GET")
+        wire = [] if verdict.action == "close" else self._refusal_wire(verdict)
         if self.access_log.enabled:
-            self.access_log.write(
-                remote=remote,
-                method="GET",
-                host=req.host,
-                path=req.target,
-                status=status,
-                sent=len(wire[1]) if wire else 0,
-                duration_ms=round((time.monotonic() - start) * 1000, 3),
-                cache="refused",
-                origin="",
-                user_agent=req.user_agent,
-            )
+            self._log_plain(req, remote, status, len(wire[1]) if wire else 0, start, "refused")
         return wire
 
-    def _refusal_wire(self, verdict: Verdict, method: str) -> list[bytes]:
+    def _refusal_wire(self, verdict: Verdict) -> list[bytes]:
         head, body = refusal_head(verdict, self._http_date())
         tail = f"Cache-Status: {self._refused_status}\r\n\r\n".encode("latin-1")
-        return [head + tail, b"" if method == "HEAD" else body]
+        return [head + tail, body]
 
     def _http_date(self) -> str:
         now = time.time()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from edge.ratelimit import Rate
 from geo.errors import GeoError
+from geo.location import IPNetwork
 from geo.locator import GeoIPLocator
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour
 _UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 _UNIT_SECONDS.update({"h": 3600, "hour": 3600})
 _COUNTRY = re.compile(r"[A-Z]{2}")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +61,7 @@ class Rule:
     header: str = ""  # lower-case name; present (and with header_value / header_regex)
     header_value: str | None = None
     header_regex: str = ""
-    clients: tuple[Network, ...] = ()
+    clients: tuple[IPNetwork, ...] = ()
     countries: tuple[str, ...] = ()
     rate: Rate | None = None
     concurrency: int = 0  # requests in flight per key and worker
@@ -70,12 +69,6 @@ class Rule:
     key_header: str = ""  # lower-case, for key = header:NAME
     prefix_v4: int = 32
     prefix_v6: int = 64
-
-    @property
-    def counts_clients(self) -> bool:
-        """Whether the rule needs the client's address (conditions or its budget's key)."""
-        budget = self.rate is not None or self.concurrency > 0
-        return bool(self.clients or self.countries) or (budget and self.key == "client")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ from urllib.parse import unquote
 
 from edge.exchange import bare_host
 from edge.ratelimit import ALLOWED, RateTable, table_key
-from edge.screen_config import Network, Rule, ScreeningConfig
-from geo.location import IPAddress, Locator
+from edge.screen_config import Rule, ScreeningConfig
+from geo.location import IPAddress, IPNetwork, Locator
 
 log = logging.getLogger("edge.screening")
 
@@ -160,7 +160,7 @@ class RuleSet:
                 bits |= 1 << c.index
         return bits
 
-    def client(self, text: str, trusted: Sequence[Network]) -> Client:
+    def client(self, text: str, trusted: Sequence[IPNetwork]) -> Client:
         """The network, country and budget-key facts of the client at address `text`."""
         try:
             addr: IPAddress | None = ipaddress.ip_address(text.partition("%")[0])
@@ -194,7 +194,7 @@ def _network_key(addr: IPAddress | None, rule: Rule) -> str:
     return str(ipaddress.ip_network((addr, prefix), strict=False))
 
 
-def forwarded_client(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+def forwarded_client(peer: str, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
     """The client of a request from a trusted proxy: the right-most X-Forwarded-For entry
     that is not itself trusted (an entry further left could be the client's own invention);
     the peer when there is none."""
@@ -218,7 +218,7 @@ class Screening:
     def __init__(
         self,
         config: ScreeningConfig,
-        trusted: Sequence[Network],
+        trusted: Sequence[IPNetwork],
         table: RateTable,
         locator: Locator | None,
         counts: Counter[tuple[str, str]],
