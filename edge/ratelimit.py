@@ -16,8 +16,11 @@ when every slot of the set holds one (then the one ending first). So a flood of 
 evicts idle clients first and cannot grow memory; the cost of a full table is that an
 evicted key starts again with a full bucket.
 
+A key with plenty of tokens left lends a process a few of them at a time (`Leases`), so
+the hot path of a generous limit rarely touches the table or its lock.
+
 Approximations: CLOCK_MONOTONIC is one clock for every process of the host, so workers'
-times compare; a key whose 64-bit hash collides with another's shares its bucket (odds of
+times compare; tokens a lease leaves unspent are lost (see `Leases`); a key whose 64-bit hash collides with another's shares its bucket (odds of
 about 2**-64 per pair). Time is injected: `take` is pure given the table's contents.
 """
 
@@ -60,6 +63,7 @@ class Outcome:
     retry_after: float  # seconds until a request may pass again (0 when allowed)
     banned: bool = False  # refused because a ban runs
     ban_started: bool = False  # this refusal started a ban
+    spare: int = 0  # tokens taken besides this request's (a `Leases` lease)
 
 
 ALLOWED: Final = Outcome(True, 0.0)  # one value for the common case: nothing to allocate
@@ -118,9 +122,11 @@ class RateTable:
         buffer = mmap.mmap(fd, SLOT_BYTES * slots, mmap.MAP_SHARED)
         return cls(buffer, slots, _FileLock(fd))
 
-    def take(self, key: int, rate: Rate, now: float) -> Outcome:
+    def take(self, key: int, rate: Rate, now: float, lease: int = 0) -> Outcome:
         """Take a token for `key` from its bucket at time `now`: allowed when there was one.
-        A refusal counts as a violation towards a ban; during a ban nothing is taken."""
+        A refusal counts as a violation towards a ban; during a ban nothing is taken. With
+        `lease`, up to that many tokens more are taken (`Outcome.spare`) while the bucket
+        holds LEASE_SHARE times as many: never the last ones."""
         lock = self._lock
         if lock is not None:
             lock.acquire()
@@ -148,7 +154,12 @@ class RateTable:
                 outcome = Outcome(False, ban_end - now, banned=True)
             elif tokens >= 1.0:
                 tokens -= 1.0
-                outcome = ALLOWED
+                spare = min(lease, int(tokens / LEASE_SHARE))
+                if spare > 0:
+                    tokens -= spare
+                    outcome = Outcome(True, 0.0, spare=spare)
+                else:
+                    outcome = ALLOWED
             else:
                 outcome = self._violation(v, rate, now, tokens)
             values[v + _TOKENS] = tokens
@@ -197,6 +208,39 @@ class RateTable:
 
     def used(self) -> int:
         return sum(1 for k in self._keys if k)
+
+
+LEASE_SHARE: Final = 16  # a lease takes at most 1/16 of the tokens left
+LEASE_MAX: Final = 32  # tokens per lease
+LEASE_SECONDS: Final = 0.1  # a lease not used up by then is forgotten
+
+
+class Leases:
+    """Tokens a process takes from the table ahead of use, for keys with plenty left.
+
+    A key whose bucket holds at least LEASE_SHARE tokens more than the request needs lends
+    this process up to LEASE_MAX of them (1/LEASE_SHARE of what is left), which it spends
+    without touching the table (or its lock) for LEASE_SECONDS. Leased tokens are gone from
+    the bucket, so the node never admits more than its budget; what a lease leaves unspent
+    is lost, so a key can get up to LEASE_MAX x workers fewer requests in a window than its
+    budget. A bucket near empty lends nothing: the last tokens, refusals and bans are
+    always decided in the table itself, exactly."""
+
+    def __init__(self, table: RateTable) -> None:
+        self.table = table
+        self._held: dict[int, list[float]] = {}  # key -> [tokens, until]
+
+    def take(self, key: int, rate: Rate, now: float) -> Outcome:
+        held = self._held.get(key)
+        if held is not None and held[0] >= 1.0 and now < held[1]:
+            held[0] -= 1.0
+            return ALLOWED
+        out = self.table.take(key, rate, now, LEASE_MAX)
+        if out.spare:
+            if held is None and len(self._held) >= 4096:
+                self._held.clear()
+            self._held[key] = [float(out.spare), now + LEASE_SECONDS]
+        return out
 
 
 def _fresh(rate: Rate, now: float) -> list[float]:

@@ -35,7 +35,7 @@ from typing import Final
 from urllib.parse import unquote
 
 from edge.exchange import bare_host
-from edge.ratelimit import ALLOWED, RateTable, table_key
+from edge.ratelimit import Leases, RateTable, table_key
 from edge.screen_config import Rule, ScreeningConfig
 from geo.location import IPAddress, IPNetwork, Locator
 
@@ -229,7 +229,7 @@ class Screening:
         self.active = bool(self.ruleset)
         self.bans = any(r.rate is not None and r.rate.ban_after for r in config.rules)
         self._trusted = tuple(trusted)
-        self._table = table
+        self._table = Leases(table)
         self._counts = counts  # (rule, action) -> hits; ("rule", "ban") bans started
         self._clock = clock
         self._log_interval = config.log_interval
@@ -278,7 +278,7 @@ class Screening:
             if c.rate is not None:
                 key = client.keys[i] if c.client_key else self._key(c, target, header)
                 out = self._table.take(key, c.rate, self._clock())
-                if out is ALLOWED:
+                if out.allowed:
                     continue
                 if out.ban_started:
                     self._counts[(rule.name, "ban")] += 1

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from edge.config import from_mapping
 from edge.errors import ConfigError
-from edge.ratelimit import WAYS, Rate, RateTable, table_key
+from edge.ratelimit import LEASE_MAX, WAYS, Leases, Rate, RateTable, table_key
 from edge.screening import Screening, Verdict, forwarded_client, match_path, refusal_head
 from geo.locator import GeoIPLocator
 
@@ -122,6 +122,41 @@ def test_workers_sharing_a_table_share_one_budget() -> None:
     for p in procs:
         p.join(30)
     assert sum(results.get(timeout=5) for _ in procs) == 50
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.booleans(), st.floats(0, 0.2, allow_nan=False)), min_size=1, max_size=300
+    ),
+    burst=st.integers(1, 2000),
+)
+def test_leases_never_admit_more_than_the_budget(
+    steps: list[tuple[bool, float]], burst: int
+) -> None:
+    table = RateTable.private(64)
+    workers = (Leases(table), Leases(table))  # two processes on one node table
+    rate = Rate(per_second=5.0, burst=burst)
+    now = 0.0
+    allowed = 0
+    for which, gap in steps:
+        now += gap
+        allowed += workers[which].take(9, rate, now).allowed
+    assert allowed <= burst + rate.per_second * now + 1e-9
+
+
+def test_a_lease_spares_the_table_and_never_lends_the_last_tokens() -> None:
+    table = RateTable.private(64)
+    leases = Leases(table)
+    rate = Rate(per_second=0.001, burst=1000)
+    assert leases.take(3, rate, 0.0).spare == LEASE_MAX  # 999 left: a full lease
+    for _ in range(LEASE_MAX):  # spent without the table
+        assert leases.take(3, rate, 0.01).allowed
+    assert table.take(3, rate, 0.01).allowed  # the table saw 1 + 32 taken, 1 more now
+    small = Rate(per_second=0.001, burst=10)
+    outcomes = [leases.take(4, small, 0.0) for _ in range(11)]
+    assert [o.allowed for o in outcomes] == [True] * 10 + [False]
+    assert not any(o.spare for o in outcomes)  # fewer than 16 left: no lease
 
 
 # -- matching -------------------------------------------------------------------------------
