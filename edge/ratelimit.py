@@ -20,8 +20,9 @@ A key with plenty of tokens left lends a process a few of them at a time (`Lease
 the hot path of a generous limit rarely touches the table or its lock.
 
 Approximations: CLOCK_MONOTONIC is one clock for every process of the host, so workers'
-times compare; tokens a lease leaves unspent are lost (see `Leases`); a key whose 64-bit hash collides with another's shares its bucket (odds of
-about 2**-64 per pair). Time is injected: `take` is pure given the table's contents.
+times compare; tokens a lease leaves unspent are lost (see `Leases`); a key whose 64-bit
+hash collides with another's shares its bucket (odds of about 2**-64 per pair). Time is
+injected: `take` is pure given the table's contents.
 """
 
 from __future__ import annotations
