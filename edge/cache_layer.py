@@ -923,6 +923,7 @@ async def open_cache(config: EdgeConfig, directory: str) -> CacheLayer:
             size_limit=c.size_limit,
             memory_bytes=c.memory_bytes,
             memory_object_max=c.memory_object_max,
+            index_bytes=c.index_bytes,
             max_object_bytes=c.max_object_bytes,
         )
 

@@ -210,6 +210,9 @@ class CacheConfig:
     size_limit: int = 1 << 30
     memory_bytes: int = 64 << 20
     memory_object_max: int = 1 << 20
+    # The index: parsed metadata of stored entries and where their bodies lie, so a hit
+    # on a body not in the memory tier needs no database read (nginx's keys_zone).
+    index_bytes: int = 64 << 20
     max_object_bytes: int = 256 << 20
     cache_set_cookie: bool = False
     default_ttl: float = 0.0  # freshness for responses with none; 0 = do not cache them
@@ -577,6 +580,7 @@ def _cache(sec: _Section, base_dir: str) -> CacheConfig:
         size_limit=sec.size("size_limit", d.size_limit),
         memory_bytes=sec.size("memory_bytes", d.memory_bytes),
         memory_object_max=sec.size("memory_object_max", d.memory_object_max),
+        index_bytes=sec.size("index_bytes", d.index_bytes),
         max_object_bytes=sec.size("max_object_bytes", d.max_object_bytes),
         cache_set_cookie=sec.take("cache_set_cookie", bool, d.cache_set_cookie),
         default_ttl=sec.positive("default_ttl", d.default_ttl, allow_zero=True),

@@ -68,8 +68,11 @@ log = logging.getLogger("edge.proxy")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Every other method, including unknown ones (M-SEARCH...), is unsafe (RFC 9111 §4.4).
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
-# Segments remembered per scheme by Proxy.answer_plain_get (parsed once, then looked up).
-_PLAIN_MEMO = 2048
+# What Proxy.answer_plain_get remembers per scheme of the segments it parsed (each looked up
+# next time instead of parsed again): segments of at most 2 KiB, counted at twice their
+# length (the segment, and its fields the parsed request keeps for the screening rules) plus
+# 512 bytes (the rest of the parsed request and its key), within 8 MiB; then it starts afresh.
+_PLAIN_MEMO_BYTES = 8 << 20
 # A remembered segment: cache key, request, the screening rules its request conditions meet
 # (bit i: rule i, see edge.screening.RuleSet.candidates).
 _Plain = tuple[str, SimpleGet, int]
@@ -133,6 +136,7 @@ class Proxy:
             "http": {},
             "https": {},
         }
+        self._plain_memo_bytes = {"http": 0, "https": 0}
         self._cache_tag = config.server.cache_name
         self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
         self._strip = frozenset(config.server.strip_request_headers)
@@ -253,10 +257,13 @@ class Proxy:
         plain = memo.get(data)
         if plain is None:
             plain = self._plain_get(data, scheme)
-            if len(data) <= 2048:  # bounded: at most _PLAIN_MEMO entries of 2 KiB
-                if len(memo) >= _PLAIN_MEMO:
+            if len(data) <= 2048:
+                cost = 2 * len(data) + 512
+                if self._plain_memo_bytes[scheme] + cost > _PLAIN_MEMO_BYTES:
                     memo.clear()
+                    self._plain_memo_bytes[scheme] = 0
                 memo[data] = plain
+                self._plain_memo_bytes[scheme] += cost
         if not plain:
             return None
         key, req, candidates = plain

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -61,6 +62,11 @@ Clock = Callable[[], float]
 CHUNK = 64 * 1024
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _SEP = "\x1f"
+# A hit stamps the rows it used (for LRU eviction) at most this often: recency is exact to it,
+# and a busy entry costs one row update per period, not one per hit.
+_STAMP_EVERY = 30.0
+# How old the directory's epoch, as last seen, may get before a hit looks it up again.
+_EPOCH_RECHECK = 0.05
 
 
 # SQLite's result codes for a damaged database file (primary codes: the low byte).
@@ -90,7 +96,17 @@ class _CommittedFile:
 
 
 class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
-    """diskcache Disk that only knows str keys and bytes values: no pickle either way."""
+    """diskcache Disk that only knows str keys and bytes values: no pickle either way.
+
+    ``placed`` says, per thread, where the last value stored went: the path of its file,
+    or "" for a row of the database."""
+
+    _where = threading.local()
+
+    @property
+    def placed(self) -> str:
+        where: str = getattr(self._where, "path", "")
+        return where
 
     def put(self, key: Any) -> tuple[Any, bool]:
         if type(key) is not str:
@@ -107,10 +123,13 @@ class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
             filename, full_path = self.filename(key, value)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.replace(value.path, full_path)
+            self._where.path = full_path
             return value.size, diskcache.core.MODE_BINARY, filename, None
         if type(value) is not bytes:
             raise TypeError("store values must be bytes")
-        return super().store(value, False, key=key)
+        stored = super().store(value, False, key=key)
+        self._where.path = "" if stored[2] is None else os.path.join(self._directory, stored[2])
+        return stored
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
@@ -143,7 +162,7 @@ class _Reads:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        self._touched: dict[str, None] = {}
+        self._touched: list[Iterable[str]] = []
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -168,15 +187,13 @@ class _Reads:
             return os.path.join(self._directory, filename)
         raise StoreError(f"refusing a non-bytes value (mode {mode}) from the cache")
 
-    def touch(self, keys: Iterator[str] | list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._touched[key] = None
+    def touch(self, keys: Iterable[str]) -> None:
+        self._touched.append(keys)  # atomic: no lock (flush swaps the list whole)
 
     def flush(self) -> int:
         """Stamp the keys read since the last flush as used now; how many were stamped."""
-        with self._lock:
-            keys, self._touched = list(self._touched), {}
+        touched, self._touched = self._touched, []
+        keys = list(dict.fromkeys(itertools.chain.from_iterable(touched)))
         if not keys:
             return 0
         now = self._wall()
@@ -251,6 +268,26 @@ class _Memory:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class _Listed:
+    """A variant list held in the index: when it was read, the directory's epoch before
+    that read, the rows a hit on it uses, and when they were last stamped as used."""
+
+    __slots__ = ("entries", "epoch", "read_at", "rows", "stamped_at")
+
+    def __init__(
+        self, read_at: float, entries: tuple[CacheEntry, ...], epoch: int, rows: tuple[str, ...]
+    ) -> None:
+        self.read_at = read_at
+        self.entries = entries
+        self.epoch = epoch
+        self.rows = rows
+        self.stamped_at = read_at
+
+
+def _listed(key: str, entries: tuple[CacheEntry, ...], read_at: float, epoch: int) -> _Listed:
+    return _Listed(read_at, entries, epoch, (_meta_key(key), *(_body_key(e) for e in entries)))
 
 
 def _list_cost(entries: tuple[CacheEntry, ...]) -> int:
@@ -435,6 +472,7 @@ class Store:
         size_limit: int = 1 << 30,
         memory_bytes: int = 64 << 20,
         memory_object_max: int = 1 << 20,
+        index_bytes: int = 64 << 20,
         max_object_bytes: int | None = None,
         max_variants: int = 16,
         retry_after: float = 30.0,
@@ -487,6 +525,12 @@ class Store:
             pass
         self._lock = threading.Lock()
         self._memory = _Memory(memory_bytes)
+        # The index: parsed variant lists ("m:" keys) and where each body already verified
+        # in this process lies ("b:" keys: its file's path, or "" when it is a row of the
+        # database), least recently used out, within its own budget beside the memory tier.
+        self._index = _Memory(index_bytes)
+        self._epoch_seen = -1
+        self._epoch_seen_at = self._epoch_moved_at = float("-inf")
         self._degraded_reason: str | None = None
         self._degraded_until = 0.0
         self._hits = self._misses = self._corrupt_count = 0
@@ -636,15 +680,24 @@ class Store:
         except OSError as e:
             log.warning("cannot move the cache epoch (other workers re-read late): %s", e)
 
-    def _still_stored(self, mkey: str, cached: tuple[float, Any, int], now: float) -> bool:
-        """Whether a variant list read into memory at least meta_refresh ago is still what
-        is stored (no epoch move since): then its read time is renewed."""
-        if self._epoch() != cached[2]:
-            return False
-        with self._lock:
-            if self._memory.get(mkey) is cached:
-                self._memory.put(mkey, (now, cached[1], cached[2]), self._memory.cost(mkey))
-        return True
+    def _epoch_now(self, now: float) -> int:
+        """The directory's epoch as last seen, looked up again (a stat) once it is
+        _EPOCH_RECHECK seconds old: a busy hit path pays for one stat per period, not one
+        per hit."""
+        if now - self._epoch_seen_at >= _EPOCH_RECHECK or now < self._epoch_seen_at:
+            epoch = self._epoch()
+            if epoch != self._epoch_seen:
+                # It moved after the last look that saw it unmoved: lists known current
+                # then are known current until that time, not later.
+                self._epoch_moved_at = self._epoch_seen_at
+            self._epoch_seen = epoch
+            self._epoch_seen_at = now
+        return self._epoch_seen
+
+    def _current(self, listed: _Listed, now: float) -> bool:
+        """Whether a variant list in the index may still be used: read less than
+        meta_refresh ago, or older but with the directory's epoch unmoved since."""
+        return now - listed.read_at < self._meta_refresh or listed.epoch == self._epoch_now(now)
 
     def _load_meta(self, key: str) -> list[CacheEntry]:
         mkey = _meta_key(key)
@@ -671,6 +724,15 @@ class Store:
         self._reads.touch([mkey, *(_body_key(e) for e in entries)])
         return entries
 
+    def _used(self, listed: _Listed, now: float) -> None:
+        """A variant list served from the index: its rows count as read (LRU order), once
+        per _STAMP_EVERY."""
+        with self._lock:
+            self._hits += 1
+        if now - listed.stamped_at >= _STAMP_EVERY:
+            listed.stamped_at = now
+            self._reads.touch(listed.rows)
+
     def _save_meta(self, key: str, entries: list[CacheEntry]) -> None:
         if entries:
             data = json.dumps([entry_to_dict(e) for e in entries], separators=(",", ":"))
@@ -678,14 +740,24 @@ class Store:
         else:
             self._cache.delete(_meta_key(key))
 
+    def _drop_body(self, bkey: str) -> None:
+        with self._lock:
+            self._memory.pop(bkey)
+            self._index.pop(bkey)
+
     def _forget(self, key: str) -> None:
         with self._lock:
-            self._memory.pop(_meta_key(key))
+            self._index.pop(_meta_key(key))
 
     @property
     def memory_bytes(self) -> int:
         """The memory tier's budget."""
         return self._memory.max_bytes
+
+    @property
+    def index_bytes(self) -> int:
+        """The index's budget (variant lists and body locations)."""
+        return self._index.max_bytes
 
     @property
     def memory_object_max(self) -> int:
@@ -698,43 +770,37 @@ class Store:
         return self._meta_refresh
 
     def peek_variants(self, key: str) -> tuple[CacheEntry, ...] | None:
-        """Variants of ``key`` from the memory tier only: never blocks on disk, safe to call
-        on the event loop. None when not in memory or due for a re-read (then call
-        ``variants`` in a thread)."""
-        mkey = _meta_key(key)
+        """Variants of ``key`` from the index only: never blocks on disk, safe to call on
+        the event loop. None when not there or due for a re-read (then call ``variants``
+        in a thread)."""
         now = self._clock()
         with self._lock:
-            cached = self._memory.get(mkey)
-        if cached is None:
+            listed: _Listed | None = self._index.get(_meta_key(key))
+        if listed is None or not self._current(listed, now):
             return None
-        if now - cached[0] >= self._meta_refresh and not self._still_stored(mkey, cached, now):
-            return None
-        with self._lock:
-            self._hits += 1
-        entries: tuple[CacheEntry, ...] = cached[1]
-        return entries
+        self._used(listed, now)
+        return listed.entries
 
-    def peek_single(self, key: str) -> tuple[CacheEntry, bytes, float] | None:
-        """For a key with exactly one variant: that variant, its body and the seconds since
-        the variant list was read, all from the memory tier in one step (the cache-hit fast
-        path). Unlike ``peek_variants`` it also returns a list due for its re-read (age >=
-        ``meta_refresh``), so a caller may keep answering from it while ``variants``
-        re-reads it in a thread. None when any of it is not in memory."""
-        mkey = _meta_key(key)
+    def peek_single(self, key: str) -> tuple[CacheEntry, bytes | None, float | None] | None:
+        """For a key with exactly one variant, from the index and the memory tier in one
+        step (the cache-hit fast path): that variant, its body when the memory tier holds
+        it, and None while the list may be used (``peek_variants`` would return it), else
+        the seconds since it was last known to be what is stored (the later of its read
+        and the last look at the directory's epoch before it moved). So, unlike
+        ``peek_variants``, it also returns a list due for its re-read, and a caller may
+        keep answering from it for a while as ``variants`` re-reads it in a thread. None
+        when the index does not hold a single variant for ``key``."""
         with self._lock:
-            cached = self._memory.get(mkey)
-            if cached is None or len(cached[1]) != 1:
+            listed: _Listed | None = self._index.get(_meta_key(key))
+            if listed is None or len(listed.entries) != 1:
                 return None
-            entry: CacheEntry = cached[1][0]
-            body: bytes | None = self._memory.get(_body_key(entry))
-            if body is None:
-                return None
-            self._hits += 1
+            entry = listed.entries[0]
+            body: bytes | None = self._memory.get(listed.rows[1])
         now = self._clock()
-        read_ago = now - cached[0]
-        if read_ago >= self._meta_refresh and self._still_stored(mkey, cached, now):
-            read_ago = 0.0
-        return entry, body, read_ago
+        self._used(listed, now)
+        if self._current(listed, now):
+            return entry, body, None
+        return entry, body, now - max(listed.read_at, self._epoch_moved_at)
 
     def peek_body(self, entry: CacheEntry) -> bytes | None:
         """The verified body from the memory tier only (non-blocking), or None."""
@@ -747,28 +813,22 @@ class Store:
         mkey = _meta_key(key)
         now = self._clock()
         with self._lock:
-            cached = self._memory.get(mkey)
-        if cached is not None and (
-            now - cached[0] < self._meta_refresh or self._still_stored(mkey, cached, now)
-        ):
-            entries: tuple[CacheEntry, ...] = cached[1]
-        else:
-            epoch = self._epoch()  # before the read: a move during it means read again
-            try:
-                entries = tuple(self._load_meta(key))
-            except (sqlite3.Error, OSError, StoreError) as e:
-                log.warning("cache read failed for %s: %s", key, e)
-                entries = ()
-            cost = _list_cost(entries)
-            with self._lock:
-                if entries:
-                    self._memory.put(mkey, (now, entries, epoch), cost)
-                else:
-                    self._memory.pop(mkey)
+            listed: _Listed | None = self._index.get(mkey)
+        if listed is not None and self._current(listed, now):
+            self._used(listed, now)
+            return listed.entries
+        epoch = self._epoch()  # before the read: a move during it means read again
+        try:
+            entries = tuple(self._load_meta(key))
+        except (sqlite3.Error, OSError, StoreError) as e:
+            log.warning("cache read failed for %s: %s", key, e)
+            entries = ()
         with self._lock:
             if entries:
+                self._index.put(mkey, _listed(key, entries, now, epoch), _list_cost(entries))
                 self._hits += 1
             else:
+                self._index.pop(mkey)
                 self._misses += 1
         return entries
 
@@ -778,6 +838,7 @@ class Store:
         log.warning("evicting damaged cache entry %s (variant %s)", entry.key, entry.variant)
         with self._lock:
             self._corrupt_count += 1
+        self._drop_body(_body_key(entry))
         self.remove(entry.key, entry.variant)
 
     def _verified(self, entry: CacheEntry, data: bytes) -> bool:
@@ -801,26 +862,61 @@ class Store:
             self._corrupt(entry)
         return value
 
+    def _known_body(self, entry: CacheEntry, place: str) -> bytes | None:
+        """The body of an entry verified before in this process, read from where it was
+        found then (``place``: its file, or "" for a database row) and checked for length
+        only; None when it is not there whole any more (then the caller reads it as new)."""
+        try:
+            if place:
+                fd = os.open(place, os.O_RDONLY)
+                try:
+                    data = os.read(fd, entry.body_length + 1)
+                finally:
+                    os.close(fd)
+            else:
+                stored = self._reads.get(_body_key(entry))
+                if not isinstance(stored, bytes):
+                    return None
+                data = stored
+        except (sqlite3.Error, OSError, StoreError):
+            return None
+        return data if len(data) == entry.body_length else None
+
     def get_body(self, entry: CacheEntry) -> bytes | None:
         """The whole body of ``entry``, verified; None (and the entry evicted) if it is
-        missing, truncated or altered."""
+        missing, truncated or altered.
+
+        The first read of a body in this process checks its length and SHA-256; later reads
+        go straight to where it was found (no database lookup for a file) and check its
+        length: a body is written once under a name that carries its digest and is never
+        rewritten in place, so what a later read can meet is a body gone or cut short by
+        something else (an eviction, a purge, a damaged disk), which the length shows."""
         bkey = _body_key(entry)
         with self._lock:
             mem = self._memory.get(bkey)
+            place = self._index.get(bkey)
         if mem is not None:
             body: bytes = mem
             return body
-        value = self._stored_body(entry, bkey)
-        if value is None:
-            return None
-        if isinstance(value, bytes):
-            data = value
-        else:
-            with value:
-                data = value.read(entry.body_length + 1)
-        if not self._verified(entry, data):
-            self._corrupt(entry)
-            return None
+        data: bytes | None = None
+        if place is not None:
+            data = self._known_body(entry, place)
+        if data is None:
+            place = ""
+            value = self._stored_body(entry, bkey)
+            if value is None:
+                return None
+            if isinstance(value, bytes):
+                data = value
+            else:
+                with value:
+                    place = value.name if isinstance(value.name, str) else ""
+                    data = value.read(entry.body_length + 1)
+            if not self._verified(entry, data):
+                self._corrupt(entry)
+                return None
+            with self._lock:
+                self._index.put(bkey, place, 96 + len(bkey) + len(place))
         if len(data) <= self._memory_object_max:
             with self._lock:
                 self._memory.put(bkey, data, len(data) + 64)
@@ -883,10 +979,13 @@ class Store:
             data = body
         bkey = _body_key(entry)
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
+        place = ""
         try:
-            self._cache.set(bkey, body)
             replaced: list[CacheEntry] = []
+            # One write transaction for the body's row and the metadata naming it.
             with self._cache.transact():
+                self._cache.set(bkey, body)
+                place = self._cache.disk.placed
                 entries = self._load_meta(entry.key)
                 kept = []
                 for e in entries:
@@ -902,15 +1001,17 @@ class Store:
                     self._add_tag(tag, entry.key)
                 # Inside the transaction: a remove() of this key (which forgets it from
                 # memory after its own transaction) cannot come in between.
-                self._remember(entry.key, tuple(kept), bkey, data, epoch)
+                self._remember(entry.key, tuple(kept), bkey, data, epoch, place)
         except Exception as e:
             self._forget(entry.key)
-            with self._lock:
-                self._memory.pop(bkey)
+            self._drop_body(bkey)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
                 with contextlib.suppress(sqlite3.Error, OSError):
                     self._cache.delete(bkey)
+                if place:  # the body's file, moved into place before the rollback
+                    with contextlib.suppress(OSError):
+                        os.unlink(place)
                 if isinstance(body, _CommittedFile):
                     with contextlib.suppress(OSError):
                         os.unlink(body.path)
@@ -920,8 +1021,7 @@ class Store:
             if _body_key(old) != bkey:
                 with contextlib.suppress(sqlite3.Error, OSError):
                     self._cache.delete(_body_key(old))
-                with self._lock:
-                    self._memory.pop(_body_key(old))
+                self._drop_body(_body_key(old))
         if replaced:
             self._move_epoch()  # other processes' lists may name a body just deleted
         self._wrote_ok()
@@ -934,14 +1034,15 @@ class Store:
         bkey: str,
         body: bytes | None,
         epoch: int,
+        place: str,
     ) -> None:
         """After a commit: the variant list just written, and the body when it is small
         and at hand, go to the memory tier, so the first hit needs no disk read."""
-        mkey = _meta_key(key)
-        cost = _list_cost(entries)
-        now = self._clock()
+        listed = _listed(key, entries, self._clock(), epoch)
         with self._lock:
-            self._memory.put(mkey, (now, entries, epoch), cost)
+            self._index.put(listed.rows[0], listed, _list_cost(entries))
+            # Written from bytes whose digest was just computed: verified.
+            self._index.put(bkey, place, 96 + len(bkey) + len(place))
             if body is not None and len(body) <= self._memory_object_max:
                 self._memory.put(bkey, body, len(body) + 64)
 
@@ -1002,8 +1103,7 @@ class Store:
                     self._save_meta(key, kept)
             for e in removed:
                 self._cache.delete(_body_key(e))
-                with self._lock:
-                    self._memory.pop(_body_key(e))
+                self._drop_body(_body_key(e))
         except (sqlite3.Error, OSError, diskcache.Timeout) as e:
             raise StoreError(f"cannot remove {key}: {e}") from e
         finally:
@@ -1057,6 +1157,7 @@ class Store:
         self._cache.clear()
         with self._lock:
             self._memory.clear()
+            self._index.clear()
 
 
 def read_entry_json(data: bytes) -> CacheEntry:

@@ -705,9 +705,12 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
         assert (status, body) == (200, b"body")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         assert head.endswith(b"\r\nAge: 5\r\nCache-Status: GeoEdge; hit; ttl=55\r\n\r\n")
+        clock.t += 1.5  # due for a look at the epoch: unmoved, so still current
+        assert layer.hit_wire(req.key) is not None
         with Store(tmp_path) as other:  # another worker purges it
             assert other.purge_url(req.key) == 1
-        clock.t += 1.5  # the list is due: still answered, and re-read in the background
+        clock.t += 0.5  # the epoch moved, within a period of the last look: still
+        # answered, and re-read in the background
         assert layer.hit_wire(req.key) is not None
         assert await until(lambda: not layer.hits._rereads)
         assert layer.hit_wire(req.key) is None  # the re-read saw the purge
@@ -716,7 +719,8 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
         assert layer.hit_wire(req.key) is not None
         with Store(tmp_path) as other:
             assert other.purge_url(req.key) == 1
-        clock.t += 2.5  # two periods, and the epoch moved: no longer trusted
+        clock.t += 2.5  # the epoch moved, and the last look was a period ago and more: no
+        # longer trusted
         assert layer.hit_wire(req.key) is None
     finally:
         await layer.close()

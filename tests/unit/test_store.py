@@ -445,6 +445,7 @@ def test_non_blocking_peeks(tmp_path: Path) -> None:
         assert s.peek_body(e) is None
         assert s.peek_single(e.key) is None
         (got,) = s.variants(e.key)
+        assert s.peek_single(e.key) == (got, None, None)  # in the index, body not read yet
         assert s.get_body(got) == b"peek"
         assert s.peek_variants(e.key) == (got,)
         assert s.peek_body(got) == b"peek"
@@ -480,13 +481,13 @@ def test_peeks_after_a_commit_need_no_disk_read(tmp_path: Path) -> None:
         assert e is not None
         assert s.peek_variants(e.key) == (e,)
         assert s.peek_body(e) == b"streamed"
-        assert s.peek_single(e.key) == (e, b"streamed", 0.0)
+        assert s.peek_single(e.key) == (e, b"streamed", None)
         put = s.put(entry("/p"), b"put")
-        assert put is not None and s.peek_single(put.key) == (put, b"put", 0.0)
+        assert put is not None and s.peek_single(put.key) == (put, b"put", None)
         big = s.put(entry("/big"), b"b" * 101)  # above memory_object_max: metadata only
         assert big is not None
         assert s.peek_variants(big.key) == (big,)
-        assert s.peek_body(big) is None and s.peek_single(big.key) is None
+        assert s.peek_body(big) is None and s.peek_single(big.key) == (big, None, None)
         w = s.writer()
         assert w is not None
         w.write(b"c" * 60)
@@ -498,7 +499,7 @@ def test_peeks_after_a_commit_need_no_disk_read(tmp_path: Path) -> None:
         newer = s.put(entry(), b"newer")
         assert newer is not None
         assert s.peek_body(e) is None
-        assert s.peek_single(e.key) == (newer, b"newer", 0.0)
+        assert s.peek_single(e.key) == (newer, b"newer", None)
         # A removal forgets both.
         assert s.purge_url(e.key) == 1
         assert s.peek_variants(e.key) is None and s.peek_single(e.key) is None
@@ -509,18 +510,37 @@ def test_single_peek_keeps_a_list_due_for_its_re_read(tmp_path: Path) -> None:
     with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
         e = s.put(entry(), b"aged")
         assert e is not None
-        clock.t += 1.5  # due, but the epoch did not move: the list is renewed
-        assert s.peek_single(e.key) == (e, b"aged", 0.0)
+        clock.t += 1.5  # due, but the epoch did not move: the list is still current
+        assert s.peek_single(e.key) == (e, b"aged", None)
         assert s.peek_variants(e.key) == (e,)
         with Store(tmp_path) as other:  # another process updates it: the epoch moves
             assert other.update(e)
-        clock.t += 1.5
+        clock.t += 0.5
         assert s.peek_variants(e.key) is None  # due: the plain peek declines
-        assert s.peek_single(e.key) == (e, b"aged", 1.5)  # kept for the fast path meanwhile
+        # Kept for the fast path meanwhile, with how long ago it was last known current
+        # (the last look at the epoch before it moved).
+        assert s.peek_single(e.key) == (e, b"aged", 0.5)
+        clock.t += 0.25
+        assert s.peek_single(e.key) == (e, b"aged", 0.75)
         assert s.variants(e.key) == (e,)  # the re-read
-        assert s.peek_single(e.key) == (e, b"aged", 0.0)
+        assert s.peek_single(e.key) == (e, b"aged", None)
         assert s.peek_single("https://example.com/none") is None
         assert s.meta_refresh == 1.0
+
+
+def test_a_list_not_looked_at_since_the_epoch_moved_is_stale_for_its_whole_age(
+    tmp_path: Path,
+) -> None:
+    # No look at the epoch between the read and the move: the list is known current only
+    # as of its read, however late the move is noticed.
+    clock = Clock()
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as s:
+        e = s.put(entry(), b"old")
+        assert e is not None
+        with Store(tmp_path) as other:
+            assert other.update(e)
+        clock.t += 600
+        assert s.peek_single(e.key) == (e, b"old", 600)
 
 
 def test_several_variants_are_not_a_single_peek(tmp_path: Path) -> None:
@@ -554,8 +574,12 @@ def test_reads_take_no_write_transaction_and_recency_is_written_back(tmp_path: P
     # written in one batch, and eviction still spares what was read.
     big = 40_000  # stored as files, like real bodies
     # diskcache culls 16 rows (8 entries) at a time: 40 entries, room for a few more.
-    with Store(tmp_path, size_limit=44 * big, memory_bytes=0) as s:
+    clock = Clock()
+    with Store(tmp_path, size_limit=44 * big, memory_bytes=0, clock=clock) as s:
         stored = [s.put(entry(f"/{i}"), bytes([i % 256]) * big) for i in range(40)]
+        assert all(e is not None and s.variants(e.key) for e in stored)
+        assert s.flush_recency() == 0  # stamped when written: a hit within 30 s adds none
+        clock.t += 30
         assert all(e is not None and s.variants(e.key) for e in stored)
         assert s.flush_recency() == 80  # every entry was read just now
         s._forget(stored[0].key)  # type: ignore[union-attr]  # read it from disk again
@@ -602,3 +626,61 @@ def test_disk_use_stays_within_size_limit_under_churn(tmp_path: Path) -> None:
         on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*.val"))
         assert on_disk <= limit + 40_000 * 2
         assert s.variants("https://example.com/churn/249")  # the newest is kept
+
+
+def test_a_body_cut_short_after_its_first_read_is_still_caught(tmp_path: Path) -> None:
+    # Later reads of a body verified once go straight to its file and check its length.
+    body = os.urandom(50_000)
+    with Store(tmp_path, memory_bytes=0) as s:
+        e = s.put(entry(), body)
+        assert e is not None
+        (got,) = s.variants(e.key)
+        assert s.get_body(got) == body  # verified, its file remembered
+        assert s.get_body(got) == body  # from the file it was found in
+        (path,) = body_files(tmp_path)
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+        assert s.get_body(got) is None
+        assert s.stats().corrupt == 1
+        assert s.variants(e.key) == ()
+
+
+def test_a_remembered_body_file_gone_reads_as_a_miss(tmp_path: Path) -> None:
+    body = os.urandom(50_000)
+    with Store(tmp_path, memory_bytes=0) as s:
+        e = s.put(entry(), body)
+        assert e is not None and s.get_body(e) == body
+        (path,) = body_files(tmp_path)
+        os.unlink(path)
+        assert s.get_body(e) is None
+        assert s.variants(e.key) == ()
+
+
+def test_index_bytes_is_read_from_the_cache_section() -> None:
+    from edge.config import from_mapping
+    from edge.errors import ConfigError
+
+    base = {"pool": {"origins": ["http://127.0.0.1:9001"]}}
+    assert from_mapping({**base, "cache": {"index_bytes": "8MiB"}}, "e.toml").cache.index_bytes == (
+        8 << 20
+    )
+    assert from_mapping(base, "e.toml").cache.index_bytes == 64 << 20
+    with pytest.raises(ConfigError, match=r"e\.toml: cache\.index_bytes"):
+        from_mapping({**base, "cache": {"index_bytes": "lots"}}, "e.toml")
+
+
+def test_a_commit_that_fails_after_its_body_file_was_placed_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    # Body row and metadata are one transaction: when the database fills up while writing
+    # the metadata, the rollback must not leave the body's file behind, unreferenced.
+    with Store(tmp_path, sqlite_max_page_count=64) as s:
+        for i in range(400):
+            headers = [("X-Pad", "p" * 3000)]  # big metadata, small file-backed bodies
+            if s.put(entry(f"/f{i}", headers), os.urandom(40_000)) is None:
+                break
+        else:
+            pytest.fail("the database never filled up")
+        assert s.degraded
+        stored = sum(1 for i in range(i) if s.variants(f"https://example.com/f{i}"))
+    assert len(body_files(tmp_path)) == stored

@@ -12,6 +12,7 @@ Checkov runs in test_checkov_passes (skipped when checkov is not installed: `mak
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from edge import config as edge_config
+from edge.errors import ConfigError as EdgeConfigError
 from gslb import config as gslb_config
 from tests.unit.tfcheck import (
     TemplateError,
@@ -46,7 +48,12 @@ from tests.unit.tfcheck import (
     unq,
 )
 from tests.unit.tfexamples import (
+    ADMIN_CERT,
+    ADMIN_KEY,
+    EDGE_TOKEN,
+    HEALTH_CA,
     NODE_CONFIG,
+    PEER_TOKEN,
     SECRET,
     TEMPLATES,
     aws_nodes,
@@ -149,7 +156,7 @@ def test_resources_and_data_referenced_exist(directory: Path) -> None:
             for kind, named in entry.items():
                 declared |= {f"data.{unq(kind)}.{unq(n)}" for n in named}
     text = " ".join(all_strings(directory))
-    kinds = r"(?:(?:aws|hcloud|terraform)_[a-z0-9_]+|external)"
+    kinds = r"(?:(?:aws|hcloud|terraform|tls)_[a-z0-9_]+|external)"
     used = set(re.findall(rf"\b((?:data\.)?{kinds}\.[a-z0-9_]+)", text))
     assert used - declared == set()
 
@@ -198,8 +205,8 @@ def test_checkov_skips_are_justified(directory: Path) -> None:
 @pytest.mark.parametrize("directory", DIRS, ids=lambda p: p.name)
 def test_sensitive_inputs_never_decide_for_each(directory: Path) -> None:
     """Terraform refuses for_each over anything derived from a sensitive value: a sensitive
-    input is passed on as it is, read inside nonsensitive(...) for a yes/no, or becomes
-    file contents (node-config's `contents`), nothing else."""
+    input is passed on as it is (or one attribute of it), read inside nonsensitive(...) for a
+    yes/no, or becomes file contents (node-config's `contents`), nothing else."""
     sensitive = [n for n, b in blocks(directory, "variable").items() if b.get("sensitive")]
     for path in directory.glob("*.tf"):
         if path.name == "variables.tf" or path.is_symlink():
@@ -209,9 +216,26 @@ def test_sensitive_inputs_never_decide_for_each(directory: Path) -> None:
             in_contents = (in_contents or line.startswith("  contents = {")) and line != "  }"
             for name in sensitive:
                 for m in re.finditer(rf"\bvar\.{name}\b", line):
-                    passed_on = re.fullmatch(rf"\s*\w+\s*= var\.{name}", line)
+                    passed_on = re.fullmatch(rf"\s*\w+\s*= var\.{name}(\.\w+)?", line)
                     guarded = "nonsensitive(" in line[: m.start()]
                     assert passed_on or guarded or in_contents, f"{path.name}: {line.strip()}"
+
+
+def test_for_each_keys_do_not_wait_for_apply() -> None:
+    """Addresses made in the same apply (the glue Elastic IPs in health_checker_cidrs and
+    peer_cidrs) and the CA certificate (health_ca_pems) are unknown at plan: they may be
+    for_each values, never keys, and never decide which files (so which SSM parameters)
+    a node has, or the first apply fails."""
+    text = (TF / "modules" / "aws-node" / "main.tf").read_text(encoding="utf-8")
+    for name in ("health_checker_cidrs", "peer_cidrs"):
+        assert not re.search(rf"(toset|distinct)\([^\n]*var\.{name}", text), name
+        assert re.search(rf'for i, c in var\.{name} : "[a-z]+-\$\{{i\}}" => c', text), name
+    (rule,) = [b for (k, n), b in resources(TF / "modules" / "aws-node").items() if n == "admin"]
+    assert unq(rule["for_each"]) == "${local.admin_sources}"
+    node = (NODE_CONFIG / "main.tf").read_text(encoding="utf-8")
+    assert "has_health_ca  = length(var.health_ca_pems) > 0" in node
+    for example in EXAMPLES:
+        assert "admin_ca_pems = var.edge_admin_https ? [" in (example / "main.tf").read_text()
 
 
 def test_glue_addresses_are_protected() -> None:
@@ -274,8 +298,14 @@ def test_node_config_mirror_is_current() -> None:
     """The Python mirror above passes the same keys to each template as main.tf does, and
     main.tf builds the same file keys and paths."""
     text = (NODE_CONFIG / "main.tf").read_text(encoding="utf-8")
-    for key in ("config", "token", "tls-cert", "tls-key", "dnssec-key", "geoip-conf"):
+    keys = ["config", "token", "tls-cert", "tls-key", "admin-tls-cert", "admin-tls-key"]
+    keys += ["edge-admin-token", "peer-token", "health-ca", "dnssec-key", "geoip-conf"]
+    for key in keys:
         assert re.search(rf"\b{key}\s+= \{{", text), key
+    paths = {"ADMIN_CERT": ADMIN_CERT, "ADMIN_KEY": ADMIN_KEY, "HEALTH_CA": HEALTH_CA}
+    paths |= {"EDGE_TOKEN": EDGE_TOKEN, "PEER_TOKEN": PEER_TOKEN}
+    for name, path in paths.items():
+        assert re.search(rf'\b{name.lower()}\s+= "{path}"', text), name
     assert '"/var/log/geoedge/access.log"' in text
     assert "--require-hashes --requirement /etc/geoedge/requirements.txt" in text
     assert 'packages    = concat(["python3-venv", "curl"]' in text
@@ -287,8 +317,10 @@ def test_the_mirrors_pass_what_the_examples_pass() -> None:
         calls = blocks(TF / "examples" / example, "module")
         passed = {k for body in calls.values() for k in body if not k.startswith("__")}
         config_inputs = set(blocks(NODE_CONFIG, "variable")) - {"ssm"}
+        # modules/aws-node turns admin_ca into node-config's admin_tls (a certificate it issues).
+        derived = {"admin_tls"} if "admin_ca" in passed else set()
         for inputs in nodes(True).values():
-            assert set(inputs) - {"ssm"} <= passed & config_inputs | {"gslb", "edge"}
+            assert set(inputs) - {"ssm"} <= passed & config_inputs | {"gslb", "edge"} | derived
 
 
 NODES = {
@@ -333,12 +365,58 @@ def test_example_config_passes_the_real_loader(node: str, tmp_path: Path) -> Non
         assert pool.ttl == gslb["pools"][0]["ttl"]
         assert config.api.token == (SECRET if inputs["token"] else None)
         assert config.health.fall == gslb["health"]["fall"]
+        assert config.health.quorum == gslb["health"]["quorum"]
+        # The quorum: every other DNS node of the example (and dns_peers), with the API token.
+        assert [(p.name, p.api) for p in config.peers] == [
+            (p["name"], p["api"]) for p in gslb["peers"]
+        ]
+        assert len(config.peers) >= 1 and all(p.api.startswith("http://") for p in config.peers)
+        assert {p.token for p in config.peers} == {SECRET if inputs["token"] else None}
+        # Purges and the probes of private edges carry the edges' admin token.
+        edge_token = SECRET[::-1] if inputs["edge_admin_token"] else None
+        assert {e.admin_token for e in config.edges} == {edge_token}
+        https = {(e.status_url or "").split(":")[0] for e in config.edges}
+        assert https == {"https" if inputs.get("health_ca_pems") else "http"}
+        assert (config.health.ca_file is not None) is bool(inputs.get("health_ca_pems"))
     else:
         econfig = edge_config.load(str(config_file))
         assert econfig.server.hosts == tuple(inputs["edge"]["hosts"])
         assert econfig.pool.probe.path == inputs["edge"]["probe_path"]
         assert bool(econfig.tls.listen) is (inputs["tls"] is not None)
         assert econfig.admin.token == (SECRET[::-1] if inputs["token"] else None)
+        assert econfig.admin.private is bool(inputs["edge"].get("admin_private"))
+        assert (econfig.admin.certificate is not None) is (inputs.get("admin_tls") is not None)
+
+
+def test_quorum_and_purge_settings_reach_the_loader(tmp_path: Path) -> None:
+    """The settings the examples leave at their defaults: a quorum count, purge retries, an
+    https peer without a token."""
+    inputs = copy.deepcopy(next(v for v in hetzner_nodes(False).values() if v["role"] == "gslb"))
+    gslb = inputs["gslb"]
+    gslb["health"] |= {"quorum": 2}
+    gslb["purge"] = {"timeout": 3, "attempts": 5, "backoff": 1, "backoff_max": 4}
+    gslb["peers"] = [{"name": "ns9", "api": "https://[2001:db8::53]:8053/"}, *gslb["peers"]]
+    out = node_config(inputs)
+    assert "peer-token" not in out["meta"] and "edge-admin-token" not in out["meta"]
+    (tmp_path / "gslb.toml").write_text(out["config"])
+    config = gslb_config.load_config(tmp_path / "gslb.toml")
+    assert config.health.quorum == 2 and config.health.ca_file is None
+    assert (config.purge.timeout, config.purge.attempts) == (3.0, 5)
+    assert (config.purge.backoff, config.purge.backoff_max) == (1.0, 4.0)
+    assert config.peers[0].api == "https://[2001:db8::53]:8053" and config.peers[0].token is None
+
+
+def test_a_private_admin_port_needs_the_token(tmp_path: Path) -> None:
+    """What node-config's precondition on edge.admin_private spares the operator: the edge
+    refuses the config at start."""
+    inputs = copy.deepcopy(next(v for v in hetzner_nodes(False).values() if v["role"] == "edge"))
+    assert inputs["token"] == ""
+    inputs["edge"]["admin_private"] = True
+    (tmp_path / "edge.toml").write_text(node_config(inputs)["config"])
+    with pytest.raises(EdgeConfigError, match=r"admin\.private"):
+        edge_config.load(str(tmp_path / "edge.toml"))
+    text = (NODE_CONFIG / "outputs.tf").read_text(encoding="utf-8")
+    assert "!try(var.edge.admin_private, false) || local.has_token" in text
 
 
 @pytest.mark.parametrize("form", ["pkcs8", "sec1"])
@@ -406,13 +484,18 @@ def test_ds_program_refuses_other_keys() -> None:
     assert result.returncode == 1 and "P-256" in result.stderr
 
 
-def test_aws_configs_are_identical_on_both_dns_nodes() -> None:
-    configs = {
-        node_config(v)["config"].split("\n", 1)[1]
-        for v in aws_nodes(True).values()
-        if v["role"] == "gslb"
-    }
-    assert len(configs) == 1
+def test_aws_configs_are_identical_on_both_dns_nodes_but_their_peers() -> None:
+    """Each AWS DNS node names the other as its quorum peer; nothing else differs."""
+    nodes = {v["name"]: v for v in aws_nodes(True).values() if v["role"] == "gslb"}
+    configs = {name: node_config(v)["config"].split("\n", 1)[1] for name, v in nodes.items()}
+    assert len(configs) == 2
+    without_peers = {re.sub(r"\n\[\[peers\]\]\n(?:[^\n]+\n)+", "\n", c) for c in configs.values()}
+    assert len(without_peers) == 1
+    for name, text in configs.items():
+        glue = dict(re.findall(r'^  "(ns\d) A ([0-9.]+)",$', text, re.M))
+        (other,) = set(glue) - {name.rsplit("-", 1)[1]}
+        peers = re.findall(r'^api = "(\S+)"$', text, re.M)
+        assert peers == [f"http://{glue[other]}:8053", "http://203.0.113.53:8053"]
 
 
 def _write_files(user_data: str) -> dict[str, tuple[str, str, str]]:
@@ -513,6 +596,54 @@ def test_operator_inputs_that_can_be_wrong_are_validated() -> None:
     assert any("wheel_sha256" in c for c in node["install"])
 
 
+def _patterns(text: str, subject: str) -> list[re.Pattern[str]]:
+    """The RE2 patterns of `regex("...", subject)` calls in HCL `text` (Python's re reads
+    these the same way: classes, groups, `+?`)."""
+    calls = re.finditer(r'regex\("((?:[^"\\]|\\.)*)", ([\w.\[\]]+)\)', text)
+    return [re.compile(json.loads(f'"{m.group(1)}"')) for m in calls if m.group(2) == subject]
+
+
+def test_new_inputs_are_validated() -> None:
+    """Admin HTTPS, the quorum peers, the CA bundle and the purge settings: each input that
+    can be wrong has a validation block, and its patterns take and refuse what they should."""
+    node = _validations(NODE_CONFIG)
+    for name in ("admin_tls", "edge_admin_token", "peer_token", "health_ca_pems"):
+        assert node[name], f"node-config: {name} has no validation block"
+    assert any("private_key_pem" in c and "certificate_pem" in c for c in node["admin_tls"])
+    gslb = " ".join(node["gslb"])
+    for words in ("quorum <= length(g.peers) + 1", "distinct(g.peers[*].api)", "backoff_max"):
+        assert words in gslb, words
+    (api,) = _patterns(gslb, "p.api")
+    for good in ("http://192.0.2.53:8053", "https://ns2.example.com:8053/", "http://[::1]:8053"):
+        assert api.search(good), good
+    for bad in ("ftp://192.0.2.53", "http://u@host:1", "http://h:1/?q", "http://h:1/#f", "h:1"):
+        assert not api.search(bad), bad
+    (ca,) = _patterns(" ".join(node["health_ca_pems"]), "pem")
+    assert ca.search("-----BEGIN CERTIFICATE-----\nMIIB") and not ca.search("MIIB")
+    # aws-node and hcloud-node pass admin_ca and the validity on to admin-cert, which checks them.
+    cert = _validations(TF / "modules" / "admin-cert")
+    assert cert["ca"] and cert["validity_days"] and cert["ip_addresses"]
+    for node in ("aws-node", "hcloud-node"):
+        calls = blocks(TF / "modules" / node, "module")
+        assert {"ca", "validity_days"} <= set(calls["admin_cert"]), node
+
+    operator = _validations(TF / "examples" / "hetzner")
+    assert any("quorum" in c for c in operator["health"])
+    (peer,) = _patterns(" ".join(operator["dns_peers"]), "p.api")
+    for good in ("http://203.0.113.53:8053", "https://[2001:db8::53]:8053"):
+        assert peer.search(good), good
+    # The firewalls admit the peer's address: a name would not do.
+    for bad in ("http://ns3.example.com:8053", "http://203.0.113.53", "http://203.0.113.53:80/x"):
+        assert not peer.search(bad), bad
+    # What the examples make of it: the address for the firewall rules.
+    for example in ("aws-multi-region", "hetzner"):
+        (host,) = _patterns(str(locals_of(TF / "examples" / example)["peer_hosts"]), "p.api")
+        found = host.search("https://[2001:db8::53]:8053")
+        assert found and found.group(1) == "2001:db8::53"
+        found = host.search("http://203.0.113.53:8053")
+        assert found and found.group(1) == "203.0.113.53"
+
+
 def test_soa_serial_description_is_right() -> None:
     body = blocks(TF / "examples" / "hetzner", "variable")["soa_serial"]
     text = unq(body["description"])
@@ -539,6 +670,7 @@ def test_checkov_passes() -> None:
             "`hcl2` module that replaces python-hcl2's)"
         )
     dirs = ["examples/aws-multi-region", "modules/aws-node", "modules/node-config"]
+    dirs += ["modules/admin-cert"]
     result = subprocess.run(
         [checkov, "--quiet", "--compact", "--skip-download", "--framework", "terraform"]
         + [arg for d in dirs for arg in ("-d", d)],

@@ -9,6 +9,8 @@ gslb and edge loaders; tests/integration/test_packaging.py runs the units agains
 from __future__ import annotations
 
 import copy
+import datetime
+import functools
 from collections.abc import Mapping
 from ipaddress import ip_address
 from pathlib import Path
@@ -24,6 +26,12 @@ TEMPLATES = NODE_CONFIG / "templates"
 
 # --- modules/node-config (test_node_config_mirror_is_current keeps this and main.tf together)
 
+ADMIN_CERT = "/etc/geoedge/tls/admin-cert.pem"
+ADMIN_KEY = "/etc/geoedge/tls/admin-key.pem"
+HEALTH_CA = "/etc/geoedge/tls/health-ca.pem"
+EDGE_TOKEN = "/etc/geoedge/edge-admin.token"
+PEER_TOKEN = "/etc/geoedge/peer.token"
+
 
 def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """What modules/node-config outputs for these inputs (converted with its variable types)."""
@@ -37,6 +45,8 @@ def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
     config_path = f"/etc/geoedge/{role}.toml"
     has_token, has_tls = v["token"] != "", v["tls"] is not None
     has_dnssec, geoip = v["dnssec_key_pem"] != "", v["geoip"] is not None
+    has_admin_tls, has_health_ca = v["admin_tls"] is not None, v["health_ca_pems"] != []
+    has_edge_token, has_peer_token = v["edge_admin_token"] != "", v["peer_token"] != ""
     token_path = "/etc/geoedge/api.token" if is_gslb else "/etc/geoedge/admin.token"
     if is_gslb:
         g = v["gslb"]
@@ -49,6 +59,11 @@ def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
                 "api_listen": g["api_listen"],
                 "token_file": token_path if has_token else "",
                 "health": g["health"],
+                "ca_file": HEALTH_CA if has_health_ca else "",
+                "purge": g["purge"],
+                "edge_token_file": EDGE_TOKEN if has_edge_token else "",
+                "peers": g["peers"],
+                "peer_token_file": PEER_TOKEN if has_peer_token else "",
                 "geo_database": "/var/lib/GeoIP/GeoLite2-City.mmdb" if geoip else "",
                 "zone": g["zone"],
                 "dnssec_key_file": "/etc/geoedge/keys/zone.pem" if has_dnssec else "",
@@ -68,6 +83,10 @@ def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
                 **{k: e[k] for k in ("hosts", "algorithm", "origins", "probe_path")},
                 **{k: e[k] for k in ("cache_size", "memory_cache", "admin_listen")},
                 "capacity_rps": e["capacity_rps"],
+                "admin_tls": has_admin_tls,
+                "admin_cert": ADMIN_CERT,
+                "admin_key": ADMIN_KEY,
+                "admin_private": e["admin_private"],
                 "tls_enabled": has_tls,
                 "tls_cert_file": "/etc/geoedge/tls/cert.pem",
                 "tls_key_file": "/etc/geoedge/tls/key.pem",
@@ -85,6 +104,20 @@ def node_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
         meta["tls-key"] = {"path": "/etc/geoedge/tls/key.pem", "mode": "0640"}
         contents["tls-cert"] = v["tls"]["certificate_pem"]
         contents["tls-key"] = v["tls"]["private_key_pem"]
+    if has_admin_tls:
+        meta["admin-tls-cert"] = {"path": ADMIN_CERT, "mode": "0644"}
+        meta["admin-tls-key"] = {"path": ADMIN_KEY, "mode": "0640"}
+        contents["admin-tls-cert"] = v["admin_tls"]["certificate_pem"]
+        contents["admin-tls-key"] = v["admin_tls"]["private_key_pem"]
+    if has_edge_token:
+        meta["edge-admin-token"] = {"path": EDGE_TOKEN, "mode": "0640"}
+        contents["edge-admin-token"] = v["edge_admin_token"]
+    if has_peer_token:
+        meta["peer-token"] = {"path": PEER_TOKEN, "mode": "0640"}
+        contents["peer-token"] = v["peer_token"]
+    if has_health_ca:
+        meta["health-ca"] = {"path": HEALTH_CA, "mode": "0644"}
+        contents["health-ca"] = "".join(f"{pem.strip()}\n" for pem in v["health_ca_pems"])
     if has_dnssec:
         meta["dnssec-key"] = {"path": "/etc/geoedge/keys/zone.pem", "mode": "0640"}
         contents["dnssec-key"] = v["dnssec_key_pem"]
@@ -194,17 +227,69 @@ CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
 
+@functools.cache
+def admin_pki() -> dict[str, str]:
+    """What the AWS example's tls_* resources make, as PEM: the private CA's certificate
+    (`ca`, a DNS node's health_ca_pems: gslb loads it) and one admin certificate it issued
+    with its key (`cert`, `key`: an edge's admin_tls)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> str:
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(signer, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    edge_key = ec.generate_private_key(ec.SECP256R1())
+    pem = edge_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "ca": issue("edge admin CA", ca_key, "edge admin CA", ca_key, True),
+        "cert": issue("edge", edge_key, "edge admin CA", ca_key, False),
+        "key": pem,
+    }
+
+
+def _admin_tls(https: bool) -> dict[str, str] | None:
+    """An edge's admin_tls: what modules/admin-cert issues from the example's CA."""
+    pki = admin_pki()
+    return {"certificate_pem": pki["cert"], "private_key_pem": pki["key"]} if https else None
+
+
 def _missing(example: str, name: str) -> Any:
     raise AssertionError(f"{example}: required variable {name} not set")
 
 
 def _tfvars(example: str, secrets: bool) -> dict[str, Any]:
-    """The example's terraform.tfvars.example, plus the secrets people pass as TF_VAR_*."""
+    """The example's terraform.tfvars.example, plus the secrets people pass as TF_VAR_*
+    (and, with them, private admin ports and dns_peers); without secrets, no HTTPS admin
+    ports either."""
     given = plain(load(TF / "examples" / example / "terraform.tfvars.example"))
     if secrets:
         given |= {"gslb_api_token": SECRET, "edge_admin_token": SECRET[::-1]}
         given |= {"tls": {"certificate_pem": CERT, "private_key_pem": KEY}}
         given |= {"geoip": {"account_id": "123456", "license_key": "licence-key"}}
+        given["edge"] = given.get("edge", {}) | {"admin_private": True}
+        given["dns_peers"] = [{"name": "ns9", "api": "http://203.0.113.53:8053"}]
+    else:
+        given["edge_admin_https"] = False
     directory = TF / "examples" / example
     return {
         name: variable_value(directory, name, given.get(name))
@@ -244,6 +329,7 @@ def _edge_object(v: dict[str, Any], hosts: list[str], listen: list[str], https: 
         "origins": v["origins"],
         **{k: e[k] for k in ("algorithm", "probe_path", "cache_size", "memory_cache")},
         "admin_listen": f"0.0.0.0:{e['admin_port']}",
+        "admin_private": e["admin_private"],
     }
 
 
@@ -281,6 +367,8 @@ def aws_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             edges[f"{region}-{i + 1}"] = {"region": region, "ip": f"198.51.100.{10 * n + i + 1}"}
     edges = dict(sorted(edges.items()))  # Terraform iterates maps in key order
     common = {"install": v["install"]}
+    https = v["edge_admin_https"]
+    pki = admin_pki()
     nodes: dict[str, dict[str, Any]] = {}
     for key, e in edges.items():
         r = v["regions"][e["region"]]
@@ -291,6 +379,8 @@ def aws_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "ssm": {"region": r["region"], "prefix": f"/geoedge/{name}"},
             "token": v["edge_admin_token"],
             "tls": v["tls"],
+            # modules/aws-node issues it from the example's CA (admin_ca) for the Elastic IP.
+            "admin_tls": _admin_tls(https),
             "edge": _edge_object(v, hosts, ["0.0.0.0:80"], ["0.0.0.0:443"])
             | {"capacity_rps": r["capacity"]},
         }
@@ -302,23 +392,28 @@ def aws_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "latitude": v["regions"][e["region"]]["latitude"],
             "longitude": v["regions"][e["region"]]["longitude"],
             "capacity": v["regions"][e["region"]]["capacity"],
-            "status_url": f"http://{e['ip']}:{v['edge']['admin_port']}/__edge/status",
+            "status_url": f"{'https' if https else 'http'}://{e['ip']}:{v['edge']['admin_port']}"
+            "/__edge/status",
         }
         for k, e in edges.items()
     ]
     gslb = _gslb_object(v, ["0.0.0.0:53"], "0.0.0.0", records, gslb_edges) | {
         "pools": [_pool(v, edges, pool_fqdn)],
     }
-    for ns, region in (("ns1", "eu"), ("ns2", "us")):
+    for ns, region, other in (("ns1", "eu", "ns2"), ("ns2", "us", "ns1")):
         name = f"{v['name_prefix']}-{ns}"
+        peer = {"name": other, "api": f"http://{glue[other]}:{v['gslb_api_port']}"}
         nodes[name] = common | {
             "role": "gslb",
             "name": name,
             "ssm": {"region": v["regions"][region]["region"], "prefix": f"/geoedge/{name}"},
             "token": v["gslb_api_token"],
+            "edge_admin_token": v["edge_admin_token"],
+            "peer_token": v["gslb_api_token"],
+            "health_ca_pems": [pki["ca"]] if https else [],
             "dnssec_key_pem": v["dnssec_key_pem"],
             "geoip": v["geoip"],
-            "gslb": copy.deepcopy(gslb),
+            "gslb": copy.deepcopy(gslb) | {"peers": [peer, *v["dns_peers"]]},
         }
     return nodes
 
@@ -338,6 +433,7 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
     modules/hcloud-node build them), with documentation addresses for the servers."""
     v = _tfvars("hetzner", secrets)
     _, pool_fqdn, _, hosts = _names(v)
+    https = v["edge_admin_https"]
     glue = {
         f"ns{i + 1}": {"ipv4": f"192.0.2.{i + 1}", "ipv6": str(ip_address(f"2001:db8:53:{i}::1"))}
         for i in range(len(v["dns_nodes"]))
@@ -364,6 +460,8 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "name": name,
             "token": v["edge_admin_token"],
             "tls": v["tls"],
+            # modules/hcloud-node issues it from the example's CA for the edge's primary IPv4.
+            "admin_tls": _admin_tls(https),
             "edge": _edge_object(v, hosts, ["0.0.0.0:80", "[::]:80"], ["0.0.0.0:443", "[::]:443"])
             | {"capacity_rps": e["r"]["capacity"]},
         }
@@ -379,21 +477,30 @@ def hetzner_nodes(secrets: bool) -> dict[str, dict[str, Any]]:
             "longitude": e["lon"],
             "weight": e["r"]["weight"],
             "capacity": e["r"]["capacity"],
-            "status_url": f"http://{e['ipv4']}:{v['edge']['admin_port']}/__edge/status",
+            "status_url": f"{'https' if https else 'http'}://{e['ipv4']}:{v['edge']['admin_port']}"
+            "/__edge/status",
         }
         for ek, e in edges.items()
     ]
     for k, g in glue.items():
         name = f"{v['name_prefix']}-{k}"
+        peers = [
+            {"name": o, "api": f"http://{og['ipv4']}:{v['gslb_api_port']}"}
+            for o, og in glue.items()
+            if o != k
+        ]
         nodes[name] = common | {
             "role": "gslb",
             "name": name,
             "token": v["gslb_api_token"],
+            "edge_admin_token": v["edge_admin_token"],
+            "peer_token": v["gslb_api_token"],
+            "health_ca_pems": [admin_pki()["ca"]] if https else [],
             "dnssec_key_pem": v["dnssec_key_pem"],
             "geoip": v["geoip"],
             "gslb": _gslb_object(
                 v, [f"{g['ipv4']}:53", f"[{g['ipv6']}]:53"], g["ipv4"], records, gslb_edges
             )
-            | {"pools": [_pool(v, edges, pool_fqdn)]},
+            | {"peers": peers + v["dns_peers"], "pools": [_pool(v, edges, pool_fqdn)]},
         }
     return nodes

@@ -3,9 +3,12 @@
 # (which renders every file with modules/node-config and keeps the config and secrets in SSM
 # Parameter Store, read at boot by the instance role).
 #
-# Order of creation, without cycles: the glue Elastic IPs; the edges (their admin port admits
-# the glue addresses); the gslb config (edges + glue); the DNS nodes. Both DNS nodes get the
-# same config (they listen on 0.0.0.0: EC2 translates the Elastic IP to the private address).
+# Order of creation, without cycles: the glue Elastic IPs (and the CA of the edges' admin
+# certificates); the edges (their admin port admits the glue addresses; each gets an admin
+# certificate for its own Elastic IP); the gslb config (edges + glue); the DNS nodes. Both DNS
+# nodes get the same config (they listen on 0.0.0.0: EC2 translates the Elastic IP to the
+# private address) but for [[peers]]: each names the other (by its glue address) for the
+# health quorum.
 
 provider "aws" {
   alias  = "eu"
@@ -118,6 +121,16 @@ locals {
   glue      = { ns1 = aws_eip.ns1.public_ip, ns2 = aws_eip.ns2.public_ip }
   dns_cidrs = [for ip in values(local.glue) : "${ip}/32"]
 
+  # The health quorum: each DNS node reads the others' /v1/edges (this deployment's over the
+  # glue addresses, known before any instance), and the operator's dns_peers.
+  peers         = { for k, ip in local.glue : k => { name = k, api = "http://${ip}:${var.gslb_api_port}" } }
+  peer_hosts    = [for p in var.dns_peers : regex("^https?://\\[?([0-9A-Fa-f:.]+?)\\]?:[0-9]+$", p.api)[0]]
+  peer_cidrs    = [for h in local.peer_hosts : can(cidrnetmask("${h}/32")) ? "${h}/32" : "${h}/128"]
+  peer_ports    = [for p in var.dns_peers : tonumber(regex(":([0-9]+)$", p.api)[0])]
+  dns_egress    = distinct(concat([80, 443, var.edge.admin_port, var.gslb_api_port], local.peer_ports))
+  admin_ca      = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
+  admin_ca_pems = var.edge_admin_https ? [tls_self_signed_cert.admin_ca[0].cert_pem] : []
+
   # Origins' ports, which edges may connect out to (plus 80 and 443 for packages and SSM).
   origin_ports = [for o in var.origins : tonumber(try(regex(":([0-9]+)$", o.url)[0], startswith(o.url, "https:") ? "443" : "80"))]
 
@@ -133,6 +146,7 @@ locals {
     cache_size    = var.edge.cache_size
     memory_cache  = var.edge.memory_cache
     admin_listen  = "0.0.0.0:${var.edge.admin_port}"
+    admin_private = var.edge.admin_private
   }
 
   edges = merge(
@@ -141,7 +155,8 @@ locals {
     { for i, m in module.edge_ap : "ap-${i + 1}" => { node = m, region = "ap", r = var.regions.ap } },
   )
 
-  # One config for both DNS nodes: NS records and glue first, the operator's records after.
+  # One config for both DNS nodes (peers aside): NS records and glue first, the operator's
+  # records after.
   gslb_config = {
     listen     = ["0.0.0.0:53"]
     workers    = var.gslb_workers
@@ -182,6 +197,30 @@ locals {
   }
 }
 
+# --- the private CA of the edges' admin certificates ------------------------------------------
+# Each edge's admin listener gets a certificate for its Elastic IP from this CA (modules/
+# aws-node), and the DNS nodes verify the edges' status endpoints with its certificate
+# (health_ca_pems). Its key is in the state only (keep the state in an encrypted backend).
+
+resource "tls_private_key" "admin_ca" {
+  count       = var.edge_admin_https ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "admin_ca" {
+  count                 = var.edge_admin_https ? 1 : 0
+  private_key_pem       = tls_private_key.admin_ca[0].private_key_pem
+  is_ca_certificate     = true
+  validity_period_hours = 10 * 365 * 24
+  allowed_uses          = ["cert_signing", "crl_signing"]
+
+  subject {
+    common_name  = "${var.name_prefix} edge admin CA"
+    organization = "GeoEdge"
+  }
+}
+
 # --- edges ---------------------------------------------------------------------------------
 
 module "edge_eu" {
@@ -198,8 +237,9 @@ module "edge_eu" {
   install              = var.install
   token                = var.edge_admin_token
   tls                  = var.tls
+  admin_ca             = local.admin_ca
   admin_cidrs          = var.admin_cidrs
-  health_checker_cidrs = local.dns_cidrs
+  health_checker_cidrs = concat(local.dns_cidrs, local.peer_cidrs)
   egress_ports         = distinct(concat([80, 443], local.origin_ports))
   edge                 = merge(local.edge_config, { capacity_rps = var.regions.eu.capacity })
 }
@@ -218,8 +258,9 @@ module "edge_us" {
   install              = var.install
   token                = var.edge_admin_token
   tls                  = var.tls
+  admin_ca             = local.admin_ca
   admin_cidrs          = var.admin_cidrs
-  health_checker_cidrs = local.dns_cidrs
+  health_checker_cidrs = concat(local.dns_cidrs, local.peer_cidrs)
   egress_ports         = distinct(concat([80, 443], local.origin_ports))
   edge                 = merge(local.edge_config, { capacity_rps = var.regions.us.capacity })
 }
@@ -238,8 +279,9 @@ module "edge_ap" {
   install              = var.install
   token                = var.edge_admin_token
   tls                  = var.tls
+  admin_ca             = local.admin_ca
   admin_cidrs          = var.admin_cidrs
-  health_checker_cidrs = local.dns_cidrs
+  health_checker_cidrs = concat(local.dns_cidrs, local.peer_cidrs)
   egress_ports         = distinct(concat([80, 443], local.origin_ports))
   edge                 = merge(local.edge_config, { capacity_rps = var.regions.ap.capacity })
 }
@@ -250,42 +292,48 @@ module "ns1" {
   source    = "../../modules/aws-node"
   providers = { aws = aws.eu }
 
-  role           = "gslb"
-  name           = "${var.name_prefix}-ns1"
-  glue           = { allocation_id = aws_eip.ns1.id, public_ip = aws_eip.ns1.public_ip }
-  subnet_id      = data.aws_subnets.eu.ids[0]
-  instance_type  = var.dns_instance_type
-  key_name       = var.key_name
-  tags           = local.tags
-  install        = var.install
-  token          = var.gslb_api_token
-  dnssec_key_pem = var.dnssec_key_pem
-  geoip          = var.geoip
-  admin_cidrs    = var.admin_cidrs
-  peer_cidrs     = concat(["${aws_eip.ns2.public_ip}/32"], var.dns_peers)
-  egress_ports   = distinct([80, 443, var.edge.admin_port])
-  gslb           = local.gslb_config
+  role             = "gslb"
+  name             = "${var.name_prefix}-ns1"
+  glue             = { allocation_id = aws_eip.ns1.id, public_ip = aws_eip.ns1.public_ip }
+  subnet_id        = data.aws_subnets.eu.ids[0]
+  instance_type    = var.dns_instance_type
+  key_name         = var.key_name
+  tags             = local.tags
+  install          = var.install
+  token            = var.gslb_api_token
+  edge_admin_token = var.edge_admin_token
+  peer_token       = var.gslb_api_token
+  health_ca_pems   = local.admin_ca_pems
+  dnssec_key_pem   = var.dnssec_key_pem
+  geoip            = var.geoip
+  admin_cidrs      = var.admin_cidrs
+  peer_cidrs       = concat(["${aws_eip.ns2.public_ip}/32"], local.peer_cidrs)
+  egress_ports     = local.dns_egress
+  gslb             = merge(local.gslb_config, { peers = concat([local.peers["ns2"]], var.dns_peers) })
 }
 
 module "ns2" {
   source    = "../../modules/aws-node"
   providers = { aws = aws.us }
 
-  role           = "gslb"
-  name           = "${var.name_prefix}-ns2"
-  glue           = { allocation_id = aws_eip.ns2.id, public_ip = aws_eip.ns2.public_ip }
-  subnet_id      = data.aws_subnets.us.ids[0]
-  instance_type  = var.dns_instance_type
-  key_name       = var.key_name
-  tags           = local.tags
-  install        = var.install
-  token          = var.gslb_api_token
-  dnssec_key_pem = var.dnssec_key_pem
-  geoip          = var.geoip
-  admin_cidrs    = var.admin_cidrs
-  peer_cidrs     = concat(["${aws_eip.ns1.public_ip}/32"], var.dns_peers)
-  egress_ports   = distinct([80, 443, var.edge.admin_port])
-  gslb           = local.gslb_config
+  role             = "gslb"
+  name             = "${var.name_prefix}-ns2"
+  glue             = { allocation_id = aws_eip.ns2.id, public_ip = aws_eip.ns2.public_ip }
+  subnet_id        = data.aws_subnets.us.ids[0]
+  instance_type    = var.dns_instance_type
+  key_name         = var.key_name
+  tags             = local.tags
+  install          = var.install
+  token            = var.gslb_api_token
+  edge_admin_token = var.edge_admin_token
+  peer_token       = var.gslb_api_token
+  health_ca_pems   = local.admin_ca_pems
+  dnssec_key_pem   = var.dnssec_key_pem
+  geoip            = var.geoip
+  admin_cidrs      = var.admin_cidrs
+  peer_cidrs       = concat(["${aws_eip.ns1.public_ip}/32"], local.peer_cidrs)
+  egress_ports     = local.dns_egress
+  gslb             = merge(local.gslb_config, { peers = concat([local.peers["ns1"]], var.dns_peers) })
 }
 
 # --- DNSSEC: the DS for the registrar, computed where Terraform runs ------------------------

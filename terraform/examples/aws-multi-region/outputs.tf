@@ -28,8 +28,8 @@ output "gslb_api" {
 }
 
 output "gslb_config" {
-  description = "The rendered gslb configuration (the same on both DNS nodes)."
-  value       = module.ns1.config
+  description = "The rendered gslb configuration of each DNS node (the same but for [[peers]], which names the other)."
+  value       = { ns1 = module.ns1.config, ns2 = module.ns2.config }
 }
 
 output "reload_commands" {

@@ -2,9 +2,12 @@
 # modules/hcloud-node (which renders every file with modules/node-config).
 #
 # Order of creation, without cycles:
-#   1. the primary IPs of the DNS nodes (the glue addresses, delete-protected);
+#   1. the primary IPs of the DNS nodes (the glue addresses, delete-protected) and of the
+#      edges (so that an edge's admin certificate can name its address before the server
+#      exists), and the private CA of those certificates;
 #   2. the edges, whose admin port admits those DNS addresses;
-#   3. the gslb config, from the list of edges and the glue addresses;
+#   3. the gslb config, from the list of edges and the glue addresses (each DNS node's peers,
+#      for the health quorum, are the others' glue addresses);
 #   4. the DNS nodes, on their primary IPs, with that config.
 # Adding an edge changes the config; each DNS node's push (modules/hcloud-node) checks it,
 # installs it and reloads gslb without replacing the server.
@@ -59,6 +62,20 @@ locals {
   }
   dns_cidrs = flatten([for g in values(local.glue) : ["${g.ipv4}/32", "${g.ipv6}/128"]])
 
+  admin_ca      = var.edge_admin_https ? { certificate_pem = tls_self_signed_cert.admin_ca[0].cert_pem, private_key_pem = tls_private_key.admin_ca[0].private_key_pem } : null
+  admin_ca_pems = var.edge_admin_https ? [tls_self_signed_cert.admin_ca[0].cert_pem] : []
+
+  # The health quorum: each DNS node reads the others' /v1/edges (on their glue IPv4, known
+  # before any server), and the operator's dns_peers.
+  peer_hosts = [for p in var.dns_peers : regex("^https?://\\[?([0-9A-Fa-f:.]+?)\\]?:[0-9]+$", p.api)[0]]
+  peer_cidrs = [for h in local.peer_hosts : can(cidrnetmask("${h}/32")) ? "${h}/32" : "${h}/128"]
+  peers = {
+    for k in keys(local.glue) : k => concat(
+      [for o, g in local.glue : { name = o, api = "http://${g.ipv4}:${var.gslb_api_port}" } if o != k],
+      var.dns_peers,
+    )
+  }
+
   # NS records and their glue first, the operator's own records after.
   records = concat(
     [for k in keys(local.glue) : "@ NS ${k}"],
@@ -72,6 +89,7 @@ locals {
       workers    = var.gslb_workers
       api_listen = "${g.ipv4}:${var.gslb_api_port}"
       health     = var.health
+      peers      = local.peers[k]
       zone = {
         origin     = local.origin
         ttl        = var.zone_ttl
@@ -104,6 +122,56 @@ locals {
       }]
     }
   }
+}
+
+# --- the private CA of the edges' admin certificates ------------------------------------------
+# Each edge's admin listener gets a certificate for its primary IPv4 from this CA (modules/
+# hcloud-node, modules/admin-cert), and the DNS nodes verify the edges' status endpoints with
+# its certificate (health_ca_pems). Its key is in the state only (keep it encrypted).
+
+resource "tls_private_key" "admin_ca" {
+  count       = var.edge_admin_https ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "admin_ca" {
+  count                 = var.edge_admin_https ? 1 : 0
+  private_key_pem       = tls_private_key.admin_ca[0].private_key_pem
+  is_ca_certificate     = true
+  validity_period_hours = 10 * 365 * 24
+  allowed_uses          = ["cert_signing", "crl_signing"]
+
+  subject {
+    common_name  = "${var.name_prefix} edge admin CA"
+    organization = "GeoEdge"
+  }
+}
+
+# An edge's addresses: known before its server, kept across rebuilds (the DNS answers do not
+# change), released with the edge (no delete protection: edges come and go).
+resource "hcloud_primary_ip" "edge_ipv4" {
+  for_each = local.edges
+
+  name              = "${var.name_prefix}-edge-${each.key}-ipv4"
+  type              = "ipv4"
+  location          = each.value.location
+  assignee_type     = "server"
+  auto_delete       = false
+  delete_protection = false
+  labels            = merge(local.labels, { role = "geoedge-edge" })
+}
+
+resource "hcloud_primary_ip" "edge_ipv6" {
+  for_each = local.edges
+
+  name              = "${var.name_prefix}-edge-${each.key}-ipv6"
+  type              = "ipv6"
+  location          = each.value.location
+  assignee_type     = "server"
+  auto_delete       = false
+  delete_protection = false
+  labels            = merge(local.labels, { role = "geoedge-edge" })
 }
 
 resource "hcloud_primary_ip" "ipv4" {
@@ -153,8 +221,10 @@ module "edge" {
   install              = var.install
   token                = var.edge_admin_token
   tls                  = var.tls
+  admin_ca             = local.admin_ca
+  glue                 = { ipv4_id = hcloud_primary_ip.edge_ipv4[each.key].id, ipv6_id = hcloud_primary_ip.edge_ipv6[each.key].id, ipv4_address = hcloud_primary_ip.edge_ipv4[each.key].ip_address }
   admin_cidrs          = var.admin_cidrs
-  health_checker_cidrs = local.dns_cidrs
+  health_checker_cidrs = concat(local.dns_cidrs, local.peer_cidrs)
   push_config          = var.push_config
   ssh_private_key_file = var.ssh_private_key_file
 
@@ -170,6 +240,7 @@ module "edge" {
     cache_size    = var.edge.cache_size
     memory_cache  = var.edge.memory_cache
     admin_listen  = "0.0.0.0:${var.edge.admin_port}"
+    admin_private = var.edge.admin_private
     capacity_rps  = each.value.capacity
   }
 }
@@ -187,11 +258,14 @@ module "dns" {
   labels               = local.labels
   install              = var.install
   token                = var.gslb_api_token
+  edge_admin_token     = var.edge_admin_token
+  peer_token           = var.gslb_api_token
+  health_ca_pems       = local.admin_ca_pems
   dnssec_key_pem       = var.dnssec_key_pem
   geoip                = var.geoip
   glue                 = { ipv4_id = hcloud_primary_ip.ipv4[each.key].id, ipv6_id = hcloud_primary_ip.ipv6[each.key].id }
   admin_cidrs          = var.admin_cidrs
-  peer_cidrs           = concat([for c in local.dns_cidrs : c if !contains(["${local.glue[each.key].ipv4}/32", "${local.glue[each.key].ipv6}/128"], c)], var.dns_peers)
+  peer_cidrs           = concat([for c in local.dns_cidrs : c if !contains(["${local.glue[each.key].ipv4}/32", "${local.glue[each.key].ipv6}/128"], c)], local.peer_cidrs)
   push_config          = var.push_config
   ssh_private_key_file = var.ssh_private_key_file
   gslb                 = local.gslb[each.key]

@@ -10,5 +10,9 @@ terraform {
       source  = "hashicorp/external"
       version = ">= 2.3.0, < 3.0.0"
     }
+    tls = {
+      source  = "hashicorp/tls"
+      version = ">= 4.0.0, < 5.0.0"
+    }
   }
 }

@@ -86,13 +86,14 @@ variable "pool" {
 }
 
 variable "health" {
-  description = "How gslb probes each edge's /__edge/status: every interval seconds (plus up to jitter), timeout per probe, rise good probes to bring an edge back, fall failed ones to take it out. Detection takes about interval x fall (docs/failover.md)."
+  description = "How gslb probes each edge's /__edge/status: every interval seconds (plus up to jitter), timeout per probe, rise good probes to bring an edge back, fall failed ones to take it out. Detection takes about interval x fall (docs/failover.md). The DNS nodes decide together (the health quorum, docs/gslb-operations.md): an edge goes out when quorum of them (0: a majority) see it down."
   type = object({
     interval = optional(number, 5)
     timeout  = optional(number, 2)
     rise     = optional(number, 2)
     fall     = optional(number, 3)
     jitter   = optional(number, 0.5)
+    quorum   = optional(number, 0)
   })
   default = {}
 
@@ -110,6 +111,11 @@ variable "health" {
     condition     = alltrue([for n in [var.health.rise, var.health.fall] : n >= 1 && n <= 100 && floor(n) == n])
     error_message = "health.rise and health.fall must be integers from 1 to 100."
   }
+
+  validation {
+    condition     = var.health.quorum >= 0 && var.health.quorum <= 32 && floor(var.health.quorum) == var.health.quorum
+    error_message = "health.quorum must be an integer from 0 (a majority of the DNS nodes) to the number of DNS nodes."
+  }
 }
 
 variable "origins" {
@@ -126,15 +132,16 @@ variable "origins" {
 }
 
 variable "edge" {
-  description = "Settings every edge shares: algorithm (round_robin, weighted, least_conn, consistent_hash) over the origins, probe_path they probe on each origin, workers, cache_size (disk) and memory_cache, admin_port (status, metrics, purge; probed by gslb), hosts served (empty: the pool name)."
+  description = "Settings every edge shares: algorithm (round_robin, weighted, least_conn, consistent_hash) over the origins, probe_path they probe on each origin, workers, cache_size (disk) and memory_cache, admin_port (status, metrics, purge; probed by gslb), admin_private (status and metrics want edge_admin_token too; the DNS nodes send it), hosts served (empty: the pool name)."
   type = object({
-    algorithm    = optional(string, "round_robin")
-    probe_path   = optional(string, "/")
-    workers      = optional(number, 2)
-    cache_size   = optional(string, "20GiB")
-    memory_cache = optional(string, "256MiB")
-    admin_port   = optional(number, 9090)
-    hosts        = optional(list(string), [])
+    algorithm     = optional(string, "round_robin")
+    probe_path    = optional(string, "/")
+    workers       = optional(number, 2)
+    cache_size    = optional(string, "20GiB")
+    memory_cache  = optional(string, "256MiB")
+    admin_port    = optional(number, 9090)
+    admin_private = optional(bool, false)
+    hosts         = optional(list(string), [])
   })
   default = {}
 
@@ -187,13 +194,21 @@ variable "gslb_api_port" {
 }
 
 variable "dns_peers" {
-  description = "Other GeoEdge DNS nodes (CIDRs) allowed to reach the DNS nodes' API port beside this deployment's own; the peers list of the health quorum when it lands."
-  type        = list(string)
-  default     = []
+  description = "GeoEdge DNS nodes outside this deployment that probe the same edges and join the health quorum, beside this deployment's own DNS nodes (which are peers of each other already): {name, api = \"http://IP:PORT\"}. Their address may reach the DNS nodes' API port and the edges' admin port."
+  type = list(object({
+    name = string
+    api  = string
+  }))
+  default = []
 
   validation {
-    condition     = alltrue([for c in var.dns_peers : can(cidrhost(c, 0))])
-    error_message = "dns_peers must be networks in CIDR notation, e.g. 192.0.2.53/32."
+    condition     = alltrue([for p in var.dns_peers : can(regex("^https?://([0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+|\\[[0-9A-Fa-f:]+\\]):[0-9]{1,5}$", p.api)) && can(regex("^[a-z0-9][a-z0-9.-]*$", p.name))])
+    error_message = "dns_peers: api must be http(s)://IP:PORT (IPv6 in brackets; an address the firewalls can admit), name a lower-case label such as ns3."
+  }
+
+  validation {
+    condition     = length(distinct(var.dns_peers[*].name)) == length(var.dns_peers) && length(distinct(var.dns_peers[*].api)) == length(var.dns_peers)
+    error_message = "dns_peers: each name and each api once."
   }
 }
 
@@ -253,8 +268,14 @@ variable "geoip" {
   sensitive = true
 }
 
+variable "edge_admin_https" {
+  description = "Serve the edges' admin port (status, metrics, purge) over HTTPS: this configuration creates a private CA, each edge gets a certificate for its address from it (modules/admin-cert), and the DNS nodes verify it. false: plain HTTP (still firewalled to the DNS nodes and admin_cidrs)."
+  type        = bool
+  default     = true
+}
+
 variable "edge_admin_token" {
-  description = "Bearer token the edges require for purges, e.g. from `openssl rand -hex 24`. Empty: none (the admin port stays firewalled)."
+  description = "Bearer token the edges require for purges (and, with edge.admin_private, for status and metrics), e.g. from `openssl rand -hex 24`; the DNS nodes send it with purges and probes. Empty: none (the admin port stays firewalled)."
   type        = string
   default     = ""
   sensitive   = true
@@ -266,7 +287,7 @@ variable "edge_admin_token" {
 }
 
 variable "gslb_api_token" {
-  description = "Bearer token the DNS nodes' API requires for changes (drain, edge state). Empty: none (the API port stays firewalled)."
+  description = "Bearer token the DNS nodes' API requires for changes (drain, edge state); the DNS nodes send it to each other (their peers). Empty: none (the API port stays firewalled)."
   type        = string
   default     = ""
   sensitive   = true

@@ -7,6 +7,8 @@
 #     port from operators only (and the DNS nodes' probes, the DNS peers);
 #   - SSM Parameter Store parameters holding the config and the secrets (SecureString), read
 #     at every start and reload by the instance role: no secret travels in user data;
+#   - with admin_ca (edges): the admin listener's certificate for the Elastic IP, issued by
+#     that CA, so the DNS nodes probe and purge over verified HTTPS;
 #   - the instance (Debian 12, IMDSv2 only, encrypted root volume).
 # Config changes update the parameters in place; `reload_command` (output) applies them.
 
@@ -46,22 +48,52 @@ locals {
     { for p in local.public_ports : "tcp-${p}" => { protocol = "tcp", port = p } },
     local.is_gslb ? { for p in local.public_ports : "udp-${p}" => { protocol = "udp", port = p } } : {},
   )
-  admin_sources = distinct(concat(var.admin_cidrs, var.health_checker_cidrs, var.peer_cidrs))
+  # Keyed by position: the DNS nodes' and peers' addresses are Elastic IPs the same apply may
+  # create, unknown at plan, and for_each keys must be known.
+  admin_sources = merge(
+    { for i, c in var.admin_cidrs : "admin-${i}" => c },
+    { for i, c in var.health_checker_cidrs : "dns-${i}" => c },
+    { for i, c in var.peer_cidrs : "peer-${i}" => c },
+  )
+
+  admin_https = !local.is_gslb && nonsensitive(var.admin_ca != null)
+  admin_tls = local.admin_https ? {
+    certificate_pem = one(module.admin_cert[*].certificate_pem)
+    private_key_pem = one(module.admin_cert[*].private_key_pem)
+  } : null
 }
 
 module "config" {
   source = "../node-config"
 
-  role           = var.role
-  name           = var.name
-  install        = var.install
-  ssm            = { region = data.aws_region.this.name, prefix = local.ssm_prefix }
-  token          = var.token
-  tls            = var.tls
-  dnssec_key_pem = var.dnssec_key_pem
-  geoip          = var.geoip
-  gslb           = var.gslb
-  edge           = var.edge
+  role             = var.role
+  name             = var.name
+  install          = var.install
+  ssm              = { region = data.aws_region.this.name, prefix = local.ssm_prefix }
+  token            = var.token
+  tls              = var.tls
+  admin_tls        = local.admin_tls
+  edge_admin_token = var.edge_admin_token
+  peer_token       = var.peer_token
+  health_ca_pems   = var.health_ca_pems
+  dnssec_key_pem   = var.dnssec_key_pem
+  geoip            = var.geoip
+  gslb             = var.gslb
+  edge             = var.edge
+}
+
+# --- the admin certificate: issued by admin_ca for the edge's Elastic IP ----------------------
+# The DNS nodes probe https://EIP:PORT/__edge/status, so the certificate names that address.
+# The key lives in the state and in a SecureString parameter, like every other secret here.
+
+module "admin_cert" {
+  source = "../admin-cert"
+  count  = local.admin_https ? 1 : 0
+
+  name          = var.name
+  ip_addresses  = [one(aws_eip.edge[*].public_ip)]
+  ca            = var.admin_ca
+  validity_days = var.admin_cert_validity_days
 }
 
 # --- addresses ------------------------------------------------------------------------------
@@ -80,6 +112,11 @@ resource "aws_eip_association" "this" {
     precondition {
       condition     = var.role == "edge" || var.glue != null
       error_message = "A gslb node answers on its glue address: pass glue (the Elastic IP's allocation_id and public_ip)."
+    }
+
+    precondition {
+      condition     = var.role == "edge" || nonsensitive(var.admin_ca == null)
+      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pems."
     }
   }
 }
@@ -121,15 +158,15 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "admin" {
-  for_each = toset(local.admin_sources)
+  for_each = local.admin_sources
 
   security_group_id = aws_security_group.this.id
   description       = local.is_gslb ? "gslb API from operators and DNS peers" : "edge admin port from operators and DNS nodes"
   ip_protocol       = "tcp"
   from_port         = local.admin_port
   to_port           = local.admin_port
-  cidr_ipv4         = can(cidrnetmask(each.key)) ? each.key : null
-  cidr_ipv6         = can(cidrnetmask(each.key)) ? null : each.key
+  cidr_ipv4         = can(cidrnetmask(each.value)) ? each.value : null
+  cidr_ipv6         = can(cidrnetmask(each.value)) ? null : each.value
 }
 
 resource "aws_vpc_security_group_egress_rule" "this" {

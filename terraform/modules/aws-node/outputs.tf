@@ -14,8 +14,8 @@ output "security_group_id" {
 }
 
 output "status_url" {
-  description = "Edge: the status endpoint gslb probes (health and load). gslb: its HTTP API."
-  value       = "http://${local.public_ip}:${local.admin_port}${local.is_gslb ? "" : "/__edge/status"}"
+  description = "Edge: the status endpoint gslb probes (health and load; https with admin_ca). gslb: its HTTP API."
+  value       = "${local.admin_https ? "https" : "http"}://${local.public_ip}:${local.admin_port}${local.is_gslb ? "" : "/__edge/status"}"
 }
 
 output "ssm_parameters" {

@@ -1,5 +1,6 @@
 # Inputs of one GeoEdge node on AWS EC2. The config inputs (role, install, token, tls,
-# dnssec_key_pem, geoip, gslb, edge) go to modules/node-config unchanged; see its README.
+# edge_admin_token, peer_token, health_ca_pems, dnssec_key_pem, geoip, gslb, edge) go to
+# modules/node-config unchanged; see its README. admin_ca issues the edge's admin_tls here.
 
 variable "role" {
   description = "\"gslb\" (authoritative DNS node, on the glue Elastic IP passed in glue) or \"edge\" (caching proxy)."
@@ -45,6 +46,42 @@ variable "tls" {
   })
   default   = null
   sensitive = true
+}
+
+variable "admin_ca" {
+  description = "Edge only: a private CA {certificate_pem, private_key_pem} that issues the edge's admin certificate for its Elastic IP: admin_listen speaks HTTPS, and the DNS nodes verify it with the CA certificate (their health_ca_pems). null: plain HTTP."
+  type = object({
+    certificate_pem = string
+    private_key_pem = string
+  })
+  default   = null
+  sensitive = true
+}
+
+variable "admin_cert_validity_days" {
+  description = "Edge with admin_ca: how long the issued admin certificate is valid (modules/admin-cert); Terraform issues a new one (a config update, then reload_command) within the last 30 days."
+  type        = number
+  default     = 365
+}
+
+variable "edge_admin_token" {
+  description = "gslb only: the edges' admin token, sent with purges and with status probes of private edges (a SecureString parameter). Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "peer_token" {
+  description = "gslb only: the bearer token sent to the gslb.peers (a SecureString parameter). Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "health_ca_pems" {
+  description = "gslb only: PEM CA certificates verifying the edges' HTTPS status URLs (the admin_ca certificate of the edges); empty: the system's CAs."
+  type        = list(string)
+  default     = []
 }
 
 variable "dnssec_key_pem" {
@@ -141,7 +178,7 @@ variable "admin_cidrs" {
 }
 
 variable "health_checker_cidrs" {
-  description = "Edge only: the DNS nodes' addresses (/32), allowed to read /__edge/status on the admin port."
+  description = "Edge only: the DNS nodes' addresses (/32), allowed on the admin port: status probes and purges."
   type        = list(string)
   default     = []
 
@@ -152,7 +189,7 @@ variable "health_checker_cidrs" {
 }
 
 variable "peer_cidrs" {
-  description = "gslb only: the other DNS nodes (/32), allowed to reach this node's API port (the DNS peers of the quorum, when it lands)."
+  description = "gslb only: the other DNS nodes (/32), allowed to reach this node's API port: the DNS peers of the health quorum (gslb.peers), which read /v1/edges."
   type        = list(string)
   default     = []
 

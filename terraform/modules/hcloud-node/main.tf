@@ -4,6 +4,9 @@
 #     every DNS node's config can name all of them;
 #   - a cloud firewall: DNS (53 udp+tcp) or HTTP(S) from anywhere, SSH and the admin/API port
 #     from operators only (and the DNS nodes' probes, the DNS peers);
+#   - with admin_ca (edges on glue primary IPs): the admin listener's certificate for the
+#     glue IPv4, issued by that CA (modules/admin-cert), so the DNS nodes probe and purge
+#     over verified HTTPS;
 #   - the server (Debian 12). Hetzner has no parameter store: the config and secrets travel
 #     in user data (readable by the server through its metadata service) and in later pushes
 #     over SSH (terraform_data.push: check-config, install, reload).
@@ -15,6 +18,12 @@ locals {
 
   admin_listen = local.is_gslb ? try(var.gslb.api_listen, "") : try(var.edge.admin_listen, "")
   admin_port   = tonumber(regex(":([0-9]+)$", local.admin_listen)[0])
+  admin_https  = !local.is_gslb && nonsensitive(var.admin_ca != null)
+  admin_scheme = local.admin_https ? "https" : "http"
+  admin_tls = local.admin_https ? {
+    certificate_pem = one(module.admin_cert[*].certificate_pem)
+    private_key_pem = one(module.admin_cert[*].private_key_pem)
+  } : null
   public_listen = local.is_gslb ? try(var.gslb.listen, []) : concat(
     try(var.edge.listen, []), nonsensitive(var.tls == null) ? [] : try(var.edge.https_listen, [])
   )
@@ -49,16 +58,31 @@ locals {
 module "config" {
   source = "../node-config"
 
-  role           = var.role
-  name           = var.name
-  install        = var.install
-  ssm            = null
-  token          = var.token
-  tls            = var.tls
-  dnssec_key_pem = var.dnssec_key_pem
-  geoip          = var.geoip
-  gslb           = var.gslb
-  edge           = var.edge
+  role             = var.role
+  name             = var.name
+  install          = var.install
+  ssm              = null
+  token            = var.token
+  tls              = var.tls
+  admin_tls        = local.admin_tls
+  edge_admin_token = var.edge_admin_token
+  peer_token       = var.peer_token
+  health_ca_pems   = var.health_ca_pems
+  dnssec_key_pem   = var.dnssec_key_pem
+  geoip            = var.geoip
+  gslb             = var.gslb
+  edge             = var.edge
+}
+
+# The edge's admin certificate, for its glue IPv4 (the address in status_url), from admin_ca.
+module "admin_cert" {
+  source = "../admin-cert"
+  count  = local.admin_https ? 1 : 0
+
+  name          = var.name
+  ip_addresses  = compact([try(var.glue.ipv4_address, "")])
+  ca            = var.admin_ca
+  validity_days = var.admin_cert_validity_days
 }
 
 resource "hcloud_firewall" "this" {
@@ -124,6 +148,16 @@ resource "hcloud_server" "this" {
     precondition {
       condition     = var.role == "edge" || var.glue != null
       error_message = "A gslb node answers on its glue addresses: pass glue (the primary IP IDs)."
+    }
+
+    precondition {
+      condition     = !local.admin_https || try(var.glue.ipv4_address, "") != ""
+      error_message = "admin_ca issues the admin certificate for the edge's glue IPv4: pass glue with ipv4_address (a primary IP created before the server)."
+    }
+
+    precondition {
+      condition     = var.role == "edge" || nonsensitive(var.admin_ca == null)
+      error_message = "admin_ca issues an edge's admin certificate; a gslb node verifies edges with health_ca_pems."
     }
   }
 }

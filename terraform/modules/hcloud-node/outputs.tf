@@ -14,8 +14,8 @@ output "server_id" {
 }
 
 output "status_url" {
-  description = "Edge: the status endpoint gslb probes (health and load). gslb: its HTTP API."
-  value       = "http://${hcloud_server.this.ipv4_address}:${local.admin_port}${local.is_gslb ? "" : "/__edge/status"}"
+  description = "Edge: the status endpoint gslb probes (health and load; https with admin_ca). gslb: its HTTP API."
+  value       = "${local.admin_scheme}://${hcloud_server.this.ipv4_address}:${local.admin_port}${local.is_gslb ? "" : "/__edge/status"}"
 }
 
 output "config" {

@@ -1,5 +1,6 @@
 # Inputs of one GeoEdge node on Hetzner Cloud. The config inputs (role, install, token, tls,
-# dnssec_key_pem, geoip, gslb, edge) go to modules/node-config unchanged; see its README.
+# edge_admin_token, peer_token, health_ca_pems, dnssec_key_pem, geoip, gslb, edge) go to
+# modules/node-config unchanged; see its README. admin_ca issues the edge's admin_tls here.
 
 variable "role" {
   description = "\"gslb\" (authoritative DNS node, on the primary IPs passed in glue) or \"edge\" (caching proxy)."
@@ -47,6 +48,42 @@ variable "tls" {
   sensitive = true
 }
 
+variable "admin_ca" {
+  description = "Edge only: a private CA {certificate_pem, private_key_pem} that issues the edge's admin certificate for its glue IPv4 (modules/admin-cert): admin_listen speaks HTTPS, and the DNS nodes verify it with the CA certificate (their health_ca_pems). Needs glue with ipv4_address: the certificate is in the first boot's user data, before the server has an address of its own. null: plain HTTP."
+  type = object({
+    certificate_pem = string
+    private_key_pem = string
+  })
+  default   = null
+  sensitive = true
+}
+
+variable "admin_cert_validity_days" {
+  description = "Edge with admin_ca: how long the issued admin certificate is valid; Terraform issues a new one (pushed with push_config) within the last 30 days."
+  type        = number
+  default     = 365
+}
+
+variable "edge_admin_token" {
+  description = "gslb only: the edges' admin token, sent with purges and with status probes of private edges. Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "peer_token" {
+  description = "gslb only: the bearer token sent to the gslb.peers. Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "health_ca_pems" {
+  description = "gslb only: PEM CA certificates verifying the edges' HTTPS status URLs; empty: the system's CAs."
+  type        = list(string)
+  default     = []
+}
+
 variable "dnssec_key_pem" {
   description = "gslb only: the zone's DNSSEC signing key (PEM); empty: unsigned."
   type        = string
@@ -77,10 +114,11 @@ variable "edge" {
 }
 
 variable "glue" {
-  description = "gslb only: the primary IPs the DNS node answers on (the glue addresses), created by the caller: {ipv4_id, ipv6_id} (hcloud_primary_ip IDs in the node's location)."
+  description = "The primary IPs the node answers on, created by the caller: {ipv4_id, ipv6_id} (hcloud_primary_ip IDs in the node's location) and ipv4_address (the IPv4 itself, which an edge's admin certificate names). Required for gslb (the glue addresses); for an edge, needed with admin_ca; null: the server's own addresses."
   type = object({
-    ipv4_id = string
-    ipv6_id = string
+    ipv4_id      = string
+    ipv6_id      = string
+    ipv4_address = optional(string, "")
   })
   default = null
 }
@@ -124,7 +162,7 @@ variable "admin_cidrs" {
 }
 
 variable "health_checker_cidrs" {
-  description = "Edge only: the DNS nodes' addresses, allowed to read /__edge/status on the admin port."
+  description = "Edge only: the DNS nodes' addresses, allowed on the admin port: status probes and purges."
   type        = list(string)
   default     = []
 
@@ -135,7 +173,7 @@ variable "health_checker_cidrs" {
 }
 
 variable "peer_cidrs" {
-  description = "gslb only: the other DNS nodes, allowed to reach this node's API port (the DNS peers of the quorum, when it lands)."
+  description = "gslb only: the other DNS nodes, allowed to reach this node's API port: the DNS peers of the health quorum (gslb.peers), which read /v1/edges."
   type        = list(string)
   default     = []
 

@@ -10,14 +10,23 @@ locals {
   config_path = "/etc/geoedge/${var.role}.toml"
   packaging   = "${path.module}/../../../packaging"
 
-  has_token   = nonsensitive(var.token != "")
-  has_tls     = nonsensitive(var.tls != null)
-  has_dnssec  = nonsensitive(var.dnssec_key_pem != "")
-  geoipupdate = nonsensitive(var.geoip != null)
+  has_token      = nonsensitive(var.token != "")
+  has_tls        = nonsensitive(var.tls != null)
+  has_admin_tls  = nonsensitive(var.admin_tls != null)
+  has_edge_token = nonsensitive(var.edge_admin_token != "")
+  has_peer_token = nonsensitive(var.peer_token != "")
+  has_health_ca  = length(var.health_ca_pems) > 0
+  has_dnssec     = nonsensitive(var.dnssec_key_pem != "")
+  geoipupdate    = nonsensitive(var.geoip != null)
 
   token_path  = local.is_gslb ? "/etc/geoedge/api.token" : "/etc/geoedge/admin.token"
   tls_cert    = "/etc/geoedge/tls/cert.pem"
   tls_key     = "/etc/geoedge/tls/key.pem"
+  admin_cert  = "/etc/geoedge/tls/admin-cert.pem"
+  admin_key   = "/etc/geoedge/tls/admin-key.pem"
+  health_ca   = "/etc/geoedge/tls/health-ca.pem"
+  edge_token  = "/etc/geoedge/edge-admin.token"
+  peer_token  = "/etc/geoedge/peer.token"
   dnssec_key  = "/etc/geoedge/keys/zone.pem"
   geo_db      = "/var/lib/GeoIP/GeoLite2-City.mmdb"
   wheel_file  = "/var/tmp/${basename(var.install.wheel_url)}"
@@ -32,6 +41,11 @@ locals {
       api_listen      = g.api_listen
       token_file      = local.has_token ? local.token_path : ""
       health          = g.health
+      ca_file         = local.has_health_ca ? local.health_ca : ""
+      purge           = g.purge
+      edge_token_file = local.has_edge_token ? local.edge_token : ""
+      peers           = g.peers
+      peer_token_file = local.has_peer_token ? local.peer_token : ""
       geo_database    = local.geoipupdate ? local.geo_db : ""
       zone            = g.zone
       dnssec_key_file = local.has_dnssec ? local.dnssec_key : ""
@@ -58,6 +72,10 @@ locals {
       cache_size    = e.cache_size
       memory_cache  = e.memory_cache
       admin_listen  = e.admin_listen
+      admin_tls     = local.has_admin_tls
+      admin_cert    = local.admin_cert
+      admin_key     = local.admin_key
+      admin_private = e.admin_private
       capacity_rps  = e.capacity_rps
       # The token itself is never in the config, which is world-readable.
       token_file = local.has_token ? local.token_path : ""
@@ -77,17 +95,29 @@ locals {
       tls-cert = { path = local.tls_cert, mode = "0644" }
       tls-key  = { path = local.tls_key, mode = "0640" }
     } : {},
+    local.has_admin_tls ? {
+      admin-tls-cert = { path = local.admin_cert, mode = "0644" }
+      admin-tls-key  = { path = local.admin_key, mode = "0640" }
+    } : {},
+    local.has_edge_token ? { edge-admin-token = { path = local.edge_token, mode = "0640" } } : {},
+    local.has_peer_token ? { peer-token = { path = local.peer_token, mode = "0640" } } : {},
+    local.has_health_ca ? { health-ca = { path = local.health_ca, mode = "0644" } } : {},
     local.has_dnssec ? { dnssec-key = { path = local.dnssec_key, mode = "0640" } } : {},
     local.geoipupdate ? { geoip-conf = { path = "/etc/GeoIP.conf", mode = "0600" } } : {},
   )
 
   contents = {
-    config     = local.config
-    token      = var.token
-    tls-cert   = try(var.tls.certificate_pem, "")
-    tls-key    = try(var.tls.private_key_pem, "")
-    dnssec-key = var.dnssec_key_pem
-    geoip-conf = try("AccountID ${var.geoip.account_id}\nLicenseKey ${var.geoip.license_key}\nEditionIDs GeoLite2-City\nDatabaseDirectory /var/lib/GeoIP\n", "")
+    config           = local.config
+    token            = var.token
+    tls-cert         = try(var.tls.certificate_pem, "")
+    tls-key          = try(var.tls.private_key_pem, "")
+    admin-tls-cert   = try(var.admin_tls.certificate_pem, "")
+    admin-tls-key    = try(var.admin_tls.private_key_pem, "")
+    edge-admin-token = var.edge_admin_token
+    peer-token       = var.peer_token
+    health-ca        = join("", [for pem in var.health_ca_pems : "${trimspace(pem)}\n"])
+    dnssec-key       = var.dnssec_key_pem
+    geoip-conf       = try("AccountID ${var.geoip.account_id}\nLicenseKey ${var.geoip.license_key}\nEditionIDs GeoLite2-City\nDatabaseDirectory /var/lib/GeoIP\n", "")
   }
 
   install_script = join("\n", concat(

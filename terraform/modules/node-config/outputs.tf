@@ -13,8 +13,23 @@ output "config" {
   }
 
   precondition {
-    condition     = var.role == "gslb" || (!local.has_dnssec && !local.geoipupdate)
-    error_message = "dnssec_key_pem and geoip are for gslb nodes."
+    condition     = var.role == "gslb" || (!local.has_dnssec && !local.geoipupdate && !local.has_edge_token && !local.has_peer_token && !local.has_health_ca)
+    error_message = "dnssec_key_pem, geoip, edge_admin_token, peer_token and health_ca_pems are for gslb nodes."
+  }
+
+  precondition {
+    condition     = var.role == "edge" || !local.has_admin_tls
+    error_message = "admin_tls is for edges (the gslb API is plain HTTP)."
+  }
+
+  precondition {
+    condition     = !try(var.edge.admin_private, false) || local.has_token
+    error_message = "edge.admin_private needs a token: status and metrics then want it, and the DNS nodes send it (their edge_admin_token)."
+  }
+
+  precondition {
+    condition     = !local.has_peer_token || length(try(var.gslb.peers, [])) > 0
+    error_message = "peer_token is sent to gslb.peers: pass the peers too."
   }
 }
 
@@ -40,7 +55,7 @@ output "user_data" {
 }
 
 output "files" {
-  description = "The config and secret files by key (config, token, tls-cert, tls-key, dnssec-key, geoip-conf): {path, mode}; their contents are in file_contents."
+  description = "The config and secret files by key (config, token, tls-cert, tls-key, admin-tls-cert, admin-tls-key, edge-admin-token, peer-token, health-ca, dnssec-key, geoip-conf): {path, mode}; their contents are in file_contents."
   value       = local.meta
 }
 

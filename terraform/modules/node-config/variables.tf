@@ -89,6 +89,56 @@ variable "tls" {
   }
 }
 
+variable "admin_tls" {
+  description = "Edge only: the PEM certificate and private key of the admin listener (admin_listen speaks HTTPS: the DNS nodes' status probes and purges, verified against their health_ca_pems); null: plain HTTP."
+  type = object({
+    certificate_pem = string
+    private_key_pem = string
+  })
+  default   = null
+  sensitive = true
+
+  validation {
+    condition     = var.admin_tls == null || (can(regex("-----BEGIN CERTIFICATE-----", var.admin_tls.certificate_pem)) && can(regex("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.admin_tls.private_key_pem)))
+    error_message = "admin_tls needs both certificate_pem (a PEM certificate chain) and private_key_pem (its PEM private key)."
+  }
+}
+
+variable "edge_admin_token" {
+  description = "gslb only: the edges' admin token (their `token`), sent with purges and, for edges with admin_private, with status probes ([purge] token_file). Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.edge_admin_token == "" || can(regex("^[!-~]{16,}$", var.edge_admin_token))
+    error_message = "edge_admin_token must be empty or 16+ visible ASCII characters."
+  }
+}
+
+variable "peer_token" {
+  description = "gslb only: the bearer token sent to gslb.peers (their API `token`; reads of /v1/edges are open without one). Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.peer_token == "" || can(regex("^[!-~]{16,}$", var.peer_token))
+    error_message = "peer_token must be empty or 16+ visible ASCII characters."
+  }
+}
+
+variable "health_ca_pems" {
+  description = "gslb only: the PEM CA certificates that verify the edges' HTTPS status URLs (the CA of their admin_tls certificates), written as one bundle ([health] ca_file); empty: the system's CAs. A list, so that whether there is one is known before the certificates exist (Terraform plans the files from it)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for pem in var.health_ca_pems : can(regex("^\\s*-----BEGIN CERTIFICATE-----", pem))])
+    error_message = "health_ca_pems must be PEM certificates (-----BEGIN CERTIFICATE-----)."
+  }
+}
+
 variable "dnssec_key_pem" {
   description = "gslb only: the zone's DNSSEC signing key (EC P-256, PEM, from `gslb dnssec-keygen`); empty leaves the zone unsigned."
   type        = string
@@ -128,6 +178,17 @@ variable "gslb" {
       rise     = optional(number, 2)
       fall     = optional(number, 3)
       jitter   = optional(number, 0.5)
+      quorum   = optional(number, 0)
+    }), {})
+    peers = optional(list(object({
+      name = string
+      api  = string
+    })), [])
+    purge = optional(object({
+      timeout     = optional(number, 5)
+      attempts    = optional(number, 3)
+      backoff     = optional(number, 0.5)
+      backoff_max = optional(number, 5)
     }), {})
     zone = object({
       origin     = string
@@ -187,6 +248,27 @@ variable "gslb" {
   }
 
   validation {
+    condition = alltrue(flatten([
+      for g in tolist([var.gslb]) : [
+        length(distinct(g.peers[*].name)) == length(g.peers) && length(distinct(g.peers[*].api)) == length(g.peers),
+        g.health.quorum >= 0 && g.health.quorum <= length(g.peers) + 1 && floor(g.health.quorum) == g.health.quorum,
+        [for p in g.peers : can(regex("^[!-~]+$", p.name)) && can(regex("^https?://[^/\\s?#@]+(/[^\\s?#]*)?$", p.api))],
+      ] if g != null
+    ]))
+    error_message = "gslb.peers: unique names, api an http(s) URL without a query, user or fragment (e.g. \"http://192.0.2.53:8053\"), each once; gslb.health.quorum an integer from 0 (a majority) to the number of vantage points (the peers and this node)."
+  }
+
+  validation {
+    condition = alltrue([
+      for g in tolist([var.gslb]) :
+      g.purge.timeout >= 0.05 && g.purge.timeout <= 300 && g.purge.attempts >= 1 && g.purge.attempts <= 10 && floor(g.purge.attempts) == g.purge.attempts
+      && g.purge.backoff >= 0 && g.purge.backoff <= 60 && g.purge.backoff_max >= g.purge.backoff && g.purge.backoff_max <= 600
+      if g != null
+    ])
+    error_message = "gslb.purge: timeout 0.05-300 s, attempts 1-10, backoff 0-60 s, backoff <= backoff_max <= 600 s."
+  }
+
+  validation {
     condition = alltrue([
       for g in tolist([var.gslb]) :
       g.zone.ttl >= 0 && g.zone.ttl <= 2147483647 && g.zone.soa_serial >= 1 && g.zone.soa_serial <= 4294967295
@@ -221,12 +303,13 @@ variable "edge" {
       url    = string
       weight = optional(number, 1)
     }))
-    algorithm    = optional(string, "round_robin")
-    probe_path   = optional(string, "/")
-    cache_size   = optional(string, "20GiB")
-    memory_cache = optional(string, "256MiB")
-    admin_listen = string
-    capacity_rps = optional(number, 1000)
+    algorithm     = optional(string, "round_robin")
+    probe_path    = optional(string, "/")
+    cache_size    = optional(string, "20GiB")
+    memory_cache  = optional(string, "256MiB")
+    admin_listen  = string
+    admin_private = optional(bool, false)
+    capacity_rps  = optional(number, 1000)
   })
   default = null
 
