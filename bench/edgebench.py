@@ -13,6 +13,9 @@ move during a measured run. Scenarios:
   1k-log    1 KiB object, both proxies writing a JSON access log to a file (buffered
             64 KiB on both sides, the same fields)               goal >= 0.8x nginx
   disk10k, disk100k, miss, miss1   the edge at scale: see bench/edgescale.py
+  1k-rules  1 KiB object, our edge with 20 screening rules (edge.screening) vs the same
+            edge without: none refuses the benchmark's requests, but a per-client rate limit
+            counts every one of them                              goal >= 0.85x no rules
   workers   1 KiB, our edge with 2 workers vs 1, unpinned: requests per edge CPU-second,
             2 workers keep >= 0.9x of one worker's (throughput 2/1 is reported, no goal:
             on two cores shared with wrk it is capped at 2E/(E+W), see below)
@@ -66,6 +69,7 @@ K = TypeVar("K")
 OBJECTS = {"1k": 1024, "100k": 100 * 1024}
 GOALS = {"1k": 0.4, "100k": 0.35}
 LOGGED_GOAL = 0.8
+RULES_GOAL = 0.85
 WORKERS_EFFICIENCY_GOAL = 0.9
 
 
@@ -249,6 +253,7 @@ def our_proxy(
     fast_hits: bool = True,
     memory: str | None = None,
     access_log: Path | None = None,
+    extra: str = "",
 ) -> Proxy:
     """Our edge with the quick-start defaults, except that like nginx here it keeps no access
     log and logs only warnings (a config file, since the quick-start flags cannot say that)."""
@@ -276,7 +281,7 @@ listen = "{LOOPBACK}:{free_port()}"
 [log]
 level = "warning"
 access_log = {json.dumps(str(access_log or ""))}
-"""
+{extra}"""
     )
     edge = [str(PYTHON), "-m", "edge"]
     run_tool([*edge, "check-config", str(conf)], None, timeout=60)
@@ -449,6 +454,68 @@ def logged_rows(
     return [result_row("1 KiB hit, access log on", ours, nginx, LOGGED_GOAL)]
 
 
+# --- screening rules -----------------------------------------------------------------------
+
+
+def screening_rules() -> str:
+    """Twenty rules as an edge in front of a web site might have them: allow lists, deny
+    lists by network, country, path, method, host and header, a close for a flood marker,
+    rate limits by client network, API key and path, a concurrency limit. None refuses
+    wrk's `GET /1k` from 127.0.0.1; the per-client flood limit takes a token for each."""
+    try:
+        from geo.locator import default_database_path
+
+        geoip = str(default_database_path())
+    except Exception:  # the bundled GeoLite2 snapshot is missing: a network rule instead
+        geoip = ""
+    rules = [
+        ("office", "allow", 'clients = ["10.20.0.0/16", "2001:db8:20::/48"]'),
+        ("bad-networks", "deny", 'clients = ["198.18.0.0/15", "203.0.113.0/24"]'),
+        (
+            "sanctions",
+            "deny",
+            'countries = ["KP", "IR"]' if geoip else 'clients = ["192.0.2.0/25"]',
+        ),
+        ("admin", "deny", 'path_prefix = ["/admin", "/wp-admin", "/wp-login.php"]'),
+        ("dotfiles", "deny", r"path_regex = '/\.(git|env|svn|hg)(/|$)'"),
+        ("scanners", "deny", 'header = "user-agent"\nheader_regex = "(?i)sqlmap|nikto|zgrab"'),
+        ("flood-marker", "close", 'header = "x-flood"'),
+        ("trace", "deny", 'methods = ["TRACE", "TRACK"]'),
+        ("old-host", "deny", 'hosts = ["old.example.com"]'),
+        ("debug-token", "deny", 'header = "x-debug-token"'),
+        ("php", "deny", r"path_regex = '\.php$'"),
+        ("cgi", "deny", 'path_prefix = "/cgi-bin/"'),
+        ("spam-referer", "deny", 'header = "referer"\nheader_regex = "casino|pills"'),
+        ("webdav", "deny", 'methods = ["PROPFIND", "MKCOL", "COPY", "MOVE"]'),
+        ("login", "limit", 'methods = ["POST"]\npath_prefix = "/login"\nrate = "5/m"'),
+        ("api-key", "limit", 'path_prefix = "/api/"\nrate = "50/s"\nkey = "header:x-api-key"'),
+        ("search", "limit", 'path_prefix = "/search"\nrate = "10/s"\nprefix_v4 = 24'),
+        ("uploads", "limit", 'methods = ["PUT", "POST"]\nconcurrency = 4'),
+        ("crawl-path", "limit", 'path_prefix = "/feeds/"\nrate = "100/s"\nkey = "path"'),
+        ("flood", "close", 'rate = "1000000/s"\nburst = 1000000\nban_after = 100'),
+    ]
+    out = [f"[geo]\ndatabase = {json.dumps(geoip)}\n" if geoip else ""]
+    for name, action, conditions in rules:
+        out.append(f'[[screening.rule]]\nname = "{name}"\naction = "{action}"\n{conditions}\n')
+    return "\n".join(out)
+
+
+def rules_rows(
+    args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: int
+) -> list[list[str]]:
+    """1 KiB hits on our edge with the 20 rules and without, pinned like the nginx runs."""
+    log("scenario 1k-rules: cache hits of a 1024 B object, 20 screening rules vs none")
+    pair = {
+        label: our_proxy(
+            label, workdir, free_port(), origin_port, 1, SERVER_CPU, logdir, extra=extra
+        )
+        for label, extra in (("rules", screening_rules()), ("none", ""))
+    }
+    runs = hit_runs(args, pair, origin_port, LOADGEN_CPU)
+    ruled, bare = pick(args.pick, runs["rules"]), pick(args.pick, runs["none"])
+    return [result_row("1 KiB hit, 20 rules", ruled, bare, RULES_GOAL)]
+
+
 # --- the edge at scale (bench/edgescale.py) -------------------------------------------------
 
 
@@ -537,13 +604,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = arg_parser(
         __doc__, what="proxy", warmup=2.0, warmup_help="unmeasured wrk seconds per proxy"
     )
-    every = "1k,100k,1k-log,disk10k,disk100k,miss,miss1,workers"
+    every = "1k,100k,1k-log,1k-rules,disk10k,disk100k,miss,miss1,workers"
     p.add_argument("--scenarios", default=every, help=f"subset of {every}")
     p.add_argument("--servers", default="ours,nginx", help="ours,nginx or one of them")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--threads", type=int, default=1, help="wrk -t")
     edgescale.add_arguments(p)
-    known = {*OBJECTS, "1k-log", *edgescale.GOALS, "workers"}
+    known = {*OBJECTS, "1k-log", "1k-rules", *edgescale.GOALS, "workers"}
     return parse_lists(p, argv, known, {"ours", "nginx"})
 
 
@@ -607,6 +674,11 @@ def main(argv: list[str]) -> int:
     if "1k-log" in args.scenarios:
         rows += logged_rows(args, workdir, logdir, origin_port)
     rows += scale_rows(args, workdir, logdir, origin_port)
+    rule_rows = (
+        rules_rows(args, workdir, logdir, origin_port)
+        if "1k-rules" in args.scenarios and "ours" in args.servers
+        else []
+    )
 
     worker_rows: list[list[str]] = []
     cpu_rows: list[list[str]] = []
@@ -633,6 +705,11 @@ def main(argv: list[str]) -> int:
     if rows:
         heads = ["object", "ours req/s", "nginx req/s", "ours/nginx", *tail]
         print(table([*heads, "ours p99 ms", "nginx p99 ms"], rows))
+        print()
+    if rule_rows:
+        print("our edge with 20 screening rules vs none (pinned like the nginx runs):")
+        heads = ["object", "rules req/s", "no rules req/s", "rules/none", *tail]
+        print(table([*heads, "rules p99 ms", "none p99 ms"], rule_rows))
         print()
     if worker_rows:
         print("our edge, 2 workers vs 1 (edge and wrk unpinned):")

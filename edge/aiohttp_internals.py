@@ -76,7 +76,8 @@ PRIVATE: dict[str, tuple[str, ...]] = {
 }
 
 # Answers a received segment holding one plain GET (segment, scheme, client address) with
-# the response's wire bytes, or None when the full handler must answer it.
+# the response's wire bytes, or None when the full handler must answer it; an empty list
+# closes the connection without an answer (edge.screening's "close" action).
 FastHit = Callable[[bytes, str, str | None], list[bytes] | None]
 # (origin as scheme://host:port, kind, bytes) for a protocol error of an origin connection.
 ProtocolErrorReport = Callable[[str, str, int], None]
@@ -234,8 +235,11 @@ class EdgeRequestHandler(RequestHandler):
         wire = self._fast(data, self._scheme, self._remote)
         if wire is None:
             return False
-        transport.writelines(wire)
         self._disarm_header_timer()
+        if not wire:  # a screening rule's "close": no answer, no lingering
+            transport.close()
+            return True
+        transport.writelines(wire)
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1
@@ -367,7 +371,9 @@ class SerializedResponse(web.StreamResponse):
     It drives aiohttp's payload writer the way StreamResponse.prepare/write_eof do.
     """
 
-    def __init__(self, status: int, head: bytes, body: bytes, age: int, cache_status: str):
+    def __init__(
+        self, status: int, head: bytes, body: bytes, age: int | None, cache_status: str
+    ) -> None:
         super().__init__(status=status)
         self._head = head
         self.payload = body
@@ -390,7 +396,8 @@ class SerializedResponse(web.StreamResponse):
             return
         writer = self._payload_writer
         assert writer is not None
-        tail = f"Age: {self._age}\r\nCache-Status: {self.headers['Cache-Status']}\r\n"
+        age = "" if self._age is None else f"Age: {self._age}\r\n"  # None: not from a cache
+        tail = f"{age}Cache-Status: {self.headers['Cache-Status']}\r\n"
         if not self._keep_alive:
             tail += "Connection: close\r\n"
         head = self._head + tail.encode("latin-1", "replace") + b"\r\n"

@@ -45,6 +45,7 @@ from edge.metrics import Metrics
 from edge.origins import OriginPool
 from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import Proxy
+from edge.ratelimit import RateTable
 from edge.stream import StreamSet
 
 log = logging.getLogger("edge")
@@ -60,6 +61,7 @@ ACCESS_LOG = web.AppKey("edge_access_log", AccessLog)
 NODE_STATS = web.AppKey("edge_node_stats", nodestats.StatsDir)
 WORKER_SLOT = web.AppKey("edge_worker_slot", int)
 STREAMS = web.AppKey("edge_streams", StreamSet)
+RATE_TABLE = web.AppKey("edge_rate_table", RateTable)
 
 
 def listener_settings(config: EdgeConfig) -> tuple[ListenerOptions, dict[str, Any]]:
@@ -88,16 +90,25 @@ def listener_settings(config: EdgeConfig) -> tuple[ListenerOptions, dict[str, An
     }
 
 
-def build_app(config: EdgeConfig, stats_dir: str | None = None, slot: int = 0) -> web.Application:
+def build_app(
+    config: EdgeConfig,
+    stats_dir: str | None = None,
+    slot: int = 0,
+    rate_table: RateTable | None = None,
+) -> web.Application:
     """The control app: lifecycle of shared resources plus the admin routes.
 
     `stats_dir` is the run directory of a multi-worker node (see edge.nodestats): this
     worker publishes its counters there, and its admin routes answer for the whole node.
     There the worker in `slot` 0 probes the origins for the node and the others follow
     its verdicts (edge.probes.ProbeFollower); without a run directory every worker probes.
+    `rate_table` is the node's screening budgets when the parent made them for its workers
+    (edge.ratelimit); without it the proxy keeps a private table.
     """
     app = web.Application(handler_args={"access_log": None})
     app[CONFIG] = config
+    if rate_table is not None:
+        app[RATE_TABLE] = rate_table
     app.cleanup_ctx.append(_resources)
     stats = None if stats_dir is None else nodestats.StatsDir(stats_dir)
     if stats is not None:
@@ -150,7 +161,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         cache_dir = tmp.name
     cache = await open_cache(config, cache_dir) if config.cache.enabled else None
     access_log = AccessLog(config.log.access_log)
-    proxy = Proxy(config, pool, session, cache, metrics, access_log)
+    proxy = Proxy(config, pool, session, cache, metrics, access_log, app.get(RATE_TABLE))
     prober = Prober(pool, session, metrics.observe_probe)
     app[SESSION] = session
     app[POOL] = pool
@@ -267,9 +278,10 @@ class EdgeRuntime:
         reuse_port: bool = False,
         stats_dir: str | None = None,
         slot: int = 0,
+        rate_table: RateTable | None = None,
     ) -> None:
         self.config = config
-        self.app = build_app(config, stats_dir, slot)
+        self.app = build_app(config, stats_dir, slot, rate_table)
         self.reuse_port = reuse_port
         self._app_runner: web.AppRunner | None = None
         self._edge_runners: list[web.ServerRunner] = []

@@ -19,7 +19,9 @@ parent prints `edge: ready` once every worker is listening. With an admin port, 
 also makes a private run directory where the workers publish their counters, so whichever
 worker answers /__edge/status or /metrics reports the whole node (edge.nodestats); there
 the worker in slot 0 (and its replacement) probes the origins for the node and publishes
-its verdicts, which the other workers apply (edge.probes.ProbeFollower). Each worker dies
+its verdicts, which the other workers apply (edge.probes.ProbeFollower). The parent also
+maps the screening rules' rate-limit table before it forks, so the workers share its budgets
+(edge.ratelimit). Each worker dies
 with the parent (geoedge.lifetime): a `kill -9` of the parent leaves no worker serving.
 """
 
@@ -47,6 +49,7 @@ from edge.config import (
     stream_quick_start,
 )
 from edge.errors import ConfigError
+from edge.ratelimit import RateTable
 from geoedge.lifetime import die_with_launcher, die_with_parent
 
 log = logging.getLogger("edge")
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         streams = f", {len(config.streams)} streams" if config.streams else ""
-        print(f"{args.file}: ok ({len(config.pool.origins)} origins{streams})")
+        rules = len(config.screening.rules)
+        screening = f", {rules} screening rules" if rules else ""
+        print(f"{args.file}: ok ({len(config.pool.origins)} origins{streams}{screening})")
         return 0
     try:
         config = _config_from_args(args)
@@ -162,6 +167,7 @@ def _run(
     ready_fd: int | None = None,
     stats_dir: str | None = None,
     slot: int = 0,
+    rate_table: RateTable | None = None,
 ) -> int:
     try:
         import uvloop
@@ -179,6 +185,7 @@ def _run(
                 ready_fd=ready_fd,
                 stats_dir=stats_dir,
                 slot=slot,
+                rate_table=rate_table,
             )
         )
     except KeyboardInterrupt:
@@ -195,10 +202,13 @@ async def _serve(
     ready_fd: int | None = None,
     stats_dir: str | None = None,
     slot: int = 0,
+    rate_table: RateTable | None = None,
 ) -> None:
     from edge.app import EdgeRuntime
 
-    runtime = EdgeRuntime(config, reuse_port=reuse_port, stats_dir=stats_dir, slot=slot)
+    runtime = EdgeRuntime(
+        config, reuse_port=reuse_port, stats_dir=stats_dir, slot=slot, rate_table=rate_table
+    )
     await runtime.start()
     if announce:
         for kind in ("http", "https", "tcp", "udp", "admin"):
@@ -270,8 +280,11 @@ def _run_workers(config: EdgeConfig, path: str | None) -> int:
     if config.admin.listen is not None:
         stats_dir = tempfile.mkdtemp(prefix="geoedge-workers-")  # mode 0700
     parent = os.getpid()
+    # The screening budgets of the node: one table in memory every worker maps (forked
+    # from here, replacements included), so the workers enforce one budget, not N.
+    rates = RateTable.shared(config.screening.table_slots)
     try:
-        return _fork_workers(config, path, holders, stats_dir)
+        return _fork_workers(config, path, holders, stats_dir, rates)
     finally:
         if stats_dir is not None and os.getpid() == parent:  # not a worker leaving by error
             shutil.rmtree(stats_dir, ignore_errors=True)
@@ -281,7 +294,11 @@ MAX_RESTARTS = 5  # per worker slot over the parent's lifetime
 
 
 def _fork_workers(
-    config: EdgeConfig, path: str | None, holders: list[socket.socket], stats_dir: str | None
+    config: EdgeConfig,
+    path: str | None,
+    holders: list[socket.socket],
+    stats_dir: str | None,
+    rates: RateTable,
 ) -> int:
     """Fork the workers and watch them. Once the node is ready, a worker that dies is
     replaced (at most MAX_RESTARTS times per slot, after a growing delay), reading the
@@ -315,6 +332,7 @@ def _fork_workers(
                 ready_fd=ready_fd,
                 stats_dir=stats_dir,
                 slot=slot,
+                rate_table=rates,
             )
             os._exit(code)
         slots[pid] = slot

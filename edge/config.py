@@ -16,7 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from edge import screen_config
 from edge.errors import ConfigError
+from edge.screen_config import GeoConfig, ScreeningConfig
 
 ALGORITHMS = ("round_robin", "weighted", "least_conn", "consistent_hash")
 STREAM_ALGORITHMS = ("round_robin", "least_connections", "hash")
@@ -258,6 +260,8 @@ class EdgeConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     streams: tuple[StreamConfig, ...] = ()
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     source: str = "<config>"
 
     @property
@@ -798,6 +802,8 @@ def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> E
     if stream_only:
         del builders["pool"]
     parts = {name: build(root.sub(name)) for name, build in builders.items()}
+    parts["geo"] = screen_config.geo(root.sub("geo"), base_dir)
+    parts["screening"] = screen_config.screening(root.sub("screening"), parts["geo"])
     if stream_only:
         parts["pool"] = PoolConfig(origins=())
     root.done()

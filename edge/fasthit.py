@@ -53,6 +53,14 @@ class SimpleGet:
     field_bytes: int  # their size as the proxy's limit counts it (name + value + 4 each)
     # The CDN-Loop and Via fields, for the same loop check as the full handler's.
     loop_fields: tuple[tuple[str, str], ...] = ()
+    # Every field (lower-case name, value), for the screening rules (edge.screening).
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The values of field `name` (lower case) joined by ", ", as the full handler
+        sees them; None when absent."""
+        values = [v for k, v in self.headers if k == name]
+        return ", ".join(values) if values else None
 
 
 def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
@@ -65,6 +73,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
     host: bytes | None = None
     user_agent = b""
     loop_fields: list[tuple[str, str]] = []
+    fields: list[tuple[str, str]] = []
     count = 0
     size = 0
     block = m.group(2)
@@ -72,6 +81,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         name, _, raw = line.partition(b":")
         value = raw.strip(b" \t")
         lname = name.lower()
+        fields.append((lname.decode("ascii"), value.decode("ascii")))
         count += 1
         size += len(name) + len(raw) + 4  # unstripped: never below the proxy's own count
         if lname == b"host":
@@ -98,4 +108,5 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         fields=count,
         field_bytes=size,
         loop_fields=tuple(loop_fields),
+        headers=tuple(fields),
     )

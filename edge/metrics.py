@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edge import nodestats
@@ -35,6 +35,39 @@ class _RequestCounts(Collector):
         yield family
 
 
+class _ScreeningCounts(Collector):
+    """edge.screening's counters, kept in a plain Counter on the hot path."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        hits = CounterMetricFamily(
+            "edge_screening_rule_hits",
+            "Requests a screening rule decided, by rule and action (allow, deny, limit, close)",
+            labels=["rule", "action"],
+        )
+        bans = CounterMetricFamily(
+            "edge_screening_bans",
+            "Temporary bans a rate rule started (ban_after refusals in a row)",
+            labels=["rule"],
+        )
+        for (rule, action), n in sorted(self.metrics.screen_counts.items()):
+            if action == "ban":
+                bans.add_metric([rule], n)
+            else:
+                hits.add_metric([rule, action], n)
+        yield hits
+        yield bans
+        banned = self.metrics.banned_keys
+        # The node's shared table: every worker reads the same figure (not summed).
+        yield GaugeMetricFamily(
+            "edge_screening_banned_keys",
+            "Rate-limit keys (clients, networks...) under a temporary ban now",
+            value=banned() if banned is not None else 0,
+        )
+
+
 class Metrics:
     def __init__(self, capacity_rps: float = 1000.0, clock: Callable[[], float] = time.monotonic):
         self.capacity_rps = capacity_rps
@@ -43,6 +76,10 @@ class Metrics:
         # Counted in a plain dict on the hot path and turned into a metric at scrape time.
         self.counts: collections.Counter[tuple[int, str]] = collections.Counter()
         self.registry.register(_RequestCounts(self))
+        # edge.screening: (rule, action) -> requests it decided; (rule, "ban") -> bans.
+        self.screen_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.banned_keys: Callable[[], int] | None = None  # the node's RateTable, once set
+        self.registry.register(_ScreeningCounts(self))
         self.origin_latency = Histogram(
             "edge_origin_latency_seconds",
             "Time from sending a request to an origin to its response headers",

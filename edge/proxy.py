@@ -12,6 +12,7 @@ protocol error, 504 timeout, 503 no healthy origin) live here once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -50,12 +51,17 @@ from edge.exchange import (
     transfer_coding,
 )
 from edge.fasthit import SimpleGet, parse_simple_get
+from edge.freshness import format_http_date
 from edge.headers import (
     client_response_headers,
     origin_request_headers,
 )
 from edge.metrics import Metrics
 from edge.origins import Origin, OriginPool
+from edge.ratelimit import RateTable
+from edge.screening import Screening, Verdict, refusal_head
+from geo.errors import GeoError
+from geo.locator import GeoIPLocator
 
 log = logging.getLogger("edge.proxy")
 
@@ -63,9 +69,13 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Every other method, including unknown ones (M-SEARCH...), is unsafe (RFC 9111 §4.4).
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
 # What Proxy.answer_plain_get remembers per scheme of the segments it parsed (each looked up
-# next time instead of parsed again): segments of at most 2 KiB, counted at their length
-# plus 512 bytes (the parsed request and its key), within 8 MiB; then it starts afresh.
+# next time instead of parsed again): segments of at most 2 KiB, counted at twice their
+# length (the segment, and its fields the parsed request keeps for the screening rules) plus
+# 512 bytes (the rest of the parsed request and its key), within 8 MiB; then it starts afresh.
 _PLAIN_MEMO_BYTES = 8 << 20
+# A remembered segment: cache key, request, the screening rules its request conditions meet
+# (bit i: rule i, see edge.screening.RuleSet.candidates).
+_Plain = tuple[str, SimpleGet, int]
 
 
 class Proxy:
@@ -77,6 +87,7 @@ class Proxy:
         cache: CacheLayer | None,
         metrics: Metrics,
         access_log: AccessLog,
+        rate_table: RateTable | None = None,
     ) -> None:
         self.pool = pool
         self.session = session
@@ -86,11 +97,33 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         if cache is not None:
             metrics.cache_resets.inc(cache.store.resets)
+        # Screening state that outlives a reload: the node's budgets (shared with the other
+        # workers when the parent made the table), requests in flight, the GeoIP database.
+        slots = config.screening.table_slots
+        self.rate_table = rate_table if rate_table is not None else RateTable.private(slots)
+        # A scan of the table: only while a rule can ban at all.
+        metrics.banned_keys = lambda: (
+            self.rate_table.bans(time.monotonic()) if self.screening.bans else 0
+        )
+        self._inflight: collections.Counter[int] = collections.Counter()
+        self._locator: GeoIPLocator | None = None
+        self._date = (0, "")
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
         self.config = config
         self.admission = Admission(config, self.metrics)
+        if config.screening.table_slots != self.rate_table.slots:
+            log.warning("screening.table_slots changed; it takes effect after a restart")
+        self.screening = Screening(
+            config.screening,
+            config.server.trusted_proxies,
+            self.rate_table,
+            self._geoip(config.geo.database),
+            self.metrics.screen_counts,
+            time.monotonic,
+            self._inflight,
+        )
         self._max_body = config.limits.max_body_bytes
         pool = config.pool
         self._timeout = aiohttp.ClientTimeout(
@@ -99,7 +132,7 @@ class Proxy:
             sock_read=pool.first_byte_timeout,
         )
         # The fast path's verdicts depend on the limits and hosts just set.
-        self._plain_gets: dict[str, dict[bytes, tuple[str, SimpleGet] | Literal[False]]] = {
+        self._plain_gets: dict[str, dict[bytes, _Plain | Literal[False]]] = {
             "http": {},
             "https": {},
         }
@@ -110,7 +143,30 @@ class Proxy:
         if self.cache is not None:
             self.cache.reconfigure(config)
 
+    def _geoip(self, path: str) -> GeoIPLocator | None:
+        """The GeoIP database at `path`, kept open across reloads (re-read when its file
+        changed); None without one."""
+        old = self._locator
+        if old is not None and str(old.path) == path:
+            try:
+                old.maybe_reload()
+            except GeoError as exc:
+                log.error("GeoIP database %s: %s; keeping the one loaded", path, exc)
+            return old
+        new = None
+        if path:
+            try:
+                new = GeoIPLocator(path)
+            except GeoError as exc:  # checked at load; the file changed since
+                log.error("GeoIP database %s: %s; country rules match nobody", path, exc)
+        if old is not None:
+            old.close()
+        self._locator = new
+        return new
+
     async def close(self) -> None:
+        if self._locator is not None:
+            self._locator.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -159,12 +215,16 @@ class Proxy:
         start = time.monotonic()
         resp: web.StreamResponse | None = None
         origin_url = ""
+        screening = self.screening
+        held: list[int] = []  # concurrency budgets this request takes (edge.screening)
         try:
-            resp, origin_url = await self._dispatch(request)
+            resp, origin_url = await self._dispatch(request, held)
             if not resp.prepared and "Cache-Status" not in resp.headers:
                 resp.headers["Cache-Status"] = self._refused_status
             return resp
         finally:
+            if held:
+                screening.leave(held)
             metrics.active -= 1
             status = resp.status if resp is not None else 499
             cache_status = ""
@@ -198,7 +258,7 @@ class Proxy:
         if plain is None:
             plain = self._plain_get(data, scheme)
             if len(data) <= 2048:
-                cost = len(data) + 512
+                cost = 2 * len(data) + 512
                 if self._plain_memo_bytes[scheme] + cost > _PLAIN_MEMO_BYTES:
                     memo.clear()
                     self._plain_memo_bytes[scheme] = 0
@@ -206,40 +266,120 @@ class Proxy:
                 self._plain_memo_bytes[scheme] += cost
         if not plain:
             return None
-        key, req = plain
+        key, req, candidates = plain
         logging_on = self.access_log.enabled
         start = time.monotonic() if logging_on else 0.0
         hit = cache.hit_wire(key)
         if hit is None:
             return None
+        if candidates:
+            # Per request, after the hit is known (a miss goes to `handle`, which screens
+            # it once): the rules that could match this segment, for this client now.
+            screening = self.screening
+            client = screening.client(remote or "")
+            if client.trusted:
+                return None  # the client is in X-Forwarded-For: `handle` reads it
+            verdict = screening.decide(candidates, client, req.target, req.header)
+            if verdict is not None:
+                return self._refuse_plain(verdict, req, remote, start)
         status, head, body = hit
         self.metrics.response(status, "hit")
         if logging_on:
-            self.access_log.write(
-                remote=remote,
-                method="GET",
-                host=req.host,
-                path=req.target,
-                status=status,
-                sent=len(body),
-                duration_ms=round((time.monotonic() - start) * 1000, 3),
-                cache="hit",
-                origin="",
-                user_agent=req.user_agent,
-            )
+            self._log_plain(req, remote, status, len(body), start, "hit")
         return [head, body]
 
-    def _plain_get(self, data: bytes, scheme: str) -> tuple[str, SimpleGet] | Literal[False]:
-        """The cache key and request of `data` if the fast path may answer it, else False."""
+    def _log_plain(
+        self, req: SimpleGet, remote: str | None, status: int, sent: int, start: float, cache: str
+    ) -> None:
+        self.access_log.write(
+            remote=remote,
+            method="GET",
+            host=req.host,
+            path=req.target,
+            status=status,
+            sent=sent,
+            duration_ms=round((time.monotonic() - start) * 1000, 3),
+            cache=cache,
+            origin="",
+            user_agent=req.user_agent,
+        )
+
+    def _refuse_plain(
+        self, verdict: Verdict, req: SimpleGet, remote: str | None, start: float
+    ) -> list[bytes]:
+        """The fast path's answer to a refused plain GET: the full handler's bytes."""
+        status = verdict.status
+        self.metrics.response(status, "refused")
+        wire = [] if verdict.action == "close" else self._refusal_wire(verdict)
+        if self.access_log.enabled:
+            self._log_plain(req, remote, status, len(wire[1]) if wire else 0, start, "refused")
+        return wire
+
+    def _refusal_wire(self, verdict: Verdict) -> list[bytes]:
+        head, body = refusal_head(verdict, self._http_date())
+        tail = f"Cache-Status: {self._refused_status}\r\n\r\n".encode("latin-1")
+        return [head + tail, body]
+
+    def _http_date(self) -> str:
+        now = time.time()
+        second, text = self._date
+        if int(now) != second:
+            text = format_http_date(now)
+            self._date = (int(now), text)
+        return text
+
+    def _plain_get(self, data: bytes, scheme: str) -> _Plain | Literal[False]:
+        """The cache key and request of `data` if the fast path may answer it, and the
+        screening rules whose request conditions it meets; else False."""
         req = parse_simple_get(data)
         if req is None or not self.admission.admits_plain(req):
             return False
-        return cp.cache_key(scheme, req.host, req.target), req
+        candidates = self.screening.ruleset.candidates("GET", req.target, req.host, req.header)
+        return cp.cache_key(scheme, req.host, req.target), req, candidates
 
-    async def _dispatch(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
+    def _screen(self, request: web.BaseRequest, held: list[int]) -> web.StreamResponse | None:
+        """The screening rules' answer to `request`, or None when it may pass (then its
+        concurrency budgets, `held`, are taken until `handle` ends)."""
+        screening = self.screening
+        headers = request.headers
+
+        def header(name: str) -> str | None:
+            values = headers.getall(name, ())
+            return ", ".join(values) if values else None
+
+        target = origin_form(request.raw_path)
+        host = headers.get("Host", "")
+        candidates = screening.ruleset.candidates(request.method, target, host, header)
+        if not candidates:
+            return None
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        client = screening.peer_client(str(peer[0]) if peer else "", header)
+        verdict = screening.decide(candidates, client, target, header, held)
+        if verdict is None:
+            screening.enter(held)
+            return None
+        held.clear()
+        if verdict.action == "close":
+            if request.transport is not None:
+                request.transport.close()
+            resp = web.Response(status=verdict.status)
+            resp.headers["Cache-Status"] = self._refused_status
+            return resp
+        # The fast path's bytes (`_refusal_wire`), but for Connection: close when due.
+        head, body = refusal_head(verdict, self._http_date())
+        body = b"" if request.method == "HEAD" else body
+        return SerializedResponse(verdict.status, head, body, None, self._refused_status)
+
+    async def _dispatch(
+        self, request: web.BaseRequest, held: list[int]
+    ) -> tuple[web.StreamResponse, str]:
         refusal = self.admission.check(request) or self.admission.check_loop(request)
         if refusal is not None:
             return refusal, ""
+        if self.screening.active:
+            screened = self._screen(request, held)
+            if screened is not None:
+                return screened, ""
         target = origin_form(request.raw_path)
         if (
             request.headers.get("Expect", "").lower() == "100-continue"

@@ -6,7 +6,8 @@ generated request is sent twice to the same stored entries: once as one segment,
 fast path may answer from the memory tier, and once cut in two segments a moment apart,
 which only aiohttp's parser and the full handler can answer. Status, header fields (but
 Date, and Age within a second) and body must be the same. The fast path once answered 200
-where the full handler said 508 (CDN-Loop naming this node).
+where the full handler said 508 (CDN-Loop naming this node). Screening rules (edge.screening)
+are configured, and their refusals must match as well.
 """
 
 from __future__ import annotations
@@ -39,6 +40,28 @@ async def _origin_handler(request: web.Request) -> web.Response:
     if request.path == "/etag":
         headers.update(ETag='"v1"', **{"Last-Modified": "Tue, 01 Dec 2026 10:00:00 GMT"})
     return web.Response(body=request.path_qs.encode() * 50, headers=headers)
+
+
+# Screening decisions must agree too (issue 11): a deny by header and path, and a budget
+# that the first request carrying X-Spent spends (every later one is refused with 429).
+RULES = [
+    {
+        "name": "no-curl-text",
+        "action": "deny",
+        "path_prefix": "/text",
+        "header": "user-agent",
+        "header_regex": "^curl/",
+    },
+    {
+        "name": "spent",
+        "action": "limit",
+        "rate": "1/h",
+        "burst": 1,
+        "header": "x-spent",
+        "key": "header:x-spent",
+    },
+    {"name": "not-this", "action": "deny", "methods": ["POST"]},
+]
 
 
 class EdgeThread:
@@ -80,6 +103,7 @@ class EdgeThread:
                 "server": {"listen": ["127.0.0.1:0"], "node_id": NODE, "fast_hits": True},
                 "log": {"access_log": ""},
                 "cache": {"dir": str(self.cache_dir)},
+                "screening": {"rule": RULES},
                 "pool": {
                     "origins": [{"url": f"http://127.0.0.1:{origin_port}"}],
                     "probe": {"enabled": False},
@@ -135,9 +159,11 @@ def parse(raw: bytes) -> tuple[bytes, list[tuple[str, str]], int | None, bytes]:
         name, value = name.strip().lower(), value.strip()
         if name == "date":
             continue
-        if name == "age":
+        if name in ("age", "retry-after"):  # both count seconds down: within a second
             age = int(value)
             continue
+        if name == "ratelimit":
+            value = re.sub(r";t=\d+", ";t=N", value)
         if name == "cache-status" and "ttl=" in value:
             # Like Age, the ttl counts down: compared within a second, apart from the rest.
             ttl = re.search(r"ttl=(-?\d+)", value)
@@ -194,6 +220,7 @@ FIELDS = st.lists(
             ("Via", f"1.1 {NODE}"),
             ("Via", "1.1 proxy.example"),
             ("If-None-Match", '"v1"'),
+            ("X-Spent", "yes"),
             ("Range", "bytes=0-9"),
         ]
     ),

@@ -23,7 +23,19 @@ def test_a_plain_get_is_recognised() -> None:
         user_agent="wrk/4",
         fields=4,
         field_bytes=(4 + 12 + 4) + (10 + 6 + 4) + (6 + 4 + 4) + (10 + 11 + 4),
+        headers=(
+            ("host", "example.com"),
+            ("user-agent", "wrk/4"),
+            ("accept", "*/*"),
+            ("connection", "keep-alive"),
+        ),
     )
+    assert got.header("accept") == "*/*" and got.header("x-absent") is None
+
+
+def test_repeated_fields_are_joined_for_the_screening_rules() -> None:
+    got = parse_simple_get(_req("Host: h", "X-Tag: a", "x-tag: b"))
+    assert got is not None and got.header("x-tag") == "a, b"
 
 
 def test_field_values_lose_their_surrounding_whitespace() -> None:
