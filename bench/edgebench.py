@@ -34,6 +34,7 @@ import http.client
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -569,6 +570,12 @@ def scale_rows(
     if misses:
         origin, static_port, served = edgescale.static_origin(workdir, logdir)
         pair = scale_pair(args, workdir, logdir, static_port, None)
+        if "ours" in args.servers:
+            # The floor: a bare aiohttp proxy, no cache (bench/aiohttp_floor.py).
+            port = free_port()
+            floor_argv = [sys.executable, "bench/aiohttp_floor.py", str(port), str(static_port)]
+            pair["aiohttp"] = Proxy("aiohttp", floor_argv, port, SERVER_CPU, logdir)
+            pair["aiohttp"].start()
         for key in misses:
             conns = 1 if key == "miss1" else 64
             log(f"scenario {key}: every URL new, {conns} connection(s), nginx origin")
@@ -591,6 +598,9 @@ def scale_rows(
             nginx = pick(args.pick, runs.get("nginx", []))
             title = f"10 KiB misses, {conns} connection{'s' if conns > 1 else ''}"
             rows.append(result_row(title, ours, nginx, edgescale.GOALS[key]))
+            floor = pick(args.pick, runs.get("aiohttp", []))
+            if floor is not None:
+                rows.append(result_row(f"{title}: bare aiohttp proxy", floor, nginx, None))
         for proxy in pair.values():
             proxy.stop()
         origin.stop()
