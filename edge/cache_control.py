@@ -7,6 +7,7 @@ case-insensitively and repeated field lines are kept in order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -195,11 +196,20 @@ class Directives:
 def parse_directives(values: Iterable[str]) -> Directives:
     """Parse Cache-Control style field values (several lines allowed) into Directives.
 
+    Remembered for the last 1024 distinct field values (Directives are immutable): an
+    origin sends a handful of distinct Cache-Control values, and a miss parses its own
+    several times (storability, freshness, the entry).
+
     Grammar: ``#( token [ "=" ( token / quoted-string ) ] )``. Whitespace around "=" is not
     allowed by the grammar; such elements are kept under their (stripped) name as malformed,
     so ``max-age =3600`` does not give a lifetime. Quoted values are unquoted: commas inside
     quotes never start a new directive.
     """
+    return _parse_directives(tuple(values))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_directives(values: tuple[str, ...]) -> Directives:
     items: list[tuple[str, str | None]] = []
     malformed: list[str] = []
     for value in values:

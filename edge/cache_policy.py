@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
@@ -138,8 +138,16 @@ class CacheEntry:
 
 
 def entry_to_dict(e: CacheEntry) -> dict[str, Any]:
-    """The entry as plain data for JSON (tuples serialise as arrays)."""
-    return asdict(e)
+    """The entry as plain data for JSON (tuples serialise as arrays): what
+    ``dataclasses.asdict`` gives, without its deep copy of every field (a fifth of a
+    fill's CPU)."""
+    d = {name: getattr(e, name) for name in _ENTRY_FIELDS}
+    d["freshness"] = {name: getattr(e.freshness, name) for name in _FRESHNESS_FIELDS}
+    return d
+
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(CacheEntry))
+_FRESHNESS_FIELDS = tuple(f.name for f in fields(fr.Freshness))
 
 
 def _pairs(v: Any) -> HeaderTuple:
