@@ -39,6 +39,7 @@ from tests.unit.tfcheck import (
     load,
     locals_of,
     lookup,
+    plain,
     readme_tables,
     refs,
     resources,
@@ -572,6 +573,7 @@ def test_operator_inputs_that_can_be_wrong_are_validated() -> None:
     checks = _validations(shared)
     for name in (
         "zone",
+        "hostmaster",
         "soa_serial",
         "zone_ttl",
         "pool",
@@ -586,8 +588,14 @@ def test_operator_inputs_that_can_be_wrong_are_validated() -> None:
         "dnssec_key_pem",
         "edge_admin_token",
         "gslb_api_token",
+        "geoip",
     ):
         assert checks[name], f"{name} has no validation block"
+    (rname,) = _patterns(" ".join(checks["hostmaster"]), "var.hostmaster")
+    for good in ("hostmaster.example.com", "Ops.Example.COM.", "dns-admin.example.co.uk"):
+        assert rname.search(good), good
+    for bad in ("hostmaster@example.com", "hostmaster", "host master.example.com", "a..b.com"):
+        assert not rname.search(bad), bad
     assert any("private_key_pem" in c for c in checks["tls"])
     assert any("hysteresis" in c and "load_threshold" in c for c in checks["pool"])
     assert any("timeout" in c and "interval" in c for c in checks["health"])
@@ -642,6 +650,24 @@ def test_new_inputs_are_validated() -> None:
         assert found and found.group(1) == "2001:db8::53"
         found = host.search("http://203.0.113.53:8053")
         assert found and found.group(1) == "203.0.113.53"
+
+
+def test_fallback_regions_must_exist() -> None:
+    """A misspelt region in pool.fallback_regions would leave the pool's fallback empty,
+    which gslb reads as "every edge": each example refuses it at plan, in a precondition
+    (a validation block cannot see the example's regions in Terraform 1.5)."""
+    for example, allowed in (
+        ("aws-multi-region", '["eu", "us", "ap"]'),
+        ("hetzner", "keys(var.edge_regions)"),
+    ):
+        output = blocks(TF / "examples" / example, "output")["gslb_config"]
+        (check,) = [unq(p["condition"]) for p in output["precondition"]]
+        assert check == f"${{length(setsubtract(var.pool.fallback_regions, {allowed})) == 0}}"
+        # The example's own tfvars name a fallback region, and one the check lets through.
+        tfvars = plain(load(TF / "examples" / example / "terraform.tfvars.example"))
+        regions = set(tfvars.get("edge_regions", {"eu": 0, "us": 0, "ap": 0}))
+        named = set(tfvars["pool"]["fallback_regions"])
+        assert named and named <= regions, example
 
 
 def test_soa_serial_description_is_right() -> None:
