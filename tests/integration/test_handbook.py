@@ -3,7 +3,8 @@ show with their output are run again, on what the pages say they were run on (th
 example's ns1 config as Terraform renders it, tests/unit/tfexamples.py, served by a real
 `gslb serve` on loopback), and every output line a page shows must be among what the command
 prints now, in the same order. A page that drifts from the program (a changed flag, a record
-the example no longer renders, another explain format) fails here.
+the example no longer renders, another explain format) fails here. The figures (the SVGs
+in docs/) are held to the defaults they draw: the failover bound and the ports.
 
 Left out: commands that need the Internet or a fleet (`dig +trace`, the parent's servers,
 systemctl); the values of a freshly generated DNSSEC key (tag, key, digest), which are
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gslb.config import HealthConfig
+from gslb.edgeprobe import detection_bound
 from tests.integration.gslb_helpers import GslbProcess, dig, gslb_cmd, running
+from tests.unit.tfcheck import blocks
 from tests.unit.tfexamples import hetzner_nodes, node_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,3 +183,29 @@ def test_production_explain_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     # The page shows the head of it (the edge table follows).
     assert done.stdout.splitlines()[: len(shown)] == shown
+
+
+def _svg_text(name: str) -> str:
+    root = ET.parse(DOCS / name).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg", name
+    return " | ".join("".join(e.itertext()) for e in root.iter() if e.tag.endswith("}text"))
+
+
+def test_figures_say_what_the_programs_do() -> None:
+    """docs/failover-timeline.svg works the bound out for gslb's default [health] and the
+    examples' default pool TTL; docs/deployment.svg names the ports the examples open."""
+    h = HealthConfig()
+    bound = detection_bound(h.interval, h.timeout, h.jitter, h.fall)
+    variables = blocks(ROOT / "terraform/examples/hetzner", "variable")
+    (ttl,) = re.findall(r"\bttl\s*= optional\(number, (\d+)\)", str(variables["pool"]["type"]))
+    (admin,) = re.findall(r"admin_port\s*= optional\(number, (\d+)\)", str(variables["edge"]))
+    api = variables["gslb_api_port"]["default"]
+    timeline = _svg_text("failover-timeline.svg")
+    times = "\N{MULTIPLICATION SIGN}"
+    worked = f"{h.fall} {times} {h.interval + h.jitter:g} + {h.timeout:g} = {bound:g} s"
+    assert worked in timeline, timeline
+    assert f"pool TTL ({ttl} s)" in timeline, timeline
+    assert f"≤ detection + TTL = {bound + int(ttl):g} s" in timeline, timeline
+    deployment = _svg_text("deployment.svg")
+    for words in ("53/udp+tcp", f"{api}/tcp API", "80,443", f"{admin} admin", "prevent_destroy"):
+        assert words in deployment, words
