@@ -4,7 +4,8 @@ example's ns1 config as Terraform renders it, tests/unit/tfexamples.py, served b
 `gslb serve` on loopback), and every output line a page shows must be among what the command
 prints now, in the same order. A page that drifts from the program (a changed flag, a record
 the example no longer renders, another explain format) fails here. The figures (the SVGs
-in docs/) are held to the defaults they draw: the failover bound and the ports.
+in docs/) are held to the defaults they draw: the failover bound and the ports; the
+Terraform addresses and outputs the pages name, to the examples.
 
 Left out: commands that need the Internet or a fleet (`dig +trace`, the parent's servers,
 systemctl); the values of a freshly generated DNSSEC key (tag, key, digest), which are
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gslb.config import HealthConfig
 from gslb.edgeprobe import detection_bound
 from tests.integration.gslb_helpers import GslbProcess, dig, gslb_cmd, running
-from tests.unit.tfcheck import blocks
+from tests.unit.tfcheck import blocks, resources, unq
 from tests.unit.tfexamples import hetzner_nodes, node_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,3 +210,33 @@ def test_figures_say_what_the_programs_do() -> None:
     deployment = _svg_text("deployment.svg")
     for words in ("53/udp+tcp", f"{api}/tcp API", "80,443", f"{admin} admin", "prevent_destroy"):
         assert words in deployment, words
+
+
+# `terraform output NAME`, "the `NAME` output", "output NAME" (names with an underscore).
+OUTPUT_NAMED = r"terraform output (\w+)|`(\w+)` output|\boutput `?([a-z]+_[a-z_]+)"
+
+
+def test_terraform_names_in_the_pages_exist() -> None:
+    """The resource addresses docs/production.md has people `-replace`, and the outputs the
+    handbook and the examples' READMEs tell them to read, are in the examples."""
+    examples = ROOT / "terraform" / "examples"
+    aws = examples / "aws-multi-region"
+    calls = blocks(aws, "module")
+    production = (DOCS / "production.md").read_text(encoding="utf-8")
+    addresses = re.findall(r"module\.(\w+)(\[\d+\])?\.(\w+)\.(\w+)", production)
+    assert len(addresses) >= 3
+    for module, index, kind, name in addresses:
+        body = calls[module]
+        assert bool(index) == ("count" in body), module
+        assert (kind, name) in resources(aws / unq(body["source"])), (module, kind, name)
+    outputs = {e.name: set(blocks(e, "output")) for e in examples.iterdir() if e.name != "shared"}
+    pages = [*DOCS.glob("*.md"), *examples.glob("*/README.md")]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        named = set(re.findall(OUTPUT_NAMED, text))
+        for name in {n for group in named for n in group if n}:
+            owners = {e for e, names in outputs.items() if name in names}
+            if page.parent.parent == examples:
+                assert page.parent.name in owners, (page, name)
+            else:
+                assert owners, (page, name)
