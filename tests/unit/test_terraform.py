@@ -499,6 +499,22 @@ def test_aws_configs_are_identical_on_both_dns_nodes_but_their_peers() -> None:
         assert peers == [f"http://{glue[other]}:8053", "http://203.0.113.53:8053"]
 
 
+def test_hetzner_configs_differ_in_listen_addresses_and_peers_only() -> None:
+    """docs/production.md: on Hetzner each DNS node binds its own primary IPs and names the
+    others as peers; the rest of the config (zone, edges, pools, health) is the same."""
+    nodes = {v["name"]: v for v in hetzner_nodes(True).values() if v["role"] == "gslb"}
+    assert len(nodes) >= 2
+    configs = {name: node_config(v)["config"].split("\n", 1)[1] for name, v in nodes.items()}
+    own = r"^listen = .*$|\n\[\[peers\]\]\n(?:[^\n]+\n)+"
+    assert len({re.sub(own, "", c, flags=re.M) for c in configs.values()}) == 1
+    for name, text in configs.items():
+        glue = nodes[name]["gslb"]["listen"][0].rsplit(":", 1)[0]
+        assert re.findall(r'^listen = "?\[?"?([0-9.]+):', text, re.M) == [glue, glue], name
+        peers = re.findall(r'^api = "http://([0-9.]+):8053"$', text, re.M)
+        others = {v["gslb"]["listen"][0].rsplit(":", 1)[0] for n, v in nodes.items() if n != name}
+        assert set(peers) == others | {"203.0.113.53"}, name
+
+
 def _write_files(user_data: str) -> dict[str, tuple[str, str, str]]:
     doc = yaml.safe_load(user_data)
     out = {}
