@@ -15,8 +15,8 @@ iad: that is the *detection* time. Then it repairs fra and queries until the ans
 again: the *recovery* time (from the repair; for `kill`, from the restarted edge being ready).
 
 It prints min, median and max of each, beside the bounds of gslb.edgeprobe.detection_bound:
-detection <= fall x interval + jitter + timeout (for `origin`, plus the edge's own origin
-probe bound), recovery <= rise x interval + jitter + timeout, and what a client can see:
+detection <= fall x (interval + jitter) + timeout (for `origin`, plus the edge's own origin
+probe bound), recovery <= rise x (interval + jitter) + timeout, and what a client can see:
 detection + the pool's TTL (a resolver keeps the old answer that long).
 
   python bench/failover.py                  # the default [health] settings (5 s, 2 s, 2, 3)

@@ -2,10 +2,11 @@
 
 promtool (Debian's `prometheus` package, in the Makefile's APT_TEST_PACKAGES) checks the
 rules and the scrape config and runs the rules' unit tests. Then every metric name the
-alert rules and the Grafana dashboard use must be exported by a real running gslb or a
-real running edge: both are scraped here (a fleet_helpers fleet), and their metric families
-(with the _total, _bucket, _sum, _count names of counters and histograms) are compared with
-the names in the expressions. Recording rules the dashboard reads must be in the rules.
+alert rules, the Grafana dashboard and docs/monitoring.md use must be exported by a real
+running gslb or a real running edge: both are scraped here (a fleet_helpers fleet), and
+their metric families (with the _total, _bucket, _sum, _count names of counters and
+histograms) are compared with the names in the expressions. Recording rules the dashboard
+reads must be in the rules; the alerts docs/monitoring.md names must be the kit's.
 """
 
 from __future__ import annotations
@@ -99,7 +100,14 @@ def test_every_metric_the_kit_uses_is_exported(fleet: Fleet) -> None:
     gslb = exported(fleet.gslb.api + "/metrics")
     edges = exported(edge.status_url.removesuffix("/__edge/status") + "/metrics")
     assert "gslb_pool_fallback" in gslb and "edge_requests_total" in edges
-    for what, exprs in (("alerts.yml", rule_exprs()), ("the dashboard", dashboard_exprs())):
+    # docs/monitoring.md: the names in its code spans (expressions, metric names).
+    page = (ROOT / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    in_page = re.findall(r"`([^`\n]+)`", page)
+    for what, exprs in (
+        ("alerts.yml", rule_exprs()),
+        ("the dashboard", dashboard_exprs()),
+        ("docs/monitoring.md", in_page),
+    ):
         used = names_in(exprs)
         assert used, what
         missing = sorted(used - gslb - edges)
@@ -117,3 +125,7 @@ def test_every_metric_the_kit_uses_is_exported(fleet: Fleet) -> None:
         "RateLimitingDropping",
         "EdgeProbeFailures",
     } <= alerts
+    # The alerts docs/monitoring.md names as the kit's (in its paragraph on the kit).
+    kit = page[page.index("The monitoring kit in") :].split("\n\n", 1)[0]
+    named = {n for n in re.findall(r"`([^`\n]+)`", kit) if re.fullmatch(r"(?:[A-Z][a-z]+)+", n)}
+    assert named and named <= alerts, named - alerts

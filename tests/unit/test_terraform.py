@@ -39,6 +39,7 @@ from tests.unit.tfcheck import (
     load,
     locals_of,
     lookup,
+    plain,
     readme_tables,
     refs,
     resources,
@@ -498,6 +499,22 @@ def test_aws_configs_are_identical_on_both_dns_nodes_but_their_peers() -> None:
         assert peers == [f"http://{glue[other]}:8053", "http://203.0.113.53:8053"]
 
 
+def test_hetzner_configs_differ_in_listen_addresses_and_peers_only() -> None:
+    """docs/production.md: on Hetzner each DNS node binds its own primary IPs and names the
+    others as peers; the rest of the config (zone, edges, pools, health) is the same."""
+    nodes = {v["name"]: v for v in hetzner_nodes(True).values() if v["role"] == "gslb"}
+    assert len(nodes) >= 2
+    configs = {name: node_config(v)["config"].split("\n", 1)[1] for name, v in nodes.items()}
+    own = r"^listen = .*$|\n\[\[peers\]\]\n(?:[^\n]+\n)+"
+    assert len({re.sub(own, "", c, flags=re.M) for c in configs.values()}) == 1
+    for name, text in configs.items():
+        glue = nodes[name]["gslb"]["listen"][0].rsplit(":", 1)[0]
+        assert re.findall(r'^listen = "?\[?"?([0-9.]+):', text, re.M) == [glue, glue], name
+        peers = re.findall(r'^api = "http://([0-9.]+):8053"$', text, re.M)
+        others = {v["gslb"]["listen"][0].rsplit(":", 1)[0] for n, v in nodes.items() if n != name}
+        assert set(peers) == others | {"203.0.113.53"}, name
+
+
 def _write_files(user_data: str) -> dict[str, tuple[str, str, str]]:
     doc = yaml.safe_load(user_data)
     out = {}
@@ -572,6 +589,7 @@ def test_operator_inputs_that_can_be_wrong_are_validated() -> None:
     checks = _validations(shared)
     for name in (
         "zone",
+        "hostmaster",
         "soa_serial",
         "zone_ttl",
         "pool",
@@ -586,8 +604,14 @@ def test_operator_inputs_that_can_be_wrong_are_validated() -> None:
         "dnssec_key_pem",
         "edge_admin_token",
         "gslb_api_token",
+        "geoip",
     ):
         assert checks[name], f"{name} has no validation block"
+    (rname,) = _patterns(" ".join(checks["hostmaster"]), "var.hostmaster")
+    for good in ("hostmaster.example.com", "Ops.Example.COM.", "dns-admin.example.co.uk"):
+        assert rname.search(good), good
+    for bad in ("hostmaster@example.com", "hostmaster", "host master.example.com", "a..b.com"):
+        assert not rname.search(bad), bad
     assert any("private_key_pem" in c for c in checks["tls"])
     assert any("hysteresis" in c and "load_threshold" in c for c in checks["pool"])
     assert any("timeout" in c and "interval" in c for c in checks["health"])
@@ -642,6 +666,24 @@ def test_new_inputs_are_validated() -> None:
         assert found and found.group(1) == "2001:db8::53"
         found = host.search("http://203.0.113.53:8053")
         assert found and found.group(1) == "203.0.113.53"
+
+
+def test_fallback_regions_must_exist() -> None:
+    """A misspelt region in pool.fallback_regions would leave the pool's fallback empty,
+    which gslb reads as "every edge": each example refuses it at plan, in a precondition
+    (a validation block cannot see the example's regions in Terraform 1.5)."""
+    for example, allowed in (
+        ("aws-multi-region", '["eu", "us", "ap"]'),
+        ("hetzner", "keys(var.edge_regions)"),
+    ):
+        output = blocks(TF / "examples" / example, "output")["gslb_config"]
+        (check,) = [unq(p["condition"]) for p in output["precondition"]]
+        assert check == f"${{length(setsubtract(var.pool.fallback_regions, {allowed})) == 0}}"
+        # The example's own tfvars name a fallback region, and one the check lets through.
+        tfvars = plain(load(TF / "examples" / example / "terraform.tfvars.example"))
+        regions = set(tfvars.get("edge_regions", {"eu": 0, "us": 0, "ap": 0}))
+        named = set(tfvars["pool"]["fallback_regions"])
+        assert named and named <= regions, example
 
 
 def test_soa_serial_description_is_right() -> None:

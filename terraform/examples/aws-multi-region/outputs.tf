@@ -30,6 +30,11 @@ output "gslb_api" {
 output "gslb_config" {
   description = "The rendered gslb configuration of each DNS node (the same but for [[peers]], which names the other)."
   value       = { ns1 = module.ns1.config, ns2 = module.ns2.config }
+
+  precondition {
+    condition     = length(setsubtract(var.pool.fallback_regions, ["eu", "us", "ap"])) == 0
+    error_message = "pool.fallback_regions may name eu, us and ap (the regions of var.regions), nothing else: a misspelt region would leave the fallback empty, which gslb reads as every edge."
+  }
 }
 
 output "reload_commands" {

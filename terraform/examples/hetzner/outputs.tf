@@ -39,6 +39,11 @@ output "gslb_api" {
 output "gslb_config" {
   description = "The rendered gslb configuration of each DNS node."
   value       = { for k, m in module.dns : k => m.config }
+
+  precondition {
+    condition     = length(setsubtract(var.pool.fallback_regions, keys(var.edge_regions))) == 0
+    error_message = "pool.fallback_regions must name regions of edge_regions: a misspelt region would leave the fallback empty, which gslb reads as every edge."
+  }
 }
 
 output "dnssec_ds" {

@@ -16,6 +16,11 @@ variable "hostmaster" {
   description = "SOA RNAME (the zone contact as a domain name, e.g. hostmaster.example.com); null: hostmaster.<zone>."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.hostmaster == null || can(regex("(?i)^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z][a-z0-9-]*[a-z0-9]\\.?$", var.hostmaster))
+    error_message = "hostmaster must be a domain name such as hostmaster.example.com (the mailbox's @ written as a dot)."
+  }
 }
 
 variable "soa_serial" {
@@ -266,6 +271,11 @@ variable "geoip" {
   })
   default   = null
   sensitive = true
+
+  validation {
+    condition     = var.geoip == null || (can(regex("^[0-9]+$", var.geoip.account_id)) && can(regex("^[!-~]+$", var.geoip.license_key)))
+    error_message = "geoip needs the numeric MaxMind account_id and its license_key."
+  }
 }
 
 variable "edge_admin_https" {
