@@ -70,7 +70,7 @@ from dnslib import A as RD_A
 
 from geo.location import Location, Locator, PlaceLocator
 from gslb.config import GslbConfig
-from gslb.cookies import CookieJar, Verdict, start_secret
+from gslb.cookies import CookieJar, Verdict, new_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
 from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address
 from gslb.errors import FormError, ShortHeader
@@ -200,7 +200,10 @@ class Responder:
         *,
         observer: Observer | None = None,
         clock: Clock = time.time,
+        cookie_secret: bytes | None = None,
     ) -> None:
+        """`cookie_secret`: the server cookie secret when the config names none (the one of
+        this start of `gslb serve`, see gslb.cookies); None: a random one of its own."""
         self._zones = Zones(config.zones)
         self._clock = clock
         # Signed zones, by origin. The signers (and their signature caches) live and die
@@ -245,7 +248,9 @@ class Responder:
         self._generations = health.generations  # changed in place, never replaced
         cookies = config.cookies
         self._cookies = (
-            CookieJar(cookies.secrets or (start_secret(),), clock) if cookies.enabled else None
+            CookieJar(cookies.secrets or (cookie_secret or new_secret(),), clock)
+            if cookies.enabled
+            else None
         )
         self._require_cookie = cookies.require
         identity = config.identity
