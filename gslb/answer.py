@@ -495,9 +495,10 @@ class Responder:
         pkey = (key, generation, *place)
         reply = self._pooled_get(pkey)
         if reply is None:  # a new place: the selection runs for it, as in _answer
-            where = self._locator.locate(ipaddress.IPv4Address(value))
-            if where is None:  # not expected: place4 said where it is
-                return None
+            # by_place: the selection reads the coordinates alone, the scope the prefix
+            latitude, longitude, prefix = place
+            network = ipaddress.IPv4Network((value >> (32 - prefix) << (32 - prefix), prefix))
+            where = Location(latitude, longitude, None, None, network)
             reply = self._pool_reply(q, key, plan, where, key[4])
             self._pooled.put(pkey, reply)
             if self._observer is not None:
