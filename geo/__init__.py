@@ -1,8 +1,8 @@
 """GeoIP location and great-circle distance for GeoEdge.
 
 The public API: `Location` (a frozen value), the `Locator` interface (and `PlaceLocator`, its
-shortcut for the DNS cold path), `GeoIPLocator` (MaxMind
-database plus CIDR overrides, reloaded on file change) and `distance_km`.
+shortcut for the DNS cold path), `GeoIPLocator` (MaxMind database plus CIDR overrides,
+reloaded on file change) and `distance_km`.
 """
 
 from geo.distance import distance_km

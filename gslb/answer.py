@@ -314,7 +314,7 @@ class Responder:
         except FormError as exc:
             return self._error(wire, client, FORMERR, exc.question_end, exc.edns, exc.do)
         except Exception:
-            log.exception("parsing a query failed")
+            log.exception("parsing (or, on the cold path, answering) a query failed")
             return self._error(wire, client, SERVFAIL, 0, False, False)
         if query.options is not None:
             return self._with_options(query, wire, client, tcp)
