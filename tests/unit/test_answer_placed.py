@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
+from pathlib import Path
 
 import dns.message
 from hypothesis import given, settings
@@ -140,6 +141,24 @@ def test_place4_says_what_locate_says() -> None:
                 assert where is TOKYO
     assert answered > 2000
     assert locator.place4(int(ipaddress.IPv4Address(LONDON_NET))) is None  # the override
+
+
+def test_place4_agrees_on_the_fixture_database_and_without_the_walk(geo_db: Path) -> None:
+    # The fixture stores IPv4 under ::/96 of an IPv6 tree; cache_size=0 turns the walk off,
+    # and place4 then asks locate().
+    for locator in (GeoIPLocator(geo_db), GeoIPLocator(geo_db, cache_size=0)):
+        located = 0
+        for text in ("192.0.2.0", "198.51.100.0", "203.0.113.0", "10.1.2.0", "0.0.0.0"):
+            value = int(ipaddress.IPv4Address(text))
+            where = locator.locate(ipaddress.IPv4Address(value))
+            expected = None
+            if where is not None:
+                expected = (where.latitude, where.longitude, where.network.prefixlen)
+            assert locator.place4(value) == expected
+            assert locator.place4(value) == expected  # the record known now
+            located += expected is not None
+        assert located == 3
+        locator.close()
 
 
 def test_a_health_change_reaches_answers_of_the_cold_path() -> None:
