@@ -6,7 +6,7 @@ inherits another's warm caches. Scenarios:
 
   static   a static A record from the zone                      goal >= 0.6x NSD
   ecs10k   a pool answer, ECS from 10k distinct client /24s      goal >= 0.5x NSD
-  ecs1m    a pool answer, ECS from 1M distinct client /24s       goal >= 0.15x NSD
+  ecs1m    a pool answer, ECS from 1M distinct client /24s       goal >= 0.3x NSD (issue #10)
   edges    pool of 1000 edges vs pool of 10 (ours, 1M /24s)      goal >= 0.9x
   signed   static A with DO=1: ours signing online (signatures
            cached) vs NSD serving the zone pre-signed              no goal: reported
@@ -130,7 +130,7 @@ class Scenario:
 SCENARIOS = {
     "static": Scenario("static", "static A record", "static", 0.6, True),
     "ecs10k": Scenario("ecs10k", "pool answer, ECS from {small} /24s", "ecs10k-p0010", 0.5, True),
-    "ecs1m": Scenario("ecs1m", "pool answer, ECS from {large} /24s", "ecs1m-p0010", 0.15, False),
+    "ecs1m": Scenario("ecs1m", "pool answer, ECS from {large} /24s", "ecs1m-p0010", 0.3, False),
     "signed": Scenario("signed", "signed: static A, DO", "static-do", None, True, True),
     "signed-ecs10k": Scenario(
         "signed-ecs10k", "signed: pool, DO, ECS {small} /24s", "ecs10k-p0010-do", None, True, True

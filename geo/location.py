@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -29,3 +29,15 @@ class Locator(Protocol):
     """Maps an address to a Location, or None when nothing is known about it."""
 
     def locate(self, address: IPAddress) -> Location | None: ...
+
+
+@runtime_checkable
+class PlaceLocator(Locator, Protocol):
+    """A Locator with a shortcut for the DNS cold path (gslb.answer): where an IPv4 address is
+    as plain values, without building an address, a network or a Location."""
+
+    def place4(self, value: int) -> tuple[float, float, int] | None:
+        """(latitude, longitude, prefix length of the network holding it) for the IPv4
+        address `value` (an int), exactly what `locate` would say, when that is at hand
+        cheaply; None when `locate` must answer (which it then does, and may say nothing)."""
+        ...

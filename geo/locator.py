@@ -429,6 +429,32 @@ class GeoIPLocator:
             return result
         return self._lookup(db, address)
 
+    def place4(self, value: int) -> tuple[float, float, int] | None:
+        """(latitude, longitude, prefix length of its network) for the IPv4 address `value`,
+        as `locate` would say; None when an override covers the address or nothing is known
+        there (then `locate` answers). gslb.answer's cold path: once the record the search
+        tree leads to has been decoded, no address, network or Location object is built."""
+        for mask, by_network in self._overrides.v4:
+            if value & mask in by_network:
+                return None
+        db = self._db
+        tree = db.tree
+        if tree is None:
+            where = self.locate(ipaddress.IPv4Address(value))
+            if where is None:
+                return None
+            return where.latitude, where.longitude, where.network.prefixlen
+        try:
+            node, prefix = tree.find(value)
+            if node == tree.node_count:  # an empty leaf: nothing known
+                return None
+            fields = tree.records.get(node, _NO_RECORD)
+            if fields is _NO_RECORD:
+                fields, prefix = self._decode4(db, tree, ipaddress.IPv4Address(value), node, prefix)
+        except (ValueError, maxminddb.errors.InvalidDatabaseError):
+            return None  # a reload closed it, or a bad record: locate() deals with those
+        return None if fields is None else (fields[0], fields[1], prefix)
+
     def _lookup(self, db: _Database, address: IPAddress) -> Location | None:
         version = address.version
         if version == 6 and not db.ipv6:
@@ -444,8 +470,9 @@ class GeoIPLocator:
                 if node == tree.node_count:  # an empty leaf: nothing known
                     return self._store(db, 4, value, prefix, None)
                 fields = tree.records.get(node, _NO_RECORD)
-                if fields is not _NO_RECORD:
-                    return self._store(db, 4, value, prefix, fields)
+                if fields is _NO_RECORD:
+                    fields, prefix = self._decode4(db, tree, address, node, prefix)
+                return self._store(db, 4, value, prefix, fields)
             record, found = db.reader.get_with_prefix_len(address)
         except ValueError:
             # The reader was closed by a reload between our reading self._db and the lookup
@@ -458,25 +485,33 @@ class GeoIPLocator:
         except maxminddb.errors.InvalidDatabaseError as exc:
             self._warn(db, address, str(exc))
             return None
+        return self._store(db, version, value, found, _fields(record))
+
+    def _decode4(
+        self, db: _Database, tree: _Tree4, address: IPAddress, node: int, prefix: int
+    ) -> tuple[_Fields | None, int]:
+        """(fields, prefix length) of `address` from the C extension, which the walk led to
+        record `node` at `prefix`: when they agree the record is remembered, else the walk
+        is turned off for this database. Raises what the reader raises."""
+        record, found = db.reader.get_with_prefix_len(address)
         fields = _fields(record)
-        if version == 4 and tree is not None:
-            if node < tree.node_count or found != prefix:
-                log.warning(
-                    "GeoIP database %s: search tree walk disagrees with the reader at %s "
-                    "(/%d vs /%d); using the reader only",
-                    self._path,
-                    address,
-                    prefix,
-                    found,
-                )
-                db.tree = None
-                tree.close()
-            else:
-                records = tree.records
-                if len(records) >= _RECORDS_MAX:
-                    records.clear()
-                records[node] = fields
-        return self._store(db, version, value, found, fields)
+        if node < tree.node_count or found != prefix:
+            log.warning(
+                "GeoIP database %s: search tree walk disagrees with the reader at %s "
+                "(/%d vs /%d); using the reader only",
+                self._path,
+                address,
+                prefix,
+                found,
+            )
+            db.tree = None
+            tree.close()
+        else:
+            records = tree.records
+            if len(records) >= _RECORDS_MAX:
+                records.clear()
+            records[node] = fields
+        return fields, found
 
     @staticmethod
     def _store(

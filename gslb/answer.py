@@ -26,6 +26,11 @@ Speed comes from caching encoded replies, in three tiers:
    leave by FIFO eviction). Misses run the selection and look the rendered bytes up by
    (static key, edges, scope), so even a new place rarely reaches dnslib; those rendered
    bytes depend on the config alone and are kept across health changes.
+   The cold path (`_placed`): a query that differs from one answered before by a `nearest`
+   pool only in its ID and its /24 ECS address (a resolver asking for a new client network)
+   skips parsing and locating: the locator's `place4` reads the coordinates and the prefix
+   length of the GeoIP network from its search tree, which are the pool key, so a new
+   network at a place seen before costs a tree walk and a dict lookup.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
@@ -63,11 +68,11 @@ from dnslib import AAAA as RD_AAAA
 from dnslib import QTYPE, RR, TXT, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
 from dnslib import A as RD_A
 
-from geo.location import Location, Locator
+from geo.location import Location, Locator, PlaceLocator
 from gslb.config import GslbConfig
-from gslb.cookies import CookieJar, Verdict, start_secret
+from gslb.cookies import CookieJar, Verdict, new_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
-from gslb.ecs import ClientSubnet, answer_scope, decision_address
+from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Edge, HealthView, Policy, Selection
 from gslb.respcache import FifoCache
@@ -195,7 +200,10 @@ class Responder:
         *,
         observer: Observer | None = None,
         clock: Clock = time.time,
+        cookie_secret: bytes | None = None,
     ) -> None:
+        """`cookie_secret`: the server cookie secret when the config names none (the one of
+        this start of `gslb serve`, see gslb.cookies); None: a random one of its own."""
         self._zones = Zones(config.zones)
         self._clock = clock
         # Signed zones, by origin. The signers (and their signature caches) live and die
@@ -225,6 +233,14 @@ class Responder:
         # send one message shape for many client subnets, and this skips parsing it again.
         self._shapes: FifoCache[bytes, Query] = FifoCache(SHAPE_ENTRIES)
         self._shapes_get = self._shapes.getter
+        # The cold path of `nearest` pools (see _placed): by (the bytes between the ID and a
+        # trailing /24 ECS address, tcp), what answering that query shape needs besides the
+        # place: its static key, plan and parse. Only with a locator that has place4.
+        self._place4 = locator.place4 if isinstance(locator, PlaceLocator) else None
+        self._placeable: FifoCache[tuple[bytes, bool], tuple[_StaticKey, _Plan, Query]] = FifoCache(
+            SHAPE_ENTRIES
+        )
+        self._placeable_get = self._placeable.getter
         self._exact_get = self._exact.getter
         self._exact_signed_get = self._exact_signed.getter
         self._static_get = self._static.getter
@@ -232,7 +248,9 @@ class Responder:
         self._generations = health.generations  # changed in place, never replaced
         cookies = config.cookies
         self._cookies = (
-            CookieJar(cookies.secrets or (start_secret(),), clock) if cookies.enabled else None
+            CookieJar(cookies.secrets or (cookie_secret or new_secret(),), clock)
+            if cookies.enabled
+            else None
         )
         self._require_cookie = cookies.require
         identity = config.identity
@@ -270,6 +288,12 @@ class Responder:
                     if self._observer is not None:
                         self._notify(signed[1], signed[3], client, signed[2])
                     return wire[:2] + signed[0]
+            if self._place4 is not None and len(wire) > 15:
+                placeable = self._placeable_get((wire[2:-3], tcp))
+                if placeable is not None:
+                    out = self._placed(placeable, wire, client, tcp)
+                    if out is not None:
+                        return out
             query = None
             if len(wire) > 15:
                 proto = self._shapes_get(wire[2:-3])
@@ -290,7 +314,7 @@ class Responder:
         except FormError as exc:
             return self._error(wire, client, FORMERR, exc.question_end, exc.edns, exc.do)
         except Exception:
-            log.exception("parsing a query failed")
+            log.exception("parsing (or, on the cold path, answering) a query failed")
             return self._error(wire, client, SERVFAIL, 0, False, False)
         if query.options is not None:
             return self._with_options(query, wire, client, tcp)
@@ -407,6 +431,17 @@ class Responder:
                 pkey = (key, generation, None)
             elif entry.by_place:  # the selection depends on the coordinates alone
                 pkey = (key, generation, where.latitude, where.longitude, where.network.prefixlen)
+                if (
+                    self._place4 is not None
+                    and not now  # signed: the key holds the signing epoch
+                    and ecs is not None
+                    and ecs.family == FAMILY_IPV4
+                    and ecs.source == 24
+                    and q.ecs_end == len(wire) <= MAX_CACHED_QUERY
+                    and q.options is None
+                ):
+                    # Another client subnet in this query shape takes _placed from now on.
+                    self._placeable.put((wire[2:-3], tcp), (key, entry, q))
             else:
                 pkey = (key, generation, where.network)
             reply = self._pooled_get(pkey)
@@ -423,7 +458,7 @@ class Responder:
             reply = entry
             slot = generation = 0  # static: slot 0 never moves
             cacheable = True
-        out = self._patch(reply.wire, wire, q)
+        out = self._patch(reply.wire, wire, q.question_end, ecs.address if ecs is not None else b"")
         ecs_text = ecs.text() if ecs is not None else None
         if cacheable and len(wire) <= MAX_CACHED_QUERY:
             exact = (out[2:], reply, ecs_text, q.qtype, slot, generation)
@@ -435,22 +470,60 @@ class Responder:
             self._notify(reply, q.qtype, client, ecs_text)
         return out
 
+    def _placed(
+        self, placeable: tuple[_StaticKey, _Plan, Query], wire: bytes, client: IPAddress, tcp: bool
+    ) -> bytes | None:
+        """The reply to a query of a shape answered before by a `nearest` pool, from the
+        pool tier, or None when _answer must run (the place or the reply is not at hand).
+
+        The cold path of a new client subnet: its /24 ECS address ends the query, so the
+        shape gives everything else (static key, plan, parse) and the address only has to
+        be placed. place4 gives the coordinates and the prefix length of the GeoIP network
+        straight from the search tree, and the pool tier's key is made of those, so a new
+        /24 at a place seen before costs a tree walk and a dict lookup: no parse, no
+        address, network or Location object. Same key, same reply, same tier-1 entry and
+        observer call as _answer makes for this query."""
+        key, plan, q = placeable
+        address = wire[-3:]
+        value = int.from_bytes(address, "big") << 8
+        assert self._place4 is not None
+        place = self._place4(value)
+        if place is None:
+            return None
+        slot = plan.slot
+        generation = self._generations[slot]
+        pkey = (key, generation, *place)
+        reply = self._pooled_get(pkey)
+        if reply is None:  # a new place: the selection runs for it, as in _answer
+            # by_place: the selection reads the coordinates alone, the scope the prefix
+            latitude, longitude, prefix = place
+            network = ipaddress.IPv4Network((value >> (32 - prefix) << (32 - prefix), prefix))
+            where = Location(latitude, longitude, None, None, network)
+            reply = self._pool_reply(q, key, plan, where, key[4])
+            self._pooled.put(pkey, reply)
+            if self._observer is not None:
+                self._missed(plan.pool.pool.name)
+        out = self._patch(reply.wire, wire, q.question_end, address)
+        ecs_text = f"{address[0]}.{address[1]}.{address[2]}.0/24"
+        self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, slot, generation))
+        if self._observer is not None:
+            self._notify(reply, q.qtype, client, ecs_text)
+        return out
+
     def _locate(self, ecs: ClientSubnet | None, client: IPAddress) -> Location | None:
         return self._locator.locate(decision_address(ecs, client))
 
     @staticmethod
-    def _patch(cached: bytes, wire: bytes, q: Query) -> bytes:
-        """`cached` with the query's ID, RD and CD bits, question (with its case) and ECS
-        address."""
-        qend = q.question_end
+    def _patch(cached: bytes, wire: bytes, qend: int, address: bytes) -> bytes:
+        """`cached` with the query's ID, RD and CD bits, question (with its case, ending at
+        `qend`) and ECS address (b"": none)."""
         flags = bytes(
             ((cached[2] & 0xFE) | (wire[2] & 0x01), (cached[3] & 0xEF) | (wire[3] & 0x10))
         )
-        ecs = q.ecs
-        if ecs is not None and ecs.address:
-            n = len(ecs.address)
+        if address:
+            n = len(address)
             return b"".join(
-                (wire[:2], flags, cached[4:12], wire[12:qend], cached[qend:-n], ecs.address)
+                (wire[:2], flags, cached[4:12], wire[12:qend], cached[qend:-n], address)
             )
         return b"".join((wire[:2], flags, cached[4:12], wire[12:qend], cached[qend:]))
 

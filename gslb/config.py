@@ -120,7 +120,7 @@ class CookieConfig:
 
     enabled: bool = True
     # SipHash-2-4 keys from secret_file: the first makes cookies, all are accepted. Empty:
-    # a random key per start (gslb.cookies.start_secret).
+    # a random key per start (gslb.cookies.new_secret).
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     secret_file: Path | None = None
     require: bool = False  # BADCOOKIE to UDP queries with a client cookie but no valid one

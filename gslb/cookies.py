@@ -23,18 +23,17 @@ Hashing is slow in Python (about 30 microseconds), and a resolver sends one cook
 queries: results are memoized per (option, client) for at most MEMO_SECONDS, so a cookie we
 hand out is never more than that older than its timestamp says.
 
-Without a configured secret every process of one `gslb serve` start shares a random one
-(`start_secret`): the parent makes it before it spawns its workers, which inherit it
-through the environment, so a cookie handed out by one worker is valid at every other.
+Without a configured secret each start of `gslb serve` makes a random one (`new_secret`):
+gslb.service.DnsRuntime once per process, for every Responder it builds (reloads keep it);
+with worker processes the parent makes it and hands it to each worker it spawns as an
+argument of the process (multiprocessing's spawn pipe: never the environment, the command
+line or a log), so a cookie handed out by one worker is valid at every other.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import ipaddress
-import multiprocessing
-import os
 import secrets
 import struct
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from gslb.models import Clock
 from gslb.respcache import FifoCache
 from gslb.siphash import siphash24
 
-__all__ = ["CookieCheck", "CookieJar", "Verdict", "start_secret"]
+__all__ = ["CookieCheck", "CookieJar", "Verdict", "new_secret"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -56,7 +55,6 @@ SKEW: Final = 300  # seconds a timestamp may be ahead of our clock (another node
 RENEW: Final = 1800  # an older cookie is replaced by a fresh one
 MEMO_SECONDS: Final = 60
 MEMO_ENTRIES: Final = 50_000
-START_SECRET_ENV: Final = "GSLB_COOKIE_START_SECRET"
 _STAMP: Final = struct.Struct("!I")
 
 
@@ -143,21 +141,6 @@ class CookieJar:
         return CookieCheck(verdict, client_cookie + fresh), MEMO_SECONDS
 
 
-@functools.cache
-def start_secret() -> bytes:
-    """The random cookie secret of this `gslb serve` start: made once by the main process
-    (and put in its environment, which spawned worker processes inherit), read by workers.
-    gslb.service calls this when it is imported, before any worker is spawned."""
-    # A spawned worker imports modules (which may call this) before parent_process() is
-    # set, but after it took the name its parent gave it.
-    if multiprocessing.current_process().name != "MainProcess":
-        inherited = os.environ.get(START_SECRET_ENV, "")
-        try:
-            value = bytes.fromhex(inherited)
-        except ValueError:
-            value = b""
-        if len(value) == SECRET_LEN:
-            return value
-    value = secrets.token_bytes(SECRET_LEN)
-    os.environ[START_SECRET_ENV] = value.hex()
-    return value
+def new_secret() -> bytes:
+    """A random server secret: the one of a start of `gslb serve` without a secret file."""
+    return secrets.token_bytes(SECRET_LEN)

@@ -19,7 +19,7 @@ from geo.errors import GeoError
 from geo.locator import GeoIPLocator
 from gslb.answer import Responder
 from gslb.config import GslbConfig, example_config, load_config
-from gslb.cookies import start_secret
+from gslb.cookies import new_secret
 from gslb.errors import GslbError
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
@@ -33,11 +33,6 @@ log = logging.getLogger("gslb")
 __all__ = ["ConfigSource", "DnsRuntime", "config_pools", "listen_addresses"]
 
 GEO_CHECK_INTERVAL = 60.0  # seconds between GeoIP file checks
-
-# The random DNS cookie secret of this start, for when no [cookies] secret_file is set: made
-# here, on import, because the parent of worker processes imports this module before it
-# spawns them, and they inherit it through the environment (one secret for every worker).
-start_secret()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +97,10 @@ class DnsRuntime:
         *,
         health: HealthStore,
         metrics: QueryMetrics | None = None,
+        cookie_secret: bytes | None = None,
     ) -> None:
+        """`cookie_secret`: the DNS cookie secret of this start, used when the config names
+        none (a worker gets its parent's); None: a random one, kept across reloads."""
         self.source = source
         self.config = config
         self.health = health
@@ -110,9 +108,15 @@ class DnsRuntime:
             metrics = QueryMetrics(query_log=sys.stderr if config.log.query_log else None)
         self.metrics = metrics
         self.locator = make_locator(config)
-        responder = Responder(config, self.locator, health, observer=metrics)
+        self._cookie_secret = cookie_secret if cookie_secret is not None else new_secret()
+        responder = self._responder(config, self.locator)
         self.server = DnsServer(
             responder, metrics, tcp=tcp_limits(config), rrl=make_rate_limiter(config)
+        )
+
+    def _responder(self, config: GslbConfig, locator: GeoIPLocator) -> Responder:
+        return Responder(
+            config, locator, self.health, observer=self.metrics, cookie_secret=self._cookie_secret
         )
 
     async def start(self, pairs: Iterable[BoundPair]) -> None:
@@ -133,7 +137,7 @@ class DnsRuntime:
             log.error("reload failed, keeping the old config: %s", exc)
             return False
         try:
-            responder = Responder(config, locator, self.health, observer=self.metrics)
+            responder = self._responder(config, locator)
         except Exception as exc:
             locator.close()
             log.error("reload failed, keeping the old config: %s", exc)
@@ -169,9 +173,7 @@ class DnsRuntime:
             log.error("%s", exc)
             return
         if changed:
-            self.server.responder = Responder(
-                self.config, self.locator, self.health, observer=self.metrics
-            )
+            self.server.responder = self._responder(self.config, self.locator)
 
 
 def bind_all(addresses: Iterable[tuple[str, int]]) -> list[BoundPair]:

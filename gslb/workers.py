@@ -53,6 +53,7 @@ from geo.errors import GeoError
 from geoedge.lifetime import die_with_parent
 from gslb.api import make_app, start_api
 from gslb.config import GslbConfig
+from gslb.cookies import new_secret
 from gslb.errors import GslbError
 from gslb.health import HealthError, HealthStore
 from gslb.metrics import merge_exports
@@ -236,9 +237,13 @@ class Supervisor:
         count: int,
         health: HealthStore,
         level: str,
+        cookie_secret: bytes,
     ) -> None:
         self.source = source
         self.addresses = addresses
+        # The DNS cookie secret of this start (used when the config names none): every
+        # worker, restarted ones too, gets it as an argument, so each accepts the others'.
+        self._cookie_secret = cookie_secret
         self.count = count
         self.health = health
         self.level = level
@@ -264,7 +269,15 @@ class Supervisor:
         path = str(self.source.path) if self.source.path is not None else None
         process = self._ctx.Process(
             target=worker_entry,
-            args=(child_conn, path, self.addresses, slot, self.level, os.getpid()),
+            args=(
+                child_conn,
+                path,
+                self.addresses,
+                slot,
+                self.level,
+                os.getpid(),
+                self._cookie_secret,
+            ),
             name=f"gslb-worker-{slot}",
         )
         process.start()
@@ -399,7 +412,7 @@ async def serve_parent(
     make_locator(config).close()  # fail here, once, rather than in every worker
     probes: list[BoundPair] = bind_all(listen_addresses(config))
     addresses = [(p.host, p.port) for p in probes]
-    supervisor = Supervisor(source, addresses, count, health, level)
+    supervisor = Supervisor(source, addresses, count, health, level, new_secret())
     poller = EdgePoller(health, config)
     current = [config]  # the parent's view of the config, for the API's token
     health.add_listener(
@@ -483,13 +496,15 @@ def worker_entry(
     slot: int,
     level: str,
     parent: int,
+    cookie_secret: bytes,
 ) -> None:
-    """A worker process's main (spawned by Supervisor, whose pid is `parent`)."""
+    """A worker process's main (spawned by Supervisor, whose pid is `parent`, which gives
+    every worker the same `cookie_secret`)."""
     die_with_parent(parent)  # SIGTERM: a graceful stop once the loop runs, else the default
     configure_logging(level, prefix=f"[worker {slot}] ")
     source = ConfigSource(Path(path) if path is not None else None)
     try:
-        code = run(_worker_main(conn, source, addresses))
+        code = run(_worker_main(conn, source, addresses, cookie_secret))
     except (GslbError, GeoError, OSError) as exc:
         log.error("worker failed: %s", exc)
         code = 2
@@ -497,12 +512,12 @@ def worker_entry(
 
 
 async def _worker_main(
-    conn: Connection, source: ConfigSource, addresses: list[tuple[str, int]]
+    conn: Connection, source: ConfigSource, addresses: list[tuple[str, int]], cookie_secret: bytes
 ) -> int:
     loop = asyncio.get_running_loop()
     config = source.load()
     health = HealthStore(config_pools(config), config_edge_names(config))
-    runtime = DnsRuntime(source, config, health=health)
+    runtime = DnsRuntime(source, config, health=health, cookie_secret=cookie_secret)
     stopper = _Stopper(None, worker=True)
 
     def send(message: dict[str, Any]) -> None:

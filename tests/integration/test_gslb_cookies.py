@@ -1,12 +1,15 @@
 """DNS COOKIE, NSID and CHAOS identity on a real `gslb serve` process, with `dig` and
 dnspython: server cookies (RFC 9018, checked with the configured secret), FORMERR for
 malformed cookie options, BADCOOKIE when required (UDP only), NSID and CH TXT id.server,
-a valid server cookie exempt from RRL, and one random secret shared by every worker."""
+a valid server cookie exempt from RRL, and one random secret per start, shared by every
+worker and passed to them explicitly."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ import pytest
 
 from gslb.cookies import hash_matches
 from tests.integration.gslb_helpers import GslbProcess, dig, write_config
+from tests.integration.proc_helpers import children
 
 SECRET = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 OLD_SECRET = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -137,19 +141,60 @@ def test_required_cookie(tmp_path: Path, geo_db: Path) -> None:
         assert proc.stop() == 0, proc.log_text()
 
 
+def _accepted_everywhere(proc: GslbProcess, cookie: bytes) -> bool:
+    """Whether every UDP query carrying `cookie` is answered (cookies required): new sockets,
+    new source ports, so the kernel spreads them over every worker."""
+    rcodes = set()
+    for _ in range(24):
+        rcodes.add(_ask(proc, [dns.edns.CookieOption(CC, cookie[8:])]).rcode())
+    return rcodes == {dns.rcode.NOERROR}
+
+
 def test_one_random_secret_for_every_worker(tmp_path: Path, geo_db: Path) -> None:
-    # No secret file: each start makes one. With cookies required, a query carrying a
-    # cookie one worker made is answered by whichever worker the kernel hands it to.
+    # No secret file: each start makes one, which the parent hands to its workers, restarted
+    # ones included; with cookies required, a query carrying a cookie one worker made is
+    # answered by whichever worker the kernel hands it to.
     proc = GslbProcess(_config(tmp_path, geo_db, "[cookies]\nrequire = true\n"), "--workers", "2")
     try:
         cookie = _cookie(_ask(proc, [dns.edns.CookieOption(CC, b"")], tcp=True))
         assert cookie is not None
-        rcodes = set()
-        for _ in range(24):  # new sockets, new source ports: spread over both workers
-            rcodes.add(_ask(proc, [dns.edns.CookieOption(CC, cookie[8:])]).rcode())
-        assert rcodes == {dns.rcode.NOERROR}
+        assert _accepted_everywhere(proc, cookie)
+        workers = []
+        for pid in children(proc.proc.pid):  # the secret is an argument, in no environment
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+            for name, _, value in (v.partition("=") for v in environ.split("\0")):
+                assert "COOKIE" not in name and "SECRET" not in name, name
+                assert not re.fullmatch("[0-9a-fA-F]{32}", value), name
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                workers.append(pid)
+        assert len(workers) == 2
+        seen = len(proc.lines)
+        os.kill(workers[0], signal.SIGKILL)
+        proc.wait_for(r"worker \d ready", start=seen)  # its replacement
+        assert _accepted_everywhere(proc, cookie)
     finally:
         assert proc.stop() == 0, proc.log_text()
+
+
+def test_each_single_process_start_makes_its_own_secret(tmp_path: Path, geo_db: Path) -> None:
+    config = _config(tmp_path, geo_db, "[cookies]\nrequire = true\n")
+    first, second = GslbProcess(config), GslbProcess(config)
+    try:
+        hello = [dns.edns.CookieOption(CC, b"")]
+        cookies = [_cookie(_ask(p, hello, tcp=True)) for p in (first, second)]
+        assert None not in cookies
+        for proc, mine, theirs in ((first, *cookies), (second, *reversed(cookies))):
+            assert mine is not None and theirs is not None
+            assert _accepted_everywhere(proc, mine)
+            rejected = _ask(proc, [dns.edns.CookieOption(CC, theirs[8:])])
+            assert rejected.rcode() == dns.rcode.BADCOOKIE
+        seen = len(first.lines)
+        first.signal(signal.SIGHUP)  # a reload keeps the secret of the start
+        first.wait_for(r"reloaded config", start=seen)
+        assert cookies[0] is not None and _accepted_everywhere(first, cookies[0])
+    finally:
+        assert first.stop() == 0, first.log_text()
+        assert second.stop() == 0, second.log_text()
 
 
 def _burst(proc: GslbProcess, options: list[dns.edns.Option], count: int) -> int:

@@ -15,8 +15,8 @@ from gslb.cookies import (
     Verdict,
     age,
     hash_matches,
+    new_secret,
     server_cookie,
-    start_secret,
     usable,
 )
 from gslb.errors import ConfigError
@@ -173,8 +173,9 @@ def test_memo_is_bounded_in_time() -> None:
     assert later.option != first.option  # a fresh timestamp
 
 
-def test_start_secret_is_one_per_process() -> None:
-    assert start_secret() == start_secret() and len(start_secret()) == 16
+def test_new_secrets_are_random() -> None:
+    made = {new_secret() for _ in range(8)}
+    assert len(made) == 8 and {len(s) for s in made} == {16}
 
 
 def _config(tmp_path: Path, table: str) -> str:

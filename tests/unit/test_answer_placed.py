@@ -1,0 +1,185 @@
+"""The cold path of `nearest` pools (Responder._placed, GeoIPLocator.place4): a new client
+/24 in a query shape seen before is placed straight from the GeoIP search tree and answered
+from the pool tier. It must send the bytes the full path sends, and follow health changes.
+
+Driven over the bundled GeoLite2 snapshot (many real networks and places) with an override,
+against a responder whose locator offers no place4, so it always takes the full path."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import random
+from pathlib import Path
+
+import dns.message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geo.location import IPAddress, Location
+from geo.locator import GeoIPLocator
+from gslb.answer import Responder
+from gslb.health import HealthStore
+from tests.unit.answer_support import Recorder, addresses, make_config, query
+
+# An office network placed in Tokyo by an override: the override wins over the database,
+# and place4 must leave such addresses to locate().
+OVERRIDE = ipaddress.IPv4Network("81.2.0.0/16")
+TOKYO = Location(35.68, 139.69, "JP", "AS", OVERRIDE)
+LONDON_NET = "81.2.69.0"  # GeoLite2: Great Britain; inside the override
+PARIS_NET = "2.2.2.0"  # GeoLite2: France
+FRANCE_NETS = ("2.2.2.0", "2.2.3.0", "2.2.4.0", "2.2.5.0")
+
+
+class PlainLocator:
+    """The same database and override behind `locate` alone: no place4, so a responder over
+    it never takes the cold path."""
+
+    def __init__(self, inner: GeoIPLocator) -> None:
+        self.inner = inner
+
+    def locate(self, address: IPAddress) -> Location | None:
+        return self.inner.locate(address)
+
+
+@functools.cache
+def locators() -> tuple[GeoIPLocator, GeoIPLocator]:
+    return GeoIPLocator(overrides=[TOKYO]), GeoIPLocator(overrides=[TOKYO])
+
+
+def pair() -> tuple[Responder, Responder, HealthStore, Recorder]:
+    """(cold-path responder, full-path responder, their shared health, the first's observer)."""
+    cfg = make_config()
+    health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+    placed, plain = locators()
+    recorder = Recorder()
+    fast = Responder(cfg, placed, health, observer=recorder)
+    slow = Responder(cfg, PlainLocator(plain), health)
+    return fast, slow, health, recorder
+
+
+@functools.cache
+def shared() -> tuple[Responder, Responder, HealthStore, Recorder]:
+    return pair()
+
+
+def with_address(wire: bytes, qid: int, address: bytes) -> bytes:
+    """`wire` (ending in a /24 ECS address) with another ID and ECS address."""
+    return qid.to_bytes(2, "big") + wire[2:-3] + address
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(["www", "WwW", "two", "static"]),
+    tcp=st.booleans(),
+    asks=st.lists(
+        st.tuples(
+            st.integers(0, 0xFFFF),
+            st.one_of(
+                st.binary(min_size=3, max_size=3),
+                st.sampled_from([LONDON_NET, PARIS_NET, "81.2.255.0", "10.0.0.0"]).map(
+                    lambda a: ipaddress.IPv4Address(a).packed[:3]
+                ),
+            ),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_the_cold_path_sends_what_the_full_path_sends(
+    name: str, tcp: bool, asks: list[tuple[int, bytes]]
+) -> None:
+    fast, slow, _, _ = shared()
+    first = query(f"{name}.example.test.", ecs=PARIS_NET, rd=False)  # a place: registers
+    client = ipaddress.ip_address("192.0.2.1")
+    for qid, address in [(7, first[-3:]), *asks]:
+        wire = with_address(first, qid, address)
+        assert fast.respond(wire, client, tcp=tcp) == slow.respond(wire, client, tcp=tcp)
+    if name != "static":  # a pool answer: its shape now takes the cold path
+        assert len(fast._placeable) >= 1
+    assert len(slow._placeable) == 0
+
+
+def test_many_networks_answer_alike_and_mostly_through_the_cold_path() -> None:
+    fast, slow, _, recorder = pair()
+    rnd = random.Random(20261202)
+    first = query("www.example.test.", ecs=PARIS_NET)
+    client = ipaddress.ip_address("192.0.2.1")
+    fast.respond(first, client, tcp=False)
+    calls = 0
+    original = fast._placed
+
+    def counted(*args: object) -> bytes | None:
+        nonlocal calls
+        out = original(*args)  # type: ignore[arg-type]
+        calls += out is not None
+        return out
+
+    fast._placed = counted  # type: ignore[method-assign, assignment]
+    for i in range(3000):
+        wire = with_address(first, i, rnd.getrandbits(24).to_bytes(3, "big"))
+        assert fast.respond(wire, client, tcp=False) == slow.respond(wire, client, tcp=False)
+    assert calls > 1500  # most were answered by the cold path
+    assert len(recorder.calls) == 3001  # and the observer heard of every one
+
+
+def test_place4_says_what_locate_says() -> None:
+    locator = locators()[0]
+    rnd = random.Random(7)
+    values = [rnd.getrandbits(32) for _ in range(5000)]
+    values += [int(ipaddress.IPv4Address(a)) for a in (LONDON_NET, PARIS_NET, "10.0.0.1")]
+    answered = 0
+    for _ in range(2):  # records new to the locator, then known
+        for value in values:
+            place = locator.place4(value)
+            where = locator.locate(ipaddress.IPv4Address(value))
+            if place is not None:
+                answered += 1
+                assert where is not None
+                assert place == (where.latitude, where.longitude, where.network.prefixlen)
+            elif where is not None:  # only an override leaves a known address to locate()
+                assert where is TOKYO
+    assert answered > 2000
+    assert locator.place4(int(ipaddress.IPv4Address(LONDON_NET))) is None  # the override
+
+
+def test_place4_agrees_on_the_fixture_database_and_without_the_walk(geo_db: Path) -> None:
+    # The fixture stores IPv4 under ::/96 of an IPv6 tree; cache_size=0 turns the walk off,
+    # and place4 then asks locate().
+    for locator in (GeoIPLocator(geo_db), GeoIPLocator(geo_db, cache_size=0)):
+        located = 0
+        for text in ("192.0.2.0", "198.51.100.0", "203.0.113.0", "10.1.2.0", "0.0.0.0"):
+            value = int(ipaddress.IPv4Address(text))
+            where = locator.locate(ipaddress.IPv4Address(value))
+            expected = None
+            if where is not None:
+                expected = (where.latitude, where.longitude, where.network.prefixlen)
+            assert locator.place4(value) == expected
+            assert locator.place4(value) == expected  # the record known now
+            located += expected is not None
+        assert located == 3
+        locator.close()
+
+
+def test_a_health_change_reaches_answers_of_the_cold_path() -> None:
+    fast, slow, health, recorder = pair()
+    first = query("www.example.test.", ecs=PARIS_NET)
+    client = ipaddress.ip_address("192.0.2.1")
+
+    def answers() -> list[list[str]]:
+        out = []
+        for i, net in enumerate(FRANCE_NETS):
+            wire = with_address(first, i, ipaddress.IPv4Address(net).packed[:3])
+            reply = fast.respond(wire, client, tcp=False)
+            assert reply is not None and reply == slow.respond(wire, client, tcp=False)
+            out.append(addresses(dns.message.from_wire(reply)))
+        return out
+
+    assert answers() == [["127.0.0.11"]] * 4  # Frankfurt
+    assert len(fast._placeable) == 1
+    misses = len(recorder.misses)
+    health.set_drained("fra", True)
+    assert answers() == [["127.0.0.12"]] * 4  # Ashburn: the pool's generation moved
+    assert len(recorder.misses) > misses  # the selection ran again
+    health.set_drained("fra", False)
+    assert answers() == [["127.0.0.11"]] * 4
