@@ -103,11 +103,14 @@ def build_app(
     There the worker in `slot` 0 probes the origins for the node and the others follow
     its verdicts (edge.probes.ProbeFollower); without a run directory every worker probes.
     `rate_table` is the node's screening budgets when the parent made them for its workers
-    (edge.ratelimit); without it the proxy keeps a private table.
+    (edge.ratelimit), where this worker counts its requests in flight in the column of its
+    `slot` (forgetting what a dead predecessor left there); without it the proxy keeps a
+    private table.
     """
     app = web.Application(handler_args={"access_log": None})
     app[CONFIG] = config
     if rate_table is not None:
+        rate_table.claim(slot)
         app[RATE_TABLE] = rate_table
     app.cleanup_ctx.append(_resources)
     stats = None if stats_dir is None else nodestats.StatsDir(stats_dir)
