@@ -193,7 +193,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             record = admin.worker_record(proxy, stats.clock(), stats.pid)
             if follower is not None:
                 return record
-            return dataclasses.replace(record, verdicts=verdicts(pool))  # the probe leader
+            # The probe leader: the HTTP pool's verdicts and the stream pools'.
+            return dataclasses.replace(record, verdicts=verdicts(pool) + app[STREAMS].verdicts())
 
         publisher = asyncio.create_task(nodestats.publish_periodically(stats, snapshot))
     try:
@@ -336,7 +337,9 @@ class EdgeRuntime:
             for addr in config.tls.listen:
                 self.addresses["https"].extend(await self._site(proxy_runner, addr, ssl_ctx))
         streams = self.app[STREAMS]
-        await streams.start(metrics.registry, self.reuse_port)
+        stats = self.app.get(NODE_STATS)
+        follow = stats if stats is not None and self.app[WORKER_SLOT] > 0 else None
+        await streams.start(metrics.registry, self.reuse_port, follow)
         for kind in ("tcp", "udp"):
             self.addresses[kind].extend(streams.addresses[kind])
 
