@@ -182,10 +182,11 @@ class RateTable:
                 self._values[slot * _FIELDS + _FULL_AT] = _IDLE
 
     def inflight(self, key: int) -> int:
-        """Requests in flight for `key` on the node."""
-        with self._locked():
-            slot = self._lookup(key)
-            return 0 if slot is None else self._inflight(slot)
+        """Requests in flight for `key` on the node, read without the lock (aligned 4-byte
+        counters: each is read whole, the sum may be a moment old): a look for the fast hit
+        path, which counts nothing; `enter` decides under the lock."""
+        slot = self._lookup(key)
+        return 0 if slot is None else self._inflight(slot)
 
     def _lookup(self, key: int) -> int | None:
         base = (key % self._sets) * WAYS
