@@ -103,11 +103,14 @@ def build_app(
     There the worker in `slot` 0 probes the origins for the node and the others follow
     its verdicts (edge.probes.ProbeFollower); without a run directory every worker probes.
     `rate_table` is the node's screening budgets when the parent made them for its workers
-    (edge.ratelimit); without it the proxy keeps a private table.
+    (edge.ratelimit), where this worker counts its requests in flight in the column of its
+    `slot` (forgetting what a dead predecessor left there); without it the proxy keeps a
+    private table.
     """
     app = web.Application(handler_args={"access_log": None})
     app[CONFIG] = config
     if rate_table is not None:
+        rate_table.claim(slot)
         app[RATE_TABLE] = rate_table
     app.cleanup_ctx.append(_resources)
     stats = None if stats_dir is None else nodestats.StatsDir(stats_dir)
@@ -190,7 +193,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             record = admin.worker_record(proxy, stats.clock(), stats.pid)
             if follower is not None:
                 return record
-            return dataclasses.replace(record, verdicts=verdicts(pool))  # the probe leader
+            # The probe leader: the HTTP pool's verdicts and the stream pools'.
+            return dataclasses.replace(record, verdicts=verdicts(pool) + app[STREAMS].verdicts())
 
         publisher = asyncio.create_task(nodestats.publish_periodically(stats, snapshot))
     try:
@@ -333,7 +337,9 @@ class EdgeRuntime:
             for addr in config.tls.listen:
                 self.addresses["https"].extend(await self._site(proxy_runner, addr, ssl_ctx))
         streams = self.app[STREAMS]
-        await streams.start(metrics.registry, self.reuse_port)
+        stats = self.app.get(NODE_STATS)
+        follow = stats if stats is not None and self.app[WORKER_SLOT] > 0 else None
+        await streams.start(metrics.registry, self.reuse_port, follow)
         for kind in ("tcp", "udp"):
             self.addresses[kind].extend(streams.addresses[kind])
 

@@ -21,7 +21,8 @@ worker answers /__edge/status or /metrics reports the whole node (edge.nodestats
 the worker in slot 0 (and its replacement) probes the origins for the node and publishes
 its verdicts, which the other workers apply (edge.probes.ProbeFollower). The parent also
 maps the screening rules' rate-limit table before it forks, so the workers share its budgets
-(edge.ratelimit). Each worker dies
+and concurrency counts (edge.ratelimit; a worker counts in the column of its slot, which its
+replacement zeroes). Each worker dies
 with the parent (geoedge.lifetime): a `kill -9` of the parent leaves no worker serving.
 """
 
@@ -298,7 +299,7 @@ def _run_workers(config: EdgeConfig, path: str | None) -> int:
     parent = os.getpid()
     # The screening budgets of the node: one table in memory every worker maps (forked
     # from here, replacements included), so the workers enforce one budget, not N.
-    rates = RateTable.shared(config.screening.table_slots)
+    rates = RateTable.shared(config.screening.table_slots, config.server.workers)
     try:
         return _fork_workers(config, path, holders, stats_dir, rates)
     finally:

@@ -10,7 +10,9 @@ probe in lock-step. Results go to the pool's rise/fall counters.
 On a node of several workers with a run directory (edge.nodestats) only the worker in
 slot 0 probes, and publishes `verdicts(pool)` in its record; every other worker runs a
 `ProbeFollower` instead, which applies those verdicts to its own pool and starts its own
-Prober only while the leader is silent.
+probes only while the leader is silent. The same holds for every pool that probes: the HTTP
+origin pool and each `[[stream]]` pool (edge.stream), whose verdicts the record carries
+under a `prefix` naming the pool, so one record holds them all.
 """
 
 from __future__ import annotations
@@ -137,19 +139,30 @@ class Prober(ScheduledProbes):
         return ok, status, time.monotonic() - start
 
 
-def verdicts(pool: OriginPool) -> tuple[nodestats.Verdict, ...]:
-    """The probes' verdicts the probe leader publishes for its followers."""
-    return tuple(nodestats.Verdict(o.url, o.probe_up, o.probes, o.probe_ok) for o in pool.origins)
+def verdicts(pool: OriginPool, prefix: str = "") -> tuple[nodestats.Verdict, ...]:
+    """The probes' verdicts the probe leader publishes for its followers, each origin's URL
+    after `prefix` (the pool's name in the record; "" for the HTTP pool)."""
+    return tuple(
+        nodestats.Verdict(prefix + o.url, o.probe_up, o.probes, o.probe_ok) for o in pool.origins
+    )
 
 
 class ProbeFollower:
-    """A worker that does not lead the probes: it applies the leader's verdicts to its own
-    pool (what to apply, and when to probe by itself, is nodestats.Follower's call)."""
+    """A worker that does not lead the probes: it applies the leader's verdicts under
+    `prefix` (see `verdicts`) to its own pool (what to apply, and when to probe by itself
+    with `prober`, is nodestats.Follower's call)."""
 
-    def __init__(self, pool: OriginPool, prober: Prober, stats: nodestats.StatsDir) -> None:
+    def __init__(
+        self,
+        pool: OriginPool,
+        prober: ScheduledProbes,
+        stats: nodestats.StatsDir,
+        prefix: str = "",
+    ) -> None:
         self.pool = pool
         self.prober = prober
         self.stats = stats
+        self.prefix = prefix
         self._policy = nodestats.Follower(stats.clock())
 
     async def run(self) -> None:
@@ -178,7 +191,7 @@ class ProbeFollower:
         if self.prober.running:
             log.warning("probe leader (pid %d) is back: following its verdicts", follow.leader)
             self.prober.shutdown()
-        by_url = {o.url: o for o in self.pool.origins}
+        by_url = {self.prefix + o.url: o for o in self.pool.origins}
         for verdict, new in follow.apply:
             origin = by_url.get(verdict.url)  # not (or no longer) in our configuration
             if origin is None:

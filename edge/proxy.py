@@ -12,7 +12,6 @@ protocol error, 504 timeout, 503 no healthy origin) live here once.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -98,14 +97,13 @@ class Proxy:
         if cache is not None:
             metrics.cache_resets.inc(cache.store.resets)
         # Screening state that outlives a reload: the node's budgets (shared with the other
-        # workers when the parent made the table), requests in flight, the GeoIP database.
+        # workers when the parent made the table) and requests in flight, the GeoIP database.
         slots = config.screening.table_slots
         self.rate_table = rate_table if rate_table is not None else RateTable.private(slots)
         # A scan of the table: only while a rule can ban at all.
         metrics.banned_keys = lambda: (
             self.rate_table.bans(time.monotonic()) if self.screening.bans else 0
         )
-        self._inflight: collections.Counter[int] = collections.Counter()
         self._locator: GeoIPLocator | None = None
         self._date = (0, "")
         self.reconfigure(config)
@@ -122,7 +120,6 @@ class Proxy:
             self._geoip(config.geo.database),
             self.metrics.screen_counts,
             time.monotonic,
-            self._inflight,
         )
         self._max_body = config.limits.max_body_bytes
         pool = config.pool
@@ -356,9 +353,7 @@ class Proxy:
         client = screening.peer_client(str(peer[0]) if peer else "", header)
         verdict = screening.decide(candidates, client, target, header, held)
         if verdict is None:
-            screening.enter(held)
             return None
-        held.clear()
         if verdict.action == "close":
             if request.transport is not None:
                 request.transport.close()

@@ -19,6 +19,15 @@ evicted key starts again with a full bucket.
 A key with plenty of tokens left lends a process a few of them at a time (`Leases`), so
 the hot path of a generous limit rarely touches the table or its lock.
 
+The same slots count requests in flight for the rules with a `concurrency` (`enter`,
+`leave`): a slot has one counter per worker (`column`), and the key's count is their sum, so
+the limit holds for the node. A worker counts only in its own column; a worker killed
+(kill -9) before it could `leave` leaves its counts behind, until its replacement, which
+takes the same column, zeroes it (`claim`): the damage is bounded by what one worker held,
+for as long as the parent takes to replace it. A key with requests in flight is evicted only
+after the idle keys and unbanned buckets of its set (its counts are then forgotten: it may
+admit more than its limit, never fewer).
+
 Approximations: CLOCK_MONOTONIC is one clock for every process of the host, so workers'
 times compare; tokens a lease leaves unspent are lost (see `Leases`); a key whose 64-bit
 hash collides with another's shares its bucket (odds of about 2**-64 per pair). Time is
@@ -27,11 +36,13 @@ injected: `take` is pure given the table's contents.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -39,6 +50,9 @@ WAYS = 8  # slots per set: a key lives in one of them
 _FIELDS = 6  # per slot: tokens, stamp (last use), violations, last violation, ban end, full at
 _TOKENS, _STAMP, _VIOLATIONS, _LAST_VIOLATION, _BAN_END, _FULL_AT = range(_FIELDS)
 SLOT_BYTES = 8 + 8 * _FIELDS
+COUNT_BYTES = 4  # per slot and worker: requests in flight (concurrency)
+_IDLE = 0.0  # _FULL_AT of a concurrency key with nothing in flight: forgetting it is free
+_BUSY = float("inf")  # _FULL_AT of one with requests in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +110,17 @@ def table_key(*parts: str) -> int:
 
 
 class RateTable:
-    """`slots` buckets (rounded up to a multiple of WAYS) in `buffer`, updated under `lock`."""
+    """`slots` buckets (rounded up to a multiple of WAYS) in `buffer`, updated under `lock`,
+    with a counter of requests in flight per slot for each of `workers` processes."""
 
-    def __init__(self, buffer: mmap.mmap, slots: int, lock: Lock | None) -> None:
+    def __init__(self, buffer: mmap.mmap, slots: int, lock: Lock | None, workers: int = 1) -> None:
         self.slots = slots
+        self.workers = workers
+        self.column = 0  # this process's counters of requests in flight (see `claim`)
         self._buffer = buffer
         self._keys = memoryview(buffer)[: 8 * slots].cast("Q")
         self._values = memoryview(buffer)[8 * slots : SLOT_BYTES * slots].cast("d")
+        self._counts = memoryview(buffer)[SLOT_BYTES * slots : _size(slots, workers)].cast("i")
         self._sets = slots // WAYS
         self._lock = lock
 
@@ -110,18 +128,105 @@ class RateTable:
     def private(cls, slots: int) -> RateTable:
         """A table for one process (anonymous memory: pages cost nothing until used)."""
         slots = _round(slots)
-        return cls(mmap.mmap(-1, SLOT_BYTES * slots), slots, None)
+        return cls(mmap.mmap(-1, _size(slots, 1)), slots, None)
 
     @classmethod
-    def shared(cls, slots: int, directory: str | None = None) -> RateTable:
-        """A table for the processes this one will fork: a mapping of an unlinked file
-        (nothing to clean up) whose fcntl lock serialises the updates."""
+    def shared(cls, slots: int, workers: int, directory: str | None = None) -> RateTable:
+        """A table for the `workers` processes this one will fork: a mapping of an unlinked
+        file (nothing to clean up) whose fcntl lock serialises the updates."""
         slots = _round(slots)
+        size = _size(slots, workers)
         fd, path = tempfile.mkstemp(prefix="geoedge-rates-", dir=directory)
         os.unlink(path)
-        os.ftruncate(fd, SLOT_BYTES * slots)
-        buffer = mmap.mmap(fd, SLOT_BYTES * slots, mmap.MAP_SHARED)
-        return cls(buffer, slots, _FileLock(fd))
+        os.ftruncate(fd, size)
+        buffer = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        return cls(buffer, slots, _FileLock(fd), workers)
+
+    def claim(self, column: int) -> None:
+        """Count this process's requests in flight in `column` (its worker slot), forgetting
+        what a previous holder of the column left there: a worker that died holding them."""
+        if not 0 <= column < self.workers:
+            raise ValueError(f"worker column {column} outside 0..{self.workers - 1}")
+        self.column = column
+        with self._locked():
+            counts, values, workers = self._counts, self._values, self.workers
+            for slot, n in enumerate(counts[column::workers]):
+                if n:
+                    counts[slot * workers + column] = 0
+                    if not self._inflight(slot):
+                        values[slot * _FIELDS + _FULL_AT] = _IDLE
+
+    def enter(self, key: int, limit: int, now: float) -> bool:
+        """Count a request in flight for `key` when it has fewer than `limit` (node-wide):
+        True then, and the caller must `leave` once the request ends."""
+        with self._locked():
+            slot = self._slot(key, now)
+            v = slot * _FIELDS
+            self._values[v + _STAMP] = now
+            if self._inflight(slot) >= limit:
+                return False
+            self._counts[slot * self.workers + self.column] += 1
+            self._values[v + _FULL_AT] = _BUSY
+            return True
+
+    def leave(self, key: int) -> None:
+        """A request `enter` counted for `key` ended (nothing when the key was evicted)."""
+        with self._locked():
+            slot = self._lookup(key)
+            if slot is None:
+                return
+            i = slot * self.workers + self.column
+            if self._counts[i] > 0:
+                self._counts[i] -= 1
+            if not self._inflight(slot):
+                self._values[slot * _FIELDS + _FULL_AT] = _IDLE
+
+    def inflight(self, key: int) -> int:
+        """Requests in flight for `key` on the node, read without the lock (aligned 4-byte
+        counters: each is read whole, the sum may be a moment old): a look for the fast hit
+        path, which counts nothing; `enter` decides under the lock."""
+        slot = self._lookup(key)
+        return 0 if slot is None else self._inflight(slot)
+
+    def _lookup(self, key: int) -> int | None:
+        base = (key % self._sets) * WAYS
+        for slot in range(base, base + WAYS):
+            if self._keys[slot] == key:
+                return slot
+        return None
+
+    def _inflight(self, slot: int) -> int:
+        w = self.workers
+        return sum(self._counts[slot * w : slot * w + w])
+
+    def _slot(self, key: int, now: float) -> int:
+        """The slot of `key`, taken for it (as a concurrency key) when it had none."""
+        slot = self._find(key, (key % self._sets) * WAYS, now)
+        if self._keys[slot] != key:
+            self._keys[slot] = key
+            self._reset(slot, [0.0, now, 0.0, 0.0, 0.0, _IDLE])
+        return slot
+
+    def _reset(self, slot: int, fields: list[float]) -> None:
+        values = self._values
+        v = slot * _FIELDS
+        for field, value in enumerate(fields):
+            values[v + field] = value
+        w = self.workers
+        for i in range(slot * w, slot * w + w):
+            self._counts[i] = 0
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock = self._lock
+        if lock is None:
+            yield
+            return
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def take(self, key: int, rate: Rate, now: float, lease: int = 0) -> Outcome:
         """Take a token for `key` from its bucket at time `now`: allowed when there was one.
@@ -140,8 +245,7 @@ class RateTable:
             v = slot * _FIELDS
             if keys[slot] != key:
                 keys[slot] = key
-                for field, value in enumerate(_fresh(rate, now)):
-                    values[v + field] = value
+                self._reset(slot, _fresh(rate, now))
             burst = rate.burst
             tokens = values[v + _TOKENS]
             elapsed = now - values[v + _STAMP]
@@ -246,6 +350,10 @@ class Leases:
 
 def _fresh(rate: Rate, now: float) -> list[float]:
     return [float(rate.burst), now, 0.0, 0.0, 0.0, now]
+
+
+def _size(slots: int, workers: int) -> int:
+    return (SLOT_BYTES + COUNT_BYTES * workers) * slots
 
 
 def _round(slots: int) -> int:

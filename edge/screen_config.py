@@ -64,7 +64,7 @@ class Rule:
     clients: tuple[IPNetwork, ...] = ()
     countries: tuple[str, ...] = ()
     rate: Rate | None = None
-    concurrency: int = 0  # requests in flight per key and worker
+    concurrency: int = 0  # requests in flight per key on the node (all workers)
     key: str = "client"  # client | path | header
     key_header: str = ""  # lower-case, for key = header:NAME
     prefix_v4: int = 32

@@ -19,7 +19,9 @@ budgets are looked at per request. With no rules both are empty and cost nothing
 
 The client is the connection's peer, or, when that is one of server.trusted_proxies, the
 right-most untrusted address of X-Forwarded-For (the fast path leaves such requests to the
-full handler). `concurrency` counts the requests in flight per key in this worker process.
+full handler). `concurrency` counts the requests in flight per key in the node's table
+(edge.ratelimit: `enter` when the full handler admits a request, `leave` when it ends), so
+the limit holds across the workers; the fast hit path, answered at once, only reads it.
 """
 
 from __future__ import annotations
@@ -223,21 +225,19 @@ class Screening:
         locator: Locator | None,
         counts: Counter[tuple[str, str]],
         clock: Callable[[], float],
-        inflight: Counter[int] | None = None,
     ) -> None:
         self.ruleset = RuleSet(config.rules, locator)
         self.active = bool(self.ruleset)
         self.bans = any(r.rate is not None and r.rate.ban_after for r in config.rules)
         self._trusted = tuple(trusted)
         self._table = Leases(table)
+        self._inflight = table  # concurrency counts: exact, never leased
         self._counts = counts  # (rule, action) -> hits; ("rule", "ban") bans started
         self._clock = clock
         self._log_interval = config.log_interval
         self._logged: dict[str, tuple[float, int]] = {}
         self._clients: dict[str, Client] = {}
         self._keys: dict[tuple[int, str], int] = {}
-        # Requests in flight per concurrency key: the caller keeps it across reloads.
-        self.inflight: Counter[int] = inflight if inflight is not None else Counter()
 
     def client(self, text: str) -> Client:
         client = self._clients.get(text)
@@ -265,7 +265,8 @@ class Screening:
     ) -> Verdict | None:
         """The verdict on a request whose `candidates` rules' (bits) request conditions hold: None
         to let it pass. Budgets are spent here. `held` collects the keys of concurrency
-        budgets the request takes (the full handler releases them with `leave`)."""
+        budgets the request takes, released with `leave` once it ends (a refusal releases
+        them here); without `held` (the fast path) a concurrency budget is looked at only."""
         rules = self.ruleset.rules
         relevant = candidates & client.matches
         while relevant:
@@ -288,27 +289,26 @@ class Screening:
                 )
             elif rule.concurrency:
                 key = client.keys[i] if c.client_key else self._key(c, target, header)
-                if self.inflight[key] < rule.concurrency:
-                    if held is not None:
-                        held.append(key)
+                if held is None:
+                    if self._inflight.inflight(key) < rule.concurrency:
+                        continue
+                elif self._inflight.enter(key, rule.concurrency, self._clock()):
+                    held.append(key)
                     continue
                 verdict = Verdict(rule.name, rule.action, 1, c.policy, f'"{rule.name}";r=0;t=1')
+            if held:
+                self.leave(held)
             self._counts[(rule.name, rule.action)] += 1
             if verdict is not None:
                 self._note(verdict, client, target)
             return verdict
         return None
 
-    def enter(self, held: list[int]) -> None:
-        for key in held:
-            self.inflight[key] += 1
-
     def leave(self, held: list[int]) -> None:
-        inflight = self.inflight
+        """The request that took the concurrency budgets `held` ended (emptied: once only)."""
         for key in held:
-            inflight[key] -= 1
-            if inflight[key] <= 0:
-                del inflight[key]
+            self._inflight.leave(key)
+        held.clear()
 
     def _key(self, c: _Compiled, target: str, header: Header) -> int:
         """The budget key of a rule keyed by path or header (client keys: `Client.keys`)."""

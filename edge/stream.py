@@ -5,6 +5,11 @@ work is done by edge.stream_tcp (relays with back-pressure and half-close), edge
 (flows), edge.stream_pool (origin choice and health through edge.origins.OriginPool, and
 the counters) and edge.stream_probes (active probes).
 
+With several workers and a run directory (edge.nodestats), the stream pools' probes follow
+the HTTP pool's: the worker in slot 0 probes and publishes its verdicts (`verdicts`), the
+others apply them (edge.probes.ProbeFollower) and probe by themselves only while it is
+silent, so an origin gets one worker's probes, and every worker routes by the same verdict.
+
 A reload applies what a running listener can take: origins, weights, algorithm, timeouts,
 limits, PROXY protocol and probes. A stream added, removed, or moved to another listen
 address needs a restart, and the reload says so in the log, as for the HTTP listeners.
@@ -12,13 +17,16 @@ address needs a restart, and the reload says so in the log, as for the HTTP list
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from edge import nodestats
 from edge.config import Address, StreamConfig
+from edge.probes import ProbeFollower, verdicts
 from edge.stream_pool import StreamCollector, StreamPool
 from edge.stream_probes import StreamProber
 from edge.stream_tcp import TcpListener
@@ -34,10 +42,18 @@ class StreamSet:
         self.pools: dict[str, StreamPool] = {c.name: StreamPool(c) for c in configs}
         self.listeners: dict[str, Listener] = {}
         self.probers: dict[str, StreamProber] = {}
+        self.followers: list[asyncio.Task[None]] = []
         self.addresses: dict[str, list[Address]] = {"tcp": [], "udp": []}
 
-    async def start(self, registry: CollectorRegistry, reuse_port: bool = False) -> None:
-        """Bind every stream's listener and start its probes (inside the running loop)."""
+    async def start(
+        self,
+        registry: CollectorRegistry,
+        reuse_port: bool = False,
+        follow: nodestats.StatsDir | None = None,
+    ) -> None:
+        """Bind every stream's listener and start its probes (inside the running loop), or,
+        with `follow` (the run directory of a worker that does not lead the probes), follow
+        the probe leader's verdicts."""
         if not self.pools:
             return
         registry.register(StreamCollector(self.pools.values))
@@ -51,8 +67,12 @@ class StreamSet:
             pool.bound = await listener.start()
             self.addresses[pool.stream.protocol].extend(pool.bound)
             prober = StreamProber(pool)
-            prober.start()
             self.probers[name] = prober
+            if follow is None:
+                prober.start()
+            else:
+                follower = ProbeFollower(pool.pool, prober, follow, _prefix(name))
+                self.followers.append(asyncio.create_task(follower.run()))
 
     def reload(self, configs: tuple[StreamConfig, ...]) -> None:
         new = {c.name: c for c in configs}
@@ -80,14 +100,28 @@ class StreamSet:
             if prober is not None:
                 prober.reschedule()
 
+    def verdicts(self) -> tuple[nodestats.Verdict, ...]:
+        """The stream pools' probe verdicts, for the probe leader's record."""
+        return tuple(v for n, p in self.pools.items() for v in verdicts(p.pool, _prefix(n)))
+
     def status(self) -> list[dict[str, Any]]:
         """Each stream pool's health for /__edge/status."""
         return [pool.status() for pool in self.pools.values()]
 
     async def stop(self) -> None:
+        for task in self.followers:
+            task.cancel()
+        await asyncio.gather(*self.followers, return_exceptions=True)
+        self.followers.clear()
         for prober in self.probers.values():
             prober.shutdown()
         self.probers.clear()
         for listener in self.listeners.values():
             await listener.stop()
         self.listeners.clear()
+
+
+def _prefix(name: str) -> str:
+    """A stream pool's verdicts in a probe leader's record: `stream NAME ` before the URL
+    (a space is in no stream name nor HTTP origin URL, so no pool reads another's)."""
+    return f"stream {name} "

@@ -1,5 +1,6 @@
 """One prober per edge node: a real `edge serve` with two workers and an admin port, in front
-of real origins that note which worker process each request came from.
+of real origins (HTTP, and TCP ones behind a `[[stream]]`) that note which worker process
+each request or connection came from.
 
 A probe's connection is still open while the origin answers it, so the origin finds the
 process holding the other end: the kernel's socket table (/proc/net/tcp) gives the inode
@@ -10,6 +11,7 @@ publishes in the node's run directory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Callable
@@ -19,7 +21,8 @@ import aiohttp
 from aiohttp import web
 
 from edge import nodestats
-from tests.integration.edge_helpers import Origin, origins, until
+from tests.integration.edge_helpers import Origin, origins, running, until
+from tests.integration.stream_helpers import TcpOrigin
 from tests.integration.test_edge_cli import EdgeProcess, _children, edge_process
 
 
@@ -37,8 +40,13 @@ def _socket_inode(port: int, peer_port: int) -> str | None:
 def _owner(request: web.Request, pids: set[int]) -> int | None:
     """Which of `pids` holds the client end of `request`'s connection."""
     assert request.transport is not None
-    peer_port = request.transport.get_extra_info("peername")[1]
-    own_port = request.transport.get_extra_info("sockname")[1]
+    return _sender(request.transport, pids)
+
+
+def _sender(transport: asyncio.BaseTransport, pids: set[int]) -> int | None:
+    """Which of `pids` holds the other end of the connection of `transport`."""
+    peer_port = transport.get_extra_info("peername")[1]
+    own_port = transport.get_extra_info("sockname")[1]
     inode = _socket_inode(peer_port, own_port)
     if inode is None:
         return None
@@ -253,3 +261,84 @@ async def test_followers_take_the_verdicts_of_origins_a_reload_added(tmp_path: P
             senders.requests.clear()
             await _who(edge)
             assert set(senders.requests) == {"a"}
+
+
+class _StreamOrigin:
+    """A TCP origin behind a stream: answers the probe's PING with PONG while `healthy`
+    (DOWN otherwise) and anything else with its name, noting the sending worker of each."""
+
+    def __init__(self, name: str, parent: list[int]) -> None:
+        self.tcp = TcpOrigin(name)
+        self.tcp.handler = self._handle
+        self.healthy = True
+        self.parent = parent  # [the edge's parent pid], once started
+        self.probes: list[int | None] = []
+        self.data: list[int | None] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(64)
+        if not self.parent:
+            return
+        sender = _sender(writer.transport, _children(self.parent[0]))
+        if first == b"PING\n":
+            self.probes.append(sender)
+            writer.write(b"PONG\n" if self.healthy else b"DOWN\n")
+        else:
+            self.data.append(sender)
+            writer.write(self.tcp.name.encode())
+        await writer.drain()
+
+
+async def _through(address: str, n: int) -> list[bytes]:
+    """The answers of `n` connections through the edge's stream (new connections: both
+    workers accept them)."""
+    host, _, port = address.rpartition(":")
+    out = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"hello")
+        out.append(await reader.read(64))
+        writer.close()
+        await writer.wait_closed()
+    return out
+
+
+async def test_one_worker_probes_the_stream_pools_and_both_follow(tmp_path: Path) -> None:
+    parent: list[int] = []
+    a, b = _StreamOrigin("a", parent), _StreamOrigin("b", parent)
+    async with running([a.tcp, b.tcp]):
+        conf = tmp_path / "edge.toml"
+        conf.write_text(
+            '[server]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:0"\n[log]\naccess_log = ""\n'
+            '[[stream]]\nname = "tcp"\nlisten = "tcp://127.0.0.1:0"\n'
+            f'origins = ["{a.tcp.address}", "{b.tcp.address}"]\n'
+            '[stream.probe]\nsend = "PING\\n"\nexpect = "PONG"\ninterval = 0.2\n'
+            "timeout = 0.5\njitter = 0.0\nrise = 1\nfall = 1\n"
+        )
+        async with edge_process("-c", str(conf), tmpdir=str(tmp_path)) as edge:
+            parent.append(edge.proc.pid)
+            address = edge.addresses["tcp"]
+            assert await until(lambda: len(a.probes) >= 2 and len(b.probes) >= 2, tries=400)
+            start = (len(a.probes), len(b.probes))
+            assert await until(
+                lambda: len(a.probes) >= start[0] + 10 and len(b.probes) >= start[1] + 10,
+                tries=400,
+            )
+            senders = set(a.probes[start[0] :] + b.probes[start[1] :])
+            workers = _children(edge.proc.pid)
+            assert len(senders) == 1 and senders <= workers, (senders, workers)
+
+            answers = await _through(address, 20)
+            assert set(answers) == {b"a", b"b"}  # round robin over both while both are up
+
+            b.healthy = False  # its probes fail; connections to it would still work
+            for _ in range(100):
+                a.data.clear()
+                answers = await _through(address, 20)
+                if set(answers) == {b"a"} and set(a.data) == workers:
+                    break
+                await asyncio.sleep(0.1)
+            assert set(answers) == {b"a"}, answers
+            assert set(a.data) == workers  # both workers route around b, by the one verdict
+            # And the other worker never probed meanwhile: it followed the leader's verdict.
+            assert set(a.probes[start[0] :] + b.probes[start[1] :]) == senders

@@ -1,6 +1,6 @@
 """Screening rules on a real edge (issue 11): a flood from one network limited while another
 is served, a country rule with the GeoIP fixture, bans that end, the connection-close action,
-limits that survive SIGHUP, and two workers drawing on one budget.
+limits that survive SIGHUP, and two workers drawing on one budget and one concurrency limit.
 
 Clients come from distinct loopback addresses (127.0.1.x, 127.0.2.x: Linux routes all of
 127/8 to lo), so the edge sees distinct networks on real connections. Cacheable paths are
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from tests.integration.edge_helpers import (
     running_edge,
     until,
 )
+from tests.integration.proc_helpers import children as _children
 from tests.integration.test_edge_cli import ROOT, _env, edge_process
 
 
@@ -298,3 +300,100 @@ async def test_check_config_names_the_rule_key_and_problem(tmp_path: Path) -> No
     code, _, err = await _check_config(conf)
     assert code == 1
     assert f"{conf}: screening.rule[0].rate: expected a number per unit" in err
+
+
+class _Gate:
+    """An origin route that holds every request until `open` is set, counting arrivals."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.arrived = 0
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.arrived += 1
+        await self.open.wait()
+        return web.Response(text="slow", headers={"Cache-Control": "no-store"})
+
+
+async def _get_status(session: aiohttp.ClientSession, url: str) -> int:
+    """The status of a GET on a fresh connection; 0 when the connection failed, -1 when no
+    answer came within 20 s (a request admitted that should not have been, held)."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=20)) as r:
+            await r.read()
+            return r.status
+    except aiohttp.ClientError:
+        return 0
+    except TimeoutError:
+        return -1
+
+
+async def _node_pids(admin: str) -> set[int]:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(admin + "/__edge/status") as r:
+            doc = await r.json()
+    except aiohttp.ClientError:
+        return set()
+    return {w["pid"] for w in doc.get("workers", [])}
+
+
+async def test_two_workers_enforce_one_concurrency_limit(tmp_path: Path) -> None:
+    """At most `concurrency` requests of a client in flight on the node: the rest get 429
+    whichever worker they reach; finished (and abandoned) requests give their place back,
+    and so do the requests of workers killed with -9, once their replacements start."""
+    limit, extra = 3, 5
+    async with origins("a") as (origin,):
+        gate = _Gate()
+        origin.routes["/slow"] = gate
+        conf = tmp_path / "edge.toml"
+        conf.write_text(
+            '[server]\nlisten = ["127.0.0.1:0"]\nworkers = 2\n[log]\naccess_log = ""\n'
+            '[admin]\nlisten = "127.0.0.1:0"\n'
+            f'[pool]\norigins = ["{origin.url}"]\n[pool.probe]\nenabled = false\n'
+            "[[screening.rule]]\n"
+            f'name = "parallel"\naction = "limit"\nconcurrency = {limit}\n'
+        )
+        async with edge_process("-c", str(conf), tmpdir=str(tmp_path)) as edge:
+            parent = edge.proc.pid
+            fresh = aiohttp.TCPConnector(force_close=True, limit=0)  # one connection each
+            async with aiohttp.ClientSession(connector=fresh) as s:
+                url = edge.url() + "/slow?n="
+                held = [asyncio.create_task(_get_status(s, f"{url}{i}")) for i in range(limit)]
+                assert await until(lambda: gate.arrived == limit, tries=400)
+                refused = [_get_status(s, f"{url}x{i}") for i in range(extra)]
+                assert await asyncio.gather(*refused) == [429] * extra
+                held[0].cancel()  # a client that leaves while its request is in flight
+                gate.open.set()
+                assert sorted(await asyncio.gather(*held[1:])) == [200] * (limit - 1)
+                assert await asyncio.gather(held[0], return_exceptions=True)
+                assert gate.arrived == limit
+
+                # Every place is back, on the node: `limit` new requests are in flight at once.
+                # (The abandoned request's edge handler ends when the origin answers it.)
+                gate.open.clear()
+                second = [asyncio.create_task(_get_status(s, f"{url}b{i}")) for i in range(limit)]
+                assert await until(lambda: gate.arrived == 2 * limit, tries=400)
+                assert await _get_status(s, f"{url}c") == 429
+
+                # Both workers die holding them: their replacements zero their columns.
+                workers = _children(parent)
+                assert len(workers) == 2
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                admin = edge.url("admin")
+
+                async def replaced() -> bool:
+                    pids = await _node_pids(admin)
+                    return len(pids) == 2 and not pids & workers
+
+                for _ in range(400):
+                    if await replaced():
+                        break
+                    await asyncio.sleep(0.05)
+                assert await replaced()
+                assert set(await asyncio.gather(*second)) <= {0, 502, 504}  # cut off
+                third = [asyncio.create_task(_get_status(s, f"{url}d{i}")) for i in range(limit)]
+                assert await until(lambda: gate.arrived == 3 * limit, tries=400)
+                assert await _get_status(s, f"{url}e") == 429
+                gate.open.set()
+                assert await asyncio.gather(*third) == [200] * limit

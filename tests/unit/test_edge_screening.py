@@ -108,7 +108,7 @@ def test_a_full_table_evicts_full_buckets_then_the_least_recent_never_a_ban() ->
 
 
 def test_workers_sharing_a_table_share_one_budget() -> None:
-    table = RateTable.shared(64)
+    table = RateTable.shared(64, 3)
     rate = Rate(per_second=0.001, burst=50)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
@@ -273,14 +273,79 @@ def test_concurrency_counts_requests_in_flight() -> None:
         keys: list[int] = []
         candidates = s.ruleset.candidates("GET", "/", "a.test", lambda n: None)
         assert s.decide(candidates, s.client("192.0.2.1"), "/", lambda n: None, keys) is None
-        s.enter(keys)
+        assert len(keys) == 1
         held.append(keys)
-    refused = _decide(s)
+    refused = _decide(s)  # the fast path's look: no budget taken
     assert refused is not None and refused.status == 429 and refused.retry_after == 1
     assert _decide(s, peer="192.0.2.2") is None  # another client
-    s.leave(held.pop())
+    s.leave(held[-1])
+    s.leave(held.pop())  # a second leave of the same request changes nothing
     assert _decide(s) is None
-    assert not s.inflight or all(n > 0 for n in s.inflight.values())
+    keys = []
+    candidates = s.ruleset.candidates("GET", "/", "a.test", lambda n: None)
+    assert s.decide(candidates, s.client("192.0.2.1"), "/", lambda n: None, keys) is None
+    refused = _decide(s)
+    assert refused is not None and refused.rule == "two"
+
+
+def test_a_refusal_by_a_later_rule_releases_the_concurrency_taken() -> None:
+    s = _screening(
+        [
+            {"name": "one", "action": "limit", "concurrency": 1},
+            {"name": "no-post", "action": "deny", "methods": ["POST"]},
+        ],
+        Clock(),
+    )
+    keys: list[int] = []
+    candidates = s.ruleset.candidates("POST", "/", "a.test", lambda n: None)
+    verdict = s.decide(candidates, s.client("192.0.2.1"), "/", lambda n: None, keys)
+    assert verdict is not None and verdict.rule == "no-post" and keys == []
+    assert _decide(s) is None  # the denied POST holds nothing
+
+
+def _two_workers(slots: int = 64) -> tuple[RateTable, RateTable]:
+    """Two workers' views of one node table (a shared buffer; each counts in its column)."""
+    node = RateTable.private(slots * 2)  # just a buffer big enough for 2 columns
+    buffer = node._buffer
+    a, b = RateTable(buffer, slots, None, 2), RateTable(buffer, slots, None, 2)
+    a.claim(0)
+    b.claim(1)
+    return a, b
+
+
+def test_concurrency_is_counted_for_the_node_and_a_dead_workers_column_is_reclaimed() -> None:
+    a, b = _two_workers()
+    assert a.enter(5, 3, 1.0) and a.enter(5, 3, 1.0) and b.enter(5, 3, 1.0)
+    assert not a.enter(5, 3, 1.0) and not b.enter(5, 3, 1.0)
+    assert a.inflight(5) == b.inflight(5) == 3
+    b.leave(5)
+    assert a.inflight(5) == 2 and b.enter(5, 3, 2.0)
+    b.leave(5)
+    b.leave(5)  # more leaves than enters: never below zero
+    assert a.inflight(5) == 2
+    assert b.enter(5, 3, 3.0)
+    # Worker a dies holding two; its replacement claims column 0 and zeroes it.
+    replacement = RateTable(a._buffer, a.slots, None, 2)
+    replacement.claim(0)
+    assert b.inflight(5) == 1
+    assert replacement.enter(5, 3, 4.0) and replacement.enter(5, 3, 4.0)
+    assert not b.enter(5, 3, 4.0)
+
+
+def test_keys_in_flight_are_evicted_after_idle_ones() -> None:
+    table = RateTable.private(WAYS)  # one set
+    rate = Rate(per_second=1.0, burst=1)
+    busy = WAYS * 10
+    assert table.enter(busy, 1, 0.0)  # the oldest key of the set, in flight
+    for key in range(1, WAYS):
+        table.take(key, rate, 1.0)  # spent buckets, full again by t=2
+    for key in range(100, 100 + WAYS):  # newcomers at t=5: the idle buckets go first
+        table.take(key, rate, 5.0)
+        if key < 100 + WAYS - 1:
+            assert table.inflight(busy) == 1
+    table.leave(busy)
+    assert table.inflight(busy) == 0
+    assert table.enter(busy, 1, 6.0)
 
 
 def test_country_rules_and_trusted_proxies(geo_db: Path) -> None:
