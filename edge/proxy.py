@@ -70,8 +70,9 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPO
 # What Proxy.answer_plain_get remembers per scheme of the segments it parsed (each looked up
 # next time instead of parsed again): segments of at most 2 KiB, counted at twice their
 # length (the segment, and its fields the parsed request keeps for the screening rules) plus
-# 512 bytes (the rest of the parsed request and its key), within 8 MiB; then it starts afresh.
-_PLAIN_MEMO_BYTES = 8 << 20
+# 512 bytes (the rest of the parsed request and its key), within 16 MiB (about 27,000
+# requests of wrk's size); then it starts afresh.
+_PLAIN_MEMO_BYTES = 16 << 20
 # A remembered segment: cache key, request, the screening rules its request conditions meet
 # (bit i: rule i, see edge.screening.RuleSet.candidates).
 _Plain = tuple[str, SimpleGet, int]

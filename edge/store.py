@@ -925,7 +925,9 @@ class Store:
                 return None
             with self._lock:
                 self._index.put(bkey, place, 96 + len(bkey) + len(place))
-        if len(data) <= self._memory_object_max:
+        # A body in a file of its own is read from the page cache next time too (a few µs,
+        # as nginx reads its cache): kept in the memory tier, it would only push out others.
+        if not place and len(data) <= self._memory_object_max:
             with self._lock:
                 self._memory.put(bkey, data, len(data) + 64)
         return data
