@@ -69,6 +69,7 @@ class Hits:
         # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
         # re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
+        self._tails: dict[tuple[int, int], bytes] = {}
         self._rereads: dict[str, asyncio.Future[Any]] = {}
 
     def reconfigure(self, name: str, via: str) -> None:
@@ -79,6 +80,7 @@ class Hits:
         self._prepared.clear()
         self._heads.clear()
         self._hit_heads.clear()
+        self._tails.clear()
 
     async def close(self) -> None:
         if self._rereads:
@@ -161,15 +163,22 @@ class Hits:
             log.warning("re-reading cache metadata of %s failed: %r", key, task.exception())
 
     def _hit_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
-        """`_serialized_head` plus Age and Cache-Status, remade only when they change."""
+        """`serialized_head` plus Age and Cache-Status, remade only when they change."""
         age_s = cp.age_value(age)
         ttl_s = math.floor(ttl)
         memo = self._hit_heads.get(entry.key)
         if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
             return memo[3]
-        status = cp.cache_status(self.name, hit=True, ttl=ttl)
-        tail = f"Age: {age_s}\r\nCache-Status: {status}\r\n\r\n"
-        head = self.serialized_head(entry) + tail.encode("latin-1", "replace")
+        # The tail depends on the two numbers only (and the cache's name, which a reload
+        # clears this with): random hits over many keys share a few hundred of them.
+        tail = self._tails.get((age_s, ttl_s))
+        if tail is None:
+            status = cp.cache_status(self.name, hit=True, ttl=ttl)
+            tail = f"Age: {age_s}\r\nCache-Status: {status}\r\n\r\n".encode("latin-1", "replace")
+            if len(self._tails) >= 4096:
+                self._tails.clear()
+            self._tails[(age_s, ttl_s)] = tail
+        head = self.serialized_head(entry) + tail
         if memo is None and len(self._hit_heads) > 4096:
             self._hit_heads.clear()
         self._hit_heads[entry.key] = (entry, age_s, ttl_s, head)
