@@ -258,8 +258,6 @@ class CacheLayer:
             variants = entries
         return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd, variants)
 
-    # ------------------------------------------------------------------ answering from cache
-
     # ------------------------------------------------------------------ misses
 
     async def _collapsed_fetch(

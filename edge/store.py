@@ -21,7 +21,7 @@ passed, then the next write tries again and clears the flag if it succeeds.
 
 Several processes may share one directory. Whatever takes a stored variant away (a purge, a
 removal, a 304's update, a fill replacing a variant) also moves the directory's epoch (the
-modification time of its file ``epoch``). The memory tier checks a variant list against the
+modification time of its file ``epoch``). The index checks a variant list against the
 epoch once it is ``meta_refresh`` seconds old: unmoved, the list is still what is stored and
 is kept (the common case, with a working set far larger than one second of traffic); moved,
 it is read again. So a purge made by another process is seen within that time, and a hit
@@ -296,6 +296,11 @@ def _list_cost(entries: tuple[CacheEntry, ...]) -> int:
     measured with tracemalloc at ~3.2 KB for an entry with nine fields, counted here a
     little above that)."""
     return 128 + sum(1000 + 2 * len(e.key) + 250 * len(e.headers) for e in entries)
+
+
+def _place_cost(bkey: str, place: str) -> int:
+    """What the index holds for a body's place: its key, the path, the entry's overhead."""
+    return 96 + len(bkey) + len(place)
 
 
 def _meta_key(key: str) -> str:
@@ -796,7 +801,7 @@ class Store:
         keep answering from it for a while as ``variants`` re-reads it in a thread. None
         when the index does not hold a single variant for ``key``."""
         with self._lock:
-            listed: _Listed | None = self._index.get("m:" + key)
+            listed: _Listed | None = self._index.get(_meta_key(key))
             if listed is None or len(listed.entries) != 1:
                 return None
             entry = listed.entries[0]
@@ -804,7 +809,7 @@ class Store:
             self._hits += 1
         now = self._clock()
         self._used(listed, now)
-        if now - listed.read_at < self._meta_refresh or listed.epoch == self._epoch_now(now):
+        if self._current(listed, now):
             return entry, body, None
         return entry, body, now - max(listed.read_at, self._epoch_moved_at)
 
@@ -924,7 +929,7 @@ class Store:
                 self._corrupt(entry)
                 return None
             with self._lock:
-                self._index.put(bkey, place, 96 + len(bkey) + len(place))
+                self._index.put(bkey, place, _place_cost(bkey, place))
         # A body in a file of its own is read from the page cache next time too (a few µs,
         # as nginx reads its cache): kept in the memory tier, it would only push out others.
         if not place and len(data) <= self._memory_object_max:
@@ -1046,13 +1051,14 @@ class Store:
         epoch: int,
         place: str,
     ) -> None:
-        """After a commit: the variant list just written, and the body when it is small
-        and at hand, go to the memory tier, so the first hit needs no disk read."""
+        """After a commit: the variant list just written and the body's place go to the
+        index, and the body, when it is small and at hand, to the memory tier, so the first
+        hit needs no database read."""
         listed = _listed(key, entries, self._clock(), epoch)
         with self._lock:
             self._index.put(listed.rows[0], listed, _list_cost(entries))
             # Written from bytes whose digest was just computed: verified.
-            self._index.put(bkey, place, 96 + len(bkey) + len(place))
+            self._index.put(bkey, place, _place_cost(bkey, place))
             if body is not None and len(body) <= self._memory_object_max:
                 self._memory.put(bkey, body, len(body) + 64)
 
