@@ -34,7 +34,6 @@ import http.client
 import json
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -573,7 +572,8 @@ def scale_rows(
         if "ours" in args.servers:
             # The floor: a bare aiohttp proxy, no cache (bench/aiohttp_floor.py).
             port = free_port()
-            floor_argv = [sys.executable, "bench/aiohttp_floor.py", str(port), str(static_port)]
+            script = str(REPO / "bench" / "aiohttp_floor.py")
+            floor_argv = [str(PYTHON), script, str(port), str(static_port)]
             pair["aiohttp"] = Proxy("aiohttp", floor_argv, port, SERVER_CPU, logdir)
             pair["aiohttp"].start()
         for key in misses:
