@@ -57,6 +57,10 @@ from edge.store import BodyWriter, Store
 
 log = logging.getLogger("edge.cache")
 
+# A storable body of a known length up to this is read whole before it is sent (a TCP
+# read or two from the origin) and stored without a Fill (_fill_whole); bigger ones stream.
+WHOLE_FILL_MAX = CHUNK
+
 
 class Upstream(Protocol):
     """What the cache layer asks of the proxy: origin requests and background jobs."""
@@ -744,15 +748,31 @@ class CacheLayer:
         if sp.status == 206:
             out.set_status(206)
             apply_span(out.headers, sp)
+        if (
+            writer is not None
+            and not no_body
+            and length is not None
+            and sp.status == status
+            and length <= WHOLE_FILL_MAX
+        ):
+            return await self._fill_whole(
+                proxy,
+                request,
+                out,
+                writer,
+                creq,
+                origin,
+                upstream,
+                out_pairs,
+                fwd,
+                length,
+                lead,
+                (t_req, t_resp),
+            )
         fill = None
         if writer is not None and not no_body:
             entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
-            try:
-                fill = Fill(writer, entry, length)
-            except OSError as exc:
-                log.warning("cannot read back the cache's temporary file: %s", exc)
-                writer.abort()
-                writer = None
+            fill = Fill(writer, entry, length)
         if fill is not None:
             # RFC 9211 `stored`: this response is being written to the cache.
             out.headers["Cache-Status"] = cp.cache_status(
@@ -807,6 +827,59 @@ class CacheLayer:
             await out.write_eof()
         except ConnectionError:
             pass
+        return out, origin.url
+
+    async def _fill_whole(
+        self,
+        proxy: Upstream,
+        request: web.BaseRequest,
+        out: web.StreamResponse,
+        writer: BodyWriter,
+        creq: cp.CacheRequest,
+        origin: Origin,
+        upstream: aiohttp.ClientResponse,
+        out_pairs: tuple[tuple[str, str], ...],
+        fwd: str,
+        length: int,
+        lead: Lead | None,
+        times: tuple[float, float],
+    ) -> tuple[web.StreamResponse, str]:
+        """A storable body of a known length up to WHOLE_FILL_MAX: read whole from the
+        origin, stored, then sent in one write. No Fill: the body is in
+        before anyone could read it back, so the first byte waits for the last (as with
+        nginx's proxy_buffering), and an origin that breaks off gets the client a 502, not
+        a cut response. Collapsed misses wait for the commit and answer from the cache."""
+        try:
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.info("origin %s body broke off: %r", origin.url, exc)
+                proxy.finish_upstream(origin, upstream, ok=False)
+                writer.abort()
+                return status_response(
+                    502, cp.cache_status(self.name, fwd=fwd, detail="origin-body-broke-off")
+                ), origin.url
+            proxy.finish_upstream(origin, upstream, ok=True)
+            stored = None
+            if len(body) == length and writer.write(body):
+                entry = replace(
+                    self._entry_for(creq, upstream, out_pairs, *times), stored_at=self.clock()
+                )
+                stored = await asyncio.to_thread(writer.commit, entry, length)
+            else:
+                writer.abort()
+        finally:
+            if lead is not None:
+                lead.settle()
+        if stored is not None:
+            # RFC 9211 `stored`: this response went into the cache.
+            out.headers["Cache-Status"] = cp.cache_status(
+                self.name, fwd=fwd, fwd_status=upstream.status, stored=True
+            )
+        with contextlib.suppress(ClientGone, ConnectionError):
+            await start_response(out, request)
+            await send_body(out, body)
+            await out.write_eof()
         return out, origin.url
 
     async def _run_fill(

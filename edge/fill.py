@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
-from typing import IO, Literal
+from typing import Literal
 
 from aiohttp import web
 
@@ -64,12 +63,13 @@ class Lead:
 class Fill:
     """A storable origin body on its way into the cache, read at the origin's pace.
 
-    A task (CacheLayer._run_fill) appends the body to the store's BodyWriter, a temporary
-    file, and commits it. The client whose miss it is, and the collapsed misses that may
-    use its response (`entry`), read it back from that file, each at its own pace and
-    position (`send`). So a slow client neither slows the fill nor the other readers, a
-    client that leaves does not stop it, and the body is never held whole in memory. The
-    file stays open while the fill runs or a reader reads, and not a moment longer.
+    A task (CacheLayer._run_fill) appends the body to the store's BodyWriter (in memory
+    while it is small, else a temporary file) and commits it. The client whose miss it is,
+    and the collapsed misses that may use its response (`entry`), read it back from the
+    writer, each at its own pace and position (`send`). So a slow client neither slows the
+    fill nor the other readers, a client that leaves does not stop it, and a big body is
+    never held whole in memory. A temporary file stays open while the fill runs or a
+    reader reads, and not a moment longer.
     Should the writer give up half-way (the object outgrew max_object_bytes, or the disk
     filled up), nothing is stored, and the readers it has get the rest through a buffer
     of at most PASS_BUFFER bytes past the slowest of them (the origin is read at that
@@ -83,7 +83,6 @@ class Fill:
         # deciding whether the response may answer a collapsed miss.
         self.entry = entry
         self.length = length  # the body's length when known in advance, else None
-        self._file: IO[bytes] = writer.open_reader()
         self._readers = 1  # the first client's
         self.stored = 0  # body bytes in the file
         self.storing = True
@@ -150,7 +149,7 @@ class Fill:
     def _over(self) -> None:
         self._notify()
         if not self._readers:
-            self._file.close()
+            self.writer.close_reader()
 
     def join(self) -> bool:
         """Add a reader (a collapsed miss); False when the fill can no longer take one."""
@@ -164,7 +163,7 @@ class Fill:
         self._readers -= 1
         self._trim()
         if not self._readers and self.state != "filling":
-            self._file.close()
+            self.writer.close_reader()
 
     @property
     def readers(self) -> int:
@@ -219,9 +218,9 @@ class Fill:
                     break
                 if pos < self.stored:
                     want = self.stored - pos if stop is None else min(self.stored, stop) - pos
-                    chunk = os.pread(self._file.fileno(), min(CHUNK, want), pos)
+                    chunk = self.writer.read_at(pos, min(CHUNK, want))
                     if not chunk:
-                        raise OSError("temporary file shorter than what was written")
+                        raise OSError("the body read back is shorter than what was written")
                 elif not self.storing and (chunk := self._buffered(pos)):
                     if stop is not None:
                         chunk = chunk[: max(stop - pos, 0)]

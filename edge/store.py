@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 CHUNK = 64 * 1024
+# The most of a body a BodyWriter holds in memory (see BodyWriter).
+HOLD_MAX = 1 << 20
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _SEP = "\x1f"
 # A hit stamps the rows it used (for LRU eviction) at most this often: recency is exact to it,
@@ -95,6 +97,35 @@ class _CommittedFile:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class _NewFile:
+    """A body held in memory, handed to diskcache to be written to a file of its own (one
+    open, write and close: no temp file to rename)."""
+
+    data: bytes
+
+
+def _create(path: str, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path`` (its directory made when missing); on any
+    failure, nothing is left there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
 class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
     """diskcache Disk that only knows str keys and bytes values: no pickle either way.
 
@@ -125,6 +156,11 @@ class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
             os.replace(value.path, full_path)
             self._where.path = full_path
             return value.size, diskcache.core.MODE_BINARY, filename, None
+        if isinstance(value, _NewFile):
+            filename, full_path = self.filename(key, value)
+            _create(full_path, value.data)
+            self._where.path = full_path
+            return len(value.data), diskcache.core.MODE_BINARY, filename, None
         if type(value) is not bytes:
             raise TypeError("store values must be bytes")
         stored = super().store(value, False, key=key)
@@ -377,50 +413,90 @@ class BodyReader:
 
 
 class BodyWriter:
-    """Tees a body to a temp file; ``commit`` stores it, ``abort`` (or an exception in a
-    ``with`` block) throws it away. Nothing is visible to readers of the store before
-    commit; ``open_reader`` follows the file as it is written."""
+    """Collects a body on its way into the store; ``commit`` stores it, ``abort`` (or an
+    exception in a ``with`` block) throws it away. Nothing is visible to readers of the
+    store before commit.
+
+    A body up to ``hold`` bytes (the memory tier's object limit, at most HOLD_MAX) is held
+    in memory and written to its file in one go at commit; past that, what is held goes to
+    a temp file in the cache directory, and the rest follows it there as it arrives (the
+    file is renamed into place at commit). ``read_at`` reads the body so far either way,
+    also after commit or abort, until ``close_reader``."""
 
     def __init__(self, store: Store, max_bytes: int | None) -> None:
         self._store = store
         self._max = max_bytes
-        fd, self._path = tempfile.mkstemp(dir=store._tmp_dir, suffix=".part")
-        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+        self._hold = min(store._memory_object_max, HOLD_MAX)
+        # The body while it is held in memory (bytes once committed), else None.
+        self._held: bytearray | bytes | None = bytearray()
+        self._path: str | None = None  # the temp file, once the body outgrew _hold
+        self._file: IO[bytes] | None = None
+        self._reader: int | None = None  # the temp file opened for read_at
         self._hash = hashlib.sha256()
         self.length = 0
         self.failed = False
-        # A body small enough for the memory tier is also kept here, so commit can put it
-        # there and the first hit after the miss needs no disk read.
-        self._chunks: list[bytes] | None = []
+        self._open = True  # neither committed nor aborted yet
 
     def write(self, chunk: bytes) -> bool:
         """Append a chunk; False once the writer gave up (too big or disk full)."""
-        if self.failed or self._file is None:
+        if self.failed or not self._open:
             return False
         if self._max is not None and self.length + len(chunk) > self._max:
             self.abort()
             return False
         try:
-            self._file.write(chunk)
-            self._file.flush()  # in the file, for open_reader, once write() returned True
+            held = self._held
+            if held is not None:
+                assert isinstance(held, bytearray)  # bytes only once committed
+                if self.length + len(chunk) <= self._hold:
+                    held += chunk
+                else:
+                    self._spill(held)
+                    held = None
+            if held is None:
+                assert self._file is not None
+                self._file.write(chunk)
+                self._file.flush()  # in the file, for read_at, once write() returned True
         except OSError as e:
             self._store._write_failed(e)
             self.abort()
             return False
         self._hash.update(chunk)
         self.length += len(chunk)
-        if self._chunks is not None:
-            if self.length > self._store._memory_object_max:
-                self._chunks = None
-            else:
-                self._chunks.append(bytes(chunk))
         return True
 
-    def open_reader(self) -> IO[bytes]:
-        """The temp file opened for reading, before anything is written: its first
-        ``length`` bytes are the body so far, and stay readable after commit moves the file
-        or abort removes it."""
-        return open(self._path, "rb")
+    def _spill(self, held: bytearray) -> None:
+        """Move the body held so far to a temp file, which takes the rest."""
+        fd, path = tempfile.mkstemp(dir=self._store._tmp_dir, suffix=".part")
+        self._path = path
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(held)
+        self._file.flush()
+        self._reader = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._held = None
+
+    def read_at(self, pos: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the body from offset ``pos`` (of those written)."""
+        held = self._held
+        if held is not None:
+            return bytes(held[pos : pos + size])
+        if self._reader is None:
+            raise OSError("the body's temporary file is closed")
+        return os.pread(self._reader, size, pos)
+
+    @property
+    def reader_open(self) -> bool:
+        """Whether the temp file's reading handle is open (a spilled body, until
+        ``close_reader``)."""
+        return self._reader is not None
+
+    def close_reader(self) -> None:
+        """Done with ``read_at``: the temp file's reading handle goes (a held body stays
+        until the writer goes)."""
+        if self._reader is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._reader)
+            self._reader = None
 
     def commit(self, entry: CacheEntry, length: int) -> CacheEntry | None:
         """Store the body under ``entry`` if exactly ``length`` bytes were written.
@@ -428,28 +504,34 @@ class BodyWriter:
         Returns the stored entry (with body_length and sha256 filled in) or None when the
         body was incomplete, too big, or the store is degraded.
         """
-        if self.failed or self._file is None:
+        if self.failed or not self._open:
             return None
-        try:
-            self._file.close()
-        except OSError as e:
-            self._store._write_failed(e)
-            self.abort()
-            return None
-        self._file = None
+        held = self._held
+        if held is None:
+            assert self._file is not None
+            try:
+                self._file.close()
+            except OSError as e:
+                self._store._write_failed(e)
+                self.abort()
+                return None
+            self._file = None
         if self.length != length:
             self.abort()
             return None
+        self._open = False
         final = replace(entry, body_length=self.length, sha256=self._hash.hexdigest())
-        data = b"".join(self._chunks) if self._chunks is not None else None
-        self._chunks = None
-        stored = self._store._commit(final, _CommittedFile(self._path, self.length), data)
+        if held is not None:
+            data = self._held = bytes(held)
+            return self._store._commit(final, _NewFile(data), data)
+        assert self._path is not None
+        stored = self._store._commit(final, _CommittedFile(self._path, self.length))
         self._cleanup()
         return stored
 
     def abort(self) -> None:
         self.failed = True
-        self._chunks = None
+        self._open = False
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -457,14 +539,15 @@ class BodyWriter:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._path)
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
 
     def __enter__(self) -> BodyWriter:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None or self._file is not None:
+        if exc_type is not None or self._open:
             self.abort()
 
 
@@ -986,7 +1069,10 @@ class Store:
             return None
 
     def _commit(
-        self, entry: CacheEntry, body: bytes | _CommittedFile, data: bytes | None = None
+        self,
+        entry: CacheEntry,
+        body: bytes | _NewFile | _CommittedFile,
+        data: bytes | None = None,
     ) -> CacheEntry | None:
         """Store ``body`` and the metadata; ``data`` is the body's bytes when the caller
         has them (for the memory tier)."""

@@ -915,7 +915,11 @@ async def test_a_fill_that_outgrows_the_cache_still_serves_its_client(tmp_path: 
         assert origin.hits["/grow"] == 2
 
 
-async def test_a_storable_body_that_breaks_off_is_cut_and_not_stored(tmp_path: Path) -> None:
+async def test_a_small_storable_body_that_breaks_off_gets_a_502_and_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    # A body up to WHOLE_FILL_MAX is read whole before anything is sent: the client gets a
+    # clean 502, not a cut response (a bigger one streams, and is cut: test_edge_fill).
     async with origins("a") as (origin,):
         cut_short = raw_reply(
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\nabc"
@@ -929,9 +933,9 @@ async def test_a_storable_body_that_breaks_off_is_cut_and_not_stored(tmp_path: P
         origin.routes["/cut"] = broken
         config = _cfg(origin, tmp_path, pool={"retry": False, "max_fails": 100})
         async with running_edge(config) as edge, aiohttp.ClientSession() as s:
-            with pytest.raises(aiohttp.ClientPayloadError):
-                async with s.get(base_url(edge) + "/cut") as r:
-                    await r.read()
+            async with s.get(base_url(edge) + "/cut") as r:
+                assert r.status == 502 and b"abc" not in await r.read()
+                assert 'detail="origin-body-broke-off"' in r.headers["Cache-Status"]
             async with s.get(base_url(edge) + "/cut") as r:
                 assert await r.read() == b"0123456789"
                 assert "hit" not in r.headers["Cache-Status"]

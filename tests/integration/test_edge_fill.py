@@ -62,9 +62,11 @@ class Halting:
 
 
 def _cfg(origin: Origin, tmp_path: Path, **cache: Any):  # type: ignore[no-untyped-def]
+    # Bodies past memory_object_max stream through a Fill; these tests are about that,
+    # so it is set below their bodies (smaller ones are filled whole: test_small_*).
     return edge_config(
         [origin],
-        cache={"dir": str(tmp_path / "cache"), **cache},
+        cache={"dir": str(tmp_path / "cache"), "memory_object_max": 512, **cache},
         pool={"retry": False, "max_fails": 100},
     )
 
@@ -276,7 +278,7 @@ async def test_a_follower_that_leaves_closes_its_reader(tmp_path: Path) -> None:
             assert await until(lambda: fill.readers == 1)
             route.release.set()
             assert await asyncio.wait_for(lead, WAIT) == body
-            assert fill.readers == 0 and fill._file.closed
+            assert fill.readers == 0 and not fill.writer.reader_open
         assert origin.hits["/f"] == 1
 
 
@@ -537,3 +539,35 @@ async def test_followers_get_the_whole_body_when_the_writer_gives_up_half_way(
             assert all(got == body for got in results)
             assert await asyncio.wait_for(lead, WAIT) == body
         assert len(origin_calls) == 1  # nobody was sent to the origin, nothing was cut
+
+
+async def test_small_bodies_are_filled_whole_and_collapsed_misses_hit_the_stored_copy(
+    tmp_path: Path,
+) -> None:
+    # Up to WHOLE_FILL_MAX, no Fill: the body is read whole, stored, then sent; a miss
+    # collapsed onto it meanwhile waits for the commit and is answered from the cache.
+    body = os.urandom(10_000)
+    async with origins("a") as (origin,):
+        route = Halting(body)
+        origin.routes["/s"] = route
+        config = _cfg(origin, tmp_path, memory_object_max=1 << 20)
+        async with running_edge(config) as edge, aiohttp.ClientSession() as s:
+            url = base_url(edge) + "/s"
+            lead, headed = _lead(s, url)
+            assert await until(lambda: origin.hits["/s"] == 1)
+            follow = asyncio.ensure_future(s.get(url))
+            assert await until(lambda: edge.proxy.metrics.active >= 2)
+            await asyncio.sleep(0.1)
+            # Half the body is in: nothing went out yet, and nothing is read back.
+            assert not headed.is_set() and _fill(edge, "/s") is None
+            assert os.listdir(tmp_path / "cache" / "tmp") == []
+            route.release.set()
+            assert await asyncio.wait_for(lead, WAIT) == body
+            async with await asyncio.wait_for(follow, WAIT) as r:
+                assert await r.read() == body
+                status = r.headers["Cache-Status"]
+                assert "hit" in status and "collapsed" in status
+            async with s.get(url) as r:
+                assert await r.read() == body
+                assert r.headers["Cache-Status"].startswith("GeoEdge; hit")
+        assert origin.hits["/s"] == 1

@@ -251,6 +251,55 @@ def test_streaming_writer(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "tmp") == []
 
 
+def test_a_small_body_is_held_in_memory_and_written_straight_to_its_file(tmp_path: Path) -> None:
+    with Store(tmp_path, memory_object_max=100) as s:
+        w = s.writer()
+        assert w is not None
+        assert w.write(b"a" * 60) and w.write(b"b" * 40)
+        assert os.listdir(tmp_path / "tmp") == []  # no temp file for a held body
+        assert w.read_at(55, 10) == b"aaaaabbbbb"
+        e = w.commit(entry(), 100)
+        assert e is not None
+        assert w.read_at(95, 10) == b"bbbbb"  # readers of the fill go on after commit
+        (path,) = body_files(tmp_path)  # a file of its own, like a streamed big body
+        with open(path, "rb") as f:
+            assert f.read() == b"a" * 60 + b"b" * 40
+    with Store(tmp_path) as s:  # durable: read back by a new process's store
+        assert s.get_body(e) == b"a" * 60 + b"b" * 40
+
+
+def test_a_body_outgrowing_memory_spills_to_a_temp_file(tmp_path: Path) -> None:
+    with Store(tmp_path, memory_object_max=100) as s:
+        w = s.writer()
+        assert w is not None
+        assert w.write(b"x" * 80)
+        assert os.listdir(tmp_path / "tmp") == []
+        assert w.write(b"y" * 80)  # past the hold: what was held goes to a temp file
+        (part,) = os.listdir(tmp_path / "tmp")
+        assert part.endswith(".part") and w.reader_open
+        assert w.read_at(75, 10) == b"xxxxxyyyyy"
+        e = w.commit(entry(), 160)
+        assert e is not None and s.get_body(e) == b"x" * 80 + b"y" * 80
+        assert os.listdir(tmp_path / "tmp") == []  # renamed into place
+        assert w.read_at(150, 100) == b"y" * 10  # the reading handle outlives the rename
+        w.close_reader()
+        assert not w.reader_open
+        with pytest.raises(OSError):
+            w.read_at(0, 1)
+
+
+def test_a_spill_that_fails_gives_up_but_keeps_what_was_read_back(tmp_path: Path) -> None:
+    with Store(tmp_path, memory_object_max=100) as s:
+        w = s.writer()
+        assert w is not None
+        assert w.write(b"x" * 80)
+        os.rmdir(tmp_path / "tmp")  # the temp area is gone: the spill cannot happen
+        assert not w.write(b"y" * 80)
+        assert w.failed and w.commit(entry(), 160) is None
+        assert w.read_at(0, 100) == b"x" * 80  # readers still get the bytes written
+        assert s.variants(entry().key) == () and body_files(tmp_path) == []
+
+
 def test_restart_persistence(tmp_path: Path) -> None:
     with Store(tmp_path) as s:
         for i in range(5):
