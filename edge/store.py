@@ -193,8 +193,7 @@ class _Reads:
     # step, so the flushing thread lets go of the GIL once, not once per key, and the
     # event loop does not fight it for the GIL thousands of times per flush.
     _STAMP = (
-        "UPDATE Cache SET access_time = ?"
-        " WHERE raw = 1 AND key IN (SELECT value FROM json_each(?))"
+        "UPDATE Cache SET access_time = ? WHERE raw = 1 AND key IN (SELECT value FROM json_each(?))"
     )
 
     def __init__(self, directory: str, wall: Clock = time.time) -> None:
