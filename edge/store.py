@@ -1003,13 +1003,16 @@ class Store:
         length: a body is written once under a name that carries its digest and is never
         rewritten in place, so what a later read can meet is a body gone or cut short by
         something else (an eviction, a purge, a damaged disk), which the length shows."""
+        with self._lock:
+            mem: bytes | None = self._memory.get(_body_key(entry))
+        return mem if mem is not None else self.read_body(entry)
+
+    def read_body(self, entry: CacheEntry) -> bytes | None:
+        """``get_body`` past the memory tier, for a caller that just looked there
+        (``peek_single``): from where the body lies."""
         bkey = _body_key(entry)
         with self._lock:
-            mem = self._memory.get(bkey)
             place = self._index.get(bkey)
-        if mem is not None:
-            body: bytes = mem
-            return body
         data: bytes | None = None
         if place is not None:
             data = self._known_body(entry, place)
