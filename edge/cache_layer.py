@@ -44,7 +44,7 @@ from edge.exchange import (
     start_response,
     status_response,
 )
-from edge.fill import Fill, Lead
+from edge.fill import Fill, GroupCommit, Lead
 from edge.headers import (
     client_response_headers,
     end_to_end,
@@ -123,6 +123,7 @@ class CacheLayer:
         self._inflight: dict[str, Lead] = {}
         self._refreshing: set[str] = set()
         self.hits = Hits(store, clock)
+        self._commits = GroupCommit(store)
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -143,6 +144,7 @@ class CacheLayer:
 
     async def close(self) -> None:
         await self.hits.close()
+        await self._commits.close()
         await asyncio.to_thread(self.store.close)
 
     def status(self) -> dict[str, Any]:
@@ -703,7 +705,7 @@ class CacheLayer:
         When the stored fields carry a Content-Length (`length`; no on-the-fly compression),
         the body must have exactly that length: a second guard after aiohttp's own against
         an origin that closed early."""
-        await asyncio.to_thread(writer.commit, entry, writer.length if length is None else length)
+        await self._commits.commit(writer, entry, writer.length if length is None else length)
 
     async def _stream_and_store(
         self,
@@ -865,7 +867,7 @@ class CacheLayer:
                 entry = replace(
                     self._entry_for(creq, upstream, out_pairs, *times), stored_at=self.clock()
                 )
-                stored = await asyncio.to_thread(writer.commit, entry, length)
+                stored = await self._commits.commit(writer, entry, length)
             else:
                 writer.abort()
         finally:

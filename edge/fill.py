@@ -19,13 +19,80 @@ from edge.errors import (
     ClientGone,
 )
 from edge.exchange import CHUNK, abort, send_body, start_response
-from edge.store import BodyWriter
+from edge.store import BodyWriter, Store
 
 log = logging.getLogger("edge.cache")
 
 
 # Body bytes a fill whose writer gave up holds for its client (see Fill).
 PASS_BUFFER = 4 * CHUNK
+# The most fills one group commit takes (see GroupCommit).
+GROUP_MAX = 64
+
+_Queued = tuple[BodyWriter, cp.CacheEntry, int, "asyncio.Future[cp.CacheEntry | None]"]
+
+
+class GroupCommit:
+    """Fills committed together: a commit asked for while one is running waits for it and
+    goes with every other one asked for meanwhile, in one write transaction on one thread
+    (Store.commit_all). One fill at a time (a single connection warming the cache) commits
+    at once, alone; under many concurrent misses each transaction takes many, and the
+    transaction's fixed cost and the thread hop are shared. A commit still ends before its
+    caller goes on, so a client that has the whole response never misses the entry next."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: list[_Queued] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(
+        self, writer: BodyWriter, entry: cp.CacheEntry, length: int
+    ) -> cp.CacheEntry | None:
+        """``writer.commit(entry, length)``, grouped."""
+        future: asyncio.Future[cp.CacheEntry | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((writer, entry, length, future))
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._drain())
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Wait for the commits asked for so far."""
+        if self._task is not None:
+            await self._task
+
+    def _next_batch(self) -> list[_Queued]:
+        """The queue's first fills, up to GROUP_MAX, one per primary key (a second fill of
+        a key waits for the next transaction, which reads the first one's variant list)."""
+        batch: list[_Queued] = []
+        rest: list[_Queued] = []
+        keys: set[str] = set()
+        for item in self._queue:
+            key = item[1].key
+            if len(batch) < GROUP_MAX and key not in keys:
+                keys.add(key)
+                batch.append(item)
+            else:
+                rest.append(item)
+        self._queue = rest
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._next_batch()
+                fills = [(writer, entry, length) for writer, entry, length, _ in batch]
+                try:
+                    results = await asyncio.to_thread(self._store.commit_all, fills)
+                except Exception as exc:  # each caller gets it (a storage error is a None)
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._task = None
 
 
 class Lead:

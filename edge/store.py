@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -103,6 +103,19 @@ class _NewFile:
     open, write and close: no temp file to rename)."""
 
     data: bytes
+
+
+@dataclass(slots=True)
+class _Fill:
+    """One body and its entry on the way into a write transaction (Store._commit_fills),
+    and, once staged there, what the transaction did for it."""
+
+    entry: CacheEntry
+    body: bytes | _NewFile | _CommittedFile
+    data: bytes | None  # the body's bytes when at hand (for the memory tier)
+    place: str = ""  # where the body went: its file, or "" for a row of the database
+    kept: tuple[CacheEntry, ...] = ()  # the key's variant list as written
+    replaced: tuple[CacheEntry, ...] = ()  # variants it replaced or pushed out
 
 
 def _create(path: str, data: bytes) -> None:
@@ -518,8 +531,14 @@ class BodyWriter:
         """Store the body under ``entry`` if exactly ``length`` bytes were written.
 
         Returns the stored entry (with body_length and sha256 filled in) or None when the
-        body was incomplete, too big, or the store is degraded.
+        body was incomplete, too big, or the store is degraded. (``Store.commit_all``
+        commits several writers in one transaction.)
         """
+        return self._store.commit_all([(self, entry, length)])[0]
+
+    def _finish(self, entry: CacheEntry, length: int) -> _Fill | None:
+        """Close the body for commit: what to store, or None (and the writer aborted) when
+        it is not exactly ``length`` bytes or cannot be finished."""
         if self.failed or not self._open:
             return None
         held = self._held
@@ -539,11 +558,9 @@ class BodyWriter:
         final = replace(entry, body_length=self.length, sha256=self._hash.hexdigest())
         if held is not None:
             data = self._held = bytes(held)
-            return self._store._commit(final, _NewFile(data), data)
+            return _Fill(final, _NewFile(data), data)
         assert self._path is not None
-        stored = self._store._commit(final, _CommittedFile(self._path, self.length))
-        self._cleanup()
-        return stored
+        return _Fill(final, _CommittedFile(self._path, self.length), None)
 
     def abort(self) -> None:
         self.failed = True
@@ -1074,7 +1091,7 @@ class Store:
         if not self._writable():
             return None
         final = replace(entry, body_length=len(body), sha256=hashlib.sha256(body).hexdigest())
-        return self._commit(final, body)
+        return self._commit_fills([_Fill(final, body, body)])[0]
 
     def writer(self, max_bytes: int | None = None) -> BodyWriter | None:
         """A streaming BodyWriter, or None while the store is degraded."""
@@ -1087,83 +1104,103 @@ class Store:
             self._write_failed(e)
             return None
 
-    def _commit(
-        self,
-        entry: CacheEntry,
-        body: bytes | _NewFile | _CommittedFile,
-        data: bytes | None = None,
-    ) -> CacheEntry | None:
-        """Store ``body`` and the metadata; ``data`` is the body's bytes when the caller
-        has them (for the memory tier)."""
-        if data is None and isinstance(body, bytes):
-            data = body
-        bkey = _body_key(entry)
+    def commit_all(
+        self, fills: Sequence[tuple[BodyWriter, CacheEntry, int]]
+    ) -> list[CacheEntry | None]:
+        """``writer.commit(entry, length)`` for each of ``fills``, in one write transaction
+        (a group commit: the transaction's fixed cost, its locks and the pages every
+        insert touches are paid once for all of them). Their primary keys must differ:
+        the variant list of a key is read outside the transaction. Should the transaction
+        fail, none of them is stored."""
+        keys = [entry.key for _, entry, _ in fills]
+        if len(set(keys)) != len(keys):
+            raise ValueError("commit_all takes one fill per primary key")
+        finished = [writer._finish(entry, length) for writer, entry, length in fills]
+        staged = [f for f in finished if f is not None]
+        stored = iter(self._commit_fills(staged) if staged else [])
+        results = [None if f is None else next(stored) for f in finished]
+        for writer, _, _ in fills:
+            writer._cleanup()
+        return results
+
+    def _commit_fills(self, fills: list[_Fill]) -> list[CacheEntry | None]:
+        """Store each fill's body and the metadata naming it, all in one write
+        transaction; the stored entries, or Nones when it failed."""
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
-        place = ""
+        begun: list[_Fill] = []
         try:
-            replaced: list[CacheEntry] = []
-            # One write transaction for the body's row and the metadata naming it.
             with self._writing, self._cache.transact():
-                self._cache.set(bkey, body)
-                place = self._cache.disk.placed
-                entries = self._load_meta(entry.key)
-                kept = []
-                for e in entries:
-                    if e.variant == entry.variant:
-                        replaced.append(e)
-                    else:
-                        kept.append(e)
-                kept.append(entry)
-                while len(kept) > self._max_variants:
-                    replaced.append(kept.pop(0))
-                self._save_meta(entry.key, kept)
-                for tag in entry.surrogate_keys:
-                    self._add_tag(tag, entry.key)
-                # Inside the transaction: a remove() of this key (which forgets it from
-                # memory after its own transaction) cannot come in between.
-                self._remember(entry.key, tuple(kept), bkey, data, epoch, place)
+                for fill in fills:
+                    begun.append(fill)
+                    self._stage(fill)
+                # Inside the transaction: a remove() of one of these keys (which forgets it
+                # from memory after its own transaction) cannot come in between.
+                for fill in fills:
+                    self._remember(fill, epoch)
         except Exception as e:
-            self._forget(entry.key)
-            self._drop_body(bkey)
+            for fill in begun:
+                self._undo(fill)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
-                with contextlib.suppress(sqlite3.Error, OSError):
-                    self._cache.delete(bkey)
-                if place:  # the body's file, moved into place before the rollback
-                    with contextlib.suppress(OSError):
-                        os.unlink(place)
-                if isinstance(body, _CommittedFile):
-                    with contextlib.suppress(OSError):
-                        os.unlink(body.path)
-                return None
+                return [None] * len(fills)
             raise
-        for old in replaced:
-            if _body_key(old) != bkey:
-                with contextlib.suppress(sqlite3.Error, OSError):
-                    self._cache.delete(_body_key(old))
-                self._drop_body(_body_key(old))
-        if replaced:
+        moved = False
+        for fill in fills:
+            bkey = _body_key(fill.entry)
+            for old in fill.replaced:
+                if _body_key(old) != bkey:
+                    with contextlib.suppress(sqlite3.Error, OSError):
+                        self._cache.delete(_body_key(old))
+                    self._drop_body(_body_key(old))
+                moved = True
+            self._wrote_ok()
+        if moved:
             self._move_epoch()  # other processes' lists may name a body just deleted
-        self._wrote_ok()
-        return entry
+        return [fill.entry for fill in fills]
 
-    def _remember(
-        self,
-        key: str,
-        entries: tuple[CacheEntry, ...],
-        bkey: str,
-        body: bytes | None,
-        epoch: int,
-        place: str,
-    ) -> None:
+    def _stage(self, fill: _Fill) -> None:
+        """One fill's writes, inside _commit_fills' transaction: the body, then the
+        key's variant list with it in (replacing its variant, the oldest pushed out past
+        max_variants), then its surrogate keys."""
+        entry = fill.entry
+        self._cache.set(_body_key(entry), fill.body)
+        fill.place = self._cache.disk.placed
+        kept: list[CacheEntry] = []
+        replaced: list[CacheEntry] = []
+        for e in self._load_meta(entry.key):
+            (replaced if e.variant == entry.variant else kept).append(e)
+        kept.append(entry)
+        while len(kept) > self._max_variants:
+            replaced.append(kept.pop(0))
+        self._save_meta(entry.key, kept)
+        for tag in entry.surrogate_keys:
+            self._add_tag(tag, entry.key)
+        fill.kept, fill.replaced = tuple(kept), tuple(replaced)
+
+    def _undo(self, fill: _Fill) -> None:
+        """After a failed transaction: nothing of ``fill`` is left in memory, the index or
+        on disk (its body's file, put in place before the rollback, goes too)."""
+        bkey = _body_key(fill.entry)
+        self._forget(fill.entry.key)
+        self._drop_body(bkey)
+        with contextlib.suppress(sqlite3.Error, OSError, diskcache.Timeout):
+            self._cache.delete(bkey)
+        for path in (fill.place, getattr(fill.body, "path", "")):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def _remember(self, fill: _Fill, epoch: int) -> None:
         """After a commit: the variant list just written and the body's place go to the
         index, and the body, when it is small and at hand, to the memory tier, so the first
         hit needs no database read."""
+        key, entries, body = fill.entry.key, fill.kept, fill.data
+        bkey = _body_key(fill.entry)
         listed = _listed(key, entries, self._clock(), epoch)
         with self._lock:
             self._index.put(listed.rows[0], listed, _list_cost(entries))
             # Written from bytes whose digest was just computed: verified.
-            self._index.put(bkey, place, _place_cost(bkey, place))
+            self._index.put(bkey, fill.place, _place_cost(bkey, fill.place))
             if body is not None and len(body) <= self._memory_object_max:
                 self._memory.put(bkey, body, len(body) + 64)
 

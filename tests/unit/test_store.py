@@ -2,6 +2,7 @@
 checks against damaged files, restarts and kill -9, purges, the memory tier, and a full
 database / file-size limit reached for real."""
 
+import asyncio
 import calendar
 import glob
 import hashlib
@@ -19,7 +20,7 @@ import diskcache
 import pytest
 
 from edge.cache_policy import CacheEntry, CacheRequest, make_entry
-from edge.store import Store
+from edge.store import BodyWriter, Store
 
 T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
 ROOT = Path(__file__).resolve().parents[2]
@@ -733,3 +734,102 @@ def test_a_commit_that_fails_after_its_body_file_was_placed_leaves_no_file(
         assert s.degraded
         stored = sum(1 for i in range(i) if s.variants(f"https://example.com/f{i}"))
     assert len(body_files(tmp_path)) == stored
+
+
+def _writer(s: Store, data: bytes) -> BodyWriter:
+    w = s.writer()
+    assert w is not None and w.write(data)
+    return w
+
+
+def test_commit_all_stores_several_fills_in_one_transaction(tmp_path: Path) -> None:
+    with Store(tmp_path, memory_object_max=100) as s:
+        bodies = [os.urandom(50), os.urandom(150), b"short"]  # held, spilled, cut short
+        fills = [
+            (_writer(s, bodies[0]), entry("/a"), 50),
+            (_writer(s, bodies[1]), entry("/b"), 150),
+            (_writer(s, bodies[2]), entry("/c"), 10),
+        ]
+        wal = tmp_path / "cache.db-wal"
+        size = wal.stat().st_size if wal.exists() else 0
+        a, b, c = s.commit_all(fills)
+        assert a is not None and b is not None and c is None
+        assert s.get_body(a) == bodies[0] and s.get_body(b) == bodies[1]
+        assert s.variants(entry("/c").key) == ()
+        assert s.stats().stores == 2 and os.listdir(tmp_path / "tmp") == []
+        assert len(body_files(tmp_path)) == 2
+        assert wal.stat().st_size > size
+        with pytest.raises(ValueError):  # one fill per key: lists are read outside
+            s.commit_all([(_writer(s, b"x"), entry("/d"), 1), (_writer(s, b"y"), entry("/d"), 1)])
+    with Store(tmp_path) as s:  # durable
+        assert s.get_body(a) == bodies[0] and s.get_body(b) == bodies[1]
+
+
+def test_a_group_commit_that_fails_stores_none_of_its_fills(tmp_path: Path) -> None:
+    # The database fills up part-way through the group: the whole transaction is rolled
+    # back, and no fill of it is left in the index, the memory tier or on disk.
+    with Store(tmp_path, sqlite_max_page_count=64) as s:
+        for n in range(1, 400):
+            fills = [
+                (
+                    _writer(s, os.urandom(40_000)),
+                    entry(f"/g{n}-{i}", [("X-Pad", "p" * 3000)]),
+                    40_000,
+                )
+                for i in range(4)
+            ]
+            results = s.commit_all(fills)
+            if None in results:
+                break
+        else:
+            pytest.fail("the database never filled up")
+        assert results == [None] * 4 and s.degraded
+        for _, e, _ in fills:
+            assert s.peek_variants(e.key) is None and s.variants(e.key) == ()
+        stored = [
+            f"/g{m}-{i}"
+            for m in range(1, n)
+            for i in range(4)
+            if s.variants(entry(f"/g{m}-{i}").key)
+        ]
+        assert len(stored) == 4 * (n - 1)
+    assert len(body_files(tmp_path)) == len(stored)
+
+
+class _CountingStore(Store):
+    """A real store that counts its group commits."""
+
+    groups: list[int]
+
+    def commit_all(self, fills):  # type: ignore[no-untyped-def]
+        self.groups.append(len(fills))
+        return super().commit_all(fills)
+
+
+async def test_concurrent_fills_share_write_transactions(tmp_path: Path) -> None:
+    from edge.fill import GroupCommit
+
+    with _CountingStore(tmp_path) as s:
+        s.groups = []
+        commits = GroupCommit(s)
+        bodies = {f"/c{i}": os.urandom(1000 + i) for i in range(20)}
+        # Two variants of one key: never in one transaction (its list is read outside),
+        # both end up in the list.
+        en, de = (
+            entry("/v", [("Vary", "Accept-Language")], **{"Accept-Language": "en"}),
+            entry("/v", [("Vary", "Accept-Language")], **{"Accept-Language": "de"}),
+        )
+        jobs = [commits.commit(_writer(s, b), entry(p), len(b)) for p, b in bodies.items()]
+        jobs += [commits.commit(_writer(s, b"en"), en, 2), commits.commit(_writer(s, b"de"), de, 2)]
+        results = await asyncio.gather(*jobs)
+        await commits.close()
+        assert all(r is not None for r in results)
+        # All asked for before the first transaction: one group, but for the second
+        # variant of /v, which goes in the next.
+        assert s.groups == [21, 1]
+        alone = await commits.commit(_writer(s, b"z"), entry("/z"), 1)
+        assert alone is not None and s.groups == [21, 1, 1]
+        for r, body in zip(results, [*bodies.values(), b"en", b"de"], strict=True):
+            assert r is not None and s.get_body(r) == body
+        s._forget(en.key)  # type: ignore[union-attr]
+        assert {e.variant for e in s.variants(en.key)} == {en.variant, de.variant}
