@@ -11,8 +11,9 @@ Speed comes from caching encoded replies, in three tiers:
    are stored here: static data, errors, and pool answers decided by an ECS subnet (those
    carry their pool's slot and the generation they were made under, and count only while
    it is current). Queries longer than MAX_CACHED_QUERY are not stored (their bytes are
-   the key). Cost: a slice, a dict lookup, one list index and compare, a concatenation.
-   Entries are plain tuples (one is built per query variant).
+   the key). Cost: a slice, a dict lookup, one list index and compare, a concatenation,
+   and (without a query log) one increment of the observer's tally, whose key the entry
+   holds. Entries are plain tuples (one is built per query variant).
 2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
    and a lower-case question; on a hit the ID, RD/CD flags, the question's exact case (0x20)
    and the ECS address are patched in. Names whose answer involves a pool map to a plan
