@@ -11,8 +11,9 @@ Speed comes from caching encoded replies, in three tiers:
    are stored here: static data, errors, and pool answers decided by an ECS subnet (those
    carry their pool's slot and the generation they were made under, and count only while
    it is current). Queries longer than MAX_CACHED_QUERY are not stored (their bytes are
-   the key). Cost: a slice, a dict lookup, one list index and compare, a concatenation.
-   Entries are plain tuples (one is built per query variant).
+   the key). Cost: a slice, a dict lookup, one list index and compare, a concatenation,
+   and (without a query log) one increment of the observer's tally, whose key the entry
+   holds. Entries are plain tuples (one is built per query variant).
 2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
    and a lower-case question; on a hit the ID, RD/CD flags, the question's exact case (0x20)
    and the ECS address are patched in. Names whose answer involves a pool map to a plan
@@ -74,7 +75,7 @@ from gslb.cookies import CookieJar, Verdict, new_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
 from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address
 from gslb.errors import FormError, ShortHeader
-from gslb.models import Clock, Edge, HealthView, Policy, Selection
+from gslb.models import Clock, Edge, HealthView, Policy, Selection, Tally
 from gslb.respcache import FifoCache
 from gslb.rrl import truncated
 from gslb.selection import select
@@ -134,7 +135,14 @@ _CH_VERSION: Final = (b"\x07version\x04bind\x00", b"\x07version\x06server\x00")
 
 class Observer(Protocol):
     """Told about every reply sent and every pool answer no cache held (metrics, query log).
-    Must not raise."""
+    Must not raise.
+
+    While `detailed` is false (no query log), most replies are not told through `answered`
+    but counted, one increment of `tally[(rcode, qtype, pool or "", edges)]` each: the
+    observer folds the tally into its counters itself (gslb.metrics.QueryMetrics.fold)."""
+
+    detailed: bool
+    tally: dict[Tally, int]
 
     def answered(
         self,
@@ -166,11 +174,14 @@ class _Reply:
 
 
 # A tier-1 entry, a plain tuple because one is built per query variant: (the reply after the
-# ID, the _Reply it was patched from, the query's ECS subnet as text, qtype, the slot of the
-# pool in health.generations, the generation the answer holds for). Static: slot 0, gen 0.
-_Exact = tuple[bytes, _Reply, str | None, int, int, int]
+# ID, the _Reply it was patched from, the query's ECS subnet as text (or, from the cold path,
+# its three address octets: a /24, made text only for a query log), qtype, the slot of the
+# pool in health.generations, the generation the answer holds for, what the observer's tally
+# counts it by). Static: slot 0, gen 0.
+_Ecs = str | bytes | None
+_Exact = tuple[bytes, _Reply, _Ecs, int, int, int, Tally]
 # The same for a signed reply, plus the signing epoch its signatures belong to.
-_SignedExact = tuple[bytes, _Reply, str | None, int, int, int, int]
+_SignedExact = tuple[bytes, _Reply, _Ecs, int, int, int, Tally, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +284,13 @@ class Responder:
             # only QUERY replies are stored, and no other opcode can hit them.
             hit = self._exact_get((wire[2:], tcp))
             if hit is not None and self._generations[hit[4]] == hit[5]:
-                if self._observer is not None:
-                    self._notify(hit[1], hit[3], client, hit[2])
+                observer = self._observer
+                if observer is not None:
+                    if observer.detailed:
+                        self._notify(hit[1], hit[3], client, hit[2])
+                    else:
+                        tally = observer.tally
+                        tally[hit[6]] = tally.get(hit[6], 0) + 1
                 return wire[:2] + hit[0]
             if self._signers:
                 # Signed replies have a tier 1 of their own, whose hits also check the
@@ -283,10 +299,10 @@ class Responder:
                 if (
                     signed is not None
                     and self._generations[signed[4]] == signed[5]
-                    and signed[6] == epoch(self._clock())
+                    and signed[7] == epoch(self._clock())
                 ):
                     if self._observer is not None:
-                        self._notify(signed[1], signed[3], client, signed[2])
+                        self._tell(signed[1], signed[3], client, signed[2], signed[6])
                     return wire[:2] + signed[0]
             if self._place4 is not None and len(wire) > 15:
                 placeable = self._placeable_get((wire[2:-3], tcp))
@@ -460,14 +476,15 @@ class Responder:
             cacheable = True
         out = self._patch(reply.wire, wire, q.question_end, ecs.address if ecs is not None else b"")
         ecs_text = ecs.text() if ecs is not None else None
+        counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
         if cacheable and len(wire) <= MAX_CACHED_QUERY:
-            exact = (out[2:], reply, ecs_text, q.qtype, slot, generation)
+            exact = (out[2:], reply, ecs_text, q.qtype, slot, generation, counted)
             if reply.signed:
                 self._exact_signed.put((wire[2:], tcp), (*exact, now))
             else:
                 self._exact.put((wire[2:], tcp), exact)
         if self._observer is not None:
-            self._notify(reply, q.qtype, client, ecs_text)
+            self._tell(reply, q.qtype, client, ecs_text, counted)
         return out
 
     def _placed(
@@ -504,10 +521,17 @@ class Responder:
             if self._observer is not None:
                 self._missed(plan.pool.pool.name)
         out = self._patch(reply.wire, wire, q.question_end, address)
-        ecs_text = f"{address[0]}.{address[1]}.{address[2]}.0/24"
-        self._exact.put((wire[2:], tcp), (out[2:], reply, ecs_text, q.qtype, slot, generation))
-        if self._observer is not None:
-            self._notify(reply, q.qtype, client, ecs_text)
+        counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
+        self._exact.put(
+            (wire[2:], tcp), (out[2:], reply, address, q.qtype, slot, generation, counted)
+        )
+        observer = self._observer
+        if observer is not None:
+            if observer.detailed:
+                self._notify(reply, q.qtype, client, address)
+            else:
+                tally = observer.tally
+                tally[counted] = tally.get(counted, 0) + 1
         return out
 
     def _locate(self, ecs: ClientSubnet | None, client: IPAddress) -> Location | None:
@@ -822,9 +846,23 @@ class Responder:
         except Exception:
             log.exception("the query observer failed")
 
-    def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: str | None) -> None:
+    def _tell(
+        self, reply: _Reply, qtype: int, client: IPAddress, ecs: _Ecs, counted: Tally
+    ) -> None:
+        """Tell the observer of a reply: counted in its tally, or through `answered`."""
+        observer = self._observer
+        assert observer is not None
+        if observer.detailed:
+            self._notify(reply, qtype, client, ecs)
+        else:
+            tally = observer.tally
+            tally[counted] = tally.get(counted, 0) + 1
+
+    def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: _Ecs) -> None:
         assert self._observer is not None
         try:
+            # bytes: the three octets of a /24 (from _placed)
+            subnet = f"{ecs[0]}.{ecs[1]}.{ecs[2]}.0/24" if isinstance(ecs, bytes) else ecs
             known = self._client_text.get(id(client))
             if known is not None and known[0] is client:
                 text = known[1]
@@ -840,7 +878,7 @@ class Responder:
                 pool=reply.pool,
                 edges=reply.edges,
                 client=text,
-                ecs=ecs,
+                ecs=subnet,
             )
         except Exception:
             log.exception("the query observer failed")

@@ -1,9 +1,12 @@
 """Query metrics and the optional JSON query log.
 
 `QueryMetrics` is the answer engine's Observer (see gslb.answer) plus the latency sink of the
-server adapters. Per-query work is a few dict increments and one bisect: counters live in plain
-dicts and only become Prometheus metric families when /metrics is scraped, through
-`MetricsCollector` (a custom prometheus_client Collector on a private registry).
+server adapters. Per-query work is one dict increment and one bisect: without a query log the
+engine counts each reply in `tally`, by (rcode, qtype, pool, edges), instead of calling
+`answered` (a call with seven arguments cost more than a cached static answer itself), and
+the tally is folded into the per-rcode and per-edge counters whenever they are read. Counters
+live in plain dicts and only become Prometheus metric families when /metrics is scraped,
+through `MetricsCollector` (a custom prometheus_client Collector on a private registry).
 
 Several workers: each worker's `QueryMetrics.export()` (cumulative, JSON-able) is sent to the
 parent over its pipe about once a second (gslb.workers); the parent's collector sums the latest
@@ -22,7 +25,7 @@ from typing import Any, Final, TextIO
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gslb.models import Clock
+from gslb.models import Clock, Tally
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -81,22 +84,27 @@ class QueryMetrics:
     """Counters of one process; implements gslb.answer.Observer."""
 
     __slots__ = (
+        "_answers",
         "_clock",
         "_log",
-        "answers",
+        "_queries",
         "buckets",
+        "detailed",
         "dropped",
         "latency_sum",
         "pool_misses",
-        "queries",
         "rrl_dropped",
         "rrl_slipped",
+        "tally",
         "tcp_open",
     )
 
     def __init__(self, *, query_log: TextIO | None = None, clock: Clock = time.time) -> None:
-        self.queries: dict[tuple[int, int, str], int] = {}  # (rcode, qtype, pool or "") -> n
-        self.answers: dict[str, int] = {}  # edge -> answers naming it
+        self._queries: dict[tuple[int, int, str], int] = {}  # (rcode, qtype, pool or "") -> n
+        self._answers: dict[str, int] = {}  # edge -> answers naming it
+        # Replies counted by the engine and not yet folded into the two above (see `fold`)
+        self.tally: dict[Tally, int] = {}
+        self.detailed = query_log is not None  # the engine calls `answered` for every reply
         self.pool_misses: dict[str, int] = {}  # pool -> answers no answer cache held
         self.buckets: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)  # last: +Inf
         self.latency_sum = 0.0
@@ -119,10 +127,10 @@ class QueryMetrics:
         ecs: str | None,
     ) -> None:
         key = (rcode, qtype, pool or "")
-        queries = self.queries
+        queries = self._queries
         queries[key] = queries.get(key, 0) + 1
         if edges:
-            answers = self.answers
+            answers = self._answers
             for edge in edges:
                 answers[edge] = answers.get(edge, 0) + 1
         if self._log is not None:
@@ -142,8 +150,32 @@ class QueryMetrics:
         misses = self.pool_misses
         misses[pool] = misses.get(pool, 0) + 1
 
+    def fold(self) -> None:
+        """Add the tally to the query and edge counters (done by every reader of those)."""
+        tally, self.tally = self.tally, {}
+        queries = self._queries
+        answers = self._answers
+        for (rcode, qtype, pool, edges), n in tally.items():
+            key = (rcode, qtype, pool)
+            queries[key] = queries.get(key, 0) + n
+            for edge in edges:
+                answers[edge] = answers.get(edge, 0) + n
+
+    @property
+    def queries(self) -> dict[tuple[int, int, str], int]:
+        """(rcode, qtype, pool or "") -> replies."""
+        self.fold()
+        return self._queries
+
+    @property
+    def answers(self) -> dict[str, int]:
+        """edge -> pool answers naming it."""
+        self.fold()
+        return self._answers
+
     def set_query_log(self, stream: TextIO | None) -> None:
         self._log = stream
+        self.detailed = stream is not None
 
     @property
     def latency_count(self) -> int:
@@ -159,9 +191,10 @@ class QueryMetrics:
 
     def export(self) -> dict[str, Any]:
         """Cumulative counters as JSON-able data (sent from workers to the parent)."""
+        self.fold()
         return {
-            "queries": [[r, t, p, n] for (r, t, p), n in self.queries.items()],
-            "answers": dict(self.answers),
+            "queries": [[r, t, p, n] for (r, t, p), n in self._queries.items()],
+            "answers": dict(self._answers),
             "pool_misses": dict(self.pool_misses),
             "buckets": list(self.buckets),
             "latency_sum": self.latency_sum,

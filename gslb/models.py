@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 Clock = Callable[[], float]
+# What a reply is counted by in the query metrics: rcode, qtype, pool ("" for none), the
+# edges it names (see gslb.answer.Observer)
+Tally = tuple[int, int, str, tuple[str, ...]]
 
 
 class Policy(enum.StrEnum):

@@ -389,3 +389,22 @@ def test_notify_and_update_get_notimp(gslb: GslbProcess) -> None:
     empty = struct.pack("!HHHHHH", 9, dns.opcode.NOTIFY << 11, 0, 0, 0, 0)
     (reply,) = udp_exchange(gslb, [empty], 1)
     assert reply == struct.pack("!HHHHHH", 9, 0x8000 | dns.opcode.NOTIFY << 11 | 4, 0, 0, 0, 0)
+
+
+def test_a_burst_of_udp_queries_is_answered_whole_and_in_full(gslb: GslbProcess) -> None:
+    # More queries at once than one wakeup reads (gslb.server.UDP_BATCH), an empty datagram
+    # among them, and a query of 6 kB (EDNS padding): each one read whole, each answered.
+    padded = dns.message.make_query(
+        "static.example.test.", "A", use_edns=0, payload=1232, id=0x0BAD
+    )
+    padded.use_edns(0, payload=1232, options=[dns.edns.GenericOption(12, bytes(6000))])
+    big = padded.to_wire(max_size=65535)
+    assert len(big) > 6000
+    packets = [raw_query("static.example.test", qid=i) for i in range(300)]
+    packets[150:150] = [b"", big]
+    replies = udp_exchange(gslb, packets, expect=301)
+    ids = sorted(struct.unpack("!H", r[:2])[0] for r in replies)
+    assert ids == sorted([*range(300), 0x0BAD])
+    assert all(rcode_of(r) == 0 for r in replies)
+    answer = dns.message.from_wire(next(r for r in replies if r[:2] == b"\x0b\xad"))
+    assert [rr.to_text() for rr in answer.answer[0]] == ["127.0.0.30"]

@@ -149,9 +149,11 @@ def make_config(
 
 
 class Recorder:
-    """A real Observer that keeps what it is told."""
+    """A real Observer that keeps what it is told (detailed: every reply through answered)."""
 
     def __init__(self) -> None:
+        self.detailed = True
+        self.tally: dict[Any, int] = {}
         self.calls: list[dict[str, Any]] = []
         self.misses: list[str] = []  # pools whose answer no cache held, in order
 

@@ -8,6 +8,7 @@ against a responder whose locator offers no place4, so it always takes the full 
 from __future__ import annotations
 
 import functools
+import io
 import ipaddress
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ from geo.location import IPAddress, Location
 from geo.locator import GeoIPLocator
 from gslb.answer import Responder
 from gslb.health import HealthStore
+from gslb.metrics import QueryMetrics
 from tests.unit.answer_support import Recorder, addresses, make_config, query
 
 # An office network placed in Tokyo by an override: the override wins over the database,
@@ -183,3 +185,58 @@ def test_a_health_change_reaches_answers_of_the_cold_path() -> None:
     assert len(recorder.misses) > misses  # the selection ran again
     health.set_drained("fra", False)
     assert answers() == [["127.0.0.11"]] * 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    asks=st.lists(
+        st.tuples(
+            st.sampled_from(["www", "two", "static", "nothere", "WWW"]),
+            st.one_of(
+                st.none(),
+                st.binary(min_size=3, max_size=3),
+                st.sampled_from([LONDON_NET, PARIS_NET, "81.2.255.0"]).map(
+                    lambda a: ipaddress.IPv4Address(a).packed[:3]
+                ),
+            ),
+            st.booleans(),  # tcp
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    garbage=st.lists(st.binary(max_size=40), max_size=3),
+)
+def test_counting_replies_in_the_tally_counts_what_telling_each_one_counts(
+    asks: list[tuple[str, bytes | None, bool]], garbage: list[bytes]
+) -> None:
+    # Without a query log the engine counts replies in the observer's tally (exact-query
+    # hits, the cold path, the full path); with one it tells each through answered. The
+    # counters must come out the same.
+    cfg = make_config()
+    health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
+    placed, _ = locators()
+    log = io.StringIO()
+    counting, telling = QueryMetrics(), QueryMetrics(query_log=log)
+    responders = [
+        Responder(cfg, placed, health, observer=counting),
+        Responder(cfg, placed, health, observer=telling),
+    ]
+    client = ipaddress.ip_address("192.0.2.1")
+    sent = 0
+    for name, address, tcp in asks:
+        wire = query(f"{name}.example.test.", ecs=PARIS_NET if address is not None else None)
+        if address is not None:
+            wire = with_address(wire, 9, address)
+        replies = [r.respond(wire, client, tcp=tcp) for r in responders]
+        assert replies[0] == replies[1]
+        sent += replies[0] is not None
+    for wire in garbage:
+        replies = [r.respond(wire, client, tcp=False) for r in responders]
+        assert replies[0] == replies[1]
+        sent += replies[0] is not None
+    assert not telling.tally and len(log.getvalue().splitlines()) == sent
+    exports = [m.export() for m in (counting, telling)]
+    for e in exports:  # the order of first appearance differs: counted ones come at a read
+        e["queries"] = {(r, t, p): n for r, t, p, n in e["queries"]}
+    assert exports[0] == exports[1]
+    assert sum(counting.queries.values()) == sent and not counting.tally

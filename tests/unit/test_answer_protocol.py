@@ -399,6 +399,8 @@ class FailingObserver:
     """An Observer whose sink fails (a query log on a broken pipe)."""
 
     def __init__(self) -> None:
+        self.detailed = True
+        self.tally: dict[object, int] = {}
         self.calls = 0
 
     def answered(self, **kw: object) -> None:

@@ -117,3 +117,21 @@ def test_pool_fallback_gauge_follows_the_members() -> None:
     assert 'gslb_pool_fallback{pool="other.example.test."} 1.0' in text()
     health.update("a", up=True)
     assert 'gslb_pool_fallback{pool="www.example.test."} 0.0' in text()
+
+
+def test_the_tally_is_folded_into_the_counters_whenever_they_are_read() -> None:
+    m = QueryMetrics()
+    assert not m.detailed  # no query log: the engine counts in the tally
+    _answer(m)
+    m.tally[(0, 1, "www.example.test.", ("fra", "iad"))] = 2
+    m.tally[(3, 28, "", ())] = 1
+    assert m.queries == {(0, 1, "www.example.test."): 3, (3, 28, ""): 1} and not m.tally
+    m.tally[(0, 1, "www.example.test.", ("iad",))] = 1
+    assert m.answers == {"fra": 3, "iad": 3}
+    m.tally[(0, 1, "www.example.test.", ())] = 5
+    exported = m.export()
+    assert [0, 1, "www.example.test.", 9] in exported["queries"] and not m.tally
+    m.set_query_log(io.StringIO())
+    assert m.detailed
+    m.set_query_log(None)
+    assert not m.detailed
