@@ -26,19 +26,76 @@ Headers = Sequence[tuple[str, str]] | HeaderItems
 HeaderTuple = tuple[tuple[str, str], ...]
 
 
+class Fields(tuple[tuple[str, str], ...]):
+    """A field section: a tuple of (name, value) pairs, names as received, that indexes its
+    lines by lower-cased name the first time a field is looked up.
+
+    A cache decision reads one response head many times (storability, the stored entry,
+    freshness, compression, the client's copy): as a ``Fields`` every lookup after the
+    first is a dict access instead of a scan lower-casing every name. It is an ordinary
+    tuple everywhere else (equality, hashing, JSON).
+    """
+
+    @functools.cached_property
+    def by_name(self) -> dict[str, list[str]]:
+        """Lower-cased name -> the values of its lines, in order (not to be modified)."""
+        index: dict[str, list[str]] = {}
+        for k, v in self:
+            lk = k.lower()
+            values = index.get(lk)
+            if values is None:
+                index[lk] = [v]
+            else:
+                values.append(v)
+        return index
+
+    def without(self, names: frozenset[str] | set[str]) -> Fields:
+        """These fields without every line whose lower-cased name is in ``names``."""
+        index = self.by_name
+        if names.isdisjoint(index):
+            return self
+        out = Fields(p for p in self if p[0].lower() not in names)
+        out.__dict__["by_name"] = {k: v for k, v in index.items() if k not in names}
+        return out
+
+    def plus(self, name: str, value: str) -> Fields:
+        """These fields with one more line."""
+        out = Fields((*self, (name, value)))
+        if "by_name" in self.__dict__:
+            index = dict(self.by_name)
+            lname = name.lower()
+            index[lname] = [*index.get(lname, ()), value]
+            out.__dict__["by_name"] = index
+        return out
+
+
+def as_fields(headers: Headers) -> Fields:
+    """``headers`` as Fields (itself when it already is)."""
+    if type(headers) is Fields:
+        return headers
+    return Fields(header_pairs(headers))
+
+
 def header_pairs(headers: Headers) -> HeaderTuple:
     """The fields as a tuple of (name, value) pairs, names as received."""
     if isinstance(headers, tuple):
         return headers
-    if isinstance(headers, Sequence):
+    if isinstance(headers, list) or isinstance(headers, Sequence):
         return tuple((str(k), str(v)) for k, v in headers)
     return tuple((str(k), str(v)) for k, v in headers.items())
 
 
 def field_values(headers: Headers, name: str) -> list[str]:
     """Every field line value of ``name`` (case-insensitive), in order."""
+    if type(headers) is Fields:
+        return list(headers.by_name.get(name.lower(), ()))
     lname = name.lower()
-    items: Iterable[tuple[str, str]] = headers if isinstance(headers, Sequence) else headers.items()
+    items: Iterable[tuple[str, str]]
+    # tuple and list first: the Sequence check goes through the ABC machinery.
+    if isinstance(headers, tuple | list) or isinstance(headers, Sequence):
+        items = headers
+    else:
+        items = headers.items()
     return [v for k, v in items if k.lower() == lname]
 
 

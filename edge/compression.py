@@ -8,6 +8,7 @@ coding selects the same stored variant and a hit is never compressed again.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,13 @@ def negotiate(accept_encoding: str | None, available: Iterable[str] = SUPPORTED)
     """
     if accept_encoding is None:
         return "identity"
+    return _negotiate(accept_encoding, tuple(available))
+
+
+@functools.lru_cache(maxsize=1024)
+def _negotiate(accept_encoding: str, available: tuple[str, ...]) -> str | None:
+    # Remembered: clients send a handful of distinct Accept-Encoding values, read on every
+    # miss (compression) and every Vary match on it.
     prefs = parse_accept_encoding(accept_encoding)
     star = prefs.get("*")
     best: str | None = None

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from edge.cache_control import (
+    Fields,
     Headers,
     HeaderTuple,
+    as_fields,
     field_values,
     header_pairs,
     list_elements,
@@ -54,12 +56,17 @@ _NOT_IN_304 = frozenset(
 )
 
 
-def strip_hop_by_hop(headers: Headers) -> HeaderTuple:
-    """The fields without hop-by-hop ones, including every name listed in Connection."""
-    pairs = header_pairs(headers)
+def strip_hop_by_hop(headers: Headers) -> Fields:
+    """The fields without hop-by-hop ones, including every name listed in Connection.
+
+    Fields in, Fields out (``headers`` itself when nothing is hop-by-hop)."""
+    pairs = as_fields(headers)
+    index = pairs.by_name
+    if HOP_BY_HOP.isdisjoint(index):
+        return pairs
     drop = set(HOP_BY_HOP)
     drop.update(e.lower() for e in list_elements(pairs, "connection"))
-    return tuple((k, v) for k, v in pairs if k.lower() not in drop)
+    return pairs.without(drop)
 
 
 def normalise_etag(tag: str) -> str:

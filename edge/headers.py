@@ -13,6 +13,8 @@ from typing import Literal
 
 from multidict import CIMultiDict
 
+from edge.cache_control import field_values
+
 # One list of hop-by-hop fields for the cache and the proxy (re-exported here).
 from edge.conditional import HOP_BY_HOP as HOP_BY_HOP
 from edge.conditional import strip_hop_by_hop
@@ -136,7 +138,7 @@ def valid_host(value: str) -> bool:
 
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop fields, including every field named in Connection."""
-    return list(strip_hop_by_hop(tuple(pairs)))
+    return list(strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)))
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -227,12 +229,8 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     """Headers to send downstream from an origin (or stored) response, whose values are
     held as octets (see `wire_text`)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    via_prior: list[str] = []
-    for k, v in end_to_end(pairs):
-        if k.lower() == "via":
-            via_prior.append(wire_text(v))
-        else:
-            out.add(k, wire_text(v))
+    kept = strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs))
+    via_prior = [wire_text(v) for v in field_values(kept, "via")]
+    out: CIMultiDict[str] = CIMultiDict([(k, wire_text(v)) for k, v in kept if k.lower() != "via"])
     out["Via"] = ", ".join([*via_prior, via_value(version, via)])
     return out
