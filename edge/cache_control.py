@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
@@ -36,9 +36,15 @@ class Fields(tuple[tuple[str, str], ...]):
     tuple everywhere else (equality, hashing, JSON).
     """
 
-    @functools.cached_property
+    _by_name: dict[str, list[str]]
+
+    @property
     def by_name(self) -> dict[str, list[str]]:
         """Lower-cased name -> the values of its lines, in order (not to be modified)."""
+        try:
+            return self._by_name
+        except AttributeError:
+            pass
         index: dict[str, list[str]] = {}
         for k, v in self:
             lk = k.lower()
@@ -47,6 +53,7 @@ class Fields(tuple[tuple[str, str], ...]):
                 index[lk] = [v]
             else:
                 values.append(v)
+        self._by_name = index
         return index
 
     def without(self, names: frozenset[str] | set[str]) -> Fields:
@@ -55,17 +62,16 @@ class Fields(tuple[tuple[str, str], ...]):
         if names.isdisjoint(index):
             return self
         out = Fields(p for p in self if p[0].lower() not in names)
-        out.__dict__["by_name"] = {k: v for k, v in index.items() if k not in names}
+        out._by_name = {k: v for k, v in index.items() if k not in names}
         return out
 
     def plus(self, name: str, value: str) -> Fields:
         """These fields with one more line."""
         out = Fields((*self, (name, value)))
-        if "by_name" in self.__dict__:
-            index = dict(self.by_name)
-            lname = name.lower()
-            index[lname] = [*index.get(lname, ()), value]
-            out.__dict__["by_name"] = index
+        index = dict(self.by_name)
+        lname = name.lower()
+        index[lname] = [*index.get(lname, ()), value]
+        out._by_name = index
         return out
 
 
@@ -205,9 +211,13 @@ class Directives:
 
     items: tuple[tuple[str, str | None], ...] = ()
     malformed: tuple[str, ...] = ()
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset(n for n, _ in self.items))
 
     def __contains__(self, name: object) -> bool:
-        return any(n == name for n, _ in self.items)
+        return name in self.names
 
     def __bool__(self) -> bool:
         return bool(self.items)
