@@ -14,10 +14,10 @@ from edge.cache_control import (
     Fields,
     Headers,
     HeaderTuple,
-    as_fields,
     field_values,
     header_pairs,
     list_elements,
+    split_list,
 )
 from edge.freshness import date_field, parse_http_date
 
@@ -60,13 +60,22 @@ def strip_hop_by_hop(headers: Headers) -> Fields:
     """The fields without hop-by-hop ones, including every name listed in Connection.
 
     Fields in, Fields out (``headers`` itself when nothing is hop-by-hop)."""
-    pairs = as_fields(headers)
-    index = pairs.by_name
-    if HOP_BY_HOP.isdisjoint(index):
-        return pairs
+    if type(headers) is Fields:
+        if HOP_BY_HOP.isdisjoint(headers.by_name):
+            return headers
+        drop = set(HOP_BY_HOP)
+        drop.update(e.lower() for e in list_elements(headers, "connection"))
+        return headers.without(drop)
+    # Read once (a client's request, an origin's response passed straight on): no index.
+    pairs = header_pairs(headers)
+    names = [k.lower() for k, _ in pairs]
+    if HOP_BY_HOP.isdisjoint(names):
+        return Fields(pairs)
     drop = set(HOP_BY_HOP)
-    drop.update(e.lower() for e in list_elements(pairs, "connection"))
-    return pairs.without(drop)
+    for (_, v), lk in zip(pairs, names, strict=True):
+        if lk == "connection":
+            drop.update(e.lower() for e in split_list(v))
+    return Fields(p for p, lk in zip(pairs, names, strict=True) if lk not in drop)
 
 
 def normalise_etag(tag: str) -> str:
