@@ -37,6 +37,7 @@ class Fields(tuple[tuple[str, str], ...]):
     """
 
     _by_name: dict[str, list[str]]
+    _end_to_end: Fields  # edge.conditional.strip_hop_by_hop's, once asked
 
     @property
     def by_name(self) -> dict[str, list[str]]:

@@ -61,11 +61,18 @@ def strip_hop_by_hop(headers: Headers) -> Fields:
 
     Fields in, Fields out (``headers`` itself when nothing is hop-by-hop)."""
     if type(headers) is Fields:
-        if HOP_BY_HOP.isdisjoint(headers.by_name):
-            return headers
-        drop = set(HOP_BY_HOP)
-        drop.update(e.lower() for e in list_elements(headers, "connection"))
-        return headers.without(drop)
+        # Remembered: a response head is stripped for the client and for the store.
+        try:
+            return headers._end_to_end
+        except AttributeError:
+            pass
+        kept = headers
+        if not HOP_BY_HOP.isdisjoint(headers.by_name):
+            drop = set(HOP_BY_HOP)
+            drop.update(e.lower() for e in list_elements(headers, "connection"))
+            kept = headers.without(drop)
+        headers._end_to_end = kept
+        return kept
     # Read once (a client's request, an origin's response passed straight on): no index.
     pairs = header_pairs(headers)
     names = [k.lower() for k, _ in pairs]

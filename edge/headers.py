@@ -13,8 +13,6 @@ from typing import Literal
 
 from multidict import CIMultiDict
 
-from edge.cache_control import field_values
-
 # One list of hop-by-hop fields for the cache and the proxy (re-exported here).
 from edge.conditional import HOP_BY_HOP as HOP_BY_HOP
 from edge.conditional import strip_hop_by_hop
@@ -232,8 +230,13 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     """Headers to send downstream from an origin (or stored) response, whose values are
     held as octets (see `wire_text`)."""
-    kept = strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs))
-    via_prior = [wire_text(v) for v in field_values(kept, "via")]
-    out: CIMultiDict[str] = CIMultiDict([(k, wire_text(v)) for k, v in kept if k.lower() != "via"])
+    kept: list[tuple[str, str]] = []
+    via_prior: list[str] = []
+    for k, v in strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)):
+        if k.lower() == "via":
+            via_prior.append(wire_text(v))
+        else:
+            kept.append((k, wire_text(v)))
+    out: CIMultiDict[str] = CIMultiDict(kept)
     out["Via"] = ", ".join([*via_prior, via_value(version, via)])
     return out
