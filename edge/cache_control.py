@@ -37,7 +37,8 @@ class Fields(tuple[tuple[str, str], ...]):
     """
 
     _by_name: dict[str, list[str]]
-    _end_to_end: Fields  # edge.conditional.strip_hop_by_hop's, once asked
+    # edge.conditional.strip_hop_by_hop's answer once asked (None: these fields themselves).
+    _end_to_end: Fields | None
 
     @property
     def by_name(self) -> dict[str, list[str]]:
@@ -87,7 +88,7 @@ def header_pairs(headers: Headers) -> HeaderTuple:
     """The fields as a tuple of (name, value) pairs, names as received."""
     if isinstance(headers, tuple):
         return headers
-    if isinstance(headers, list) or isinstance(headers, Sequence):
+    if isinstance(headers, Sequence):
         return tuple((str(k), str(v)) for k, v in headers)
     return tuple((str(k), str(v)) for k, v in headers.items())
 

@@ -89,7 +89,14 @@ def negotiate(accept_encoding: str | None, available: Iterable[str] = SUPPORTED)
     """
     if accept_encoding is None:
         return "identity"
+    if len(accept_encoding) > _REMEMBERED_MAX:
+        return _negotiate.__wrapped__(accept_encoding, tuple(available))
     return _negotiate(accept_encoding, tuple(available))
+
+
+# Longer Accept-Encoding values are negotiated afresh each time: the memo holds at most
+# 1024 short strings whatever clients send.
+_REMEMBERED_MAX = 256
 
 
 @functools.lru_cache(maxsize=1024)

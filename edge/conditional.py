@@ -63,7 +63,8 @@ def strip_hop_by_hop(headers: Headers) -> Fields:
     if type(headers) is Fields:
         # Remembered: a response head is stripped for the client and for the store.
         try:
-            return headers._end_to_end
+            known = headers._end_to_end
+            return headers if known is None else known
         except AttributeError:
             pass
         kept = headers
@@ -71,7 +72,7 @@ def strip_hop_by_hop(headers: Headers) -> Fields:
             drop = set(HOP_BY_HOP)
             drop.update(e.lower() for e in list_elements(headers, "connection"))
             kept = headers.without(drop)
-        headers._end_to_end = kept
+        headers._end_to_end = None if kept is headers else kept  # no reference cycle
         return kept
     # Read once (a client's request, an origin's response passed straight on): no index.
     pairs = header_pairs(headers)

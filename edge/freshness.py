@@ -47,9 +47,14 @@ def parse_http_date(value: str, now: float | None = None) -> float | None:
     A two-digit RFC 850 year more than 50 years in the future (relative to ``now``, or
     the year 2000 era when ``now`` is None) is taken as the past century.
     """
-    if now is None:
+    if now is None and len(value) <= _REMEMBERED_MAX:
         return _parse_http_date(value)
     return _parse(value, now)
+
+
+# No HTTP-date is longer (with some whitespace around it): longer values are not remembered,
+# so the memo holds at most 1024 short strings whatever an origin sends.
+_REMEMBERED_MAX = 48
 
 
 @functools.lru_cache(maxsize=1024)
