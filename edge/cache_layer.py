@@ -47,7 +47,6 @@ from edge.exchange import (
 from edge.fill import Fill, Lead
 from edge.headers import (
     client_response_headers,
-    octet_text,
     wire_text,
 )
 from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
@@ -195,13 +194,11 @@ class CacheLayer:
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
         # What the origin is sent: a field the client named in Connection never reaches
         # it, so it must not select (Vary) or qualify (Authorization) a stored response.
-        # As octets, like the origin's fields: a client's If-None-Match with the bytes of
-        # a stored ETag must match it whatever those bytes are. Nor do the fields
-        # server.strip_request_headers keeps from the origin. As Fields: the policy reads
-        # them by name several times.
-        headers = conditional.strip_hop_by_hop(
-            as_fields(tuple((k, octet_text(v)) for k, v in request.headers.items()))
-        )
+        # As octets (latin-1, as Proxy.origin_headers reads them), like the origin's
+        # fields: a client's If-None-Match with the bytes of a stored ETag must match it
+        # whatever those bytes are. Nor do the fields server.strip_request_headers keeps
+        # from the origin. As Fields: the policy reads them by name several times.
+        headers = conditional.strip_hop_by_hop(as_fields(raw_pairs(request.raw_headers)))
         return cp.CacheRequest(
             method=request.method,
             scheme=request_scheme(request),
