@@ -295,7 +295,7 @@ def _with_date(pairs: Fields, response_time: float) -> Fields:
 
 
 def _stored_headers(headers: Headers, response_time: float) -> Fields:
-    pairs = as_fields(strip_hop_by_hop(headers))
+    pairs = strip_hop_by_hop(headers)
     cc = cache_control(pairs)
     drop = {n for d in ("private", "no-cache") for n in cc.field_names(d) or ()}
     if drop:

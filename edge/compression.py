@@ -94,8 +94,8 @@ def negotiate(accept_encoding: str | None, available: Iterable[str] = SUPPORTED)
     return _negotiate(accept_encoding, tuple(available))
 
 
-# Longer Accept-Encoding values are negotiated afresh each time: the memo holds at most
-# 1024 short strings whatever clients send.
+# Longer Accept-Encoding values (or media types) are negotiated (matched) afresh each time:
+# a memo holds at most 1024 short strings whatever peers send.
 _REMEMBERED_MAX = 256
 
 
@@ -140,6 +140,14 @@ def media_type(headers: Headers) -> str | None:
 
 def type_matches(media: str, patterns: Iterable[str]) -> bool:
     """``text/*`` style patterns match a whole top-level type."""
+    if isinstance(patterns, tuple) and len(media) <= _REMEMBERED_MAX:
+        return _type_matches(media, patterns)
+    return _type_matches.__wrapped__(media, patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_matches(media: str, patterns: Iterable[str]) -> bool:
+    # Remembered: an origin sends a few media types, each checked on every miss.
     for p in patterns:
         p = p.strip().lower()
         if p == media or (p.endswith("/*") and media.startswith(p[:-1])):
