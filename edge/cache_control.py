@@ -37,8 +37,9 @@ class Fields(tuple[tuple[str, str], ...]):
     """
 
     _by_name: dict[str, list[str]]
-    # edge.conditional.strip_hop_by_hop's answer once asked (None: these fields themselves).
-    _end_to_end: Fields | None
+    # end_to_end's answer once asked, with the hop-by-hop set it was for (None: these
+    # fields themselves, so that no Fields refers to itself).
+    _end_to_end: tuple[frozenset[str], Fields | None]
 
     @property
     def by_name(self) -> dict[str, list[str]]:
@@ -66,6 +67,23 @@ class Fields(tuple[tuple[str, str], ...]):
         out = Fields(p for p in self if p[0].lower() not in names)
         out._by_name = {k: v for k, v in index.items() if k not in names}
         return out
+
+    def end_to_end(self, hop_by_hop: frozenset[str]) -> Fields:
+        """These fields without those named in ``hop_by_hop`` or in Connection (RFC 9110
+        §7.6.1); remembered, as a response head is stripped for the client and the store."""
+        try:
+            for_set, known = self._end_to_end
+            if for_set is hop_by_hop:
+                return self if known is None else known
+        except AttributeError:
+            pass
+        kept = self
+        if not hop_by_hop.isdisjoint(self.by_name):
+            drop = set(hop_by_hop)
+            drop.update(e.lower() for e in list_elements(self, "connection"))
+            kept = self.without(drop)
+        self._end_to_end = (hop_by_hop, None if kept is self else kept)
+        return kept
 
     def plus(self, name: str, value: str) -> Fields:
         """These fields with one more line."""

@@ -16,7 +16,6 @@ from edge.cache_control import (
     HeaderTuple,
     field_values,
     header_pairs,
-    list_elements,
     split_list,
 )
 from edge.freshness import date_field, parse_http_date
@@ -61,19 +60,7 @@ def strip_hop_by_hop(headers: Headers) -> Fields:
 
     Fields in, Fields out (``headers`` itself when nothing is hop-by-hop)."""
     if type(headers) is Fields:
-        # Remembered: a response head is stripped for the client and for the store.
-        try:
-            known = headers._end_to_end
-            return headers if known is None else known
-        except AttributeError:
-            pass
-        kept = headers
-        if not HOP_BY_HOP.isdisjoint(headers.by_name):
-            drop = set(HOP_BY_HOP)
-            drop.update(e.lower() for e in list_elements(headers, "connection"))
-            kept = headers.without(drop)
-        headers._end_to_end = None if kept is headers else kept  # no reference cycle
-        return kept
+        return headers.end_to_end(HOP_BY_HOP)
     # Read once (a client's request, an origin's response passed straight on): no index.
     pairs = header_pairs(headers)
     names = [k.lower() for k, _ in pairs]
