@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
@@ -26,6 +26,82 @@ Headers = Sequence[tuple[str, str]] | HeaderItems
 HeaderTuple = tuple[tuple[str, str], ...]
 
 
+class Fields(tuple[tuple[str, str], ...]):
+    """A field section: a tuple of (name, value) pairs, names as received, that indexes its
+    lines by lower-cased name the first time a field is looked up.
+
+    A cache decision reads one response head many times (storability, the stored entry,
+    freshness, compression, the client's copy): as a ``Fields`` every lookup after the
+    first is a dict access instead of a scan lower-casing every name. It is an ordinary
+    tuple everywhere else (equality, hashing, JSON).
+    """
+
+    _by_name: dict[str, list[str]]
+    # end_to_end's answer once asked, with the hop-by-hop set it was for (None: these
+    # fields themselves, so that no Fields refers to itself).
+    _end_to_end: tuple[frozenset[str], Fields | None]
+
+    @property
+    def by_name(self) -> dict[str, list[str]]:
+        """Lower-cased name -> the values of its lines, in order (not to be modified)."""
+        try:
+            return self._by_name
+        except AttributeError:
+            pass
+        index: dict[str, list[str]] = {}
+        for k, v in self:
+            lk = k.lower()
+            values = index.get(lk)
+            if values is None:
+                index[lk] = [v]
+            else:
+                values.append(v)
+        self._by_name = index
+        return index
+
+    def without(self, names: frozenset[str] | set[str]) -> Fields:
+        """These fields without every line whose lower-cased name is in ``names``."""
+        index = self.by_name
+        if names.isdisjoint(index):
+            return self
+        out = Fields(p for p in self if p[0].lower() not in names)
+        out._by_name = {k: v for k, v in index.items() if k not in names}
+        return out
+
+    def end_to_end(self, hop_by_hop: frozenset[str]) -> Fields:
+        """These fields without those named in ``hop_by_hop`` or in Connection (RFC 9110
+        §7.6.1); remembered, as a response head is stripped for the client and the store."""
+        try:
+            for_set, known = self._end_to_end
+            if for_set is hop_by_hop:
+                return self if known is None else known
+        except AttributeError:
+            pass
+        kept = self
+        if not hop_by_hop.isdisjoint(self.by_name):
+            drop = set(hop_by_hop)
+            drop.update(e.lower() for e in list_elements(self, "connection"))
+            kept = self.without(drop)
+        self._end_to_end = (hop_by_hop, None if kept is self else kept)
+        return kept
+
+    def plus(self, name: str, value: str) -> Fields:
+        """These fields with one more line."""
+        out = Fields((*self, (name, value)))
+        index = dict(self.by_name)
+        lname = name.lower()
+        index[lname] = [*index.get(lname, ()), value]
+        out._by_name = index
+        return out
+
+
+def as_fields(headers: Headers) -> Fields:
+    """``headers`` as Fields (itself when it already is)."""
+    if type(headers) is Fields:
+        return headers
+    return Fields(header_pairs(headers))
+
+
 def header_pairs(headers: Headers) -> HeaderTuple:
     """The fields as a tuple of (name, value) pairs, names as received."""
     if isinstance(headers, tuple):
@@ -37,8 +113,15 @@ def header_pairs(headers: Headers) -> HeaderTuple:
 
 def field_values(headers: Headers, name: str) -> list[str]:
     """Every field line value of ``name`` (case-insensitive), in order."""
+    if type(headers) is Fields:
+        return list(headers.by_name.get(name.lower(), ()))
     lname = name.lower()
-    items: Iterable[tuple[str, str]] = headers if isinstance(headers, Sequence) else headers.items()
+    items: Iterable[tuple[str, str]]
+    # tuple and list first: the Sequence check goes through the ABC machinery.
+    if isinstance(headers, tuple | list) or isinstance(headers, Sequence):
+        items = headers
+    else:
+        items = headers.items()
     return [v for k, v in items if k.lower() == lname]
 
 
@@ -148,9 +231,13 @@ class Directives:
 
     items: tuple[tuple[str, str | None], ...] = ()
     malformed: tuple[str, ...] = ()
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset(n for n, _ in self.items))
 
     def __contains__(self, name: object) -> bool:
-        return any(n == name for n, _ in self.items)
+        return name in self.names
 
     def __bool__(self) -> bool:
         return bool(self.items)

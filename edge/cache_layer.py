@@ -24,7 +24,7 @@ from edge import compression, conditional, ranges
 from edge.aiohttp_internals import (
     INTERIM,
 )
-from edge.cache_control import field_values
+from edge.cache_control import as_fields, field_values
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -47,8 +47,6 @@ from edge.exchange import (
 from edge.fill import Fill, GroupCommit, Lead
 from edge.headers import (
     client_response_headers,
-    end_to_end,
-    octet_text,
     wire_text,
 )
 from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
@@ -200,21 +198,19 @@ class CacheLayer:
         return self.hits.hit_wire(key)
 
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
+        # What the origin is sent: a field the client named in Connection never reaches
+        # it, so it must not select (Vary) or qualify (Authorization) a stored response.
+        # As octets (latin-1, as Proxy.origin_headers reads them), like the origin's
+        # fields: a client's If-None-Match with the bytes of a stored ETag must match it
+        # whatever those bytes are. Nor do the fields server.strip_request_headers keeps
+        # from the origin. As Fields: the policy reads them by name several times.
+        headers = conditional.strip_hop_by_hop(as_fields(raw_pairs(request.raw_headers)))
         return cp.CacheRequest(
             method=request.method,
             scheme=request_scheme(request),
             authority=request.headers.get("Host", ""),
             target=target,
-            # What the origin is sent: a field the client named in Connection never reaches
-            # it, so it must not select (Vary) or qualify (Authorization) a stored response.
-            # As octets, like the origin's fields: a client's If-None-Match with the
-            # bytes of a stored ETag must match it whatever those bytes are. Nor do the
-            # fields server.strip_request_headers keeps from the origin.
-            headers=tuple(
-                (k, v)
-                for k, v in end_to_end((k, octet_text(v)) for k, v in request.headers.items())
-                if k.lower() not in self._strip
-            ),
+            headers=headers.without(self._strip) if self._strip else headers,
         )
 
     async def serve(
@@ -223,15 +219,14 @@ class CacheLayer:
         if request.body_exists:
             return await proxy.forward(request, target)
         headers = request.headers
-        key = cp.cache_key(request_scheme(request), headers.get("Host", ""), target)
-        entries = await self._variants(key)
+        creq = self._cache_request(request, target)
+        entries = await self._variants(creq.key)
         now = self.clock()
         # The common hit (no request directives): cp.plain_fresh, the one decision every
         # hit path makes; anything else goes to cp.lookup.
         decision: cp.Decision | None = None
         if not _has_directives(request):
             decision = cp.plain_fresh(entries, now)
-        creq = self._cache_request(request, target)
         if decision is None:
             decision = cp.lookup(creq, entries, now, self.policy)
         if isinstance(decision, cp.Fresh):
@@ -419,19 +414,22 @@ class CacheLayer:
         self, creq: cp.CacheRequest, status: int, pairs: tuple[tuple[str, str], ...]
     ) -> tuple[tuple[tuple[str, str], ...], compression.Compressor | None]:
         """Response fields to send/store and a compressor when we compress on the fly."""
+        # As Fields: the decisions that follow (storability, the entry, the client's
+        # copy) read them by name many times.
+        head = as_fields(pairs)
         opts = self.compression
         if not opts.enabled:
-            return pairs, None
-        cl = next((v for k, v in pairs if k.lower() == "content-length"), None)
-        length = int(cl) if cl is not None and cl.isdigit() else None
-        if not compression.should_compress(status, creq.method, pairs, length, opts):
-            return pairs, None
-        ae = [v for k, v in creq.headers if k.lower() == "accept-encoding"]
+            return head, None
+        cl = field_values(head, "content-length")
+        length = int(cl[0]) if cl and cl[0].isdigit() else None
+        if not compression.should_compress(status, creq.method, head, length, opts):
+            return head, None
+        ae = field_values(creq.headers, "accept-encoding")
         coding = compression.negotiate(", ".join(ae) if ae else None)
         if coding in ("br", "gzip"):
             comp = compression.compressor(coding, opts)
-            return compression.compressed_headers(pairs, coding), comp
-        return compression.add_vary(pairs), None
+            return as_fields(compression.compressed_headers(head, coding)), comp
+        return as_fields(compression.add_vary(head)), None
 
     async def _open(
         self,

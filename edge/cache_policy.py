@@ -31,8 +31,10 @@ from edge import freshness as fr
 from edge import vary as vy
 from edge.cache_control import (
     DELTA_SECONDS_MAX,
+    Fields,
     Headers,
     HeaderTuple,
+    as_fields,
     cache_control,
     field_values,
     header_pairs,
@@ -90,10 +92,10 @@ class CacheRequest:
     authority: str
     target: str  # path and query as received
     headers: HeaderTuple = ()
+    key: str = field(init=False, repr=False, compare=False)  # cache_key, computed once
 
-    @property
-    def key(self) -> str:
-        return cache_key(self.scheme, self.authority, self.target)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", cache_key(self.scheme, self.authority, self.target))
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,13 +249,17 @@ def storability(
     request_time: float = 0.0,
     response_time: float = 0.0,
 ) -> Storability:
-    """May this response to ``request`` be stored (RFC 9111 §3)?"""
+    """May this response to ``request`` be stored (RFC 9111 §3)?
+
+    Pass the response's fields as ``Fields`` (edge.cache_control) to have them parsed once
+    for this decision and the entry ``make_entry`` then makes of them."""
     if request.method.upper() != "GET":
         return Storability(False, "method")
     if "no-store" in cache_control(request.headers):
         return Storability(False, "request-no-store")
     if not 200 <= status <= 599 or status in (206, 304):
         return Storability(False, "status")
+    headers = as_fields(headers)
     cc, _targeted = fr.response_directives(headers, config.targeted_fields)
     if "must-understand" in cc:
         # RFC 9111 §5.2.2.3: store only statuses we understand, and then no-store yields.
@@ -281,19 +287,19 @@ def storability(
     return Storability(False, "no-freshness")
 
 
-def _with_date(pairs: HeaderTuple, response_time: float) -> HeaderTuple:
+def _with_date(pairs: Fields, response_time: float) -> Fields:
     # RFC 9110 §6.6.1: a recipient caching a response without Date adds one.
     if field_values(pairs, "date"):
         return pairs
-    return (*pairs, ("Date", fr.format_http_date(response_time)))
+    return pairs.plus("Date", fr.format_http_date(response_time))
 
 
-def _stored_headers(headers: Headers, response_time: float) -> HeaderTuple:
+def _stored_headers(headers: Headers, response_time: float) -> Fields:
     pairs = strip_hop_by_hop(headers)
     cc = cache_control(pairs)
     drop = {n for d in ("private", "no-cache") for n in cc.field_names(d) or ()}
     if drop:
-        pairs = tuple((k, v) for k, v in pairs if k.lower() not in drop)
+        pairs = pairs.without(drop)
     return _with_date(pairs, response_time)
 
 
@@ -333,7 +339,7 @@ def make_entry(
         variant=vy.variant_key(selecting),
         status=status,
         reason=reason,
-        headers=stored,
+        headers=tuple(stored),  # a plain tuple: the index is not kept with the entry
         vary=fields,
         selecting=selecting,
         request_time=request_time,

@@ -8,6 +8,7 @@ coding selects the same stored variant and a hit is never compressed again.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,20 @@ def negotiate(accept_encoding: str | None, available: Iterable[str] = SUPPORTED)
     """
     if accept_encoding is None:
         return "identity"
+    if len(accept_encoding) > _REMEMBERED_MAX:
+        return _negotiate.__wrapped__(accept_encoding, tuple(available))
+    return _negotiate(accept_encoding, tuple(available))
+
+
+# Longer Accept-Encoding values (or media types) are negotiated (matched) afresh each time:
+# a memo holds at most 1024 short strings whatever peers send.
+_REMEMBERED_MAX = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _negotiate(accept_encoding: str, available: tuple[str, ...]) -> str | None:
+    # Remembered: clients send a handful of distinct Accept-Encoding values, read on every
+    # miss (compression) and every Vary match on it.
     prefs = parse_accept_encoding(accept_encoding)
     star = prefs.get("*")
     best: str | None = None
@@ -125,6 +140,14 @@ def media_type(headers: Headers) -> str | None:
 
 def type_matches(media: str, patterns: Iterable[str]) -> bool:
     """``text/*`` style patterns match a whole top-level type."""
+    if isinstance(patterns, tuple) and len(media) <= _REMEMBERED_MAX:
+        return _type_matches(media, patterns)
+    return _type_matches.__wrapped__(media, patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_matches(media: str, patterns: Iterable[str]) -> bool:
+    # Remembered: an origin sends a few media types, each checked on every miss.
     for p in patterns:
         p = p.strip().lower()
         if p == media or (p.endswith("/*") and media.startswith(p[:-1])):

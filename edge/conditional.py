@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from edge.cache_control import (
+    Fields,
     Headers,
     HeaderTuple,
     field_values,
     header_pairs,
-    list_elements,
+    split_list,
 )
 from edge.freshness import date_field, parse_http_date
 
@@ -54,12 +55,22 @@ _NOT_IN_304 = frozenset(
 )
 
 
-def strip_hop_by_hop(headers: Headers) -> HeaderTuple:
-    """The fields without hop-by-hop ones, including every name listed in Connection."""
+def strip_hop_by_hop(headers: Headers) -> Fields:
+    """The fields without hop-by-hop ones, including every name listed in Connection.
+
+    Fields in, Fields out (``headers`` itself when nothing is hop-by-hop)."""
+    if type(headers) is Fields:
+        return headers.end_to_end(HOP_BY_HOP)
+    # Read once (a client's request, an origin's response passed straight on): no index.
     pairs = header_pairs(headers)
+    names = [k.lower() for k, _ in pairs]
+    if HOP_BY_HOP.isdisjoint(names):
+        return Fields(pairs)
     drop = set(HOP_BY_HOP)
-    drop.update(e.lower() for e in list_elements(pairs, "connection"))
-    return tuple((k, v) for k, v in pairs if k.lower() not in drop)
+    for (_, v), lk in zip(pairs, names, strict=True):
+        if lk == "connection":
+            drop.update(e.lower() for e in split_list(v))
+    return Fields(p for p, lk in zip(pairs, names, strict=True) if lk not in drop)
 
 
 def normalise_etag(tag: str) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import calendar
 import email.utils
+import functools
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from edge.cache_control import (
     DELTA_SECONDS_MAX,
@@ -46,6 +47,24 @@ def parse_http_date(value: str, now: float | None = None) -> float | None:
     A two-digit RFC 850 year more than 50 years in the future (relative to ``now``, or
     the year 2000 era when ``now`` is None) is taken as the past century.
     """
+    if now is None and len(value) <= _REMEMBERED_MAX:
+        return _parse_http_date(value)
+    return _parse(value, now)
+
+
+# No HTTP-date is longer (with some whitespace around it): longer values are not remembered,
+# so the memo holds at most 1024 short strings whatever an origin sends.
+_REMEMBERED_MAX = 48
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_http_date(value: str) -> float | None:
+    # Remembered: a response's Date changes once a second, and its Last-Modified and
+    # Expires repeat across the objects of an origin; each is read several times a miss.
+    return _parse(value, None)
+
+
+def _parse(value: str, now: float | None) -> float | None:
     value = value.strip(" \t")
     try:
         if m := _IMF.fullmatch(value):
@@ -113,9 +132,14 @@ def origin_date(headers: Headers, response_time: float) -> float:
     return response_time if date is None else date
 
 
-def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
-    """corrected_initial_age of RFC 9111 §4.2.3, as of ``response_time``."""
-    apparent_age = max(0.0, response_time - origin_date(headers, response_time))
+def initial_age(
+    headers: Headers, request_time: float, response_time: float, date: float | None = None
+) -> float:
+    """corrected_initial_age of RFC 9111 §4.2.3, as of ``response_time``; ``date``: the
+    origin_date when the caller has it already."""
+    if date is None:
+        date = origin_date(headers, response_time)
+    apparent_age = max(0.0, response_time - date)
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_header(headers) + response_delay
     return max(apparent_age, corrected_age_value)
@@ -242,48 +266,56 @@ def compute(
     """
     shared = rules.shared
     cc, targeted = response_directives(headers, rules.targeted_fields)
-    init = initial_age(headers, request_time, response_time)
+    date = origin_date(headers, response_time)
+    init = initial_age(headers, request_time, response_time, date)
     must_revalidate = (
         "must-revalidate" in cc
         or (shared and "proxy-revalidate" in cc)
         or (shared and "s-maxage" in cc)
     )
-    no_cache = cc.field_names("no-cache") == ()
-    swr = _window(cc, "stale-while-revalidate")
-    sie = _window(cc, "stale-if-error")
-    base = Freshness(
-        lifetime=0.0,
+    lifetime, explicit, heuristic = _lifetime(status, headers, cc, targeted, date, rules)
+    return Freshness(
+        lifetime=lifetime,
         initial_age=init,
-        explicit=True,
-        no_cache=no_cache,
+        explicit=explicit,
+        heuristic=heuristic,
+        no_cache=cc.field_names("no-cache") == (),
         must_revalidate=must_revalidate,
-        stale_while_revalidate=swr,
-        stale_if_error=sie,
+        stale_while_revalidate=_window(cc, "stale-while-revalidate"),
+        stale_if_error=_window(cc, "stale-if-error"),
         targeted=targeted,
     )
 
-    for name in ("s-maxage", "max-age") if shared else ("max-age",):
+
+def _lifetime(
+    status: int,
+    headers: Headers,
+    cc: Directives,
+    targeted: bool,
+    date: float,
+    rules: Rules,
+) -> tuple[float, bool, bool]:
+    """(freshness lifetime, explicit, heuristic) for ``compute``; ``date``: origin_date."""
+    for name in ("s-maxage", "max-age") if rules.shared else ("max-age",):
         v = cc.delta(name)
         if v is not None:
-            return replace(base, lifetime=float(max(v, 0)))
+            return float(max(v, 0)), True, False
 
     if not targeted:
         if field_values(headers, "expires"):
             exp = date_field(headers, "expires")
             if exp is None:
-                return base
-            return replace(base, lifetime=max(0.0, exp - origin_date(headers, response_time)))
+                return 0.0, True, False
+            return max(0.0, exp - date), True, False
 
     if status in HEURISTIC_STATUSES or "public" in cc:
         lm = date_field(headers, "last-modified")
-        date = origin_date(headers, response_time)
         if lm is not None and date > lm:
-            life = min(rules.heuristic_fraction * (date - lm), rules.heuristic_max)
-            return replace(base, lifetime=life, explicit=False, heuristic=True)
+            return min(rules.heuristic_fraction * (date - lm), rules.heuristic_max), False, True
 
     if rules.default_ttl is not None:
-        return replace(base, lifetime=rules.default_ttl, explicit=False)
-    return replace(base, explicit=False)
+        return rules.default_ttl, False, False
+    return 0.0, False, False
 
 
 __all__ = [

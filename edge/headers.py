@@ -136,7 +136,7 @@ def valid_host(value: str) -> bool:
 
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop fields, including every field named in Connection."""
-    return list(strip_hop_by_hop(tuple(pairs)))
+    return list(strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)))
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -185,9 +185,11 @@ def origin_request_headers(
     is always passed on (RFC 8586 §2: intermediaries never remove it).
     """
     trusted_peer = is_trusted(client_ip, trusted)
-    out: CIMultiDict[str] = CIMultiDict()
+    kept: list[tuple[str, str]] = []
     previous: dict[str, list[str]] = {}
-    for k, v in end_to_end(pairs):
+    via_prior: list[str] = []
+    loop_prior: list[str] = []
+    for k, v in strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)):
         lk = k.lower()
         if lk in strip:
             continue
@@ -197,7 +199,14 @@ def origin_request_headers(
             continue
         if lk.startswith(_FORWARDING_PREFIX) and not trusted_peer:
             continue
-        out.add(k, wire_text(v))
+        v = wire_text(v)
+        if lk == "via":
+            via_prior.append(v)  # extended, and sent last
+        elif lk == "cdn-loop" and cdn_loop:
+            loop_prior.append(v)
+        else:
+            kept.append((k, v))
+    out: CIMultiDict[str] = CIMultiDict(kept)
     ip = client_ip or "unknown"
     if mode in ("x-forwarded", "both"):
         xff = previous.get("x-forwarded-for")
@@ -210,14 +219,8 @@ def origin_request_headers(
             element += f";host={_forwarded_value(host)}"
         prior = previous.get("forwarded")
         out["Forwarded"] = ", ".join([*prior, element]) if prior else element
-    via_prior = out.getall("Via", [])
-    if via_prior:
-        del out["Via"]
     out["Via"] = ", ".join([*via_prior, via_value(version, via)])
     if cdn_loop:
-        loop_prior = out.getall("CDN-Loop", [])
-        if loop_prior:
-            del out["CDN-Loop"]
         out["CDN-Loop"] = ", ".join([*loop_prior, cdn_loop])
     return out
 
@@ -227,12 +230,13 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     """Headers to send downstream from an origin (or stored) response, whose values are
     held as octets (see `wire_text`)."""
-    out: CIMultiDict[str] = CIMultiDict()
+    kept: list[tuple[str, str]] = []
     via_prior: list[str] = []
-    for k, v in end_to_end(pairs):
+    for k, v in strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)):
         if k.lower() == "via":
             via_prior.append(wire_text(v))
         else:
-            out.add(k, wire_text(v))
+            kept.append((k, wire_text(v)))
+    out: CIMultiDict[str] = CIMultiDict(kept)
     out["Via"] = ", ".join([*via_prior, via_value(version, via)])
     return out

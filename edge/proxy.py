@@ -20,6 +20,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import Histogram
 from yarl import URL
 
 from edge import cache_policy as cp
@@ -107,6 +108,7 @@ class Proxy:
         )
         self._locator: GeoIPLocator | None = None
         self._date = (0, "")
+        self._latency_children: dict[str, Histogram] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -462,7 +464,7 @@ class Proxy:
                     timeout=self._timeout,
                     compress=None,
                     chunked=None,
-                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                    # skip_auto_headers: the session's (edge.app), not built per request.
                 )
                 if not final_status_ok(resp.status):
                     resp.close()
@@ -494,11 +496,19 @@ class Proxy:
                     level, "origin %s failed for %s %s: %s", origin.url, method, target, failure
                 )
                 continue
-            self.metrics.origin_latency.labels(origin.url).observe(time.monotonic() - start)
+            self._latency(origin.url).observe(time.monotonic() - start)
             return origin, resp
         if failure is None:
             raise OriginFailure(503, "no_healthy_origin")
         raise failure
+
+    def _latency(self, url: str) -> Histogram:
+        """The origin latency histogram of `url` (labels() takes a lock and builds a key:
+        looked up once per origin)."""
+        child = self._latency_children.get(url)
+        if child is None:
+            child = self._latency_children[url] = self.metrics.origin_latency.labels(url)
+        return child
 
     def finish_upstream(self, origin: Origin, resp: aiohttp.ClientResponse, ok: bool) -> None:
         resp.release() if ok else resp.close()

@@ -2,6 +2,7 @@
 
 import calendar
 
+from edge.cache_control import as_fields
 from edge.conditional import (
     evaluate,
     merge_headers,
@@ -164,3 +165,18 @@ def test_select_for_update_among_variants_by_weak_and_strong_tags() -> None:
     assert select_for_update(cands, [("ETag", 'W/"a"')]) == [0, 1]
     assert select_for_update(cands, [("ETag", '"a"')]) == [1]
     assert select_for_update(cands, [("ETag", '"c"')]) == []
+
+
+def test_hop_by_hop_stripping_reads_fields_as_it_reads_pairs() -> None:
+    """The Fields path (index, remembered answer) and the plain path agree."""
+    cases = [
+        (("Date", "x"), ("Connection", "keep-alive, X-A"), ("X-A", "1"), ("ETag", '"e"')),
+        (("Date", "x"), ("ETag", '"e"')),
+        (("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("Age", "3")),
+    ]
+    for pairs in cases:
+        plain = strip_hop_by_hop(pairs)
+        head = as_fields(pairs)
+        assert strip_hop_by_hop(head) == plain
+        assert strip_hop_by_hop(head) == plain  # the remembered answer
+        assert strip_hop_by_hop(plain) == plain

@@ -6,6 +6,8 @@ from multidict import CIMultiDict
 
 from edge.cache_control import (
     DELTA_SECONDS_MAX,
+    Fields,
+    as_fields,
     cache_control,
     field_value,
     field_values,
@@ -130,3 +132,30 @@ def test_parser_never_raises_and_names_are_lowercase_tokens(text: str) -> None:
         assert "," not in name and "=" not in name
     delta = d.delta("max-age")
     assert delta is None or -1 <= delta <= DELTA_SECONDS_MAX
+
+
+_field_names = st.sampled_from(["Date", "date", "Age", "Vary", "ETag", "X-A", "x-a", "Via"])
+_field_lines = st.lists(st.tuples(_field_names, st.text("ab ,=", max_size=6)), max_size=10)
+
+
+@given(_field_lines, st.sets(st.sampled_from(["date", "age", "x-a", "vary"])))
+def test_fields_answer_as_the_pairs_they_hold(
+    pairs: list[tuple[str, str]], dropped: set[str]
+) -> None:
+    """Fields read by name (their index) as a scan of the same pairs reads, and so do the
+    Fields that `without` and `plus` derive from them (their index derived, not rebuilt)."""
+    plain = tuple(pairs)
+    f = as_fields(plain)
+    assert f == plain and as_fields(f) is f
+    names = ["date", "AGE", "x-a", "vary", "etag", "via", "missing"]
+    for name in names:
+        assert field_values(f, name) == field_values(plain, name)
+    less = f.without(dropped)
+    kept = tuple(p for p in plain if p[0].lower() not in dropped)
+    assert less == kept and type(less) is Fields
+    more = less.plus("X-A", "z")
+    for name in names:
+        assert field_values(less, name) == field_values(kept, name)
+        assert field_values(more, name) == field_values((*kept, ("X-A", "z")), name)
+    # The index a derived Fields shares with its parent is never modified through it.
+    assert field_values(f, "x-a") == field_values(plain, "x-a")
