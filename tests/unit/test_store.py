@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import diskcache
@@ -833,3 +834,21 @@ async def test_concurrent_fills_share_write_transactions(tmp_path: Path) -> None
             assert r is not None and s.get_body(r) == body
         s._forget(en.key)  # type: ignore[union-attr]
         assert {e.variant for e in s.variants(en.key)} == {en.variant, de.variant}
+
+
+def test_a_recency_write_back_bigger_than_one_statement_stamps_every_row(tmp_path: Path) -> None:
+    # The write-back goes in statements of _STAMP_CHUNK keys: past one, every row read is
+    # still stamped, all with the same time, in one transaction.
+    from edge.store import _STAMP_CHUNK
+
+    clock = Clock()
+    count = _STAMP_CHUNK + 300  # two rows each: metadata and body, three statements
+    with Store(tmp_path, memory_bytes=0, clock=clock) as s:
+        stored = [s.put(entry(f"/r{i}"), b"r%d" % i) for i in range(count)]
+        clock.t += 30
+        assert all(e is not None and s.variants(e.key) for e in stored)
+        before = time.time()
+        assert s.flush_recency() == 2 * count
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        stamps = {t for (t,) in db.execute("SELECT access_time FROM Cache WHERE key LIKE '_:%/r%'")}
+    assert len(stamps) == 1 and stamps.pop() >= before
