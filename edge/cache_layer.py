@@ -690,20 +690,23 @@ class CacheLayer:
         out_pairs: tuple[tuple[str, str], ...],
         t_req: float,
         t_resp: float,
-    ) -> None:
-        """Store the body `writer` holds under the entry for `out_pairs`."""
+    ) -> cp.CacheEntry | None:
+        """Store the body `writer` holds under the entry for `out_pairs` (made now, so
+        stored now); the stored entry, or None."""
         entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
-        await self._commit_entry(writer, entry, _declared_length(creq.method, out_pairs))
+        return await self._commit_entry(writer, entry, _declared_length(creq.method, out_pairs))
 
     async def _commit_entry(
         self, writer: BodyWriter, entry: cp.CacheEntry, length: int | None
-    ) -> None:
-        """Store the body `writer` holds under `entry`.
+    ) -> cp.CacheEntry | None:
+        """Store the body `writer` holds under `entry`; the stored entry, or None.
 
         When the stored fields carry a Content-Length (`length`; no on-the-fly compression),
         the body must have exactly that length: a second guard after aiohttp's own against
         an origin that closed early."""
-        await self._commits.commit(writer, entry, writer.length if length is None else length)
+        return await self._commits.commit(
+            writer, entry, writer.length if length is None else length
+        )
 
     async def _stream_and_store(
         self,
@@ -862,10 +865,7 @@ class CacheLayer:
             proxy.finish_upstream(origin, upstream, ok=True)
             stored = None
             if len(body) == length and writer.write(body):
-                entry = replace(
-                    self._entry_for(creq, upstream, out_pairs, *times), stored_at=self.clock()
-                )
-                stored = await self._commits.commit(writer, entry, length)
+                stored = await self._commit(writer, creq, upstream, out_pairs, *times)
             else:
                 writer.abort()
         finally:

@@ -1108,12 +1108,7 @@ class Store:
         """A streaming BodyWriter, or None while the store is degraded."""
         if not self._writable():
             return None
-        limit = self.max_object_bytes if max_bytes is None else max_bytes
-        try:
-            return BodyWriter(self, limit)
-        except OSError as e:
-            self._write_failed(e)
-            return None
+        return BodyWriter(self, self.max_object_bytes if max_bytes is None else max_bytes)
 
     def commit_all(
         self, fills: Sequence[tuple[BodyWriter, CacheEntry, int]]
@@ -1196,7 +1191,8 @@ class Store:
         self._drop_body(bkey)
         with contextlib.suppress(sqlite3.Error, OSError, diskcache.Timeout):
             self._cache.delete(bkey)
-        for path in (fill.place, getattr(fill.body, "path", "")):
+        temp = fill.body.path if isinstance(fill.body, _CommittedFile) else ""
+        for path in (fill.place, temp):
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
