@@ -286,6 +286,8 @@ class Responder:
             if hit is not None and self._generations[hit[4]] == hit[5]:
                 observer = self._observer
                 if observer is not None:
+                    # _tell, inline: this is the cheapest answer there is (about 1 µs), and
+                    # a call is a measurable share of it.
                     if observer.detailed:
                         self._notify(hit[1], hit[3], client, hit[2])
                     else:
@@ -525,13 +527,8 @@ class Responder:
         self._exact.put(
             (wire[2:], tcp), (out[2:], reply, address, q.qtype, slot, generation, counted)
         )
-        observer = self._observer
-        if observer is not None:
-            if observer.detailed:
-                self._notify(reply, q.qtype, client, address)
-            else:
-                tally = observer.tally
-                tally[counted] = tally.get(counted, 0) + 1
+        if self._observer is not None:
+            self._tell(reply, q.qtype, client, address, counted)
         return out
 
     def _locate(self, ecs: ClientSubnet | None, client: IPAddress) -> Location | None:
