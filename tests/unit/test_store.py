@@ -21,7 +21,7 @@ import diskcache
 import pytest
 
 from edge.cache_policy import CacheEntry, CacheRequest, make_entry
-from edge.store import BodyWriter, Store
+from edge.store import BodyWriter, Store, _body_key
 
 T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,7 +253,7 @@ def test_streaming_writer(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "tmp") == []
 
 
-def test_a_small_body_is_held_in_memory_and_written_straight_to_its_file(tmp_path: Path) -> None:
+def test_a_small_body_is_held_in_memory_and_written_straight_to_its_row(tmp_path: Path) -> None:
     with Store(tmp_path, memory_object_max=100) as s:
         w = s.writer()
         assert w is not None
@@ -263,11 +263,58 @@ def test_a_small_body_is_held_in_memory_and_written_straight_to_its_file(tmp_pat
         e = w.commit(entry(), 100)
         assert e is not None
         assert w.read_at(95, 10) == b"bbbbb"  # readers of the fill go on after commit
-        (path,) = body_files(tmp_path)  # a file of its own, like a streamed big body
-        with open(path, "rb") as f:
-            assert f.read() == b"a" * 60 + b"b" * 40
-    with Store(tmp_path) as s:  # durable: read back by a new process's store
+        assert body_files(tmp_path) == []  # under diskcache's min_file_size: its row
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        ((value,),) = db.execute("SELECT value FROM Cache WHERE key LIKE 'b:%'")
+        assert value == b"a" * 60 + b"b" * 40
+    big = os.urandom(40_000)  # held too, but past min_file_size: a file of its own
+    with Store(tmp_path, memory_object_max=1 << 20) as s:  # durable: read by a new store
         assert s.get_body(e) == b"a" * 60 + b"b" * 40
+        w = s.writer()
+        assert w is not None and w.write(big) and os.listdir(tmp_path / "tmp") == []
+        e2 = w.commit(entry("/big"), len(big))
+        assert e2 is not None
+        (path,) = body_files(tmp_path)
+        with open(path, "rb") as f:
+            assert f.read() == big
+
+
+def test_bodies_go_to_256_directories_of_one_level_old_places_still_read(tmp_path: Path) -> None:
+    """A young cache must not make a directory per body (diskcache's two levels of 256
+    did: a mkdir on nearly every fill). A body filed under diskcache's layout by an
+    earlier version is still found: its name is in the database."""
+    old_dir = tmp_path / "ab" / "cd"
+    old_dir.mkdir(parents=True)
+    with Store(tmp_path, memory_object_max=40_000) as s:
+        bodies = {}
+        for i in range(600):
+            w = s.writer()  # a body held in memory, written straight to its file
+            body = b"%d" % i * (33_000 // len(b"%d" % i))
+            assert w is not None and w.write(body) and not w.reader_open
+            e = w.commit(entry(f"/{i}"), len(body))
+            assert e is not None
+            bodies[e] = body
+        spilled = s.writer()  # a body renamed into place from its temp file
+        assert spilled is not None and spilled.write(b"z" * 50_000) and spilled.reader_open
+        e = spilled.commit(entry("/spilled"), 50_000)
+        assert e is not None
+        bodies[e] = b"z" * 50_000
+        files = body_files(tmp_path)
+        assert len(files) == 601
+        dirs = {os.path.relpath(os.path.dirname(p), tmp_path) for p in files}
+        assert all(len(d) == 2 and "/" not in d for d in dirs)
+        assert 200 < len(dirs) <= 256
+        moved = files[0]  # as if written by diskcache's own layout
+        os.rename(moved, old_dir / os.path.basename(moved))
+        with sqlite3.connect(tmp_path / "cache.db") as db:
+            rel = os.path.relpath(moved, tmp_path)
+            db.execute(
+                "UPDATE Cache SET filename = ? WHERE filename = ?",
+                (f"ab/cd/{os.path.basename(moved)}", rel),
+            )
+    with Store(tmp_path, memory_object_max=0) as s:
+        for e, body in bodies.items():
+            assert s.get_body(e) == body
 
 
 def test_a_body_outgrowing_memory_spills_to_a_temp_file(tmp_path: Path) -> None:
@@ -358,6 +405,29 @@ def test_other_process_purge_seen_after_refresh(tmp_path: Path) -> None:
         b.purge_url("https://example.com/a")
         clock.t += 2
         assert a.variants("https://example.com/a") == ()
+
+
+def test_a_row_read_by_rowid_is_never_another_bodys_that_took_the_rowid(tmp_path: Path) -> None:
+    """A body read back from its row is read by rowid next time; SQLite gives the rowid
+    of a deleted last row to the next insert, so a stale rowid must not yield the new
+    row's bytes, even when they have the same length."""
+    with Store(tmp_path) as a, Store(tmp_path) as b:
+        old = a.put(entry("/old"), b"o" * 100)
+        assert old is not None
+        a._index.clear()  # as after a restart: the place is learnt by the first read
+        assert a.read_body(old) == b"o" * 100
+
+        def rowid(e: CacheEntry) -> int:
+            with sqlite3.connect(tmp_path / "cache.db") as db:
+                ((r,),) = db.execute("SELECT rowid FROM Cache WHERE key = ?", (_body_key(e),))
+                return int(r)
+
+        before = rowid(old)
+        assert b.purge_url(old.key) == 1  # another process: a does not know yet
+        new = b.put(entry("/new"), b"n" * 100)
+        assert new is not None and rowid(new) == before  # the rowid was given again
+        assert a.read_body(old) is None
+        assert a.read_body(new) == b"n" * 100
 
 
 def test_update_replaces_metadata(tmp_path: Path) -> None:
@@ -499,7 +569,8 @@ def test_non_blocking_peeks(tmp_path: Path) -> None:
         assert s.peek_single(e.key) == (got, None, None)  # in the index, body not read yet
         assert s.get_body(got) == b"peek"
         assert s.peek_variants(e.key) == (got,)
-        assert s.peek_body(got) == b"peek"
+        assert s.peek_body(got) is None  # read from its row again next time, not kept
+        assert s.get_body(got) == b"peek"
         clock.t += 2  # due for a check: nothing was taken away (the epoch did not move)
         assert s.peek_variants(e.key) == (got,)
         with Store(tmp_path) as other:  # another process purges it: the epoch moves
@@ -758,7 +829,7 @@ def test_commit_all_stores_several_fills_in_one_transaction(tmp_path: Path) -> N
         assert s.get_body(a) == bodies[0] and s.get_body(b) == bodies[1]
         assert s.variants(entry("/c").key) == ()
         assert s.stats().stores == 2 and os.listdir(tmp_path / "tmp") == []
-        assert len(body_files(tmp_path)) == 2
+        assert len(body_files(tmp_path)) == 1  # the spilled one; the held one is a row
         assert wal.stat().st_size > size
         with pytest.raises(ValueError):  # one fill per key: lists are read outside
             s.commit_all([(_writer(s, b"x"), entry("/d"), 1), (_writer(s, b"y"), entry("/d"), 1)])
