@@ -1063,9 +1063,14 @@ class Store:
                     data = os.read(fd, entry.body_length + 1)
                 finally:
                     os.close(fd)
-            else:
-                stored = self._reads.get(bkey)
-                data = stored if isinstance(stored, bytes) else None
+            else:  # a row this process wrote: found by key, then by rowid
+                found = self._reads.find(bkey)
+                if found is None or not isinstance(found[1], bytes):
+                    return None
+                rowid, data = found[0], found[1]
+                if len(data) == entry.body_length:
+                    with self._lock:
+                        self._index.put(bkey, rowid, _place_cost(bkey, rowid))
         except (sqlite3.Error, OSError, StoreError):
             return None
         return data if data is not None and len(data) == entry.body_length else None

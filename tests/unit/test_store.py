@@ -414,8 +414,12 @@ def test_a_row_read_by_rowid_is_never_another_bodys_that_took_the_rowid(tmp_path
     with Store(tmp_path) as a, Store(tmp_path) as b:
         old = a.put(entry("/old"), b"o" * 100)
         assert old is not None
+        assert a._index.get(_body_key(old)) == ""  # written here, its rowid not known yet
+        assert a.read_body(old) == b"o" * 100
+        assert isinstance(a._index.get(_body_key(old)), int)  # learnt by the first read
         a._index.clear()  # as after a restart: the place is learnt by the first read
         assert a.read_body(old) == b"o" * 100
+        assert isinstance(a._index.get(_body_key(old)), int)
 
         def rowid(e: CacheEntry) -> int:
             with sqlite3.connect(tmp_path / "cache.db") as db:
