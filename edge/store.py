@@ -85,6 +85,8 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
 
 
 def _is_full(exc: BaseException) -> bool:
+    if exc.__context__ is not None and _is_full(exc.__context__):
+        return True  # e.g. a ROLLBACK refused because SQLite had rolled back on SQLITE_FULL
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return True
     if isinstance(exc, sqlite3.DatabaseError):
@@ -1188,9 +1190,15 @@ class Store:
         begun: list[_Fill] = []
         try:
             with self._writing, self._cache.transact():
+                cache = self._cache
+                now = time.time()
                 for fill in fills:
                     begun.append(fill)
-                    self._stage(fill)
+                    self._stage(fill, now)
+                # Eviction once per transaction, not per row written: as much room as the
+                # Cache.set of each row would have made (cull_limit rows each).
+                with cache._transact() as (sql, cleanup):  # within ours: no BEGIN of its own
+                    cache._cull(now, sql, cleanup, limit=2 * cache.cull_limit * len(fills))
                 # Inside the transaction: a remove() of one of these keys (which forgets it
                 # from memory after its own transaction) cannot come in between.
                 for fill in fills:
@@ -1216,13 +1224,27 @@ class Store:
             self._move_epoch()  # other processes' lists may name a body just deleted
         return [fill.entry for fill in fills]
 
-    def _stage(self, fill: _Fill) -> None:
+    def _stage(self, fill: _Fill, now: float) -> None:
         """One fill's writes, inside _commit_fills' transaction: the body, then the
         key's variant list with it in (replacing its variant, the oldest pushed out past
-        max_variants), then its surrogate keys."""
+        max_variants), then its surrogate keys.
+
+        The body and the list are written with a statement or two each, not diskcache's
+        ``Cache.set`` (five statements and a cull per row: most of a fill's SQLite time),
+        into diskcache's table as it would write them."""
         entry = fill.entry
-        self._cache.set(_body_key(entry), fill.body)
-        fill.place = self._cache.disk.placed
+        cache = self._cache
+        sql = cache._sql
+        bkey = _body_key(entry)
+        size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
+        fill.place = cache.disk.placed
+        if not sql(self._INSERT, (bkey, now, now, size, mode, filename, value)).rowcount:
+            # These very bytes are stored already (the key names their digest): kept.
+            sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (now, bkey))
+            if fill.place:
+                with contextlib.suppress(OSError):
+                    os.unlink(fill.place)
+            fill.place = ""
         kept: list[CacheEntry] = []
         replaced: list[CacheEntry] = []
         for e in self._load_meta(entry.key):
@@ -1230,10 +1252,28 @@ class Store:
         kept.append(entry)
         while len(kept) > self._max_variants:
             replaced.append(kept.pop(0))
-        self._save_meta(entry.key, kept)
+        mkey = _meta_key(entry.key)
+        data = json.dumps([entry_to_dict(e) for e in kept], separators=(",", ":")).encode()
+        if not (
+            sql(self._RESTAMP_META, (now, now, data, mkey)).rowcount
+            or sql(self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)).rowcount
+        ):
+            cache.set(mkey, data)  # a list an older version wrote to a file: diskcache's way
         for tag in entry.surrogate_keys:
             self._add_tag(tag, entry.key)
         fill.kept, fill.replaced = tuple(kept), tuple(replaced)
+
+    # diskcache's own INSERT (Cache._row_insert) for a new row of a str key, or nothing
+    # when the key has one; and the update of a variant list kept in its row.
+    _INSERT = (
+        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+        " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, ?)"
+        " ON CONFLICT(key, raw) DO NOTHING"
+    )
+    _RESTAMP_META = (
+        "UPDATE Cache SET store_time = ?, access_time = ?, value = ? WHERE key = ? AND raw = 1"
+        f" AND mode = {diskcache.core.MODE_RAW} AND filename IS NULL"
+    )
 
     def _undo(self, fill: _Fill) -> None:
         """After a failed transaction: nothing of ``fill`` is left in memory, the index or

@@ -20,7 +20,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from edge.cache_policy import CacheEntry, CacheRequest, make_entry
+from edge.cache_policy import CacheEntry, CacheRequest, entry_to_dict, make_entry
 from edge.store import BodyWriter, Store, _body_key
 
 T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
@@ -432,6 +432,46 @@ def test_a_row_read_by_rowid_is_never_another_bodys_that_took_the_rowid(tmp_path
         assert new is not None and rowid(new) == before  # the rowid was given again
         assert a.read_body(old) is None
         assert a.read_body(new) == b"n" * 100
+
+
+def test_fills_keep_diskcaches_table_and_counts_as_cache_set_would(tmp_path: Path) -> None:
+    """Fills write diskcache's rows with their own statements: the same bytes stored
+    again keep one row (and no second file), a variant list an older version left in a
+    file is replaced with its file removed, and diskcache's count and size stay true."""
+    big = os.urandom(40_000)
+    with Store(tmp_path, memory_object_max=1 << 20) as s:
+        for _ in range(3):  # the same bytes three times: one body row, one file
+            w = s.writer()
+            assert w is not None and w.write(big)
+            assert w.commit(entry("/same"), len(big)) is not None
+            assert s.put(entry("/small"), b"s" * 100) is not None
+        assert len(body_files(tmp_path)) == 1
+        old_list = tmp_path / "old-list.val"  # as diskcache writes a value of 32 KiB and more
+        e = s.put(entry("/listed"), b"l")
+        assert e is not None
+        doc = json.dumps([entry_to_dict(e)]).encode()
+        old_list.write_bytes(doc)
+        with sqlite3.connect(tmp_path / "cache.db") as db:
+            db.execute(
+                "UPDATE Cache SET mode = 2, filename = ?, value = NULL, size = ? WHERE key = ?",
+                ("old-list.val", len(doc), "m:" + e.key),
+            )
+        assert s.put(entry("/listed"), b"L") is not None  # replaces the list in a file
+        assert not old_list.exists()
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        (rows,) = db.execute("SELECT COUNT(*) FROM Cache").fetchone()
+        (files,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM Cache").fetchone()
+        count, size = (
+            db.execute("SELECT value FROM Settings WHERE key = ?", (k,)).fetchone()[0]
+            for k in ("count", "size")
+        )
+        # 3 lists, 3 bodies, and the body the refused list named (left for eviction)
+        assert (count, size) == (rows, files) == (7, len(big))
+    with Store(tmp_path) as s:
+        (listed,) = s.variants(entry("/listed").key)
+        assert s.get_body(listed) == b"L"
+        (same,) = s.variants(entry("/same").key)
+        assert s.get_body(same) == big
 
 
 def test_update_replaces_metadata(tmp_path: Path) -> None:
