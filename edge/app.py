@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from edge import admin, aiohttp_internals, nodestats, tls
+from edge import admin, aiohttp_internals, collector, nodestats, tls
 from edge import cache_policy as cp
 from edge.accesslog import AccessLog
 from edge.aiohttp_internals import (
@@ -181,6 +181,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     else:
         prober.start()
     flusher = asyncio.create_task(_every(0.5, access_log.flush))
+    freezer = asyncio.create_task(collector.run())
     recency = None
     if cache is not None:
         # The store's LRU order: the entries read since the last time, stamped as used.
@@ -205,6 +206,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(follower, return_exceptions=True)
         prober.shutdown()
         flusher.cancel()
+        freezer.cancel()
         if recency is not None:
             recency.cancel()
             await asyncio.gather(recency, return_exceptions=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import shutil
@@ -41,6 +40,7 @@ import tempfile
 import time
 from dataclasses import replace
 
+from edge import collector
 from edge.config import (
     STREAM_ALGORITHMS,
     Address,
@@ -160,20 +160,6 @@ def _demo_origin(listen: str, name: str) -> int:
     return 0
 
 
-def _tune_gc() -> None:
-    """Keep the cycle collector's full passes off the request path.
-
-    The cache's index holds tens of thousands of long-lived objects; with Python's default
-    thresholds every full collection walks all of them (10-100 ms with the loop stopped:
-    it was the edge's whole p99 on random disk hits, 86 ms, 16 ms with collection off).
-    What exists once the process is set up (modules, config) is frozen out of collection;
-    young collections run every 50,000 allocations instead of 700 (a few ms each), and a
-    full pass waits for 100 older passes. Reference counting frees everything as before;
-    only garbage in reference cycles waits longer for its pass."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def _run(
     config: EdgeConfig,
     path: str | None,
@@ -191,7 +177,7 @@ def _run(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    _tune_gc()
+    collector.tune()
     try:
         asyncio.run(
             _serve(
