@@ -31,6 +31,8 @@ import contextlib
 import ipaddress
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -43,6 +45,7 @@ import maxminddb.errors
 
 from geo.errors import DatabaseError, GeoError
 from geo.location import IPAddress, IPNetwork, Location
+from geo.table import WALK, PlaceTable, table_path
 from geo.tree import Fields, Signature, Tree4, file_signature, record_fields
 
 log = logging.getLogger("geo")
@@ -139,9 +142,19 @@ class _NetworkCache:
 
 
 class _Database:
-    """One open database file with the result cache that belongs to it."""
+    """One open database file with the result cache and the /24 table that belong to it."""
 
-    __slots__ = ("cache", "ipv6", "reader", "signature", "tree", "warned")
+    __slots__ = (
+        "builder",
+        "cache",
+        "ipv6",
+        "reader",
+        "signature",
+        "table",
+        "table_done",
+        "tree",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -157,11 +170,26 @@ class _Database:
         self.cache = _NetworkCache(cache_size)
         self.tree = tree  # None: every IPv4 lookup goes to the C extension
         self.warned = False
+        self.table: PlaceTable | None = None  # the /24 table, once mapped (poll_table)
+        self.builder: subprocess.Popen[bytes] | None = None  # the process building it
+        self.table_done = False  # no (more) table to wait for: mapped, failed or off
 
     def close(self) -> None:
         self.reader.close()
         if self.tree is not None:
             self.tree.close()
+        if self.table is not None:
+            self.table.close()
+        builder = self.builder
+        if builder is not None:
+            self.builder = None
+            if builder.poll() is None:
+                builder.terminate()
+            try:
+                builder.communicate(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                builder.kill()
+                builder.communicate()
 
 
 def _open(path: Path, cache_size: int) -> _Database:
@@ -230,6 +258,8 @@ class GeoIPLocator:
     `overrides` are Locations whose `network` is the CIDR they cover (private and office
     networks); the most specific one containing the address wins, and its network is the one
     reported. `cache_size` bounds the result cache in networks; 0 turns it off.
+    `table_dir`: where the /24 tables (geo.table) of databases are kept; None: no table.
+    The table is brought in by `poll_table`, which the owner calls now and then.
 
     Raises DatabaseError when the database cannot be opened, GeoError on duplicate overrides.
     """
@@ -240,6 +270,7 @@ class GeoIPLocator:
         overrides: Iterable[Location] = (),
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        table_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if cache_size < 0:
             raise GeoError(f"cache_size must be >= 0, got {cache_size}")
@@ -247,7 +278,10 @@ class GeoIPLocator:
         self._overrides_list = tuple(overrides)
         self._overrides = _Overrides(self._overrides_list)
         self._cache_size = cache_size
+        self._table_dir = Path(table_dir) if table_dir is not None else None
         self._db = _open(self._path, cache_size)
+        if self._table_dir is None:
+            self._db.table_done = True
         self._failed: Signature | None = None
         self._reload_lock = threading.Lock()
 
@@ -294,6 +328,19 @@ class GeoIPLocator:
             if value & mask in by_network:
                 return None
         db = self._db
+        table = db.table
+        if table is not None:
+            try:
+                entry = table.entries[value >> 8]
+                prefix = entry & 31
+                if prefix != WALK:
+                    if not entry:  # nothing known
+                        return None
+                    at = entry >> 5
+                    coords = table.coords
+                    return coords[at], coords[at + 1], prefix
+            except ValueError:  # a reload closed it
+                return None
         tree = db.tree
         if tree is None:
             where = self.locate(ipaddress.IPv4Address(value))
@@ -394,6 +441,91 @@ class GeoIPLocator:
                 problem,
             )
 
+    @property
+    def table_ready(self) -> bool:
+        """Whether the open database's /24 table answers (see poll_table)."""
+        return self._db.table is not None
+
+    def poll_table(self) -> bool:
+        """Bring in the /24 table of the open database (geo.table): map its file when one is
+        there, else start a process building it and map the file once that is done. Call it
+        now and then (gslb.service does every second); cheap once the table is in. True when
+        a table was mapped by this call. Never raises: a failed build is logged and the
+        locator goes on without a table until the database changes."""
+        with self._reload_lock:  # not while a reload swaps or closes the database
+            db = self._db
+            if db.table_done or self._table_dir is None:
+                return False
+            builder = db.builder
+            if builder is not None:
+                if builder.poll() is None:
+                    return False
+                db.builder = None
+                _out, err = builder.communicate()
+                if builder.returncode != 0:
+                    db.table_done = True
+                    log.error(
+                        "GeoIP database %s: building its /24 table failed (exit %s): %s",
+                        self._path,
+                        builder.returncode,
+                        err.decode(errors="replace").strip()[-2000:],
+                    )
+                    return False
+            path = table_path(self._table_dir, self._path, db.signature)
+            try:
+                db.table = PlaceTable(path, self._path, db.signature)
+            except (OSError, DatabaseError) as exc:
+                if builder is not None:  # built, and still not usable
+                    db.table_done = True
+                    log.error("GeoIP database %s: its /24 table: %s", self._path, exc)
+                    return False
+                db.builder = self._start_build(db)
+                if db.builder is None:
+                    db.table_done = True
+                return False
+            db.table_done = True
+            log.info(
+                "GeoIP database %s: /24 table ready (%s, %d places)",
+                self._path,
+                path,
+                db.table.places,
+            )
+            return True
+
+    def _start_build(self, db: _Database) -> subprocess.Popen[bytes] | None:
+        """The process building `db`'s table (niced, ended with us), or None if none starts."""
+        assert self._table_dir is not None
+        root = str(Path(__file__).resolve().parent.parent)  # where the geo package is
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+        command = [
+            sys.executable,
+            "-m",
+            "geo.table",
+            "--cache-dir",
+            str(self._table_dir),
+            "--signature",
+            *map(str, db.signature),
+            "--nice",
+            "10",
+            "--parent",
+            str(os.getpid()),
+            str(self._path),
+        ]
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            log.error("GeoIP database %s: cannot build its /24 table: %s", self._path, exc)
+            return None
+        log.info("GeoIP database %s: building its /24 table (pid %d)", self._path, process.pid)
+        return process
+
     def maybe_reload(self) -> bool:
         """Reopen the database if its file changed (inode, size or mtime); True if swapped.
 
@@ -418,6 +550,7 @@ class GeoIPLocator:
                     "GeoIP database %s changed but cannot be used; keeping the old one", self._path
                 )
                 raise
+            new.table_done = self._table_dir is None
             old, self._db = self._db, new
             self._failed = None
             old.close()

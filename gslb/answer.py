@@ -58,6 +58,7 @@ meet old cache entries, and a new key never meets signatures made with the old o
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import struct
 import time
@@ -198,6 +199,10 @@ class _Plan:
 
 
 _StaticKey = tuple[bytes, int, int, Any, int]
+# A query shape of the cold path: its static key, plan, parse and number (see _placed)
+_Placeable = tuple[_StaticKey, _Plan, Query, int]
+# The cold path's memo: reply bytes between the ID and the ECS address, the reply, tally key
+_PlacedHit = tuple[bytes, _Reply, Tally]
 
 
 class Responder:
@@ -248,10 +253,15 @@ class Responder:
         # trailing /24 ECS address, tcp), what answering that query shape needs besides the
         # place: its static key, plan and parse. Only with a locator that has place4.
         self._place4 = locator.place4 if isinstance(locator, PlaceLocator) else None
-        self._placeable: FifoCache[tuple[bytes, bool], tuple[_StaticKey, _Plan, Query]] = FifoCache(
-            SHAPE_ENTRIES
-        )
+        self._placeable: FifoCache[tuple[bytes, bool], _Placeable] = FifoCache(SHAPE_ENTRIES)
         self._placeable_get = self._placeable.getter
+        self._shape_ids = itertools.count(1)
+        # ... and by (that shape's number, pool generation, place): the reply between its ID
+        # and its ECS address (the rest of the query is the shape's), the reply, its tally key
+        self._placed_memo: FifoCache[tuple[int, int, float, float, int], _PlacedHit] = FifoCache(
+            POOL_ENTRIES
+        )
+        self._placed_memo_get = self._placed_memo.getter
         self._exact_get = self._exact.getter
         self._exact_signed_get = self._exact_signed.getter
         self._static_get = self._static.getter
@@ -459,7 +469,9 @@ class Responder:
                     and q.options is None
                 ):
                     # Another client subnet in this query shape takes _placed from now on.
-                    self._placeable.put((wire[2:-3], tcp), (key, entry, q))
+                    shape = (wire[2:-3], tcp)
+                    if self._placeable_get(shape) is None:
+                        self._placeable.put(shape, (key, entry, q, next(self._shape_ids)))
             else:
                 pkey = (key, generation, where.network)
             reply = self._pooled_get(pkey)
@@ -490,7 +502,7 @@ class Responder:
         return out
 
     def _placed(
-        self, placeable: tuple[_StaticKey, _Plan, Query], wire: bytes, client: IPAddress, tcp: bool
+        self, placeable: _Placeable, wire: bytes, client: IPAddress, tcp: bool
     ) -> bytes | None:
         """The reply to a query of a shape answered before by a `nearest` pool, from the
         pool tier, or None when _answer must run (the place or the reply is not at hand).
@@ -501,8 +513,12 @@ class Responder:
         straight from the search tree, and the pool tier's key is made of those, so a new
         /24 at a place seen before costs a tree walk and a dict lookup: no parse, no
         address, network or Location object. Same key, same reply, same tier-1 entry and
-        observer call as _answer makes for this query."""
-        key, plan, q = placeable
+        observer call as _answer makes for this query.
+
+        A place seen before in this shape (under the pool's current generation) is cheaper
+        still: the reply's bytes between the ID and the ECS address are the same for every
+        query of the shape, so they are kept, and the reply is the ID, them and the address."""
+        key, plan, q, shape = placeable
         address = wire[-3:]
         value = int.from_bytes(address, "big") << 8
         assert self._place4 is not None
@@ -511,22 +527,30 @@ class Responder:
             return None
         slot = plan.slot
         generation = self._generations[slot]
-        pkey = (key, generation, *place)
-        reply = self._pooled_get(pkey)
-        if reply is None:  # a new place: the selection runs for it, as in _answer
-            # by_place: the selection reads the coordinates alone, the scope the prefix
-            latitude, longitude, prefix = place
-            network = ipaddress.IPv4Network((value >> (32 - prefix) << (32 - prefix), prefix))
-            where = Location(latitude, longitude, None, None, network)
-            reply = self._pool_reply(q, key, plan, where, key[4])
-            self._pooled.put(pkey, reply)
-            if self._observer is not None:
-                self._missed(plan.pool.pool.name)
-        out = self._patch(reply.wire, wire, q.question_end, address)
-        counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
-        self._exact.put(
-            (wire[2:], tcp), (out[2:], reply, address, q.qtype, slot, generation, counted)
-        )
+        latitude, longitude, prefix = place
+        mkey = (shape, generation, latitude, longitude, prefix)
+        hit = self._placed_memo_get(mkey)
+        if hit is not None:
+            middle, reply, counted = hit
+            rest = middle + address
+            out = wire[:2] + rest
+        else:
+            pkey = (key, generation, latitude, longitude, prefix)
+            pooled = self._pooled_get(pkey)
+            if pooled is None:  # a new place: the selection runs for it, as in _answer
+                # by_place: the selection reads the coordinates alone, the scope the prefix
+                network = ipaddress.IPv4Network((value >> (32 - prefix) << (32 - prefix), prefix))
+                where = Location(latitude, longitude, None, None, network)
+                pooled = self._pool_reply(q, key, plan, where, key[4])
+                self._pooled.put(pkey, pooled)
+                if self._observer is not None:
+                    self._missed(plan.pool.pool.name)
+            reply = pooled
+            out = self._patch(reply.wire, wire, q.question_end, address)
+            rest = out[2:]
+            counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
+            self._placed_memo.put(mkey, (rest[:-3], reply, counted))
+        self._exact.put((wire[2:], tcp), (rest, reply, address, q.qtype, slot, generation, counted))
         if self._observer is not None:
             self._tell(reply, q.qtype, client, address, counted)
         return out
