@@ -74,12 +74,12 @@ from geo.location import Location, Locator, PlaceLocator
 from gslb.config import GslbConfig
 from gslb.cookies import CookieJar, Verdict, new_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
-from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address
+from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address, scope_of
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Edge, HealthView, Policy, Selection, Tally
 from gslb.respcache import FifoCache
 from gslb.rrl import truncated
-from gslb.selection import select
+from gslb.selection import select, select_at
 from gslb.wire import COOKIE_CODE, NSID_CODE, Query, add_option, parse_query
 from gslb.zone import (
     AAAA,
@@ -537,11 +537,11 @@ class Responder:
         else:
             pkey = (key, generation, latitude, longitude, prefix)
             pooled = self._pooled_get(pkey)
-            if pooled is None:  # a new place: the selection runs for it, as in _answer
+            if pooled is None:  # a new place: the selection runs for it, as in _pool_reply
                 # by_place: the selection reads the coordinates alone, the scope the prefix
-                network = ipaddress.IPv4Network((value >> (32 - prefix) << (32 - prefix), prefix))
-                where = Location(latitude, longitude, None, None, network)
-                pooled = self._pool_reply(q, key, plan, where, key[4])
+                selection = select_at(plan.pool.pool, latitude, longitude, self._health)
+                scope = scope_of(q.ecs, prefix, selection.tailored)
+                pooled = self._selected(q, key, plan, selection, scope, key[4])
                 self._pooled.put(pkey, pooled)
                 if self._observer is not None:
                     self._missed(plan.pool.pool.name)
@@ -607,10 +607,16 @@ class Responder:
     def _pool_reply(
         self, q: Query, key: _StaticKey, plan: _Plan, where: Location | None, limit: int
     ) -> _Reply:
-        pa = plan.pool
-        selection: Selection = select(pa.pool, where, self._health)
-        edges = selection.edges or pa.pool.edges
+        selection: Selection = select(plan.pool.pool, where, self._health)
         scope = answer_scope(q.ecs, where, selection.tailored)
+        return self._selected(q, key, plan, selection, scope, limit)
+
+    def _selected(
+        self, q: Query, key: _StaticKey, plan: _Plan, selection: Selection, scope: int, limit: int
+    ) -> _Reply:
+        """The reply naming `selection`'s edges with ECS scope `scope`."""
+        pa = plan.pool
+        edges = selection.edges or pa.pool.edges
         names = tuple([e.name for e in edges])
         rkey = (key, names, scope)
         reply = self._rendered.get(rkey)

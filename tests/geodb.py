@@ -13,8 +13,10 @@ latitude/longitude gets no "location" (a network the database knows but cannot p
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,22 @@ def build_city_db(json_path: str | os.PathLike[str], out_path: str | os.PathLike
         out_path,
         description=spec.get("description", "GeoEdge test City database"),
     )
+
+
+@functools.cache
+def bundled_table_dir() -> Path:
+    """A directory holding the /24 table (geo.table) of the bundled GeoLite2 snapshot, built
+    once per test session in this process (about 10 s of CPU) and removed at exit."""
+    from geo.locator import default_database_path
+    from geo.table import build_table
+    from geo.tree import file_signature
+
+    holder = tempfile.TemporaryDirectory(prefix="geo-table-")
+    _KEEP.append(holder)
+    directory = Path(holder.name)
+    database = default_database_path()
+    build_table(database, file_signature(database), directory)
+    return directory
+
+
+_KEEP: list[tempfile.TemporaryDirectory[str]] = []
