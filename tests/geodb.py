@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,18 +110,14 @@ def build_city_db(json_path: str | os.PathLike[str], out_path: str | os.PathLike
 
 @functools.cache
 def bundled_table_dir() -> Path:
-    """A directory holding the /24 table (geo.table) of the bundled GeoLite2 snapshot, built
-    once per test session in this process (about 10 s of CPU) and removed at exit."""
+    """The default cache directory (a temporary one during tests: tests/conftest.py), once
+    it holds the /24 table (geo.table) of the bundled GeoLite2 snapshot: built in this
+    process, about 10 s of CPU, the first time a session asks."""
     from geo.locator import default_database_path
-    from geo.table import build_table
+    from geo.table import build_table, default_cache_dir
     from geo.tree import file_signature
 
-    holder = tempfile.TemporaryDirectory(prefix="geo-table-")
-    _KEEP.append(holder)
-    directory = Path(holder.name)
+    directory = default_cache_dir()
     database = default_database_path()
     build_table(database, file_signature(database), directory)
     return directory
-
-
-_KEEP: list[tempfile.TemporaryDirectory[str]] = []
