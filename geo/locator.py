@@ -18,6 +18,11 @@ language included, on every lookup (~10 us here). So:
   (first in, first out): no pause to empty it, no per-hit bookkeeping. Overrides are checked
   before it. It belongs to the open database and is replaced with it on reload, so a reload
   never serves stale answers. `cache_size=0` turns caching and the walk off.
+- `place4` (the DNS cold path: coordinates and prefix length, no objects) reads the /24
+  table of the database (geo.table) once `poll_table` has mapped it: one index per lookup,
+  no walk, no decode, for every /24 not split into smaller networks. The table belongs to
+  the open database like the cache: a reload drops it, and `poll_table` brings in the new
+  database's (mapping the file, or starting the process that builds it).
 
 Reloading is an atomic swap of one reference: `locate` reads that reference once per call,
 so a lookup sees either the old database or the new one, never a mix. Replace database files

@@ -30,8 +30,9 @@ Speed comes from caching encoded replies, in three tiers:
    The cold path (`_placed`): a query that differs from one answered before by a `nearest`
    pool only in its ID and its /24 ECS address (a resolver asking for a new client network)
    skips parsing and locating: the locator's `place4` reads the coordinates and the prefix
-   length of the GeoIP network from its search tree, which are the pool key, so a new
-   network at a place seen before costs a tree walk and a dict lookup.
+   length of the GeoIP network from its /24 table (or, until that is built, its search
+   tree), which are the pool key, so a new network at a place seen before costs a table
+   lookup and a dict lookup; the reply bytes are kept per query shape and place.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
@@ -510,9 +511,9 @@ class Responder:
         The cold path of a new client subnet: its /24 ECS address ends the query, so the
         shape gives everything else (static key, plan, parse) and the address only has to
         be placed. place4 gives the coordinates and the prefix length of the GeoIP network
-        straight from the search tree, and the pool tier's key is made of those, so a new
-        /24 at a place seen before costs a tree walk and a dict lookup: no parse, no
-        address, network or Location object. Same key, same reply, same tier-1 entry and
+        straight from the /24 table (or the search tree), and the pool tier's key is made of
+        those, so a new /24 at a place seen before costs a table lookup and a dict lookup: no
+        parse, no address, network or Location object. Same key, same reply, same tier-1 entry and
         observer call as _answer makes for this query.
 
         A place seen before in this shape (under the pool's current generation) is cheaper
