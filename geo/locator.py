@@ -344,7 +344,7 @@ class GeoIPLocator:
                     at = entry >> 5
                     coords = table.coords
                     return coords[at], coords[at + 1], prefix
-            except ValueError:  # a reload closed it
+            except (ValueError, IndexError):  # a reload closed it; a damaged file
                 return None
         tree = db.tree
         if tree is None:
