@@ -6,7 +6,8 @@ The query files are the ones bench/dns.sh writes (dnsperf's -B format) into benc
 with the gslb config it writes there; run bench/dns.sh once first. The responder is built as
 `gslb serve` builds it (GeoIP locator, health store, query metrics as the observer, the
 garbage collector tuned the same way), so the first N queries of q-ecs1m-p0010.bin measure
-the cold path: a new client /24 per query.
+the cold path: a new client /24 per query. It waits for the GeoIP /24 table (geo.table; built
+on the first run, mapped after) unless --no-table.
 
     .venv/bin/python bench/dnsprofile.py ecs1m-p0010 --queries 150000
     .venv/bin/python bench/dnsprofile.py static --profile tottime
@@ -57,6 +58,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("queries", help="query file key: static, ecs10k-p0010, ecs1m-p0010, ...")
     p.add_argument("--queries", dest="count", type=int, default=150_000, help="how many")
     p.add_argument("--profile", metavar="SORT", help="print cProfile's top 30 (tottime, ...)")
+    p.add_argument(
+        "--no-table",
+        action="store_true",
+        help="place client /24s by walking the GeoIP tree, without the /24 table (geo.table)",
+    )
     args = p.parse_args(argv)
     qfile = WORKDIR / f"q-{args.queries}.bin"
     config_file = WORKDIR / "gslb.toml"
@@ -65,7 +71,15 @@ def main(argv: list[str]) -> int:
     queries = read_queries(qfile, args.count)
     config = load_config(config_file)
     health = HealthStore(config_pools(config), config_edge_names(config))
-    responder = Responder(config, make_locator(config), health, observer=QueryMetrics())
+    locator = make_locator(config)
+    if not args.no_table:  # as a server does once the table is built: wait for it
+        deadline = time.monotonic() + 300.0
+        while not locator.table_ready and time.monotonic() < deadline:
+            locator.poll_table()
+            time.sleep(0.2)
+        if not locator.table_ready:
+            raise BenchError("the GeoIP /24 table did not become ready (see the log above)")
+    responder = Responder(config, locator, health, observer=QueryMetrics())
     respond = responder.respond
     client = ipaddress.IPv4Address("127.0.0.1")
     tune_gc()

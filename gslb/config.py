@@ -74,6 +74,8 @@ class LogConfig:
 class GeoConfig:
     database: Path | None = None  # None: the bundled GeoLite2 snapshot
     overrides: tuple[Location, ...] = ()  # each Location carries its network
+    table: bool = True  # build and map the database's /24 table (geo.table)
+    table_dir: Path | None = None  # where tables are kept; None: geo.table.default_cache_dir()
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,6 +626,13 @@ def _geo(t: _Table, base: Path) -> GeoConfig:
         path = Path(db) if Path(db).is_absolute() else base / db
         if not path.is_file():
             raise _Invalid(t.sub("database"), f"file {str(path)!r} does not exist")
+    table = t.get("table", bool, True)
+    table_dir = None
+    raw_dir = t.get("table_dir", str, None)
+    if raw_dir is not None:
+        table_dir = Path(raw_dir) if Path(raw_dir).is_absolute() else base / raw_dir
+        if table_dir.exists() and not table_dir.is_dir():
+            raise _Invalid(t.sub("table_dir"), f"{str(table_dir)!r} is not a directory")
     raw = t.get("override", list, [])
     overrides = []
     seen: dict[IPNetwork, int] = {}
@@ -649,7 +658,7 @@ def _geo(t: _Table, base: Path) -> GeoConfig:
         )
         o.done()
     t.done()
-    return GeoConfig(path, tuple(overrides))
+    return GeoConfig(path, tuple(overrides), table, table_dir)
 
 
 def _address(t: _Table, name: str, parse: Callable[[str], Any]) -> Any:

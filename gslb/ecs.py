@@ -120,7 +120,11 @@ def answer_scope(ecs: ClientSubnet | None, where: Location | None, tailored: boo
     The decision saw at most the capped prefix of the subnet: a longer GeoIP network would
     tell resolvers the answer was made for a part of the /24 (/56) that the address we
     looked up may not even lie in."""
-    if ecs is None or not ecs.source or not tailored or where is None:
+    return scope_of(ecs, None if where is None else where.network.prefixlen, tailored)
+
+
+def scope_of(ecs: ClientSubnet | None, prefix: int | None, tailored: bool) -> int:
+    """answer_scope from the prefix length of the GeoIP network (None: not located)."""
+    if ecs is None or not ecs.source or not tailored or prefix is None:
         return 0
-    cap = CAP_IPV4 if ecs.family == FAMILY_IPV4 else CAP_IPV6
-    return min(where.network.prefixlen, cap)
+    return min(prefix, CAP_IPV4 if ecs.family == FAMILY_IPV4 else CAP_IPV6)

@@ -91,6 +91,7 @@ class QueryMetrics:
         "buckets",
         "detailed",
         "dropped",
+        "geo_table",
         "latency_sum",
         "pool_misses",
         "rrl_dropped",
@@ -110,6 +111,7 @@ class QueryMetrics:
         self.latency_sum = 0.0
         self.dropped = 0
         self.tcp_open = 0  # TCP connections open now (a gauge, kept by the server adapter)
+        self.geo_table = 0  # 1 while the GeoIP /24 table answers (a gauge, gslb.service)
         self.rrl_dropped = 0  # UDP replies response rate limiting withheld (gslb.rrl)
         self.rrl_slipped = 0  # ... and sent truncated instead
         self._log = query_log
@@ -201,13 +203,21 @@ class QueryMetrics:
             "latency_count": sum(self.buckets),
             "dropped": self.dropped,
             "tcp_open": self.tcp_open,
+            "geo_table": self.geo_table,
             "rrl_dropped": self.rrl_dropped,
             "rrl_slipped": self.rrl_slipped,
         }
 
 
 # The integer totals of an export, summed over the workers.
-_SUMMED: Final = ("latency_count", "dropped", "tcp_open", "rrl_dropped", "rrl_slipped")
+_SUMMED: Final = (
+    "latency_count",
+    "dropped",
+    "tcp_open",
+    "geo_table",
+    "rrl_dropped",
+    "rrl_slipped",
+)
 
 
 def merge_exports(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -286,6 +296,13 @@ class MetricsCollector(Collector):
         tcp = GaugeMetricFamily("gslb_tcp_connections", "DNS TCP connections open now")
         tcp.add_metric([], float(data.get("tcp_open", 0)))
         yield tcp
+        table = GaugeMetricFamily(
+            "gslb_geo_table_processes",
+            "DNS processes placing client /24s from the GeoIP /24 table (built in the "
+            "background after a start or a database change; the others walk the tree)",
+        )
+        table.add_metric([], float(data.get("geo_table", 0)))
+        yield table
         raw = list(data.get("buckets", [0] * (len(LATENCY_BUCKETS) + 1)))
         cumulative: list[tuple[str, float]] = []
         running = 0

@@ -140,6 +140,15 @@ def select(pool: Pool, where: Location | None, health: HealthView) -> Selection:
     return _choose(_view(pool, health), where)
 
 
+def select_at(pool: Pool, latitude: float, longitude: float, health: HealthView) -> Selection:
+    """`select` for a client at these coordinates, for a `nearest` pool (whose answer depends
+    on the coordinates alone): the DNS cold path, which has no Location to hand."""
+    if pool.policy is Policy.WEIGHTED:
+        raise ValueError(f"pool {pool.name!r}: a weighted pool's answer needs the network")
+    view = _view(pool, health)
+    return view.fixed if view.fixed is not None else _at(view, latitude, longitude)
+
+
 def _choose(view: _View, where: Location | None) -> Selection:
     """The per-client half of a decision: what `select` and `explain` both run."""
     pool = view.pool
@@ -150,11 +159,16 @@ def _choose(view: _View, where: Location | None) -> Selection:
         return view.untailored
     if pool.policy is Policy.WEIGHTED:
         return _weighted(view, where)
-    key = (where.latitude, where.longitude)
+    return _at(view, where.latitude, where.longitude)
+
+
+def _at(view: _View, latitude: float, longitude: float) -> Selection:
+    """The nearest-policy answer at these coordinates, memoized per view."""
+    key = (latitude, longitude)
     memo = view.memo
     hit = memo.get(key)
     if hit is None:
-        hit = _nearest(view, where)
+        hit = _nearest(view, latitude, longitude)
         if len(memo) >= _MEMO_MAX:
             memo.clear()
         memo[key] = hit
@@ -286,15 +300,14 @@ def _unit(lat: float, lon: float) -> tuple[float, float, float]:
     return (c * math.cos(q), c * math.sin(q), math.sin(p))
 
 
-def _nearest(view: _View, where: Location) -> Selection:
+def _nearest(view: _View, lat: float, lon: float) -> Selection:
     # Ordering by great-circle distance is ordering by the cosine of the central angle, i.e.
     # the dot product of unit vectors (largest first): no trigonometry per edge.
-    cx, cy, cz = _unit(where.latitude, where.longitude)
+    cx, cy, cz = _unit(lat, lon)
     count = max(1, view.pool.answers)
     candidates = view.candidates
     cells = view.cells
     if cells is not None:
-        lat, lon = where.latitude, where.longitude
         cell = _cell_index(lat, lon, _CELL_DEGREES)
         found = cells.get(cell)
         if found is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from geo.errors import GeoError
 from geo.locator import GeoIPLocator
+from geo.table import default_cache_dir
 from gslb.answer import Responder
 from gslb.config import GslbConfig, example_config, load_config
 from gslb.cookies import new_secret
@@ -33,6 +34,7 @@ log = logging.getLogger("gslb")
 __all__ = ["ConfigSource", "DnsRuntime", "config_pools", "listen_addresses"]
 
 GEO_CHECK_INTERVAL = 60.0  # seconds between GeoIP file checks
+TABLE_POLL_INTERVAL = 1.0  # seconds between looks at a GeoIP /24 table being built
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,9 @@ def tcp_limits(config: GslbConfig) -> TcpLimits:
 
 
 def make_locator(config: GslbConfig) -> GeoIPLocator:
-    return GeoIPLocator(config.geo.database, config.geo.overrides)
+    geo = config.geo
+    table_dir = (geo.table_dir or default_cache_dir()) if geo.table else None
+    return GeoIPLocator(geo.database, geo.overrides, table_dir=table_dir)
 
 
 class DnsRuntime:
@@ -108,6 +112,7 @@ class DnsRuntime:
             metrics = QueryMetrics(query_log=sys.stderr if config.log.query_log else None)
         self.metrics = metrics
         self.locator = make_locator(config)
+        self.poll_geo()  # a table built before (by an earlier start) answers from the start
         self._cookie_secret = cookie_secret if cookie_secret is not None else new_secret()
         responder = self._responder(config, self.locator)
         self.server = DnsServer(
@@ -154,6 +159,7 @@ class DnsRuntime:
         if isinstance(self.metrics, QueryMetrics):
             self.metrics.set_query_log(sys.stderr if config.log.query_log else None)
         old_locator.close()
+        self.poll_geo()
         if on_config is not None:
             on_config(config)
         log.info("reloaded config %s", self.source.describe())
@@ -174,6 +180,14 @@ class DnsRuntime:
             return
         if changed:
             self.server.responder = self._responder(self.config, self.locator)
+            self.poll_geo()
+
+    def poll_geo(self) -> None:
+        """Map the GeoIP database's /24 table once it is built (GeoIPLocator.poll_table):
+        called at start, after a swap, and every TABLE_POLL_INTERVAL. Until then the cold
+        path walks the search tree; answers are the same either way."""
+        self.locator.poll_table()
+        self.metrics.geo_table = int(self.locator.table_ready)
 
 
 def bind_all(addresses: Iterable[tuple[str, int]]) -> list[BoundPair]:

@@ -61,6 +61,7 @@ from gslb.poller import EdgePoller
 from gslb.server import BoundPair, format_addr
 from gslb.service import (
     GEO_CHECK_INTERVAL,
+    TABLE_POLL_INTERVAL,
     ConfigSource,
     DnsRuntime,
     api_address,
@@ -198,13 +199,18 @@ async def serve_single(
 
         stopper = _Stopper(lambda: runtime.reload(on_config=on_config))
         log.info("gslb ready (1 process, %s, config %s)", _loop_name(), source.describe())
-        geo_task = asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo))
+        geo_tasks = [
+            asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo)),
+            asyncio.create_task(_every(TABLE_POLL_INTERVAL, runtime.poll_geo)),
+        ]
         try:
             await stopper.event.wait()
         finally:
-            geo_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await geo_task
+            for task in geo_tasks:
+                task.cancel()
+            for task in geo_tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await poller.close()
         if runner is not None:
@@ -566,6 +572,7 @@ async def _worker_main(
             )
         )
         tasks.append(asyncio.create_task(_every(GEO_CHECK_INTERVAL, runtime.refresh_geo)))
+        tasks.append(asyncio.create_task(_every(TABLE_POLL_INTERVAL, runtime.poll_geo)))
         await stopper.event.wait()
         send({"type": "metrics", "data": runtime.metrics.export()})
     finally:

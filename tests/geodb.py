@@ -13,6 +13,7 @@ latitude/longitude gets no "location" (a network the database knows but cannot p
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -105,3 +106,18 @@ def build_city_db(json_path: str | os.PathLike[str], out_path: str | os.PathLike
         out_path,
         description=spec.get("description", "GeoEdge test City database"),
     )
+
+
+@functools.cache
+def bundled_table_dir() -> Path:
+    """The default cache directory (a temporary one during tests: tests/conftest.py), once
+    it holds the /24 table (geo.table) of the bundled GeoLite2 snapshot: built in this
+    process, about 10 s of CPU, the first time a session asks."""
+    from geo.locator import default_database_path
+    from geo.table import build_table, default_cache_dir
+    from geo.tree import file_signature
+
+    directory = default_cache_dir()
+    database = default_database_path()
+    build_table(database, file_signature(database), directory)
+    return directory

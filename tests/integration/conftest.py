@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.geodb import bundled_table_dir
 from tests.integration.fleet_helpers import Fleet, cacheable, running_fleet
 from tests.integration.gslb_helpers import GslbProcess, write_config
 from tests.integration.status_helpers import LoopThread
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bundled_table() -> Path:
+    """Servers on the bundled GeoIP database map its /24 table at start, as after their
+    first start in production, rather than each starting a build their stop then ends."""
+    return bundled_table_dir()
 
 
 @pytest.fixture(scope="module")

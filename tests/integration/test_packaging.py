@@ -143,6 +143,7 @@ def test_gslb_unit(tmp_path: Path, started: Started) -> None:
     unit = service_lines(SYSTEMD / "geoedge-gslb.service")
     assert unit["User"] == ["geoedge"] and unit["Restart"] == ["on-failure"]
     assert unit["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    assert unit["CacheDirectory"] == ["geoedge-gslb"]  # the GeoIP /24 tables
     inputs = next(v for v in hetzner_nodes(False).values() if v["role"] == "gslb")
     port = 53 if port_53_free() else free_port(socket.SOCK_DGRAM)
     api = free_port()

@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import dns.message
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from geo.locator import GeoIPLocator
 from gslb.answer import Responder
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
+from tests.geodb import bundled_table_dir
 from tests.unit.answer_support import Recorder, addresses, make_config, query
 
 # An office network placed in Tokyo by an override: the override wins over the database,
@@ -45,15 +47,21 @@ class PlainLocator:
 
 
 @functools.cache
-def locators() -> tuple[GeoIPLocator, GeoIPLocator]:
-    return GeoIPLocator(overrides=[TOKYO]), GeoIPLocator(overrides=[TOKYO])
+def locators() -> tuple[GeoIPLocator, GeoIPLocator, GeoIPLocator]:
+    """(walking the search tree, the same for the full path, with the /24 table)."""
+    tabled = GeoIPLocator(overrides=[TOKYO], table_dir=bundled_table_dir())
+    tabled.poll_table()  # built already: mapped at once
+    assert tabled.table_ready
+    return GeoIPLocator(overrides=[TOKYO]), GeoIPLocator(overrides=[TOKYO]), tabled
 
 
-def pair() -> tuple[Responder, Responder, HealthStore, Recorder]:
-    """(cold-path responder, full-path responder, their shared health, the first's observer)."""
+def pair(tabled: bool = False) -> tuple[Responder, Responder, HealthStore, Recorder]:
+    """(cold-path responder, full-path responder, their shared health, the first's observer);
+    `tabled`: the cold path places /24s from the /24 table (geo.table), else by the walk."""
     cfg = make_config()
     health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
-    placed, plain = locators()
+    walking, plain, table = locators()
+    placed = table if tabled else walking
     recorder = Recorder()
     fast = Responder(cfg, placed, health, observer=recorder)
     slow = Responder(cfg, PlainLocator(plain), health)
@@ -61,8 +69,8 @@ def pair() -> tuple[Responder, Responder, HealthStore, Recorder]:
 
 
 @functools.cache
-def shared() -> tuple[Responder, Responder, HealthStore, Recorder]:
-    return pair()
+def shared(tabled: bool) -> tuple[Responder, Responder, HealthStore, Recorder]:
+    return pair(tabled)
 
 
 def with_address(wire: bytes, qid: int, address: bytes) -> bytes:
@@ -87,11 +95,12 @@ def with_address(wire: bytes, qid: int, address: bytes) -> bytes:
         min_size=1,
         max_size=40,
     ),
+    tabled=st.booleans(),
 )
 def test_the_cold_path_sends_what_the_full_path_sends(
-    name: str, tcp: bool, asks: list[tuple[int, bytes]]
+    name: str, tcp: bool, asks: list[tuple[int, bytes]], tabled: bool
 ) -> None:
-    fast, slow, _, _ = shared()
+    fast, slow, _, _ = shared(tabled)
     first = query(f"{name}.example.test.", ecs=PARIS_NET, rd=False)  # a place: registers
     client = ipaddress.ip_address("192.0.2.1")
     for qid, address in [(7, first[-3:]), *asks]:
@@ -102,8 +111,9 @@ def test_the_cold_path_sends_what_the_full_path_sends(
     assert len(slow._placeable) == 0
 
 
-def test_many_networks_answer_alike_and_mostly_through_the_cold_path() -> None:
-    fast, slow, _, recorder = pair()
+@pytest.mark.parametrize("tabled", [False, True])
+def test_many_networks_answer_alike_and_mostly_through_the_cold_path(tabled: bool) -> None:
+    fast, slow, _, recorder = pair(tabled)
     rnd = random.Random(20261202)
     first = query("www.example.test.", ecs=PARIS_NET)
     client = ipaddress.ip_address("192.0.2.1")
@@ -125,8 +135,9 @@ def test_many_networks_answer_alike_and_mostly_through_the_cold_path() -> None:
     assert len(recorder.calls) == 3001  # and the observer heard of every one
 
 
-def test_place4_says_what_locate_says() -> None:
-    locator = locators()[0]
+@pytest.mark.parametrize("which", [0, 2])
+def test_place4_says_what_locate_says(which: int) -> None:
+    locator = locators()[which]
     rnd = random.Random(7)
     values = [rnd.getrandbits(32) for _ in range(5000)]
     values += [int(ipaddress.IPv4Address(a)) for a in (LONDON_NET, PARIS_NET, "10.0.0.1")]
@@ -163,8 +174,9 @@ def test_place4_agrees_on_the_fixture_database_and_without_the_walk(geo_db: Path
         locator.close()
 
 
-def test_a_health_change_reaches_answers_of_the_cold_path() -> None:
-    fast, slow, health, recorder = pair()
+@pytest.mark.parametrize("tabled", [False, True])
+def test_a_health_change_reaches_answers_of_the_cold_path(tabled: bool) -> None:
+    fast, slow, health, recorder = pair(tabled)
     first = query("www.example.test.", ecs=PARIS_NET)
     client = ipaddress.ip_address("192.0.2.1")
 
@@ -214,7 +226,7 @@ def test_counting_replies_in_the_tally_counts_what_telling_each_one_counts(
     # counters must come out the same.
     cfg = make_config()
     health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
-    placed, _ = locators()
+    placed = locators()[2]
     log = io.StringIO()
     counting, telling = QueryMetrics(), QueryMetrics(query_log=log)
     responders = [

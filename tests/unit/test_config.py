@@ -100,6 +100,7 @@ query_log = true
 
 [geo]
 database = "city.mmdb"
+table_dir = "tables"
 [[geo.override]]
 network = "10.0.0.0/8"
 latitude = 50.11
@@ -116,6 +117,7 @@ continent = "EU"
     assert cfg.api.listen == ("::1", 8080)
     assert cfg.log.level == "debug" and cfg.log.query_log
     assert cfg.geo.database == db
+    assert cfg.geo.table and cfg.geo.table_dir == tmp_path / "tables"
     (override,) = cfg.geo.overrides
     assert override.network == ipaddress.ip_network("10.0.0.0/8")
     assert (override.country, override.continent) == ("DE", "EU")
@@ -323,6 +325,11 @@ def test_errors_name_file_key_and_problem(old: str, new: str, message: str) -> N
             '[[geo.override]]\nnetwork = "10.0.0.0/8"\nlatitude = 1\nlongitude = 2\n'
             'country = "DEU"',
             "bad.toml: geo.override[0].country: 'DEU' is not a two-letter code",
+        ),
+        ('[geo]\ntable = "yes"', "bad.toml: geo.table: must be a boolean"),
+        (
+            '[geo]\ntable_dir = "/dev/null"',
+            "bad.toml: geo.table_dir: '/dev/null' is not a directory",
         ),
         ("[tuning]\nx = 1", "bad.toml: tuning: unknown key"),
         ("server = 5", "bad.toml: server: must be a table, not an integer"),
