@@ -135,6 +135,33 @@ def test_many_networks_answer_alike_and_mostly_through_the_cold_path(tabled: boo
     assert len(recorder.calls) == 3001  # and the observer heard of every one
 
 
+def test_a_cold_query_enters_the_exact_tier_when_it_comes_again() -> None:
+    """A stream of new /24s would make an insert and an eviction in the exact tier per
+    query: a cold-path answer is kept there only for a query seen before, and the second
+    answer of the same query (another ID) keeps the same bytes either way."""
+    fast, slow, _, _ = pair(tabled=True)
+    client = ipaddress.ip_address("192.0.2.1")
+    first = query("www.example.test.", ecs=PARIS_NET)
+    fast.respond(first, client, tcp=False)  # the full path: registers the shape
+    before = len(fast._exact)
+    rnd = random.Random(7)
+    wires = [with_address(first, i, rnd.getrandbits(24).to_bytes(3, "big")) for i in range(1, 400)]
+    for wire in wires:
+        assert fast.respond(wire, client, tcp=False) == slow.respond(wire, client, tcp=False)
+    once = len(fast._exact) - before
+    assert once < 100  # the full path's answers (no place at hand: no GeoIP data there)
+    for i, wire in enumerate(wires):  # again, with other IDs
+        again = (i + 1000).to_bytes(2, "big") + wire[2:]
+        assert fast.respond(again, client, tcp=False) == slow.respond(again, client, tcp=False)
+    assert len(fast._exact) - before > 380  # now kept
+    exact_hits = 0
+    for i, wire in enumerate(wires):  # a third time: from the exact tier
+        third = (i + 2000).to_bytes(2, "big") + wire[2:]
+        exact_hits += fast._exact.get((third[2:], False)) is not None
+        assert fast.respond(third, client, tcp=False) == slow.respond(third, client, tcp=False)
+    assert exact_hits > 380
+
+
 @pytest.mark.parametrize("which", [0, 2])
 def test_place4_says_what_locate_says(which: int) -> None:
     locator = locators()[which]
