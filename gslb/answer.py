@@ -113,10 +113,10 @@ POOL_ENTRIES: Final = 200_000
 RENDER_ENTRIES: Final = 50_000
 CLIENT_TEXTS: Final = 4096
 SHAPE_ENTRIES: Final = 4096
-# The cold path's once-seen filter: 2**21 bytes, renewed after 2**19 first sightings (a
-# quarter full at most, so at most a quarter of first sightings pass for second ones).
-_SEEN_BITS: Final = 1 << 21
-_SEEN_MASK: Final = _SEEN_BITS - 1
+# The cold path's once-seen filter: 2**21 one-byte slots (2 MiB), renewed after 2**19 first
+# sightings (a quarter full at most: at most a quarter of first sightings pass for second).
+_SEEN_SLOTS: Final = 1 << 21
+_SEEN_MASK: Final = _SEEN_SLOTS - 1
 _SEEN_RESET: Final = 1 << 19
 # The longest query whose bytes key a cache (tiers 1 and the parsed-shape memo). Entries are
 # bounded in number, so a key's size bounds their memory: a query can carry up to 64 KiB of
@@ -268,11 +268,11 @@ class Responder:
             POOL_ENTRIES
         )
         self._placed_memo_get = self._placed_memo.getter
-        # Which cold-path queries were seen once (a bit per hash of the query past its ID,
+        # Which cold-path queries were seen once (a byte per hash of the query past its ID,
         # forgotten every _SEEN_RESET admissions): one goes into the exact tier only when
         # seen again, so a stream of new /24s does not churn it (an insert and an eviction
         # per query), while a /24 that asks twice is answered from it from then on.
-        self._seen = bytearray(_SEEN_BITS)
+        self._seen = bytearray(_SEEN_SLOTS)
         self._seen_count = 0
         self._exact_get = self._exact.getter
         self._exact_signed_get = self._exact_signed.getter
@@ -570,7 +570,7 @@ class Responder:
             self._seen[seen] = 1
             self._seen_count += 1
             if self._seen_count >= _SEEN_RESET:
-                self._seen = bytearray(_SEEN_BITS)
+                self._seen = bytearray(_SEEN_SLOTS)
                 self._seen_count = 0
         if self._observer is not None:
             self._tell(reply, q.qtype, client, address, counted)
