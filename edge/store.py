@@ -425,6 +425,11 @@ def _place_cost(bkey: str, place: Place) -> int:
     return 96 + len(bkey) + (len(place) if isinstance(place, str) else 32)
 
 
+def _meta_json(entries: Iterable[CacheEntry]) -> bytes:
+    """A key's variant list as its metadata row holds it."""
+    return json.dumps([entry_to_dict(e) for e in entries], separators=(",", ":")).encode()
+
+
 def _meta_key(key: str) -> str:
     return "m:" + key
 
@@ -916,8 +921,7 @@ class Store:
 
     def _save_meta(self, key: str, entries: list[CacheEntry]) -> None:
         if entries:
-            data = json.dumps([entry_to_dict(e) for e in entries], separators=(",", ":"))
-            self._cache.set(_meta_key(key), data.encode())
+            self._cache.set(_meta_key(key), _meta_json(entries))
         else:
             self._cache.delete(_meta_key(key))
 
@@ -1253,7 +1257,7 @@ class Store:
         while len(kept) > self._max_variants:
             replaced.append(kept.pop(0))
         mkey = _meta_key(entry.key)
-        data = json.dumps([entry_to_dict(e) for e in kept], separators=(",", ":")).encode()
+        data = _meta_json(kept)
         if not (
             sql(self._RESTAMP_META, (now, now, data, mkey)).rowcount
             or sql(self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)).rowcount
