@@ -102,17 +102,20 @@ def walker(buf: mmap.mmap, record_size: int, node_count: int) -> Walk:
     """walk(node, value, depth, stop): follow the bits of the IPv4 address `value` from
     `depth` until a leaf (a record value >= node_count) or `stop`; (record value, depth).
 
-    One function per record size with the node read inlined: this loop is the lookup."""
-    if record_size == 24:
+    One function per record layout with the node read inlined: this loop is the lookup.
+    Records of 24 and 32 bits are whole bytes (a node is two of them); 28-bit records share
+    a middle byte's halves."""
+    if record_size in (24, 32):
+        width = record_size // 8
 
-        def walk24(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
+        def walk_bytes(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
             while depth < stop and node < node_count:
-                off = node * 6 + ((value >> (31 - depth)) & 1) * 3
-                node = int.from_bytes(buf[off : off + 3], "big")
+                off = (2 * node + ((value >> (31 - depth)) & 1)) * width
+                node = int.from_bytes(buf[off : off + width], "big")
                 depth += 1
             return node, depth
 
-        return walk24
+        return walk_bytes
     if record_size == 28:
 
         def walk28(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
@@ -128,16 +131,6 @@ def walker(buf: mmap.mmap, record_size: int, node_count: int) -> Walk:
             return node, depth
 
         return walk28
-    if record_size == 32:
-
-        def walk32(node: int, value: int, depth: int, stop: int) -> tuple[int, int]:
-            while depth < stop and node < node_count:
-                off = node * 8 + ((value >> (31 - depth)) & 1) * 4
-                node = int.from_bytes(buf[off : off + 4], "big")
-                depth += 1
-            return node, depth
-
-        return walk32
     raise DatabaseError(f"unsupported search tree record size {record_size}")
 
 
