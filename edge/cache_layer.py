@@ -142,7 +142,7 @@ class CacheLayer:
 
     async def close(self) -> None:
         await self.hits.close()
-        await self._commits.close()
+        await self._commits.drained()
         await asyncio.to_thread(self.store.close)
 
     def status(self) -> dict[str, Any]:
@@ -158,6 +158,7 @@ class CacheLayer:
         }
 
     async def purge(self, kind: str, value: str) -> int:
+        await self._commits.drained()
         if kind == "url":
             parts = urlsplit(value)
             key = cp.cache_key(parts.scheme or "http", parts.netloc, origin_form(value))
@@ -177,6 +178,8 @@ class CacheLayer:
     ) -> None:
         creq = self._cache_request(request, target)
         keys = cp.invalidation_keys(creq, resp.status, tuple(resp.headers.items()))
+        if keys:
+            await self._commits.drained()
         for key in keys:
             try:
                 await asyncio.to_thread(self.store.remove, key)
@@ -283,6 +286,15 @@ class CacheLayer:
         if not collapsible or ("range" in names and not whole):
             return await self._fetch(proxy, request, creq, target, fwd, None, variants)
         leader = self._inflight.get(key)
+        if leader is not None and leader.answered:
+            # Its response is being committed: answered as once it is (the entry may well
+            # be stale on arrival, so revalidated), or else from the origin.
+            self._commits.hurry()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(leader.done), self._collapse_wait)
+            if leader.done.done():
+                return await self.serve(proxy, request, target)
+            return await self._fetch(proxy, request, creq, target, fwd, None, variants)
         if leader is not None:
             return await self._follow(proxy, request, creq, target, fwd, leader)
         lead = Lead(self._inflight, key)
@@ -851,7 +863,13 @@ class CacheLayer:
         origin, stored, then sent in one write. No Fill: the body is in
         before anyone could read it back, so the first byte waits for the last (as with
         nginx's proxy_buffering), and an origin that breaks off gets the client a 502, not
-        a cut response. Collapsed misses wait for the commit and answer from the cache."""
+        a cut response. Collapsed misses wait for the commit and answer from the cache.
+
+        The client is answered before the commit ends (GroupCommit.submit) unless commits
+        are behind: requests for the key meanwhile follow `lead`, which settles when it
+        ends, so none of them misses the entry; another worker process may, for as long as
+        the commit takes."""
+        committing: asyncio.Future[cp.CacheEntry | None] | None = None
         try:
             try:
                 body = await upstream.read()
@@ -863,15 +881,24 @@ class CacheLayer:
                     502, cp.cache_status(self.name, fwd=fwd, detail="origin-body-broke-off")
                 ), origin.url
             proxy.finish_upstream(origin, upstream, ok=True)
-            stored = None
+            stored = False
             if len(body) == length and writer.write(body):
-                stored = await self._commit(writer, creq, upstream, out_pairs, *times)
+                entry = self._entry_for(creq, upstream, out_pairs, *times)
+                if self._commits.behind:
+                    stored = await self._commits.commit(writer, entry, length) is not None
+                else:
+                    committing = self._commits.submit(writer, entry, length)
+                    stored = True
             else:
                 writer.abort()
         finally:
             if lead is not None:
-                lead.settle()
-        if stored is not None:
+                if committing is None:
+                    lead.settle()
+                else:
+                    lead.handed_over = lead.answered = True  # settled by the commit's end
+                    committing.add_done_callback(lambda _: lead.settle())
+        if stored:
             # RFC 9211 `stored`: this response went into the cache.
             out.headers["Cache-Status"] = cp.cache_status(
                 self.name, fwd=fwd, fwd_status=upstream.status, stored=True

@@ -8,6 +8,7 @@ collapsed misses read back at their own pace (see Fill).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import Literal
@@ -28,6 +29,12 @@ log = logging.getLogger("edge.cache")
 PASS_BUFFER = 4 * CHUNK
 # The most fills one group commit takes (see GroupCommit).
 GROUP_MAX = 64
+# Fills queued or committing past which a fill's client waits for its commit (see
+# GroupCommit.behind): a bound on the bodies held in memory for commits not yet made.
+BEHIND_MAX = 4 * GROUP_MAX
+# How long a transaction of fewer than GROUP_MAX fills waits for more while nobody waits
+# for one of them (see GroupCommit).
+LINGER = 0.005
 
 _Queued = tuple[BodyWriter, cp.CacheEntry, int, "asyncio.Future[cp.CacheEntry | None]"]
 
@@ -35,30 +42,70 @@ _Queued = tuple[BodyWriter, cp.CacheEntry, int, "asyncio.Future[cp.CacheEntry | 
 class GroupCommit:
     """Fills committed together: a commit asked for while one is running waits for it and
     goes with every other one asked for meanwhile, in one write transaction on one thread
-    (Store.commit_all). One fill at a time (a single connection warming the cache) commits
-    at once, alone; under many concurrent misses each transaction takes many, and the
-    transaction's fixed cost and the thread hop are shared. A commit still ends before its
-    caller goes on, so a client that has the whole response never misses the entry next."""
+    (Store.commit_all), so the transaction's fixed cost and the thread hop are shared.
 
-    def __init__(self, store: Store) -> None:
+    ``commit`` is waited for: its caller goes on once the fill is stored (or is not), and a
+    transaction that has such a caller starts at once. ``submit`` is not: its caller has
+    answered its client already and learns the outcome from the future. A transaction of
+    submitted fills alone lingers (LINGER) for more, so that a single connection warming the
+    cache still commits its fills many to a transaction, unless someone waits for one of
+    them (``hurry``, ``drained``); and callers wait again once ``behind`` says too many are
+    queued."""
+
+    def __init__(self, store: Store, linger: float = LINGER) -> None:
         self._store = store
+        self._linger = linger
         self._queue: list[_Queued] = []
         self._task: asyncio.Task[None] | None = None
+        self._pending = 0  # fills queued or committing
+        self._hurry = asyncio.Event()  # ends a lingering transaction's wait
 
     async def commit(
         self, writer: BodyWriter, entry: cp.CacheEntry, length: int
     ) -> cp.CacheEntry | None:
         """``writer.commit(entry, length)``, grouped."""
-        future: asyncio.Future[cp.CacheEntry | None] = asyncio.get_running_loop().create_future()
-        self._queue.append((writer, entry, length, future))
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._drain())
+        future = self._enqueue(writer, entry, length)
+        self.hurry()
         return await asyncio.shield(future)
 
-    async def close(self) -> None:
-        """Wait for the commits asked for so far."""
+    def submit(
+        self, writer: BodyWriter, entry: cp.CacheEntry, length: int
+    ) -> asyncio.Future[cp.CacheEntry | None]:
+        """Queue ``writer.commit(entry, length)``; its result comes in the future returned
+        (an exception is logged)."""
+        future = self._enqueue(writer, entry, length)
+        future.add_done_callback(_log_failure)
+        return future
+
+    def _enqueue(
+        self, writer: BodyWriter, entry: cp.CacheEntry, length: int
+    ) -> asyncio.Future[cp.CacheEntry | None]:
+        future: asyncio.Future[cp.CacheEntry | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((writer, entry, length, future))
+        self._pending += 1
+        future.add_done_callback(self._done)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._drain())
+        return future
+
+    @property
+    def behind(self) -> bool:
+        """Whether BEHIND_MAX fills are queued or committing: a caller should wait."""
+        return self._pending >= BEHIND_MAX
+
+    def _done(self, future: asyncio.Future[cp.CacheEntry | None]) -> None:
+        self._pending -= 1
+
+    def hurry(self) -> None:
+        """Somebody waits for a queued fill: its transaction starts without lingering."""
+        self._hurry.set()
+
+    async def drained(self) -> None:
+        """Wait for the commits asked for so far (a purge goes after them, so that what a
+        client was answered before it cannot be stored after it)."""
         if self._task is not None:
-            await self._task
+            self.hurry()
+            await asyncio.shield(self._task)
 
     def _next_batch(self) -> list[_Queued]:
         """The queue's first fills, up to GROUP_MAX, one per primary key (a second fill of
@@ -79,6 +126,10 @@ class GroupCommit:
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self._linger > 0 and len(self._queue) < GROUP_MAX:
+                    # Hurried, it stays so until the queue is empty (every waiter served).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), self._linger)
                 batch = self._next_batch()
                 fills = [(writer, entry, length) for writer, entry, length, _ in batch]
                 try:
@@ -93,6 +144,12 @@ class GroupCommit:
                         future.set_result(result)
         finally:
             self._task = None
+            self._hurry.clear()
+
+
+def _log_failure(future: asyncio.Future[cp.CacheEntry | None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("cache commit failed", exc_info=future.exception())
 
 
 class Lead:
@@ -100,9 +157,11 @@ class Lead:
     cache.collapse_timeout) for `ready`: the response head is known and its body is being
     filled (`fill`), or nothing will be filled. They then read the body from the fill as it
     arrives when its response may answer them, or wait on for `done`, which is set once the
-    response is stored or known not to be, whether or not its own client is still reading."""
+    response is stored or known not to be, whether or not its own client is still reading.
+    `answered`: its own client has the whole response, and it settles when the response's
+    commit ends (CacheLayer._fill_whole)."""
 
-    __slots__ = ("_inflight", "done", "fill", "handed_over", "key", "ready")
+    __slots__ = ("_inflight", "answered", "done", "fill", "handed_over", "key", "ready")
 
     def __init__(self, inflight: dict[str, Lead], key: str) -> None:
         self._inflight = inflight
@@ -111,7 +170,8 @@ class Lead:
         self.done: asyncio.Future[None] = loop.create_future()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.fill: Fill | None = None
-        self.handed_over = False  # a Fill task settles it, not the request
+        self.handed_over = False  # a Fill task or a commit settles it, not the request
+        self.answered = False
 
     def filling(self, fill: Fill) -> None:
         self.fill = fill

@@ -73,6 +73,9 @@ _STAMP_EVERY = 30.0
 _STAMP_CHUNK = 1000
 # How old the directory's epoch, as last seen, may get before a hit looks it up again.
 _EPOCH_RECHECK = 0.05
+# The most keys remembered as absent (Store._absent), and "never read".
+_ABSENT_MAX = 4096
+_NEVER = float("-inf")
 
 
 # SQLite's result codes for a damaged database file (primary codes: the low byte).
@@ -716,6 +719,11 @@ class Store:
         # in this process lies ("b:" keys: its file's path, or "" when it is a row of the
         # database), least recently used out, within its own budget beside the memory tier.
         self._index = _Memory(index_bytes)
+        # Keys read and found absent ("m:" key -> when): taken as still absent for
+        # meta_refresh, as a list in the index is taken as still stored, so a miss looks in
+        # the database once (not once in the fast path and again in the full one), and a
+        # key whose responses are not stored costs no read per request. Oldest out first.
+        self._absent: dict[str, float] = {}
         self._epoch_seen = -1
         self._epoch_seen_at = self._epoch_moved_at = float("-inf")
         self._degraded_reason: str | None = None
@@ -933,6 +941,7 @@ class Store:
     def _forget(self, key: str) -> None:
         with self._lock:
             self._index.pop(_meta_key(key))
+            self._absent.pop(_meta_key(key), None)
 
     @property
     def memory_bytes(self) -> int:
@@ -1002,11 +1011,16 @@ class Store:
         now = self._clock()
         with self._lock:
             listed: _Listed | None = self._index.get(mkey)
+            absent_at = self._absent.get(mkey, _NEVER)
         if listed is not None and self._current(listed, now):
             with self._lock:
                 self._hits += 1
             self._used(listed, now)
             return listed.entries
+        if now - absent_at < self._meta_refresh:
+            with self._lock:
+                self._misses += 1
+            return ()
         epoch = self._epoch()  # before the read: a move during it means read again
         try:
             entries = tuple(self._load_meta(key))
@@ -1016,9 +1030,13 @@ class Store:
         with self._lock:
             if entries:
                 self._index.put(mkey, _listed(key, entries, now, epoch), _list_cost(entries))
+                self._absent.pop(mkey, None)
                 self._hits += 1
             else:
                 self._index.pop(mkey)
+                if len(self._absent) >= _ABSENT_MAX:
+                    del self._absent[next(iter(self._absent))]
+                self._absent[mkey] = now
                 self._misses += 1
         return entries
 
@@ -1302,6 +1320,7 @@ class Store:
         listed = _listed(key, entries, self._clock(), epoch)
         with self._lock:
             self._index.put(listed.rows[0], listed, _list_cost(entries))
+            self._absent.pop(listed.rows[0], None)
             # Written from bytes whose digest was just computed: verified.
             self._index.put(bkey, fill.place, _place_cost(bkey, fill.place))
             if body is not None and len(body) <= self._memory_object_max:

@@ -407,6 +407,26 @@ def test_other_process_purge_seen_after_refresh(tmp_path: Path) -> None:
         assert a.variants("https://example.com/a") == ()
 
 
+def test_an_absent_key_is_read_once_per_refresh(tmp_path: Path) -> None:
+    """A key found absent is taken as absent for meta_refresh without another read (a
+    miss looks it up in the fast path and again in the full one); what another process
+    stores meanwhile is seen after it, and what this process stores at once."""
+    clock = Clock()
+    key = "https://example.com/a"
+    with Store(tmp_path, clock=clock, meta_refresh=1.0) as a, Store(tmp_path) as b:
+        assert a.variants(key) == ()
+        b.put(entry(), b"v")  # another process
+        assert a.variants(key) == ()  # remembered as absent, not read again
+        clock.t += 1.5
+        assert [e.key for e in a.variants(key)] == [key]
+        a.remove(key)
+        assert a.variants(key) == ()
+        assert a.put(entry(), b"w") is not None  # this process: seen at once
+        stored = a.variants(key)
+        assert len(stored) == 1 and a.get_body(stored[0]) == b"w"
+        assert a.stats().misses == 3 and a.stats().hits >= 2
+
+
 def test_a_row_read_by_rowid_is_never_another_bodys_that_took_the_rowid(tmp_path: Path) -> None:
     """A body read back from its row is read by rowid next time; SQLite gives the rowid
     of a deleted last row to the next insert, so a stale rowid must not yield the new
@@ -938,7 +958,7 @@ async def test_concurrent_fills_share_write_transactions(tmp_path: Path) -> None
         jobs = [commits.commit(_writer(s, b), entry(p), len(b)) for p, b in bodies.items()]
         jobs += [commits.commit(_writer(s, b"en"), en, 2), commits.commit(_writer(s, b"de"), de, 2)]
         results = await asyncio.gather(*jobs)
-        await commits.close()
+        await commits.drained()
         assert all(r is not None for r in results)
         # All asked for before the first transaction: one group, but for the second
         # variant of /v, which goes in the next.
@@ -949,6 +969,43 @@ async def test_concurrent_fills_share_write_transactions(tmp_path: Path) -> None
             assert r is not None and s.get_body(r) == body
         s._forget(en.key)  # type: ignore[union-attr]
         assert {e.variant for e in s.variants(en.key)} == {en.variant, de.variant}
+
+
+async def test_submitted_fills_linger_into_one_transaction_until_someone_waits(
+    tmp_path: Path,
+) -> None:
+    """Fills whose callers do not wait (answered before the commit) go many to a
+    transaction, the first one waiting LINGER for the others; a caller that waits, or
+    hurry(), starts the transaction at once; past BEHIND_MAX queued, callers are told to
+    wait (behind)."""
+    from edge.fill import BEHIND_MAX, GroupCommit
+
+    with _CountingStore(tmp_path) as s:
+        s.groups = []
+        commits = GroupCommit(s, linger=30.0)  # only a waiter or hurry() ends this linger
+        first = commits.submit(_writer(s, b"a"), entry("/a"), 1)
+        await asyncio.sleep(0)  # the transaction's task has started and lingers
+        later = [
+            commits.submit(_writer(s, b"%d" % i), entry(f"/s{i}"), len(b"%d" % i)) for i in range(5)
+        ]
+        assert not first.done() and s.groups == []
+        waited = await commits.commit(_writer(s, b"w"), entry("/w"), 1)  # a waiter: now
+        assert waited is not None and first.done() and all(f.done() for f in later)
+        assert s.groups == [7]
+        assert s.get_body(first.result()) == b"a"  # type: ignore[arg-type]
+        # A lingering transaction of submitted fills alone, hurried.
+        more = commits.submit(_writer(s, b"m"), entry("/m"), 1)
+        await asyncio.sleep(0)
+        assert not more.done()
+        commits.hurry()
+        assert (await more) is not None and s.groups == [7, 1]
+        # Too many queued: callers should wait for their commits.
+        assert not commits.behind
+        queued = [commits.submit(_writer(s, b"q"), entry(f"/q{i}"), 1) for i in range(BEHIND_MAX)]
+        assert commits.behind
+        await commits.drained()
+        assert all(f.result() is not None for f in queued) and not commits.behind
+        assert sum(s.groups) == 7 + 1 + BEHIND_MAX
 
 
 def test_a_recency_write_back_bigger_than_one_statement_stamps_every_row(tmp_path: Path) -> None:
