@@ -58,6 +58,9 @@ log = logging.getLogger("edge.cache")
 # A storable body of a known length up to this is read whole before it is sent (a TCP
 # read or two from the origin) and stored without a Fill (_fill_whole); bigger ones stream.
 WHOLE_FILL_MAX = CHUNK
+# When a purge is made a second time: after the commits other worker processes had pending
+# at the first pass (their clients answered before it, see _fill_whole) have landed.
+PURGE_AGAIN = 0.25
 
 
 class Upstream(Protocol):
@@ -122,6 +125,7 @@ class CacheLayer:
         self._refreshing: set[str] = set()
         self.hits = Hits(store, clock)
         self._commits = GroupCommit(store)
+        self._purges_again: set[asyncio.Task[None]] = set()
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -142,6 +146,8 @@ class CacheLayer:
 
     async def close(self) -> None:
         await self.hits.close()
+        for task in self._purges_again:
+            task.cancel()
         await self._commits.drained()
         await asyncio.to_thread(self.store.close)
 
@@ -158,7 +164,25 @@ class CacheLayer:
         }
 
     async def purge(self, kind: str, value: str) -> int:
+        """Remove every variant `kind` ("url", "prefix" or "surrogate_key") and `value`
+        name: after this worker's pending commits, and once more PURGE_AGAIN later (what
+        other workers answered before it may be committed after it); how many the first
+        pass removed."""
         await self._commits.drained()
+        removed = await self._purge(kind, value)
+        task = asyncio.ensure_future(self._purge_again(kind, value))
+        self._purges_again.add(task)
+        task.add_done_callback(self._purges_again.discard)
+        return removed
+
+    async def _purge_again(self, kind: str, value: str) -> None:
+        await asyncio.sleep(PURGE_AGAIN)
+        try:
+            await self._purge(kind, value)
+        except StoreError as exc:
+            log.error("second pass of the purge of %s %s failed: %s", kind, value, exc)
+
+    async def _purge(self, kind: str, value: str) -> int:
         if kind == "url":
             parts = urlsplit(value)
             key = cp.cache_key(parts.scheme or "http", parts.netloc, origin_form(value))

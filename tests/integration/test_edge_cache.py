@@ -284,6 +284,49 @@ async def test_purge_api_and_unsafe_invalidation(tmp_path: Path) -> None:
             assert "miss" in await get("/q/tagged")
 
 
+async def test_a_purge_is_made_again_for_what_another_worker_commits_after_it(
+    tmp_path: Path,
+) -> None:
+    """Another worker process answers a miss before its commit (CacheLayer._fill_whole),
+    so its commit may land after a purge made through this one: the purge's second pass,
+    PURGE_AGAIN later, takes it out."""
+    import sqlite3
+
+    from edge.cache_policy import CacheRequest, make_entry
+    from edge.store import Store, _meta_key
+
+    async with origins("a") as (origin,):
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            host = f"127.0.0.1:{edge.addresses['http'][0].port}"
+            admin = base_url(edge, "admin") + "/__edge/purge"
+            async with s.post(admin, json={"url": f"http://{host}/w"}) as r:
+                assert (await r.json())["purged"] == 0
+            # The other worker's commit, after the first pass: a store on the same directory.
+            request = CacheRequest("GET", "http", host, "/w", ())
+            stored = make_entry(
+                request,
+                200,
+                "OK",
+                [("Cache-Control", "max-age=60")],
+                request_time=0.0,
+                response_time=0.0,
+                body_length=0,
+                sha256="0" * 64,
+                now=0.0,
+            )
+            with Store(tmp_path / "cache") as other:
+                assert other.put(stored, b"old") is not None
+
+            def rows() -> int:
+                with contextlib.closing(sqlite3.connect(tmp_path / "cache" / "cache.db")) as db:
+                    ((n,),) = db.execute(
+                        "SELECT COUNT(*) FROM Cache WHERE key = ?", (_meta_key(request.key),)
+                    )
+                    return int(n)
+
+            assert await until(lambda: rows() == 0, tries=100, step=0.05)
+
+
 async def test_stale_if_error_and_stale_while_revalidate(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         mode = {"fail": False}
