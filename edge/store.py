@@ -1021,7 +1021,9 @@ class Store:
             with self._lock:
                 self._misses += 1
             return ()
-        epoch = self._epoch()  # before the read: a move during it means read again
+        # The epoch as last seen, before the read (a move since means a read again later;
+        # one seen up to _EPOCH_RECHECK ago only brings that re-read sooner).
+        epoch = self._epoch_now(now)
         try:
             entries = tuple(self._load_meta(key))
         except (sqlite3.Error, OSError, StoreError) as e:
@@ -1269,17 +1271,21 @@ class Store:
             fill.place = ""
         kept: list[CacheEntry] = []
         replaced: list[CacheEntry] = []
-        for e in self._load_meta(entry.key):
+        listed = self._load_meta(entry.key)
+        for e in listed:
             (replaced if e.variant == entry.variant else kept).append(e)
         kept.append(entry)
         while len(kept) > self._max_variants:
             replaced.append(kept.pop(0))
         mkey = _meta_key(entry.key)
         data = _meta_json(kept)
-        if not (
-            sql(self._RESTAMP_META, (now, now, data, mkey)).rowcount
-            or sql(self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)).rowcount
-        ):
+        writes = [
+            (self._RESTAMP_META, (now, now, data, mkey)),
+            (self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)),
+        ]
+        if not listed:
+            writes.reverse()  # no list read (the common miss): the row is new
+        if not any(sql(*w).rowcount for w in writes):
             cache.set(mkey, data)  # a list an older version wrote to a file: diskcache's way
         for tag in entry.surrogate_keys:
             self._add_tag(tag, entry.key)
