@@ -1305,12 +1305,11 @@ class Store:
 
     def _undo(self, fill: _Fill) -> None:
         """After a failed transaction: nothing of ``fill`` is left in memory, the index or
-        on disk (its body's file, put in place before the rollback, goes too)."""
-        bkey = _body_key(fill.entry)
+        on disk (its body's file, put in place before the rollback, goes too). Its rows
+        went with the rollback; a body row it found stored already (the same bytes) stays,
+        as the variant list naming it does."""
         self._forget(fill.entry.key)
-        self._drop_body(bkey)
-        with contextlib.suppress(sqlite3.Error, OSError, diskcache.Timeout):
-            self._cache.delete(bkey)
+        self._drop_body(_body_key(fill.entry))
         temp = fill.body.path if isinstance(fill.body, _CommittedFile) else ""
         for path in (fill.place, temp):
             if path:

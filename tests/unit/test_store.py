@@ -932,6 +932,33 @@ def test_a_group_commit_that_fails_stores_none_of_its_fills(tmp_path: Path) -> N
     assert len(body_files(tmp_path)) == len(stored)
 
 
+def test_a_failed_group_commit_keeps_a_body_stored_before_it(tmp_path: Path) -> None:
+    # A fill of the very bytes already stored for its URL and variant (a refetch that
+    # found them unchanged) keeps their row; when the fill's transaction fails, the
+    # rollback leaves that row as it was, and the entry stored before keeps its body.
+    shared = os.urandom(2000)
+    with Store(tmp_path, sqlite_max_page_count=64) as s:
+        first = s.put(entry("/first"), shared)
+        assert first is not None
+        for n in range(1, 400):
+            fills = [(_writer(s, shared), entry("/first"), len(shared))]
+            fills += [
+                (
+                    _writer(s, os.urandom(40_000)),
+                    entry(f"/g{n}-{i}", [("X-Pad", "p" * 3000)]),
+                    40_000,
+                )
+                for i in range(3)
+            ]
+            if None in s.commit_all(fills):
+                break
+        else:
+            pytest.fail("the database never filled up")
+    with Store(tmp_path) as again:  # a new process: nothing in memory
+        (stored,) = again.variants(first.key)
+        assert again.get_body(stored) == shared
+
+
 class _CountingStore(Store):
     """A real store that counts its group commits."""
 
