@@ -151,6 +151,28 @@ async def test_quick_start_cache_survives_kill_9(tmp_path: Path) -> None:
         assert origin.hits["/persist"] == 1
 
 
+async def test_a_miss_answered_before_its_commit_is_stored_by_a_graceful_stop(
+    tmp_path: Path,
+) -> None:
+    """A small miss is answered before its commit (edge.fill.GroupCommit.submit): a stop
+    (SIGTERM) right after the answer still commits it, and the next process has it."""
+    cache_dir = tmp_path / "cache"
+    async with origins("a") as (origin,):
+        origin.routes["/soon"] = _cacheable_origin_route(b"committed on the way out")
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--cache-dir", str(cache_dir))
+        async with edge_process(*args) as edge, aiohttp.ClientSession() as s:
+            async with s.get(edge.url() + "/soon", headers=HOST) as r:
+                assert await r.read() == b"committed on the way out"
+                assert "stored" in r.headers["Cache-Status"]
+            edge.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(edge.proc.wait(), 30) == 0
+        async with edge_process(*args) as edge, aiohttp.ClientSession() as s:
+            async with s.get(edge.url() + "/soon", headers=HOST) as r:
+                assert await r.read() == b"committed on the way out"
+                assert "hit" in r.headers["Cache-Status"]
+        assert origin.hits["/soon"] == 1
+
+
 async def test_sighup_reloads_and_keeps_config_on_error(tmp_path: Path) -> None:
     async with origins("a", "b") as (a, b):
         conf = tmp_path / "edge.toml"
