@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import itertools
 import logging
 import mmap
 import os
@@ -65,6 +66,8 @@ _ENTRIES_SIZE: Final = 4 * _ENTRIES
 WALK: Final = 31  # the low 5 bits of an entry where networks smaller than /24 are
 _CHUNK: Final = 1 << 16  # bytes per write; all-zero chunks are skipped (a sparse file)
 _MAP_FLAGS: Final = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux: populate
+# Serial numbers of the tables mapped in this process (see PlaceTable.serial)
+_SERIALS: Final = itertools.count(1)
 
 
 def default_cache_dir() -> Path:
@@ -91,10 +94,12 @@ def table_path(cache_dir: Path, database: Path, signature: Signature) -> Path:
 class PlaceTable:
     """A table file, mapped read-only. `entries[address >> 8]` is the entry of an IPv4
     address (see the module docstring), `coords[i]` and `coords[i + 1]` the latitude and
-    longitude of the place an entry holds `i` for. Raises DatabaseError when the file is not
-    a table of this version of the database."""
+    longitude of the place an entry holds `i` for. `serial` is a number of this mapping
+    alone among the tables mapped in this process, shifted left 32 bits so that `serial |
+    entry` names an entry of this table and no other (GeoIPLocator.place_key4). Raises
+    DatabaseError when the file is not a table of this version of the database."""
 
-    __slots__ = ("_map", "coords", "entries", "path", "places")
+    __slots__ = ("_map", "coords", "entries", "path", "places", "serial")
 
     def __init__(self, path: Path, database: Path, signature: Signature) -> None:
         self.path = path
@@ -115,6 +120,7 @@ class PlaceTable:
             self._map.close()
             raise
         self.places = places
+        self.serial = next(_SERIALS) << 32
 
     def close(self) -> None:
         """Unmap the file. Lookups after this raise ValueError (a released memoryview)."""
