@@ -214,16 +214,18 @@ _PlaceKey = int | tuple[float, float, int]
 
 class _Shape:
     """A query shape of the cold path (see _placed): what answering it needs besides the
-    place (its static key, plan and parse), and its answers by place under one generation of
-    its pool and one round of the responder's cold-path memo."""
+    place (its static key, plan and parse), and its answers under one generation of its pool
+    and one round of the responder's cold-path memo: by place, and by what the selection
+    chose (the names of the edges and the ECS scope), which many places share."""
 
-    __slots__ = ("generation", "key", "memo", "plan", "query", "round")
+    __slots__ = ("choices", "generation", "key", "memo", "plan", "query", "round")
 
     def __init__(self, key: _StaticKey, plan: _Plan, query: Query) -> None:
         self.key = key
         self.plan = plan
         self.query = query
         self.memo: dict[_PlaceKey, _PlacedHit] = {}
+        self.choices: dict[tuple[tuple[str, ...], int], _PlacedHit] = {}
         self.generation = -1  # none yet: the first query starts the memo
         self.round = -1
 
@@ -558,6 +560,7 @@ class Responder:
         if shape.generation != generation or shape.round != self._placed_round:
             # Answers made under another generation of the pool never count again.
             shape.memo = {}
+            shape.choices = {}
             shape.generation = generation
             shape.round = self._placed_round
         hit = shape.memo.get(key)
@@ -590,27 +593,29 @@ class Responder:
     def _new_place(
         self, shape: _Shape, key: _PlaceKey, generation: int, wire: bytes, address: bytes
     ) -> _PlacedHit | None:
-        """The memo entry of a place new to `shape` (in this generation of its pool), made
-        from the pool tier or, for a place new to that too, by the selection run from its
-        coordinates, as _pool_reply runs it (by_place: the selection reads the coordinates
-        alone, the ECS scope the prefix length); None when the place is no longer at hand."""
+        """The memo entry of a place new to `shape` (in this generation of its pool); None
+        when the place is no longer at hand. The selection runs from its coordinates, as
+        _pool_reply runs it (by_place: the selection reads the coordinates alone, the ECS
+        scope the prefix length), and its choice (edges and scope) decides the bytes: a
+        choice the shape met before at another place gives the same entry."""
         assert self._placer is not None
         place = key if isinstance(key, tuple) else self._placer.place_of(key)
         if place is None:
             return None
         latitude, longitude, prefix = place
-        skey, plan, q = shape.key, shape.plan, shape.query
-        pkey = (skey, generation, latitude, longitude, prefix)
-        pooled = self._pooled_get(pkey)
-        if pooled is None:
-            selection = select_at(plan.pool.pool, latitude, longitude, self._health)
-            scope = scope_of(q.ecs, prefix, selection.tailored)
-            pooled = self._selected(q, skey, plan, selection, scope, skey[4])
-            self._pooled.put(pkey, pooled)
-            if self._observer is not None:
-                self._missed(plan.pool.pool.name)
-        out = self._patch(pooled.wire, wire, q.question_end, address)
-        hit = (out[2:-3], pooled, (pooled.rcode, q.qtype, pooled.pool or "", pooled.edges))
+        plan, q = shape.plan, shape.query
+        selection = select_at(plan.pool.pool, latitude, longitude, self._health)
+        scope = scope_of(q.ecs, prefix, selection.tailored)
+        if self._observer is not None:
+            self._missed(plan.pool.pool.name)
+        choice = (tuple([e.name for e in selection.edges]), scope)
+        hit = shape.choices.get(choice)
+        if hit is None:
+            skey = shape.key
+            reply = self._selected(q, skey, plan, selection, scope, skey[4])
+            out = self._patch(reply.wire, wire, q.question_end, address)
+            hit = (out[2:-3], reply, (reply.rcode, q.qtype, reply.pool or "", reply.edges))
+            shape.choices[choice] = hit
         shape.memo[key] = hit
         self._placed_count += 1
         if self._placed_count >= POOL_ENTRIES:
