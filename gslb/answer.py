@@ -218,12 +218,14 @@ class _Shape:
     and one round of the responder's cold-path memo: by place, and by what the selection
     chose (the names of the edges and the ECS scope), which many places share."""
 
-    __slots__ = ("choices", "generation", "key", "memo", "plan", "query", "round")
+    __slots__ = ("choices", "generation", "key", "memo", "plan", "qtype", "query", "round", "slot")
 
     def __init__(self, key: _StaticKey, plan: _Plan, query: Query) -> None:
         self.key = key
         self.plan = plan
         self.query = query
+        self.slot = plan.slot  # these two are read per query
+        self.qtype = query.qtype
         self.memo: dict[_PlaceKey, _PlacedHit] = {}
         self.choices: dict[tuple[tuple[str, ...], int], _PlacedHit] = {}
         self.generation = -1  # none yet: the first query starts the memo
@@ -555,7 +557,7 @@ class Responder:
             key = self._placer.place4(block << 8)
             if key is None:
                 return None
-        slot = shape.plan.slot
+        slot = shape.slot
         generation = self._generations[slot]
         if shape.generation != generation or shape.round != self._placed_round:
             # Answers made under another generation of the pool never count again.
@@ -573,7 +575,7 @@ class Responder:
         seen = hash(tail) & _SEEN_MASK  # cached: tail was hashed for the exact tier
         if self._seen[seen]:
             self._exact.put(
-                (tail, tcp), (rest, reply, address, shape.query.qtype, slot, generation, counted)
+                (tail, tcp), (rest, reply, address, shape.qtype, slot, generation, counted)
             )
         else:
             self._seen[seen] = 1
@@ -584,7 +586,7 @@ class Responder:
         observer = self._observer
         if observer is not None:  # _tell, inline (see respond)
             if observer.detailed:
-                self._notify(reply, shape.query.qtype, client, address)
+                self._notify(reply, shape.qtype, client, address)
             else:
                 tally = observer.tally
                 tally[counted] = tally.get(counted, 0) + 1
@@ -608,7 +610,9 @@ class Responder:
         scope = scope_of(q.ecs, prefix, selection.tailored)
         if self._observer is not None:
             self._missed(plan.pool.pool.name)
-        choice = (tuple([e.name for e in selection.edges]), scope)
+        edges = selection.edges
+        names = (edges[0].name,) if len(edges) == 1 else tuple([e.name for e in edges])
+        choice = (names, scope)
         hit = shape.choices.get(choice)
         if hit is None:
             skey = shape.key

@@ -176,6 +176,46 @@ def test_a_reload_answers_from_the_new_database_then_from_its_own_table(
         assert tables == [table_path(cache, small_db, file_signature(small_db)).name]
 
 
+def test_place_keys_stand_for_what_place4_says_and_for_one_table_only(
+    small_db: Path, tmp_path: Path
+) -> None:
+    # place_key4 numbers a /24's place (its first address, as place4 places it) by the
+    # table's entry; place_of gives that place back. A reload brings another table: its
+    # numbers differ, and numbers of the old one are no longer turned into places.
+    office = Location(1.0, 2.0, "JP", "AS", ipaddress.IPv4Network("12.34.128.0/17"))
+    cache = tmp_path / "cache"
+    with GeoIPLocator(small_db, [office], table_dir=cache) as tabled:
+        assert tabled.place_key4(ip("11.1.2.0") >> 8) is None  # no table yet: place4
+        wait_ready(tabled)
+        rnd = random.Random(11)
+        blocks = [v >> 8 for v in probes(NETWORKS)] + [rnd.getrandbits(24) for _ in range(2000)]
+        keyed: dict[int, tuple[float, float, int] | None] = {}
+        for block in blocks:
+            key = tabled.place_key4(block)
+            if key is None:  # split, unknown, or the override's: place4 (or locate) says
+                continue
+            place = tabled.place_of(key)
+            assert place is not None and place == tabled.place4(block << 8)
+            assert keyed.setdefault(key, place) == place  # one number, one place
+        assert len(keyed) >= 4
+        assert tabled.place_key4(ip("12.34.200.0") >> 8) is None  # the override
+        assert tabled.place_key4(ip("12.34.1.0") >> 8) is not None
+        assert tabled.place_key4(ip("12.35.17.0") >> 8) is None  # split below /24
+        assert tabled.place_key4(ip("13.0.0.0") >> 8) is None  # nothing known
+        old = tabled.place_key4(ip("11.1.2.0") >> 8)
+        assert old is not None and tabled.place_of(old) == (10.0, 20.0, 8)
+        moved = [entry("11.0.0.0/9", -10.0, -20.0), *NETWORKS[1:]]
+        write_city_db(moved, small_db)
+        assert tabled.maybe_reload()
+        assert tabled.place_key4(ip("11.1.2.0") >> 8) is None  # the walk, meanwhile
+        assert tabled.place_of(old) is None
+        wait_ready(tabled)
+        new = tabled.place_key4(ip("11.1.2.0") >> 8)
+        assert new is not None and new != old
+        assert tabled.place_of(new) == (-10.0, -20.0, 9)
+        assert tabled.place_of(old) is None
+
+
 def test_a_table_of_another_database_version_is_never_used(small_db: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     signature = file_signature(small_db)
