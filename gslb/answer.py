@@ -30,11 +30,14 @@ Speed comes from caching encoded replies, in three tiers:
    The cold path (`_placed`): a query that differs from one answered before by a `nearest`
    pool only in its ID and its /24 ECS address (a resolver asking for a new client network)
    skips parsing and locating: the locator's `place_key4` reads the entry of the /24 in its
-   /24 table, a number naming the GeoIP network's place and prefix length (which are the
-   pool key), and the reply bytes are kept per query shape and that number, so a new network
-   at a place seen before costs a table lookup and a dict lookup. Without a number (no table
-   yet, a /24 split into smaller networks) `place4` gives the place itself, from the search
-   tree, and the bytes are kept by the place.
+   /24 table, a number naming the GeoIP network's place and prefix length (what the pool
+   tier's key is made of), and the reply bytes are kept per query shape (under its pool's
+   generation) and that number, so a new network at a place seen before costs a table
+   lookup and a dict lookup. Without a number (no table yet, a /24 split into smaller
+   networks) `place4` gives the place itself, from the search tree, and the bytes are kept
+   by the place. A place new to the shape runs the selection from its coordinates, and the
+   shape keeps the bytes by what it chose too (edge names, ECS scope): the many places that
+   choose alike share one entry, made once. The cold path leaves the pool tier to _answer.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
