@@ -43,10 +43,10 @@ class PlaceLocator(Locator, Protocol):
         ...
 
     def place_key4(self, block: int) -> int | None:
-        """A number standing for what `place4` says of the /24 `block` (an IPv4 address >> 8,
-        every address of which place4 places alike), when one is at hand for it: a number
-        stands for one answer for the life of the process, so a cache can be keyed by it
-        (many /24s share one). None: ask place4."""
+        """A number standing for what `place4` says of the first address of the /24 `block`
+        (an IPv4 address >> 8), when one is at hand for it: a number stands for one answer
+        for the life of the process, so a cache can be keyed by it (many /24s share one).
+        None: ask place4."""
         ...
 
     def place_of(self, key: int) -> tuple[float, float, int] | None:

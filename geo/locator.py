@@ -368,9 +368,10 @@ class GeoIPLocator:
 
     def place_key4(self, block: int) -> int | None:
         """The /24 table's entry for `block` (an IPv4 address >> 8), made unique in the process
-        by the table's serial: it names a place and a prefix length, as place4 would say them
-        for every address of the /24; None when an override covers its first address, no
-        table is mapped, or the table has no place for it (split, unknown): then place4."""
+        by the table's serial: it names a place and a prefix length, as place4 says them for
+        the /24's first address (for a /24 split into smaller networks, the table names the
+        network of that address); None when an override covers that address, no table is
+        mapped, or the table knows no place for it: then place4."""
         for mask, by_network in self._overrides.v4:
             if (block << 8) & mask in by_network:
                 return None
@@ -381,7 +382,7 @@ class GeoIPLocator:
             entry = table.entries[block]
         except (ValueError, IndexError):  # a reload closed it; not a /24
             return None
-        if not entry or entry & 31 == WALK:
+        if not entry or entry == WALK:  # nothing known; split, and no place for its first
             return None
         return table.serial | entry
 
@@ -391,10 +392,14 @@ class GeoIPLocator:
         table = self._db.table
         if table is None or key >> 32 != table.serial >> 32:
             return None
-        at = (key & 0xFFFFFFFF) >> 5
+        entry = key & 0xFFFFFFFF
+        if entry & 31 == WALK:  # a split /24: the network of its first address
+            at, prefix = entry >> 8, 25 + (entry >> 5 & 7)
+        else:
+            at, prefix = entry >> 5, entry & 31
         try:
             coords = table.coords
-            return coords[at], coords[at + 1], key & 31
+            return coords[at], coords[at + 1], prefix
         except (ValueError, IndexError):  # a reload closed it; a damaged file
             return None
 

@@ -68,6 +68,7 @@ NETWORKS = [
     entry("12.35.20.0/24", 89.9, 179.9),
     entry("200.1.2.0/24", -45.0, 170.0),
     entry("200.1.3.0/30", -46.0, 171.0),
+    entry("200.1.4.128/25", -47.0, 172.0),  # a split /24 whose first address is unknown
 ]
 
 
@@ -96,8 +97,9 @@ def test_the_table_says_what_the_walk_says_on_a_database_of_every_kind_of_networ
         assert not tabled.table_ready
         wait_ready(tabled)
         table = tabled._db.table
-        # places of the networks of /24 or larger; two of them share one
-        assert table is not None and table.places == 5
+        # places of the networks of /24 or larger (two of them share one), and of the
+        # networks holding the first address of a split /24
+        assert table is not None and table.places == 7
         rnd = random.Random(5)
         values = probes(NETWORKS) + [rnd.getrandbits(32) for _ in range(2000)]
         for value in values:
@@ -108,6 +110,7 @@ def test_the_table_says_what_the_walk_says_on_a_database_of_every_kind_of_networ
         entries = table.entries
         assert entries[ip("12.35.17.0") >> 8] & 31 == WALK  # split below /24: walked
         assert entries[ip("200.1.3.0") >> 8] & 31 == WALK
+        assert entries[ip("200.1.4.0") >> 8] == WALK  # ... and no place for its first address
         assert entries[ip("12.35.18.0") >> 8] == 0  # no coordinates
         assert entries[ip("13.0.0.0") >> 8] == 0  # an empty leaf
         assert entries[ip("12.34.255.0") >> 8] & 31 == 16
@@ -140,7 +143,13 @@ def test_the_bundled_database_table_agrees_with_the_walk_and_the_reader() -> Non
             assert tabled.place4(value) == expected, ipaddress.IPv4Address(value)
             assert walked.place4(value) == expected, ipaddress.IPv4Address(value)
             answered += expected is not None
+            if value & 0xFF == 0:  # a /24's first address: what its place_key4 stands for
+                key = tabled.place_key4(value >> 8)
+                if key is not None:
+                    assert tabled.place_of(key) == expected, ipaddress.IPv4Address(value)
         assert answered > 5000
+        firsts = [table.entries[i] != WALK for i in split]  # placed by their first address
+        assert sum(firsts) > len(split) // 2
 
 
 def test_overrides_win_over_the_table(small_db: Path, tmp_path: Path) -> None:
@@ -200,7 +209,12 @@ def test_place_keys_stand_for_what_place4_says_and_for_one_table_only(
         assert len(keyed) >= 4
         assert tabled.place_key4(ip("12.34.200.0") >> 8) is None  # the override
         assert tabled.place_key4(ip("12.34.1.0") >> 8) is not None
-        assert tabled.place_key4(ip("12.35.17.0") >> 8) is None  # split below /24
+        # split below /24: the network of the first address, for that address alone
+        split = tabled.place_key4(ip("12.35.17.0") >> 8)
+        assert split is not None and tabled.place_of(split) == (5.0, 6.0, 25)
+        split = tabled.place_key4(ip("200.1.3.0") >> 8)
+        assert split is not None and tabled.place_of(split) == (-46.0, 171.0, 30)
+        assert tabled.place_key4(ip("200.1.4.0") >> 8) is None  # its first address: unknown
         assert tabled.place_key4(ip("13.0.0.0") >> 8) is None  # nothing known
         old = tabled.place_key4(ip("11.1.2.0") >> 8)
         assert old is not None and tabled.place_of(old) == (10.0, 20.0, 8)
