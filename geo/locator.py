@@ -23,9 +23,10 @@ language included, on every lookup (~10 us here). So:
   no walk, no decode, for every /24 not split into smaller networks. The table belongs to
   the open database like the cache: a reload drops it, and `poll_table` brings in the new
   database's (mapping the file, or starting the process that builds it). `place_key4` gives
-  the table's entry itself, a number naming the place and prefix length (unique in the
-  process: tables are numbered), which the cold path keys its answers by; `place_of` turns
-  it into the coordinates when an answer has to be made.
+  the table's entry itself, a number naming the place and prefix length of a /24's first
+  address (split /24s included: the table holds that address's network for them too; unique
+  in the process: tables are numbered), which the cold path keys its answers by; `place_of`
+  turns it into the coordinates when an answer has to be made.
 
 Reloading is an atomic swap of one reference: `locate` reads that reference once per call,
 so a lookup sees either the old database or the new one, never a mix. Replace database files

@@ -5,7 +5,8 @@ with one index into a memory-mapped file.
 Why: the DNS cold path (gslb.answer `_placed`) places a client /24 never seen before, and
 walking the search tree in Python and decoding a record met for the first time were most of
 its cost. The table answers both without either, for all /24s in networks of /24 or larger;
-a /24 split into smaller networks is marked, and the locator walks the tree for it.
+a /24 split into smaller networks is marked, and the locator walks the tree for it (but for
+its first address, whose place the table holds too: an ECS /24 is placed by that address).
 
 Building it walks the IPv4 part of the search tree down to depth 24 (about 2M nodes in
 GeoLite2 City) and decodes, with the C extension, every record reached (about 400k): some

@@ -33,9 +33,9 @@ Speed comes from caching encoded replies, in three tiers:
    /24 table, a number naming the GeoIP network's place and prefix length (what the pool
    tier's key is made of), and the reply bytes are kept per query shape (under its pool's
    generation) and that number, so a new network at a place seen before costs a table
-   lookup and a dict lookup. Without a number (no table yet, a /24 split into smaller
-   networks) `place4` gives the place itself, from the search tree, and the bytes are kept
-   by the place. A place new to the shape runs the selection from its coordinates, and the
+   lookup and a dict lookup. Without a number (no table yet, an override, a /24 split into
+   smaller networks whose first address has no place) `place4` gives the place itself, from
+   the search tree, and the bytes are kept by the place. A place new to the shape runs the selection from its coordinates, and the
    shape keeps the bytes by what it chose too (edge names, ECS scope): the many places that
    choose alike share one entry, made once. The cold path leaves the pool tier to _answer.
 
