@@ -35,9 +35,10 @@ Speed comes from caching encoded replies, in three tiers:
    generation) and that number, so a new network at a place seen before costs a table
    lookup and a dict lookup. Without a number (no table yet, an override, a /24 split into
    smaller networks whose first address has no place) `place4` gives the place itself, from
-   the search tree, and the bytes are kept by the place. A place new to the shape runs the selection from its coordinates, and the
-   shape keeps the bytes by what it chose too (edge names, ECS scope): the many places that
-   choose alike share one entry, made once. The cold path leaves the pool tier to _answer.
+   the search tree, and the bytes are kept by the place. A place new to the shape runs the
+   selection from its coordinates, and the shape keeps the bytes by what it chose too (edge
+   names, ECS scope): the many places that choose alike share one entry, made once. The
+   cold path leaves the pool tier to _answer.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
