@@ -41,3 +41,15 @@ class PlaceLocator(Locator, Protocol):
         address `value` (an int), exactly what `locate` would say, when that is at hand
         cheaply; None when `locate` must answer (which it then does, and may say nothing)."""
         ...
+
+    def place_key4(self, block: int) -> int | None:
+        """A number standing for what `place4` says of the first address of the /24 `block`
+        (an IPv4 address >> 8), when one is at hand for it: a number stands for one answer
+        for the life of the process, so a cache can be keyed by it (many /24s share one).
+        None: ask place4."""
+        ...
+
+    def place_of(self, key: int) -> tuple[float, float, int] | None:
+        """What `place4` says of the /24s whose `place_key4` is `key`; None when that is no
+        longer at hand (the key came from a database this locator has replaced since)."""
+        ...

@@ -22,7 +22,11 @@ language included, on every lookup (~10 us here). So:
   table of the database (geo.table) once `poll_table` has mapped it: one index per lookup,
   no walk, no decode, for every /24 not split into smaller networks. The table belongs to
   the open database like the cache: a reload drops it, and `poll_table` brings in the new
-  database's (mapping the file, or starting the process that builds it).
+  database's (mapping the file, or starting the process that builds it). `place_key4` gives
+  the table's entry itself, a number naming the place and prefix length of a /24's first
+  address (split /24s included: the table holds that address's network for them too; unique
+  in the process: tables are numbered), which the cold path keys its answers by; `place_of`
+  turns it into the coordinates when an answer has to be made.
 
 Reloading is an atomic swap of one reference: `locate` reads that reference once per call,
 so a lookup sees either the old database or the new one, never a mix. Replace database files
@@ -362,6 +366,43 @@ class GeoIPLocator:
         except (ValueError, maxminddb.errors.InvalidDatabaseError):
             return None  # a reload closed it, or a bad record: locate() deals with those
         return None if fields is None else (fields[0], fields[1], prefix)
+
+    def place_key4(self, block: int) -> int | None:
+        """The /24 table's entry for `block` (an IPv4 address >> 8), made unique in the process
+        by the table's serial: it names a place and a prefix length, as place4 says them for
+        the /24's first address (for a /24 split into smaller networks, the table names the
+        network of that address); None when an override covers that address, no table is
+        mapped, or the table knows no place for it: then place4."""
+        for mask, by_network in self._overrides.v4:
+            if (block << 8) & mask in by_network:
+                return None
+        table = self._db.table
+        if table is None:
+            return None
+        try:
+            entry = table.entries[block]
+        except (ValueError, IndexError):  # a reload closed it; not a /24
+            return None
+        if not entry or entry == WALK:  # nothing known; split, and no place for its first
+            return None
+        return table.serial | entry
+
+    def place_of(self, key: int) -> tuple[float, float, int] | None:
+        """(latitude, longitude, prefix length) for a place_key4 number of the table mapped
+        now; None for one of another table."""
+        table = self._db.table
+        if table is None or key >> 32 != table.serial >> 32:
+            return None
+        entry = key & 0xFFFFFFFF
+        if entry & 31 == WALK:  # a split /24: the network of its first address
+            at, prefix = entry >> 8, 25 + (entry >> 5 & 7)
+        else:
+            at, prefix = entry >> 5, entry & 31
+        try:
+            coords = table.coords
+            return coords[at], coords[at + 1], prefix
+        except (ValueError, IndexError):  # a reload closed it; a damaged file
+            return None
 
     def _lookup(self, db: _Database, address: IPAddress) -> Location | None:
         version = address.version

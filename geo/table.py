@@ -5,7 +5,8 @@ with one index into a memory-mapped file.
 Why: the DNS cold path (gslb.answer `_placed`) places a client /24 never seen before, and
 walking the search tree in Python and decoding a record met for the first time were most of
 its cost. The table answers both without either, for all /24s in networks of /24 or larger;
-a /24 split into smaller networks is marked, and the locator walks the tree for it.
+a /24 split into smaller networks is marked, and the locator walks the tree for it (but for
+its first address, whose place the table holds too: an ECS /24 is placed by that address).
 
 Building it walks the IPv4 part of the search tree down to depth 24 (about 2M nodes in
 GeoLite2 City) and decodes, with the C extension, every record reached (about 400k): some
@@ -21,9 +22,14 @@ File layout, native byte order (the header says which; a table is not moved betw
 machines): a 64-byte header, 2**24 entries of 32 bits (64 MiB, written sparse), per
 place two 64-bit floats, latitude and longitude (place 0 unused), then the database's path
 (to tell whether the table is still current when pruning). An entry is 0 where nothing
-is known (an empty leaf, or a record without coordinates), `_WALK` where networks smaller
-than /24 are, else the prefix length in its low 5 bits and twice the place's number (the
-index of its latitude among the floats) above them.
+is known (an empty leaf, or a record without coordinates), else the prefix length in its
+low 5 bits and twice the place's number (the index of its latitude among the floats) above
+them. Where networks smaller than /24 are, the low 5 bits are `WALK` (the locator walks the
+tree for an address there), and the entry names the place of the /24's first address, if
+it has one, for whoever asks about that address alone (the DNS cold path: an ECS /24 is
+placed by it): its prefix length less 25 in the next 3 bits, twice its place's number above
+them. The file's name carries the format's version, so checkouts of another version sharing
+the cache directory keep tables of their own.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import itertools
 import logging
 import mmap
 import os
@@ -54,7 +61,7 @@ __all__ = ["PlaceTable", "build_table", "default_cache_dir", "table_path"]
 log = logging.getLogger("geo")
 
 _MAGIC: Final = b"GEO24TBL"
-_VERSION: Final = 1
+_VERSION: Final = 2
 _ORDER: Final = 0x01020304  # written natively: says the byte order
 # magic, version, byte order, places, length of the path at the end, signature (dev, ino,
 # size, mtime_ns) and path hash of the database
@@ -65,6 +72,8 @@ _ENTRIES_SIZE: Final = 4 * _ENTRIES
 WALK: Final = 31  # the low 5 bits of an entry where networks smaller than /24 are
 _CHUNK: Final = 1 << 16  # bytes per write; all-zero chunks are skipped (a sparse file)
 _MAP_FLAGS: Final = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux: populate
+# Serial numbers of the tables mapped in this process (see PlaceTable.serial)
+_SERIALS: Final = itertools.count(1)
 
 
 def default_cache_dir() -> Path:
@@ -85,16 +94,19 @@ def _path_hash(database: Path) -> bytes:
 def table_path(cache_dir: Path, database: Path, signature: Signature) -> Path:
     """The table file of this version (`signature`) of the database file `database`."""
     dev, ino, size, mtime = signature
-    return cache_dir / f"geo24-{_path_hash(database).hex()}-{dev}-{ino}-{size}-{mtime}.bin"
+    name = f"geo24-{_path_hash(database).hex()}-{dev}-{ino}-{size}-{mtime}-v{_VERSION}.bin"
+    return cache_dir / name
 
 
 class PlaceTable:
     """A table file, mapped read-only. `entries[address >> 8]` is the entry of an IPv4
     address (see the module docstring), `coords[i]` and `coords[i + 1]` the latitude and
-    longitude of the place an entry holds `i` for. Raises DatabaseError when the file is not
-    a table of this version of the database."""
+    longitude of the place an entry holds `i` for. `serial` is a number of this mapping
+    alone among the tables mapped in this process, shifted left 32 bits so that `serial |
+    entry` names an entry of this table and no other (GeoIPLocator.place_key4). Raises
+    DatabaseError when the file is not a table of this version of the database."""
 
-    __slots__ = ("_map", "coords", "entries", "path", "places")
+    __slots__ = ("_map", "coords", "entries", "path", "places", "serial")
 
     def __init__(self, path: Path, database: Path, signature: Signature) -> None:
         self.path = path
@@ -115,6 +127,7 @@ class PlaceTable:
             self._map.close()
             raise
         self.places = places
+        self.serial = next(_SERIALS) << 32
 
     def close(self) -> None:
         """Unmap the file. Lookups after this raise ValueError (a released memoryview)."""
@@ -159,16 +172,44 @@ def _walk_all(
 def _fill(reader: maxminddb.Reader, tree: Tree4, database: Path) -> tuple[array[int], array[float]]:
     entries = array("I", (0,)) * _ENTRIES
     coords = array("d", (0.0, 0.0))
-    by_record: dict[int, int] = {}  # record value -> its entry without the prefix length
+    by_record: dict[int, int] = {}  # record value -> twice its place's number (0: none)
     by_place: dict[tuple[float, float], int] = {}  # (latitude, longitude) -> coords index
     node_count = tree.node_count
     walk = tree.walk
+
+    def place_at(node: int, depth: int, value: int) -> int:
+        """Twice the place's number of record `node`, reached at `depth` for the address
+        `value` (0: no coordinates), decoding the record the first time."""
+        at = by_record.get(node)
+        if at is None:
+            address = ipaddress.IPv4Address(value)
+            record, found = reader.get_with_prefix_len(address)
+            if found != depth:  # as the locator's own check (geo.locator._decode4)
+                raise DatabaseError(
+                    f"{database}: search tree walk disagrees with the reader at {address} "
+                    f"(/{depth} vs /{found})"
+                )
+            fields = record_fields(record)
+            at = 0
+            if fields is not None:
+                place = (fields[0], fields[1])
+                at = by_place.get(place, 0)
+                if not at:
+                    at = by_place[place] = len(coords)
+                    coords.extend(place)
+            by_record[node] = at
+        return at
+
     stack = [(tree.root, 0, 0)]  # (node, depth, the bits taken so far)
     while stack:
         node, depth, bits = stack.pop()
         if node < node_count:
             if depth == 24:  # smaller networks below: the locator walks
-                entries[bits] = WALK
+                first, found = walk(node, bits << 8, depth, 32)  # the /24's first address
+                at = 0
+                if first > node_count:
+                    at = place_at(first, found, bits << 8)
+                entries[bits] = at << 8 | (found - 25) << 5 | WALK if at else WALK
                 continue
             one = 1 << (31 - depth)
             left, _ = walk(node, 0, depth, depth + 1)
@@ -178,33 +219,15 @@ def _fill(reader: maxminddb.Reader, tree: Tree4, database: Path) -> tuple[array[
             continue
         if node == node_count:  # an empty leaf: nothing known
             continue
-        entry = by_record.get(node)
-        if entry is None:
-            address = ipaddress.IPv4Address(bits << (32 - depth))
-            record, found = reader.get_with_prefix_len(address)
-            if found != depth:  # as the locator's own check (geo.locator._decode4)
-                raise DatabaseError(
-                    f"{database}: search tree walk disagrees with the reader at {address} "
-                    f"(/{depth} vs /{found})"
-                )
-            fields = record_fields(record)
-            if fields is None:
-                entry = 0
-            else:
-                place = (fields[0], fields[1])
-                at = by_place.get(place)
-                if at is None:
-                    at = by_place[place] = len(coords)
-                    coords.extend(place)
-                entry = at << 5
-            by_record[node] = entry
-        if entry:
+        at = place_at(node, depth, bits << (32 - depth))
+        if at:
+            entry = at << 5 | depth
             span = 1 << (24 - depth)
             base = bits << (24 - depth)
             if span == 1:
-                entries[base] = entry | depth
+                entries[base] = entry
             else:
-                entries[base : base + span] = array("I", (entry | depth,)) * span
+                entries[base : base + span] = array("I", (entry,)) * span
     return entries, coords
 
 

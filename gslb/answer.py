@@ -29,10 +29,16 @@ Speed comes from caching encoded replies, in three tiers:
    bytes depend on the config alone and are kept across health changes.
    The cold path (`_placed`): a query that differs from one answered before by a `nearest`
    pool only in its ID and its /24 ECS address (a resolver asking for a new client network)
-   skips parsing and locating: the locator's `place4` reads the coordinates and the prefix
-   length of the GeoIP network from its /24 table (or, until that is built, its search
-   tree), which are the pool key, so a new network at a place seen before costs a table
-   lookup and a dict lookup; the reply bytes are kept per query shape and place.
+   skips parsing and locating: the locator's `place_key4` reads the entry of the /24 in its
+   /24 table, a number naming the GeoIP network's place and prefix length (what the pool
+   tier's key is made of), and the reply bytes are kept per query shape (under its pool's
+   generation) and that number, so a new network at a place seen before costs a table
+   lookup and a dict lookup. Without a number (no table yet, an override, a /24 split into
+   smaller networks whose first address has no place) `place4` gives the place itself, from
+   the search tree, and the bytes are kept by the place. A place new to the shape runs the
+   selection from its coordinates, and the shape keeps the bytes by what it chose too (edge
+   names, ECS scope): the many places that choose alike share one entry, made once. The
+   cold path leaves the pool tier to _answer.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
@@ -59,7 +65,6 @@ meet old cache entries, and a new key never meets signatures made with the old o
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import logging
 import struct
 import time
@@ -205,10 +210,30 @@ class _Plan:
 
 
 _StaticKey = tuple[bytes, int, int, Any, int]
-# A query shape of the cold path: its static key, plan, parse and number (see _placed)
-_Placeable = tuple[_StaticKey, _Plan, Query, int]
 # The cold path's memo: reply bytes between the ID and the ECS address, the reply, tally key
 _PlacedHit = tuple[bytes, _Reply, Tally]
+# ... kept by the locator's place_key4 number, or by the place itself where it has none
+_PlaceKey = int | tuple[float, float, int]
+
+
+class _Shape:
+    """A query shape of the cold path (see _placed): what answering it needs besides the
+    place (its static key, plan and parse), and its answers under one generation of its pool
+    and one round of the responder's cold-path memo: by place, and by what the selection
+    chose (the names of the edges and the ECS scope), which many places share."""
+
+    __slots__ = ("choices", "generation", "key", "memo", "plan", "qtype", "query", "round", "slot")
+
+    def __init__(self, key: _StaticKey, plan: _Plan, query: Query) -> None:
+        self.key = key
+        self.plan = plan
+        self.query = query
+        self.slot = plan.slot  # these two are read per query
+        self.qtype = query.qtype
+        self.memo: dict[_PlaceKey, _PlacedHit] = {}
+        self.choices: dict[tuple[tuple[str, ...], int], _PlacedHit] = {}
+        self.generation = -1  # none yet: the first query starts the memo
+        self.round = -1
 
 
 class Responder:
@@ -256,18 +281,17 @@ class Responder:
         self._shapes: FifoCache[bytes, Query] = FifoCache(SHAPE_ENTRIES)
         self._shapes_get = self._shapes.getter
         # The cold path of `nearest` pools (see _placed): by (the bytes between the ID and a
-        # trailing /24 ECS address, tcp), what answering that query shape needs besides the
-        # place: its static key, plan and parse. Only with a locator that has place4.
-        self._place4 = locator.place4 if isinstance(locator, PlaceLocator) else None
-        self._placeable: FifoCache[tuple[bytes, bool], _Placeable] = FifoCache(SHAPE_ENTRIES)
+        # trailing /24 ECS address, tcp), the query shape (_Shape), whose memo holds the
+        # reply between the ID and the ECS address by place. Only with a PlaceLocator.
+        placer = locator if isinstance(locator, PlaceLocator) else None
+        self._placer = placer
+        self._place_key4 = placer.place_key4 if placer is not None else None
+        self._placeable: FifoCache[tuple[bytes, bool], _Shape] = FifoCache(SHAPE_ENTRIES)
         self._placeable_get = self._placeable.getter
-        self._shape_ids = itertools.count(1)
-        # ... and by (that shape's number, pool generation, place): the reply between its ID
-        # and its ECS address (the rest of the query is the shape's), the reply, its tally key
-        self._placed_memo: FifoCache[tuple[int, int, float, float, int], _PlacedHit] = FifoCache(
-            POOL_ENTRIES
-        )
-        self._placed_memo_get = self._placed_memo.getter
+        # Entries made in the shapes' memos this round; at POOL_ENTRIES a new round starts
+        # and every memo with it (bounded without per-entry eviction bookkeeping).
+        self._placed_count = 0
+        self._placed_round = 0
         # Which cold-path queries were seen once (a byte per hash of the query past its ID,
         # forgotten every _SEEN_RESET admissions): one goes into the exact tier only when
         # seen again, so a stream of new /24s does not churn it (an insert and an eviction
@@ -304,7 +328,8 @@ class Responder:
         try:
             # Keys of this tier and of the shape memo hold the header flags, so the opcode:
             # only QUERY replies are stored, and no other opcode can hit them.
-            hit = self._exact_get((wire[2:], tcp))
+            tail = wire[2:]
+            hit = self._exact_get((tail, tcp))
             if hit is not None and self._generations[hit[4]] == hit[5]:
                 observer = self._observer
                 if observer is not None:
@@ -328,10 +353,10 @@ class Responder:
                     if self._observer is not None:
                         self._tell(signed[1], signed[3], client, signed[2], signed[6])
                     return wire[:2] + signed[0]
-            if self._place4 is not None and len(wire) > 15:
-                placeable = self._placeable_get((wire[2:-3], tcp))
-                if placeable is not None:
-                    out = self._placed(placeable, wire, client, tcp)
+            if self._place_key4 is not None and len(wire) > 15:
+                shape = self._placeable_get((wire[2:-3], tcp))
+                if shape is not None:
+                    out = self._placed(shape, wire, tail, client, tcp)
                     if out is not None:
                         return out
             query = None
@@ -472,7 +497,7 @@ class Responder:
             elif entry.by_place:  # the selection depends on the coordinates alone
                 pkey = (key, generation, where.latitude, where.longitude, where.network.prefixlen)
                 if (
-                    self._place4 is not None
+                    self._place_key4 is not None
                     and not now  # signed: the key holds the signing epoch
                     and ecs is not None
                     and ecs.family == FAMILY_IPV4
@@ -481,9 +506,9 @@ class Responder:
                     and q.options is None
                 ):
                     # Another client subnet in this query shape takes _placed from now on.
-                    shape = (wire[2:-3], tcp)
-                    if self._placeable_get(shape) is None:
-                        self._placeable.put(shape, (key, entry, q, next(self._shape_ids)))
+                    shaped = (wire[2:-3], tcp)
+                    if self._placeable_get(shaped) is None:
+                        self._placeable.put(shaped, _Shape(key, entry, q))
             else:
                 pkey = (key, generation, where.network)
             reply = self._pooled_get(pkey)
@@ -514,67 +539,97 @@ class Responder:
         return out
 
     def _placed(
-        self, placeable: _Placeable, wire: bytes, client: IPAddress, tcp: bool
+        self, shape: _Shape, wire: bytes, tail: bytes, client: IPAddress, tcp: bool
     ) -> bytes | None:
-        """The reply to a query of a shape answered before by a `nearest` pool, from the
-        pool tier, or None when _answer must run (the place or the reply is not at hand).
+        """The reply to a query of a shape answered before by a `nearest` pool (`tail`: the
+        query past its ID), or None when _answer must run (the place is not at hand).
 
         The cold path of a new client subnet: its /24 ECS address ends the query, so the
         shape gives everything else (static key, plan, parse) and the address only has to
-        be placed. place4 gives the coordinates and the prefix length of the GeoIP network
-        straight from the /24 table (or the search tree), and the pool tier's key is made of
-        those, so a new /24 at a place seen before costs a table lookup and a dict lookup: no
-        parse, no address, network or Location object. Same key, same reply, same tier-1 entry and
-        observer call as _answer makes for this query.
-
-        A place seen before in this shape (under the pool's current generation) is cheaper
-        still: the reply's bytes between the ID and the ECS address are the same for every
-        query of the shape, so they are kept, and the reply is the ID, them and the address."""
-        key, plan, q, shape = placeable
+        be placed. The reply's bytes between the ID and the ECS address depend on nothing
+        else but the place (coordinates and prefix length of the GeoIP network) and the
+        pool's generation, so the shape keeps them by place: by the locator's place_key4
+        number (one index into its /24 table), or, for a /24 without one, by what place4
+        says. A new /24 at a place seen before in this shape is then that lookup, a dict
+        lookup and the ID, those bytes and the address: no parse, no address, network or
+        Location object. Same bytes, same tier-1 entry and observer call as _answer makes."""
         address = wire[-3:]
-        value = int.from_bytes(address, "big") << 8
-        assert self._place4 is not None
-        place = self._place4(value)
-        if place is None:
-            return None
-        slot = plan.slot
+        block = int.from_bytes(address, "big")
+        assert self._place_key4 is not None and self._placer is not None
+        key: _PlaceKey | None = self._place_key4(block)
+        if key is None:
+            key = self._placer.place4(block << 8)
+            if key is None:
+                return None
+        slot = shape.slot
         generation = self._generations[slot]
-        latitude, longitude, prefix = place
-        mkey = (shape, generation, latitude, longitude, prefix)
-        hit = self._placed_memo_get(mkey)
-        if hit is not None:
-            middle, reply, counted = hit
-            rest = middle + address
-            out = wire[:2] + rest
-        else:
-            pkey = (key, generation, latitude, longitude, prefix)
-            pooled = self._pooled_get(pkey)
-            if pooled is None:  # a new place: the selection runs for it, as in _pool_reply
-                # by_place: the selection reads the coordinates alone, the scope the prefix
-                selection = select_at(plan.pool.pool, latitude, longitude, self._health)
-                scope = scope_of(q.ecs, prefix, selection.tailored)
-                pooled = self._selected(q, key, plan, selection, scope, key[4])
-                self._pooled.put(pkey, pooled)
-                if self._observer is not None:
-                    self._missed(plan.pool.pool.name)
-            reply = pooled
-            out = self._patch(reply.wire, wire, q.question_end, address)
-            rest = out[2:]
-            counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
-            self._placed_memo.put(mkey, (rest[:-3], reply, counted))
-        tail = wire[2:]
-        seen = hash(tail) & _SEEN_MASK
+        if shape.generation != generation or shape.round != self._placed_round:
+            # Answers made under another generation of the pool never count again.
+            shape.memo = {}
+            shape.choices = {}
+            shape.generation = generation
+            shape.round = self._placed_round
+        hit = shape.memo.get(key)
+        if hit is None:
+            hit = self._new_place(shape, key, generation, wire, address)
+            if hit is None:
+                return None
+        middle, reply, counted = hit
+        rest = middle + address
+        seen = hash(tail) & _SEEN_MASK  # cached: tail was hashed for the exact tier
         if self._seen[seen]:
-            self._exact.put((tail, tcp), (rest, reply, address, q.qtype, slot, generation, counted))
+            self._exact.put(
+                (tail, tcp), (rest, reply, address, shape.qtype, slot, generation, counted)
+            )
         else:
             self._seen[seen] = 1
             self._seen_count += 1
             if self._seen_count >= _SEEN_RESET:
                 self._seen = bytearray(_SEEN_SLOTS)
                 self._seen_count = 0
+        observer = self._observer
+        if observer is not None:  # _tell, inline (see respond)
+            if observer.detailed:
+                self._notify(reply, shape.qtype, client, address)
+            else:
+                tally = observer.tally
+                tally[counted] = tally.get(counted, 0) + 1
+        return wire[:2] + rest
+
+    def _new_place(
+        self, shape: _Shape, key: _PlaceKey, generation: int, wire: bytes, address: bytes
+    ) -> _PlacedHit | None:
+        """The memo entry of a place new to `shape` (in this generation of its pool); None
+        when the place is no longer at hand. The selection runs from its coordinates, as
+        _pool_reply runs it (by_place: the selection reads the coordinates alone, the ECS
+        scope the prefix length), and its choice (edges and scope) decides the bytes: a
+        choice the shape met before at another place gives the same entry."""
+        assert self._placer is not None
+        place = key if isinstance(key, tuple) else self._placer.place_of(key)
+        if place is None:
+            return None
+        latitude, longitude, prefix = place
+        plan, q = shape.plan, shape.query
+        selection = select_at(plan.pool.pool, latitude, longitude, self._health)
+        scope = scope_of(q.ecs, prefix, selection.tailored)
         if self._observer is not None:
-            self._tell(reply, q.qtype, client, address, counted)
-        return out
+            self._missed(plan.pool.pool.name)
+        edges = selection.edges
+        names = (edges[0].name,) if len(edges) == 1 else tuple([e.name for e in edges])
+        choice = (names, scope)
+        hit = shape.choices.get(choice)
+        if hit is None:
+            skey = shape.key
+            reply = self._selected(q, skey, plan, selection, scope, skey[4])
+            out = self._patch(reply.wire, wire, q.question_end, address)
+            hit = (out[2:-3], reply, (reply.rcode, q.qtype, reply.pool or "", reply.edges))
+            shape.choices[choice] = hit
+        shape.memo[key] = hit
+        self._placed_count += 1
+        if self._placed_count >= POOL_ENTRIES:
+            self._placed_round += 1  # every shape's memo starts over at its next query
+            self._placed_count = 0
+        return hit
 
     def _locate(self, ecs: ClientSubnet | None, client: IPAddress) -> Location | None:
         return self._locator.locate(decision_address(ecs, client))

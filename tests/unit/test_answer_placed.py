@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from geo.location import IPAddress, Location
 from geo.locator import GeoIPLocator
+from gslb import answer
 from gslb.answer import Responder
 from gslb.health import HealthStore
 from gslb.metrics import QueryMetrics
@@ -160,6 +161,36 @@ def test_a_cold_query_enters_the_exact_tier_when_it_comes_again() -> None:
         exact_hits += fast._exact.get((third[2:], False)) is not None
         assert fast.respond(third, client, tcp=False) == slow.respond(third, client, tcp=False)
     assert exact_hits > 380
+
+
+@pytest.mark.parametrize("tabled", [False, True])
+def test_a_shape_keeps_answers_by_place_and_by_choice_in_bounded_rounds(
+    tabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each query shape keeps its answers by place (the table's number, or the place itself
+    # without a table) and by what the selection chose: many places, few choices, one entry
+    # per choice. At POOL_ENTRIES entries a new round starts every shape's memo afresh.
+    monkeypatch.setattr(answer, "POOL_ENTRIES", 500)
+    fast, slow, _, recorder = pair(tabled)
+    first = query("www.example.test.", ecs=PARIS_NET)
+    client = ipaddress.ip_address("192.0.2.1")
+    fast.respond(first, client, tcp=False)
+    (shape,) = fast._placeable._data.values()
+    rnd = random.Random(99)
+    rounds = set()
+    for i in range(3000):
+        wire = with_address(first, i, rnd.getrandbits(24).to_bytes(3, "big"))
+        assert fast.respond(wire, client, tcp=False) == slow.respond(wire, client, tcp=False)
+        assert len(shape.memo) <= 500
+        rounds.add(fast._placed_round)
+        # the config's pool has 3 edges: at most one choice per edge and ECS scope
+        assert len(shape.choices) <= 3 * 25
+        assert len({id(hit) for hit in shape.memo.values()}) == len(shape.choices)
+    assert len(rounds) > 1
+    # by the table's numbers, but for /24s split into smaller networks (placed by place4)
+    numbered = sum(isinstance(k, int) for k in shape.memo)
+    assert numbered > len(shape.memo) // 2 if tabled else numbered == 0
+    assert len(recorder.calls) == 3001
 
 
 @pytest.mark.parametrize("which", [0, 2])

@@ -68,6 +68,7 @@ NETWORKS = [
     entry("12.35.20.0/24", 89.9, 179.9),
     entry("200.1.2.0/24", -45.0, 170.0),
     entry("200.1.3.0/30", -46.0, 171.0),
+    entry("200.1.4.128/25", -47.0, 172.0),  # a split /24 whose first address is unknown
 ]
 
 
@@ -96,8 +97,9 @@ def test_the_table_says_what_the_walk_says_on_a_database_of_every_kind_of_networ
         assert not tabled.table_ready
         wait_ready(tabled)
         table = tabled._db.table
-        # places of the networks of /24 or larger; two of them share one
-        assert table is not None and table.places == 5
+        # places of the networks of /24 or larger (two of them share one), and of the
+        # networks holding the first address of a split /24
+        assert table is not None and table.places == 7
         rnd = random.Random(5)
         values = probes(NETWORKS) + [rnd.getrandbits(32) for _ in range(2000)]
         for value in values:
@@ -108,6 +110,7 @@ def test_the_table_says_what_the_walk_says_on_a_database_of_every_kind_of_networ
         entries = table.entries
         assert entries[ip("12.35.17.0") >> 8] & 31 == WALK  # split below /24: walked
         assert entries[ip("200.1.3.0") >> 8] & 31 == WALK
+        assert entries[ip("200.1.4.0") >> 8] == WALK  # ... and no place for its first address
         assert entries[ip("12.35.18.0") >> 8] == 0  # no coordinates
         assert entries[ip("13.0.0.0") >> 8] == 0  # an empty leaf
         assert entries[ip("12.34.255.0") >> 8] & 31 == 16
@@ -140,7 +143,13 @@ def test_the_bundled_database_table_agrees_with_the_walk_and_the_reader() -> Non
             assert tabled.place4(value) == expected, ipaddress.IPv4Address(value)
             assert walked.place4(value) == expected, ipaddress.IPv4Address(value)
             answered += expected is not None
+            if value & 0xFF == 0:  # a /24's first address: what its place_key4 stands for
+                key = tabled.place_key4(value >> 8)
+                if key is not None:
+                    assert tabled.place_of(key) == expected, ipaddress.IPv4Address(value)
         assert answered > 5000
+        firsts = [table.entries[i] != WALK for i in split]  # placed by their first address
+        assert sum(firsts) > len(split) // 2
 
 
 def test_overrides_win_over_the_table(small_db: Path, tmp_path: Path) -> None:
@@ -174,6 +183,51 @@ def test_a_reload_answers_from_the_new_database_then_from_its_own_table(
         # the old database's table was pruned by the build of the new one
         tables = sorted(p.name for p in cache.glob("geo24-*.bin"))
         assert tables == [table_path(cache, small_db, file_signature(small_db)).name]
+
+
+def test_place_keys_stand_for_what_place4_says_and_for_one_table_only(
+    small_db: Path, tmp_path: Path
+) -> None:
+    # place_key4 numbers a /24's place (its first address, as place4 places it) by the
+    # table's entry; place_of gives that place back. A reload brings another table: its
+    # numbers differ, and numbers of the old one are no longer turned into places.
+    office = Location(1.0, 2.0, "JP", "AS", ipaddress.IPv4Network("12.34.128.0/17"))
+    cache = tmp_path / "cache"
+    with GeoIPLocator(small_db, [office], table_dir=cache) as tabled:
+        assert tabled.place_key4(ip("11.1.2.0") >> 8) is None  # no table yet: place4
+        wait_ready(tabled)
+        rnd = random.Random(11)
+        blocks = [v >> 8 for v in probes(NETWORKS)] + [rnd.getrandbits(24) for _ in range(2000)]
+        keyed: dict[int, tuple[float, float, int] | None] = {}
+        for block in blocks:
+            key = tabled.place_key4(block)
+            if key is None:  # split, unknown, or the override's: place4 (or locate) says
+                continue
+            place = tabled.place_of(key)
+            assert place is not None and place == tabled.place4(block << 8)
+            assert keyed.setdefault(key, place) == place  # one number, one place
+        assert len(keyed) >= 4
+        assert tabled.place_key4(ip("12.34.200.0") >> 8) is None  # the override
+        assert tabled.place_key4(ip("12.34.1.0") >> 8) is not None
+        # split below /24: the network of the first address, for that address alone
+        split = tabled.place_key4(ip("12.35.17.0") >> 8)
+        assert split is not None and tabled.place_of(split) == (5.0, 6.0, 25)
+        split = tabled.place_key4(ip("200.1.3.0") >> 8)
+        assert split is not None and tabled.place_of(split) == (-46.0, 171.0, 30)
+        assert tabled.place_key4(ip("200.1.4.0") >> 8) is None  # its first address: unknown
+        assert tabled.place_key4(ip("13.0.0.0") >> 8) is None  # nothing known
+        old = tabled.place_key4(ip("11.1.2.0") >> 8)
+        assert old is not None and tabled.place_of(old) == (10.0, 20.0, 8)
+        moved = [entry("11.0.0.0/9", -10.0, -20.0), *NETWORKS[1:]]
+        write_city_db(moved, small_db)
+        assert tabled.maybe_reload()
+        assert tabled.place_key4(ip("11.1.2.0") >> 8) is None  # the walk, meanwhile
+        assert tabled.place_of(old) is None
+        wait_ready(tabled)
+        new = tabled.place_key4(ip("11.1.2.0") >> 8)
+        assert new is not None and new != old
+        assert tabled.place_of(new) == (-10.0, -20.0, 9)
+        assert tabled.place_of(old) is None
 
 
 def test_a_table_of_another_database_version_is_never_used(small_db: Path, tmp_path: Path) -> None:
