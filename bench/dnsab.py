@@ -12,6 +12,13 @@ both answer the first 20,000 queries again and the replies are compared.
 
     PYTHONPATH=$PWD .venv/bin/python bench/dnsab.py main ecs1m-p0010 --queries 300000
 
+`--base-queries` gives the base its own query file, and the base `worktree` is the working
+tree again: so two pools of one build can be compared the same way, e.g. the 1000-edge pool
+against the 10-edge one (issue #10's goal: >= 0.9x):
+
+    PYTHONPATH=$PWD .venv/bin/python bench/dnsab.py worktree ecs1m-p1000 \
+        --base-queries ecs1m-p0010 --queries 500000
+
 Run bench/dns.sh once first (query files, config) and let bench/dnsprofile.py build the
 GeoIP /24 table if it is missing.
 """
@@ -78,40 +85,53 @@ def build(suffix: str) -> tuple[Any, Any]:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("base", help="the commit to compare the working tree with (main, a sha)")
+    p.add_argument(
+        "base", help="the commit to compare the working tree with (main, a sha, or worktree)"
+    )
     p.add_argument("queries", help="query file key: static, ecs10k-p0010, ecs1m-p0010, ...")
     p.add_argument("--queries", dest="count", type=int, default=300_000, help="how many")
     p.add_argument("--chunk", type=int, default=2000, help="queries per turn")
+    p.add_argument("--base-queries", help="the base's own query file key (default: the same)")
     args = p.parse_args(argv)
-    qfile = WORKDIR / f"q-{args.queries}.bin"
-    if not qfile.exists() or not (WORKDIR / "gslb.toml").exists():
-        raise BenchError(f"{qfile} or its config missing: run bench/dns.sh once first")
-    queries = read_queries(qfile, args.count)
+    files = [WORKDIR / f"q-{key}.bin" for key in (args.queries, args.base_queries) if key]
+    for qfile in files:
+        if not qfile.exists() or not (WORKDIR / "gslb.toml").exists():
+            raise BenchError(f"{qfile} or its config missing: run bench/dns.sh once first")
+    queries = read_queries(files[0], args.count)
+    base_queries = read_queries(files[-1], args.count)
     with tempfile.TemporaryDirectory(prefix="dnsab-") as tmp:
-        unpack(args.base, Path(tmp))
-        sys.path.insert(0, tmp)
-        base, tune_gc = build(SUFFIX)
+        if args.base == "worktree":
+            base, tune_gc = build("")
+        else:
+            unpack(args.base, Path(tmp))
+            sys.path.insert(0, tmp)
+            base, tune_gc = build(SUFFIX)
         ours, _ = build("")
         client = ipaddress.IPv4Address("127.0.0.1")
         tune_gc()
         spent = {id(base): 0.0, id(ours): 0.0}
-        for turn, at in enumerate(range(0, len(queries), args.chunk)):
-            chunk = queries[at : at + args.chunk]
+        count = min(len(queries), len(base_queries))
+        given = {id(base): base_queries, id(ours): queries}
+        for turn, at in enumerate(range(0, count, args.chunk)):
             for responder in (base, ours) if turn % 2 == 0 else (ours, base):
+                chunk = given[id(responder)][at : at + args.chunk]
                 respond = responder.respond
                 started = time.process_time()
                 for wire in chunk:
                     respond(wire, client, tcp=False)
                 spent[id(responder)] += time.process_time() - started
-        differ = sum(
-            base.respond(wire, client, tcp=False) != ours.respond(wire, client, tcp=False)
-            for wire in queries[:20_000]
-        )
-    per = {k: v / len(queries) * 1e6 for k, v in spent.items()}
+        compared = ""
+        if not args.base_queries:
+            differ = sum(
+                base.respond(wire, client, tcp=False) != ours.respond(wire, client, tcp=False)
+                for wire in queries[:20_000]
+            )
+            compared = f"; replies differing in the first 20,000: {differ}"
+    per = {k: v / count * 1e6 for k, v in spent.items()}
     print(
-        f"{args.queries}, {len(queries)} queries: {args.base} {per[id(base)]:.2f} µs, "
-        f"working tree {per[id(ours)]:.2f} µs per query: "
-        f"{per[id(ours)] / per[id(base)]:.3f}x; replies differing in the first 20,000: {differ}"
+        f"{count} queries: {args.base} on {args.base_queries or args.queries} "
+        f"{per[id(base)]:.2f} µs, working tree on {args.queries} {per[id(ours)]:.2f} µs per "
+        f"query: {per[id(ours)] / per[id(base)]:.3f}x the CPU time{compared}"
     )
     return 0
 
