@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import REPO, BenchError, run_main
-from dnsprofile import WORKDIR, read_queries
+from dnsprofile import WORKDIR, read_queries, wait_for_table
 
 PACKAGES = ("gslb", "geo", "geoedge")
 SUFFIX = "_b"
@@ -72,12 +72,7 @@ def build(suffix: str) -> tuple[Any, Any]:
         service.config_pools(config), service.config_edge_names(config)
     )
     locator = service.make_locator(config)
-    deadline = time.monotonic() + 300.0
-    while not locator.table_ready and time.monotonic() < deadline:
-        locator.poll_table()
-        time.sleep(0.2)
-    if not locator.table_ready:
-        raise BenchError("the GeoIP /24 table did not become ready")
+    wait_for_table(locator)
     observer = mod("gslb.metrics").QueryMetrics()
     responder = mod("gslb.answer").Responder(config, locator, health, observer=observer)
     return responder, mod("gslb.workers").tune_gc

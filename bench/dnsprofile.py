@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import REPO, BenchError, run_main
 
@@ -53,6 +54,17 @@ def read_queries(path: Path, limit: int) -> list[bytes]:
     return out
 
 
+def wait_for_table(locator: Any) -> None:  # any build's GeoIPLocator (bench/dnsab.py)
+    """Wait (up to 300 s) until `locator`'s GeoIP /24 table is mapped, as a server does once
+    it is built; BenchError if it is not."""
+    deadline = time.monotonic() + 300.0
+    while not locator.table_ready and time.monotonic() < deadline:
+        locator.poll_table()
+        time.sleep(0.2)
+    if not locator.table_ready:
+        raise BenchError("the GeoIP /24 table did not become ready (see the log above)")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("queries", help="query file key: static, ecs10k-p0010, ecs1m-p0010, ...")
@@ -73,12 +85,7 @@ def main(argv: list[str]) -> int:
     health = HealthStore(config_pools(config), config_edge_names(config))
     locator = make_locator(config)
     if not args.no_table:  # as a server does once the table is built: wait for it
-        deadline = time.monotonic() + 300.0
-        while not locator.table_ready and time.monotonic() < deadline:
-            locator.poll_table()
-            time.sleep(0.2)
-        if not locator.table_ready:
-            raise BenchError("the GeoIP /24 table did not become ready (see the log above)")
+        wait_for_table(locator)
     responder = Responder(config, locator, health, observer=QueryMetrics())
     respond = responder.respond
     client = ipaddress.IPv4Address("127.0.0.1")
