@@ -909,7 +909,7 @@ class CacheLayer:
             if len(body) == length and writer.write(body):
                 entry = self._entry_for(creq, upstream, out_pairs, *times)
                 if self._commits.behind:
-                    stored = await self._commits.commit(writer, entry, length) is not None
+                    stored = await self._commit_entry(writer, entry, length) is not None
                 else:
                     committing = self._commits.submit(writer, entry, length)
                     stored = True
