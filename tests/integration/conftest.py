@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,15 @@ def bundled_table() -> Path:
     """Servers on the bundled GeoIP database map its /24 table at start, as after their
     first start in production, rather than each starting a build their stop then ends."""
     return bundled_table_dir()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def collect_cycles_per_module() -> Iterator[None]:
+    """A full cycle collection after each module: a socket or transport a module leaks in a
+    reference cycle fails that module's last test (ResourceWarning is an error here), not
+    whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
