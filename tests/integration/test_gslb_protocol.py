@@ -44,8 +44,13 @@ def raw_query(name: str, qtype: int = 1, *, qid: int = 0x1234, flags: int = 0x01
 
 
 def udp_exchange(gslb: GslbProcess, packets: list[bytes], expect: int) -> list[bytes]:
-    """Send packets from one socket and collect `expect` replies (in arrival order)."""
+    """Send packets from one socket and collect `expect` replies (in arrival order).
+
+    The replies wait in the socket's receive buffer until every packet is sent; at the
+    default size (about 200 small datagrams, as the kernel counts them) the client itself
+    could drop some of a burst's replies, so it asks for 4 MiB (capped at rmem_max)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.settimeout(5)
         for p in packets:
             s.sendto(p, (gslb.host, gslb.port))
