@@ -401,7 +401,9 @@ def ask(port: int, query: dns.message.Message, timeout: float = 0.5) -> dns.mess
 def answers_static(port: int) -> bool:
     try:
         reply = ask(port, dns.message.make_query(STATIC, "A"))
-    except (dns.exception.Timeout, OSError):
+    except (dns.exception.DNSException, OSError):
+        # Not an answer yet: a timeout, or (BadResponse) a late reply to an earlier probe
+        # reaching this probe's socket on a reused port. The caller probes again.
         return False
     return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
 
