@@ -35,10 +35,12 @@ lazily filled grid of latitude/longitude cells: each cell keeps only the edges t
 among the `answers` nearest for some point inside it (an edge farther from the cell's centre
 than the k-th nearest plus the cell's diameter never is, by the triangle inequality on the
 sphere), so a miss ranks a handful of edges and the answer is the same as ranking them all.
-The grid has three levels (20, 4 and 1 degree cells), each cell built from the one holding it
-a level up, and a new coordinate looks up its 1-degree cell only: with one edge per answer,
+The grid has three levels (20, 4 and 2 degree cells), each cell built from the one holding it
+a level up, and a new coordinate looks up its 2-degree cell only: with one edge per answer,
 many of those can be won by a single edge and hold the answer itself, so a new coordinate
-there costs an index and a dict lookup, less than a small pool's n dot products.
+there costs an index and a dict lookup, less than a small pool's n dot products. (1-degree
+cells answer a little faster once built, but a server's first minutes build so many more
+of them that they cost more than they save.)
 
 Explanations: `explain(pool, where, health)` returns the very `Selection` that `select` does
 (it runs the same view and the same per-client choice, memo included) together with an
@@ -82,9 +84,11 @@ _MASK64 = (1 << 64) - 1
 _GRID_MIN_EDGES = 48
 # Cell sizes in degrees, coarse to fine: each divides 180 and the size before it, so a cell
 # lies inside one cell of every coarser level.
-_CELL_SIZES = (20.0, 4.0, 1.0)
+_CELL_SIZES = (20.0, 4.0, 2.0)
 _FINEST = _CELL_SIZES[-1]
 _FINE_ROWS, _FINE_COLS = int(180 / _FINEST), int(360 / _FINEST)
+# the coarser levels: (size, finest cells per side of one of its cells, its columns)
+_COARSER = tuple((size, int(size / _FINEST), int(360 / size)) for size in _CELL_SIZES[:-1])
 # Slack for floating-point error in the cell bounds (radians, ~6 m on the Earth: acos near 1
 # is ill-conditioned).
 _CELL_SLACK = 1e-6
@@ -290,7 +294,7 @@ def _build_view(pool: Pool, health: HealthView, slot: int, generation: int) -> _
         view.candidates.append((x, y, z, st.load, e.name, e))
     if not view.hot and len(view.candidates) > max(_GRID_MIN_EDGES, 4 * count):
         view.cells = {}
-        view.coarser = [{} for _ in _CELL_SIZES[:-1]]
+        view.coarser = [{} for _ in _COARSER]
     return view
 
 
@@ -355,10 +359,9 @@ def _fill_cell(
     """The finest cell at (row, col), built from the coarser cells holding it (each built
     too where missing): its candidates, or the answer when only one edge can win in it."""
     candidates = view.candidates
-    for size, coarse in zip(_CELL_SIZES, view.coarser, strict=False):
-        per = int(size / _FINEST)  # finest cells per side of this level's
+    for (size, per, cols), coarse in zip(_COARSER, view.coarser, strict=True):
         crow, ccol = row // per, col // per
-        key = crow * int(360 / size) + ccol
+        key = crow * cols + ccol
         wide = coarse.get(key)
         if wide is None:
             wide = coarse[key] = _cell_candidates(candidates, crow, ccol, size, count)

@@ -461,13 +461,15 @@ def test_a_cell_where_one_edge_wins_holds_that_answer_until_the_generation_moves
     assert view.cells is not None
     whole = {k: c for k, c in view.cells.items() if isinstance(c, Selection)}
     assert whole and len(whole) < len(view.cells)
-    rows, cols = divmod(min(whole), 360)
-    # every point of that 1-degree cell has that edge as its nearest
+    size = selection._FINEST
+    row, col = divmod(min(whole), selection._FINE_COLS)
+    south, west = -90.0 + row * size, -180.0 + col * size
+    # every point of that cell has that edge as its nearest
     for dlat in (0.0, 0.5, 0.999999):
         for dlon in (0.0, 0.5, 0.999999):
-            lat, lon = -90.0 + rows + dlat, -180.0 + cols + dlon
+            lat, lon = south + dlat * size, west + dlon * size
             assert _brute_force(p, health, lat, lon) == whole[min(whole)].edges
-    lat, lon = -90.0 + rows + 0.5, -180.0 + cols + 0.5
+    lat, lon = south + size / 2, west + size / 2
     winner = whole[min(whole)].edges
     health.set_up(winner[0].name, False)  # the pool's generation moves
     after = select_at(p, lat, lon, health)
