@@ -37,7 +37,7 @@ than the k-th nearest plus the cell's diameter never is, by the triangle inequal
 sphere), so a miss ranks a handful of edges and the answer is the same as ranking them all.
 The grid has three levels (20, 4 and 2 degree cells), each cell built from the one holding it
 a level up, and a new coordinate looks up its 2-degree cell only: with one edge per answer,
-many of those can be won by a single edge and hold the answer itself, so a new coordinate
+some of those can be won by a single edge and hold the answer itself, so a new coordinate
 there costs an index and a dict lookup, less than a small pool's n dot products. (1-degree
 cells answer a little faster once built, but a server's first minutes build so many more
 of them that they cost more than they save.)
