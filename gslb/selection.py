@@ -35,6 +35,12 @@ lazily filled grid of latitude/longitude cells: each cell keeps only the edges t
 among the `answers` nearest for some point inside it (an edge farther from the cell's centre
 than the k-th nearest plus the cell's diameter never is, by the triangle inequality on the
 sphere), so a miss ranks a handful of edges and the answer is the same as ranking them all.
+The grid has three levels (20, 4 and 2 degree cells), each cell built from the one holding it
+a level up, and a new coordinate looks up its 2-degree cell only: with one edge per answer,
+some of those can be won by a single edge and hold the answer itself, so a new coordinate
+there costs an index and a dict lookup, less than a small pool's n dot products. (1-degree
+cells answer a little faster once built, but a server's first minutes build so many more
+of them that they cost more than they save.)
 
 Explanations: `explain(pool, where, health)` returns the very `Selection` that `select` does
 (it runs the same view and the same per-client choice, memo included) together with an
@@ -76,9 +82,13 @@ _MEMO_MAX = 65536  # memoized nearest answers per pool view
 _MASK64 = (1 << 64) - 1
 # Pools with more candidates than this use the cell grid for nearest answers.
 _GRID_MIN_EDGES = 48
-# Cell sizes in degrees; both divide 180, and a fine cell lies inside one coarse cell.
-_CELL_DEGREES = 4.0
-_COARSE_DEGREES = 20.0
+# Cell sizes in degrees, coarse to fine: each divides 180 and the size before it, so a cell
+# lies inside one cell of every coarser level.
+_CELL_SIZES = (20.0, 4.0, 2.0)
+_FINEST = _CELL_SIZES[-1]
+_FINE_ROWS, _FINE_COLS = int(180 / _FINEST), int(360 / _FINEST)
+# the coarser levels: (size, finest cells per side of one of its cells, its columns)
+_COARSER = tuple((size, int(size / _FINEST), int(360 / size)) for size in _CELL_SIZES[:-1])
 # Slack for floating-point error in the cell bounds (radians, ~6 m on the Earth: acos near 1
 # is ill-conditioned).
 _CELL_SLACK = 1e-6
@@ -189,10 +199,12 @@ class _View:
     # nearest: the candidates with their unit vectors; hot: every serving edge is overloaded
     candidates: list[_Candidate] = field(default_factory=list)
     hot: bool = False
-    # nearest, large pools: cell index -> the candidates that can win inside that cell (fine
-    # cells are built from the candidates of the coarse cell holding them: cheap to fill)
-    cells: dict[int, list[_Candidate]] | None = None
-    coarse: dict[int, list[_Candidate]] = field(default_factory=dict)
+    # nearest, large pools: per cell of the finest level, the candidates that can win inside
+    # it, or the answer itself where only one can (one edge per answer); `coarser`: the same
+    # for the coarser levels, each cell built from the candidates of the cell holding it one
+    # level up, so filling a cell ranks a handful of edges
+    cells: dict[int, list[_Candidate] | Selection] | None = None
+    coarser: list[dict[int, list[_Candidate]]] = field(default_factory=list)
     # weighted: (edge salt, 1 / effective weight, name, edge)
     weighted: list[tuple[int, float, str, Edge]] = field(default_factory=list)
     memo: dict[tuple[float, float], Selection] = field(default_factory=dict)
@@ -282,6 +294,7 @@ def _build_view(pool: Pool, health: HealthView, slot: int, generation: int) -> _
         view.candidates.append((x, y, z, st.load, e.name, e))
     if not view.hot and len(view.candidates) > max(_GRID_MIN_EDGES, 4 * count):
         view.cells = {}
+        view.coarser = [{} for _ in _COARSER]
     return view
 
 
@@ -301,24 +314,24 @@ def _unit(lat: float, lon: float) -> tuple[float, float, float]:
 
 
 def _nearest(view: _View, lat: float, lon: float) -> Selection:
-    # Ordering by great-circle distance is ordering by the cosine of the central angle, i.e.
-    # the dot product of unit vectors (largest first): no trigonometry per edge.
-    cx, cy, cz = _unit(lat, lon)
     count = max(1, view.pool.answers)
     candidates = view.candidates
     cells = view.cells
     if cells is not None:
-        cell = _cell_index(lat, lon, _CELL_DEGREES)
-        found = cells.get(cell)
+        # the finest cell holding the point (the last row holds the north pole, and the
+        # antimeridian is the west edge of the first column)
+        row = min(int((lat + 90.0) // _FINEST), _FINE_ROWS - 1)
+        col = int((lon + 180.0) // _FINEST) % _FINE_COLS
+        found = cells.get(row * _FINE_COLS + col)
         if found is None:
-            outer = _cell_index(lat, lon, _COARSE_DEGREES)
-            wide = view.coarse.get(outer)
-            if wide is None:
-                wide = view.coarse[outer] = _cell_candidates(
-                    candidates, outer, _COARSE_DEGREES, count
-                )
-            found = cells[cell] = _cell_candidates(wide, cell, _CELL_DEGREES, count)
+            # (a latitude out of range is in no cell: ranked against every candidate)
+            found = _fill_cell(view, cells, row, col, count) if -90 <= lat <= 90 else candidates
+        if isinstance(found, Selection):  # one edge can win anywhere in this cell
+            return found
         candidates = found
+    # Ordering by great-circle distance is ordering by the cosine of the central angle, i.e.
+    # the dot product of unit vectors (largest first): no trigonometry per edge.
+    cx, cy, cz = _unit(lat, lon)
     if view.hot:  # every serving edge is overloaded: least loaded first, nearest among equals
         ranked = heapq.nsmallest(
             count,
@@ -340,19 +353,27 @@ def _nearest(view: _View, lat: float, lon: float) -> Selection:
     return Selection(tuple(c[5] for c in ranked), tailored=True)
 
 
-def _cell_index(lat: float, lon: float, size: float) -> int:
-    rows, cols = int(180 / size), int(360 / size)
-    row = min(max(int((lat + 90.0) // size), 0), rows - 1)
-    col = int((lon + 180.0) // size) % cols
-    return row * cols + col
-
-
-def _cell_bounds(cell: int, size: float) -> tuple[float, float, float, float]:
-    """(south, north, west, east) of a cell, in degrees."""
-    row, col = divmod(cell, int(360 / size))
-    south = -90.0 + row * size
-    west = -180.0 + col * size
-    return south, south + size, west, west + size
+def _fill_cell(
+    view: _View, cells: dict[int, list[_Candidate] | Selection], row: int, col: int, count: int
+) -> list[_Candidate] | Selection:
+    """The finest cell at (row, col), built from the coarser cells holding it (each built
+    too where missing): its candidates, or the answer when only one edge can win in it."""
+    candidates = view.candidates
+    for (size, per, cols), coarse in zip(_COARSER, view.coarser, strict=True):
+        crow, ccol = row // per, col // per
+        key = crow * cols + ccol
+        wide = coarse.get(key)
+        if wide is None:
+            wide = coarse[key] = _cell_candidates(candidates, crow, ccol, size, count)
+        candidates = wide
+    if count == 1 and len(candidates) == 1:  # then so does every cell inside it
+        found: list[_Candidate] | Selection = Selection((candidates[0][5],), tailored=True)
+    else:
+        found = _cell_candidates(candidates, row, col, _FINEST, count)
+        if count == 1 and len(found) == 1:
+            found = Selection((found[0][5],), tailored=True)
+    cells[row * _FINE_COLS + col] = found
+    return found
 
 
 def _angle(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
@@ -360,10 +381,29 @@ def _angle(a: tuple[float, float, float], b: tuple[float, float, float]) -> floa
     return math.acos(min(1.0, max(-1.0, dot)))
 
 
+# (cell size, row) -> (cos, sin) of the latitude of the row's centre, and the radius of its
+# cells: the angle from a cell's centre to its farthest point, a corner (a cell is symmetric
+# about its central meridian, so every cell of a row has the same)
+_ROWS: dict[tuple[float, int], tuple[float, float, float]] = {}
+
+
+def _row(size: float, row: int) -> tuple[float, float, float]:
+    key = (size, row)
+    found = _ROWS.get(key)
+    if found is None:
+        south = -90.0 + row * size
+        middle = math.radians(south + size / 2)
+        centre = _unit(south + size / 2, size / 2)
+        radius = max(_angle(centre, _unit(lat, 0.0)) for lat in (south, south + size))
+        found = _ROWS[key] = (math.cos(middle), math.sin(middle), radius)
+    return found
+
+
 def _cell_candidates(
-    candidates: list[_Candidate], cell: int, size: float, count: int
+    candidates: list[_Candidate], row: int, col: int, size: float, count: int
 ) -> list[_Candidate]:
-    """The candidates that can be among the `count` nearest for some point of `cell`.
+    """The candidates that can be among the `count` nearest for some point of the cell at
+    (row, col) of the grid of `size` degrees.
 
     For a point p in the cell with centre c and radius r (the farthest point of a
     latitude/longitude cell from its centre is a corner): the k-th nearest edge to p is at
@@ -372,14 +412,13 @@ def _cell_candidates(
     kept, so ties (broken by name) come out as they would over all candidates. `candidates`
     may be those of a cell containing this one: they hold every edge that can win in it.
     """
-    south, north, west, east = _cell_bounds(cell, size)
-    centre = _unit((south + north) / 2, (west + east) / 2)
-    radius = max(_angle(centre, _unit(lat, lon)) for lat in (south, north) for lon in (west, east))
-    cx, cy, cz = centre
-    dots = [c[0] * cx + c[1] * cy + c[2] * cz for c in candidates]
     if count >= len(candidates):
         return list(candidates)
-    kth = heapq.nlargest(count, dots)[-1]
+    cos_lat, sin_lat, radius = _row(size, row)
+    lon = math.radians(-180.0 + (col + 0.5) * size)
+    cx, cy, cz = cos_lat * math.cos(lon), cos_lat * math.sin(lon), sin_lat
+    dots = [c[0] * cx + c[1] * cy + c[2] * cz for c in candidates]
+    kth = max(dots) if count == 1 else heapq.nlargest(count, dots)[-1]
     limit = math.acos(min(1.0, max(-1.0, kth))) + 2 * radius + _CELL_SLACK
     if limit >= math.pi:
         return list(candidates)

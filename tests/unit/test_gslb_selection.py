@@ -14,7 +14,7 @@ from geo.distance import distance_km
 from geo.location import Location
 from gslb.health import HealthStore
 from gslb.models import Edge, Policy, Pool, Selection
-from gslb.selection import Status, Step, explain, select
+from gslb.selection import Status, Step, explain, select, select_at
 
 FRA = Edge("fra", 50.11, 8.68, ipv4=ipaddress.IPv4Address("127.0.0.11"))
 IAD = Edge("iad", 39.04, -77.49, ipv4=ipaddress.IPv4Address("127.0.0.12"))
@@ -369,3 +369,116 @@ def test_a_change_in_another_pool_keeps_this_pools_view_and_memo() -> None:
     assert select(www, LONDON, health) is not first
     assert select(www, LONDON, health).edges == (FRA,)
     assert select(big, LONDON, health) is cell
+
+
+def _brute_force(p: Pool, health: HealthStore, lat: float, lon: float) -> tuple[Edge, ...]:
+    """The nearest rule over every member, from scratch: serving members without overload by
+    distance (then name); when all serving ones are overloaded, least loaded first."""
+    where = loc(lat, lon)
+    states = {e.name: health.state(e.name, p.name) for e in p.edges}
+    serving = [e for e in p.edges if states[e.name].serving]
+    if not serving:
+        return p.edges
+    cool = [
+        e
+        for e in serving
+        if not (states[e.name].overloaded or states[e.name].load >= p.load_threshold)
+    ]
+    if cool:
+        return _ranked_by_distance(cool, where, p.answers)
+    by_distance = _ranked_by_distance(serving, where, len(serving))
+    return tuple(sorted(by_distance, key=lambda e: states[e.name].load)[: p.answers])
+
+
+# Points the grid finds hard: on cell edges and corners (whole degrees, multiples of 4 and
+# 20), at the poles and on the antimeridian.
+_GRID_POINTS = [
+    (-90.0, -180.0),
+    (90.0, 180.0),
+    (90.0, 0.0),
+    (-90.0, 37.0),
+    (0.0, 180.0),
+    (0.0, -180.0),
+    (4.0, -176.0),
+    (-86.0, 8.0),
+    (20.0, 40.0),
+    (-20.0, -40.0),
+    (1.0, 1.0),
+    (59.999999, 119.999999),
+    (89.5, -179.5),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    size=st.integers(49, 300),
+    answers=st.integers(1, 3),
+    states=st.lists(st.tuples(st.sampled_from("udl."), st.floats(0, 1)), min_size=300),
+    points=st.lists(st.tuples(st.floats(-90, 90), st.floats(-180, 180)), max_size=30),
+)
+def test_grid_cells_answer_as_a_brute_force_search(
+    seed: int,
+    size: int,
+    answers: int,
+    states: list[tuple[str, float]],
+    points: list[tuple[float, float]],
+) -> None:
+    # The grid's cells (candidate lists, and whole answers where one edge can win) give the
+    # answer a search over every member gives, in every health state, and after a change.
+    p = _big_pool(seed, size, answers)
+    health = HealthStore([p])
+    for edge, (state, load) in zip(p.edges, states, strict=False):
+        if state == "u":
+            health.set_up(edge.name, False)
+        elif state == "d":
+            health.set_drained(edge.name, True)
+        elif state == "l":
+            health.set_load(edge.name, max(load, p.load_threshold))
+        else:
+            health.set_load(edge.name, load * p.load_threshold * 0.99)
+    where = points + _GRID_POINTS
+    for lat, lon in where:
+        expected = _brute_force(p, health, lat, lon)
+        assert select(p, loc(lat, lon), health).edges == expected
+        assert select_at(p, lat, lon, health).edges == expected
+    # A change moves the pool's generation: no cell built before it answers after it.
+    first = select(p, loc(*where[0]), health).edges[0]
+    health.set_drained(first.name, True)
+    for lat, lon in where:
+        assert select_at(p, lat, lon, health).edges == _brute_force(p, health, lat, lon)
+
+
+def test_a_cell_where_one_edge_wins_holds_that_answer_until_the_generation_moves() -> None:
+    from gslb import selection
+
+    p = _big_pool(11, 400, 1)
+    health = HealthStore([p])
+    for lat in range(-80, 81, 7):
+        for lon in range(-180, 180, 11):
+            select_at(p, lat + 0.3, lon + 0.6, health)
+    (view,) = [v for v in selection._VIEWS.values() if v.pool is p]
+    assert view.cells is not None
+    whole = {k: c for k, c in view.cells.items() if isinstance(c, Selection)}
+    assert whole and len(whole) < len(view.cells)
+    size = selection._FINEST
+    row, col = divmod(min(whole), selection._FINE_COLS)
+    south, west = -90.0 + row * size, -180.0 + col * size
+    # every point of that cell has that edge as its nearest
+    for dlat in (0.0, 0.5, 0.999999):
+        for dlon in (0.0, 0.5, 0.999999):
+            lat, lon = south + dlat * size, west + dlon * size
+            assert _brute_force(p, health, lat, lon) == whole[min(whole)].edges
+    lat, lon = south + size / 2, west + size / 2
+    winner = whole[min(whole)].edges
+    health.set_up(winner[0].name, False)  # the pool's generation moves
+    after = select_at(p, lat, lon, health)
+    assert after.edges != winner and after.edges == _brute_force(p, health, lat, lon)
+    assert not any(v is view for v in selection._VIEWS.values())
+
+
+def test_a_latitude_out_of_range_is_ranked_against_every_edge() -> None:
+    p = _big_pool(5, 100, 1)
+    health = HealthStore([p])
+    for lat, lon in ((95.0, 10.0), (-91.0, -30.0)):
+        assert select_at(p, lat, lon, health).edges == _brute_force(p, health, lat, lon)
