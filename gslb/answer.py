@@ -12,7 +12,7 @@ Speed comes from caching encoded replies, in three tiers:
    carry their pool's slot and the generation they were made under, and count only while
    it is current). Queries longer than MAX_CACHED_QUERY are not stored (their bytes are
    the key). Cost: a slice, a dict lookup, one list index and compare, a concatenation,
-   and (without a query log) one increment of the observer's tally, whose key the entry
+   and (without a query log) one increment in the observer's counts, at the slot the entry
    holds. Entries are plain tuples (one is built per query variant).
 2. static: (lower-case qname, qtype, qclass, EDNS shape, size limit) -> the reply with ID 0
    and a lower-case question; on a hit the ID, RD/CD flags, the question's exact case (0x20)
@@ -82,7 +82,7 @@ from gslb.cookies import CookieJar, Verdict, new_secret
 from gslb.dnssec import NXNAME, Signer, canonical_rdata, epoch, nsec_rdata
 from gslb.ecs import FAMILY_IPV4, ClientSubnet, answer_scope, decision_address, scope_of
 from gslb.errors import FormError, ShortHeader
-from gslb.models import Clock, Edge, HealthView, Policy, Selection, Tally
+from gslb.models import Clock, Counted, Edge, HealthView, Policy, Selection, Tally
 from gslb.respcache import FifoCache
 from gslb.rrl import truncated
 from gslb.selection import select, select_at
@@ -150,11 +150,21 @@ class Observer(Protocol):
     Must not raise.
 
     While `detailed` is false (no query log), most replies are not told through `answered`
-    but counted, one increment of `tally[(rcode, qtype, pool or "", edges)]` each: the
-    observer folds the tally into its counters itself (gslb.metrics.QueryMetrics.fold)."""
+    but counted: one increment of `counts[i]` each, `i` being the slot the observer gave
+    their key (rcode, qtype, pool or "", edges) when the engine made the answer, or of
+    `tally[key]` where it gave none. The observer folds both into its counters itself
+    (gslb.metrics.QueryMetrics.fold). A slot, unlike the key, costs no hashing per reply:
+    with a thousand edges the keys' strings are seldom in the CPU's caches."""
 
     detailed: bool
     tally: dict[Tally, int]
+    counts: list[int]
+
+    def slot(self, key: Tally) -> int:
+        """Where in `counts` replies counted by `key` go, the same for equal keys for the
+        observer's lifetime; -1 when it has no room for another (then they go in
+        `tally`)."""
+        ...
 
     def answered(
         self,
@@ -188,12 +198,12 @@ class _Reply:
 # A tier-1 entry, a plain tuple because one is built per query variant: (the reply after the
 # ID, the _Reply it was patched from, the query's ECS subnet as text (or, from the cold path,
 # its three address octets: a /24, made text only for a query log), qtype, the slot of the
-# pool in health.generations, the generation the answer holds for, what the observer's tally
-# counts it by). Static: slot 0, gen 0.
+# pool in health.generations, the generation the answer holds for, what the observer counts
+# it by). Static: slot 0, gen 0.
 _Ecs = str | bytes | None
-_Exact = tuple[bytes, _Reply, _Ecs, int, int, int, Tally]
+_Exact = tuple[bytes, _Reply, _Ecs, int, int, int, Counted]
 # The same for a signed reply, plus the signing epoch its signatures belong to.
-_SignedExact = tuple[bytes, _Reply, _Ecs, int, int, int, Tally, int]
+_SignedExact = tuple[bytes, _Reply, _Ecs, int, int, int, Counted, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +220,9 @@ class _Plan:
 
 
 _StaticKey = tuple[bytes, int, int, Any, int]
-# The cold path's memo: reply bytes between the ID and the ECS address, the reply, tally key
-_PlacedHit = tuple[bytes, _Reply, Tally]
+# The cold path's memo: reply bytes between the ID and the ECS address, the reply, what the
+# observer counts it by
+_PlacedHit = tuple[bytes, _Reply, Counted]
 # ... kept by the locator's place_key4 number, or by the place itself where it has none
 _PlaceKey = int | tuple[float, float, int]
 
@@ -337,9 +348,10 @@ class Responder:
                     # a call is a measurable share of it.
                     if observer.detailed:
                         self._notify(hit[1], hit[3], client, hit[2])
+                    elif hit[6][1] >= 0:
+                        observer.counts[hit[6][1]] += 1
                     else:
-                        tally = observer.tally
-                        tally[hit[6]] = tally.get(hit[6], 0) + 1
+                        self._tally(hit[6][0])
                 return wire[:2] + hit[0]
             if self._signers:
                 # Signed replies have a tier 1 of their own, whose hits also check the
@@ -527,7 +539,7 @@ class Responder:
             cacheable = True
         out = self._patch(reply.wire, wire, q.question_end, ecs.address if ecs is not None else b"")
         ecs_text = ecs.text() if ecs is not None else None
-        counted = (reply.rcode, q.qtype, reply.pool or "", reply.edges)
+        counted = self._counted(reply, q.qtype)
         if cacheable and len(wire) <= MAX_CACHED_QUERY:
             exact = (out[2:], reply, ecs_text, q.qtype, slot, generation, counted)
             if reply.signed:
@@ -591,9 +603,10 @@ class Responder:
         if observer is not None:  # _tell, inline (see respond)
             if observer.detailed:
                 self._notify(reply, shape.qtype, client, address)
+            elif counted[1] >= 0:
+                observer.counts[counted[1]] += 1
             else:
-                tally = observer.tally
-                tally[counted] = tally.get(counted, 0) + 1
+                self._tally(counted[0])
         return wire[:2] + rest
 
     def _new_place(
@@ -622,7 +635,7 @@ class Responder:
             skey = shape.key
             reply = self._selected(q, skey, plan, selection, scope, skey[4])
             out = self._patch(reply.wire, wire, q.question_end, address)
-            hit = (out[2:-3], reply, (reply.rcode, q.qtype, reply.pool or "", reply.edges))
+            hit = (out[2:-3], reply, self._counted(reply, q.qtype))
             shape.choices[choice] = hit
         shape.memo[key] = hit
         self._placed_count += 1
@@ -949,17 +962,29 @@ class Responder:
         except Exception:
             log.exception("the query observer failed")
 
+    def _counted(self, reply: _Reply, qtype: int) -> Counted:
+        """What the observer counts `reply` by, with its slot (-1 without an observer)."""
+        key = (reply.rcode, qtype, reply.pool or "", reply.edges)
+        return key, -1 if self._observer is None else self._observer.slot(key)
+
+    def _tally(self, key: Tally) -> None:
+        """Count one reply whose key the observer gave no slot."""
+        assert self._observer is not None
+        tally = self._observer.tally
+        tally[key] = tally.get(key, 0) + 1
+
     def _tell(
-        self, reply: _Reply, qtype: int, client: IPAddress, ecs: _Ecs, counted: Tally
+        self, reply: _Reply, qtype: int, client: IPAddress, ecs: _Ecs, counted: Counted
     ) -> None:
-        """Tell the observer of a reply: counted in its tally, or through `answered`."""
+        """Tell the observer of a reply: counted at its slot, or through `answered`."""
         observer = self._observer
         assert observer is not None
         if observer.detailed:
             self._notify(reply, qtype, client, ecs)
+        elif counted[1] >= 0:
+            observer.counts[counted[1]] += 1
         else:
-            tally = observer.tally
-            tally[counted] = tally.get(counted, 0) + 1
+            self._tally(counted[0])
 
     def _notify(self, reply: _Reply, qtype: int, client: IPAddress, ecs: _Ecs) -> None:
         assert self._observer is not None

@@ -1,10 +1,12 @@
 """Query metrics and the optional JSON query log.
 
 `QueryMetrics` is the answer engine's Observer (see gslb.answer) plus the latency sink of the
-server adapters. Per-query work is one dict increment and one bisect: without a query log the
-engine counts each reply in `tally`, by (rcode, qtype, pool, edges), instead of calling
-`answered` (a call with seven arguments cost more than a cached static answer itself), and
-the tally is folded into the per-rcode and per-edge counters whenever they are read. Counters
+server adapters. Per-query work is one list increment and one bisect: without a query log
+the engine counts each reply in `counts`, at the slot `slot` gave its key (rcode, qtype,
+pool, edges) when the engine made the answer, instead of calling `answered` (a call with
+seven arguments cost more than a cached static answer itself), and the counts are folded
+into the per-rcode and per-edge counters whenever they are read. Past TALLY_SLOTS distinct
+keys a key gets no slot and its replies are counted in the `tally` dict, folded alike. Counters
 live in plain dicts and only become Prometheus metric families when /metrics is scraped,
 through `MetricsCollector` (a custom prometheus_client Collector on a private registry).
 
@@ -38,6 +40,10 @@ __all__ = [
     "make_registry",
     "merge_exports",
 ]
+
+# Distinct reply keys (rcode, qtype, pool, edges) given a slot in `counts`; a large pool
+# with several answers per reply has many, and the slots are kept for the process's life.
+TALLY_SLOTS: Final = 1 << 16
 
 # Seconds; answers from the encoded-response cache take a few microseconds.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -86,9 +92,13 @@ class QueryMetrics:
     __slots__ = (
         "_answers",
         "_clock",
+        "_keys",
         "_log",
         "_queries",
+        "_room",
+        "_slots",
         "buckets",
+        "counts",
         "detailed",
         "dropped",
         "geo_table",
@@ -100,10 +110,21 @@ class QueryMetrics:
         "tcp_open",
     )
 
-    def __init__(self, *, query_log: TextIO | None = None, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        query_log: TextIO | None = None,
+        clock: Clock = time.time,
+        slots: int = TALLY_SLOTS,
+    ) -> None:
         self._queries: dict[tuple[int, int, str], int] = {}  # (rcode, qtype, pool or "") -> n
         self._answers: dict[str, int] = {}  # edge -> answers naming it
-        # Replies counted by the engine and not yet folded into the two above (see `fold`)
+        # Replies counted by the engine and not yet folded into the two above (see `fold`):
+        # by slot (`slot`: the key of slot i is _keys[i]), and by key past TALLY_SLOTS keys
+        self.counts: list[int] = []
+        self._room = slots
+        self._keys: list[Tally] = []
+        self._slots: dict[Tally, int] = {}
         self.tally: dict[Tally, int] = {}
         self.detailed = query_log is not None  # the engine calls `answered` for every reply
         self.pool_misses: dict[str, int] = {}  # pool -> answers no answer cache held
@@ -152,9 +173,28 @@ class QueryMetrics:
         misses = self.pool_misses
         misses[pool] = misses.get(pool, 0) + 1
 
+    def slot(self, key: Tally) -> int:
+        """The index in `counts` for replies counted by `key` (the same for equal keys, for
+        this object's lifetime), or -1 past `slots` keys (TALLY_SLOTS unless told): then
+        they go in `tally`."""
+        found = self._slots.get(key)
+        if found is None:
+            if len(self._keys) >= self._room:
+                return -1
+            found = self._slots[key] = len(self._keys)
+            self._keys.append(key)
+            self.counts.append(0)
+        return found
+
     def fold(self) -> None:
-        """Add the tally to the query and edge counters (done by every reader of those)."""
+        """Add the counts and the tally to the query and edge counters (done by every
+        reader of those)."""
         tally, self.tally = self.tally, {}
+        counts, keys = self.counts, self._keys
+        for i, n in enumerate(counts):
+            if n:
+                counts[i] = 0
+                tally[keys[i]] = tally.get(keys[i], 0) + n
         queries = self._queries
         answers = self._answers
         for (rcode, qtype, pool, edges), n in tally.items():

@@ -16,6 +16,8 @@ Clock = Callable[[], float]
 # What a reply is counted by in the query metrics: rcode, qtype, pool ("" for none), the
 # edges it names (see gslb.answer.Observer)
 Tally = tuple[int, int, str, tuple[str, ...]]
+# A Tally with its slot in the observer's counts (-1: none, it is counted in the tally dict)
+Counted = tuple[Tally, int]
 
 
 class Policy(enum.StrEnum):

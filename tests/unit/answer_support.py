@@ -154,6 +154,7 @@ class Recorder:
     def __init__(self) -> None:
         self.detailed = True
         self.tally: dict[Any, int] = {}
+        self.counts: list[int] = []
         self.calls: list[dict[str, Any]] = []
         self.misses: list[str] = []  # pools whose answer no cache held, in order
 
@@ -162,6 +163,9 @@ class Recorder:
 
     def pool_miss(self, pool: str) -> None:
         self.misses.append(pool)
+
+    def slot(self, key: Any) -> int:
+        return -1  # detailed: nothing is counted by slot
 
 
 def build(geo_db: Path, observer: Recorder | None = None) -> tuple[Responder, HealthStore]:

@@ -286,10 +286,12 @@ def test_counting_replies_in_the_tally_counts_what_telling_each_one_counts(
     health = HealthStore(cfg.pools, [e.name for e in cfg.edges])
     placed = locators()[2]
     log = io.StringIO()
-    counting, telling = QueryMetrics(), QueryMetrics(query_log=log)
+    # (counting: by slot; tallying: one slot, so mostly in the tally dict)
+    counting, telling, tallying = QueryMetrics(), QueryMetrics(query_log=log), QueryMetrics(slots=1)
     responders = [
         Responder(cfg, placed, health, observer=counting),
         Responder(cfg, placed, health, observer=telling),
+        Responder(cfg, placed, health, observer=tallying),
     ]
     client = ipaddress.ip_address("192.0.2.1")
     sent = 0
@@ -298,15 +300,16 @@ def test_counting_replies_in_the_tally_counts_what_telling_each_one_counts(
         if address is not None:
             wire = with_address(wire, 9, address)
         replies = [r.respond(wire, client, tcp=tcp) for r in responders]
-        assert replies[0] == replies[1]
+        assert replies[0] == replies[1] == replies[2]
         sent += replies[0] is not None
     for wire in garbage:
         replies = [r.respond(wire, client, tcp=False) for r in responders]
-        assert replies[0] == replies[1]
+        assert replies[0] == replies[1] == replies[2]
         sent += replies[0] is not None
     assert not telling.tally and len(log.getvalue().splitlines()) == sent
-    exports = [m.export() for m in (counting, telling)]
+    exports = [m.export() for m in (counting, telling, tallying)]
     for e in exports:  # the order of first appearance differs: counted ones come at a read
         e["queries"] = {(r, t, p): n for r, t, p, n in e["queries"]}
-    assert exports[0] == exports[1]
+    assert exports[0] == exports[1] == exports[2]
     assert sum(counting.queries.values()) == sent and not counting.tally
+    assert not any(counting.counts) and not any(tallying.counts) and not tallying.tally

@@ -401,6 +401,7 @@ class FailingObserver:
     def __init__(self) -> None:
         self.detailed = True
         self.tally: dict[object, int] = {}
+        self.counts: list[int] = []
         self.calls = 0
 
     def answered(self, **kw: object) -> None:
@@ -409,6 +410,9 @@ class FailingObserver:
 
     def pool_miss(self, pool: str) -> None:
         raise BrokenPipeError("query log closed")
+
+    def slot(self, key: object) -> int:
+        return -1  # detailed: nothing is counted by slot
 
 
 def test_failing_observer_never_costs_a_reply(geo_db: Path) -> None:

@@ -119,6 +119,22 @@ def test_pool_fallback_gauge_follows_the_members() -> None:
     assert 'gslb_pool_fallback{pool="www.example.test."} 0.0' in text()
 
 
+def test_replies_counted_by_slot_are_folded_and_keys_past_the_slots_go_in_the_tally() -> None:
+    m = QueryMetrics(slots=2)
+    two = (0, 1, "www.example.test.", ("fra", "iad"))
+    one = (0, 1, "www.example.test.", ("iad",))
+    a, b = m.slot(two), m.slot(one)
+    assert (a, b) == (0, 1) and m.slot((0, 1, "www.example.test.", ("fra", "iad"))) == a
+    assert m.slot((3, 28, "", ())) == -1  # no room: the engine counts it in the tally
+    m.counts[a] += 2
+    m.counts[b] += 1
+    m.tally[(3, 28, "", ())] = 1
+    assert m.queries == {(0, 1, "www.example.test."): 3, (3, 28, ""): 1}
+    assert m.counts == [0, 0] and not m.tally
+    m.counts[b] += 4  # the slots stay: counted again, folded again
+    assert m.answers == {"fra": 2, "iad": 7}
+
+
 def test_the_tally_is_folded_into_the_counters_whenever_they_are_read() -> None:
     m = QueryMetrics()
     assert not m.detailed  # no query log: the engine counts in the tally
