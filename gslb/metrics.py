@@ -92,7 +92,6 @@ class QueryMetrics:
     __slots__ = (
         "_answers",
         "_clock",
-        "_keys",
         "_log",
         "_queries",
         "_room",
@@ -120,10 +119,9 @@ class QueryMetrics:
         self._queries: dict[tuple[int, int, str], int] = {}  # (rcode, qtype, pool or "") -> n
         self._answers: dict[str, int] = {}  # edge -> answers naming it
         # Replies counted by the engine and not yet folded into the two above (see `fold`):
-        # by slot (`slot`: the key of slot i is _keys[i]), and by key past TALLY_SLOTS keys
+        # by slot (`slot`: key -> its index in counts), and by key past `slots` keys
         self.counts: list[int] = []
         self._room = slots
-        self._keys: list[Tally] = []
         self._slots: dict[Tally, int] = {}
         self.tally: dict[Tally, int] = {}
         self.detailed = query_log is not None  # the engine calls `answered` for every reply
@@ -179,10 +177,9 @@ class QueryMetrics:
         they go in `tally`."""
         found = self._slots.get(key)
         if found is None:
-            if len(self._keys) >= self._room:
+            if len(self.counts) >= self._room:
                 return -1
-            found = self._slots[key] = len(self._keys)
-            self._keys.append(key)
+            found = self._slots[key] = len(self.counts)
             self.counts.append(0)
         return found
 
@@ -190,11 +187,12 @@ class QueryMetrics:
         """Add the counts and the tally to the query and edge counters (done by every
         reader of those)."""
         tally, self.tally = self.tally, {}
-        counts, keys = self.counts, self._keys
-        for i, n in enumerate(counts):
+        counts = self.counts
+        for counted, i in self._slots.items():
+            n = counts[i]
             if n:
                 counts[i] = 0
-                tally[keys[i]] = tally.get(keys[i], 0) + n
+                tally[counted] = tally.get(counted, 0) + n
         queries = self._queries
         answers = self._answers
         for (rcode, qtype, pool, edges), n in tally.items():
