@@ -366,12 +366,10 @@ def _fill_cell(
         if wide is None:
             wide = coarse[key] = _cell_candidates(candidates, crow, ccol, size, count)
         candidates = wide
-    if count == 1 and len(candidates) == 1:  # then so does every cell inside it
-        found: list[_Candidate] | Selection = Selection((candidates[0][5],), tailored=True)
-    else:
-        found = _cell_candidates(candidates, row, col, _FINEST, count)
-        if count == 1 and len(found) == 1:
-            found = Selection((found[0][5],), tailored=True)
+    ranked = _cell_candidates(candidates, row, col, _FINEST, count)
+    found: list[_Candidate] | Selection = ranked
+    if count == 1 and len(ranked) == 1:  # one edge wins anywhere in the cell
+        found = Selection((ranked[0][5],), tailored=True)
     cells[row * _FINE_COLS + col] = found
     return found
 
