@@ -36,9 +36,10 @@ import re
 import struct
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from statistics import median
 
 import dns.edns
 import dns.exception
@@ -150,10 +151,16 @@ class PerfResult:
     sd_ms: float
     max_ms: float
     rcodes: str
+    server_cpu: float = 0.0  # CPU seconds the server's processes used during the run
 
     @property
     def rate(self) -> float:
         return self.qps
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU time per answered query, in microseconds."""
+        return self.server_cpu / max(1, self.completed) * 1e6
 
     @property
     def latency(self) -> str:
@@ -504,13 +511,16 @@ def measure(args: argparse.Namespace, server: Server, qfile: Path, warmup: bool)
     try:
         if warmup and args.warmup > 0:
             dnsperf(args, server.port, qfile, args.warmup)
+        assert server.proc is not None
+        before = server.proc.cpu_seconds()
         res = dnsperf(args, server.port, qfile, args.duration)
+        res = replace(res, server_cpu=server.proc.cpu_seconds() - before)
     finally:
         server.stop()
     lost = res.lost / max(res.sent, 1)
     log(
         f"  {server.label:<5} {res.qps:>10,.0f} qps  avg {res.avg_ms:.3f} ms  sd {res.sd_ms:.3f}"
-        f"  max {res.max_ms:.1f}  lost {lost:.2%}  {res.rcodes}"
+        f"  max {res.max_ms:.1f}  lost {lost:.2%}  CPU {res.cpu_us:.2f} µs/query  {res.rcodes}"
     )
     others = [c for c in re.findall(r"([A-Z]+) \d+", res.rcodes) if c != "NOERROR"]
     if others:
@@ -677,6 +687,7 @@ def main(argv: list[str]) -> int:
         rows.append(result_row(title, ours, nsd, sc.goal))
 
     edge_rows: list[list[str]] = []
+    edge_cpu = ""
     if "edges" in args.scenarios and "ours" in servers:
         large = count(args.large)
         log(f"scenario edges: pool of 1000 edges vs pool of 10 (ours only, {large} /24s)")
@@ -686,6 +697,14 @@ def main(argv: list[str]) -> int:
         )
         big, small = pick(args.pick, pools[1000]), pick(args.pick, pools[10])
         edge_rows.append(result_row(f"ECS from {large} /24s", big, small, EDGES_GOAL))
+        # The server's CPU per answered query, median of the rounds: steadier than the rate
+        # on a machine shared with other work (the rate also counts time the server waited).
+        cpu = {size: median(r.cpu_us for r in pools[size]) for size in (10, 1000)}
+        edge_cpu = (
+            f"server CPU per answered query, median of {args.rounds} round(s): 1000 edges "
+            f"{cpu[1000]:.2f} µs, 10 edges {cpu[10]:.2f} µs; 10/1000 = "
+            f"{cpu[10] / cpu[1000]:.2f}x (goal >= {EDGES_GOAL}x)"
+        )
 
     print()
     if rows:
@@ -705,6 +724,7 @@ def main(argv: list[str]) -> int:
             *tail_headers("1000", "10"),
         ]
         print(table(heads, edge_rows))
+        print(edge_cpu)
         print()
     print("latency is dnsperf's average ± standard deviation at saturation (dnsperf 2.10 gives")
     print("no percentiles); logs of every server start are in", logdir.relative_to(REPO))
