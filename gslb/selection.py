@@ -27,20 +27,22 @@ depended on `where` (the DNS side then uses the GeoIP network's prefix as the EC
 Speed: the result is a pure function of (pool, where, the state of the pool's members), and
 that state is identified by the pool's generation (`health.generations[health.slot(name)]`,
 which changes whenever a member's state changes, as HealthView says). So the per-pool work
-(reading every member's state, unit vectors of the edges) is done once per generation of that
-pool, and nearest answers are memoized per client coordinate (GeoIP places many networks on
-one city's coordinates): a change to an edge of another pool keeps this pool's view, memo
-and grid cells. For a small pool a memo miss costs n dot products. A large pool gets a
-lazily filled grid of latitude/longitude cells: each cell keeps only the edges that can be
-among the `answers` nearest for some point inside it (an edge farther from the cell's centre
-than the k-th nearest plus the cell's diameter never is, by the triangle inequality on the
-sphere), so a miss ranks a handful of edges and the answer is the same as ranking them all.
-The grid has three levels (20, 4 and 2 degree cells), each cell built from the one holding it
-a level up, and a new coordinate looks up its 2-degree cell only: with one edge per answer,
-some of those can be won by a single edge and hold the answer itself, so a new coordinate
-there costs an index and a dict lookup, less than a small pool's n dot products. (1-degree
-cells answer a little faster once built, but a server's first minutes build so many more
-of them that they cost more than they save.)
+(reading every member's state, unit vectors of the edges) is done once per generation of
+that pool, and nearest answers are memoized per client coordinate (GeoIP places many
+networks on one city's coordinates): a change to an edge of another pool keeps this pool's
+view, memo and grid cells, and a change in this pool that leaves its candidates as they were
+(a load moving below the overload threshold, as probes report every round) keeps the memo
+and cells in the new view (`_carry`). For a small pool a memo miss costs n dot products. A
+large pool gets a lazily filled grid of latitude/longitude cells: each cell keeps only the
+edges that can be among the `answers` nearest for some point inside it (an edge farther from
+the cell's centre than the k-th nearest plus the cell's diameter never is, by the triangle
+inequality on the sphere), so a miss ranks a handful of edges and the answer is the same as
+ranking them all. The grid has three levels (20, 4 and 2 degree cells), each cell built from
+the one holding it a level up, and a new coordinate looks up its 2-degree cell only: with
+one edge per answer, some of those can be won by a single edge and hold the answer itself,
+so a new coordinate there costs an index and a dict lookup, less than a small pool's n dot
+products. (1-degree cells answer a little faster once built, but a server's first minutes
+build so many more of them that they cost more than they save.)
 
 Explanations: `explain(pool, where, health)` returns the very `Selection` that `select` does
 (it runs the same view and the same per-client choice, memo included) together with an
@@ -241,11 +243,33 @@ def _view(pool: Pool, health: HealthView) -> _View:
             _SWEPT.clear()
         _SWEPT[id(health)] = version
     slot = health.slot(pool.name)
-    view = _build_view(pool, health, slot, generations[slot])
+    old, view = view, _build_view(pool, health, slot, generations[slot])
+    if old is not None and old.pool is pool and old.health is health:
+        _carry(old, view)
     if len(_VIEWS) >= _VIEWS_MAX:
         _VIEWS.clear()
     _VIEWS[id(pool)] = view
     return view
+
+
+def _carry(old: _View, new: _View) -> None:
+    """Give `new` what it can take from `old`, the view of the same pool at an earlier
+    generation: a nearest answer with headroom depends on where the candidates are (the
+    serving edges without overload), not on their loads, so while the candidates are the
+    same edges the memo and the grid cells still hold. A pool's generation moves whenever a
+    member's probed load moves by a step, which in a pool of many edges is nearly every
+    probe round; without this each round would start its memo and cells over."""
+    if new.pool.policy is not Policy.NEAREST:
+        return
+    if old.hot or new.hot or old.fixed is not None or new.fixed is not None:
+        return  # least loaded first (loads decide), or one answer for every place
+    before, after = old.candidates, new.candidates
+    if len(before) != len(after) or any(
+        a[5] is not b[5] for a, b in zip(before, after, strict=True)
+    ):
+        return
+    new.memo = old.memo
+    new.cells, new.coarser = old.cells, old.coarser
 
 
 def serving_members(pool: Pool, health: HealthView) -> list[tuple[Edge, EdgeState]]:

@@ -371,6 +371,29 @@ def test_a_change_in_another_pool_keeps_this_pools_view_and_memo() -> None:
     assert select(big, LONDON, health) is cell
 
 
+def test_a_load_change_keeps_the_memo_and_cells_while_the_candidates_stay() -> None:
+    # Probes move a pool's generation with every load step; while no member crosses the
+    # overload threshold (or goes down or drained) the same edges are candidates, and the
+    # new view answers from the memo and grid cells of the old one.
+    from gslb import selection
+
+    for p in (pool(answers=1), _big_pool(5, 200, 2)):
+        health = HealthStore([p])
+        first = select(p, LONDON, health)
+        (before,) = [v for v in selection._VIEWS.values() if v.pool is p]
+        health.set_load(first.edges[0].name, 0.5)  # under the threshold (0.8)
+        assert select(p, LONDON, health) is first
+        (after,) = [v for v in selection._VIEWS.values() if v.pool is p]
+        assert after is not before and after.memo is before.memo
+        assert after.cells is before.cells
+        health.set_load(first.edges[0].name, 0.95)  # overloaded: the candidates change
+        spilled = select(p, LONDON, health)
+        assert spilled.edges[0] != first.edges[0]
+        assert spilled.edges == _brute_force(p, health, LONDON.latitude, LONDON.longitude)
+        (hot,) = [v for v in selection._VIEWS.values() if v.pool is p]
+        assert hot.memo is not before.memo
+
+
 def _brute_force(p: Pool, health: HealthStore, lat: float, lon: float) -> tuple[Edge, ...]:
     """The nearest rule over every member, from scratch: serving members without overload by
     distance (then name); when all serving ones are overloaded, least loaded first."""
@@ -442,6 +465,12 @@ def test_grid_cells_answer_as_a_brute_force_search(
         expected = _brute_force(p, health, lat, lon)
         assert select(p, loc(lat, lon), health).edges == expected
         assert select_at(p, lat, lon, health).edges == expected
+    # A load that moves (the generation moves; the candidates may stay, and with them the
+    # memo and cells, or change where it crosses the overload threshold) answers the same.
+    for edge, (_, load) in zip(p.edges[::7], states[::-7], strict=False):
+        health.set_load(edge.name, load)
+    for lat, lon in where:
+        assert select_at(p, lat, lon, health).edges == _brute_force(p, health, lat, lon)
     # A change moves the pool's generation: no cell built before it answers after it.
     first = select(p, loc(*where[0]), health).edges[0]
     health.set_drained(first.name, True)
