@@ -42,6 +42,7 @@ from edge.cache_layer import CacheLayer, open_cache
 from edge.config import Address, EdgeConfig
 from edge.exchange import bare_host, origin_form, status_response
 from edge.metrics import Metrics
+from edge.origin_client import OriginClient
 from edge.origins import OriginPool
 from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import Proxy
@@ -141,11 +142,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             "sent on an idle connection" if kind == "unsolicited_bytes" else "past a response",
         )
 
+    origin_tls = tls.origin_context(pool_cfg.ca_bundle)
     connector = GuardedConnector(
         on_protocol_error=protocol_error,
         limit=0,
         limit_per_host=pool_cfg.connections_per_origin,
-        ssl=tls.origin_context(pool_cfg.ca_bundle),
+        ssl=origin_tls,
         keepalive_timeout=pool_cfg.keepalive_timeout,
         enable_cleanup_closed=False,
     )
@@ -164,7 +166,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         cache_dir = tmp.name
     cache = await open_cache(config, cache_dir) if config.cache.enabled else None
     access_log = AccessLog(config.log.access_log)
-    proxy = Proxy(config, pool, session, cache, metrics, access_log, app.get(RATE_TABLE))
+    origin_client = OriginClient(
+        limit=pool_cfg.connections_per_origin,
+        keepalive_timeout=pool_cfg.keepalive_timeout,
+        ssl_context=origin_tls,
+        on_protocol_error=protocol_error,
+    )
+    proxy = Proxy(
+        config, pool, session, cache, metrics, access_log, app.get(RATE_TABLE), origin_client
+    )
     prober = Prober(pool, session, metrics.observe_probe)
     app[SESSION] = session
     app[POOL] = pool

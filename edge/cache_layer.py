@@ -50,6 +50,7 @@ from edge.headers import (
     wire_text,
 )
 from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
+from edge.origin_client import UpstreamResponse
 from edge.origins import Origin
 from edge.store import BodyWriter, Store
 
@@ -78,9 +79,9 @@ class Upstream(Protocol):
         body: Any,
         key: str,
         replayable: bool,
-    ) -> tuple[Origin, aiohttp.ClientResponse]: ...
+    ) -> tuple[Origin, UpstreamResponse]: ...
 
-    def finish_upstream(self, origin: Origin, resp: aiohttp.ClientResponse, ok: bool) -> None: ...
+    def finish_upstream(self, origin: Origin, resp: UpstreamResponse, ok: bool) -> None: ...
 
     async def forward(
         self, request: web.BaseRequest, target: str
@@ -474,7 +475,7 @@ class CacheLayer:
         target: str,
         headers: CIMultiDict[str],
         key: str,
-    ) -> tuple[Origin, aiohttp.ClientResponse, float, float]:
+    ) -> tuple[Origin, UpstreamResponse, float, float]:
         request_time = self.clock()
         origin, upstream = await proxy.open_upstream(method, target, headers, None, key, True)
         return origin, upstream, request_time, self.clock()
@@ -699,7 +700,7 @@ class CacheLayer:
     def _entry_for(
         self,
         creq: cp.CacheRequest,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         out_pairs: tuple[tuple[str, str], ...],
         t_req: float,
         t_resp: float,
@@ -722,7 +723,7 @@ class CacheLayer:
         self,
         writer: BodyWriter,
         creq: cp.CacheRequest,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         out_pairs: tuple[tuple[str, str], ...],
         t_req: float,
         t_resp: float,
@@ -750,7 +751,7 @@ class CacheLayer:
         request: web.BaseRequest,
         creq: cp.CacheRequest,
         origin: Origin,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         pairs: tuple[tuple[str, str], ...],
         fwd: str,
         t_req: float,
@@ -876,7 +877,7 @@ class CacheLayer:
         writer: BodyWriter,
         creq: cp.CacheRequest,
         origin: Origin,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         out_pairs: tuple[tuple[str, str], ...],
         fwd: str,
         length: int,
@@ -938,7 +939,7 @@ class CacheLayer:
         proxy: Upstream,
         fill: Fill,
         origin: Origin,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         comp: compression.Compressor | None,
         lead: Lead | None,
     ) -> None:

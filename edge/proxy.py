@@ -57,6 +57,7 @@ from edge.headers import (
     origin_request_headers,
 )
 from edge.metrics import Metrics
+from edge.origin_client import OriginClient, OriginConnectError, Timeouts, UpstreamResponse
 from edge.origins import Origin, OriginPool
 from edge.ratelimit import RateTable
 from edge.screening import Screening, Verdict, refusal_head
@@ -66,6 +67,8 @@ from geo.locator import GeoIPLocator
 log = logging.getLogger("edge.proxy")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Requests the edge's own origin client sends (without a body): see edge.origin_client.
+_LEAN_METHODS = frozenset({"GET", "HEAD"})
 # Every other method, including unknown ones (M-SEARCH...), is unsafe (RFC 9111 §4.4).
 SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "SEARCH", "REPORT"})
 # What Proxy.answer_plain_get remembers per scheme of the segments it parsed (each looked up
@@ -89,9 +92,13 @@ class Proxy:
         metrics: Metrics,
         access_log: AccessLog,
         rate_table: RateTable | None = None,
+        origin_client: OriginClient | None = None,
     ) -> None:
         self.pool = pool
         self.session = session
+        # Bodiless GET and HEAD go through this client when given (edge.origin_client);
+        # requests with a body, and all of them without it, through `session`.
+        self.origin_client = origin_client
         self.cache = cache
         self.metrics = metrics
         self.access_log = access_log
@@ -131,6 +138,7 @@ class Proxy:
             sock_connect=pool.connect_timeout,
             sock_read=pool.first_byte_timeout,
         )
+        self._timeouts = Timeouts(pool.connect_timeout, pool.first_byte_timeout, pool.total_timeout)
         # The fast path's verdicts depend on the limits and hosts just set.
         self._plain_gets: dict[str, dict[bytes, _Plain | Literal[False]]] = {
             "http": {},
@@ -172,6 +180,8 @@ class Proxy:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.origin_client is not None:
+            await self.origin_client.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background job (a fill, a refresh), keeping a reference until it finishes;
@@ -431,13 +441,14 @@ class Proxy:
         body: Any,
         key: str,
         replayable: bool,
-    ) -> tuple[Origin, aiohttp.ClientResponse]:
+    ) -> tuple[Origin, UpstreamResponse]:
         """Send a request to an origin; retry an idempotent, replayable one on another.
 
         Returns the origin and the response with headers read; the caller must call
         `finish_upstream` once the body is consumed.
         """
         tried: list[Origin] = []
+        lean = self.origin_client if body is None and method in _LEAN_METHODS else None
         attempts = 2 if replayable and self.config.pool.retry and method in IDEMPOTENT else 1
         failure: OriginFailure | None = None
         for _ in range(attempts):
@@ -454,33 +465,29 @@ class Proxy:
                 headers["Host"] = origin.authority
             self.pool.started(origin)
             start = time.monotonic()
+            resp: UpstreamResponse
             try:
-                resp = await self.session.request(
-                    method,
-                    URL(origin.config.base + target, encoded=True),
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=self._timeout,
-                    compress=None,
-                    chunked=None,
-                    # skip_auto_headers: the session's (edge.app), not built per request.
-                )
+                if lean is not None:
+                    resp = await lean.request(
+                        origin.config.base,
+                        method,
+                        target,
+                        list(headers.items()),
+                        self._timeouts,
+                        INTERIM.get(),
+                    )
+                else:
+                    resp = await self._aiohttp_request(method, origin, target, headers, body)
                 if not final_status_ok(resp.status):
                     resp.close()
                     raise OriginProtocolError("bad_status", f"status {resp.status}")
-                coding = transfer_coding(resp.headers)
-                if coding:
-                    # aiohttp undoes only chunked; the rest would reach clients (and the
-                    # cache) as if it were the body, Transfer-Encoding being hop-by-hop.
-                    resp.close()
-                    raise aiohttp.ClientPayloadError(f"unsupported transfer coding {coding!r}")
             except (
                 aiohttp.ClientError,
                 TimeoutError,
                 OSError,
                 RequestBodyTooLarge,
                 OriginProtocolError,
+                OriginConnectError,
             ) as exc:
                 if isinstance(exc, RequestBodyTooLarge) or getattr(body, "exceeded", False):
                     self.pool.finished(origin, ok=True)
@@ -502,6 +509,28 @@ class Proxy:
             raise OriginFailure(503, "no_healthy_origin")
         raise failure
 
+    async def _aiohttp_request(
+        self, method: str, origin: Origin, target: str, headers: CIMultiDict[str], body: Any
+    ) -> aiohttp.ClientResponse:
+        resp = await self.session.request(
+            method,
+            URL(origin.config.base + target, encoded=True),
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=self._timeout,
+            compress=None,
+            chunked=None,
+            # skip_auto_headers: the session's (edge.app), not built per request.
+        )
+        coding = transfer_coding(resp.headers)
+        if coding:
+            # aiohttp undoes only chunked; the rest would reach clients (and the cache)
+            # as if it were the body, Transfer-Encoding being hop-by-hop.
+            resp.close()
+            raise aiohttp.ClientPayloadError(f"unsupported transfer coding {coding!r}")
+        return resp
+
     def _latency(self, url: str) -> Histogram:
         """The origin latency histogram of `url` (labels() takes a lock and builds a key:
         looked up once per origin)."""
@@ -510,7 +539,7 @@ class Proxy:
             child = self._latency_children[url] = self.metrics.origin_latency.labels(url)
         return child
 
-    def finish_upstream(self, origin: Origin, resp: aiohttp.ClientResponse, ok: bool) -> None:
+    def finish_upstream(self, origin: Origin, resp: UpstreamResponse, ok: bool) -> None:
         resp.release() if ok else resp.close()
         self._finished(origin, ok=ok and resp.status not in (502, 503, 504))
 
@@ -562,7 +591,7 @@ class Proxy:
         self,
         request: web.BaseRequest,
         out: web.StreamResponse,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         origin: Origin,
     ) -> bool:
         """Copy the origin body to the client; True when complete."""
@@ -629,7 +658,7 @@ def _translate(exc: BaseException) -> OriginFailure:
         return OriginFailure(502, exc.kind, str(exc))
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return OriginFailure(504, "timeout", str(exc))
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | OriginConnectError):
         return OriginFailure(502, "connect", str(exc))
     return OriginFailure(502, "broken", repr(exc))
 

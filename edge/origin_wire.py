@@ -1,0 +1,245 @@
+"""HTTP/1.1 with an origin, sans-IO: the head of a request the edge sends without a body
+(GET, HEAD), and a reader that turns the bytes an origin answers with into events.
+
+`ResponseReader.feed(data)` returns what `data` completed, in order: `Interim` heads (1xx
+other than 101), one `Head`, body pieces (`bytes`) and `END`. `ResponseReader.finish()` is
+the origin closing the connection: it ends a body delimited by the close, and is an error
+anywhere else. Framing follows RFC 9112 §6.3, strictly, because a reader that takes one
+response's bytes for another's hands one user's response to another (issue 7):
+
+- a response to HEAD, a 1xx, 204 and 304 have no body, whatever their fields say;
+- Transfer-Encoding must be exactly ``chunked`` (the edge undoes no other coding), and
+  never comes with Content-Length (a smuggling vector);
+- Content-Length is digits, and repeated only with the same value;
+- otherwise the body runs to the close, and the connection is not reused.
+
+A malformed status line, field line, chunk size or a head over MAX_HEAD bytes raises
+`WireError`. After END, `leftover` counts the bytes the origin sent past the response:
+a connection with any is not reused. `keep_alive` says whether it may be (HTTP/1.1
+without ``Connection: close``, and a body not delimited by the close).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from edge.errors import OriginError
+
+MAX_HEAD = 64 * 1024  # bytes of one response head: status line and field lines
+MAX_FIELDS = 256
+MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+class WireError(OriginError):
+    """An origin's response broke HTTP/1.1 framing or syntax."""
+
+
+class _End:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END: Final = _End()
+
+
+@dataclass(frozen=True, slots=True)
+class Interim:
+    """A 1xx response before the final one (101 is final: see edge.aiohttp_internals)."""
+
+    status: int
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    status: int
+    reason: str
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+
+
+Event = Interim | Head | bytes | _End
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _TO_CLOSE, _DONE = range(8)
+
+
+def encode_request(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+    """The head of a bodiless request. Refuses a CR, LF or NUL in any part (header
+    injection), as aiohttp's writer does; text is encoded as UTF-8, as aiohttp encodes it
+    (see edge.headers.wire_text)."""
+    lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
+    text = "\r\n".join(lines)
+    breaks = len(lines) - 1  # the CRLFs joining the lines: any other CR or LF is injected
+    if text.count("\r") != breaks or text.count("\n") != breaks or "\x00" in text:
+        raise ValueError(
+            "Newline, carriage return, or null byte detected in headers. "
+            "Potential header injection attack."
+        )
+    return (text + "\r\n\r\n").encode("utf-8")
+
+
+class ResponseReader:
+    """Reads one response (after any interim ones) to a request with `method`."""
+
+    def __init__(self, method: str) -> None:
+        self._head_only = method == "HEAD"
+        self._buf = b""
+        self._state = _HEAD
+        self._remaining = 0
+        self.keep_alive = False
+        self.leftover = 0  # bytes received past END
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        if self._state == _DONE:
+            self.leftover += len(data)
+            return events
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        pos = 0
+        while True:
+            state = self._state
+            if state == _LENGTH or state == _CHUNK_DATA:
+                take = min(self._remaining, len(buf) - pos)
+                if take:
+                    events.append(buf[pos : pos + take] if pos or take < len(buf) else buf)
+                    pos += take
+                    self._remaining -= take
+                if self._remaining:
+                    break
+                if state == _LENGTH:
+                    self._end(events)
+                else:
+                    self._state = _CHUNK_END
+                continue
+            if state == _TO_CLOSE:
+                if pos < len(buf):
+                    events.append(buf[pos:] if pos else buf)
+                pos = len(buf)
+                break
+            if state == _DONE:
+                self.leftover += len(buf) - pos
+                pos = len(buf)
+                break
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if len(buf) - pos > MAX_HEAD:
+                        raise WireError(f"response head over {MAX_HEAD} bytes")
+                    break
+                if end - pos > MAX_HEAD:
+                    raise WireError(f"response head over {MAX_HEAD} bytes")
+                self._head(buf[pos:end], events)
+                pos = end + 4
+                continue
+            # chunked framing lines: a size line, the CRLF after a chunk, the trailers
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                if len(buf) - pos > MAX_CHUNK_LINE:
+                    raise WireError("chunk framing line too long")
+                break
+            line = buf[pos:end]
+            pos = end + 2
+            if state == _CHUNK_END:
+                if line:
+                    raise WireError("chunk data longer than its size")
+                self._state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                size = line.split(b";", 1)[0].strip(b" \t")
+                if len(line) > MAX_CHUNK_LINE or not _HEX.fullmatch(size):
+                    raise WireError(f"bad chunk size line {line[:40]!r}")
+                self._remaining = int(size, 16)
+                self._state = _CHUNK_DATA if self._remaining else _TRAILERS
+            elif not line:  # state == _TRAILERS: the empty line ends them (they are dropped)
+                self._end(events)
+            elif len(line) > MAX_CHUNK_LINE:
+                raise WireError("trailer line too long")
+        if pos < len(buf):
+            self._buf = buf[pos:]
+        return events
+
+    def finish(self) -> list[Event]:
+        """The origin closed the connection: END of a body delimited by the close."""
+        if self._state == _TO_CLOSE:
+            self._state = _DONE
+            return [END]
+        if self._state == _DONE:
+            return []
+        what = "response head" if self._state == _HEAD else "response body"
+        raise WireError(f"origin closed the connection within the {what}")
+
+    def _end(self, events: list[Event]) -> None:
+        self._state = _DONE
+        events.append(END)
+
+    def _head(self, head: bytes, events: list[Event]) -> None:
+        lines = head.split(b"\r\n")
+        match = _STATUS.fullmatch(lines[0])
+        if match is None:
+            raise WireError(f"bad status line {lines[0][:60]!r}")
+        minor, code, reason = match.groups()
+        status = int(code)
+        if not 100 <= status <= 599:
+            raise WireError(f"status {status} outside 100-599")
+        if len(lines) - 1 > MAX_FIELDS:
+            raise WireError(f"more than {MAX_FIELDS} fields")
+        fields: list[tuple[bytes, bytes]] = []
+        lengths: set[bytes] = set()
+        codings: list[bytes] = []
+        close = minor == b"0"
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise WireError(f"bad field line {line[:60]!r}")  # also obs-fold
+            value = value.strip(b" \t")
+            if _BAD_VALUE.search(value):
+                raise WireError(f"bad field value in {name[:40]!r}")
+            fields.append((name, value))
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths.update(v.strip(b" \t") for v in value.split(b","))
+            elif lower == b"transfer-encoding":
+                codings += [c.strip(b" \t").lower() for c in value.split(b",") if c.strip()]
+            elif lower == b"connection":
+                close = close or b"close" in (t.strip(b" \t").lower() for t in value.split(b","))
+        raw = tuple(fields)
+        if 100 <= status < 200 and status != 101:
+            events.append(Interim(status, raw))
+            return  # the final response follows
+        events.append(Head(status, (reason or b"").decode("latin-1"), raw))
+        self.keep_alive = not close
+        if self._head_only or status in (101, 204, 304):
+            self._end(events)
+            return
+        if codings:
+            if lengths:
+                raise WireError("both Transfer-Encoding and Content-Length")
+            if codings != [b"chunked"]:
+                raise WireError(f"unsupported transfer coding {b', '.join(codings)!r}")
+            self._state = _CHUNK_SIZE
+            return
+        if lengths:
+            if len(lengths) != 1:
+                raise WireError("conflicting Content-Length values")
+            (length,) = lengths
+            if not length.isdigit() or len(length) > 18:
+                raise WireError(f"bad Content-Length {length[:40]!r}")
+            self._remaining = int(length)
+            if self._remaining:
+                self._state = _LENGTH
+            else:
+                self._end(events)
+            return
+        self._state = _TO_CLOSE  # delimited by the close
+        self.keep_alive = False

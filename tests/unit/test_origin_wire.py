@@ -1,0 +1,204 @@
+"""edge.origin_wire: the sans-IO reader of origin responses and the request head."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.origin_wire import (
+    END,
+    MAX_HEAD,
+    Event,
+    Head,
+    Interim,
+    ResponseReader,
+    WireError,
+    encode_request,
+)
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nhello"
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+)
+
+
+def read(data: bytes, method: str = "GET", pieces: int = 1) -> tuple[list[Event], ResponseReader]:
+    reader = ResponseReader(method)
+    events: list[Event] = []
+    size = max(1, len(data) // pieces)
+    for at in range(0, len(data), size):
+        events += reader.feed(data[at : at + size])
+    return events, reader
+
+
+def body_of(events: list[Event]) -> bytes:
+    return b"".join(e for e in events if isinstance(e, bytes))
+
+
+def test_a_content_length_body_in_one_segment() -> None:
+    events, reader = read(OK)
+    fields = ((b"Content-Length", b"5"), (b"Cache-Control", b"max-age=60"))
+    assert events[0] == Head(200, "OK", fields)
+    assert body_of(events) == b"hello" and events[-1] is END
+    assert reader.done and reader.keep_alive and reader.leftover == 0
+
+
+def test_byte_by_byte_gives_the_same_response() -> None:
+    for raw in (OK, CHUNKED):
+        whole, _ = read(raw)
+        split, reader = read(raw, pieces=len(raw))
+        assert split[0] == whole[0] and body_of(split) == body_of(whole) and split[-1] is END
+        assert reader.done
+
+
+def test_a_chunked_body_drops_extensions_and_trailers() -> None:
+    events, reader = read(CHUNKED)
+    assert body_of(events) == b"hello, world" and events[-1] is END
+    assert reader.keep_alive and reader.leftover == 0
+
+
+def test_a_body_delimited_by_the_close() -> None:
+    reader = ResponseReader("GET")
+    events = reader.feed(b"HTTP/1.1 200 OK\r\n\r\nsome")
+    events += reader.feed(b" bytes")
+    assert END not in events and not reader.keep_alive
+    assert reader.finish() == [END]
+    assert body_of(events) == b"some bytes"
+
+
+@pytest.mark.parametrize(
+    ("raw", "method"),
+    [
+        (OK, "HEAD"),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", "GET"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", "GET"),
+    ],
+)
+def test_responses_without_a_body_end_at_their_head(raw: bytes, method: str) -> None:
+    events, reader = read(raw, method)
+    assert isinstance(events[0], Head) and events[1:] == [END] and reader.done
+
+
+def test_interim_heads_come_before_the_final_one() -> None:
+    raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK
+    events, _ = read(raw)
+    assert events[0] == Interim(103, ((b"Link", b"</a.css>; rel=preload"),))
+    assert isinstance(events[1], Head) and events[1].status == 200
+
+
+def test_bytes_past_the_end_are_counted_as_leftover() -> None:
+    events, reader = read(OK + b"HTTP/1.1 200 OK\r\n")
+    assert events[-1] is END and reader.leftover == len(b"HTTP/1.1 200 OK\r\n")
+    reader.feed(b"more")
+    assert reader.leftover == len(b"HTTP/1.1 200 OK\r\n") + 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "keep_alive"),
+    [
+        (OK, True),
+        (OK.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive, Close\r\n\r\n", 1), False),
+        (OK.replace(b"HTTP/1.1", b"HTTP/1.0"), False),
+    ],
+)
+def test_keep_alive(raw: bytes, keep_alive: bool) -> None:
+    _, reader = read(raw)
+    assert reader.keep_alive is keep_alive
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A : 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n",
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 600 Weird\r\nContent-Length: 2\r\n\r\nno",
+        b"HTTP/1.1 099 Low\r\n\r\n",
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
+    ],
+)
+def test_malformed_responses_are_refused(raw: bytes) -> None:
+    with pytest.raises(WireError):
+        read(raw)
+
+
+def test_a_head_over_the_limit_is_refused_before_it_ends() -> None:
+    reader = ResponseReader("GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\n")
+    with pytest.raises(WireError, match="head over"):
+        for _ in range(MAX_HEAD // 1000 + 2):
+            reader.feed(b"X-Pad: " + b"p" * 991 + b"\r\n")
+
+
+@pytest.mark.parametrize("cut", [10, len(OK) - 2])
+def test_a_close_within_the_head_or_a_sized_body_is_an_error(cut: int) -> None:
+    reader = ResponseReader("GET")
+    reader.feed(OK[:cut])
+    with pytest.raises(WireError, match="closed the connection"):
+        reader.finish()
+
+
+def test_request_heads_and_header_injection() -> None:
+    wire = encode_request("GET", "/a?b=1", [("Host", "example.test"), ("Via", "1.1 e")])
+    assert wire == b"GET /a?b=1 HTTP/1.1\r\nHost: example.test\r\nVia: 1.1 e\r\n\r\n"
+    assert encode_request("GET", "/", [("X-Name", "Zoë")]).endswith("Zoë\r\n\r\n".encode())
+    for bad in ("a\r\nX-Evil: 1", "a\nb", "a\x00b"):
+        with pytest.raises(ValueError, match="injection"):
+            encode_request("GET", "/", [("X-A", bad)])
+    with pytest.raises(ValueError, match="injection"):
+        encode_request("GET", "/a HTTP/1.1\r\nX-Evil: 1\r\n", [])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    body=st.binary(max_size=300),
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=20),
+    cuts=st.lists(st.integers(1, 40), min_size=1, max_size=40),
+    extra=st.binary(max_size=20),
+)
+def test_any_split_of_any_framing_reads_the_same(
+    body: bytes, sizes: list[int], cuts: list[int], extra: bytes
+) -> None:
+    # The same body, sent with Content-Length or in chunks of any sizes, fed in segments
+    # cut anywhere, reads back whole, and what follows the response counts as leftover.
+    chunks, rest = [], body
+    for size in sizes:
+        if not rest:
+            break
+        chunks.append(b"%x\r\n%s\r\n" % (len(rest[:size]), rest[:size]))
+        rest = rest[size:]
+    if rest:
+        chunks.append(b"%x\r\n%s\r\n" % (len(rest), rest))
+    framings = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(chunks) + b"0\r\n\r\n",
+    ]
+    for raw in framings:
+        reader = ResponseReader("GET")
+        events: list[Event] = []
+        data, at, i = raw + extra, 0, 0
+        while at < len(data):
+            step = cuts[i % len(cuts)]
+            events += reader.feed(data[at : at + step])
+            at, i = at + step, i + 1
+        assert isinstance(events[0], Head) and events[-1] is END
+        assert body_of(events) == body
+        assert reader.leftover == len(extra)
