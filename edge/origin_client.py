@@ -1,11 +1,11 @@
 """The edge's client for bodiless origin requests (GET, HEAD): edge.origin_wire on asyncio
 connections, pooled per origin.
 
-Why not aiohttp's client for these: a miss's request through `ClientSession.request` cost
-about 130 µs of CPU per 10 KiB miss (a third of the miss), most of it in objects built per
-request (request, response, timers, URL, connector bookkeeping); this client writes one
-prepared head and parses the answer with edge.origin_wire. Requests with a body still go
-through aiohttp's client (edge.proxy.forward), which streams them.
+Why not aiohttp's client for these: on a 10 KiB miss its request was a third of the event
+loop's CPU, most of it in objects built per request (request, response, timers, URL,
+connector bookkeeping); this client writes one prepared head and parses the answer with
+edge.origin_wire, and a miss costs about a fifth less CPU (docs/benchmarks.md). Requests
+with a body still go through aiohttp's client (edge.proxy.forward), which streams them.
 
 The response (`OriginResponse`) offers what the proxy and cache layer read from aiohttp's:
 `status`, `reason`, `raw_headers`, `read()`, `content.iter_chunked(n)`, `release()` and
