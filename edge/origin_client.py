@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,6 +123,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
+        if self.error is not None:
+            return  # the response failed: nothing after it is read
         if reader is None:  # idle: bytes nobody asked for
             self.client._report(self.target, "unsolicited_bytes", len(data))
             self.close()
@@ -140,12 +143,15 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.client._lost(self)
-        if self.reader is None or self.reader.done:
+        if self.reader is None or self.reader.done or self.error is not None:
+            return
+        if exc is not None:  # a reset is no end of a body delimited by the close
+            self._fail(exc)
             return
         try:
             events = self.reader.finish()
         except WireError as err:
-            self._fail(err if exc is None else exc)
+            self._fail(err)
             return
         self._queue(events)
 
@@ -225,6 +231,8 @@ class OriginResponse:
         while True:
             events = conn.events
             if events:
+                if time.monotonic() > self._deadline:
+                    raise TimeoutError("origin exchange over its total timeout")
                 event = events.popleft()
                 if type(event) is bytes:
                     conn.took(len(event))
@@ -249,6 +257,13 @@ class OriginResponse:
         if conn is not None:
             conn.client._release(conn, clean=False)
 
+    def __del__(self) -> None:
+        # Dropped unreleased (a caller cancelled on its way): its connection would hold a
+        # slot of the origin's limit until the origin closed it.
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self.close()
+
 
 async def _wait(conn: _Connection, deadline: float, read: float) -> None:
     """Until `conn` has news, or a timeout: the read timeout, within the total deadline."""
@@ -265,7 +280,7 @@ async def _wait(conn: _Connection, deadline: float, read: float) -> None:
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError("origin read timed out"))
+        waiter.set_exception(TimeoutError("origin request timed out"))
 
 
 def _payload_error(exc: BaseException) -> aiohttp.ClientPayloadError:
@@ -318,9 +333,11 @@ class OriginClient:
             conn, reused = await self._acquire(where, timeouts, deadline)
             conn.reader = ResponseReader(method)
             conn.answered = False
-            assert conn.transport is not None
-            conn.transport.write(wire)
             try:
+                transport = conn.transport
+                if transport is None:  # closed by the origin as soon as it was made
+                    raise aiohttp.ClientPayloadError("origin closed the connection")
+                transport.write(wire)
                 head = await self._head(conn, deadline, timeouts.read, interim)
             except aiohttp.ClientPayloadError:
                 if reused and not conn.answered and attempt == 0:
@@ -346,36 +363,54 @@ class OriginClient:
                     return event
                 if type(event) is Interim:
                     if interim is not None and event.status >= 102:
-                        await interim(event.status, event.raw_headers)
+                        left = max(deadline - time.monotonic(), 0.0)
+                        await asyncio.wait_for(interim(event.status, event.raw_headers), left)
                     continue
                 raise AssertionError(f"{event!r} before the head")  # the reader's order
             if conn.error is not None:
                 raise _payload_error(conn.error)
             if conn.transport is None:
                 raise aiohttp.ClientPayloadError("origin closed the connection")
+            if time.monotonic() > deadline:
+                raise TimeoutError("origin exchange over its total timeout")
             await _wait(conn, deadline, read)
 
     async def _acquire(
         self, where: _Target, timeouts: Timeouts, deadline: float
     ) -> tuple[_Connection, bool]:
         key = where.key
-        kept = self._kept(key)
-        if kept is not None:
-            return kept, True
+        loop = asyncio.get_running_loop()
         conns = self._open.setdefault(key, set())
-        while len(conns) >= self._limit:
-            waiter = asyncio.get_running_loop().create_future()
+        for _ in range(1000):
+            kept = self._kept(key)
+            if kept is not None:
+                # Bytes the origin sent unasked may sit in the socket, not yet read: two
+                # turns of the loop read them (data_received then closes the connection).
+                # One is not enough on asyncio's own loop, where this task's next step is
+                # queued before the read that the turn's poll finds.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                if kept.transport is not None and not kept.transport.is_closing():
+                    return kept, True
+                continue
+            if len(conns) < self._limit:
+                break
+            waiter = loop.create_future()
             self._waiters.setdefault(key, collections.deque()).append(waiter)
+            timer = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, waiter)
             try:
-                await asyncio.wait_for(waiter, max(deadline - time.monotonic(), 0.0))
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake(key)  # woken, then cancelled: the wake-up goes on
+                raise
             finally:
+                timer.cancel()
                 queue = self._waiters.get(key)
                 if queue is not None and waiter in queue:
                     queue.remove(waiter)
-            kept = self._kept(key)
-            if kept is not None:
-                return kept, True
-        loop = asyncio.get_running_loop()
+        else:
+            raise TimeoutError(f"no connection to {where.key} came free")
         conn = _Connection(self, where)
         conns.add(conn)
         try:

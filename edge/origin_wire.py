@@ -30,9 +30,11 @@ from edge.errors import OriginError
 MAX_HEAD = 64 * 1024  # bytes of one response head: status line and field lines
 MAX_FIELDS = 256
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
+MAX_INTERIM = 16  # 1xx responses before the final one
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+# Control characters other than HTAB (obs-text, 0x80-0xff, is allowed: RFC 9110 §5.5)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -74,6 +76,8 @@ def encode_request(method: str, target: str, headers: list[tuple[str, str]]) -> 
     """The head of a bodiless request. Refuses a CR, LF or NUL in any part (header
     injection), as aiohttp's writer does; text is encoded as UTF-8, as aiohttp encodes it
     (see edge.headers.wire_text)."""
+    if not method.isalpha() or not target or " " in target or "\t" in target:
+        raise ValueError(f"not a request line: {method!r} {target!r}")
     lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
     text = "\r\n".join(lines)
     breaks = len(lines) - 1  # the CRLFs joining the lines: any other CR or LF is injected
@@ -90,8 +94,11 @@ class ResponseReader:
 
     def __init__(self, method: str) -> None:
         self._head_only = method == "HEAD"
-        self._buf = b""
+        # A partial head or framing line, searched to its end for its terminator already
+        # (a bytearray: an origin trickling a head byte by byte costs linear time).
+        self._held = bytearray()
         self._state = _HEAD
+        self._interim = 0
         self._remaining = 0
         self.keep_alive = False
         self.leftover = 0  # bytes received past END
@@ -105,8 +112,22 @@ class ResponseReader:
         if self._state == _DONE:
             self.leftover += len(data)
             return events
-        buf = self._buf + data if self._buf else data
-        self._buf = b""
+        held = self._held
+        if held:
+            head = self._state == _HEAD
+            term = b"\r\n\r\n" if head else b"\r\n"
+            searched = len(held) - len(term) + 1
+            held += data
+            if held.find(term, max(searched, 0)) < 0:
+                if head and len(held) > MAX_HEAD:
+                    raise WireError(f"response head over {MAX_HEAD} bytes")
+                if not head and len(held) > MAX_CHUNK_LINE:
+                    raise WireError("chunk framing line too long")
+                return events
+            buf = bytes(held)
+            held.clear()
+        else:
+            buf = data
         pos = 0
         while True:
             state = self._state
@@ -166,7 +187,7 @@ class ResponseReader:
             elif len(line) > MAX_CHUNK_LINE:
                 raise WireError("trailer line too long")
         if pos < len(buf):
-            self._buf = buf[pos:]
+            self._held += buf[pos:]  # a partial head or line (bodies are never held)
         return events
 
     def finish(self) -> list[Event]:
@@ -194,9 +215,12 @@ class ResponseReader:
             raise WireError(f"status {status} outside 100-599")
         if len(lines) - 1 > MAX_FIELDS:
             raise WireError(f"more than {MAX_FIELDS} fields")
+        if reason and _BAD_VALUE.search(reason):
+            raise WireError("bad status line: control characters in the reason")
         fields: list[tuple[bytes, bytes]] = []
         lengths: set[bytes] = set()
         codings: list[bytes] = []
+        transfer_encoding = False
         close = minor == b"0"
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -210,11 +234,15 @@ class ResponseReader:
             if lower == b"content-length":
                 lengths.update(v.strip(b" \t") for v in value.split(b","))
             elif lower == b"transfer-encoding":
+                transfer_encoding = True
                 codings += [c.strip(b" \t").lower() for c in value.split(b",") if c.strip()]
             elif lower == b"connection":
                 close = close or b"close" in (t.strip(b" \t").lower() for t in value.split(b","))
         raw = tuple(fields)
         if 100 <= status < 200 and status != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise WireError(f"more than {MAX_INTERIM} interim responses")
             events.append(Interim(status, raw))
             return  # the final response follows
         events.append(Head(status, (reason or b"").decode("latin-1"), raw))
@@ -222,7 +250,7 @@ class ResponseReader:
         if self._head_only or status in (101, 204, 304):
             self._end(events)
             return
-        if codings:
+        if transfer_encoding:
             if lengths:
                 raise WireError("both Transfer-Encoding and Content-Length")
             if codings != [b"chunked"]:

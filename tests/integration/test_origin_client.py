@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
+import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -274,3 +277,137 @@ async def test_bytes_nobody_asked_for_close_the_connection_and_are_reported() ->
         port = o.base.rsplit(":", 1)[1]
         assert all(where == f"http://127.0.0.1:{port}" for where, _, _ in reports)
         assert o.connections == 3
+
+
+async def test_an_origin_that_closes_at_once_fails_requests_and_frees_their_slots() -> None:
+    async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async with origin(lambda o: slam) as o, client(limit=1) as (c, _):
+        for _ in range(5):  # with one slot, a leaked one would make the next wait and time out
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await c.request(o.base, "GET", "/", [], TIMEOUTS)
+
+
+async def test_a_reset_is_no_end_of_a_body_delimited_by_the_close() -> None:
+    def reset(o: Origin) -> Serve:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await o.head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # with SO_LINGER 0: a reset, not a FIN
+
+        return serve
+
+    async with origin(reset) as o, client() as (c, _):
+        resp = await c.request(o.base, "GET", "/", [], TIMEOUTS)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        resp.release()
+
+
+async def test_the_total_timeout_holds_while_body_bytes_keep_coming() -> None:
+    def endless(o: Origin) -> Serve:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await o.head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(2000):  # 32 MiB: about 5 s at the reader's pace below
+                writer.write(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+
+        return serve
+
+    async with origin(endless) as o, client() as (c, _):
+        resp = await c.request(o.base, "GET", "/", [], Timeouts(connect=1.0, read=1.0, total=1.0))
+
+        async def drain() -> None:
+            async for _ in resp.content.iter_chunked(16384):
+                await asyncio.sleep(0.002)  # slower than the origin: bytes are always queued
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(drain(), 30)  # (this bound is the test's own)
+        resp.close()
+
+
+async def test_a_flood_of_interim_responses_is_refused() -> None:
+    def flood(o: Origin) -> Serve:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await o.head(reader)
+            for _ in range(1000):
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+                await writer.drain()
+
+        return serve
+
+    sent: list[int] = []
+
+    async def interim(status: int, raw: tuple[tuple[bytes, bytes], ...]) -> None:
+        sent.append(status)
+
+    async with origin(flood) as o, client() as (c, _):
+        with pytest.raises(aiohttp.ClientPayloadError, match="interim"):
+            await c.request(o.base, "GET", "/", [], TIMEOUTS, interim)
+        assert len(sent) <= 16  # those parsed before the refusal, if any
+
+
+async def test_a_waiter_woken_then_cancelled_passes_the_connection_on() -> None:
+    async with origin(keep_alive) as o, client(limit=1) as (c, _):
+        first = await c.request(o.base, "GET", "/a", [], TIMEOUTS)
+        second = asyncio.create_task(get(c, o.base, "/b"))
+        third = asyncio.create_task(get(c, o.base, "/c"))
+        await asyncio.sleep(0.05)  # both wait for the one connection
+        assert await first.read() == b"/a"
+        first.release()  # wakes the second...
+        second.cancel()  # ...which is cancelled before it runs
+        assert await asyncio.wait_for(third, 5) == b"/c"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+
+async def test_a_response_dropped_unreleased_frees_its_connection() -> None:
+    async with origin(keep_alive) as o, client(limit=1) as (c, _):
+        resp = await c.request(o.base, "GET", "/a", [], TIMEOUTS)
+        del resp  # as a caller cancelled on its way would drop it
+        gc.collect()
+        assert await get(c, o.base, "/b") == b"/b"
+
+
+async def test_unasked_bytes_already_in_the_socket_are_found_before_reuse() -> None:
+    # The origin (a thread of its own) pushes a response nobody asked for while the edge's
+    # loop is busy, so its bytes sit unread in the socket when the next request would take
+    # the kept connection.
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    connections: list[socket.socket] = []
+
+    def serve() -> None:
+        for n in range(2):
+            conn, _ = server.accept()
+            connections.append(conn)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(ok(head.split(b" ", 2)[1]))
+            if n == 0:
+                time.sleep(0.05)
+                conn.sendall(ok(b"EVIL!"))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        async with client() as (c, reports):
+            assert await get(c, base, "/one") == b"/one"
+            time.sleep(0.3)  # noqa: ASYNC251 - the busy loop: nothing reads the pushed bytes
+            assert await get(c, base, "/two") == b"/two"
+            assert [kind for _, kind, _ in reports] == ["unsolicited_bytes"]
+        thread.join(10)
+        assert len(connections) == 2
+    finally:
+        for conn in connections:
+            conn.close()
+        server.close()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from edge.origin_wire import (
     END,
     MAX_HEAD,
+    MAX_INTERIM,
     Event,
     Head,
     Interim,
@@ -163,8 +164,9 @@ def test_request_heads_and_header_injection() -> None:
     for bad in ("a\r\nX-Evil: 1", "a\nb", "a\x00b"):
         with pytest.raises(ValueError, match="injection"):
             encode_request("GET", "/", [("X-A", bad)])
-    with pytest.raises(ValueError, match="injection"):
-        encode_request("GET", "/a HTTP/1.1\r\nX-Evil: 1\r\n", [])
+    for method, target in (("GET", "/a HTTP/1.1\r\nX-Evil: 1\r\n"), ("GET", "/a\tb"), ("G T", "/")):
+        with pytest.raises(ValueError, match="request line"):
+            encode_request(method, target, [])
 
 
 @settings(max_examples=150, deadline=None)
@@ -202,3 +204,33 @@ def test_any_split_of_any_framing_reads_the_same(
         assert isinstance(events[0], Head) and events[-1] is END
         assert body_of(events) == body
         assert reader.leftover == len(extra)
+
+
+def test_more_interim_responses_than_allowed_are_refused() -> None:
+    interim = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+    events, _ = read(interim * MAX_INTERIM + OK)
+    assert sum(isinstance(e, Interim) for e in events) == MAX_INTERIM and events[-1] is END
+    with pytest.raises(WireError, match="interim"):
+        read(interim * (MAX_INTERIM + 1) + OK)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nContent-Length: 5\r\n\r\nhello",
+    ],
+)
+def test_control_characters_and_an_empty_transfer_encoding_are_refused(raw: bytes) -> None:
+    with pytest.raises(WireError):
+        read(raw)
+
+
+def test_obs_text_and_tabs_in_values_are_kept() -> None:
+    events, _ = read(
+        b'HTTP/1.1 200 OK\r\nETag: "\xc3\xbc"\r\nX-T: a\tb\r\nContent-Length: 0\r\n\r\n'
+    )
+    assert events[0] == Head(
+        200, "OK", ((b"ETag", b'"\xc3\xbc"'), (b"X-T", b"a\tb"), (b"Content-Length", b"0"))
+    )
