@@ -37,8 +37,11 @@ Speed comes from caching encoded replies, in three tiers:
    smaller networks whose first address has no place) `place4` gives the place itself, from
    the search tree, and the bytes are kept by the place. A place new to the shape runs the
    selection from its coordinates, and the shape keeps the bytes by what it chose too (edge
-   names, ECS scope): the many places that choose alike share one entry, made once. The
-   cold path leaves the pool tier to _answer.
+   names, ECS scope): the many places that choose alike share one entry, made once. When
+   the pool's generation moves, the shape keeps both while the selection says every place
+   is answered as before (`placement_epoch`: a probed load step that leaves the pool's
+   candidates alone), so probe rounds do not start the cold path over. The cold path leaves
+   the pool tier to _answer.
 
 Health changes invalidate per pool (see gslb.health): `health.generations` is one list,
 changed in place, with a generation per pool that moves only when a member of that pool
@@ -85,7 +88,7 @@ from gslb.errors import FormError, ShortHeader
 from gslb.models import Clock, Counted, Edge, HealthView, Policy, Selection, Tally
 from gslb.respcache import FifoCache
 from gslb.rrl import truncated
-from gslb.selection import select, select_at
+from gslb.selection import placement_epoch, select, select_at
 from gslb.wire import COOKIE_CODE, NSID_CODE, Query, add_option, parse_query
 from gslb.zone import (
     AAAA,
@@ -229,11 +232,23 @@ _PlaceKey = int | tuple[float, float, int]
 
 class _Shape:
     """A query shape of the cold path (see _placed): what answering it needs besides the
-    place (its static key, plan and parse), and its answers under one generation of its pool
-    and one round of the responder's cold-path memo: by place, and by what the selection
+    place (its static key, plan and parse), and its answers under one placement epoch of
+    its pool (gslb.selection.placement_epoch) and one round of the responder's cold-path
+    memo: by place, and by what the selection
     chose (the names of the edges and the ECS scope), which many places share."""
 
-    __slots__ = ("choices", "generation", "key", "memo", "plan", "qtype", "query", "round", "slot")
+    __slots__ = (
+        "choices",
+        "epoch",
+        "generation",
+        "key",
+        "memo",
+        "plan",
+        "qtype",
+        "query",
+        "round",
+        "slot",
+    )
 
     def __init__(self, key: _StaticKey, plan: _Plan, query: Query) -> None:
         self.key = key
@@ -244,6 +259,7 @@ class _Shape:
         self.memo: dict[_PlaceKey, _PlacedHit] = {}
         self.choices: dict[tuple[tuple[str, ...], int], _PlacedHit] = {}
         self.generation = -1  # none yet: the first query starts the memo
+        self.epoch = -1  # the selection's placement_epoch the memo was made under
         self.round = -1
 
 
@@ -576,9 +592,14 @@ class Responder:
         slot = shape.slot
         generation = self._generations[slot]
         if shape.generation != generation or shape.round != self._placed_round:
-            # Answers made under another generation of the pool never count again.
-            shape.memo = {}
-            shape.choices = {}
+            # Answers made under another generation of the pool count again only when the
+            # selection answers every place as before (a probed load step that left the
+            # candidates alone: gslb.selection.placement_epoch).
+            epoch = placement_epoch(shape.plan.pool.pool, self._health)
+            if epoch != shape.epoch or shape.round != self._placed_round:
+                shape.memo = {}
+                shape.choices = {}
+                shape.epoch = epoch
             shape.generation = generation
             shape.round = self._placed_round
         hit = shape.memo.get(key)

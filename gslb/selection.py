@@ -58,6 +58,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import heapq
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -72,6 +73,7 @@ __all__ = [
     "Step",
     "explain",
     "on_fallback",
+    "placement_epoch",
     "select",
     "serving_members",
 ]
@@ -96,6 +98,7 @@ _COARSER = tuple((size, int(size / _FINEST), int(360 / size)) for size in _CELL_
 _CELL_SLACK = 1e-6
 
 _Candidate = tuple[float, float, float, float, str, Edge]
+_EPOCHS: itertools.count[int] = itertools.count()  # of placement_epoch
 
 
 class Step(enum.StrEnum):
@@ -150,6 +153,14 @@ class Explanation:
 def select(pool: Pool, where: Location | None, health: HealthView) -> Selection:
     """The edges to answer for `pool` for a client at `where` (None: location unknown)."""
     return _choose(_view(pool, health), where)
+
+
+def placement_epoch(pool: Pool, health: HealthView) -> int:
+    """A number that stays the same while `select_at`'s answer for every coordinate does:
+    across the generations of a nearest pool whose candidates stay the same edges (see
+    `_carry`). Callers that keep answers by place (gslb.answer's cold path) may keep them
+    while it holds, though the pool's generation moves with every probed load step."""
+    return _view(pool, health).epoch
 
 
 def select_at(pool: Pool, latitude: float, longitude: float, health: HealthView) -> Selection:
@@ -210,6 +221,8 @@ class _View:
     # weighted: (edge salt, 1 / effective weight, name, edge)
     weighted: list[tuple[int, float, str, Edge]] = field(default_factory=list)
     memo: dict[tuple[float, float], Selection] = field(default_factory=dict)
+    # placement_epoch: new with every view, kept by _carry with the memo
+    epoch: int = field(default_factory=lambda: next(_EPOCHS))
 
 
 _VIEWS: dict[int, _View] = {}
@@ -270,6 +283,7 @@ def _carry(old: _View, new: _View) -> None:
         return
     new.memo = old.memo
     new.cells, new.coarser = old.cells, old.coarser
+    new.epoch = old.epoch
 
 
 def serving_members(pool: Pool, health: HealthView) -> list[tuple[Edge, EdgeState]]:

@@ -257,6 +257,36 @@ def test_a_health_change_reaches_answers_of_the_cold_path(tabled: bool) -> None:
     assert answers() == [["127.0.0.11"]] * 4
 
 
+@pytest.mark.parametrize("tabled", [False, True])
+def test_a_load_step_that_changes_no_answer_keeps_the_cold_paths_answers(tabled: bool) -> None:
+    # Probes move a pool's generation with every load step. While no member crosses the
+    # overload threshold the selection answers every place as before, and the cold path
+    # keeps its answers by place: no selection runs again. Crossing it starts them over.
+    fast, slow, health, recorder = pair(tabled)
+    first = query("www.example.test.", ecs=PARIS_NET)
+    client = ipaddress.ip_address("192.0.2.1")
+
+    def answers() -> list[list[str]]:
+        out = []
+        for i, net in enumerate(FRANCE_NETS):
+            wire = with_address(first, i, ipaddress.IPv4Address(net).packed[:3])
+            reply = fast.respond(wire, client, tcp=False)
+            assert reply is not None and reply == slow.respond(wire, client, tcp=False)
+            out.append(addresses(dns.message.from_wire(reply)))
+        return out
+
+    assert answers() == [["127.0.0.11"]] * 4  # Frankfurt
+    misses = len(recorder.misses)
+    generation = health.generations[health.slot("www.example.test.")]
+    health.set_load("fra", 0.3)
+    assert health.generations[health.slot("www.example.test.")] != generation
+    assert answers() == [["127.0.0.11"]] * 4
+    assert len(recorder.misses) == misses  # answered from what the cold path kept
+    health.set_load("fra", 0.95)  # overloaded: the candidates change
+    assert answers() == [["127.0.0.12"]] * 4  # spilled to Ashburn
+    assert len(recorder.misses) > misses
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     asks=st.lists(
