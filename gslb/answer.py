@@ -234,8 +234,8 @@ class _Shape:
     """A query shape of the cold path (see _placed): what answering it needs besides the
     place (its static key, plan and parse), and its answers under one placement epoch of
     its pool (gslb.selection.placement_epoch) and one round of the responder's cold-path
-    memo: by place, and by what the selection
-    chose (the names of the edges and the ECS scope), which many places share."""
+    memo: by place, and by what the selection chose (the names of the edges and the ECS
+    scope), which many places share."""
 
     __slots__ = (
         "choices",
