@@ -232,21 +232,24 @@ def test_place4_agrees_on_the_fixture_database_and_without_the_walk(geo_db: Path
         locator.close()
 
 
+def france_answers(fast: Responder, slow: Responder) -> list[list[str]]:
+    """The addresses `fast` answers for www's query from each of FRANCE_NETS (over the cold
+    path once the first has made the shape), checked against the full path's `slow`."""
+    first = query("www.example.test.", ecs=PARIS_NET)
+    client = ipaddress.ip_address("192.0.2.1")
+    out = []
+    for i, net in enumerate(FRANCE_NETS):
+        wire = with_address(first, i, ipaddress.IPv4Address(net).packed[:3])
+        reply = fast.respond(wire, client, tcp=False)
+        assert reply is not None and reply == slow.respond(wire, client, tcp=False)
+        out.append(addresses(dns.message.from_wire(reply)))
+    return out
+
+
 @pytest.mark.parametrize("tabled", [False, True])
 def test_a_health_change_reaches_answers_of_the_cold_path(tabled: bool) -> None:
     fast, slow, health, recorder = pair(tabled)
-    first = query("www.example.test.", ecs=PARIS_NET)
-    client = ipaddress.ip_address("192.0.2.1")
-
-    def answers() -> list[list[str]]:
-        out = []
-        for i, net in enumerate(FRANCE_NETS):
-            wire = with_address(first, i, ipaddress.IPv4Address(net).packed[:3])
-            reply = fast.respond(wire, client, tcp=False)
-            assert reply is not None and reply == slow.respond(wire, client, tcp=False)
-            out.append(addresses(dns.message.from_wire(reply)))
-        return out
-
+    answers = functools.partial(france_answers, fast, slow)
     assert answers() == [["127.0.0.11"]] * 4  # Frankfurt
     assert len(fast._placeable) == 1
     misses = len(recorder.misses)
@@ -263,18 +266,7 @@ def test_a_load_step_that_changes_no_answer_keeps_the_cold_paths_answers(tabled:
     # overload threshold the selection answers every place as before, and the cold path
     # keeps its answers by place: no selection runs again. Crossing it starts them over.
     fast, slow, health, recorder = pair(tabled)
-    first = query("www.example.test.", ecs=PARIS_NET)
-    client = ipaddress.ip_address("192.0.2.1")
-
-    def answers() -> list[list[str]]:
-        out = []
-        for i, net in enumerate(FRANCE_NETS):
-            wire = with_address(first, i, ipaddress.IPv4Address(net).packed[:3])
-            reply = fast.respond(wire, client, tcp=False)
-            assert reply is not None and reply == slow.respond(wire, client, tcp=False)
-            out.append(addresses(dns.message.from_wire(reply)))
-        return out
-
+    answers = functools.partial(france_answers, fast, slow)
     assert answers() == [["127.0.0.11"]] * 4  # Frankfurt
     misses = len(recorder.misses)
     generation = health.generations[health.slot("www.example.test.")]
