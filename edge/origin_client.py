@@ -388,8 +388,13 @@ class OriginClient:
                 # turns of the loop read them (data_received then closes the connection).
                 # One is not enough on asyncio's own loop, where this task's next step is
                 # queued before the read that the turn's poll finds.
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
+                try:
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                except BaseException:  # cancelled meanwhile: the connection is nobody's
+                    kept.close()
+                    self._lost(kept)
+                    raise
                 if kept.transport is not None and not kept.transport.is_closing():
                     return kept, True
                 continue

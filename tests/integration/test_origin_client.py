@@ -411,3 +411,17 @@ async def test_unasked_bytes_already_in_the_socket_are_found_before_reuse() -> N
         for conn in connections:
             conn.close()
         server.close()
+
+
+async def test_a_request_cancelled_while_checking_a_kept_connection_frees_it() -> None:
+    async with origin(keep_alive) as o, client(limit=1) as (c, _):
+        assert await get(c, o.base, "/a") == b"/a"  # one connection, kept
+        task = asyncio.create_task(get(c, o.base, "/b"))
+        await asyncio.sleep(0)  # it has taken the kept connection and waits a loop turn
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        short = Timeouts(connect=1.0, read=1.0, total=2.0)  # a leaked slot: TimeoutError
+        resp = await c.request(o.base, "GET", "/c", [], short)
+        assert await resp.read() == b"/c"
+        resp.release()
