@@ -13,8 +13,9 @@ response's bytes for another's hands one user's response to another (issue 7):
 - Content-Length is digits, and repeated only with the same value;
 - otherwise the body runs to the close, and the connection is not reused.
 
-A malformed status line, field line, chunk size or a head over MAX_HEAD bytes raises
-`WireError`. After END, `leftover` counts the bytes the origin sent past the response:
+Lines end with CRLF or, as RFC 9112 §2.2 allows a recipient to accept (and aiohttp's
+parser, which the edge used before, does), LF alone. A malformed status line, field line,
+chunk size or a head over MAX_HEAD bytes raises `WireError`. After END, `leftover` counts the bytes the origin sent past the response:
 a connection with any is not reused. `keep_alive` says whether it may be (HTTP/1.1
 without ``Connection: close``, and a body not delimited by the close).
 """
@@ -89,6 +90,19 @@ def encode_request(method: str, target: str, headers: list[tuple[str, str]]) -> 
     return (text + "\r\n\r\n").encode("utf-8")
 
 
+def _blank_line(buf: bytes | bytearray, start: int) -> tuple[int, int] | None:
+    """(where the head before the first empty line at or after `start` ends, where what
+    follows it starts), or None. Lines end with CRLF, or LF alone, which RFC 9112 §2.2 lets
+    a recipient accept (aiohttp's parser, used before, did); a CR anywhere else in a line
+    is refused by the field checks."""
+    crlf, lf = buf.find(b"\n\r\n", start), buf.find(b"\n\n", start)
+    if crlf < 0 and lf < 0:
+        return None
+    if lf < 0 or 0 <= crlf < lf:
+        return crlf, crlf + 3
+    return lf, lf + 2
+
+
 class ResponseReader:
     """Reads one response (after any interim ones) to a request with `method`."""
 
@@ -115,10 +129,13 @@ class ResponseReader:
         held = self._held
         if held:
             head = self._state == _HEAD
-            term = b"\r\n\r\n" if head else b"\r\n"
-            searched = len(held) - len(term) + 1
+            searched = max(len(held) - 2, 0)  # a terminator may span the two pieces
             held += data
-            if held.find(term, max(searched, 0)) < 0:
+            if head:
+                found = _blank_line(held, searched) is not None
+            else:
+                found = held.find(b"\n", searched) >= 0
+            if not found:
                 if head and len(held) > MAX_HEAD:
                     raise WireError(f"response head over {MAX_HEAD} bytes")
                 if not head and len(held) > MAX_CHUNK_LINE:
@@ -154,24 +171,25 @@ class ResponseReader:
                 pos = len(buf)
                 break
             if state == _HEAD:
-                end = buf.find(b"\r\n\r\n", pos)
-                if end < 0:
+                blank = _blank_line(buf, pos)
+                if blank is None:
                     if len(buf) - pos > MAX_HEAD:
                         raise WireError(f"response head over {MAX_HEAD} bytes")
                     break
+                end, after = blank
                 if end - pos > MAX_HEAD:
                     raise WireError(f"response head over {MAX_HEAD} bytes")
                 self._head(buf[pos:end], events)
-                pos = end + 4
+                pos = after
                 continue
             # chunked framing lines: a size line, the CRLF after a chunk, the trailers
-            end = buf.find(b"\r\n", pos)
+            end = buf.find(b"\n", pos)
             if end < 0:
                 if len(buf) - pos > MAX_CHUNK_LINE:
                     raise WireError("chunk framing line too long")
                 break
-            line = buf[pos:end]
-            pos = end + 2
+            line = buf[pos : end - 1 if end > pos and buf[end - 1] == 13 else end]
+            pos = end + 1
             if state == _CHUNK_END:
                 if line:
                     raise WireError("chunk data longer than its size")
@@ -205,7 +223,9 @@ class ResponseReader:
         events.append(END)
 
     def _head(self, head: bytes, events: list[Event]) -> None:
-        lines = head.split(b"\r\n")
+        if head.endswith(b"\r"):  # the CR of the last line's CRLF
+            head = head[:-1]
+        lines = head.replace(b"\r\n", b"\n").split(b"\n")
         match = _STATUS.fullmatch(lines[0])
         if match is None:
             raise WireError(f"bad status line {lines[0][:60]!r}")

@@ -425,3 +425,18 @@ async def test_a_request_cancelled_while_checking_a_kept_connection_frees_it() -
         resp = await c.request(o.base, "GET", "/c", [], short)
         assert await resp.read() == b"/c"
         resp.release()
+
+
+async def test_an_origin_ending_lines_with_bare_lf_is_understood() -> None:
+    def lf(o: Origin) -> Serve:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for _ in range(10):
+                target = (await o.head(reader)).split(b" ", 2)[1]
+                writer.write(b"HTTP/1.1 200 OK\nContent-Length: %d\n\n%s" % (len(target), target))
+
+        return serve
+
+    async with origin(lf) as o, client() as (c, reports):
+        for i in range(3):  # within the read timeout, on one kept connection
+            assert await get(c, o.base, f"/lf{i}") == f"/lf{i}".encode()
+        assert o.connections == 1 and not reports

@@ -181,17 +181,23 @@ def test_any_split_of_any_framing_reads_the_same(
 ) -> None:
     # The same body, sent with Content-Length or in chunks of any sizes, fed in segments
     # cut anywhere, reads back whole, and what follows the response counts as leftover.
-    chunks, rest = [], body
+    pieces, rest = [], body
     for size in sizes:
         if not rest:
             break
-        chunks.append(b"%x\r\n%s\r\n" % (len(rest[:size]), rest[:size]))
+        pieces.append(rest[:size])
         rest = rest[size:]
     if rest:
-        chunks.append(b"%x\r\n%s\r\n" % (len(rest), rest))
+        pieces.append(rest)
+    chunks = [b"%x\r\n%s\r\n" % (len(c), c) for c in pieces]
     framings = [
         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(chunks) + b"0\r\n\r\n",
+        # the same with bare LF line ends (the body's own bytes untouched)
+        b"HTTP/1.1 200 OK\nContent-Length: %d\n\n%s" % (len(body), body),
+        b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n"
+        + b"".join(b"%x\n%s\n" % (len(c), c) for c in pieces)
+        + b"0\n\n",
     ]
     for raw in framings:
         reader = ResponseReader("GET")
@@ -234,3 +240,16 @@ def test_obs_text_and_tabs_in_values_are_kept() -> None:
     assert events[0] == Head(
         200, "OK", ((b"ETag", b'"\xc3\xbc"'), (b"X-T", b"a\tb"), (b"Content-Length", b"0"))
     )
+
+
+def test_bare_lf_line_ends_are_read_as_line_ends() -> None:
+    # RFC 9112 §2.2 lets a recipient take LF alone as a line end (aiohttp's parser did).
+    for raw in (
+        b"HTTP/1.1 200 OK\nContent-Length: 5\nX-A: b\n\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\nX-A: b\r\n\nhello",
+        b"HTTP/1.1 200 OK\nContent-Length: 5\r\nX-A: b\n\r\nhello",
+    ):
+        for pieces in (1, len(raw)):
+            events, reader = read(raw, pieces=pieces)
+            assert events[0] == Head(200, "OK", ((b"Content-Length", b"5"), (b"X-A", b"b")))
+            assert body_of(events) == b"hello" and events[-1] is END and reader.leftover == 0
