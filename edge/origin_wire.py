@@ -15,9 +15,10 @@ response's bytes for another's hands one user's response to another (issue 7):
 
 Lines end with CRLF or, as RFC 9112 §2.2 allows a recipient to accept (and aiohttp's
 parser, which the edge used before, does), LF alone. A malformed status line, field line,
-chunk size or a head over MAX_HEAD bytes raises `WireError`. After END, `leftover` counts the bytes the origin sent past the response:
-a connection with any is not reused. `keep_alive` says whether it may be (HTTP/1.1
-without ``Connection: close``, and a body not delimited by the close).
+chunk size or a head over MAX_HEAD bytes raises `WireError`. After END, `leftover` counts
+the bytes the origin sent past the response: a connection with any is not reused.
+`keep_alive` says whether it may be (HTTP/1.1 without ``Connection: close``, and a body
+not delimited by the close).
 """
 
 from __future__ import annotations
