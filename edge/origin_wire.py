@@ -96,12 +96,15 @@ def _blank_line(buf: bytes | bytearray, start: int) -> tuple[int, int] | None:
     follows it starts), or None. Lines end with CRLF, or LF alone, which RFC 9112 §2.2 lets
     a recipient accept (aiohttp's parser, used before, did); a CR anywhere else in a line
     is refused by the field checks."""
-    crlf, lf = buf.find(b"\n\r\n", start), buf.find(b"\n\n", start)
-    if crlf < 0 and lf < 0:
-        return None
-    if lf < 0 or 0 <= crlf < lf:
+    crlf = buf.find(b"\n\r\n", start)
+    # an LF-only blank line counts only before the first CRLF one (not searched past it:
+    # that would scan the body of every response)
+    lf = buf.find(b"\n\n", start, len(buf) if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf, lf + 2
+    if crlf >= 0:
         return crlf, crlf + 3
-    return lf, lf + 2
+    return None
 
 
 class ResponseReader:
