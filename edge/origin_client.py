@@ -339,15 +339,15 @@ class OriginClient:
                     raise aiohttp.ClientPayloadError("origin closed the connection")
                 transport.write(wire)
                 head = await self._head(conn, deadline, timeouts.read, interim)
-            except aiohttp.ClientPayloadError:
-                if reused and not conn.answered and attempt == 0:
-                    # closed by the origin while kept (its own idle timeout): ask again
-                    self._release(conn, clean=False)
-                    continue
+            except BaseException as exc:
                 self._release(conn, clean=False)
-                raise
-            except BaseException:
-                self._release(conn, clean=False)
+                if (
+                    isinstance(exc, aiohttp.ClientPayloadError)
+                    and reused
+                    and not conn.answered
+                    and attempt == 0
+                ):
+                    continue  # closed by the origin while kept (its own idle timeout): ask again
                 raise
             return OriginResponse(conn, head, deadline, timeouts.read)
         raise AssertionError("unreachable")
