@@ -31,7 +31,7 @@ import functools
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,10 +75,59 @@ PRIVATE: dict[str, tuple[str, ...]] = {
     "ServerRunner": ("_reg_site",),
 }
 
-# Answers a received segment holding one plain GET (segment, scheme, client address) with
-# the response's wire bytes, or None when the full handler must answer it; an empty list
-# closes the connection without an answer (edge.screening's "close" action).
-FastHit = Callable[[bytes, str, str | None], list[bytes] | None]
+
+class Handover:
+    """A plain GET the fast path began and the full handler finishes: its origin request
+    is made (edge.cache_layer's plain miss), and its response is one the fast path leaves
+    to aiohttp (streamed, compressed, not stored, an error...).
+
+    The protocol gives the request's bytes to aiohttp's parser and the request it makes
+    of them carries this (`handover_of`); the handler `take`s the job and runs it with that
+    request. Until then it holds an origin connection and a collapsed-miss lead: should
+    the request never reach the handler (the client went away), `abandon` lets them go.
+    """
+
+    __slots__ = ("_abandon", "_run", "state", "target")
+
+    def __init__(
+        self,
+        target: str,
+        run: Callable[[web.BaseRequest], Awaitable[tuple[web.StreamResponse, str]]],
+        abandon: Callable[[], None],
+    ) -> None:
+        self.target = target
+        self._run = run
+        self._abandon = abandon
+        self.state = "pending"
+
+    def take(self) -> Callable[[web.BaseRequest], Awaitable[tuple[web.StreamResponse, str]]] | None:
+        """The job, once (None when it was taken or abandoned before)."""
+        if self.state != "pending":
+            return None
+        self.state = "taken"
+        return self._run
+
+    def abandon(self) -> None:
+        if self.state == "pending":
+            self.state = "abandoned"
+            self._abandon()
+
+
+# A plain GET answered by the fast path once its origin answered: the response's wire
+# bytes, or the job for the full handler.
+PlainAnswer = list[bytes] | Handover
+# Answers a received segment holding one plain GET (segment, scheme, client address, a
+# writer of bytes to the client for 1xx interim responses) with the response's wire bytes,
+# or a coroutine giving the answer later (a miss), or None when the full handler must
+# answer it; an empty list closes the connection without an answer (edge.screening's
+# "close" action).
+FastHit = Callable[
+    [bytes, str, str | None, Callable[[bytes], None]],
+    list[bytes] | Coroutine[Any, Any, PlainAnswer] | None,
+]
+# Bytes a client sends while the fast path answers its plain GET's miss, held for after
+# it; reading from the client pauses past this.
+HELD_MAX = 64 * 1024
 # (origin as scheme://host:port, kind, bytes) for a protocol error of an origin connection.
 ProtocolErrorReport = Callable[[str, str, int], None]
 RawHeaders = tuple[tuple[bytes, bytes], ...]
@@ -180,6 +229,13 @@ class EdgeRequestHandler(RequestHandler):
         self._at_boundary = self._fast is not None
         self._scheme = "http"
         self._remote: str | None = None
+        # A plain GET's miss the fast path answers: its task, its bytes, and what the client
+        # sent meanwhile (see _start_plain); the job it hands to the full handler, if any.
+        self._plain_task: asyncio.Task[PlainAnswer] | None = None
+        self._plain_data = b""
+        self._held = bytearray()
+        self._held_paused = False
+        self._handover: Handover | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -191,11 +247,37 @@ class EdgeRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_timer()
+        if self._handover is not None:
+            self._handover.abandon()
+            self._handover = None
         super().connection_lost(exc)
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109
+        # A miss the fast path is answering is a request in progress: answered first.
+        if self._plain_task is not None:
+            await asyncio.wait({self._plain_task}, timeout=timeout)
+        await super().shutdown(timeout)
+
+    def take_handover(self) -> Handover | None:
+        """The job handed over with the request aiohttp's parser makes next, if any."""
+        handover, self._handover = self._handover, None
+        return handover
+
     def data_received(self, data: bytes) -> None:
+        if self._plain_task is not None:
+            # Pipelined behind a miss being answered: parsed once it is.
+            self._held += data
+            transport = self.transport
+            if len(self._held) > HELD_MAX and not self._held_paused and transport is not None:
+                transport.pause_reading()
+                self._held_paused = True
+            return
         if self._at_boundary and self._answer_fast(data):
             return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """`data` to aiohttp's parser, the header deadline kept in step."""
         before = self._request_count
         super().data_received(data)
         if self._fast is not None:
@@ -232,14 +314,71 @@ class EdgeRequestHandler(RequestHandler):
         transport = self.transport
         if transport is None or self._fast is None:
             return False
-        wire = self._fast(data, self._scheme, self._remote)
+        wire = self._fast(data, self._scheme, self._remote, self._write)
         if wire is None:
             return False
         self._disarm_header_timer()
+        if not isinstance(wire, list):
+            self._start_plain(wire, data)
+            return True
         if not wire:  # a screening rule's "close": no answer, no lingering
             transport.close()
             return True
         transport.writelines(wire)
+        self._answered()
+        return True
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _start_plain(self, answer: Coroutine[Any, Any, PlainAnswer], data: bytes) -> None:
+        """Answer a plain GET's miss when its origin has answered; until then the
+        connection is busy (what the client sends meanwhile waits in _held), and not idle
+        for aiohttp's keep-alive timer."""
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        self._plain_data = data
+        task = asyncio.ensure_future(answer)
+        self._plain_task = task
+        task.add_done_callback(self._plain_done)
+
+    def _plain_done(self, task: asyncio.Task[PlainAnswer]) -> None:
+        self._plain_task = None
+        data, self._plain_data = self._plain_data, b""
+        answer: PlainAnswer | None = None
+        if task.cancelled():
+            log.info("a plain GET's miss was cancelled")
+        elif (exc := task.exception()) is not None:
+            log.error("a plain GET's miss failed", exc_info=exc)
+        else:
+            answer = task.result()
+        transport = self.transport
+        if transport is None or transport.is_closing() or answer is None:
+            if isinstance(answer, Handover):
+                answer.abandon()
+            if transport is not None:
+                transport.close()  # the client has no answer: it must not wait for one
+            return
+        if isinstance(answer, Handover):
+            self._handover = answer
+            self._feed(data)
+        else:
+            transport.writelines(answer)
+            self._answered()
+        held = bytes(self._held)
+        self._held.clear()
+        if self._held_paused:
+            self._held_paused = False
+            transport.resume_reading()
+        if held:
+            self.data_received(held)
+
+    def _answered(self) -> None:
+        """A request answered by the fast path: counted, and the keep-alive deadline
+        restarted as aiohttp restarts it after a response."""
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1
@@ -249,7 +388,6 @@ class EdgeRequestHandler(RequestHandler):
             self._next_keepalive_close_time = close_time
             if self._keepalive_handle is None:
                 self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
-        return True
 
     def _parser_drained(self, data: bytes, produced: int) -> bool:
         """Whether aiohttp's parser ended `data` between messages (conservatively)."""
@@ -351,10 +489,24 @@ class EdgeServer(web.Server):
         request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
         if version.major != 1:
             request[_REQUESTED_VERSION] = version
+        handover = protocol.take_handover() if isinstance(protocol, EdgeRequestHandler) else None
+        if handover is not None:
+            # The bytes handed to the parser were this one request; anything else would
+            # be a parse the fast path's grammar did not foresee: it starts over.
+            if message.method == "GET" and message.path == handover.target:
+                request[_HANDOVER] = handover
+            else:
+                handover.abandon()
         return request
 
 
 _REQUESTED_VERSION = web.RequestKey("edge_requested_version", HttpVersion)
+_HANDOVER = web.RequestKey("edge_handover", Handover)
+
+
+def handover_of(request: web.BaseRequest) -> Handover | None:
+    """The fast path's job that `request` finishes (see Handover), if any."""
+    return request.get(_HANDOVER)
 
 
 def requested_version(request: web.BaseRequest) -> HttpVersion:

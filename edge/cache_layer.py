@@ -10,21 +10,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from edge import cache_policy as cp
 from edge import compression, conditional, ranges
+from edge import freshness as fr
 from edge.aiohttp_internals import (
     INTERIM,
+    Handover,
+    RawHeaders,
+    SerializedResponse,
 )
-from edge.cache_control import as_fields, field_values
+from edge.cache_control import Fields, as_fields, field_values
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -36,17 +41,21 @@ from edge.exchange import (
     CHUNK,
     abort,
     bodyless,
+    interim_head,
     interim_sender,
     origin_form,
+    phrase,
     raw_pairs,
     request_scheme,
     send_body,
     start_response,
     status_response,
 )
+from edge.fasthit import SimpleGet
 from edge.fill import Fill, GroupCommit, Lead
 from edge.headers import (
-    client_response_headers,
+    client_response_fields,
+    response_head,
     wire_text,
 )
 from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
@@ -64,11 +73,39 @@ WHOLE_FILL_MAX = CHUNK
 PURGE_AGAIN = 0.25
 
 
+class _Plan(NamedTuple):
+    """What becomes of an origin's response (CacheLayer._plan)."""
+
+    out_pairs: tuple[tuple[str, str], ...]  # its fields as sent and stored
+    comp: compression.Compressor | None  # compressing it on the fly, if so
+    storable: cp.Storability
+    writer: BodyWriter | None  # storing it, if it may be stored
+
+    def length(self, method: str) -> int | None:
+        """The body length the origin declared, when it is also the length sent."""
+        return _declared_length(method, self.out_pairs) if self.comp is None else None
+
+    def whole(self, method: str, status: int) -> bool:
+        """Whether the body is read whole, stored, and sent in one write (_take_whole):
+        storable, of a declared length up to WHOLE_FILL_MAX."""
+        length = self.length(method)
+        return (
+            self.writer is not None
+            and not bodyless(method, status)
+            and length is not None
+            and length <= WHOLE_FILL_MAX
+        )
+
+
 class Upstream(Protocol):
     """What the cache layer asks of the proxy: origin requests and background jobs."""
 
     def origin_headers(
         self, request: web.BaseRequest, extra: CIMultiDict[str] | None = None
+    ) -> CIMultiDict[str]: ...
+
+    def plain_origin_headers(
+        self, req: SimpleGet, scheme: str, remote: str | None
     ) -> CIMultiDict[str]: ...
 
     async def open_upstream(
@@ -101,6 +138,51 @@ def _declared_length(method: str, pairs: tuple[tuple[str, str], ...]) -> int | N
     if declared and method == "GET" and declared[0].isdigit():
         return int(declared[0])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A plain miss answered by the fast path: the response's status, wire bytes, body
+    length, and the origin that answered (for the metrics and the access log)."""
+
+    status: int
+    wire: list[bytes]
+    sent: int
+    origin: str
+
+
+def _handing(target: str, response: web.StreamResponse) -> Handover:
+    """A Handover whose job is answering `response` (nothing held)."""
+
+    async def run(request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
+        return response, ""
+
+    return Handover(target, run, lambda: None)
+
+
+def _interim_writer(write: Callable[[bytes], None]) -> Callable[[int, RawHeaders], Awaitable[None]]:
+    """The 1xx sender (INTERIM) of a plain miss, whose client speaks HTTP/1.1."""
+
+    async def send(code: int, raw_headers: RawHeaders) -> None:
+        write(interim_head(code, raw_headers))
+
+    return send
+
+
+def _miss_head(upstream: UpstreamResponse, fields: list[tuple[str, str]], length: int) -> bytes:
+    """The head of a whole fill's response (no Cache-Status, no final empty line): its
+    `fields`, with what aiohttp adds to a response it serializes (StreamResponse's
+    _prepare_headers): Content-Type for a body, Date and Server when missing."""
+    names = {k.lower() for k, _ in fields}
+    added = []
+    if length and "content-type" not in names:
+        added.append(("Content-Type", "application/octet-stream"))
+    if "date" not in names:
+        added.append(("Date", fr.format_http_date(time.time())))
+    if "server" not in names:
+        added.append(("Server", SERVER_SOFTWARE))
+    status, reason = upstream.status, upstream.reason
+    return response_head(status, phrase(status) if reason is None else reason, fields + added)
 
 
 def _bytes_range(headers: Sequence[tuple[str, str]]) -> bool:
@@ -232,14 +314,17 @@ class CacheLayer:
         # fields: a client's If-None-Match with the bytes of a stored ETag must match it
         # whatever those bytes are. Nor do the fields server.strip_request_headers keeps
         # from the origin. As Fields: the policy reads them by name several times.
-        headers = conditional.strip_hop_by_hop(as_fields(raw_pairs(request.raw_headers)))
         return cp.CacheRequest(
             method=request.method,
             scheme=request_scheme(request),
             authority=request.headers.get("Host", ""),
             target=target,
-            headers=headers.without(self._strip) if self._strip else headers,
+            headers=self._request_fields(raw_pairs(request.raw_headers)),
         )
+
+    def _request_fields(self, pairs: tuple[tuple[str, str], ...]) -> Fields:
+        headers = conditional.strip_hop_by_hop(as_fields(pairs))
+        return headers.without(self._strip) if self._strip else headers
 
     async def serve(
         self, proxy: Upstream, request: web.BaseRequest, target: str
@@ -286,6 +371,133 @@ class CacheLayer:
             # of them: offer all their validators (RFC 9111 §4.3.1) so it can say 304.
             variants = entries
         return await self._collapsed_fetch(proxy, request, creq, target, decision.fwd, variants)
+
+    def plain_miss(
+        self,
+        proxy: Upstream,
+        key: str,
+        req: SimpleGet,
+        scheme: str,
+        remote: str | None,
+        write: Callable[[bytes], None],
+    ) -> Coroutine[Any, Any, Answered | Handover] | None:
+        """The raw fast path's miss (edge.fasthit): a plain GET of primary key `key` with
+        nothing stored under it, no miss of it in flight, and no credentials; None when
+        `serve` must answer it. The coroutine (to be run at once) leads the key's
+        collapsed misses as `_collapsed_fetch` does, and answers as `_fetch` would: itself
+        for a storable body of a declared length up to WHOLE_FILL_MAX (the common miss),
+        else by handing the response over to the full handler. `write` sends the client
+        the origin's 1xx interim responses."""
+        if key in self._inflight or any(name == "authorization" for name, _ in req.headers):
+            return None
+        entries = self.store.peek_variants(key)
+        if entries is None:
+            entries = self.store.variants(key)
+        if entries:
+            return None
+        lead = Lead(self._inflight, key)
+        self._inflight[key] = lead
+        return self._plain_fetch(proxy, lead, req, scheme, remote, write)
+
+    async def _plain_fetch(
+        self,
+        proxy: Upstream,
+        lead: Lead,
+        req: SimpleGet,
+        scheme: str,
+        remote: str | None,
+        write: Callable[[bytes], None],
+    ) -> Answered | Handover:
+        fwd = "uri-miss"
+        owned = True  # the lead is this coroutine's to settle (until handed on)
+        try:
+            INTERIM.set(_interim_writer(write))
+            creq = cp.CacheRequest(
+                method="GET",
+                scheme=scheme,
+                authority=req.host,
+                target=req.target,
+                headers=self._request_fields(req.raw),
+            )
+            headers = proxy.plain_origin_headers(req, scheme, remote)
+            try:
+                origin, upstream, t_req, t_resp = await self._open(
+                    proxy, "GET", req.target, headers, lead.key
+                )
+            except OriginFailure as exc:
+                failed = status_response(
+                    exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)
+                )
+                return _handing(req.target, failed)
+            status = upstream.status
+            pairs = raw_pairs(upstream.raw_headers)
+            plan = self._plan(creq, status, pairs, t_req, t_resp)
+            writer, length = plan.writer, plan.length("GET")
+            if writer is None or length is None or not plan.whole("GET", status):
+                owned = False
+                return self._hand_over(
+                    proxy,
+                    req.target,
+                    creq,
+                    origin,
+                    upstream,
+                    pairs,
+                    fwd,
+                    (t_req, t_resp),
+                    lead,
+                    plan,
+                )
+            owned = False  # _take_whole settles it
+            took = await self._take_whole(
+                proxy, writer, creq, origin, upstream, plan.out_pairs, length, lead, (t_req, t_resp)
+            )
+            if took is None:
+                return _handing(req.target, self._broke_off(fwd))
+            body, stored = took
+            fields = client_response_fields(plan.out_pairs, version=(1, 1), via=self.via)
+            cstatus = cp.cache_status(self.name, fwd=fwd, fwd_status=status, stored=stored)
+            head = _miss_head(upstream, fields, length) + f"Cache-Status: {cstatus}\r\n\r\n".encode(
+                "latin-1", "replace"
+            )
+            return Answered(status, [head, body], len(body), origin.url)
+        finally:
+            if owned:
+                lead.settle()
+
+    def _hand_over(
+        self,
+        proxy: Upstream,
+        target: str,
+        creq: cp.CacheRequest,
+        origin: Origin,
+        upstream: UpstreamResponse,
+        pairs: tuple[tuple[str, str], ...],
+        fwd: str,
+        times: tuple[float, float],
+        lead: Lead,
+        plan: _Plan,
+    ) -> Handover:
+        """A plain miss's response the full handler answers (_stream_and_store, as
+        `_collapsed_fetch` would have): it holds the origin's response and `lead` until
+        then, and lets them go should it never come to it."""
+
+        async def run(request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
+            try:
+                return await self._stream_and_store(
+                    proxy, request, creq, origin, upstream, pairs, fwd, *times, lead, False, plan
+                )
+            finally:
+                if not lead.handed_over:
+                    lead.settle()
+
+        def abandon() -> None:
+            upstream.close()
+            proxy.finish_upstream(origin, upstream, ok=True)
+            if plan.writer is not None:
+                plan.writer.abort()
+            lead.settle()
+
+        return Handover(target, run, abandon)
 
     # ------------------------------------------------------------------ misses
 
@@ -665,6 +877,20 @@ class CacheLayer:
             stale, pairs, request_time=t_req, response_time=t_resp, config=self.policy
         )
 
+    def _plan(
+        self,
+        creq: cp.CacheRequest,
+        status: int,
+        pairs: tuple[tuple[str, str], ...],
+        t_req: float,
+        t_resp: float,
+    ) -> _Plan:
+        """What becomes of an origin's response: the fields sent and stored, the
+        compressor, whether it may be stored and the writer storing it."""
+        out_pairs, comp = self._compression_plan(creq, status, pairs)
+        storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
+        return _Plan(out_pairs, comp, storable, writer)
+
     def _store_writer(
         self,
         creq: cp.CacheRequest,
@@ -758,47 +984,30 @@ class CacheLayer:
         t_resp: float,
         lead: Lead | None = None,
         ranged: bool = False,
+        plan: _Plan | None = None,
     ) -> tuple[web.StreamResponse, str]:
         """Answer with the origin's response, filling it into the cache when storable.
         `ranged`: the client's Range was not sent to the origin, so a 200 of known length
-        answers it here (206 or 416), and anything else goes out as it is."""
+        answers it here (206 or 416), and anything else goes out as it is. `plan`: the
+        response's _plan, when made already."""
         status = upstream.status
-        out_pairs, comp = self._compression_plan(creq, status, pairs)
-        storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
-        cstatus = cp.cache_status(
-            self.name,
-            fwd=fwd,
-            fwd_status=status,
-            detail=None if storable.storable else storable.reason,
-        )
-        out = web.StreamResponse(status=status, reason=upstream.reason)
-        out.headers.extend(
-            client_response_headers(out_pairs, version=request.version, via=self.via)
-        )
-        out.headers["Cache-Status"] = cstatus
+        if plan is None:
+            plan = self._plan(creq, status, pairs, t_req, t_resp)
+        out_pairs, comp, storable, writer = plan
+        fields = client_response_fields(out_pairs, version=request.version, via=self.via)
         no_body = bodyless(request.method, status)
-        # Without on-the-fly compression, the Content-Length the origin sent.
-        length = _declared_length(creq.method, out_pairs) if comp is None else None
+        length = plan.length(creq.method)
         rng: ranges.RangeDecision = ranges.Full()
         if ranged and length is not None:
             rng = ranges.evaluate("GET", status, creq.headers, out_pairs, length)
         # The origin's own Content-Length stands for a whole response (length None).
         sp = ranges.span(rng, status, None)
-        first, last = sp.first, sp.last
-        if sp.status == 206:
-            out.set_status(206)
-            apply_span(out.headers, sp)
-        if (
-            writer is not None
-            and not no_body
-            and length is not None
-            and sp.status == status
-            and length <= WHOLE_FILL_MAX
-        ):
+        if writer is not None and plan.whole(request.method, status) and sp.status == status:
+            assert length is not None
             return await self._fill_whole(
                 proxy,
                 request,
-                out,
+                fields,
                 writer,
                 creq,
                 origin,
@@ -809,6 +1018,18 @@ class CacheLayer:
                 lead,
                 (t_req, t_resp),
             )
+        out = web.StreamResponse(status=status, reason=upstream.reason)
+        out.headers.extend(fields)
+        out.headers["Cache-Status"] = cp.cache_status(
+            self.name,
+            fwd=fwd,
+            fwd_status=status,
+            detail=None if storable.storable else storable.reason,
+        )
+        first, last = sp.first, sp.last
+        if sp.status == 206:
+            out.set_status(206)
+            apply_span(out.headers, sp)
         fill = None
         if writer is not None and not no_body:
             entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
@@ -873,7 +1094,7 @@ class CacheLayer:
         self,
         proxy: Upstream,
         request: web.BaseRequest,
-        out: web.StreamResponse,
+        fields: list[tuple[str, str]],
         writer: BodyWriter,
         creq: cp.CacheRequest,
         origin: Origin,
@@ -884,11 +1105,49 @@ class CacheLayer:
         lead: Lead | None,
         times: tuple[float, float],
     ) -> tuple[web.StreamResponse, str]:
-        """A storable body of a known length up to WHOLE_FILL_MAX: read whole from the
-        origin, stored, then sent in one write. No Fill: the body is in
-        before anyone could read it back, so the first byte waits for the last (as with
-        nginx's proxy_buffering), and an origin that breaks off gets the client a 502, not
-        a cut response. Collapsed misses wait for the commit and answer from the cache.
+        """A storable body of a known length up to WHOLE_FILL_MAX (_take_whole), sent with
+        the head in one write (to an HTTP/1.1 client, the head serialized here from
+        `fields`, as aiohttp would: _miss_head)."""
+        took = await self._take_whole(
+            proxy, writer, creq, origin, upstream, out_pairs, length, lead, times
+        )
+        if took is None:
+            return self._broke_off(fwd), origin.url
+        body, stored = took
+        status = upstream.status
+        cstatus = cp.cache_status(self.name, fwd=fwd, fwd_status=status, stored=stored)
+        if request.version != (1, 1):
+            headers = CIMultiDict(fields)
+            out = web.Response(status=status, reason=upstream.reason, headers=headers, body=body)
+            out.headers["Cache-Status"] = cstatus
+            return out, origin.url
+        head = _miss_head(upstream, fields, length)
+        return SerializedResponse(status, head, body, None, cstatus), origin.url
+
+    def _broke_off(self, fwd: str) -> web.Response:
+        """The 502 of a whole fill whose origin broke off before its body's end."""
+        return status_response(
+            502, cp.cache_status(self.name, fwd=fwd, detail="origin-body-broke-off")
+        )
+
+    async def _take_whole(
+        self,
+        proxy: Upstream,
+        writer: BodyWriter,
+        creq: cp.CacheRequest,
+        origin: Origin,
+        upstream: UpstreamResponse,
+        out_pairs: tuple[tuple[str, str], ...],
+        length: int,
+        lead: Lead | None,
+        times: tuple[float, float],
+    ) -> tuple[bytes, bool] | None:
+        """A storable body of a known length up to WHOLE_FILL_MAX, read whole from the
+        origin and stored: the body and whether it went into the cache, or None when the
+        origin broke off. No Fill: the body is in before anyone could read it back, so
+        the first byte waits for the last (as with nginx's proxy_buffering), and an origin
+        that breaks off gets the client a 502, not a cut response. Collapsed misses wait
+        for the commit and answer from the cache.
 
         The client is answered before the commit ends (GroupCommit.submit) unless commits
         are behind: requests for the key meanwhile follow `lead`, which settles when it
@@ -902,9 +1161,7 @@ class CacheLayer:
                 log.info("origin %s body broke off: %r", origin.url, exc)
                 proxy.finish_upstream(origin, upstream, ok=False)
                 writer.abort()
-                return status_response(
-                    502, cp.cache_status(self.name, fwd=fwd, detail="origin-body-broke-off")
-                ), origin.url
+                return None
             proxy.finish_upstream(origin, upstream, ok=True)
             stored = False
             if len(body) == length and writer.write(body):
@@ -923,16 +1180,7 @@ class CacheLayer:
                 else:
                     lead.handed_over = lead.answered = True  # settled by the commit's end
                     committing.add_done_callback(lambda _: lead.settle())
-        if stored:
-            # RFC 9211 `stored`: this response went into the cache.
-            out.headers["Cache-Status"] = cp.cache_status(
-                self.name, fwd=fwd, fwd_status=upstream.status, stored=True
-            )
-        with contextlib.suppress(ClientGone, ConnectionError):
-            await start_response(out, request)
-            await send_body(out, body)
-            await out.write_eof()
-        return out, origin.url
+        return body, stored
 
     async def _run_fill(
         self,

@@ -26,17 +26,22 @@ CHUNK = 64 * 1024
 _CLOSE_AFTER = frozenset({400, 408, 413, 414, 421, 431, 505})
 
 
+def interim_head(code: int, raw_headers: RawHeaders) -> bytes:
+    """The wire bytes of a 1xx interim response passed on to an HTTP/1.1 client."""
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Interim"
+    pairs = end_to_end(raw_pairs(raw_headers))
+    head = f"HTTP/1.1 {code} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in pairs)
+    return (head + "\r\n").encode("latin-1")
+
+
 def interim_sender(request: web.BaseRequest) -> Callable[[int, RawHeaders], Awaitable[None]]:
     async def send(code: int, raw_headers: RawHeaders) -> None:
         if request.version < (1, 1):
             return  # HTTP/1.0 clients do not understand interim responses
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "Interim"
-        pairs = end_to_end(raw_pairs(raw_headers))
-        head = f"HTTP/1.1 {code} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in pairs)
-        await request.writer.write((head + "\r\n").encode("latin-1"))
+        await request.writer.write(interim_head(code, raw_headers))
 
     return send
 

@@ -55,6 +55,8 @@ class SimpleGet:
     loop_fields: tuple[tuple[str, str], ...] = ()
     # Every field (lower-case name, value), for the screening rules (edge.screening).
     headers: tuple[tuple[str, str], ...] = ()
+    # Every field with its name as received, for a miss's origin request (Proxy.plain_miss).
+    raw: tuple[tuple[str, str], ...] = ()
 
     def header(self, name: str) -> str | None:
         """The values of field `name` (lower case) joined by ", ", as the full handler
@@ -74,6 +76,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
     user_agent = b""
     loop_fields: list[tuple[str, str]] = []
     fields: list[tuple[str, str]] = []
+    raw_fields: list[tuple[str, str]] = []
     count = 0
     size = 0
     block = m.group(2)
@@ -81,7 +84,9 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         name, _, raw = line.partition(b":")
         value = raw.strip(b" \t")
         lname = name.lower()
-        fields.append((lname.decode("ascii"), value.decode("ascii")))
+        text = value.decode("ascii")
+        fields.append((lname.decode("ascii"), text))
+        raw_fields.append((name.decode("ascii"), text))
         count += 1
         size += len(name) + len(raw) + 4  # unstripped: never below the proxy's own count
         if lname == b"host":
@@ -109,4 +114,5 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         field_bytes=size,
         loop_fields=tuple(loop_fields),
         headers=tuple(fields),
+        raw=tuple(raw_fields),
     )

@@ -98,7 +98,13 @@ def _timestamp(year: int, mon: str, day: int, hh: int, mm: int, ss: int) -> floa
 
 def format_http_date(t: float) -> str:
     """IMF-fixdate for ``t`` seconds since the epoch."""
-    return email.utils.formatdate(t, usegmt=True)
+    return _second_date(int(t))
+
+
+@functools.lru_cache(maxsize=4)
+def _second_date(second: int) -> str:
+    # A response's Date is formatted per second, not per request (a few µs each).
+    return email.utils.formatdate(second, usegmt=True)
 
 
 def age_header(headers: Headers) -> int:

@@ -225,11 +225,11 @@ def origin_request_headers(
     return out
 
 
-def client_response_headers(
+def client_response_fields(
     pairs: Iterable[tuple[str, str]], *, version: tuple[int, int], via: str
-) -> CIMultiDict[str]:
-    """Headers to send downstream from an origin (or stored) response, whose values are
-    held as octets (see `wire_text`)."""
+) -> list[tuple[str, str]]:
+    """Fields to send downstream from an origin (or stored) response, whose values are
+    held as octets (see `wire_text`): its end-to-end fields, Via extended and sent last."""
     kept: list[tuple[str, str]] = []
     via_prior: list[str] = []
     for k, v in strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)):
@@ -237,6 +237,20 @@ def client_response_headers(
             via_prior.append(wire_text(v))
         else:
             kept.append((k, wire_text(v)))
-    out: CIMultiDict[str] = CIMultiDict(kept)
-    out["Via"] = ", ".join([*via_prior, via_value(version, via)])
-    return out
+    kept.append(("Via", ", ".join([*via_prior, via_value(version, via)])))
+    return kept
+
+
+def client_response_headers(
+    pairs: Iterable[tuple[str, str]], *, version: tuple[int, int], via: str
+) -> CIMultiDict[str]:
+    """`client_response_fields` as aiohttp's headers."""
+    return CIMultiDict(client_response_fields(pairs, version=version, via=via))
+
+
+def response_head(status: int, reason: str, fields: Iterable[tuple[str, str]]) -> bytes:
+    """An HTTP/1.1 status line and `fields` (values in `wire_text` form, encoded as
+    aiohttp's writer encodes them) as wire bytes, without the empty line ending the head."""
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines.extend(f"{k}: {v}\r\n" for k, v in fields)
+    return "".join(lines).encode("utf-8", "replace")

@@ -23,7 +23,7 @@ from edge import conditional, ranges
 from edge.aiohttp_internals import SerializedResponse
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
-from edge.headers import client_response_headers
+from edge.headers import client_response_fields, response_head
 from edge.store import Store
 
 log = logging.getLogger("edge.cache")
@@ -108,7 +108,7 @@ class Hits:
             stored = [
                 (k, v) for k, v in entry.headers if k.lower() not in ("age", "content-length")
             ]
-            pre = list(client_response_headers(stored, version=version, via=self.via).items())
+            pre = client_response_fields(stored, version=version, via=self.via)
             if len(self._prepared) > 4096:
                 self._prepared.clear()
             self._prepared[ident] = pre
@@ -190,12 +190,8 @@ class Hits:
         heads = self._heads
         head = heads.get(ident)
         if head is None:
-            reason = entry.reason or phrase(entry.status)
-            lines = [f"HTTP/1.1 {entry.status} {reason}\r\n"]
-            lines.extend(f"{k}: {v}\r\n" for k, v in self.base_headers(entry, (1, 1)))
-            lines.append(f"Content-Length: {entry.body_length}\r\n")
-            # The values are in aiohttp's form (headers.wire_text): encoded as it would.
-            head = "".join(lines).encode("utf-8", "replace")
+            fields = [*self.base_headers(entry, (1, 1)), ("Content-Length", str(entry.body_length))]
+            head = response_head(entry.status, entry.reason or phrase(entry.status), fields)
             if len(heads) >= self._heads_max:
                 del heads[next(iter(heads))]
             heads[ident] = head

@@ -375,6 +375,11 @@ class OriginClient:
                 raise TimeoutError("origin exchange over its total timeout")
             await _wait(conn, deadline, read)
 
+    def in_use(self) -> int:
+        """Connections handed out to requests and not yet back."""
+        opened = sum(len(conns) for conns in self._open.values())
+        return opened - sum(len(idle) for idle in self._idle.values())
+
     async def _acquire(
         self, where: _Target, timeouts: Timeouts, deadline: float
     ) -> tuple[_Connection, bool]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
 
 import aiohttp
@@ -28,10 +28,13 @@ from edge.accesslog import AccessLog
 from edge.admission import Admission
 from edge.aiohttp_internals import (
     INTERIM,
+    Handover,
+    PlainAnswer,
     SerializedResponse,
     final_status_ok,
+    handover_of,
 )
-from edge.cache_layer import CacheLayer
+from edge.cache_layer import Answered, CacheLayer
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -45,6 +48,8 @@ from edge.exchange import (
     bodyless,
     interim_sender,
     origin_form,
+    raw_pairs,
+    request_scheme,
     send_body,
     start_response,
     status_response,
@@ -114,7 +119,6 @@ class Proxy:
             self.rate_table.bans(time.monotonic()) if self.screening.bans else 0
         )
         self._locator: GeoIPLocator | None = None
-        self._date = (0, "")
         self._latency_children: dict[str, Histogram] = {}
         self.reconfigure(config)
 
@@ -255,11 +259,15 @@ class Proxy:
                     user_agent=request.headers.get("User-Agent", ""),
                 )
 
-    def answer_plain_get(self, data: bytes, scheme: str, remote: str | None) -> list[bytes] | None:
+    def answer_plain_get(
+        self, data: bytes, scheme: str, remote: str | None, write: Callable[[bytes], None]
+    ) -> list[bytes] | Coroutine[Any, Any, PlainAnswer] | None:
         """Wire bytes answering `data`, one received segment, when it is a plain GET
-        (edge.fasthit) of a fresh hit in the memory tier; None when `handle` must answer.
-        Same checks, metrics and access log as `handle`; whatever `check` would refuse
-        is left to it."""
+        (edge.fasthit) of a fresh hit in the memory tier, or the coroutine answering it
+        when it is a plain miss that no screening rule can meet (CacheLayer.plain_miss;
+        `write` sends the client 1xx interim responses); None when `handle` must answer
+        it. Same checks, metrics and access log as `handle`; whatever `check` would
+        refuse is left to it."""
         cache = self.cache
         if cache is None:
             return None
@@ -281,7 +289,10 @@ class Proxy:
         start = time.monotonic() if logging_on else 0.0
         hit = cache.hit_wire(key)
         if hit is None:
-            return None
+            if candidates:
+                return None  # screened by `handle`, once
+            miss = cache.plain_miss(self, key, req, scheme, remote, write)
+            return None if miss is None else self._answer_plain_miss(miss, req, remote, start)
         if candidates:
             # Per request, after the hit is known (a miss goes to `handle`, which screens
             # it once): the rules that could match this segment, for this client now.
@@ -298,8 +309,37 @@ class Proxy:
             self._log_plain(req, remote, status, len(body), start, "hit")
         return [head, body]
 
+    async def _answer_plain_miss(
+        self,
+        miss: Coroutine[Any, Any, Answered | Handover],
+        req: SimpleGet,
+        remote: str | None,
+        start: float,
+    ) -> PlainAnswer:
+        """A plain miss's answer, counted and logged as `handle` counts and logs it (a
+        response handed over to the full handler is counted there)."""
+        metrics = self.metrics
+        metrics.active += 1
+        try:
+            answer = await miss
+        finally:
+            metrics.active -= 1
+        if isinstance(answer, Handover):
+            return answer
+        metrics.response(answer.status, "miss")
+        if self.access_log.enabled:
+            self._log_plain(req, remote, answer.status, answer.sent, start, "miss", answer.origin)
+        return answer.wire
+
     def _log_plain(
-        self, req: SimpleGet, remote: str | None, status: int, sent: int, start: float, cache: str
+        self,
+        req: SimpleGet,
+        remote: str | None,
+        status: int,
+        sent: int,
+        start: float,
+        cache: str,
+        origin: str = "",
     ) -> None:
         self.access_log.write(
             remote=remote,
@@ -310,7 +350,7 @@ class Proxy:
             sent=sent,
             duration_ms=round((time.monotonic() - start) * 1000, 3),
             cache=cache,
-            origin="",
+            origin=origin,
             user_agent=req.user_agent,
         )
 
@@ -326,17 +366,9 @@ class Proxy:
         return wire
 
     def _refusal_wire(self, verdict: Verdict) -> list[bytes]:
-        head, body = refusal_head(verdict, self._http_date())
+        head, body = refusal_head(verdict, format_http_date(time.time()))
         tail = f"Cache-Status: {self._refused_status}\r\n\r\n".encode("latin-1")
         return [head + tail, body]
-
-    def _http_date(self) -> str:
-        now = time.time()
-        second, text = self._date
-        if int(now) != second:
-            text = format_http_date(now)
-            self._date = (int(now), text)
-        return text
 
     def _plain_get(self, data: bytes, scheme: str) -> _Plain | Literal[False]:
         """The cache key and request of `data` if the fast path may answer it, and the
@@ -374,13 +406,19 @@ class Proxy:
             resp.headers["Cache-Status"] = self._refused_status
             return resp
         # The fast path's bytes (`_refusal_wire`), but for Connection: close when due.
-        head, body = refusal_head(verdict, self._http_date())
+        head, body = refusal_head(verdict, format_http_date(time.time()))
         body = b"" if request.method == "HEAD" else body
         return SerializedResponse(verdict.status, head, body, None, self._refused_status)
 
     async def _dispatch(
         self, request: web.BaseRequest, held: list[int]
     ) -> tuple[web.StreamResponse, str]:
+        handover = handover_of(request)
+        if handover is not None:
+            # Admitted, unscreened and sent to the origin by the fast path already.
+            job = handover.take()
+            if job is not None:
+                return await job(request)
         refusal = self.admission.check(request) or self.admission.check_loop(request)
         if refusal is not None:
             return refusal, ""
@@ -405,23 +443,13 @@ class Proxy:
     def origin_headers(
         self, request: web.BaseRequest, extra: CIMultiDict[str] | None = None
     ) -> CIMultiDict[str]:
-        cfg = self.config.server
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        client_ip = peer[0] if peer else None
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        headers = origin_request_headers(
-            pairs,
-            client_ip=client_ip,
-            proto="https"
-            if request.transport and request.transport.get_extra_info("sslcontext")
-            else "http",
-            host=request.headers.get("Host", ""),
-            version=request.version,
-            via=cfg.via,
-            trusted=cfg.trusted_proxies,
-            mode=cfg.forwarded,
-            cdn_loop=cfg.node_id,
-            strip=self._strip,
+        headers = self._origin_headers(
+            raw_pairs(request.raw_headers),
+            peer[0] if peer else None,
+            request_scheme(request),
+            request.headers.get("Host", ""),
+            request.version,
         )
         headers.popall("Expect", None)
         if extra:
@@ -429,6 +457,34 @@ class Proxy:
                 headers.popall(k, None)
             headers.extend(extra)
         return headers
+
+    def plain_origin_headers(
+        self, req: SimpleGet, scheme: str, remote: str | None
+    ) -> CIMultiDict[str]:
+        """`origin_headers` of a plain GET (edge.fasthit: no Expect) from `remote`."""
+        return self._origin_headers(req.raw, remote, scheme, req.host, (1, 1))
+
+    def _origin_headers(
+        self,
+        pairs: tuple[tuple[str, str], ...],
+        client_ip: str | None,
+        proto: str,
+        host: str,
+        version: tuple[int, int],
+    ) -> CIMultiDict[str]:
+        cfg = self.config.server
+        return origin_request_headers(
+            pairs,
+            client_ip=client_ip,
+            proto=proto,
+            host=host,
+            version=version,
+            via=cfg.via,
+            trusted=cfg.trusted_proxies,
+            mode=cfg.forwarded,
+            cdn_loop=cfg.node_id,
+            strip=self._strip,
+        )
 
     def _body(self, request: web.BaseRequest) -> _LimitedBody:
         return _LimitedBody(request, self._max_body)

@@ -158,3 +158,16 @@ async def until(predicate: Callable[[], bool], *, tries: int = 200, step: float 
             return True
         await asyncio.sleep(step)
     return predicate()
+
+
+def early_hints(cache_control: str) -> Handler:
+    """An origin route that sends a 103 Early Hints (a Link), then "final" with
+    `cache_control`."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+        await asyncio.sleep(0.05)
+        return web.Response(text="final", headers={"Cache-Control": cache_control})
+
+    return handler

@@ -594,17 +594,19 @@ async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
         async with running_edge(config) as edge:
             port = edge.addresses["http"][0].port
             conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
-            miss_head, body = await conn.get("/f")
+            # A plain miss is the fast path's too (CacheLayer.plain_miss).
+            miss_head, body = await conn.get("/f", "User-Agent: raw/0")
             assert body == b"fast body" and b"fwd=uri-miss" in miss_head
-            assert handled == ["GET /f"]
+            assert b"; stored\r\n" in miss_head and b"\r\nX-Origin: yes\r\n" in miss_head
+            assert handled == []
             # The miss was answered before its commit (edge.fill.GroupCommit.submit): the
             # request right after it waits for the commit in the full handler, and is a hit.
             head, body = await conn.get("/f")
             assert body == b"fast body" and b"Cache-Status: GeoEdge; hit; ttl=" in head
-            assert handled == ["GET /f"] * 2
+            assert handled == ["GET /f"]
             # The hits after it come from memory, without the handler.
             hits = [await conn.get("/f", "User-Agent: raw/1") for _ in range(3)]
-            assert handled == ["GET /f"] * 2
+            assert handled == ["GET /f"]
             for head, body in hits:
                 assert body == b"fast body"
                 assert head.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -650,6 +652,9 @@ async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
             assert 'edge_requests_total{cache="miss",status="200"} 2.0' in text
         assert origin.hits["/f"] == 1 and origin.hits["/g"] == 1
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    (miss,) = [r for r in records if r.get("user_agent") == "raw/0"]
+    assert (miss["path"], miss["status"], miss["cache"], miss["bytes"]) == ("/f", 200, "miss", 9)
+    assert miss["origin"] == origin.url
     fast = [r for r in records if r.get("user_agent") == "raw/1"]
     assert len(fast) == 3
     for r in fast:

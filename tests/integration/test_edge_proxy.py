@@ -18,7 +18,13 @@ from yarl import URL
 
 from edge.app import EdgeRuntime
 from edge.config import from_mapping
-from tests.integration.edge_helpers import base_url, edge_config, origins, running_edge
+from tests.integration.edge_helpers import (
+    base_url,
+    early_hints,
+    edge_config,
+    origins,
+    running_edge,
+)
 
 
 async def _raw(port: int, data: bytes, *, read: int = 65536) -> bytes:
@@ -370,16 +376,7 @@ async def test_http10_client_gets_close_delimited_body() -> None:
 
 async def test_interim_103_forwarded_before_the_final_response() -> None:
     async with origins("a") as (origin,):
-
-        async def early_hints(request: web.Request) -> web.StreamResponse:
-            assert request.transport is not None
-            request.transport.write(
-                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
-            )
-            await asyncio.sleep(0.05)
-            return web.Response(text="final", headers={"Cache-Control": "no-store"})
-
-        origin.routes["/hints"] = early_hints
+        origin.routes["/hints"] = early_hints("no-store")
         async with running_edge(edge_config([origin])) as edge:
             port = edge.addresses["http"][0].port
             reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -29,6 +29,12 @@ def test_a_plain_get_is_recognised() -> None:
             ("accept", "*/*"),
             ("connection", "keep-alive"),
         ),
+        raw=(
+            ("Host", "example.com"),
+            ("User-Agent", "wrk/4"),
+            ("Accept", "*/*"),
+            ("Connection", "keep-alive"),
+        ),
     )
     assert got.header("accept") == "*/*" and got.header("x-absent") is None
 

@@ -1,0 +1,217 @@
+"""The fast path's plain miss (CacheLayer.plain_miss, EdgeRequestHandler._start_plain): a
+plain GET of a URL with nothing stored is answered below aiohttp's request objects, or
+handed over to the full handler once the origin's response says it must be. These tests
+hold the connection-level promises: order, a client that leaves, a graceful stop, the
+keep-alive timer, 1xx, failures, and nothing left behind (no lead, no origin connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from edge.aiohttp_internals import HELD_MAX
+from edge.app import EdgeRuntime
+from edge.config import EdgeConfig
+from tests.integration.edge_helpers import Origin, early_hints, edge_config, origins, running_edge
+
+
+def _config(origin: Origin, tmp_path: Path, **sections: object) -> EdgeConfig:
+    return edge_config([origin], cache={"dir": str(tmp_path / "cache")}, **sections)
+
+
+class Gate:
+    """An origin route that answers once `open` is called, counting who waits."""
+
+    def __init__(self, cache_control: str = "max-age=60", body: bytes = b"slow body") -> None:
+        self.opened = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.cache_control = cache_control
+        self.body = body
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.waiting.set()
+        await asyncio.wait_for(self.opened.wait(), 20)
+        return web.Response(body=self.body, headers={"Cache-Control": self.cache_control})
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+def _get(path: str, *fields: str) -> bytes:
+    extra = "".join(f"{f}\r\n" for f in fields)
+    return f"GET {path} HTTP/1.1\r\nHost: h.test\r\n{extra}\r\n".encode()
+
+
+def _idle(edge: EdgeRuntime) -> None:
+    """Nothing of a miss is left: no lead in flight, every origin connection back idle."""
+    cache = edge.proxy.cache
+    assert cache is not None and not cache._inflight
+    client = edge.proxy.origin_client
+    assert client is not None and client.in_use() == 0
+
+
+async def test_bytes_sent_during_a_plain_miss_are_answered_after_it_in_order(
+    tmp_path: Path,
+) -> None:
+    gate = Gate()
+    async with origins("a") as (origin,):
+        origin.routes["/slow"] = gate
+        origin.routes["/next"] = Gate(body=b"next body")
+        origin.routes["/next"].opened.set()  # type: ignore[attr-defined]
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/slow"))
+            await asyncio.wait_for(gate.waiting.wait(), 10)
+            # Behind it, more than HELD_MAX of pipelined requests: reading pauses, then
+            # resumes once the miss is answered.
+            pad = "X-Pad: " + "p" * 100
+            count = HELD_MAX // len(_get("/next", pad)) + 50
+            writer.write(_get("/next", pad) * count)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            gate.opened.set()
+            head, body = await _response(reader)
+            assert body == b"slow body" and b"fwd=uri-miss" in head
+            for _ in range(count):
+                head, body = await _response(reader)
+                assert body == b"next body"
+            writer.close()
+            assert origin.hits["/slow"] == 1 and origin.hits["/next"] == 1
+            _idle(edge)
+
+
+async def test_a_client_that_leaves_during_a_plain_miss_leaves_it_stored(
+    tmp_path: Path,
+) -> None:
+    stored, handed = Gate(), Gate(cache_control="no-store")
+    async with origins("a") as (origin,):
+        origin.routes["/stored"] = stored
+        origin.routes["/handed"] = handed
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            for path, gate in (("/stored", stored), ("/handed", handed)):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(_get(path))
+                await asyncio.wait_for(gate.waiting.wait(), 10)
+                writer.close()
+                await writer.wait_closed()
+                await asyncio.sleep(0.05)
+                gate.opened.set()
+            # The stored one was filled all the same (its fill is not the client's); the
+            # handed-over one (no-store: the full handler's to stream) let its origin
+            # connection and its lead go.
+            for _ in range(100):
+                cache = edge.proxy.cache
+                assert cache is not None
+                if not cache._inflight and edge.proxy.origin_client.in_use() == 0:  # type: ignore[union-attr]
+                    break
+                await asyncio.sleep(0.02)
+            _idle(edge)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/stored"))
+            head, body = await _response(reader)
+            assert body == b"slow body" and b"; hit" in head
+            writer.close()
+        assert origin.hits["/stored"] == 1
+
+
+async def test_a_graceful_stop_answers_a_plain_miss_in_flight(tmp_path: Path) -> None:
+    gate = Gate()
+    async with origins("a") as (origin,):
+        origin.routes["/slow"] = gate
+        edge = EdgeRuntime(_config(origin, tmp_path))
+        await edge.start()
+        port = edge.addresses["http"][0].port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_get("/slow"))
+        await asyncio.wait_for(gate.waiting.wait(), 10)
+        stopping = asyncio.ensure_future(edge.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # waiting for the miss
+        gate.opened.set()
+        head, body = await _response(reader)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"slow body"
+        await asyncio.wait_for(stopping, 20)
+        writer.close()
+
+
+async def test_the_keepalive_timer_does_not_cut_a_plain_miss(tmp_path: Path) -> None:
+    gate = Gate()
+    async with origins("a") as (origin,):
+        origin.routes["/slow"] = gate
+        config = _config(origin, tmp_path, limits={"keepalive_timeout": 0.2})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/slow"))
+            await asyncio.wait_for(gate.waiting.wait(), 10)
+            await asyncio.sleep(0.6)  # three keep-alive periods with no byte either way
+            gate.opened.set()
+            _, body = await _response(reader)
+            assert body == b"slow body"
+            # Idle after its answer: closed by the timer then.
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+
+
+async def test_a_plain_miss_passes_1xx_on_before_its_answer(tmp_path: Path) -> None:
+    async with origins("a") as (origin,):
+        origin.routes["/hints"] = early_hints("max-age=60")
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/hints"))
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+            assert b"Link: </s.css>; rel=preload" in interim
+            head, body = await _response(reader)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"final"
+            assert b"fwd=uri-miss; fwd-status=200; stored" in head
+            writer.close()
+
+
+@pytest.mark.parametrize(
+    ("route", "status", "detail"),
+    [("/down", 502, b"origin-body-broke-off"), ("/refused", 503, b"no_healthy_origin")],
+)
+async def test_a_plain_miss_that_fails_is_answered_by_the_full_handler(
+    tmp_path: Path, route: str, status: int, detail: bytes
+) -> None:
+    async with origins("a") as (origin,):
+
+        async def broken(request: web.Request) -> web.StreamResponse:
+            # A declared length the body never reaches: the whole fill's 502.
+            resp = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+            resp.content_length = 1000
+            await resp.prepare(request)
+            await resp.write(b"x" * 10)
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+
+        origin.routes["/down"] = broken
+        config = _config(origin, tmp_path)
+        async with running_edge(config) as edge:
+            if route == "/refused":
+                for o in edge.proxy.pool.origins:
+                    o.up = False
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get(route))
+            head, _ = await _response(reader)
+            assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+            assert detail in head
+            # The connection stays usable.
+            writer.write(_get(route))
+            head, _ = await _response(reader)
+            assert head.startswith(f"HTTP/1.1 {status} ".encode())
+            writer.close()
+            _idle(edge)
