@@ -12,6 +12,7 @@ import ssl
 import struct
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -135,6 +136,24 @@ async def test_a_clean_connection_is_reused_and_the_host_is_sent() -> None:
         assert o.connections == 1 and not reports
         assert o.heads[0].startswith(b"GET /r0 HTTP/1.1\r\nHost: a.test\r\n")
         assert b"\r\nHost: 127.0.0.1:" in o.heads[3]
+
+
+async def test_a_response_read_and_released_is_freed_without_the_cycle_collector() -> None:
+    async with origin(keep_alive) as o, client() as (c, _):
+        for read in ("whole", "chunks"):
+            resp = await c.request(o.base, "GET", "/r", [("Host", "a.test")], TIMEOUTS)
+            if read == "whole":
+                assert await resp.read() == b"/r"
+            else:
+                assert [p async for p in resp.content.iter_chunked(1)] == [b"/", b"r"]
+            resp.release()
+            gone = weakref.ref(resp)
+            gc.disable()
+            try:
+                del resp
+                assert gone() is None  # freed by its reference count: in no cycle
+            finally:
+                gc.enable()
 
 
 async def test_idle_connections_close_after_the_keepalive_timeout() -> None:
