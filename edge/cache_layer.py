@@ -74,21 +74,20 @@ PURGE_AGAIN = 0.25
 
 
 class _Plan(NamedTuple):
-    """What becomes of an origin's response (CacheLayer._plan)."""
+    """What becomes of an origin's response to a GET or HEAD (CacheLayer._plan)."""
 
     out_pairs: tuple[tuple[str, str], ...]  # its fields as sent and stored
     comp: compression.Compressor | None  # compressing it on the fly, if so
     storable: cp.Storability
     writer: BodyWriter | None  # storing it, if it may be stored
-
-    def length(self, method: str) -> int | None:
-        """The body length the origin declared, when it is also the length sent."""
-        return _declared_length(method, self.out_pairs) if self.comp is None else None
+    # The body length a GET's response declares, when it is also the length sent (no
+    # compression on the fly).
+    length: int | None
 
     def whole(self, method: str, status: int) -> bool:
         """Whether the body is read whole, stored, and sent in one write (_take_whole):
         storable, of a declared length up to WHOLE_FILL_MAX."""
-        length = self.length(method)
+        length = self.length
         return (
             self.writer is not None
             and not bodyless(method, status)
@@ -432,7 +431,7 @@ class CacheLayer:
             status = upstream.status
             pairs = raw_pairs(upstream.raw_headers)
             plan = self._plan(creq, status, pairs, t_req, t_resp)
-            writer, length = plan.writer, plan.length("GET")
+            writer, length = plan.writer, plan.length
             if writer is None or length is None or not plan.whole("GET", status):
                 owned = False
                 return self._hand_over(
@@ -449,7 +448,16 @@ class CacheLayer:
                 )
             owned = False  # _take_whole settles it
             took = await self._take_whole(
-                proxy, writer, creq, origin, upstream, plan.out_pairs, length, lead, (t_req, t_resp)
+                proxy,
+                writer,
+                creq,
+                origin,
+                upstream,
+                plan.out_pairs,
+                length,
+                lead,
+                (t_req, t_resp),
+                plan.storable.freshness,
             )
             if took is None:
                 return _handing(req.target, self._broke_off(fwd))
@@ -889,7 +897,8 @@ class CacheLayer:
         compressor, whether it may be stored and the writer storing it."""
         out_pairs, comp = self._compression_plan(creq, status, pairs)
         storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
-        return _Plan(out_pairs, comp, storable, writer)
+        length = _declared_length(creq.method, out_pairs) if comp is None else None
+        return _Plan(out_pairs, comp, storable, writer, length)
 
     def _store_writer(
         self,
@@ -930,8 +939,12 @@ class CacheLayer:
         out_pairs: tuple[tuple[str, str], ...],
         t_req: float,
         t_resp: float,
+        known: fr.Freshness | None = None,
+        body: BodyWriter | None = None,
     ) -> cp.CacheEntry:
-        """The entry `out_pairs` will be stored under, its body length and digest unknown."""
+        """The entry `out_pairs` will be stored under: its body's length and digest those
+        of the whole body `body` holds, else unknown (filled in at commit). `known`: the
+        freshness storability computed (cp.make_entry)."""
         return cp.make_entry(
             creq,
             upstream.status,
@@ -939,10 +952,11 @@ class CacheLayer:
             out_pairs,
             request_time=t_req,
             response_time=t_resp,
-            body_length=0,
-            sha256="0" * 64,
+            body_length=0 if body is None else body.length,
+            sha256="0" * 64 if body is None else body.digest(),
             now=self.clock(),
             config=self.policy,
+            known=known,
         )
 
     async def _commit(
@@ -993,10 +1007,9 @@ class CacheLayer:
         status = upstream.status
         if plan is None:
             plan = self._plan(creq, status, pairs, t_req, t_resp)
-        out_pairs, comp, storable, writer = plan
+        out_pairs, comp, storable, writer, length = plan
         fields = client_response_fields(out_pairs, version=request.version, via=self.via)
         no_body = bodyless(request.method, status)
-        length = plan.length(creq.method)
         rng: ranges.RangeDecision = ranges.Full()
         if ranged and length is not None:
             rng = ranges.evaluate("GET", status, creq.headers, out_pairs, length)
@@ -1017,6 +1030,7 @@ class CacheLayer:
                 length,
                 lead,
                 (t_req, t_resp),
+                storable.freshness,
             )
         out = web.StreamResponse(status=status, reason=upstream.reason)
         out.headers.extend(fields)
@@ -1104,12 +1118,13 @@ class CacheLayer:
         length: int,
         lead: Lead | None,
         times: tuple[float, float],
+        known: fr.Freshness | None,
     ) -> tuple[web.StreamResponse, str]:
         """A storable body of a known length up to WHOLE_FILL_MAX (_take_whole), sent with
         the head in one write (to an HTTP/1.1 client, the head serialized here from
         `fields`, as aiohttp would: _miss_head)."""
         took = await self._take_whole(
-            proxy, writer, creq, origin, upstream, out_pairs, length, lead, times
+            proxy, writer, creq, origin, upstream, out_pairs, length, lead, times, known
         )
         if took is None:
             return self._broke_off(fwd), origin.url
@@ -1141,6 +1156,7 @@ class CacheLayer:
         length: int,
         lead: Lead | None,
         times: tuple[float, float],
+        known: fr.Freshness | None,
     ) -> tuple[bytes, bool] | None:
         """A storable body of a known length up to WHOLE_FILL_MAX, read whole from the
         origin and stored: the body and whether it went into the cache, or None when the
@@ -1165,7 +1181,7 @@ class CacheLayer:
             proxy.finish_upstream(origin, upstream, ok=True)
             stored = False
             if len(body) == length and writer.write(body):
-                entry = self._entry_for(creq, upstream, out_pairs, *times)
+                entry = self._entry_for(creq, upstream, out_pairs, *times, known, writer)
                 if self._commits.behind:
                     stored = await self._commit_entry(writer, entry, length) is not None
                 else:

@@ -238,6 +238,8 @@ def entry_from_dict(d: Any) -> CacheEntry:
 class Storability:
     storable: bool
     reason: str  # "ok" or why not, usable as a Cache-Status detail
+    # The response's freshness, when the decision computed it (make_entry's `known`).
+    freshness: fr.Freshness | None = None
 
 
 def storability(
@@ -281,10 +283,10 @@ def storability(
     f = fr.compute(status, headers, request_time, response_time, config)
     has_validator = bool(field_values(headers, "etag") or field_values(headers, "last-modified"))
     if f.lifetime > 0:
-        return Storability(True, "ok")
+        return Storability(True, "ok", f)
     if (f.explicit or f.no_cache) and has_validator:
-        return Storability(True, "ok")
-    return Storability(False, "no-freshness")
+        return Storability(True, "ok", f)
+    return Storability(False, "no-freshness", f)
 
 
 def _with_date(pairs: Fields, response_time: float) -> Fields:
@@ -325,13 +327,18 @@ def make_entry(
     sha256: str,
     now: float,
     config: PolicyConfig = PolicyConfig(),
+    known: fr.Freshness | None = None,
 ) -> CacheEntry:
     """The entry to store for a response that ``storability`` accepted.
 
     Hop-by-hop fields and fields named by qualified private/no-cache are dropped; a Date
-    is added if missing.
+    is added if missing. ``known``: the freshness ``storability`` computed for these
+    `headers`, status, times and `config`; used when storing them drops and adds none of
+    the fields freshness depends on.
     """
     stored = _stored_headers(headers, response_time)
+    if known is None or not _same_for_freshness(as_fields(headers), stored, config):
+        known = fr.compute(status, stored, request_time, response_time, config)
     fields = vy.vary_fields(stored) or ()
     selecting = vy.selecting_headers(fields, request.headers)
     return CacheEntry(
@@ -348,8 +355,21 @@ def make_entry(
         sha256=sha256,
         surrogate_keys=surrogate_keys(stored),
         stored_at=now,
-        freshness=fr.compute(status, stored, request_time, response_time, config),
+        freshness=known,
     )
+
+
+# The fields fr.compute reads, besides a configuration's targeted fields.
+_FRESHNESS_INPUTS = ("cache-control", "expires", "date", "age", "last-modified")
+
+
+def _same_for_freshness(a: Fields, b: Fields, rules: fr.Rules) -> bool:
+    """Whether `a` and `b` have the same lines of every field fr.compute reads."""
+    ia, ib = a.by_name, b.by_name
+    for name in (*_FRESHNESS_INPUTS, *rules.targeted_fields):
+        if ia.get(name.lower()) != ib.get(name.lower()):
+            return False
+    return True
 
 
 def freshen(

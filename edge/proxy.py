@@ -271,17 +271,12 @@ class Proxy:
         cache = self.cache
         if cache is None:
             return None
-        memo = self._plain_gets[scheme]
-        plain = memo.get(data)
+        plain = self._plain_gets[scheme].get(data)
+        parsed = plain is None
         if plain is None:
             plain = self._plain_get(data, scheme)
-            if len(data) <= 2048:
-                cost = 2 * len(data) + 512
-                if self._plain_memo_bytes[scheme] + cost > _PLAIN_MEMO_BYTES:
-                    memo.clear()
-                    self._plain_memo_bytes[scheme] = 0
-                memo[data] = plain
-                self._plain_memo_bytes[scheme] += cost
+            if not plain:
+                self._remember_plain(scheme, data, plain)
         if not plain:
             return None
         key, req, candidates = plain
@@ -303,11 +298,28 @@ class Proxy:
             verdict = screening.decide(candidates, client, req.target, req.header)
             if verdict is not None:
                 return self._refuse_plain(verdict, req, remote, start)
+        if parsed:
+            # Remembered once it is a hit: a miss's segment names a URL not stored yet,
+            # and the next request for it has its own segment (fresh headers, another
+            # connection...) as often as not.
+            self._remember_plain(scheme, data, plain)
         status, head, body = hit
         self.metrics.response(status, "hit")
         if logging_on:
             self._log_plain(req, remote, status, len(body), start, "hit")
         return [head, body]
+
+    def _remember_plain(self, scheme: str, data: bytes, plain: _Plain | Literal[False]) -> None:
+        """Remember `data`'s verdict (within _PLAIN_MEMO_BYTES, segments up to 2 KiB)."""
+        if len(data) > 2048:
+            return
+        cost = 2 * len(data) + 512
+        memo = self._plain_gets[scheme]
+        if self._plain_memo_bytes[scheme] + cost > _PLAIN_MEMO_BYTES:
+            memo.clear()
+            self._plain_memo_bytes[scheme] = 0
+        memo[data] = plain
+        self._plain_memo_bytes[scheme] += cost
 
     async def _answer_plain_miss(
         self,

@@ -559,6 +559,10 @@ class BodyWriter:
         self.length += len(chunk)
         return True
 
+    def digest(self) -> str:
+        """The SHA-256 of the body written so far, in hex."""
+        return self._hash.hexdigest()
+
     def _spill(self, held: bytearray) -> None:
         """Move the body held so far to a temp file, which takes the rest."""
         fd, path = tempfile.mkstemp(dir=self._store._tmp_dir, suffix=".part")
@@ -620,7 +624,10 @@ class BodyWriter:
             self.abort()
             return None
         self._open = False
-        final = replace(entry, body_length=self.length, sha256=self._hash.hexdigest())
+        digest = self._hash.hexdigest()
+        final = entry
+        if entry.body_length != self.length or entry.sha256 != digest:
+            final = replace(entry, body_length=self.length, sha256=digest)
         if held is not None:
             data = self._held = bytes(held)
             return _Fill(final, _NewFile(data), data)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge import freshness as fr
+from edge.cache_control import as_fields
 from edge.cache_policy import (
     CacheEntry,
     CacheRequest,
@@ -542,3 +543,63 @@ def test_after_fetch(kwargs: dict[str, Any], outcome: str) -> None:
         **kwargs,
     }
     assert after_fetch(**args) == outcome
+
+
+FRESHNESS_LINES = st.lists(
+    st.sampled_from(
+        [
+            ("Date", fr.format_http_date(T0 - 30)),
+            ("Date", "not a date"),
+            ("Age", "20"),
+            ("Expires", fr.format_http_date(T0 + 600)),
+            ("Last-Modified", fr.format_http_date(T0 - 86400)),
+            ("Cache-Control", "max-age=60"),
+            ("Cache-Control", "s-maxage=5, public"),
+            ("Cache-Control", 'no-cache="Age"'),
+            ("Cache-Control", 'private="Expires"'),
+            ("CDN-Cache-Control", "max-age=900"),
+            ("Connection", "Cache-Control"),
+            ("Connection", "Age, Expires"),
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("ETag", '"v"'),
+        ]
+    ),
+    max_size=6,
+)
+
+
+@given(
+    lines=FRESHNESS_LINES,
+    status=st.sampled_from([200, 203, 301, 404, 500]),
+    delay=st.floats(min_value=0, max_value=3),
+    fraction=st.floats(min_value=0, max_value=0.999),
+    targeted=st.booleans(),
+)
+def test_make_entry_with_storabilitys_freshness_makes_the_same_entry(
+    lines: list[tuple[str, str]], status: int, delay: float, fraction: float, targeted: bool
+) -> None:
+    """make_entry's `known` (the freshness storability computed) never changes the entry,
+    whatever storing the fields drops (hop-by-hop, Connection-named, qualified no-cache or
+    private) or adds (Date)."""
+    config = PolicyConfig(targeted_fields=("cdn-cache-control",) if targeted else ())
+    times = {"request_time": T0 + fraction, "response_time": T0 + fraction + delay}
+    fields = as_fields(lines)
+    decided = storability(req(), status, fields, config, **times)
+    assert decided.freshness is not None or not decided.storable
+
+    def made(known: fr.Freshness | None) -> CacheEntry:
+        return make_entry(
+            req(),
+            status,
+            "OK",
+            fields,
+            body_length=3,
+            sha256=SHA,
+            now=T0,
+            config=config,
+            known=known,
+            **times,
+        )
+
+    assert made(decided.freshness) == made(None)
