@@ -57,6 +57,8 @@ from edge.errors import CacheMetadataError, CorruptBodyError, StoreError
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+# Runs one SQL statement with its parameters (a connection's execute, diskcache's _sql).
+Sql = Callable[[str, Any], sqlite3.Cursor]
 
 CHUNK = 64 * 1024
 # The most of a body a BodyWriter holds in memory (see BodyWriter).
@@ -270,14 +272,16 @@ class _Reads:
                 self._connections.append(conn)
         return conn
 
-    def get(self, key: str) -> bytes | str | None:
-        """The bytes stored under ``key``, the path of the file holding them, or None."""
-        found = self.find(key)
+    def get(self, key: str, sql: Sql | None = None) -> bytes | str | None:
+        """The bytes stored under ``key``, the path of the file holding them, or None.
+        ``sql``: read through it (a writer's, within its transaction) instead."""
+        found = self.find(key, sql)
         return None if found is None else found[1]
 
-    def find(self, key: str) -> tuple[int, bytes | str] | None:
+    def find(self, key: str, sql: Sql | None = None) -> tuple[int, bytes | str] | None:
         """``get``, with the rowid of the row read (for ``row``), or None."""
-        row = self._connection().execute(self._SELECT, (key,)).fetchone()
+        run = self._connection().execute if sql is None else sql
+        row = run(self._SELECT, (key,)).fetchone()
         if row is None:
             return None
         rowid, mode, filename, value = row
@@ -902,10 +906,12 @@ class Store:
         meta_refresh ago, or older but with the directory's epoch unmoved since."""
         return now - listed.read_at < self._meta_refresh or listed.epoch == self._epoch_now(now)
 
-    def _load_meta(self, key: str) -> list[CacheEntry]:
+    def _load_meta(self, key: str, sql: Sql | None = None) -> list[CacheEntry]:
+        """The variant list stored for ``key``; ``sql``: read within a write transaction,
+        through its connection."""
         mkey = _meta_key(key)
         try:
-            raw = self._reads.get(mkey)
+            raw = self._reads.get(mkey, sql)
             if isinstance(raw, str):
                 raise StoreError("metadata stored as a file")
         except StoreError as e:
@@ -1278,7 +1284,7 @@ class Store:
             fill.place = ""
         kept: list[CacheEntry] = []
         replaced: list[CacheEntry] = []
-        listed = self._load_meta(entry.key)
+        listed = self._load_meta(entry.key, sql)
         for e in listed:
             (replaced if e.variant == entry.variant else kept).append(e)
         kept.append(entry)
