@@ -98,8 +98,9 @@ class ServerConfig:
     cache_name: str = "GeoEdge"  # the cache's name in Cache-Status
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     forwarded: str = "x-forwarded"
-    # Answer plain GETs of fresh in-memory hits straight from the received bytes
-    # (edge.fasthit); off sends every request through aiohttp's parser and the full handler.
+    # Answer plain GETs straight from the received bytes (edge.fasthit): fresh hits, and
+    # misses of URLs with nothing stored (Proxy.answer_plain_get); off sends every request
+    # through aiohttp's parser and the full handler.
     fast_hits: bool = True
     # This node's cdn-id in CDN-Loop (RFC 8586): a request carrying it came back to us.
     # Per node, not per product: GeoEdge tiers chain (edge -> shield edge -> origin).
