@@ -68,6 +68,9 @@ log = logging.getLogger("edge.cache")
 # A storable body of a known length up to this is read whole before it is sent (a TCP
 # read or two from the origin) and stored without a Fill (_fill_whole); bigger ones stream.
 WHOLE_FILL_MAX = CHUNK
+# The sets of request fields remembered for plain GETs (_plain_request_fields, and the
+# proxy's origin fields of them): at most this many, then afresh.
+PLAIN_FIELDS_MAX = 1024
 # When a purge is made a second time: after the commits other worker processes had pending
 # at the first pass (their clients answered before it, see _fill_whole) have landed.
 PURGE_AGAIN = 0.25
@@ -214,6 +217,9 @@ class CacheLayer:
         c = config.cache
         self.config = config
         self._strip = frozenset(config.server.strip_request_headers)
+        # A plain GET's fields as the cache reads them, by the fields received: clients send
+        # the same few sets over and over (for the strip list just set).
+        self._plain_fields: dict[tuple[tuple[str, str], ...], Fields] = {}
         self.name = config.server.cache_name
         self.via = config.server.via
         self.policy = cp.PolicyConfig(
@@ -325,6 +331,16 @@ class CacheLayer:
         headers = conditional.strip_hop_by_hop(as_fields(pairs))
         return headers.without(self._strip) if self._strip else headers
 
+    def _plain_request_fields(self, pairs: tuple[tuple[str, str], ...]) -> Fields:
+        """`_request_fields`, remembered (up to PLAIN_FIELDS_MAX sets; Fields do not change)."""
+        fields = self._plain_fields.get(pairs)
+        if fields is None:
+            fields = self._request_fields(pairs)
+            if len(self._plain_fields) >= PLAIN_FIELDS_MAX:
+                self._plain_fields.clear()
+            self._plain_fields[pairs] = fields
+        return fields
+
     async def serve(
         self, proxy: Upstream, request: web.BaseRequest, target: str
     ) -> tuple[web.StreamResponse, str]:
@@ -416,7 +432,7 @@ class CacheLayer:
                 scheme=scheme,
                 authority=req.host,
                 target=req.target,
-                headers=self._request_fields(req.raw),
+                headers=self._plain_request_fields(req.raw),
             )
             headers = proxy.plain_origin_headers(req, scheme, remote)
             try:

@@ -34,7 +34,7 @@ from edge.aiohttp_internals import (
     final_status_ok,
     handover_of,
 )
-from edge.cache_layer import Answered, CacheLayer
+from edge.cache_layer import PLAIN_FIELDS_MAX, Answered, CacheLayer
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -152,6 +152,10 @@ class Proxy:
         self._cache_tag = config.server.cache_name
         self._refused_status = cp.cache_status(self._cache_tag, fwd="request", detail="refused")
         self._strip = frozenset(config.server.strip_request_headers)
+        # A plain GET's origin fields by (its fields, scheme, client): made for this config.
+        self._plain_origin: dict[
+            tuple[tuple[tuple[str, str], ...], str, str | None], CIMultiDict[str]
+        ] = {}
         if self.cache is not None:
             self.cache.reconfigure(config)
 
@@ -473,8 +477,16 @@ class Proxy:
     def plain_origin_headers(
         self, req: SimpleGet, scheme: str, remote: str | None
     ) -> CIMultiDict[str]:
-        """`origin_headers` of a plain GET (edge.fasthit: no Expect) from `remote`."""
-        return self._origin_headers(req.raw, remote, scheme, req.host, (1, 1))
+        """`origin_headers` of a plain GET (edge.fasthit: no Expect) from `remote`: a copy
+        of those made for the same fields, scheme and client before, if any."""
+        key = (req.raw, scheme, remote)
+        headers = self._plain_origin.get(key)
+        if headers is None:
+            headers = self._origin_headers(req.raw, remote, scheme, req.host, (1, 1))
+            if len(self._plain_origin) >= PLAIN_FIELDS_MAX:
+                self._plain_origin.clear()
+            self._plain_origin[key] = headers
+        return headers.copy()
 
     def _origin_headers(
         self,

@@ -716,10 +716,16 @@ async def test_reload_renames_the_cache_in_fast_hits(tmp_path: Path) -> None:
             assert b"\r\nCache-Status: GeoEdge; hit" in head and b"\r\nVia: 1.1 geoedge\r\n" in head
             edge.reload(_cfg(origin, tmp_path, server={"cache_name": "Renamed", "via": "edge-2"}))
             head, body = await conn.get("/r")
+            # A plain miss with the same fields as the first: the reloaded Via both ways.
+            origin.routes["/m"] = _cacheable(b"missed")
+            miss_head, _ = await conn.get("/m")
             conn.writer.close()
         assert body == b"reloaded"
         assert b"\r\nCache-Status: Renamed; hit" in head and b"\r\nVia: 1.1 edge-2\r\n" in head
         assert origin.hits["/r"] == 1
+        assert b"Cache-Status: Renamed; fwd=uri-miss" in miss_head
+        assert b"\r\nVia: 1.1 edge-2\r\n" in miss_head
+        assert [r.headers["Via"] for r in origin.requests] == ["1.1 geoedge", "1.1 edge-2"]
 
 
 async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path: Path) -> None:
