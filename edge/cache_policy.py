@@ -21,7 +21,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from http import HTTPStatus
 from typing import Any, Literal
@@ -129,7 +129,7 @@ class CacheEntry:
         return self.freshness.lifetime - self.age(now)
 
     def to_json(self) -> bytes:
-        return json.dumps(entry_to_dict(self), separators=(",", ":")).encode()
+        return _COMPACT.encode(entry_to_dict(self)).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> CacheEntry:
@@ -137,6 +137,15 @@ class CacheEntry:
             return entry_from_dict(json.loads(data))
         except (ValueError, TypeError, KeyError) as e:
             raise CacheMetadataError(f"bad cache entry metadata: {e}") from e
+
+
+# json.dumps with separators makes an encoder per call (a third of the time of an entry's).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def entries_json(entries: Iterable[CacheEntry]) -> bytes:
+    """A key's variant list as its metadata row holds it: a JSON array of entries."""
+    return _COMPACT.encode([entry_to_dict(e) for e in entries]).encode()
 
 
 def entry_to_dict(e: CacheEntry) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from typing import IO, Any
 
 import diskcache
 
-from edge.cache_policy import CacheEntry, entry_from_dict, entry_to_dict
+from edge.cache_policy import CacheEntry, entries_json, entry_from_dict
 from edge.errors import CacheMetadataError, CorruptBodyError, StoreError
 
 log = logging.getLogger(__name__)
@@ -430,11 +430,6 @@ def _list_cost(entries: tuple[CacheEntry, ...]) -> int:
 def _place_cost(bkey: str, place: Place) -> int:
     """What the index holds for a body's place: its key, the path, the entry's overhead."""
     return 96 + len(bkey) + (len(place) if isinstance(place, str) else 32)
-
-
-def _meta_json(entries: Iterable[CacheEntry]) -> bytes:
-    """A key's variant list as its metadata row holds it."""
-    return json.dumps([entry_to_dict(e) for e in entries], separators=(",", ":")).encode()
 
 
 def _meta_key(key: str) -> str:
@@ -942,7 +937,7 @@ class Store:
 
     def _save_meta(self, key: str, entries: list[CacheEntry]) -> None:
         if entries:
-            self._cache.set(_meta_key(key), _meta_json(entries))
+            self._cache.set(_meta_key(key), entries_json(entries))
         else:
             self._cache.delete(_meta_key(key))
 
@@ -1291,7 +1286,7 @@ class Store:
         while len(kept) > self._max_variants:
             replaced.append(kept.pop(0))
         mkey = _meta_key(entry.key)
-        data = _meta_json(kept)
+        data = entries_json(kept)
         writes = [
             (self._RESTAMP_META, (now, now, data, mkey)),
             (self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)),
