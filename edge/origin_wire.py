@@ -37,6 +37,12 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?")
 # Control characters other than HTAB (obs-text, 0x80-0xff, is allowed: RFC 9110 §5.5)
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Field lines (LF-separated) each a token, a colon and a value without _BAD_VALUE's bytes:
+# one pass over a head's fields; a head it refuses is checked line by line for the error.
+_FIELD_LINES = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"
+    rb"(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*"
+)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -229,7 +235,8 @@ class ResponseReader:
     def _head(self, head: bytes, events: list[Event]) -> None:
         if head.endswith(b"\r"):  # the CR of the last line's CRLF
             head = head[:-1]
-        lines = head.replace(b"\r\n", b"\n").split(b"\n")
+        text = head.replace(b"\r\n", b"\n")
+        lines = text.split(b"\n")
         match = _STATUS.fullmatch(lines[0])
         if match is None:
             raise WireError(f"bad status line {lines[0][:60]!r}")
@@ -246,12 +253,13 @@ class ResponseReader:
         codings: list[bytes] = []
         transfer_encoding = False
         close = minor == b"0"
+        checked = len(lines) == 1 or _FIELD_LINES.fullmatch(text, len(lines[0]) + 1) is not None
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
+            if not checked and (not colon or not _TOKEN.fullmatch(name)):
                 raise WireError(f"bad field line {line[:60]!r}")  # also obs-fold
             value = value.strip(b" \t")
-            if _BAD_VALUE.search(value):
+            if not checked and _BAD_VALUE.search(value):
                 raise WireError(f"bad field value in {name[:40]!r}")
             fields.append((name, value))
             lower = name.lower()
