@@ -136,9 +136,9 @@ def _has_directives(request: web.BaseRequest) -> bool:
 
 def _declared_length(method: str, pairs: tuple[tuple[str, str], ...]) -> int | None:
     """The body length a GET response's Content-Length declares, or None."""
-    declared = [v.strip() for k, v in pairs if k.lower() == "content-length"]
-    if declared and method == "GET" and declared[0].isdigit():
-        return int(declared[0])
+    declared = field_values(pairs, "content-length")
+    if declared and method == "GET" and (length := declared[0].strip()).isdigit():
+        return int(length)
     return None
 
 
@@ -911,6 +911,7 @@ class CacheLayer:
     ) -> _Plan:
         """What becomes of an origin's response: the fields sent and stored, the
         compressor, whether it may be stored and the writer storing it."""
+        pairs = as_fields(pairs)  # read by name all along: indexed once
         out_pairs, comp = self._compression_plan(creq, status, pairs)
         storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
         length = _declared_length(creq.method, out_pairs) if comp is None else None
@@ -931,8 +932,8 @@ class CacheLayer:
         )
         if not storable.storable:
             return storable, None
-        te = ",".join(v for k, v in pairs if k.lower() == "transfer-encoding").lower()
-        delimited = "chunked" in te or any(k.lower() == "content-length" for k, _ in pairs)
+        te = ",".join(field_values(pairs, "transfer-encoding")).lower()
+        delimited = "chunked" in te or bool(field_values(pairs, "content-length"))
         # A close-delimited body cut short looks complete: never stored.
         if not (delimited or bodyless(creq.method, status)):
             return storable, None
