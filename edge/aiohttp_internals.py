@@ -87,7 +87,7 @@ class Handover:
     the request never reach the handler (the client went away), `abandon` lets them go.
     """
 
-    __slots__ = ("_abandon", "_run", "state", "target")
+    __slots__ = ("_abandon", "_run", "started", "state", "target")
 
     def __init__(
         self,
@@ -99,6 +99,7 @@ class Handover:
         self._run = run
         self._abandon = abandon
         self.state = "pending"
+        self.started: float | None = None  # when the fast path took the request (monotonic)
 
     def take(self) -> Callable[[web.BaseRequest], Awaitable[tuple[web.StreamResponse, str]]] | None:
         """The job, once (None when it was taken or abandoned before)."""
@@ -236,6 +237,8 @@ class EdgeRequestHandler(RequestHandler):
         self._held = bytearray()
         self._held_paused = False
         self._handover: Handover | None = None
+        self._given: Handover | None = None  # the last one given to a request
+        self._close_after_plain = False  # close() came while a plain miss was answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -247,20 +250,41 @@ class EdgeRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_timer()
-        if self._handover is not None:
-            self._handover.abandon()
-            self._handover = None
+        # Jobs nobody will take now (abandon leaves a taken one alone).
+        for handover in (self._handover, self._given):
+            if handover is not None:
+                handover.abandon()
+        self._handover = self._given = None
         super().connection_lost(exc)
 
+    def close(self) -> None:
+        if self._plain_task is not None:
+            # A plain miss is being answered, its request not aiohttp's: the connection
+            # closes (as aiohttp closes an idle one) once it is answered or handed over.
+            self._close_after_plain = True
+            return
+        super().close()
+
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109
-        # A miss the fast path is answering is a request in progress: answered first.
+        # A miss the fast path is answering is a request in progress: answered first, and
+        # one it hands over is waited for until aiohttp's handler has it (then aiohttp's
+        # shutdown waits for the handler).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (15.0 if timeout is None else timeout)
         if self._plain_task is not None:
             await asyncio.wait({self._plain_task}, timeout=timeout)
-        await super().shutdown(timeout)
+        given = self._given or self._handover
+        while given is not None and given.state == "pending" and loop.time() < deadline:
+            if self.transport is None or self.transport.is_closing():
+                break
+            await asyncio.sleep(0.01)
+        await super().shutdown(max(deadline - loop.time(), 0.0))
 
     def take_handover(self) -> Handover | None:
         """The job handed over with the request aiohttp's parser makes next, if any."""
         handover, self._handover = self._handover, None
+        if handover is not None:
+            self._given = handover
         return handover
 
     def data_received(self, data: bytes) -> None:
@@ -368,6 +392,9 @@ class EdgeRequestHandler(RequestHandler):
         else:
             transport.writelines(answer)
             self._answered()
+        if self._close_after_plain:
+            self._close_after_plain = False
+            super().close()  # after the handed-over request was queued: it is answered
         held = bytes(self._held)
         self._held.clear()
         if self._held_paused:

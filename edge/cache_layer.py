@@ -69,8 +69,10 @@ log = logging.getLogger("edge.cache")
 # read or two from the origin) and stored without a Fill (_fill_whole); bigger ones stream.
 WHOLE_FILL_MAX = CHUNK
 # The sets of request fields remembered for plain GETs (_plain_request_fields, and the
-# proxy's origin fields of them): at most this many, then afresh.
+# proxy's origin fields of them): at most this many, then afresh, and only sets of up to
+# PLAIN_FIELDS_BYTES (as fasthit counts them): a few MiB at most.
 PLAIN_FIELDS_MAX = 1024
+PLAIN_FIELDS_BYTES = 2048
 # When a purge is made a second time: after the commits other worker processes had pending
 # at the first pass (their clients answered before it, see _fill_whole) have landed.
 PURGE_AGAIN = 0.25
@@ -153,7 +155,7 @@ class Answered:
     origin: str
 
 
-def _handing(target: str, response: web.StreamResponse) -> Handover:
+def handing(target: str, response: web.StreamResponse) -> Handover:
     """A Handover whose job is answering `response` (nothing held)."""
 
     async def run(request: web.BaseRequest) -> tuple[web.StreamResponse, str]:
@@ -176,6 +178,9 @@ def _miss_head(upstream: UpstreamResponse, fields: list[tuple[str, str]], length
     `fields`, with what aiohttp adds to a response it serializes (StreamResponse's
     _prepare_headers): Content-Type for a body, Date and Server when missing."""
     names = {k.lower() for k, _ in fields}
+    if "cache-status" in names:
+        # Ours replaces the origin's, as on the full handler's other responses.
+        fields = [(k, v) for k, v in fields if k.lower() != "cache-status"]
     added = []
     if length and "content-type" not in names:
         added.append(("Content-Type", "application/octet-stream"))
@@ -432,7 +437,9 @@ class CacheLayer:
                 scheme=scheme,
                 authority=req.host,
                 target=req.target,
-                headers=self._plain_request_fields(req.raw),
+                headers=self._plain_request_fields(req.raw)
+                if req.field_bytes <= PLAIN_FIELDS_BYTES
+                else self._request_fields(req.raw),
             )
             headers = proxy.plain_origin_headers(req, scheme, remote)
             try:
@@ -443,10 +450,16 @@ class CacheLayer:
                 failed = status_response(
                     exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)
                 )
-                return _handing(req.target, failed)
+                return handing(req.target, failed)
             status = upstream.status
             pairs = raw_pairs(upstream.raw_headers)
-            plan = self._plan(creq, status, pairs, t_req, t_resp)
+            try:
+                plan = self._plan(creq, status, pairs, t_req, t_resp)
+            except BaseException:
+                # Not the origin's doing: its connection goes, its health stays.
+                upstream.close()
+                proxy.finish_upstream(origin, upstream, ok=True)
+                raise
             writer, length = plan.writer, plan.length
             if writer is None or length is None or not plan.whole("GET", status):
                 owned = False
@@ -476,7 +489,7 @@ class CacheLayer:
                 plan.storable.freshness,
             )
             if took is None:
-                return _handing(req.target, self._broke_off(fwd))
+                return handing(req.target, self._broke_off(fwd))
             body, stored = took
             fields = client_response_fields(plan.out_pairs, version=(1, 1), via=self.via)
             cstatus = cp.cache_status(self.name, fwd=fwd, fwd_status=status, stored=stored)

@@ -34,7 +34,7 @@ from edge.aiohttp_internals import (
     final_status_ok,
     handover_of,
 )
-from edge.cache_layer import PLAIN_FIELDS_MAX, Answered, CacheLayer
+from edge.cache_layer import PLAIN_FIELDS_BYTES, PLAIN_FIELDS_MAX, Answered, CacheLayer, handing
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -230,7 +230,10 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         metrics = self.metrics
         metrics.active += 1
-        start = time.monotonic()
+        handover = handover_of(request)
+        start = (
+            time.monotonic() if handover is None or handover.started is None else handover.started
+        )
         resp: web.StreamResponse | None = None
         origin_url = ""
         screening = self.screening
@@ -291,7 +294,9 @@ class Proxy:
             if candidates:
                 return None  # screened by `handle`, once
             miss = cache.plain_miss(self, key, req, scheme, remote, write)
-            return None if miss is None else self._answer_plain_miss(miss, req, remote, start)
+            if miss is None:
+                return None
+            return self._answer_plain_miss(miss, req, remote, start or time.monotonic())
         if candidates:
             # Per request, after the hit is known (a miss goes to `handle`, which screens
             # it once): the rules that could match this segment, for this client now.
@@ -338,9 +343,15 @@ class Proxy:
         metrics.active += 1
         try:
             answer = await miss
+        except Exception:
+            # As `handle` answers a handler's failure: a 500, counted and logged there.
+            log.exception("plain miss of %s failed", req.target)
+            failed = cp.cache_status(self._cache_tag, fwd="uri-miss", detail="error")
+            answer = handing(req.target, status_response(500, failed))
         finally:
             metrics.active -= 1
         if isinstance(answer, Handover):
+            answer.started = start  # the full handler's access log counts from here
             return answer
         metrics.response(answer.status, "miss")
         if self.access_log.enabled:
@@ -483,6 +494,8 @@ class Proxy:
         headers = self._plain_origin.get(key)
         if headers is None:
             headers = self._origin_headers(req.raw, remote, scheme, req.host, (1, 1))
+            if req.field_bytes > PLAIN_FIELDS_BYTES:
+                return headers  # not remembered: within PLAIN_FIELDS_MAX small sets
             if len(self._plain_origin) >= PLAIN_FIELDS_MAX:
                 self._plain_origin.clear()
             self._plain_origin[key] = headers

@@ -8,6 +8,7 @@ keep-alive timer, 1xx, failures, and nothing left behind (no lead, no origin con
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -123,8 +124,13 @@ async def test_a_client_that_leaves_during_a_plain_miss_leaves_it_stored(
         assert origin.hits["/stored"] == 1
 
 
-async def test_a_graceful_stop_answers_a_plain_miss_in_flight(tmp_path: Path) -> None:
-    gate = Gate()
+@pytest.mark.parametrize("cache_control", ["max-age=60", "no-store"])
+async def test_a_graceful_stop_answers_a_plain_miss_in_flight(
+    tmp_path: Path, cache_control: str
+) -> None:
+    """Answered by the fast path itself (stored) or handed over to the full handler
+    (no-store) while the runner is stopping: the client gets its whole response."""
+    gate = Gate(cache_control=cache_control)
     async with origins("a") as (origin,):
         origin.routes["/slow"] = gate
         edge = EdgeRuntime(_config(origin, tmp_path))
@@ -137,8 +143,8 @@ async def test_a_graceful_stop_answers_a_plain_miss_in_flight(tmp_path: Path) ->
         await asyncio.sleep(0.2)
         assert not stopping.done()  # waiting for the miss
         gate.opened.set()
-        head, body = await _response(reader)
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"slow body"
+        raw = await asyncio.wait_for(reader.read(), 20)  # then the edge closes
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"\r\n\r\nslow body")
         await asyncio.wait_for(stopping, 20)
         writer.close()
 
@@ -214,4 +220,86 @@ async def test_a_plain_miss_that_fails_is_answered_by_the_full_handler(
             head, _ = await _response(reader)
             assert head.startswith(f"HTTP/1.1 {status} ".encode())
             writer.close()
+            _idle(edge)
+
+
+async def test_a_handed_over_miss_is_logged_from_its_start(tmp_path: Path) -> None:
+    """The access log's duration of a miss the full handler finishes counts the origin's
+    time, which the fast path spent before handing it over."""
+    log_path = tmp_path / "access.log"
+    async with origins("a") as (origin,):
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(0.3)
+            return web.Response(body=b"late", headers={"Cache-Control": "no-store"})
+
+        origin.routes["/late"] = slow
+        config = _config(origin, tmp_path, log={"access_log": str(log_path)})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/late"))
+            head, body = await _response(reader)
+            assert body == b"late" and b"fwd=uri-miss" in head
+            writer.close()
+    (record,) = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert record["path"] == "/late" and record["cache"] == "miss"
+    assert record["duration_ms"] >= 300
+
+
+@pytest.mark.parametrize("body_kib", [1, 100])
+async def test_a_plain_miss_sends_one_cache_status_ours(tmp_path: Path, body_kib: int) -> None:
+    """An origin's own Cache-Status (a tier in front of it) is replaced by ours, whether
+    the fast path answers the miss itself (1 KiB, stored whole) or hands it over (100 KiB)."""
+    async with origins("a") as (origin,):
+
+        async def tiered(request: web.Request) -> web.Response:
+            return web.Response(
+                body=b"t" * (body_kib * 1024),
+                headers={"Cache-Control": "max-age=60", "Cache-Status": "Shield; hit"},
+            )
+
+        origin.routes["/t"] = tiered
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/t"))
+            head, _ = await _response(reader)
+            writer.close()
+    lines = [line for line in head.split(b"\r\n") if line.lower().startswith(b"cache-status:")]
+    assert lines == [b"Cache-Status: GeoEdge; fwd=uri-miss; fwd-status=200; stored"]
+
+
+async def test_a_plain_miss_that_breaks_is_a_500_and_lets_its_key_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault inside the fast path's miss (here its plan raises) is answered as the full
+    handler answers its own: a 500; the connection stays usable and the key's lead goes."""
+    from edge.cache_layer import CacheLayer
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("injected")
+
+    async with origins("a") as (origin,):
+        origin.routes["/b"] = Gate()
+        origin.routes["/b"].opened.set()  # type: ignore[attr-defined]
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            with monkeypatch.context() as patch:
+                patch.setattr(CacheLayer, "_plan", broken)
+                writer.write(_get("/b"))
+                head, _ = await _response(reader)
+                assert head.startswith(b"HTTP/1.1 500 "), head
+                assert b'detail="error"' in head
+            writer.write(_get("/b"))
+            head, body = await _response(reader)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"slow body"
+            writer.close()
+            for _ in range(100):  # the stored miss's lead goes when its commit ends
+                cache = edge.proxy.cache
+                assert cache is not None
+                if not cache._inflight:
+                    break
+                await asyncio.sleep(0.02)
             _idle(edge)
