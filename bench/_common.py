@@ -300,6 +300,16 @@ def run_main(main: Callable[[list[str]], int], script: str) -> NoReturn:
         sys.exit(1)
 
 
+def unpack_packages(commit: str, packages: Sequence[str], into: Path) -> None:
+    """The directories `packages` of `commit`, as files under `into` (git archive)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, *packages], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {commit}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -29,14 +29,13 @@ import argparse
 import importlib
 import ipaddress
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, BenchError, run_main
+from _common import BenchError, run_main, unpack_packages
 from dnsprofile import WORKDIR, read_queries, wait_for_table
 
 PACKAGES = ("gslb", "geo", "geoedge")
@@ -46,12 +45,7 @@ _IMPORT = re.compile(r"\b(from|import) (gslb|geo|geoedge)(\.|\b)")
 
 def unpack(commit: str, into: Path) -> None:
     """The packages of `commit`, renamed with SUFFIX (directories and their imports)."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit, *PACKAGES], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {commit}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    unpack_packages(commit, PACKAGES, into)
     for name in PACKAGES:
         (into / name).rename(into / (name + SUFFIX))
     for path in into.rglob("*.py"):

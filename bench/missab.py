@@ -19,7 +19,6 @@ there with this tree's venv.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -28,9 +27,7 @@ import edgescale
 from _common import (
     LOADGEN_CPU,
     PYTHON,
-    REPO,
     SERVER_CPU,
-    BenchError,
     alternate,
     free_port,
     log,
@@ -39,19 +36,10 @@ from _common import (
     run_main,
     start_harness,
     table,
+    unpack_packages,
 )
 
 PACKAGES = ("edge", "geo", "gslb", "geoedge")
-
-
-def unpack(commit: str, into: Path) -> None:
-    """The packages of `commit`, as files under `into`."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit, *PACKAGES], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {commit}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
 
 
 def edge_from(
@@ -84,7 +72,7 @@ def main(argv: list[str]) -> int:
     workdir, logdir = start_harness("missab", ["wrk", "taskset", "nginx"], "bench/missab.sh")
     log(f"# edge misses, {args.base} vs the working tree, {machine_summary()}")
     with tempfile.TemporaryDirectory(prefix="missab-") as tmp:
-        unpack(args.base, Path(tmp))
+        unpack_packages(args.base, PACKAGES, Path(tmp))
         origin, origin_port, served = edgescale.static_origin(workdir, logdir)
         try:
             builds = {
