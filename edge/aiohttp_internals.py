@@ -45,6 +45,8 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from edge.headers import head_end
+
 log = logging.getLogger("edge")
 
 # The private names used below, by the aiohttp class that owns them (attributes set in its
@@ -87,7 +89,7 @@ class Handover:
     the request never reach the handler (the client went away), `abandon` lets them go.
     """
 
-    __slots__ = ("_abandon", "_run", "started", "state", "target")
+    __slots__ = ("_abandon", "_run", "started", "target")
 
     def __init__(
         self,
@@ -96,22 +98,27 @@ class Handover:
         abandon: Callable[[], None],
     ) -> None:
         self.target = target
+        # Both None once taken or abandoned: what they hold (the origin's response, a
+        # body being written) is then the taker's, and not kept here by the protocol.
+        self._run: Callable[[web.BaseRequest], Awaitable[tuple[web.StreamResponse, str]]] | None
         self._run = run
-        self._abandon = abandon
-        self.state = "pending"
+        self._abandon: Callable[[], None] | None = abandon
         self.started: float | None = None  # when the fast path took the request (monotonic)
+
+    @property
+    def pending(self) -> bool:
+        """Neither taken nor abandoned yet."""
+        return self._run is not None
 
     def take(self) -> Callable[[web.BaseRequest], Awaitable[tuple[web.StreamResponse, str]]] | None:
         """The job, once (None when it was taken or abandoned before)."""
-        if self.state != "pending":
-            return None
-        self.state = "taken"
-        return self._run
+        run, self._run, self._abandon = self._run, None, None
+        return run
 
     def abandon(self) -> None:
-        if self.state == "pending":
-            self.state = "abandoned"
-            self._abandon()
+        abandon, self._run, self._abandon = self._abandon, None, None
+        if abandon is not None:
+            abandon()
 
 
 # A plain GET answered by the fast path once its origin answered: the response's wire
@@ -274,7 +281,7 @@ class EdgeRequestHandler(RequestHandler):
         if self._plain_task is not None:
             await asyncio.wait({self._plain_task}, timeout=timeout)
         given = self._given or self._handover
-        while given is not None and given.state == "pending" and loop.time() < deadline:
+        while given is not None and given.pending and loop.time() < deadline:
             if self.transport is None or self.transport.is_closing():
                 break
             await asyncio.sleep(0.01)
@@ -458,7 +465,7 @@ class EdgeRequestHandler(RequestHandler):
         self._count_refused(408)
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n"
-            + f"Cache-Status: {self._refused_token}\r\n\r\n".encode()
+            + head_end(self._refused_token)
         )
         self.force_close()
         transport.close()
@@ -575,11 +582,9 @@ class SerializedResponse(web.StreamResponse):
             return
         writer = self._payload_writer
         assert writer is not None
-        age = "" if self._age is None else f"Age: {self._age}\r\n"  # None: not from a cache
-        tail = f"{age}Cache-Status: {self.headers['Cache-Status']}\r\n"
-        if not self._keep_alive:
-            tail += "Connection: close\r\n"
-        head = self._head + tail.encode("latin-1", "replace") + b"\r\n"
+        # Age None: not from a cache.
+        end = head_end(self.headers["Cache-Status"], self._age, close=not self._keep_alive)
+        head = self._head + end
         body = self.payload
         if len(body) <= 16384:
             await writer.write_eof(head + body)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -55,6 +55,7 @@ from edge.fasthit import SimpleGet
 from edge.fill import Fill, GroupCommit, Lead
 from edge.headers import (
     client_response_fields,
+    head_end,
     response_head,
     wire_text,
 )
@@ -73,6 +74,24 @@ WHOLE_FILL_MAX = CHUNK
 # PLAIN_FIELDS_BYTES (as fasthit counts them): a few MiB at most.
 PLAIN_FIELDS_MAX = 1024
 PLAIN_FIELDS_BYTES = 2048
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remembered(memo: dict[K, V], key: K, make: Callable[[], V], req: SimpleGet) -> V:
+    """`memo[key]`, made when missing, and kept when `req`'s fields are small (a memo of
+    a plain GET's fields: PLAIN_FIELDS_MAX, PLAIN_FIELDS_BYTES)."""
+    value = memo.get(key)
+    if value is None:
+        value = make()
+        if req.field_bytes <= PLAIN_FIELDS_BYTES:
+            if len(memo) >= PLAIN_FIELDS_MAX:
+                memo.clear()
+            memo[key] = value
+    return value
+
+
 # When a purge is made a second time: after the commits other worker processes had pending
 # at the first pass (their clients answered before it, see _fill_whole) have landed.
 PURGE_AGAIN = 0.25
@@ -222,8 +241,9 @@ class CacheLayer:
         c = config.cache
         self.config = config
         self._strip = frozenset(config.server.strip_request_headers)
-        # A plain GET's fields as the cache reads them, by the fields received: clients send
-        # the same few sets over and over (for the strip list just set).
+        # A plain GET's fields as the cache reads them (_request_fields; Fields do not
+        # change), by the fields received: clients send the same few sets over and over
+        # (for the strip list just set).
         self._plain_fields: dict[tuple[tuple[str, str], ...], Fields] = {}
         self.name = config.server.cache_name
         self.via = config.server.via
@@ -336,16 +356,6 @@ class CacheLayer:
         headers = conditional.strip_hop_by_hop(as_fields(pairs))
         return headers.without(self._strip) if self._strip else headers
 
-    def _plain_request_fields(self, pairs: tuple[tuple[str, str], ...]) -> Fields:
-        """`_request_fields`, remembered (up to PLAIN_FIELDS_MAX sets; Fields do not change)."""
-        fields = self._plain_fields.get(pairs)
-        if fields is None:
-            fields = self._request_fields(pairs)
-            if len(self._plain_fields) >= PLAIN_FIELDS_MAX:
-                self._plain_fields.clear()
-            self._plain_fields[pairs] = fields
-        return fields
-
     async def serve(
         self, proxy: Upstream, request: web.BaseRequest, target: str
     ) -> tuple[web.StreamResponse, str]:
@@ -432,15 +442,10 @@ class CacheLayer:
         owned = True  # the lead is this coroutine's to settle (until handed on)
         try:
             INTERIM.set(_interim_writer(write))
-            creq = cp.CacheRequest(
-                method="GET",
-                scheme=scheme,
-                authority=req.host,
-                target=req.target,
-                headers=self._plain_request_fields(req.raw)
-                if req.field_bytes <= PLAIN_FIELDS_BYTES
-                else self._request_fields(req.raw),
+            asked: Fields = remembered(
+                self._plain_fields, req.raw, lambda: self._request_fields(req.raw), req
             )
+            creq = cp.CacheRequest("GET", scheme, req.host, req.target, asked)
             headers = proxy.plain_origin_headers(req, scheme, remote)
             try:
                 origin, upstream, t_req, t_resp = await self._open(
@@ -460,8 +465,7 @@ class CacheLayer:
                 upstream.close()
                 proxy.finish_upstream(origin, upstream, ok=True)
                 raise
-            writer, length = plan.writer, plan.length
-            if writer is None or length is None or not plan.whole("GET", status):
+            if not plan.whole("GET", status):
                 owned = False
                 return self._hand_over(
                     proxy,
@@ -476,6 +480,8 @@ class CacheLayer:
                     plan,
                 )
             owned = False  # _take_whole settles it
+            writer, length = plan.writer, plan.length
+            assert writer is not None and length is not None  # plan.whole says so
             took = await self._take_whole(
                 proxy,
                 writer,
@@ -493,9 +499,7 @@ class CacheLayer:
             body, stored = took
             fields = client_response_fields(plan.out_pairs, version=(1, 1), via=self.via)
             cstatus = cp.cache_status(self.name, fwd=fwd, fwd_status=status, stored=stored)
-            head = _miss_head(upstream, fields, length) + f"Cache-Status: {cstatus}\r\n\r\n".encode(
-                "latin-1", "replace"
-            )
+            head = _miss_head(upstream, fields, length) + head_end(cstatus)
             return Answered(status, [head, body], len(body), origin.url)
         finally:
             if owned:

@@ -248,6 +248,16 @@ def client_response_headers(
     return CIMultiDict(client_response_fields(pairs, version=version, via=via))
 
 
+def head_end(cache_status: str, age: int | None = None, close: bool = False) -> bytes:
+    """The lines that end a serialized response head: Age (a response from a cache),
+    Cache-Status, Connection: close when due, and the empty line."""
+    lines = "" if age is None else f"Age: {age}\r\n"
+    lines += f"Cache-Status: {cache_status}\r\n"
+    if close:
+        lines += "Connection: close\r\n"
+    return (lines + "\r\n").encode("latin-1", "replace")
+
+
 def response_head(status: int, reason: str, fields: Iterable[tuple[str, str]]) -> bytes:
     """An HTTP/1.1 status line and `fields` (values in `wire_text` form, encoded as
     aiohttp's writer encodes them) as wire bytes, without the empty line ending the head."""

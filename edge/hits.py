@@ -23,7 +23,7 @@ from edge import conditional, ranges
 from edge.aiohttp_internals import SerializedResponse
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
-from edge.headers import client_response_fields, response_head
+from edge.headers import client_response_fields, head_end, response_head
 from edge.store import Store
 
 log = logging.getLogger("edge.cache")
@@ -174,7 +174,7 @@ class Hits:
         tail = self._tails.get((age_s, ttl_s))
         if tail is None:
             status = cp.cache_status(self.name, hit=True, ttl=ttl)
-            tail = f"Age: {age_s}\r\nCache-Status: {status}\r\n\r\n".encode("latin-1", "replace")
+            tail = head_end(status, age_s)
             if len(self._tails) >= 4096:
                 self._tails.clear()
             self._tails[(age_s, ttl_s)] = tail

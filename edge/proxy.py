@@ -34,7 +34,7 @@ from edge.aiohttp_internals import (
     final_status_ok,
     handover_of,
 )
-from edge.cache_layer import PLAIN_FIELDS_BYTES, PLAIN_FIELDS_MAX, Answered, CacheLayer, handing
+from edge.cache_layer import Answered, CacheLayer, handing, remembered
 from edge.config import EdgeConfig
 from edge.errors import (
     ClientGone,
@@ -59,6 +59,7 @@ from edge.fasthit import SimpleGet, parse_simple_get
 from edge.freshness import format_http_date
 from edge.headers import (
     client_response_headers,
+    head_end,
     origin_request_headers,
 )
 from edge.metrics import Metrics
@@ -394,8 +395,7 @@ class Proxy:
 
     def _refusal_wire(self, verdict: Verdict) -> list[bytes]:
         head, body = refusal_head(verdict, format_http_date(time.time()))
-        tail = f"Cache-Status: {self._refused_status}\r\n\r\n".encode("latin-1")
-        return [head + tail, body]
+        return [head + head_end(self._refused_status), body]
 
     def _plain_get(self, data: bytes, scheme: str) -> _Plain | Literal[False]:
         """The cache key and request of `data` if the fast path may answer it, and the
@@ -490,15 +490,12 @@ class Proxy:
     ) -> CIMultiDict[str]:
         """`origin_headers` of a plain GET (edge.fasthit: no Expect) from `remote`: a copy
         of those made for the same fields, scheme and client before, if any."""
-        key = (req.raw, scheme, remote)
-        headers = self._plain_origin.get(key)
-        if headers is None:
-            headers = self._origin_headers(req.raw, remote, scheme, req.host, (1, 1))
-            if req.field_bytes > PLAIN_FIELDS_BYTES:
-                return headers  # not remembered: within PLAIN_FIELDS_MAX small sets
-            if len(self._plain_origin) >= PLAIN_FIELDS_MAX:
-                self._plain_origin.clear()
-            self._plain_origin[key] = headers
+        headers = remembered(
+            self._plain_origin,
+            (req.raw, scheme, remote),
+            lambda: self._origin_headers(req.raw, remote, scheme, req.host, (1, 1)),
+            req,
+        )
         return headers.copy()
 
     def _origin_headers(

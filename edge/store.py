@@ -623,7 +623,7 @@ class BodyWriter:
             self.abort()
             return None
         self._open = False
-        digest = self._hash.hexdigest()
+        digest = self.digest()
         final = entry
         if entry.body_length != self.length or entry.sha256 != digest:
             final = replace(entry, body_length=self.length, sha256=digest)
