@@ -6,7 +6,8 @@ Layout inside one diskcache directory (keys are ``str``, values are ``bytes``; a
 subclass refuses everything else, so nothing is ever pickled or unpickled):
 
 - ``m:<primary key>``  JSON list of the CacheEntry metadata of every stored Vary variant;
-- ``b:<primary key>\\x1f<variant>\\x1f<sha256>``  the body bytes of one variant;
+- ``b:<primary key>\\x1f<variant>\\x1f<sha256>``  the body bytes of one variant (from 4 KB
+  to 32 KiB in a slab file the row names, edge.slabs; bigger in a file of their own);
 - ``t:<surrogate key>``  JSON list of primary keys carrying that tag.
 
 A body is written before the metadata that points at it, and metadata names the body's
@@ -51,6 +52,7 @@ from typing import IO, Any
 
 import diskcache
 
+from edge import slabs
 from edge.cache_policy import CacheEntry, entries_json, entry_from_dict
 from edge.errors import CacheMetadataError, CorruptBodyError, StoreError
 
@@ -64,8 +66,9 @@ CHUNK = 64 * 1024
 # The most of a body a BodyWriter holds in memory (see BodyWriter).
 HOLD_MAX = 1 << 20
 # Where a body verified in this process lies, as the index remembers it: the path of its
-# file, the rowid of its database row, or "" for a row not read back yet.
-Place = str | int
+# file, the rowid of its database row, its place in a slab, or "" for a row not read back
+# yet.
+Place = str | int | slabs.SlabPlace
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _SEP = "\x1f"
 # A hit stamps the rows it used (for LRU eviction) at most this often: recency is exact to it,
@@ -125,7 +128,7 @@ class _Fill:
     entry: CacheEntry
     body: bytes | _NewFile | _CommittedFile
     data: bytes | None  # the body's bytes when at hand (for the memory tier)
-    place: str = ""  # where the body went: its file, or "" for a row of the database
+    place: Place = ""  # where the body went: its file, its slab, or "" for a row
     kept: tuple[CacheEntry, ...] = ()  # the key's variant list as written
     replaced: tuple[CacheEntry, ...] = ()  # variants it replaced or pushed out
 
@@ -217,7 +220,15 @@ class _BytesDisk(diskcache.Disk):  # type: ignore[misc]
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise StoreError(f"refusing a non-bytes value (mode {mode}) from the cache")
+        if slabs.is_slab(filename):
+            raise StoreError("a body in a slab is read by the store, not by diskcache")
         return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path: str) -> None:
+        """A row deleted: its file goes, unless it names a place in a slab (which goes
+        whole, when none of its rows is left: see edge.slabs)."""
+        if not slabs.is_slab(file_path):
+            super().remove(file_path)
 
 
 class _Reads:
@@ -235,7 +246,7 @@ class _Reads:
     against the installed diskcache; pyproject.toml pins the diskcache series.
     """
 
-    _SELECT = "SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+    _SELECT = "SELECT rowid, mode, filename, value, size FROM Cache WHERE key = ? AND raw = 1"
     # A row found before, by its rowid (no walk of the key index); the key is checked, as
     # SQLite may give a deleted row's rowid to a new one.
     _ROW = (
@@ -278,15 +289,26 @@ class _Reads:
         found = self.find(key, sql)
         return None if found is None else found[1]
 
-    def find(self, key: str, sql: Sql | None = None) -> tuple[int, bytes | str] | None:
-        """``get``, with the rowid of the row read (for ``row``), or None."""
+    def find(
+        self, key: str, sql: Sql | None = None, *, retried: bool = False
+    ) -> tuple[Place, bytes | str] | None:
+        """``get``, with where the bytes were found: the row's rowid (for ``row``) or
+        their place in a slab; or None. Raises FileNotFoundError for a slab gone."""
         run = self._connection().execute if sql is None else sql
         row = run(self._SELECT, (key,)).fetchone()
         if row is None:
             return None
-        rowid, mode, filename, value = row
+        rowid, mode, filename, value, size = row
         if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
             return rowid, value
+        if mode == diskcache.core.MODE_BINARY and slabs.is_slab(filename):
+            try:
+                return slabs.read(self._directory, filename, size)
+            except FileNotFoundError:
+                if sql is not None or retried:
+                    raise
+                # Compaction moved the body and retired its slab since the SELECT.
+                return self.find(key, retried=True)
         if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
             return rowid, os.path.join(self._directory, filename)
         raise StoreError(f"refusing a non-bytes value (mode {mode}) from the cache")
@@ -429,6 +451,8 @@ def _list_cost(entries: tuple[CacheEntry, ...]) -> int:
 
 def _place_cost(bkey: str, place: Place) -> int:
     """What the index holds for a body's place: its key, the path, the entry's overhead."""
+    if isinstance(place, slabs.SlabPlace):
+        return 160 + len(bkey) + len(place.path)
     return 96 + len(bkey) + (len(place) if isinstance(place, str) else 32)
 
 
@@ -712,6 +736,14 @@ class Store:
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
         self._remove_set_aside()
+        try:
+            with self._cache.transact():
+                for statement in slabs.SCHEMA:
+                    self._cache._sql(statement)
+            self._slabs = slabs.Slabs(self.directory, size_limit)
+        except (sqlite3.Error, OSError) as e:
+            self._cache.close()
+            raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
         self._reads = _Reads(self.directory)
         self._epoch_file = os.path.join(self.directory, "epoch")
         with open(self._epoch_file, "ab"):
@@ -772,17 +804,52 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self._reads.flush()
         self._reads.close()
+        self._slabs.seal()
+        try:
+            with self._writing, self._cache.transact():
+                self._slabs.settle(self._cache._sql)
+            self._slabs.committed()
+        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+            self._slabs.rolled_back()  # the slab's lock going lets another process seal it
+            log.warning("cannot seal the cache's open slab: %s", e)
+        self._slabs.release()
         self._cache.close()
 
     def flush_recency(self) -> int:
-        """Write back which entries were read since the last call (LRU eviction order);
-        the cache layer calls it every few seconds, in a thread."""
+        """Write back which entries were read since the last call (LRU eviction order),
+        and keep the slabs (``maintain``); the cache layer calls it every few seconds, in
+        a thread."""
         try:
             with self._writing:
-                return self._reads.flush()
+                flushed = self._reads.flush()
         except sqlite3.Error as e:
             log.warning("cache recency write-back failed: %s", e)
-            return 0
+            flushed = 0
+        self.maintain()
+        return flushed
+
+    def maintain(self) -> None:
+        """Seal the slabs of processes gone, compact one slab when dead bytes in slabs pass
+        their share of the size limit, and retire the slabs left empty (edge.slabs)."""
+        moved: list[str] = []
+        try:
+            with self._writing, self._cache.transact():
+                sql = self._cache._sql
+                self._slabs.seal_abandoned(sql)
+                moved = self._slabs.compact(sql, self._verified_row)
+                self._slabs.settle(sql)
+            self._slabs.committed()
+        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+            self._slabs.rolled_back()
+            self._write_failed(e)
+            return
+        for bkey in moved:
+            self._drop_body(bkey)  # its place in this process's index is the old one
+
+    @staticmethod
+    def _verified_row(bkey: str, data: bytes) -> bool:
+        """Whether ``data`` is the body a body row's key names (its digest ends the key)."""
+        return hashlib.sha256(data).hexdigest() == bkey.rpartition(_SEP)[2]
 
     def __enter__(self) -> Store:
         return self
@@ -1062,18 +1129,18 @@ class Store:
     def _verified(self, entry: CacheEntry, data: bytes) -> bool:
         return len(data) == entry.body_length and hashlib.sha256(data).hexdigest() == entry.sha256
 
-    def _stored_body(self, entry: CacheEntry, bkey: str) -> tuple[int, bytes | IO[bytes]] | None:
-        """The stored body value (bytes, or an open file for a big one) and the rowid of
-        its row; None when the read failed, or when the body is missing or refused (then
-        the entry is evicted)."""
-        found: tuple[int, bytes | IO[bytes]] | None = None
+    def _stored_body(self, entry: CacheEntry, bkey: str) -> tuple[Place, bytes | IO[bytes]] | None:
+        """The stored body value (bytes, or an open file for a big one) and where it was
+        found (``_Reads.find``); None when the read failed, or when the body is missing or
+        refused (then the entry is evicted)."""
+        found: tuple[Place, bytes | IO[bytes]] | None = None
         try:
             stored = self._reads.find(bkey)
             if stored is not None:
-                rowid, value = stored
-                found = rowid, open(value, "rb") if isinstance(value, str) else value
+                place, value = stored
+                found = place, open(value, "rb") if isinstance(value, str) else value
         except FileNotFoundError:
-            found = None  # evicted between the lookup and the open
+            found = None  # evicted between the lookup and the open (a file or a slab)
         except StoreError:
             found = None  # a refused (non-bytes) row: as bad as a damaged one
         except (sqlite3.Error, OSError) as e:
@@ -1091,6 +1158,8 @@ class Store:
         try:
             if isinstance(place, int):
                 data = self._reads.row(place, bkey)
+            elif isinstance(place, slabs.SlabPlace):
+                data = slabs.read_at(place, entry.body_length)
             elif place:
                 fd = os.open(place, os.O_RDONLY)
                 try:
@@ -1101,10 +1170,10 @@ class Store:
                 found = self._reads.find(bkey)
                 if found is None or not isinstance(found[1], bytes):
                     return None
-                rowid, data = found[0], found[1]
+                where, data = found[0], found[1]
                 if len(data) == entry.body_length:
                     with self._lock:
-                        self._index.put(bkey, rowid, _place_cost(bkey, rowid))
+                        self._index.put(bkey, where, _place_cost(bkey, where))
         except (sqlite3.Error, OSError, StoreError):
             return None
         return data if data is not None and len(data) == entry.body_length else None
@@ -1231,17 +1300,20 @@ class Store:
                 # Cache.set of each row would have made (cull_limit rows each).
                 with cache._transact() as (sql, cleanup):  # within ours: no BEGIN of its own
                     cache._cull(now, sql, cleanup, limit=2 * cache.cull_limit * len(fills))
+                self._slabs.settle(cache._sql)
                 # Inside the transaction: a remove() of one of these keys (which forgets it
                 # from memory after its own transaction) cannot come in between.
                 for fill in fills:
                     self._remember(fill, epoch)
         except Exception as e:
+            self._slabs.rolled_back()
             for fill in begun:
                 self._undo(fill)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
                 return [None] * len(fills)
             raise
+        self._slabs.committed()
         moved = False
         for fill in fills:
             bkey = _body_key(fill.entry)
@@ -1268,12 +1340,23 @@ class Store:
         cache = self._cache
         sql = cache._sql
         bkey = _body_key(entry)
-        size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
-        fill.place = cache.disk.placed
-        if not sql(self._INSERT, (bkey, now, now, size, mode, filename, value)).rowcount:
+        data = fill.data
+        slab = data is not None and slabs.MIN_BYTES <= len(data) < cache.disk.min_file_size
+        if slab:
+            assert data is not None
+            filename = self._slabs.append(data)
+            size, mode, value = len(data), diskcache.core.MODE_BINARY, None
+            fill.place = slabs.place(self.directory, filename)
+        else:
+            size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
+            fill.place = cache.disk.placed
+        if sql(self._INSERT, (bkey, now, now, size, mode, filename, value)).rowcount:
+            if slab:
+                self._slabs.added(filename, size)
+        else:
             # These very bytes are stored already (the key names their digest): kept.
             sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (now, bkey))
-            if fill.place:
+            if isinstance(fill.place, str) and fill.place:
                 with contextlib.suppress(OSError):
                     os.unlink(fill.place)
             fill.place = ""
@@ -1320,7 +1403,7 @@ class Store:
         self._drop_body(_body_key(fill.entry))
         temp = fill.body.path if isinstance(fill.body, _CommittedFile) else ""
         for path in (fill.place, temp):
-            if path:
+            if isinstance(path, str) and path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 
@@ -1448,6 +1531,7 @@ class Store:
 
     def clear(self) -> None:
         self._cache.clear()
+        self.maintain()  # the slabs emptied go
         with self._lock:
             self._memory.clear()
             self._index.clear()

@@ -1,0 +1,326 @@
+"""Small bodies in append-only slab files beside the cache database.
+
+A body under diskcache's ``min_file_size`` (32 KiB) used to be a row's value: SQLite wrote
+its pages to the write-ahead log, then again to the database at each checkpoint, and that
+was most of what committing a fill cost. Here such a body is appended to this process's
+open slab (one ``pwrite``) and its row, in diskcache's table as ever, names where it lies:
+``slabs/<slab>:<offset>`` in the ``filename`` column, mode binary, no value, and the
+body's length as ``size``. A row is written after the bytes it names, and the row's key
+carries the body's SHA-256, checked on the first read in each process, so a crash or a
+damaged slab never yields a wrong body.
+
+A slab is only ever appended to, by the one process that holds its lock (``flock``), and
+never rewritten: a body stays at its offset until the whole slab goes. Table ``Slabs``
+keeps, per slab, its bytes written, its rows and their bytes (a trigger counts rows
+deleted, by diskcache's eviction as by our purges), and whether it is sealed (full, or its
+process gone). A sealed slab with no rows left is retired: its row goes and its file is
+unlinked after the transaction. Bytes of deleted rows stay counted in diskcache's
+``size`` (the disk still holds them) until their slab is retired, so diskcache's eviction
+keeps what is on disk within ``size_limit``; and when such dead bytes pass a tenth of the
+limit, ``compact`` copies the live bodies of the emptiest sealed slab into the open one,
+so that slab can be retired.
+
+Every method that takes ``sql`` runs inside the store's write transaction, through
+diskcache's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Sql = Callable[[str, Any], sqlite3.Cursor]
+
+DIRECTORY = "slabs"
+# Bodies from this size up to diskcache's min_file_size go to slabs; smaller ones fit a
+# row's page (SQLite spills a row past about 4 KiB to overflow pages) and stay there.
+MIN_BYTES = 4000
+_PREFIX = DIRECTORY + "/"
+# The part of the cache's size limit that dead bytes in sealed slabs may take before
+# compaction moves the live bodies out of the emptiest slab.
+_DEAD_SHARE = 0.1
+# A slab file found with no row (a process died before its first commit) is removed once
+# its lock is free and it is older than this (its owner may not have locked it yet).
+_ORPHAN_AGE = 60.0
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS Slabs (name TEXT PRIMARY KEY, sealed INTEGER NOT NULL"
+    " DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, live INTEGER NOT NULL DEFAULT 0,"
+    " live_bytes INTEGER NOT NULL DEFAULT 0)",
+    # A deleted row's bytes stay on disk until its slab goes: they stay in the size too.
+    "CREATE TRIGGER IF NOT EXISTS Slabs_row_delete AFTER DELETE ON Cache FOR EACH ROW"
+    " WHEN OLD.filename GLOB 'slabs/*' BEGIN"
+    " UPDATE Settings SET value = value + OLD.size WHERE key = 'size';"
+    " UPDATE Slabs SET live = live - 1, live_bytes = live_bytes - OLD.size"
+    " WHERE name = substr(OLD.filename, 7, instr(OLD.filename, ':') - 7); END",
+    # The rows of one slab, for compaction (partial: other rows pay nothing for it).
+    "CREATE INDEX IF NOT EXISTS Cache_slab ON Cache(filename) WHERE filename GLOB 'slabs/*'",
+)
+
+
+def is_slab(filename: object) -> bool:
+    """Whether a row's filename names a place in a slab."""
+    return isinstance(filename, str) and filename.startswith(_PREFIX)
+
+
+def _parse(filename: str) -> tuple[str, int]:
+    name, _, offset = filename[len(_PREFIX) :].partition(":")
+    return name, int(offset)
+
+
+@dataclass(frozen=True, slots=True)
+class SlabPlace:
+    """Where a body lies in a slab: the slab file's path and the offset."""
+
+    path: str
+    offset: int
+
+
+@dataclass(slots=True)
+class _Open:
+    """The slab this process appends to."""
+
+    name: str
+    path: str
+    fd: int
+    end: int = 0  # bytes written
+    accounted: int = 0  # bytes counted in Slabs and diskcache's size, as last committed
+    registered: bool = False  # its Slabs row committed
+
+
+class Slabs:
+    """The slabs of one cache directory, as this process writes and reads them."""
+
+    def __init__(self, directory: str, size_limit: int) -> None:
+        self.directory = os.path.join(directory, DIRECTORY)
+        os.makedirs(self.directory, exist_ok=True)
+        # Small enough that a small cache has a few dozen, big enough that a big one
+        # does not have thousands of files.
+        self.slab_bytes = max(1 << 20, min(16 << 20, size_limit // 64))
+        self._size_limit = size_limit
+        self._open: _Open | None = None
+        self._sealing: list[_Open] = []  # full slabs whose seal is not committed yet
+        self._txn: dict[str, list[int]] = {}  # slab -> [rows, bytes] added in this transaction
+        self._inserted = 0  # bytes of the rows inserted in it (diskcache counted them)
+        self._unlink: list[str] = []  # retired in this transaction: unlinked after it
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    # --- writes (inside the store's write transaction) -------------------------------
+
+    def append(self, data: bytes) -> str:
+        """Write ``data`` to the open slab: the filename its row names it by."""
+        slab = self._open
+        if slab is None or slab.end >= self.slab_bytes:
+            slab = self._start()
+        view = memoryview(data)
+        offset = slab.end
+        while view:
+            written = os.pwrite(slab.fd, view, slab.end)
+            slab.end += written
+            view = view[written:]
+        return f"{_PREFIX}{slab.name}:{offset}"
+
+    def added(self, filename: str, size: int, *, inserted: bool = True) -> None:
+        """A row naming ``filename`` (from ``append``) was inserted (or, not ``inserted``,
+        made to name it)."""
+        counts = self._txn.setdefault(_parse(filename)[0], [0, 0])
+        counts[0] += 1
+        counts[1] += size
+        if inserted:
+            self._inserted += size
+
+    def _start(self) -> _Open:
+        if self._open is not None:
+            self._sealing.append(self._open)
+        name = f"{time.time_ns():x}-{os.getpid()}-{os.urandom(3).hex()}.slab"
+        path = self.path(name)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._open = _Open(name, path, fd)
+        return self._open
+
+    def settle(self, sql: Sql) -> None:
+        """At the end of a write transaction: count what it appended and added in
+        ``Slabs`` and in diskcache's size (less the rows inserted, which diskcache's
+        trigger counted), seal the slabs filled, and retire the sealed ones left empty."""
+        extra = -self._inserted
+        for slab in [*self._sealing, *([self._open] if self._open else [])]:
+            if not slab.registered:
+                sql("INSERT OR IGNORE INTO Slabs(name) VALUES (?)", (slab.name,))
+            rows, size = self._txn.get(slab.name, (0, 0))
+            sealed = 1 if slab is not self._open else 0
+            if rows or sealed or slab.end != slab.accounted:
+                sql(
+                    "UPDATE Slabs SET bytes = ?, live = live + ?, live_bytes = live_bytes + ?,"
+                    " sealed = max(sealed, ?) WHERE name = ?",
+                    (slab.end, rows, size, sealed, slab.name),
+                )
+            extra += slab.end - slab.accounted
+        if extra:
+            sql("UPDATE Settings SET value = value + ? WHERE key = 'size'", (extra,))
+        self._retire(sql)
+
+    def committed(self) -> None:
+        """The transaction ``settle`` ran in committed."""
+        for slab in self._sealing:
+            os.close(slab.fd)  # lets go of its lock too
+        self._sealing = []
+        if self._open is not None:
+            self._open.accounted = self._open.end
+            self._open.registered = True
+        self._txn = {}
+        self._inserted = 0
+        for name in self._unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+        self._unlink = []
+
+    def rolled_back(self) -> None:
+        """The transaction ``settle`` ran in (or would have) rolled back: what it counted
+        is counted again by the next; the bytes it appended stay, dead, in the slab."""
+        self._txn = {}
+        self._inserted = 0
+        self._unlink = []
+
+    def _retire(self, sql: Sql) -> None:
+        rows = sql("SELECT name, bytes FROM Slabs WHERE sealed = 1 AND live <= 0", ()).fetchall()
+        for name, size in rows:
+            sql("DELETE FROM Slabs WHERE name = ?", (name,))
+            sql("UPDATE Settings SET value = value - ? WHERE key = 'size'", (size,))
+            self._unlink.append(name)
+
+    # --- maintenance (inside the store's write transaction) ---------------------------
+
+    def seal_abandoned(self, sql: Sql) -> int:
+        """Seal the unsealed slabs of processes gone (their lock is free), and remove
+        slab files with no row whose process is gone; how many were sealed."""
+        own = {s.name for s in [*self._sealing, *([self._open] if self._open else [])]}
+        known = {
+            name: sealed for name, sealed in sql("SELECT name, sealed FROM Slabs", ()).fetchall()
+        }
+        sealed = 0
+        for name in os.listdir(self.directory):
+            if name in own or known.get(name) == 1 or not name.endswith(".slab"):
+                continue
+            path = self.path(name)
+            if name not in known:
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(path).st_mtime < _ORPHAN_AGE:
+                        continue
+            if not _lock_free(path):
+                continue
+            if name in known:
+                sql("UPDATE Slabs SET sealed = 1 WHERE name = ?", (name,))
+                sealed += 1
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        return sealed
+
+    def dead_bytes(self, sql: Sql) -> int:
+        row = sql("SELECT total(bytes - live_bytes) FROM Slabs WHERE sealed = 1", ()).fetchone()
+        return int(row[0])
+
+    def compact(self, sql: Sql, verified: Callable[[str, bytes], bool]) -> list[str]:
+        """When dead bytes in sealed slabs pass their share of the size limit: copy the
+        live bodies of the sealed slab with the most dead bytes to the open slab (those
+        that ``verified(key, data)``; the others' rows are deleted), so it can be retired.
+        The keys of the rows moved or deleted."""
+        if self.dead_bytes(sql) <= self._size_limit * _DEAD_SHARE:
+            return []
+        row = sql(
+            "SELECT name FROM Slabs WHERE sealed = 1 ORDER BY bytes - live_bytes DESC LIMIT 1",
+            (),
+        ).fetchone()
+        if row is None:
+            return []
+        name = row[0]
+        low, high = f"{_PREFIX}{name}:", f"{_PREFIX}{name};"
+        rows = sql(
+            "SELECT rowid, key, filename, size FROM Cache WHERE filename GLOB 'slabs/*'"
+            " AND filename >= ? AND filename < ?",
+            (low, high),
+        ).fetchall()
+        moved: list[str] = []
+        fd = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            for rowid, key, filename, size in rows:
+                data = os.pread(fd, size, _parse(filename)[1])
+                if len(data) != size or not verified(key, data):
+                    sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                else:
+                    place = self.append(data)
+                    sql("UPDATE Cache SET filename = ? WHERE rowid = ?", (place, rowid))
+                    sql(
+                        "UPDATE Slabs SET live = live - 1, live_bytes = live_bytes - ?"
+                        " WHERE name = ?",
+                        (size, name),
+                    )
+                    self.added(place, size, inserted=False)
+                moved.append(key)
+        finally:
+            os.close(fd)
+        return moved
+
+    def seal(self) -> None:
+        """No more appends: the open slab is sealed by the next ``settle``."""
+        if self._open is not None:
+            self._sealing.append(self._open)
+            self._open = None
+
+    def release(self) -> None:
+        """Close the slabs still held (sealed or not: their lock going lets another
+        process seal them)."""
+        for slab in self._sealing:
+            with contextlib.suppress(OSError):
+                os.close(slab.fd)
+        self._sealing = []
+
+
+def read(directory: str, filename: str, size: int) -> tuple[SlabPlace, bytes]:
+    """The ``size`` bytes a row of the cache in ``directory`` names by ``filename``, and
+    where they lie; fewer when the slab was cut short. Raises FileNotFoundError when the
+    slab went (retired after the row was read)."""
+    found = place(directory, filename)
+    return found, read_at(found, size)
+
+
+def place(directory: str, filename: str) -> SlabPlace:
+    """Where a row of the cache in ``directory`` that names ``filename`` has its bytes."""
+    name, offset = _parse(filename)
+    return SlabPlace(os.path.join(directory, DIRECTORY, name), offset)
+
+
+def read_at(place: SlabPlace, size: int) -> bytes:
+    fd = os.open(place.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.pread(fd, size, place.offset)
+    finally:
+        os.close(fd)
+
+
+def _lock_free(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # the lock, if taken, goes with it
+    return True
