@@ -259,8 +259,11 @@ class _Reads:
         "UPDATE Cache SET access_time = ? WHERE raw = 1 AND key IN (SELECT value FROM json_each(?))"
     )
 
-    def __init__(self, directory: str, wall: Clock = time.time) -> None:
+    def __init__(
+        self, directory: str, slab_reads: slabs.SlabReads, wall: Clock = time.time
+    ) -> None:
         self._directory = directory
+        self._slabs = slab_reads
         self._path = os.path.join(directory, "cache.db")
         self._wall = wall
         self._local = threading.local()
@@ -303,7 +306,7 @@ class _Reads:
             return rowid, value
         if mode == diskcache.core.MODE_BINARY and slabs.is_slab(filename):
             try:
-                return slabs.read(self._directory, filename, size)
+                return self._slabs.read(filename, size)
             except FileNotFoundError:
                 if sql is not None or retried:
                     raise
@@ -744,7 +747,8 @@ class Store:
         except (sqlite3.Error, OSError) as e:
             self._cache.close()
             raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
-        self._reads = _Reads(self.directory)
+        self._slab_reads = slabs.SlabReads(self.directory)
+        self._reads = _Reads(self.directory, self._slab_reads)
         self._epoch_file = os.path.join(self.directory, "epoch")
         with open(self._epoch_file, "ab"):
             pass
@@ -813,6 +817,7 @@ class Store:
             self._slabs.rolled_back()  # the slab's lock going lets another process seal it
             log.warning("cannot seal the cache's open slab: %s", e)
         self._slabs.release()
+        self._slab_reads.close()
         self._cache.close()
 
     def flush_recency(self) -> int:
@@ -845,6 +850,7 @@ class Store:
             return
         for bkey in moved:
             self._drop_body(bkey)  # its place in this process's index is the old one
+        self._slab_reads.prune()
 
     @staticmethod
     def _verified_row(bkey: str, data: bytes) -> bool:
@@ -1159,7 +1165,7 @@ class Store:
             if isinstance(place, int):
                 data = self._reads.row(place, bkey)
             elif isinstance(place, slabs.SlabPlace):
-                data = slabs.read_at(place, entry.body_length)
+                data = self._slab_reads.read_at(place, entry.body_length)
             elif place:
                 fd = os.open(place, os.O_RDONLY)
                 try:

@@ -4,6 +4,7 @@ slabs, compaction around bodies still in use, slabs of a process killed with kil
 transaction that fails after its bytes were appended."""
 
 import calendar
+import contextlib
 import hashlib
 import os
 import signal
@@ -282,3 +283,31 @@ def test_two_processes_write_their_own_slabs_and_read_each_others(tmp_path: Path
         assert len(slab_files(tmp_path)) == 1
         (got,) = s.variants(b.key)
         assert s.get_body(got) == body(2)
+
+
+def deleted_slabs_open() -> list[str]:
+    """Slab files this process holds open although they were deleted."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if "/slabs/" in target and target.endswith("(deleted)"):
+                found.append(target)
+    return found
+
+
+def test_a_slab_retired_by_another_process_is_let_go_by_readers(tmp_path: Path) -> None:
+    with Store(tmp_path, size_limit=64 << 20, memory_bytes=0) as writer:
+        entries = [fill(writer, i) for i in range(110)]  # the first slab fills up
+        with Store(tmp_path, memory_bytes=0) as reader:
+            (got,) = reader.variants(entries[0].key)
+            assert reader.get_body(got) == body(0)  # the reader keeps the slab open
+            for e in entries[: -(-writer._slabs.slab_bytes // BODY)]:
+                writer.remove(e.key)
+            writer.maintain()  # the first slab is empty and sealed: retired
+            assert len(slab_files(tmp_path)) == 1
+            assert len(deleted_slabs_open()) == 1  # the reader's descriptor holds it
+            reader.maintain()
+            assert deleted_slabs_open() == []  # its space is free now
+            (last,) = reader.variants(entries[-1].key)
+            assert reader.get_body(last) == body(109)
