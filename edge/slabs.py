@@ -50,19 +50,37 @@ _DEAD_SHARE = 0.1
 # its lock is free and it is older than this (its owner may not have locked it yet).
 _ORPHAN_AGE = 60.0
 
+_NAME = "substr({row}.filename, 7, instr({row}.filename, ':') - 7)"
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS Slabs (name TEXT PRIMARY KEY, sealed INTEGER NOT NULL"
     " DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, live INTEGER NOT NULL DEFAULT 0,"
     " live_bytes INTEGER NOT NULL DEFAULT 0)",
-    # A deleted row's bytes stay on disk until its slab goes: they stay in the size too.
+    # A slab's rows count nothing in diskcache's size: the slab's bytes do, as written
+    # (Slabs.settle), until the slab goes. The triggers undo diskcache's own counting of
+    # them, and keep each slab's rows and their bytes, whoever inserts, deletes or moves.
+    "CREATE TRIGGER IF NOT EXISTS Slabs_row_insert AFTER INSERT ON Cache FOR EACH ROW"
+    " WHEN NEW.filename GLOB 'slabs/*' BEGIN"
+    " UPDATE Settings SET value = value - NEW.size WHERE key = 'size';"
+    f" INSERT INTO Slabs(name, live, live_bytes) VALUES ({_NAME.format(row='NEW')}, 1, NEW.size)"
+    " ON CONFLICT(name) DO UPDATE SET live = live + 1, live_bytes = live_bytes + NEW.size;"
+    " END",
     "CREATE TRIGGER IF NOT EXISTS Slabs_row_delete AFTER DELETE ON Cache FOR EACH ROW"
     " WHEN OLD.filename GLOB 'slabs/*' BEGIN"
     " UPDATE Settings SET value = value + OLD.size WHERE key = 'size';"
     " UPDATE Slabs SET live = live - 1, live_bytes = live_bytes - OLD.size"
-    " WHERE name = substr(OLD.filename, 7, instr(OLD.filename, ':') - 7); END",
+    f" WHERE name = {_NAME.format(row='OLD')}; END",
+    "CREATE TRIGGER IF NOT EXISTS Slabs_row_move AFTER UPDATE OF filename ON Cache FOR EACH ROW"
+    " WHEN OLD.filename GLOB 'slabs/*' AND NEW.filename GLOB 'slabs/*' BEGIN"
+    " UPDATE Slabs SET live = live - 1, live_bytes = live_bytes - OLD.size"
+    f" WHERE name = {_NAME.format(row='OLD')};"
+    f" INSERT INTO Slabs(name, live, live_bytes) VALUES ({_NAME.format(row='NEW')}, 1, NEW.size)"
+    " ON CONFLICT(name) DO UPDATE SET live = live + 1, live_bytes = live_bytes + NEW.size;"
+    " END",
     # The rows of one slab, for compaction (partial: other rows pay nothing for it).
     "CREATE INDEX IF NOT EXISTS Cache_slab ON Cache(filename) WHERE filename GLOB 'slabs/*'",
 )
+# The rows of one slab, by the partial index (its condition repeated, so SQLite uses it).
+_ROWS_OF = "FROM Cache WHERE filename GLOB 'slabs/*' AND filename >= ? AND filename < ?"
 
 
 def is_slab(filename: object) -> bool:
@@ -75,6 +93,11 @@ def _parse(filename: str) -> tuple[str, int]:
     return name, int(offset)
 
 
+def _range(name: str) -> tuple[str, str]:
+    """The filenames of slab ``name``'s rows lie in [low, high)."""
+    return f"{_PREFIX}{name}:", f"{_PREFIX}{name};"
+
+
 @dataclass(frozen=True, slots=True)
 class SlabPlace:
     """Where a body lies in a slab: the slab file's path and the offset."""
@@ -85,18 +108,19 @@ class SlabPlace:
 
 @dataclass(slots=True)
 class _Open:
-    """The slab this process appends to."""
+    """A slab this process appends to (or did, until its seal is committed)."""
 
     name: str
     path: str
     fd: int
     end: int = 0  # bytes written
     accounted: int = 0  # bytes counted in Slabs and diskcache's size, as last committed
-    registered: bool = False  # its Slabs row committed
 
 
 class Slabs:
-    """The slabs of one cache directory, as this process writes and reads them."""
+    """The slabs of one cache directory, as this process writes them. Not thread-safe:
+    the store calls it under its write lock, from a transaction's start to its end
+    (``committed`` or ``rolled_back`` included)."""
 
     def __init__(self, directory: str, size_limit: int) -> None:
         self.directory = os.path.join(directory, DIRECTORY)
@@ -107,12 +131,13 @@ class Slabs:
         self._size_limit = size_limit
         self._open: _Open | None = None
         self._sealing: list[_Open] = []  # full slabs whose seal is not committed yet
-        self._txn: dict[str, list[int]] = {}  # slab -> [rows, bytes] added in this transaction
-        self._inserted = 0  # bytes of the rows inserted in it (diskcache counted them)
         self._unlink: list[str] = []  # retired in this transaction: unlinked after it
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
+
+    def _own(self) -> list[_Open]:
+        return [*self._sealing, *([self._open] if self._open is not None else [])]
 
     # --- writes (inside the store's write transaction) -------------------------------
 
@@ -129,18 +154,8 @@ class Slabs:
             view = view[written:]
         return f"{_PREFIX}{slab.name}:{offset}"
 
-    def added(self, filename: str, size: int, *, inserted: bool = True) -> None:
-        """A row naming ``filename`` (from ``append``) was inserted (or, not ``inserted``,
-        made to name it)."""
-        counts = self._txn.setdefault(_parse(filename)[0], [0, 0])
-        counts[0] += 1
-        counts[1] += size
-        if inserted:
-            self._inserted += size
-
     def _start(self) -> _Open:
-        if self._open is not None:
-            self._sealing.append(self._open)
+        """A new open slab (the one before it, if any, to be sealed)."""
         name = f"{time.time_ns():x}-{os.getpid()}-{os.urandom(3).hex()}.slab"
         path = self.path(name)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -149,72 +164,70 @@ class Slabs:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
+        if self._open is not None:
+            self._sealing.append(self._open)
         self._open = _Open(name, path, fd)
         return self._open
 
     def settle(self, sql: Sql) -> None:
-        """At the end of a write transaction: count what it appended and added in
-        ``Slabs`` and in diskcache's size (less the rows inserted, which diskcache's
-        trigger counted), seal the slabs filled, and retire the sealed ones left empty."""
-        extra = -self._inserted
-        for slab in [*self._sealing, *([self._open] if self._open else [])]:
-            if not slab.registered:
-                sql("INSERT OR IGNORE INTO Slabs(name) VALUES (?)", (slab.name,))
-            rows, size = self._txn.get(slab.name, (0, 0))
-            sealed = 1 if slab is not self._open else 0
-            if rows or sealed or slab.end != slab.accounted:
+        """At the end of a write transaction: count the bytes appended since the last
+        commit in ``Slabs`` and diskcache's size, seal the slabs filled, and retire the
+        sealed ones left with no row."""
+        grown = 0
+        for slab in self._own():
+            sealed = 0 if slab is self._open else 1
+            if sealed or slab.end != slab.accounted:
                 sql(
-                    "UPDATE Slabs SET bytes = ?, live = live + ?, live_bytes = live_bytes + ?,"
-                    " sealed = max(sealed, ?) WHERE name = ?",
-                    (slab.end, rows, size, sealed, slab.name),
+                    "INSERT INTO Slabs(name, bytes, sealed) VALUES (?, ?, ?) ON CONFLICT(name)"
+                    " DO UPDATE SET bytes = excluded.bytes, sealed = max(sealed, excluded.sealed)",
+                    (slab.name, slab.end, sealed),
                 )
-            extra += slab.end - slab.accounted
-        if extra:
-            sql("UPDATE Settings SET value = value + ? WHERE key = 'size'", (extra,))
-        self._retire(sql)
-
-    def committed(self) -> None:
-        """The transaction ``settle`` ran in committed."""
-        for slab in self._sealing:
-            os.close(slab.fd)  # lets go of its lock too
-        self._sealing = []
-        if self._open is not None:
-            self._open.accounted = self._open.end
-            self._open.registered = True
-        self._txn = {}
-        self._inserted = 0
-        for name in self._unlink:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path(name))
-        self._unlink = []
-
-    def rolled_back(self) -> None:
-        """The transaction ``settle`` ran in (or would have) rolled back: what it counted
-        is counted again by the next; the bytes it appended stay, dead, in the slab."""
-        self._txn = {}
-        self._inserted = 0
-        self._unlink = []
-
-    def _retire(self, sql: Sql) -> None:
+                grown += slab.end - slab.accounted
+        if grown:
+            sql("UPDATE Settings SET value = value + ? WHERE key = 'size'", (grown,))
         rows = sql("SELECT name, bytes FROM Slabs WHERE sealed = 1 AND live <= 0", ()).fetchall()
         for name, size in rows:
             sql("DELETE FROM Slabs WHERE name = ?", (name,))
             sql("UPDATE Settings SET value = value - ? WHERE key = 'size'", (size,))
             self._unlink.append(name)
 
+    def committed(self) -> None:
+        """The transaction ``settle`` ran in committed."""
+        while self._sealing:
+            with contextlib.suppress(OSError):
+                os.close(self._sealing.pop().fd)  # its lock goes with it
+        if self._open is not None:
+            self._open.accounted = self._open.end
+        for name in self._unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+        self._unlink = []
+
+    def rolled_back(self) -> None:
+        """The transaction rolled back: the next one counts what this one would have; the
+        bytes it appended stay, dead, in the slab."""
+        self._unlink = []
+
     # --- maintenance (inside the store's write transaction) ---------------------------
 
-    def seal_abandoned(self, sql: Sql) -> int:
-        """Seal the unsealed slabs of processes gone (their lock is free), and remove
-        slab files with no row whose process is gone; how many were sealed."""
-        own = {s.name for s in [*self._sealing, *([self._open] if self._open else [])]}
-        known = {
-            name: sealed for name, sealed in sql("SELECT name, sealed FROM Slabs", ()).fetchall()
-        }
-        sealed = 0
-        for name in os.listdir(self.directory):
-            if name in own or known.get(name) == 1 or not name.endswith(".slab"):
+    def check(self, sql: Sql) -> None:
+        """Seal the unsealed slabs of processes gone (their lock is free); drop the rows
+        of slabs whose file is gone (what they named cannot be read); remove slab files
+        with no row whose process is gone."""
+        own = {slab.name for slab in self._own()}
+        known = dict(sql("SELECT name, sealed FROM Slabs", ()).fetchall())
+        present = set(os.listdir(self.directory))
+        for name, sealed in known.items():
+            if name in own or name in present:
+                continue
+            sql(f"DELETE {_ROWS_OF}", _range(name))
+            if not sealed:
+                sql("UPDATE Slabs SET sealed = 1 WHERE name = ?", (name,))
+        for name in present - own:
+            if not name.endswith(".slab") or known.get(name) == 1:
                 continue
             path = self.path(name)
             if name not in known:
@@ -225,52 +238,37 @@ class Slabs:
                 continue
             if name in known:
                 sql("UPDATE Slabs SET sealed = 1 WHERE name = ?", (name,))
-                sealed += 1
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        return sealed
-
-    def dead_bytes(self, sql: Sql) -> int:
-        row = sql("SELECT total(bytes - live_bytes) FROM Slabs WHERE sealed = 1", ()).fetchone()
-        return int(row[0])
 
     def compact(self, sql: Sql, verified: Callable[[str, bytes], bool]) -> list[str]:
         """When dead bytes in sealed slabs pass their share of the size limit: copy the
         live bodies of the sealed slab with the most dead bytes to the open slab (those
         that ``verified(key, data)``; the others' rows are deleted), so it can be retired.
         The keys of the rows moved or deleted."""
-        if self.dead_bytes(sql) <= self._size_limit * _DEAD_SHARE:
-            return []
         row = sql(
-            "SELECT name FROM Slabs WHERE sealed = 1 ORDER BY bytes - live_bytes DESC LIMIT 1",
+            "SELECT name, total(bytes - live_bytes) OVER () FROM Slabs WHERE sealed = 1"
+            " ORDER BY bytes - live_bytes DESC LIMIT 1",
             (),
         ).fetchone()
-        if row is None:
+        if row is None or row[1] <= self._size_limit * _DEAD_SHARE:
             return []
         name = row[0]
-        low, high = f"{_PREFIX}{name}:", f"{_PREFIX}{name};"
-        rows = sql(
-            "SELECT rowid, key, filename, size FROM Cache WHERE filename GLOB 'slabs/*'"
-            " AND filename >= ? AND filename < ?",
-            (low, high),
-        ).fetchall()
+        rows = sql(f"SELECT rowid, key, filename, size {_ROWS_OF}", _range(name)).fetchall()
+        try:
+            fd = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            sql(f"DELETE {_ROWS_OF}", _range(name))  # nothing there to keep
+            return [key for _, key, _, _ in rows]
         moved: list[str] = []
-        fd = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             for rowid, key, filename, size in rows:
                 data = os.pread(fd, size, _parse(filename)[1])
                 if len(data) != size or not verified(key, data):
                     sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
                 else:
-                    place = self.append(data)
-                    sql("UPDATE Cache SET filename = ? WHERE rowid = ?", (place, rowid))
-                    sql(
-                        "UPDATE Slabs SET live = live - 1, live_bytes = live_bytes - ?"
-                        " WHERE name = ?",
-                        (size, name),
-                    )
-                    self.added(place, size, inserted=False)
+                    sql("UPDATE Cache SET filename = ? WHERE rowid = ?", (self.append(data), rowid))
                 moved.append(key)
         finally:
             os.close(fd)
@@ -285,10 +283,9 @@ class Slabs:
     def release(self) -> None:
         """Close the slabs still held (sealed or not: their lock going lets another
         process seal them)."""
-        for slab in self._sealing:
+        while self._sealing:
             with contextlib.suppress(OSError):
-                os.close(slab.fd)
-        self._sealing = []
+                os.close(self._sealing.pop().fd)
 
 
 class SlabReads:

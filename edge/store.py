@@ -744,10 +744,11 @@ class Store:
                 for statement in slabs.SCHEMA:
                     self._cache._sql(statement)
             self._slabs = slabs.Slabs(self.directory, size_limit)
-        except (sqlite3.Error, OSError) as e:
+        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
             self._cache.close()
             raise StoreError(f"cannot open cache directory {self.directory}: {e}") from e
         self._slab_reads = slabs.SlabReads(self.directory)
+        self._closed = False
         self._reads = _Reads(self.directory, self._slab_reads)
         self._epoch_file = os.path.join(self.directory, "epoch")
         with open(self._epoch_file, "ab"):
@@ -808,17 +809,31 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self._reads.flush()
         self._reads.close()
-        self._slabs.seal()
-        try:
-            with self._writing, self._cache.transact():
-                self._slabs.settle(self._cache._sql)
-            self._slabs.committed()
-        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
-            self._slabs.rolled_back()  # the slab's lock going lets another process seal it
-            log.warning("cannot seal the cache's open slab: %s", e)
-        self._slabs.release()
+        with self._writing:
+            self._closed = True
+            self._slabs.seal()
+            try:
+                with self._writes() as sql:
+                    self._slabs.settle(sql)
+            except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+                # Its lock going lets another process seal it.
+                log.warning("cannot seal the cache's open slab: %s", e)
+            self._slabs.release()
         self._slab_reads.close()
         self._cache.close()
+
+    @contextlib.contextmanager
+    def _writes(self) -> Iterator[Sql]:
+        """A write transaction of this process (in its turn of ``_writing``), the slabs
+        told how it ended before the turn passes."""
+        with self._writing:
+            try:
+                with self._cache.transact():
+                    yield self._cache._sql
+            except BaseException:
+                self._slabs.rolled_back()
+                raise
+            self._slabs.committed()
 
     def flush_recency(self) -> int:
         """Write back which entries were read since the last call (LRU eviction order),
@@ -834,22 +849,24 @@ class Store:
         return flushed
 
     def maintain(self) -> None:
-        """Seal the slabs of processes gone, compact one slab when dead bytes in slabs pass
-        their share of the size limit, and retire the slabs left empty (edge.slabs)."""
-        moved: list[str] = []
-        try:
-            with self._writing, self._cache.transact():
-                sql = self._cache._sql
-                self._slabs.seal_abandoned(sql)
-                moved = self._slabs.compact(sql, self._verified_row)
-                self._slabs.settle(sql)
-            self._slabs.committed()
-        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
-            self._slabs.rolled_back()
-            self._write_failed(e)
-            return
-        for bkey in moved:
-            self._drop_body(bkey)  # its place in this process's index is the old one
+        """Seal the slabs of processes gone and retire the slabs left empty; then, in a
+        transaction of its own, compact one slab when dead bytes in slabs pass their share
+        of the size limit (edge.slabs)."""
+        with self._writing:
+            if self._closed:
+                return
+            moved: list[str] = []
+            try:
+                with self._writes() as sql:
+                    self._slabs.check(sql)
+                    self._slabs.settle(sql)
+                with self._writes() as sql:
+                    moved = self._slabs.compact(sql, self._verified_row)
+                    self._slabs.settle(sql)
+            except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+                self._write_failed(e)
+            for bkey in moved:
+                self._drop_body(bkey)  # its place in this process's index is the old one
         self._slab_reads.prune()
 
     @staticmethod
@@ -1174,8 +1191,8 @@ class Store:
                     os.close(fd)
             else:  # a row this process wrote: found by key, then by rowid
                 found = self._reads.find(bkey)
-                if found is None or not isinstance(found[1], bytes):
-                    return None
+                if found is None or not isinstance(found[0], int) or type(found[1]) is not bytes:
+                    return None  # a file or a slab: not checked yet, read as new
                 where, data = found[0], found[1]
                 if len(data) == entry.body_length:
                     with self._lock:
@@ -1296,7 +1313,7 @@ class Store:
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
         begun: list[_Fill] = []
         try:
-            with self._writing, self._cache.transact():
+            with self._writes():
                 cache = self._cache
                 now = time.time()
                 for fill in fills:
@@ -1312,14 +1329,12 @@ class Store:
                 for fill in fills:
                     self._remember(fill, epoch)
         except Exception as e:
-            self._slabs.rolled_back()
             for fill in begun:
                 self._undo(fill)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
                 return [None] * len(fills)
             raise
-        self._slabs.committed()
         moved = False
         for fill in fills:
             bkey = _body_key(fill.entry)
@@ -1356,10 +1371,7 @@ class Store:
         else:
             size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
             fill.place = cache.disk.placed
-        if sql(self._INSERT, (bkey, now, now, size, mode, filename, value)).rowcount:
-            if slab:
-                self._slabs.added(filename, size)
-        else:
+        if not sql(self._INSERT, (bkey, now, now, size, mode, filename, value)).rowcount:
             # These very bytes are stored already (the key names their digest): kept.
             sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (now, bkey))
             if isinstance(fill.place, str) and fill.place:

@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 from edge import slabs
@@ -311,3 +313,119 @@ def test_a_slab_retired_by_another_process_is_let_go_by_readers(tmp_path: Path) 
             assert deleted_slabs_open() == []  # its space is free now
             (last,) = reader.variants(entries[-1].key)
             assert reader.get_body(last) == body(109)
+
+
+def consistent(tmp_path: Path) -> None:
+    """Each slab's counts are its rows', every slab row names a known slab, and what is on
+    disk is what diskcache counts."""
+    with db(tmp_path) as conn:
+        wrong = conn.execute(
+            "SELECT s.name, s.live, (SELECT count(*) FROM Cache c"
+            " WHERE c.filename GLOB 'slabs/' || s.name || ':*') AS n FROM Slabs s"
+            " WHERE s.live != n"
+        ).fetchall()
+        unknown = conn.execute(
+            "SELECT count(*) FROM Cache WHERE filename GLOB 'slabs/*' AND"
+            " substr(filename, 7, instr(filename, ':') - 7) NOT IN (SELECT name FROM Slabs)"
+        ).fetchone()[0]
+    assert wrong == [] and unknown == 0
+    assert settings_size(tmp_path) == on_disk(tmp_path)
+
+
+def test_fills_and_maintenance_in_threads_keep_the_counts(tmp_path: Path) -> None:
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads change often: every window between steps shows
+    try:
+        with Store(tmp_path, size_limit=256 << 20, memory_bytes=0) as s:
+            s._slabs.slab_bytes = 64 << 10  # a seal every 16 fills
+            stop = time.monotonic() + 2.0
+
+            def filler(t: int) -> None:
+                for i in range(100_000):
+                    if time.monotonic() > stop:
+                        return
+                    fill(s, t * 1_000_000 + i, 4096)
+
+            def maintainer() -> None:
+                while time.monotonic() < stop:
+                    s.maintain()
+
+            threads = [threading.Thread(target=filler, args=(t,)) for t in range(4)]
+            threads.append(threading.Thread(target=maintainer))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            consistent(tmp_path)
+    finally:
+        sys.setswitchinterval(switch)
+    consistent(tmp_path)
+
+
+def test_a_slab_that_cannot_be_started_fails_one_commit_only(tmp_path: Path) -> None:
+    with Store(tmp_path, size_limit=64 << 20, memory_bytes=0) as s:
+        per_slab = -(-s._slabs.slab_bytes // BODY)
+        for i in range(per_slab):
+            fill(s, i)  # the first slab is full: the next fill starts another
+        directory = tmp_path / slabs.DIRECTORY
+        directory.rename(tmp_path / "away")
+        directory.write_bytes(b"")  # a file where the directory was: the open fails
+        w = s.writer()
+        assert w is not None and w.write(body(1000))
+        assert w.commit(entry("/o/1000"), BODY) is None
+        directory.unlink()
+        (tmp_path / "away").rename(directory)
+        for i in range(1001, 1004):
+            fill(s, i)
+        consistent(tmp_path)
+        assert len(slab_files(tmp_path)) == 2
+        (got,) = s.variants("https://example.com/o/1003")
+        assert s.get_body(got) == body(1003)
+
+
+def test_a_refill_of_the_same_bytes_never_serves_damaged_ones(tmp_path: Path) -> None:
+    with Store(tmp_path, memory_bytes=0) as s:
+        fill(s, 1)
+    (name,) = slab_files(tmp_path)
+    path = tmp_path / slabs.DIRECTORY / name
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with Store(tmp_path, memory_bytes=0) as s:
+        again = fill(s, 1)  # the same response again: its body's row is there already
+        assert s.get_body(again) is None  # checked against the digest, not served
+        assert s.variants(again.key) == ()
+
+
+def test_a_lost_slab_file_drops_its_rows_and_maintenance_goes_on(tmp_path: Path) -> None:
+    with Store(tmp_path, size_limit=8 << 20, memory_bytes=0) as s:
+        entries = [fill(s, i) for i in range(300)]
+        per_slab = -(-s._slabs.slab_bytes // BODY)
+        for e in entries[: per_slab - 8]:
+            s.remove(e.key)  # most of the first slab dead
+        first = sorted(slab_files(tmp_path))[0]
+        os.unlink(tmp_path / slabs.DIRECTORY / first)  # lost: by hand, or a damaged disk
+        failures = s.stats().store_failures
+        s.maintain()
+        assert s.stats().store_failures == failures
+        consistent(tmp_path)
+        for e in entries[per_slab - 8 : per_slab]:
+            (got,) = s.variants(e.key) or (e,)
+            assert s.get_body(got) is None  # its row went with the slab: a miss
+        (got,) = s.variants(entries[-1].key)
+        assert s.get_body(got) == body(299)
+
+
+def test_a_row_culled_in_the_transaction_that_started_its_slab_is_counted(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path, size_limit=400_000, memory_bytes=0) as a:
+        for i in range(40):  # dead bytes of a's open slab fill the cache
+            a.remove(fill(a, i).key)
+        with Store(tmp_path, size_limit=400_000, memory_bytes=0) as b:
+            fill(b, 100)  # b's first slab; the cull of its transaction takes this very row
+            consistent(tmp_path)
+    with Store(tmp_path, size_limit=400_000) as s:
+        s.maintain()
+        consistent(tmp_path)
+    assert slab_files(tmp_path) == {}
