@@ -214,9 +214,15 @@ class Slabs:
     # --- maintenance (inside the store's write transaction) ---------------------------
 
     def check(self, sql: Sql) -> None:
-        """Seal the unsealed slabs of processes gone (their lock is free); drop the rows
+        """Seal this process's open slab when none of its rows is left, and the unsealed
+        slabs of processes gone (their lock is free); drop the rows
         of slabs whose file is gone (what they named cannot be read); remove slab files
         with no row whose process is gone."""
+        slab = self._open
+        if slab is not None and slab.end == slab.accounted:
+            row = sql("SELECT live FROM Slabs WHERE name = ?", (slab.name,)).fetchone()
+            if row is not None and row[0] <= 0:
+                self.seal()  # every row it held went: its bytes go now, not once it is full
         own = {slab.name for slab in self._own()}
         known = dict(sql("SELECT name, sealed FROM Slabs", ()).fetchall())
         present = set(os.listdir(self.directory))

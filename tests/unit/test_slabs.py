@@ -278,9 +278,15 @@ def test_two_processes_write_their_own_slabs_and_read_each_others(tmp_path: Path
         assert one.get_body(got_b) == body(2)
         assert two.get_body(got_a) == body(1)
         two.remove(a.key)
-        one.maintain()  # both slabs are open (locked by their stores): neither is retired
+        two.maintain()  # one's slab is empty, but open (its lock held): not two's to seal
         assert len(slab_files(tmp_path)) == 2
-    with Store(tmp_path) as s:  # both were sealed at close; the emptied one is retired
+        one.maintain()  # one's own: sealed and retired
+        assert len(slab_files(tmp_path)) == 1
+        c = fill(one, 3)
+    with Store(tmp_path) as s:  # both were sealed at close
+        s.maintain()
+        assert len(slab_files(tmp_path)) == 2
+        s.remove(c.key)
         s.maintain()
         assert len(slab_files(tmp_path)) == 1
         (got,) = s.variants(b.key)
@@ -429,3 +435,16 @@ def test_a_row_culled_in_the_transaction_that_started_its_slab_is_counted(
         s.maintain()
         consistent(tmp_path)
     assert slab_files(tmp_path) == {}
+
+
+def test_an_open_slab_whose_rows_all_went_goes_too(tmp_path: Path) -> None:
+    with Store(tmp_path, size_limit=64 << 20, memory_bytes=0) as s:
+        for i in range(5):
+            s.remove(fill(s, i).key)
+        assert len(slab_files(tmp_path)) == 1
+        s.maintain()  # its dead bytes would count against the limit until it filled up
+        assert slab_files(tmp_path) == {}
+        consistent(tmp_path)
+        e = fill(s, 5)  # a new slab
+        assert len(slab_files(tmp_path)) == 1 and s.get_body(e) == body(5)
+        consistent(tmp_path)
