@@ -141,8 +141,9 @@ class Slabs:
 
     # --- writes (inside the store's write transaction) -------------------------------
 
-    def append(self, data: bytes) -> str:
-        """Write ``data`` to the open slab: the filename its row names it by."""
+    def append(self, data: bytes) -> tuple[str, SlabPlace]:
+        """Write ``data`` to the open slab: the filename its row names it by, and where
+        it lies."""
         slab = self._open
         if slab is None or slab.end >= self.slab_bytes:
             slab = self._start()
@@ -152,7 +153,7 @@ class Slabs:
             written = os.pwrite(slab.fd, view, slab.end)
             slab.end += written
             view = view[written:]
-        return f"{_PREFIX}{slab.name}:{offset}"
+        return f"{_PREFIX}{slab.name}:{offset}", SlabPlace(slab.path, offset)
 
     def _start(self) -> _Open:
         """A new open slab (the one before it, if any, to be sealed)."""
@@ -218,13 +219,13 @@ class Slabs:
         slabs of processes gone (their lock is free); drop the rows
         of slabs whose file is gone (what they named cannot be read); remove slab files
         with no row whose process is gone."""
+        rows = sql("SELECT name, sealed, live FROM Slabs", ()).fetchall()
+        known = {name: sealed for name, sealed, _ in rows}
+        emptied = {name for name, _, live in rows if live <= 0}
         slab = self._open
-        if slab is not None and slab.end == slab.accounted:
-            row = sql("SELECT live FROM Slabs WHERE name = ?", (slab.name,)).fetchone()
-            if row is not None and row[0] <= 0:
-                self.seal()  # every row it held went: its bytes go now, not once it is full
+        if slab is not None and slab.end == slab.accounted and slab.name in emptied:
+            self.seal()  # every row it held went: its bytes go now, not once it is full
         own = {slab.name for slab in self._own()}
-        known = dict(sql("SELECT name, sealed FROM Slabs", ()).fetchall())
         present = set(os.listdir(self.directory))
         for name, sealed in known.items():
             if name in own or name in present:
@@ -274,7 +275,8 @@ class Slabs:
                 if len(data) != size or not verified(key, data):
                     sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
                 else:
-                    sql("UPDATE Cache SET filename = ? WHERE rowid = ?", (self.append(data), rowid))
+                    filename = self.append(data)[0]
+                    sql("UPDATE Cache SET filename = ? WHERE rowid = ?", (filename, rowid))
                 moved.append(key)
         finally:
             os.close(fd)

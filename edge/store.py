@@ -1362,12 +1362,9 @@ class Store:
         sql = cache._sql
         bkey = _body_key(entry)
         data = fill.data
-        slab = data is not None and slabs.MIN_BYTES <= len(data) < cache.disk.min_file_size
-        if slab:
-            assert data is not None
-            filename = self._slabs.append(data)
+        if data is not None and slabs.MIN_BYTES <= len(data) < cache.disk.min_file_size:
+            filename, fill.place = self._slabs.append(data)
             size, mode, value = len(data), diskcache.core.MODE_BINARY, None
-            fill.place = slabs.place(self.directory, filename)
         else:
             size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
             fill.place = cache.disk.placed
