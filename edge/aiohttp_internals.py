@@ -45,6 +45,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from edge.filebody import Part, write_wire
 from edge.headers import head_end
 
 log = logging.getLogger("edge")
@@ -125,13 +126,13 @@ class Handover:
 # bytes, or the job for the full handler.
 PlainAnswer = list[bytes] | Handover
 # Answers a received segment holding one plain GET (segment, scheme, client address, a
-# writer of bytes to the client for 1xx interim responses) with the response's wire bytes,
-# or a coroutine giving the answer later (a miss), or None when the full handler must
-# answer it; an empty list closes the connection without an answer (edge.screening's
-# "close" action).
+# writer of bytes to the client for 1xx interim responses) with the response's wire parts
+# (a body file among them is sent with sendfile, edge.filebody), or a coroutine giving the
+# answer later (a miss), or None when the full handler must answer it; an empty list
+# closes the connection without an answer (edge.screening's "close" action).
 FastHit = Callable[
     [bytes, str, str | None, Callable[[bytes], None]],
-    list[bytes] | Coroutine[Any, Any, PlainAnswer] | None,
+    list[Part] | Coroutine[Any, Any, PlainAnswer] | None,
 ]
 # Bytes a client sends while the fast path answers its plain GET's miss, held for after
 # it; reading from the client pauses past this.
@@ -355,7 +356,7 @@ class EdgeRequestHandler(RequestHandler):
         if not wire:  # a screening rule's "close": no answer, no lingering
             transport.close()
             return True
-        transport.writelines(wire)
+        write_wire(transport, wire)
         self._answered()
         return True
 

@@ -52,6 +52,7 @@ from edge.exchange import (
     status_response,
 )
 from edge.fasthit import SimpleGet
+from edge.filebody import FileBody
 from edge.fill import Fill, GroupCommit, Lead
 from edge.headers import (
     client_response_fields,
@@ -333,9 +334,9 @@ class CacheLayer:
 
     # ------------------------------------------------------------------ entry point
 
-    def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
+    def hit_wire(self, key: str, files: bool = False) -> tuple[int, bytes, bytes | FileBody] | None:
         """The raw fast path's answer for primary key `key` (see Hits.hit_wire)."""
-        return self.hits.hit_wire(key)
+        return self.hits.hit_wire(key, files)
 
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
         # What the origin is sent: a field the client named in Connection never reaches

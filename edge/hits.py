@@ -23,6 +23,7 @@ from edge import conditional, ranges
 from edge.aiohttp_internals import SerializedResponse
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
+from edge.filebody import FileBody
 from edge.headers import client_response_fields, head_end, response_head
 from edge.store import Store
 
@@ -114,11 +115,13 @@ class Hits:
             self._prepared[ident] = pre
         return pre
 
-    def hit_wire(self, key: str) -> tuple[int, bytes, bytes] | None:
+    def hit_wire(self, key: str, files: bool = False) -> tuple[int, bytes, bytes | FileBody] | None:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
         directives, conditionals or ranges) for primary key `key` when it is a fresh hit
         whose body is small (read on the loop from disk when it is not in the memory tier,
-        see `small_body`); None otherwise. Decided as the hit path of `serve` decides it."""
+        see `small_body`); None otherwise. Decided as the hit path of `serve` decides it.
+        With `files`, a body verified before that lies in a file of its own comes as a
+        FileBody to send with sendfile (edge.filebody), which the caller must close."""
         now = self.clock()
         peeked = self.store.peek_single(key)
         if peeked is None:
@@ -144,6 +147,12 @@ class Hits:
         if body is None:  # decided fresh before the body is read, not after
             if entry.body_length > INLINE_READ_MAX:
                 return None
+            if files and peeked and (fd := self.store.open_known_file(entry)) is not None:
+                return (
+                    entry.status,
+                    self._hit_head(entry, fresh.age, fresh.ttl),
+                    FileBody(fd, entry.body_length),
+                )
             body = self.store.read_body(entry) if peeked else self.store.get_body(entry)
             if body is None:
                 return None

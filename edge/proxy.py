@@ -56,6 +56,7 @@ from edge.exchange import (
     transfer_coding,
 )
 from edge.fasthit import SimpleGet, parse_simple_get
+from edge.filebody import Part
 from edge.freshness import format_http_date
 from edge.headers import (
     client_response_headers,
@@ -269,9 +270,9 @@ class Proxy:
 
     def answer_plain_get(
         self, data: bytes, scheme: str, remote: str | None, write: Callable[[bytes], None]
-    ) -> list[bytes] | Coroutine[Any, Any, PlainAnswer] | None:
-        """Wire bytes answering `data`, one received segment, when it is a plain GET
-        (edge.fasthit) of a fresh hit in the memory tier, or the coroutine answering it
+    ) -> list[Part] | Coroutine[Any, Any, PlainAnswer] | None:
+        """Wire parts answering `data`, one received segment, when it is a plain GET
+        (edge.fasthit) of a fresh hit, or the coroutine answering it
         when it is a plain miss that no screening rule can meet (CacheLayer.plain_miss;
         `write` sends the client 1xx interim responses); None when `handle` must answer
         it. Same checks, metrics and access log as `handle`; whatever `check` would
@@ -290,7 +291,9 @@ class Proxy:
         key, req, candidates = plain
         logging_on = self.access_log.enabled
         start = time.monotonic() if logging_on else 0.0
-        hit = cache.hit_wire(key)
+        # A body in a file of its own goes by sendfile on plain TCP (edge.filebody), unless
+        # a screening rule may refuse the request (then nothing is opened).
+        hit = cache.hit_wire(key, files=scheme == "http" and not candidates)
         if hit is None:
             if candidates:
                 return None  # screened by `handle`, once
@@ -384,7 +387,7 @@ class Proxy:
 
     def _refuse_plain(
         self, verdict: Verdict, req: SimpleGet, remote: str | None, start: float
-    ) -> list[bytes]:
+    ) -> list[Part]:
         """The fast path's answer to a refused plain GET: the full handler's bytes."""
         status = verdict.status
         self.metrics.response(status, "refused")
@@ -393,7 +396,7 @@ class Proxy:
             self._log_plain(req, remote, status, len(wire[1]) if wire else 0, start, "refused")
         return wire
 
-    def _refusal_wire(self, verdict: Verdict) -> list[bytes]:
+    def _refusal_wire(self, verdict: Verdict) -> list[Part]:
         head, body = refusal_head(verdict, format_http_date(time.time()))
         return [head + head_end(self._refused_status), body]
 

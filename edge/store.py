@@ -1201,6 +1201,27 @@ class Store:
             return None
         return data if data is not None and len(data) == entry.body_length else None
 
+    def open_known_file(self, entry: CacheEntry) -> int | None:
+        """A read-only descriptor on the file of ``entry``'s body, when the body was
+        verified before in this process and lies in a file of its own that still has its
+        length (as ``_known_body`` checks a later read), for sending with sendfile
+        (edge.filebody); the caller closes it. None otherwise: read it with ``read_body``."""
+        with self._lock:
+            place = self._index.get(_body_key(entry))
+        if not isinstance(place, str) or not place:
+            return None
+        try:
+            fd = os.open(place, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size == entry.body_length:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
     def get_body(self, entry: CacheEntry) -> bytes | None:
         """The whole body of ``entry``, verified; None (and the entry evicted) if it is
         missing, truncated or altered.

@@ -1,0 +1,96 @@
+"""Disk hits of bodies in files of their own, sent with sendfile by the raw fast path
+(edge.filebody): whole and in order on a kept-alive connection, and never short when the
+file was cut after the body was verified."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from edge.config import EdgeConfig
+from edge.filebody import FileBody
+from edge.hits import INLINE_READ_MAX
+from tests.integration.edge_helpers import Origin, edge_config, origins, running_edge
+
+# Bodies past diskcache's min_file_size (32 KiB): each in a file of its own.
+SIZES = (40_000, 100 * 1024, INLINE_READ_MAX)
+
+
+def _config(origin: Origin, tmp_path: Path) -> EdgeConfig:
+    # No body of these sizes is held in the memory tier: every hit reads the disk.
+    cache = {"dir": str(tmp_path / "cache"), "memory_object_max": "16KiB"}
+    return edge_config([origin], cache=cache)
+
+
+def _serve(origin: Origin, path: str, body: bytes) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Cache-Control": "max-age=600"})
+
+    origin.routes[path] = handler
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[bytes, bytes]:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: h.test\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def test_disk_hits_of_file_bodies_are_sent_whole_from_their_files(tmp_path: Path) -> None:
+    bodies = {f"/f{size}": os.urandom(size) for size in SIZES}
+    async with origins("a") as (origin,):
+        for path, body in bodies.items():
+            _serve(origin, path, body)
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            cache = edge.proxy.cache
+            assert cache is not None
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for round_ in range(3):  # a miss, then hits, one connection throughout
+                    for path, body in bodies.items():
+                        head, got = await _exchange(reader, writer, path)
+                        assert got == body, (round_, path)
+                        assert (b"; hit" in head) == (round_ > 0), head
+            finally:
+                writer.close()
+            # What the fast path answered them with: the body's file, not its bytes.
+            for path, body in bodies.items():
+                hit = cache.hit_wire(f"http://h.test{path}", files=True)
+                assert hit is not None
+                assert isinstance(hit[2], FileBody) and len(hit[2]) == len(body)
+                hit[2].close()
+                # Without files (a TLS connection, a request screening may refuse): bytes.
+                plain = cache.hit_wire(f"http://h.test{path}")
+                assert plain is not None and plain[2] == body
+            assert all(origin.hits[path] == 1 for path in bodies)
+
+
+async def test_a_body_file_cut_short_after_it_was_verified_is_never_sent_short(
+    tmp_path: Path,
+) -> None:
+    body = os.urandom(100 * 1024)
+    async with origins("a") as (origin,):
+        _serve(origin, "/cut", body)
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for _ in range(2):
+                    assert (await _exchange(reader, writer, "/cut"))[1] == body
+                files = [
+                    p for p in (tmp_path / "cache").rglob("*.val") if p.stat().st_size == len(body)
+                ]
+                assert len(files) == 1
+                os.truncate(files[0], len(body) // 2)
+                head, got = await _exchange(reader, writer, "/cut")
+                assert got == body
+                assert b"; hit" not in head  # fetched again, not served from the cut file
+                assert origin.hits["/cut"] == 2
+            finally:
+                writer.close()

@@ -1,0 +1,126 @@
+"""edge.filebody's write_wire over real loopback connections: a body sent from its file
+comes after its head and whole, also when the socket's buffer fills and the rest goes
+through the transport; a file shorter than its length cuts the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+from edge.filebody import FileBody, write_wire
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+
+
+class _Sender(asyncio.Protocol):
+    """Sends one response when connected: a head and the file at `path` as a FileBody of
+    `length` bytes (the socket's send buffer made small first, if asked)."""
+
+    def __init__(self, path: Path, length: int, small_buffer: bool) -> None:
+        self.path, self.length, self.small_buffer = path, length, small_buffer
+        self.sent = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        if self.small_buffer:
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        fd = os.open(self.path, os.O_RDONLY)
+        body = FileBody(fd, self.length)
+        write_wire(transport, [HEAD % self.length, body])
+        self.sent.set_result(body.fd)
+
+
+async def _receive(
+    path: Path, length: int, *, small_buffer: bool = False, pause: float = 0.0
+) -> tuple[bytes, int]:
+    """What a client gets (until the sender closes or the length is in), and the FileBody's
+    descriptor after write_wire (-1: closed)."""
+    loop = asyncio.get_running_loop()
+    senders: list[_Sender] = []
+
+    def factory() -> _Sender:
+        senders.append(_Sender(path, length, small_buffer))
+        return senders[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        await loop.sock_connect(client, ("127.0.0.1", port))
+        await asyncio.sleep(pause)  # not reading: the sender's socket fills
+        want = len(HEAD % length) + length
+        got = bytearray()
+        while len(got) < want:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(client, 65536), 10)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        fd_after = await asyncio.wait_for(senders[0].sent, 10)
+        return bytes(got), fd_after
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_file_body_follows_its_head_whole(tmp_path: Path) -> None:
+    data = os.urandom(100 * 1024)
+    (tmp_path / "body").write_bytes(data)
+    got, fd_after = await _receive(tmp_path / "body", len(data))
+    assert got == HEAD % len(data) + data
+    assert fd_after == -1  # closed once sent
+
+
+async def test_what_a_full_socket_does_not_take_goes_through_the_transport(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(1 << 20)  # far past both small buffers
+    (tmp_path / "body").write_bytes(data)
+    got, fd_after = await _receive(tmp_path / "body", len(data), small_buffer=True, pause=0.2)
+    assert got == HEAD % len(data) + data
+    assert fd_after == -1
+
+
+async def test_a_file_shorter_than_its_length_cuts_the_connection(tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    (tmp_path / "body").write_bytes(data)
+    length = len(data) + 1000  # checked at 51,000 bytes, cut since
+    got, fd_after = await _receive(tmp_path / "body", length)
+    assert got.startswith(HEAD % length)
+    assert len(got) < len(HEAD % length) + length  # the client sees a cut response
+    assert fd_after == -1
+
+
+async def test_bytes_only_go_out_as_they_are() -> None:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[bytes] = loop.create_future()
+    got = bytearray()
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.extend(data)
+            if len(got) >= 4 and not received.done():
+                received.set_result(bytes(got))
+
+    class Source(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            write_wire(transport, [b"ab", b"cd"])
+
+    server = await loop.create_server(Source, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(Sink, "127.0.0.1", port)
+    try:
+        assert await asyncio.wait_for(received, 10) == b"abcd"
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
