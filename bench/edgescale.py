@@ -4,6 +4,9 @@
             memory tier at its default (64 MiB)                          goal >= 0.5x nginx
   disk10k   random hits over --objects distinct 10 KiB objects (16,000: 160 MiB), our
             memory tier 16 MiB, so most hits come from the disk tier     goal >= 0.5x nginx
+  disk1m    random hits over --objects-1m distinct 1 MiB objects (1,024: 1 GiB), bodies
+            past what the fast path reads on the loop (downloads, video segments), our
+            memory tier at its default                                   goal >= 0.5x nginx
   miss      misses, every URL new, wrk -c64, origin nginx serving a static 10 KiB file
                                                                          goal >= 0.4x nginx
   miss1     the same on one connection (a cache being warmed)            goal >= 0.3x nginx
@@ -30,8 +33,8 @@ import aiohttp
 from _common import LOADGEN_CPU, LOOPBACK, BenchError, Proc, free_port, log, run_tool, wait_until
 
 # scenario: (object size in KiB, our memory tier or None for the default)
-DISK = {"disk10k": (10, "16MiB"), "disk100k": (100, None)}
-GOALS = {"disk10k": 0.5, "disk100k": 0.5, "miss": 0.4, "miss1": 0.3}
+DISK = {"disk10k": (10, "16MiB"), "disk100k": (100, None), "disk1m": (1024, None)}
+GOALS = {"disk10k": 0.5, "disk100k": 0.5, "disk1m": 0.5, "miss": 0.4, "miss1": 0.3}
 
 RANDOM_LUA = """
 local n = {objects}
@@ -176,4 +179,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=10240,
         help="distinct 100 KiB objects of the disk100k working set (10240: 1 GiB)",
+    )
+    p.add_argument(
+        "--objects-1m",
+        type=int,
+        default=1024,
+        help="distinct 1 MiB objects of the disk1m working set (1024: 1 GiB)",
     )

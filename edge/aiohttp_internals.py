@@ -356,7 +356,10 @@ class EdgeRequestHandler(RequestHandler):
         if not wire:  # a screening rule's "close": no answer, no lingering
             transport.close()
             return True
-        write_wire(transport, wire)
+        rest = write_wire(transport, wire)
+        if rest is not None:  # a body the socket takes as it drains: answered after
+            self._start_plain(rest, data)
+            return True
         self._answered()
         return True
 
@@ -366,7 +369,8 @@ class EdgeRequestHandler(RequestHandler):
             transport.write(data)
 
     def _start_plain(self, answer: Coroutine[Any, Any, PlainAnswer], data: bytes) -> None:
-        """Answer a plain GET's miss when its origin has answered; until then the
+        """Answer a plain GET's miss when its origin has answered (or end a hit whose
+        body file goes out as the socket drains, edge.filebody); until then the
         connection is busy (what the client sends meanwhile waits in _held), and not idle
         for aiohttp's keep-alive timer."""
         if self._keepalive_handle is not None:

@@ -1,14 +1,17 @@
 """A cached body sent from its file by the raw fast path, with sendfile(2).
 
 A hit whose body lies in a file of its own (diskcache's, from 32 KiB) used to be read into
-memory on the loop and written back out through the transport: two copies of every byte
-through user space. A `FileBody` is the body's file, opened and its length checked where
-the hit is decided (Store.open_known_file), and `write_wire` hands it to the kernel with
-sendfile straight to the client's socket, when nothing waits in the transport's buffer
-(so the bytes keep their order). What the socket does not take at once is read from the
-file and written through the transport as before, so the memory a hit holds is bounded as
-it was (the fast path takes bodies up to hits.INLINE_READ_MAX). Plain TCP only: a TLS
-connection's socket carries records, not the body.
+memory and written back out through the transport: two copies of every byte through user
+space, and for a body past what the loop reads at once, a thread hop per 64 KiB. A
+`FileBody` is the body's file, opened and its length checked where the hit is decided
+(Store.open_known_file), and `write_wire` hands it to the kernel with sendfile straight
+to the client's socket, once nothing waits in the transport's buffer (so the bytes keep
+their order). What a full socket does not take at once is sent as it drains, through a
+descriptor of our own on the socket (so the transport closing its own cannot hand the
+number to another connection meanwhile); the connection takes its next request after
+(EdgeRequestHandler holds what the client sends meanwhile, as during a miss). A client
+that takes nothing for SEND_TIMEOUT is dropped. Plain TCP only: a TLS connection's socket
+carries records, not the body.
 
 A body file is written once under a name its row carries with the body's digest and never
 rewritten in place, and an unlinked file stays readable through a descriptor opened
@@ -20,8 +23,10 @@ cut response, never a short one taken as whole.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 
 class FileBody:
@@ -43,57 +48,127 @@ class FileBody:
 
 
 Part = bytes | FileBody
+# A client that takes no byte of a body for this long is dropped (nginx's send_timeout).
+SEND_TIMEOUT = 60.0
+
+log = logging.getLogger("edge")
 
 
-def write_wire(transport: asyncio.WriteTransport, parts: Sequence[Part]) -> None:
-    """Write a response's ``parts`` in order; every FileBody among them is closed."""
-    try:
-        pending: list[bytes] = []
-        for part in parts:
-            if not isinstance(part, FileBody):
-                pending.append(part)
-                continue
-            if pending:
-                transport.writelines(pending)
-                pending = []
-            if not _send_file(transport, part):
-                transport.abort()
-                return
+def write_wire(
+    transport: asyncio.WriteTransport, parts: Sequence[Part], send_timeout: float = SEND_TIMEOUT
+) -> Coroutine[Any, Any, list[bytes]] | None:
+    """Write a response's ``parts`` in order. None when they are all written or queued
+    (every FileBody among them closed); else the coroutine, to be run at once, that sends
+    the rest of the one file body the socket did not take, closes it and returns []."""
+    pending: list[bytes] = []
+    for i, part in enumerate(parts):
+        if not isinstance(part, FileBody):
+            pending.append(part)
+            continue
         if pending:
             transport.writelines(pending)
-    finally:
-        for part in parts:
-            if isinstance(part, FileBody):
-                part.close()
+            pending = []
+        try:
+            sent = _send_file(transport, part)
+        except BaseException:
+            _close_files(parts[i:])
+            raise
+        if sent is None:
+            _close_files(parts[i:])
+            transport.abort()
+            return None
+        if sent < part.length:
+            # What follows a body sent later cannot be written now: the fast path's
+            # answers end with their body.
+            assert i == len(parts) - 1, "a file body ends its response"
+            return _send_rest(transport, part, sent, send_timeout)
+        part.close()
+    if pending:
+        transport.writelines(pending)
+    return None
 
 
-def _send_file(transport: asyncio.WriteTransport, body: FileBody) -> bool:
-    """The whole of ``body`` sent or queued behind what the transport holds; False when
-    its file proved short or the connection failed (the caller aborts it)."""
+def _close_files(parts: Sequence[Part]) -> None:
+    for part in parts:
+        if isinstance(part, FileBody):
+            part.close()
+
+
+def _send_file(transport: asyncio.WriteTransport, body: FileBody) -> int | None:
+    """The bytes of ``body`` sent with sendfile until the socket took no more, or all of
+    them once a rest up to QUEUE_MAX was read and queued on the transport; None when its
+    file proved short or the connection failed (the caller aborts it)."""
     if transport.is_closing():
-        return False
+        return None
     sent = 0
     # Straight to the socket only when the transport holds nothing (uvloop's and
     # asyncio's write what they can at once, so after a head that went out whole).
     sock = transport.get_extra_info("socket")
     if sock is not None and transport.get_write_buffer_size() == 0:
-        out = sock.fileno()
         try:
-            while sent < body.length:
-                n = os.sendfile(out, body.fd, sent, body.length - sent)
-                if n == 0:
-                    return False  # the file ends before its length
-                sent += n
-        except BlockingIOError:
-            pass  # the socket's buffer is full: the rest goes through the transport
+            sent = _sendfile(sock.fileno(), body, sent)
         except OSError:
-            return False
-    if sent < body.length:
-        try:
-            rest = os.pread(body.fd, body.length - sent, sent)
-        except OSError:
-            return False
-        if len(rest) != body.length - sent:
-            return False
-        transport.write(rest)
-    return True
+            return None
+    if sent == body.length or (sock is not None and body.length - sent > QUEUE_MAX):
+        return sent  # done, or the rest as the socket drains (_send_rest)
+    try:
+        rest = os.pread(body.fd, body.length - sent, sent)
+    except OSError:
+        return None
+    if len(rest) != body.length - sent:
+        return None
+    transport.write(rest)
+    return body.length
+
+
+# A rest of a body up to this much is read and queued on the transport at once (as the
+# fast path queued a body it read whole): no later sends to keep track of.
+QUEUE_MAX = 256 * 1024
+
+
+def _sendfile(out: int, body: FileBody, sent: int) -> int:
+    """sendfile from ``sent`` until the body is sent or the socket takes no more: the
+    bytes sent then. OSError when the connection failed or the file proved short."""
+    try:
+        while sent < body.length:
+            n = os.sendfile(out, body.fd, sent, body.length - sent)
+            if n == 0:
+                raise OSError(f"body file ends at {sent} of {body.length} bytes")
+            sent += n
+    except BlockingIOError:
+        pass  # the socket's buffer is full
+    return sent
+
+
+async def _send_rest(
+    transport: asyncio.WriteTransport, body: FileBody, sent: int, send_timeout: float
+) -> list[bytes]:
+    """Send ``body`` from ``sent`` as the client's socket drains (see the module's text)."""
+    loop = asyncio.get_running_loop()
+    out = -1
+    try:
+        out = os.dup(transport.get_extra_info("socket").fileno())
+        while sent < body.length:
+            writable = loop.create_future()
+            loop.add_writer(out, _wake, writable)
+            try:
+                await asyncio.wait_for(writable, send_timeout)
+            finally:
+                loop.remove_writer(out)
+            if transport.is_closing():
+                raise ConnectionError("the connection closed")
+            if transport.get_write_buffer_size() == 0:
+                sent = _sendfile(out, body, sent)
+    except (OSError, TimeoutError) as exc:
+        log.info("a body sent from its file was cut at %d of %d bytes: %r", sent, body.length, exc)
+        transport.abort()
+    finally:
+        if out >= 0:
+            os.close(out)
+        body.close()
+    return []
+
+
+def _wake(writable: asyncio.Future[None]) -> None:
+    if not writable.done():
+        writable.set_result(None)

@@ -120,8 +120,9 @@ class Hits:
         directives, conditionals or ranges) for primary key `key` when it is a fresh hit
         whose body is small (read on the loop from disk when it is not in the memory tier,
         see `small_body`); None otherwise. Decided as the hit path of `serve` decides it.
-        With `files`, a body verified before that lies in a file of its own comes as a
-        FileBody to send with sendfile (edge.filebody), which the caller must close."""
+        With `files`, a body verified before that lies in a file of its own comes, whatever
+        its size, as a FileBody to send with sendfile (edge.filebody), which the caller
+        must close."""
         now = self.clock()
         peeked = self.store.peek_single(key)
         if peeked is None:
@@ -145,14 +146,14 @@ class Hits:
             return None
         entry = fresh.entry
         if body is None:  # decided fresh before the body is read, not after
-            if entry.body_length > INLINE_READ_MAX:
-                return None
             if files and peeked and (fd := self.store.open_known_file(entry)) is not None:
                 return (
                     entry.status,
                     self._hit_head(entry, fresh.age, fresh.ttl),
                     FileBody(fd, entry.body_length),
                 )
+            if entry.body_length > INLINE_READ_MAX:
+                return None
             body = self.store.read_body(entry) if peeked else self.store.get_body(entry)
             if body is None:
                 return None

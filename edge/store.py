@@ -512,6 +512,11 @@ class BodyReader:
         if self._pos != self.length or self._hash.hexdigest() != self.entry.sha256:
             self._store._corrupt(self.entry)
             raise CorruptBodyError(f"stored body of {self.entry.key} is damaged")
+        path = self._source.name
+        if isinstance(path, str):  # verified: later hits may send it from its file
+            bkey = _body_key(self.entry)
+            with self._store._lock:
+                self._store._index.put(bkey, path, _place_cost(bkey, path))
 
     def __iter__(self) -> Iterator[bytes]:
         while True:

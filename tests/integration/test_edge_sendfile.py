@@ -1,11 +1,13 @@
 """Disk hits of bodies in files of their own, sent with sendfile by the raw fast path
-(edge.filebody): whole and in order on a kept-alive connection, and never short when the
-file was cut after the body was verified."""
+(edge.filebody): whole and in order on a kept-alive connection, a big body as a slow client
+reads it with its next request answered after, only once the body was checked in this
+process, and never short when the file was cut after the body was verified."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 from aiohttp import web
@@ -94,3 +96,74 @@ async def test_a_body_file_cut_short_after_it_was_verified_is_never_sent_short(
                 assert origin.hits["/cut"] == 2
             finally:
                 writer.close()
+
+
+async def test_a_big_body_goes_out_as_the_client_reads_and_the_next_request_waits(
+    tmp_path: Path,
+) -> None:
+    big, small = os.urandom(4 << 20), os.urandom(40_000)
+    async with origins("a") as (origin,):
+        _serve(origin, "/big", big)
+        _serve(origin, "/small", small)
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            cache = edge.proxy.cache
+            assert cache is not None
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for path, body in (("/big", big), ("/small", small)):
+                    assert (await _exchange(reader, writer, path))[1] == body
+            finally:
+                writer.close()
+            hit = cache.hit_wire("http://h.test/big", files=True)
+            assert hit is not None and isinstance(hit[2], FileBody)
+            hit[2].close()
+            # A client with a small window that reads nothing for a while: most of the big
+            # body waits for it, and the request it sends meanwhile is answered after.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                writer.write(b"GET /big HTTP/1.1\r\nHost: h.test\r\n\r\n")
+                await asyncio.sleep(0.3)
+                writer.write(b"GET /small HTTP/1.1\r\nHost: h.test\r\n\r\n")
+                await asyncio.sleep(0.1)
+                for body in (big, small):
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    assert b"; hit" in head
+                    assert await asyncio.wait_for(reader.readexactly(len(body)), 10) == body
+            finally:
+                writer.close()
+            assert origin.hits["/big"] == origin.hits["/small"] == 1
+
+
+async def test_after_a_restart_a_big_body_is_sent_from_its_file_once_read_whole(
+    tmp_path: Path,
+) -> None:
+    big = os.urandom(1 << 20)
+    async with origins("a") as (origin,):
+        _serve(origin, "/big", big)
+        config = _config(origin, tmp_path)
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert (await _exchange(reader, writer, "/big"))[1] == big
+            writer.close()
+        async with running_edge(config) as edge:
+            cache = edge.proxy.cache
+            assert cache is not None
+            # Not read in this process yet: not sent from its file unchecked.
+            assert cache.hit_wire("http://h.test/big", files=True) is None
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                head, got = await _exchange(reader, writer, "/big")  # streamed and checked
+                assert got == big and b"; hit" in head
+                hit = cache.hit_wire("http://h.test/big", files=True)
+                assert hit is not None and isinstance(hit[2], FileBody)
+                hit[2].close()
+                assert (await _exchange(reader, writer, "/big"))[1] == big
+            finally:
+                writer.close()
+        assert origin.hits["/big"] == 1

@@ -1,6 +1,8 @@
 """edge.filebody's write_wire over real loopback connections: a body sent from its file
-comes after its head and whole, also when the socket's buffer fills and the rest goes
-through the transport; a file shorter than its length cuts the connection."""
+comes after its head and whole, also when the socket's buffer fills (a small rest queued on
+the transport, a big one sent as the socket drains); a file shorter than its length, or a
+client that takes nothing for the send timeout, cuts the connection; every descriptor is
+closed after."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import asyncio
 import os
 import socket
 from pathlib import Path
+
+import pytest
 
 from edge.filebody import FileBody, write_wire
 
@@ -18,9 +22,10 @@ class _Sender(asyncio.Protocol):
     """Sends one response when connected: a head and the file at `path` as a FileBody of
     `length` bytes (the socket's send buffer made small first, if asked)."""
 
-    def __init__(self, path: Path, length: int, small_buffer: bool) -> None:
+    def __init__(self, path: Path, length: int, small_buffer: bool, timeout: float) -> None:
         self.path, self.length, self.small_buffer = path, length, small_buffer
-        self.sent = asyncio.get_running_loop().create_future()
+        self.timeout = timeout
+        self.sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -29,20 +34,29 @@ class _Sender(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         fd = os.open(self.path, os.O_RDONLY)
         body = FileBody(fd, self.length)
-        write_wire(transport, [HEAD % self.length, body])
-        self.sent.set_result(body.fd)
+        rest = write_wire(transport, [HEAD % self.length, body], self.timeout)
+        if rest is None:
+            self.sent.set_result(body.fd)
+        else:
+            task = asyncio.ensure_future(rest)
+            task.add_done_callback(lambda _: self.sent.set_result(body.fd))
 
 
 async def _receive(
-    path: Path, length: int, *, small_buffer: bool = False, pause: float = 0.0
+    path: Path,
+    length: int,
+    *,
+    small_buffer: bool = False,
+    pause: float = 0.0,
+    send_timeout: float = 10.0,
 ) -> tuple[bytes, int]:
     """What a client gets (until the sender closes or the length is in), and the FileBody's
-    descriptor after write_wire (-1: closed)."""
+    descriptor once write_wire and what it left to run ended (-1: closed)."""
     loop = asyncio.get_running_loop()
     senders: list[_Sender] = []
 
     def factory() -> _Sender:
-        senders.append(_Sender(path, length, small_buffer))
+        senders.append(_Sender(path, length, small_buffer, send_timeout))
         return senders[-1]
 
     server = await loop.create_server(factory, "127.0.0.1", 0)
@@ -79,13 +93,37 @@ async def test_a_file_body_follows_its_head_whole(tmp_path: Path) -> None:
     assert fd_after == -1  # closed once sent
 
 
-async def test_what_a_full_socket_does_not_take_goes_through_the_transport(
+@pytest.mark.parametrize("size", [200 * 1024, 4 << 20])  # a rest queued, one sent later
+async def test_what_a_full_socket_does_not_take_follows_as_it_drains(
+    tmp_path: Path, size: int
+) -> None:
+    data = os.urandom(size)  # far past both small buffers
+    (tmp_path / "body").write_bytes(data)
+    got, fd_after = await _receive(tmp_path / "body", size, small_buffer=True, pause=0.2)
+    assert got == HEAD % size + data
+    assert fd_after == -1
+
+
+async def test_a_file_cut_short_is_found_by_a_later_send_too(tmp_path: Path) -> None:
+    data = os.urandom(2 << 20)
+    (tmp_path / "body").write_bytes(data)
+    length = len(data) + 1000
+    got, fd_after = await _receive(tmp_path / "body", length, small_buffer=True, pause=0.2)
+    assert got.startswith(HEAD % length)
+    assert len(got) < len(HEAD % length) + length
+    assert fd_after == -1
+
+
+async def test_a_client_that_takes_nothing_is_dropped_after_the_send_timeout(
     tmp_path: Path,
 ) -> None:
-    data = os.urandom(1 << 20)  # far past both small buffers
+    data = os.urandom(4 << 20)
     (tmp_path / "body").write_bytes(data)
-    got, fd_after = await _receive(tmp_path / "body", len(data), small_buffer=True, pause=0.2)
-    assert got == HEAD % len(data) + data
+    # The client reads nothing for 2 s; the sender gives up after 0.3 s without progress.
+    got, fd_after = await _receive(
+        tmp_path / "body", len(data), small_buffer=True, pause=2.0, send_timeout=0.3
+    )
+    assert len(got) < len(HEAD % len(data)) + len(data)
     assert fd_after == -1
 
 
