@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edge.cache_layer import CacheLayer
 from edge.config import EdgeConfig
 from edge.filebody import FileBody
 from edge.hits import INLINE_READ_MAX
@@ -32,6 +33,15 @@ def _serve(origin: Origin, path: str, body: bytes) -> None:
         return web.Response(body=body, headers={"Cache-Control": "max-age=600"})
 
     origin.routes[path] = handler
+
+
+def _from_file(cache: CacheLayer, path: str) -> int | None:
+    """The length of the FileBody the fast path would send for `path` now, if any."""
+    hit = cache.hit_wire(f"http://h.test{path}", files=True)
+    if hit is None or not isinstance(hit[2], FileBody):
+        return None
+    hit[2].close()
+    return len(hit[2])
 
 
 async def _exchange(
@@ -63,10 +73,7 @@ async def test_disk_hits_of_file_bodies_are_sent_whole_from_their_files(tmp_path
                 writer.close()
             # What the fast path answered them with: the body's file, not its bytes.
             for path, body in bodies.items():
-                hit = cache.hit_wire(f"http://h.test{path}", files=True)
-                assert hit is not None
-                assert isinstance(hit[2], FileBody) and len(hit[2]) == len(body)
-                hit[2].close()
+                assert _from_file(cache, path) == len(body)
                 # Without files (a TLS connection, a request screening may refuse): bytes.
                 plain = cache.hit_wire(f"http://h.test{path}")
                 assert plain is not None and plain[2] == body
@@ -115,9 +122,7 @@ async def test_a_big_body_goes_out_as_the_client_reads_and_the_next_request_wait
                     assert (await _exchange(reader, writer, path))[1] == body
             finally:
                 writer.close()
-            hit = cache.hit_wire("http://h.test/big", files=True)
-            assert hit is not None and isinstance(hit[2], FileBody)
-            hit[2].close()
+            assert _from_file(cache, "/big") == len(big)
             # A client with a small window that reads nothing for a while: most of the big
             # body waits for it, and the request it sends meanwhile is answered after.
             sock = socket.socket()
@@ -154,15 +159,13 @@ async def test_after_a_restart_a_big_body_is_sent_from_its_file_once_read_whole(
             cache = edge.proxy.cache
             assert cache is not None
             # Not read in this process yet: not sent from its file unchecked.
-            assert cache.hit_wire("http://h.test/big", files=True) is None
+            assert _from_file(cache, "/big") is None
             port = edge.addresses["http"][0].port
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 head, got = await _exchange(reader, writer, "/big")  # streamed and checked
                 assert got == big and b"; hit" in head
-                hit = cache.hit_wire("http://h.test/big", files=True)
-                assert hit is not None and isinstance(hit[2], FileBody)
-                hit[2].close()
+                assert _from_file(cache, "/big") == len(big)
                 assert (await _exchange(reader, writer, "/big"))[1] == big
             finally:
                 writer.close()
