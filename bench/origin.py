@@ -41,6 +41,8 @@ async def obj(request: web.Request) -> web.Response:
         "Cache-Control": "public, max-age=3600",
         "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
         "Last-Modified": LAST_MODIFIED,
+        # As a static file server says it: a proxy may then answer ranges of what it holds.
+        "Accept-Ranges": "bytes",
     }
     return web.Response(body=data, headers=headers, content_type="application/octet-stream")
 

@@ -554,6 +554,15 @@ def requested_version(request: web.BaseRequest) -> HttpVersion:
     return version
 
 
+def count_written(response: web.StreamResponse, size: int) -> None:
+    """``size`` bytes of the prepared ``response``'s body went out past aiohttp's writer
+    (edge.filebody's sendfile): counted as the writer counts what it writes, so that its
+    body_length (the access log's bytes) has them."""
+    writer = response._payload_writer
+    if writer is not None:
+        writer.output_size += size
+
+
 class SerializedResponse(web.StreamResponse):
     """A cache hit written as prepared bytes: status line and stored fields come from a
     per-entry cache, Age and Cache-Status are appended, and head and body leave in one

@@ -30,13 +30,14 @@ from typing import Any
 
 
 class FileBody:
-    """An open body file of ``length`` bytes, to be sent from its start and closed."""
+    """``length`` bytes of an open body file from ``offset``, to be sent and closed."""
 
-    __slots__ = ("fd", "length")
+    __slots__ = ("fd", "length", "offset")
 
-    def __init__(self, fd: int, length: int) -> None:
+    def __init__(self, fd: int, length: int, offset: int = 0) -> None:
         self.fd = fd
         self.length = length
+        self.offset = offset
 
     def __len__(self) -> int:
         return self.length
@@ -88,6 +89,17 @@ def write_wire(
     return None
 
 
+async def send_file(
+    transport: asyncio.WriteTransport, body: FileBody, send_timeout: float = SEND_TIMEOUT
+) -> bool:
+    """Send ``body`` after what the transport holds (a response's head), and close it:
+    whether it all went (else the connection was aborted)."""
+    rest = write_wire(transport, [body], send_timeout)
+    if rest is not None:
+        await rest
+    return not transport.is_closing()
+
+
 def _close_files(parts: Sequence[Part]) -> None:
     for part in parts:
         if isinstance(part, FileBody):
@@ -112,7 +124,7 @@ def _send_file(transport: asyncio.WriteTransport, body: FileBody) -> int | None:
     if sent == body.length or (sock is not None and body.length - sent > QUEUE_MAX):
         return sent  # done, or the rest as the socket drains (_send_rest)
     try:
-        rest = os.pread(body.fd, body.length - sent, sent)
+        rest = os.pread(body.fd, body.length - sent, body.offset + sent)
     except OSError:
         return None
     if len(rest) != body.length - sent:
@@ -131,7 +143,7 @@ def _sendfile(out: int, body: FileBody, sent: int) -> int:
     bytes sent then. OSError when the connection failed or the file proved short."""
     try:
         while sent < body.length:
-            n = os.sendfile(out, body.fd, sent, body.length - sent)
+            n = os.sendfile(out, body.fd, body.offset + sent, body.length - sent)
             if n == 0:
                 raise OSError(f"body file ends at {sent} of {body.length} bytes")
             sent += n

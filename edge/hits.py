@@ -11,6 +11,7 @@ client form) are kept in a bounded LRU beside the memory tier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from typing import Any
@@ -20,10 +21,10 @@ from multidict import CIMultiDict
 
 from edge import cache_policy as cp
 from edge import conditional, ranges
-from edge.aiohttp_internals import SerializedResponse
+from edge.aiohttp_internals import SerializedResponse, count_written
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
-from edge.filebody import FileBody
+from edge.filebody import FileBody, send_file
 from edge.headers import client_response_fields, head_end, response_head
 from edge.store import Store
 
@@ -247,8 +248,12 @@ class Hits:
         if method == "HEAD":
             headers["Content-Length"] = str(length)
             return web.Response(status=entry.status, reason=entry.reason or None, headers=headers)
-        if length > self.memory_object_max and self.peek_body(entry) is None:
-            return await self._stream_from_disk(request, creq, entry, headers)
+        if self.peek_body(entry) is None:
+            fd = self._known_file(request, entry)
+            if fd is not None:
+                return await self._send_file(request, creq, entry, headers, fd)
+            if length > self.memory_object_max:
+                return await self._stream_from_disk(request, creq, entry, headers)
         body = await self.small_body(entry)
         if body is None:
             return None
@@ -268,6 +273,46 @@ class Hits:
     @property
     def memory_object_max(self) -> int:
         return self.store.memory_object_max
+
+    def _known_file(self, request: web.BaseRequest, entry: cp.CacheEntry) -> int | None:
+        """A descriptor on the body's file when it was checked before in this process and
+        lies in a file of its own, and `request` came over plain TCP (a TLS connection's
+        socket takes records, not the file's bytes): for sendfile (edge.filebody)."""
+        transport = request.transport
+        if transport is None or transport.get_extra_info("sslcontext"):
+            return None
+        return self.store.open_known_file(entry)
+
+    async def _send_file(
+        self,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        entry: cp.CacheEntry,
+        headers: CIMultiDict[str],
+        fd: int,
+    ) -> web.StreamResponse:
+        """The body, or the range of it asked for, sent from its file (`fd`, closed)."""
+        with contextlib.closing(FileBody(fd, entry.body_length)) as body:
+            decision = ranges.evaluate(
+                request.method, entry.status, creq.headers, entry.headers, entry.body_length
+            )
+            sp = ranges.span(decision, entry.status, entry.body_length)
+            if sp.status == 416:
+                return unsatisfiable(headers, sp)
+            apply_span(headers, sp)
+            body.offset = sp.first
+            body.length = (entry.body_length if sp.last is None else sp.last + 1) - sp.first
+            reason = (entry.reason or None) if sp.status == entry.status else None
+            out = web.StreamResponse(status=sp.status, reason=reason, headers=headers)
+            transport = request.transport
+            try:
+                await out.prepare(request)
+                if transport is not None and await send_file(transport, body):
+                    count_written(out, body.length)
+                    await out.write_eof()
+            except ConnectionError:
+                pass
+            return out
 
     async def _stream_from_disk(
         self,

@@ -1,15 +1,18 @@
-"""Disk hits of bodies in files of their own, sent with sendfile by the raw fast path
-(edge.filebody): whole and in order on a kept-alive connection, a big body as a slow client
-reads it with its next request answered after, only once the body was checked in this
-process, and never short when the file was cut after the body was verified."""
+"""Disk hits of bodies in files of their own, sent with sendfile (edge.filebody) by the raw
+fast path: whole and in order on a kept-alive connection, a big body as a slow client reads
+it with its next request answered after, only once the body was checked in this process,
+and never short when the file was cut after the body was verified; and by the full
+handler, ranges of them, every file closed and the access log counting what was sent."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from edge.cache_layer import CacheLayer
@@ -49,8 +52,7 @@ async def _exchange(
 ) -> tuple[bytes, bytes]:
     writer.write(f"GET {path} HTTP/1.1\r\nHost: h.test\r\n\r\n".encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    return head, await asyncio.wait_for(reader.readexactly(length), 10)
+    return head, await asyncio.wait_for(reader.readexactly(_length(head)), 10)
 
 
 async def test_disk_hits_of_file_bodies_are_sent_whole_from_their_files(tmp_path: Path) -> None:
@@ -170,3 +172,61 @@ async def test_after_a_restart_a_big_body_is_sent_from_its_file_once_read_whole(
             finally:
                 writer.close()
         assert origin.hits["/big"] == 1
+
+
+# A body past the memory tier's object limit, and one within it that the tier cannot hold.
+@pytest.mark.parametrize(
+    ("size", "tier"),
+    [(3 << 20, {"memory_object_max": "16KiB"}), (512 << 10, {"memory_bytes": "64KiB"})],
+)
+async def test_ranges_of_a_body_on_disk_are_sent_from_its_file_by_the_full_handler(
+    tmp_path: Path, size: int, tier: dict[str, str]
+) -> None:
+    big = os.urandom(size)
+    log = tmp_path / "access.log"
+    async with origins("a") as (origin,):
+        _serve(origin, "/big", big)
+        config = edge_config(
+            [origin],
+            cache={"dir": str(tmp_path / "cache"), **tier},
+            log={"access_log": str(log)},
+        )
+        async with running_edge(config) as edge:
+            cache = edge.proxy.cache
+            assert cache is not None
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                assert (await _exchange(reader, writer, "/big"))[1] == big
+                assert _from_file(cache, "/big") == len(big)
+                fds = len(os.listdir("/proc/self/fd"))
+                cases = [
+                    (f"bytes=1000-{size - 5}", 206, big[1000 : size - 4]),
+                    ("bytes=-5000", 206, big[-5000:]),
+                    ("bytes=0-", 206, big),
+                ]
+                for spec, status, want in cases:
+                    request = f"GET /big HTTP/1.1\r\nHost: h.test\r\nRange: {spec}\r\n\r\n"
+                    writer.write(request.encode())
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    assert head.startswith(b"HTTP/1.1 %d " % status), head
+                    assert f"content-length: {len(want)}".encode() in head.lower()
+                    got = await asyncio.wait_for(reader.readexactly(len(want)), 10)
+                    assert got == want, spec
+                writer.write(b"GET /big HTTP/1.1\r\nHost: h.test\r\nRange: bytes=9999999-\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 416 "), head
+                await asyncio.wait_for(reader.readexactly(_length(head)), 10)
+                assert len(os.listdir("/proc/self/fd")) == fds  # every body file closed
+            finally:
+                writer.close()
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        sent = [line["bytes"] for line in lines if line["status"] == 206]
+        # The access log counts what went by sendfile too (the head with it).
+        assert len(sent) == len(cases)
+        assert all(n > len(want) for n, (_, _, want) in zip(sent, cases, strict=True))
+    assert origin.hits["/big"] == 1
+
+
+def _length(head: bytes) -> int:
+    return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
