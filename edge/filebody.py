@@ -10,7 +10,8 @@ their order). What a full socket does not take at once is sent as it drains, thr
 descriptor of our own on the socket (so the transport closing its own cannot hand the
 number to another connection meanwhile); the connection takes its next request after
 (EdgeRequestHandler holds what the client sends meanwhile, as during a miss). A client
-that takes nothing for SEND_TIMEOUT is dropped. Plain TCP only: a TLS connection's socket
+that takes nothing for SEND_TIMEOUT is dropped, and one turn of the loop sends at most
+BURST of a body. Plain TCP only: a TLS connection's socket
 carries records, not the body.
 
 A body file is written once under a name its row carries with the body's digest and never
@@ -138,12 +139,19 @@ def _send_file(transport: asyncio.WriteTransport, body: FileBody) -> int | None:
 QUEUE_MAX = 256 * 1024
 
 
+# The most one turn of the loop sends of a body (nginx's sendfile_max_chunk): a client
+# that reads as fast as the loopback carries must not hold the loop for a whole big body.
+BURST = 2 << 20
+
+
 def _sendfile(out: int, body: FileBody, sent: int) -> int:
-    """sendfile from ``sent`` until the body is sent or the socket takes no more: the
-    bytes sent then. OSError when the connection failed or the file proved short."""
+    """sendfile from ``sent`` until the body is sent, BURST bytes went or the socket takes
+    no more: the bytes sent then. OSError when the connection failed or the file proved
+    short."""
+    stop = min(body.length, sent + BURST)
     try:
-        while sent < body.length:
-            n = os.sendfile(out, body.fd, body.offset + sent, body.length - sent)
+        while sent < stop:
+            n = os.sendfile(out, body.fd, body.offset + sent, stop - sent)
             if n == 0:
                 raise OSError(f"body file ends at {sent} of {body.length} bytes")
             sent += n

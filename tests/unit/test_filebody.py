@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import filebody
 from edge.filebody import FileBody, write_wire
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
@@ -160,5 +161,47 @@ async def test_bytes_only_go_out_as_they_are() -> None:
         assert await asyncio.wait_for(received, 10) == b"abcd"
     finally:
         transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_one_turn_of_the_loop_sends_at_most_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filebody, "BURST", 64 * 1024)
+    data = os.urandom(1 << 20)  # fits the socket buffers below: only the burst stops it
+    (tmp_path / "body").write_bytes(data)
+    loop = asyncio.get_running_loop()
+    left: list[bool] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20
+            )
+            body = FileBody(os.open(tmp_path / "body", os.O_RDONLY), len(data))
+            rest = write_wire(transport, [body])
+            left.append(rest is not None)
+            if rest is None:
+                done.set_result(None)
+            else:
+                asyncio.ensure_future(rest).add_done_callback(lambda _: done.set_result(None))
+
+    server = await loop.create_server(Sender, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    client.setblocking(False)
+    try:
+        await loop.sock_connect(client, ("127.0.0.1", server.sockets[0].getsockname()[1]))
+        got = bytearray()
+        while len(got) < len(data):
+            got += await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 10)
+        await asyncio.wait_for(done, 10)
+        assert left == [True]  # the rest went in later turns
+        assert bytes(got) == data
+    finally:
+        client.close()
         server.close()
         await server.wait_closed()
