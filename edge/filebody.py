@@ -1,4 +1,5 @@
-"""A cached body sent from its file by the raw fast path, with sendfile(2).
+"""A cached body sent from its file with sendfile(2), by the raw fast path and the full
+handler (edge.hits).
 
 A hit whose body lies in a file of its own (diskcache's, from 32 KiB) used to be read into
 memory and written back out through the transport: two copies of every byte through user
@@ -11,8 +12,7 @@ descriptor of our own on the socket (so the transport closing its own cannot han
 number to another connection meanwhile); the connection takes its next request after
 (EdgeRequestHandler holds what the client sends meanwhile, as during a miss). A client
 that takes nothing for SEND_TIMEOUT is dropped, and one turn of the loop sends at most
-BURST of a body. Plain TCP only: a TLS connection's socket
-carries records, not the body.
+BURST of a body. Plain TCP only: a TLS connection's socket carries records, not the body.
 
 A body file is written once under a name its row carries with the body's digest and never
 rewritten in place, and an unlinked file stays readable through a descriptor opened
