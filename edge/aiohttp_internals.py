@@ -368,7 +368,9 @@ class EdgeRequestHandler(RequestHandler):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def _start_plain(self, answer: Coroutine[Any, Any, PlainAnswer], data: bytes) -> None:
+    def _start_plain(
+        self, answer: Coroutine[Any, Any, PlainAnswer] | asyncio.Future[list[bytes]], data: bytes
+    ) -> None:
         """Answer a plain GET's miss when its origin has answered (or end a hit whose
         body file goes out as the socket drains, edge.filebody); until then the
         connection is busy (what the client sends meanwhile waits in _held), and not idle

@@ -24,10 +24,10 @@ cut response, never a short one taken as whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 
 class FileBody:
@@ -58,10 +58,11 @@ log = logging.getLogger("edge")
 
 def write_wire(
     transport: asyncio.WriteTransport, parts: Sequence[Part], send_timeout: float = SEND_TIMEOUT
-) -> Coroutine[Any, Any, list[bytes]] | None:
+) -> asyncio.Task[list[bytes]] | None:
     """Write a response's ``parts`` in order. None when they are all written or queued
-    (every FileBody among them closed); else the coroutine, to be run at once, that sends
-    the rest of the one file body the socket did not take, closes it and returns []."""
+    (every FileBody among them closed); else the task sending the rest of the one file
+    body the socket did not take, which returns [] and, however it ends (cancelled before
+    it started too), closes that body and its descriptor of the socket."""
     pending: list[bytes] = []
     for i, part in enumerate(parts):
         if not isinstance(part, FileBody):
@@ -83,7 +84,16 @@ def write_wire(
             # What follows a body sent later cannot be written now: the fast path's
             # answers end with their body.
             assert i == len(parts) - 1, "a file body ends its response"
-            return _send_rest(transport, part, sent, send_timeout)
+            try:
+                # Ours now, while the transport's descriptor is surely this connection's.
+                out = os.dup(transport.get_extra_info("socket").fileno())
+            except OSError:
+                part.close()
+                transport.abort()
+                return None
+            task = asyncio.ensure_future(_send_rest(transport, part, sent, out, send_timeout))
+            task.add_done_callback(functools.partial(_sent, part, out))
+            return task
         part.close()
     if pending:
         transport.writelines(pending)
@@ -161,13 +171,12 @@ def _sendfile(out: int, body: FileBody, sent: int) -> int:
 
 
 async def _send_rest(
-    transport: asyncio.WriteTransport, body: FileBody, sent: int, send_timeout: float
+    transport: asyncio.WriteTransport, body: FileBody, sent: int, out: int, send_timeout: float
 ) -> list[bytes]:
-    """Send ``body`` from ``sent`` as the client's socket drains (see the module's text)."""
+    """Send ``body`` from ``sent`` to the socket ``out`` (a descriptor of our own on the
+    transport's) as it drains; see the module's text."""
     loop = asyncio.get_running_loop()
-    out = -1
     try:
-        out = os.dup(transport.get_extra_info("socket").fileno())
         while sent < body.length:
             writable = loop.create_future()
             loop.add_writer(out, _wake, writable)
@@ -182,11 +191,12 @@ async def _send_rest(
     except (OSError, TimeoutError) as exc:
         log.info("a body sent from its file was cut at %d of %d bytes: %r", sent, body.length, exc)
         transport.abort()
-    finally:
-        if out >= 0:
-            os.close(out)
-        body.close()
     return []
+
+
+def _sent(body: FileBody, out: int, task: asyncio.Future[list[bytes]]) -> None:
+    body.close()
+    os.close(out)
 
 
 def _wake(writable: asyncio.Future[None]) -> None:

@@ -10,9 +10,12 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from edge.cache_layer import CacheLayer
@@ -230,3 +233,26 @@ async def test_ranges_of_a_body_on_disk_are_sent_from_its_file_by_the_full_handl
 
 def _length(head: bytes) -> int:
     return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        test_disk_hits_of_file_bodies_are_sent_whole_from_their_files,
+        test_a_body_file_cut_short_after_it_was_verified_is_never_sent_short,
+        test_a_big_body_goes_out_as_the_client_reads_and_the_next_request_waits,
+        test_after_a_restart_a_big_body_is_sent_from_its_file_once_read_whole,
+    ],
+    ids=lambda case: case.__name__.removeprefix("test_"),
+)
+def test_on_uvloop(case: Callable[[Path], Coroutine[Any, Any, None]], tmp_path: Path) -> None:
+    """The same on uvloop, which `edge` runs on (its transports write and report their
+    buffers in their own way)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case(tmp_path))
+
+
+def test_ranges_on_uvloop(tmp_path: Path) -> None:
+    case = test_ranges_of_a_body_on_disk_are_sent_from_its_file_by_the_full_handler
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case(tmp_path, 3 << 20, {"memory_object_max": "16KiB"}))

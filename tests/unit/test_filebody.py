@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import uvloop
 
 from edge import filebody
 from edge.filebody import FileBody, write_wire
@@ -28,8 +31,8 @@ class _Sender(asyncio.Protocol):
         self.timeout = timeout
         self.sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.WriteTransport, base)  # uvloop's is not a subclass
         if self.small_buffer:
             sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -151,8 +154,7 @@ async def test_bytes_only_go_out_as_they_are() -> None:
 
     class Source(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.WriteTransport)
-            write_wire(transport, [b"ab", b"cd"])
+            write_wire(cast(asyncio.WriteTransport, transport), [b"ab", b"cd"])
 
     server = await loop.create_server(Source, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -177,12 +179,11 @@ async def test_one_turn_of_the_loop_sends_at_most_a_burst(
 
     class Sender(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.WriteTransport)
             transport.get_extra_info("socket").setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20
             )
             body = FileBody(os.open(tmp_path / "body", os.O_RDONLY), len(data))
-            rest = write_wire(transport, [body])
+            rest = write_wire(cast(asyncio.WriteTransport, transport), [body])
             left.append(rest is not None)
             if rest is None:
                 done.set_result(None)
@@ -205,3 +206,64 @@ async def test_one_turn_of_the_loop_sends_at_most_a_burst(
         client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_rest_cancelled_before_it_ran_closes_its_descriptors(tmp_path: Path) -> None:
+    data = os.urandom(4 << 20)
+    (tmp_path / "body").write_bytes(data)
+    loop = asyncio.get_running_loop()
+    opened: list[int] = []
+    before: list[int] = []
+    stopped: asyncio.Future[None] = loop.create_future()
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            before.append(len(os.listdir("/proc/self/fd")))
+            body = FileBody(os.open(tmp_path / "body", os.O_RDONLY), len(data))
+            rest = write_wire(cast(asyncio.WriteTransport, transport), [b"head", body])
+            assert rest is not None  # 4 MiB do not fit a 4 KiB buffer
+            opened.append(len(os.listdir("/proc/self/fd")))
+            rest.cancel()
+            rest.add_done_callback(lambda _: stopped.set_result(None))
+            transport.close()
+
+    server = await loop.create_server(Sender, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", server.sockets[0].getsockname()[1]))
+        await asyncio.wait_for(stopped, 10)
+        await asyncio.sleep(0)
+        assert opened[0] == before[0] + 2  # the body's file and our descriptor of the socket
+        # Both closed, though the task never ran (the socket's own goes with the transport).
+        assert len(os.listdir("/proc/self/fd")) <= before[0]
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+Case = Callable[[Path, pytest.MonkeyPatch], Coroutine[Any, Any, None]]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda p, m: test_a_file_body_follows_its_head_whole(p),
+        lambda p, m: test_what_a_full_socket_does_not_take_follows_as_it_drains(p, 200 * 1024),
+        lambda p, m: test_what_a_full_socket_does_not_take_follows_as_it_drains(p, 4 << 20),
+        lambda p, m: test_a_file_shorter_than_its_length_cuts_the_connection(p),
+        lambda p, m: test_a_file_cut_short_is_found_by_a_later_send_too(p),
+        lambda p, m: test_a_client_that_takes_nothing_is_dropped_after_the_send_timeout(p),
+        lambda p, m: test_one_turn_of_the_loop_sends_at_most_a_burst(p, m),
+        lambda p, m: test_a_rest_cancelled_before_it_ran_closes_its_descriptors(p),
+    ],
+    ids=["whole", "queued", "drained", "short", "short-later", "timeout", "burst", "cancel"],
+)
+def test_on_uvloop(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on uvloop, which `edge` runs on (its transports differ from asyncio's in
+    when they write and what they report)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case(tmp_path, monkeypatch))
