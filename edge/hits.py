@@ -261,14 +261,28 @@ class Hits:
             return web.Response(
                 status=entry.status, reason=entry.reason or None, headers=headers, body=body
             )
-        decision = ranges.evaluate(method, entry.status, creq.headers, entry.headers, length)
-        sp = ranges.span(decision, entry.status, length)
+        sp, reason = self._span(request, creq, entry, headers)
         if sp.status == 416:
             return unsatisfiable(headers, sp)
-        apply_span(headers, sp)
         part = body if sp.last is None else body[sp.first : sp.last + 1]
-        reason = (entry.reason or None) if sp.status == entry.status else None
         return web.Response(status=sp.status, reason=reason, headers=headers, body=part)
+
+    def _span(
+        self,
+        request: web.BaseRequest,
+        creq: cp.CacheRequest,
+        entry: cp.CacheEntry,
+        headers: CIMultiDict[str],
+    ) -> tuple[ranges.Span, str | None]:
+        """The part of `entry`'s body `request` asks for (ranges.span), `headers` set for
+        it unless it is a 416, and the reason phrase its status line takes."""
+        decision = ranges.evaluate(
+            request.method, entry.status, creq.headers, entry.headers, entry.body_length
+        )
+        sp = ranges.span(decision, entry.status, entry.body_length)
+        if sp.status != 416:
+            apply_span(headers, sp)
+        return sp, (entry.reason or None) if sp.status == entry.status else None
 
     @property
     def memory_object_max(self) -> int:
@@ -293,16 +307,11 @@ class Hits:
     ) -> web.StreamResponse:
         """The body, or the range of it asked for, sent from its file (`fd`, closed)."""
         with contextlib.closing(FileBody(fd, entry.body_length)) as body:
-            decision = ranges.evaluate(
-                request.method, entry.status, creq.headers, entry.headers, entry.body_length
-            )
-            sp = ranges.span(decision, entry.status, entry.body_length)
+            sp, reason = self._span(request, creq, entry, headers)
             if sp.status == 416:
                 return unsatisfiable(headers, sp)
-            apply_span(headers, sp)
             body.offset = sp.first
             body.length = (entry.body_length if sp.last is None else sp.last + 1) - sp.first
-            reason = (entry.reason or None) if sp.status == entry.status else None
             out = web.StreamResponse(status=sp.status, reason=reason, headers=headers)
             transport = request.transport
             try:
@@ -324,17 +333,12 @@ class Hits:
         reader = await asyncio.to_thread(self.store.open_body, entry)
         if reader is None:
             return None
-        decision = ranges.evaluate(
-            request.method, entry.status, creq.headers, entry.headers, entry.body_length
-        )
-        sp = ranges.span(decision, entry.status, entry.body_length)
+        sp, reason = self._span(request, creq, entry, headers)
         if sp.status == 416:
             reader.close()
             return unsatisfiable(headers, sp)
         start = sp.first
         end = entry.body_length - 1 if sp.last is None else sp.last
-        apply_span(headers, sp)
-        reason = (entry.reason or None) if sp.status == entry.status else None
         out = web.StreamResponse(status=sp.status, reason=reason, headers=headers)
         try:
             await out.prepare(request)

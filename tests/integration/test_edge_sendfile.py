@@ -10,7 +10,8 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,21 @@ def _serve(origin: Origin, path: str, body: bytes) -> None:
     origin.routes[path] = handler
 
 
+@asynccontextmanager
+async def _serving(
+    tmp_path: Path, bodies: dict[str, bytes]
+) -> AsyncIterator[tuple[Origin, CacheLayer, int]]:
+    """An origin serving `bodies` by path, an edge in front of it (_config): the origin,
+    the edge's cache layer and its port."""
+    async with origins("a") as (origin,):
+        for path, body in bodies.items():
+            _serve(origin, path, body)
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            cache = edge.proxy.cache
+            assert cache is not None
+            yield origin, cache, edge.addresses["http"][0].port
+
+
 def _from_file(cache: CacheLayer, path: str) -> int | None:
     """The length of the FileBody the fast path would send for `path` now, if any."""
     hit = cache.hit_wire(f"http://h.test{path}", files=True)
@@ -60,92 +76,77 @@ async def _exchange(
 
 async def test_disk_hits_of_file_bodies_are_sent_whole_from_their_files(tmp_path: Path) -> None:
     bodies = {f"/f{size}": os.urandom(size) for size in SIZES}
-    async with origins("a") as (origin,):
+    async with _serving(tmp_path, bodies) as (origin, cache, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for round_ in range(3):  # a miss, then hits, one connection throughout
+                for path, body in bodies.items():
+                    head, got = await _exchange(reader, writer, path)
+                    assert got == body, (round_, path)
+                    assert (b"; hit" in head) == (round_ > 0), head
+        finally:
+            writer.close()
+        # What the fast path answered them with: the body's file, not its bytes.
         for path, body in bodies.items():
-            _serve(origin, path, body)
-        async with running_edge(_config(origin, tmp_path)) as edge:
-            cache = edge.proxy.cache
-            assert cache is not None
-            port = edge.addresses["http"][0].port
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                for round_ in range(3):  # a miss, then hits, one connection throughout
-                    for path, body in bodies.items():
-                        head, got = await _exchange(reader, writer, path)
-                        assert got == body, (round_, path)
-                        assert (b"; hit" in head) == (round_ > 0), head
-            finally:
-                writer.close()
-            # What the fast path answered them with: the body's file, not its bytes.
-            for path, body in bodies.items():
-                assert _from_file(cache, path) == len(body)
-                # Without files (a TLS connection, a request screening may refuse): bytes.
-                plain = cache.hit_wire(f"http://h.test{path}")
-                assert plain is not None and plain[2] == body
-            assert all(origin.hits[path] == 1 for path in bodies)
+            assert _from_file(cache, path) == len(body)
+            # Without files (a TLS connection, a request screening may refuse): bytes.
+            plain = cache.hit_wire(f"http://h.test{path}")
+            assert plain is not None and plain[2] == body
+        assert all(origin.hits[path] == 1 for path in bodies)
 
 
 async def test_a_body_file_cut_short_after_it_was_verified_is_never_sent_short(
     tmp_path: Path,
 ) -> None:
     body = os.urandom(100 * 1024)
-    async with origins("a") as (origin,):
-        _serve(origin, "/cut", body)
-        async with running_edge(_config(origin, tmp_path)) as edge:
-            port = edge.addresses["http"][0].port
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                for _ in range(2):
-                    assert (await _exchange(reader, writer, "/cut"))[1] == body
-                files = [
-                    p for p in (tmp_path / "cache").rglob("*.val") if p.stat().st_size == len(body)
-                ]
-                assert len(files) == 1
-                os.truncate(files[0], len(body) // 2)
-                head, got = await _exchange(reader, writer, "/cut")
-                assert got == body
-                assert b"; hit" not in head  # fetched again, not served from the cut file
-                assert origin.hits["/cut"] == 2
-            finally:
-                writer.close()
+    async with _serving(tmp_path, {"/cut": body}) as (origin, _, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(2):
+                assert (await _exchange(reader, writer, "/cut"))[1] == body
+            files = [
+                p for p in (tmp_path / "cache").rglob("*.val") if p.stat().st_size == len(body)
+            ]
+            assert len(files) == 1
+            os.truncate(files[0], len(body) // 2)
+            head, got = await _exchange(reader, writer, "/cut")
+            assert got == body
+            assert b"; hit" not in head  # fetched again, not served from the cut file
+            assert origin.hits["/cut"] == 2
+        finally:
+            writer.close()
 
 
 async def test_a_big_body_goes_out_as_the_client_reads_and_the_next_request_waits(
     tmp_path: Path,
 ) -> None:
     big, small = os.urandom(4 << 20), os.urandom(40_000)
-    async with origins("a") as (origin,):
-        _serve(origin, "/big", big)
-        _serve(origin, "/small", small)
-        async with running_edge(_config(origin, tmp_path)) as edge:
-            cache = edge.proxy.cache
-            assert cache is not None
-            port = edge.addresses["http"][0].port
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                for path, body in (("/big", big), ("/small", small)):
-                    assert (await _exchange(reader, writer, path))[1] == body
-            finally:
-                writer.close()
-            assert _from_file(cache, "/big") == len(big)
-            # A client with a small window that reads nothing for a while: most of the big
-            # body waits for it, and the request it sends meanwhile is answered after.
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port))
-            reader, writer = await asyncio.open_connection(sock=sock)
-            try:
-                writer.write(b"GET /big HTTP/1.1\r\nHost: h.test\r\n\r\n")
-                await asyncio.sleep(0.3)
-                writer.write(b"GET /small HTTP/1.1\r\nHost: h.test\r\n\r\n")
-                await asyncio.sleep(0.1)
-                for body in (big, small):
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                    assert b"; hit" in head
-                    assert await asyncio.wait_for(reader.readexactly(len(body)), 10) == body
-            finally:
-                writer.close()
-            assert origin.hits["/big"] == origin.hits["/small"] == 1
+    async with _serving(tmp_path, {"/big": big, "/small": small}) as (origin, cache, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for path, body in (("/big", big), ("/small", small)):
+                assert (await _exchange(reader, writer, path))[1] == body
+        finally:
+            writer.close()
+        assert _from_file(cache, "/big") == len(big)
+        # A client with a small window that reads nothing for a while: most of the big
+        # body waits for it, and the request it sends meanwhile is answered after.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"GET /big HTTP/1.1\r\nHost: h.test\r\n\r\n")
+            await asyncio.sleep(0.3)
+            writer.write(b"GET /small HTTP/1.1\r\nHost: h.test\r\n\r\n")
+            await asyncio.sleep(0.1)
+            for body in (big, small):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert b"; hit" in head
+                assert await asyncio.wait_for(reader.readexactly(len(body)), 10) == body
+        finally:
+            writer.close()
+        assert origin.hits["/big"] == origin.hits["/small"] == 1
 
 
 async def test_after_a_restart_a_big_body_is_sent_from_its_file_once_read_whole(
