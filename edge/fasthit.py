@@ -4,11 +4,12 @@ The client-facing protocol (edge.app.EdgeRequestHandler) offers each segment it 
 to this check first while aiohttp's own parser is idle (through Proxy.answer_plain_get,
 which remembers the verdict per distinct segment). A segment that holds exactly one complete
 `GET <origin-form> HTTP/1.1` request, with nothing that could change how it is answered
-(no body, no request cache directives, no conditionals or ranges, no upgrade, one Host),
-becomes a `SimpleGet`; the caller may then answer it from the memory tier of the cache
-without building an aiohttp request. Everything else -- including anything this strict
-grammar does not accept but aiohttp would -- returns None and goes through aiohttp's
-parser and the full handler unchanged, so a refusal here never changes behaviour.
+(no body, no request cache directives, no conditionals, no upgrade, one Host) but at most
+one Range line (no If-Range), becomes a `SimpleGet`; the caller may then answer it from
+the cache without building an aiohttp request (a Range only from a fresh hit). Everything
+else -- including anything this strict grammar does not accept but aiohttp would --
+returns None and goes through aiohttp's parser and the full handler unchanged, so a
+refusal here never changes behaviour.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ _DECLINE = frozenset(
         b"http2-settings",
         b"cache-control",
         b"pragma",
-        b"range",
         b"if-range",
         b"if-match",
         b"if-none-match",
@@ -57,6 +57,8 @@ class SimpleGet:
     headers: tuple[tuple[str, str], ...] = ()
     # Every field with its name as received, for a miss's origin request (Proxy.plain_miss).
     raw: tuple[tuple[str, str], ...] = ()
+    # The one Range field's value, when there is one: answered from a fresh hit only.
+    range: str | None = None
 
     def header(self, name: str) -> str | None:
         """The values of field `name` (lower case) joined by ", ", as the full handler
@@ -74,6 +76,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         return None
     host: bytes | None = None
     user_agent = b""
+    range_value: str | None = None
     loop_fields: list[tuple[str, str]] = []
     fields: list[tuple[str, str]] = []
     raw_fields: list[tuple[str, str]] = []
@@ -100,6 +103,10 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
                 return None
         elif lname == b"user-agent":
             user_agent = value
+        elif lname == b"range":
+            if range_value is not None:
+                return None
+            range_value = text
         elif lname in (b"cdn-loop", b"via"):
             loop_fields.append((lname.decode("ascii"), value.decode("ascii")))
         elif lname in _DECLINE:
@@ -115,4 +122,5 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         loop_fields=tuple(loop_fields),
         headers=tuple(fields),
         raw=tuple(raw_fields),
+        range=range_value,
     )

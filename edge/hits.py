@@ -116,14 +116,18 @@ class Hits:
             self._prepared[ident] = pre
         return pre
 
-    def hit_wire(self, key: str, files: bool = False) -> tuple[int, bytes, bytes | FileBody] | None:
+    def hit_wire(
+        self, key: str, files: bool = False, range_value: str | None = None
+    ) -> tuple[int, bytes, bytes | FileBody] | None:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
-        directives, conditionals or ranges) for primary key `key` when it is a fresh hit
-        whose body is small (read on the loop from disk when it is not in the memory tier,
-        see `small_body`); None otherwise. Decided as the hit path of `serve` decides it.
+        directives or conditionals) for primary key `key` when it is a fresh hit whose body
+        is small (read on the loop from disk when it is not in the memory tier, see
+        `small_body`); None otherwise. Decided as the hit path of `serve` decides it.
         With `files`, a body verified before that lies in a file of its own comes, whatever
         its size, as a FileBody to send with sendfile (edge.filebody), which the caller
-        must close."""
+        must close. `range_value`: the request's one Range field (no If-Range), answered
+        as `answer` answers it (a 206 of one range, the whole body for what ranges.evaluate
+        ignores); None for a Range no part of which fits, whose 416 `answer` gives."""
         now = self.clock()
         peeked = self.store.peek_single(key)
         if peeked is None:
@@ -146,18 +150,30 @@ class Hits:
         if fresh is None:
             return None
         entry = fresh.entry
+        part: ranges.Partial | None = None
+        if range_value is not None:
+            decision = ranges.evaluate(
+                "GET", entry.status, (("range", range_value),), entry.headers, entry.body_length
+            )
+            if isinstance(decision, ranges.Unsatisfiable):
+                return None
+            if isinstance(decision, ranges.Partial):
+                part = decision
         if body is None:  # decided fresh before the body is read, not after
             if files and peeked and (fd := self.store.open_known_file(entry)) is not None:
-                return (
-                    entry.status,
-                    self._hit_head(entry, fresh.age, fresh.ttl),
-                    FileBody(fd, entry.body_length),
-                )
+                if part is None:
+                    head = self._hit_head(entry, fresh.age, fresh.ttl)
+                    return entry.status, head, FileBody(fd, entry.body_length)
+                head = self._part_head(entry, part, fresh.age, fresh.ttl)
+                return 206, head, FileBody(fd, part.size, part.start)
             if entry.body_length > INLINE_READ_MAX:
                 return None
             body = self.store.read_body(entry) if peeked else self.store.get_body(entry)
             if body is None:
                 return None
+        if part is not None:
+            head = self._part_head(entry, part, fresh.age, fresh.ttl)
+            return 206, head, body[part.start : part.end + 1]
         return entry.status, self._hit_head(entry, fresh.age, fresh.ttl), body
 
     def _reread(self, key: str) -> None:
@@ -180,20 +196,37 @@ class Hits:
         memo = self._hit_heads.get(entry.key)
         if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
             return memo[3]
-        # The tail depends on the two numbers only (and the cache's name, which a reload
-        # clears this with): random hits over many keys share a few hundred of them.
-        tail = self._tails.get((age_s, ttl_s))
-        if tail is None:
-            status = cp.cache_status(self.name, hit=True, ttl=ttl)
-            tail = head_end(status, age_s)
-            if len(self._tails) >= 4096:
-                self._tails.clear()
-            self._tails[(age_s, ttl_s)] = tail
-        head = self.serialized_head(entry) + tail
+        head = self.serialized_head(entry) + self._tail(age_s, ttl_s, ttl)
         if memo is None and len(self._hit_heads) > 4096:
             self._hit_heads.clear()
         self._hit_heads[entry.key] = (entry, age_s, ttl_s, head)
         return head
+
+    def _tail(self, age_s: int, ttl_s: int, ttl: float) -> bytes:
+        """A hit head's Age and Cache-Status lines and its end. They depend on the two
+        numbers only (and the cache's name, which a reload clears them with): random hits
+        over many keys share a few hundred of them."""
+        tail = self._tails.get((age_s, ttl_s))
+        if tail is None:
+            tail = head_end(cp.cache_status(self.name, hit=True, ttl=ttl), age_s)
+            if len(self._tails) >= 4096:
+                self._tails.clear()
+            self._tails[(age_s, ttl_s)] = tail
+        return tail
+
+    def _part_head(
+        self, entry: cp.CacheEntry, part: ranges.Partial, age: float, ttl: float
+    ) -> bytes:
+        """The head of a 206 answering one range of a hit, as `answer` sends it: the
+        stored fields with Content-Range and Content-Length, then Age and Cache-Status.
+        Made per request (ranges rarely repeat), from the prepared fields."""
+        fields = [
+            *self.base_headers(entry, (1, 1)),
+            ("Content-Range", part.content_range),
+            ("Content-Length", str(part.size)),
+        ]
+        head = response_head(206, phrase(206), fields)
+        return head + self._tail(cp.age_value(age), math.floor(ttl), ttl)
 
     def serialized_head(self, entry: cp.CacheEntry) -> bytes:
         """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""

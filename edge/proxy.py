@@ -293,10 +293,10 @@ class Proxy:
         start = time.monotonic() if logging_on else 0.0
         # A body in a file of its own goes by sendfile on plain TCP (edge.filebody), unless
         # a screening rule may refuse the request (then nothing is opened).
-        hit = cache.hit_wire(key, files=scheme == "http" and not candidates)
+        hit = cache.hit_wire(key, files=scheme == "http" and not candidates, range_value=req.range)
         if hit is None:
-            if candidates:
-                return None  # screened by `handle`, once
+            if candidates or req.range is not None:
+                return None  # screened by `handle`, once; a Range's miss is the full handler's
             miss = cache.plain_miss(self, key, req, scheme, remote, write)
             if miss is None:
                 return None
@@ -311,10 +311,10 @@ class Proxy:
             verdict = screening.decide(candidates, client, req.target, req.header)
             if verdict is not None:
                 return self._refuse_plain(verdict, req, remote, start)
-        if parsed:
+        if parsed and req.range is None:
             # Remembered once it is a hit: a miss's segment names a URL not stored yet,
             # and the next request for it has its own segment (fresh headers, another
-            # connection...) as often as not.
+            # connection...) as often as not. Not a Range's: each asks for its own part.
             self._remember_plain(scheme, data, plain)
         status, head, body = hit
         self.metrics.response(status, "hit")

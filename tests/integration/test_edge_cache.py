@@ -663,6 +663,60 @@ async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
     assert len(records) == 1 + 1 + 3 + 1 + 2 + 1 + 2 + 1
 
 
+async def test_one_range_of_a_fresh_hit_takes_the_fast_path_and_the_rest_the_handler(
+    tmp_path: Path, handled: list[str]
+) -> None:
+    """A plain GET with one Range (no If-Range) of a fresh hit is answered by the fast path:
+    a 206 of that range, or the whole body where the full handler ignores the Range too.
+    A 416, an If-Range, a Range of a miss and a stale hit are the full handler's."""
+    body = bytes(range(256)) * 4
+    async with origins("a") as (origin,):
+        origin.routes["/r"] = _cacheable(body, ETag='"r"')
+        origin.routes["/n"] = _cacheable(body)
+        config = _cfg(origin, tmp_path)
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            # A miss with a Range: the full handler's, which fetches the whole and stores it.
+            head, part = await conn.get("/r", "Range: bytes=10-19")
+            assert head.startswith(b"HTTP/1.1 206 ") and part == body[10:20]
+            assert handled == ["GET /r"]
+            await conn.get("/r")  # the commit is in (a hit, from the handler or not)
+            before = len(handled)
+            cases = [
+                ("bytes=10-19", 206, body[10:20]),
+                ("bytes=1000-", 206, body[1000:]),
+                ("bytes=-5", 206, body[-5:]),
+                ("bytes=0-0, 3-4", 200, body),  # two ranges: the whole, as the handler does
+                ("bytes=x-y", 200, body),  # not a valid Range: ignored
+            ]
+            for spec, status, want in cases:
+                head, got = await conn.get("/r", f"Range: {spec}")
+                assert head.startswith(b"HTTP/1.1 %d " % status), (spec, head)
+                assert got == want, spec
+                assert b"Cache-Status: GeoEdge; hit; ttl=" in head and b"\r\nAge: " in head
+                if status == 206:
+                    first, last = (10, 19) if spec == "bytes=10-19" else (1000, 1023)
+                    if spec == "bytes=-5":
+                        first, last = 1019, 1023
+                    assert b"\r\nContent-Range: bytes %d-%d/1024\r\n" % (first, last) in head
+            assert handled[before:] == []
+            # What the fast path leaves: a Range nothing of which fits, an If-Range.
+            conn.writer.write(b"GET /r HTTP/1.1\r\nHost: h.test\r\nRange: bytes=5000-\r\n\r\n")
+            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 416 ")
+            await conn.reader.readexactly(_length_of(head))
+            head, got = await conn.get("/r", "Range: bytes=0-1", 'If-Range: "r"')
+            assert head.startswith(b"HTTP/1.1 206 ") and got == body[:2]
+            assert handled[before:] == ["GET /r", "GET /r"]
+            conn.writer.close()
+        assert origin.hits["/r"] == 1
+
+
+def _length_of(head: bytes) -> int:
+    return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+
+
 async def test_fast_path_leaves_stale_entries_and_refused_hosts_to_the_full_handler(
     tmp_path: Path,
 ) -> None:

@@ -259,6 +259,12 @@ FIELDS = st.lists(
             ("If-None-Match", '"v1"'),
             ("X-Spent", "yes"),
             ("Range", "bytes=0-9"),
+            ("Range", "bytes=-7"),
+            ("Range", "bytes=100-"),
+            ("Range", "bytes=0-0, 5-9"),
+            ("Range", "bytes=99999-"),
+            ("Range", "lines=1-2"),
+            ("If-Range", '"v1"'),
         ]
     ),
     max_size=5,

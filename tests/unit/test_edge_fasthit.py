@@ -72,7 +72,8 @@ def test_field_values_lose_their_surrounding_whitespace() -> None:
         _req("Host: h", "Connection: keep-alive, X-Secret"),
         _req("Host: h", "Cache-Control: no-cache"),
         _req("Host: h", "Pragma: no-cache"),
-        _req("Host: h", "Range: bytes=0-1"),
+        _req("Host: h", "Range: bytes=0-1", "If-Range: x"),
+        _req("Host: h", "Range: bytes=0-1", "Range: bytes=5-9"),  # two Range lines
         _req("Host: h", "If-Range: x"),
         _req("Host: h", "If-None-Match: x"),
         _req("Host: h", "if-modified-since: x"),
@@ -91,6 +92,14 @@ def test_field_values_lose_their_surrounding_whitespace() -> None:
 )
 def test_anything_else_is_left_to_the_full_handler(data: bytes) -> None:
     assert parse_simple_get(data) is None
+
+
+def test_one_range_is_taken_for_a_hit_to_answer() -> None:
+    plain = parse_simple_get(_req("Host: h"))
+    ranged = parse_simple_get(_req("Host: h", "Range: bytes=0-1, 5-"))
+    assert plain is not None and plain.range is None
+    assert ranged is not None and ranged.range == "bytes=0-1, 5-"
+    assert ("range", "bytes=0-1, 5-") in ranged.headers
 
 
 def test_big_segments_are_left_to_the_full_handler() -> None:
