@@ -45,7 +45,7 @@ from _common import (
     start_harness,
 )
 
-from edge.cache_policy import CacheRequest, entry_to_dict, make_entry
+from edge.cache_policy import CacheRequest, entries_json, make_entry
 from edge.store import Store
 
 START_GOAL_S = 10.0
@@ -77,7 +77,7 @@ def build(directory: Path, port: int, entries: int) -> int:
             digest = hashlib.sha256(body).hexdigest()
             key = f"http://{LOOPBACK}:{port}/o/{i}/1k"
             entry = replace(template, key=key, sha256=digest)
-            meta = json.dumps([entry_to_dict(entry)], separators=(",", ":")).encode()
+            meta = entries_json([entry])
             bkey = f"b:{key}\x1f\x1f{digest}"
             batch.append((bkey, now, now, 0, 1, None, body))
             batch.append((f"m:{key}", now, now, 0, 1, None, meta))

@@ -7,6 +7,7 @@ unknown keys are errors. The rest of the edge only reads these values.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -307,6 +308,9 @@ class _Section:
             raise self.error(name, f"expected {_kind_name(kinds)}, got a boolean")
         if not isinstance(value, kinds):
             raise self.error(name, f"expected {_kind_name(kinds)}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has inf and nan: no duration, fraction or rate of ours means either.
+            raise self.error(name, f"must be a finite number, got {value}")
         return value  # type: ignore[return-value]
 
     def positive(self, name: str, default: float, *, allow_zero: bool = False) -> float:

@@ -565,6 +565,16 @@ def test_check_config_reports_file_key_and_problem(tmp_path: Path) -> None:
             "not a size",
         ),
         (
+            '[pool]\norigins = ["http://a:1"]\n[cache]\ndefault_ttl = inf\n',
+            "cache.default_ttl",
+            "must be a finite number, got inf",
+        ),
+        (
+            '[pool]\norigins = ["http://a:1"]\n[cache]\nheuristic_max = nan\n',
+            "cache.heuristic_max",
+            "must be a finite number, got nan",
+        ),
+        (
             '[pool]\norigins = ["http://a:1"]\n[tls]\nlisten = ["127.0.0.1:0"]\n',
             "tls.certificates",
             "no certificate",

@@ -24,6 +24,7 @@ from edge.cache_policy import (
     cache_key,
     cache_status,
     decision_status,
+    entries_json,
     freshen,
     invalidation_keys,
     lookup,
@@ -205,6 +206,16 @@ def test_entry_json_roundtrip_and_validation() -> None:
     for bad in (b"[]", b"{", b'{"key": 1}', e.to_json().replace(SHA.encode(), b"zz")):
         with pytest.raises(CacheMetadataError):
             CacheEntry.from_json(bad)
+
+
+def test_a_variant_list_is_the_json_of_its_entries_as_dataclasses_give_them() -> None:
+    """entries_json (orjson) writes what the standard library would of `asdict`: every
+    field, under its name, tuples as arrays, floats as they are."""
+    e = entry(resp("max-age=60", ("Vary", "Accept-Language")), req([("Accept-Language", "de")]))
+    other = dataclasses.replace(e, variant="x", request_time=1796275490.150211, stored_at=1e9)
+    doc = entries_json([e, other])
+    assert json.loads(doc) == json.loads(json.dumps([dataclasses.asdict(x) for x in (e, other)]))
+    assert [CacheEntry.from_json(json.dumps(d).encode()) for d in json.loads(doc)] == [e, other]
 
 
 def test_entry_json_checks_every_field() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from edge.cache_policy import CacheEntry, CacheRequest, entry_to_dict, make_entry
+from edge.cache_policy import CacheEntry, CacheRequest, entries_json, make_entry
 from edge.store import BodyWriter, Store, _body_key
 
 T0 = float(calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0)))
@@ -469,7 +469,7 @@ def test_fills_keep_diskcaches_table_and_counts_as_cache_set_would(tmp_path: Pat
         old_list = tmp_path / "old-list.val"  # as diskcache writes a value of 32 KiB and more
         e = s.put(entry("/listed"), b"l")
         assert e is not None
-        doc = json.dumps([entry_to_dict(e)]).encode()
+        doc = entries_json([e])
         old_list.write_bytes(doc)
         with sqlite3.connect(tmp_path / "cache.db") as db:
             db.execute(
