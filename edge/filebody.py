@@ -27,18 +27,30 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class FileBody:
-    """``length`` bytes of an open body file from ``offset``, to be sent and closed."""
+    """``length`` bytes of an open body file from ``offset``, to be sent and closed.
 
-    __slots__ = ("fd", "length", "offset")
+    ``sent`` counts the bytes of it the socket took (or the transport queued); `close`
+    calls ``on_close`` with that count once, however the send ended (the fast path's
+    access log line, written when the body went or was cut, with what went)."""
 
-    def __init__(self, fd: int, length: int, offset: int = 0) -> None:
+    __slots__ = ("fd", "length", "offset", "on_close", "sent")
+
+    def __init__(
+        self,
+        fd: int,
+        length: int,
+        offset: int = 0,
+        on_close: Callable[[int], None] | None = None,
+    ) -> None:
         self.fd = fd
         self.length = length
         self.offset = offset
+        self.sent = 0
+        self.on_close = on_close
 
     def __len__(self) -> int:
         return self.length
@@ -47,6 +59,9 @@ class FileBody:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close(self.sent)
 
 
 Part = bytes | FileBody
@@ -72,15 +87,15 @@ def write_wire(
             transport.writelines(pending)
             pending = []
         try:
-            sent = _send_file(transport, part)
+            whole = _send_file(transport, part)
         except BaseException:
             _close_files(parts[i:])
             raise
-        if sent is None:
+        if not whole:
             _close_files(parts[i:])
             transport.abort()
             return None
-        if sent < part.length:
+        if part.sent < part.length:
             # What follows a body sent later cannot be written now: the fast path's
             # answers end with their body.
             assert i == len(parts) - 1, "a file body ends its response"
@@ -91,7 +106,7 @@ def write_wire(
                 part.close()
                 transport.abort()
                 return None
-            task = asyncio.ensure_future(_send_rest(transport, part, sent, out, send_timeout))
+            task = asyncio.ensure_future(_send_rest(transport, part, out, send_timeout))
             task.add_done_callback(functools.partial(_sent, part, out))
             return task
         part.close()
@@ -117,31 +132,33 @@ def _close_files(parts: Sequence[Part]) -> None:
             part.close()
 
 
-def _send_file(transport: asyncio.WriteTransport, body: FileBody) -> int | None:
-    """The bytes of ``body`` sent with sendfile until the socket took no more, or all of
-    them once a rest up to QUEUE_MAX was read and queued on the transport; None when its
-    file proved short or the connection failed (the caller aborts it)."""
+def _send_file(transport: asyncio.WriteTransport, body: FileBody) -> bool:
+    """Send ``body`` with sendfile until the socket takes no more (``body.sent`` says how
+    far it went), or all of it once a rest up to QUEUE_MAX was read and queued on the
+    transport; False when its file proved short or the connection failed (the caller
+    aborts it)."""
     if transport.is_closing():
-        return None
-    sent = 0
+        return False
     # Straight to the socket only when the transport holds nothing (uvloop's and
     # asyncio's write what they can at once, so after a head that went out whole).
     sock = transport.get_extra_info("socket")
     if sock is not None and transport.get_write_buffer_size() == 0:
         try:
-            sent = _sendfile(sock.fileno(), body, sent)
+            _sendfile(sock.fileno(), body)
         except OSError:
-            return None
+            return False
+    sent = body.sent
     if sent == body.length or (sock is not None and body.length - sent > QUEUE_MAX):
-        return sent  # done, or the rest as the socket drains (_send_rest)
+        return True  # done, or the rest as the socket drains (_send_rest)
     try:
         rest = os.pread(body.fd, body.length - sent, body.offset + sent)
     except OSError:
-        return None
+        return False
     if len(rest) != body.length - sent:
-        return None
+        return False
     transport.write(rest)
-    return body.length
+    body.sent = body.length
+    return True
 
 
 # A rest of a body up to this much is read and queued on the transport at once (as the
@@ -154,30 +171,29 @@ QUEUE_MAX = 256 * 1024
 BURST = 2 << 20
 
 
-def _sendfile(out: int, body: FileBody, sent: int) -> int:
-    """sendfile from ``sent`` until the body is sent, BURST bytes went or the socket takes
-    no more: the bytes sent then. OSError when the connection failed or the file proved
-    short."""
-    stop = min(body.length, sent + BURST)
+def _sendfile(out: int, body: FileBody) -> None:
+    """sendfile from ``body.sent`` (kept in step) until the body is sent, BURST bytes
+    went or the socket takes no more. OSError when the connection failed or the file
+    proved short."""
+    stop = min(body.length, body.sent + BURST)
     try:
-        while sent < stop:
-            n = os.sendfile(out, body.fd, body.offset + sent, stop - sent)
+        while body.sent < stop:
+            n = os.sendfile(out, body.fd, body.offset + body.sent, stop - body.sent)
             if n == 0:
-                raise OSError(f"body file ends at {sent} of {body.length} bytes")
-            sent += n
+                raise OSError(f"body file ends at {body.sent} of {body.length} bytes")
+            body.sent += n
     except BlockingIOError:
         pass  # the socket's buffer is full
-    return sent
 
 
 async def _send_rest(
-    transport: asyncio.WriteTransport, body: FileBody, sent: int, out: int, send_timeout: float
+    transport: asyncio.WriteTransport, body: FileBody, out: int, send_timeout: float
 ) -> list[bytes]:
-    """Send ``body`` from ``sent`` to the socket ``out`` (a descriptor of our own on the
-    transport's) as it drains; see the module's text."""
+    """Send the rest of ``body`` (from ``body.sent``) to the socket ``out`` (a descriptor
+    of our own on the transport's) as it drains; see the module's text."""
     loop = asyncio.get_running_loop()
     try:
-        while sent < body.length:
+        while body.sent < body.length:
             writable = loop.create_future()
             loop.add_writer(out, _wake, writable)
             try:
@@ -187,9 +203,10 @@ async def _send_rest(
             if transport.is_closing():
                 raise ConnectionError("the connection closed")
             if transport.get_write_buffer_size() == 0:
-                sent = _sendfile(out, body, sent)
+                _sendfile(out, body)
     except (OSError, TimeoutError) as exc:
-        log.info("a body sent from its file was cut at %d of %d bytes: %r", sent, body.length, exc)
+        cut = body.sent
+        log.info("a body sent from its file was cut at %d of %d bytes: %r", cut, body.length, exc)
         transport.abort()
     return []
 

@@ -349,9 +349,11 @@ class Hits:
             transport = request.transport
             try:
                 await out.prepare(request)
-                if transport is not None and await send_file(transport, body):
-                    count_written(out, body.length)
-                    await out.write_eof()
+                if transport is not None:
+                    whole = await send_file(transport, body)
+                    count_written(out, body.sent)  # for the access log: what went
+                    if whole:
+                        await out.write_eof()
             except ConnectionError:
                 pass
             return out

@@ -56,7 +56,7 @@ from edge.exchange import (
     transfer_coding,
 )
 from edge.fasthit import SimpleGet, parse_simple_get
-from edge.filebody import Part
+from edge.filebody import FileBody, Part
 from edge.freshness import format_http_date
 from edge.headers import (
     client_response_headers,
@@ -319,7 +319,13 @@ class Proxy:
         status, head, body = hit
         self.metrics.response(status, "hit")
         if logging_on:
-            self._log_plain(req, remote, status, len(body), start, "hit")
+            if isinstance(body, FileBody):
+                # Logged once the file's send ended, with what went (a client may leave
+                # or be dropped half-way), as the full handler logs what it wrote.
+                log_hit = self._log_plain
+                body.on_close = lambda sent: log_hit(req, remote, status, sent, start, "hit")
+            else:
+                self._log_plain(req, remote, status, len(body), start, "hit")
         return [head, body]
 
     def _remember_plain(self, scheme: str, data: bytes, plain: _Plain | Literal[False]) -> None:

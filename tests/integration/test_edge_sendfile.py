@@ -245,6 +245,47 @@ async def test_ranges_of_a_body_on_disk_are_sent_from_its_file_by_either_path(
     assert origin.hits["/big"] == 1
 
 
+async def test_the_access_log_counts_what_went_of_a_body_sent_from_its_file(
+    tmp_path: Path,
+) -> None:
+    """A fast-path hit sent from its file is logged once its send ended, with the bytes
+    that went: the whole body for a client that took it, a part for one that left."""
+    size = 8 << 20
+    big = os.urandom(size)
+    log = tmp_path / "access.log"
+    async with origins("a") as (origin,):
+        _serve(origin, "/big", big)
+        cache = {"dir": str(tmp_path / "cache"), "memory_object_max": "16KiB"}
+        config = edge_config([origin], cache=cache, log={"access_log": str(log)})
+        async with running_edge(config) as edge:
+            layer = edge.proxy.cache
+            assert layer is not None
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert (await _exchange(reader, writer, "/big"))[1] == big  # the miss
+            assert _from_file(layer, "/big") == size
+            assert (await _exchange(reader, writer, "/big"))[1] == big  # a whole hit
+            writer.close()
+            # A client that reads the head and a little, then leaves.
+            leaving = socket.socket()
+            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            leaving.connect(("127.0.0.1", port))
+            leaving.sendall(b"GET /big HTTP/1.1\r\nHost: h.test\r\n\r\n")
+            got = await asyncio.to_thread(leaving.recv, 65536)
+            assert got.startswith(b"HTTP/1.1 200 ")
+            leaving.close()  # unread bytes: a reset
+            lines: list[dict[str, Any]] = []
+            for _ in range(100):  # until the edge has seen the reset and logged it
+                await asyncio.sleep(0.05)
+                edge.proxy.access_log.flush()
+                lines = [json.loads(x) for x in log.read_text().splitlines()]
+                if len(lines) == 3:
+                    break
+    assert [x["cache"] for x in lines] == ["miss", "hit", "hit"]
+    assert lines[1]["bytes"] == size
+    assert 0 < lines[2]["bytes"] < size, lines[2]
+
+
 def _length(head: bytes) -> int:
     return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
 

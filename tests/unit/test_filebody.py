@@ -30,6 +30,7 @@ class _Sender(asyncio.Protocol):
         self.path, self.length, self.small_buffer = path, length, small_buffer
         self.timeout = timeout
         self.sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.went: list[int] = []  # what FileBody.close reported having sent
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.WriteTransport, base)  # uvloop's is not a subclass
@@ -37,7 +38,7 @@ class _Sender(asyncio.Protocol):
             sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         fd = os.open(self.path, os.O_RDONLY)
-        body = FileBody(fd, self.length)
+        body = FileBody(fd, self.length, on_close=self.went.append)
         rest = write_wire(transport, [HEAD % self.length, body], self.timeout)
         if rest is None:
             self.sent.set_result(body.fd)
@@ -53,9 +54,10 @@ async def _receive(
     small_buffer: bool = False,
     pause: float = 0.0,
     send_timeout: float = 10.0,
-) -> tuple[bytes, int]:
-    """What a client gets (until the sender closes or the length is in), and the FileBody's
-    descriptor once write_wire and what it left to run ended (-1: closed)."""
+) -> tuple[bytes, int, int]:
+    """What a client gets (until the sender closes or the length is in), the FileBody's
+    descriptor once write_wire and what it left to run ended (-1: closed), and the count
+    of its bytes sent that its close reported (-1: none reported, or more than once)."""
     loop = asyncio.get_running_loop()
     senders: list[_Sender] = []
 
@@ -82,7 +84,8 @@ async def _receive(
                 break
             got += chunk
         fd_after = await asyncio.wait_for(senders[0].sent, 10)
-        return bytes(got), fd_after
+        went = senders[0].went
+        return bytes(got), fd_after, went[0] if len(went) == 1 else -1
     finally:
         client.close()
         server.close()
@@ -92,9 +95,10 @@ async def _receive(
 async def test_a_file_body_follows_its_head_whole(tmp_path: Path) -> None:
     data = os.urandom(100 * 1024)
     (tmp_path / "body").write_bytes(data)
-    got, fd_after = await _receive(tmp_path / "body", len(data))
+    got, fd_after, went = await _receive(tmp_path / "body", len(data))
     assert got == HEAD % len(data) + data
     assert fd_after == -1  # closed once sent
+    assert went == len(data)
 
 
 @pytest.mark.parametrize("size", [200 * 1024, 4 << 20])  # a rest queued, one sent later
@@ -103,19 +107,21 @@ async def test_what_a_full_socket_does_not_take_follows_as_it_drains(
 ) -> None:
     data = os.urandom(size)  # far past both small buffers
     (tmp_path / "body").write_bytes(data)
-    got, fd_after = await _receive(tmp_path / "body", size, small_buffer=True, pause=0.2)
+    got, fd_after, went = await _receive(tmp_path / "body", size, small_buffer=True, pause=0.2)
     assert got == HEAD % size + data
     assert fd_after == -1
+    assert went == size
 
 
 async def test_a_file_cut_short_is_found_by_a_later_send_too(tmp_path: Path) -> None:
     data = os.urandom(2 << 20)
     (tmp_path / "body").write_bytes(data)
     length = len(data) + 1000
-    got, fd_after = await _receive(tmp_path / "body", length, small_buffer=True, pause=0.2)
+    got, fd_after, went = await _receive(tmp_path / "body", length, small_buffer=True, pause=0.2)
     assert got.startswith(HEAD % length)
     assert len(got) < len(HEAD % length) + length
     assert fd_after == -1
+    assert 0 < went <= len(data)  # what went before the send found the file short
 
 
 async def test_a_client_that_takes_nothing_is_dropped_after_the_send_timeout(
@@ -124,21 +130,23 @@ async def test_a_client_that_takes_nothing_is_dropped_after_the_send_timeout(
     data = os.urandom(4 << 20)
     (tmp_path / "body").write_bytes(data)
     # The client reads nothing for 2 s; the sender gives up after 0.3 s without progress.
-    got, fd_after = await _receive(
+    got, fd_after, went = await _receive(
         tmp_path / "body", len(data), small_buffer=True, pause=2.0, send_timeout=0.3
     )
     assert len(got) < len(HEAD % len(data)) + len(data)
     assert fd_after == -1
+    assert 0 < went < len(data)  # what the socket took before the client was dropped
 
 
 async def test_a_file_shorter_than_its_length_cuts_the_connection(tmp_path: Path) -> None:
     data = os.urandom(50_000)
     (tmp_path / "body").write_bytes(data)
     length = len(data) + 1000  # checked at 51,000 bytes, cut since
-    got, fd_after = await _receive(tmp_path / "body", length)
+    got, fd_after, went = await _receive(tmp_path / "body", length)
     assert got.startswith(HEAD % length)
     assert len(got) < len(HEAD % length) + length  # the client sees a cut response
     assert fd_after == -1
+    assert went <= len(data)
 
 
 async def test_bytes_only_go_out_as_they_are() -> None:
