@@ -12,7 +12,7 @@ move during a measured run. Scenarios:
   100k      100 KiB object, ours vs nginx                       goal >= 0.35x nginx
   1k-log    1 KiB object, both proxies writing a JSON access log to a file (buffered
             64 KiB on both sides, the same fields)               goal >= 0.8x nginx
-  disk10k, disk100k, disk1m, disk1m-range, miss, miss1
+  disk10k, disk100k, disk1m, disk1m-range, disk10k-304, miss, miss1
             the edge at scale: see bench/edgescale.py
   1k-rules  1 KiB object, our edge with 20 screening rules (edge.screening) vs the same
             edge without: none refuses the benchmark's requests, but a per-client rate limit
@@ -540,10 +540,12 @@ def scale_rows(
 ) -> list[list[str]]:
     rows: list[list[str]] = []
     for key in (k for k in edgescale.DISK if k in args.scenarios):
-        kib, memory, span = edgescale.DISK[key]
-        n = {"disk10k": args.objects, "disk100k": args.objects_100k}.get(key, args.objects_1m)
+        kib, memory, span, revalidate = edgescale.DISK[key]
+        sizes = {"disk10k": args.objects, "disk10k-304": args.objects}
+        n = {**sizes, "disk100k": args.objects_100k}.get(key, args.objects_1m)
         tier = memory or "default"
         asked = f"random {span} KiB ranges of" if span else "random hits over"
+        asked = "random revalidations (304) of" if revalidate else asked
         log(f"scenario {key}: {asked} {n} objects of {kib} KiB, memory tier {tier}")
         pair = scale_pair(args, workdir, logdir, origin_port, memory)
         seeds = iter(range(1, 1000))
@@ -551,6 +553,8 @@ def scale_rows(
             edgescale.warm(label, proxy.port, n, kib)
             if span:
                 edgescale.check_range(label, proxy.port, kib, span)
+            if revalidate:
+                edgescale.check_revalidate(label, proxy.port, kib)
         runs = alternate(
             args.rounds,
             pair,
@@ -560,7 +564,7 @@ def scale_rows(
                 path="",
                 origin_port=origin_port,
                 cpus=LOADGEN_CPU,
-                script=partial(edgescale.random_script, workdir, n, kib, seeds, span),
+                script=partial(edgescale.random_script, workdir, n, kib, seeds, span, revalidate),
             ),
         )
         for proxy in pair.values():
@@ -570,6 +574,8 @@ def scale_rows(
         title = f"{kib} KiB random hits, {n} objects ({mib} MiB)"
         if span:
             title = f"{span} KiB random ranges of {kib} KiB, {n} objects ({mib} MiB)"
+        if revalidate:
+            title = f"{kib} KiB random revalidations (304), {n} objects ({mib} MiB)"
         rows.append(result_row(title, ours, nginx, edgescale.GOALS[key]))
     misses = [s for s in ("miss", "miss1") if s in args.scenarios]
     if misses:
@@ -620,7 +626,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = arg_parser(
         __doc__, what="proxy", warmup=2.0, warmup_help="unmeasured wrk seconds per proxy"
     )
-    every = "1k,100k,1k-log,1k-rules,disk10k,disk100k,disk1m,disk1m-range,miss,miss1,workers"
+    every = (
+        "1k,100k,1k-log,1k-rules,disk10k,disk100k,disk1m,disk1m-range,disk10k-304,"
+        "miss,miss1,workers"
+    )
     p.add_argument("--scenarios", default=every, help=f"subset of {every}")
     p.add_argument("--servers", default="ours,nginx", help="ours,nginx or one of them")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")

@@ -8,7 +8,9 @@
             past what the fast path reads on the loop (downloads, video segments), our
             memory tier at its default                                   goal >= 0.5x nginx
   disk1m-range  the same objects, each request a random 256 KiB range of one (video
-            players, resumed downloads): ours answers them with the full handler
+            players, resumed downloads)                                  goal >= 0.5x nginx
+  disk10k-304  the disk10k objects, each request a revalidation (If-Modified-Since with the
+            objects' Last-Modified, as a browser's conditional GET): every answer a 304
                                                                          goal >= 0.5x nginx
   miss      misses, every URL new, wrk -c64, origin nginx serving a static 10 KiB file
                                                                          goal >= 0.4x nginx
@@ -34,20 +36,24 @@ from pathlib import Path
 
 import aiohttp
 from _common import LOADGEN_CPU, LOOPBACK, BenchError, Proc, free_port, log, run_tool, wait_until
+from origin import LAST_MODIFIED
 
 # scenario: (object size in KiB, our memory tier or None for the default, the size of the
-# byte range each request asks for in KiB or 0 for whole objects)
+# byte range each request asks for in KiB or 0 for whole objects, whether each request is
+# a revalidation)
 DISK = {
-    "disk10k": (10, "16MiB", 0),
-    "disk100k": (100, None, 0),
-    "disk1m": (1024, None, 0),
-    "disk1m-range": (1024, None, 256),
+    "disk10k": (10, "16MiB", 0, False),
+    "disk100k": (100, None, 0, False),
+    "disk1m": (1024, None, 0, False),
+    "disk1m-range": (1024, None, 256, False),
+    "disk10k-304": (10, "16MiB", 0, True),
 }
 GOALS = {
     "disk10k": 0.5,
     "disk100k": 0.5,
     "disk1m": 0.5,
     "disk1m-range": 0.5,
+    "disk10k-304": 0.5,
     "miss": 0.4,
     "miss1": 0.3,
 }
@@ -67,6 +73,16 @@ request = function()
   local first = math.random(0, {kib} * 1024 - {span})
   local range = "bytes=" .. first .. "-" .. (first + {span} - 1)
   return wrk.format("GET", "/o/" .. math.random(0, n - 1) .. "/{kib}k", {{["Range"] = range}})
+end
+"""
+
+# bench/origin.py's Last-Modified, the same for every object.
+REVALIDATE_LUA = """
+local n = {objects}
+math.randomseed({seed})
+local since = {{["If-Modified-Since"] = "{since}"}}
+request = function()
+  return wrk.format("GET", "/o/" .. math.random(0, n - 1) .. "/{kib}k", since)
 end
 """
 
@@ -126,6 +142,23 @@ def check_range(label: str, port: int, kib: int, span_kib: int) -> None:
         conn.close()
     if resp.status != 206 or got != span_kib * 1024:
         raise BenchError(f"{label} answered a range with {resp.status} and {got} bytes")
+
+
+def check_revalidate(label: str, port: int, kib: int) -> None:
+    """The proxy answers a revalidation of a stored object with a 304 from its cache (nginx
+    does when the If-Modified-Since is the cached Last-Modified: `if_modified_since
+    exact`, its default)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        conn.request("GET", f"/o/0/{kib}k", headers={"If-Modified-Since": LAST_MODIFIED})
+        resp = conn.getresponse()
+        got = len(resp.read())
+    finally:
+        conn.close()
+    if resp.status != 304 or got:
+        raise BenchError(f"{label} answered a revalidation with {resp.status} and {got} bytes")
 
 
 def nginx_main(d: Path) -> str:
@@ -202,12 +235,20 @@ def miss_script(workdir: Path) -> Path:
 
 
 def random_script(
-    workdir: Path, objects: int, kib: int, seeds: Iterator[int], span_kib: int = 0
+    workdir: Path,
+    objects: int,
+    kib: int,
+    seeds: Iterator[int],
+    span_kib: int = 0,
+    revalidate: bool = False,
 ) -> Path:
     """A wrk script asking for random objects (random ranges of `span_kib` KiB of them,
-    if not 0), with the next of `seeds` (a new sequence each run)."""
+    if not 0; revalidating them, if `revalidate`), with the next of `seeds` (a new
+    sequence each run)."""
     seed = next(seeds)
-    if span_kib:
+    if revalidate:
+        text = REVALIDATE_LUA.format(objects=objects, seed=seed, kib=kib, since=LAST_MODIFIED)
+    elif span_kib:
         text = RANGE_LUA.format(objects=objects, seed=seed, kib=kib, span=span_kib * 1024)
     else:
         text = RANDOM_LUA.format(objects=objects, seed=seed, kib=kib)

@@ -335,10 +335,14 @@ class CacheLayer:
     # ------------------------------------------------------------------ entry point
 
     def hit_wire(
-        self, key: str, files: bool = False, range_value: str | None = None
+        self,
+        key: str,
+        files: bool = False,
+        range_value: str | None = None,
+        conditions: tuple[tuple[str, str], ...] = (),
     ) -> tuple[int, bytes, bytes | FileBody] | None:
         """The raw fast path's answer for primary key `key` (see Hits.hit_wire)."""
-        return self.hits.hit_wire(key, files, range_value)
+        return self.hits.hit_wire(key, files, range_value, conditions)
 
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
         # What the origin is sent: a field the client named in Connection never reaches

@@ -220,14 +220,28 @@ def evaluate(
     response). ``stored_time`` is when the response was received, used as the
     modification date of a response without Last-Modified or Date (RFC 9111 §4.3.2).
     """
-    safe = method.upper() in ("GET", "HEAD")
+    return evaluate_validators(
+        method, request_headers, *stored_validators(stored_headers, stored_time)
+    )
+
+
+def stored_validators(stored_headers: Headers, stored_time: float) -> tuple[list[str], float]:
+    """A stored response's validators as `evaluate` compares them: its entity-tag (none or
+    one) and its modification date (Last-Modified, else Date, else ``stored_time``)."""
     etags = [e.strip() for e in field_values(stored_headers, "etag")[:1]]
     last_modified = date_field(stored_headers, "last-modified")
     if last_modified is None:
         last_modified = date_field(stored_headers, "date")
     if last_modified is None:
         last_modified = stored_time
+    return etags, last_modified
 
+
+def evaluate_validators(
+    method: str, request_headers: Headers, etags: list[str], last_modified: float
+) -> int | None:
+    """`evaluate` against a stored response's `stored_validators`."""
+    safe = method.upper() in ("GET", "HEAD")
     if_match = field_values(request_headers, "if-match")
     if if_match:
         tags = parse_etags(", ".join(if_match))

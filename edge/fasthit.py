@@ -4,9 +4,10 @@ The client-facing protocol (edge.app.EdgeRequestHandler) offers each segment it 
 to this check first while aiohttp's own parser is idle (through Proxy.answer_plain_get,
 which remembers the verdict per distinct segment). A segment that holds exactly one complete
 `GET <origin-form> HTTP/1.1` request, with nothing that could change how it is answered
-(no body, no request cache directives, no conditionals, no upgrade, one Host) but at most
-one Range line (no If-Range), becomes a `SimpleGet`; the caller may then answer it from
-the cache without building an aiohttp request (a Range only from a fresh hit). Everything
+(no body, no request cache directives, no If-Match, If-Unmodified-Since or If-Range, no
+upgrade, one Host; at most one Range line) becomes a `SimpleGet`; the caller may then
+answer it from the cache without building an aiohttp request (a Range, If-None-Match or
+If-Modified-Since only from a fresh hit). Everything
 else -- including anything this strict grammar does not accept but aiohttp would --
 returns None and goes through aiohttp's parser and the full handler unchanged, so a
 refusal here never changes behaviour.
@@ -37,8 +38,6 @@ _DECLINE = frozenset(
         b"pragma",
         b"if-range",
         b"if-match",
-        b"if-none-match",
-        b"if-modified-since",
         b"if-unmodified-since",
     }
 )
@@ -59,6 +58,9 @@ class SimpleGet:
     raw: tuple[tuple[str, str], ...] = ()
     # The one Range field's value, when there is one: answered from a fresh hit only.
     range: str | None = None
+    # The If-None-Match and If-Modified-Since fields (lower-case name, value), in order:
+    # answered from a fresh hit only.
+    conditions: tuple[tuple[str, str], ...] = ()
 
     def header(self, name: str) -> str | None:
         """The values of field `name` (lower case) joined by ", ", as the full handler
@@ -77,6 +79,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
     host: bytes | None = None
     user_agent = b""
     range_value: str | None = None
+    conditions: list[tuple[str, str]] = []
     loop_fields: list[tuple[str, str]] = []
     fields: list[tuple[str, str]] = []
     raw_fields: list[tuple[str, str]] = []
@@ -107,6 +110,8 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
             if range_value is not None:
                 return None
             range_value = text
+        elif lname in (b"if-none-match", b"if-modified-since"):
+            conditions.append((lname.decode("ascii"), text))
         elif lname in (b"cdn-loop", b"via"):
             loop_fields.append((lname.decode("ascii"), value.decode("ascii")))
         elif lname in _DECLINE:
@@ -123,4 +128,5 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         headers=tuple(fields),
         raw=tuple(raw_fields),
         range=range_value,
+        conditions=tuple(conditions),
     )

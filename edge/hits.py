@@ -72,6 +72,7 @@ class Hits:
         # re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
         self._tails: dict[tuple[int, int], bytes] = {}
+        self._valid: dict[tuple[Any, ...], tuple[list[str], float]] = {}
         self._rereads: dict[str, asyncio.Future[Any]] = {}
 
     def reconfigure(self, name: str, via: str) -> None:
@@ -117,7 +118,11 @@ class Hits:
         return pre
 
     def hit_wire(
-        self, key: str, files: bool = False, range_value: str | None = None
+        self,
+        key: str,
+        files: bool = False,
+        range_value: str | None = None,
+        conditions: tuple[tuple[str, str], ...] = (),
     ) -> tuple[int, bytes, bytes | FileBody] | None:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
         directives or conditionals) for primary key `key` when it is a fresh hit whose body
@@ -127,7 +132,9 @@ class Hits:
         its size, as a FileBody to send with sendfile (edge.filebody), which the caller
         must close. `range_value`: the request's one Range field (no If-Range), answered
         as `answer` answers it (a 206 of one range, the whole body for what ranges.evaluate
-        ignores); None for a Range no part of which fits, whose 416 `answer` gives."""
+        ignores); None for a Range no part of which fits, whose 416 `answer` gives.
+        `conditions`: the request's If-None-Match and If-Modified-Since fields, evaluated
+        first, as `answer` does: a 304 when they say so."""
         now = self.clock()
         peeked = self.store.peek_single(key)
         if peeked is None:
@@ -150,6 +157,12 @@ class Hits:
         if fresh is None:
             return None
         entry = fresh.entry
+        if conditions:
+            verdict = conditional.evaluate_validators("GET", conditions, *self._validators(entry))
+            if verdict == 304:
+                return 304, self._not_modified_head(entry, fresh.age, fresh.ttl), b""
+            if verdict is not None:
+                return None
         part: ranges.Partial | None = None
         if range_value is not None:
             decision = ranges.evaluate(
@@ -214,6 +227,29 @@ class Hits:
             self._tails[(age_s, ttl_s)] = tail
         return tail
 
+    def _not_modified_head(self, entry: cp.CacheEntry, age: float, ttl: float) -> bytes:
+        """The head of the 304 `answer` sends for a hit whose validators match: the stored
+        fields a 304 keeps (prepared once, beside the hit heads), then Age and
+        Cache-Status."""
+        ident = (entry.key, entry.variant, entry.sha256, entry.response_time, 304)
+        head = self._heads.get(ident)
+        if head is None:
+            fields = conditional.not_modified_headers(self.base_headers(entry, (1, 1)))
+            head = self._keep_head(ident, response_head(304, phrase(304), fields))
+        return head + self._tail(cp.age_value(age), math.floor(ttl), ttl)
+
+    def _validators(self, entry: cp.CacheEntry) -> tuple[list[str], float]:
+        """conditional.stored_validators of `entry`, kept with its prepared heads (a
+        revalidated URL is revalidated again and again)."""
+        ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
+        known = self._valid.get(ident)
+        if known is None:
+            known = conditional.stored_validators(entry.headers, entry.response_time)
+            if len(self._valid) >= self._heads_max:
+                del self._valid[next(iter(self._valid))]
+            self._valid[ident] = known
+        return known
+
     def _part_head(
         self, entry: cp.CacheEntry, part: ranges.Partial, age: float, ttl: float
     ) -> bytes:
@@ -231,14 +267,19 @@ class Hits:
     def serialized_head(self, entry: cp.CacheEntry) -> bytes:
         """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
         ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
-        heads = self._heads
-        head = heads.get(ident)
+        head = self._heads.get(ident)
         if head is None:
             fields = [*self.base_headers(entry, (1, 1)), ("Content-Length", str(entry.body_length))]
             head = response_head(entry.status, entry.reason or phrase(entry.status), fields)
-            if len(heads) >= self._heads_max:
-                del heads[next(iter(heads))]
-            heads[ident] = head
+            self._keep_head(ident, head)
+        return head
+
+    def _keep_head(self, ident: tuple[Any, ...], head: bytes) -> bytes:
+        """Keep a prepared head, the oldest made out first."""
+        heads = self._heads
+        if len(heads) >= self._heads_max:
+            del heads[next(iter(heads))]
+        heads[ident] = head
         return head
 
     async def answer(

@@ -293,10 +293,13 @@ class Proxy:
         start = time.monotonic() if logging_on else 0.0
         # A body in a file of its own goes by sendfile on plain TCP (edge.filebody), unless
         # a screening rule may refuse the request (then nothing is opened).
-        hit = cache.hit_wire(key, files=scheme == "http" and not candidates, range_value=req.range)
+        files = scheme == "http" and not candidates
+        hit = cache.hit_wire(key, files, req.range, req.conditions)
         if hit is None:
-            if candidates or req.range is not None:
-                return None  # screened by `handle`, once; a Range's miss is the full handler's
+            if candidates or req.range is not None or req.conditions:
+                # Screened by `handle`, once; a miss with a Range or validators of its own
+                # is the full handler's.
+                return None
             miss = cache.plain_miss(self, key, req, scheme, remote, write)
             if miss is None:
                 return None

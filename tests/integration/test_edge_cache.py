@@ -713,6 +713,44 @@ async def test_one_range_of_a_fresh_hit_takes_the_fast_path_and_the_rest_the_han
         assert origin.hits["/r"] == 1
 
 
+async def test_revalidations_of_a_fresh_hit_take_the_fast_path(
+    tmp_path: Path, handled: list[str]
+) -> None:
+    """If-None-Match and If-Modified-Since of a fresh hit are answered by the fast path
+    (a 304 when they match, the hit when not); If-Match and a miss with validators of its
+    own are the full handler's."""
+    lm = "Tue, 01 Dec 2026 10:00:00 GMT"
+    async with origins("a") as (origin,):
+        origin.routes["/v"] = _cacheable(b"validated", ETag='"v"', **{"Last-Modified": lm})
+        origin.routes["/w"] = _cacheable(b"w", ETag='"v"')
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            # A miss with a validator of its own: the full handler's.
+            conn.writer.write(b'GET /w HTTP/1.1\r\nHost: h.test\r\nIf-None-Match: "v"\r\n\r\n')
+            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+            await conn.reader.readexactly(_length_of(head))
+            assert handled == ["GET /w"]
+            await conn.get("/v")  # a plain miss, answered before its commit
+            await conn.get("/v")  # waits for the commit: a hit
+            before = len(handled)
+            for fields in (['If-None-Match: "x", "v"'], [f"If-Modified-Since: {lm}"]):
+                conn.writer.write(
+                    ("GET /v HTTP/1.1\r\nHost: h.test\r\n" + fields[0] + "\r\n\r\n").encode()
+                )
+                head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 304 Not Modified\r\n"), (fields, head)
+                assert b'\r\nETag: "v"\r\n' in head and b"Cache-Status: GeoEdge; hit" in head
+                assert b"content-length" not in head.lower()
+            head, body = await conn.get("/v", 'If-None-Match: "other"')
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"validated"
+            assert handled[before:] == []
+            head, body = await conn.get("/v", 'If-Match: "v"')
+            assert body == b"validated" and handled[before:] == ["GET /v"]
+            conn.writer.close()
+        assert origin.hits["/v"] == 1
+
+
 def _length_of(head: bytes) -> int:
     return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
 
