@@ -559,10 +559,12 @@ def requested_version(request: web.BaseRequest) -> HttpVersion:
 def count_written(response: web.StreamResponse, size: int) -> None:
     """``size`` bytes of the prepared ``response``'s body went out past aiohttp's writer
     (edge.filebody's sendfile): counted as the writer counts what it writes, so that its
-    body_length (the access log's bytes) has them."""
+    body_length (the access log's bytes) has them, whether or not the response ends."""
     writer = response._payload_writer
     if writer is not None:
         writer.output_size += size
+        # What body_length reports, also when write_eof never runs (a send cut short).
+        response._body_length = writer.output_size
 
 
 class SerializedResponse(web.StreamResponse):

@@ -607,6 +607,7 @@ class CacheLayer:
         stored and answer from the cache, or else ask the origin."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._collapse_wait
+        leader.awaited = True  # its commit, once asked for, goes at once (_take_whole)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(leader.ready), self._collapse_wait)
         if leader.fill is not None:
@@ -1236,6 +1237,8 @@ class CacheLayer:
                     lead.settle()
                 else:
                     lead.handed_over = lead.answered = True  # settled by the commit's end
+                    if lead.awaited:
+                        self._commits.hurry()  # a collapsed miss waits for this commit
                     committing.add_done_callback(lambda _: lead.settle())
         return body, stored
 

@@ -61,7 +61,10 @@ class FileBody:
             os.close(fd)
             on_close, self.on_close = self.on_close, None
             if on_close is not None:
-                on_close(self.sent)
+                try:
+                    on_close(self.sent)
+                except Exception:  # an access log that cannot be written: not the send's
+                    log.exception("reporting a body sent from its file failed")
 
 
 Part = bytes | FileBody
@@ -212,8 +215,10 @@ async def _send_rest(
 
 
 def _sent(body: FileBody, out: int, task: asyncio.Future[list[bytes]]) -> None:
-    body.close()
-    os.close(out)
+    try:
+        body.close()
+    finally:
+        os.close(out)
 
 
 def _wake(writable: asyncio.Future[None]) -> None:

@@ -163,9 +163,19 @@ class Lead:
     arrives when its response may answer them, or wait on for `done`, which is set once the
     response is stored or known not to be, whether or not its own client is still reading.
     `answered`: its own client has the whole response, and it settles when the response's
-    commit ends (CacheLayer._fill_whole)."""
+    commit ends (CacheLayer._fill_whole). `awaited`: a collapsed miss waits on it, so that
+    commit must not linger (GroupCommit.hurry)."""
 
-    __slots__ = ("_inflight", "answered", "done", "fill", "handed_over", "key", "ready")
+    __slots__ = (
+        "_inflight",
+        "answered",
+        "awaited",
+        "done",
+        "fill",
+        "handed_over",
+        "key",
+        "ready",
+    )
 
     def __init__(self, inflight: dict[str, Lead], key: str) -> None:
         self._inflight = inflight
@@ -176,6 +186,7 @@ class Lead:
         self.fill: Fill | None = None
         self.handed_over = False  # a Fill task or a commit settles it, not the request
         self.answered = False
+        self.awaited = False
 
     def filling(self, fill: Fill) -> None:
         self.fill = fill

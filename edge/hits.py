@@ -52,6 +52,14 @@ def unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
     return web.Response(status=416, headers=out)
 
 
+def _complete_head(entry: cp.CacheEntry) -> bool:
+    """Whether `entry` has the Server and Content-Type fields that aiohttp adds to a
+    response without them: the full handler answers a Range or a revalidation through
+    aiohttp's responses, so the fast path's answer is the same bytes only then."""
+    names = {k.lower() for k, _ in entry.headers}
+    return "server" in names and "content-type" in names
+
+
 class Hits:
     """Stored entries as responses. One per cache layer; `reconfigure` on a reload."""
 
@@ -157,6 +165,8 @@ class Hits:
         if fresh is None:
             return None
         entry = fresh.entry
+        if (conditions or range_value is not None) and not _complete_head(entry):
+            return None
         if conditions:
             verdict = conditional.evaluate_validators("GET", conditions, *self._validators(entry))
             if verdict == 304:

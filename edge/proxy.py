@@ -415,6 +415,10 @@ class Proxy:
         req = parse_simple_get(data)
         if req is None or not self.admission.admits_plain(req):
             return False
+        if (req.range is not None or req.conditions) and not _ANSWERED_FIELDS.isdisjoint(
+            self._strip
+        ):
+            return False  # stripped, the full handler ignores them: so must the answer
         candidates = self.screening.ruleset.candidates("GET", req.target, req.host, req.header)
         return cp.cache_key(scheme, req.host, req.target), req, candidates
 
@@ -763,6 +767,10 @@ def _translate(exc: BaseException) -> OriginFailure:
     if isinstance(exc, aiohttp.ClientConnectorError | OriginConnectError):
         return OriginFailure(502, "connect", str(exc))
     return OriginFailure(502, "broken", repr(exc))
+
+
+# The request fields besides the plain GET's that the fast path answers from a hit.
+_ANSWERED_FIELDS = frozenset({"range", "if-none-match", "if-modified-since"})
 
 
 def _sent_bytes(resp: web.StreamResponse | None) -> int:

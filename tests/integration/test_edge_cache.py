@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import brotli
 import pytest
 from aiohttp import web
 
+from edge.config import from_mapping
 from tests.integration.edge_helpers import (
     Origin,
     base_url,
@@ -749,6 +751,83 @@ async def test_revalidations_of_a_fresh_hit_take_the_fast_path(
             assert body == b"validated" and handled[before:] == ["GET /v"]
             conn.writer.close()
         assert origin.hits["/v"] == 1
+
+
+async def _raw_origin(response: bytes) -> asyncio.Server:
+    """An origin that answers every request on a connection with `response`, as sent: no
+    Server or Content-Type unless it has them (as Go's and Node's servers answer)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(response)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def _sorted_fields(head: bytes) -> list[bytes]:
+    lines = head.split(b"\r\n")
+    kept = [re.sub(rb"; ttl=-?\d+", b"", x) for x in lines[1:] if x]
+    return [lines[0], *sorted(x for x in kept if not x.lower().startswith((b"date:", b"age:")))]
+
+
+@pytest.mark.parametrize(
+    ("strip", "fields"),
+    [([], b""), (["range", "if-none-match"], b"Server: o\r\nContent-Type: text/plain\r\n")],
+)
+async def test_ranges_and_revalidations_answer_alike_on_either_path(
+    tmp_path: Path, strip: list[str], fields: bytes
+) -> None:
+    """A stored response without Server and Content-Type (the full handler's aiohttp adds
+    them to a 206 or 304), and fields the configuration strips from requests: a Range or
+    a revalidation in one segment (the fast path may answer) and in two (the full handler
+    does) get the same answer."""
+    body = b"0123456789" * 10
+    origin = await _raw_origin(
+        b'HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nETag: "n"\r\n%s'
+        b"Content-Length: %d\r\n\r\n%s" % (fields, len(body), body)
+    )
+    port_o = origin.sockets[0].getsockname()[1]
+    try:
+        config = from_mapping(
+            {
+                "server": {"listen": ["127.0.0.1:0"], "strip_request_headers": strip},
+                "log": {"access_log": ""},
+                "cache": {"dir": str(tmp_path / "cache")},
+                "pool": {"origins": [f"http://127.0.0.1:{port_o}"], "probe": {"enabled": False}},
+            },
+            "<test>",
+        )
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            await conn.get("/n")
+            assert (await conn.get("/n"))[1] == body  # stored, a hit
+            for field in ("Range: bytes=10-19", 'If-None-Match: "n"', "Range: bytes=0-0, 5-9"):
+                request = f"GET /n HTTP/1.1\r\nHost: h.test\r\n{field}\r\n\r\n".encode()
+                answers = []
+                for cut in (None, 20):
+                    if cut is None:
+                        conn.writer.write(request)
+                    else:
+                        conn.writer.write(request[:cut])
+                        await conn.writer.drain()
+                        await asyncio.sleep(0.03)
+                        conn.writer.write(request[cut:])
+                    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+                    length = 0 if head.startswith(b"HTTP/1.1 304") else _length_of(head)
+                    got = await asyncio.wait_for(conn.reader.readexactly(length), 10)
+                    answers.append((_sorted_fields(head), got))
+                assert answers[0] == answers[1], (field, answers)
+            conn.writer.close()
+    finally:
+        origin.close()
+        await origin.wait_closed()
 
 
 def _length_of(head: bytes) -> int:

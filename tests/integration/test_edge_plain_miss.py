@@ -303,3 +303,37 @@ async def test_a_plain_miss_that_breaks_is_a_500_and_lets_its_key_go(
                     break
                 await asyncio.sleep(0.02)
             _idle(edge)
+
+
+async def test_a_miss_collapsed_onto_a_plain_miss_does_not_wait_for_its_linger(
+    tmp_path: Path,
+) -> None:
+    """A request that arrives while a plain miss of its URL is at the origin waits for that
+    miss's commit, which the lead then starts at once: with a linger far past the collapse
+    timeout, the follower is still answered from the cache, not by a second origin fetch."""
+    gate = Gate()
+    async with origins("a") as (origin,):
+        origin.routes["/gate"] = gate
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            cache = edge.proxy.cache
+            assert cache is not None
+            cache._commits._linger = 60.0  # only a hurry() ends a transaction's wait
+            port = edge.addresses["http"][0].port
+            lead = await asyncio.open_connection("127.0.0.1", port)
+            follower = await asyncio.open_connection("127.0.0.1", port)
+            lead[1].write(_get("/gate"))
+            await asyncio.wait_for(gate.waiting.wait(), 10)
+            follower[1].write(_get("/gate"))
+            for _ in range(200):  # until the follower waits on the lead (bounded)
+                if cache._inflight["http://h.test/gate"].awaited:
+                    break
+                await asyncio.sleep(0.01)
+            gate.opened.set()
+            head, body = await _response(lead[0])
+            assert body == b"slow body" and b"fwd=uri-miss" in head
+            head, body = await _response(follower[0])
+            assert body == b"slow body"
+            assert b"Cache-Status: GeoEdge; hit; " in head and b"; collapsed\r\n" in head, head
+            for _, writer in (lead, follower):
+                writer.close()
+        assert origin.hits["/gate"] == 1

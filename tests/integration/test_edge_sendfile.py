@@ -266,24 +266,31 @@ async def test_the_access_log_counts_what_went_of_a_body_sent_from_its_file(
             assert _from_file(layer, "/big") == size
             assert (await _exchange(reader, writer, "/big"))[1] == big  # a whole hit
             writer.close()
-            # A client that reads the head and a little, then leaves.
-            leaving = socket.socket()
-            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            leaving.connect(("127.0.0.1", port))
-            leaving.sendall(b"GET /big HTTP/1.1\r\nHost: h.test\r\n\r\n")
-            got = await asyncio.to_thread(leaving.recv, 65536)
-            assert got.startswith(b"HTTP/1.1 200 ")
-            leaving.close()  # unread bytes: a reset
             lines: list[dict[str, Any]] = []
-            for _ in range(100):  # until the edge has seen the reset and logged it
-                await asyncio.sleep(0.05)
-                edge.proxy.access_log.flush()
-                lines = [json.loads(x) for x in log.read_text().splitlines()]
-                if len(lines) == 3:
-                    break
-    assert [x["cache"] for x in lines] == ["miss", "hit", "hit"]
+            # Clients that read the head and a little, then leave: the request in one
+            # segment (the fast path's) and in two (the full handler's).
+            for cut in (0, 20):
+                request = b"GET /big HTTP/1.1\r\nHost: h.test\r\n\r\n"
+                leaving = socket.socket()
+                leaving.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                leaving.connect(("127.0.0.1", port))
+                if cut:
+                    leaving.sendall(request[:cut])
+                    await asyncio.sleep(0.03)
+                leaving.sendall(request[cut:])
+                got = await asyncio.to_thread(leaving.recv, 65536)
+                assert got.startswith(b"HTTP/1.1 200 ")
+                leaving.close()  # unread bytes: a reset
+                for _ in range(100):  # until the edge has seen the reset and logged it
+                    await asyncio.sleep(0.05)
+                    edge.proxy.access_log.flush()
+                    lines = [json.loads(x) for x in log.read_text().splitlines()]
+                    if len(lines) == 3 + (cut > 0):
+                        break
+    assert [x["cache"] for x in lines] == ["miss", "hit", "hit", "hit"]
     assert lines[1]["bytes"] == size
-    assert 0 < lines[2]["bytes"] < size, lines[2]
+    assert 0 < lines[2]["bytes"] < size, lines[2]  # the fast path: body bytes
+    assert 0 < lines[3]["bytes"] < size, lines[3]  # the full handler: head and body bytes
 
 
 def _length(head: bytes) -> int:

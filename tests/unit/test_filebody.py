@@ -26,11 +26,19 @@ class _Sender(asyncio.Protocol):
     """Sends one response when connected: a head and the file at `path` as a FileBody of
     `length` bytes (the socket's send buffer made small first, if asked)."""
 
-    def __init__(self, path: Path, length: int, small_buffer: bool, timeout: float) -> None:
+    def __init__(
+        self, path: Path, length: int, small_buffer: bool, timeout: float, failing: bool
+    ) -> None:
         self.path, self.length, self.small_buffer = path, length, small_buffer
         self.timeout = timeout
         self.sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.went: list[int] = []  # what FileBody.close reported having sent
+        self.failing = failing  # the report raises once noted (a log that cannot be written)
+
+    def _report(self, sent: int) -> None:
+        self.went.append(sent)
+        if self.failing:
+            raise OSError(28, "No space left on device")
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.WriteTransport, base)  # uvloop's is not a subclass
@@ -38,7 +46,7 @@ class _Sender(asyncio.Protocol):
             sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         fd = os.open(self.path, os.O_RDONLY)
-        body = FileBody(fd, self.length, on_close=self.went.append)
+        body = FileBody(fd, self.length, on_close=self._report)
         rest = write_wire(transport, [HEAD % self.length, body], self.timeout)
         if rest is None:
             self.sent.set_result(body.fd)
@@ -54,6 +62,7 @@ async def _receive(
     small_buffer: bool = False,
     pause: float = 0.0,
     send_timeout: float = 10.0,
+    failing_report: bool = False,
 ) -> tuple[bytes, int, int]:
     """What a client gets (until the sender closes or the length is in), the FileBody's
     descriptor once write_wire and what it left to run ended (-1: closed), and the count
@@ -62,7 +71,7 @@ async def _receive(
     senders: list[_Sender] = []
 
     def factory() -> _Sender:
-        senders.append(_Sender(path, length, small_buffer, send_timeout))
+        senders.append(_Sender(path, length, small_buffer, send_timeout, failing_report))
         return senders[-1]
 
     server = await loop.create_server(factory, "127.0.0.1", 0)
@@ -111,6 +120,22 @@ async def test_what_a_full_socket_does_not_take_follows_as_it_drains(
     assert got == HEAD % size + data
     assert fd_after == -1
     assert went == size
+
+
+@pytest.mark.parametrize("size", [100 * 1024, 4 << 20])  # sent at once, and by a task
+async def test_a_report_that_fails_still_ends_the_send_cleanly(tmp_path: Path, size: int) -> None:
+    """The access log line written when a body's send ended may fail (a full disk): the
+    body and our descriptor of the socket are closed all the same."""
+    data = os.urandom(size)
+    (tmp_path / "body").write_bytes(data)
+    fds = len(os.listdir("/proc/self/fd"))
+    got, fd_after, went = await _receive(
+        tmp_path / "body", size, small_buffer=True, pause=0.2, failing_report=True
+    )
+    assert got == HEAD % size + data
+    assert fd_after == -1 and went == size
+    await asyncio.sleep(0.05)  # the server's side of the connection closed meanwhile
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 async def test_a_file_cut_short_is_found_by_a_later_send_too(tmp_path: Path) -> None:
