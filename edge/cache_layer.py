@@ -52,7 +52,6 @@ from edge.exchange import (
     status_response,
 )
 from edge.fasthit import SimpleGet
-from edge.filebody import FileBody
 from edge.fill import Fill, GroupCommit, Lead
 from edge.headers import (
     client_response_fields,
@@ -333,16 +332,6 @@ class CacheLayer:
         return entries
 
     # ------------------------------------------------------------------ entry point
-
-    def hit_wire(
-        self,
-        key: str,
-        files: bool = False,
-        range_value: str | None = None,
-        conditions: tuple[tuple[str, str], ...] = (),
-    ) -> tuple[int, bytes, bytes | FileBody] | None:
-        """The raw fast path's answer for primary key `key` (see Hits.hit_wire)."""
-        return self.hits.hit_wire(key, files, range_value, conditions)
 
     def _cache_request(self, request: web.BaseRequest, target: str) -> cp.CacheRequest:
         # What the origin is sent: a field the client named in Connection never reaches

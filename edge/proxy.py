@@ -294,7 +294,7 @@ class Proxy:
         # A body in a file of its own goes by sendfile on plain TCP (edge.filebody), unless
         # a screening rule may refuse the request (then nothing is opened).
         files = scheme == "http" and not candidates
-        hit = cache.hit_wire(key, files, req.range, req.conditions)
+        hit = cache.hits.hit_wire(key, files, req.range, req.conditions)
         if hit is None:
             if candidates or req.range is not None or req.conditions:
                 # Screened by `handle`, once; a miss with a Range or validators of its own

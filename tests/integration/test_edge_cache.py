@@ -929,29 +929,29 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
     layer = CacheLayer(store, config, clock=lambda: now + 5)
     try:
         assert store.put(stored, b"body") is not None
-        hit = layer.hit_wire(req.key)
+        hit = layer.hits.hit_wire(req.key)
         assert hit is not None
         status, head, body = hit
         assert (status, body) == (200, b"body")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         assert head.endswith(b"\r\nAge: 5\r\nCache-Status: GeoEdge; hit; ttl=55\r\n\r\n")
         clock.t += 1.5  # due for a look at the epoch: unmoved, so still current
-        assert layer.hit_wire(req.key) is not None
+        assert layer.hits.hit_wire(req.key) is not None
         with Store(tmp_path) as other:  # another worker purges it
             assert other.purge_url(req.key) == 1
         clock.t += 0.5  # the epoch moved, within a period of the last look: still
         # answered, and re-read in the background
-        assert layer.hit_wire(req.key) is not None
+        assert layer.hits.hit_wire(req.key) is not None
         assert await until(lambda: not layer.hits._rereads)
-        assert layer.hit_wire(req.key) is None  # the re-read saw the purge
+        assert layer.hits.hit_wire(req.key) is None  # the re-read saw the purge
         assert store.put(stored, b"again") is not None
         clock.t += 2.5  # due, but nothing was taken away since: still answered
-        assert layer.hit_wire(req.key) is not None
+        assert layer.hits.hit_wire(req.key) is not None
         with Store(tmp_path) as other:
             assert other.purge_url(req.key) == 1
         clock.t += 2.5  # the epoch moved, and the last look was a period ago and more: no
         # longer trusted
-        assert layer.hit_wire(req.key) is None
+        assert layer.hits.hit_wire(req.key) is None
     finally:
         await layer.close()
 

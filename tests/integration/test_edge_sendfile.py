@@ -61,7 +61,7 @@ async def _serving(
 
 def _from_file(cache: CacheLayer, path: str) -> int | None:
     """The length of the FileBody the fast path would send for `path` now, if any."""
-    hit = cache.hit_wire(f"http://h.test{path}", files=True)
+    hit = cache.hits.hit_wire(f"http://h.test{path}", files=True)
     if hit is None or not isinstance(hit[2], FileBody):
         return None
     hit[2].close()
@@ -92,7 +92,7 @@ async def test_disk_hits_of_file_bodies_are_sent_whole_from_their_files(tmp_path
         for path, body in bodies.items():
             assert _from_file(cache, path) == len(body)
             # Without files (a TLS connection, a request screening may refuse): bytes.
-            plain = cache.hit_wire(f"http://h.test{path}")
+            plain = cache.hits.hit_wire(f"http://h.test{path}")
             assert plain is not None and plain[2] == body
         assert all(origin.hits[path] == 1 for path in bodies)
 
