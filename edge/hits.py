@@ -52,14 +52,6 @@ def unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
     return web.Response(status=416, headers=out)
 
 
-def _complete_head(entry: cp.CacheEntry) -> bool:
-    """Whether `entry` has the Server and Content-Type fields that aiohttp adds to a
-    response without them: the full handler answers a Range or a revalidation through
-    aiohttp's responses, so the fast path's answer is the same bytes only then."""
-    names = {k.lower() for k, _ in entry.headers}
-    return "server" in names and "content-type" in names
-
-
 class Hits:
     """Stored entries as responses. One per cache layer; `reconfigure` on a reload."""
 
@@ -80,7 +72,7 @@ class Hits:
         # re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
         self._tails: dict[tuple[int, int], bytes] = {}
-        self._valid: dict[tuple[Any, ...], tuple[list[str], float]] = {}
+        self._valid: dict[tuple[Any, ...], tuple[list[str], float] | None] = {}
         self._rereads: dict[str, asyncio.Future[Any]] = {}
 
     def reconfigure(self, name: str, via: str) -> None:
@@ -165,14 +157,16 @@ class Hits:
         if fresh is None:
             return None
         entry = fresh.entry
-        if (conditions or range_value is not None) and not _complete_head(entry):
-            return None
-        if conditions:
-            verdict = conditional.evaluate_validators("GET", conditions, *self._validators(entry))
-            if verdict == 304:
-                return 304, self._not_modified_head(entry, fresh.age, fresh.ttl), b""
-            if verdict is not None:
+        if conditions or range_value is not None:
+            validators = self._validators(entry)
+            if validators is None:
                 return None
+            if conditions:
+                verdict = conditional.evaluate_validators("GET", conditions, *validators)
+                if verdict == 304:
+                    return 304, self._not_modified_head(entry, fresh.age, fresh.ttl), b""
+                if verdict is not None:
+                    return None
         part: ranges.Partial | None = None
         if range_value is not None:
             decision = ranges.evaluate(
@@ -245,19 +239,27 @@ class Hits:
         head = self._heads.get(ident)
         if head is None:
             fields = conditional.not_modified_headers(self.base_headers(entry, (1, 1)))
-            head = self._keep_head(ident, response_head(304, phrase(304), fields))
+            head = response_head(304, phrase(304), fields)
+            self._keep(self._heads, ident, head)
         return head + self._tail(cp.age_value(age), math.floor(ttl), ttl)
 
-    def _validators(self, entry: cp.CacheEntry) -> tuple[list[str], float]:
-        """conditional.stored_validators of `entry`, kept with its prepared heads (a
-        revalidated URL is revalidated again and again)."""
+    def _validators(self, entry: cp.CacheEntry) -> tuple[list[str], float] | None:
+        """conditional.stored_validators of `entry`, for the fast path's Range or
+        revalidation; None when the entry lacks the Server or Content-Type field that
+        aiohttp adds to a response without them: the full handler answers those requests
+        through aiohttp's responses, so the fast path's answer is the same bytes only
+        when both are stored. Kept beside the prepared heads (a revalidated URL is
+        revalidated again and again)."""
         ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
-        known = self._valid.get(ident)
-        if known is None:
+        try:
+            return self._valid[ident]
+        except KeyError:
+            pass
+        names = {k.lower() for k, _ in entry.headers}
+        known = None
+        if "server" in names and "content-type" in names:
             known = conditional.stored_validators(entry.headers, entry.response_time)
-            if len(self._valid) >= self._heads_max:
-                del self._valid[next(iter(self._valid))]
-            self._valid[ident] = known
+        self._keep(self._valid, ident, known)
         return known
 
     def _part_head(
@@ -281,16 +283,14 @@ class Hits:
         if head is None:
             fields = [*self.base_headers(entry, (1, 1)), ("Content-Length", str(entry.body_length))]
             head = response_head(entry.status, entry.reason or phrase(entry.status), fields)
-            self._keep_head(ident, head)
+            self._keep(self._heads, ident, head)
         return head
 
-    def _keep_head(self, ident: tuple[Any, ...], head: bytes) -> bytes:
-        """Keep a prepared head, the oldest made out first."""
-        heads = self._heads
-        if len(heads) >= self._heads_max:
-            del heads[next(iter(heads))]
-        heads[ident] = head
-        return head
+    def _keep(self, table: dict[tuple[Any, ...], Any], ident: tuple[Any, ...], value: Any) -> None:
+        """Keep what was prepared for an entry, the oldest made out first."""
+        if len(table) >= self._heads_max:
+            del table[next(iter(table))]
+        table[ident] = value
 
     async def answer(
         self,
