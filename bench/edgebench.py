@@ -541,8 +541,11 @@ def scale_rows(
     rows: list[list[str]] = []
     for key in (k for k in edgescale.DISK if k in args.scenarios):
         kib, memory, span, revalidate = edgescale.DISK[key]
-        sizes = {"disk10k": args.objects, "disk10k-304": args.objects}
-        n = {**sizes, "disk100k": args.objects_100k}.get(key, args.objects_1m)
+        n = {
+            "disk10k": args.objects,
+            "disk10k-304": args.objects,
+            "disk100k": args.objects_100k,
+        }.get(key, args.objects_1m)
         tier = memory or "default"
         asked = f"random {span} KiB ranges of" if span else "random hits over"
         asked = "random revalidations (304) of" if revalidate else asked

@@ -131,34 +131,33 @@ def warm(label: str, port: int, objects: int, kib: int) -> None:
 def check_range(label: str, port: int, kib: int, span_kib: int) -> None:
     """The proxy answers a range of a stored object with a 206 of that range, not the whole
     object (nginx does when the origin says Accept-Ranges or with proxy_force_ranges)."""
-    import http.client
-
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
-    try:
-        conn.request("GET", f"/o/0/{kib}k", headers={"Range": f"bytes=0-{span_kib * 1024 - 1}"})
-        resp = conn.getresponse()
-        got = len(resp.read())
-    finally:
-        conn.close()
-    if resp.status != 206 or got != span_kib * 1024:
-        raise BenchError(f"{label} answered a range with {resp.status} and {got} bytes")
+    asked = {"Range": f"bytes=0-{span_kib * 1024 - 1}"}
+    _check(label, port, f"/o/0/{kib}k", asked, "a range", 206, span_kib * 1024)
 
 
 def check_revalidate(label: str, port: int, kib: int) -> None:
     """The proxy answers a revalidation of a stored object with a 304 from its cache (nginx
     does when the If-Modified-Since is the cached Last-Modified: `if_modified_since
     exact`, its default)."""
+    asked = {"If-Modified-Since": LAST_MODIFIED}
+    _check(label, port, f"/o/0/{kib}k", asked, "a revalidation", 304, 0)
+
+
+def _check(
+    label: str, port: int, path: str, headers: dict[str, str], what: str, status: int, size: int
+) -> None:
+    """The proxy answers GET `path` with `headers` with `status` and `size` body bytes."""
     import http.client
 
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
     try:
-        conn.request("GET", f"/o/0/{kib}k", headers={"If-Modified-Since": LAST_MODIFIED})
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         got = len(resp.read())
     finally:
         conn.close()
-    if resp.status != 304 or got:
-        raise BenchError(f"{label} answered a revalidation with {resp.status} and {got} bytes")
+    if resp.status != status or got != size:
+        raise BenchError(f"{label} answered {what} with {resp.status} and {got} bytes")
 
 
 def nginx_main(d: Path) -> str:

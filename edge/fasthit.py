@@ -7,10 +7,10 @@ which remembers the verdict per distinct segment). A segment that holds exactly 
 (no body, no request cache directives, no If-Match, If-Unmodified-Since or If-Range, no
 upgrade, one Host; at most one Range line) becomes a `SimpleGet`; the caller may then
 answer it from the cache without building an aiohttp request (a Range, If-None-Match or
-If-Modified-Since only from a fresh hit). Everything
-else -- including anything this strict grammar does not accept but aiohttp would --
-returns None and goes through aiohttp's parser and the full handler unchanged, so a
-refusal here never changes behaviour.
+If-Modified-Since only from a fresh hit). Everything else -- including anything this
+strict grammar does not accept but aiohttp would -- returns None and goes through
+aiohttp's parser and the full handler unchanged, so a refusal here never changes
+behaviour.
 """
 
 from __future__ import annotations
