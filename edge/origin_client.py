@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -117,9 +118,20 @@ class _Connection(asyncio.Protocol):
         self.answered = False  # a byte of the current response arrived
         self.paused = False
         self.idle_since = 0.0  # loop time it went back to the pool
+        self._poll: select.poll | None = None  # of its socket, for `pending`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+
+    def pending(self) -> bool:
+        """Whether the socket holds something the loop has not read yet: bytes, the
+        origin's close, an error (True also when that cannot be known). One poll(2), on a
+        connection that is open."""
+        return self._poll is None or bool(self._poll.poll(0))
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -395,10 +407,13 @@ class OriginClient:
         for _ in range(1000):
             kept = self._kept(key)
             if kept is not None:
-                # Bytes the origin sent unasked may sit in the socket, not yet read: two
-                # turns of the loop read them (data_received then closes the connection).
-                # One is not enough on asyncio's own loop, where this task's next step is
-                # queued before the read that the turn's poll finds.
+                if not kept.pending():
+                    return kept, True
+                # Bytes the origin sent unasked (or its close) sit in the socket, not yet
+                # read: two turns of the loop read them (data_received then closes the
+                # connection). One is not enough on asyncio's own loop, where this task's
+                # next step is queued before the read that the turn's poll finds. A TLS
+                # connection's session tickets come this way too, and stay usable.
                 try:
                     await asyncio.sleep(0)
                     await asyncio.sleep(0)
