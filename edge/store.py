@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -465,6 +466,28 @@ def _meta_key(key: str) -> str:
 
 def _body_key(entry: CacheEntry) -> str:
     return f"b:{entry.key}{_SEP}{entry.variant}{_SEP}{entry.sha256}"
+
+
+# A Cache row as Store._INSERT takes it: key, store and access time, size, mode, filename,
+# value.
+_Row = tuple[str, float, float, int, int, str | None, bytes | None]
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_many(rows: int) -> str:
+    """Store._INSERT for ``rows`` rows at once."""
+    values = ", ".join(["(?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+        f" tag, size, mode, filename, value) VALUES {values} ON CONFLICT(key, raw) DO NOTHING"
+    )
+
+
+def _insert_rows(sql: Sql, rows: Sequence[_Row]) -> bool:
+    """Insert ``rows`` in one statement; whether each of them went in (a key stored
+    already is left as it is)."""
+    params = [v for row in rows for v in row]
+    return bool(sql(_insert_many(len(rows)), params).rowcount == len(rows))
 
 
 def _tag_key(tag: str) -> str:
@@ -1342,9 +1365,8 @@ class Store:
             with self._writes():
                 cache = self._cache
                 now = time.time()
-                for fill in fills:
-                    begun.append(fill)
-                    self._stage(fill, now)
+                begun.extend(fills)
+                self._stage(fills, now)
                 # Eviction once per transaction, not per row written: as much room as the
                 # Cache.set of each row would have made (cull_limit rows each).
                 with cache._transact() as (sql, cleanup):  # within ours: no BEGIN of its own
@@ -1375,18 +1397,50 @@ class Store:
             self._move_epoch()  # other processes' lists may name a body just deleted
         return [fill.entry for fill in fills]
 
-    def _stage(self, fill: _Fill, now: float) -> None:
-        """One fill's writes, inside _commit_fills' transaction: the body, then the
-        key's variant list with it in (replacing its variant, the oldest pushed out past
+    def _stage(self, fills: list[_Fill], now: float) -> None:
+        """The fills' writes, inside _commit_fills' transaction: each body, then its key's
+        variant list with it in (replacing its variant, the oldest pushed out past
         max_variants), then its surrogate keys.
 
-        The body and the list are written with a statement or two each, not diskcache's
-        ``Cache.set`` (five statements and a cull per row: most of a fill's SQLite time),
-        into diskcache's table as it would write them."""
-        entry = fill.entry
+        Rows are written with a statement or two each, not diskcache's ``Cache.set``
+        (five statements and a cull per row: most of a fill's SQLite time), into
+        diskcache's table as it would write them. The common group (new bodies, keys
+        with no list yet) takes two statements in all: every body row in one INSERT and
+        every list in another, so that the committing thread lets go of the GIL, and the
+        event loop takes it, twice per group instead of three times per fill. Should a
+        row be there already, both are undone and each fill goes the way of one."""
+        sql = self._cache._sql
+        bodies = [self._place(fill, now) for fill in fills]
+        lists = [
+            (
+                _meta_key(f.entry.key),
+                now,
+                now,
+                0,
+                diskcache.core.MODE_RAW,
+                None,
+                entries_json([f.entry]),
+            )
+            for f in fills
+        ]
+        sql("SAVEPOINT fills")
+        if _insert_rows(sql, bodies) and _insert_rows(sql, lists):
+            sql("RELEASE fills")
+            for fill in fills:
+                fill.kept, fill.replaced = (fill.entry,), ()
+        else:
+            sql("ROLLBACK TO fills")
+            sql("RELEASE fills")
+            for fill, row in zip(fills, bodies, strict=True):
+                self._stage_one(fill, row, now, sql)
+        for fill in fills:
+            for tag in fill.entry.surrogate_keys:
+                self._add_tag(tag, fill.entry.key)
+
+    def _place(self, fill: _Fill, now: float) -> _Row:
+        """Put ``fill``'s body in its slab or file; the Cache row naming it."""
         cache = self._cache
-        sql = cache._sql
-        bkey = _body_key(entry)
+        bkey = _body_key(fill.entry)
         data = fill.data
         if data is not None and slabs.MIN_BYTES <= len(data) < cache.disk.min_file_size:
             filename, fill.place = self._slabs.append(data)
@@ -1394,7 +1448,13 @@ class Store:
         else:
             size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
             fill.place = cache.disk.placed
-        if not sql(self._INSERT, (bkey, now, now, size, mode, filename, value)).rowcount:
+        return (bkey, now, now, size, mode, filename, value)
+
+    def _stage_one(self, fill: _Fill, body: _Row, now: float, sql: Sql) -> None:
+        """One fill's body row and variant list, a statement or two each."""
+        entry = fill.entry
+        bkey = body[0]
+        if not sql(self._INSERT, body).rowcount:
             # These very bytes are stored already (the key names their digest): kept.
             sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (now, bkey))
             if isinstance(fill.place, str) and fill.place:
@@ -1416,11 +1476,9 @@ class Store:
             (self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)),
         ]
         if not listed:
-            writes.reverse()  # no list read (the common miss): the row is new
+            writes.reverse()  # no list read: the row is new
         if not any(sql(*w).rowcount for w in writes):
-            cache.set(mkey, data)  # a list an older version wrote to a file: diskcache's way
-        for tag in entry.surrogate_keys:
-            self._add_tag(tag, entry.key)
+            self._cache.set(mkey, data)  # a list an older version wrote to a file: diskcache's way
         fill.kept, fill.replaced = tuple(kept), tuple(replaced)
 
     # diskcache's own INSERT (Cache._row_insert) for a new row of a str key, or nothing

@@ -901,6 +901,34 @@ def test_commit_all_stores_several_fills_in_one_transaction(tmp_path: Path) -> N
         assert s.get_body(a) == bodies[0] and s.get_body(b) == bodies[1]
 
 
+def test_a_group_with_a_key_stored_before_keeps_every_list_and_body(tmp_path: Path) -> None:
+    # New keys go in with one INSERT for all bodies and one for all lists; a key that has
+    # a list already (another variant stored) makes the group take each fill in turn,
+    # merging that list: nothing of either way is lost.
+    vh = [("Vary", "Accept-Language")]
+    with Store(tmp_path) as s:
+        de = s.put(entry("/v", vh, **{"Accept-Language": "de"}), b"hallo")
+        assert de is not None
+        new = {f"/n{i}": os.urandom(5000 + i) for i in range(5)}
+        en_body = os.urandom(3000)
+        for mixed in (False, True):
+            fills = [
+                (_writer(s, body), entry(f"{path}-{mixed}"), len(body))
+                for path, body in new.items()
+            ]
+            if mixed:
+                en = entry("/v", vh, **{"Accept-Language": "en"})
+                fills.insert(2, (_writer(s, en_body), en, len(en_body)))
+            assert None not in s.commit_all(fills)
+    with Store(tmp_path) as s:  # a new process: what the transactions left
+        for mixed in (False, True):
+            for path, body in new.items():
+                (got,) = s.variants(entry(f"{path}-{mixed}").key)
+                assert s.get_body(got) == body
+        variants = s.variants(de.key)
+        assert {s.get_body(v) for v in variants} == {b"hallo", en_body}
+
+
 def test_a_group_commit_that_fails_stores_none_of_its_fills(tmp_path: Path) -> None:
     # The database fills up part-way through the group: the whole transaction is rolled
     # back, and no fill of it is left in the index, the memory tier or on disk.
