@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,19 +141,37 @@ class Slabs:
 
     # --- writes (inside the store's write transaction) -------------------------------
 
-    def append(self, data: bytes) -> tuple[str, SlabPlace]:
-        """Write ``data`` to the open slab: the filename its row names it by, and where
-        it lies."""
+    def append(self, bodies: Sequence[bytes]) -> list[tuple[str, SlabPlace]]:
+        """Write ``bodies`` to the open slab (the next ones once it is full), one system
+        call per slab: the filename each body's row names it by, and where it lies."""
+        out: list[tuple[str, SlabPlace]] = []
         slab = self._open
-        if slab is None or slab.end >= self.slab_bytes:
-            slab = self._start()
-        view = memoryview(data)
-        offset = slab.end
-        while view:
-            written = os.pwrite(slab.fd, view, slab.end)
+        batch: list[bytes] = []
+        end = 0 if slab is None else slab.end  # where the next body goes
+        for data in bodies:
+            if slab is None or end >= self.slab_bytes:
+                if slab is not None:
+                    self._write(slab, batch)
+                slab, batch = self._start(), []
+                end = slab.end
+            out.append((f"{_PREFIX}{slab.name}:{end}", SlabPlace(slab.path, end)))
+            batch.append(data)
+            end += len(data)
+        if slab is not None and batch:
+            self._write(slab, batch)
+        return out
+
+    @staticmethod
+    def _write(slab: _Open, bodies: list[bytes]) -> None:
+        """Append ``bodies`` to ``slab``'s file at its end."""
+        views = [memoryview(data) for data in bodies]
+        while views:
+            written = os.pwritev(slab.fd, views, slab.end)
             slab.end += written
-            view = view[written:]
-        return f"{_PREFIX}{slab.name}:{offset}", SlabPlace(slab.path, offset)
+            while views and written >= len(views[0]):  # a short write: the rest again
+                written -= len(views.pop(0))
+            if views:
+                views[0] = views[0][written:]
 
     def _start(self) -> _Open:
         """A new open slab (the one before it, if any, to be sealed)."""
@@ -275,7 +293,7 @@ class Slabs:
                 if len(data) != size or not verified(key, data):
                     sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
                 else:
-                    filename = self.append(data)[0]
+                    filename = self.append([data])[0][0]
                     sql("UPDATE Cache SET filename = ? WHERE rowid = ?", (filename, rowid))
                 moved.append(key)
         finally:

@@ -1410,7 +1410,7 @@ class Store:
         event loop takes it, twice per group instead of three times per fill. Should a
         row be there already, both are undone and each fill goes the way of one."""
         sql = self._cache._sql
-        bodies = [self._place(fill, now) for fill in fills]
+        bodies = self._place(fills, now)
         lists = [
             (
                 _meta_key(f.entry.key),
@@ -1437,18 +1437,28 @@ class Store:
             for tag in fill.entry.surrogate_keys:
                 self._add_tag(tag, fill.entry.key)
 
-    def _place(self, fill: _Fill, now: float) -> _Row:
-        """Put ``fill``'s body in its slab or file; the Cache row naming it."""
+    def _place(self, fills: list[_Fill], now: float) -> list[_Row]:
+        """Put each fill's body in a slab (all of them in one system call) or its own
+        file; the Cache rows naming them."""
         cache = self._cache
-        bkey = _body_key(fill.entry)
-        data = fill.data
-        if data is not None and slabs.MIN_BYTES <= len(data) < cache.disk.min_file_size:
-            filename, fill.place = self._slabs.append(data)
-            size, mode, value = len(data), diskcache.core.MODE_BINARY, None
-        else:
-            size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
-            fill.place = cache.disk.placed
-        return (bkey, now, now, size, mode, filename, value)
+        slabbed = [
+            f.data
+            if f.data is not None and slabs.MIN_BYTES <= len(f.data) < cache.disk.min_file_size
+            else None
+            for f in fills
+        ]
+        in_slabs = iter(self._slabs.append([d for d in slabbed if d is not None]))
+        rows: list[_Row] = []
+        for fill, data in zip(fills, slabbed, strict=True):
+            bkey = _body_key(fill.entry)
+            if data is not None:
+                filename, fill.place = next(in_slabs)
+                size, mode, value = len(data), diskcache.core.MODE_BINARY, None
+            else:
+                size, mode, filename, value = cache.disk.store(fill.body, False, key=bkey)
+                fill.place = cache.disk.placed
+            rows.append((bkey, now, now, size, mode, filename, value))
+        return rows
 
     def _stage_one(self, fill: _Fill, body: _Row, now: float, sql: Sql) -> None:
         """One fill's body row and variant list, a statement or two each."""
