@@ -123,14 +123,15 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        # Not over TLS: what arrived while reading was paused may wait in the TLS layer's
+        # buffers, not the socket, where poll(2) would not see it.
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._poll = select.poll()
             self._poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
 
     def pending(self) -> bool:
-        """Whether the socket holds something the loop has not read yet: bytes, the
-        origin's close, an error (True also when that cannot be known). One poll(2), on a
-        connection that is open."""
+        """Whether something the loop has not read yet may be waiting: the socket holds
+        bytes, the origin's close or an error (one poll(2)), or it cannot be known (TLS)."""
         return self._poll is None or bool(self._poll.poll(0))
 
     def data_received(self, data: bytes) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import shutil
 import socket
 import ssl
 import struct
@@ -15,12 +16,15 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
+import uvloop
 
 from edge.origin_client import OriginClient, OriginConnectError, Timeouts
 from tests.integration.edge_helpers import until
+from tests.integration.test_edge_tls import _cert
 
 # Serves one connection: gets (reader, writer), returns when done with it.
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -426,6 +430,71 @@ async def test_unasked_bytes_already_in_the_socket_are_found_before_reuse() -> N
             assert [kind for _, kind, _ in reports] == ["unsolicited_bytes"]
         thread.join(10)
         assert len(connections) == 2
+    finally:
+        for conn in connections:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI missing")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_unasked_bytes_held_by_tls_are_found_before_reuse(tmp_path: Path, loop: str) -> None:
+    # Over TLS, a body past the client's high water pauses its reading; a response nobody
+    # asked for, sent meanwhile, then waits in the TLS layer's buffers, where poll(2) on
+    # the socket does not see it. The kept connection must not take it for the next
+    # request's answer.
+    cert, key = _cert(tmp_path, "origin", "IP:127.0.0.1")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(cert), str(key))
+    big = b"x" * (300 * 1024)
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    connections: list[socket.socket] = []
+
+    def serve() -> None:
+        for n in range(2):
+            conn = server_ctx.wrap_socket(server.accept()[0], server_side=True)
+            conn.settimeout(10)
+            connections.append(conn)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(ok(big if n == 0 else head.split(b" ", 2)[1]))
+            if n == 0:
+                time.sleep(0.2)
+                conn.sendall(ok(b"EVIL!"))
+            with contextlib.suppress(OSError):
+                conn.recv(1)  # until the client closes: its TLS shutdown gets an answer
+            conn.close()
+
+    async def exchange() -> tuple[bytes, list[str]]:
+        reports: list[str] = []
+        c = OriginClient(
+            limit=8,
+            keepalive_timeout=10.0,
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+            on_protocol_error=lambda where, kind, size: reports.append(kind),
+        )
+        base = f"https://127.0.0.1:{server.getsockname()[1]}"
+        try:
+            resp = await c.request(base, "GET", "/one", [], TIMEOUTS)
+            await asyncio.sleep(0.6)  # the body, then the unasked response, arrive
+            assert await resp.read() == big
+            resp.release()
+            return await get(c, base, "/two"), reports
+        finally:
+            await c.close()
+            await asyncio.sleep(0.2)  # the TLS transports' close, before the loop's
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        run = uvloop.run if loop == "uvloop" else asyncio.run
+        answer, reports = run(exchange())
+        # Found with the response's last bytes (excess) or once the connection was back in
+        # the pool (unsolicited), as the TLS layer hands them over: either way not reused.
+        assert answer == b"/two" and reports in (["unsolicited_bytes"], ["excess_bytes"])
+        thread.join(10)
     finally:
         for conn in connections:
             conn.close()
