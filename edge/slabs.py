@@ -83,6 +83,10 @@ SCHEMA = (
 _ROWS_OF = "FROM Cache WHERE filename GLOB 'slabs/*' AND filename >= ? AND filename < ?"
 
 
+# The most buffers one pwritev takes (IOV_MAX).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
 def is_slab(filename: object) -> bool:
     """Whether a row's filename names a place in a slab."""
     return isinstance(filename, str) and filename.startswith(_PREFIX)
@@ -166,7 +170,7 @@ class Slabs:
         """Append ``bodies`` to ``slab``'s file at its end."""
         views = [memoryview(data) for data in bodies]
         while views:
-            written = os.pwritev(slab.fd, views, slab.end)
+            written = os.pwritev(slab.fd, views[:_IOV_MAX], slab.end)
             slab.end += written
             while views and written >= len(views[0]):  # a short write: the rest again
                 written -= len(views.pop(0))

@@ -483,11 +483,18 @@ def _insert_many(rows: int) -> str:
     )
 
 
+# Rows per INSERT: 7 parameters each, within the 999 that SQLite before 3.32 allows.
+_ROWS_MAX = 999 // 7
+
+
 def _insert_rows(sql: Sql, rows: Sequence[_Row]) -> bool:
-    """Insert ``rows`` in one statement; whether each of them went in (a key stored
-    already is left as it is)."""
-    params = [v for row in rows for v in row]
-    return bool(sql(_insert_many(len(rows)), params).rowcount == len(rows))
+    """Insert ``rows``, _ROWS_MAX to a statement; whether each of them went in (a key
+    stored already is left as it is)."""
+    went = 0
+    for at in range(0, len(rows), _ROWS_MAX):
+        part = rows[at : at + _ROWS_MAX]
+        went += sql(_insert_many(len(part)), [v for row in part for v in row]).rowcount
+    return went == len(rows)
 
 
 def _tag_key(tag: str) -> str:

@@ -168,6 +168,26 @@ def test_a_group_commit_writes_its_bodies_across_slabs_each_in_its_place(tmp_pat
             assert s.get_body(got) == body(i)
 
 
+def test_a_group_past_the_limits_of_one_system_call_and_one_statement(tmp_path: Path) -> None:
+    # More bodies for one slab than one pwritev takes (IOV_MAX, 1024 here) and more rows
+    # than one INSERT may bind on SQLite before 3.32 (999 parameters, 7 a row): all stored.
+    # GroupCommit sends at most 64; commit_all itself takes any number.
+    with Store(tmp_path, size_limit=2 << 30, memory_bytes=0) as s:
+        assert s._slabs.slab_bytes == 16 << 20
+        s._cache._con.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        fills = []
+        for i in range(1100):
+            w = s.writer()
+            assert w is not None and w.write(body(i, 4096))
+            fills.append((w, entry(f"/o/{i}"), 4096))
+        assert None not in s.commit_all(fills), s.stats().degraded_reason
+        assert list(slab_files(tmp_path).values()) == [1100 * 4096]
+    with Store(tmp_path) as s:
+        for i in range(0, 1100, 7):
+            (got,) = s.variants(f"https://example.com/o/{i}")
+            assert s.get_body(got) == body(i, 4096)
+
+
 def test_slabs_emptied_by_purges_are_retired(tmp_path: Path) -> None:
     with Store(tmp_path, size_limit=64 << 20) as s:
         entries = [fill(s, i) for i in range(250)]  # 2.5 MB: three slabs of 1 MiB
