@@ -213,15 +213,6 @@ async def _serve(
         config, reuse_port=reuse_port, stats_dir=stats_dir, slot=slot, rate_table=rate_table
     )
     await runtime.start()
-    if announce:
-        for kind in ("http", "https", "tcp", "udp", "admin"):
-            for addr in runtime.addresses[kind]:
-                print(f"edge: listening {kind} {addr}", flush=True)
-    if ready_fd is not None:
-        os.write(ready_fd, b"R")  # the parent says "ready" once every worker is listening
-        os.close(ready_fd)
-    elif announce:
-        print("edge: ready", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -236,10 +227,21 @@ async def _serve(
             return
         runtime.reload(new)
 
+    # Before saying ready: a SIGHUP sent on "ready" must find the handler (until then a
+    # worker ignores it, see _fork_workers).
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGUSR1, runtime.reopen_logs)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    if announce:
+        for kind in ("http", "https", "tcp", "udp", "admin"):
+            for addr in runtime.addresses[kind]:
+                print(f"edge: listening {kind} {addr}", flush=True)
+    if ready_fd is not None:
+        os.write(ready_fd, b"R")  # the parent says "ready" once every worker is listening
+        os.close(ready_fd)
+    elif announce:
+        print("edge: ready", flush=True)
     try:
         await stop.wait()
     finally:
