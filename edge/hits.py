@@ -52,6 +52,12 @@ def unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
     return web.Response(status=416, headers=out)
 
 
+def _ident(entry: cp.CacheEntry) -> tuple[Any, ...]:
+    """What names a stored response among the ones prepared for (a re-read or replaced
+    entry is another one)."""
+    return (entry.key, entry.variant, entry.sha256, entry.response_time)
+
+
 class Hits:
     """Stored entries as responses. One per cache layer; `reconfigure` on a reload."""
 
@@ -105,7 +111,7 @@ class Hits:
         return await asyncio.to_thread(self.store.get_body, entry)
 
     def base_headers(self, entry: cp.CacheEntry, version: tuple[int, int]) -> list[tuple[str, str]]:
-        ident = (entry.key, entry.variant, entry.sha256, entry.response_time, version)
+        ident = (*_ident(entry), version)
         pre = self._prepared.get(ident)
         if pre is None:
             stored = [
@@ -235,7 +241,7 @@ class Hits:
         """The head of the 304 `answer` sends for a hit whose validators match: the stored
         fields a 304 keeps (prepared once, beside the hit heads), then Age and
         Cache-Status."""
-        ident = (entry.key, entry.variant, entry.sha256, entry.response_time, 304)
+        ident = (*_ident(entry), 304)
         head = self._heads.get(ident)
         if head is None:
             fields = conditional.not_modified_headers(self.base_headers(entry, (1, 1)))
@@ -250,7 +256,7 @@ class Hits:
         through aiohttp's responses, so the fast path's answer is the same bytes only
         when both are stored. Kept beside the prepared heads (a revalidated URL is
         revalidated again and again)."""
-        ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
+        ident = _ident(entry)
         try:
             return self._valid[ident]
         except KeyError:
@@ -278,7 +284,7 @@ class Hits:
 
     def serialized_head(self, entry: cp.CacheEntry) -> bytes:
         """Status line and stored fields of an HTTP/1.1 hit, without Age and Cache-Status."""
-        ident = (entry.key, entry.variant, entry.sha256, entry.response_time)
+        ident = _ident(entry)
         head = self._heads.get(ident)
         if head is None:
             fields = [*self.base_headers(entry, (1, 1)), ("Content-Length", str(entry.body_length))]

@@ -410,11 +410,11 @@ class OriginClient:
             if kept is not None:
                 if not kept.pending():
                     return kept, True
-                # Bytes the origin sent unasked (or its close) sit in the socket, not yet
-                # read: two turns of the loop read them (data_received then closes the
-                # connection). One is not enough on asyncio's own loop, where this task's
-                # next step is queued before the read that the turn's poll finds. A TLS
-                # connection's session tickets come this way too, and stay usable.
+                # Bytes the origin sent unasked (or its close) may sit unread, in the socket
+                # or (over TLS, always taken this way) the TLS layer: two turns of the loop
+                # read them (data_received then closes the connection). One is not enough
+                # on asyncio's own loop, where this task's next step is queued before the
+                # read that the turn's poll finds.
                 try:
                     await asyncio.sleep(0)
                     await asyncio.sleep(0)

@@ -497,6 +497,11 @@ def _insert_rows(sql: Sql, rows: Sequence[_Row]) -> bool:
     return went == len(rows)
 
 
+def _list_row(mkey: str, data: bytes, now: float) -> _Row:
+    """The Cache row of a variant list (``data``, its JSON), kept in the row itself."""
+    return (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)
+
+
 def _tag_key(tag: str) -> str:
     return "t:" + tag
 
@@ -1418,18 +1423,7 @@ class Store:
         row be there already, both are undone and each fill goes the way of one."""
         sql = self._cache._sql
         bodies = self._place(fills, now)
-        lists = [
-            (
-                _meta_key(f.entry.key),
-                now,
-                now,
-                0,
-                diskcache.core.MODE_RAW,
-                None,
-                entries_json([f.entry]),
-            )
-            for f in fills
-        ]
+        lists = [_list_row(_meta_key(f.entry.key), entries_json([f.entry]), now) for f in fills]
         sql("SAVEPOINT fills")
         if _insert_rows(sql, bodies) and _insert_rows(sql, lists):
             sql("RELEASE fills")
@@ -1490,7 +1484,7 @@ class Store:
         data = entries_json(kept)
         writes = [
             (self._RESTAMP_META, (now, now, data, mkey)),
-            (self._INSERT, (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)),
+            (self._INSERT, _list_row(mkey, data, now)),
         ]
         if not listed:
             writes.reverse()  # no list read: the row is new
@@ -1500,11 +1494,7 @@ class Store:
 
     # diskcache's own INSERT (Cache._row_insert) for a new row of a str key, or nothing
     # when the key has one; and the update of a variant list kept in its row.
-    _INSERT = (
-        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
-        " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, ?)"
-        " ON CONFLICT(key, raw) DO NOTHING"
-    )
+    _INSERT = _insert_many(1)
     _RESTAMP_META = (
         "UPDATE Cache SET store_time = ?, access_time = ?, value = ? WHERE key = ? AND raw = 1"
         f" AND mode = {diskcache.core.MODE_RAW} AND filename IS NULL"
