@@ -1079,3 +1079,19 @@ def test_a_recency_write_back_bigger_than_one_statement_stamps_every_row(tmp_pat
     with sqlite3.connect(tmp_path / "cache.db") as db:
         stamps = {t for (t,) in db.execute("SELECT access_time FROM Cache WHERE key LIKE '_:%/r%'")}
     assert len(stamps) == 1 and stamps.pop() >= before
+
+
+def test_a_body_written_in_pieces_of_any_size_has_its_own_digest(tmp_path: Path) -> None:
+    # BodyWriter hashes chunks of a few KiB in pieces (under hashlib's GIL threshold): the digest
+    # stored is the whole body's whatever the chunks, at and around the piece's size.
+    sizes = [0, 1, 2046, 2047, 2048, 4095, 4096, 10240, 16383, 16384, 16385, 70001]
+    chunks = [bytes([n % 251]) * n for n in sizes]
+    with Store(tmp_path) as s:
+        writer = s.writer()
+        for chunk in chunks:
+            assert writer.write(chunk)
+        body = b"".join(chunks)
+        assert writer.digest() == hashlib.sha256(body).hexdigest()
+        stored = writer.commit(entry(), len(body))
+        assert stored is not None and stored.sha256 == hashlib.sha256(body).hexdigest()
+        assert s.get_body(stored) == body
