@@ -35,7 +35,7 @@ from edge.cache_control import Fields
 from edge.cache_layer import CacheLayer, _miss_head
 from edge.config import from_mapping
 from edge.exchange import raw_pairs
-from edge.headers import client_response_fields, head_end
+from edge.headers import head_end
 from edge.store import BodyWriter, Store
 
 BODY = os.urandom(10 * 1024)
@@ -82,8 +82,8 @@ def _decide(layer: CacheLayer, i: int, now: float) -> tuple[BodyWriter, cp.Cache
     if writer is None or not writer.write(BODY):
         raise SystemExit("the bench's response was not storable")
     known = plan.storable.freshness
-    entry = layer._entry_for(creq, up, plan.out_pairs, now, now, known, writer)  # type: ignore[arg-type]
-    fields = client_response_fields(plan.out_pairs, version=(1, 1), via=layer.via)
+    entry = layer._entry_for(creq, up, plan.out_pairs, now, now, known, writer, plan.shape)  # type: ignore[arg-type]
+    fields = layer._client_fields(plan, (1, 1))
     status = cp.cache_status(layer.name, fwd="uri-miss", fwd_status=200, stored=True)
     return writer, entry, _miss_head(up, fields, len(BODY)) + head_end(status)  # type: ignore[arg-type]
 

@@ -40,7 +40,6 @@ from edge.errors import (
 from edge.exchange import (
     CHUNK,
     abort,
-    bodyless,
     interim_head,
     interim_sender,
     origin_form,
@@ -53,6 +52,7 @@ from edge.exchange import (
 )
 from edge.fasthit import SimpleGet
 from edge.fill import Fill, GroupCommit, Lead
+from edge.head_shapes import Shape, ShapeMemo
 from edge.headers import (
     client_response_fields,
     head_end,
@@ -107,6 +107,7 @@ class _Plan(NamedTuple):
     # The body length a GET's response declares, when it is also the length sent (no
     # compression on the fly).
     length: int | None
+    shape: Shape | None  # the head's decisions by position (edge.head_shapes), if so
 
     def whole(self, method: str, status: int) -> bool:
         """Whether the body is read whole, stored, and sent in one write (_take_whole):
@@ -114,7 +115,7 @@ class _Plan(NamedTuple):
         length = self.length
         return (
             self.writer is not None
-            and not bodyless(method, status)
+            and not cp.bodyless(method, status)
             and length is not None
             and length <= WHOLE_FILL_MAX
         )
@@ -153,14 +154,6 @@ class Upstream(Protocol):
 def _has_directives(request: web.BaseRequest) -> bool:
     headers = request.headers
     return "Cache-Control" in headers or "Pragma" in headers
-
-
-def _declared_length(method: str, pairs: tuple[tuple[str, str], ...]) -> int | None:
-    """The body length a GET response's Content-Length declares, or None."""
-    declared = field_values(pairs, "content-length")
-    if declared and method == "GET" and (length := declared[0].strip()).isdigit():
-        return int(length)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +247,7 @@ class CacheLayer:
             store_set_cookie=c.cache_set_cookie,
         )
         self.compression = config.compression
+        self._shapes = ShapeMemo(self.policy, self.compression, self.via)
         self._collapse_wait = c.collapse_timeout
         self.hits.reconfigure(self.name, self.via)
 
@@ -476,26 +470,13 @@ class CacheLayer:
                     plan,
                 )
             owned = False  # _take_whole settles it
-            writer, length = plan.writer, plan.length
-            assert writer is not None and length is not None  # plan.whole says so
-            took = await self._take_whole(
-                proxy,
-                writer,
-                creq,
-                origin,
-                upstream,
-                plan.out_pairs,
-                length,
-                lead,
-                (t_req, t_resp),
-                plan.storable.freshness,
-            )
+            took = await self._take_whole(proxy, plan, creq, origin, upstream, lead, t_req, t_resp)
             if took is None:
                 return handing(req.target, self._broke_off(fwd))
             body, stored = took
-            fields = client_response_fields(plan.out_pairs, version=(1, 1), via=self.via)
+            fields = self._client_fields(plan, (1, 1))
             cstatus = cp.cache_status(self.name, fwd=fwd, fwd_status=status, stored=stored)
-            head = _miss_head(upstream, fields, length) + head_end(cstatus)
+            head = _miss_head(upstream, fields, len(body)) + head_end(cstatus)
             return Answered(status, [head, body], len(body), origin.url)
         finally:
             if owned:
@@ -788,7 +769,7 @@ class CacheLayer:
                 stale, creq.headers, self.clock(), disconnected=False, config=self.policy
             ),
             ranged=ranged,
-            too_big=self._too_big(request.method, pairs),
+            too_big=self._too_big(cp.declared_length(request.method, pairs)),
         )
         if outcome == "choose-variant":
             proxy.finish_upstream(origin, upstream, ok=True)
@@ -925,11 +906,19 @@ class CacheLayer:
     ) -> _Plan:
         """What becomes of an origin's response: the fields sent and stored, the
         compressor, whether it may be stored and the writer storing it."""
+        shape = self._shapes.shape(creq, status, pairs, t_req, t_resp)
+        if shape is not None:
+            storable = shape.storability(pairs, t_req, t_resp)
+            length = shape.length(pairs)
+            writer = None
+            if storable.storable and shape.writable and not self._too_big(length):
+                writer = self.store.writer()
+            return _Plan(Fields(pairs), None, storable, writer, length, shape)
         pairs = as_fields(pairs)  # read by name all along: indexed once
         out_pairs, comp = self._compression_plan(creq, status, pairs)
         storable, writer = self._store_writer(creq, status, pairs, out_pairs, t_req, t_resp)
-        length = _declared_length(creq.method, out_pairs) if comp is None else None
-        return _Plan(out_pairs, comp, storable, writer, length)
+        length = cp.declared_length(creq.method, out_pairs) if comp is None else None
+        return _Plan(out_pairs, comp, storable, writer, length, None)
 
     def _store_writer(
         self,
@@ -946,21 +935,25 @@ class CacheLayer:
         )
         if not storable.storable:
             return storable, None
-        te = ",".join(field_values(pairs, "transfer-encoding")).lower()
-        delimited = "chunked" in te or bool(field_values(pairs, "content-length"))
         # A close-delimited body cut short looks complete: never stored.
-        if not (delimited or bodyless(creq.method, status)):
+        if not (cp.delimited(pairs) or cp.bodyless(creq.method, status)):
             return storable, None
         # Known to outgrow max_object_bytes: the writer would only give up half-way, cutting
         # off the collapsed misses reading from the fill by then.
-        if self._too_big(creq.method, out_pairs):
+        if self._too_big(cp.declared_length(creq.method, out_pairs)):
             return storable, None
         return storable, self.store.writer()
 
-    def _too_big(self, method: str, pairs: tuple[tuple[str, str], ...]) -> bool:
-        """Whether `pairs` declare a body longer than the store takes (max_object_bytes)."""
+    def _client_fields(self, plan: _Plan, version: tuple[int, int]) -> list[tuple[str, str]]:
+        """The fields of `plan`'s response sent on to a client of HTTP `version`."""
+        if plan.shape is not None:
+            return plan.shape.sent(plan.out_pairs, version)
+        return client_response_fields(plan.out_pairs, version=version, via=self.via)
+
+    def _too_big(self, length: int | None) -> bool:
+        """Whether a declared body `length` is longer than the store takes
+        (max_object_bytes)."""
         limit = self.store.max_object_bytes
-        length = _declared_length(method, pairs)
         return limit is not None and length is not None and length > limit
 
     def _entry_for(
@@ -972,19 +965,35 @@ class CacheLayer:
         t_resp: float,
         known: fr.Freshness | None = None,
         body: BodyWriter | None = None,
+        shape: Shape | None = None,
     ) -> cp.CacheEntry:
         """The entry `out_pairs` will be stored under: its body's length and digest those
         of the whole body `body` holds, else unknown (filled in at commit). `known`: the
-        freshness storability computed (cp.make_entry)."""
+        freshness storability computed (cp.make_entry). `shape`: its plan's."""
+        body_length = 0 if body is None else body.length
+        sha256 = "0" * 64 if body is None else body.digest()
+        reason = upstream.reason or ""
+        if shape is not None:
+            return shape.entry(
+                creq,
+                reason,
+                out_pairs,
+                request_time=t_req,
+                response_time=t_resp,
+                body_length=body_length,
+                sha256=sha256,
+                now=self.clock(),
+                known=known,
+            )
         return cp.make_entry(
             creq,
             upstream.status,
-            upstream.reason or "",
+            reason,
             out_pairs,
             request_time=t_req,
             response_time=t_resp,
-            body_length=0 if body is None else body.length,
-            sha256="0" * 64 if body is None else body.digest(),
+            body_length=body_length,
+            sha256=sha256,
             now=self.clock(),
             config=self.policy,
             known=known,
@@ -1002,7 +1011,7 @@ class CacheLayer:
         """Store the body `writer` holds under the entry for `out_pairs` (made now, so
         stored now); the stored entry, or None."""
         entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
-        return await self._commit_entry(writer, entry, _declared_length(creq.method, out_pairs))
+        return await self._commit_entry(writer, entry, cp.declared_length(creq.method, out_pairs))
 
     async def _commit_entry(
         self, writer: BodyWriter, entry: cp.CacheEntry, length: int | None
@@ -1038,30 +1047,17 @@ class CacheLayer:
         status = upstream.status
         if plan is None:
             plan = self._plan(creq, status, pairs, t_req, t_resp)
-        out_pairs, comp, storable, writer, length = plan
-        fields = client_response_fields(out_pairs, version=request.version, via=self.via)
-        no_body = bodyless(request.method, status)
+        out_pairs, comp, storable, writer, length, shape = plan
+        fields = self._client_fields(plan, request.version)
+        no_body = cp.bodyless(request.method, status)
         rng: ranges.RangeDecision = ranges.Full()
         if ranged and length is not None:
             rng = ranges.evaluate("GET", status, creq.headers, out_pairs, length)
         # The origin's own Content-Length stands for a whole response (length None).
         sp = ranges.span(rng, status, None)
         if writer is not None and plan.whole(request.method, status) and sp.status == status:
-            assert length is not None
             return await self._fill_whole(
-                proxy,
-                request,
-                fields,
-                writer,
-                creq,
-                origin,
-                upstream,
-                out_pairs,
-                fwd,
-                length,
-                lead,
-                (t_req, t_resp),
-                storable.freshness,
+                proxy, request, fields, plan, creq, origin, upstream, fwd, lead, t_req, t_resp
             )
         out = web.StreamResponse(status=status, reason=upstream.reason)
         out.headers.extend(fields)
@@ -1077,7 +1073,7 @@ class CacheLayer:
             apply_span(out.headers, sp)
         fill = None
         if writer is not None and not no_body:
-            entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp)
+            entry = self._entry_for(creq, upstream, out_pairs, t_req, t_resp, shape=shape)
             fill = Fill(writer, entry, length)
         if fill is not None:
             # RFC 9211 `stored`: this response is being written to the cache.
@@ -1140,23 +1136,19 @@ class CacheLayer:
         proxy: Upstream,
         request: web.BaseRequest,
         fields: list[tuple[str, str]],
-        writer: BodyWriter,
+        plan: _Plan,
         creq: cp.CacheRequest,
         origin: Origin,
         upstream: UpstreamResponse,
-        out_pairs: tuple[tuple[str, str], ...],
         fwd: str,
-        length: int,
         lead: Lead | None,
-        times: tuple[float, float],
-        known: fr.Freshness | None,
+        t_req: float,
+        t_resp: float,
     ) -> tuple[web.StreamResponse, str]:
         """A storable body of a known length up to WHOLE_FILL_MAX (_take_whole), sent with
         the head in one write (to an HTTP/1.1 client, the head serialized here from
         `fields`, as aiohttp would: _miss_head)."""
-        took = await self._take_whole(
-            proxy, writer, creq, origin, upstream, out_pairs, length, lead, times, known
-        )
+        took = await self._take_whole(proxy, plan, creq, origin, upstream, lead, t_req, t_resp)
         if took is None:
             return self._broke_off(fwd), origin.url
         body, stored = took
@@ -1167,7 +1159,7 @@ class CacheLayer:
             out = web.Response(status=status, reason=upstream.reason, headers=headers, body=body)
             out.headers["Cache-Status"] = cstatus
             return out, origin.url
-        head = _miss_head(upstream, fields, length)
+        head = _miss_head(upstream, fields, len(body))
         return SerializedResponse(status, head, body, None, cstatus), origin.url
 
     def _broke_off(self, fwd: str) -> web.Response:
@@ -1179,27 +1171,28 @@ class CacheLayer:
     async def _take_whole(
         self,
         proxy: Upstream,
-        writer: BodyWriter,
+        plan: _Plan,
         creq: cp.CacheRequest,
         origin: Origin,
         upstream: UpstreamResponse,
-        out_pairs: tuple[tuple[str, str], ...],
-        length: int,
         lead: Lead | None,
-        times: tuple[float, float],
-        known: fr.Freshness | None,
+        t_req: float,
+        t_resp: float,
     ) -> tuple[bytes, bool] | None:
-        """A storable body of a known length up to WHOLE_FILL_MAX, read whole from the
-        origin and stored: the body and whether it went into the cache, or None when the
-        origin broke off. No Fill: the body is in before anyone could read it back, so
-        the first byte waits for the last (as with nginx's proxy_buffering), and an origin
-        that breaks off gets the client a 502, not a cut response. Collapsed misses wait
-        for the commit and answer from the cache.
+        """The storable body of a known length up to WHOLE_FILL_MAX that `plan` says to
+        take whole (_Plan.whole), read whole from the origin and stored: the body and
+        whether it went into the cache, or None when the origin broke off. No Fill: the
+        body is in before anyone could read it back, so the first byte waits for the last
+        (as with nginx's proxy_buffering), and an origin that breaks off gets the client a
+        502, not a cut response. Collapsed misses wait for the commit and answer from the
+        cache.
 
         The client is answered before the commit ends (GroupCommit.submit) unless commits
         are behind: requests for the key meanwhile follow `lead`, which settles when it
         ends, so none of them misses the entry; another worker process may, for as long as
         the commit takes."""
+        writer, length = plan.writer, plan.length
+        assert writer is not None and length is not None  # plan.whole says so
         committing: asyncio.Future[cp.CacheEntry | None] | None = None
         try:
             try:
@@ -1212,7 +1205,16 @@ class CacheLayer:
             proxy.finish_upstream(origin, upstream, ok=True)
             stored = False
             if len(body) == length and writer.write(body):
-                entry = self._entry_for(creq, upstream, out_pairs, *times, known, writer)
+                entry = self._entry_for(
+                    creq,
+                    upstream,
+                    plan.out_pairs,
+                    t_req,
+                    t_resp,
+                    plan.storable.freshness,
+                    writer,
+                    plan.shape,
+                )
                 if self._commits.behind:
                     stored = await self._commit_entry(writer, entry, length) is not None
                 else:

@@ -282,12 +282,43 @@ def storability(
     if field_values(headers, "content-range"):
         return Storability(False, "partial")
     f = fr.compute(status, headers, request_time, response_time, config)
-    has_validator = bool(field_values(headers, "etag") or field_values(headers, "last-modified"))
+    return stored_for_freshness(f, has_validator(headers))
+
+
+def has_validator(headers: Headers) -> bool:
+    """Whether the response carries a validator (ETag or Last-Modified)."""
+    return bool(field_values(headers, "etag") or field_values(headers, "last-modified"))
+
+
+def stored_for_freshness(f: fr.Freshness, validator: bool) -> Storability:
+    """``storability``'s last word, once nothing else refused the response: its freshness
+    ``f``, and whether it carries a validator."""
     if f.lifetime > 0:
         return Storability(True, "ok", f)
-    if (f.explicit or f.no_cache) and has_validator:
+    if (f.explicit or f.no_cache) and validator:
         return Storability(True, "ok", f)
     return Storability(False, "no-freshness", f)
+
+
+def bodyless(method: str, status: int) -> bool:
+    """Whether a response to ``method`` with ``status`` has no body."""
+    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+def delimited(headers: Headers) -> bool:
+    """Whether the response's body has an end of its own (chunked, or a Content-Length):
+    one delimited by the connection's close looks complete when cut short, and is never
+    stored."""
+    te = ",".join(field_values(headers, "transfer-encoding")).lower()
+    return "chunked" in te or bool(field_values(headers, "content-length"))
+
+
+def declared_length(method: str, headers: Headers) -> int | None:
+    """The body length a GET response's Content-Length declares, or None."""
+    declared = field_values(headers, "content-length")
+    if declared and method == "GET" and (length := declared[0].strip()).isdigit():
+        return int(length)
+    return None
 
 
 def _with_date(pairs: Fields, response_time: float) -> Fields:
@@ -299,11 +330,17 @@ def _with_date(pairs: Fields, response_time: float) -> Fields:
 
 def _stored_headers(headers: Headers, response_time: float) -> Fields:
     pairs = strip_hop_by_hop(headers)
-    cc = cache_control(pairs)
-    drop = {n for d in ("private", "no-cache") for n in cc.field_names(d) or ()}
+    drop = unstored(pairs)
     if drop:
         pairs = pairs.without(drop)
     return _with_date(pairs, response_time)
+
+
+def unstored(end_to_end: Headers) -> set[str]:
+    """The lower-cased names of the fields a response's qualified private and no-cache
+    keep out of the cache (``end_to_end``: its fields, hop-by-hop ones stripped)."""
+    cc = cache_control(end_to_end)
+    return {n for d in ("private", "no-cache") for n in cc.field_names(d) or ()}
 
 
 def surrogate_keys(headers: Headers) -> tuple[str, ...]:
@@ -338,36 +375,68 @@ def make_entry(
     the fields freshness depends on.
     """
     stored = _stored_headers(headers, response_time)
-    if known is None or not _same_for_freshness(as_fields(headers), stored, config):
+    if known is None or not same_for_freshness(as_fields(headers), stored, config):
         known = fr.compute(status, stored, request_time, response_time, config)
-    fields = vy.vary_fields(stored) or ()
-    selecting = vy.selecting_headers(fields, request.headers)
+    return assemble_entry(
+        request,
+        status,
+        reason,
+        stored,
+        vy.vary_fields(stored) or (),
+        surrogate_keys(stored),
+        request_time=request_time,
+        response_time=response_time,
+        body_length=body_length,
+        sha256=sha256,
+        now=now,
+        freshness=known,
+    )
+
+
+def assemble_entry(
+    request: CacheRequest,
+    status: int,
+    reason: str,
+    stored: Iterable[tuple[str, str]],
+    vary: tuple[str, ...],
+    surrogate: tuple[str, ...],
+    *,
+    request_time: float,
+    response_time: float,
+    body_length: int,
+    sha256: str,
+    now: float,
+    freshness: fr.Freshness,
+) -> CacheEntry:
+    """The entry of the fields ``stored``, with their Vary list ``vary`` and surrogate keys
+    ``surrogate`` (``make_entry`` and edge.head_shapes decide them), for ``request``."""
+    selecting = vy.selecting_headers(vary, request.headers)
     return CacheEntry(
         key=request.key,
         variant=vy.variant_key(selecting),
         status=status,
         reason=reason,
         headers=tuple(stored),  # a plain tuple: the index is not kept with the entry
-        vary=fields,
+        vary=vary,
         selecting=selecting,
         request_time=request_time,
         response_time=response_time,
         body_length=body_length,
         sha256=sha256,
-        surrogate_keys=surrogate_keys(stored),
+        surrogate_keys=surrogate,
         stored_at=now,
-        freshness=known,
+        freshness=freshness,
     )
 
 
 # The fields fr.compute reads, besides a configuration's targeted fields.
-_FRESHNESS_INPUTS = ("cache-control", "expires", "date", "age", "last-modified")
+FRESHNESS_INPUTS = ("cache-control", "expires", "date", "age", "last-modified")
 
 
-def _same_for_freshness(a: Fields, b: Fields, rules: fr.Rules) -> bool:
+def same_for_freshness(a: Fields, b: Fields, rules: fr.Rules) -> bool:
     """Whether `a` and `b` have the same lines of every field fr.compute reads."""
     ia, ib = a.by_name, b.by_name
-    for name in (*_FRESHNESS_INPUTS, *rules.targeted_fields):
+    for name in (*FRESHNESS_INPUTS, *rules.targeted_fields):
         if ia.get(name.lower()) != ib.get(name.lower()):
             return False
     return True
@@ -693,6 +762,7 @@ def decision_status(decision: Decision, name: str = "GeoEdge") -> str:
 
 
 __all__ = [
+    "FRESHNESS_INPUTS",
     "CacheEntry",
     "CacheRequest",
     "Decision",
@@ -703,17 +773,25 @@ __all__ = [
     "Storability",
     "after_fetch",
     "age_value",
+    "assemble_entry",
+    "bodyless",
     "cache_key",
     "cache_status",
     "decision_status",
+    "declared_length",
+    "delimited",
     "freshen",
+    "has_validator",
     "header_pairs",
     "invalidation_keys",
     "lookup",
     "make_entry",
     "plain_fresh",
+    "same_for_freshness",
     "select",
     "stale_on_error_ok",
     "storability",
+    "stored_for_freshness",
     "surrogate_keys",
+    "unstored",
 ]

@@ -90,10 +90,6 @@ def request_scheme(request: web.BaseRequest) -> str:
     return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
 
 
-def bodyless(method: str, status: int) -> bool:
-    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
-
-
 def abort(request: web.BaseRequest) -> None:
     # The client already has our headers; closing the connection is the only honest way
     # to say the body is incomplete (a chunked response then lacks its last chunk).

@@ -260,6 +260,7 @@ def compute(
     request_time: float,
     response_time: float,
     rules: Rules = Rules(),
+    directives: tuple[Directives, bool] | None = None,
 ) -> Freshness:
     """Freshness of a response received between ``request_time`` and ``response_time``.
 
@@ -271,7 +272,9 @@ def compute(
     makes the response stale (lifetime 0), as RFC 9111 encourages.
     """
     shared = rules.shared
-    cc, targeted = response_directives(headers, rules.targeted_fields)
+    if directives is None:
+        directives = response_directives(headers, rules.targeted_fields)
+    cc, targeted = directives
     date = origin_date(headers, response_time)
     init = initial_age(headers, request_time, response_time, date)
     must_revalidate = (

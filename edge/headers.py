@@ -234,11 +234,20 @@ def client_response_fields(
     via_prior: list[str] = []
     for k, v in strip_hop_by_hop(pairs if isinstance(pairs, tuple) else tuple(pairs)):
         if k.lower() == "via":
-            via_prior.append(wire_text(v))
+            via_prior.append(v)
         else:
-            kept.append((k, wire_text(v)))
-    kept.append(("Via", ", ".join([*via_prior, via_value(version, via)])))
-    return kept
+            kept.append((k, v))
+    return sent_fields(kept, via_prior, version=version, via=via)
+
+
+def sent_fields(
+    kept: Iterable[tuple[str, str]], via_prior: Iterable[str], *, version: tuple[int, int], via: str
+) -> list[tuple[str, str]]:
+    """`client_response_fields` of a response's end-to-end fields other than Via (`kept`)
+    and the values of its Via lines (`via_prior`)."""
+    out = [(k, wire_text(v)) for k, v in kept]
+    out.append(("Via", ", ".join([*map(wire_text, via_prior), via_value(version, via)])))
+    return out
 
 
 def client_response_headers(

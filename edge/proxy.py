@@ -45,7 +45,6 @@ from edge.errors import (
 from edge.exchange import (
     CHUNK,
     abort,
-    bodyless,
     interim_sender,
     origin_form,
     raw_pairs,
@@ -704,7 +703,7 @@ class Proxy:
         # Without Content-Length aiohttp chunks for HTTP/1.1 and close-delimits for 1.0.
         try:
             await start_response(out, request)
-            if not bodyless(request.method, out.status):
+            if not cp.bodyless(request.method, out.status):
                 async for chunk in upstream.content.iter_chunked(CHUNK):
                     await send_body(out, chunk)
         except ClientGone:
