@@ -375,7 +375,7 @@ def make_entry(
     the fields freshness depends on.
     """
     stored = _stored_headers(headers, response_time)
-    if known is None or not same_for_freshness(as_fields(headers), stored, config):
+    if known is None or not _same_for_freshness(as_fields(headers), stored, config):
         known = fr.compute(status, stored, request_time, response_time, config)
     return assemble_entry(
         request,
@@ -433,7 +433,7 @@ def assemble_entry(
 FRESHNESS_INPUTS = ("cache-control", "expires", "date", "age", "last-modified")
 
 
-def same_for_freshness(a: Fields, b: Fields, rules: fr.Rules) -> bool:
+def _same_for_freshness(a: Fields, b: Fields, rules: fr.Rules) -> bool:
     """Whether `a` and `b` have the same lines of every field fr.compute reads."""
     ia, ib = a.by_name, b.by_name
     for name in (*FRESHNESS_INPUTS, *rules.targeted_fields):
@@ -787,7 +787,6 @@ __all__ = [
     "lookup",
     "make_entry",
     "plain_fresh",
-    "same_for_freshness",
     "select",
     "stale_on_error_ok",
     "storability",

@@ -52,9 +52,11 @@ STEERING = frozenset(
 )
 
 # Heads of this many names and orders at most, each with this many sets of steering values
-# at most, are remembered; past either, that memo starts afresh.
+# at most, are remembered; past either, that memo starts afresh. A head whose names or
+# steering values take more than BYTES_MAX is never remembered: a few MiB at most.
 NAMES_MAX = 256
 VALUES_MAX = 16
+BYTES_MAX = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ class _Names:
     """The heads of one status and one list of names: where their steering values are,
     and what each set of those values made (a Shape, _SEEN once, _NEVER)."""
 
-    __slots__ = ("shapes", "steering")
+    __slots__ = ("_at", "shapes", "steering")
 
     def __init__(self, steering_at: tuple[int, ...]) -> None:
         # The key of a head's steering lines (the lines themselves, their names known).
@@ -152,6 +154,11 @@ class _Names:
             itemgetter(*steering_at) if steering_at else _none
         )
         self.shapes: dict[object, Shape | str] = {}
+        self._at = steering_at
+
+    def steering_bytes(self, pairs: Pairs) -> int:
+        """How long the steering values of `pairs` are."""
+        return sum(len(pairs[i][1]) for i in self._at)
 
 
 def _none(pairs: Pairs) -> None:
@@ -187,6 +194,8 @@ class ShapeMemo:
         key = (status, names)
         known = self._names.get(key)
         if known is None:
+            if sum(map(len, names)) > BYTES_MAX:
+                return None
             if len(self._names) >= NAMES_MAX:
                 self._names.clear()
             steering = self.steering
@@ -198,6 +207,8 @@ class ShapeMemo:
         if type(found) is Shape:
             return found
         if found is None:
+            if known.steering_bytes(pairs) > BYTES_MAX:
+                return None
             if len(shapes) >= VALUES_MAX:
                 shapes.clear()
             shapes[values] = _SEEN
@@ -255,7 +266,10 @@ class ShapeMemo:
             ),
             stored_at=stored_at,
             dated="date" not in kept,
-            same_freshness=cp.same_for_freshness(head, Fields(stored.headers), policy),
+            # By the lines, not their values: with a Date of the edge's own added (the
+            # origin's left out), the stored freshness is computed again, whether or not
+            # this head's Date happens to be the one added.
+            same_freshness="date" in kept and set(fresh_at) <= set(stored_at),
             vary=stored.vary,
             surrogate_at=tuple(i for i in stored_at if lower[i] == "surrogate-key"),
             length_at=next((i for i, k in enumerate(lower) if k == "content-length"), None),

@@ -28,6 +28,8 @@ Draw = Callable[[random.Random], str]
 def _date(rng: random.Random) -> str:
     if rng.random() < 0.1:
         return rng.choice(["garbage", "", "Sun, 06 Nov 1994 08:49:37 GMT, again"])
+    if rng.random() < 0.3:  # the second the response arrived, as most origins say
+        return email.utils.formatdate(NOW, usegmt=True)
     return email.utils.formatdate(NOW + rng.randint(-90_000, 5_000), usegmt=True)
 
 
@@ -214,3 +216,39 @@ def test_requests_the_response_alone_cannot_decide_are_decided_in_full() -> None
     html = (("Content-Type", "text/html"), ("Content-Length", "4000"))
     memo.shape(plain, 200, html, NOW, NOW)
     assert memo.shape(plain, 200, html, NOW, NOW) is None
+
+
+@pytest.mark.parametrize(
+    "left_out", [("Cache-Control", 'max-age=60, private="Date"'), ("Connection", "Date")]
+)
+def test_a_date_left_out_is_the_edge_s_own_whatever_the_head_learnt_on(left_out) -> None:
+    # The origin's Date kept out of the cache: the entry gets a Date of the edge's own and
+    # its freshness from that. Learnt on a head whose Date is that very second, the shape
+    # must not take the head's freshness for the stored one on a head with another Date.
+    memo = ShapeMemo(cp.PolicyConfig(), CompressionConfig(enabled=False), VIA)
+    request = _request(random.Random(3))
+    extra = [("Cache-Control", "max-age=60")] if left_out[0] == "Connection" else []
+
+    def head(date: float) -> tuple:
+        when = email.utils.formatdate(date, usegmt=True)
+        return (*extra, left_out, ("Date", when), ("Content-Length", "5"))
+
+    memo.shape(request, 200, head(NOW), NOW, NOW)
+    shape = memo.shape(request, 200, head(NOW), NOW, NOW)
+    assert shape is not None
+    other = head(NOW - 30)
+    assert memo.shape(request, 200, other, NOW, NOW) is shape
+    _check(shape, memo, request, 200, other)
+
+
+def test_heads_too_long_to_remember_are_decided_in_full() -> None:
+    memo = ShapeMemo(cp.PolicyConfig(), CompressionConfig(), VIA)
+    request = _request(random.Random(4))
+    long_value = (("Cache-Control", "max-age=60, " + "x" * 3000), ("Content-Length", "5"))
+    long_names = tuple((f"X-{'n' * 60}-{i}", "v") for i in range(40))
+    for head in (long_value, long_names):
+        for _ in range(3):
+            assert memo.shape(request, 200, head, NOW, NOW) is None
+    short = (("Cache-Control", "max-age=60"), ("Content-Length", "5"))
+    memo.shape(request, 200, short, NOW, NOW)
+    assert memo.shape(request, 200, short, NOW, NOW) is not None
