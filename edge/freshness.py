@@ -269,7 +269,8 @@ def compute(
     Expires - Date > heuristic ``heuristic_fraction`` x (Date - Last-Modified), capped at
     ``heuristic_max``, for heuristically cacheable statuses or ``public`` responses; then
     ``default_ttl`` (a configured rule) if given. An invalid max-age / s-maxage / Expires
-    makes the response stale (lifetime 0), as RFC 9111 encourages.
+    makes the response stale (lifetime 0), as RFC 9111 encourages. ``directives``:
+    ``response_directives`` of these headers and rules, when the caller has them.
     """
     shared = rules.shared
     if directives is None:
