@@ -260,7 +260,6 @@ def compute(
     request_time: float,
     response_time: float,
     rules: Rules = Rules(),
-    directives: tuple[Directives, bool] | None = None,
 ) -> Freshness:
     """Freshness of a response received between ``request_time`` and ``response_time``.
 
@@ -269,13 +268,10 @@ def compute(
     Expires - Date > heuristic ``heuristic_fraction`` x (Date - Last-Modified), capped at
     ``heuristic_max``, for heuristically cacheable statuses or ``public`` responses; then
     ``default_ttl`` (a configured rule) if given. An invalid max-age / s-maxage / Expires
-    makes the response stale (lifetime 0), as RFC 9111 encourages. ``directives``:
-    ``response_directives`` of these headers and rules, when the caller has them.
+    makes the response stale (lifetime 0), as RFC 9111 encourages.
     """
     shared = rules.shared
-    if directives is None:
-        directives = response_directives(headers, rules.targeted_fields)
-    cc, targeted = directives
+    cc, targeted = response_directives(headers, rules.targeted_fields)
     date = origin_date(headers, response_time)
     init = initial_age(headers, request_time, response_time, date)
     must_revalidate = (

@@ -29,7 +29,7 @@ from operator import itemgetter
 from edge import cache_policy as cp
 from edge import compression
 from edge import freshness as fr
-from edge.cache_control import Directives, Fields, cache_control
+from edge.cache_control import Fields, cache_control
 from edge.conditional import strip_hop_by_hop
 from edge.config import CompressionConfig
 from edge.headers import client_response_fields, sent_fields
@@ -52,11 +52,15 @@ STEERING = frozenset(
 )
 
 # Heads of this many names and orders at most, each with this many sets of steering values
-# at most, are remembered; past either, that memo starts afresh. A head whose names or
-# steering values take more than BYTES_MAX is never remembered: a few MiB at most.
-NAMES_MAX = 256
+# at most, are remembered; past either, that memo starts afresh. A head of more than
+# LINES_MAX lines, or whose names or steering values take more than BYTES_MAX, is never
+# remembered. A shape then takes under 3 KiB (its parsed Cache-Control is not kept:
+# edge.cache_control remembers those): under 3 MiB at the very most (docs/benchmarks.md),
+# a few KiB for an origin's usual heads.
+NAMES_MAX = 64
 VALUES_MAX = 16
-BYTES_MAX = 2048
+LINES_MAX = 64
+BYTES_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,6 @@ class Shape:
     validator: bool  # ETag or Last-Modified
     writable: bool  # a body with an end of its own (or none)
     fresh_at: tuple[int, ...]  # the lines freshness reads
-    directives: tuple[Directives, bool]  # fr.response_directives of those
     stored_at: tuple[int, ...]  # the lines stored
     dated: bool  # a Date is added to those stored
     same_freshness: bool  # the stored lines give the freshness the head gives
@@ -85,7 +88,7 @@ class Shape:
         if self.refused is not None:
             return self.refused
         fields = Fields([pairs[i] for i in self.fresh_at])
-        f = fr.compute(self.status, fields, t_req, t_resp, self.policy, self.directives)
+        f = fr.compute(self.status, fields, t_req, t_resp, self.policy)
         return cp.stored_for_freshness(f, self.validator)
 
     def length(self, pairs: Pairs) -> int | None:
@@ -187,7 +190,7 @@ class ShapeMemo:
         """The Shape deciding `pairs`, the head of the origin's response to `request`
         received between `t_req` and `t_resp`; None when they are to be decided in full
         (the first time a shape is seen, and always for the shapes no Shape can decide)."""
-        if request.method != "GET" or not _plain(request):
+        if request.method != "GET" or len(pairs) > LINES_MAX or not _plain(request):
             return None
         names = tuple(map(_name, pairs))
         key = (status, names)
@@ -260,9 +263,6 @@ class ShapeMemo:
             validator=cp.has_validator(head),
             writable=cp.delimited(head) or cp.bodyless("GET", status),
             fresh_at=fresh_at,
-            directives=fr.response_directives(
-                Fields([pairs[i] for i in fresh_at]), policy.targeted_fields
-            ),
             stored_at=stored_at,
             dated="date" not in kept,
             # By the lines, not their values: with a Date of the edge's own added (the

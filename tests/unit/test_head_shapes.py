@@ -246,7 +246,8 @@ def test_heads_too_long_to_remember_are_decided_in_full() -> None:
     request = _request(random.Random(4))
     long_value = (("Cache-Control", "max-age=60, " + "x" * 3000), ("Content-Length", "5"))
     long_names = tuple((f"X-{'n' * 60}-{i}", "v") for i in range(40))
-    for head in (long_value, long_names):
+    many_lines = tuple((f"X-{i}", "v") for i in range(65))
+    for head in (long_value, long_names, many_lines):
         for _ in range(3):
             assert memo.shape(request, 200, head, NOW, NOW) is None
     short = (("Cache-Control", "max-age=60"), ("Content-Length", "5"))
