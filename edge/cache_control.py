@@ -283,16 +283,25 @@ class Directives:
 def parse_directives(values: Iterable[str]) -> Directives:
     """Parse Cache-Control style field values (several lines allowed) into Directives.
 
-    Remembered for the last 1024 distinct field values (Directives are immutable): an
-    origin sends a handful of distinct Cache-Control values, and a miss parses its own
-    several times (storability, freshness, the entry).
+    Remembered for the last 1024 distinct field values of up to REMEMBERED_MAX characters
+    in all (Directives are immutable): an origin sends a handful of distinct Cache-Control
+    values, and a miss parses its own several times (storability, freshness, the entry).
+    Longer values are parsed each time, so that the memo holds a few MiB at most whatever
+    an origin sends.
 
     Grammar: ``#( token [ "=" ( token / quoted-string ) ] )``. Whitespace around "=" is not
     allowed by the grammar; such elements are kept under their (stripped) name as malformed,
     so ``max-age =3600`` does not give a lifetime. Quoted values are unquoted: commas inside
     quotes never start a new directive.
     """
-    return _parse_directives(tuple(values))
+    lines = tuple(values)
+    if sum(map(len, lines)) > REMEMBERED_MAX:
+        return _parse_directives.__wrapped__(lines)
+    return _parse_directives(lines)
+
+
+# The longest Cache-Control (all its lines) parse_directives remembers.
+REMEMBERED_MAX = 512
 
 
 @functools.lru_cache(maxsize=1024)

@@ -159,3 +159,22 @@ def test_fields_answer_as_the_pairs_they_hold(
         assert field_values(more, name) == field_values((*kept, ("X-A", "z")), name)
     # The index a derived Fields shares with its parent is never modified through it.
     assert field_values(f, "x-a") == field_values(plain, "x-a")
+
+
+def test_long_values_are_parsed_alike_but_not_remembered() -> None:
+    from edge.cache_control import REMEMBERED_MAX, _parse_directives
+
+    long_value = "max-age=60, " + ", ".join(f"ext{i}" for i in range(200))
+    assert len(long_value) > REMEMBERED_MAX
+
+    def asked() -> int:
+        info = _parse_directives.cache_info()
+        return info.hits + info.misses
+
+    before = asked()
+    d = parse_directives([long_value])
+    assert d.delta("max-age") == 60 and "ext199" in d
+    assert d == _parse_directives.__wrapped__((long_value,))
+    assert asked() == before  # the memo never saw it
+    assert parse_directives(["max-age=61, ext"]).delta("max-age") == 61
+    assert asked() == before + 1
