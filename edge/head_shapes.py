@@ -39,7 +39,9 @@ Pairs = Sequence[tuple[str, str]]
 # The fields whose values, besides the names and order of all the lines, steer the
 # decisions a Shape keeps; a configuration's targeted fields (CDN-Cache-Control) join them.
 # Every other field's value is only copied (stored, sent) or read again per response:
-# freshness's (edge.cache_policy.FRESHNESS_INPUTS), Content-Length, Surrogate-Key.
+# freshness's (edge.cache_policy.FRESHNESS_INPUTS), Content-Length, Surrogate-Key. A
+# decision that comes to read another field's value needs that field here (the
+# differential test, tests/unit/test_head_shapes.py, draws every other value again).
 STEERING = frozenset(
     {
         "cache-control",
