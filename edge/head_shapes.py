@@ -97,8 +97,7 @@ class Shape:
         """cp.declared_length of `pairs` for a GET."""
         if self.length_at is None:
             return None
-        value = pairs[self.length_at][1].strip()
-        return int(value) if value.isdigit() else None
+        return cp.declared_length("GET", (pairs[self.length_at],))
 
     def entry(
         self,
