@@ -223,19 +223,22 @@ class EdgePoller:
             round_task.result()  # a bug in a round reaches APScheduler's error log
 
     async def probe_round(self) -> None:
-        """Probe every edge once and apply the results."""
-        probes = list(self._edges.values())
-        limit = asyncio.Semaphore(MAX_CONCURRENT)
-
-        async def one(ep: _EdgeProbe) -> tuple[_EdgeProbe, ProbeResult]:
-            async with limit:
-                return ep, await self.fetch(ep.target.url, ep.target.token)
-
-        peers = self.config.peers
-        results, views = await asyncio.gather(
-            asyncio.gather(*(one(ep) for ep in probes)),
-            asyncio.gather(*(self.fetch_peer(peer) for peer in peers)),
-        )
+        """Probe every edge once and apply the results. A round whose config was replaced
+        while it ran (SIGHUP) is not applied: its targets and peers are the old ones, and its
+        verdicts would overwrite those of a round under the new config. It probes once more
+        under the new one (the reload's own round may have been skipped as a second instance
+        of the job)."""
+        for _ in range(2):
+            config = self.config
+            probes = list(self._edges.values())
+            peers = config.peers
+            results, views = await asyncio.gather(
+                self._probe_all(probes), asyncio.gather(*(self.fetch_peer(p) for p in peers))
+            )
+            if self.config is config:
+                break
+        else:
+            return  # reloaded twice while probing: the next scheduled round applies
         if peers:
             answered = [(p.name, v) for p, v in zip(peers, views, strict=True) if v is not None]
             names = [name for name, _ in answered]
@@ -250,6 +253,15 @@ class EdgePoller:
         else:
             self.peers_answering = []
             self._apply(results, [], quorum=False)
+
+    async def _probe_all(self, probes: list[_EdgeProbe]) -> list[tuple[_EdgeProbe, ProbeResult]]:
+        limit = asyncio.Semaphore(MAX_CONCURRENT)
+
+        async def one(ep: _EdgeProbe) -> tuple[_EdgeProbe, ProbeResult]:
+            async with limit:
+                return ep, await self.fetch(ep.target.url, ep.target.token)
+
+        return await asyncio.gather(*(one(ep) for ep in probes))
 
     async def fetch_peer(self, peer: PeerConfig) -> dict[str, bool | None] | None:
         """A peer's own probe view per edge, or None when it did not answer in time."""
@@ -312,9 +324,8 @@ class EdgePoller:
         updates: dict[str, tuple[bool | None, float | None]] = {}
         why: dict[str, str] = {}
         for ep, result in results:
-            current = self._edges.get(ep.target.edge)
-            if current is not ep or ep.target.edge not in self.health:
-                continue  # reconfigured while the round ran: this result is for an old target
+            if ep.target.edge not in self.health:
+                continue  # the health store was reconfigured while the round ran
             obs = interpret(result, ep.target.capacity)
             key = (ep.target.edge, "success" if obs.healthy else "failure", obs.reason.value)
             self.counts[key] = self.counts.get(key, 0) + 1

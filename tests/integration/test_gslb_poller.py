@@ -43,7 +43,9 @@ def doc(body: object, status: int = 200) -> Handler:
     return handler
 
 
-def config(urls: dict[str, str | None], *, timeout: float = 1.0, rise: int = 2) -> GslbConfig:
+def config(
+    urls: dict[str, str | None], *, timeout: float = 1.0, rise: int = 2, peers: tuple[str, ...] = ()
+) -> GslbConfig:
     edges = []
     for i, (name, url) in enumerate(urls.items()):
         extra = f'status_url = "{url}"\n' if url else ""
@@ -69,6 +71,7 @@ records = ["@ NS ns1", "ns1 A 127.0.0.1"]
 name = "www.example.test."
 edges = {json.dumps(list(urls))}
 """
+    text += "".join(f'\n[[peers]]\napi = "{api}"\n' for api in peers)
     return parse_config(text, "poller.toml", base=Path("/nonexistent"))
 
 
@@ -185,6 +188,52 @@ async def test_reconfigure_keeps_counters_of_unchanged_urls() -> None:
             assert set(poller.probed()) == {"b"}
             await poller.probe_round()
             assert not health.state("a").up
+
+
+async def test_a_round_that_outlives_its_config_is_not_applied() -> None:
+    """A round begun before a reload that added [[peers]] ends after the reload's own round:
+    its results (no quorum) must not overwrite the verdict of the round that had the peers."""
+    release = asyncio.Event()
+    held = asyncio.Event()
+    hold = [True]
+
+    async def status(request: web.Request) -> web.Response:
+        if hold[0]:
+            hold[0] = False
+            held.set()
+            await release.wait()
+        return web.json_response(GOOD)
+
+    async def edges(request: web.Request) -> web.Response:
+        return web.json_response({"edges": {"a": {"probe": {"probed_up": True}}}})
+
+    peer = web.Application()
+    peer.router.add_get("/v1/edges", edges)
+    runner = web.AppRunner(peer, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with server(status) as url:
+            old = config({"a": url}, timeout=30)
+            health = store(old)
+            poller = EdgePoller(health, old)
+            await poller.start()
+            try:
+                await asyncio.wait_for(held.wait(), 10)  # the first round, without peers, waits
+                new = config(
+                    {"a": url}, timeout=30, peers=(f"http://127.0.0.1:{runner.addresses[0][1]}",)
+                )
+                poller.reconfigure(new)
+                await poller.probe_round()
+                assert poller.probed()["a"]["quorum"]["views"] == 2
+                release.set()
+                await until(lambda: total(poller) >= 2)  # both rounds are over
+                await asyncio.sleep(0.05)
+                assert poller.probed()["a"]["quorum"]["views"] == 2
+            finally:
+                await poller.close()
+    finally:
+        await runner.cleanup()
 
 
 async def test_close_cancels_a_round_in_flight(caplog: pytest.LogCaptureFixture) -> None:
