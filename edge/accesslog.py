@@ -69,15 +69,18 @@ class AccessLog:
     ) -> None:
         """One line: the JSON object json.dumps would write for these fields (in this
         order, `sent` as "bytes", then "time"), built directly: on the hit path the
-        generic encoder was most of what logging cost."""
+        generic encoder was most of what logging cost. `duration_ms` and `time` (Unix
+        seconds) are written with three decimals, as nginx writes `$request_time` and
+        `$msec`: a float's shortest repr, and rounding it first, cost 1.2-1.6 µs each
+        here, most of a line's cost."""
         if self._stream is None:
             return
         self._stream.write(
             f'{{"remote":{"null" if remote is None else _quote(remote)},'
             f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
-            f'"status":{int(status)},"bytes":{int(sent)},"duration_ms":{float(duration_ms)!r},'
+            f'"status":{int(status)},"bytes":{int(sent)},"duration_ms":{duration_ms:.3f},'
             f'"cache":{_quote(cache)},"origin":{_quote(origin)},'
-            f'"user_agent":{_quote(user_agent)},"time":{round(time.time(), 3)!r}}}\n'
+            f'"user_agent":{_quote(user_agent)},"time":{time.time():.3f}}}\n'
         )
         now = time.monotonic()
         if now - self._last_flush >= self._flush_interval:
