@@ -46,6 +46,7 @@ from edge.exchange import (
     phrase,
     raw_pairs,
     request_scheme,
+    response_pairs,
     send_body,
     start_response,
     status_response,
@@ -447,7 +448,7 @@ class CacheLayer:
                 )
                 return handing(req.target, failed)
             status = upstream.status
-            pairs = raw_pairs(upstream.raw_headers)
+            pairs = response_pairs(upstream)
             try:
                 plan = self._plan(creq, status, pairs, t_req, t_resp)
             except BaseException:
@@ -757,7 +758,7 @@ class CacheLayer:
                 exc.status, cp.cache_status(self.name, fwd=fwd, detail=exc.kind)
             ), ""
         status = upstream.status
-        pairs = raw_pairs(upstream.raw_headers)
+        pairs = response_pairs(upstream)
         outcome = cp.after_fetch(
             method=request.method,
             status=status,
@@ -1305,7 +1306,7 @@ class CacheLayer:
             )
         except OriginFailure:
             return
-        pairs = raw_pairs(upstream.raw_headers)
+        pairs = response_pairs(upstream)
         status = upstream.status
         if status == 304:
             proxy.finish_upstream(origin, upstream, ok=True)

@@ -118,6 +118,13 @@ def raw_pairs(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
 
 
+def response_pairs(upstream: Any) -> tuple[tuple[str, str], ...]:
+    """An origin response's fields as str pairs: edge.origin_client parses them so
+    (`pairs`); aiohttp's `raw_headers` are decoded as latin-1."""
+    pairs: tuple[tuple[str, str], ...] | None = getattr(upstream, "pairs", None)
+    return pairs if pairs is not None else raw_pairs(upstream.raw_headers)
+
+
 def transfer_coding(headers: Any) -> str:
     """A transfer coding named in `headers` other than chunked, or ""."""
     values: list[str] = headers.getall("Transfer-Encoding", [])

@@ -8,8 +8,9 @@ edge.origin_wire, and a miss costs about a fifth less CPU (docs/benchmarks.md). 
 with a body still go through aiohttp's client (edge.proxy.forward), which streams them.
 
 The response (`OriginResponse`) offers what the proxy and cache layer read from aiohttp's:
-`status`, `reason`, `raw_headers`, `read()`, `content.iter_chunked(n)`, `release()` and
-`close()`, and fails the way it does: framing and syntax errors and a connection lost
+`status`, `reason`, `raw_headers` (and `pairs`, the same fields as parsed, in str),
+`read()`, `content.iter_chunked(n)`, `release()` and `close()`, and fails the way it
+does: framing and syntax errors and a connection lost
 mid-response raise aiohttp.ClientPayloadError (an aiohttp.ClientError), a timeout raises
 TimeoutError, a failed connect `OriginConnectError`.
 
@@ -223,10 +224,14 @@ class OriginResponse:
         self._conn: _Connection | None = conn
         self.status = head.status
         self.reason = head.reason
-        self.raw_headers = head.raw_headers
+        self.pairs = head.fields  # str pairs: edge.exchange.response_pairs
         self._deadline = deadline
         self._read_timeout = read
         self._ended = False
+
+    @property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.pairs)
 
     @property
     def content(self) -> _Content:

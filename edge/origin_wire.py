@@ -33,16 +33,21 @@ MAX_HEAD = 64 * 1024  # bytes of one response head: status line and field lines
 MAX_FIELDS = 256
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
 MAX_INTERIM = 16  # 1xx responses before the final one
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?")
+# A head is read as text (latin-1: one character per byte, so these patterns mean what
+# they would on bytes, and the fields come out as the str the cache layer reads).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS = re.compile(r"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?")
 # Control characters other than HTAB (obs-text, 0x80-0xff, is allowed: RFC 9110 §5.5)
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Field lines (LF-separated) each a token, a colon and a value without _BAD_VALUE's bytes:
 # one pass over a head's fields; a head it refuses is checked line by line for the error.
 _FIELD_LINES = re.compile(
-    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"
-    rb"(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*"
+    r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"
+    r"(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*"
 )
+# The lengths of the names whose values frame the response (content-length,
+# transfer-encoding, connection): only names of these lengths are lower-cased to compare.
+_FRAMING_LENGTHS = frozenset({14, 17, 10})
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -68,11 +73,14 @@ class Interim:
     raw_headers: tuple[tuple[bytes, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once a response, and frozen's __init__ costs 1 µs
 class Head:
+    """The final response's head; `fields` are its field lines as (name, value) str pairs,
+    decoded as latin-1 (each byte one character), values without surrounding whitespace."""
+
     status: int
     reason: str
-    raw_headers: tuple[tuple[bytes, bytes], ...]
+    fields: tuple[tuple[str, str], ...]
 
 
 Event = Interim | Head | bytes | _End
@@ -235,11 +243,11 @@ class ResponseReader:
     def _head(self, head: bytes, events: list[Event]) -> None:
         if head.endswith(b"\r"):  # the CR of the last line's CRLF
             head = head[:-1]
-        text = head.replace(b"\r\n", b"\n")
-        lines = text.split(b"\n")
+        text = head.decode("latin-1").replace("\r\n", "\n")
+        lines = text.split("\n")
         match = _STATUS.fullmatch(lines[0])
         if match is None:
-            raise WireError(f"bad status line {lines[0][:60]!r}")
+            raise WireError(f"bad status line {_raw(lines[0][:60])!r}")
         minor, code, reason = match.groups()
         status = int(code)
         if not 100 <= status <= 599:
@@ -248,53 +256,58 @@ class ResponseReader:
             raise WireError(f"more than {MAX_FIELDS} fields")
         if reason and _BAD_VALUE.search(reason):
             raise WireError("bad status line: control characters in the reason")
-        fields: list[tuple[bytes, bytes]] = []
-        lengths: set[bytes] = set()
-        codings: list[bytes] = []
+        fields: list[tuple[str, str]] = []
+        length: str | None = None
+        codings: list[str] = []
         transfer_encoding = False
-        close = minor == b"0"
+        close = minor == "0"
         checked = len(lines) == 1 or _FIELD_LINES.fullmatch(text, len(lines[0]) + 1) is not None
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
+            name, colon, value = line.partition(":")
             if not checked and (not colon or not _TOKEN.fullmatch(name)):
-                raise WireError(f"bad field line {line[:60]!r}")  # also obs-fold
-            value = value.strip(b" \t")
+                raise WireError(f"bad field line {_raw(line[:60])!r}")  # also obs-fold
+            value = value.strip(" \t")
             if not checked and _BAD_VALUE.search(value):
-                raise WireError(f"bad field value in {name[:40]!r}")
+                raise WireError(f"bad field value in {_raw(name[:40])!r}")
             fields.append((name, value))
+            if len(name) not in _FRAMING_LENGTHS:
+                continue
             lower = name.lower()
-            if lower == b"content-length":
-                lengths.update(v.strip(b" \t") for v in value.split(b","))
-            elif lower == b"transfer-encoding":
+            if lower == "content-length":
+                for v in value.split(","):
+                    v = v.strip(" \t")
+                    if length is None:
+                        length = v
+                    elif v != length:
+                        raise WireError("conflicting Content-Length values")
+            elif lower == "transfer-encoding":
                 transfer_encoding = True
-                codings += [c.strip(b" \t").lower() for c in value.split(b",") if c.strip()]
-            elif lower == b"connection":
-                close = close or b"close" in (t.strip(b" \t").lower() for t in value.split(b","))
-        raw = tuple(fields)
+                codings += [c.strip(" \t").lower() for c in value.split(",") if c.strip()]
+            elif lower == "connection" and not close:
+                close = "close" in [t.strip(" \t").lower() for t in value.split(",")]
+        pairs = tuple(fields)
         if 100 <= status < 200 and status != 101:
             self._interim += 1
             if self._interim > MAX_INTERIM:
                 raise WireError(f"more than {MAX_INTERIM} interim responses")
+            raw = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs)
             events.append(Interim(status, raw))
             return  # the final response follows
-        events.append(Head(status, (reason or b"").decode("latin-1"), raw))
+        events.append(Head(status, reason or "", pairs))
         self.keep_alive = not close
         if self._head_only or status in (101, 204, 304):
             self._end(events)
             return
         if transfer_encoding:
-            if lengths:
+            if length is not None:
                 raise WireError("both Transfer-Encoding and Content-Length")
-            if codings != [b"chunked"]:
-                raise WireError(f"unsupported transfer coding {b', '.join(codings)!r}")
+            if codings != ["chunked"]:
+                raise WireError(f"unsupported transfer coding {_raw(', '.join(codings))!r}")
             self._state = _CHUNK_SIZE
             return
-        if lengths:
-            if len(lengths) != 1:
-                raise WireError("conflicting Content-Length values")
-            (length,) = lengths
-            if not length.isdigit() or len(length) > 18:
-                raise WireError(f"bad Content-Length {length[:40]!r}")
+        if length is not None:
+            if not length.isdigit() or not length.isascii() or len(length) > 18:
+                raise WireError(f"bad Content-Length {_raw(length[:40])!r}")
             self._remaining = int(length)
             if self._remaining:
                 self._state = _LENGTH
@@ -303,3 +316,8 @@ class ResponseReader:
             return
         self._state = _TO_CLOSE  # delimited by the close
         self.keep_alive = False
+
+
+def _raw(text: str) -> bytes:
+    """A piece of a head as the origin sent it, for an error message."""
+    return text.encode("latin-1")

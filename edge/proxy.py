@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 import aiohttp
@@ -49,6 +49,7 @@ from edge.exchange import (
     origin_form,
     raw_pairs,
     request_scheme,
+    response_pairs,
     send_body,
     start_response,
     status_response,
@@ -677,7 +678,7 @@ class Proxy:
                 exc.status, self.cache_status_token("bypass", detail=exc.kind)
             ), ""
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        out.headers.extend(self.response_headers(request, upstream.raw_headers))
+        out.headers.extend(self.response_headers(request, response_pairs(upstream)))
         out.headers["Cache-Status"] = self.cache_status_token("bypass")
         if self.cache is not None and request.method not in SAFE and upstream.status < 400:
             # Before the client sees the response, so its next request cannot hit the
@@ -687,9 +688,8 @@ class Proxy:
         return out, origin.url
 
     def response_headers(
-        self, request: web.BaseRequest, raw: tuple[tuple[bytes, bytes], ...]
+        self, request: web.BaseRequest, pairs: Sequence[tuple[str, str]]
     ) -> CIMultiDict[str]:
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         return client_response_headers(pairs, version=request.version, via=self.config.server.via)
 
     async def stream_down(
