@@ -11,6 +11,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import brotli
@@ -952,6 +953,66 @@ async def test_fast_hits_keep_going_while_a_due_variant_list_is_re_read(tmp_path
         clock.t += 2.5  # the epoch moved, and the last look was a period ago and more: no
         # longer trusted
         assert layer.hits.hit_wire(req.key) is None
+    finally:
+        await layer.close()
+
+
+async def test_fast_revalidations_follow_the_entry_they_are_answered_from(
+    tmp_path: Path,
+) -> None:
+    # Hits remembers a revalidation's verdict per stored response and conditions: a
+    # replaced entry (another Last-Modified and ETag) is judged afresh, and conditions too
+    # long to remember are judged each time, alike.
+    from edge.cache_layer import CacheLayer
+    from edge.cache_policy import CacheRequest, make_entry
+    from edge.hits import VERDICT_CONDITIONS_MAX
+    from edge.store import Store
+
+    now = 1_800_000_000.0
+    req = CacheRequest("GET", "http", "h.test", "/v")
+
+    def entry(modified: str, etag: str, body: bytes, at: float) -> Any:
+        fields = [
+            ("Cache-Control", "max-age=600"),
+            ("Content-Type", "text/plain"),
+            ("Server", "origin"),
+            ("Last-Modified", modified),
+            ("ETag", etag),
+        ]
+        return make_entry(
+            req,
+            200,
+            "OK",
+            fields,
+            request_time=at,
+            response_time=at,
+            body_length=len(body),
+            sha256=hashlib.sha256(body).hexdigest(),
+            now=at,
+        )
+
+    old_date, new_date = "Thu, 01 Jan 2026 00:00:00 GMT", "Fri, 02 Jan 2026 00:00:00 GMT"
+    ims = (("if-modified-since", old_date),)
+    inm = (("if-none-match", '"one"'),)
+    long_inm = (("if-none-match", ", ".join(['"x"'] * 100) + ', "one"'),)
+    assert len(long_inm[0][1]) > VERDICT_CONDITIONS_MAX
+    config = edge_config([Origin()], cache={"dir": str(tmp_path)})  # never started
+    store = Store(tmp_path)
+    layer = CacheLayer(store, config, clock=lambda: now + 5)
+    hits = layer.hits
+    try:
+        assert store.put(entry(old_date, '"one"', b"first", now), b"first") is not None
+        for _ in range(2):  # judged, then remembered
+            for conditions in (ims, inm, long_inm):
+                hit = hits.hit_wire(req.key, conditions=conditions)
+                assert hit is not None and hit[0] == 304 and hit[2] == b""
+        assert len(hits._verdicts) == 2  # not the long one
+        assert store.put(entry(new_date, '"two"', b"second", now + 1), b"second") is not None
+        for conditions in (ims, inm, long_inm):
+            hit = hits.hit_wire(req.key, conditions=conditions)
+            assert hit is not None and (hit[0], hit[2]) == (200, b"second"), conditions
+        hit = hits.hit_wire(req.key, conditions=(("if-modified-since", new_date),))
+        assert hit is not None and hit[0] == 304
     finally:
         await layer.close()
 
