@@ -87,10 +87,20 @@ class ScheduledProbes:
         self._scheduler = None
 
     async def probe_once(self, url: str) -> bool:
-        origin = next((o for o in self.pool.origins if o.url == url), None)
-        if origin is None:
-            return False
-        ok, status, elapsed = await self._check(origin)
+        """Probe the origin at `url` once and count the outcome. A probe whose config was
+        replaced while it ran (a reload: another path, host or timeout) is not counted: it
+        probes again under the new one (the reload's own run of the job may have been
+        skipped as a second instance of it)."""
+        for _ in range(2):
+            config = self.pool.config
+            origin = next((o for o in self.pool.origins if o.url == url), None)
+            if origin is None:
+                return False
+            ok, status, elapsed = await self._check(origin)
+            if self.pool.config is config:
+                break
+        else:
+            return False  # reloaded twice while probing: the next scheduled probe counts
         changed = self.pool.probe_result(origin, ok, status)
         if changed:
             log.warning("origin %s is now %s (probe status %s)", url, _word(origin.up), status)

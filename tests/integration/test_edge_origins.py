@@ -347,3 +347,36 @@ async def test_refresh_too_big_for_the_cache_is_no_origin_failure(tmp_path) -> N
             assert await until(lambda: sum(o.hits["/grow"] for o in pair) == 2)
             assert await until(lambda: all(o.active == 0 for o in edge.app[POOL].origins))
             assert [o.up for o in edge.app[POOL].origins] == [True, True]
+
+
+async def test_a_probe_that_outlives_its_config_is_not_counted() -> None:
+    # A probe of the old probe.path (failing) still in flight when a reload moves the path
+    # to a healthy one ends after the reload's own probe: its failure must not take the
+    # origin out (fall = 1); it probes again under the new config instead.
+    from edge.origins import OriginPool
+    from edge.probes import Prober
+
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def old_path(request: web.Request) -> web.Response:
+        held.set()
+        await release.wait()
+        return web.Response(status=500)
+
+    async def new_path(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    def probe(path: str) -> dict[str, object]:
+        return {"enabled": True, "path": path, "interval": 3600, "timeout": 30, "rise": 1}
+
+    async with origins("a") as (a,), aiohttp.ClientSession() as session:
+        a.routes["/old"], a.routes["/new"] = old_path, new_path
+        pool = OriginPool(edge_config([a], pool={"probe": {**probe("/old"), "fall": 1}}).pool)
+        prober = Prober(pool, session)
+        first = asyncio.ensure_future(prober.probe_once(a.url))
+        await asyncio.wait_for(held.wait(), 10)
+        pool.update(edge_config([a], pool={"probe": {**probe("/new"), "fall": 1}}).pool)
+        assert await prober.probe_once(a.url) is True
+        release.set()
+        assert await asyncio.wait_for(first, 10) is True  # asked again, under /new
+        assert pool.origins[0].up and pool.origins[0].probe_bad == 0
