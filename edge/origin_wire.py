@@ -257,7 +257,7 @@ class ResponseReader:
         if reason and _BAD_VALUE.search(reason):
             raise WireError("bad status line: control characters in the reason")
         fields: list[tuple[str, str]] = []
-        length: str | None = None
+        lengths: set[str] = set()
         codings: list[str] = []
         transfer_encoding = False
         close = minor == "0"
@@ -274,15 +274,11 @@ class ResponseReader:
                 continue
             lower = name.lower()
             if lower == "content-length":
-                for v in value.split(","):
-                    v = v.strip(" \t")
-                    if length is None:
-                        length = v
-                    elif v != length:
-                        raise WireError("conflicting Content-Length values")
+                lengths.update([v.strip(" \t") for v in value.split(",")])
             elif lower == "transfer-encoding":
                 transfer_encoding = True
-                codings += [c.strip(" \t").lower() for c in value.split(",") if c.strip()]
+                # strip(" \t"), not strip(): on text that would also take NEL and NBSP.
+                codings += [c.strip(" \t").lower() for c in value.split(",") if c.strip(" \t")]
             elif lower == "connection" and not close:
                 close = "close" in [t.strip(" \t").lower() for t in value.split(",")]
         pairs = tuple(fields)
@@ -299,13 +295,16 @@ class ResponseReader:
             self._end(events)
             return
         if transfer_encoding:
-            if length is not None:
+            if lengths:
                 raise WireError("both Transfer-Encoding and Content-Length")
             if codings != ["chunked"]:
                 raise WireError(f"unsupported transfer coding {_raw(', '.join(codings))!r}")
             self._state = _CHUNK_SIZE
             return
-        if length is not None:
+        if lengths:
+            if len(lengths) != 1:
+                raise WireError("conflicting Content-Length values")
+            (length,) = lengths
             if not length.isdigit() or not length.isascii() or len(length) > 18:
                 raise WireError(f"bad Content-Length {_raw(length[:40])!r}")
             self._remaining = int(length)

@@ -83,6 +83,26 @@ def test_responses_without_a_body_end_at_their_head(raw: bytes, method: str) -> 
     assert isinstance(events[0], Head) and events[1:] == [END] and reader.done
 
 
+@pytest.mark.parametrize(
+    ("raw", "method"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 12\r\n\r\n", "HEAD"),
+        (b'HTTP/1.1 304 Not Modified\r\nETag: "a"\r\nContent-Length: 10,\r\n\r\n', "GET"),
+        (
+            b"HTTP/1.1 103 Early Hints\r\nContent-Length: 1, 2\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            "GET",
+        ),
+    ],
+)
+def test_the_content_length_of_a_response_without_a_body_frames_nothing(
+    raw: bytes, method: str
+) -> None:
+    # Whatever its Content-Length says, such a response ends at its head (RFC 9112 §6.3).
+    events, reader = read(raw, method)
+    assert isinstance(events[-2], Head) and events[-1] is END and reader.done
+
+
 def test_interim_heads_come_before_the_final_one() -> None:
     raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK
     events, _ = read(raw)
@@ -141,6 +161,10 @@ def test_keep_alive(raw: bytes, keep_alive: bool) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
+        # NEL and NBSP are white space to str.strip(), not to HTTP: not "chunked" alone
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \xa0\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \x85, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xa0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
     ],
 )
 def test_malformed_responses_are_refused(raw: bytes) -> None:
