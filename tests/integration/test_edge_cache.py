@@ -965,7 +965,7 @@ async def test_fast_revalidations_follow_the_entry_they_are_answered_from(
     # long to remember are judged each time, alike.
     from edge.cache_layer import CacheLayer
     from edge.cache_policy import CacheRequest, make_entry
-    from edge.hits import VERDICT_CONDITIONS_MAX
+    from edge.hits import VERDICT_CONDITIONS_MAX, VERDICTS_MAX
     from edge.store import Store
 
     now = 1_800_000_000.0
@@ -996,6 +996,7 @@ async def test_fast_revalidations_follow_the_entry_they_are_answered_from(
     inm = (("if-none-match", '"one"'),)
     long_inm = (("if-none-match", ", ".join(['"x"'] * 100) + ', "one"'),)
     assert len(long_inm[0][1]) > VERDICT_CONDITIONS_MAX
+    many = tuple(("if-none-match", f'"{i}"') for i in range(3)) + inm  # short, but four
     config = edge_config([Origin()], cache={"dir": str(tmp_path)})  # never started
     store = Store(tmp_path)
     layer = CacheLayer(store, config, clock=lambda: now + 5)
@@ -1003,16 +1004,19 @@ async def test_fast_revalidations_follow_the_entry_they_are_answered_from(
     try:
         assert store.put(entry(old_date, '"one"', b"first", now), b"first") is not None
         for _ in range(2):  # judged, then remembered
-            for conditions in (ims, inm, long_inm):
+            for conditions in (ims, inm, long_inm, many):
                 hit = hits.hit_wire(req.key, conditions=conditions)
                 assert hit is not None and hit[0] == 304 and hit[2] == b""
-        assert len(hits._verdicts) == 2  # not the long one
+        assert len(hits._verdicts) == 2  # not the long one, nor the four fields
         assert store.put(entry(new_date, '"two"', b"second", now + 1), b"second") is not None
-        for conditions in (ims, inm, long_inm):
+        for conditions in (ims, inm, long_inm, many):
             hit = hits.hit_wire(req.key, conditions=conditions)
             assert hit is not None and (hit[0], hit[2]) == (200, b"second"), conditions
         hit = hits.hit_wire(req.key, conditions=(("if-modified-since", new_date),))
         assert hit is not None and hit[0] == 304
+        for i in range(VERDICTS_MAX + 10):  # as many conditions as clients care to send
+            assert hits.hit_wire(req.key, conditions=(("if-none-match", f'"{i}"'),))
+        assert len(hits._verdicts) == VERDICTS_MAX
     finally:
         await layer.close()
 
