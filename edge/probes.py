@@ -94,13 +94,14 @@ class ScheduledProbes:
         for _ in range(2):
             config = self.pool.config
             origin = next((o for o in self.pool.origins if o.url == url), None)
-            if origin is None:
-                return False
+            if origin is None or not config.probe.enabled:
+                return False  # gone, or probes turned off by a reload meanwhile
             ok, status, elapsed = await self._check(origin)
             if self.pool.config is config:
                 break
         else:
-            return False  # reloaded twice while probing: the next scheduled probe counts
+            log.info("probe of origin %s not counted: reloaded twice while it ran", url)
+            return False
         changed = self.pool.probe_result(origin, ok, status)
         if changed:
             log.warning("origin %s is now %s (probe status %s)", url, _word(origin.up), status)

@@ -238,7 +238,8 @@ class EdgePoller:
             if self.config is config:
                 break
         else:
-            return  # reloaded twice while probing: the next scheduled round applies
+            log.info("probe round not applied: reloaded twice while it ran")
+            return
         if peers:
             answered = [(p.name, v) for p, v in zip(peers, views, strict=True) if v is not None]
             names = [name for name, _ in answered]

@@ -380,3 +380,14 @@ async def test_a_probe_that_outlives_its_config_is_not_counted() -> None:
         release.set()
         assert await asyncio.wait_for(first, 10) is True  # asked again, under /new
         assert pool.origins[0].up and pool.origins[0].probe_bad == 0
+        # A reload that turns probes off while one runs: it counts for nothing (no probe
+        # would ever come to undo it).
+        held.clear()
+        release.clear()
+        pool.update(edge_config([a], pool={"probe": {**probe("/old"), "fall": 1}}).pool)
+        first = asyncio.ensure_future(prober.probe_once(a.url))
+        await asyncio.wait_for(held.wait(), 10)
+        pool.update(edge_config([a], pool={"probe": {"enabled": False}}).pool)
+        release.set()
+        assert await asyncio.wait_for(first, 10) is False
+        assert pool.origins[0].up and pool.healthy() == pool.origins
