@@ -8,6 +8,7 @@ at close, edge.app), so logging does not cost a syscall per request on the hit p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -87,8 +88,15 @@ class AccessLog:
             self._stream.flush()
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.flush()
-            if self._own:
-                self._stream.close()
-        self._stream = None
+        """Flush and close (a stream that is not ours, stdout, is flushed only). Lines that
+        cannot be written now (a full disk) are lost, and said to be; nothing is raised."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            log.error("access log %s: the last lines could not be written: %s", self.target, exc)
+        if self._own:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()

@@ -190,13 +190,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         follower = asyncio.create_task(ProbeFollower(pool, prober, stats).run())
     else:
         prober.start()
-    flusher = asyncio.create_task(_every(0.5, access_log.flush))
+    flusher = asyncio.create_task(_every(0.5, access_log.flush, "access log flush"))
     freezer = asyncio.create_task(collector.run())
     recency = None
     if cache is not None:
         # The store's LRU order: the entries read since the last time, stamped as used.
         store = cache.store
-        recency = asyncio.create_task(_every(2.0, lambda: asyncio.to_thread(store.flush_recency)))
+        recency = asyncio.create_task(
+            _every(2.0, lambda: asyncio.to_thread(store.flush_recency), "recency flush")
+        )
     publisher = None
     if stats is not None:
 
@@ -233,13 +235,27 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             tmp.cleanup()
 
 
-async def _every(seconds: float, job: Callable[[], Any]) -> None:
-    """Run `job` every `seconds` until cancelled (awaiting it when it returns an awaitable)."""
+async def _every(seconds: float, job: Callable[[], Any], what: str) -> None:
+    """Run `job` every `seconds` until cancelled (awaiting it when it returns an awaitable).
+    A run that fails is logged, once until a run succeeds again, and the next run comes as
+    due: a full disk must not stop the access log's flushes for good."""
+    failing = False
     while True:
         await asyncio.sleep(seconds)
-        done = job()
-        if inspect.isawaitable(done):
-            await done
+        try:
+            done = job()
+            if inspect.isawaitable(done):
+                await done
+        except Exception:
+            if not failing:
+                log.exception(
+                    "%s failed (retried every %gs, logged again once it works)", what, seconds
+                )
+            failing = True
+        else:
+            if failing:
+                log.warning("%s works again", what)
+            failing = False
 
 
 def _redirect_handler(

@@ -3,6 +3,8 @@ times with three decimals (as nginx's $request_time and $msec)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -12,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.accesslog import AccessLog
+from edge.app import _every
 
 TEXT = st.text(max_size=40)
 
@@ -83,3 +86,38 @@ def test_line_is_what_json_dumps_writes(
     assert line == text
     doc = json.loads(line)
     assert abs(doc["duration_ms"] - duration) <= 0.0005 + duration * 1e-15
+
+
+async def test_a_failing_flush_is_logged_once_and_flushing_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The application's flusher (edge.app._every) outlives a full disk: /dev/full refuses
+    # every write with ENOSPC; once writes work again, it says so and keeps flushing.
+    log = AccessLog("/dev/full")
+    calls = []
+
+    def flush() -> None:
+        calls.append(1)
+        if len(calls) <= 5:
+            log.flush()
+
+    log.write(
+        remote=None, method="GET", host="h", path="/", status=200, sent=0,
+        duration_ms=0.0, cache="hit", origin="", user_agent="",
+    )  # fmt: skip
+    task = asyncio.create_task(_every(0.01, flush, "access log flush"))
+    try:
+        for _ in range(500):
+            if len(calls) >= 8:
+                break
+            await asyncio.sleep(0.01)
+        assert len(calls) >= 8 and not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        log.close()  # its buffer cannot be written anywhere: said, not raised
+    errors = [r for r in caplog.records if "access log flush failed" in r.getMessage()]
+    assert len(errors) == 1 and "No space left" in caplog.text
+    assert "access log /dev/full: the last lines could not be written" in caplog.text
+    assert [r.getMessage() for r in caplog.records].count("access log flush works again") == 1
