@@ -24,14 +24,14 @@ GOOD = {"healthy": True, "load_factor": 0.25}
 
 
 @asynccontextmanager
-async def server(handler: Handler) -> AsyncIterator[str]:
+async def server(handler: Handler, path: str = "/__edge/status") -> AsyncIterator[str]:
     app = web.Application()
-    app.router.add_get("/__edge/status", handler)
+    app.router.add_get(path, handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/__edge/status"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}{path}"
     finally:
         await runner.cleanup()
 
@@ -207,33 +207,23 @@ async def test_a_round_that_outlives_its_config_is_not_applied() -> None:
     async def edges(request: web.Request) -> web.Response:
         return web.json_response({"edges": {"a": {"probe": {"probed_up": True}}}})
 
-    peer = web.Application()
-    peer.router.add_get("/v1/edges", edges)
-    runner = web.AppRunner(peer, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with server(status) as url:
-            old = config({"a": url}, timeout=30)
-            health = store(old)
-            poller = EdgePoller(health, old)
-            await poller.start()
-            try:
-                await asyncio.wait_for(held.wait(), 10)  # the first round, without peers, waits
-                new = config(
-                    {"a": url}, timeout=30, peers=(f"http://127.0.0.1:{runner.addresses[0][1]}",)
-                )
-                poller.reconfigure(new)
-                await poller.probe_round()
-                assert poller.probed()["a"]["quorum"]["views"] == 2
-                release.set()
-                await until(lambda: total(poller) >= 2)  # both rounds are over
-                await asyncio.sleep(0.05)
-                assert poller.probed()["a"]["quorum"]["views"] == 2
-            finally:
-                await poller.close()
-    finally:
-        await runner.cleanup()
+    async with server(status) as url, server(edges, "/v1/edges") as peer:
+        old = config({"a": url}, timeout=30)
+        poller = EdgePoller(store(old), old)
+        await poller.start()
+        try:
+            await asyncio.wait_for(held.wait(), 10)  # the first round, without peers, waits
+            poller.reconfigure(
+                config({"a": url}, timeout=30, peers=(peer.removesuffix("/v1/edges"),))
+            )
+            await poller.probe_round()
+            assert poller.probed()["a"]["quorum"]["views"] == 2
+            release.set()
+            await until(lambda: total(poller) >= 2)  # both rounds are over
+            await asyncio.sleep(0.05)
+            assert poller.probed()["a"]["quorum"]["views"] == 2
+        finally:
+            await poller.close()
 
 
 async def test_close_cancels_a_round_in_flight(caplog: pytest.LogCaptureFixture) -> None:
