@@ -205,6 +205,21 @@ def _miss_head(upstream: UpstreamResponse, fields: list[tuple[str, str]], length
     return response_head(status, phrase(status) if reason is None else reason, fields + added)
 
 
+def _purge_target(kind: str, value: str) -> str:
+    """What a purge of `kind` names in the store's terms: a URL's cache key, the cache-key
+    prefix of a URL prefix (a bare path prefix as given), or the surrogate key itself."""
+    if kind == "url":
+        parts = urlsplit(value)
+        return cp.cache_key(parts.scheme or "http", parts.netloc, origin_form(value))
+    if kind == "prefix":
+        parts = urlsplit(value)
+        if not (parts.scheme and parts.netloc):
+            return value
+        prefix = cp.cache_key(parts.scheme, parts.netloc, parts.path or "/")
+        return prefix if parts.path else prefix[:-1]
+    return value
+
+
 def _bytes_range(headers: Sequence[tuple[str, str]]) -> bool:
     """Whether request `headers` carry exactly one Range field, in bytes."""
     values = field_values(headers, "range")
@@ -275,35 +290,50 @@ class CacheLayer:
         """Remove every variant `kind` ("url", "prefix" or "surrogate_key") and `value`
         name: after this worker's pending commits, and once more PURGE_AGAIN later (what
         other workers answered before it may be committed after it); how many the first
-        pass removed."""
-        await self._commits.drained()
-        removed = await self._purge(kind, value)
-        task = asyncio.ensure_future(self._purge_again(kind, value))
+        pass removed. This worker's fills of what it names that were asked of the origin
+        before it and were not queued for their commit yet are not stored when they end
+        (GroupCommit.purges), and later misses of it ask the origin again rather than wait
+        on them."""
+        target = _purge_target(kind, value)
+        await self._commits.drained()  # committed, so taken out (and counted) below
+        self._forget_fills(kind, target)
+        removed = await self._purge(kind, target)
+        task = asyncio.ensure_future(self._purge_again(kind, target))
         self._purges_again.add(task)
         task.add_done_callback(self._purges_again.discard)
         return removed
 
-    async def _purge_again(self, kind: str, value: str) -> None:
+    def _forget_fills(self, kind: str, target: str) -> None:
+        """What a purge (or an invalidation) of `kind` and `target` does to fills on their
+        way: the ones asked for before it are dropped at their commit, and the misses in
+        flight it names no longer lead later ones (each still answers its own client)."""
+        self._commits.purges.add(kind, target, self.clock())
+        for key, lead in list(self._inflight.items()):
+            fill = lead.fill
+            if (
+                (kind == "url" and key == target)
+                or (kind == "prefix" and key.startswith(target))
+                or (
+                    kind == "surrogate_key"
+                    and fill is not None
+                    and target in fill.entry.surrogate_keys
+                )
+            ):
+                del self._inflight[key]
+
+    async def _purge_again(self, kind: str, target: str) -> None:
         await asyncio.sleep(PURGE_AGAIN)
         try:
-            await self._purge(kind, value)
+            await self._purge(kind, target)
         except StoreError as exc:
-            log.error("second pass of the purge of %s %s failed: %s", kind, value, exc)
+            log.error("second pass of the purge of %s %s failed: %s", kind, target, exc)
 
-    async def _purge(self, kind: str, value: str) -> int:
+    async def _purge(self, kind: str, target: str) -> int:
         if kind == "url":
-            parts = urlsplit(value)
-            key = cp.cache_key(parts.scheme or "http", parts.netloc, origin_form(value))
-            return await asyncio.to_thread(self.store.purge_url, key)
+            return await asyncio.to_thread(self.store.purge_url, target)
         if kind == "prefix":
-            parts = urlsplit(value)
-            prefix = value
-            if parts.scheme and parts.netloc:
-                prefix = cp.cache_key(parts.scheme, parts.netloc, parts.path or "/")
-                if not parts.path:
-                    prefix = prefix[:-1]
-            return await asyncio.to_thread(self.store.purge_prefix, prefix)
-        return await asyncio.to_thread(self.store.purge_tag, value)
+            return await asyncio.to_thread(self.store.purge_prefix, target)
+        return await asyncio.to_thread(self.store.purge_tag, target)
 
     async def invalidate(
         self, request: web.BaseRequest, target: str, resp: web.StreamResponse
@@ -312,6 +342,8 @@ class CacheLayer:
         keys = cp.invalidation_keys(creq, resp.status, tuple(resp.headers.items()))
         if keys:
             await self._commits.drained()
+        for key in keys:
+            self._forget_fills("url", key)
         for key in keys:
             try:
                 await asyncio.to_thread(self.store.remove, key)

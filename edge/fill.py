@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from typing import Literal
 
@@ -42,6 +43,52 @@ LINGER = 0.02
 
 _Queued = tuple[BodyWriter, cp.CacheEntry, int, "asyncio.Future[cp.CacheEntry | None]"]
 
+# Purges remembered against fills still on their way (see PurgeLog): for an hour, at most
+# PURGES_MAX of them; past that the oldest is forgotten and every fill asked for before it
+# is refused instead.
+PURGE_MEMORY = 3600.0
+PURGES_MAX = 256
+
+
+class PurgeLog:
+    """The purges of the last PURGE_MEMORY seconds, against the fills asked of an origin
+    before them: such a fill carries what the purge took away (the origin answered before
+    it), and is not to be stored when it ends after the purge. Pure: times in, verdicts
+    out. `kind` is a purge's ("url": `value` is a cache key; "prefix": a prefix of keys;
+    "surrogate_key": a tag)."""
+
+    def __init__(self) -> None:
+        self._purges: deque[tuple[float, str, str]] = deque()  # in the order made
+        self._before = -math.inf  # fills asked for before this are refused (forgotten purges)
+
+    def add(self, kind: str, value: str, at: float) -> None:
+        purges = self._purges
+        while purges and (len(purges) >= PURGES_MAX or purges[0][0] < at - PURGE_MEMORY):
+            forgotten = purges.popleft()[0]
+            if forgotten >= at - PURGE_MEMORY:
+                self._before = max(self._before, forgotten)
+        if self._before < at - PURGE_MEMORY:
+            self._before = -math.inf
+        purges.append((at, kind, value))
+
+    def refuses(self, entry: cp.CacheEntry) -> bool:
+        """Whether a purge made after `entry`'s origin request names it."""
+        asked = entry.request_time
+        if asked < self._before:
+            return True
+        for at, kind, value in reversed(self._purges):
+            if at <= asked:
+                return False
+            if kind == "url":
+                hit = entry.key == value
+            elif kind == "prefix":
+                hit = entry.key.startswith(value)
+            else:
+                hit = value in entry.surrogate_keys
+            if hit:
+                return True
+        return False
+
 
 class GroupCommit:
     """Fills committed together: a commit asked for while one is running waits for it and
@@ -63,6 +110,7 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         self._pending = 0  # fills queued or committing
         self._hurry = asyncio.Event()  # ends a lingering transaction's wait
+        self.purges = PurgeLog()  # fills a purge made after their origin request are dropped
 
     async def commit(
         self, writer: BodyWriter, entry: cp.CacheEntry, length: int
@@ -134,7 +182,16 @@ class GroupCommit:
                     # Hurried, it stays so until the queue is empty (every waiter served).
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self._linger)
-                batch = self._next_batch()
+                batch = []
+                for item in self._next_batch():
+                    if self.purges.refuses(item[1]):
+                        item[0].abort()  # purged while it was on its way
+                        if not item[3].done():
+                            item[3].set_result(None)
+                    else:
+                        batch.append(item)
+                if not batch:
+                    continue
                 fills = [(writer, entry, length) for writer, entry, length, _ in batch]
                 try:
                     results = await asyncio.to_thread(self._store.commit_all, fills)

@@ -287,6 +287,56 @@ async def test_purge_api_and_unsafe_invalidation(tmp_path: Path) -> None:
             assert "miss" in await get("/q/tagged")
 
 
+@pytest.mark.parametrize("size", [10_000, 1_000_000])  # read whole, and streamed
+@pytest.mark.parametrize("kind", ["url", "prefix", "surrogate_key"])
+async def test_a_fill_asked_for_before_a_purge_is_not_stored_after_it(
+    tmp_path: Path, size: int, kind: str
+) -> None:
+    # The origin answers slowly with v1, publishes v2, and the operator purges while the
+    # edge is still filling v1: v1 must not be stored, and a request after the purge must
+    # not be answered from that fill.
+    version = {"v": b"1"}
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        v = version["v"]
+        headers = {"Cache-Control": "max-age=600", "Surrogate-Key": "grp"}
+        resp = web.StreamResponse(headers={**headers, "Content-Length": str(size)})
+        await resp.prepare(request)
+        for _ in range(10):  # about a second
+            await resp.write(v * (size // 10))
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    async with origins("a") as (origin,):
+        origin.routes["/s/obj"] = slow
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            host = f"127.0.0.1:{edge.addresses['http'][0].port}"
+
+            async def get() -> tuple[bytes, str]:
+                async with s.get(base_url(edge) + "/s/obj") as r:
+                    body = await r.read()
+                    assert len(body) == size and len(set(body)) == 1
+                    return body[:1], r.headers["Cache-Status"]
+
+            first = asyncio.create_task(get())
+            assert await until(lambda: origin.hits["/s/obj"] == 1)
+            await asyncio.sleep(0.2)
+            version["v"] = b"2"
+            value = {
+                "url": f"http://{host}/s/obj",
+                "prefix": f"http://{host}/s/",
+                "surrogate_key": "grp",
+            }[kind]
+            async with s.post(base_url(edge, "admin") + "/__edge/purge", json={kind: value}) as r:
+                assert r.status == 200
+            assert (await get())[0] == b"2"  # asked of the origin again, not of the old fill
+            assert (await first)[0] == b"1"  # its own client still gets the whole of it
+            await asyncio.sleep(0.5)  # past the purge's second pass
+            assert (await get())[0] == b"2"
+            assert origin.hits["/s/obj"] == 2
+
+
 async def test_a_purge_is_made_again_for_what_another_worker_commits_after_it(
     tmp_path: Path,
 ) -> None:
