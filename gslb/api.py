@@ -449,8 +449,7 @@ async def _set_edge(request: web.Request) -> web.Response:
         return _error(404, str(exc))
     except HealthError as exc:
         return _error(400, str(exc))
-    await _synced(request)
-    return web.json_response(_edge_body(request.app, name))
+    return await _changed(request, name)
 
 
 async def _drain_to(request: web.Request, drained: bool) -> web.Response:
@@ -460,7 +459,15 @@ async def _drain_to(request: web.Request, drained: bool) -> web.Response:
         health.update(name, drained=drained, source=_source(request))
     except UnknownEdgeError as exc:
         return _error(404, str(exc))
+    return await _changed(request, name)
+
+
+async def _changed(request: web.Request, name: str) -> web.Response:
+    """The answer to a change of edge `name`, once every worker has it: its state, or a
+    409 when a config reload took the edge away meanwhile (its state went with it)."""
     await _synced(request)
+    if name not in request.app[HEALTH]:
+        return _error(409, f"edge {name!r} was removed by a config reload meanwhile")
     return web.json_response(_edge_body(request.app, name))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -242,3 +243,36 @@ async def test_purge_requests_and_edges_without_an_admin_api(tmp_path: Path, geo
     assert all(
         e["attempts"] == 0 and e["error"] == "no admin_url or status_url" for e in body["edges"]
     )
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/v1/edges/nrt/drain", None),
+    ("PUT", "/v1/edges/nrt", {"drained": True}),
+])  # fmt: skip
+async def test_a_change_to_an_edge_a_reload_removes_meanwhile_is_a_409(
+    method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    # With workers, a change is answered once they all have it; a SIGHUP may take the edge
+    # away in that time. The change went with the edge: said, not a 500.
+    health = HealthStore((), ["fra", "nrt"])
+    gate = asyncio.Event()
+
+    async def synced() -> bool:
+        await gate.wait()
+        return True
+
+    runner, port = await start_api(
+        make_app(health, QueryMetrics().export, synced=synced), "127.0.0.1", 0
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{port}{path}"
+            sent = asyncio.ensure_future(s.request(method, url, json=body))
+            await asyncio.sleep(0.2)
+            health.reconfigure((), ["fra"])  # the reload
+            gate.set()
+            async with await sent as r:
+                assert r.status == 409, await r.text()
+                assert "removed by a config reload" in (await r.json())["error"]
+    finally:
+        await runner.cleanup()
