@@ -81,6 +81,8 @@ _STAMP_CHUNK = 1000
 _EPOCH_RECHECK = 0.05
 # The most keys remembered as absent (Store._absent), and "never read".
 _ABSENT_MAX = 4096
+# The most keys whose last change of variant list Store remembers (Store._changes).
+_CHANGES_MAX = 4096
 _NEVER = float("-inf")
 
 
@@ -822,6 +824,13 @@ class Store:
         # the database once (not once in the fast path and again in the full one), and a
         # key whose responses are not stored costs no read per request. Oldest out first.
         self._absent: dict[str, float] = {}
+        # The keys whose variant list this process changed last ("m:" key -> the change's
+        # number), oldest out first, and the number of the last change forgotten: a list
+        # read from the database before a change of its key (a commit or a removal in
+        # another thread meanwhile) does not go into the index over it.
+        self._change = 0
+        self._changes: dict[str, int] = {}
+        self._changes_forgotten = 0
         self._epoch_seen = -1
         self._epoch_seen_at = self._epoch_moved_at = float("-inf")
         self._degraded_reason: str | None = None
@@ -1092,9 +1101,20 @@ class Store:
             self._index.pop(bkey)
 
     def _forget(self, key: str) -> None:
+        mkey = _meta_key(key)
         with self._lock:
-            self._index.pop(_meta_key(key))
-            self._absent.pop(_meta_key(key), None)
+            self._index.pop(mkey)
+            self._absent.pop(mkey, None)
+            self._changed(mkey)
+
+    def _changed(self, mkey: str) -> None:
+        """Note a change of `mkey`'s variant list (the lock held): see _changes."""
+        self._change += 1
+        changes = self._changes
+        changes.pop(mkey, None)
+        changes[mkey] = self._change
+        if len(changes) > _CHANGES_MAX:
+            self._changes_forgotten = changes.pop(next(iter(changes)))
 
     @property
     def memory_bytes(self) -> int:
@@ -1165,6 +1185,7 @@ class Store:
         with self._lock:
             listed: _Listed | None = self._index.get(mkey)
             absent_at = self._absent.get(mkey, _NEVER)
+            read_at_change = self._change
         if listed is not None and self._current(listed, now):
             with self._lock:
                 self._hits += 1
@@ -1183,7 +1204,9 @@ class Store:
             log.warning("cache read failed for %s: %s", key, e)
             entries = ()
         with self._lock:
-            if entries:
+            if self._changes.get(mkey, self._changes_forgotten) > read_at_change:
+                pass  # changed since the read: the index keeps what the change left
+            elif entries:
                 self._index.put(mkey, _listed(key, entries, now, epoch), _list_cost(entries))
                 self._absent.pop(mkey, None)
                 self._hits += 1
@@ -1202,7 +1225,7 @@ class Store:
         with self._lock:
             self._corrupt_count += 1
         self._drop_body(_body_key(entry))
-        self.remove(entry.key, entry.variant)
+        self.remove(entry.key, entry.variant, entry.sha256)  # not a newer fill of it
 
     def _verified(self, entry: CacheEntry, data: bytes) -> bool:
         return len(data) == entry.body_length and hashlib.sha256(data).hexdigest() == entry.sha256
@@ -1538,6 +1561,7 @@ class Store:
         with self._lock:
             self._index.put(listed.rows[0], listed, _list_cost(entries))
             self._absent.pop(listed.rows[0], None)
+            self._changed(listed.rows[0])
             # Written from bytes whose digest was just computed: verified.
             self._index.put(bkey, fill.place, _place_cost(bkey, fill.place))
             if body is not None and len(body) <= self._memory_object_max:
@@ -1584,15 +1608,16 @@ class Store:
 
     # --- removal -------------------------------------------------------------------------
 
-    def remove(self, key: str, variant: str | None = None) -> int:
-        """Remove one variant (or all variants) of ``key``; returns how many went."""
+    def remove(self, key: str, variant: str | None = None, sha256: str | None = None) -> int:
+        """Remove one variant (or all variants) of ``key``, only while it holds the body
+        ``sha256`` when given; returns how many went."""
         removed: list[CacheEntry] = []
         try:
             with self._writing, self._cache.transact():
                 entries = self._load_meta(key)
                 kept = []
                 for e in entries:
-                    if variant is None or e.variant == variant:
+                    if (variant is None or e.variant == variant) and sha256 in (None, e.sha256):
                         removed.append(e)
                     else:
                         kept.append(e)

@@ -14,8 +14,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import diskcache
 import pytest
@@ -1095,3 +1097,53 @@ def test_a_body_written_in_pieces_of_any_size_has_its_own_digest(tmp_path: Path)
         stored = writer.commit(entry(), len(body))
         assert stored is not None and stored.sha256 == hashlib.sha256(body).hexdigest()
         assert s.get_body(stored) == body
+
+
+@pytest.mark.parametrize("meanwhile", ["refill", "purge"])
+def test_a_list_read_before_a_change_of_its_key_stays_out_of_the_index(
+    tmp_path: Path, meanwhile: str
+) -> None:
+    # A variant list read from the database in one thread (a hit's re-read) while another
+    # commits a new fill of the key, or purges it: the old list must not go into the index
+    # over the change (its body is gone: the next hit would call it damaged and, removing
+    # it by variant, delete the new fill).
+    with Store(tmp_path) as s:
+        old = s.put(entry(), b"old body")
+        assert old is not None
+        s._forget(old.key)  # not in the index: the next variants() reads the database
+        load = s._load_meta
+        read, changed = threading.Event(), threading.Event()
+
+        def held_load(key: str, sql: Any = None) -> list[CacheEntry]:
+            out = load(key, sql)
+            if threading.current_thread().name == "reread":
+                read.set()
+                changed.wait(5)
+            return out
+
+        s._load_meta = held_load  # type: ignore[method-assign]
+        reread = threading.Thread(target=s.variants, args=(old.key,), name="reread")
+        reread.start()
+        assert read.wait(5)
+        new = s.put(entry(), b"new body!") if meanwhile == "refill" else None
+        if meanwhile == "purge":
+            assert s.purge_url(old.key) == 1
+        changed.set()
+        reread.join(5)
+        listed = s.variants(old.key)
+        if new is None:
+            assert listed == ()
+        else:
+            assert [e.sha256 for e in listed] == [new.sha256]
+            assert s.get_body(listed[0]) == b"new body!"
+        assert s.stats().corrupt == 0
+
+
+def test_a_damaged_entry_goes_but_not_a_newer_fill_of_its_variant(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        old = s.put(entry(), b"old body")
+        new = s.put(entry(), b"new body!")
+        assert old is not None and new is not None and old.sha256 != new.sha256
+        s._corrupt(old)  # as a hit on a stale list of the index would
+        assert [e.sha256 for e in s.variants(new.key)] == [new.sha256]
+        assert s.get_body(new) == b"new body!"
