@@ -52,7 +52,7 @@ from edge.exchange import (
     status_response,
 )
 from edge.fasthit import SimpleGet
-from edge.fill import Fill, GroupCommit, Lead
+from edge.fill import Fill, GroupCommit, Lead, purge_names
 from edge.head_shapes import Shape, ShapeMemo
 from edge.headers import (
     client_response_fields,
@@ -309,16 +309,8 @@ class CacheLayer:
         flight it names no longer lead later ones (each still answers its own client)."""
         self._commits.purges.add(kind, target, self.clock())
         for key, lead in list(self._inflight.items()):
-            fill = lead.fill
-            if (
-                (kind == "url" and key == target)
-                or (kind == "prefix" and key.startswith(target))
-                or (
-                    kind == "surrogate_key"
-                    and fill is not None
-                    and target in fill.entry.surrogate_keys
-                )
-            ):
+            tags = () if lead.fill is None else lead.fill.entry.surrogate_keys
+            if purge_names(kind, target, key, tags):
                 del self._inflight[key]
 
     async def _purge_again(self, kind: str, target: str) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from typing import Literal
 
 from aiohttp import web
@@ -79,15 +80,19 @@ class PurgeLog:
         for at, kind, value in reversed(self._purges):
             if at <= asked:
                 return False
-            if kind == "url":
-                hit = entry.key == value
-            elif kind == "prefix":
-                hit = entry.key.startswith(value)
-            else:
-                hit = value in entry.surrogate_keys
-            if hit:
+            if purge_names(kind, value, entry.key, entry.surrogate_keys):
                 return True
         return False
+
+
+def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:
+    """Whether a purge of `kind` and `value` (PurgeLog's terms) names what is stored under
+    primary key `key` with surrogate keys `tags`."""
+    if kind == "url":
+        return key == value
+    if kind == "prefix":
+        return key.startswith(value)
+    return value in tags
 
 
 class GroupCommit:
