@@ -300,9 +300,7 @@ class Hits:
         except KeyError:
             pass
         verdict = conditional.evaluate_validators("GET", conditions, *validators)
-        if len(verdicts) >= VERDICTS_MAX:
-            del verdicts[next(iter(verdicts))]
-        verdicts[ident] = verdict
+        self._keep(verdicts, ident, verdict, VERDICTS_MAX)
         return verdict
 
     def _part_head(
@@ -329,9 +327,16 @@ class Hits:
             self._keep(self._heads, ident, head)
         return head
 
-    def _keep(self, table: dict[tuple[Any, ...], Any], ident: tuple[Any, ...], value: Any) -> None:
-        """Keep what was prepared for an entry, the oldest made out first."""
-        if len(table) >= self._heads_max:
+    def _keep(
+        self,
+        table: dict[tuple[Any, ...], Any],
+        ident: tuple[Any, ...],
+        value: Any,
+        most: int | None = None,
+    ) -> None:
+        """Keep what was prepared for an entry, the oldest made out first past `most`
+        (by default, as many as the prepared heads)."""
+        if len(table) >= (self._heads_max if most is None else most):
             del table[next(iter(table))]
         table[ident] = value
 
