@@ -8,11 +8,11 @@ edge.origin_wire, and a miss costs about a fifth less CPU (docs/benchmarks.md). 
 with a body still go through aiohttp's client (edge.proxy.forward), which streams them.
 
 The response (`OriginResponse`) offers what the proxy and cache layer read from aiohttp's:
-`status`, `reason`, `raw_headers` (and `pairs`, the same fields as parsed, in str),
-`read()`, `content.iter_chunked(n)`, `release()` and `close()`, and fails the way it
-does: framing and syntax errors and a connection lost
-mid-response raise aiohttp.ClientPayloadError (an aiohttp.ClientError), a timeout raises
-TimeoutError, a failed connect `OriginConnectError`.
+`status`, `reason`, `read()`, `content.iter_chunked(n)`, `release()` and `close()`, its
+fields as the `str` pairs it parsed (`pairs`, where aiohttp's has `raw_headers`: both read
+through edge.exchange.response_pairs), and fails the way it does: framing and syntax
+errors and a connection lost mid-response raise aiohttp.ClientPayloadError (an
+aiohttp.ClientError), a timeout raises TimeoutError, a failed connect `OriginConnectError`.
 
 The pool keeps a connection only when it is provably clean, as edge.aiohttp_internals'
 GuardedConnector does for aiohttp's: a response read to its end, with no byte past it
@@ -61,8 +61,6 @@ class UpstreamResponse(Protocol):
     def status(self) -> int: ...
     @property
     def reason(self) -> str | None: ...
-    @property
-    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
     @property
     def content(self) -> ChunkSource: ...
     async def read(self) -> bytes: ...
@@ -228,10 +226,6 @@ class OriginResponse:
         self._deadline = deadline
         self._read_timeout = read
         self._ended = False
-
-    @property
-    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.pairs)
 
     @property
     def content(self) -> _Content:
