@@ -52,7 +52,7 @@ from edge.exchange import (
     status_response,
 )
 from edge.fasthit import SimpleGet
-from edge.fill import Fill, GroupCommit, Lead, purge_names
+from edge.fill import Fill, GroupCommit, Lead
 from edge.head_shapes import Shape, ShapeMemo
 from edge.headers import (
     client_response_fields,
@@ -63,7 +63,7 @@ from edge.headers import (
 from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
 from edge.origin_client import UpstreamResponse
 from edge.origins import Origin
-from edge.store import BodyWriter, Store
+from edge.store import BodyWriter, Store, purge_names
 
 log = logging.getLogger("edge.cache")
 
@@ -91,11 +91,6 @@ def remembered(memo: dict[K, V], key: K, make: Callable[[], V], req: SimpleGet) 
                 memo.clear()
             memo[key] = value
     return value
-
-
-# When a purge is made a second time: after the commits other worker processes had pending
-# at the first pass (their clients answered before it, see _fill_whole) have landed.
-PURGE_AGAIN = 0.25
 
 
 class _Plan(NamedTuple):
@@ -243,7 +238,6 @@ class CacheLayer:
         self._refreshing: set[str] = set()
         self.hits = Hits(store, clock)
         self._commits = GroupCommit(store)
-        self._purges_again: set[asyncio.Task[None]] = set()
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -269,8 +263,6 @@ class CacheLayer:
 
     async def close(self) -> None:
         await self.hits.close()
-        for task in self._purges_again:
-            task.cancel()
         await self._commits.drained()
         await asyncio.to_thread(self.store.close)
 
@@ -288,57 +280,38 @@ class CacheLayer:
 
     async def purge(self, kind: str, value: str) -> int:
         """Remove every variant `kind` ("url", "prefix" or "surrogate_key") and `value`
-        name: after this worker's pending commits, and once more PURGE_AGAIN later (what
-        other workers answered before it may be committed after it); how many the first
-        pass removed. This worker's fills of what it names that were asked of the origin
-        before it and were not queued for their commit yet are not stored when they end
-        (GroupCommit.purges), and later misses of it ask the origin again rather than wait
-        on them."""
+        name, after this worker's pending commits; how many went. A fill of what it names
+        that was asked of an origin before it is not stored when it ends, in this worker
+        or another one (Store.purge), and later misses of it here ask the origin again
+        rather than wait on such a fill."""
+        asked_before = self.clock()
         target = _purge_target(kind, value)
         await self._commits.drained()  # committed, so taken out (and counted) below
         self._forget_fills(kind, target)
-        removed = await self._purge(kind, target)
-        task = asyncio.ensure_future(self._purge_again(kind, target))
-        self._purges_again.add(task)
-        task.add_done_callback(self._purges_again.discard)
-        return removed
+        return await asyncio.to_thread(self.store.purge, kind, target, asked_before)
 
     def _forget_fills(self, kind: str, target: str) -> None:
-        """What a purge (or an invalidation) of `kind` and `target` does to fills on their
-        way: the ones asked for before it are dropped at their commit, and the misses in
-        flight it names no longer lead later ones (each still answers its own client)."""
-        self._commits.purges.add(kind, target, self.clock())
+        """The misses in flight a purge (or an invalidation) of `kind` and `target` names
+        no longer lead later ones (each still answers its own client; the store refuses
+        its fill)."""
         for key, lead in list(self._inflight.items()):
             tags = () if lead.fill is None else lead.fill.entry.surrogate_keys
             if purge_names(kind, target, key, tags):
                 del self._inflight[key]
-
-    async def _purge_again(self, kind: str, target: str) -> None:
-        await asyncio.sleep(PURGE_AGAIN)
-        try:
-            await self._purge(kind, target)
-        except StoreError as exc:
-            log.error("second pass of the purge of %s %s failed: %s", kind, target, exc)
-
-    async def _purge(self, kind: str, target: str) -> int:
-        if kind == "url":
-            return await asyncio.to_thread(self.store.purge_url, target)
-        if kind == "prefix":
-            return await asyncio.to_thread(self.store.purge_prefix, target)
-        return await asyncio.to_thread(self.store.purge_tag, target)
 
     async def invalidate(
         self, request: web.BaseRequest, target: str, resp: web.StreamResponse
     ) -> None:
         creq = self._cache_request(request, target)
         keys = cp.invalidation_keys(creq, resp.status, tuple(resp.headers.items()))
+        asked_before = self.clock()
         if keys:
             await self._commits.drained()
         for key in keys:
             self._forget_fills("url", key)
         for key in keys:
             try:
-                await asyncio.to_thread(self.store.remove, key)
+                await asyncio.to_thread(self.store.purge, "url", key, asked_before)
             except StoreError as exc:
                 log.error("cache invalidation of %s failed: %s", key, exc)
 

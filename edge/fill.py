@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections import deque
-from collections.abc import Sequence
 from typing import Literal
 
 from aiohttp import web
@@ -39,60 +37,11 @@ BEHIND_MAX = 4 * GROUP_MAX
 # the thread hop) is 300-500 µs whatever it holds: one connection warming the cache makes
 # about 1,000 fills a second, 5 to a transaction at 5 ms (1,000 µs of edge CPU a miss), 20
 # at 20 ms (840 µs). The price is how long other workers take to see a fill: a request of
-# this worker for it hurries the commit, and a purge elsewhere is made again 250 ms later.
+# this worker for it hurries the commit, and a purge through another one refuses it at its
+# commit (Store.purge).
 LINGER = 0.02
 
 _Queued = tuple[BodyWriter, cp.CacheEntry, int, "asyncio.Future[cp.CacheEntry | None]"]
-
-# Purges remembered against fills still on their way (see PurgeLog): for an hour, at most
-# PURGES_MAX of them; past that the oldest is forgotten and every fill asked for before it
-# is refused instead.
-PURGE_MEMORY = 3600.0
-PURGES_MAX = 256
-
-
-class PurgeLog:
-    """The purges of the last PURGE_MEMORY seconds, against the fills asked of an origin
-    before them: such a fill carries what the purge took away (the origin answered before
-    it), and is not to be stored when it ends after the purge. Pure: times in, verdicts
-    out. `kind` is a purge's ("url": `value` is a cache key; "prefix": a prefix of keys;
-    "surrogate_key": a tag)."""
-
-    def __init__(self) -> None:
-        self._purges: deque[tuple[float, str, str]] = deque()  # in the order made
-        self._before = -math.inf  # fills asked for before this are refused (forgotten purges)
-
-    def add(self, kind: str, value: str, at: float) -> None:
-        purges = self._purges
-        while purges and (len(purges) >= PURGES_MAX or purges[0][0] < at - PURGE_MEMORY):
-            forgotten = purges.popleft()[0]
-            if forgotten >= at - PURGE_MEMORY:
-                self._before = max(self._before, forgotten)
-        if self._before < at - PURGE_MEMORY:
-            self._before = -math.inf
-        purges.append((at, kind, value))
-
-    def refuses(self, entry: cp.CacheEntry) -> bool:
-        """Whether a purge made after `entry`'s origin request names it."""
-        asked = entry.request_time
-        if asked < self._before:
-            return True
-        for at, kind, value in reversed(self._purges):
-            if at <= asked:
-                return False
-            if purge_names(kind, value, entry.key, entry.surrogate_keys):
-                return True
-        return False
-
-
-def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:
-    """Whether a purge of `kind` and `value` (PurgeLog's terms) names what is stored under
-    primary key `key` with surrogate keys `tags`."""
-    if kind == "url":
-        return key == value
-    if kind == "prefix":
-        return key.startswith(value)
-    return value in tags
 
 
 class GroupCommit:
@@ -115,7 +64,6 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         self._pending = 0  # fills queued or committing
         self._hurry = asyncio.Event()  # ends a lingering transaction's wait
-        self.purges = PurgeLog()  # fills a purge made after their origin request are dropped
 
     async def commit(
         self, writer: BodyWriter, entry: cp.CacheEntry, length: int
@@ -187,16 +135,7 @@ class GroupCommit:
                     # Hurried, it stays so until the queue is empty (every waiter served).
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self._linger)
-                batch = []
-                for item in self._next_batch():
-                    if self.purges.refuses(item[1]):
-                        item[0].abort()  # purged while it was on its way
-                        if not item[3].done():
-                            item[3].set_result(None)
-                    else:
-                        batch.append(item)
-                if not batch:
-                    continue
+                batch = self._next_batch()
                 fills = [(writer, entry, length) for writer, entry, length, _ in batch]
                 try:
                     results = await asyncio.to_thread(self._store.commit_all, fills)

@@ -84,6 +84,15 @@ _ABSENT_MAX = 4096
 # The most keys whose last change of variant list Store remembers (Store._changes).
 _CHANGES_MAX = 4096
 _NEVER = float("-inf")
+# Purges are recorded in the database for the fills of every process sharing it (see
+# Store.purge): for PURGE_MEMORY seconds, at most PURGES_KEPT of them; past that the oldest
+# go, and every fill asked of an origin before the last of them is refused instead.
+PURGE_MEMORY = 3600.0
+PURGES_KEPT = 4096
+_PURGE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS Purges (at REAL NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS Purges_at ON Purges(at)",
+)
 
 
 # SQLite's result codes for a damaged database file (primary codes: the low byte).
@@ -798,7 +807,7 @@ class Store:
         self._remove_set_aside()
         try:
             with self._cache.transact():
-                for statement in slabs.SCHEMA:
+                for statement in (*slabs.SCHEMA, *_PURGE_SCHEMA):
                     self._cache._sql(statement)
             self._slabs = slabs.Slabs(self.directory, size_limit)
         except (sqlite3.Error, OSError, diskcache.Timeout) as e:
@@ -1408,20 +1417,27 @@ class Store:
 
     def _commit_fills(self, fills: list[_Fill]) -> list[CacheEntry | None]:
         """Store each fill's body and the metadata naming it, all in one write
-        transaction; the stored entries, or Nones when it failed."""
+        transaction; the stored entries, or Nones when it failed. A fill a purge refuses
+        (Store.purge) gets a None and leaves nothing behind."""
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
         begun: list[_Fill] = []
+        refused: list[_Fill] = []
         try:
-            with self._writes():
+            with self._writes() as sql:
                 cache = self._cache
                 now = time.time()
                 begun.extend(fills)
-                self._stage(fills, now)
-                # Eviction once per transaction, not per row written: as much room as the
-                # Cache.set of each row would have made (cull_limit rows each).
-                with cache._transact() as (sql, cleanup):  # within ours: no BEGIN of its own
-                    cache._cull(now, sql, cleanup, limit=2 * cache.cull_limit * len(fills))
-                self._slabs.settle(cache._sql)
+                refused = _purged(fills, sql)
+                if refused:
+                    gone = {id(f) for f in refused}
+                    fills = [f for f in fills if id(f) not in gone]
+                if fills:
+                    self._stage(fills, now)
+                    # Eviction once per transaction, not per row written: as much room as
+                    # the Cache.set of each row would have made (cull_limit rows each).
+                    with cache._transact() as (sql, cleanup):  # within ours: no BEGIN
+                        cache._cull(now, sql, cleanup, limit=2 * cache.cull_limit * len(fills))
+                    self._slabs.settle(cache._sql)
                 # Inside the transaction: a remove() of one of these keys (which forgets it
                 # from memory after its own transaction) cannot come in between.
                 for fill in fills:
@@ -1431,7 +1447,7 @@ class Store:
                 self._undo(fill)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
-                return [None] * len(fills)
+                return [None] * len(begun)
             raise
         moved = False
         for fill in fills:
@@ -1445,7 +1461,12 @@ class Store:
             self._wrote_ok()
         if moved:
             self._move_epoch()  # other processes' lists may name a body just deleted
-        return [fill.entry for fill in fills]
+        if not refused:
+            return [fill.entry for fill in fills]
+        for fill in refused:
+            self._undo(fill)
+        stored = {id(f) for f in fills}
+        return [fill.entry if id(fill) in stored else None for fill in begun]
 
     def _stage(self, fills: list[_Fill], now: float) -> None:
         """The fills' writes, inside _commit_fills' transaction: each body, then its key's
@@ -1634,6 +1655,29 @@ class Store:
                 self._move_epoch()
         return len(removed)
 
+    def purge(self, kind: str, value: str, asked_before: float | None = None) -> int:
+        """Remove what a purge of `kind` names (purge_names; "url": `value` is a primary
+        key, "prefix": a prefix of keys, "surrogate_key": a tag); how many variants went.
+        With `asked_before` (a time on the clock of CacheEntry.request_time) the purge is
+        recorded first, and a fill it names whose origin request came before that time is
+        refused when it is committed after it, by this process or another one sharing the
+        directory: what an origin answered before a purge is not stored after it."""
+        if asked_before is not None:
+            try:
+                with self._writes() as sql:
+                    row = (asked_before, kind, value)
+                    sql("INSERT INTO Purges(at, kind, value) VALUES (?, ?, ?)", row)
+                    _forget_purges(sql, asked_before)
+            except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+                raise StoreError(f"cannot record the purge of {kind} {value}: {e}") from e
+        if kind == "url":
+            return self.purge_url(value)
+        if kind == "prefix":
+            return self.purge_prefix(value)
+        if kind == "surrogate_key":
+            return self.purge_tag(value)
+        raise ValueError(f"no purge of kind {kind!r}")
+
     def purge_url(self, key: str) -> int:
         """Remove every variant stored for primary key ``key``."""
         return self.remove(key)
@@ -1681,6 +1725,51 @@ class Store:
         with self._lock:
             self._memory.clear()
             self._index.clear()
+
+
+def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:
+    """Whether a purge of `kind` and `value` (Store.purge's terms) names what is stored
+    under primary key `key` with surrogate keys `tags`. Kind "all" (purges forgotten, see
+    _forget_purges) names everything."""
+    if kind == "url":
+        return key == value
+    if kind == "prefix":
+        return key.startswith(value)
+    if kind == "surrogate_key":
+        return value in tags
+    return kind == "all"
+
+
+def _purged(fills: list[_Fill], sql: Sql) -> list[_Fill]:
+    """The fills a purge recorded after their origin request names (Store.purge); one
+    indexed read, which finds nothing but in the seconds after a purge."""
+    asked = min(f.entry.request_time for f in fills)
+    purges = sql("SELECT at, kind, value FROM Purges WHERE at > ?", (asked,)).fetchall()
+    if not purges:
+        return []
+    return [
+        f
+        for f in fills
+        if any(
+            at > f.entry.request_time
+            and purge_names(kind, value, f.entry.key, f.entry.surrogate_keys)
+            for at, kind, value in purges
+        )
+    ]
+
+
+def _forget_purges(sql: Sql, now: float) -> None:
+    """Purges older than PURGE_MEMORY go (a fill is not on its way for an hour); past
+    PURGES_KEPT the oldest go too, and a purge of kind "all" at the newest of those takes
+    their place: a fill asked for before it is refused whatever it is."""
+    sql("DELETE FROM Purges WHERE at < ?", (now - PURGE_MEMORY,))
+    row = sql(
+        "SELECT at FROM Purges WHERE kind != 'all' ORDER BY at DESC LIMIT 1 OFFSET ?",
+        (PURGES_KEPT,),
+    ).fetchone()
+    if row is not None:
+        sql("DELETE FROM Purges WHERE at <= ?", (row[0],))
+        sql("INSERT INTO Purges(at, kind, value) VALUES (?, 'all', '')", (row[0],))
 
 
 def read_entry_json(data: bytes) -> CacheEntry:

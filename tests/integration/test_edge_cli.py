@@ -268,6 +268,58 @@ async def test_two_workers_share_the_port(tmp_path: Path) -> None:
             )
 
 
+async def test_a_purge_through_either_worker_holds_against_the_others_fills(
+    tmp_path: Path,
+) -> None:
+    # Four slow misses, each filled by whichever worker took its connection, and a purge
+    # of each through a connection of its own (so, by SO_REUSEPORT, as often as not
+    # another worker): none of the fills asked for before its purge may be stored after
+    # it. Before purges were recorded in the store, a purge through the other worker
+    # missed a fill that ended after its 250 ms second pass (each of the four half the
+    # time).
+    version = {"v": b"1"}
+    paths = [f"/slow/{i}" for i in range(4)]
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        v = version["v"]
+        resp = web.StreamResponse(
+            headers={"Cache-Control": "max-age=600", "Content-Length": "10000"}
+        )
+        await resp.prepare(request)
+        for _ in range(10):  # about a second
+            await resp.write(v * 1000)
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    async def get(url: str) -> bytes:
+        async with aiohttp.ClientSession() as s, s.get(url, headers=HOST) as r:
+            body = await r.read()
+            assert r.status == 200 and len(body) == 10000 and len(set(body)) == 1
+            return body[:1]
+
+    async with origins("a") as (origin,):
+        for path in paths:
+            origin.routes[path] = slow
+        args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--workers", "2")
+        args += ("--cache-dir", str(tmp_path / "cache"), "--admin", "127.0.0.1:0")
+        async with edge_process(*args) as edge:
+            first = [asyncio.create_task(get(edge.url() + p)) for p in paths]
+            assert await until(lambda: all(origin.hits[p] == 1 for p in paths))
+            await asyncio.sleep(0.2)
+            version["v"] = b"2"
+            for path in paths:
+                purge = {"url": f"http://{HOST['Host']}{path}"}
+                async with aiohttp.ClientSession() as s:
+                    async with s.post(edge.url("admin") + "/__edge/purge", json=purge) as r:
+                        assert r.status == 200, await r.text()
+            assert await asyncio.gather(*first) == [b"1"] * 4  # each client gets all of v1
+            await asyncio.sleep(0.3)  # the fills' commits (20 ms of linger) are over
+            for path in paths:
+                assert await get(edge.url() + path) == b"2", path
+                assert origin.hits[path] == 2
+
+
 async def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--workers", "2")

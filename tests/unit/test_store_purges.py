@@ -1,0 +1,131 @@
+"""Store.purge against fills on their way: a purge recorded with `asked_before` refuses,
+at their commit, the fills it names whose origin request came before it, in every process
+sharing the directory; within its bounds of time and count."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge import store as store_module
+from edge.cache_policy import CacheEntry, CacheRequest, make_entry
+from edge.store import PURGE_MEMORY, Store, purge_names
+
+
+def entry(path: str, asked: float, tags: str = "") -> CacheEntry:
+    request = CacheRequest("GET", "http", "h.test", path)
+    fields = [("Cache-Control", "max-age=60")]
+    if tags:
+        fields.append(("Surrogate-Key", tags))
+    return make_entry(
+        request, 200, "OK", fields, request_time=asked, response_time=asked + 1,
+        body_length=0, sha256="0" * 64, now=asked + 1,
+    )  # fmt: skip
+
+
+def key(path: str) -> str:
+    return CacheRequest("GET", "http", "h.test", path).key
+
+
+def stored(s: Store, path: str) -> bool:
+    return s.variants(key(path)) != ()
+
+
+def purges(directory: Path) -> list[tuple[float, str, str]]:
+    with sqlite3.connect(directory / "cache.db") as db:
+        return [tuple(r) for r in db.execute("SELECT at, kind, value FROM Purges ORDER BY at")]
+
+
+def test_purge_names() -> None:
+    assert purge_names("url", key("/a"), key("/a"), ())
+    assert not purge_names("url", key("/a"), key("/ab"), ())
+    assert purge_names("prefix", key("/p/")[:-1], key("/p/x"), ())
+    assert not purge_names("prefix", key("/p/")[:-1], key("/q/x"), ())
+    assert purge_names("surrogate_key", "grp", key("/t"), ("one", "grp"))
+    assert not purge_names("surrogate_key", "grp", key("/t"), ("group",))
+    assert purge_names("all", "", key("/anything"), ())
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("url", key("/a")), ("prefix", key("/a")), ("surrogate_key", "grp")],
+)
+def test_a_purge_through_one_store_refuses_what_another_asked_before_it(
+    tmp_path: Path, kind: str, value: str
+) -> None:
+    # Two Stores on one directory: two worker processes of one node.
+    with Store(tmp_path) as purging, Store(tmp_path) as filling:
+        assert purging.purge(kind, value, asked_before=100.0) == 0
+        assert filling.put(entry("/a", 99.0, "grp"), b"old" * 2000) is None
+        assert not stored(filling, "/a") and not stored(purging, "/a")
+        # Asked once the purge was made: the origin's answer is today's.
+        assert filling.put(entry("/a", 100.0, "grp"), b"new" * 2000) is not None
+        assert stored(filling, "/a")
+        # What the purge does not name is stored whenever it was asked.
+        assert filling.put(entry("/b", 50.0, "other"), b"b") is not None
+
+
+def test_only_the_named_fills_of_a_group_are_refused(tmp_path: Path) -> None:
+    with Store(tmp_path) as purging, Store(tmp_path) as filling:
+        purging.purge("url", key("/x"), asked_before=100.0)
+        writers = []
+        for path, size in (("/w", 10), ("/x", 10_000), ("/y", 200_000), ("/z", 10)):
+            writer = filling.writer()
+            assert writer is not None and writer.write(b"v" * size)
+            writers.append((writer, entry(path, 99.0), size))
+        results = filling.commit_all(writers)
+        assert [r is not None for r in results] == [True, False, True, True]
+        assert [stored(filling, p) for p in ("/w", "/x", "/y", "/z")] == [True, False, True, True]
+        assert os.listdir(tmp_path / "tmp") == []  # the refused fill left no file behind
+
+
+def test_a_streamed_fill_refused_leaves_no_file(tmp_path: Path) -> None:
+    with Store(tmp_path) as purging, Store(tmp_path) as filling:
+        writer = filling.writer()
+        assert writer is not None and writer.write(b"x" * 3_000_000)  # spilled to a file
+        purging.purge("prefix", key("/big")[:-1], asked_before=100.0)
+        assert writer.commit(entry("/big", 99.0), 3_000_000) is None
+        assert os.listdir(tmp_path / "tmp") == []
+        assert not stored(filling, "/big")
+
+
+def test_a_purge_without_a_time_records_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        assert s.put(entry("/a", 99.0), b"a") is not None
+        assert s.purge("url", key("/a")) == 1
+        assert purges(tmp_path) == []
+        assert s.put(entry("/a", 99.0), b"a") is not None
+
+
+def test_purges_are_kept_an_hour(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        s.purge("url", key("/a"), asked_before=1000.0)
+        assert s.put(entry("/a", 999.0), b"a") is None
+        later = 1000.0 + PURGE_MEMORY + 1
+        s.purge("url", key("/b"), asked_before=later)
+        assert purges(tmp_path) == [(later, "url", key("/b"))]
+        # No fill asked for an hour ago is still on its way: the first purge is forgotten.
+        assert s.put(entry("/a", 999.0), b"a") is not None
+
+
+def test_past_the_count_every_fill_asked_before_the_forgotten_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PURGES_KEPT", 3)
+    with Store(tmp_path) as s:
+        for i in range(5):  # two too many: the first two go
+            s.purge("url", key(f"/{i}"), asked_before=1000.0 + i)
+        assert purges(tmp_path) == [
+            (1001.0, "all", ""),
+            *((1000.0 + i, "url", key(f"/{i}")) for i in (2, 3, 4)),
+        ]
+        # Asked before the newest forgotten purge: refused whatever it is.
+        assert s.put(entry("/elsewhere", 1000.5), b"e") is None
+        assert s.put(entry("/0", 1000.5), b"0") is None
+        # Asked after it: only what a purge kept names.
+        assert s.put(entry("/elsewhere", 1001.0), b"e") is not None
+        assert s.put(entry("/3", 1001.0), b"3") is None
+        assert s.put(entry("/3", 1003.0), b"3") is not None
