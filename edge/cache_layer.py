@@ -578,6 +578,13 @@ class CacheLayer:
         leader.awaited = True  # its commit, once asked for, goes at once (_take_whole)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(leader.ready), self._collapse_wait)
+        if leader.fill is not None and self.store.purged(leader.fill.entry):
+            # Purged through another worker since its origin request: what it carries is
+            # not for requests made since, nor for the ones after this (it will not be
+            # stored either, Store.purge).
+            if self._inflight.get(creq.key) is leader:
+                del self._inflight[creq.key]
+            return await self._fetch(proxy, request, creq, target, fwd, None)
         if leader.fill is not None:
             resp = await self._from_fill(request, creq, leader.fill)
             if resp == "failed":

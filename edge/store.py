@@ -284,7 +284,8 @@ class _Reads:
         self._touched: set[str] = set()
         self._stamper: sqlite3.Connection | None = None  # flush's, kept open
 
-    def _connection(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the database."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             uri = "file:" + urllib.parse.quote(self._path) + "?mode=ro"
@@ -309,7 +310,7 @@ class _Reads:
     ) -> tuple[Place, bytes | str] | None:
         """``get``, with where the bytes were found: the row's rowid (for ``row``) or
         their place in a slab; or None. Raises FileNotFoundError for a slab gone."""
-        run = self._connection().execute if sql is None else sql
+        run = self.connection().execute if sql is None else sql
         row = run(self._SELECT, (key,)).fetchone()
         if row is None:
             return None
@@ -330,7 +331,7 @@ class _Reads:
 
     def row(self, rowid: int, key: str) -> bytes | None:
         """The bytes in row ``rowid`` if it still holds ``key``'s, else None."""
-        row = self._connection().execute(self._ROW, (rowid, key)).fetchone()
+        row = self.connection().execute(self._ROW, (rowid, key)).fetchone()
         return row[0] if row is not None and isinstance(row[0], bytes) else None
 
     def touch(self, keys: Iterable[str]) -> None:
@@ -1427,10 +1428,10 @@ class Store:
                 cache = self._cache
                 now = time.time()
                 begun.extend(fills)
-                refused = _purged(fills, sql)
-                if refused:
-                    gone = {id(f) for f in refused}
-                    fills = [f for f in fills if id(f) not in gone]
+                purged = _purged([f.entry for f in fills], sql)
+                if purged:
+                    refused = [f for i, f in enumerate(fills) if i in purged]
+                    fills = [f for i, f in enumerate(fills) if i not in purged]
                 if fills:
                     self._stage(fills, now)
                     # Eviction once per transaction, not per row written: as much room as
@@ -1655,6 +1656,16 @@ class Store:
                 self._move_epoch()
         return len(removed)
 
+    def purged(self, entry: CacheEntry) -> bool:
+        """Whether a purge recorded after `entry`'s origin request (Store.purge, in any
+        process) names it: a response on its way from the origin that requests made since
+        must not be answered from. A database that cannot be read says yes."""
+        try:
+            return bool(_purged([entry], self._reads.connection().execute))
+        except sqlite3.Error as e:
+            log.warning("cannot read the cache's purges: %s", e)
+            return True
+
     def purge(self, kind: str, value: str, asked_before: float | None = None) -> int:
         """Remove what a purge of `kind` names (purge_names; "url": `value` is a primary
         key, "prefix": a prefix of keys, "surrogate_key": a tag); how many variants went.
@@ -1740,22 +1751,22 @@ def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:
     return kind == "all"
 
 
-def _purged(fills: list[_Fill], sql: Sql) -> list[_Fill]:
-    """The fills a purge recorded after their origin request names (Store.purge); one
-    indexed read, which finds nothing but in the seconds after a purge."""
-    asked = min(f.entry.request_time for f in fills)
-    purges = sql("SELECT at, kind, value FROM Purges WHERE at > ?", (asked,)).fetchall()
+def _purged(entries: Sequence[CacheEntry], run: Sql) -> set[int]:
+    """Which of `entries` (their indexes) a purge recorded after their origin request
+    names (Store.purge); one indexed read, which finds nothing but in the seconds after a
+    purge."""
+    asked = min(e.request_time for e in entries)
+    purges = run("SELECT at, kind, value FROM Purges WHERE at > ?", (asked,)).fetchall()
     if not purges:
-        return []
-    return [
-        f
-        for f in fills
+        return set()
+    return {
+        i
+        for i, e in enumerate(entries)
         if any(
-            at > f.entry.request_time
-            and purge_names(kind, value, f.entry.key, f.entry.surrogate_keys)
+            at > e.request_time and purge_names(kind, value, e.key, e.surrogate_keys)
             for at, kind, value in purges
         )
-    ]
+    }
 
 
 def _forget_purges(sql: Sql, now: float) -> None:

@@ -372,6 +372,52 @@ async def test_a_fill_another_worker_asked_for_before_a_purge_is_refused_at_its_
             assert fill(time.time()) is not None
 
 
+async def test_a_miss_in_flight_purged_through_another_worker_leads_no_later_request(
+    tmp_path: Path,
+) -> None:
+    """A slow fill is on its way when another worker records a purge of it: a request
+    made since does not read that fill (the old response) but asks the origin again."""
+    from edge.store import Store
+
+    version = {"v": b"1"}
+    size = 1_000_000
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        v = version["v"]
+        resp = web.StreamResponse(
+            headers={"Cache-Control": "max-age=600", "Content-Length": str(size)}
+        )
+        await resp.prepare(request)
+        for _ in range(10):  # about a second
+            await resp.write(v * (size // 10))
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    async with origins("a") as (origin,):
+        origin.routes["/f"] = slow
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            host = f"127.0.0.1:{edge.addresses['http'][0].port}"
+
+            async def get() -> bytes:
+                async with s.get(base_url(edge) + "/f") as r:
+                    body = await r.read()
+                    assert len(body) == size and len(set(body)) == 1
+                    return body[:1]
+
+            first = asyncio.create_task(get())
+            assert await until(lambda: origin.hits["/f"] == 1)
+            await asyncio.sleep(0.2)
+            version["v"] = b"2"
+            with Store(tmp_path / "cache") as other:  # the other worker's purge
+                key = f"http://{host}/f"
+                assert other.purge("url", key, asked_before=time.time()) == 0
+            assert await get() == b"2"
+            assert await first == b"1"
+            assert origin.hits["/f"] == 2
+            assert await get() == b"2"  # stored: the second fill, not the first
+
+
 async def test_stale_if_error_and_stale_while_revalidate(tmp_path: Path) -> None:
     async with origins("a") as (origin,):
         mode = {"fail": False}

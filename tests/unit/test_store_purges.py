@@ -129,3 +129,12 @@ def test_past_the_count_every_fill_asked_before_the_forgotten_is_refused(
         assert s.put(entry("/elsewhere", 1001.0), b"e") is not None
         assert s.put(entry("/3", 1001.0), b"3") is None
         assert s.put(entry("/3", 1003.0), b"3") is not None
+
+
+def test_purged_says_whether_a_response_on_its_way_is_named(tmp_path: Path) -> None:
+    with Store(tmp_path) as purging, Store(tmp_path) as reading:
+        assert not reading.purged(entry("/a", 99.0, "grp"))
+        purging.purge("surrogate_key", "grp", asked_before=100.0)
+        assert reading.purged(entry("/a", 99.0, "grp"))
+        assert not reading.purged(entry("/a", 100.0, "grp"))  # asked once it was made
+        assert not reading.purged(entry("/a", 99.0, "other"))
