@@ -171,3 +171,22 @@ def early_hints(cache_control: str) -> Handler:
         return web.Response(text="final", headers={"Cache-Control": cache_control})
 
     return handler
+
+
+def slow_version(version: dict[str, bytes], size: int, **headers: str) -> Handler:
+    """An origin route that answers `size` bytes of `version["v"]` (as it was when asked)
+    over about a second, cacheable for ten minutes, with `headers` besides: a fill still
+    on its way when a test changes the version and purges."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        v = version["v"]
+        fields = {"Cache-Control": "max-age=600", "Content-Length": str(size), **headers}
+        resp = web.StreamResponse(headers=fields)
+        await resp.prepare(request)
+        for _ in range(10):
+            await resp.write(v * (size // 10))
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    return handler

@@ -27,6 +27,7 @@ from tests.integration.edge_helpers import (
     origins,
     raw_reply,
     running_edge,
+    slow_version,
     until,
 )
 
@@ -297,20 +298,8 @@ async def test_a_fill_asked_for_before_a_purge_is_not_stored_after_it(
     # edge is still filling v1: v1 must not be stored, and a request after the purge must
     # not be answered from that fill.
     version = {"v": b"1"}
-
-    async def slow(request: web.Request) -> web.StreamResponse:
-        v = version["v"]
-        headers = {"Cache-Control": "max-age=600", "Surrogate-Key": "grp"}
-        resp = web.StreamResponse(headers={**headers, "Content-Length": str(size)})
-        await resp.prepare(request)
-        for _ in range(10):  # about a second
-            await resp.write(v * (size // 10))
-            await asyncio.sleep(0.1)
-        await resp.write_eof()
-        return resp
-
     async with origins("a") as (origin,):
-        origin.routes["/s/obj"] = slow
+        origin.routes["/s/obj"] = slow_version(version, size, **{"Surrogate-Key": "grp"})
         async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
             host = f"127.0.0.1:{edge.addresses['http'][0].port}"
 
@@ -381,21 +370,8 @@ async def test_a_miss_in_flight_purged_through_another_worker_leads_no_later_req
 
     version = {"v": b"1"}
     size = 1_000_000
-
-    async def slow(request: web.Request) -> web.StreamResponse:
-        v = version["v"]
-        resp = web.StreamResponse(
-            headers={"Cache-Control": "max-age=600", "Content-Length": str(size)}
-        )
-        await resp.prepare(request)
-        for _ in range(10):  # about a second
-            await resp.write(v * (size // 10))
-            await asyncio.sleep(0.1)
-        await resp.write_eof()
-        return resp
-
     async with origins("a") as (origin,):
-        origin.routes["/f"] = slow
+        origin.routes["/f"] = slow_version(version, size)
         async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
             host = f"127.0.0.1:{edge.addresses['http'][0].port}"
 

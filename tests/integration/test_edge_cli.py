@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.edge_helpers import origins, until
+from tests.integration.edge_helpers import origins, slow_version, until
 from tests.integration.proc_helpers import children as _children
 from tests.integration.proc_helpers import gone, kill_all
 
@@ -280,18 +280,6 @@ async def test_a_purge_through_either_worker_holds_against_the_others_fills(
     version = {"v": b"1"}
     paths = [f"/slow/{i}" for i in range(4)]
 
-    async def slow(request: web.Request) -> web.StreamResponse:
-        v = version["v"]
-        resp = web.StreamResponse(
-            headers={"Cache-Control": "max-age=600", "Content-Length": "10000"}
-        )
-        await resp.prepare(request)
-        for _ in range(10):  # about a second
-            await resp.write(v * 1000)
-            await asyncio.sleep(0.1)
-        await resp.write_eof()
-        return resp
-
     async def get(url: str) -> bytes:
         async with aiohttp.ClientSession() as s, s.get(url, headers=HOST) as r:
             body = await r.read()
@@ -300,7 +288,7 @@ async def test_a_purge_through_either_worker_holds_against_the_others_fills(
 
     async with origins("a") as (origin,):
         for path in paths:
-            origin.routes[path] = slow
+            origin.routes[path] = slow_version(version, 10_000)
         args = ("--listen", "127.0.0.1:0", "--origin", origin.url, "--workers", "2")
         args += ("--cache-dir", str(tmp_path / "cache"), "--admin", "127.0.0.1:0")
         async with edge_process(*args) as edge:
