@@ -4,8 +4,11 @@
 probe, edge.stream_probes.StreamProber the TCP/UDP one of the `[[stream]]` pools.
 
 The scheduler is started inside the running loop (from the app's cleanup_ctx). Jobs are
-coalesced, never overlap (max_instances=1) and are jittered so a fleet of edges does not
-probe in lock-step. Results go to the pool's rise/fall counters.
+coalesced and jittered so a fleet of edges does not probe in lock-step. Each job starts its
+origin's probe as a task of its own, unless the last one is still on its way (a timeout
+above the interval, an origin that hangs): then that run is skipped, quietly, as nginx and
+HAProxy skip a check still running, where APScheduler's own one-instance rule logged a
+warning at every run until the probe ended. Results go to the pool's rise/fall counters.
 
 On a node of several workers with a run directory (edge.nodestats) only the worker in
 slot 0 probes, and publishes `verdicts(pool)` in its record; every other worker runs a
@@ -42,6 +45,7 @@ class ScheduledProbes:
         self.pool = pool
         self.on_result = on_result
         self._scheduler: AsyncIOScheduler | None = None
+        self._probing: dict[str, asyncio.Task[bool]] = {}  # by origin URL
 
     def start(self) -> None:
         """Start the scheduler; must run inside the event loop that serves requests."""
@@ -65,7 +69,7 @@ class ScheduledProbes:
         now = datetime.datetime.now(datetime.UTC)
         for origin in self.pool.origins:
             self._scheduler.add_job(
-                self.probe_once,
+                self._due,
                 "interval",
                 seconds=probe.interval,
                 jitter=probe.jitter or None,
@@ -85,6 +89,25 @@ class ScheduledProbes:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self._scheduler = None
+        for task in self._probing.values():
+            task.cancel()
+        self._probing.clear()
+
+    async def _due(self, url: str) -> None:
+        """The job of the origin at `url`: its probe, as a task, unless the last one is
+        still on its way."""
+        if url in self._probing:
+            log.debug("probe of origin %s skipped: the last one is still on its way", url)
+            return
+        task = asyncio.ensure_future(self.probe_once(url))
+        self._probing[url] = task
+        task.add_done_callback(lambda done: self._probed(url, done))
+
+    def _probed(self, url: str, task: asyncio.Task[bool]) -> None:
+        if self._probing.get(url) is task:
+            del self._probing[url]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("probe of origin %s failed", url, exc_info=task.exception())
 
     async def probe_once(self, url: str) -> bool:
         """Probe the origin at `url` once and count the outcome. A probe whose config was

@@ -391,3 +391,27 @@ async def test_a_probe_that_outlives_its_config_is_not_counted() -> None:
         release.set()
         assert await asyncio.wait_for(first, 10) is False
         assert pool.origins[0].up and pool.healthy() == pool.origins
+
+
+async def test_a_probe_slower_than_the_interval_skips_runs_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An origin whose health check hangs, probed every 100 ms with a 3 s timeout: one
+    # probe at a time, the runs due meanwhile skipped without a warning each (APScheduler
+    # warned at every one), and nothing logged when the edge stops with one on its way.
+    async def hangs(request: web.Request) -> web.Response:
+        await asyncio.sleep(10)
+        return web.Response()
+
+    probe = {"path": "/hangs", "interval": 0.1, "timeout": 3, "jitter": 0.0}
+    caplog.set_level("DEBUG")
+    async with origins("a") as (a,):
+        a.routes["/hangs"] = hangs
+        async with running_edge(edge_config([a], pool={"probe": probe})):
+            assert await until(lambda: a.hits["/hangs"] == 1)
+            await asyncio.sleep(0.8)  # eight runs due
+            assert a.hits["/hangs"] == 1
+            skipped = [r for r in caplog.records if "still on its way" in r.getMessage()]
+            assert len(skipped) >= 4 and all(r.levelname == "DEBUG" for r in skipped)
+        loud = [r for r in caplog.records if r.levelno >= 30]  # WARNING and above
+        assert loud == [], [r.getMessage() for r in loud]
