@@ -89,6 +89,10 @@ _NEVER = float("-inf")
 # go, and every fill asked of an origin before the last of them is refused instead.
 PURGE_MEMORY = 3600.0
 PURGES_KEPT = 4096
+# A purge dated this far past the wall clock came from a clock since set right (a VM's,
+# stepped back by NTP): it is dropped rather than refuse every fill of what it names until
+# the clock catches up.
+PURGE_AHEAD = 60.0
 _PURGE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS Purges (at REAL NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS Purges_at ON Purges(at)",
@@ -1421,6 +1425,7 @@ class Store:
         transaction; the stored entries, or Nones when it failed. A fill a purge refuses
         (Store.purge) gets a None and leaves nothing behind."""
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
+        asked = len(fills)
         begun: list[_Fill] = []
         refused: list[_Fill] = []
         try:
@@ -1428,7 +1433,7 @@ class Store:
                 cache = self._cache
                 now = time.time()
                 begun.extend(fills)
-                purged = _purged([f.entry for f in fills], sql)
+                purged = _purged([f.entry for f in fills], sql, now)
                 if purged:
                     refused = [f for i, f in enumerate(fills) if i in purged]
                     fills = [f for i, f in enumerate(fills) if i not in purged]
@@ -1448,7 +1453,7 @@ class Store:
                 self._undo(fill)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
-                return [None] * len(begun)
+                return [None] * asked  # (begun is empty when BEGIN itself failed)
             raise
         moved = False
         for fill in fills:
@@ -1604,11 +1609,17 @@ class Store:
 
     def update(self, entry: CacheEntry) -> bool:
         """Replace the metadata of a stored variant (after a 304 freshened it); the body
-        must be the same (same sha256). False if the variant is gone."""
+        must be the same (same sha256). False if the variant is gone, or if a purge made
+        after `entry`'s request names it (Store.purge; a tag the 304 adds, say): then the
+        variant goes, as the purge would have taken it had the origin said so sooner."""
         if not self._writable():
             return False
+        purged = False
         try:
             with self._writing, self._cache.transact():
+                purged = bool(_purged([entry], self._cache._sql, time.time()))
+                if purged:
+                    return False
                 entries = self._load_meta(entry.key)
                 for i, e in enumerate(entries):
                     if e.variant == entry.variant and e.sha256 == entry.sha256:
@@ -1624,6 +1635,9 @@ class Store:
             return False
         finally:
             self._forget(entry.key)
+            if purged:
+                with contextlib.suppress(StoreError):
+                    self.remove(entry.key, entry.variant, entry.sha256)
         self._move_epoch()
         self._wrote_ok()
         return True
@@ -1661,7 +1675,7 @@ class Store:
         process) names it: a response on its way from the origin that requests made since
         must not be answered from. A database that cannot be read says yes."""
         try:
-            return bool(_purged([entry], self._reads.connection().execute))
+            return bool(_purged([entry], self._reads.connection().execute, time.time()))
         except sqlite3.Error as e:
             log.warning("cannot read the cache's purges: %s", e)
             return True
@@ -1673,6 +1687,14 @@ class Store:
         recorded first, and a fill it names whose origin request came before that time is
         refused when it is committed after it, by this process or another one sharing the
         directory: what an origin answered before a purge is not stored after it."""
+        removers = {
+            "url": self.purge_url,
+            "prefix": self.purge_prefix,
+            "surrogate_key": self.purge_tag,
+        }
+        if kind not in removers:
+            raise ValueError(f"no purge of kind {kind!r}")
+        unrecorded: BaseException | None = None
         if asked_before is not None:
             try:
                 with self._writes() as sql:
@@ -1680,14 +1702,17 @@ class Store:
                     sql("INSERT INTO Purges(at, kind, value) VALUES (?, ?, ?)", row)
                     _forget_purges(sql, asked_before)
             except (sqlite3.Error, OSError, diskcache.Timeout) as e:
-                raise StoreError(f"cannot record the purge of {kind} {value}: {e}") from e
-        if kind == "url":
-            return self.purge_url(value)
-        if kind == "prefix":
-            return self.purge_prefix(value)
-        if kind == "surrogate_key":
-            return self.purge_tag(value)
-        raise ValueError(f"no purge of kind {kind!r}")
+                self._write_failed(e)  # a full disk: no fill is committed for a while
+                unrecorded = e
+        removed = removers[kind](value)
+        if unrecorded is not None:
+            # What is stored went; what is on its way may still be stored: say so, so the
+            # purge is made again (it can be).
+            raise StoreError(
+                f"removed {removed}, but could not record the purge against fills on their"
+                f" way: {unrecorded}"
+            ) from unrecorded
+        return removed
 
     def purge_url(self, key: str) -> int:
         """Remove every variant stored for primary key ``key``."""
@@ -1751,12 +1776,16 @@ def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:
     return kind == "all"
 
 
-def _purged(entries: Sequence[CacheEntry], run: Sql) -> set[int]:
+def _purged(entries: Sequence[CacheEntry], run: Sql, now: float) -> set[int]:
     """Which of `entries` (their indexes) a purge recorded after their origin request
     names (Store.purge); one indexed read, which finds nothing but in the seconds after a
-    purge."""
+    purge. A purge dated past `now` (the wall clock) by more than PURGE_AHEAD was made by
+    a clock since set right: it is not heeded."""
     asked = min(e.request_time for e in entries)
-    purges = run("SELECT at, kind, value FROM Purges WHERE at > ?", (asked,)).fetchall()
+    purges = run(
+        "SELECT at, kind, value FROM Purges WHERE at > ? AND at <= ?",
+        (asked, now + PURGE_AHEAD),
+    ).fetchall()
     if not purges:
         return set()
     return {
@@ -1773,7 +1802,9 @@ def _forget_purges(sql: Sql, now: float) -> None:
     """Purges older than PURGE_MEMORY go (a fill is not on its way for an hour); past
     PURGES_KEPT the oldest go too, and a purge of kind "all" at the newest of those takes
     their place: a fill asked for before it is refused whatever it is."""
-    sql("DELETE FROM Purges WHERE at < ?", (now - PURGE_MEMORY,))
+    sql(
+        "DELETE FROM Purges WHERE at < ? OR at > ?", (now - PURGE_MEMORY, time.time() + PURGE_AHEAD)
+    )
     row = sql(
         "SELECT at FROM Purges WHERE kind != 'all' ORDER BY at DESC LIMIT 1 OFFSET ?",
         (PURGES_KEPT,),

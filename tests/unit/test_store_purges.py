@@ -4,15 +4,22 @@ sharing the directory; within its bounds of time and count."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge import store as store_module
 from edge.cache_policy import CacheEntry, CacheRequest, make_entry
-from edge.store import PURGE_MEMORY, Store, purge_names
+from edge.fill import GroupCommit
+from edge.store import PURGE_MEMORY, Store, StoreError, purge_names
 
 
 def entry(path: str, asked: float, tags: str = "") -> CacheEntry:
@@ -138,3 +145,112 @@ def test_purged_says_whether_a_response_on_its_way_is_named(tmp_path: Path) -> N
         assert reading.purged(entry("/a", 99.0, "grp"))
         assert not reading.purged(entry("/a", 100.0, "grp"))  # asked once it was made
         assert not reading.purged(entry("/a", 99.0, "other"))
+
+
+def _locked(directory: Path) -> sqlite3.Connection:
+    """Another process's write transaction, held (a real SQLite lock)."""
+    db = sqlite3.connect(directory / "cache.db", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    return db
+
+
+def _in_thread(fn: Callable[[], Any]) -> dict[str, Any]:
+    """`fn` run in a thread of its own (a connection of its own, with the short timeout)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    return out
+
+
+def test_a_commit_whose_transaction_cannot_begin_stores_nothing(tmp_path: Path) -> None:
+    # Another process holds the write lock past the busy timeout: a None, not an IndexError
+    # (the results were counted from the fills the transaction had begun: none).
+    with Store(tmp_path) as s:
+        s._cache._timeout = 0.05  # diskcache's busy timeout (60 s by default) made short
+        db = _locked(tmp_path)
+        try:
+            out = _in_thread(lambda: s.put(entry("/a", 99.0), b"a"))
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert "error" not in out, repr(out.get("error"))
+        assert out["value"] is None
+
+
+def test_a_group_commit_whose_transaction_cannot_begin_does_not_hang(tmp_path: Path) -> None:
+    # commit_all raised StopIteration in the committing thread, which asyncio cannot set
+    # on a future: the GroupCommit's task, its drained() and every purge after it hung.
+    async def main(s: Store) -> object:
+        commits = GroupCommit(s, linger=0)
+        writer = s.writer()
+        assert writer is not None and writer.write(b"x")
+        return await asyncio.wait_for(commits.commit(writer, entry("/g", 99.0), 1), 5.0)
+
+    with Store(tmp_path) as s:
+        s._cache._timeout = 0.05
+        db = _locked(tmp_path)
+        try:
+            assert asyncio.run(main(s)) is None
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+
+
+def test_a_purge_that_cannot_be_recorded_still_removes_and_says_so(tmp_path: Path) -> None:
+    bad = "/bad/" + "x" * 1000
+    with Store(tmp_path, sqlite_max_page_count=64) as s:
+        assert s.put(entry(bad, time.time() - 1), b"b") is not None
+        for i in range(400):  # the database full
+            if s.put(entry(f"/f{i}", time.time() - 1), os.urandom(3000)) is None:
+                break
+        else:
+            pytest.fail("the database never filled up")
+        for i in range(200):  # purges of long URLs until the Purges table needs a page
+            try:
+                s.purge("url", key(f"/gone{i:04}/" + "x" * 1000), asked_before=time.time())
+            except StoreError:
+                break
+        else:
+            pytest.fail("the purges never needed a new page")
+        with pytest.raises(StoreError, match="removed 1, but could not record"):
+            s.purge("url", key(bad), asked_before=time.time())
+        assert not stored(s, bad)
+
+
+def test_a_purge_dated_by_a_clock_ahead_is_dropped_once_the_clock_is_right(
+    tmp_path: Path,
+) -> None:
+    # The wall clock was a day ahead (a VM's) when the operator purged; NTP set it right.
+    with Store(tmp_path) as s:
+        s.purge("url", key("/a"), asked_before=time.time() + 86400)
+        assert s.put(entry("/a", time.time()), b"a") is not None  # not heeded
+        s.purge("url", key("/other"), asked_before=time.time())  # and dropped by the next
+        assert [kind for _, kind, _ in purges(tmp_path)] == ["url"]
+
+
+def test_a_304_asked_before_a_purge_of_a_tag_it_adds_takes_the_variant_out(
+    tmp_path: Path,
+) -> None:
+    # Worker B revalidates /a (stored untagged) at 99 and the 304 adds Surrogate-Key: grp;
+    # worker A purges grp at 100 (its tag list names nothing yet); B's update comes after.
+    with Store(tmp_path) as purging, Store(tmp_path) as filling:
+        old = filling.put(entry("/a", 90.0), b"a")
+        assert old is not None
+        purging.purge("surrogate_key", "grp", asked_before=100.0)
+        freshened = replace(
+            entry("/a", 99.0, "grp"), sha256=old.sha256, body_length=old.body_length
+        )
+        assert filling.update(freshened) is False
+        assert not stored(filling, "/a") and not stored(purging, "/a")
+        # A 304 to a request made after the purge freshens as before.
+        assert filling.put(entry("/a", 90.0), b"a") is not None
+        again = replace(entry("/a", 101.0, "grp"), sha256=old.sha256, body_length=1)
+        assert filling.update(again) is True
