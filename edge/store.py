@@ -85,14 +85,17 @@ _ABSENT_MAX = 4096
 _CHANGES_MAX = 4096
 _NEVER = float("-inf")
 # Purges are recorded in the database for the fills of every process sharing it (see
-# Store.purge): for PURGE_MEMORY seconds, at most PURGES_KEPT of them; past that the oldest
-# go, and every fill asked of an origin before the last of them is refused instead.
+# Store.purge): for PURGE_MEMORY seconds, at most PURGES_KEPT of them (and _PURGES_COUNTED
+# more between counts); past that the oldest go, and every fill asked of an origin before
+# the last of them is refused instead.
 PURGE_MEMORY = 3600.0
 PURGES_KEPT = 4096
 # A purge dated this far past the wall clock came from a clock since set right (a VM's,
 # stepped back by NTP): it is dropped rather than refuse every fill of what it names until
 # the clock catches up.
 PURGE_AHEAD = 60.0
+# The purges are counted (a walk of PURGES_KEPT index entries) with every this many.
+_PURGES_COUNTED = 64
 _PURGE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS Purges (at REAL NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS Purges_at ON Purges(at)",
@@ -1699,8 +1702,12 @@ class Store:
             try:
                 with self._writes() as sql:
                     row = (asked_before, kind, value)
-                    sql("INSERT INTO Purges(at, kind, value) VALUES (?, ?, ?)", row)
-                    _forget_purges(sql, asked_before)
+                    added = sql("INSERT INTO Purges(at, kind, value) VALUES (?, ?, ?)", row)
+                    _forget_purges(sql, asked_before, added.lastrowid or 0)
+                    if kind == "url":
+                        # The removal in the same transaction: one write a URL, as each
+                        # request that invalidates URLs (a POST...) makes several.
+                        return self.purge_url(value)
             except (sqlite3.Error, OSError, diskcache.Timeout) as e:
                 self._write_failed(e)  # a full disk: no fill is committed for a while
                 unrecorded = e
@@ -1798,13 +1805,16 @@ def _purged(entries: Sequence[CacheEntry], run: Sql, now: float) -> set[int]:
     }
 
 
-def _forget_purges(sql: Sql, now: float) -> None:
-    """Purges older than PURGE_MEMORY go (a fill is not on its way for an hour); past
-    PURGES_KEPT the oldest go too, and a purge of kind "all" at the newest of those takes
-    their place: a fill asked for before it is refused whatever it is."""
-    sql(
-        "DELETE FROM Purges WHERE at < ? OR at > ?", (now - PURGE_MEMORY, time.time() + PURGE_AHEAD)
-    )
+def _forget_purges(sql: Sql, now: float, added: int) -> None:
+    """Purges older than PURGE_MEMORY go (a fill is not on its way for an hour), and so do
+    purges dated past the clock (see PURGE_AHEAD). Past PURGES_KEPT (counted with every
+    _PURGES_COUNTED-th purge, `added` being the new one's rowid) the oldest go too, and a
+    purge of kind "all" at the newest of those takes their place: a fill asked for before
+    it is refused whatever it is."""
+    sql("DELETE FROM Purges WHERE at < ?", (now - PURGE_MEMORY,))
+    sql("DELETE FROM Purges WHERE at > ?", (time.time() + PURGE_AHEAD,))
+    if added % _PURGES_COUNTED:
+        return
     row = sql(
         "SELECT at FROM Purges WHERE kind != 'all' ORDER BY at DESC LIMIT 1 OFFSET ?",
         (PURGES_KEPT,),

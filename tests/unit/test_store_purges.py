@@ -122,6 +122,7 @@ def test_past_the_count_every_fill_asked_before_the_forgotten_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_module, "PURGES_KEPT", 3)
+    monkeypatch.setattr(store_module, "_PURGES_COUNTED", 1)  # counted with each purge
     with Store(tmp_path) as s:
         for i in range(5):  # two too many: the first two go
             s.purge("url", key(f"/{i}"), asked_before=1000.0 + i)
