@@ -1599,13 +1599,7 @@ class Store:
 
     def _add_tag(self, tag: str, key: str) -> None:
         tkey = _tag_key(tag)
-        raw = self._cache.get(tkey, default=None)
-        keys: list[str] = []
-        if raw is not None:
-            with contextlib.suppress(ValueError):
-                doc = json.loads(raw)
-                if isinstance(doc, list):
-                    keys = [k for k in doc if isinstance(k, str)]
+        keys = _tagged(self._cache.get(tkey, default=None))
         if key not in keys:
             keys.append(key)
             self._cache.set(tkey, json.dumps(keys).encode())
@@ -1742,24 +1736,30 @@ class Store:
         """Remove every variant tagged ``tag`` by a Surrogate-Key response header."""
         tkey = _tag_key(tag)
         try:
-            raw = self._cache.get(tkey, default=None)
+            keys = _tagged(self._cache.get(tkey, default=None))
         except StoreError:
-            raw = None
-        if raw is None:
-            self._cache.delete(tkey)
-            return 0
-        try:
-            keys = json.loads(raw)
-        except ValueError:
             keys = []
         count = 0
-        for key in keys if isinstance(keys, list) else []:
-            if not isinstance(key, str):
-                continue
+        for key in keys:
             for e in self._load_meta(key):
                 if tag in e.surrogate_keys:
                     count += self.remove(key, e.variant)
-        self._cache.delete(tkey)
+        try:
+            # The tag's list again, in one transaction: a key whose variants still carry the
+            # tag (a fill committed meanwhile, by a request made after the purge) stays.
+            with self._writing, self._cache.transact():
+                sql = self._cache._sql
+                still = [
+                    k
+                    for k in _tagged(self._cache.get(tkey, default=None))
+                    if any(tag in e.surrogate_keys for e in self._load_meta(k, sql))
+                ]
+                if still:
+                    self._cache.set(tkey, json.dumps(still).encode())
+                else:
+                    self._cache.delete(tkey)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+            raise StoreError(f"cannot purge the tag {tag}: {e}") from e
         return count
 
     def clear(self) -> None:
@@ -1768,6 +1768,17 @@ class Store:
         with self._lock:
             self._memory.clear()
             self._index.clear()
+
+
+def _tagged(raw: object) -> list[str]:
+    """The primary keys a tag's row lists (a JSON array of strings; anything else: none)."""
+    if not isinstance(raw, bytes | str):
+        return []
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return []
+    return [k for k in doc if isinstance(k, str)] if isinstance(doc, list) else []
 
 
 def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:

@@ -255,3 +255,25 @@ def test_a_304_asked_before_a_purge_of_a_tag_it_adds_takes_the_variant_out(
         assert filling.put(entry("/a", 90.0), b"a") is not None
         again = replace(entry("/a", 101.0, "grp"), sha256=old.sha256, body_length=1)
         assert filling.update(again) is True
+
+
+def test_a_tag_purge_keeps_what_was_tagged_while_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While one store purges the tag "grp", another commits a new response tagged "grp"
+    # (asked after the purge): it stays stored, and the tag still lists it, so the next
+    # purge of "grp" takes it out (the tag's row used to be deleted whole at the end).
+    with Store(tmp_path) as purging, Store(tmp_path) as filling:
+        assert filling.put(entry("/old", 50.0, "grp"), b"o") is not None
+        removing = purging.remove
+
+        def remove_while_another_commits(*args: Any, **kwargs: Any) -> int:
+            assert filling.put(entry("/new", 200.0, "grp"), b"n") is not None
+            return removing(*args, **kwargs)
+
+        monkeypatch.setattr(purging, "remove", remove_while_another_commits)
+        assert purging.purge("surrogate_key", "grp", asked_before=100.0) == 1
+        monkeypatch.undo()
+        assert not stored(purging, "/old") and stored(purging, "/new")
+        assert purging.purge("surrogate_key", "grp") == 1
+        assert not stored(purging, "/new")
