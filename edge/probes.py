@@ -74,9 +74,9 @@ class ScheduledProbes:
                 seconds=probe.interval,
                 jitter=probe.jitter or None,
                 coalesce=True,
-                max_instances=1,
+                max_instances=2,  # a run ends at once (_due); a reload's may meet it
                 misfire_grace_time=max(1, int(probe.interval)),
-                args=[origin.url],
+                args=[origin.url, self._scheduler],
                 id=f"probe:{origin.url}",
                 next_run_time=now,
             )
@@ -93,9 +93,12 @@ class ScheduledProbes:
             task.cancel()
         self._probing.clear()
 
-    async def _due(self, url: str) -> None:
-        """The job of the origin at `url`: its probe, as a task, unless the last one is
-        still on its way."""
+    async def _due(self, url: str, scheduler: AsyncIOScheduler) -> None:
+        """The job of the origin at `url` on `scheduler`: its probe, as a task, unless the
+        last one is still on its way, or the scheduler was shut down (its shutdown takes
+        effect a turn of the loop later: a run may come meanwhile)."""
+        if scheduler is not self._scheduler:
+            return
         if url in self._probing:
             log.debug("probe of origin %s skipped: the last one is still on its way", url)
             return

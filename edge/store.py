@@ -1698,10 +1698,6 @@ class Store:
                     row = (asked_before, kind, value)
                     added = sql("INSERT INTO Purges(at, kind, value) VALUES (?, ?, ?)", row)
                     _forget_purges(sql, asked_before, added.lastrowid or 0)
-                    if kind == "url":
-                        # The removal in the same transaction: one write a URL, as each
-                        # request that invalidates URLs (a POST...) makes several.
-                        return self.purge_url(value)
             except (sqlite3.Error, OSError, diskcache.Timeout) as e:
                 self._write_failed(e)  # a full disk: no fill is committed for a while
                 unrecorded = e

@@ -277,3 +277,30 @@ def test_a_tag_purge_keeps_what_was_tagged_while_it_ran(
         assert not stored(purging, "/old") and stored(purging, "/new")
         assert purging.purge("surrogate_key", "grp") == 1
         assert not stored(purging, "/new")
+
+
+@pytest.mark.parametrize("reader_is_the_purger", [False, True])
+def test_a_url_purge_leaves_no_reader_its_old_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader_is_the_purger: bool
+) -> None:
+    # A read of the key made just as the purge moves the directory's epoch must not keep
+    # the old list: the removal is committed by then (a record and removal in one
+    # transaction moved the epoch before its commit, and the list read meanwhile was
+    # taken as current for good).
+    now = [1000.0]
+    with (
+        Store(tmp_path, clock=lambda: now[0]) as purging,
+        Store(tmp_path, clock=lambda: now[0]) as other,
+    ):
+        reader = purging if reader_is_the_purger else other
+        assert purging.put(entry("/a", 50.0), b"a") is not None
+        moving = purging._move_epoch
+
+        def move_then_read() -> None:
+            moving()
+            reader.variants(key("/a"))
+
+        monkeypatch.setattr(purging, "_move_epoch", move_then_read)
+        assert purging.purge("url", key("/a"), asked_before=100.0) == 1
+        now[0] += 60
+        assert not stored(reader, "/a")
