@@ -8,7 +8,11 @@ subclass refuses everything else, so nothing is ever pickled or unpickled):
 - ``m:<primary key>``  JSON list of the CacheEntry metadata of every stored Vary variant;
 - ``b:<primary key>\\x1f<variant>\\x1f<sha256>``  the body bytes of one variant (from 4 KB
   to 32 KiB in a slab file the row names, edge.slabs; bigger in a file of their own);
-- ``t:<surrogate key>``  JSON list of primary keys carrying that tag.
+- ``t:<surrogate key>``  JSON list of primary keys carrying that tag;
+
+and, beside diskcache's table, ``Purges``: the purges of the last hour, which every commit
+checks (Store.purge), so that what an origin answered before a purge is not stored after it
+by any process.
 
 A body is written before the metadata that points at it, and metadata names the body's
 length and SHA-256, which are checked on every read from disk: a mismatch evicts the
@@ -1432,11 +1436,11 @@ class Store:
         begun: list[_Fill] = []
         refused: list[_Fill] = []
         try:
-            with self._writes() as sql:
+            with self._writes():
                 cache = self._cache
                 now = time.time()
                 begun.extend(fills)
-                purged = _purged([f.entry for f in fills], sql, now)
+                purged = _purged([f.entry for f in fills], cache._sql, now)
                 if purged:
                     refused = [f for i, f in enumerate(fills) if i in purged]
                     fills = [f for i, f in enumerate(fills) if i not in purged]
