@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from edge.aiohttp_internals import SerializedResponse, count_written
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
 from edge.filebody import FileBody, send_file
+from edge.freshness import parse_http_date
 from edge.headers import client_response_fields, head_end, response_head
 from edge.store import Store
 
@@ -58,6 +60,9 @@ def unsatisfiable(headers: CIMultiDict[str], sp: ranges.Span) -> web.Response:
 # With VERDICTS_MAX verdicts the memo holds about 3 MiB at the very most.
 VERDICT_CONDITIONS_MAX = 256
 VERDICTS_MAX = 4096
+# One entity-tag, quoted (strong or weak): an If-None-Match of exactly the stored ETag,
+# so formed, matches it whatever else is stored (_verdict).
+_ONE_TAG = re.compile(r'(?:W/)?"[^"]*"')
 
 
 def _ident(entry: cp.CacheEntry) -> tuple[Any, ...]:
@@ -287,7 +292,18 @@ class Hits:
     ) -> int | None:
         """conditional.evaluate_validators of a GET with `conditions` against `entry`'s
         `validators`, remembered for the usual conditions (see VERDICT_CONDITIONS_MAX): a
-        pure function of the two, about 6 µs of a revalidation's 50 here."""
+        pure function of the two, about 6 µs of a revalidation's 50 here. The usual
+        revalidations, one If-Modified-Since, or one If-None-Match of the stored ETag itself,
+        are judged at once: the memo holds few of a large working set's objects."""
+        if len(conditions) == 1:
+            name, value = conditions[0]
+            etags, last_modified = validators
+            if name == "if-modified-since":
+                when = parse_http_date(value)
+                return 304 if when is not None and last_modified <= when else None
+            if name == "if-none-match" and etags and value == etags[0]:
+                if _ONE_TAG.fullmatch(value):
+                    return 304
         if (
             len(conditions) > 2
             or sum([len(k) + len(v) for k, v in conditions]) > VERDICT_CONDITIONS_MAX
