@@ -1432,18 +1432,17 @@ class Store:
         transaction; the stored entries, or Nones when it failed. A fill a purge refuses
         (Store.purge) gets a None and leaves nothing behind."""
         epoch = self._epoch()  # before the commit: another process's purge meanwhile moves it
-        asked = len(fills)
-        begun: list[_Fill] = []
-        refused: list[_Fill] = []
+        asked = fills
+        begun = False
+        purged: set[int] = set()  # the indexes in `asked` of the fills a purge refuses
         try:
             with self._writes():
                 cache = self._cache
                 now = time.time()
-                begun.extend(fills)
-                purged = _purged([f.entry for f in fills], cache._sql, now)
+                begun = True
+                purged = _purged([f.entry for f in asked], cache._sql, now)
                 if purged:
-                    refused = [f for i, f in enumerate(fills) if i in purged]
-                    fills = [f for i, f in enumerate(fills) if i not in purged]
+                    fills = [f for i, f in enumerate(asked) if i not in purged]
                 if fills:
                     self._stage(fills, now)
                     # Eviction once per transaction, not per row written: as much room as
@@ -1456,11 +1455,12 @@ class Store:
                 for fill in fills:
                     self._remember(fill, epoch)
         except Exception as e:
-            for fill in begun:
-                self._undo(fill)
+            if begun:
+                for fill in asked:
+                    self._undo(fill)
             if isinstance(e, sqlite3.Error | OSError | diskcache.Timeout):
                 self._write_failed(e)
-                return [None] * asked  # (begun is empty when BEGIN itself failed)
+                return [None] * len(asked)
             raise
         moved = False
         for fill in fills:
@@ -1474,12 +1474,9 @@ class Store:
             self._wrote_ok()
         if moved:
             self._move_epoch()  # other processes' lists may name a body just deleted
-        if not refused:
-            return [fill.entry for fill in fills]
-        for fill in refused:
-            self._undo(fill)
-        stored = {id(f) for f in fills}
-        return [fill.entry if id(fill) in stored else None for fill in begun]
+        for i in purged:
+            self._undo(asked[i])
+        return [None if i in purged else fill.entry for i, fill in enumerate(asked)]
 
     def _stage(self, fills: list[_Fill], now: float) -> None:
         """The fills' writes, inside _commit_fills' transaction: each body, then its key's
