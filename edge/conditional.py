@@ -265,10 +265,16 @@ def evaluate_validators(
     if safe:
         ims = field_values(request_headers, "if-modified-since")
         if len(ims) == 1:
-            when = parse_http_date(ims[0])
-            if when is not None and last_modified <= when:
-                return 304
+            return modified_since(ims[0], last_modified)
     return None
+
+
+def modified_since(value: str, last_modified: float) -> int | None:
+    """The verdict of one If-Modified-Since field `value` on a safe request against a
+    stored response last modified at `last_modified` (none of the other conditions
+    present): 304, or None when the date is later or not a date."""
+    when = parse_http_date(value)
+    return 304 if when is not None and last_modified <= when else None
 
 
 def not_modified_headers(stored_headers: Headers) -> HeaderTuple:

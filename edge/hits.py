@@ -26,7 +26,6 @@ from edge.aiohttp_internals import SerializedResponse, count_written
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
 from edge.filebody import FileBody, send_file
-from edge.freshness import parse_http_date
 from edge.headers import client_response_fields, head_end, response_head
 from edge.store import Store
 
@@ -299,8 +298,7 @@ class Hits:
             name, value = conditions[0]
             etags, last_modified = validators
             if name == "if-modified-since":
-                when = parse_http_date(value)
-                return 304 if when is not None and last_modified <= when else None
+                return conditional.modified_since(value, last_modified)
             if name == "if-none-match" and etags and value == etags[0]:
                 if _ONE_TAG.fullmatch(value):
                     return 304
