@@ -8,7 +8,7 @@
 #   bench/edge.sh --help                 # every option
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ensure_packages nginx:nginx wrk
+ensure_packages nginx:nginx wrk openssl
 ensure_venv
 cd "$REPO"
 exec .venv/bin/python bench/edgebench.py "$@"

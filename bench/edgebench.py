@@ -14,6 +14,12 @@ move during a measured run. Scenarios:
             64 KiB on both sides, the same fields)               goal >= 0.8x nginx
   disk10k, disk100k, disk1m, disk1m-range, disk10k-304, miss, miss1
             the edge at scale: see bench/edgescale.py
+  1k-tls, 1k-tls-new
+            1 KiB object over HTTPS, both proxies terminating TLS with the same ECDSA
+            P-256 certificate, ciphers and TLS 1.3: on kept-alive connections (1k-tls) and
+            on a new connection, so a full handshake, per request (1k-tls-new: wrk sends
+            `Connection: close`, which our full handler answers); goal >= 0.5x nginx each,
+            a line under their first figures (0.55-0.59x) that nothing may cross
   1k-rules  1 KiB object, our edge with 20 screening rules (edge.screening) vs the same
             edge without: none refuses the benchmark's requests, but a per-client rate limit
             counts every one of them                              goal >= 0.85x no rules
@@ -66,9 +72,12 @@ from _common import (
     table,
 )
 
+from edge.tls import MODERN_CIPHERS
+
 K = TypeVar("K")
 OBJECTS = {"1k": 1024, "100k": 100 * 1024}
 GOALS = {"1k": 0.4, "100k": 0.35}
+TLS_GOALS = {"1k-tls": 0.5, "1k-tls-new": 0.5}
 LOGGED_GOAL = 0.8
 RULES_GOAL = 0.85
 WORKERS_EFFICIENCY_GOAL = 0.9
@@ -131,10 +140,19 @@ def origin_count(port: int) -> int:
 
 
 class Proxy:
-    def __init__(self, label: str, argv: list[str], port: int, cpus: str | None, logdir: Path):
+    def __init__(
+        self,
+        label: str,
+        argv: list[str],
+        port: int,
+        cpus: str | None,
+        logdir: Path,
+        tls_port: int | None = None,
+    ):
         self.label = label
         self.argv = argv
         self.port = port
+        self.tls_port = tls_port  # measured over HTTPS there, when set (checked on `port`)
         self.cpus = cpus
         self.logdir = logdir
         self.proc: Proc | None = None
@@ -195,7 +213,12 @@ NGINX_JSON_LOG = (
 
 
 def nginx_proxy(
-    workdir: Path, port: int, origin_port: int, logdir: Path, access_log: Path | None = None
+    workdir: Path,
+    port: int,
+    origin_port: int,
+    logdir: Path,
+    access_log: Path | None = None,
+    tls: Certificate | None = None,
 ) -> Proxy:
     d = workdir / "nginx"
     shutil.rmtree(d, ignore_errors=True)
@@ -224,6 +247,7 @@ http {{
     }}
     server {{
         listen {LOOPBACK}:{port};
+{_nginx_tls(tls)}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -240,7 +264,45 @@ http {{
     (d / "nginx.conf").write_text(conf)
     argv = ["nginx", "-p", f"{d}/", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
     run_tool([*argv, "-t", "-q"], None, timeout=30)
-    return Proxy("nginx", argv, port, SERVER_CPU, logdir)
+    return Proxy("nginx", argv, port, SERVER_CPU, logdir, tls.port if tls else None)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A self-signed ECDSA P-256 certificate both proxies serve HTTPS with, and the port
+    each listens on for it."""
+
+    cert: Path
+    key: Path
+    port: int
+
+
+def make_certificate(workdir: Path) -> tuple[Path, Path]:
+    cert, key = workdir / "tls-cert.pem", workdir / "tls-key.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"]
+    argv += ["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
+    run_tool([*argv, "-keyout", str(key), "-out", str(cert)], None, timeout=30)
+    return cert, key
+
+
+def _nginx_tls(tls: Certificate | None) -> str:
+    """An HTTPS listener as its operators write it (Mozilla's intermediate profile): the
+    ciphers our edge offers (edge.tls), a shared session cache."""
+    if tls is None:
+        return ""
+    return f"""        listen {LOOPBACK}:{tls.port} ssl;
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {MODERN_CIPHERS};
+        ssl_prefer_server_ciphers on;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 1d;"""
+
+
+def _our_tls(tls: Certificate) -> str:
+    certs = f"{{ cert = {json.dumps(str(tls.cert))}, key = {json.dumps(str(tls.key))} }}"
+    return f'[tls]\nlisten = ["{LOOPBACK}:{tls.port}"]\ncertificates = [{certs}]\n'
 
 
 def our_proxy(
@@ -255,6 +317,7 @@ def our_proxy(
     memory: str | None = None,
     access_log: Path | None = None,
     extra: str = "",
+    tls: Certificate | None = None,
 ) -> Proxy:
     """Our edge with the quick-start defaults, except that like nginx here it keeps no access
     log and logs only warnings (a config file, since the quick-start flags cannot say that)."""
@@ -282,13 +345,13 @@ listen = "{LOOPBACK}:{free_port()}"
 [log]
 level = "warning"
 access_log = {json.dumps(str(access_log or ""))}
-{extra}"""
+{extra}
+{_our_tls(tls) if tls else ""}"""
     )
     edge = [str(PYTHON), "-m", "edge"]
     run_tool([*edge, "check-config", str(conf)], None, timeout=60)
-    return Proxy(
-        label, [*edge, "serve", "-c", str(conf), "--workers", str(workers)], port, cpus, logdir
-    )
+    argv = [*edge, "serve", "-c", str(conf), "--workers", str(workers)]
+    return Proxy(label, argv, port, cpus, logdir, tls.port if tls else None)
 
 
 # --- wrk -----------------------------------------------------------------------------------
@@ -331,12 +394,13 @@ def wrk(
     cpus: str | None,
     script: Path | None = None,
     connections: int | None = None,
+    scheme: str = "http",
 ) -> WrkResult:
     secs = max(1, round(seconds))  # wrk takes whole seconds
     conns = connections or args.connections
     argv = ["wrk", f"-t{args.threads}", f"-c{conns}", f"-d{secs}s", "--latency"]
     argv += [*(["-s", str(script)] if script is not None else [])]
-    argv += [f"http://{LOOPBACK}:{port}{path}"]
+    argv += [f"{scheme}://{LOOPBACK}:{port}{path}"]
     before = children_cpu_seconds()
     res = parse_wrk(run_tool(argv, cpus, timeout=seconds + 60))
     return replace(res, loadgen_cpu=children_cpu_seconds() - before)
@@ -358,7 +422,10 @@ def measure(
     assert proxy.proc is not None
     count = served or partial(origin_count, origin_port)
     before, cpu_before = count(), proxy.proc.cpu_seconds()
-    res = wrk(args, proxy.port, path, args.duration, cpus, script(), connections)
+    if proxy.tls_port is None:
+        res = wrk(args, proxy.port, path, args.duration, cpus, script(), connections)
+    else:
+        res = wrk(args, proxy.tls_port, path, args.duration, cpus, script(), connections, "https")
     res = replace(res, server_cpu=proxy.proc.cpu_seconds() - cpu_before)
     misses = count() - before
     log(
@@ -453,6 +520,66 @@ def logged_rows(
                 raise BenchError(f"{label} logged fewer lines than it answered requests")
     ours, nginx = pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
     return [result_row("1 KiB hit, access log on", ours, nginx, LOGGED_GOAL)]
+
+
+# --- HTTPS ---------------------------------------------------------------------------------
+
+
+def tls_rows(
+    args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: int
+) -> list[list[str]]:
+    """1 KiB hits over HTTPS, on kept-alive connections and on a new one per request."""
+    wanted = [s for s in TLS_GOALS if s in args.scenarios]
+    if not wanted:
+        return []
+    cert, key = make_certificate(workdir)
+    pair: dict[str, Proxy] = {}
+    if "ours" in args.servers:
+        tls = Certificate(cert, key, free_port())
+        pair["ours"] = our_proxy(
+            "ours", workdir, free_port(), origin_port, 1, SERVER_CPU, logdir, tls=tls
+        )
+    if "nginx" in args.servers:
+        tls = Certificate(cert, key, free_port())
+        pair["nginx"] = nginx_proxy(workdir, free_port(), origin_port, logdir, tls=tls)
+    close = workdir / "close.lua"
+    close.write_text('wrk.headers["Connection"] = "close"\n')
+    rows = []
+    try:
+        for proxy in pair.values():
+            proxy.start()
+            log(proxy.check_hits(origin_port))
+        for scenario in wanted:
+            script = close if scenario == "1k-tls-new" else None
+            how = "a new connection per request" if script else "kept-alive connections"
+            log(f"scenario {scenario}: cache hits of a 1024 B object over HTTPS, {how}")
+            for proxy in pair.values():
+                if args.warmup > 0 and proxy.tls_port is not None:
+                    wrk(args, proxy.tls_port, "/1k", args.warmup, LOADGEN_CPU, script, 0, "https")
+            runs = alternate(
+                args.rounds,
+                pair,
+                partial(
+                    measure,
+                    args,
+                    path="/1k",
+                    origin_port=origin_port,
+                    cpus=LOADGEN_CPU,
+                    script=partial(_same, script),
+                ),
+            )
+            ours = pick(args.pick, runs.get("ours", []))
+            nginx = pick(args.pick, runs.get("nginx", []))
+            title = f"1 KiB hit, HTTPS, {'new connection each' if script else 'kept alive'}"
+            rows.append(result_row(title, ours, nginx, TLS_GOALS[scenario]))
+    finally:
+        for proxy in pair.values():
+            proxy.stop()
+    return rows
+
+
+def _same(value: Path | None) -> Path | None:
+    return value
 
 
 # --- screening rules -----------------------------------------------------------------------
@@ -630,7 +757,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         __doc__, what="proxy", warmup=2.0, warmup_help="unmeasured wrk seconds per proxy"
     )
     every = (
-        "1k,100k,1k-log,1k-rules,disk10k,disk100k,disk1m,disk1m-range,disk10k-304,"
+        "1k,100k,1k-log,1k-tls,1k-tls-new,1k-rules,disk10k,disk100k,disk1m,disk1m-range,disk10k-304,"
         "miss,miss1,workers"
     )
     p.add_argument("--scenarios", default=every, help=f"subset of {every}")
@@ -638,7 +765,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--threads", type=int, default=1, help="wrk -t")
     edgescale.add_arguments(p)
-    known = {*OBJECTS, "1k-log", "1k-rules", *edgescale.GOALS, "workers"}
+    known = {*OBJECTS, "1k-log", *TLS_GOALS, "1k-rules", *edgescale.GOALS, "workers"}
     return parse_lists(p, argv, known, {"ours", "nginx"})
 
 
@@ -701,6 +828,7 @@ def main(argv: list[str]) -> int:
         proxy.stop()
     if "1k-log" in args.scenarios:
         rows += logged_rows(args, workdir, logdir, origin_port)
+    rows += tls_rows(args, workdir, logdir, origin_port)
     rows += scale_rows(args, workdir, logdir, origin_port)
     rule_rows = (
         rules_rows(args, workdir, logdir, origin_port)
