@@ -14,12 +14,12 @@ move during a measured run. Scenarios:
             64 KiB on both sides, the same fields)               goal >= 0.8x nginx
   disk10k, disk100k, disk1m, disk1m-range, disk10k-304, miss, miss1
             the edge at scale: see bench/edgescale.py
-  1k-tls, 1k-tls-new
-            1 KiB object over HTTPS, both proxies terminating TLS with the same ECDSA
-            P-256 certificate, ciphers and TLS 1.3: on kept-alive connections (1k-tls) and
-            on a new connection, so a full handshake, per request (1k-tls-new: wrk sends
-            `Connection: close`, which our full handler answers); goal >= 0.5x nginx each,
-            a line under their first figures (0.55-0.59x) that nothing may cross
+  1k-new, 1k-tls, 1k-tls-new
+            1 KiB object on a new connection per request (1k-new: wrk sends `Connection:
+            close`, as one-shot clients do), and over HTTPS, both proxies terminating TLS
+            with the same ECDSA P-256 certificate, ciphers and TLS 1.3, on kept-alive
+            connections (1k-tls) and on a new connection, so a full handshake, per request
+            (1k-tls-new)                                            goal >= 0.5x nginx each
   1k-rules  1 KiB object, our edge with 20 screening rules (edge.screening) vs the same
             edge without: none refuses the benchmark's requests, but a per-client rate limit
             counts every one of them                              goal >= 0.85x no rules
@@ -77,7 +77,12 @@ from edge.tls import MODERN_CIPHERS
 K = TypeVar("K")
 OBJECTS = {"1k": 1024, "100k": 100 * 1024}
 GOALS = {"1k": 0.4, "100k": 0.35}
-TLS_GOALS = {"1k-tls": 0.5, "1k-tls-new": 0.5}
+# Connections: (over HTTPS, a new connection per request) and the goal of each scenario.
+CONNECTION_SCENARIOS = {
+    "1k-new": (False, True, 0.5),
+    "1k-tls": (True, False, 0.5),
+    "1k-tls-new": (True, True, 0.5),
+}
 LOGGED_GOAL = 0.8
 RULES_GOAL = 0.85
 WORKERS_EFFICIENCY_GOAL = 0.9
@@ -152,7 +157,7 @@ class Proxy:
         self.label = label
         self.argv = argv
         self.port = port
-        self.tls_port = tls_port  # measured over HTTPS there, when set (checked on `port`)
+        self.tls_port = tls_port  # where it speaks HTTPS, if it does (checked on `port`)
         self.cpus = cpus
         self.logdir = logdir
         self.proc: Proc | None = None
@@ -416,16 +421,16 @@ def measure(
     connections: int | None = None,
     served: Callable[[], int] | None = None,
     expect: str = "hits",
+    https: bool = False,
 ) -> WrkResult:
     """One measured wrk run; the origin's counter (`served`, by default the bench origin's)
-    checks that it was all hits, or (expect="misses") that every request reached it."""
+    checks that it was all hits, or (expect="misses") that every request reached it.
+    `https`: on the proxy's HTTPS port."""
     assert proxy.proc is not None
     count = served or partial(origin_count, origin_port)
     before, cpu_before = count(), proxy.proc.cpu_seconds()
-    if proxy.tls_port is None:
-        res = wrk(args, proxy.port, path, args.duration, cpus, script(), connections)
-    else:
-        res = wrk(args, proxy.tls_port, path, args.duration, cpus, script(), connections, "https")
+    port, scheme = (proxy.tls_port, "https") if https and proxy.tls_port else (proxy.port, "http")
+    res = wrk(args, port, path, args.duration, cpus, script(), connections, scheme)
     res = replace(res, server_cpu=proxy.proc.cpu_seconds() - cpu_before)
     misses = count() - before
     log(
@@ -522,14 +527,14 @@ def logged_rows(
     return [result_row("1 KiB hit, access log on", ours, nginx, LOGGED_GOAL)]
 
 
-# --- HTTPS ---------------------------------------------------------------------------------
+# --- connections: new ones, HTTPS ------------------------------------------------------------
 
 
-def tls_rows(
+def connection_rows(
     args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: int
 ) -> list[list[str]]:
-    """1 KiB hits over HTTPS, on kept-alive connections and on a new one per request."""
-    wanted = [s for s in TLS_GOALS if s in args.scenarios]
+    """1 KiB hits on a new connection per request, and over HTTPS (kept alive and not)."""
+    wanted = [s for s in CONNECTION_SCENARIOS if s in args.scenarios]
     if not wanted:
         return []
     cert, key = make_certificate(workdir)
@@ -550,28 +555,30 @@ def tls_rows(
             proxy.start()
             log(proxy.check_hits(origin_port))
         for scenario in wanted:
-            script = close if scenario == "1k-tls-new" else None
-            how = "a new connection per request" if script else "kept-alive connections"
-            log(f"scenario {scenario}: cache hits of a 1024 B object over HTTPS, {how}")
-            for proxy in pair.values():
-                if args.warmup > 0 and proxy.tls_port is not None:
-                    wrk(args, proxy.tls_port, "/1k", args.warmup, LOADGEN_CPU, script, 0, "https")
-            runs = alternate(
-                args.rounds,
-                pair,
-                partial(
-                    measure,
-                    args,
-                    path="/1k",
-                    origin_port=origin_port,
-                    cpus=LOADGEN_CPU,
-                    script=partial(_same, script),
-                ),
+            https, new, goal = CONNECTION_SCENARIOS[scenario]
+            script = close if new else None
+            how = "a new connection per request" if new else "kept-alive connections"
+            log(f"scenario {scenario}: 1024 B hits, {'HTTPS' if https else 'HTTP'}, {how}")
+            run = partial(
+                measure,
+                args,
+                path="/1k",
+                origin_port=origin_port,
+                cpus=LOADGEN_CPU,
+                script=partial(_same, script),
+                https=https,
             )
+            for proxy in pair.values():
+                if args.warmup > 0:
+                    port = proxy.tls_port if https and proxy.tls_port else proxy.port
+                    scheme = "https" if https else "http"
+                    wrk(args, port, "/1k", args.warmup, LOADGEN_CPU, script, 0, scheme)
+            runs = alternate(args.rounds, pair, run)
             ours = pick(args.pick, runs.get("ours", []))
             nginx = pick(args.pick, runs.get("nginx", []))
-            title = f"1 KiB hit, HTTPS, {'new connection each' if script else 'kept alive'}"
-            rows.append(result_row(title, ours, nginx, TLS_GOALS[scenario]))
+            title = f"1 KiB hit, {'HTTPS' if https else 'HTTP'}, "
+            title += "new connection each" if new else "kept alive"
+            rows.append(result_row(title, ours, nginx, goal))
     finally:
         for proxy in pair.values():
             proxy.stop()
@@ -757,7 +764,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         __doc__, what="proxy", warmup=2.0, warmup_help="unmeasured wrk seconds per proxy"
     )
     every = (
-        "1k,100k,1k-log,1k-tls,1k-tls-new,1k-rules,disk10k,disk100k,disk1m,disk1m-range,disk10k-304,"
+        "1k,100k,1k-log,1k-new,1k-tls,1k-tls-new,1k-rules,disk10k,disk100k,disk1m,disk1m-range,disk10k-304,"
         "miss,miss1,workers"
     )
     p.add_argument("--scenarios", default=every, help=f"subset of {every}")
@@ -765,7 +772,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--threads", type=int, default=1, help="wrk -t")
     edgescale.add_arguments(p)
-    known = {*OBJECTS, "1k-log", *TLS_GOALS, "1k-rules", *edgescale.GOALS, "workers"}
+    known = {*OBJECTS, "1k-log", *CONNECTION_SCENARIOS, "1k-rules", *edgescale.GOALS, "workers"}
     return parse_lists(p, argv, known, {"ours", "nginx"})
 
 
@@ -828,7 +835,7 @@ def main(argv: list[str]) -> int:
         proxy.stop()
     if "1k-log" in args.scenarios:
         rows += logged_rows(args, workdir, logdir, origin_port)
-    rows += tls_rows(args, workdir, logdir, origin_port)
+    rows += connection_rows(args, workdir, logdir, origin_port)
     rows += scale_rows(args, workdir, logdir, origin_port)
     rule_rows = (
         rules_rows(args, workdir, logdir, origin_port)

@@ -45,7 +45,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from edge.filebody import Part, write_wire
+from edge.filebody import LastAnswer, Part, write_wire
 from edge.headers import head_end
 
 log = logging.getLogger("edge")
@@ -360,6 +360,10 @@ class EdgeRequestHandler(RequestHandler):
         if rest is not None:  # a body the socket takes as it drains: answered after
             self._start_plain(rest, data)
             return True
+        if isinstance(wire, LastAnswer):
+            self._counted()
+            self.force_close()  # once what was written went, as aiohttp closes after one
+            return True
         self._answered()
         return True
 
@@ -417,12 +421,15 @@ class EdgeRequestHandler(RequestHandler):
         if held:
             self.data_received(held)
 
-    def _answered(self) -> None:
-        """A request answered by the fast path: counted, and the keep-alive deadline
-        restarted as aiohttp restarts it after a response."""
+    def _counted(self) -> None:
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1
+
+    def _answered(self) -> None:
+        """A request answered by the fast path: counted, and the keep-alive deadline
+        restarted as aiohttp restarts it after a response."""
+        self._counted()
         if self._keepalive_timeout > 0:
             loop = self._loop
             close_time = loop.time() + self._keepalive_timeout

@@ -61,6 +61,8 @@ class SimpleGet:
     # The If-None-Match and If-Modified-Since fields (lower-case name, value), in order:
     # answered from a fresh hit only.
     conditions: tuple[tuple[str, str], ...] = ()
+    # `Connection: close`: the connection closes after the answer (a hit's only).
+    close: bool = False
 
     def header(self, name: str) -> str | None:
         """The values of field `name` (lower case) joined by ", ", as the full handler
@@ -85,6 +87,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
     raw_fields: list[tuple[str, str]] = []
     count = 0
     size = 0
+    connection: list[bytes] = []
     block = m.group(2)
     for line in block.split(b"\r\n")[:-1] if block else ():
         name, _, raw = line.partition(b":")
@@ -100,10 +103,10 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
                 return None
             host = value
         elif lname == b"connection":
-            # keep-alive is what HTTP/1.1 means anyway; "close" or connection options
-            # (which name hop-by-hop fields) are for the full handler.
-            if value.lower() != b"keep-alive":
-                return None
+            # keep-alive is what HTTP/1.1 means anyway; one "close" alone ends the
+            # connection after the answer; connection options (which name hop-by-hop
+            # fields) or "close" beside anything are for the full handler.
+            connection.append(value.lower())
         elif lname == b"user-agent":
             user_agent = value
         elif lname == b"range":
@@ -118,6 +121,9 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
             return None
     if host is None:
         return None
+    close = connection == [b"close"]
+    if not close and any(v != b"keep-alive" for v in connection):
+        return None
     return SimpleGet(
         target=m.group(1).decode("ascii"),
         host=host.decode("ascii"),
@@ -129,4 +135,5 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
         raw=tuple(raw_fields),
         range=range_value,
         conditions=tuple(conditions),
+        close=close,
     )

@@ -74,6 +74,11 @@ SEND_TIMEOUT = 60.0
 log = logging.getLogger("edge")
 
 
+class LastAnswer(list[Part]):
+    """The wire parts of a connection's last response (its request said `Connection:
+    close`): the connection closes once they are written."""
+
+
 def write_wire(
     transport: asyncio.WriteTransport, parts: Sequence[Part], send_timeout: float = SEND_TIMEOUT
 ) -> asyncio.Task[list[bytes]] | None:

@@ -267,6 +267,12 @@ def head_end(cache_status: str, age: int | None = None, close: bool = False) -> 
     return (lines + "\r\n").encode("latin-1", "replace")
 
 
+def closing(head: bytes) -> bytes:
+    """A serialized response head (its empty line included) that says `Connection: close`
+    too, where head_end says it."""
+    return head[:-2] + b"Connection: close\r\n\r\n"
+
+
 def response_head(status: int, reason: str, fields: Iterable[tuple[str, str]]) -> bytes:
     """An HTTP/1.1 status line and `fields` (values in `wire_text` form, encoded as
     aiohttp's writer encodes them) as wire bytes, without the empty line ending the head."""

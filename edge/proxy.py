@@ -56,10 +56,11 @@ from edge.exchange import (
     transfer_coding,
 )
 from edge.fasthit import SimpleGet, parse_simple_get
-from edge.filebody import FileBody, Part
+from edge.filebody import FileBody, LastAnswer, Part
 from edge.freshness import format_http_date
 from edge.headers import (
     client_response_headers,
+    closing,
     head_end,
     origin_request_headers,
 )
@@ -289,14 +290,17 @@ class Proxy:
         if not plain:
             return None
         key, req, candidates = plain
+        if req.close and candidates:
+            return None  # screened, and the connection closed, by `handle`
         logging_on = self.access_log.enabled
         start = time.monotonic() if logging_on else 0.0
         # A body in a file of its own goes by sendfile on plain TCP (edge.filebody), unless
-        # a screening rule may refuse the request (then nothing is opened).
-        files = scheme == "http" and not candidates
+        # a screening rule may refuse the request (then nothing is opened), or the
+        # connection closes after the answer (the full handler's then).
+        files = scheme == "http" and not candidates and not req.close
         hit = cache.hits.hit_wire(key, files, req.range, req.conditions)
         if hit is None:
-            if candidates or req.range is not None or req.conditions:
+            if candidates or req.range is not None or req.conditions or req.close:
                 # Screened by `handle`, once; a miss with a Range or validators of its own
                 # is the full handler's.
                 return None
@@ -329,6 +333,8 @@ class Proxy:
                 body.on_close = lambda sent: log_hit(req, remote, status, sent, start, "hit")
             else:
                 self._log_plain(req, remote, status, len(body), start, "hit")
+        if req.close:
+            return LastAnswer([closing(head), body])
         return [head, body]
 
     def _remember_plain(self, scheme: str, data: bytes, plain: _Plain | Literal[False]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.geodb import bundled_table_dir
 from tests.integration.fleet_helpers import Fleet, cacheable, running_fleet
@@ -28,6 +29,22 @@ def collect_cycles_per_module() -> Iterator[None]:
     whichever later test the collector happens to run in."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The requests that reach the full handler (Proxy.handle), in order."""
+    from edge.proxy import Proxy
+
+    seen: list[str] = []
+    full_handler = Proxy.handle
+
+    async def counting(self: Proxy, request: web.BaseRequest) -> web.StreamResponse:
+        seen.append(request.method + " " + request.raw_path)
+        return await full_handler(self, request)
+
+    monkeypatch.setattr(Proxy, "handle", counting)
+    return seen
 
 
 @pytest.fixture(scope="module")

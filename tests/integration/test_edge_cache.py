@@ -615,22 +615,6 @@ class _Conn:
         return await self.response()
 
 
-@pytest.fixture
-def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The requests that reach the full handler (Proxy.handle), in order."""
-    from edge.proxy import Proxy
-
-    seen: list[str] = []
-    full_handler = Proxy.handle
-
-    async def counting(self: Proxy, request: web.BaseRequest) -> web.StreamResponse:
-        seen.append(request.method + " " + request.raw_path)
-        return await full_handler(self, request)
-
-    monkeypatch.setattr(Proxy, "handle", counting)
-    return seen
-
-
 async def test_fast_hits_off_sends_every_hit_through_the_full_handler(
     tmp_path: Path, handled: list[str]
 ) -> None:
@@ -705,12 +689,12 @@ async def test_plain_get_hits_take_the_fast_path_with_the_full_handlers_answer(
             assert (await conn.get("/g"))[1] == b"other body"
             assert (await conn.get("/f"))[1] == b"fast body"
             assert len(handled) == before + 3
-            # Connection: close is the full handler's: it answers, then closes.
+            # Connection: close: answered by the fast path too, then the connection closes.
             conn.writer.write(b"GET /f HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
             rest = await asyncio.wait_for(conn.reader.read(), 10)
             assert b"\r\nConnection: close\r\n" in rest and rest.endswith(b"fast body")
             conn.writer.close()
-            assert len(handled) == before + 4
+            assert len(handled) == before + 3
             async with aiohttp.ClientSession() as s:
                 async with s.get(base_url(edge, "admin") + "/metrics") as r:
                     text = await r.text()
@@ -778,6 +762,47 @@ async def test_one_range_of_a_fresh_hit_takes_the_fast_path_and_the_rest_the_han
             assert handled[before:] == ["GET /r", "GET /r"]
             conn.writer.close()
         assert origin.hits["/r"] == 1
+
+
+async def test_a_hit_asked_to_close_takes_the_fast_path_and_closes(
+    tmp_path: Path, handled: list[str]
+) -> None:
+    """A plain GET of a fresh hit with `Connection: close` (one-shot clients: scripts,
+    health checks, clients without a pool) is answered by the fast path, says `Connection:
+    close` as the full handler does, and the connection ends after it. A miss asked so is
+    the full handler's, which closes too."""
+    async with origins("a") as (origin,):
+        origin.routes["/k"] = _cacheable(b"kept", ETag='"k"')
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            port = edge.addresses["http"][0].port
+
+            async def once(path: str, *fields: str) -> tuple[bytes, bytes]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                extra = "".join(f"{f}\r\n" for f in fields)
+                request = f"GET {path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n"
+                writer.write((request + extra + "\r\n").encode())
+                data = await asyncio.wait_for(reader.read(), 10)  # to the end: it closes
+                writer.close()
+                head, _, body = data.partition(b"\r\n\r\n")
+                return head, body
+
+            head, body = await once("/k")
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"kept"
+            assert b"fwd=uri-miss" in head and head.endswith(b"\r\nConnection: close")
+            assert handled == ["GET /k"]
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            await conn.get("/k")  # the commit is in (a hit, from the handler or not)
+            conn.writer.close()
+            before = len(handled)
+            head, body = await once("/k")
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"kept"
+            assert b"Cache-Status: GeoEdge; hit; ttl=" in head
+            assert head.endswith(b"\r\nConnection: close")
+            head, body = await once("/k", 'If-None-Match: "k"')
+            assert head.startswith(b"HTTP/1.1 304 ") and body == b""
+            assert head.endswith(b"\r\nConnection: close")
+            assert handled[before:] == []
+        assert origin.hits["/k"] == 1
 
 
 async def test_revalidations_of_a_fresh_hit_take_the_fast_path(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge.app import EdgeRuntime
@@ -250,6 +250,7 @@ FIELDS = st.lists(
             ("Accept-Encoding", "br"),
             ("Accept-Encoding", "gzip, deflate"),
             ("Connection", "keep-alive"),
+            ("Connection", "close"),
             ("X-Request-Id", "abc"),
             ("CDN-Loop", NODE),
             ("CDN-Loop", "other-cdn"),
@@ -284,6 +285,8 @@ FIELDS = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(path=st.sampled_from(PATHS), fields=FIELDS, cut=st.integers(min_value=1, max_value=12))
+@example(path="/plain", fields=[("Connection", "close")], cut=5)  # the fast path closes too
+@example(path="/etag", fields=[("If-None-Match", '"v1"'), ("Connection", "close")], cut=5)
 def test_fast_and_full_paths_answer_alike(
     edge: EdgeThread, path: str, fields: list[tuple[str, str]], cut: int
 ) -> None:

@@ -68,12 +68,14 @@ def _client_ctx(*cas: Path) -> ssl.SSLContext:
     return ctx
 
 
-async def _get_over_tls(port: int, ctx: ssl.SSLContext, name: str) -> tuple[str, bytes]:
+async def _get_over_tls(
+    port: int, ctx: ssl.SSLContext, name: str, path: str = "/t"
+) -> tuple[str, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name)
     try:
         peer = writer.get_extra_info("peercert")
         common = dict(x[0] for x in peer["subject"])["commonName"]
-        writer.write(f"GET /t HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 10)
         return common, data
@@ -179,7 +181,9 @@ async def test_https_origin_verified_with_ca_bundle(certs: dict[str, tuple[Path,
         await runner.cleanup()
 
 
-async def test_hits_over_tls_are_keyed_by_scheme(certs: dict[str, tuple[Path, Path]]) -> None:
+async def test_hits_over_tls_are_keyed_by_scheme(
+    certs: dict[str, tuple[Path, Path]], handled: list[str]
+) -> None:
     async def cacheable(request: web.Request) -> web.Response:
         return web.Response(body=b"tls body", headers={"Cache-Control": "max-age=60"})
 
@@ -205,6 +209,13 @@ async def test_hits_over_tls_are_keyed_by_scheme(certs: dict[str, tuple[Path, Pa
                     assert await asyncio.wait_for(reader.readexactly(8), 10) == b"tls body"
                     heads.append(head)
                 writer.close()
+            # A one-shot client's hit (`Connection: close`): the fast path's over TLS too,
+            # and the connection ends after it.
+            before = len(handled)
+            _, data = await _get_over_tls(edge.addresses["https"][0].port, ctx, "a.test", "/c")
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert body == b"tls body" and head.endswith(b"\r\nConnection: close")
+            assert b"Cache-Status: GeoEdge; hit" in head and handled[before:] == []
         statuses = [h.split(b"\r\nCache-Status: ")[1].split(b";")[1].strip() for h in heads]
         # One miss per scheme: an https entry never answers an http request, or the reverse.
         assert statuses == [b"fwd=uri-miss", b"hit", b"hit", b"hit"] * 2

@@ -39,6 +39,15 @@ def test_a_plain_get_is_recognised() -> None:
     assert got.header("accept") == "*/*" and got.header("x-absent") is None
 
 
+@pytest.mark.parametrize("value", ["close", "Close", "CLOSE"])
+def test_connection_close_is_taken_and_flagged(value: str) -> None:
+    got = parse_simple_get(_req("Host: h", f"Connection: {value}"))
+    assert got is not None and got.close
+    for kept in (_req("Host: h"), _req("Host: h", "Connection: keep-alive")):
+        plain = parse_simple_get(kept)
+        assert plain is not None and not plain.close
+
+
 def test_repeated_fields_are_joined_for_the_screening_rules() -> None:
     got = parse_simple_get(_req("Host: h", "X-Tag: a", "x-tag: b"))
     assert got is not None and got.header("x-tag") == "a, b"
@@ -68,8 +77,10 @@ def test_field_values_lose_their_surrounding_whitespace() -> None:
         _req("Host: h", "Transfer-Encoding: chunked"),
         _req("Host: h", "Expect: 100-continue"),
         _req("Host: h", "Upgrade: websocket", "Connection: Upgrade"),
-        _req("Host: h", "Connection: close"),
         _req("Host: h", "Connection: keep-alive, X-Secret"),
+        _req("Host: h", "Connection: close, X-Secret"),
+        _req("Host: h", "Connection: close", "Connection: keep-alive"),  # aiohttp reads one
+        _req("Host: h", "Connection: close", "Connection: close"),
         _req("Host: h", "Cache-Control: no-cache"),
         _req("Host: h", "Pragma: no-cache"),
         _req("Host: h", "Range: bytes=0-1", "If-Range: x"),
