@@ -340,6 +340,10 @@ class CacheLayer:
             headers=self._request_fields(raw_pairs(request.raw_headers)),
         )
 
+    def plain_request_fields(self, req: SimpleGet) -> Fields:
+        """A plain GET's fields as `_cache_request` reads a request's (edge.fasthit)."""
+        return remembered(self._plain_fields, req.raw, lambda: self._request_fields(req.raw), req)
+
     def _request_fields(self, pairs: tuple[tuple[str, str], ...]) -> Fields:
         headers = conditional.strip_hop_by_hop(as_fields(pairs))
         return headers.without(self._strip) if self._strip else headers
@@ -430,9 +434,7 @@ class CacheLayer:
         owned = True  # the lead is this coroutine's to settle (until handed on)
         try:
             INTERIM.set(_interim_writer(write))
-            asked: Fields = remembered(
-                self._plain_fields, req.raw, lambda: self._request_fields(req.raw), req
-            )
+            asked = self.plain_request_fields(req)
             creq = cp.CacheRequest("GET", scheme, req.host, req.target, asked)
             headers = proxy.plain_origin_headers(req, scheme, remote)
             try:

@@ -541,6 +541,28 @@ def plain_fresh(entries: Sequence[CacheEntry], now: float) -> Fresh | None:
     return Fresh(entry, age, ttl) if ttl > 0 else None
 
 
+def fresh_variant(
+    entries: Sequence[CacheEntry], request_headers: Headers, now: float
+) -> Fresh | None:
+    """``plain_fresh`` for a key whose responses vary (Vary) too: ``lookup``'s decision for
+    a GET or HEAD without cache directives when the newest stored variant the request's
+    selecting fields match is fresh and not marked no-cache; None when ``lookup`` must
+    decide."""
+    fresh = plain_fresh(entries, now)
+    if fresh is not None:
+        return fresh
+    matching = select(entries, request_headers)
+    if not matching:
+        return None
+    entry = matching[0]
+    f = entry.freshness
+    if f.no_cache:
+        return None
+    age = entry.age(now)
+    ttl = f.lifetime - age
+    return Fresh(entry, age, ttl) if ttl > 0 else None
+
+
 def lookup(
     request: CacheRequest,
     entries: Sequence[CacheEntry],

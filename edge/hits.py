@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from multidict import CIMultiDict
 from edge import cache_policy as cp
 from edge import conditional, ranges
 from edge.aiohttp_internals import SerializedResponse, count_written
+from edge.cache_control import Headers
 from edge.errors import CorruptBodyError
 from edge.exchange import CHUNK, abort, phrase, status_response
 from edge.filebody import FileBody, send_file
@@ -88,7 +90,7 @@ class Hits:
         self._heads_max = max(4096, store.index_bytes // 3072)
         # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
         # re-read or replaced entry is never answered with another one's head.
-        self._hit_heads: dict[str, tuple[cp.CacheEntry, int, int, bytes]] = {}
+        self._hit_heads: dict[tuple[str, str], tuple[cp.CacheEntry, int, int, bytes]] = {}
         self._tails: dict[tuple[int, int], bytes] = {}
         self._valid: dict[tuple[Any, ...], tuple[list[str], float] | None] = {}
         # (entry ident, the request's conditions) -> conditional.evaluate_validators' verdict
@@ -144,6 +146,7 @@ class Hits:
         files: bool = False,
         range_value: str | None = None,
         conditions: tuple[tuple[str, str], ...] = (),
+        asked: Callable[[], Headers] | None = None,
     ) -> tuple[int, bytes, bytes | FileBody] | None:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
         directives or conditionals) for primary key `key` when it is a fresh hit whose body
@@ -155,14 +158,15 @@ class Hits:
         as `answer` answers it (a 206 of one range, the whole body for what ranges.evaluate
         ignores); None for a Range no part of which fits, whose 416 `answer` gives.
         `conditions`: the request's If-None-Match and If-Modified-Since fields, evaluated
-        first, as `answer` does: a 304 when they say so."""
+        first, as `answer` does: a 304 when they say so. `asked`: the request's fields as
+        the cache reads them (made when first needed), by which a response that varies
+        (Vary: the compressed variants of a text, for one) is selected as `serve` selects
+        it; without them only a response that does not vary is answered."""
         now = self.clock()
         peeked = self.store.peek_single(key)
         if peeked is None:
             entries = self.store.variants(key)
-            if len(entries) != 1:
-                return None
-            fresh = cp.plain_fresh(entries, now)
+            fresh = self._fresh(entries, now, asked)
             body = None
         else:
             entry, body, stale_for = peeked
@@ -174,7 +178,7 @@ class Hits:
                 if stale_for >= self.store.meta_refresh:
                     return None
                 self._reread(key)
-            fresh = cp.plain_fresh((entry,), now)
+            fresh = self._fresh((entry,), now, asked)
         if fresh is None:
             return None
         entry = fresh.entry
@@ -214,6 +218,15 @@ class Hits:
             return 206, head, body[part.start : part.end + 1]
         return entry.status, self._hit_head(entry, fresh.age, fresh.ttl), body
 
+    @staticmethod
+    def _fresh(
+        entries: tuple[cp.CacheEntry, ...], now: float, asked: Callable[[], Headers] | None
+    ) -> cp.Fresh | None:
+        fresh = cp.plain_fresh(entries, now)
+        if fresh is None and asked is not None and any(e.vary for e in entries):
+            fresh = cp.fresh_variant(entries, asked(), now)
+        return fresh
+
     def _reread(self, key: str) -> None:
         if key in self._rereads:
             return
@@ -231,13 +244,13 @@ class Hits:
         """`serialized_head` plus Age and Cache-Status, remade only when they change."""
         age_s = cp.age_value(age)
         ttl_s = math.floor(ttl)
-        memo = self._hit_heads.get(entry.key)
+        memo = self._hit_heads.get((entry.key, entry.variant))
         if memo is not None and memo[0] is entry and memo[1] == age_s and memo[2] == ttl_s:
             return memo[3]
         head = self.serialized_head(entry) + self._tail(age_s, ttl_s, ttl)
         if memo is None and len(self._hit_heads) > 4096:
             self._hit_heads.clear()
-        self._hit_heads[entry.key] = (entry, age_s, ttl_s, head)
+        self._hit_heads[(entry.key, entry.variant)] = (entry, age_s, ttl_s, head)
         return head
 
     def _tail(self, age_s: int, ttl_s: int, ttl: float) -> bytes:

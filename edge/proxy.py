@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import aiohttp
@@ -298,7 +299,8 @@ class Proxy:
         # a screening rule may refuse the request (then nothing is opened), or the
         # connection closes after the answer (the full handler's then).
         files = scheme == "http" and not candidates and not req.close
-        hit = cache.hits.hit_wire(key, files, req.range, req.conditions)
+        asked = partial(cache.plain_request_fields, req)  # selects a variant (Vary)
+        hit = cache.hits.hit_wire(key, files, req.range, req.conditions, asked)
         if hit is None:
             if candidates or req.range is not None or req.conditions or req.close:
                 # Screened by `handle`, once; a miss with a Range or validators of its own

@@ -764,6 +764,42 @@ async def test_one_range_of_a_fresh_hit_takes_the_fast_path_and_the_rest_the_han
         assert origin.hits["/r"] == 1
 
 
+async def test_the_variants_of_a_text_take_the_fast_path(
+    tmp_path: Path, handled: list[str]
+) -> None:
+    """The compressed variants of a text (Vary: Accept-Encoding, as browsers ask for it)
+    are answered by the fast path once stored, each to the requests that select it, as
+    the full handler selects it; a request whose variant is not stored is the full
+    handler's (a vary-miss)."""
+    text = b"<p>" + b"compressible text " * 400 + b"</p>"
+    async with origins("a") as (origin,):
+        origin.routes["/t"] = _cacheable(text, **{"Content-Type": "text/html"})
+        async with running_edge(_cfg(origin, tmp_path)) as edge:
+            url = base_url(edge) + "/t"
+            async with aiohttp.ClientSession(auto_decompress=False) as s:
+                for coding in ("br", "br", "gzip", "gzip"):  # each stored, then a hit
+                    asked = {"Accept-Encoding": coding, "Host": "h.test"}
+                    async with s.get(url, headers=asked) as r:
+                        assert r.headers["Content-Encoding"] == coding
+                        await r.read()
+            port = edge.addresses["http"][0].port
+            conn = _Conn(*await asyncio.open_connection("127.0.0.1", port))
+            before = len(handled)
+            decode = {b"br": brotli.decompress, b"gzip": gzip.decompress}
+            for asked, coding in (("br", b"br"), ("gzip, deflate, br", b"br"), ("gzip", b"gzip")):
+                head, body = await conn.get("/t", f"Accept-Encoding: {asked}")
+                assert b"\r\nContent-Encoding: %s\r\n" % coding in head, asked
+                assert b"\r\nVary: Accept-Encoding\r\n" in head
+                assert b"Cache-Status: GeoEdge; hit; ttl=" in head
+                assert decode[coding](body) == text
+            assert handled[before:] == []
+            head, body = await conn.get("/t")  # identity: not stored yet
+            assert body == text and b"fwd=vary-miss" in head
+            assert handled[before:] == ["GET /t"]
+            conn.writer.close()
+        assert origin.hits["/t"] == 3
+
+
 async def test_a_hit_asked_to_close_takes_the_fast_path_and_closes(
     tmp_path: Path, handled: list[str]
 ) -> None:
