@@ -3,6 +3,8 @@
   GET /1k, /100k, /<n>k   n KiB of bytes, Cache-Control: public, max-age=3600, ETag
   GET /o/<i>/<n>k         n KiB of bytes of their own for each i (a working set of many
                           distinct objects: no two bodies alike, so no tier can share them)
+  GET /text/<n>k          n KiB of HTML (text/html, compressible, as web pages are), sent
+                          uncompressed whatever the request's Accept-Encoding
   GET /__origin/stats     {"requests": N}: object requests served so far, so the harness can
                           check that a measured run was all cache hits (N does not move)
 
@@ -47,6 +49,31 @@ async def obj(request: web.Request) -> web.Response:
     return web.Response(body=data, headers=headers, content_type="application/octet-stream")
 
 
+@functools.lru_cache(maxsize=8)
+def page(kib: int) -> bytes:
+    rows = "".join(
+        f'<tr><td class="n">{i}</td><td>item {i * 7919 % 10007}</td><td>in stock</td></tr>\n'
+        for i in range(kib * 20)
+    )
+    return f"<!doctype html><html><body><table>\n{rows}</table></body></html>\n".encode()[
+        : kib * 1024
+    ]
+
+
+async def html(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not name.endswith("k") or not name[:-1].isdigit() or not 0 < int(name[:-1]) <= 1024:
+        raise web.HTTPNotFound()
+    request.app[COUNT][0] += 1
+    data = page(int(name[:-1]))
+    headers = {
+        "Cache-Control": "public, max-age=3600",
+        "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
+        "Last-Modified": LAST_MODIFIED,
+    }
+    return web.Response(body=data, headers=headers, content_type="text/html")
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response({"requests": request.app[COUNT][0]})
 
@@ -58,6 +85,7 @@ def main(argv: list[str]) -> None:
     app[COUNT] = [0]
     app.router.add_get("/__origin/stats", stats)
     app.router.add_get("/{name}", obj)
+    app.router.add_get("/text/{name}", html)
     app.router.add_get("/o/{seed}/{name}", obj)
     web.run_app(app, host="127.0.0.1", port=int(argv[0]), access_log=None, print=None)
 
