@@ -88,8 +88,8 @@ class Hits:
         # beside it).
         self._heads: dict[tuple[Any, ...], bytes] = {}
         self._heads_max = max(4096, store.index_bytes // 3072)
-        # primary key -> (entry, Age, ttl, head): the entry object itself is compared, so a
-        # re-read or replaced entry is never answered with another one's head.
+        # (primary key, variant) -> (entry, Age, ttl, head): the entry object itself is
+        # compared, so a re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[tuple[str, str], tuple[cp.CacheEntry, int, int, bytes]] = {}
         self._tails: dict[tuple[int, int], bytes] = {}
         self._valid: dict[tuple[Any, ...], tuple[list[str], float] | None] = {}
