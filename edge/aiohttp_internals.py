@@ -357,6 +357,8 @@ class EdgeRequestHandler(RequestHandler):
             transport.close()
             return True
         rest = write_wire(transport, wire)
+        # A closing answer never carries a body sent by sendfile (Proxy.answer_plain_get).
+        assert rest is None or not isinstance(wire, LastAnswer)
         if rest is not None:  # a body the socket takes as it drains: answered after
             self._start_plain(rest, data)
             return True

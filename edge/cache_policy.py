@@ -544,10 +544,10 @@ def plain_fresh(entries: Sequence[CacheEntry], now: float) -> Fresh | None:
 def fresh_variant(
     entries: Sequence[CacheEntry], request_headers: Headers, now: float
 ) -> Fresh | None:
-    """``plain_fresh`` for a key whose responses vary (Vary): ``lookup``'s decision for a
-    GET or HEAD without cache directives when the newest stored variant the request's
-    selecting fields match is fresh and not marked no-cache; None when ``lookup`` must
-    decide."""
+    """What ``plain_fresh`` decides, for a key whose responses vary (Vary): ``lookup``'s
+    decision for a GET or HEAD without cache directives when the newest stored variant the
+    request's selecting fields match is fresh and not marked no-cache; None when
+    ``lookup`` must decide."""
     matching = select(entries, request_headers)
     if not matching:
         return None

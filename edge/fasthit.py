@@ -102,7 +102,7 @@ def parse_simple_get(data: bytes, max_bytes: int = 8192) -> SimpleGet | None:
             if host is not None:
                 return None
             host = value
-        elif lname == b"connection":
+        elif lname in (b"connection", b"proxy-connection"):  # aiohttp's parser reads both
             # keep-alive is what HTTP/1.1 means anyway; one "close" alone ends the
             # connection after the answer; connection options (which name hop-by-hop
             # fields) or "close" beside anything are for the full handler.

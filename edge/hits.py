@@ -149,7 +149,7 @@ class Hits:
         asked: Callable[[], Headers] | None = None,
     ) -> tuple[int, bytes, bytes | FileBody] | None:
         """Status, head and body of an HTTP/1.1 response to a plain GET (no request
-        directives or conditionals) for primary key `key` when it is a fresh hit whose body
+        directives) for primary key `key` when it is a fresh hit whose body
         is small (read on the loop from disk when it is not in the memory tier, see
         `small_body`); None otherwise. Decided as the hit path of `serve` decides it.
         With `files`, a body verified before that lies in a file of its own comes, whatever

@@ -274,7 +274,8 @@ class Proxy:
         self, data: bytes, scheme: str, remote: str | None, write: Callable[[bytes], None]
     ) -> list[Part] | Coroutine[Any, Any, PlainAnswer] | None:
         """Wire parts answering `data`, one received segment, when it is a plain GET
-        (edge.fasthit) of a fresh hit, or the coroutine answering it
+        (edge.fasthit) of a fresh hit (a LastAnswer when it asked to close the
+        connection), or the coroutine answering it
         when it is a plain miss that no screening rule can meet (CacheLayer.plain_miss;
         `write` sends the client 1xx interim responses); None when `handle` must answer
         it. Same checks, metrics and access log as `handle`; whatever `check` would
@@ -303,8 +304,8 @@ class Proxy:
         hit = cache.hits.hit_wire(key, files, req.range, req.conditions, asked)
         if hit is None:
             if candidates or req.range is not None or req.conditions or req.close:
-                # Screened by `handle`, once; a miss with a Range or validators of its own
-                # is the full handler's.
+                # Screened by `handle`, once; a miss with a Range or validators of its own,
+                # or asked to close the connection, is the full handler's.
                 return None
             miss = cache.plain_miss(self, key, req, scheme, remote, write)
             if miss is None:

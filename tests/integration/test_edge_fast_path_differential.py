@@ -286,6 +286,7 @@ FIELDS = st.lists(
 )
 @given(path=st.sampled_from(PATHS), fields=FIELDS, cut=st.integers(min_value=1, max_value=12))
 @example(path="/plain", fields=[("Connection", "close")], cut=5)  # the fast path closes too
+@example(path="/plain", fields=[("Proxy-Connection", "close")], cut=5)  # aiohttp reads it too
 @example(path="/etag", fields=[("If-None-Match", '"v1"'), ("Connection", "close")], cut=5)
 def test_fast_and_full_paths_answer_alike(
     edge: EdgeThread, path: str, fields: list[tuple[str, str]], cut: int

@@ -40,8 +40,9 @@ def test_a_plain_get_is_recognised() -> None:
 
 
 @pytest.mark.parametrize("value", ["close", "Close", "CLOSE"])
-def test_connection_close_is_taken_and_flagged(value: str) -> None:
-    got = parse_simple_get(_req("Host: h", f"Connection: {value}"))
+@pytest.mark.parametrize("name", ["Connection", "Proxy-Connection"])  # aiohttp reads both
+def test_connection_close_is_taken_and_flagged(name: str, value: str) -> None:
+    got = parse_simple_get(_req("Host: h", f"{name}: {value}"))
     assert got is not None and got.close
     for kept in (_req("Host: h"), _req("Host: h", "Connection: keep-alive")):
         plain = parse_simple_get(kept)
@@ -81,6 +82,8 @@ def test_field_values_lose_their_surrounding_whitespace() -> None:
         _req("Host: h", "Connection: close, X-Secret"),
         _req("Host: h", "Connection: close", "Connection: keep-alive"),  # aiohttp reads one
         _req("Host: h", "Connection: close", "Connection: close"),
+        _req("Host: h", "Connection: keep-alive", "Proxy-Connection: close"),
+        _req("Host: h", "Proxy-Connection: X-Secret"),
         _req("Host: h", "Cache-Control: no-cache"),
         _req("Host: h", "Pragma: no-cache"),
         _req("Host: h", "Range: bytes=0-1", "If-Range: x"),
