@@ -530,15 +530,9 @@ def plain_fresh(entries: Sequence[CacheEntry], now: float) -> Fresh | None:
     """``lookup``'s decision for a GET or HEAD without cache directives (no Cache-Control,
     no Pragma) when it is a hit on the one stored variant, without Vary, that is fresh and
     not marked no-cache; None when ``lookup`` must decide. Every hit path calls this."""
-    if len(entries) != 1:
+    if len(entries) != 1 or entries[0].vary:
         return None
-    entry = entries[0]
-    f = entry.freshness
-    if entry.vary or f.no_cache:
-        return None
-    age = entry.age(now)
-    ttl = f.lifetime - age
-    return Fresh(entry, age, ttl) if ttl > 0 else None
+    return _fresh_hit(entries[0], now)
 
 
 def fresh_variant(
@@ -549,9 +543,11 @@ def fresh_variant(
     request's selecting fields match is fresh and not marked no-cache; None when
     ``lookup`` must decide."""
     matching = select(entries, request_headers)
-    if not matching:
-        return None
-    entry = matching[0]
+    return _fresh_hit(matching[0], now) if matching else None
+
+
+def _fresh_hit(entry: CacheEntry, now: float) -> Fresh | None:
+    """`entry` as a hit when it is fresh and not marked no-cache, else None."""
     f = entry.freshness
     if f.no_cache:
         return None
