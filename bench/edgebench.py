@@ -174,6 +174,12 @@ class Proxy:
         self.logdir = logdir
         self.proc: Proc | None = None
 
+    def endpoint(self, https: bool) -> tuple[int, str]:
+        """The port and scheme wrk asks on: the HTTPS port when `https` and there is one."""
+        if https and self.tls_port:
+            return self.tls_port, "https"
+        return self.port, "http"
+
     def start(self) -> None:
         self.proc = Proc(self.label, self.argv, self.cpus, self.logdir / f"{self.label}.log")
         deadline = time.monotonic() + 60
@@ -445,7 +451,7 @@ def measure(
     assert proxy.proc is not None
     count = served or partial(origin_count, origin_port)
     before, cpu_before = count(), proxy.proc.cpu_seconds()
-    port, scheme = (proxy.tls_port, "https") if https and proxy.tls_port else (proxy.port, "http")
+    port, scheme = proxy.endpoint(https)
     res = wrk(args, port, path, args.duration, cpus, script(), connections, scheme)
     res = replace(res, server_cpu=proxy.proc.cpu_seconds() - cpu_before)
     misses = count() - before
@@ -586,8 +592,7 @@ def connection_rows(
             )
             for proxy in pair.values():
                 if args.warmup > 0:
-                    port = proxy.tls_port if https and proxy.tls_port else proxy.port
-                    scheme = "https" if https else "http"
+                    port, scheme = proxy.endpoint(https)
                     wrk(args, port, "/1k", args.warmup, LOADGEN_CPU, script, 0, scheme)
             runs = alternate(args.rounds, pair, run)
             ours = pick(args.pick, runs.get("ours", []))
