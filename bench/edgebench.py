@@ -84,7 +84,7 @@ OBJECTS = {"1k": 1024, "100k": 100 * 1024}
 # with a browser's Accept-Encoding. Ours answers with the brotli variant it stored; nginx,
 # configured as its operators run it (gzip on for text), gzips each response it serves.
 TEXT_PATH = "/text/20k"
-BROWSER_ENCODINGS = "gzip, deflate, br"
+BROWSER_ENCODINGS = edgescale.BROWSER_ENCODINGS
 TEXT_GOAL = 0.5
 GOALS = {"1k": 0.4, "100k": 0.35}
 # Connections: (over HTTPS, a new connection per request) and the goal of each scenario.
@@ -446,7 +446,8 @@ def measure(
     https: bool = False,
 ) -> WrkResult:
     """One measured wrk run; the origin's counter (`served`, by default the bench origin's)
-    checks that it was all hits, or (expect="misses") that every request reached it.
+    checks that it was all hits, that every request reached it (expect="misses"), or
+    about the mix's share of new URLs (expect="mix").
     `https`: on the proxy's HTTPS port."""
     assert proxy.proc is not None
     count = served or partial(origin_count, origin_port)
@@ -466,6 +467,8 @@ def measure(
         log(f"  warning: {proxy.label}: {misses} requests reached the origin: not all hits")
     if expect == "misses" and misses < res.requests:
         log(f"  warning: {proxy.label}: only {misses} of {res.requests} requests were misses")
+    if expect == "mix" and misses > 2 * edgescale.MIX_NEW * res.requests + 100:
+        log(f"  warning: {proxy.label}: {misses} of {res.requests} requests reached the origin")
     return res
 
 
@@ -732,6 +735,38 @@ def scale_pair(
     return pair
 
 
+def mix_row(args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: int) -> list[str]:
+    """The mix (edgescale): both proxies warmed with every ranked object, then measured
+    in turns, each run with new URLs of its own."""
+    n = args.objects_mix
+    log(
+        f"scenario mix: {n} objects by popularity (Zipf {edgescale.MIX_ZIPF}), binaries and "
+        f"pages, {edgescale.MIX_NEW:.0%} new URLs, {edgescale.MIX_CLOSE:.0%} Connection: close"
+    )
+    pair = scale_pair(args, workdir, logdir, origin_port, None)
+    seeds = iter(range(1, 1000))
+    for label, proxy in pair.items():
+        edgescale.warm_mix(label, proxy.port, n)
+    runs = alternate(
+        args.rounds,
+        pair,
+        partial(
+            measure,
+            args,
+            path="",
+            origin_port=origin_port,
+            cpus=LOADGEN_CPU,
+            script=partial(edgescale.mix_script, workdir, n, seeds),
+            expect="mix",
+        ),
+    )
+    for proxy in pair.values():
+        proxy.stop()
+    ours, nginx = pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
+    title = f"the mix, {n} objects by popularity, {edgescale.MIX_NEW:.0%} new"
+    return result_row(title, ours, nginx, edgescale.GOALS["mix"])
+
+
 def scale_rows(
     args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: int
 ) -> list[list[str]]:
@@ -777,6 +812,8 @@ def scale_rows(
         if revalidate:
             title = f"{kib} KiB random revalidations (304), {n} objects ({mib} MiB)"
         rows.append(result_row(title, ours, nginx, edgescale.GOALS[key]))
+    if "mix" in args.scenarios:
+        rows.append(mix_row(args, workdir, logdir, origin_port))
     misses = [s for s in ("miss", "miss1") if s in args.scenarios]
     if misses:
         origin, static_port, served = edgescale.static_origin(workdir, logdir)
@@ -828,7 +865,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     every = (
         "1k,100k,text,1k-log,1k-new,1k-tls,1k-tls-new,1k-rules,disk10k,disk100k,disk1m,disk1m-range,disk10k-304,"
-        "miss,miss1,workers"
+        "miss,miss1,mix,workers"
     )
     p.add_argument("--scenarios", default=every, help=f"subset of {every}")
     p.add_argument("--servers", default="ours,nginx", help="ours,nginx or one of them")

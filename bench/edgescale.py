@@ -15,10 +15,19 @@
   miss      misses, every URL new, wrk -c64, origin nginx serving a static 10 KiB file
                                                                          goal >= 0.4x nginx
   miss1     the same on one connection (a cache being warmed)            goal >= 0.3x nginx
+  mix       what an edge in front of a web site is asked, all at once: --objects-mix
+            objects (16,000: 352 MiB) ranked by popularity (Zipf, s = 0.8), six in ten
+            10 KiB binaries, three 20 KiB HTML pages asked with a browser's
+            Accept-Encoding, one 100 KiB binary; 2% of requests for a URL never asked
+            before (the long tail: misses), 2% with Connection: close (one-shot
+            clients); our memory tier at its default (64 MiB)         goal >= 0.5x nginx
 
 For disk10k both proxies are warmed with every object first (through themselves, so each
 stores them its own way), then checked: the origin's request counter must not move during a
-measured run. For the misses the origin is nginx (a Python origin would be the bottleneck),
+measured run. For the mix both proxies are
+warmed with every object (the pages twice, each time with a browser's Accept-Encoding, so
+that each holds what it answers them with), and a run's origin requests are its new URLs.
+For the misses the origin is nginx (a Python origin would be the bottleneck),
 wrk asks for URLs no run asked before (a per-run prefix), and nginx's stub_status counts the
 requests that reached it: every measured request must have.
 """
@@ -56,7 +65,14 @@ GOALS = {
     "disk10k-304": 0.5,
     "miss": 0.4,
     "miss1": 0.3,
+    "mix": 0.5,
 }
+# The mix: popularity's Zipf exponent (web caches' traces give 0.6-1.0), and the shares
+# of requests for a new URL and with Connection: close.
+MIX_ZIPF = 0.8
+MIX_NEW = 0.02
+MIX_CLOSE = 0.02
+BROWSER_ENCODINGS = "gzip, deflate, br"
 
 RANDOM_LUA = """
 local n = {objects}
@@ -96,6 +112,46 @@ request = function()
 end
 """
 
+# Object i of the mix by i % 10: 0-5 /o/i/10k, 6-8 /t/i/20k (asked as a browser asks for a
+# page), 9 /o/i/100k; new URLs are 10 KiB binaries numbered past every ranked object.
+MIX_LUA = """
+local n = {objects}
+math.randomseed({seed})
+local cdf, total = {{}}, 0
+for r = 1, n do
+  total = total + 1 / r ^ {zipf}
+  cdf[r] = total
+end
+local browser = {{["Accept-Encoding"] = "{encodings}"}}
+local browser_close = {{["Accept-Encoding"] = "{encodings}", ["Connection"] = "close"}}
+local close = {{["Connection"] = "close"}}
+local counter = 0
+local function ranked()
+  local u = math.random() * total
+  local lo, hi = 1, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return lo - 1
+end
+request = function()
+  local closing = math.random() < {close_share}
+  if math.random() < {new_share} then
+    counter = counter + 1
+    return wrk.format("GET", "/o/{run}" .. counter .. "/10k", closing and close or nil)
+  end
+  local i = ranked()
+  local kind = i % 10
+  if kind < 6 then
+    return wrk.format("GET", "/o/" .. i .. "/10k", closing and close or nil)
+  elseif kind < 9 then
+    return wrk.format("GET", "/t/" .. i .. "/20k", closing and browser_close or browser)
+  end
+  return wrk.format("GET", "/o/" .. i .. "/100k", closing and close or nil)
+end
+"""
+
 _run_ids = itertools.count(int(time.time()))
 
 
@@ -105,16 +161,21 @@ def write_lua(workdir: Path, name: str, text: str) -> Path:
     return path
 
 
-async def _warm(port: int, paths: list[str], size: int, concurrency: int = 32) -> None:
+# A warm-up request: its path, its headers, and the body's length (None: not checked).
+Asked = tuple[str, dict[str, str], int | None]
+
+
+async def _warm(port: int, asked: list[Asked], concurrency: int = 32) -> None:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        queue = iter(paths)
+        queue = iter(asked)
 
         async def worker() -> None:
-            for path in queue:
-                async with session.get(f"http://{LOOPBACK}:{port}{path}") as resp:
+            for path, headers, size in queue:
+                url = f"http://{LOOPBACK}:{port}{path}"
+                async with session.get(url, headers=headers) as resp:
                     body = await resp.read()
-                    if resp.status != 200 or len(body) != size:
+                    if resp.status != 200 or size not in (None, len(body)):
                         raise BenchError(f"warm-up GET {path}: {resp.status}, {len(body)} bytes")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -123,9 +184,31 @@ async def _warm(port: int, paths: list[str], size: int, concurrency: int = 32) -
 def warm(label: str, port: int, objects: int, kib: int) -> None:
     """Request every object once through the proxy (the misses that fill its cache)."""
     start = time.monotonic()
-    paths = [f"/o/{i}/{kib}k" for i in range(objects)]
-    asyncio.run(_warm(port, paths, kib * 1024))
+    asyncio.run(_warm(port, [(f"/o/{i}/{kib}k", {}, kib * 1024) for i in range(objects)]))
     log(f"  {label}: {objects} objects stored in {time.monotonic() - start:.1f}s")
+
+
+def mix_objects(objects: int) -> Iterator[Asked]:
+    """The mix's ranked objects as the mix asks for them (MIX_LUA)."""
+    browser = {"Accept-Encoding": BROWSER_ENCODINGS}
+    for i in range(objects):
+        kind = i % 10
+        if kind < 6:
+            yield f"/o/{i}/10k", {}, 10 * 1024
+        elif kind < 9:
+            yield f"/t/{i}/20k", browser, None
+        else:
+            yield f"/o/{i}/100k", {}, 100 * 1024
+
+
+def warm_mix(label: str, port: int, objects: int) -> None:
+    """Request every object of the mix through the proxy, the pages twice (the first
+    request of a page stores it; a compressed copy may be made from it then)."""
+    start = time.monotonic()
+    everything = list(mix_objects(objects))
+    asyncio.run(_warm(port, everything))
+    asyncio.run(_warm(port, [item for item in everything if item[2] is None]))
+    log(f"  {label}: {objects} objects of the mix stored in {time.monotonic() - start:.1f}s")
 
 
 def check_range(label: str, port: int, kib: int, span_kib: int) -> None:
@@ -254,6 +337,21 @@ def random_script(
     return write_lua(workdir, f"random-{seed}", text)
 
 
+def mix_script(workdir: Path, objects: int, seeds: Iterator[int]) -> Path:
+    """A wrk script asking for the mix, with the next of `seeds` and new URLs of its own."""
+    seed = next(seeds)
+    text = MIX_LUA.format(
+        objects=objects,
+        seed=seed,
+        zipf=MIX_ZIPF,
+        encodings=BROWSER_ENCODINGS,
+        close_share=MIX_CLOSE,
+        new_share=MIX_NEW,
+        run=next(_run_ids),
+    )
+    return write_lua(workdir, f"mix-{seed}", text)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--objects",
@@ -272,4 +370,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1024,
         help="distinct 1 MiB objects of the disk1m working set (1024: 1 GiB)",
+    )
+    p.add_argument(
+        "--objects-mix",
+        type=int,
+        default=16000,
+        help="ranked objects of the mix (16000: 352 MiB)",
     )

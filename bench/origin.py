@@ -5,6 +5,7 @@
                           distinct objects: no two bodies alike, so no tier can share them)
   GET /text/<n>k          n KiB of HTML (text/html, compressible, as web pages are), sent
                           uncompressed whatever the request's Accept-Encoding
+  GET /t/<i>/<n>k         n KiB of HTML of its own for each i (a working set of pages)
   GET /__origin/stats     {"requests": N}: object requests served so far, so the harness can
                           check that a measured run was all cache hits (N does not move)
 
@@ -62,10 +63,16 @@ def page(kib: int) -> bytes:
 
 async def html(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    seed = request.match_info.get("seed", "")
     if not name.endswith("k") or not name[:-1].isdigit() or not 0 < int(name[:-1]) <= 1024:
+        raise web.HTTPNotFound()
+    if seed and not seed.isdigit():
         raise web.HTTPNotFound()
     request.app[COUNT][0] += 1
     data = page(int(name[:-1]))
+    if seed:  # a page of its own: its number first, the same length
+        mark = f"<!-- {seed} -->\n".encode()
+        data = mark + data[: len(data) - len(mark)]
     headers = {
         "Cache-Control": "public, max-age=3600",
         "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
@@ -87,6 +94,7 @@ def main(argv: list[str]) -> None:
     app.router.add_get("/{name}", obj)
     app.router.add_get("/text/{name}", html)
     app.router.add_get("/o/{seed}/{name}", obj)
+    app.router.add_get("/t/{seed}/{name}", html)
     web.run_app(app, host="127.0.0.1", port=int(argv[0]), access_log=None, print=None)
 
 
