@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -337,3 +339,52 @@ async def test_a_miss_collapsed_onto_a_plain_miss_does_not_wait_for_its_linger(
             for _, writer in (lead, follower):
                 writer.close()
         assert origin.hits["/gate"] == 1
+
+
+async def test_a_plain_miss_is_written_in_the_step_that_learns_its_answer(
+    tmp_path: Path,
+) -> None:
+    """The answer of a plain miss goes to the client in the step of its task that has it,
+    not in a done callback a turn of the loop later (under load, after the hits of every
+    other connection the turn's poll found). Observed with a callback the miss's
+    coroutine schedules as it returns, which runs before any done callback of its task:
+    by then the client's socket must hold the answer."""
+    async with origins("a") as (origin,):
+        origin.routes["/m"] = Gate()
+        origin.routes["/m"].opened.set()  # type: ignore[attr-defined]
+        async with running_edge(_config(origin, tmp_path)) as edge:
+            proxy = edge.proxy
+            answer_plain_miss = proxy._answer_plain_miss
+            held: list[bool] = []
+            client = socket.create_connection(("127.0.0.1", edge.addresses["http"][0].port))
+
+            def peek() -> None:
+                try:
+                    held.append(bool(client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)))
+                except BlockingIOError:
+                    held.append(False)
+
+            async def observed(*args: Any) -> Any:
+                wire = await answer_plain_miss(*args)
+                asyncio.get_running_loop().call_soon(peek)
+                return wire
+
+            proxy._answer_plain_miss = observed  # type: ignore[method-assign]
+            try:
+                client.sendall(_get("/m"))
+                for _ in range(500):  # until the peek ran (bounded: 10 s)
+                    if held:
+                        break
+                    await asyncio.sleep(0.02)
+                assert held == [True]
+                client.settimeout(10)
+                assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
+            finally:
+                client.close()
+            cache = proxy.cache
+            assert cache is not None
+            for _ in range(500):  # the lead settles once its commit ends (bounded: 10 s)
+                if not cache._inflight:
+                    break
+                await asyncio.sleep(0.02)
+            _idle(edge)
