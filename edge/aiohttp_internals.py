@@ -34,7 +34,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -123,15 +123,26 @@ class Handover:
 
 
 # A plain GET answered by the fast path once its origin answered: the response's wire
-# bytes, or the job for the full handler.
+# bytes, none when the coroutine wrote them itself (ClientWriter), or the job for the full
+# handler.
 PlainAnswer = list[bytes] | Handover
-# Answers a received segment holding one plain GET (segment, scheme, client address, a
-# writer of bytes to the client for 1xx interim responses) with the response's wire parts
-# (a body file among them is sent with sendfile, edge.filebody), or a coroutine giving the
-# answer later (a miss), or None when the full handler must answer it; an empty list
-# closes the connection without an answer (edge.screening's "close" action).
+
+
+class ClientWriter(Protocol):
+    """Writes bytes to a fast-path client in order, with one system call when its socket
+    takes them all; nothing once its connection is closing."""
+
+    def __call__(self, *data: bytes) -> None: ...
+
+
+# Answers a received segment holding one plain GET (segment, scheme, client address, the
+# client's writer, for 1xx interim responses and a miss's answer) with the response's
+# wire parts (a body file among them is sent with sendfile, edge.filebody), or a
+# coroutine giving the answer later (a miss), or None when the full handler must answer
+# it; an empty list closes the connection without an answer (edge.screening's "close"
+# action).
 FastHit = Callable[
-    [bytes, str, str | None, Callable[[bytes], None]],
+    [bytes, str, str | None, ClientWriter],
     list[Part] | Coroutine[Any, Any, PlainAnswer] | None,
 ]
 # Bytes a client sends while the fast path answers its plain GET's miss, held for after
@@ -369,10 +380,10 @@ class EdgeRequestHandler(RequestHandler):
         self._answered()
         return True
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, *data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            transport.writelines(data)
 
     def _start_plain(
         self, answer: Coroutine[Any, Any, PlainAnswer] | asyncio.Future[list[bytes]], data: bytes
@@ -385,24 +396,9 @@ class EdgeRequestHandler(RequestHandler):
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
         self._plain_data = data
-        if asyncio.iscoroutine(answer):
-            answer = self._write_when_known(answer)
         task = asyncio.ensure_future(answer)
         self._plain_task = task
         task.add_done_callback(self._plain_done)
-
-    async def _write_when_known(self, answer: Coroutine[Any, Any, PlainAnswer]) -> PlainAnswer:
-        """A plain miss's answer, written in the step of its task that learns it. A task's
-        done callbacks run a turn of the loop later, after everything the turn's poll
-        found ready (under load, the hits of every other connection): written there, in
-        _plain_done, each miss waited that turn for nothing. A handover, or a connection
-        gone meanwhile, is left to _plain_done."""
-        wire = await answer
-        transport = self.transport
-        if isinstance(wire, Handover) or transport is None or transport.is_closing():
-            return wire
-        transport.writelines(wire)
-        return []
 
     def _plain_done(self, task: asyncio.Task[PlainAnswer]) -> None:
         self._plain_task = None

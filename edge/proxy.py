@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from edge.accesslog import AccessLog
 from edge.admission import Admission
 from edge.aiohttp_internals import (
     INTERIM,
+    ClientWriter,
     Handover,
     PlainAnswer,
     SerializedResponse,
@@ -271,15 +272,15 @@ class Proxy:
                 )
 
     def answer_plain_get(
-        self, data: bytes, scheme: str, remote: str | None, write: Callable[[bytes], None]
+        self, data: bytes, scheme: str, remote: str | None, write: ClientWriter
     ) -> list[Part] | Coroutine[Any, Any, PlainAnswer] | None:
         """Wire parts answering `data`, one received segment, when it is a plain GET
         (edge.fasthit) of a fresh hit (a LastAnswer when it asked to close the
         connection), or the coroutine answering it
         when it is a plain miss that no screening rule can meet (CacheLayer.plain_miss;
-        `write` sends the client 1xx interim responses); None when `handle` must answer
-        it. Same checks, metrics and access log as `handle`; whatever `check` would
-        refuse is left to it."""
+        `write` sends the client 1xx interim responses, and the answer); None when
+        `handle` must answer it. Same checks, metrics and access log as `handle`;
+        whatever `check` would refuse is left to it."""
         cache = self.cache
         if cache is None:
             return None
@@ -310,7 +311,7 @@ class Proxy:
             miss = cache.plain_miss(self, key, req, scheme, remote, write)
             if miss is None:
                 return None
-            return self._answer_plain_miss(miss, req, remote, start or time.monotonic())
+            return self._answer_plain_miss(miss, req, remote, start or time.monotonic(), write)
         if candidates:
             # Per request, after the hit is known (a miss goes to `handle`, which screens
             # it once): the rules that could match this segment, for this client now.
@@ -358,9 +359,13 @@ class Proxy:
         req: SimpleGet,
         remote: str | None,
         start: float,
+        write: ClientWriter,
     ) -> PlainAnswer:
         """A plain miss's answer, counted and logged as `handle` counts and logs it (a
-        response handed over to the full handler is counted there)."""
+        response handed over to the full handler is counted there). Written here, in
+        the step of the miss's task that learns it: its done callbacks run a turn of the
+        loop later, after everything that turn's poll found ready (under load, every
+        other connection's hits)."""
         metrics = self.metrics
         metrics.active += 1
         try:
@@ -375,10 +380,11 @@ class Proxy:
         if isinstance(answer, Handover):
             answer.started = start  # the full handler's access log counts from here
             return answer
+        write(*answer.wire)
         metrics.response(answer.status, "miss")
         if self.access_log.enabled:
             self._log_plain(req, remote, answer.status, answer.sent, start, "miss", answer.origin)
-        return answer.wire
+        return []
 
     def _log_plain(
         self,
