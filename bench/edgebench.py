@@ -735,6 +735,33 @@ def scale_pair(
     return pair
 
 
+def measured_pair(
+    args: argparse.Namespace,
+    pair: dict[str, Proxy],
+    origin_port: int,
+    script: Callable[[], Path | None],
+    expect: str = "hits",
+) -> tuple[WrkResult | None, WrkResult | None]:
+    """The proxies of `pair` measured in turns, each run with a new `script()`, then
+    stopped: the picked runs of ours and of nginx."""
+    runs = alternate(
+        args.rounds,
+        pair,
+        partial(
+            measure,
+            args,
+            path="",
+            origin_port=origin_port,
+            cpus=LOADGEN_CPU,
+            script=script,
+            expect=expect,
+        ),
+    )
+    for proxy in pair.values():
+        proxy.stop()
+    return pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
+
+
 def mix_row(args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: int) -> list[str]:
     """The mix (edgescale): both proxies warmed with every ranked object, then measured
     in turns, each run with new URLs of its own."""
@@ -747,22 +774,8 @@ def mix_row(args: argparse.Namespace, workdir: Path, logdir: Path, origin_port: 
     seeds = iter(range(1, 1000))
     for label, proxy in pair.items():
         edgescale.warm_mix(label, proxy.port, n)
-    runs = alternate(
-        args.rounds,
-        pair,
-        partial(
-            measure,
-            args,
-            path="",
-            origin_port=origin_port,
-            cpus=LOADGEN_CPU,
-            script=partial(edgescale.mix_script, workdir, n, seeds),
-            expect="mix",
-        ),
-    )
-    for proxy in pair.values():
-        proxy.stop()
-    ours, nginx = pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
+    script = partial(edgescale.mix_script, workdir, n, seeds)
+    ours, nginx = measured_pair(args, pair, origin_port, script, "mix")
     title = f"the mix, {n} objects by popularity, {edgescale.MIX_NEW:.0%} new"
     return result_row(title, ours, nginx, edgescale.GOALS["mix"])
 
@@ -790,21 +803,8 @@ def scale_rows(
                 edgescale.check_range(label, proxy.port, kib, span)
             if revalidate:
                 edgescale.check_revalidate(label, proxy.port, kib)
-        runs = alternate(
-            args.rounds,
-            pair,
-            partial(
-                measure,
-                args,
-                path="",
-                origin_port=origin_port,
-                cpus=LOADGEN_CPU,
-                script=partial(edgescale.random_script, workdir, n, kib, seeds, span, revalidate),
-            ),
-        )
-        for proxy in pair.values():
-            proxy.stop()
-        ours, nginx = pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
+        asking = partial(edgescale.random_script, workdir, n, kib, seeds, span, revalidate)
+        ours, nginx = measured_pair(args, pair, origin_port, asking)
         mib = n * kib // 1024
         title = f"{kib} KiB random hits, {n} objects ({mib} MiB)"
         if span:
