@@ -122,10 +122,9 @@ class Handover:
             abandon()
 
 
-# A plain GET answered by the fast path once its origin answered: the response's wire
-# bytes, none when the coroutine wrote them itself (ClientWriter), or the job for the full
-# handler.
-PlainAnswer = list[bytes] | Handover
+# A plain GET answered by the fast path once its origin answered: None when the answer
+# went (the coroutine wrote it through its ClientWriter), or the job for the full handler.
+PlainAnswer = Handover | None
 
 
 class ClientWriter(Protocol):
@@ -386,7 +385,7 @@ class EdgeRequestHandler(RequestHandler):
             transport.writelines(data)
 
     def _start_plain(
-        self, answer: Coroutine[Any, Any, PlainAnswer] | asyncio.Future[list[bytes]], data: bytes
+        self, answer: Coroutine[Any, Any, PlainAnswer] | asyncio.Future[None], data: bytes
     ) -> None:
         """Answer a plain GET's miss when its origin has answered (or end a hit whose
         body file goes out as the socket drains, edge.filebody); until then the
@@ -403,15 +402,16 @@ class EdgeRequestHandler(RequestHandler):
     def _plain_done(self, task: asyncio.Task[PlainAnswer]) -> None:
         self._plain_task = None
         data, self._plain_data = self._plain_data, b""
-        answer: PlainAnswer | None = None
+        answer: PlainAnswer = None
+        failed = True
         if task.cancelled():
             log.info("a plain GET's miss was cancelled")
         elif (exc := task.exception()) is not None:
             log.error("a plain GET's miss failed", exc_info=exc)
         else:
-            answer = task.result()
+            answer, failed = task.result(), False
         transport = self.transport
-        if transport is None or transport.is_closing() or answer is None:
+        if transport is None or transport.is_closing() or failed:
             if isinstance(answer, Handover):
                 answer.abandon()
             if transport is not None:
@@ -421,7 +421,6 @@ class EdgeRequestHandler(RequestHandler):
             self._handover = answer
             self._feed(data)
         else:
-            transport.writelines(answer)
             self._answered()
         if self._close_after_plain:
             self._close_after_plain = False

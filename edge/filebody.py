@@ -81,10 +81,10 @@ class LastAnswer(list[Part]):
 
 def write_wire(
     transport: asyncio.WriteTransport, parts: Sequence[Part], send_timeout: float = SEND_TIMEOUT
-) -> asyncio.Task[list[bytes]] | None:
+) -> asyncio.Task[None] | None:
     """Write a response's ``parts`` in order. None when they are all written or queued
     (every FileBody among them closed); else the task sending the rest of the one file
-    body the socket did not take, which returns [] and, however it ends (cancelled before
+    body the socket did not take, which, however it ends (cancelled before
     it started too), closes that body and its descriptor of the socket."""
     pending: list[bytes] = []
     for i, part in enumerate(parts):
@@ -196,7 +196,7 @@ def _sendfile(out: int, body: FileBody) -> None:
 
 async def _send_rest(
     transport: asyncio.WriteTransport, body: FileBody, out: int, send_timeout: float
-) -> list[bytes]:
+) -> None:
     """Send the rest of ``body`` (from ``body.sent``) to the socket ``out`` (a descriptor
     of our own on the transport's) as it drains; see the module's text."""
     loop = asyncio.get_running_loop()
@@ -216,10 +216,9 @@ async def _send_rest(
         cut = body.sent
         log.info("a body sent from its file was cut at %d of %d bytes: %r", cut, body.length, exc)
         transport.abort()
-    return []
 
 
-def _sent(body: FileBody, out: int, task: asyncio.Future[list[bytes]]) -> None:
+def _sent(body: FileBody, out: int, task: asyncio.Future[None]) -> None:
     try:
         body.close()
     finally:

@@ -384,7 +384,7 @@ class Proxy:
         metrics.response(answer.status, "miss")
         if self.access_log.enabled:
             self._log_plain(req, remote, answer.status, answer.sent, start, "miss", answer.origin)
-        return []
+        return None
 
     def _log_plain(
         self,
