@@ -60,6 +60,18 @@ def _idle(edge: EdgeRuntime) -> None:
     assert client is not None and client.in_use() == 0
 
 
+async def _settled(edge: EdgeRuntime) -> None:
+    """`_idle`, once the last miss's lead has settled (when its commit ends) and its origin
+    connection is back (polled for up to 2 s)."""
+    cache, client = edge.proxy.cache, edge.proxy.origin_client
+    assert cache is not None and client is not None
+    for _ in range(100):
+        if not cache._inflight and client.in_use() == 0:
+            break
+        await asyncio.sleep(0.02)
+    _idle(edge)
+
+
 async def test_bytes_sent_during_a_plain_miss_are_answered_after_it_in_order(
     tmp_path: Path,
 ) -> None:
@@ -111,13 +123,7 @@ async def test_a_client_that_leaves_during_a_plain_miss_leaves_it_stored(
             # The stored one was filled all the same (its fill is not the client's); the
             # handed-over one (no-store: the full handler's to stream) let its origin
             # connection and its lead go.
-            for _ in range(100):
-                cache = edge.proxy.cache
-                assert cache is not None
-                if not cache._inflight and edge.proxy.origin_client.in_use() == 0:  # type: ignore[union-attr]
-                    break
-                await asyncio.sleep(0.02)
-            _idle(edge)
+            await _settled(edge)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(_get("/stored"))
             head, body = await _response(reader)
@@ -298,13 +304,7 @@ async def test_a_plain_miss_that_breaks_is_a_500_and_lets_its_key_go(
             head, body = await _response(reader)
             assert head.startswith(b"HTTP/1.1 200 ") and body == b"slow body"
             writer.close()
-            for _ in range(100):  # the stored miss's lead goes when its commit ends
-                cache = edge.proxy.cache
-                assert cache is not None
-                if not cache._inflight:
-                    break
-                await asyncio.sleep(0.02)
-            _idle(edge)
+            await _settled(edge)
 
 
 async def test_a_miss_collapsed_onto_a_plain_miss_does_not_wait_for_its_linger(
@@ -381,10 +381,4 @@ async def test_a_plain_miss_is_written_in_the_step_that_learns_its_answer(
                 assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
             finally:
                 client.close()
-            cache = proxy.cache
-            assert cache is not None
-            for _ in range(500):  # the lead settles once its commit ends (bounded: 10 s)
-                if not cache._inflight:
-                    break
-                await asyncio.sleep(0.02)
-            _idle(edge)
+            await _settled(edge)
