@@ -21,7 +21,6 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import Histogram
 from yarl import URL
 
 from edge import cache_policy as cp
@@ -124,7 +123,6 @@ class Proxy:
             self.rate_table.bans(time.monotonic()) if self.screening.bans else 0
         )
         self._locator: GeoIPLocator | None = None
-        self._latency_children: dict[str, Histogram] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -625,7 +623,7 @@ class Proxy:
                     level, "origin %s failed for %s %s: %s", origin.url, method, target, failure
                 )
                 continue
-            self._latency(origin.url).observe(time.monotonic() - start)
+            self.metrics.origin_latency.observe(origin.url, time.monotonic() - start)
             return origin, resp
         if failure is None:
             raise OriginFailure(503, "no_healthy_origin")
@@ -652,14 +650,6 @@ class Proxy:
             resp.close()
             raise aiohttp.ClientPayloadError(f"unsupported transfer coding {coding!r}")
         return resp
-
-    def _latency(self, url: str) -> Histogram:
-        """The origin latency histogram of `url` (labels() takes a lock and builds a key:
-        looked up once per origin)."""
-        child = self._latency_children.get(url)
-        if child is None:
-            child = self._latency_children[url] = self.metrics.origin_latency.labels(url)
-        return child
 
     def finish_upstream(self, origin: Origin, resp: UpstreamResponse, ok: bool) -> None:
         resp.release() if ok else resp.close()

@@ -276,9 +276,9 @@ def test_metrics_are_merged_counters_summed_and_gauges_by_their_rule() -> None:
     for _ in range(3):
         peer.response(200, "hit")
     peer.response(502, "error")
-    own.origin_latency.labels(A).observe(0.003)
-    peer.origin_latency.labels(A).observe(0.2)
-    peer.origin_latency.labels(B).observe(0.02)  # an origin only the peer has used
+    own.origin_latency.observe(A, 0.003)
+    peer.origin_latency.observe(A, 0.2)
+    peer.origin_latency.observe(B, 0.02)  # an origin only the peer has used
     own.probes.labels(A, "ok").inc(2)
     peer.probes.labels(A, "ok").inc(5)
     peer.probes.labels(A, "fail").inc()
