@@ -45,14 +45,9 @@ _FIELD_LINES = re.compile(
     r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"
     r"(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*"
 )
-# A field line the pattern above passed, split in C: its name, and its value without the
-# spaces and tabs around it.
-_FIELD = re.compile(r"^([^:\n]+):[ \t]*(.*?)[ \t]*$", re.MULTILINE)
-# The field lines of a head _FIELD_LINES passed whose values frame the response.
-_FRAMING = re.compile(
-    r"^(content-length|transfer-encoding|connection):[ \t]*(.*?)[ \t]*$",
-    re.MULTILINE | re.IGNORECASE | re.ASCII,
-)
+# The lengths of the names whose values frame the response (content-length,
+# transfer-encoding, connection): only names of these lengths are lower-cased to compare.
+_FRAMING_LENGTHS = frozenset({14, 17, 10})
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -249,31 +244,34 @@ class ResponseReader:
         if head.endswith(b"\r"):  # the CR of the last line's CRLF
             head = head[:-1]
         text = head.decode("latin-1").replace("\r\n", "\n")
-        first_end = text.find("\n")
-        first = text if first_end < 0 else text[:first_end]
-        match = _STATUS.fullmatch(first)
+        lines = text.split("\n")
+        match = _STATUS.fullmatch(lines[0])
         if match is None:
-            raise WireError(f"bad status line {_raw(first[:60])!r}")
+            raise WireError(f"bad status line {_raw(lines[0][:60])!r}")
         minor, code, reason = match.groups()
         status = int(code)
         if not 100 <= status <= 599:
             raise WireError(f"status {status} outside 100-599")
-        if text.count("\n") > MAX_FIELDS:
+        if len(lines) - 1 > MAX_FIELDS:
             raise WireError(f"more than {MAX_FIELDS} fields")
         if reason and _BAD_VALUE.search(reason):
             raise WireError("bad status line: control characters in the reason")
-        fields: list[tuple[str, str]]
-        if first_end < 0:
-            fields = []
-        elif _FIELD_LINES.fullmatch(text, first_end + 1) is not None:
-            fields = _FIELD.findall(text, first_end + 1)
-        else:
-            fields = [_field(line) for line in text[first_end + 1 :].split("\n")]
+        fields: list[tuple[str, str]] = []
         lengths: set[str] = set()
         codings: list[str] = []
         transfer_encoding = False
         close = minor == "0"
-        for name, value in _FRAMING.findall(text, first_end + 1) if fields else ():
+        checked = len(lines) == 1 or _FIELD_LINES.fullmatch(text, len(lines[0]) + 1) is not None
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not checked and (not colon or not _TOKEN.fullmatch(name)):
+                raise WireError(f"bad field line {_raw(line[:60])!r}")  # also obs-fold
+            value = value.strip(" \t")
+            if not checked and _BAD_VALUE.search(value):
+                raise WireError(f"bad field value in {_raw(name[:40])!r}")
+            fields.append((name, value))
+            if len(name) not in _FRAMING_LENGTHS:
+                continue
             lower = name.lower()
             if lower == "content-length":
                 lengths.update([v.strip(" \t") for v in value.split(",")])
@@ -317,17 +315,6 @@ class ResponseReader:
             return
         self._state = _TO_CLOSE  # delimited by the close
         self.keep_alive = False
-
-
-def _field(line: str) -> tuple[str, str]:
-    """One field line of a head `_FIELD_LINES` refused: (name, value), or WireError."""
-    name, colon, value = line.partition(":")
-    if not colon or not _TOKEN.fullmatch(name):
-        raise WireError(f"bad field line {_raw(line[:60])!r}")  # also obs-fold
-    value = value.strip(" \t")
-    if _BAD_VALUE.search(value):
-        raise WireError(f"bad field value in {_raw(name[:40])!r}")
-    return name, value
 
 
 def _raw(text: str) -> bytes:
