@@ -206,12 +206,13 @@ class Measured(Protocol):
 K = TypeVar("K")
 S = TypeVar("S")
 M = TypeVar("M", bound=Measured)
+R = TypeVar("R")
 
 
-def alternate(rounds: int, subjects: Mapping[K, S], measure: Callable[[S], M]) -> dict[K, list[M]]:
+def alternate(rounds: int, subjects: Mapping[K, S], measure: Callable[[S], R]) -> dict[K, list[R]]:
     """Measure every subject ``rounds`` times, taking turns and reversing the order every
     other round (a, b, b, a, ...) so that no side always runs first; runs by label."""
-    runs: dict[K, list[M]] = {label: [] for label in subjects}
+    runs: dict[K, list[R]] = {label: [] for label in subjects}
     order = list(subjects)
     for rnd in range(rounds):
         for label in order if rnd % 2 == 0 else order[::-1]:

@@ -5,7 +5,7 @@
 #   bench/missab.sh HEAD~3 --connections 1 --rounds 4
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ensure_packages nginx:nginx wrk
+ensure_packages nginx:nginx wrk valgrind
 ensure_venv
 cd "$REPO"
 exec .venv/bin/python bench/missab.py "$@"
