@@ -17,7 +17,7 @@ Even so, the same build against itself reads 0.80-1.20x on this host. `--instruc
 counts instead: each build runs under valgrind's callgrind, and after 300 misses to warm it
 up, N misses (new URLs, over the same number of connections) are counted in instructions
 executed in user space, by every thread of the edge. Two runs of one build agree within
-about 0.3%, so a change of 1% shows. What it leaves out: the kernel's work (the system
+about 1%, so a change of 2% shows. What it leaves out: the kernel's work (the system
 calls, the copies through loopback sockets: about a quarter of a miss's CPU time), cache
 misses and stalls, and SHA-256 (valgrind hides the CPU's SHA instructions from OpenSSL,
 whose fallback would count 290,000 instructions a 10 KiB body; libcrypto is left out).
