@@ -34,7 +34,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +43,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.http import HttpVersion, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_protocol import RequestHandler
 
 from edge.filebody import LastAnswer, Part, write_wire
@@ -68,6 +69,9 @@ PRIVATE: dict[str, tuple[str, ...]] = {
         "_next_keepalive_close_time",
         "_keepalive_handle",
         "_process_keepalive",
+        "_task_handler",
+        "_tcp_keepalive",
+        "_keepalive",
     ),
     "Server": ("_kwargs", "_loop"),
     "StreamResponse": ("_eof_sent", "_payload_writer", "_req", "_keep_alive", "_body_length"),
@@ -257,9 +261,29 @@ class EdgeRequestHandler(RequestHandler):
         self._handover: Handover | None = None
         self._given: Handover | None = None  # the last one given to a request
         self._close_after_plain = False  # close() came while a plain miss was answered
+        # Whether aiohttp's request loop (RequestHandler.start) runs: from the first bytes
+        # given to its parser (_feed), not from the connection's start.
+        self._handler_started = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # RequestHandler.connection_made, less what a connection the fast path answers
+        # alone never uses: BaseProtocol's tcp_nodelay (the event loop, uvloop's as
+        # asyncio's, sets TCP_NODELAY on every TCP connection it accepts: this was a
+        # get_extra_info("socket") and a setsockopt more per connection) and the task of
+        # aiohttp's request loop, made, started and cancelled for each connection (about
+        # 6.5 µs on uvloop); _feed starts it when a request first goes to aiohttp.
+        real = cast(asyncio.Transport, transport)
+        self.transport = real
+        if self._tcp_keepalive:
+            tcp_keepalive(real)
+        manager = self._manager
+        assert manager is not None
+        manager.connection_made(self, real)
+        if self._keepalive_timeout > 0:
+            # The deadline of a connection that sends nothing, as aiohttp's.
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
         self._arm_header_timer()
         if self._fast is not None:
             peer = transport.get_extra_info("peername")
@@ -281,7 +305,26 @@ class EdgeRequestHandler(RequestHandler):
             # closes (as aiohttp closes an idle one) once it is answered or handed over.
             self._close_after_plain = True
             return
+        if not self._handler_started:
+            self.force_close()  # idle: no request loop to end it, as it ends an idle one
+            return
         super().close()
+
+    def _process_keepalive(self) -> None:
+        if self._handler_started:
+            super()._process_keepalive()
+            return
+        # aiohttp's keep-alive deadline, for a connection whose every request (if any) the
+        # fast path answered: idle between them, as aiohttp's loop waiting for one is.
+        self._keepalive_handle = None
+        if self._force_close or not self._keepalive:
+            return
+        close_time = self._next_keepalive_close_time
+        if self._loop.time() < close_time:  # pushed back by an answer since it was set
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+            return
+        if self._plain_task is None:
+            self.force_close()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109
         # A miss the fast path is answering is a request in progress: answered first, and
@@ -319,7 +362,12 @@ class EdgeRequestHandler(RequestHandler):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        """`data` to aiohttp's parser, the header deadline kept in step."""
+        """`data` to aiohttp's parser (its request loop started the first time), the
+        header deadline kept in step."""
+        waiting = self._waiter is not None
+        if not self._handler_started:
+            self._handler_started = waiting = True
+            self._task_handler = self._loop.create_task(self.start())
         before = self._request_count
         super().data_received(data)
         if self._fast is not None:
@@ -329,7 +377,7 @@ class EdgeRequestHandler(RequestHandler):
             if self._head_follows(data):
                 # The segment went on into the next request's head: its deadline starts now.
                 self._arm_header_timer()
-        elif self._header_timer is None and data and self._waiter is not None:
+        elif self._header_timer is None and data and waiting:
             # First bytes of a further request on a kept-alive connection: the deadline for
             # its headers starts now (the idle time before is the keep-alive timeout's job).
             self._arm_header_timer()
@@ -482,7 +530,7 @@ class EdgeRequestHandler(RequestHandler):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._messages or self._waiter is None:
+        if self._messages or (self._handler_started and self._waiter is None):
             # A request is still being answered; a 408 now would cut into its response.
             # Its answer comes first, then the late head gets one more period.
             self._arm_header_timer()

@@ -263,6 +263,93 @@ async def test_slow_request_headers_are_cut_off() -> None:
             assert origin.hits["/slow"] == 0
 
 
+async def test_a_connection_that_sends_nothing_gets_the_header_deadline() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config([origin], limits={"header_timeout": 0.3, "keepalive_timeout": 60})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # Within 10 s, not the keep-alive timeout's 60: the 408 and the close.
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 408"), data
+
+
+async def test_after_fast_path_answers_a_slow_head_still_gets_the_header_deadline() -> None:
+    async with origins("a") as (origin,):
+        config = edge_config([origin], limits={"header_timeout": 0.5, "keepalive_timeout": 60})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+
+            async def fast(request: web.Request) -> web.Response:
+                return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
+
+            origin.routes["/fast"] = fast
+            async with aiohttp.ClientSession() as s:
+                for _ in range(50):  # until stored: a hit
+                    async with s.get(base_url(edge) + "/fast", headers={"Host": "a"}) as r:
+                        if "hit" in r.headers["Cache-Status"]:
+                            break
+                    await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(2):  # hits, answered by the fast path: aiohttp's loop not started
+                writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200") and b"hit" in head, head
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await asyncio.wait_for(reader.readexactly(length), 5)
+            assert origin.hits["/fast"] == 1
+            # Then half a head, and nothing more: the deadline ends the connection.
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 408"), data
+            assert origin.hits["/slow"] == 0
+
+
+async def test_stopping_closes_a_connection_only_the_fast_path_served() -> None:
+    async with origins("a") as (origin,):
+
+        async def fast(request: web.Request) -> web.Response:
+            return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
+
+        origin.routes["/fast"] = fast
+        runtime = EdgeRuntime(edge_config([origin], limits={"keepalive_timeout": 60}))
+        await runtime.start()
+        try:
+            port = runtime.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")  # a plain miss
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and b"fwd=uri-miss" in head, head
+            await asyncio.wait_for(reader.readexactly(100), 5)
+        finally:
+            # Idle and kept alive for a minute: stopping must not wait for that.
+            await asyncio.wait_for(runtime.stop(), 10)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_an_idle_connection_only_the_fast_path_served_is_closed() -> None:
+    async with origins("a") as (origin,):
+
+        async def fast(request: web.Request) -> web.Response:
+            return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
+
+        origin.routes["/fast"] = fast
+        config = edge_config([origin], limits={"keepalive_timeout": 0.3, "header_timeout": 60})
+        async with running_edge(config) as edge:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")  # a plain miss
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and b"fwd=uri-miss" in head, head
+            await asyncio.wait_for(reader.readexactly(100), 5)
+            # Closed by the keep-alive deadline, well within the header timeout's minute.
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+
+
 async def test_keepalive_connection_reused_for_requests() -> None:
     async with origins("a") as (origin,), running_edge(edge_config([origin])) as edge:
         port = edge.addresses["http"][0].port
