@@ -263,6 +263,11 @@ async def test_slow_request_headers_are_cut_off() -> None:
             assert origin.hits["/slow"] == 0
 
 
+async def _stored(request: web.Request) -> web.Response:
+    """An origin route the edge stores (ten minutes) and the fast path answers whole."""
+    return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
+
+
 async def test_a_connection_that_sends_nothing_gets_the_header_deadline() -> None:
     async with origins("a") as (origin,):
         config = edge_config([origin], limits={"header_timeout": 0.3, "keepalive_timeout": 60})
@@ -280,11 +285,7 @@ async def test_after_fast_path_answers_a_slow_head_still_gets_the_header_deadlin
         config = edge_config([origin], limits={"header_timeout": 0.5, "keepalive_timeout": 60})
         async with running_edge(config) as edge:
             port = edge.addresses["http"][0].port
-
-            async def fast(request: web.Request) -> web.Response:
-                return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
-
-            origin.routes["/fast"] = fast
+            origin.routes["/fast"] = _stored
             async with aiohttp.ClientSession() as s:
                 for _ in range(50):  # until stored: a hit
                     async with s.get(base_url(edge) + "/fast", headers={"Host": "a"}) as r:
@@ -309,11 +310,7 @@ async def test_after_fast_path_answers_a_slow_head_still_gets_the_header_deadlin
 
 async def test_stopping_closes_a_connection_only_the_fast_path_served() -> None:
     async with origins("a") as (origin,):
-
-        async def fast(request: web.Request) -> web.Response:
-            return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
-
-        origin.routes["/fast"] = fast
+        origin.routes["/fast"] = _stored
         runtime = EdgeRuntime(edge_config([origin], limits={"keepalive_timeout": 60}))
         await runtime.start()
         try:
@@ -332,11 +329,7 @@ async def test_stopping_closes_a_connection_only_the_fast_path_served() -> None:
 
 async def test_an_idle_connection_only_the_fast_path_served_is_closed() -> None:
     async with origins("a") as (origin,):
-
-        async def fast(request: web.Request) -> web.Response:
-            return web.Response(body=b"f" * 100, headers={"Cache-Control": "max-age=600"})
-
-        origin.routes["/fast"] = fast
+        origin.routes["/fast"] = _stored
         config = edge_config([origin], limits={"keepalive_timeout": 0.3, "header_timeout": 60})
         async with running_edge(config) as edge:
             port = edge.addresses["http"][0].port
