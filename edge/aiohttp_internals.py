@@ -366,8 +366,14 @@ class EdgeRequestHandler(RequestHandler):
         header deadline kept in step."""
         waiting = self._waiter is not None
         if not self._handler_started:
+            if self._close or self._force_close:
+                # Closing, with no request loop to end it: aiohttp's parser would drop
+                # `data` (a closing connection takes no further request) and nothing
+                # would close the connection.
+                self.force_close()
+                return
             self._handler_started = waiting = True
-            self._task_handler = self._loop.create_task(self.start())
+            self._task_handler = self._loop.create_task(self._requests())
         before = self._request_count
         super().data_received(data)
         if self._fast is not None:
@@ -381,6 +387,15 @@ class EdgeRequestHandler(RequestHandler):
             # First bytes of a further request on a kept-alive connection: the deadline for
             # its headers starts now (the idle time before is the keep-alive timeout's job).
             self._arm_header_timer()
+
+    async def _requests(self) -> None:
+        """aiohttp's request loop (RequestHandler.start), unless close() came after _feed
+        made its task and before it ran: close() ends a loop by cancelling the wait for
+        the next request, which the loop would only then begin, to wait for ever."""
+        if self._close and not self._messages:
+            self.force_close()
+            return
+        await self.start()
 
     def _answer_fast(self, data: bytes) -> bool:
         """Answer `data` from the cache's memory tier if it is one plain GET of a fresh hit.
@@ -472,7 +487,7 @@ class EdgeRequestHandler(RequestHandler):
             self._answered()
         if self._close_after_plain:
             self._close_after_plain = False
-            super().close()  # after the handed-over request was queued: it is answered
+            self.close()  # after the handed-over request was queued: it is answered
         held = bytes(self._held)
         self._held.clear()
         if self._held_paused:

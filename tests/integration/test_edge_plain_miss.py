@@ -382,3 +382,46 @@ async def test_a_plain_miss_is_written_in_the_step_that_learns_its_answer(
             finally:
                 client.close()
             await _settled(edge)
+
+
+async def test_a_graceful_stop_with_a_request_held_behind_a_plain_miss_is_prompt(
+    tmp_path: Path,
+) -> None:
+    # The miss is answered, then the connection closes: the request pipelined behind it is
+    # not taken, and nothing waits for its head's deadline (which once delayed the stop by
+    # header_timeout and wrote a stray 408 after the answer).
+    gate = Gate()
+    async with origins("a") as (origin,):
+        origin.routes["/slow"] = gate
+        config = edge_config(
+            [origin], cache={"dir": str(tmp_path / "c")}, limits={"header_timeout": 30}
+        )
+        edge = EdgeRuntime(config)
+        await edge.start()
+        stopping: asyncio.Future[None] | None = None
+        try:
+            port = edge.addresses["http"][0].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_get("/slow"))
+            await asyncio.wait_for(gate.waiting.wait(), 10)
+            writer.write(_get("/next"))  # pipelined behind the miss: held
+            await asyncio.sleep(0.1)
+            stopping = asyncio.ensure_future(edge.stop())
+            await asyncio.sleep(0.2)
+            gate.opened.set()
+            head, body = await _response(reader)
+            try:
+                rest: bytes | None = await asyncio.wait_for(reader.read(), 10)
+            except TimeoutError:
+                rest = None  # still open
+            stopped, _ = await asyncio.wait({stopping}, timeout=5)
+            writer.close()
+        finally:
+            gate.opened.set()
+            if stopping is None:
+                await edge.stop()
+            else:
+                await asyncio.wait_for(stopping, 40)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"slow body"
+        assert rest == b"", f"after the answer: {rest!r} (None: the connection stayed open)"
+        assert stopped, "the stop waited for the held request's head deadline"

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from edge.aiohttp_internals import EdgeServer, ListenerOptions
 from edge.app import EdgeRuntime
 from edge.config import from_mapping
 from tests.integration.edge_helpers import (
@@ -341,6 +343,35 @@ async def test_an_idle_connection_only_the_fast_path_served_is_closed() -> None:
             # Closed by the keep-alive deadline, well within the header timeout's minute.
             assert await asyncio.wait_for(reader.read(), 10) == b""
             writer.close()
+
+
+async def test_a_close_before_aiohttps_request_loop_first_ran_still_closes() -> None:
+    # Half a head makes the protocol start aiohttp's request loop (a task); a graceful
+    # stop's close() lands before that task first ran. The loop must not then wait for a
+    # request close() can no longer cancel (the connection waited for its head deadline).
+    async def handler(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="x")
+
+    options = ListenerOptions(
+        header_timeout=30, url_limit=8190, refused_token="t", refusal=web.Response
+    )
+    protocol = EdgeServer(handler, options, keepalive_timeout=75)()
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
+    try:
+        theirs.setblocking(False)
+        await loop.sock_sendall(theirs, b"GET / HTTP/1.1\r\n")
+        for _ in range(1000):  # a turn at a time: the task exists, and has not run
+            if protocol._task_handler is not None:
+                break
+            await asyncio.sleep(0)
+        assert protocol._task_handler is not None and protocol._waiter is None
+        protocol.close()
+        assert await asyncio.wait_for(loop.sock_recv(theirs, 100), 5) == b""
+    finally:
+        transport.close()
+        theirs.close()
 
 
 async def test_keepalive_connection_reused_for_requests() -> None:
