@@ -735,16 +735,18 @@ def scale_pair(
     return pair
 
 
-def measured_pair(
+def scripted_runs(
     args: argparse.Namespace,
     pair: dict[str, Proxy],
     origin_port: int,
     script: Callable[[], Path | None],
     expect: str = "hits",
-) -> tuple[WrkResult | None, WrkResult | None]:
-    """The proxies of `pair` measured in turns, each run with a new `script()`, then
-    stopped: the picked runs of ours and of nginx."""
-    runs = alternate(
+    connections: int | None = None,
+    served: Callable[[], int] | None = None,
+) -> dict[str, list[WrkResult]]:
+    """The proxies of `pair` measured in turns, each run with a new `script()`: the runs
+    of each (`connections`, `served`: as `measure` takes them)."""
+    return alternate(
         args.rounds,
         pair,
         partial(
@@ -754,9 +756,22 @@ def measured_pair(
             origin_port=origin_port,
             cpus=LOADGEN_CPU,
             script=script,
+            connections=connections,
+            served=served,
             expect=expect,
         ),
     )
+
+
+def measured_pair(
+    args: argparse.Namespace,
+    pair: dict[str, Proxy],
+    origin_port: int,
+    script: Callable[[], Path | None],
+    expect: str = "hits",
+) -> tuple[WrkResult | None, WrkResult | None]:
+    """`scripted_runs`, then the proxies stopped: the picked runs of ours and of nginx."""
+    runs = scripted_runs(args, pair, origin_port, script, expect)
     for proxy in pair.values():
         proxy.stop()
     return pick(args.pick, runs.get("ours", [])), pick(args.pick, runs.get("nginx", []))
@@ -828,20 +843,14 @@ def scale_rows(
         for key in misses:
             conns = 1 if key == "miss1" else 64
             log(f"scenario {key}: every URL new, {conns} connection(s), nginx origin")
-            runs = alternate(
-                args.rounds,
+            runs = scripted_runs(
+                args,
                 pair,
-                partial(
-                    measure,
-                    args,
-                    path="",
-                    origin_port=static_port,
-                    cpus=LOADGEN_CPU,
-                    script=lambda: edgescale.miss_script(workdir),
-                    connections=conns,
-                    served=served,
-                    expect="misses",
-                ),
+                static_port,
+                lambda: edgescale.miss_script(workdir),
+                "misses",
+                connections=conns,
+                served=served,
             )
             ours = pick(args.pick, runs.get("ours", []))
             nginx = pick(args.pick, runs.get("nginx", []))
