@@ -279,11 +279,7 @@ class EdgeRequestHandler(RequestHandler):
         manager = self._manager
         assert manager is not None
         manager.connection_made(self, real)
-        if self._keepalive_timeout > 0:
-            # The deadline of a connection that sends nothing, as aiohttp's.
-            close_time = self._loop.time() + self._keepalive_timeout
-            self._next_keepalive_close_time = close_time
-            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        self._keep_alive_from_now()  # the deadline of a connection that sends nothing
         self._arm_header_timer()
         if self._fast is not None:
             peer = transport.get_extra_info("peername")
@@ -505,6 +501,11 @@ class EdgeRequestHandler(RequestHandler):
         """A request answered by the fast path: counted, and the keep-alive deadline
         restarted as aiohttp restarts it after a response."""
         self._counted()
+        self._keep_alive_from_now()
+
+    def _keep_alive_from_now(self) -> None:
+        """The keep-alive deadline set to a timeout from now, as aiohttp sets it (its
+        timer, when one runs already, finds the later deadline and waits on)."""
         if self._keepalive_timeout > 0:
             loop = self._loop
             close_time = loop.time() + self._keepalive_timeout
