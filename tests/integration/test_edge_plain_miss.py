@@ -393,10 +393,7 @@ async def test_a_graceful_stop_with_a_request_held_behind_a_plain_miss_is_prompt
     gate = Gate()
     async with origins("a") as (origin,):
         origin.routes["/slow"] = gate
-        config = edge_config(
-            [origin], cache={"dir": str(tmp_path / "c")}, limits={"header_timeout": 30}
-        )
-        edge = EdgeRuntime(config)
+        edge = EdgeRuntime(_config(origin, tmp_path, limits={"header_timeout": 30}))
         await edge.start()
         stopping: asyncio.Future[None] | None = None
         try:
