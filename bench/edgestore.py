@@ -9,7 +9,10 @@ on that directory (memory tier --memory, default 16 MiB) and reports:
   the disk tier (goal: <= 10 s);
 - memory: the edge's RSS at start and after wrk's random hits over every object (goal:
   memory_bytes plus a bounded overhead, reported beside it);
-- disk: the cache directory's size against the entries' bytes.
+- disk: the cache directory's size against the entries' bytes;
+- purges by prefix through the admin port (what a fleet purge asks of each edge), while
+  it serves: of one object, and of 1.1% of them (`/o/12`: 11,111 objects of 1,000,000),
+  the seconds until the edge answers and its CPU seconds meanwhile.
 
 No peer runs here: nginx's start-up does not read its cache either (its cache loader walks
 the directory in the background), so the figures are ours, with their goals.
@@ -107,6 +110,28 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return fields.get("RssAnon", 0), fields.get("RssFile", 0)
 
 
+# The prefixes purged after the hits: one object, 1.1% of a million, one object again.
+PURGED = ("/o/123457/", "/o/12", "/o/654321/")
+
+
+def purge(edge: Proc, admin_port: int, prefix: str) -> tuple[int, float, float]:
+    """Purge `prefix` through the admin port: the objects removed, the seconds until the
+    answer, and the edge's CPU seconds meanwhile."""
+    cpu = edge.cpu_seconds()
+    start = time.monotonic()
+    conn = http.client.HTTPConnection(LOOPBACK, admin_port, timeout=600)
+    try:
+        conn.request("POST", "/__edge/purge", json.dumps({"prefix": prefix}))
+        resp = conn.getresponse()
+        doc = json.loads(resp.read())
+    finally:
+        conn.close()
+    wall = time.monotonic() - start
+    if resp.status != 200:
+        raise BenchError(f"purge of {prefix}: {resp.status} {doc}")
+    return int(doc["purged"]), wall, edge.cpu_seconds() - cpu
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--entries", type=int, default=1_000_000)
@@ -116,7 +141,7 @@ def main(argv: list[str]) -> int:
     workdir, logdir = start_harness("edgestore", ["wrk", "taskset"], "bench/edge.sh")
     cache = workdir / "cache"
     subprocess.run(["rm", "-rf", str(cache)], check=True)
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     log(f"building a cache of {args.entries:,} objects of {BODY} B")
     t0 = time.monotonic()
     stored = build(cache, port, args.entries)
@@ -127,6 +152,7 @@ def main(argv: list[str]) -> int:
         f'[pool]\norigins = [{{ url = "http://{LOOPBACK}:9" }}]\n'
         "[pool.probe]\nenabled = false\n"
         f'[cache]\ndir = {json.dumps(str(cache))}\nmemory_bytes = "{args.memory}"\n'
+        f'[admin]\nlisten = "{LOOPBACK}:{admin_port}"\n'
         '[log]\nlevel = "warning"\naccess_log = ""\n'
     )
     start = time.monotonic()
@@ -179,6 +205,7 @@ def main(argv: list[str]) -> int:
     )
     rps = next((line.split()[1] for line in out.splitlines() if "Requests/sec" in line), "?")
     rss_after = rss_kib(edge.popen.pid)
+    purges = [purge(edge, admin_port, f"http://{LOOPBACK}:{port}{p}") for p in PURGED]
     edge.stop()
     disk = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     verdict = "ok" if first_hit <= START_GOAL_S else "BELOW GOAL"
@@ -193,6 +220,11 @@ def main(argv: list[str]) -> int:
         f" {rss_start[1] / 1024:.0f} / {rss_after[1] / 1024:.0f} MiB"
     )
     print(f"cache directory              {disk / 2**20:,.0f} MiB on disk")
+    for prefix, (removed, wall, cpu) in zip(PURGED, purges, strict=True):
+        print(
+            f"purge of prefix {prefix + ' ' * (13 - len(prefix))}"
+            f"{removed:,} objects in {wall:.2f} s ({cpu:.2f} s of edge CPU)"
+        )
     print(f"logs: {logdir.relative_to(REPO)}")
     return 0
 

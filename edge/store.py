@@ -520,6 +520,21 @@ def _insert_rows(sql: Sql, rows: Sequence[_Row]) -> bool:
     return went == len(rows)
 
 
+# Primary keys a purge removes in one write transaction (Store._remove): a few tens of
+# milliseconds of the write lock at a time, which fills wait for.
+_REMOVE_MAX = 256
+
+
+def _delete_row(sql: Sql, cleanup: Callable[[str | None], None], key: str) -> None:
+    """Delete the Cache row of ``key``, if any, within a diskcache transaction whose
+    ``cleanup`` removes the row's file once it commits (diskcache's Cache.delete)."""
+    for rowid, filename in sql(
+        "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1", (key,)
+    ).fetchall():
+        sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+        cleanup(filename)
+
+
 def _list_row(mkey: str, data: bytes, now: float) -> _Row:
     """The Cache row of a variant list (``data``, its JSON), kept in the row itself."""
     return (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)
@@ -1645,27 +1660,42 @@ class Store:
     def remove(self, key: str, variant: str | None = None, sha256: str | None = None) -> int:
         """Remove one variant (or all variants) of ``key``, only while it holds the body
         ``sha256`` when given; returns how many went."""
+        return self._remove([key], variant, sha256)
+
+    def _remove(
+        self, keys: Sequence[str], variant: str | None = None, sha256: str | None = None
+    ) -> int:
+        """``remove`` for each of ``keys`` (one per primary key), in one write transaction:
+        the variant lists and the body rows they name go together."""
         removed: list[CacheEntry] = []
         try:
-            with self._writing, self._cache.transact():
-                entries = self._load_meta(key)
-                kept = []
-                for e in entries:
-                    if (variant is None or e.variant == variant) and sha256 in (None, e.sha256):
-                        removed.append(e)
+            with self._writing, self._cache._transact(retry=True) as (sql, cleanup):
+                for key in keys:
+                    kept = []
+                    gone = len(removed)
+                    for e in self._load_meta(key, sql):
+                        if (variant is None or e.variant == variant) and sha256 in (None, e.sha256):
+                            removed.append(e)
+                        else:
+                            kept.append(e)
+                    if len(removed) == gone:
+                        continue
+                    if kept:
+                        self._cache.set(_meta_key(key), entries_json(kept))
                     else:
-                        kept.append(e)
-                if removed:
-                    self._save_meta(key, kept)
-            for e in removed:
-                self._cache.delete(_body_key(e))
-                self._drop_body(_body_key(e))
+                        _delete_row(sql, cleanup, _meta_key(key))
+                for entry in removed:
+                    _delete_row(sql, cleanup, _body_key(entry))
         except (sqlite3.Error, OSError, diskcache.Timeout) as e:
-            raise StoreError(f"cannot remove {key}: {e}") from e
+            what = keys[0] if len(keys) == 1 else f"{len(keys)} keys from {keys[0]}"
+            raise StoreError(f"cannot remove {what}: {e}") from e
         finally:
-            self._forget(key)
+            for key in keys:
+                self._forget(key)
             if removed:
                 self._move_epoch()
+        for entry in removed:
+            self._drop_body(_body_key(entry))
         return len(removed)
 
     def purged(self, entry: CacheEntry) -> bool:
@@ -1717,17 +1747,27 @@ class Store:
         return self.remove(key)
 
     def purge_prefix(self, prefix: str) -> int:
-        """Remove everything whose primary key starts with ``prefix`` (a linear scan of the
-        keys: an operator action, not a hot path)."""
+        """Remove everything whose primary key starts with ``prefix``: the keys are read
+        from the key index from ``prefix`` on, as far as they start with it."""
         mprefix = _meta_key(prefix)
         keys = []
-        # iterkeys is in SQLite BINARY order, the same as str order: stop past the range.
-        for k in self._cache.iterkeys():
-            if k.startswith(mprefix):
+        # SQLite compares text keys byte by byte in UTF-8, which orders them as str does,
+        # so the keys with the prefix are one run of the index, from the prefix itself on.
+        # (diskcache's iterkeys walked every key before them, 100 to a query whose OR kept
+        # it off the index: 25 s of CPU for one purge in a cache of 200,000 entries.)
+        rows = self._reads.connection().execute(self._FROM_KEY, (mprefix,))
+        try:
+            for (k,) in rows:
+                if not (isinstance(k, str) and k.startswith(mprefix)):
+                    break
                 keys.append(k[2:])
-            elif k > mprefix:
-                break
-        return sum(self.remove(k) for k in keys)
+        finally:
+            rows.close()
+        return sum(
+            self._remove(keys[at : at + _REMOVE_MAX]) for at in range(0, len(keys), _REMOVE_MAX)
+        )
+
+    _FROM_KEY = "SELECT key FROM Cache WHERE key >= ? AND raw = 1 ORDER BY key"
 
     def purge_tag(self, tag: str) -> int:
         """Remove every variant tagged ``tag`` by a Surrogate-Key response header."""
