@@ -8,11 +8,11 @@ subclass refuses everything else, so nothing is ever pickled or unpickled):
 - ``m:<primary key>``  JSON list of the CacheEntry metadata of every stored Vary variant;
 - ``b:<primary key>\\x1f<variant>\\x1f<sha256>``  the body bytes of one variant (from 4 KB
   to 32 KiB in a slab file the row names, edge.slabs; bigger in a file of their own);
-- ``t:<surrogate key>``  JSON list of primary keys carrying that tag;
-
 and, beside diskcache's table, ``Purges``: the purges of the last hour, which every commit
 checks (Store.purge), so that what an origin answered before a purge is not stored after it
-by any process.
+by any process; and ``Tags``: a row per surrogate key and primary key whose variants carry
+it, added by the fill's own transaction and gone with the key's variant list (a trigger), so
+that a tag shared by a million objects costs a fill one row, not a rewrite of its list.
 
 A body is written before the metadata that points at it, and metadata names the body's
 length and SHA-256, which are checked on every read from disk: a mismatch evicts the
@@ -104,6 +104,16 @@ _PURGE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS Purges (at REAL NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS Purges_at ON Purges(at)",
 )
+# The primary keys each surrogate key tags (Store.purge_tag), rows of the keys still listed:
+# a variant list deleted (a removal, a purge, diskcache's eviction) takes its key's rows.
+_TAG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS Tags (tag TEXT NOT NULL, key TEXT NOT NULL,"
+    " PRIMARY KEY (tag, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS Tags_key ON Tags(key)",
+    "CREATE TRIGGER IF NOT EXISTS Tags_list_delete AFTER DELETE ON Cache FOR EACH ROW"
+    " WHEN OLD.key GLOB 'm:*' BEGIN DELETE FROM Tags WHERE key = substr(OLD.key, 3); END",
+)
+_TAG_INSERT = "INSERT OR IGNORE INTO Tags(tag, key) VALUES (?, ?)"
 
 
 # SQLite's result codes for a damaged database file (primary codes: the low byte).
@@ -540,10 +550,6 @@ def _list_row(mkey: str, data: bytes, now: float) -> _Row:
     return (mkey, now, now, 0, diskcache.core.MODE_RAW, None, data)
 
 
-def _tag_key(tag: str) -> str:
-    return "t:" + tag
-
-
 class BodyReader:
     """Streams a stored body, checking its digest; raises CorruptBodyError at the end on a
     mismatch (the entry is evicted then). The length was checked before it was handed out,
@@ -834,8 +840,9 @@ class Store:
         self._remove_set_aside()
         try:
             with self._cache.transact():
-                for statement in (*slabs.SCHEMA, *_PURGE_SCHEMA):
+                for statement in (*slabs.SCHEMA, *_PURGE_SCHEMA, *_TAG_SCHEMA):
                     self._cache._sql(statement)
+                self._move_tag_lists()
             self._slabs = slabs.Slabs(self.directory, size_limit)
         except (sqlite3.Error, OSError, diskcache.Timeout) as e:
             self._cache.close()
@@ -1518,9 +1525,7 @@ class Store:
             sql("RELEASE fills")
             for fill, row in zip(fills, bodies, strict=True):
                 self._stage_one(fill, row, now, sql)
-        for fill in fills:
-            for tag in fill.entry.surrogate_keys:
-                self._add_tag(tag, fill.entry.key)
+        self._add_tags([(tag, f.entry.key) for f in fills for tag in f.entry.surrogate_keys])
 
     def _place(self, fills: list[_Fill], now: float) -> list[_Row]:
         """Put each fill's body in a slab (all of them in one system call) or its own
@@ -1613,12 +1618,26 @@ class Store:
             if body is not None and len(body) <= self._memory_object_max:
                 self._memory.put(bkey, body, len(body) + 64)
 
-    def _add_tag(self, tag: str, key: str) -> None:
-        tkey = _tag_key(tag)
-        keys = _tagged(self._cache.get(tkey, default=None))
-        if key not in keys:
-            keys.append(key)
-            self._cache.set(tkey, json.dumps(keys).encode())
+    def _add_tags(self, tagged: list[tuple[str, str]]) -> None:
+        """Note that each (surrogate key, primary key) of ``tagged`` tags that key, within
+        the caller's write transaction."""
+        if tagged:
+            self._cache._con.executemany(_TAG_INSERT, tagged)
+
+    def _move_tag_lists(self) -> None:
+        """Move the tag lists an earlier version kept in diskcache's table (a row
+        ``t:<tag>`` holding a JSON list of primary keys, rewritten whole by every fill) to
+        the Tags table, within the caller's write transaction; once, as the store opens."""
+        sql = self._cache._sql
+        for (tkey,) in sql(
+            "SELECT key FROM Cache WHERE key >= 't:' AND key < 't;' AND raw = 1"
+        ).fetchall():
+            try:
+                keys = _tagged(self._cache.get(tkey, default=None))
+            except StoreError:
+                keys = []
+            self._add_tags([(tkey[2:], key) for key in keys])
+            self._cache.delete(tkey)
 
     def update(self, entry: CacheEntry) -> bool:
         """Replace the metadata of a stored variant (after a 304 freshened it); the body
@@ -1641,8 +1660,7 @@ class Store:
                 else:
                     return False
                 self._save_meta(entry.key, entries)
-                for tag in entry.surrogate_keys:
-                    self._add_tag(tag, entry.key)
+                self._add_tags([(tag, entry.key) for tag in entry.surrogate_keys])
         except (sqlite3.Error, OSError, diskcache.Timeout) as e:
             self._write_failed(e)
             return False
@@ -1660,24 +1678,28 @@ class Store:
     def remove(self, key: str, variant: str | None = None, sha256: str | None = None) -> int:
         """Remove one variant (or all variants) of ``key``, only while it holds the body
         ``sha256`` when given; returns how many went."""
-        return self._remove([key], variant, sha256)
+
+        def named(e: CacheEntry) -> bool:
+            return (variant is None or e.variant == variant) and sha256 in (None, e.sha256)
+
+        return self._remove([key], named)
 
     def _remove(
-        self, keys: Sequence[str], variant: str | None = None, sha256: str | None = None
+        self, keys: Sequence[str], named: Callable[[CacheEntry], bool], untag: str | None = None
     ) -> int:
-        """``remove`` for each of ``keys`` (one per primary key), in one write transaction:
-        the variant lists and the body rows they name go together."""
+        """Remove the variants of ``keys`` (one per primary key) that ``named`` says, in one
+        write transaction: the variant lists and the body rows they name go together. With
+        ``untag``, a key none of whose variants left carries that tag leaves its Tags row."""
         removed: list[CacheEntry] = []
         try:
             with self._writing, self._cache._transact(retry=True) as (sql, cleanup):
                 for key in keys:
-                    kept = []
+                    kept: list[CacheEntry] = []
                     gone = len(removed)
                     for e in self._load_meta(key, sql):
-                        if (variant is None or e.variant == variant) and sha256 in (None, e.sha256):
-                            removed.append(e)
-                        else:
-                            kept.append(e)
+                        (removed if named(e) else kept).append(e)
+                    if untag is not None and not any(untag in e.surrogate_keys for e in kept):
+                        sql("DELETE FROM Tags WHERE tag = ? AND key = ?", (untag, key))
                     if len(removed) == gone:
                         continue
                     if kept:
@@ -1763,41 +1785,29 @@ class Store:
                 keys.append(k[2:])
         finally:
             rows.close()
+        return self._remove_all(keys, lambda e: True)
+
+    def _remove_all(
+        self, keys: list[str], named: Callable[[CacheEntry], bool], untag: str | None = None
+    ) -> int:
+        """``_remove``, _REMOVE_MAX keys to a transaction."""
         return sum(
-            self._remove(keys[at : at + _REMOVE_MAX]) for at in range(0, len(keys), _REMOVE_MAX)
+            self._remove(keys[at : at + _REMOVE_MAX], named, untag)
+            for at in range(0, len(keys), _REMOVE_MAX)
         )
 
     _FROM_KEY = "SELECT key FROM Cache WHERE key >= ? AND raw = 1 ORDER BY key"
 
     def purge_tag(self, tag: str) -> int:
-        """Remove every variant tagged ``tag`` by a Surrogate-Key response header."""
-        tkey = _tag_key(tag)
+        """Remove every variant tagged ``tag`` by a Surrogate-Key response header. A key
+        whose variants no longer carry the tag leaves the tag's rows; one whose do (a fill
+        committed since the keys were read) stays there."""
         try:
-            keys = _tagged(self._cache.get(tkey, default=None))
-        except StoreError:
-            keys = []
-        count = 0
-        for key in keys:
-            for e in self._load_meta(key):
-                if tag in e.surrogate_keys:
-                    count += self.remove(key, e.variant)
-        try:
-            # The tag's list again, in one transaction: a key whose variants still carry the
-            # tag (a fill committed meanwhile, by a request made after the purge) stays.
-            with self._writing, self._cache.transact():
-                sql = self._cache._sql
-                still = [
-                    k
-                    for k in _tagged(self._cache.get(tkey, default=None))
-                    if any(tag in e.surrogate_keys for e in self._load_meta(k, sql))
-                ]
-                if still:
-                    self._cache.set(tkey, json.dumps(still).encode())
-                else:
-                    self._cache.delete(tkey)
-        except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+            rows = self._reads.connection().execute("SELECT key FROM Tags WHERE tag = ?", (tag,))
+            keys = [k for (k,) in rows]
+        except sqlite3.Error as e:
             raise StoreError(f"cannot purge the tag {tag}: {e}") from e
-        return count
+        return self._remove_all(keys, lambda e: tag in e.surrogate_keys, untag=tag)
 
     def clear(self) -> None:
         self._cache.clear()

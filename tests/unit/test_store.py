@@ -411,6 +411,81 @@ def test_a_prefix_purge_takes_its_keys_in_batches_and_leaves_the_rest(tmp_path: 
         assert s.variants("https://example.com/p/5") == ()
 
 
+def _tags(s: Store) -> list[tuple[str, str]]:
+    return [tuple(r) for r in s._cache._sql("SELECT tag, key FROM Tags ORDER BY tag, key")]
+
+
+def _written() -> int:
+    """Bytes this process has handed to write system calls so far."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["wchar"])
+
+
+def test_a_fill_of_a_tag_shared_by_thousands_writes_what_a_new_tag_does(tmp_path: Path) -> None:
+    """A tag's keys were one JSON list that every fill carrying the tag read and wrote
+    whole (a file of 240 KB for 5,000 keys, per fill): now a row each."""
+    with Store(tmp_path) as s:
+        s._cache._con.execute("PRAGMA wal_autocheckpoint = 0")  # no checkpoint in between
+        for i in range(5_000):
+            s.put(entry(f"/site/{i}", [("Surrogate-Key", "site")]), b"x")
+        written = []
+        for path, tag in (("/one/shared", "site"), ("/one/new", "fresh")):
+            before = _written()
+            s.put(entry(path, [("Surrogate-Key", tag)]), b"y")
+            written.append(_written() - before)
+        shared, fresh = written
+        # The list of the tag's keys would be this long: less than half of it written more.
+        listed = len(json.dumps([f"https://example.com/site/{i}" for i in range(5_000)]))
+        assert shared - fresh < listed / 2, f"{shared} bytes written against {fresh}"
+        assert s.purge_tag("site") == 5_001
+
+
+def test_tags_go_with_the_variant_lists_that_carry_them(tmp_path: Path) -> None:
+    """The Tags rows of a key go when its variant list goes (a removal, a purge of any
+    kind, eviction), so the table holds no more than the keys stored."""
+    with Store(tmp_path) as s:
+        s.put(entry("/a", [("Surrogate-Key", "t1 t2")]), b"a")
+        s.put(entry("/b", [("Surrogate-Key", "t1")]), b"b")
+        s.put(entry("/c", [("Surrogate-Key", "t3")]), b"c")
+        key = "https://example.com/"
+        assert _tags(s) == [
+            ("t1", key + "a"),
+            ("t1", key + "b"),
+            ("t2", key + "a"),
+            ("t3", key + "c"),
+        ]
+        assert s.purge_url(key + "a") == 1
+        assert _tags(s) == [("t1", key + "b"), ("t3", key + "c")]
+        assert s.purge_prefix(key + "c") == 1
+        assert _tags(s) == [("t1", key + "b")]
+        # A key whose new response no longer carries a tag: a purge of the tag leaves it,
+        # and its row.
+        s.put(entry("/b", [("Surrogate-Key", "t4")]), b"b2")
+        assert s.purge_tag("t1") == 0
+        assert _tags(s) == [("t4", key + "b")]
+        s.clear()
+        assert _tags(s) == []
+
+
+def test_tag_lists_of_an_earlier_version_are_moved_to_rows(tmp_path: Path) -> None:
+    """A cache directory written by a version that kept each tag's keys as a JSON list in a
+    row ``t:<tag>`` (in a file of its own past 32 KiB): the store moves them as it opens."""
+    keys = [f"https://example.com/old/{i}" for i in range(2_000)]
+    with Store(tmp_path) as s:
+        for i in range(2_000):
+            s.put(entry(f"/old/{i}", [("Surrogate-Key", "big" if i else "big small")]), b"o")
+        s._cache._sql("DELETE FROM Tags")
+        s._cache.set("t:big", json.dumps(keys).encode())  # 72 KB: a file
+        s._cache.set("t:small", json.dumps(keys[:1]).encode())
+        files = len(body_files(tmp_path))
+    with Store(tmp_path) as s:
+        assert s._cache._sql("SELECT count(*) FROM Cache WHERE key LIKE 't:%'").fetchone() == (0,)
+        assert len(body_files(tmp_path)) == files - 1
+        assert len(_tags(s)) == 2_001
+        assert s.purge_tag("small") == 1
+        assert s.purge_tag("big") == 1_999
+
+
 def test_a_prefix_purge_reads_only_its_own_keys(tmp_path: Path) -> None:
     """The work of a purge of one key does not grow with the keys before it in the index
     (diskcache's iterkeys walked them all, 25 s of CPU for one key among 200,000):

@@ -265,13 +265,13 @@ def test_a_tag_purge_keeps_what_was_tagged_while_it_ran(
     # purge of "grp" takes it out (the tag's row used to be deleted whole at the end).
     with Store(tmp_path) as purging, Store(tmp_path) as filling:
         assert filling.put(entry("/old", 50.0, "grp"), b"o") is not None
-        removing = purging.remove
+        removing = purging._remove
 
         def remove_while_another_commits(*args: Any, **kwargs: Any) -> int:
             assert filling.put(entry("/new", 200.0, "grp"), b"n") is not None
             return removing(*args, **kwargs)
 
-        monkeypatch.setattr(purging, "remove", remove_while_another_commits)
+        monkeypatch.setattr(purging, "_remove", remove_while_another_commits)
         assert purging.purge("surrogate_key", "grp", asked_before=100.0) == 1
         monkeypatch.undo()
         assert not stored(purging, "/old") and stored(purging, "/new")
