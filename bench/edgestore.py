@@ -10,9 +10,11 @@ on that directory (memory tier --memory, default 16 MiB) and reports:
 - memory: the edge's RSS at start and after wrk's random hits over every object (goal:
   memory_bytes plus a bounded overhead, reported beside it);
 - disk: the cache directory's size against the entries' bytes;
-- purges by prefix through the admin port (what a fleet purge asks of each edge), while
-  it serves: of one object, and of 1.1% of them (`/o/12`: 11,111 objects of 1,000,000),
-  the seconds until the edge answers and its CPU seconds meanwhile.
+- purges through the admin port (what a fleet purge asks of each edge), while it serves:
+  by prefix, of one object and of 1.1% of them (`/o/12`: 11,111 objects of 1,000,000),
+  and by surrogate key, of 1% of them (every object carries one of 100 tags, `g0` to
+  `g99`, as an origin's `Surrogate-Key` header would give it): the seconds until the edge
+  answers and its CPU seconds meanwhile.
 
 No peer runs here: nginx's start-up does not read its cache either (its cache loader walks
 the directory in the background), so the figures are ours, with their goals.
@@ -53,10 +55,12 @@ from edge.store import Store
 
 START_GOAL_S = 10.0
 BODY = 1024
+TAGS = 100
 
 
 def build(directory: Path, port: int, entries: int) -> int:
-    """Write `entries` objects into a fresh cache directory; the bytes they hold."""
+    """Write `entries` objects into a fresh cache directory, object i tagged g<i % TAGS>;
+    the bytes they hold."""
     Store(directory).close()  # diskcache's schema and settings, as the edge makes them
     now = time.time()
     template = make_entry(
@@ -75,15 +79,18 @@ def build(directory: Path, port: int, entries: int) -> int:
     try:
         db.execute("PRAGMA synchronous = OFF")
         batch: list[tuple[str, float, float, int, int, str | None, bytes]] = []
+        tags: list[tuple[str, str]] = []
         for i in range(entries):
             body = hashlib.sha256(str(i).encode()).digest() * (BODY // 32)
             digest = hashlib.sha256(body).hexdigest()
             key = f"http://{LOOPBACK}:{port}/o/{i}/1k"
-            entry = replace(template, key=key, sha256=digest)
+            tag = f"g{i % TAGS}"
+            entry = replace(template, key=key, sha256=digest, surrogate_keys=(tag,))
             meta = entries_json([entry])
             bkey = f"b:{key}\x1f\x1f{digest}"
             batch.append((bkey, now, now, 0, 1, None, body))
             batch.append((f"m:{key}", now, now, 0, 1, None, meta))
+            tags.append((tag, key))
             total += len(body) + len(meta)
             if len(batch) >= 100_000 or i == entries - 1:
                 db.execute("BEGIN")
@@ -92,8 +99,10 @@ def build(directory: Path, port: int, entries: int) -> int:
                     " filename, value) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
                     batch,
                 )
+                db.executemany("INSERT INTO Tags (tag, key) VALUES (?, ?)", tags)
                 db.execute("COMMIT")
                 batch.clear()
+                tags.clear()
     finally:
         db.close()
     return total
@@ -110,25 +119,31 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return fields.get("RssAnon", 0), fields.get("RssFile", 0)
 
 
-# The prefixes purged after the hits: one object, 1.1% of a million, one object again.
-PURGED = ("/o/123457/", "/o/12", "/o/654321/")
+# What is purged after the hits: by prefix one object, 1.1% of a million, one object
+# again; by surrogate key 1%.
+PURGED = (
+    ("prefix", "/o/123457/"),
+    ("prefix", "/o/12"),
+    ("prefix", "/o/654321/"),
+    ("surrogate_key", "g7"),
+)
 
 
-def purge(edge: Proc, admin_port: int, prefix: str) -> tuple[int, float, float]:
-    """Purge `prefix` through the admin port: the objects removed, the seconds until the
-    answer, and the edge's CPU seconds meanwhile."""
+def purge(edge: Proc, admin_port: int, kind: str, value: str) -> tuple[int, float, float]:
+    """Purge by `kind` ("prefix" or "surrogate_key") through the admin port: the objects
+    removed, the seconds until the answer, and the edge's CPU seconds meanwhile."""
     cpu = edge.cpu_seconds()
     start = time.monotonic()
     conn = http.client.HTTPConnection(LOOPBACK, admin_port, timeout=600)
     try:
-        conn.request("POST", "/__edge/purge", json.dumps({"prefix": prefix}))
+        conn.request("POST", "/__edge/purge", json.dumps({kind: value}))
         resp = conn.getresponse()
         doc = json.loads(resp.read())
     finally:
         conn.close()
     wall = time.monotonic() - start
     if resp.status != 200:
-        raise BenchError(f"purge of {prefix}: {resp.status} {doc}")
+        raise BenchError(f"purge of {kind} {value}: {resp.status} {doc}")
     return int(doc["purged"]), wall, edge.cpu_seconds() - cpu
 
 
@@ -205,7 +220,11 @@ def main(argv: list[str]) -> int:
     )
     rps = next((line.split()[1] for line in out.splitlines() if "Requests/sec" in line), "?")
     rss_after = rss_kib(edge.popen.pid)
-    purges = [purge(edge, admin_port, f"http://{LOOPBACK}:{port}{p}") for p in PURGED]
+    origin = f"http://{LOOPBACK}:{port}"
+    purges = [
+        purge(edge, admin_port, kind, origin + value if kind == "prefix" else value)
+        for kind, value in PURGED
+    ]
     edge.stop()
     disk = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     verdict = "ok" if first_hit <= START_GOAL_S else "BELOW GOAL"
@@ -220,9 +239,9 @@ def main(argv: list[str]) -> int:
         f" {rss_start[1] / 1024:.0f} / {rss_after[1] / 1024:.0f} MiB"
     )
     print(f"cache directory              {disk / 2**20:,.0f} MiB on disk")
-    for prefix, (removed, wall, cpu) in zip(PURGED, purges, strict=True):
+    for (kind, value), (removed, wall, cpu) in zip(PURGED, purges, strict=True):
         print(
-            f"purge of prefix {prefix + ' ' * (13 - len(prefix))}"
+            f"purge of {kind} {value:<{27 - len(kind)}}"
             f"{removed:,} objects in {wall:.2f} s ({cpu:.2f} s of edge CPU)"
         )
     print(f"logs: {logdir.relative_to(REPO)}")

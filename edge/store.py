@@ -404,7 +404,7 @@ class _Reads:
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     size_bytes: int  # disk volume (SQLite pages + body files)
-    records: int  # diskcache records (metadata, bodies and tag lists)
+    records: int  # diskcache records (variant lists and bodies)
     memory_bytes: int
     memory_items: int
     hits: int  # variants() calls that found something
