@@ -58,7 +58,7 @@ from typing import IO, Any
 import diskcache
 
 from edge import slabs
-from edge.cache_policy import CacheEntry, entries_json, entry_from_dict
+from edge.cache_policy import CacheEntry, entries_from_json, entries_json
 from edge.errors import CacheMetadataError, CorruptBodyError, StoreError
 
 log = logging.getLogger(__name__)
@@ -1139,10 +1139,7 @@ class Store:
         if raw is None:
             return []
         try:
-            doc = json.loads(raw)
-            if not isinstance(doc, list):
-                raise TypeError("list expected")
-            entries = [entry_from_dict(d) for d in doc]
+            entries = entries_from_json(raw)
         except (ValueError, TypeError, KeyError) as e:
             log.warning("dropping unreadable cache metadata for %s: %s", key, e)
             with contextlib.suppress(sqlite3.Error):
