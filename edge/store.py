@@ -115,6 +115,10 @@ _TAG_SCHEMA = (
     " WHEN OLD.key GLOB 'm:*' BEGIN DELETE FROM Tags WHERE key = substr(OLD.key, 3); END",
 )
 _TAG_INSERT = "INSERT OR IGNORE INTO Tags(tag, key) VALUES (?, ?)"
+_TAGS_MOVED = (
+    "INSERT OR IGNORE INTO Tags(tag, key) SELECT ?, listed.value FROM json_each(?) AS listed"
+    " WHERE EXISTS (SELECT 1 FROM Cache WHERE key = 'm:' || listed.value AND raw = 1)"
+)
 
 
 # SQLite's result codes for a damaged database file (primary codes: the low byte).
@@ -421,9 +425,10 @@ class _Reads:
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
-        if self._stamper is not None:
-            connections.append(self._stamper)
-            self._stamper = None
+        with self._flushing:  # not under a flush still running in a thread
+            if self._stamper is not None:
+                connections.append(self._stamper)
+                self._stamper = None
         for conn in connections:
             conn.close()
 
@@ -1650,7 +1655,8 @@ class Store:
     def _move_tag_lists(self) -> None:
         """Move the tag lists an earlier version kept in diskcache's table (a row
         ``t:<tag>`` holding a JSON list of primary keys, rewritten whole by every fill) to
-        the Tags table, within the caller's write transaction; once, as the store opens."""
+        the Tags table, within the caller's write transaction; once, as the store opens.
+        Only the keys still stored move: the lists kept the keys evicted since."""
         sql = self._cache._sql
         for (tkey,) in sql(
             "SELECT key FROM Cache WHERE key >= 't:' AND key < 't;' AND raw = 1"
@@ -1659,7 +1665,7 @@ class Store:
                 keys = _tagged(self._cache.get(tkey, default=None))
             except StoreError:
                 keys = []
-            self._add_tags([(tkey[2:], key) for key in keys])
+            sql(_TAGS_MOVED, (tkey[2:], json.dumps(keys)))
             self._cache.delete(tkey)
 
     def update(self, entry: CacheEntry) -> bool:
@@ -1712,7 +1718,7 @@ class Store:
     ) -> int:
         """Remove the variants of ``keys`` (one per primary key) that ``named`` says, in one
         write transaction: the variant lists and the body rows they name go together. With
-        ``untag``, a key none of whose variants left carries that tag leaves its Tags row."""
+        ``untag``, the keys leave that tag's rows (``named`` takes what carries it)."""
         removed: list[CacheEntry] = []
         try:
             with self._writing, self._cache._transact(retry=True) as (sql, cleanup):
@@ -1721,7 +1727,7 @@ class Store:
                     gone = len(removed)
                     for e in self._load_meta(key, sql):
                         (removed if named(e) else kept).append(e)
-                    if untag is not None and not any(untag in e.surrogate_keys for e in kept):
+                    if untag is not None:
                         sql("DELETE FROM Tags WHERE tag = ? AND key = ?", (untag, key))
                     if len(removed) == gone:
                         continue
@@ -1822,9 +1828,9 @@ class Store:
     _FROM_KEY = "SELECT key FROM Cache WHERE key >= ? AND raw = 1 ORDER BY key"
 
     def purge_tag(self, tag: str) -> int:
-        """Remove every variant tagged ``tag`` by a Surrogate-Key response header. A key
-        whose variants no longer carry the tag leaves the tag's rows; one whose do (a fill
-        committed since the keys were read) stays there."""
+        """Remove every variant tagged ``tag`` by a Surrogate-Key response header, and the
+        tag's rows of the keys read. A key the tag's rows gain after they were read (a fill
+        of a request made after the purge) keeps its variants and its row."""
         try:
             rows = self._reads.connection().execute("SELECT key FROM Tags WHERE tag = ?", (tag,))
             keys = [k for (k,) in rows]
