@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -86,16 +87,16 @@ class Hits:
         # of the store's index (about one per entry it holds), at least 4096, so the
         # entries the index holds keep their heads (about a sixth of index_bytes at most,
         # beside it).
-        self._heads: dict[tuple[Any, ...], bytes] = {}
+        self._heads: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
         self._heads_max = max(4096, store.index_bytes // 3072)
         # (primary key, variant) -> (entry, Age, ttl, head): the entry object itself is
         # compared, so a re-read or replaced entry is never answered with another one's head.
         self._hit_heads: dict[tuple[str, str], tuple[cp.CacheEntry, int, int, bytes]] = {}
         self._tails: dict[tuple[int, int], bytes] = {}
-        self._valid: dict[tuple[Any, ...], tuple[list[str], float] | None] = {}
+        self._valid: OrderedDict[tuple[Any, ...], tuple[list[str], float] | None] = OrderedDict()
         # (entry ident, the request's conditions) -> conditional.evaluate_validators' verdict
         # (browsers revalidate an object with the same If-Modified-Since or If-None-Match).
-        self._verdicts: dict[tuple[Any, ...], int | None] = {}
+        self._verdicts: OrderedDict[tuple[Any, ...], int | None] = OrderedDict()
         self._rereads: dict[str, asyncio.Future[Any]] = {}
 
     def reconfigure(self, name: str, via: str) -> None:
@@ -356,15 +357,17 @@ class Hits:
 
     def _keep(
         self,
-        table: dict[tuple[Any, ...], Any],
+        table: OrderedDict[tuple[Any, ...], Any],
         ident: tuple[Any, ...],
         value: Any,
         most: int | None = None,
     ) -> None:
         """Keep what was prepared for an entry, the oldest made out first past `most`
-        (by default, as many as the prepared heads)."""
+        (by default, as many as the prepared heads). An OrderedDict's: a dict's first key,
+        after many deleted before it, is found by a walk over their slots (15 µs at the
+        43,690 heads of the default index, 39 µs at 200,000)."""
         if len(table) >= (self._heads_max if most is None else most):
-            del table[next(iter(table))]
+            table.popitem(last=False)
         table[ident] = value
 
     async def answer(

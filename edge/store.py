@@ -898,13 +898,13 @@ class Store:
         # meta_refresh, as a list in the index is taken as still stored, so a miss looks in
         # the database once (not once in the fast path and again in the full one), and a
         # key whose responses are not stored costs no read per request. Oldest out first.
-        self._absent: dict[str, float] = {}
+        self._absent: OrderedDict[str, float] = OrderedDict()
         # The keys whose variant list this process changed last ("m:" key -> the change's
         # number), oldest out first, and the number of the last change forgotten: a list
         # read from the database before a change of its key (a commit or a removal in
         # another thread meanwhile) does not go into the index over it.
         self._change = 0
-        self._changes: dict[str, int] = {}
+        self._changes: OrderedDict[str, int] = OrderedDict()
         self._changes_forgotten = 0
         self._epoch_seen = -1
         self._epoch_seen_at = self._epoch_moved_at = float("-inf")
@@ -1185,7 +1185,7 @@ class Store:
         changes.pop(mkey, None)
         changes[mkey] = self._change
         if len(changes) > _CHANGES_MAX:
-            self._changes_forgotten = changes.pop(next(iter(changes)))
+            self._changes_forgotten = changes.popitem(last=False)[1]
 
     @property
     def memory_bytes(self) -> int:
@@ -1284,7 +1284,7 @@ class Store:
             else:
                 self._index.pop(mkey)
                 if len(self._absent) >= _ABSENT_MAX:
-                    del self._absent[next(iter(self._absent))]
+                    self._absent.popitem(last=False)
                 self._absent[mkey] = now
                 self._misses += 1
         return entries
