@@ -12,14 +12,14 @@ on that directory (memory tier --memory, default 16 MiB) and reports:
 - disk: the cache directory's size against the entries' bytes;
 - purges through the admin port (what a fleet purge asks of each edge), while it serves:
   by prefix, of one object and of 1.1% of them (`/o/12`: 11,111 objects of 1,000,000),
-  and by surrogate key, of 1% of them (every object carries one of 100 tags, `g0` to
-  `g99`, as an origin's `Surrogate-Key` header would give it): the seconds until the edge
-  answers and its CPU seconds meanwhile.
+  and by surrogate key, of one tag's objects (every object carries one of --tags tags, `g0`
+  to `g99` by default: 1% each, as an origin's `Surrogate-Key` header would give them): the
+  seconds until the edge answers and its CPU seconds meanwhile.
 
 No peer runs here: nginx's start-up does not read its cache either (its cache loader walks
 the directory in the background), so the figures are ours, with their goals.
 
-  python bench/edgestore.py [--entries 1000000] [--memory 16MiB] [--duration 10]
+  python bench/edgestore.py [--entries 1000000] [--memory 16MiB] [--duration 10] [--tags 100]
 """
 
 from __future__ import annotations
@@ -55,11 +55,10 @@ from edge.store import Store
 
 START_GOAL_S = 10.0
 BODY = 1024
-TAGS = 100
 
 
-def build(directory: Path, port: int, entries: int) -> int:
-    """Write `entries` objects into a fresh cache directory, object i tagged g<i % TAGS>;
+def build(directory: Path, port: int, entries: int, tags: int = 100) -> int:
+    """Write `entries` objects into a fresh cache directory, object i tagged g<i % tags>;
     the bytes they hold."""
     Store(directory).close()  # diskcache's schema and settings, as the edge makes them
     now = time.time()
@@ -79,18 +78,18 @@ def build(directory: Path, port: int, entries: int) -> int:
     try:
         db.execute("PRAGMA synchronous = OFF")
         batch: list[tuple[str, float, float, int, int, str | None, bytes]] = []
-        tags: list[tuple[str, str]] = []
+        tagged: list[tuple[str, str]] = []
         for i in range(entries):
             body = hashlib.sha256(str(i).encode()).digest() * (BODY // 32)
             digest = hashlib.sha256(body).hexdigest()
             key = f"http://{LOOPBACK}:{port}/o/{i}/1k"
-            tag = f"g{i % TAGS}"
+            tag = f"g{i % tags}"
             entry = replace(template, key=key, sha256=digest, surrogate_keys=(tag,))
             meta = entries_json([entry])
             bkey = f"b:{key}\x1f\x1f{digest}"
             batch.append((bkey, now, now, 0, 1, None, body))
             batch.append((f"m:{key}", now, now, 0, 1, None, meta))
-            tags.append((tag, key))
+            tagged.append((tag, key))
             total += len(body) + len(meta)
             if len(batch) >= 100_000 or i == entries - 1:
                 db.execute("BEGIN")
@@ -99,10 +98,10 @@ def build(directory: Path, port: int, entries: int) -> int:
                     " filename, value) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
                     batch,
                 )
-                db.executemany("INSERT INTO Tags (tag, key) VALUES (?, ?)", tags)
+                db.executemany("INSERT INTO Tags (tag, key) VALUES (?, ?)", tagged)
                 db.execute("COMMIT")
                 batch.clear()
-                tags.clear()
+                tagged.clear()
     finally:
         db.close()
     return total
@@ -120,7 +119,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 
 # What is purged after the hits: by prefix one object, 1.1% of a million, one object
-# again; by surrogate key 1%.
+# again; by surrogate key 1% (with --tags 100).
 PURGED = (
     ("prefix", "/o/123457/"),
     ("prefix", "/o/12"),
@@ -152,6 +151,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--memory", default="16MiB", help="the edge's cache.memory_bytes")
     p.add_argument("--duration", type=int, default=10, help="seconds of wrk random hits")
+    p.add_argument("--tags", type=int, default=100, help="surrogate keys over the objects")
     args = p.parse_args(argv)
     workdir, logdir = start_harness("edgestore", ["wrk", "taskset"], "bench/edge.sh")
     cache = workdir / "cache"
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
     port, admin_port = free_port(), free_port()
     log(f"building a cache of {args.entries:,} objects of {BODY} B")
     t0 = time.monotonic()
-    stored = build(cache, port, args.entries)
+    stored = build(cache, port, args.entries, args.tags)
     log(f"  built in {time.monotonic() - t0:.0f}s: {stored / 2**20:,.0f} MiB of entries")
     conf = workdir / "edge.toml"
     conf.write_text(
