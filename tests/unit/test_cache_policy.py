@@ -234,6 +234,9 @@ def test_entry_json_checks_every_field() -> None:
                 CacheEntry.from_json(json.dumps(good).encode())
             doc[f.name] = saved
     assert CacheEntry.from_json(json.dumps(good).encode()) == entry(resp("max-age=60"))
+    for freshness in ([], None, "fresh"):
+        with pytest.raises(CacheMetadataError):
+            CacheEntry.from_json(json.dumps({**good, "freshness": freshness}).encode())
     good["body_length"] = -1
     with pytest.raises(CacheMetadataError):
         CacheEntry.from_json(json.dumps(good).encode())
