@@ -459,8 +459,8 @@ def test_tags_go_with_the_variant_lists_that_carry_them(tmp_path: Path) -> None:
         assert _tags(s) == [("t1", key + "b"), ("t3", key + "c")]
         assert s.purge_prefix(key + "c") == 1
         assert _tags(s) == [("t1", key + "b")]
-        # A key whose new response no longer carries a tag: a purge of the tag leaves it,
-        # and its row.
+        # A key whose new response no longer carries a tag: a purge of the tag leaves its
+        # variant, and takes the tag's row the key kept.
         s.put(entry("/b", [("Surrogate-Key", "t4")]), b"b2")
         assert s.purge_tag("t1") == 0
         assert _tags(s) == [("t4", key + "b")]
