@@ -48,6 +48,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from edge.filebody import LastAnswer, Part, write_wire
 from edge.headers import head_end
+from geoedge.http import name_server
 
 log = logging.getLogger("edge")
 
@@ -80,6 +81,7 @@ PRIVATE: dict[str, tuple[str, ...]] = {
     "RawRequestMessage": ("_replace",),
     "SockSite": ("_runner", "_sock", "_ssl_context", "_backlog", "_server"),
     "ServerRunner": ("_reg_site",),
+    "BaseRequest": ("_prepare_hook",),
 }
 
 
@@ -199,6 +201,7 @@ def _instances() -> dict[str, object]:
         # Slots and methods: checked on the classes (a site needs a started runner).
         "SockSite": web.SockSite,
         "ServerRunner": web.ServerRunner,
+        "BaseRequest": web.BaseRequest,
     }
     return instances
 
@@ -610,7 +613,7 @@ class EdgeServer(web.Server):
         version = message.version
         if version.major != 1:
             message = message._replace(version=HttpVersion11, should_close=True)
-        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        request = _EdgeRequest(message, payload, protocol, writer, task, self._loop)
         if version.major != 1:
             request[_REQUESTED_VERSION] = version
         handover = protocol.take_handover() if isinstance(protocol, EdgeRequestHandler) else None
@@ -622,6 +625,14 @@ class EdgeServer(web.Server):
             else:
                 handover.abandon()
         return request
+
+
+class _EdgeRequest(web.BaseRequest):
+    """aiohttp's low-level request, whose responses name GeoEdge as their Server, not
+    aiohttp (geoedge.http)."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        name_server(response)
 
 
 _REQUESTED_VERSION = web.RequestKey("edge_requested_version", HttpVersion)

@@ -48,6 +48,7 @@ from edge.probes import ProbeFollower, Prober, verdicts
 from edge.proxy import Proxy
 from edge.ratelimit import RateTable
 from edge.stream import StreamSet
+from geoedge.http import on_response_prepare
 
 log = logging.getLogger("edge")
 
@@ -109,6 +110,7 @@ def build_app(
     private table.
     """
     app = web.Application(handler_args={"access_log": None})
+    app.on_response_prepare.append(on_response_prepare)
     app[CONFIG] = config
     if rate_table is not None:
         rate_table.claim(slot)

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from edge import cache_policy as cp
@@ -64,6 +63,7 @@ from edge.hits import PRECONDITIONS, Hits, apply_span, unsatisfiable
 from edge.origin_client import UpstreamResponse
 from edge.origins import Origin
 from edge.store import BodyWriter, Store, purge_names
+from geoedge.http import SERVER
 
 log = logging.getLogger("edge.cache")
 
@@ -184,7 +184,8 @@ def _interim_writer(write: Callable[[bytes], None]) -> Callable[[int, RawHeaders
 def _miss_head(upstream: UpstreamResponse, fields: list[tuple[str, str]], length: int) -> bytes:
     """The head of a whole fill's response (no Cache-Status, no final empty line): its
     `fields`, with what aiohttp adds to a response it serializes (StreamResponse's
-    _prepare_headers): Content-Type for a body, Date and Server when missing."""
+    _prepare_headers): Content-Type for a body, Date and Server (ours, geoedge.http) when
+    missing."""
     names = {k.lower() for k, _ in fields}
     if "cache-status" in names:
         # Ours replaces the origin's, as on the full handler's other responses.
@@ -195,7 +196,7 @@ def _miss_head(upstream: UpstreamResponse, fields: list[tuple[str, str]], length
     if "date" not in names:
         added.append(("Date", fr.format_http_date(time.time())))
     if "server" not in names:
-        added.append(("Server", SERVER_SOFTWARE))
+        added.append(("Server", SERVER))
     status, reason = upstream.status, upstream.reason
     return response_head(status, phrase(status) if reason is None else reason, fields + added)
 

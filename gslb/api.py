@@ -57,6 +57,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from geo.errors import GeoError
 from geo.locator import GeoIPLocator
+from geoedge.http import on_response_prepare
 from gslb.config import GslbConfig
 from gslb.errors import ExplainError, PurgeError
 from gslb.explain import catchment, explain_answer, target
@@ -177,6 +178,7 @@ def make_app(
         return await handler(request)
 
     app = web.Application(client_max_size=64 * 1024, middlewares=[authorize])
+    app.on_response_prepare.append(on_response_prepare)
     app[HEALTH] = health
     app[_INFO] = {"info": info, "synced": synced, "probes": probes, "token": token}
     app[_PURGER] = Purger()

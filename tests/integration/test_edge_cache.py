@@ -18,8 +18,9 @@ import aiohttp
 import brotli
 import pytest
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 
-from edge.config import from_mapping
+from edge.config import EdgeConfig, from_mapping
 from tests.integration.edge_helpers import (
     Origin,
     base_url,
@@ -1362,3 +1363,65 @@ async def test_a_small_storable_body_that_breaks_off_gets_a_502_and_is_not_store
                 assert await r.read() == b"0123456789"
                 assert "hit" not in r.headers["Cache-Status"]
         assert origin.hits["/cut"] == 2
+
+
+@pytest.mark.parametrize("server", [None, b"o", SERVER_SOFTWARE.encode()])
+async def test_the_server_field_is_ours_or_the_origins_never_aiohttps(
+    tmp_path: Path, server: bytes | None
+) -> None:
+    """aiohttp names itself and its and Python's versions in a Server field of every
+    response it writes. Where it would, the edge says "GeoEdge" instead: on a miss and a
+    206 (the plain miss and the full handler) of a response that came without one, on an
+    error the edge makes (a 502 from an origin gone) and on its admin port's answers. A
+    hit the fast path serves carries the stored fields only (as before: no Server). A
+    Server an origin sent is relayed, stored and served as it came, aiohttp's own value
+    too (an origin may be an aiohttp server)."""
+
+    def config(origin_port: int) -> EdgeConfig:
+        return from_mapping(
+            {
+                "server": {"listen": ["127.0.0.1:0"]},
+                "admin": {"listen": "127.0.0.1:0"},
+                "log": {"access_log": ""},
+                "cache": {"dir": str(tmp_path / "cache")},
+                "pool": {
+                    "origins": [f"http://127.0.0.1:{origin_port}"],
+                    "probe": {"enabled": False},
+                },
+            },
+            "<test>",
+        )
+
+    body = b"0123456789" * 10
+    fields = b"" if server is None else b"Server: " + server + b"\r\n"
+    origin = await _raw_origin(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (fields, len(body), body)
+    )
+    expected = "GeoEdge" if server is None else server.decode()
+    try:
+        async with (
+            running_edge(config(origin.sockets[0].getsockname()[1])) as edge,
+            aiohttp.ClientSession() as session,
+        ):
+            seen = []
+            for headers in ({}, {}, {"Range": "bytes=10-19"}):
+                async with session.get(f"{base_url(edge)}/s", headers=headers) as resp:
+                    assert await resp.read() == (body[10:20] if headers else body)
+                    seen.append((resp.status, resp.headers["Cache-Status"].split(";")[1]))
+                    hit = len(seen) == 2
+                    want = [] if hit and server is None else [expected]
+                    assert resp.headers.getall("Server", []) == want, (seen, resp.headers)
+            assert seen == [(200, " fwd=uri-miss"), (200, " hit"), (206, " hit")]
+            async with session.get(f"{base_url(edge, 'admin')}/__edge/status") as resp:
+                assert resp.status == 200 and resp.headers["Server"] == "GeoEdge"
+    finally:
+        origin.close()
+        await origin.wait_closed()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = s.getsockname()[1]  # nothing listens there once closed
+    async with running_edge(config(gone)) as edge, aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url(edge)}/gone") as resp:
+            assert resp.status == 502
+            assert resp.headers.getall("Server") == ["GeoEdge"]

@@ -46,6 +46,9 @@ async def test_healthz(api: Api) -> None:
     async with api.session.get(f"{api.url}/healthz") as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "ok"
+        assert resp.headers["Server"] == "GeoEdge"  # no aiohttp or Python version
+    async with api.session.get(f"{api.url}/no-such-page") as resp:
+        assert resp.status == 404 and resp.headers["Server"] == "GeoEdge"
 
 
 async def test_edges_listing_and_one_edge(api: Api) -> None:
