@@ -27,6 +27,10 @@ from edge.metrics import NODE_GAUGES
 if TYPE_CHECKING:
     from edge.proxy import Proxy  # the admin routes read the proxy; it never imports them
 
+# The most a purge request may ask the edge to wait for its removal ("wait", seconds)
+# before the answer; without it the answer waits for the end.
+MAX_WAIT = 3600
+
 
 class _Families(Collector):
     """Metric families already collected, for generate_latest."""
@@ -200,12 +204,25 @@ def add_routes(
                 status=400,
             )
         kind = kinds[0]
+        wait = doc.get("wait")
+        if wait is not None and not (
+            isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= MAX_WAIT
+        ):
+            return web.json_response(
+                {"error": f'"wait" must be a number of seconds above 0, at most {MAX_WAIT}'},
+                status=400,
+            )
         proxy = get_proxy()
         try:
-            removed = await proxy.purge(kind, doc[kind])
+            removed = await proxy.purge(kind, doc[kind], wait)
         except StoreError as exc:
             return web.json_response({"error": f"purge failed: {exc}"}, status=503)
         proxy.metrics.purges.labels(kind).inc()
+        if removed is None:
+            # Still removing after `wait`: accepted, and going on (CacheLayer.purge).
+            return web.json_response(
+                {"purged": None, "removing": True, kind: doc[kind]}, status=202
+            )
         return web.json_response({"purged": removed, kind: doc[kind]})
 
     app.router.add_get("/__edge/status", status)

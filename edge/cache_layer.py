@@ -239,6 +239,7 @@ class CacheLayer:
         self._refreshing: set[str] = set()
         self.hits = Hits(store, clock)
         self._commits = GroupCommit(store)
+        self._purges: set[asyncio.Future[int]] = set()  # removals going on past their answer
         self.reconfigure(config)
 
     def reconfigure(self, config: EdgeConfig) -> None:
@@ -265,6 +266,9 @@ class CacheLayer:
     async def close(self) -> None:
         await self.hits.close()
         await self._commits.drained()
+        if self._purges:
+            log.info("waiting for %d purge(s) to end before closing the cache", len(self._purges))
+            await asyncio.wait(set(self._purges))
         await asyncio.to_thread(self.store.close)
 
     def status(self) -> dict[str, Any]:
@@ -279,17 +283,51 @@ class CacheLayer:
             "corrupt": st.corrupt,
         }
 
-    async def purge(self, kind: str, value: str) -> int:
+    async def purge(self, kind: str, value: str, wait: float | None = None) -> int | None:
         """Remove every variant `kind` ("url", "prefix" or "surrogate_key") and `value`
         name, after this worker's pending commits; how many went. A fill of what it names
         that was asked of an origin before it is not stored when it ends, in this worker
         or another one (Store.purge), and later misses of it here ask the origin again
-        rather than wait on such a fill."""
+        rather than wait on such a fill.
+
+        With `wait` (seconds), a removal still going on after that long goes on without
+        the caller, who gets None: a purge of 100,000 objects takes about 10 s, longer
+        than a fleet purge waits for an edge's answer. Its end is logged, and `close`
+        waits for it."""
+        started = time.monotonic()
         asked_before = self.clock()
         target = _purge_target(kind, value)
         await self._commits.drained()  # committed, so taken out (and counted) below
         self._forget_fills(kind, target)
-        return await asyncio.to_thread(self.store.purge, kind, target, asked_before)
+        removal = asyncio.ensure_future(
+            asyncio.to_thread(self.store.purge, kind, target, asked_before)
+        )
+        if wait is None:
+            return await removal
+        self._purges.add(removal)  # also should the caller go away: close waits for it
+        removal.add_done_callback(
+            lambda ended: self._purge_ended(ended, kind, value, started, wait)
+        )
+        done, _ = await asyncio.wait({removal}, timeout=max(0.0, started + wait - time.monotonic()))
+        return removal.result() if done else None
+
+    def _purge_ended(
+        self, removal: asyncio.Future[int], kind: str, value: str, t0: float, wait: float
+    ) -> None:
+        """A purge given `wait` ended: `close` no longer waits for it, and the log says how
+        it went if it went on past its answer (a failure before that was the answer)."""
+        self._purges.discard(removal)
+        took = time.monotonic() - t0
+        if removal.cancelled():
+            log.error("purge of %s %s cancelled after %.1f s", kind, value, took)
+        elif (exc := removal.exception()) is not None:
+            if took >= wait:
+                log.error("purge of %s %s failed after %.1f s: %s", kind, value, took, exc)
+        elif took >= wait:
+            removed = removal.result()
+            log.info(
+                "purge of %s %s done in %.1f s: %d variant(s) removed", kind, value, took, removed
+            )
 
     def _forget_fills(self, kind: str, target: str) -> None:
         """The misses in flight a purge (or an invalidation) of `kind` and `target` names

@@ -222,11 +222,11 @@ class Proxy:
             m.cache_entries.set(st.get("entries", 0))
             m.cache_degraded.set(1 if st.get("degraded") else 0)
 
-    async def purge(self, kind: str, value: str) -> int:
+    async def purge(self, kind: str, value: str, wait: float | None = None) -> int | None:
+        """CacheLayer.purge (0 without a cache)."""
         if self.cache is None:
             return 0
-        removed: int = await self.cache.purge(kind, value)
-        return removed
+        return await self.cache.purge(kind, value, wait)
 
     # ------------------------------------------------------------------ the handler
 

@@ -276,6 +276,8 @@ def _render_purge(doc: dict[str, Any]) -> str:
         tries = f"{r['attempts']} attempt(s)"
         if r["ok"]:
             purged = "" if r["purged"] is None else f", {r['purged']} object(s) removed"
+            if r.get("removing"):
+                purged = ", accepted: still removing"
             lines.append(f"  {r['edge']:<16} ok      HTTP {r['status']}{purged}, {tries}")
         else:
             lines.append(f"  {r['edge']:<16} FAILED  {r['error']}, {tries}")

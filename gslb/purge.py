@@ -8,9 +8,11 @@ This module decides everything without I/O; gslb.purger does the requests:
   {"prefix": ...}, {"tag": ...} (an edge calls a tag a surrogate key);
 - `plan(config)` lists one `PurgeTarget` per configured edge: its purge URL and bearer
   token, or why it cannot be purged (no admin_url and no status_url to derive one from);
-- `judge(outcome)` classifies one attempt's outcome: done (2xx), give up (a 4xx the edge
-  will answer again: a bad token, a bad request) or retry (no connection, no reply in time,
-  5xx, 429); `backoff(attempt)` says how long to wait before the next attempt;
+- `judge(outcome)` classifies one attempt's outcome: done (2xx; a 202 when the edge is
+  still removing after the share of the timeout it was told to wait, `EDGE_WAIT_SHARE`),
+  give up (a 4xx the edge will answer again: a bad token, a bad request) or retry (no
+  connection, no reply in time, 5xx, 429); `backoff(attempt)` says how long to wait
+  before the next attempt;
 - `EdgeResult` per edge and `verdict(results)` for the whole fleet: "ok" when every edge
   purged, "partial" when some did, "failed" when none did.
 """
@@ -26,6 +28,7 @@ from gslb.config import GslbConfig, PurgeConfig
 from gslb.errors import PurgeError
 
 __all__ = [
+    "EDGE_WAIT_SHARE",
     "KINDS",
     "Attempt",
     "EdgeResult",
@@ -44,6 +47,10 @@ __all__ = [
 KINDS: Final = {"url": "url", "prefix": "prefix", "tag": "surrogate_key"}
 PURGE_PATH: Final = "/__edge/purge"
 MAX_VALUE: Final = 8192  # characters in a purged URL, prefix or tag
+# The share of purge.timeout an edge is asked to wait for its removal ("wait") before it
+# answers 202: removing 100,000 objects takes an edge about 10 s, and a purge that runs
+# past the timeout would be reported failed and asked again on top of the first.
+EDGE_WAIT_SHARE: Final = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +58,13 @@ class PurgeRequest:
     kind: str  # url, prefix or tag
     value: str
 
-    def edge_body(self) -> dict[str, str]:
-        """The JSON body for an edge's admin API."""
-        return {KINDS[self.kind]: self.value}
+    def edge_body(self, wait: float | None = None) -> dict[str, Any]:
+        """The JSON body for an edge's admin API; `wait`: the seconds the edge may take for
+        its removal before it answers 202 (accepted, and going on) instead."""
+        body: dict[str, Any] = {KINDS[self.kind]: self.value}
+        if wait is not None:
+            body["wait"] = wait
+        return body
 
     def describe(self) -> dict[str, str]:
         return {self.kind: self.value}
@@ -147,6 +158,7 @@ class EdgeResult:
     error: str | None = None
     purged: int | None = None  # objects the edge removed, as it reported
     url: str | None = None
+    removing: bool = False  # accepted (202), still removing when it answered
 
 
 def result(target: PurgeTarget, attempts: list[Attempt]) -> EdgeResult:
@@ -158,12 +170,15 @@ def result(target: PurgeTarget, attempts: list[Attempt]) -> EdgeResult:
     purged = None
     if ok and isinstance(last.body, Mapping) and isinstance(last.body.get("purged"), int):
         purged = int(last.body["purged"])
+    removing = ok and isinstance(last.body, Mapping) and last.body.get("removing") is True
     error = None
     if not ok:
         error = last.error or f"HTTP {last.status}"
         if isinstance(last.body, Mapping) and isinstance(last.body.get("error"), str):
             error += f": {last.body['error']}"
-    return EdgeResult(target.edge, ok, len(attempts), last.status, error, purged, target.url)
+    return EdgeResult(
+        target.edge, ok, len(attempts), last.status, error, purged, target.url, removing
+    )
 
 
 def verdict(results: Iterable[EdgeResult]) -> str:

@@ -21,6 +21,7 @@ import aiohttp
 
 from gslb.config import GslbConfig, PurgeConfig
 from gslb.purge import (
+    EDGE_WAIT_SHARE,
     Attempt,
     EdgeResult,
     Judgement,
@@ -111,7 +112,7 @@ class Purger:
         try:
             async with session.post(
                 target.url,
-                json=request.edge_body(),
+                json=request.edge_body(wait=round(timeout * EDGE_WAIT_SHARE, 3)),
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,

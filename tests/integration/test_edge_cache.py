@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,80 @@ async def test_purge_api_and_unsafe_invalidation(tmp_path: Path) -> None:
             async with s.post(base_url(edge) + "/q/tagged", data=b"x") as r:
                 assert r.status == 200
             assert "miss" in await get("/q/tagged")
+
+
+async def test_a_purge_past_its_wait_is_accepted_and_goes_on(tmp_path: Path) -> None:
+    """A purge request may say how long the edge may take ("wait", seconds; gslb's fleet
+    purge sends most of its timeout). A removal that outlasts it is answered 202 (accepted,
+    still removing) and goes on: here another process holds the cache database's write
+    lock, as another worker's long transaction would. Once it lets go, the removal ends
+    (logged). Stopping the edge meanwhile waits for it, so nothing named is left stored."""
+    from edge.cache_policy import cache_key
+    from edge.store import _REMOVE_MAX, Store
+
+    async with origins("a") as (origin,):
+        for path in ("/w/one", "/w/two", "/w/three"):
+            origin.routes[path] = _cacheable(path.encode(), **{"Surrogate-Key": "grp"})
+        async with running_edge(_cfg(origin, tmp_path)) as edge, aiohttp.ClientSession() as s:
+            host = f"127.0.0.1:{edge.addresses['http'][0].port}"
+            admin = base_url(edge, "admin") + "/__edge/purge"
+
+            async def cache_status(path: str) -> str:
+                async with s.get(base_url(edge) + path) as r:
+                    assert await r.read() == path.encode()
+                    return r.headers["Cache-Status"]
+
+            for path in ("/w/one", "/w/two", "/w/three"):
+                await cache_status(path)
+                assert "hit" in await cache_status(path)
+            for bad in ("1", 0, -1, True, 3601, None):
+                body = {"surrogate_key": "grp", "wait": bad}
+                async with s.post(admin, data=json.dumps(body).replace("null", "NaN")) as r:
+                    assert r.status == 400 and '"wait"' in (await r.json())["error"], bad
+            async with s.post(admin, json={"url": f"http://{host}/w/one", "wait": 5}) as r:
+                assert r.status == 200 and await r.json() == {
+                    "purged": 1,
+                    "url": f"http://{host}/w/one",
+                }
+            held = sqlite3.connect(tmp_path / "cache" / "cache.db", isolation_level=None)
+            held.execute("BEGIN IMMEDIATE")  # the write lock, as another worker's transaction
+            try:
+                t0 = time.monotonic()
+                async with s.post(admin, json={"prefix": f"http://{host}/w/", "wait": 0.3}) as r:
+                    assert r.status == 202, await r.text()
+                    assert await r.json() == {
+                        "purged": None,
+                        "removing": True,
+                        "prefix": f"http://{host}/w/",
+                    }
+                assert 0.3 <= time.monotonic() - t0 < 5
+                async with s.post(admin, json={"surrogate_key": "grp", "wait": 0.2}) as r:
+                    assert r.status == 202 and (await r.json())["removing"] is True
+            finally:
+                held.rollback()
+                held.close()
+            assert await until(lambda: not edge.proxy.cache._purges)  # type: ignore[union-attr]
+            assert "miss" in await cache_status("/w/two")
+            assert "hit" in await cache_status("/w/two")  # stored again, and kept
+            # More keys than one removal transaction takes (store._REMOVE_MAX): the edge
+            # stops between two of them unless it waits for the purge.
+            many = [f"/w/{n}" for n in range(_REMOVE_MAX + 44)]
+            for path in many:
+                origin.routes[path] = _cacheable(path.encode())
+                await cache_status(path)
+            # A hit once committed: the fills commit in order, so all of them are.
+            assert "hit" in await cache_status(many[-1])
+            held = sqlite3.connect(tmp_path / "cache" / "cache.db", isolation_level=None)
+            held.execute("BEGIN IMMEDIATE")
+            async with s.post(admin, json={"prefix": f"http://{host}/w/", "wait": 0.2}) as r:
+                assert r.status == 202
+            asyncio.get_running_loop().call_later(0.5, held.rollback)
+            # running_edge stops the edge here, which waits for the removal to end.
+    held.close()
+    with Store(tmp_path / "cache") as store:
+        for path in ("/w/two", *many):
+            assert store.variants(cache_key("http", host, path)) == (), path
+        assert store.stats().records == 0
 
 
 @pytest.mark.parametrize("size", [10_000, 1_000_000])  # read whole, and streamed

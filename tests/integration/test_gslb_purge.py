@@ -152,7 +152,7 @@ async def test_purger_retries_5xx_and_gives_up_on_4xx(tmp_path: Path) -> None:
     from gslb.purger import Purger
     from tests.unit.test_config import MINIMAL
 
-    seen: dict[str, list[Any]] = {"flaky": [], "locked": [], "hung": []}
+    seen: dict[str, list[Any]] = {"flaky": [], "locked": [], "hung": [], "busy": []}
 
     async def flaky(request: web.Request) -> web.Response:
         seen["flaky"].append((await request.json(), request.headers.get("Authorization")))
@@ -164,6 +164,12 @@ async def test_purger_retries_5xx_and_gives_up_on_4xx(tmp_path: Path) -> None:
         seen["locked"].append(1)
         return web.json_response({"error": "purging needs a token"}, status=401)
 
+    async def busy(request: web.Request) -> web.Response:
+        # A removal that outlasts the wait it is given (edge.admin): accepted, going on.
+        seen["busy"].append(await request.json())
+        await asyncio.sleep(0.1)
+        return web.json_response({"purged": None, "removing": True}, status=202)
+
     async def hung(request: web.Request) -> web.Response:
         seen["hung"].append(1)
         await asyncio.sleep(30)
@@ -171,7 +177,7 @@ async def test_purger_retries_5xx_and_gives_up_on_4xx(tmp_path: Path) -> None:
 
     runners = []
     urls = {}
-    for name, handler in (("flaky", flaky), ("locked", locked), ("hung", hung)):
+    for name, handler in (("flaky", flaky), ("locked", locked), ("hung", hung), ("busy", busy)):
         app = web.Application()
         app.router.add_post("/__edge/purge", handler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
@@ -186,7 +192,7 @@ async def test_purger_retries_5xx_and_gives_up_on_4xx(tmp_path: Path) -> None:
         f'admin_url = "{u}"\n'
         for n, u in urls.items()
     )
-    text = MINIMAL.replace('edges = ["fra", "iad"]', 'edges = ["flaky", "locked", "hung"]')
+    text = MINIMAL.replace('edges = ["fra", "iad"]', 'edges = ["flaky", "locked", "hung", "busy"]')
     text = text[: text.index("[[edge]]")] + edges + text[text.index("[[pool]]") :]
     config = parse_config(
         '[purge]\ntoken_file = "t"\ntimeout = 0.3\nattempts = 2\nbackoff = 0\n' + text,
@@ -202,13 +208,19 @@ async def test_purger_retries_5xx_and_gives_up_on_4xx(tmp_path: Path) -> None:
         for runner in runners:
             await runner.cleanup()
     assert results["flaky"].ok and results["flaky"].attempts == 2 and results["flaky"].purged == 4
-    assert seen["flaky"][0] == ({"surrogate_key": "t1"}, "Bearer edge-token-0123456789")
+    # Asked to answer within 80% of purge.timeout (gslb.purge.EDGE_WAIT_SHARE).
+    body = {"surrogate_key": "t1", "wait": 0.24}
+    assert seen["flaky"][0] == (body, "Bearer edge-token-0123456789")
+    busy_result = results["busy"]
+    assert busy_result.ok and busy_result.attempts == 1 and busy_result.status == 202
+    assert busy_result.removing and busy_result.purged is None and seen["busy"] == [body]
     locked_result = results["locked"]
     assert not locked_result.ok and locked_result.attempts == 1 and locked_result.status == 401
     assert locked_result.error == "HTTP 401: purging needs a token" and len(seen["locked"]) == 1
     assert not results["hung"].ok and results["hung"].attempts == 2
     assert results["hung"].error == "no reply within 0.3s"
     assert purger.export()["purges"] == [
+        ["busy", "ok", 1],
         ["flaky", "ok", 1],
         ["hung", "failed", 1],
         ["locked", "failed", 1],

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gslb.cli import _render_purge
 from gslb.config import PurgeConfig, parse_config
 from gslb.errors import PurgeError
 from gslb.purge import (
@@ -31,6 +32,10 @@ def test_requests_map_to_the_edge_admin_api() -> None:
     }
     assert parse_request({"prefix": "https://h/img/"}).edge_body() == {"prefix": "https://h/img/"}
     assert parse_request({"tag": "docs"}).edge_body() == {"surrogate_key": "docs"}
+    assert parse_request({"tag": "docs"}).edge_body(wait=4.0) == {
+        "surrogate_key": "docs",
+        "wait": 4.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -106,3 +111,10 @@ def test_results_and_verdicts() -> None:
     assert doc["request"] == {"tag": "docs"} and doc["edges"][1]["edge"] == "iad"
     assert report(request, [bad, down])["verdict"] == "failed"
     assert report(request, [])["verdict"] == "failed"  # nothing purged
+    # A 202: the edge took the purge and was still removing when it answered.
+    going = result(fra, [Attempt(status=202, body={"purged": None, "removing": True})])
+    assert (going.ok, going.purged, going.removing) == (True, None, True)
+    assert not ok.removing and not bad.removing
+    text = _render_purge(report(request, [ok, going]))
+    assert "HTTP 200, 2 object(s) removed, 2 attempt(s)" in text
+    assert "HTTP 202, accepted: still removing, 1 attempt(s)" in text
