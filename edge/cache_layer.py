@@ -292,16 +292,19 @@ class CacheLayer:
 
         With `wait` (seconds), a removal still going on after that long goes on without
         the caller, who gets None: a purge of 100,000 objects takes about 10 s, longer
-        than a fleet purge waits for an edge's answer. Its end is logged, and `close`
+        than a fleet purge waits for an edge's answer. What a purge by prefix or tag names
+        is no longer served from its start (Store.hide), its end is logged, and `close`
         waits for it."""
         started = time.monotonic()
         asked_before = self.clock()
         target = _purge_target(kind, value)
-        await self._commits.drained()  # committed, so taken out (and counted) below
-        self._forget_fills(kind, target)
-        removal = asyncio.ensure_future(
-            asyncio.to_thread(self.store.purge, kind, target, asked_before)
-        )
+        if kind != "url":
+            # Served no more from here on, whatever the wait for the commits and the write
+            # lock (the store hides it in the other workers once it is recorded).
+            await asyncio.to_thread(self.store.hide, kind, target, asked_before)
+        # The wait covers the commits before it too: with the write lock held elsewhere
+        # they take as long as the removal does.
+        removal = asyncio.ensure_future(self._remove_purged(kind, target, asked_before))
         if wait is None:
             return await removal
         self._purges.add(removal)  # also should the caller go away: close waits for it
@@ -310,6 +313,11 @@ class CacheLayer:
         )
         done, _ = await asyncio.wait({removal}, timeout=max(0.0, started + wait - time.monotonic()))
         return removal.result() if done else None
+
+    async def _remove_purged(self, kind: str, target: str, asked_before: float) -> int:
+        await self._commits.drained()  # committed, so taken out (and counted) below
+        self._forget_fills(kind, target)
+        return await asyncio.to_thread(self.store.purge, kind, target, asked_before)
 
     def _purge_ended(
         self, removal: asyncio.Future[int], kind: str, value: str, t0: float, wait: float

@@ -43,6 +43,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -115,6 +116,16 @@ _TAG_SCHEMA = (
     " WHEN OLD.key GLOB 'm:*' BEGIN DELETE FROM Tags WHERE key = substr(OLD.key, 3); END",
 )
 _TAG_INSERT = "INSERT OR IGNORE INTO Tags(tag, key) VALUES (?, ?)"
+# Purges by prefix or tag whose removal is under way (Store.purge), by the process doing it:
+# what they name is not served meanwhile, by any process, and what a process that died left
+# is taken over (Store.maintain).
+_PENDING_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS Pending (id INTEGER PRIMARY KEY, at REAL NOT NULL,"
+    " kind TEXT NOT NULL, value TEXT NOT NULL, pid INTEGER NOT NULL)",
+)
+# A purge under way: when it was asked (the clock of CacheEntry.request_time), its kind and
+# value (purge_names' terms).
+_Hidden = tuple[float, str, str]
 _TAGS_MOVED = (
     "INSERT OR IGNORE INTO Tags(tag, key) SELECT ?, listed.value FROM json_each(?) AS listed"
     " WHERE EXISTS (SELECT 1 FROM Cache WHERE key = 'm:' || listed.value AND raw = 1)"
@@ -485,6 +496,11 @@ class _Memory:
     def clear(self) -> None:
         self._items.clear()
         self.used = 0
+
+    def drop(self, doomed: Callable[[Any], bool]) -> None:
+        """Remove every item whose value ``doomed`` says."""
+        for key in [k for k, (_, value) in self._items.items() if doomed(value)]:
+            self.pop(key)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -872,7 +888,7 @@ class Store:
         self._remove_set_aside()
         try:
             with self._cache.transact():
-                for statement in (*slabs.SCHEMA, *_PURGE_SCHEMA, *_TAG_SCHEMA):
+                for statement in (*slabs.SCHEMA, *_PURGE_SCHEMA, *_TAG_SCHEMA, *_PENDING_SCHEMA):
                     self._cache._sql(statement)
                 self._move_tag_lists()
             self._slabs = slabs.Slabs(self.directory, size_limit)
@@ -908,10 +924,19 @@ class Store:
         self._changes_forgotten = 0
         self._epoch_seen = -1
         self._epoch_seen_at = self._epoch_moved_at = float("-inf")
+        # Purges by prefix or tag under way (see hide): this process's own, from `hide` to
+        # the end of their removal; those the database lists (every process's, read again
+        # when the directory's epoch moves); both, as reads filter by them; and the rows of
+        # Pending whose removal runs in this process.
+        self._hiding: set[_Hidden] = set()
+        self._recorded: frozenset[_Hidden] = frozenset()
+        self._hidden: tuple[_Hidden, ...] = ()
+        self._removing: set[int] = set()
         self._degraded_reason: str | None = None
         self._degraded_until = 0.0
         self._hits = self._misses = self._corrupt_count = 0
         self._stores = self._store_failures = 0
+        self._read_pending()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -989,7 +1014,8 @@ class Store:
     def maintain(self) -> None:
         """Seal the slabs of processes gone and retire the slabs left empty; then, in a
         transaction of its own, compact one slab when dead bytes in slabs pass their share
-        of the size limit (edge.slabs)."""
+        of the size limit (edge.slabs); then make the purges left under way by a process
+        gone, or by a removal that failed here (see purge)."""
         with self._writing:
             if self._closed:
                 return
@@ -1006,6 +1032,7 @@ class Store:
             for bkey in moved:
                 self._drop_body(bkey)  # its place in this process's index is the old one
         self._slab_reads.prune()
+        self._resume_purges()
 
     @staticmethod
     def _verified_row(bkey: str, data: bytes) -> bool:
@@ -1116,12 +1143,15 @@ class Store:
         per hit."""
         if now - self._epoch_seen_at >= _EPOCH_RECHECK or now < self._epoch_seen_at:
             epoch = self._epoch()
-            if epoch != self._epoch_seen:
+            moved = epoch != self._epoch_seen
+            if moved:
                 # It moved after the last look that saw it unmoved: lists known current
                 # then are known current until that time, not later.
                 self._epoch_moved_at = self._epoch_seen_at
             self._epoch_seen = epoch
             self._epoch_seen_at = now
+            if moved:
+                self._read_pending()  # a purge begun or ended moves it
         return self._epoch_seen
 
     def _current(self, listed: _Listed, now: float) -> bool:
@@ -1270,7 +1300,7 @@ class Store:
         # one seen up to _EPOCH_RECHECK ago only brings that re-read sooner).
         epoch = self._epoch_now(now)
         try:
-            entries = tuple(self._load_meta(key))
+            entries = self._unhidden(tuple(self._load_meta(key)))
         except (sqlite3.Error, OSError, StoreError) as e:
             log.warning("cache read failed for %s: %s", key, e)
             entries = ()
@@ -1634,7 +1664,7 @@ class Store:
         """After a commit: the variant list just written and the body's place go to the
         index, and the body, when it is small and at hand, to the memory tier, so the first
         hit needs no database read."""
-        key, entries, body = fill.entry.key, fill.kept, fill.data
+        key, entries, body = fill.entry.key, self._unhidden(fill.kept), fill.data
         bkey = _body_key(fill.entry)
         listed = _listed(key, entries, self._clock(), epoch)
         with self._lock:
@@ -1762,28 +1792,58 @@ class Store:
     def purge(self, kind: str, value: str, asked_before: float | None = None) -> int:
         """Remove what a purge of `kind` names (purge_names; "url": `value` is a primary
         key, "prefix": a prefix of keys, "surrogate_key": a tag); how many variants went.
+
         With `asked_before` (a time on the clock of CacheEntry.request_time) the purge is
         recorded first, and a fill it names whose origin request came before that time is
         refused when it is committed after it, by this process or another one sharing the
-        directory: what an origin answered before a purge is not stored after it."""
-        removers = {
-            "url": self.purge_url,
-            "prefix": self.purge_prefix,
-            "surrogate_key": self.purge_tag,
-        }
-        if kind not in removers:
+        directory: what an origin answered before a purge is not stored after it; and only
+        what was asked before it is removed. A purge by prefix or tag, whose removal takes
+        about 0.1 ms an object, is also hidden from then on (``hide``): in this process at
+        once, in the others once it is recorded (they read the Pending table when the
+        directory's epoch moves). Should its removal fail, or the process die, it stays
+        hidden and recorded, and `maintain` finishes it."""
+        if kind not in ("url", "prefix", "surrogate_key"):
             raise ValueError(f"no purge of kind {kind!r}")
         unrecorded: BaseException | None = None
+        pending: int | None = None
+        hidden = None if asked_before is None or kind == "url" else (asked_before, kind, value)
         if asked_before is not None:
+            if hidden is not None:
+                self.hide(kind, value, asked_before)
+            row_id: int | None = None
             try:
                 with self._writes() as sql:
                     row = (asked_before, kind, value)
                     added = sql("INSERT INTO Purges(at, kind, value) VALUES (?, ?, ?)", row)
                     _forget_purges(sql, asked_before, added.lastrowid or 0)
+                    if hidden is not None:
+                        row_id = sql(
+                            "INSERT INTO Pending(at, kind, value, pid) VALUES (?, ?, ?, ?)",
+                            (*row, os.getpid()),
+                        ).lastrowid
+                        # Before the commit: maintain() must not take it over meanwhile.
+                        self._removing.add(row_id or 0)
+                pending = row_id
             except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+                self._removing.discard(row_id or 0)
                 self._write_failed(e)  # a full disk: no fill is committed for a while
                 unrecorded = e
-        removed = removers[kind](value)
+            if pending is not None:
+                self._move_epoch()  # the other processes read the Pending table again
+        try:
+            if kind == "url":
+                removed = self.purge_url(value)
+            elif kind == "prefix":
+                removed = self.purge_prefix(value, asked_before)
+            else:
+                removed = self.purge_tag(value, asked_before)
+        except BaseException:
+            if pending is None and hidden is not None:
+                self._unhide(hidden)  # nothing recorded to finish it later
+            self._removing.discard(pending or 0)  # maintain takes it from here
+            raise
+        if hidden is not None:
+            self._end_pending(pending, hidden)
         if unrecorded is not None:
             # What is stored went; what is on its way may still be stored: say so, so the
             # purge is made again (it can be).
@@ -1797,9 +1857,10 @@ class Store:
         """Remove every variant stored for primary key ``key``."""
         return self.remove(key)
 
-    def purge_prefix(self, prefix: str) -> int:
-        """Remove everything whose primary key starts with ``prefix``: the keys are read
-        from the key index from ``prefix`` on, as far as they start with it."""
+    def purge_prefix(self, prefix: str, asked_before: float | None = None) -> int:
+        """Remove everything whose primary key starts with ``prefix`` (asked of an origin
+        before `asked_before`, if given): the keys are read from the key index from
+        ``prefix`` on, as far as they start with it."""
         mprefix = _meta_key(prefix)
         keys = []
         # SQLite compares text keys byte by byte in UTF-8, which orders them as str does,
@@ -1814,7 +1875,8 @@ class Store:
                 keys.append(k[2:])
         finally:
             rows.close()
-        return self._remove_all(keys, lambda e: True)
+        before = math.inf if asked_before is None else asked_before
+        return self._remove_all(keys, lambda e: e.request_time < before)
 
     def _remove_all(
         self, keys: list[str], named: Callable[[CacheEntry], bool], untag: str | None = None
@@ -1827,16 +1889,128 @@ class Store:
 
     _FROM_KEY = "SELECT key FROM Cache WHERE key >= ? AND raw = 1 ORDER BY key"
 
-    def purge_tag(self, tag: str) -> int:
-        """Remove every variant tagged ``tag`` by a Surrogate-Key response header, and the
-        tag's rows of the keys read. A key the tag's rows gain after they were read (a fill
-        of a request made after the purge) keeps its variants and its row."""
+    def purge_tag(self, tag: str, asked_before: float | None = None) -> int:
+        """Remove every variant tagged ``tag`` by a Surrogate-Key response header (asked of
+        an origin before `asked_before`, if given), and the tag's rows of the keys read. A
+        key the tag's rows gain after they were read (a fill of a request made after the
+        purge) keeps its variants and its row."""
         try:
             rows = self._reads.connection().execute("SELECT key FROM Tags WHERE tag = ?", (tag,))
             keys = [k for (k,) in rows]
         except sqlite3.Error as e:
             raise StoreError(f"cannot purge the tag {tag}: {e}") from e
-        return self._remove_all(keys, lambda e: tag in e.surrogate_keys, untag=tag)
+        before = math.inf if asked_before is None else asked_before
+        return self._remove_all(
+            keys, lambda e: tag in e.surrogate_keys and e.request_time < before, untag=tag
+        )
+
+    # --- purges under way ----------------------------------------------------------------
+
+    def hide(self, kind: str, value: str, asked_before: float) -> None:
+        """From now on this process serves nothing a purge of `kind` ("prefix" or
+        "surrogate_key") and `value` names that was asked of an origin before
+        `asked_before`: its variant lists leave the index, and lists read from the database
+        are filtered, until the purge's removal ends (``purge`` calls this; the cache layer
+        calls it before it waits for its pending commits)."""
+        hidden = (asked_before, kind, value)
+        with self._lock:
+            if hidden in self._hiding:
+                return  # and since then, the index has had only lists filtered by it
+            self._hiding.add(hidden)
+            self._hidden = tuple(self._hiding | self._recorded)
+            self._drop_hidden([hidden])
+
+    def _drop_hidden(self, hidden: Sequence[_Hidden]) -> None:
+        """Take from the index the variant lists naming something `hidden` hides, and keep
+        a read of the database begun before now out of it (the lock held)."""
+        self._index.drop(
+            lambda v: isinstance(v, _Listed) and len(_visible(v.entries, hidden)) < len(v.entries)
+        )
+        # Every change forgotten: a list read before this goes into no index (see _changes).
+        self._change += 1
+        self._changes.clear()
+        self._changes_forgotten = self._change
+
+    def _unhidden(self, entries: tuple[CacheEntry, ...]) -> tuple[CacheEntry, ...]:
+        """`entries` without those a purge under way hides (see hide)."""
+        hidden = self._hidden
+        return _visible(entries, hidden) if hidden else entries
+
+    def _unhide(self, hidden: _Hidden) -> None:
+        with self._lock:
+            self._hiding.discard(hidden)
+            self._recorded = self._recorded - {hidden}
+            self._hidden = tuple(self._hiding | self._recorded)
+
+    def _read_pending(self) -> None:
+        """Read which purges the Pending table lists, every process's; what one newly
+        listed hides leaves this process's index."""
+        try:
+            rows = self._reads.connection().execute("SELECT at, kind, value FROM Pending")
+            recorded = frozenset((at, kind, value) for at, kind, value in rows)
+        except sqlite3.Error as e:
+            log.warning("cannot read the cache's purges under way: %s", e)
+            return
+        with self._lock:
+            if recorded == self._recorded:
+                return
+            new = [h for h in recorded if h not in self._recorded and h not in self._hiding]
+            self._recorded = recorded
+            self._hidden = tuple(self._hiding | recorded)
+            if new:
+                self._drop_hidden(new)
+
+    def _end_pending(self, pending: int | None, hidden: _Hidden) -> None:
+        """A purge's removal ended: its Pending row goes, and it hides nothing more."""
+        if pending is not None:
+            try:
+                with self._writes() as sql:
+                    sql("DELETE FROM Pending WHERE id = ?", (pending,))
+            except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+                # maintain() makes the purge again, which finds nothing left, and the row goes.
+                log.warning("cannot clear a purge ended (it is made again): %s", e)
+                self._removing.discard(pending)
+                return
+            self._removing.discard(pending)
+        self._unhide(hidden)
+        self._move_epoch()  # the other processes read the Pending table again
+
+    def _resume_purges(self) -> None:
+        """Make the purges the Pending table lists whose process died, or whose removal
+        failed in this one, each claimed first (one process takes it)."""
+        try:
+            rows = (
+                self._reads.connection()
+                .execute("SELECT id, at, kind, value, pid FROM Pending")
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            log.warning("cannot read the cache's purges under way: %s", e)
+            return
+        me = os.getpid()
+        for pending, at, kind, value, pid in rows:
+            if pending in self._removing or (pid != me and _alive(pid)):
+                continue
+            try:
+                with self._writes() as sql:
+                    claim = "UPDATE Pending SET pid = ? WHERE id = ? AND pid = ?"
+                    if not sql(claim, (me, pending, pid)).rowcount:
+                        continue  # another process took it
+            except (sqlite3.Error, OSError, diskcache.Timeout) as e:
+                log.warning("cannot take over a purge under way: %s", e)
+                return
+            log.info("making again the purge of %s %s left by process %d", kind, value, pid)
+            self._removing.add(pending)
+            self.hide(kind, value, at)
+            try:
+                remove = self.purge_prefix if kind == "prefix" else self.purge_tag
+                removed = remove(value, at)
+            except StoreError as e:
+                log.warning("purge of %s %s failed again: %s", kind, value, e)
+                self._removing.discard(pending)
+                continue
+            log.info("purge of %s %s done: %d variant(s) removed", kind, value, removed)
+            self._end_pending(pending, (at, kind, value))
 
     def clear(self) -> None:
         self._cache.clear()
@@ -1855,6 +2029,29 @@ def _tagged(raw: object) -> list[str]:
     except ValueError:
         return []
     return [k for k in doc if isinstance(k, str)] if isinstance(doc, list) else []
+
+
+def _visible(entries: tuple[CacheEntry, ...], hidden: Sequence[_Hidden]) -> tuple[CacheEntry, ...]:
+    """`entries` but those a purge in `hidden` names and that were asked before it."""
+    return tuple(
+        e
+        for e in entries
+        if not any(
+            e.request_time < at and purge_names(kind, value, e.key, e.surrogate_keys)
+            for at, kind, value in hidden
+        )
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def purge_names(kind: str, value: str, key: str, tags: Sequence[str]) -> bool:

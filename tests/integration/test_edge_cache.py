@@ -295,8 +295,9 @@ async def test_a_purge_past_its_wait_is_accepted_and_goes_on(tmp_path: Path) -> 
     """A purge request may say how long the edge may take ("wait", seconds; gslb's fleet
     purge sends most of its timeout). A removal that outlasts it is answered 202 (accepted,
     still removing) and goes on: here another process holds the cache database's write
-    lock, as another worker's long transaction would. Once it lets go, the removal ends
-    (logged). Stopping the edge meanwhile waits for it, so nothing named is left stored."""
+    lock, as another worker's long transaction would. What it names is no longer served
+    meanwhile. Once the lock goes, the removal ends (logged). Stopping the edge meanwhile
+    waits for it, so nothing named is left stored."""
     from edge.cache_policy import cache_key
     from edge.store import _REMOVE_MAX, Store
 
@@ -336,6 +337,8 @@ async def test_a_purge_past_its_wait_is_accepted_and_goes_on(tmp_path: Path) -> 
                         "prefix": f"http://{host}/w/",
                     }
                 assert 0.3 <= time.monotonic() - t0 < 5
+                # Not removed yet (the lock), but no longer served: asked of the origin.
+                assert "fwd=uri-miss" in await cache_status("/w/three")
                 async with s.post(admin, json={"surrogate_key": "grp", "wait": 0.2}) as r:
                     assert r.status == 202 and (await r.json())["removing"] is True
             finally:

@@ -935,14 +935,20 @@ def test_fills_commit_between_the_chunks_of_a_recency_write_back(
         assert s._reads._stamper is not None
         events: list[str] = []
         first_commit = threading.Event()
+        filling_soon = threading.Event()
 
         def traced(statement: str) -> None:
             events.append(statement)
-            if statement == "COMMIT":
+            if statement == "COMMIT" and not first_commit.is_set():
                 first_commit.set()
+                # The fill under way before this chunk lets go of the lock (on a busy
+                # machine the thread could otherwise start after all 40 chunks).
+                filling_soon.wait(10)
+                time.sleep(0.05)
 
         def fill() -> None:
             if first_commit.wait(30):
+                filling_soon.set()
                 s.put(entry("/meanwhile"), b"m")
                 events.append("fill")
 

@@ -304,3 +304,121 @@ def test_a_url_purge_leaves_no_reader_its_old_list(
         assert purging.purge("url", key("/a"), asked_before=100.0) == 1
         now[0] += 60
         assert not stored(reader, "/a")
+
+
+def _rows(directory: Path, table: str, where: str = "1") -> int:
+    with sqlite3.connect(directory / "cache.db") as db:
+        return int(db.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0])
+
+
+def test_a_purge_under_way_is_hidden_from_every_process_until_its_removal_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A purge by prefix or tag removes about 10,000 objects a second: what it names is not
+    # served meanwhile, by the purging process at once and by another one once it looks at
+    # the directory's epoch again. What is asked after it is stored and served.
+    now = [1000.0]
+    with (
+        Store(tmp_path, clock=lambda: now[0]) as purging,
+        Store(tmp_path, clock=lambda: now[0]) as other,
+    ):
+        for path, tags in (("/p/a", "grp"), ("/p/b", ""), ("/q/c", "grp")):
+            assert purging.put(entry(path, 50.0, tags), path.encode()) is not None
+        assert stored(other, "/p/a") and other.peek_variants(key("/p/a"))  # in its index
+        seen: dict[str, Any] = {}
+        removing = purging._remove
+
+        def look_first(*args: Any, **kwargs: Any) -> int:
+            if not seen:
+                seen["purging"] = [stored(purging, p) for p in ("/p/a", "/p/b", "/q/c")]
+                seen["pending"] = _rows(tmp_path, "Pending")
+                now[0] += 2  # past meta_refresh: the other process looks at the epoch
+                time.sleep(2 * store_module._EPOCH_RECHECK)
+                seen["other"] = [stored(other, p) for p in ("/p/a", "/p/b", "/q/c")]
+                seen["rows"] = _rows(tmp_path, "Cache", "key GLOB 'm:*'")
+                # Asked after the purge: stored, and seen by both.
+                assert other.put(entry("/p/a", 150.0, "grp"), b"new") is not None
+                seen["new"] = (stored(other, "/p/a"), stored(purging, "/p/a"))
+            return removing(*args, **kwargs)
+
+        monkeypatch.setattr(purging, "_remove", look_first)
+        prefix = key("/p/")[:-1]
+        # /p/b; the old /p/a went as the new one replaced it.
+        assert purging.purge("prefix", prefix, asked_before=100.0) == 1
+        monkeypatch.undo()
+        assert seen == {
+            "purging": [False, False, True],
+            "pending": 1,
+            "other": [False, False, True],
+            "rows": 3,  # nothing removed yet
+            "new": (True, True),
+        }
+        assert _rows(tmp_path, "Pending") == 0
+        now[0] += 2
+        time.sleep(2 * store_module._EPOCH_RECHECK)
+        for s in (purging, other):
+            assert [e.request_time for e in s.variants(key("/p/a"))] == [150.0]
+            assert not stored(s, "/p/b") and stored(s, "/q/c")
+            assert s._hidden == ()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return int(done.stdout)
+
+
+def test_a_purge_a_process_left_under_way_is_finished_by_maintain(tmp_path: Path) -> None:
+    # A worker killed during the removal of a tag leaves its Pending row: every process
+    # hides what it names from the start, and the first one to maintain its store claims
+    # the row and makes the purge again. A row of a process still running is its own.
+    import subprocess
+    import sys
+
+    with Store(tmp_path) as s:
+        for path, tags in (("/a", "grp"), ("/b", "grp"), ("/c", "")):
+            assert s.put(entry(path, 50.0, tags), b"x") is not None
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with sqlite3.connect(tmp_path / "cache.db") as db:
+            db.execute(
+                "INSERT INTO Pending(at, kind, value, pid) VALUES (100, 'surrogate_key', 'grp',"
+                " ?), (100, 'prefix', ?, ?)",
+                (_dead_pid(), key("/c"), runner.pid),
+            )
+        with Store(tmp_path) as s:
+            assert [stored(s, p) for p in ("/a", "/b", "/c")] == [False, False, False]
+            assert _rows(tmp_path, "Cache", "key GLOB 'm:*'") == 3  # hidden, still stored
+            s.maintain()
+            assert _rows(tmp_path, "Cache", "key GLOB 'm:*'") == 1  # the tag's two went
+            assert _rows(tmp_path, "Pending") == 1  # the running process's is left to it
+            assert not stored(s, "/c")
+            runner.kill()
+            runner.wait()
+            s.maintain()
+            assert _rows(tmp_path, "Pending") == 0 and _rows(tmp_path, "Cache") == 0
+            assert s._hidden == ()
+    finally:
+        runner.kill()
+        runner.wait()
+
+
+def test_a_purge_whose_removal_fails_stays_hidden_until_maintain_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path) as s:
+        assert s.put(entry("/t", 50.0, "grp"), b"t") is not None
+
+        def fail(*args: Any, **kwargs: Any) -> int:
+            raise StoreError("disk gone")
+
+        monkeypatch.setattr(s, "_remove", fail)
+        with pytest.raises(StoreError, match="disk gone"):
+            s.purge("surrogate_key", "grp", asked_before=100.0)
+        monkeypatch.undo()
+        assert not stored(s, "/t") and _rows(tmp_path, "Pending") == 1
+        s.maintain()
+        assert _rows(tmp_path, "Pending") == 0 and _rows(tmp_path, "Cache") == 0
