@@ -300,17 +300,22 @@ class CacheLayer:
         target = _purge_target(kind, value)
         if kind != "url":
             # Served no more from here on, whatever the wait for the commits and the write
-            # lock (the store hides it in the other workers once it is recorded).
+            # lock (the store hides it in the other workers once it is recorded); nor
+            # from a fill on its way (_forget_fills again once they are committed).
             await asyncio.to_thread(self.store.hide, kind, target, asked_before)
+            self._forget_fills(kind, target)
         # The wait covers the commits before it too: with the write lock held elsewhere
-        # they take as long as the removal does.
+        # they take as long as the removal does. The removal goes on should the caller go
+        # away (a hidden purge is removed, not left hidden), and close waits for it.
         removal = asyncio.ensure_future(self._remove_purged(kind, target, asked_before))
-        if wait is None:
-            return await removal
-        self._purges.add(removal)  # also should the caller go away: close waits for it
+        self._purges.add(removal)
+        removal.add_done_callback(self._purges.discard)
+        given = 0.0 if wait is None else wait
         removal.add_done_callback(
-            lambda ended: self._purge_ended(ended, kind, value, started, wait)
+            lambda ended: self._purge_ended(ended, kind, value, started, given)
         )
+        if wait is None:
+            return await asyncio.shield(removal)
         done, _ = await asyncio.wait({removal}, timeout=max(0.0, started + wait - time.monotonic()))
         return removal.result() if done else None
 
@@ -322,9 +327,8 @@ class CacheLayer:
     def _purge_ended(
         self, removal: asyncio.Future[int], kind: str, value: str, t0: float, wait: float
     ) -> None:
-        """A purge given `wait` ended: `close` no longer waits for it, and the log says how
-        it went if it went on past its answer (a failure before that was the answer)."""
-        self._purges.discard(removal)
+        """A purge ended: the log says how it went if it went on past its answer (`wait`,
+        0 without one: every purge; a failure before the answer was the answer)."""
         took = time.monotonic() - t0
         if removal.cancelled():
             log.error("purge of %s %s cancelled after %.1f s", kind, value, took)

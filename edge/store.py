@@ -932,6 +932,7 @@ class Store:
         self._recorded: frozenset[_Hidden] = frozenset()
         self._hidden: tuple[_Hidden, ...] = ()
         self._removing: set[int] = set()
+        self._reading_pending = threading.Lock()
         self._degraded_reason: str | None = None
         self._degraded_until = 0.0
         self._hits = self._misses = self._corrupt_count = 0
@@ -1664,10 +1665,13 @@ class Store:
         """After a commit: the variant list just written and the body's place go to the
         index, and the body, when it is small and at hand, to the memory tier, so the first
         hit needs no database read."""
-        key, entries, body = fill.entry.key, self._unhidden(fill.kept), fill.data
+        key, body = fill.entry.key, fill.data
         bkey = _body_key(fill.entry)
-        listed = _listed(key, entries, self._clock(), epoch)
+        now = self._clock()
         with self._lock:
+            # Filtered under the lock: a purge hidden meanwhile (hide) finds it in the index.
+            entries = self._unhidden(fill.kept)
+            listed = _listed(key, entries, now, epoch)
             self._index.put(listed.rows[0], listed, _list_cost(entries))
             self._absent.pop(listed.rows[0], None)
             self._changed(listed.rows[0])
@@ -1757,7 +1761,8 @@ class Store:
                     gone = len(removed)
                     for e in self._load_meta(key, sql):
                         (removed if named(e) else kept).append(e)
-                    if untag is not None:
+                    if untag is not None and not any(untag in e.surrogate_keys for e in kept):
+                        # (One kept carries it when it was asked after the purge.)
                         sql("DELETE FROM Tags WHERE tag = ? AND key = ?", (untag, key))
                     if len(removed) == gone:
                         continue
@@ -1945,20 +1950,22 @@ class Store:
     def _read_pending(self) -> None:
         """Read which purges the Pending table lists, every process's; what one newly
         listed hides leaves this process's index."""
-        try:
-            rows = self._reads.connection().execute("SELECT at, kind, value FROM Pending")
-            recorded = frozenset((at, kind, value) for at, kind, value in rows)
-        except sqlite3.Error as e:
-            log.warning("cannot read the cache's purges under way: %s", e)
-            return
-        with self._lock:
-            if recorded == self._recorded:
+        with self._reading_pending:  # one read at a time: an older one never lands last
+            try:
+                rows = self._reads.connection().execute("SELECT at, kind, value FROM Pending")
+                recorded = frozenset((at, kind, value) for at, kind, value in rows)
+            except sqlite3.Error as e:
+                log.warning("cannot read the cache's purges under way: %s", e)
+                self._epoch_seen = -1  # read again at the next look
                 return
-            new = [h for h in recorded if h not in self._recorded and h not in self._hiding]
-            self._recorded = recorded
-            self._hidden = tuple(self._hiding | recorded)
-            if new:
-                self._drop_hidden(new)
+            with self._lock:
+                if recorded == self._recorded:
+                    return
+                new = [h for h in recorded if h not in self._recorded and h not in self._hiding]
+                self._recorded = recorded
+                self._hidden = tuple(self._hiding | recorded)
+                if new:
+                    self._drop_hidden(new)
 
     def _end_pending(self, pending: int | None, hidden: _Hidden) -> None:
         """A purge's removal ended: its Pending row goes, and it hides nothing more."""
@@ -2005,9 +2012,9 @@ class Store:
             try:
                 remove = self.purge_prefix if kind == "prefix" else self.purge_tag
                 removed = remove(value, at)
-            except StoreError as e:
+            except (StoreError, sqlite3.Error, OSError, diskcache.Timeout) as e:
                 log.warning("purge of %s %s failed again: %s", kind, value, e)
-                self._removing.discard(pending)
+                self._removing.discard(pending)  # the next maintain() tries again
                 continue
             log.info("purge of %s %s done: %d variant(s) removed", kind, value, removed)
             self._end_pending(pending, (at, kind, value))

@@ -422,3 +422,50 @@ def test_a_purge_whose_removal_fails_stays_hidden_until_maintain_makes_it(
         assert not stored(s, "/t") and _rows(tmp_path, "Pending") == 1
         s.maintain()
         assert _rows(tmp_path, "Pending") == 0 and _rows(tmp_path, "Cache") == 0
+
+
+def test_a_key_fetched_again_during_a_tag_purge_keeps_its_tag_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The removal keeps what was asked after the purge: a key fetched again meanwhile,
+    # with the tag, keeps the tag's row, so the next purge of the tag finds it.
+    with Store(tmp_path) as purging, Store(tmp_path) as filling:
+        assert filling.put(entry("/k", 50.0, "grp"), b"old") is not None
+        removing = purging._remove
+
+        def refill_first(*args: Any, **kwargs: Any) -> int:
+            assert filling.put(entry("/k", 200.0, "grp"), b"new") is not None
+            return removing(*args, **kwargs)
+
+        monkeypatch.setattr(purging, "_remove", refill_first)
+        assert purging.purge("surrogate_key", "grp", asked_before=100.0) == 0  # replaced
+        monkeypatch.undo()
+        assert [e.request_time for e in purging.variants(key("/k"))] == [200.0]
+        assert _rows(tmp_path, "Tags", "tag = 'grp'") == 1
+        assert purging.purge("surrogate_key", "grp", asked_before=300.0) == 1
+        assert not stored(purging, "/k") and _rows(tmp_path, "Tags") == 0
+
+
+def test_a_purge_taken_over_that_fails_on_the_database_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path) as s:
+        assert s.put(entry("/p/x", 50.0), b"x") is not None
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        db.execute(
+            "INSERT INTO Pending(at, kind, value, pid) VALUES (100, 'prefix', ?, ?)",
+            (key("/p/"), _dead_pid()),
+        )
+    with Store(tmp_path) as s:
+        reading = s.purge_prefix
+
+        def fail(*args: Any, **kwargs: Any) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(s, "purge_prefix", fail)
+        s.maintain()  # logged, not raised
+        monkeypatch.setattr(s, "purge_prefix", reading)
+        assert not stored(s, "/p/x") and _rows(tmp_path, "Pending") == 1
+        s.maintain()
+        assert _rows(tmp_path, "Pending") == 0 and _rows(tmp_path, "Cache") == 0
+        assert s._hidden == ()
