@@ -1836,12 +1836,7 @@ class Store:
             if pending is not None:
                 self._move_epoch()  # the other processes read the Pending table again
         try:
-            if kind == "url":
-                removed = self.purge_url(value)
-            elif kind == "prefix":
-                removed = self.purge_prefix(value, asked_before)
-            else:
-                removed = self.purge_tag(value, asked_before)
+            removed = self._remove_named(kind, value, asked_before)
         except BaseException:
             if pending is None and hidden is not None:
                 self._unhide(hidden)  # nothing recorded to finish it later
@@ -1857,6 +1852,14 @@ class Store:
                 f" way: {unrecorded}"
             ) from unrecorded
         return removed
+
+    def _remove_named(self, kind: str, value: str, asked_before: float | None) -> int:
+        """The removal of a purge (purge's terms), by the remover of its kind."""
+        if kind == "url":
+            return self.purge_url(value)
+        if kind == "prefix":
+            return self.purge_prefix(value, asked_before)
+        return self.purge_tag(value, asked_before)
 
     def purge_url(self, key: str) -> int:
         """Remove every variant stored for primary key ``key``."""
@@ -1922,7 +1925,7 @@ class Store:
             if hidden in self._hiding:
                 return  # and since then, the index has had only lists filtered by it
             self._hiding.add(hidden)
-            self._hidden = tuple(self._hiding | self._recorded)
+            self._rehide()
             self._drop_hidden([hidden])
 
     def _drop_hidden(self, hidden: Sequence[_Hidden]) -> None:
@@ -1941,11 +1944,16 @@ class Store:
         hidden = self._hidden
         return _visible(entries, hidden) if hidden else entries
 
+    def _rehide(self) -> None:
+        """``_hidden`` made again from this process's purges and the recorded ones (the
+        lock held): reads test one tuple."""
+        self._hidden = tuple(self._hiding | self._recorded)
+
     def _unhide(self, hidden: _Hidden) -> None:
         with self._lock:
             self._hiding.discard(hidden)
             self._recorded = self._recorded - {hidden}
-            self._hidden = tuple(self._hiding | self._recorded)
+            self._rehide()
 
     def _read_pending(self) -> None:
         """Read which purges the Pending table lists, every process's; what one newly
@@ -1963,7 +1971,7 @@ class Store:
                     return
                 new = [h for h in recorded if h not in self._recorded and h not in self._hiding]
                 self._recorded = recorded
-                self._hidden = tuple(self._hiding | recorded)
+                self._rehide()
                 if new:
                     self._drop_hidden(new)
 
@@ -2010,8 +2018,7 @@ class Store:
             self._removing.add(pending)
             self.hide(kind, value, at)
             try:
-                remove = self.purge_prefix if kind == "prefix" else self.purge_tag
-                removed = remove(value, at)
+                removed = self._remove_named(kind, value, at)
             except (StoreError, sqlite3.Error, OSError, diskcache.Timeout) as e:
                 log.warning("purge of %s %s failed again: %s", kind, value, e)
                 self._removing.discard(pending)  # the next maintain() tries again

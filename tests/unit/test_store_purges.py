@@ -257,6 +257,21 @@ def test_a_304_asked_before_a_purge_of_a_tag_it_adds_takes_the_variant_out(
         assert filling.update(again) is True
 
 
+def _before_removal(monkeypatch: pytest.MonkeyPatch, s: Store, act: Callable[[], None]) -> None:
+    """`act` runs once as `s`'s purge begins its removal: after the purge is recorded
+    (and hidden), before anything goes."""
+    removing = s._remove
+    acted: list[bool] = []
+
+    def act_first(*args: Any, **kwargs: Any) -> int:
+        if not acted:
+            acted.append(True)
+            act()
+        return removing(*args, **kwargs)
+
+    monkeypatch.setattr(s, "_remove", act_first)
+
+
 def test_a_tag_purge_keeps_what_was_tagged_while_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,13 +280,11 @@ def test_a_tag_purge_keeps_what_was_tagged_while_it_ran(
     # purge of "grp" takes it out (the tag's row used to be deleted whole at the end).
     with Store(tmp_path) as purging, Store(tmp_path) as filling:
         assert filling.put(entry("/old", 50.0, "grp"), b"o") is not None
-        removing = purging._remove
 
-        def remove_while_another_commits(*args: Any, **kwargs: Any) -> int:
+        def another_commits() -> None:
             assert filling.put(entry("/new", 200.0, "grp"), b"n") is not None
-            return removing(*args, **kwargs)
 
-        monkeypatch.setattr(purging, "_remove", remove_while_another_commits)
+        _before_removal(monkeypatch, purging, another_commits)
         assert purging.purge("surrogate_key", "grp", asked_before=100.0) == 1
         monkeypatch.undo()
         assert not stored(purging, "/old") and stored(purging, "/new")
@@ -326,22 +339,19 @@ def test_a_purge_under_way_is_hidden_from_every_process_until_its_removal_ends(
             assert purging.put(entry(path, 50.0, tags), path.encode()) is not None
         assert stored(other, "/p/a") and other.peek_variants(key("/p/a"))  # in its index
         seen: dict[str, Any] = {}
-        removing = purging._remove
 
-        def look_first(*args: Any, **kwargs: Any) -> int:
-            if not seen:
-                seen["purging"] = [stored(purging, p) for p in ("/p/a", "/p/b", "/q/c")]
-                seen["pending"] = _rows(tmp_path, "Pending")
-                now[0] += 2  # past meta_refresh: the other process looks at the epoch
-                time.sleep(2 * store_module._EPOCH_RECHECK)
-                seen["other"] = [stored(other, p) for p in ("/p/a", "/p/b", "/q/c")]
-                seen["rows"] = _rows(tmp_path, "Cache", "key GLOB 'm:*'")
-                # Asked after the purge: stored, and seen by both.
-                assert other.put(entry("/p/a", 150.0, "grp"), b"new") is not None
-                seen["new"] = (stored(other, "/p/a"), stored(purging, "/p/a"))
-            return removing(*args, **kwargs)
+        def look() -> None:
+            seen["purging"] = [stored(purging, p) for p in ("/p/a", "/p/b", "/q/c")]
+            seen["pending"] = _rows(tmp_path, "Pending")
+            now[0] += 2  # past meta_refresh: the other process looks at the epoch
+            time.sleep(2 * store_module._EPOCH_RECHECK)
+            seen["other"] = [stored(other, p) for p in ("/p/a", "/p/b", "/q/c")]
+            seen["rows"] = _rows(tmp_path, "Cache", "key GLOB 'm:*'")
+            # Asked after the purge: stored, and seen by both.
+            assert other.put(entry("/p/a", 150.0, "grp"), b"new") is not None
+            seen["new"] = (stored(other, "/p/a"), stored(purging, "/p/a"))
 
-        monkeypatch.setattr(purging, "_remove", look_first)
+        _before_removal(monkeypatch, purging, look)
         prefix = key("/p/")[:-1]
         # /p/b; the old /p/a went as the new one replaced it.
         assert purging.purge("prefix", prefix, asked_before=100.0) == 1
@@ -431,13 +441,11 @@ def test_a_key_fetched_again_during_a_tag_purge_keeps_its_tag_row(
     # with the tag, keeps the tag's row, so the next purge of the tag finds it.
     with Store(tmp_path) as purging, Store(tmp_path) as filling:
         assert filling.put(entry("/k", 50.0, "grp"), b"old") is not None
-        removing = purging._remove
 
-        def refill_first(*args: Any, **kwargs: Any) -> int:
+        def refill() -> None:
             assert filling.put(entry("/k", 200.0, "grp"), b"new") is not None
-            return removing(*args, **kwargs)
 
-        monkeypatch.setattr(purging, "_remove", refill_first)
+        _before_removal(monkeypatch, purging, refill)
         assert purging.purge("surrogate_key", "grp", asked_before=100.0) == 0  # replaced
         monkeypatch.undo()
         assert [e.request_time for e in purging.variants(key("/k"))] == [200.0]
