@@ -933,6 +933,8 @@ class Store:
         self._hidden: tuple[_Hidden, ...] = ()
         self._removing: set[int] = set()
         self._reading_pending = threading.Lock()
+        # Held by flush_recency and maintain, which run in threads, and by close.
+        self._maintaining = threading.RLock()
         self._degraded_reason: str | None = None
         self._degraded_until = 0.0
         self._hits = self._misses = self._corrupt_count = 0
@@ -971,6 +973,13 @@ class Store:
             )
 
     def close(self) -> None:
+        # After a flush or maintenance running in a thread (whose task was cancelled): it
+        # reads through the connections closed here, and a connection closed under a
+        # statement running in another thread crashes the process.
+        with self._maintaining:
+            self._close()
+
+    def _close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._reads.flush(self._writing)
         self._reads.close()
@@ -1004,12 +1013,15 @@ class Store:
         """Write back which entries were read since the last call (LRU eviction order),
         and keep the slabs (``maintain``); the cache layer calls it every few seconds, in
         a thread."""
-        try:
-            flushed = self._reads.flush(self._writing)
-        except sqlite3.Error as e:
-            log.warning("cache recency write-back failed: %s", e)
-            flushed = 0
-        self.maintain()
+        with self._maintaining:
+            if self._closed:
+                return 0
+            try:
+                flushed = self._reads.flush(self._writing)
+            except sqlite3.Error as e:
+                log.warning("cache recency write-back failed: %s", e)
+                flushed = 0
+            self.maintain()
         return flushed
 
     def maintain(self) -> None:
@@ -1017,6 +1029,10 @@ class Store:
         transaction of its own, compact one slab when dead bytes in slabs pass their share
         of the size limit (edge.slabs); then make the purges left under way by a process
         gone, or by a removal that failed here (see purge)."""
+        with self._maintaining:
+            self._maintain()
+
+    def _maintain(self) -> None:
         with self._writing:
             if self._closed:
                 return

@@ -477,3 +477,43 @@ def test_a_purge_taken_over_that_fails_on_the_database_is_tried_again(
         s.maintain()
         assert _rows(tmp_path, "Pending") == 0 and _rows(tmp_path, "Cache") == 0
         assert s._hidden == ()
+
+
+def test_close_waits_for_a_maintenance_running_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The edge cancels its recency-flush task and closes the store, but the flush's thread
+    # may still be in maintain(), making a purge taken over: it reads through connections
+    # close() closes, and one closed under a running statement crashes the process (seen in
+    # CI). close() waits for it; a maintain() after close() does nothing.
+    with Store(tmp_path) as s:
+        assert s.put(entry("/p/x", 50.0), b"x") is not None
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        db.execute(
+            "INSERT INTO Pending(at, kind, value, pid) VALUES (100, 'prefix', ?, ?)",
+            (key("/p/"), _dead_pid()),
+        )
+    s = Store(tmp_path)
+    removing = s._remove_named
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> int:
+        inside.set()
+        go_on.wait(10)
+        return removing(*args, **kwargs)
+
+    monkeypatch.setattr(s, "_remove_named", slow)
+    flushing = threading.Thread(target=s.flush_recency)
+    flushing.start()
+    assert inside.wait(10)
+    closing = threading.Thread(target=s.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # waits for the maintenance
+    go_on.set()
+    flushing.join(10)
+    closing.join(10)
+    assert not flushing.is_alive() and not closing.is_alive()
+    assert _rows(tmp_path, "Pending") == 0 and _rows(tmp_path, "Cache") == 0
+    s.maintain()  # closed: nothing
+    assert s.flush_recency() == 0
