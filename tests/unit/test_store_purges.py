@@ -454,16 +454,21 @@ def test_a_key_fetched_again_during_a_tag_purge_keeps_its_tag_row(
         assert not stored(purging, "/k") and _rows(tmp_path, "Tags") == 0
 
 
-def test_a_purge_taken_over_that_fails_on_the_database_is_tried_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with Store(tmp_path) as s:
+def _left_under_way(directory: Path) -> None:
+    """/p/x stored, and a purge of the prefix /p/ left under way by a process gone."""
+    with Store(directory) as s:
         assert s.put(entry("/p/x", 50.0), b"x") is not None
-    with sqlite3.connect(tmp_path / "cache.db") as db:
+    with sqlite3.connect(directory / "cache.db") as db:
         db.execute(
             "INSERT INTO Pending(at, kind, value, pid) VALUES (100, 'prefix', ?, ?)",
             (key("/p/"), _dead_pid()),
         )
+
+
+def test_a_purge_taken_over_that_fails_on_the_database_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _left_under_way(tmp_path)
     with Store(tmp_path) as s:
         reading = s.purge_prefix
 
@@ -486,13 +491,7 @@ def test_close_waits_for_a_maintenance_running_in_a_thread(
     # may still be in maintain(), making a purge taken over: it reads through connections
     # close() closes, and one closed under a running statement crashes the process (seen in
     # CI). close() waits for it; a maintain() after close() does nothing.
-    with Store(tmp_path) as s:
-        assert s.put(entry("/p/x", 50.0), b"x") is not None
-    with sqlite3.connect(tmp_path / "cache.db") as db:
-        db.execute(
-            "INSERT INTO Pending(at, kind, value, pid) VALUES (100, 'prefix', ?, ?)",
-            (key("/p/"), _dead_pid()),
-        )
+    _left_under_way(tmp_path)
     s = Store(tmp_path)
     removing = s._remove_named
     inside, go_on = threading.Event(), threading.Event()
